@@ -1,0 +1,1 @@
+"""The lmcompose command line."""

@@ -1,0 +1,349 @@
+"""``lmcompose``: discover plugins, list what they provide, run sequences of interventions.
+
+Startup stays cheap: nothing here imports torch until a command that needs a model runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lmcompose import plugins as plugin_api
+from lmcompose.api import Progress, config_fields, field_help
+from lmcompose.errors import DuplicateNameError, LMComposeError, PluginLoadError, UsageError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="lmcompose",
+    help="Compose test-time interventions (editing, pruning, quantization) on causal LMs and measure how they interact.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+list_app = typer.Typer(help="List what the installed plugins provide, with each config field and its help.", no_args_is_help=True)
+app.add_typer(list_app, name="list")
+
+
+@contextmanager
+def user_errors():
+    """Turn a user's mistake into one clear message and exit code 2."""
+    try:
+        yield
+    except UsageError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except (DuplicateNameError, PluginLoadError) as exc:
+        err_console.print(f"[bold red]plugin error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except LMComposeError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+@app.callback()
+def main_options(
+    strict: Annotated[bool, typer.Option("--strict", help="Fail when any plugin fails to load (default: report and go on).")] = False,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder laid out like shared/data (wikitext-2-raw/, counterfact/, ...); sets LMCOMPOSE_DATA_DIR.")] = None,
+) -> None:
+    if data_dir is not None:
+        if not data_dir.is_dir():
+            err_console.print(f"[bold red]error:[/] --data-dir {data_dir} is not a folder")
+            raise typer.Exit(2)
+        os.environ["LMCOMPOSE_DATA_DIR"] = str(data_dir.resolve())
+    if strict:
+        os.environ["LMCOMPOSE_STRICT_PLUGINS"] = "1"
+
+
+# --------------------------------------------------------------------------------------
+# plugins / list
+# --------------------------------------------------------------------------------------
+
+
+@app.command(epilog="Examples: lmcompose plugins; lmcompose plugins --json; LMCOMPOSE_BLOCK_PLUGINS=x lmcompose plugins")
+def plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List loaded plugins, what each registers, and plugins that failed to load."""
+    with user_errors():
+        infos = plugin_api.plugin_infos()
+        provided: dict[str, list[str]] = {}
+        for kind, registry in (
+            ("interventions", plugin_api.get_interventions()),
+            ("metrics", plugin_api.get_metrics()),
+            ("datasets", plugin_api.get_datasets()),
+            ("architectures", plugin_api.get_architectures()),
+        ):
+            for entry in registry.entries():
+                provided.setdefault(entry.distribution, []).append(f"{kind[:-1]}:{entry.name}")
+    if as_json:
+        out = []
+        for info in infos:
+            d = info.as_dict()
+            d["provides"] = sorted(provided.get(info.distribution, [])) if info.error is None else []
+            out.append(d)
+        typer.echo(json.dumps(out, indent=2))
+        return
+    table = Table(title="lmcompose plugins")
+    for col in ("name", "distribution", "version", "hooks", "status"):
+        table.add_column(col)
+    for info in infos:
+        status = "[red]failed: " + info.error + "[/]" if info.error else "[green]loaded[/]"
+        table.add_row(info.name, info.distribution, info.version, ", ".join(h.removeprefix("register_") for h in info.hooks), status)
+    console.print(table)
+    for dist, things in sorted(provided.items()):
+        console.print(f"[bold]{dist}[/] provides: {', '.join(sorted(things))}", highlight=False)
+
+
+def _list_registry(kind: str) -> None:
+    registry = {
+        "interventions": plugin_api.get_interventions,
+        "metrics": plugin_api.get_metrics,
+        "datasets": plugin_api.get_datasets,
+        "architectures": plugin_api.get_architectures,
+    }[kind]()
+    table = Table(title=kind)
+    table.add_column("name", style="bold")
+    table.add_column("from")
+    table.add_column("what", overflow="fold")
+    table.add_column("fields", overflow="fold")
+    for entry in registry.entries():
+        obj = entry.load()
+        detail = []
+        if kind == "interventions":
+            knob = obj.strength
+            detail.append(f"kind: {obj.kind}; strength: {knob.field} in {knob.describe()}" if knob else f"kind: {obj.kind}")
+        if kind == "architectures":
+            detail.append(f"layers: {obj.layers}; mlp out: {obj.mlp_out}")
+        config_cls = getattr(obj, "Config", None)
+        if config_cls is not None and kind in ("interventions", "metrics"):
+            for name, f in config_fields(config_cls).items():
+                default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+                detail.append(f"{name}={default!r}: {field_help(f)}")
+        if kind == "metrics":
+            detail.insert(0, "keys: " + ", ".join(obj.keys))
+        if kind == "datasets":
+            detail.append(f"kind: {entry.extra.get('kind', getattr(obj, 'kind', 'edits'))}")
+        table.add_row(entry.name, entry.distribution, entry.summary, "\n".join(detail))
+    console.print(table)
+
+
+@list_app.command("interventions")
+def list_interventions() -> None:
+    """Interventions: kind, strength knob, config fields."""
+    with user_errors():
+        _list_registry("interventions")
+
+
+@list_app.command("metrics")
+def list_metrics() -> None:
+    """Metrics: result keys and config fields."""
+    with user_errors():
+        _list_registry("metrics")
+
+
+@list_app.command("datasets")
+def list_datasets() -> None:
+    """Edit datasets and text corpora."""
+    with user_errors():
+        _list_registry("datasets")
+
+
+@list_app.command("architectures")
+def list_architectures() -> None:
+    """Architecture specs (model types each one covers)."""
+    with user_errors():
+        _list_registry("architectures")
+
+
+# --------------------------------------------------------------------------------------
+# run / validate / models
+# --------------------------------------------------------------------------------------
+
+
+class RichProgress(Progress):
+    """rich progress bars for long work."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RP
+
+        self.rp = RP(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=True)
+
+    @contextmanager
+    def task(self, description: str, total: int | None = None):
+        task_id = self.rp.add_task(description, total=total)
+        try:
+            yield lambda n=1: self.rp.advance(task_id, n)
+        finally:
+            self.rp.remove_task(task_id)
+
+    def note(self, message: str) -> None:
+        err_console.print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _settings(config: Path | None, **flags: Any):
+    from lmcompose.compose import RunSettings
+
+    base = RunSettings.from_file(config) if config is not None else RunSettings()
+    return base.merged(**flags)
+
+
+def _metric_flag_options(ppl_tokens: str | None, ppl_seqlen: int | None) -> dict[str, dict[str, Any]] | None:
+    opts: dict[str, Any] = {}
+    if ppl_tokens is not None:
+        if ppl_tokens == "all":
+            opts["max_tokens"] = 0
+        else:
+            try:
+                opts["max_tokens"] = int(ppl_tokens)
+            except ValueError:
+                raise UsageError(f"--ppl-tokens {ppl_tokens!r}: give a number of tokens or 'all'") from None
+    if ppl_seqlen is not None:
+        opts["seqlen"] = ppl_seqlen
+    return {"perplexity": opts} if opts else None
+
+
+RESULT_COLUMNS = ("perplexity", "avg_bits", "sparsity", "edit_success", "generalization", "locality", "flops")
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="results")
+    table.add_column("pos", justify="right")
+    table.add_column("step")
+    table.add_column("strength", justify="right")
+    present = [c for c in RESULT_COLUMNS if any(r.get(c) is not None for r in rows)]
+    for c in present:
+        table.add_column(c, justify="right")
+    table.add_column("step s", justify="right")
+    for r in rows:
+        step = r["step"]["name"] + (" (again)" if r["step"].get("recompress") else "") if r.get("step") else "base"
+        cells = [str(r["position"]), step, "" if r.get("strength") is None else str(r["strength"])]
+        for c in present:
+            v = r.get(c)
+            cells.append("" if v is None else (f"{v:.3g}" if c == "flops" else f"{v:.4g}"))
+        cells.append(f"{r.get('elapsed_s', 0):.1f}")
+        table.add_row(*cells)
+    console.print(table)
+
+
+@app.command(epilog="Examples: lmcompose run smollm2-135m magnitude:sparsity=0.5 rtn:bits=4 --out runs/x; "
+             "lmcompose run gemma3-270m magnitude:structure=2:4 --ppl-tokens all; lmcompose run -c experiment.yaml")
+def run(
+    model: Annotated[str | None, typer.Argument(help="Named model (smollm2-135m, gemma3-270m), model folder, .gguf file, or hub id.", show_default=False)] = None,
+    steps: Annotated[list[str] | None, typer.Argument(help="Steps in order: name[:field=value,...] (e.g. magnitude:sparsity=0.5 rtn:bits=4).", show_default=False)] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder for config.yaml and results.jsonl.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with run settings; flags override it.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Edit dataset name (see `lmcompose list datasets`).")] = None,
+    dataset_source: Annotated[str | None, typer.Option("--dataset-source", help="File/URL/hub id for the dataset (default: its canonical source).")] = None,
+    edits: Annotated[int | None, typer.Option("--edits", "-n", help="Number of edit requests (a seeded random selection).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for edit selection and calibration.")] = None,
+    policy: Annotated[str | None, typer.Option("--keep-compressed", "--policy", help="none | project | recompress (default project).")] = None,
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")] = None,
+    ppl_tokens: Annotated[str | None, typer.Option("--ppl-tokens", help="Perplexity token budget, or 'all' for the whole test split.")] = None,
+    ppl_seqlen: Annotated[int | None, typer.Option("--ppl-seqlen", help="Perplexity window length.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="float32 | bfloat16 | float16")] = None,
+) -> None:
+    """Apply STEPs to MODEL in order; evaluate every metric on the base model and after each step."""
+    with user_errors():
+        settings = _settings(
+            config, model=model, steps=list(steps) if steps else None, out=out, dataset=dataset,
+            dataset_source=dataset_source, edits=edits, seed=seed, policy=policy,
+            metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else None,
+            device=device, dtype=dtype,
+        )
+        extra = _metric_flag_options(ppl_tokens, ppl_seqlen)
+        if extra:
+            merged = dict(settings.metric_options)
+            for k, v in extra.items():
+                merged[k] = {**merged.get(k, {}), **v}
+            settings.metric_options = merged
+        settings.validate()
+        from lmcompose.compose import run as run_sequence
+
+        _quiet_transformers()
+        progress = RichProgress()
+        with progress.rp:
+            rows, _ctx = run_sequence(settings, progress)
+    print_rows(rows)
+    if settings.out:
+        console.print(f"results: {Path(settings.out) / 'results.jsonl'}")
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+@app.command(epilog="Example: lmcompose validate experiment.yaml")
+def validate(config: Annotated[Path, typer.Argument(help="YAML run settings (the keys of `lmcompose run -c`).")]) -> None:
+    """Check a run config without loading a model: steps, fields, ranges, metrics, dataset."""
+    with user_errors():
+        from lmcompose.compose import RunSettings
+
+        settings = RunSettings.from_file(config)
+        steps, metrics = settings.validate()
+    console.print(f"[green]ok[/]: {config} — {len(steps)} step(s): {', '.join(s.name for s in steps)}; metrics: {', '.join(m.name for m in metrics)}")
+
+
+@app.command(epilog="Example: lmcompose models --prepare")
+def models(prepare: Annotated[bool, typer.Option("--prepare", help="Convert every installed named model to its safetensors cache now.")] = False) -> None:
+    """List the named default models and whether their packages are installed and converted."""
+    with user_errors():
+        from lmcompose.errors import ModelLoadError
+        from lmcompose.models.loading import NAMED_MODELS, cache_dir, convert_gguf, gguf_cache_folder
+
+        table = Table(title="named models")
+        for col in ("name", "what", "status"):
+            table.add_column(col)
+        for name, nm in NAMED_MODELS.items():
+            try:
+                gguf = nm.locate(cache_dir())
+                folder = gguf_cache_folder(gguf, cache_dir())
+                if prepare and not (folder / "config.json").exists():
+                    _quiet_transformers()
+                    convert_gguf(gguf, cache_dir(), RichProgress())
+                status = f"cached: {folder}" if (folder / "config.json").exists() else f"installed: {gguf} (converted on first use)"
+            except ModelLoadError as exc:
+                status = f"[red]not available[/]: {exc}"
+            table.add_row(name, nm.description, status)
+        console.print(table)
+
+
+def _install_plugin_commands() -> None:
+    try:
+        plugin_api.register_cli_commands(app)
+    except (DuplicateNameError, PluginLoadError) as exc:
+        err_console.print(f"[bold red]plugin error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+
+
+def main() -> None:
+    if "--strict" in sys.argv[1:]:
+        os.environ["LMCOMPOSE_STRICT_PLUGINS"] = "1"
+    import warnings
+
+    from lmcompose.plugins import PluginLoadWarning
+
+    warnings.simplefilter("default", PluginLoadWarning)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"  # type: ignore[assignment]
+    _install_plugin_commands()
+    app()
+
+
+if __name__ == "__main__":
+    main()

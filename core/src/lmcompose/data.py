@@ -1,0 +1,114 @@
+"""Where data comes from: the data folder, text corpora, calibration windows, samples.
+
+``LMCOMPOSE_DATA_DIR`` (or ``--data-dir``) names a folder laid out like the shared data
+folder: ``wikitext-2-raw/``, ``counterfact/``, ``zsre/``, ``mquake/``. It is consulted before
+any download. Without it (and without network) commands run on the small samples bundled
+in ``lmcompose/sample_data`` and say so.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lmcompose.errors import DataError
+from lmcompose.models.loading import cache_dir
+
+__all__ = ["cache_dir", "data_dir", "wikitext_text", "sample_text", "calibration_windows", "sample_path"]
+
+WIKITEXT_FILES = {
+    "test": ("wiki.test.raw",),
+    "validation": ("wiki.valid.raw",),
+    "train": ("wiki.train.raw", "wiki.train.prefix.raw"),
+}
+
+
+def data_dir() -> Path | None:
+    """The data folder from ``LMCOMPOSE_DATA_DIR``, or None. A set but missing folder is an error."""
+    raw = os.environ.get("LMCOMPOSE_DATA_DIR")
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_dir():
+        raise DataError(f"LMCOMPOSE_DATA_DIR={raw!r} is not a folder; point it at a folder laid out like shared/data, or unset it")
+    return path
+
+
+def sample_path(name: str) -> Path:
+    return Path(str(resources.files("lmcompose").joinpath("sample_data", name)))
+
+
+def sample_text() -> str:
+    return sample_path("sample_text.txt").read_text(encoding="utf-8")
+
+
+def wikitext_rows(raw: str) -> list[str]:
+    """The Hugging Face rows of a wikitext-2 raw file (one row per line; blank lines empty)."""
+    return [line + "\n" if line.strip() else "" for line in raw.split("\n")[:-1]]
+
+
+def wikitext_text(split: str, source: str | Path | None = None) -> tuple[str, str] | None:
+    """``"\\n\\n".join`` of the split's rows and where it came from, or None if unavailable.
+
+    Looks in ``source`` (a folder), then the data folder, then (unless HF_HUB_OFFLINE=1)
+    the hub dataset ``wikitext``/``wikitext-2-raw-v1``.
+    """
+    if split not in WIKITEXT_FILES:
+        raise DataError(f"wikitext-2 has no split {split!r}; use one of {', '.join(WIKITEXT_FILES)}")
+    folders = []
+    if source is not None:
+        folders.append(Path(source))
+    dd = data_dir()
+    if dd is not None:
+        folders.append(dd / "wikitext-2-raw")
+    for folder in folders:
+        for fname in WIKITEXT_FILES[split]:
+            f = folder / fname
+            if f.exists():
+                return "\n\n".join(wikitext_rows(f.read_text(encoding="utf-8"))), str(f)
+    if os.environ.get("HF_HUB_OFFLINE", "") not in {"1", "true", "yes"}:
+        try:  # pragma: no cover - needs network
+            import datasets
+
+            ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
+            return "\n\n".join(ds["text"]), f"hub:wikitext/wikitext-2-raw-v1/{split}"
+        except Exception:
+            pass
+    return None
+
+
+def corpus_text(split: str, ctx: Any = None) -> tuple[str, str]:
+    """Text for perplexity (``test``) or calibration (``train``+``validation``), falling back
+    to the bundled sample text with a note on ``ctx``."""
+    if split == "calibration":
+        parts = [wikitext_text(s) for s in ("train", "validation")]
+        found = [p for p in parts if p is not None]
+        if found:
+            return "\n\n".join(t for t, _ in found), " + ".join(w for _, w in found)
+    else:
+        found_one = wikitext_text(split)
+        if found_one is not None:
+            return found_one
+    if ctx is not None:
+        ctx.note(
+            f"wikitext-2 {split} not found: using the small bundled sample text instead "
+            "(set LMCOMPOSE_DATA_DIR or --data-dir to a folder with wikitext-2-raw/ for real numbers)"
+        )
+    return sample_text(), "bundled:sample_text.txt"
+
+
+def calibration_windows(tokenizer: Any, n_samples: int, seqlen: int, seed: int, ctx: Any = None):
+    """``n_samples`` windows of ``seqlen`` tokens at seeded random offsets (LongTensor n x seqlen)."""
+    import torch
+
+    text, where = corpus_text("calibration", ctx)
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    if ids.numel() <= seqlen:
+        seqlen = max(8, ids.numel() // 2)
+        if ctx is not None:
+            ctx.note(f"calibration text ({where}) is short: windows cut to {seqlen} tokens")
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - seqlen, (n_samples,), generator=gen)
+    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])

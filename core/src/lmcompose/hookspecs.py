@@ -1,0 +1,105 @@
+"""Hook specifications: the whole plugin interface of lmcompose.
+
+A plugin is a module (or object) with functions marked ``@lmcompose.hookimpl`` whose names
+are the hooks below, exposed through an entry point in the group ``lmcompose``::
+
+    [project.entry-points.lmcompose]
+    myplugin = "lmcompose_myplugin.plugin"
+
+Each ``register_*`` hook receives a registrar callable. Call it once per thing the plugin
+provides; never keep a reference to it. Its signature is::
+
+    register(target, name=None, summary=None, **extra) -> Entry
+
+``target`` is the class/object itself, or a lazy ``"module:attr"`` string (then ``name`` is
+required) that is imported only when the thing is used — this keeps ``lmcompose plugins``
+and ``--help`` from importing heavy libraries. Registering a name that another plugin
+already registered raises :class:`lmcompose.errors.DuplicateNameError`, naming both
+distributions.
+
+Hook implementations must not declare default values for their parameters (pluggy
+ignores them, see pluggy#442), and must not import torch at module import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+PROJECT_NAME = "lmcompose"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+Register = Callable[..., Any]
+
+
+@hookspec
+def register_interventions(register: Register) -> None:
+    """Register interventions (operators that change a model in place).
+
+    :param register: registrar; ``register(InterventionClass)`` or
+        ``register("pkg.module:InterventionClass", name="x", summary="...")``. The class
+        must subclass :class:`lmcompose.Intervention` (``name``, ``kind``, ``Config``,
+        ``strength``, ``apply``, optionally ``project``).
+
+    The host collects every registration into ``get_interventions()``, a
+    ``Registry[type[Intervention]]``; the composition engine looks steps up there by name.
+    The return value is ignored.
+    """
+
+
+@hookspec
+def register_metrics(register: Register) -> None:
+    """Register metrics evaluated on the base model and after every step.
+
+    :param register: registrar; ``register(MetricClass)`` or a lazy string with ``name=``.
+        The class must subclass :class:`lmcompose.Metric` (``name``, ``keys``,
+        ``higher_is_better``, ``compute(lm, ctx) -> dict[str, float]``).
+
+    The host collects them into ``get_metrics()``; each key ``compute`` returns becomes a
+    column of results.jsonl. The return value is ignored.
+    """
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register edit datasets and text corpora.
+
+    :param register: registrar; ``register(DatasetClass)`` or a lazy string with ``name=``.
+        Edit datasets subclass :class:`lmcompose.EditDataset`
+        (``load(source, limit, seed) -> list[EditRecord]``); text corpora subclass
+        :class:`lmcompose.TextCorpus` (``load_text(split, source) -> str``).
+
+    The host collects them into ``get_datasets()``; ``lmcompose run --dataset NAME`` and
+    ``lmcompose.load_edits(NAME)`` look them up there. The return value is ignored.
+    """
+
+
+@hookspec
+def register_architectures(register: Register) -> None:
+    """Register architecture specs: where a model family keeps its decoder layers,
+    attention and MLP projections, final norm, embeddings and LM head.
+
+    :param register: registrar; ``register(ArchSpec(...))`` (an
+        :class:`lmcompose.models.ArchSpec`, whose ``name`` is the registry key). The spec's
+        ``model_types`` lists the ``config.model_type`` values it handles.
+
+    The host collects them into ``get_architectures()``; ``load_model`` picks the spec whose
+    ``model_types`` contains the model's ``config.model_type``. The return value is ignored.
+    """
+
+
+@hookspec
+def register_commands(app: Any) -> None:
+    """Add commands to the ``lmcompose`` command line.
+
+    :param app: the root ``typer.Typer`` application (typed loosely so that core does not
+        depend on typer). Add commands with ``@app.command()`` or groups with
+        ``app.add_typer(...)``.
+
+    Called once when the CLI starts, after the built-in commands are defined. The return
+    value is ignored.
+    """

@@ -1,0 +1,1 @@
+"""Built-in interventions: the baselines every compression paper reports."""

@@ -1,0 +1,39 @@
+"""Pieces shared by the built-in compressors (kept torch-free at import)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import field
+from typing import Any
+
+from lmcompose.errors import ConfigError
+
+
+def targets_field() -> Any:
+    return field(
+        default_factory=list,
+        metadata={"help": "projections to change, by name suffix or glob (e.g. mlp.down_proj); '+'-separated on the command line; empty = every decoder projection"},
+    )
+
+
+def ignore_field() -> Any:
+    return field(default_factory=list, metadata={"help": "projections to leave alone (same patterns as targets)"})
+
+
+def selected_layers(lm: Any, config: Any, step: str) -> list[tuple[str, Any]]:
+    layers = lm.target_layers(config.targets, config.ignore)
+    if not layers:
+        raise ConfigError(
+            f"step {step!r}: targets={list(config.targets)} ignore={list(config.ignore)} select no projection of "
+            f"this {lm.arch.name} model; names look like {lm.linear_layers()[0][0]!r}"
+        )
+    return layers
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.elapsed = time.perf_counter() - self.start

@@ -1,0 +1,1 @@
+"""Built-in metrics (registered as default plugins). Definitions: docs/metrics.md."""

@@ -1,0 +1,130 @@
+"""Size and cost of the model as it stands: average bits, sparsity, bytes, FLOPs, latency.
+
+Average bits are counted over the decoder projections (every linear layer of every decoder
+layer; embeddings, norms and the LM head are excluded), from the actual weights:
+
+* a weight a pruner zeroed (its keep-mask is False and it is still exactly 0) costs 1 bit;
+  in a layer with no recorded mask every exact zero counts as pruned, unless the layer is
+  quantized (then 0 is just a grid value);
+* any other weight costs the layer's quantization bits if every weight still lies on the
+  stored grid, else 16 (an fp16 weight);
+* a quantized layer on its grid adds 32 bits (16-bit scale + 16-bit zero) per group.
+
+A dense model therefore reports 16.0 (fp16 storage), whatever dtype it runs in.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmcompose.api import Context, Metric
+
+DENSE_BITS = 16
+
+
+def layer_bits(w: Any, state: Any) -> tuple[float, int, int]:
+    """(storage bits, exact zeros, numel) of one weight matrix under the rules above."""
+    n = w.numel()
+    zeros = int((w == 0).sum())
+    mask = getattr(state, "keep_mask", None)
+    quant = getattr(state, "quant", None)
+    if mask is not None:
+        pruned = int(((~mask) & (w == 0)).sum())
+    elif quant is None:
+        pruned = zeros
+    else:
+        pruned = 0
+    if quant is not None and quant.on_grid(w):
+        value_bits, overhead = quant.bits, quant.overhead_bits
+    else:
+        value_bits, overhead = DENSE_BITS, 0
+    return pruned * 1 + (n - pruned) * value_bits + overhead, zeros, n
+
+
+def compression_summary(lm: Any) -> dict[str, float]:
+    total_bits = 0.0
+    zeros = numel = 0
+    linear_ptrs = set()
+    for name, _module in lm.linear_layers():
+        w = lm.weight(name)
+        linear_ptrs.add(w.data_ptr())
+        b, z, n = layer_bits(w, lm.compression.get(name))
+        total_bits += b
+        zeros += z
+        numel += n
+    other = 0
+    seen = set(linear_ptrs)
+    for p in lm.model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            other += p.numel()
+    return {
+        "avg_bits": total_bits / numel,
+        "sparsity": zeros / numel,
+        "param_bytes": total_bits / 8 + other * DENSE_BITS / 8,
+        "compressed_params": numel,
+    }
+
+
+class AverageBits(Metric):
+    """Average bits per weight, sparsity and parameter bytes of the decoder projections."""
+
+    name = "avg_bits"
+    keys = ("avg_bits", "sparsity", "param_bytes")
+    higher_is_better = {"avg_bits": False, "sparsity": None, "param_bytes": False}
+
+    def compute(self, lm: Any, ctx: Context) -> dict[str, Any]:
+        import torch
+
+        with torch.no_grad():
+            out = compression_summary(lm)
+        out.pop("compressed_params")
+        return out
+
+
+@dataclass
+class FlopsConfig:
+    tokens: int = field(default=128, metadata={"help": "sequence length of the measured forward pass (batch 1)", "range": (1, 1 << 16)})
+    latency_repeats: int = field(default=3, metadata={"help": "timed forward passes; the median is reported (0 = skip latency)", "range": (0, 1000)})
+
+
+class Flops(Metric):
+    """FLOPs of one 1 x tokens forward pass, linear layers scaled by density; latency."""
+
+    name = "flops"
+    keys = ("flops", "flops_dense", "latency_ms")
+    higher_is_better = {"flops": False, "flops_dense": None, "latency_ms": False}
+    Config = FlopsConfig
+
+    def compute(self, lm: Any, ctx: Context) -> dict[str, Any]:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        t = self.config.tokens
+        ids = (torch.arange(t) % lm.model.config.vocab_size).unsqueeze(0).to(lm.device)
+        key = ("flops_dense", id(lm.model), t)
+        with torch.inference_mode():
+            if key not in ctx.state:
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    lm.model(ids)
+                ctx.state[key] = counter.get_total_flops()
+            dense = ctx.state[key]
+            saved = 0.0
+            for name, _module in lm.linear_layers():
+                w = lm.weight(name)
+                zero_share = float((w == 0).sum()) / w.numel()
+                saved += 2 * t * w.numel() * zero_share
+            latencies = []
+            for _ in range(self.config.latency_repeats):
+                start = time.perf_counter()
+                lm.model(ids)
+                latencies.append((time.perf_counter() - start) * 1000)
+        return {
+            "flops": dense - saved,
+            "flops_dense": float(dense),
+            "latency_ms": statistics.median(latencies) if latencies else None,
+        }

@@ -1,0 +1,248 @@
+"""Edit success, generalization and locality, with the f1, accuracy, prob and drift scorers.
+
+All definitions are in docs/metrics.md. Targets are tokenized on their own with a leading
+space (unless the prompt ends in whitespace) and appended to the prompt's tokens, as in
+ROME/MEMIT, so the boundary never merges into one token.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lmcompose.api import Context, EditRecord, Metric
+
+SCORERS = ("f1", "accuracy", "prob")
+MULTI_HOP_TOKENS = 8
+
+
+@dataclass
+class EditMetricsConfig:
+    scorer: Literal["f1", "accuracy", "prob"] = field(
+        default="f1",
+        metadata={"help": "scorer behind edit_success and generalization: f1 (the paper's: greedy generation, token-bag F1), accuracy (teacher-forced token accuracy), prob (P(new) > P(true))"},
+    )
+    locality_scorer: Literal["f1", "accuracy", "prob", "drift"] = field(
+        default="f1",
+        metadata={"help": "scorer behind locality; drift = share of next-token argmaxes unchanged from the base model"},
+    )
+    batch_size: int = field(default=16, metadata={"help": "prompts per forward pass / generate call", "range": (1, 4096)})
+
+
+def _target_text(prompt: str, target: str) -> str:
+    target = target.strip()
+    return target if (not prompt or prompt[-1].isspace()) else " " + target
+
+
+class Scorer:
+    """Batched teacher forcing and greedy generation on one LM."""
+
+    def __init__(self, lm: Any, batch_size: int):
+        import torch
+
+        self.torch = torch
+        self.lm = lm
+        self.tok = lm.tokenizer
+        self.batch_size = batch_size
+        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        self.special = set(self.tok.all_special_ids)
+
+    def encode(self, prompt: str, target: str) -> tuple[list[int], list[int]]:
+        p = self.tok(prompt, add_special_tokens=True).input_ids
+        t = self.tok(_target_text(prompt, target), add_special_tokens=False).input_ids
+        return p, t
+
+    def teacher_forced(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """For each (prompt, target): mean token NLL of the target, token accuracy, and the
+        argmax at every predicted position of prompt+target."""
+        torch = self.torch
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = [self.encode(p, t) for p, t in pairs[start : start + self.batch_size]]
+            seqs = [p + t for p, t in chunk]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for i, s in enumerate(seqs):
+                ids[i, : len(s)] = torch.tensor(s)
+                mask[i, : len(s)] = 1
+            logits = self.lm.model(ids.to(self.lm.device), attention_mask=mask.to(self.lm.device)).logits.float().cpu()
+            logp = torch.log_softmax(logits, dim=-1)
+            for i, (p, t) in enumerate(chunk):
+                n = len(p) + len(t)
+                pos = torch.arange(len(p) - 1, n - 1)
+                tgt = torch.tensor(t)
+                token_logp = logp[i, pos, tgt]
+                pred = logits[i, pos].argmax(-1)
+                out.append({
+                    "nll": float(-token_logp.mean()),
+                    "accuracy": float((pred == tgt).float().mean()),
+                    "argmax": logits[i, : n - 1].argmax(-1).tolist(),
+                })
+        return out
+
+    def generate(self, prompts: list[str], lengths: list[int]) -> list[list[int]]:
+        """Greedy continuation of each prompt, ``lengths[i]`` new tokens (batched, left-padded)."""
+        torch = self.torch
+        outs: list[list[int]] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = [self.tok(p, add_special_tokens=True).input_ids for p in prompts[start : start + self.batch_size]]
+            want = lengths[start : start + self.batch_size]
+            width = max(len(p) for p in chunk)
+            ids = torch.full((len(chunk), width), self.pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, p in enumerate(chunk):
+                ids[i, width - len(p) :] = torch.tensor(p)
+                mask[i, width - len(p) :] = 1
+            gen = self.lm.model.generate(
+                input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device),
+                max_new_tokens=max(want), do_sample=False, pad_token_id=self.pad,
+            )[:, width:].cpu()
+            outs.extend(gen[i, :n].tolist() for i, n in enumerate(want))
+        return outs
+
+    def generate_for(self, pairs: list[tuple[str, str]]) -> list[list[int]]:
+        """Greedy continuation of each prompt, clipped to its target's token length."""
+        lengths = [len(self.encode(p, t)[1]) for p, t in pairs]
+        return self.generate([p for p, _ in pairs], lengths)
+
+    def bag(self, ids: list[int]) -> Counter:
+        keep = [i for i in ids if i not in self.special and self.tok.decode([i]).strip()]
+        return Counter(keep)
+
+    def f1(self, generated: list[int], target: list[int]) -> float:
+        g, t = self.bag(generated), self.bag(target)
+        common = sum((g & t).values())
+        if common == 0:
+            return 0.0
+        precision, recall = common / sum(g.values()), common / sum(t.values())
+        return 2 * precision * recall / (precision + recall)
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _group_mean(values: list[float], owners: list[int], n: int) -> list[float]:
+    """Mean per record of the values each record owns (records without any are skipped)."""
+    sums, counts = [0.0] * n, [0] * n
+    for v, o in zip(values, owners):
+        sums[o] += v
+        counts[o] += 1
+    return [s / c for s, c in zip(sums, counts) if c]
+
+
+class EditMetrics(Metric):
+    """Edit success, generalization, locality (f1/accuracy/prob/drift), edit NLL, multi-hop."""
+
+    name = "edit"
+    keys = (
+        "edit_success", "generalization", "locality", "edit_nll",
+        *(f"edit_success_{s}" for s in SCORERS), *(f"generalization_{s}" for s in SCORERS),
+        *(f"locality_{s}" for s in SCORERS), "locality_drift", "multi_hop_accuracy",
+    )
+    higher_is_better = {k: True for k in keys} | {"edit_nll": False}
+    requires_edits = True
+    Config = EditMetricsConfig
+
+    def compute(self, lm: Any, ctx: Context) -> dict[str, Any]:
+        import torch
+
+        records = ctx.edits
+        if not records:
+            return {}
+        with torch.inference_mode(), ctx.progress.task("edit metrics", 4) as advance:
+            sc = Scorer(lm, self.config.batch_size)
+            res: dict[str, Any] = {}
+            res.update(self._prompt_group("edit_success", sc, records, lambda r: [r.prompt]))
+            res["edit_nll"] = res.pop("edit_success_nll")
+            advance(1)
+            gen = self._prompt_group("generalization", sc, records, lambda r: r.rephrases)
+            gen.pop("generalization_nll", None)
+            res.update(gen)
+            advance(1)
+            res.update(self._locality(sc, records, ctx))
+            advance(1)
+            res["multi_hop_accuracy"] = self._multi_hop(sc, records)
+            advance(1)
+        res["edit_success"] = res.get(f"edit_success_{self.config.scorer}")
+        res["generalization"] = res.get(f"generalization_{self.config.scorer}")
+        loc = self.config.locality_scorer
+        res["locality"] = res.get("locality_drift" if loc == "drift" else f"locality_{loc}")
+        res["edit_scorer"] = self.config.scorer
+        res["locality_scorer"] = loc
+        return res
+
+    def _prompt_group(self, key: str, sc: Scorer, records: list[EditRecord], prompts_of) -> dict[str, Any]:
+        owners, pairs_new, pairs_true = [], [], []
+        for i, r in enumerate(records):
+            for p in prompts_of(r):
+                owners.append(i)
+                pairs_new.append((p, r.target_new))
+                pairs_true.append((p, r.target_true) if r.target_true else None)
+        if not pairs_new:
+            return {f"{key}_{s}": None for s in SCORERS}
+        tf_new = sc.teacher_forced(pairs_new)
+        gens = sc.generate_for(pairs_new)
+        f1 = [sc.f1(g, sc.encode(p, t)[1]) for g, (p, t) in zip(gens, pairs_new)]
+        true_idx = [j for j, pt in enumerate(pairs_true) if pt is not None]
+        tf_true = dict(zip(true_idx, sc.teacher_forced([pairs_true[j] for j in true_idx])))
+        prob = []
+        for j, tn in enumerate(tf_new):
+            if j in tf_true:
+                prob.append(1.0 if tn["nll"] < tf_true[j]["nll"] else 0.0)
+            else:  # no true target to contrast: geometric-mean token probability of the new one
+                prob.append(math.exp(-tn["nll"]))
+        n = len(records)
+        return {
+            f"{key}_f1": _mean(_group_mean(f1, owners, n)),
+            f"{key}_accuracy": _mean(_group_mean([t["accuracy"] for t in tf_new], owners, n)),
+            f"{key}_prob": _mean(_group_mean(prob, owners, n)),
+            f"{key}_nll": _mean(_group_mean([t["nll"] for t in tf_new], owners, n)),
+        }
+
+    def _locality(self, sc: Scorer, records: list[EditRecord], ctx: Context) -> dict[str, Any]:
+        owners, pairs = [], []
+        for i, r in enumerate(records):
+            for lp in r.locality:
+                owners.append(i)
+                pairs.append((lp.prompt, lp.answer))
+        if not pairs:
+            return {"locality_f1": None, "locality_accuracy": None, "locality_prob": None, "locality_drift": None}
+        n = len(records)
+        tf = sc.teacher_forced(pairs)
+        gens = sc.generate_for(pairs)
+        f1 = [sc.f1(g, sc.encode(p, a)[1]) for g, (p, a) in zip(gens, pairs)]
+        # prob: the locality answer still beats the edit's new target (ROME's neighborhood score);
+        # prompts whose answer is the new target give no contrast and are skipped.
+        contrast = [(j, (p, records[owners[j]].target_new)) for j, (p, a) in enumerate(pairs)
+                    if a.strip() != records[owners[j]].target_new.strip()]
+        tf_new = sc.teacher_forced([pn for _, pn in contrast])
+        prob = [1.0 if tf[j]["nll"] < t["nll"] else 0.0 for (j, _), t in zip(contrast, tf_new)]
+        # drift: next-token argmaxes versus the first model evaluated in this run (the base)
+        ref_key = ("locality_reference", tuple(r.case_id for r in records))
+        argmaxes = [t["argmax"] for t in tf]
+        ref = ctx.state.setdefault(ref_key, argmaxes)
+        same = [sum(a == b for a, b in zip(x, y)) / len(x) for x, y in zip(argmaxes, ref)]
+        return {
+            "locality_f1": _mean(_group_mean(f1, owners, n)),
+            "locality_accuracy": _mean(_group_mean([t["accuracy"] for t in tf], owners, n)),
+            "locality_prob": _mean(_group_mean(prob, [owners[j] for j, _ in contrast], n)),
+            "locality_drift": _mean(_group_mean(same, owners, n)),
+        }
+
+    def _multi_hop(self, sc: Scorer, records: list[EditRecord]) -> float | None:
+        cases = [r for r in records if r.multi_hop is not None]
+        if not cases:
+            return None
+        correct = 0
+        for r in cases:
+            mh = r.multi_hop
+            answers = [a.lower() for a in [mh.new_answer, *mh.new_answer_aliases] if a]
+            gens = sc.generate([f"Q: {q}\nA:" for q in mh.questions], [MULTI_HOP_TOKENS] * len(mh.questions))
+            texts = [sc.tok.decode(g, skip_special_tokens=True).strip().lower() for g in gens]
+            if any(any(t.startswith(a) or a in t.split("\n")[0] for a in answers) for t in texts):
+                correct += 1
+        return correct / len(cases)

@@ -1,0 +1,162 @@
+"""The LM handle: a model, its tokenizer, its architecture spec and its compression state."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmcompose.models.arch import ArchSpec, linear_modules, weight_matrix
+from lmcompose.quant import QuantGrid
+
+COMPRESSION_FILE = "lmcompose_compression.safetensors"
+COMPRESSION_META = "lmcompose_compression.json"
+
+
+@dataclass
+class LayerCompression:
+    """What compressors recorded for one weight matrix.
+
+    ``keep_mask``: bool (out, in), False where a pruner zeroed the weight (the union of all
+    pruning steps). ``quant``: the grid the weights were last quantized onto.
+    """
+
+    keep_mask: torch.Tensor | None = None
+    quant: QuantGrid | None = None
+
+
+@dataclass
+class LM:
+    """A causal LM with its tokenizer and architecture spec."""
+
+    model: Any
+    tokenizer: Any
+    arch: ArchSpec
+    name: str = "model"
+    source: str = ""
+    compression: dict[str, LayerCompression] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def max_positions(self) -> int:
+        cfg = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+            v = getattr(cfg, key, None)
+            if isinstance(v, int) and v > 0:
+                return v
+        return 2048
+
+    def linear_layers(self) -> list[tuple[str, Any]]:
+        """(name, module) of the decoder's projections, the default target of compressors."""
+        return linear_modules(self.model, self.arch)
+
+    def target_layers(self, targets: Sequence[str] = (), ignore: Sequence[str] = ()) -> list[tuple[str, Any]]:
+        """Decoder projections selected by name patterns.
+
+        A pattern matches a layer whose qualified name equals it, ends with ``.pattern``
+        (``mlp.down_proj``), or matches it as a glob (``model.layers.1*``). Empty ``targets``
+        means every decoder projection; embeddings and the LM head are never included.
+        """
+        def hit(name: str, pats: Sequence[str]) -> bool:
+            return any(name == p or name.endswith("." + p) or fnmatch.fnmatchcase(name, p) for p in pats)
+
+        layers = [(n, m) for n, m in self.linear_layers() if (not targets or hit(n, targets)) and not hit(n, ignore)]
+        return layers
+
+    def weight(self, name: str) -> torch.Tensor:
+        """The (out, in) weight matrix of a named projection, as a view into the model."""
+        return weight_matrix(self.model.get_submodule(name))
+
+    def layer_state(self, name: str) -> LayerCompression:
+        return self.compression.setdefault(name, LayerCompression())
+
+    def fingerprint(self) -> str:
+        """blake2b over every parameter and buffer's bytes (names sorted, tied weights once)."""
+        h = hashlib.blake2b(digest_size=16)
+        seen: set[int] = set()
+        tensors = dict(self.model.named_parameters())
+        for name, tensor in sorted(tensors.items()):
+            ptr = tensor.data_ptr()
+            if ptr in seen:
+                continue
+            seen.add(ptr)
+            h.update(name.encode())
+            t = tensor.detach().cpu().contiguous()
+            h.update(str(t.dtype).encode())
+            h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+        return h.hexdigest()
+
+    def state_copy(self) -> dict[str, Any]:
+        """An in-memory snapshot of weights and compression state (see restore)."""
+        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        comp = {
+            k: LayerCompression(
+                None if v.keep_mask is None else v.keep_mask.clone(),
+                None if v.quant is None else QuantGrid(v.quant.bits, v.quant.group_size, v.quant.symmetric, v.quant.scale.clone(), v.quant.zero.clone()),
+            )
+            for k, v in self.compression.items()
+        }
+        return {"weights": weights, "compression": comp}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self.model.load_state_dict(snapshot["weights"])
+        self.compression = {k: LayerCompression(v.keep_mask, v.quant) for k, v in snapshot["compression"].items()}
+
+    def save(self, path: str | Path) -> Path:
+        """Save model + tokenizer (safetensors) and the compression state beside them."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        save_compression(self.compression, path)
+        return path
+
+
+def save_compression(compression: dict[str, LayerCompression], folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {}
+    for name, st in compression.items():
+        entry: dict[str, Any] = {}
+        if st.keep_mask is not None:
+            tensors[f"{name}.keep_mask"] = st.keep_mask.to(torch.uint8).contiguous()
+            entry["keep_mask"] = True
+        if st.quant is not None:
+            tensors[f"{name}.scale"] = st.quant.scale.contiguous()
+            tensors[f"{name}.zero"] = st.quant.zero.contiguous()
+            entry["quant"] = {"bits": st.quant.bits, "group_size": st.quant.group_size, "symmetric": st.quant.symmetric}
+        meta[name] = entry
+    if not meta:
+        return
+    save_file(tensors, str(folder / COMPRESSION_FILE))
+    (folder / COMPRESSION_META).write_text(json.dumps(meta, indent=1))
+
+
+def load_compression(folder: Path) -> dict[str, LayerCompression]:
+    meta_path = folder / COMPRESSION_META
+    if not meta_path.exists():
+        return {}
+    from safetensors.torch import load_file
+
+    meta = json.loads(meta_path.read_text())
+    tensors = load_file(str(folder / COMPRESSION_FILE))
+    out = {}
+    for name, entry in meta.items():
+        st = LayerCompression()
+        if entry.get("keep_mask"):
+            st.keep_mask = tensors[f"{name}.keep_mask"].bool()
+        if "quant" in entry:
+            q = entry["quant"]
+            st.quant = QuantGrid(q["bits"], q["group_size"], q["symmetric"], tensors[f"{name}.scale"], tensors[f"{name}.zero"])
+        out[name] = st
+    return out

@@ -1,0 +1,124 @@
+"""A typed registry of named things, with lazy ``"module:attr"`` entries.
+
+Plugins never touch the registry directly: the host hands each ``register_*`` hook a
+registrar bound to the plugin's distribution, so a duplicate name can say who registered
+both copies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from lmcompose.errors import DuplicateNameError, UnknownNameError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Entry(Generic[T]):
+    """One registered thing. ``target`` is the object or a lazy ``"module:attr"`` string."""
+
+    name: str
+    target: Any
+    distribution: str
+    summary: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    _loaded: Any = None
+
+    @property
+    def is_lazy(self) -> bool:
+        return isinstance(self.target, str) and self._loaded is None
+
+    def load(self) -> T:
+        if self._loaded is None:
+            if isinstance(self.target, str):
+                module_name, _, attr = self.target.partition(":")
+                obj: Any = importlib.import_module(module_name)
+                for part in attr.split(".") if attr else []:
+                    obj = getattr(obj, part)
+                self._loaded = obj
+            else:
+                self._loaded = self.target
+        return self._loaded
+
+
+class Registry(Generic[T]):
+    """Name -> thing, for one kind ("intervention", "metric", "dataset", "architecture")."""
+
+    def __init__(self, kind: str, hint: str = ""):
+        self.kind = kind
+        self.hint = hint
+        self._entries: dict[str, Entry[T]] = {}
+
+    def add(
+        self,
+        target: Any,
+        *,
+        name: str | None = None,
+        distribution: str = "?",
+        summary: str | None = None,
+        **extra: Any,
+    ) -> Entry[T]:
+        if name is None:
+            if isinstance(target, str):
+                raise TypeError(f"a lazy {self.kind} entry {target!r} needs name=")
+            name = getattr(target, "name", None)
+            if not name:
+                raise TypeError(f"{self.kind} {target!r} has no `name` attribute; pass name=")
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{self.kind} name must be a non-empty string, got {name!r}")
+        if name in self._entries:
+            other = self._entries[name]
+            raise DuplicateNameError(
+                f"{self.kind} {name!r} is registered twice: by {other.distribution} and by "
+                f"{distribution}. Uninstall one of them, or block one with "
+                f"LMCOMPOSE_BLOCK_PLUGINS."
+            )
+        if summary is None:
+            summary = "" if isinstance(target, str) else _first_line(getattr(target, "__doc__", ""))
+        entry: Entry[T] = Entry(name, target, distribution, summary, dict(extra))
+        self._entries[name] = entry
+        return entry
+
+    def registrar(self, distribution: str) -> Callable[..., Entry[T]]:
+        """The ``register`` callable handed to one plugin's hook."""
+
+        def register(target: Any, name: str | None = None, **kwargs: Any) -> Entry[T]:
+            return self.add(target, name=name, distribution=distribution, **kwargs)
+
+        return register
+
+    def entry(self, name: str) -> Entry[T]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(self.kind, name, self._entries, self.hint) from None
+
+    def get(self, name: str) -> T:
+        return self.entry(name).load()
+
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry[T]]:
+        return [self._entries[n] for n in self.names()]
+
+
+def _first_line(doc: str | None) -> str:
+    doc = (doc or "").strip()
+    return doc.splitlines()[0].strip() if doc else ""

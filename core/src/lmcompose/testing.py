@@ -1,0 +1,198 @@
+"""The conformance suite every intervention plugin runs, shipped as a pytest plugin.
+
+Use it from a plugin's tests::
+
+    from lmcompose.testing import InterventionConformance
+
+    class TestMyPrune(InterventionConformance):
+        intervention = "myprune"          # registered name
+        config = {"sparsity": 0.5}        # a typical setting (field -> value)
+
+Every test runs on a tiny random model of each architecture in ``architectures``: the
+step applies and changes the model, is deterministic under a seed, accepts its strength
+range and rejects values outside it, leaves the model saveable and loadable (with its
+compression state), and its ``project()`` is idempotent and restores the constraint after
+the weights are disturbed.
+
+The module is registered under the ``pytest11`` entry point, so its fixtures
+(``tiny_lm``, ``tiny_edits``) are available in any test once lmcompose is installed. It
+imports torch only inside tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import pytest
+
+from lmcompose.api import Context, Intervention, StepReport
+from lmcompose.errors import ConfigError
+from lmcompose.models.tiny import TINY_ARCHITECTURES
+
+
+def _state(lm: Any) -> dict[str, Any]:
+    return {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def tiny_lm(request: pytest.FixtureRequest) -> Any:
+    """A tiny random llama LM (``@pytest.mark.parametrize('tiny_lm', ['gpt2'], indirect=True)``
+    picks another architecture)."""
+    from lmcompose.models.tiny import tiny_model
+
+    return tiny_model(getattr(request, "param", "llama"), seed=0)
+
+
+@pytest.fixture
+def tiny_edits() -> list[Any]:
+    """Four edit requests from the bundled sample."""
+    from lmcompose.compose import load_edits
+
+    return load_edits("records", limit=4, seed=0)
+
+
+class InterventionConformance:
+    """Subclass, set ``intervention`` (and ``config``), and pytest runs the suite."""
+
+    intervention: ClassVar[str] = ""
+    config: ClassVar[dict[str, Any]] = {}
+    architectures: ClassVar[tuple[str, ...]] = TINY_ARCHITECTURES
+    n_edits: ClassVar[int] = 4
+    calibration_samples: ClassVar[int] = 4
+    calibration_seqlen: ClassVar[int] = 32
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        if "conformance_arch" in metafunc.fixturenames:
+            metafunc.parametrize("conformance_arch", list(self.architectures))
+
+    # -- helpers --------------------------------------------------------------------
+    def intervention_class(self) -> type[Intervention]:
+        from lmcompose.plugins import get_interventions
+
+        return get_interventions().get(self.intervention)
+
+    def make(self, **overrides: Any) -> Intervention:
+        return self.intervention_class().from_overrides({**self.config, **overrides})
+
+    def make_with_strength(self, value: Any) -> Intervention:
+        """The intervention at its default config with only the strength set."""
+        cls = self.intervention_class()
+        return cls.from_overrides({cls.strength.field: value})
+
+    def context(self, seed: int = 0) -> Context:
+        edits = []
+        if self.intervention_class().kind == "edit":
+            from lmcompose.compose import load_edits
+
+            edits = load_edits("records", limit=self.n_edits, seed=seed)
+        return Context(seed=seed, edits=edits, calibration_samples=self.calibration_samples,
+                       calibration_seqlen=self.calibration_seqlen)
+
+    def model(self, arch: str, seed: int = 0) -> Any:
+        from lmcompose.models.tiny import tiny_model
+
+        return tiny_model(arch, seed=seed)
+
+    def logits(self, lm: Any) -> Any:
+        import torch
+
+        ids = lm.tokenizer("The river town grew up around a crossing", return_tensors="pt").input_ids
+        with torch.no_grad():
+            return lm.model(ids).logits
+
+    # -- the suite --------------------------------------------------------------------
+    def test_declares_a_complete_interface(self) -> None:
+        cls = self.intervention_class()
+        assert cls.name == self.intervention
+        assert cls.kind, "set `kind` (edit, prune, quantize, ...)"
+        assert dataclasses.is_dataclass(cls.Config), "Config must be a dataclass"
+        for f in dataclasses.fields(cls.Config):
+            assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, f"field {f.name} needs a default"
+            assert f.metadata.get("help"), f"field {f.name} needs metadata={{'help': ...}}"
+        if cls.strength is not None:
+            assert cls.strength.field in {f.name for f in dataclasses.fields(cls.Config)}
+
+    def test_applies_and_changes_the_model(self, conformance_arch: str) -> None:
+        import torch
+
+        lm = self.model(conformance_arch)
+        before = _state(lm)
+        report = self.make().apply(lm, self.context())
+        assert isinstance(report, StepReport)
+        assert report.name == self.intervention
+        assert not _same(before, _state(lm)), "apply() left every weight unchanged"
+        assert torch.isfinite(self.logits(lm)).all()
+
+    def test_is_deterministic_under_a_seed(self, conformance_arch: str) -> None:
+        results = []
+        for _ in range(2):
+            lm = self.model(conformance_arch, seed=0)
+            self.make().apply(lm, self.context(seed=0))
+            results.append(_state(lm))
+        assert _same(*results)
+
+    def test_respects_its_strength_range(self) -> None:
+        knob = self.intervention_class().strength
+        if knob is None:
+            pytest.skip("no strength knob")
+        valid = [(knob.low + knob.high) / 2]
+        if knob.low_inclusive:
+            valid.append(knob.low)
+        if knob.high_inclusive:
+            valid.append(knob.high)
+        span = knob.high - knob.low
+        invalid = [knob.low - max(1.0, span), knob.high + max(1.0, span)]
+        if not knob.low_inclusive:
+            invalid.append(knob.low)
+        if not knob.high_inclusive:
+            invalid.append(knob.high)
+        for v in valid:
+            v = int(round(v)) if knob.integer else v
+            step = self.make_with_strength(v)
+            assert math.isclose(float(step.strength_value), float(v))
+            assert 0.0 <= knob.normalize(v) <= 1.0
+        for v in invalid:
+            with pytest.raises(ConfigError):
+                self.make_with_strength(v)
+
+    def test_model_stays_saveable_and_loadable(self, conformance_arch: str, tmp_path: Any) -> None:
+        import torch
+
+        from lmcompose.models.loading import load_model
+
+        lm = self.model(conformance_arch)
+        self.make().apply(lm, self.context())
+        expected = self.logits(lm)
+        lm.save(tmp_path / "m")
+        again = load_model(str(tmp_path / "m"))
+        assert torch.allclose(self.logits(again), expected, atol=1e-5)
+        assert again.compression.keys() == lm.compression.keys()
+
+    def test_project_is_idempotent_and_restores_the_constraint(self, conformance_arch: str) -> None:
+        import torch
+
+        cls = self.intervention_class()
+        if not cls.has_project():
+            pytest.skip(f"{cls.name} has no project()")
+        lm = self.model(conformance_arch)
+        step = self.make()
+        step.apply(lm, self.context())
+        applied = _state(lm)
+        step.project(lm)
+        assert _same(applied, _state(lm)), "project() right after apply() must change nothing"
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for _name, module in lm.linear_layers():
+                module.weight.add_(torch.randn(module.weight.shape, generator=gen) * 0.01)
+        step.project(lm)
+        once = _state(lm)
+        step.project(lm)
+        assert _same(once, _state(lm)), "project() twice must equal project() once"

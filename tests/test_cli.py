@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from lmcompose.models.tiny import tiny_model
+from lmcompose_cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "llama"
+    tiny_model("llama").save(path)
+    return str(path)
+
+
+FAST = ["--ppl-tokens", "128", "--ppl-seqlen", "64"]
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_plugins_lists_builtins():
+    res = invoke("plugins")
+    assert res.exit_code == 0, res.output
+    assert "builtin:interventions" in res.output and "intervention:magnitude" in res.output
+
+
+def test_plugins_json():
+    res = invoke("plugins", "--json")
+    data = json.loads(res.output)
+    core = next(d for d in data if d["name"] == "builtin:interventions")
+    assert core["distribution"] == "lmcompose" and "intervention:rtn" in core["provides"]
+
+
+@pytest.mark.parametrize("kind,expect", [("interventions", "sparsity"), ("metrics", "perplexity"), ("datasets", "records"), ("architectures", "gpt_neox")])
+def test_list(kind, expect):
+    res = invoke("list", kind)
+    assert res.exit_code == 0, res.output
+    assert expect in res.output
+
+
+def test_run_writes_results(tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    res = invoke("run", tiny_folder, "magnitude:sparsity=0.5", "rtn:bits=4,group_size=32", "--out", str(out), *FAST, "--metrics", "perplexity,avg_bits")
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["position"] for r in rows] == [0, 1, 2]
+    assert [round(r["avg_bits"], 3) for r in rows] == [16.0, 8.5, 3.5]
+    assert (out / "config.yaml").exists()
+    assert "results" in res.output
+
+
+def test_run_with_a_config_file_and_edits(tiny_folder, tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(f"model: {tiny_folder}\nsteps: [magnitude:structure=2:4]\ndataset: records\nedits: 2\nmetrics: [edit]\n")
+    res = invoke("run", "-c", str(cfg), "--out", str(tmp_path / "r"))
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (tmp_path / "r" / "results.jsonl").read_text().splitlines()]
+    assert rows[1]["edit_success"] is not None and rows[1]["strength"] == 0.5
+
+
+@pytest.mark.parametrize("args,message", [
+    (["magnitud:sparsity=0.5"], "Did you mean 'magnitude'"),
+    (["magnitude:sparsty=0.5"], "Did you mean 'sparsity'"),
+    (["magnitude:sparsity=1.5"], "out of range"),
+    (["rtn:bits=3.5"], "is not an integer"),
+    (["magnitude", "--keep-compressed", "always"], "policy"),
+    (["magnitude", "--dataset", "counterfakt"], "unknown dataset"),
+])
+def test_bad_input_is_one_message_and_exit_2(tiny_folder, tmp_path, args, message):
+    out = tmp_path / "never"
+    res = invoke("run", tiny_folder, *args, "--out", str(out))
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_missing_model_file(tmp_path):
+    res = invoke("run", str(tmp_path / "missing.gguf"), "magnitude", "--out", str(tmp_path / "o"))
+    assert res.exit_code == 2 and "does not exist" in res.output
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+def test_unreadable_config(tmp_path):
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text("steps: [unclosed\n")
+    res = invoke("run", "-c", str(cfg))
+    assert res.exit_code == 2 and "not valid YAML" in res.output
+
+
+def test_out_folder_with_another_run_is_refused(tiny_folder, tmp_path):
+    out = tmp_path / "r"
+    assert invoke("run", tiny_folder, "rtn:bits=8", "--out", str(out), *FAST, "--metrics", "avg_bits").exit_code == 0
+    res = invoke("run", tiny_folder, "rtn:bits=4", "--out", str(out), *FAST, "--metrics", "avg_bits")
+    assert res.exit_code == 2 and "already holds another run" in res.output
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_validate(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("model: smollm2-135m\nsteps: [magnitude:sparsity=0.5, rtn:bits=4]\n")
+    res = invoke("validate", str(good))
+    assert res.exit_code == 0 and "2 step(s)" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: smollm2-135m\nsteps: [rtn:bits=12]\n")
+    res = invoke("validate", str(bad))
+    assert res.exit_code == 2 and "bits=12" in res.output
+
+
+def test_data_dir_must_exist(tmp_path):
+    res = invoke("--data-dir", str(tmp_path / "nope"), "plugins")
+    assert res.exit_code == 2 and "not a folder" in res.output

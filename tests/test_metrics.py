@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lmcompose.api import Context, EditRecord
+from lmcompose.compose import build_metrics
+from lmcompose.metrics.edits import EditMetrics, Scorer
+from lmcompose.metrics.perplexity import Perplexity
+from lmcompose.models.tiny import tiny_model
+
+
+def test_perplexity_equals_a_direct_computation(tmp_path, monkeypatch):
+    monkeypatch.delenv("LMCOMPOSE_DATA_DIR", raising=False)
+    lm = tiny_model("llama")
+    ctx = Context()
+    metric = Perplexity.from_overrides({"seqlen": 64, "max_tokens": 256, "batch_size": 3})
+    out = metric.compute(lm, ctx)
+    assert out["ppl_tokens"] == 256 and out["ppl_seqlen"] == 64
+    assert any("bundled sample text" in n for n in ctx.notes)
+    from lmcompose.data import sample_text
+
+    ids = lm.tokenizer(sample_text(), return_tensors="pt").input_ids[0][:256].view(4, 64)
+    nlls = []
+    with torch.no_grad():
+        for row in ids:
+            loss = lm.model(row[None], labels=row[None]).loss
+            nlls.append(float(loss))
+    assert out["general_nll"] == pytest.approx(sum(nlls) / 4, rel=1e-5)
+    assert out["perplexity"] == pytest.approx(math.exp(sum(nlls) / 4), rel=1e-5)
+
+
+def test_perplexity_reads_wikitext_test_from_the_data_dir(shared_data, monkeypatch):
+    monkeypatch.setenv("LMCOMPOSE_DATA_DIR", str(shared_data))
+    lm = tiny_model("gpt2")
+    ctx = Context()
+    out = Perplexity.from_overrides({"seqlen": 128, "max_tokens": 256}).compute(lm, ctx)
+    assert out["ppl_corpus"].endswith("wiki.test.raw") and not ctx.notes
+    # a random tiny model is near uniform over its 512-token vocabulary
+    assert 100 < out["perplexity"] < 5000
+
+
+def record(prompt, subject, new, true=None, **kw):
+    return EditRecord(case_id=subject, subject=subject, prompt=prompt, target_new=new, target_true=true, **kw)
+
+
+def test_scorer_f1_is_token_bag_f1():
+    lm = tiny_model("llama")
+    sc = Scorer(lm, 4)
+    t = sc.encode("Berlin is the capital of", "Germany")[1]
+    assert sc.f1(t, t) == 1.0
+    assert sc.f1([], t) == 0.0
+    a, b = sc.tok(" river town", add_special_tokens=False).input_ids, sc.tok(" river crossing", add_special_tokens=False).input_ids
+    common = sum((sc.bag(a) & sc.bag(b)).values())
+    p, r = common / len(a), common / len(b)
+    assert sc.f1(a, b) == pytest.approx(2 * p * r / (p + r))
+
+
+def test_edit_scorers_follow_their_definitions():
+    """On a tiny model, compute each scorer by hand and compare."""
+    lm = tiny_model("llama", seed=3)
+    recs = [record("Berlin is the capital of", "Berlin", "Italy", "Germany", rephrases=["The capital Berlin belongs to"],
+                   locality=[{"prompt": "Madrid is the capital of", "answer": "Spain"}])]
+    ctx = Context(edits=recs)
+    out = EditMetrics.from_overrides({"scorer": "prob"}).compute(lm, ctx)
+    sc = Scorer(lm, 4)
+    with torch.no_grad():
+        def nll(p, t):
+            pi, ti = sc.encode(p, t)
+            ids = torch.tensor([pi + ti])
+            logp = torch.log_softmax(lm.model(ids).logits[0].float(), -1)
+            return -float(sum(logp[len(pi) - 1 + j, tok] for j, tok in enumerate(ti)) / len(ti)), logp
+        new, logp = nll("Berlin is the capital of", "Italy")
+        true, _ = nll("Berlin is the capital of", "Germany")
+    assert out["edit_nll"] == pytest.approx(new, rel=1e-4)
+    assert out["edit_success_prob"] == (1.0 if new < true else 0.0)
+    assert out["edit_success"] == out["edit_success_prob"]
+    pi, ti = sc.encode("Berlin is the capital of", "Italy")
+    preds = [int(logp[len(pi) - 1 + j].argmax()) for j in range(len(ti))]
+    assert out["edit_success_accuracy"] == pytest.approx(sum(p == t for p, t in zip(preds, ti)) / len(ti))
+    gen = sc.generate_for([("Berlin is the capital of", "Italy")])[0]
+    assert out["edit_success_f1"] == pytest.approx(sc.f1(gen, ti))
+    assert out["locality_drift"] == 1.0  # first evaluation is the reference
+    assert 0.0 <= out["generalization_f1"] <= 1.0
+
+
+def test_locality_drift_falls_when_the_model_changes():
+    lm = tiny_model("gpt2")
+    from lmcompose.compose import load_edits
+
+    ctx = Context(edits=load_edits("records", limit=6))
+    metric = EditMetrics()
+    assert metric.compute(lm, ctx)["locality_drift"] == 1.0
+    with torch.no_grad():
+        for name, _ in lm.linear_layers():
+            lm.weight(name).mul_(-3.0)
+    assert metric.compute(lm, ctx)["locality_drift"] < 1.0
+
+
+def test_edit_success_is_one_when_the_target_is_what_the_model_says():
+    """Use the model's own greedy continuation as the new target: f1 and accuracy are 1."""
+    lm = tiny_model("opt", seed=5)
+    sc = Scorer(lm, 4)
+    prompt = "The river town of"
+    gen = sc.generate([prompt], [3])[0]
+    target = lm.tokenizer.decode(gen)
+    assert target.startswith(" ")
+    if sc.tok(target, add_special_tokens=False).input_ids != gen:
+        pytest.skip("continuation does not re-tokenize identically")
+    recs = [record(prompt, "river", target.strip())]  # the target gets its leading space back
+    out = EditMetrics().compute(lm, Context(edits=recs))
+    assert out["edit_success_f1"] == 1.0 and out["edit_success_accuracy"] == 1.0
+
+
+def test_records_without_true_target_use_the_new_target_probability():
+    lm = tiny_model("llama")
+    recs = [record("Berlin is the capital of", "Berlin", "Italy")]
+    out = EditMetrics.from_overrides({"scorer": "prob"}).compute(lm, Context(edits=recs))
+    assert out["edit_success_prob"] == pytest.approx(math.exp(-out["edit_nll"]), rel=1e-5)
+
+
+def test_multi_hop_accuracy_counts_any_question():
+    lm = tiny_model("llama")
+    recs = [record("Berlin is the capital of", "Berlin", "Italy", multi_hop={"questions": ["Where?"], "answer": "x", "new_answer": "zzzz-never"})]
+    assert EditMetrics().compute(lm, Context(edits=recs))["multi_hop_accuracy"] == 0.0
+
+
+def test_edit_metrics_without_edits_report_nothing():
+    assert EditMetrics().compute(tiny_model("llama"), Context()) == {}
+
+
+def test_flops_scale_with_density():
+    lm = tiny_model("llama")
+    metric = build_metrics(["flops"], {"flops": {"latency_repeats": 1}})[0]
+    ctx = Context()
+    dense = metric.compute(lm, ctx)
+    assert dense["flops"] == dense["flops_dense"] > 0
+    linear = sum(2 * 128 * lm.weight(n).numel() for n, _ in lm.linear_layers())
+    from lmcompose.compose import build_intervention, parse_step
+
+    build_intervention(parse_step("magnitude:sparsity=0.5")).apply(lm, ctx)
+    sparse = metric.compute(lm, ctx)
+    assert sparse["flops"] == pytest.approx(dense["flops"] - linear / 2)
+    assert sparse["latency_ms"] > 0

@@ -1,0 +1,162 @@
+"""The plugin manager: built-ins, entry points one by one, broken plugins, env switches,
+and one test per hook (test_hook_<name>, checked by test_every_hook_has_a_test)."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+
+from lmcompose import hookspecs
+from lmcompose.errors import DuplicateNameError, PluginLoadError
+from lmcompose.plugins import (
+    PluginLoadWarning,
+    get_architectures,
+    get_datasets,
+    get_interventions,
+    get_metrics,
+    plugin_infos,
+    register_cli_commands,
+)
+
+EXAMPLE = {"lmcompose-example": {"example": "example_plugin"}}
+
+
+def test_builtins_are_plugins():
+    infos = {i.name: i for i in plugin_infos()}
+    for name in ("builtin:interventions", "builtin:metrics", "builtin:datasets", "builtin:architectures"):
+        assert infos[name].builtin and infos[name].error is None
+    assert {"magnitude", "rtn"} <= set(get_interventions().names())
+    assert {"perplexity", "avg_bits", "flops", "edit"} <= set(get_metrics().names())
+    assert {"records", "wikitext2", "text-file"} <= set(get_datasets().names())
+    assert {"llama", "gemma3", "gpt_neox", "gpt2", "gptj", "opt"} <= set(get_architectures().names())
+    assert get_interventions().entry("magnitude").distribution == "lmcompose"
+
+
+def test_hook_register_interventions(fake_dists):
+    fake_dists(EXAMPLE)
+    entry = get_interventions().entry("scale_weights")
+    assert entry.distribution == "lmcompose-example"
+    assert entry.load().__name__ == "ScaleWeights"
+
+
+def test_hook_register_metrics(fake_dists):
+    fake_dists(EXAMPLE)
+    assert get_metrics().entry("weight_norm").distribution == "lmcompose-example"
+
+
+def test_hook_register_datasets(fake_dists):
+    fake_dists(EXAMPLE)
+    from lmcompose.compose import load_edits
+
+    edits = load_edits("fixed_edits", limit=1)
+    assert [e.case_id for e in edits] == ["a"]
+
+
+def test_hook_register_architectures(fake_dists):
+    fake_dists(EXAMPLE)
+    spec = get_architectures().get("llama_alias")
+    assert spec.model_types == ("llama_alias_for_tests",)
+
+
+def test_hook_register_commands(fake_dists):
+    fake_dists(EXAMPLE)
+    import typer
+    from typer.testing import CliRunner
+
+    app = typer.Typer()
+
+    @app.command()
+    def other() -> None:  # a second command so typer keeps subcommand names
+        pass
+
+    register_cli_commands(app)
+    result = CliRunner().invoke(app, ["hello-test"])
+    assert result.exit_code == 0, result.output
+    assert "hello from the test plugin" in result.output
+
+
+def test_every_hook_has_a_test():
+    source = Path(__file__).read_text()
+    hooks = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(f, "lmcompose_spec")]
+    assert len(hooks) == 5
+    missing = [h for h in hooks if not re.search(rf"def test_hook_{h}\(", source)]
+    assert not missing, f"hooks without a test: {missing}"
+
+
+def test_a_broken_plugin_is_reported_and_the_rest_keep_working(fake_dists):
+    fake_dists({"lmcompose-broken": {"broken": "broken_plugin"}, **EXAMPLE})
+    with pytest.warns(PluginLoadWarning, match="broken"):
+        infos = {i.name: i for i in plugin_infos()}
+    assert "RuntimeError: this plugin is broken on purpose" in infos["broken"].error
+    assert infos["broken"].distribution == "lmcompose-broken"
+    assert infos["example"].error is None
+    assert "scale_weights" in get_interventions()
+    assert "magnitude" in get_interventions()
+
+
+def test_strict_mode_makes_a_broken_plugin_fatal(fake_dists, monkeypatch):
+    monkeypatch.setenv("LMCOMPOSE_STRICT_PLUGINS", "1")
+    fake_dists({"lmcompose-broken": {"broken": "broken_plugin"}})
+    with pytest.raises(PluginLoadError, match="broken"):
+        plugin_infos()
+
+
+def test_a_hook_that_raises_is_reported(fake_dists):
+    fake_dists({"lmcompose-raising": {"raising": "raising_hook_plugin"}})
+    with pytest.warns(PluginLoadWarning):
+        infos = {i.name: i for i in plugin_infos()}
+    assert "metric registration failed on purpose" in infos["raising"].error
+    assert "perplexity" in get_metrics()
+
+
+def test_a_hookimpl_with_a_wrong_signature_is_reported(fake_dists):
+    fake_dists({"lmcompose-badsig": {"badsig": "bad_signature_plugin"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginLoadWarning)
+        infos = {i.name: i for i in plugin_infos()}
+    assert infos["badsig"].error and "registrar" in infos["badsig"].error
+    assert "magnitude" in get_interventions()
+
+
+def test_duplicate_names_are_an_error_naming_both_distributions(fake_dists):
+    fake_dists({"lmcompose-dup": {"dup": "duplicate_plugin"}})
+    with pytest.raises(DuplicateNameError) as exc:
+        get_interventions()
+    assert "lmcompose-dup" in str(exc.value) and "by lmcompose " in str(exc.value)
+
+
+def test_load_plugins_empty_loads_no_third_party_plugin(fake_dists, monkeypatch):
+    monkeypatch.setenv("LMCOMPOSE_LOAD_PLUGINS", "")
+    fake_dists(EXAMPLE)
+    assert "scale_weights" not in get_interventions()
+    assert "magnitude" in get_interventions()
+
+
+def test_load_plugins_allow_list(fake_dists, monkeypatch):
+    monkeypatch.setenv("LMCOMPOSE_LOAD_PLUGINS", "example")
+    fake_dists({"lmcompose-broken": {"broken": "broken_plugin"}, **EXAMPLE})
+    names = {i.name for i in plugin_infos()}
+    assert "example" in names and "broken" not in names
+
+
+def test_block_plugins(fake_dists, monkeypatch):
+    monkeypatch.setenv("LMCOMPOSE_BLOCK_PLUGINS", "broken,lmcompose-example")
+    fake_dists({"lmcompose-broken": {"broken": "broken_plugin"}, **EXAMPLE})
+    names = {i.name for i in plugin_infos()}
+    assert "example" not in names and "broken" not in names
+
+
+def test_in_process_registration_is_undone(register):
+    from tests.plugins import example_plugin
+
+    register(example_plugin, "example-inproc")
+    assert "weight_norm" in get_metrics()
+    # the fixture unregisters on teardown; checked by the next test
+
+
+def test_in_process_registration_was_undone():
+    assert "weight_norm" not in get_metrics()
