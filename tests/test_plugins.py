@@ -160,3 +160,26 @@ def test_in_process_registration_is_undone(register):
 
 def test_in_process_registration_was_undone():
     assert "weight_norm" not in get_metrics()
+
+
+def test_every_hook_is_documented_with_its_exact_signature():
+    docs = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
+    for name, f in inspect.getmembers(hookspecs, inspect.isfunction):
+        if not hasattr(f, "lmcompose_spec"):
+            continue
+        signature = f"{name}{inspect.signature(f)}".replace("'", "")
+        assert f"### {name}\n" in docs, f"no section for {name}"
+        assert signature in docs, f"docs/plugins.md lacks the exact signature {signature}"
+
+
+def test_registry_yaml_matches_what_is_registered():
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).parent.parent / "registry.yaml").read_text())
+    registries = {"interventions": get_interventions(), "metrics": get_metrics(), "datasets": get_datasets(), "architectures": get_architectures()}
+    for plugin in data["plugins"]:
+        for field in ("name", "kind", "distribution", "summary"):
+            assert plugin.get(field), (plugin.get("name"), field)
+        for kind, names in plugin.get("provides", {}).items():
+            for n in names:
+                assert registries[kind].entry(n).distribution == plugin["distribution"]
