@@ -16,7 +16,6 @@ import argparse
 import time
 
 import torch
-
 from lmcompose.api import Context
 from lmcompose.compose import build_intervention, build_metrics, parse_step
 from lmcompose.models.loading import load_model

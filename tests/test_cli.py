@@ -3,10 +3,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
-
 from lmcompose.models.tiny import tiny_model
 from lmcompose_cli.main import app
+from typer.testing import CliRunner
 
 runner = CliRunner()
 

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-
 from lmcompose.api import Context, Intervention, Metric
 from lmcompose.compose import MetricValueError, compose, load_edits
 from lmcompose.errors import UsageError

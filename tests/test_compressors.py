@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from lmcompose.api import Context
 from lmcompose.compose import build_intervention, parse_step
 from lmcompose.errors import ConfigError

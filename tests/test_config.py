@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from lmcompose.compose import RunSettings, StepSpec, build_intervention, parse_step
 from lmcompose.errors import ConfigError, UnknownNameError
 

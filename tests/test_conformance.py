@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from lmcompose.testing import InterventionConformance
 
 
@@ -38,8 +37,8 @@ class TestTestPluginConformance(InterventionConformance):
 def test_the_suite_catches_a_nondeterministic_intervention(register):
     """A suite that cannot fail is worthless: feed it a broken intervention."""
     import torch
-
     from lmcompose import Intervention, hookimpl
+
     from tests.plugins.example_plugin import ScaleConfig
 
     class Noisy(Intervention):

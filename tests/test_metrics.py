@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from lmcompose.api import Context, EditRecord
 from lmcompose.compose import build_metrics
 from lmcompose.metrics.edits import EditMetrics, Scorer
@@ -79,7 +78,7 @@ def test_edit_scorers_follow_their_definitions():
     assert out["edit_success"] == out["edit_success_prob"]
     pi, ti = sc.encode("Berlin is the capital of", "Italy")
     preds = [int(logp[len(pi) - 1 + j].argmax()) for j in range(len(ti))]
-    assert out["edit_success_accuracy"] == pytest.approx(sum(p == t for p, t in zip(preds, ti)) / len(ti))
+    assert out["edit_success_accuracy"] == pytest.approx(sum(p == t for p, t in zip(preds, ti, strict=True)) / len(ti))
     gen = sc.generate_for([("Berlin is the capital of", "Italy")])[0]
     assert out["edit_success_f1"] == pytest.approx(sc.f1(gen, ti))
     assert out["locality_drift"] == 1.0  # first evaluation is the reference

@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-
 from lmcompose.errors import ModelLoadError
 from lmcompose.models import loading
 from lmcompose.models.loading import load_model

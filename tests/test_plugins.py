@@ -9,7 +9,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from lmcompose import hookspecs
 from lmcompose.errors import DuplicateNameError, PluginLoadError
 from lmcompose.plugins import (

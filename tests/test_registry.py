@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from lmcompose.errors import DuplicateNameError, UnknownNameError
 from lmcompose.registry import Registry
 

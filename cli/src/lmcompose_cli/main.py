@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
 from lmcompose import plugins as plugin_api
 from lmcompose.api import Progress, config_fields, field_help
 from lmcompose.errors import DuplicateNameError, LMComposeError, PluginLoadError, UsageError
+from rich.console import Console
+from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
@@ -305,7 +304,12 @@ def models(prepare: Annotated[bool, typer.Option("--prepare", help="Convert ever
     """List the named default models and whether their packages are installed and converted."""
     with user_errors():
         from lmcompose.errors import ModelLoadError
-        from lmcompose.models.loading import NAMED_MODELS, cache_dir, convert_gguf, gguf_cache_folder
+        from lmcompose.models.loading import (
+            NAMED_MODELS,
+            cache_dir,
+            convert_gguf,
+            gguf_cache_folder,
+        )
 
         table = Table(title="named models")
         for col in ("name", "what", "status"):

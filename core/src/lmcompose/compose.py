@@ -27,7 +27,14 @@ from typing import Any
 from lmcompose.api import Context, EditRecord, Intervention, Metric, Progress, config_to_dict
 from lmcompose.errors import ConfigError, LMComposeError, UnknownNameError, UsageError
 from lmcompose.plugins import get_datasets, get_interventions, get_metrics, plugin_infos
-from lmcompose.results import CONFIG_FILE, RESULTS_FILE, append_row, read_rows, read_yaml, write_yaml_atomic
+from lmcompose.results import (
+    CONFIG_FILE,
+    RESULTS_FILE,
+    append_row,
+    read_rows,
+    read_yaml,
+    write_yaml_atomic,
+)
 
 POLICIES = ("none", "project", "recompress")
 EDIT_KIND = "edit"

@@ -128,10 +128,10 @@ def _mean(xs: list[float]) -> float | None:
 def _group_mean(values: list[float], owners: list[int], n: int) -> list[float]:
     """Mean per record of the values each record owns (records without any are skipped)."""
     sums, counts = [0.0] * n, [0] * n
-    for v, o in zip(values, owners):
+    for v, o in zip(values, owners, strict=True):
         sums[o] += v
         counts[o] += 1
-    return [s / c for s, c in zip(sums, counts) if c]
+    return [s / c for s, c in zip(sums, counts, strict=True) if c]
 
 
 class EditMetrics(Metric):
@@ -186,9 +186,9 @@ class EditMetrics(Metric):
             return {f"{key}_{s}": None for s in SCORERS}
         tf_new = sc.teacher_forced(pairs_new)
         gens = sc.generate_for(pairs_new)
-        f1 = [sc.f1(g, sc.encode(p, t)[1]) for g, (p, t) in zip(gens, pairs_new)]
+        f1 = [sc.f1(g, sc.encode(p, t)[1]) for g, (p, t) in zip(gens, pairs_new, strict=True)]
         true_idx = [j for j, pt in enumerate(pairs_true) if pt is not None]
-        tf_true = dict(zip(true_idx, sc.teacher_forced([pairs_true[j] for j in true_idx])))
+        tf_true = dict(zip(true_idx, sc.teacher_forced([pairs_true[j] for j in true_idx]), strict=True))
         prob = []
         for j, tn in enumerate(tf_new):
             if j in tf_true:
@@ -214,18 +214,18 @@ class EditMetrics(Metric):
         n = len(records)
         tf = sc.teacher_forced(pairs)
         gens = sc.generate_for(pairs)
-        f1 = [sc.f1(g, sc.encode(p, a)[1]) for g, (p, a) in zip(gens, pairs)]
+        f1 = [sc.f1(g, sc.encode(p, a)[1]) for g, (p, a) in zip(gens, pairs, strict=True)]
         # prob: the locality answer still beats the edit's new target (ROME's neighborhood score);
         # prompts whose answer is the new target give no contrast and are skipped.
         contrast = [(j, (p, records[owners[j]].target_new)) for j, (p, a) in enumerate(pairs)
                     if a.strip() != records[owners[j]].target_new.strip()]
         tf_new = sc.teacher_forced([pn for _, pn in contrast])
-        prob = [1.0 if tf[j]["nll"] < t["nll"] else 0.0 for (j, _), t in zip(contrast, tf_new)]
+        prob = [1.0 if tf[j]["nll"] < t["nll"] else 0.0 for (j, _), t in zip(contrast, tf_new, strict=True)]
         # drift: next-token argmaxes versus the first model evaluated in this run (the base)
         ref_key = ("locality_reference", tuple(r.case_id for r in records))
         argmaxes = [t["argmax"] for t in tf]
         ref = ctx.state.setdefault(ref_key, argmaxes)
-        same = [sum(a == b for a, b in zip(x, y)) / len(x) for x, y in zip(argmaxes, ref)]
+        same = [sum(a == b for a, b in zip(x, y, strict=True)) / len(x) for x, y in zip(argmaxes, ref, strict=True)]
         return {
             "locality_f1": _mean(_group_mean(f1, owners, n)),
             "locality_accuracy": _mean(_group_mean([t["accuracy"] for t in tf], owners, n)),
