@@ -245,8 +245,9 @@ def run(
     out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder for config.yaml and results.jsonl.")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with run settings; flags override it.")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Edit dataset name (see `lmcompose list datasets`).")] = None,
-    dataset_source: Annotated[str | None, typer.Option("--dataset-source", help="File/URL/hub id for the dataset (default: its canonical source).")] = None,
-    edits: Annotated[int | None, typer.Option("--edits", "-n", help="Number of edit requests (a seeded random selection).")] = None,
+    dataset_source: Annotated[str | None, typer.Option("--dataset-source", help="Dataset file or URL (default: the data folder, the download cache, the canonical URL, then the bundled sample).")] = None,
+    edits: Annotated[int | None, typer.Option("--edits", "-n", help="Number of dataset records to edit (a seeded random selection).")] = None,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip malformed dataset records (and count them) instead of stopping.")] = False,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for edit selection and calibration.")] = None,
     policy: Annotated[str | None, typer.Option("--keep-compressed", "--policy", help="none | project | recompress (default project).")] = None,
     metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")] = None,
@@ -260,6 +261,7 @@ def run(
         settings = _settings(
             config, model=model, steps=list(steps) if steps else None, out=out, dataset=dataset,
             dataset_source=dataset_source, edits=edits, seed=seed, policy=policy,
+            skip_invalid=True if skip_invalid else None,
             metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else None,
             device=device, dtype=dtype,
         )

@@ -424,12 +424,20 @@ class Metric:
 
 
 class EditDataset:
-    """An edit dataset: ``load(source, limit, seed) -> list[EditRecord]``."""
+    """An edit dataset: ``load(source, limit, seed, replicate, skip_invalid) -> list[EditRecord]``.
+
+    ``limit`` records of a seeded permutation (``seed=None``: file order); replicate k of
+    size ``limit`` never overlaps replicate j; ``skip_invalid`` skips malformed records
+    instead of raising. Messages for the user (sample data used, records skipped) go to
+    ``self.notes``.
+    """
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "edits"
+    notes: list[str]
 
-    def load(self, source: str | Path | None = None, limit: int | None = None, seed: int = 0) -> list[EditRecord]:  # pragma: no cover
+    def load(self, source: str | Path | None = None, limit: int | None = None, seed: int | None = 0,
+             replicate: int = 0, skip_invalid: bool = False) -> list[EditRecord]:  # pragma: no cover
         raise NotImplementedError
 
 

@@ -128,6 +128,7 @@ class RunSettings:
     dataset: str | None = None
     dataset_source: str | None = None
     edits: int | None = None
+    skip_invalid: bool = False
     seed: int = 0
     policy: str = "project"
     metrics: list[str] | None = None
@@ -347,18 +348,25 @@ def compose(
     return rows
 
 
-def load_edits(dataset: str, source: str | Path | None = None, limit: int | None = None, seed: int | None = 0, replicate: int = 0) -> list[EditRecord]:
-    """Load edit requests from a registered edit dataset."""
+def load_edits(dataset: str, source: str | Path | None = None, limit: int | None = None, seed: int | None = 0,
+               replicate: int = 0, skip_invalid: bool = False, ctx: Context | None = None) -> list[EditRecord]:
+    """Load edit requests from a registered edit dataset (``limit`` records, replicate
+    ``replicate`` of a seeded permutation). Notes (sample data used, records skipped) go to
+    ``ctx`` when given."""
     entry = get_datasets().entry(dataset)
     if entry.extra.get("kind", "edits") != "edits":
         raise ConfigError(f"dataset {dataset!r} is a text corpus, not an edit dataset")
     ds = entry.load()()
-    try:
-        return ds.load(source=source, limit=limit, seed=seed, replicate=replicate)
-    except TypeError:  # datasets without replicate support
-        if replicate:
-            raise
-        return ds.load(source=source, limit=limit, seed=seed)
+    kwargs: dict[str, Any] = {"source": source, "limit": limit, "seed": seed}
+    if replicate:
+        kwargs["replicate"] = replicate
+    if skip_invalid:
+        kwargs["skip_invalid"] = True
+    records = ds.load(**kwargs)
+    if ctx is not None:
+        for note in getattr(ds, "notes", []):
+            ctx.note(note)
+    return records
 
 
 def run(settings: RunSettings, progress: Progress | None = None) -> tuple[list[dict[str, Any]], Context]:
@@ -389,7 +397,7 @@ def run(settings: RunSettings, progress: Progress | None = None) -> tuple[list[d
         name = settings.dataset or "records"
         if settings.dataset is None:
             ctx.note("no --dataset given: using the bundled sample edits (dataset 'records')")
-        edits = load_edits(name, settings.dataset_source, settings.edits, settings.seed)
+        edits = load_edits(name, settings.dataset_source, settings.edits, settings.seed, skip_invalid=settings.skip_invalid, ctx=ctx)
     lm = load_model(settings.model, dtype=settings.dtype, device=settings.device, progress=ctx.progress)
     rows = compose(
         lm, settings.steps, edits=edits, out=settings.out, policy=settings.policy, metrics=settings.metrics,

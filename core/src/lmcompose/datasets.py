@@ -65,22 +65,27 @@ class Records(EditDataset):
 
     name = "records"
 
-    def load(self, source: str | Path | None = None, limit: int | None = None, seed: int | None = 0, replicate: int = 0) -> list[EditRecord]:
-        path = Path(source) if source else sample_path("sample_edits.jsonl")
-        raw = read_json_records(path)
-        records = []
-        for i, item in enumerate(raw):
-            if not isinstance(item, dict):
-                raise DataError(f"{path}: record {i} is not an object")
-            try:
-                rec = EditRecord.from_dict(item)
-            except DataError as exc:
-                raise DataError(f"{path}: record {i}: {exc}") from None
-            except TypeError as exc:
-                raise DataError(f"{path}: record {i}: {exc}") from None
-            rec.raw = item
-            records.append(rec)
-        return select_records(records, limit, seed, replicate)
+    def load(self, source: str | Path | None = None, limit: int | None = None, seed: int | None = 0,
+             replicate: int = 0, skip_invalid: bool = False) -> list[EditRecord]:
+        from lmcompose.edit_data import JsonEditDataset
+
+        class _Records(JsonEditDataset):
+            name = "records"
+
+            def resolve_source(self, src: str | Path | None) -> Path:
+                return super().resolve_source(src) if src is not None else sample_path("sample_edits.jsonl")
+
+            def parse(self, raw: Any, index: int) -> list[EditRecord]:
+                try:
+                    return [EditRecord.from_dict(raw)]
+                except TypeError as exc:
+                    raise DataError(str(exc)) from None
+
+        inner = _Records()
+        try:
+            return inner.load(source, limit, seed, replicate, skip_invalid)
+        finally:
+            self.notes = inner.notes
 
 
 class WikiText2(TextCorpus):

@@ -1,0 +1,204 @@
+"""Shared machinery for edit-dataset plugins: source resolution (explicit file or URL, the
+data folder, the download cache, a download, the bundled sample), per-record validation
+with errors naming file, record and field, ``skip_invalid``, and seeded, disjoint
+replicate selection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from lmcompose.api import EditDataset, EditRecord, LocalityPrompt
+from lmcompose.data import data_dir
+from lmcompose.datasets import read_json_records, select_records
+from lmcompose.errors import DataError
+from lmcompose.models.loading import cache_dir
+
+DOWNLOAD_TIMEOUT_S = 30
+
+
+def offline() -> bool:
+    return any(os.environ.get(v, "").lower() in {"1", "true", "yes"} for v in ("LMCOMPOSE_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(url: str, target: Path, sha256: str | None = None) -> Path:
+    """Download ``url`` to ``target`` once. The checksum is verified against ``sha256`` when
+    given, and recorded beside the file (``<name>.sha256``) so later loads detect a changed
+    or truncated copy."""
+    sidecar = target.with_name(target.name + ".sha256")
+    if target.exists():
+        want = sha256 or (sidecar.read_text().split()[0] if sidecar.exists() else None)
+        if want is None or sha256_file(target) == want:
+            return target
+        raise DataError(f"cached file {target} does not match its checksum {want}; delete it to download again")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".download-")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+            shutil.copyfileobj(resp, out)
+        got = sha256_file(Path(tmp))
+        if sha256 is not None and got != sha256:
+            raise DataError(f"download of {url} has sha256 {got}, expected {sha256}")
+        os.replace(tmp, target)
+        sidecar.write_text(f"{got}  {target.name}\n")
+    except OSError as exc:
+        raise DataError(f"could not download {url}: {exc}. Pass a local file as the source, or set LMCOMPOSE_DATA_DIR") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def need_str(raw: Mapping[str, Any], key: str, where: str = "") -> str:
+    """``raw[key]`` as a non-empty string, else a DataError naming the field."""
+    name = f"{where}{key}"
+    if key not in raw:
+        raise DataError(f"missing field {name!r}")
+    value = raw[key]
+    if not isinstance(value, str):
+        raise DataError(f"field {name!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"field {name!r} is empty")
+    return value
+
+
+def need_list(raw: Mapping[str, Any], key: str, where: str = "", allow_missing: bool = False) -> list[Any]:
+    name = f"{where}{key}"
+    if key not in raw:
+        if allow_missing:
+            return []
+        raise DataError(f"missing field {name!r}")
+    value = raw[key]
+    if not isinstance(value, list):
+        raise DataError(f"field {name!r} must be a list, got {type(value).__name__}")
+    return value
+
+
+def fill_template(template: str, subject: str, where: str = "prompt") -> str:
+    """ROME-style ``"{} is located in"`` -> the prompt with the subject."""
+    if "{}" not in template:
+        raise DataError(f"field {where!r} has no '{{}}' placeholder for the subject: {template!r}")
+    return template.replace("{}", subject, 1)
+
+
+def parse_easyedit_flat(raw: Mapping[str, Any], dataset: str, index: int) -> EditRecord:
+    """EasyEdit's flat edit schema (CounterFact/zsRE ``*-edit.json``): prompt, subject,
+    target_new, ground_truth, rephrase_prompt, locality_prompt, locality_ground_truth."""
+    prompt = need_str(raw, "prompt")
+    subject = need_str(raw, "subject")
+    target_new = need_str(raw, "target_new")
+    truth = raw.get("ground_truth")
+    if isinstance(truth, list):
+        truth = truth[0] if truth else None
+    rephrases = [raw["rephrase_prompt"]] if isinstance(raw.get("rephrase_prompt"), str) else list(raw.get("rephrase_prompt") or [])
+    locality = []
+    if raw.get("locality_prompt"):
+        answer = raw.get("locality_ground_truth")
+        if isinstance(answer, list):
+            answer = answer[0] if answer else None
+        if not isinstance(answer, str) or not answer.strip():
+            raise DataError("field 'locality_ground_truth' is missing or empty while 'locality_prompt' is set")
+        locality.append(LocalityPrompt(raw["locality_prompt"], answer))
+    return EditRecord(
+        case_id=str(raw.get("case_id", index)),
+        subject=subject, prompt=prompt, target_new=target_new,
+        target_true=truth if isinstance(truth, str) and truth.strip() else None,
+        rephrases=rephrases, locality=locality,
+        source={"dataset": dataset, "id": raw.get("case_id", index), "schema": "easyedit"},
+    )
+
+
+class JsonEditDataset(EditDataset):
+    """Base class of the JSON edit-dataset plugins.
+
+    Subclasses set ``name``, ``data_files`` (paths inside the data folder, first existing
+    wins), ``url`` (the canonical public file), ``sample`` (path of the bundled sample) and
+    implement ``parse(raw, index) -> list[EditRecord]`` (``index``: the record's position
+    in the file; one dataset record may hold several edits). ``limit`` counts dataset records; the edits of one record stay together.
+    """
+
+    data_files: ClassVar[tuple[str, ...]] = ()
+    url: ClassVar[str | None] = None
+    url_sha256: ClassVar[str | None] = None
+    sample: ClassVar[Path | None] = None
+
+    def __init__(self) -> None:
+        self.skipped: list[str] = []
+        self.source_used: str = ""
+        self.notes: list[str] = []
+
+    def parse(self, raw: Mapping[str, Any], index: int) -> list[EditRecord]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def resolve_source(self, source: str | Path | None) -> Path:
+        if source is not None:
+            text = str(source)
+            if text.startswith(("http://", "https://")):
+                return fetch(text, cache_dir() / "datasets" / self.name / Path(text.split("?")[0]).name)
+            path = Path(text).expanduser()
+            if not path.is_file():
+                raise DataError(f"{self.name}: source file {path} does not exist")
+            return path
+        dd = data_dir()
+        if dd is not None:
+            for rel in self.data_files:
+                if (dd / rel).is_file():
+                    return dd / rel
+        if self.url:
+            cached = cache_dir() / "datasets" / self.name / Path(self.url).name
+            if cached.exists() or not offline():
+                try:
+                    return fetch(self.url, cached, self.url_sha256)
+                except DataError as exc:
+                    self.notes.append(str(exc))
+        if self.sample is None:
+            raise DataError(f"{self.name}: no source given and none found; pass a file")
+        self.notes.append(
+            f"{self.name}: using the small bundled sample ({self.sample.name}); set LMCOMPOSE_DATA_DIR "
+            f"(with {', '.join(self.data_files) or 'the dataset file'}) or pass a source for the real data"
+        )
+        return self.sample
+
+    def load(self, source: str | Path | None = None, limit: int | None = None, seed: int | None = 0,
+             replicate: int = 0, skip_invalid: bool = False) -> list[EditRecord]:
+        path = self.resolve_source(source)
+        self.source_used = str(path)
+        items = read_json_records(path)
+        groups: list[list[EditRecord]] = []
+        self.skipped = []
+        for i, item in enumerate(items):
+            try:
+                if not isinstance(item, Mapping):
+                    raise DataError(f"expected an object, got {type(item).__name__}")
+                records = self.parse(item, i)
+                for rec in records:
+                    rec.raw = dict(item)
+            except DataError as exc:
+                case = item.get("case_id") if isinstance(item, Mapping) else None
+                msg = f"{path}: record {i}" + (f" (case_id {case})" if case is not None else "") + f": {exc}"
+                if skip_invalid:
+                    self.skipped.append(msg)
+                    continue
+                raise DataError(msg + ". Fix the record, or pass --skip-invalid to skip such records") from None
+            groups.append(records)
+        if self.skipped:
+            self.notes.append(f"{self.name}: skipped {len(self.skipped)} invalid record(s) of {len(items)} in {path}")
+        if not groups:
+            raise DataError(f"{path}: no valid {self.name} records")
+        chosen = select_records(groups, limit, seed, replicate)
+        return [r for group in chosen for r in group]

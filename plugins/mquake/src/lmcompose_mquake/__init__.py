@@ -1,0 +1,1 @@
+"""MQuAKE for lmcompose."""

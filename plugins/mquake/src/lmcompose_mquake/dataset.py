@@ -1,0 +1,75 @@
+"""MQuAKE (Zhong et al. 2023): one case = several CounterFact-style edits + multi-hop questions.
+
+Mapping, per case: one EditRecord per element of ``requested_rewrite`` (prompt = its
+template with the subject filled in, target_new/target_true from it, rephrases = [its
+``question``]); locality = the case's single hops that no edit changes (cloze + answer);
+the first record carries ``multi_hop`` (the 3 questions, answer/new_answer and aliases),
+so multi-hop accuracy counts each case once. case_id is "<case>/<k>".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lmcompose.api import EditRecord, LocalityPrompt, MultiHop
+from lmcompose.edit_data import JsonEditDataset, fill_template, need_list, need_str
+from lmcompose.errors import DataError
+
+URL = "https://raw.githubusercontent.com/princeton-nlp/MQuAKE/main/datasets/MQuAKE-CF-3k-v2.json"
+
+
+def _aliases(raw: Mapping[str, Any], key: str) -> list[str]:
+    return [a for a in raw.get(key) or [] if isinstance(a, str) and a.strip()]
+
+
+class MQuAKE(JsonEditDataset):
+    """MQuAKE cases: several edits each, with multi-hop questions."""
+
+    name = "mquake"
+    data_files = ("mquake/MQuAKE-CF-3k-v2.json", "mquake/MQuAKE-CF-3k.json", "mquake/MQuAKE-hard.json", "mquake/AKEW-MQuAKE-CF.json")
+    url = URL
+    sample = Path(str(resources.files("lmcompose_mquake").joinpath("sample", "mquake_sample.json")))
+
+    def parse(self, raw: Mapping[str, Any], index: int) -> list[EditRecord]:
+        if "case_id" not in raw:
+            raise DataError("missing field 'case_id'")
+        rewrites = need_list(raw, "requested_rewrite")
+        if not rewrites:
+            raise DataError("field 'requested_rewrite' is empty")
+        questions = [q for q in need_list(raw, "questions") if isinstance(q, str) and q.strip()]
+        if not questions:
+            raise DataError("field 'questions' holds no question")
+        multi_hop = MultiHop(
+            questions=questions, answer=need_str(raw, "answer"), new_answer=need_str(raw, "new_answer"),
+            answer_aliases=_aliases(raw, "answer_alias"), new_answer_aliases=_aliases(raw, "new_answer_alias"),
+        )
+        old_hops = need_list(raw, "single_hops", allow_missing=True)
+        new_hops = need_list(raw, "new_single_hops", allow_missing=True)
+        unchanged = [
+            LocalityPrompt(o["cloze"], o["answer"])
+            for o, n in zip(old_hops, new_hops, strict=False)
+            if isinstance(o, Mapping) and isinstance(n, Mapping) and o.get("answer") == n.get("answer")
+            and isinstance(o.get("cloze"), str) and isinstance(o.get("answer"), str) and o["answer"].strip()
+        ]
+        records = []
+        for k, rr in enumerate(rewrites):
+            where = f"requested_rewrite[{k}]."
+            if not isinstance(rr, Mapping):
+                raise DataError(f"{where[:-1]} is not an object")
+            subject = need_str(rr, "subject", where)
+            prompt = fill_template(need_str(rr, "prompt", where), subject, where + "prompt")
+            tn, tt = rr.get("target_new"), rr.get("target_true")
+            if not isinstance(tn, Mapping) or not isinstance(tt, Mapping):
+                raise DataError(f"missing field '{where}target_new' or '{where}target_true' (objects with 'str')")
+            question = rr.get("question")
+            records.append(EditRecord(
+                case_id=f"{raw['case_id']}/{k}", subject=subject, prompt=prompt,
+                target_new=need_str(tn, "str", where + "target_new."), target_true=need_str(tt, "str", where + "target_true."),
+                rephrases=[question] if isinstance(question, str) and question.strip() else [],
+                locality=list(unchanged), multi_hop=multi_hop if k == 0 else None,
+                source={"dataset": "mquake", "id": raw["case_id"], "edit_index": k, "edits_in_case": len(rewrites)},
+            ))
+        return records

@@ -1,0 +1,1 @@
+"""zsRE for lmcompose."""
