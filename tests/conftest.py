@@ -11,7 +11,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TESTS = Path(__file__).parent
 PLUGIN_DIR = TESTS / "plugins"
-SHARED_DATA = (TESTS.parent.parent / "shared" / "data").resolve()
 
 
 @pytest.fixture
@@ -65,10 +64,3 @@ def _fresh_plugins_after_env_changes(monkeypatch):
     for var in ("LMCOMPOSE_LOAD_PLUGINS", "LMCOMPOSE_BLOCK_PLUGINS", "LMCOMPOSE_STRICT_PLUGINS"):
         monkeypatch.delenv(var, raising=False)
     yield
-
-
-@pytest.fixture
-def shared_data():
-    if not (SHARED_DATA / "wikitext-2-raw").is_dir():
-        pytest.skip("shared data folder not present")
-    return SHARED_DATA

@@ -169,3 +169,10 @@ def test_quantize_dequantize_clamps_to_the_range():
     x = torch.tensor([[10.0, -10.0]])
     out = quantize_dequantize(x, torch.tensor([[1.0]]), torch.tensor([[2.0]]), 2)
     assert out.tolist() == [[1.0, -2.0]]
+
+
+def test_rtn_in_bfloat16_stays_on_its_rounded_grid():
+    lm = tiny_model("llama")
+    lm.model.to(torch.bfloat16)
+    apply(lm, "rtn:bits=4,group_size=32")
+    assert compression_summary(lm)["avg_bits"] == pytest.approx(5.0, abs=1e-3)

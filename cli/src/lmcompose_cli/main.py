@@ -95,14 +95,16 @@ def plugins(
         typer.echo(json.dumps(out, indent=2))
         return
     table = Table(title="lmcompose plugins")
-    for col in ("name", "distribution", "version", "hooks", "status"):
-        table.add_column(col)
+    for col in ("name", "distribution", "version"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("hooks", overflow="fold")
+    table.add_column("status", overflow="fold")
     for info in infos:
         status = "[red]failed: " + info.error + "[/]" if info.error else "[green]loaded[/]"
         table.add_row(info.name, info.distribution, info.version, ", ".join(h.removeprefix("register_") for h in info.hooks), status)
     console.print(table)
     for dist, things in sorted(provided.items()):
-        console.print(f"[bold]{dist}[/] provides: {', '.join(sorted(things))}", highlight=False)
+        console.print(f"[bold]{dist}[/] provides: {', '.join(sorted(things))}", highlight=False, soft_wrap=True)
 
 
 def _list_registry(kind: str) -> None:
@@ -278,7 +280,10 @@ def run(
         progress = RichProgress()
         with progress.rp:
             rows, _ctx = run_sequence(settings, progress)
-    print_rows(rows)
+    if rows:
+        print_rows(rows)
+    else:
+        console.print("every evaluation of this run is already in its results.jsonl; nothing to do")
     if settings.out:
         console.print(f"results: {Path(settings.out) / 'results.jsonl'}")
 

@@ -96,8 +96,9 @@ class QuantGrid:
     def on_grid(self, w: torch.Tensor, atol: float = 1e-5) -> bool:
         """True if every weight is a grid point (and within the clamp range)."""
         scale, zero = self.expanded(w.shape[1])
-        snapped = quantize_dequantize(w.float(), scale, zero, self.bits)
-        return bool(torch.allclose(w.float(), snapped, rtol=0, atol=atol * float(scale.max())))
+        # in bf16/fp16 storage the grid itself is rounded to that dtype
+        snapped = quantize_dequantize(w.float(), scale.to(w.device), zero.to(w.device), self.bits).to(w.dtype)
+        return bool(torch.allclose(w.float(), snapped.float(), rtol=0, atol=atol * float(scale.max())))
 
     @property
     def overhead_bits(self) -> int:

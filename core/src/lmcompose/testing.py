@@ -15,7 +15,7 @@ compression state), and its ``project()`` is idempotent and restores the constra
 the weights are disturbed.
 
 The module is registered under the ``pytest11`` entry point, so its fixtures
-(``tiny_lm``, ``tiny_edits``) are available in any test once lmcompose is installed. It
+(``tiny_lm``, ``tiny_edits``, ``shared_data``, ``offline_without_data``) are available in any test once lmcompose is installed. It
 imports torch only inside tests.
 """
 
@@ -57,6 +57,27 @@ def tiny_edits() -> list[Any]:
     from lmcompose.compose import load_edits
 
     return load_edits("records", limit=4, seed=0)
+
+
+@pytest.fixture
+def shared_data() -> Any:
+    """The data folder named by LMCOMPOSE_DATA_DIR (laid out like shared/data); skips the
+    test when it is not set or not there."""
+    import os
+    from pathlib import Path
+
+    raw = os.environ.get("LMCOMPOSE_DATA_DIR")
+    if not raw or not Path(raw).is_dir():
+        pytest.skip("LMCOMPOSE_DATA_DIR is not set to a data folder (the Makefile sets it when ../shared/data exists)")
+    return Path(raw)
+
+
+@pytest.fixture
+def offline_without_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """No data folder, no network, an empty cache: datasets fall back to their samples."""
+    monkeypatch.delenv("LMCOMPOSE_DATA_DIR", raising=False)
+    monkeypatch.setenv("LMCOMPOSE_OFFLINE", "1")
+    monkeypatch.setenv("LMCOMPOSE_CACHE_DIR", str(tmp_path / "cache"))
 
 
 class InterventionConformance:

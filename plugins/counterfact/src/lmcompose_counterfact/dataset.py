@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from lmcompose.api import EditRecord, LocalityPrompt
-from lmcompose.edit_data import JsonEditDataset, fill_template, need_list, need_str, parse_easyedit_flat
+from lmcompose.edit_data import (
+    JsonEditDataset,
+    fill_template,
+    need_list,
+    need_str,
+    parse_easyedit_flat,
+)
 from lmcompose.errors import DataError
 
 ROME_URL = "https://rome.baulab.info/data/dsets/counterfact.json"
