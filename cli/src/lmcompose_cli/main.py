@@ -70,11 +70,16 @@ def main_options(
 # --------------------------------------------------------------------------------------
 
 
-@app.command(epilog="Examples: lmcompose plugins; lmcompose plugins --json; LMCOMPOSE_BLOCK_PLUGINS=x lmcompose plugins")
+@app.command(epilog="Examples: lmcompose plugins; lmcompose plugins --json; lmcompose plugins --available; LMCOMPOSE_BLOCK_PLUGINS=x lmcompose plugins")
 def plugins(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    available: Annotated[bool, typer.Option("--available", help="List the plugins in registry.yaml, installed or not.")] = False,
 ) -> None:
     """List loaded plugins, what each registers, and plugins that failed to load."""
+    if available:
+        with user_errors():
+            _plugins_available(as_json)
+        return
     with user_errors():
         infos = plugin_api.plugin_infos()
         provided: dict[str, list[str]] = {}
@@ -105,6 +110,81 @@ def plugins(
     console.print(table)
     for dist, things in sorted(provided.items()):
         console.print(f"[bold]{dist}[/] provides: {', '.join(sorted(things))}", highlight=False, soft_wrap=True)
+
+
+def _plugins_available(as_json: bool) -> None:
+    from lmcompose_cli.registry_file import read_registry
+
+    entries = read_registry()
+    if as_json:
+        typer.echo(json.dumps([{"name": e.name, "kind": e.kind, "distribution": e.distribution, "summary": e.summary,
+                                "installed": e.installed_version, "local_path": str(e.path) if e.path else None} for e in entries], indent=2))
+        return
+    table = Table(title="plugins in registry.yaml")
+    for col in ("name", "kind", "distribution"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("installed", no_wrap=True)
+    table.add_column("summary", overflow="fold")
+    for e in entries:
+        status = f"[green]{e.installed_version}[/]" if e.installed_version else "not installed"
+        table.add_row(e.name, e.kind, e.distribution, status, e.summary)
+    console.print(table)
+
+
+def _run_pip(cmd: list[str], dry_run: bool) -> None:
+    import shlex
+    import subprocess
+
+    console.print("will run: " + " ".join(shlex.quote(c) for c in cmd), highlight=False, soft_wrap=True)
+    if dry_run:
+        return
+    code = subprocess.call(cmd)
+    if code != 0:
+        err_console.print(f"[bold red]error:[/] pip exited with code {code}")
+        raise typer.Exit(code)
+
+
+@app.command(epilog="Examples: lmcompose install counterfact; lmcompose install --package lmcompose-noise==0.1.0; lmcompose install zsre --dry-run")
+def install(
+    name: Annotated[str | None, typer.Argument(help="Short name of a plugin in registry.yaml.", show_default=False)] = None,
+    package: Annotated[str | None, typer.Option("--package", help="Install this pip requirement instead (a plugin not in the registry).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the pip command without running it.")] = False,
+) -> None:
+    """pip-install a plugin listed in registry.yaml (first-party plugins from this checkout's plugins/ folder)."""
+    with user_errors():
+        from lmcompose_cli.registry_file import install_command
+
+        cmd = install_command(name, package)
+    _run_pip(cmd, dry_run)
+
+
+@app.command(epilog="Examples: lmcompose uninstall counterfact; lmcompose uninstall --package lmcompose-noise")
+def uninstall(
+    name: Annotated[str | None, typer.Argument(help="Short name of a plugin in registry.yaml.", show_default=False)] = None,
+    package: Annotated[str | None, typer.Option("--package", help="Uninstall this distribution instead.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the pip command without running it.")] = False,
+) -> None:
+    """pip-uninstall a plugin listed in registry.yaml."""
+    with user_errors():
+        from lmcompose_cli.registry_file import uninstall_command
+
+        cmd = uninstall_command(name, package)
+    _run_pip(cmd, dry_run)
+
+
+@app.command("new-plugin", epilog="Examples: lmcompose new-plugin noise --kind intervention; lmcompose new-plugin wordcount --kind metric --dir ~/src")
+def new_plugin(
+    name: Annotated[str, typer.Argument(help="Plugin name: lowercase, e.g. noise (distribution lmcompose-noise, module lmcompose_noise).")],
+    kind: Annotated[str, typer.Option("--kind", help="intervention | metric | dataset")] = "intervention",
+    directory: Annotated[Path, typer.Option("--dir", help="Folder to create the package in.")] = Path("."),
+) -> None:
+    """Create a plugin package from the template: pyproject with the entry point, one working example, its tests, a README."""
+    with user_errors():
+        from lmcompose_cli.scaffold import render
+
+        target = render(name, kind, directory)
+    console.print(f"created {target}", highlight=False)
+    console.print(f"next: pip install -e {target}  then  lmcompose plugins  and  pytest {target / 'tests'}", highlight=False, soft_wrap=True)
 
 
 def _list_registry(kind: str) -> None:

@@ -1,0 +1,6 @@
+from lmcompose.testing import InterventionConformance
+
+
+class Test{{Class}}Conformance(InterventionConformance):
+    intervention = "{{name}}"
+    config = {"scale": 0.05}

@@ -1,0 +1,6 @@
+from lmcompose import hookimpl
+
+
+@hookimpl
+def register_metrics(register):
+    register("{{module}}.metric:{{Class}}", name="{{name}}", summary="{{summary}}")
