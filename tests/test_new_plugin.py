@@ -117,8 +117,11 @@ def test_plugins_available_marks_installed(monkeypatch):
 
 
 def test_a_broken_plugin_does_not_stop_the_listing(fake_dists):
+    from lmcompose.plugins import PluginLoadWarning
+
     fake_dists({"lmcompose-broken": {"broken": "broken_plugin"}})
-    res = CliRunner().invoke(app, ["plugins", "--json"])
+    with pytest.warns(PluginLoadWarning, match="broken"):
+        res = CliRunner().invoke(app, ["plugins", "--json"])
     assert res.exit_code == 0
     data = {d["name"]: d for d in json.loads(res.output[res.output.index("["):])}
     assert "RuntimeError" in data["broken"]["error"] and data["builtin:interventions"]["error"] is None
