@@ -60,3 +60,7 @@ class ModelLoadError(UsageError):
 
 class PluginLoadError(LMComposeError):
     """A plugin failed to load (raised only in strict mode)."""
+
+
+class NumericalError(LMComposeError):
+    """A computation that cannot proceed (a matrix that is not positive definite, NaN)."""

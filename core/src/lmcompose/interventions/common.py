@@ -37,3 +37,11 @@ class Timer:
 
     def __exit__(self, *exc: Any) -> None:
         self.elapsed = time.perf_counter() - self.start
+
+
+def n_samples_field() -> Any:
+    return field(default=None, metadata={"help": "calibration windows (default: the run's, 128)", "range": (1, 1 << 20)})
+
+
+def seqlen_field() -> Any:
+    return field(default=None, metadata={"help": "tokens per calibration window (default: the run's, 512)", "range": (2, 1 << 20)})

@@ -1,0 +1,139 @@
+"""The layer-sequential calibration pipeline shared by calibration-based compressors
+(SparseGPT, Wanda, GPTQ, AWQ) and the statistics service.
+
+For each decoder layer i, in order:
+
+1. run the layer on its inputs (the calibration windows as they arrive at layer i) with
+   hooks on the chosen projections, so a method gathers statistics (``observe``);
+2. let the method change the layer (``modify``);
+3. run the layer again with the modified weights; its outputs are layer i+1's inputs.
+
+Peak memory is about one model plus one layer's activations (the hidden states of the
+calibration set, n x seqlen x hidden). Layers are called with the keyword arguments the
+model itself passes them (attention masks, rotary embeddings...), captured once per layer
+from a forward pass of one window, so architectures with per-layer masks (gemma3's
+sliding-window layers) work unchanged. Everything runs under ``torch.no_grad``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from lmcompose.models.arch import decoder_layers
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _layer_output(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+@torch.no_grad()
+def capture_layer_calls(lm: Any, windows: torch.Tensor) -> tuple[torch.Tensor, list[tuple[tuple[Any, ...], dict[str, Any]]]]:
+    """Inputs of decoder layer 0 for every window (n, seqlen, hidden), and the other
+    arguments (positional, keyword) the model passes each layer, from one window: they
+    depend only on the window length."""
+    layers = decoder_layers(lm.model, lm.arch)
+    device = lm.device
+    per_layer: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((), {}) for _ in layers]
+    handles = []
+
+    def keep_kwargs(i: int):
+        def hook(_module, args, kwargs):
+            dropped = {"past_key_values", "past_key_value", "layer_past", "cache", "use_cache"}
+            per_layer[i] = (tuple(args[1:]), {k: v for k, v in kwargs.items() if k not in dropped and k != "hidden_states"})
+        return hook
+
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_pre_hook(keep_kwargs(i), with_kwargs=True))
+    try:
+        lm.model(windows[:1].to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+    inputs: list[torch.Tensor] = []
+
+    def grab(_module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        inputs.append(hidden.detach())
+        raise _StopForward
+
+    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for j in range(windows.shape[0]):
+            try:
+                lm.model(windows[j : j + 1].to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return torch.cat(inputs, dim=0), per_layer
+
+
+def _call_layer(layer: Any, hidden: torch.Tensor, call: tuple[tuple[Any, ...], dict[str, Any]]) -> torch.Tensor:
+    args, kwargs = call
+    return _layer_output(layer(hidden, *args, **kwargs))
+
+
+@torch.no_grad()
+def run_layer_sequential(
+    lm: Any,
+    windows: torch.Tensor,
+    module_names: Callable[[int], list[str]],
+    observe: Callable[[int, str, torch.Tensor], None],
+    modify: Callable[[int], None],
+    progress: Any = None,
+    description: str = "calibrating",
+) -> None:
+    """Run the pipeline over every decoder layer.
+
+    ``module_names(i)`` lists the qualified names of the projections of layer i to watch;
+    ``observe(i, name, x)`` receives each watched module's input, flattened to
+    (tokens, in_features); ``modify(i)`` changes layer i after all its statistics are in.
+    """
+    layers = decoder_layers(lm.model, lm.arch)
+    hidden, kwargs_per_layer = capture_layer_calls(lm, windows)
+    ctx_task = progress.task(description, len(layers)) if progress is not None else None
+    advance = ctx_task.__enter__() if ctx_task is not None else (lambda n=1: None)
+    try:
+        for i, layer in enumerate(layers):
+            names = module_names(i)
+            handles = []
+            for name in names:
+                module = lm.model.get_submodule(name)
+
+                def hook(_m, args, _out, name=name):
+                    x = args[0]
+                    observe(i, name, x.reshape(-1, x.shape[-1]))
+
+                handles.append(module.register_forward_hook(hook))
+            kwargs = kwargs_per_layer[i]
+            try:
+                for j in range(hidden.shape[0]):
+                    _call_layer(layer, hidden[j : j + 1], kwargs)
+            finally:
+                for h in handles:
+                    h.remove()
+            modify(i)
+            for j in range(hidden.shape[0]):
+                hidden[j : j + 1] = _call_layer(layer, hidden[j : j + 1], kwargs)
+            advance(1)
+    finally:
+        if ctx_task is not None:
+            ctx_task.__exit__(None, None, None)
+
+
+def layer_module_names(lm: Any, selected: list[tuple[str, Any]]) -> Callable[[int], list[str]]:
+    """Group selected (name, module) pairs by decoder layer index."""
+    prefix = lm.arch.layers + "."
+    by_layer: dict[int, list[str]] = {}
+    for name, _ in selected:
+        idx = int(name[len(prefix):].split(".", 1)[0])
+        by_layer.setdefault(idx, []).append(name)
+    return lambda i: by_layer.get(i, [])

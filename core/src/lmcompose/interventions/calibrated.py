@@ -1,0 +1,78 @@
+"""A base class for pruners that calibrate layer by layer (SparseGPT, Wanda).
+
+Subclasses implement ``new_stats``, ``observe`` and ``prune_weight``; this class runs the
+core's layer-sequential pipeline over the selected projections, records the keep-masks (in
+the model's compression state and for ``project()``), and reports achieved sparsity per
+layer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
+from lmcompose.interventions.common import selected_layers
+
+
+class LayerwisePruner(Intervention):
+    """Prune each selected projection from statistics of its calibration inputs."""
+
+    kind = "prune"
+    strength = StrengthKnob("sparsity", 0.0, 1.0, high_inclusive=False)
+
+    def __init__(self, config: Any = None):
+        super().__init__(config)
+        self.masks: dict[str, Any] = {}
+
+    # -- for subclasses ----------------------------------------------------------------
+    def new_stats(self, name: str, module: Any, in_features: int) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def observe(self, stats: Any, x: Any) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def prune_weight(self, name: str, w: Any, stats: Any, messages: list[str]) -> Any:  # pragma: no cover
+        """Prune ``w`` (out, in; a view into the model) in place; return the keep mask."""
+        raise NotImplementedError
+
+    # -- the pipeline ------------------------------------------------------------------
+    def apply(self, lm: Any, ctx: Context) -> StepReport:
+        from lmcompose.calibration import layer_module_names, run_layer_sequential
+
+        start = time.perf_counter()
+        layers = selected_layers(lm, self.config, self.name)
+        windows = ctx.calibration_batches(lm, self.config.n_samples, self.config.seqlen)
+        stats: dict[str, Any] = {}
+        per_layer: dict[str, float] = {}
+        messages: list[str] = []
+        names_of = layer_module_names(lm, layers)
+
+        def observe(_i: int, name: str, x: Any) -> None:
+            if name not in stats:
+                stats[name] = self.new_stats(name, lm.model.get_submodule(name), x.shape[-1])
+            self.observe(stats[name], x)
+
+        def modify(i: int) -> None:
+            for name in names_of(i):
+                keep = self.prune_weight(name, lm.weight(name), stats.pop(name), messages)
+                self.masks[name] = keep
+                state = lm.layer_state(name)
+                state.keep_mask = keep if state.keep_mask is None else state.keep_mask & keep
+                per_layer[name] = 1.0 - float(keep.float().mean())
+
+        run_layer_sequential(lm, windows, names_of, observe, modify, ctx.progress, f"{self.name} pruning")
+        total = sum(lm.weight(n).numel() for n, _ in layers)
+        zeroed = sum(int((~self.masks[n]).sum()) for n, _ in layers)
+        report = self.report(sparsity=zeroed / total, layers=len(layers), calibration_windows=int(windows.shape[0]),
+                             calibration_seqlen=int(windows.shape[1]), per_layer_sparsity=per_layer)
+        report.messages = messages
+        for m in messages:
+            ctx.note(m)
+        report.elapsed_s = time.perf_counter() - start
+        return report
+
+    def project(self, lm: Any) -> None:
+        for name, keep in self.masks.items():
+            w = lm.weight(name)
+            w.mul_(keep.to(device=w.device, dtype=w.dtype))

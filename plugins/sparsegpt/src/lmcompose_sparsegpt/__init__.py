@@ -1,0 +1,1 @@
+"""SparseGPT (Frantar & Alistarh, ICML 2023) for lmcompose."""

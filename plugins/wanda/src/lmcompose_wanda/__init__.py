@@ -1,0 +1,1 @@
+"""Wanda (Sun et al., ICLR 2024) for lmcompose."""
