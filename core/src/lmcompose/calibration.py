@@ -108,7 +108,7 @@ def run_layer_sequential(
             for name in names:
                 module = lm.model.get_submodule(name)
 
-                def hook(_m, args, _out, name=name):
+                def hook(_m, args, _out, name=name, i=i):
                     x = args[0]
                     observe(i, name, x.reshape(-1, x.shape[-1]))
 

@@ -99,12 +99,33 @@ def corpus_text(split: str, ctx: Any = None) -> tuple[str, str]:
     return sample_text(), "bundled:sample_text.txt"
 
 
+_TOKENIZED: dict[tuple[str, str], Any] = {}
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Identifies a tokenizer by its full definition (vocabulary, merges, normalizers)."""
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha1(spec.encode()).hexdigest()
+
+
+def tokenize_corpus(tokenizer: Any, text: str, where: str) -> Any:
+    """``tokenizer(text)`` as a 1-D LongTensor, cached per (tokenizer, source) in this
+    process: a corpus of a few MB takes seconds to tokenize, and every step and metric needs it."""
+    key = (tokenizer_fingerprint(tokenizer), where + f":{len(text)}")
+    if key not in _TOKENIZED:
+        _TOKENIZED[key] = tokenizer(text, return_tensors="pt").input_ids[0]
+    return _TOKENIZED[key]
+
+
 def calibration_windows(tokenizer: Any, n_samples: int, seqlen: int, seed: int, ctx: Any = None):
     """``n_samples`` windows of ``seqlen`` tokens at seeded random offsets (LongTensor n x seqlen)."""
     import torch
 
     text, where = corpus_text("calibration", ctx)
-    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    ids = tokenize_corpus(tokenizer, text, where)
     if ids.numel() <= seqlen:
         seqlen = max(8, ids.numel() // 2)
         if ctx is not None:

@@ -33,13 +33,13 @@ class Perplexity(Metric):
     def windows(self, lm: Any, ctx: Context):
         import torch
 
-        from lmcompose.data import corpus_text
+        from lmcompose.data import corpus_text, tokenize_corpus
 
         seqlen = min(self.config.seqlen, lm.max_positions)
         key = ("ppl_windows", id(lm.tokenizer), seqlen, self.config.max_tokens)
         if key not in ctx.state:
             text, where = corpus_text("test", ctx)
-            ids = lm.tokenizer(text, return_tensors="pt").input_ids[0]
+            ids = tokenize_corpus(lm.tokenizer, text, where)
             if ids.numel() < 2 * 8:
                 raise ValueError(f"perplexity text {where} is too short")
             if ids.numel() < seqlen:
