@@ -59,6 +59,25 @@ def tiny_edits() -> list[Any]:
     return load_edits("records", limit=4, seed=0)
 
 
+def capture_inputs(lm: Any, name: str, windows: Any) -> Any:
+    """The inputs (tokens, in_features) that projection ``name`` sees when ``lm`` runs on
+    ``windows`` one by one: for a layer-0 projection, exactly what a layer-sequential
+    method calibrates on."""
+    import torch
+
+    seen = []
+    handle = lm.model.get_submodule(name).register_forward_hook(
+        lambda _m, args, _out: seen.append(args[0].reshape(-1, args[0].shape[-1]))
+    )
+    try:
+        with torch.no_grad():
+            for row in windows:
+                lm.model(row[None])
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
 @pytest.fixture
 def shared_data() -> Any:
     """The data folder named by LMCOMPOSE_DATA_DIR (laid out like shared/data); skips the

@@ -7,7 +7,7 @@ from lmcompose.compose import build_intervention, parse_step
 from lmcompose.errors import NumericalError
 from lmcompose.models.tiny import tiny_model
 from lmcompose.sparsity import satisfies_n_of_m
-from lmcompose.testing import InterventionConformance
+from lmcompose.testing import InterventionConformance, capture_inputs
 from lmcompose_sparsegpt.algorithm import sparsegpt_prune
 
 
@@ -27,14 +27,7 @@ def ctx():
 
 
 def layer0_inputs(lm, name):
-    """Inputs of a layer-0 projection on the dense model: what SparseGPT calibrates on."""
-    seen = []
-    h = lm.model.get_submodule(name).register_forward_hook(lambda m, a, o: seen.append(a[0].reshape(-1, a[0].shape[-1])))
-    with torch.no_grad():
-        for row in ctx().calibration_batches(lm, 8, 64):
-            lm.model(row[None])
-    h.remove()
-    return torch.cat(seen)
+    return capture_inputs(lm, name, ctx().calibration_batches(lm, 8, 64))
 
 
 @pytest.mark.parametrize("sparsity", [0.25, 0.5, 0.7])

@@ -6,7 +6,7 @@ from lmcompose.api import Context
 from lmcompose.compose import build_intervention, parse_step
 from lmcompose.models.tiny import tiny_model
 from lmcompose.sparsity import satisfies_n_of_m
-from lmcompose.testing import InterventionConformance
+from lmcompose.testing import InterventionConformance, capture_inputs
 from lmcompose_wanda.intervention import wanda_scores
 
 
@@ -26,13 +26,7 @@ def ctx():
 
 
 def layer0_inputs(lm, name):
-    seen = []
-    h = lm.model.get_submodule(name).register_forward_hook(lambda m, a, o: seen.append(a[0].reshape(-1, a[0].shape[-1])))
-    with torch.no_grad():
-        for row in ctx().calibration_batches(lm, 8, 64):
-            lm.model(row[None])
-    h.remove()
-    return torch.cat(seen)
+    return capture_inputs(lm, name, ctx().calibration_batches(lm, 8, 64))
 
 
 def with_outlier_features(lm):
@@ -65,10 +59,12 @@ def test_n_m_pattern():
         assert satisfies_n_of_m(lm.weight(name), 2, 4)
 
 
-def test_mask_follows_the_wanda_score_on_layer0():
-    """Layer 0 sees the dense model's inputs: the mask is exactly the per-row lowest |W|·‖X‖."""
+@pytest.mark.parametrize("proj", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"])
+def test_mask_follows_the_wanda_score_on_layer0(proj):
+    """Layer 0 sees the dense model's inputs: the mask is exactly the per-row lowest |W|·‖X‖
+    (also for projections that share their input's statistics with another: k, v, up)."""
     lm = tiny_model("llama")
-    name = "model.layers.0.self_attn.q_proj"
+    name = f"model.layers.0.{proj}"
     x = layer0_inputs(lm, name)
     w0 = lm.weight(name).clone()
     build_intervention(parse_step("wanda:sparsity=0.5")).apply(lm, ctx())

@@ -44,22 +44,34 @@ class LayerwisePruner(Intervention):
         layers = selected_layers(lm, self.config, self.name)
         windows = ctx.calibration_batches(lm, self.config.n_samples, self.config.seqlen)
         stats: dict[str, Any] = {}
+        owner: dict[str, str] = {}  # projections fed the very same tensor share statistics
+        previous: dict[str, Any] = {}
         per_layer: dict[str, float] = {}
         messages: list[str] = []
         names_of = layer_module_names(lm, layers)
 
         def observe(_i: int, name: str, x: Any) -> None:
-            if name not in stats:
-                stats[name] = self.new_stats(name, lm.model.get_submodule(name), x.shape[-1])
-            self.observe(stats[name], x)
+            if name not in owner:
+                prev = previous.get("x")
+                # `previous` keeps the last input alive, so an equal pointer means the same storage
+                same = prev is not None and x.data_ptr() == prev.data_ptr() and x.shape == prev.shape and x.stride() == prev.stride()
+                owner[name] = owner[previous["name"]] if same else name
+                if not same:
+                    stats[name] = self.new_stats(name, lm.model.get_submodule(name), x.shape[-1])
+            previous["x"], previous["name"] = x, name
+            if owner[name] == name:
+                self.observe(stats[name], x)
 
         def modify(i: int) -> None:
+            previous.clear()
             for name in names_of(i):
-                keep = self.prune_weight(name, lm.weight(name), stats.pop(name), messages)
+                keep = self.prune_weight(name, lm.weight(name), stats[owner[name]], messages)
                 self.masks[name] = keep
                 state = lm.layer_state(name)
                 state.keep_mask = keep if state.keep_mask is None else state.keep_mask & keep
                 per_layer[name] = 1.0 - float(keep.float().mean())
+            for name in names_of(i):
+                stats.pop(name, None)
 
         run_layer_sequential(lm, windows, names_of, observe, modify, ctx.progress, f"{self.name} pruning")
         total = sum(lm.weight(n).numel() for n, _ in layers)

@@ -45,3 +45,17 @@ def n_samples_field() -> Any:
 
 def seqlen_field() -> Any:
     return field(default=None, metadata={"help": "tokens per calibration window (default: the run's, 512)", "range": (2, 1 << 20)})
+
+
+def sparsity_field() -> Any:
+    return field(
+        default=None,
+        metadata={"help": "fraction of weights zeroed in each targeted matrix, in [0, 1); default 0.5, and 1-N/M with an N:M structure"},
+    )
+
+
+def structure_field() -> Any:
+    return field(
+        default="unstructured",
+        metadata={"help": "'unstructured', or 'N:M': at most N nonzeros in every M consecutive input weights (e.g. 2:4)"},
+    )

@@ -6,6 +6,8 @@ from lmcompose.interventions.common import (
     ignore_field,
     n_samples_field,
     seqlen_field,
+    sparsity_field,
+    structure_field,
     targets_field,
 )
 from lmcompose.sparsity import resolve_sparsity
@@ -15,8 +17,8 @@ from lmcompose.sparsity import resolve_sparsity
 class SparseGPTConfig:
     """SparseGPT settings (defaults from the paper's code)."""
 
-    sparsity: float | None = field(default=None, metadata={"help": "fraction of weights zeroed per matrix, in [0, 1); default 0.5, 1-N/M with N:M"})
-    structure: str = field(default="unstructured", metadata={"help": "'unstructured' or 'N:M' (at most N nonzeros in every M consecutive input weights)"})
+    sparsity: float | None = sparsity_field()
+    structure: str = structure_field()
     blocksize: int = field(default=128, metadata={"help": "columns per lazy-update block; masks are chosen per block", "range": (1, 1 << 16)})
     percdamp: float = field(default=0.01, metadata={"help": "Hessian damping as a fraction of its mean diagonal", "range": (0.0, 10.0)})
     n_samples: int | None = n_samples_field()

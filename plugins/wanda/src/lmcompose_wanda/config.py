@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lmcompose.interventions.common import (
     ignore_field,
     n_samples_field,
     seqlen_field,
+    sparsity_field,
+    structure_field,
     targets_field,
 )
 from lmcompose.sparsity import resolve_sparsity
@@ -15,8 +17,8 @@ from lmcompose.sparsity import resolve_sparsity
 class WandaConfig:
     """Wanda settings."""
 
-    sparsity: float | None = field(default=None, metadata={"help": "fraction of weights zeroed per output row, in [0, 1); default 0.5, 1-N/M with N:M"})
-    structure: str = field(default="unstructured", metadata={"help": "'unstructured' or 'N:M' (at most N nonzeros in every M consecutive input weights)"})
+    sparsity: float | None = sparsity_field()
+    structure: str = structure_field()
     n_samples: int | None = n_samples_field()
     seqlen: int | None = seqlen_field()
     targets: list[str] = targets_field()

@@ -1,8 +1,13 @@
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from lmcompose.interventions.common import ignore_field, targets_field
+from lmcompose.interventions.common import (
+    ignore_field,
+    sparsity_field,
+    structure_field,
+    targets_field,
+)
 from lmcompose.sparsity import resolve_sparsity
 
 
@@ -10,14 +15,8 @@ from lmcompose.sparsity import resolve_sparsity
 class MagnitudeConfig:
     """Magnitude pruning settings."""
 
-    sparsity: float | None = field(
-        default=None,
-        metadata={"help": "fraction of weights zeroed in each targeted matrix, in [0, 1); default 0.5, and 1-N/M with an N:M structure"},
-    )
-    structure: str = field(
-        default="unstructured",
-        metadata={"help": "'unstructured', or 'N:M': at most N nonzeros in every M consecutive input weights (e.g. 2:4)"},
-    )
+    sparsity: float | None = sparsity_field()
+    structure: str = structure_field()
     targets: list[str] = targets_field()
     ignore: list[str] = ignore_field()
 

@@ -1,0 +1,125 @@
+"""SparseGPT and Wanda on SmolLM2-135M versus llm-compressor, with the two-pass floor.
+
+Same model (the dequantized SmolLM2-135M folder), same calibration windows (n x seqlen
+tokens of wikitext-2 train prefix + validation, seeded), same evaluation (perplexity on
+the first --eval-windows windows of --eval-seqlen tokens of wikitext-2 test), fp32, all in
+one run. The floor is two no-grad forward passes of the model over the calibration set
+(the statistics pass and the recompute pass every layer-sequential method needs).
+
+llm-compressor is not a dependency: with --llmc, this script creates a separate venv
+(.bench-venvs/llmcompressor, torch pinned first), installs llmcompressor there, and runs
+benchmarks/_llmc_oneshot.py in it on the same model folder and calibration windows; the
+pruned model it saves is evaluated here with the same perplexity code.
+
+    .venv/bin/python benchmarks/pruning.py [--llmc] [--methods sparsegpt,wanda] [--structures 0.5,2:4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from lmcompose.api import Context
+from lmcompose.compose import build_intervention, build_metrics, parse_step
+from lmcompose.models.loading import load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+LLMC_VENV = ROOT / ".bench-venvs" / "llmcompressor"
+TORCH_VERSION = "2.13.0"
+
+
+def ensure_llmc_venv() -> Path:
+    py = LLMC_VENV / "bin" / "python"
+    if not py.exists():
+        subprocess.check_call([sys.executable, "-m", "venv", str(LLMC_VENV)])
+        subprocess.check_call([str(py), "-m", "pip", "install", "-q", f"torch=={TORCH_VERSION}"])
+        subprocess.check_call([str(py), "-m", "pip", "install", "-q", "llmcompressor"])
+    return py
+
+
+def step_text(method: str, structure: str) -> str:
+    return f"{method}:structure={structure}" if ":" in structure else f"{method}:sparsity={structure}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--methods", default="sparsegpt,wanda")
+    ap.add_argument("--structures", default="0.5,2:4")
+    ap.add_argument("--n-samples", type=int, default=128)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--eval-windows", type=int, default=40)
+    ap.add_argument("--eval-seqlen", type=int, default=2048)
+    ap.add_argument("--llmc", action="store_true", help="also run llm-compressor (separate venv)")
+    ap.add_argument("--skip-floor", action="store_true")
+    ap.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model")
+    ap.add_argument("--skip-ours", action="store_true", help="run only the llm-compressor side (with --llmc)")
+    args = ap.parse_args()
+
+    lm = load_model(args.model)
+    pristine = lm.state_copy()
+    ctx = Context(calibration_samples=args.n_samples, calibration_seqlen=args.seqlen)
+    windows = ctx.calibration_batches(lm)
+    ppl = build_metrics(["perplexity"], {"perplexity": {"seqlen": args.eval_seqlen, "max_tokens": args.eval_windows * args.eval_seqlen}})[0]
+
+    def evaluate(model_lm) -> float:
+        return ppl.compute(model_lm, ctx)["perplexity"]
+
+    rows: list[tuple[str, str, float, float, float | None]] = []
+    if not args.skip_dense:
+        rows.append(("dense", "-", evaluate(lm), 0.0, None))
+
+    floor = None
+    if not args.skip_floor:
+        with torch.no_grad():
+            start = time.perf_counter()
+            for _ in range(2):
+                for j in range(windows.shape[0]):
+                    lm.model(windows[j : j + 1], use_cache=False)
+            floor = time.perf_counter() - start
+
+    for method in args.methods.split(",") if not args.skip_ours else []:
+        for structure in args.structures.split(","):
+            lm.restore(pristine)
+            step = build_intervention(parse_step(step_text(method, structure)))
+            t0 = time.perf_counter()
+            report = step.apply(lm, ctx)
+            elapsed = time.perf_counter() - t0
+            rows.append((f"lmcompose {method}", structure, evaluate(lm), elapsed, report.details["sparsity"]))
+
+    if args.llmc:
+        py = ensure_llmc_venv()
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            torch.save(windows, tmp / "windows.pt")
+            for method in args.methods.split(","):
+                for structure in args.structures.split(","):
+                    out = tmp / f"{method}-{structure.replace(':', '_')}"
+                    res = subprocess.run([str(py), str(ROOT / "benchmarks" / "_llmc_oneshot.py"), lm.source, str(tmp / "windows.pt"),
+                                          method, structure, str(out)], capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                    if res.returncode != 0:
+                        print(f"llm-compressor {method} {structure} failed:\n{res.stderr[-3000:]}", file=sys.stderr)
+                        continue
+                    info = json.loads(res.stdout.strip().splitlines()[-1])
+                    pruned = load_model(str(out))
+                    rows.append((f"llm-compressor {method}", structure, evaluate(pruned), info["elapsed_s"], info["sparsity"]))
+
+    print(f"model {args.model}, fp32, torch threads {torch.get_num_threads()}; calibration {windows.shape[0]} x {windows.shape[1]} tokens; "
+          f"perplexity: wikitext-2 test, first {ppl.config.max_tokens // ppl.config.seqlen} windows of {min(ppl.config.seqlen, lm.max_positions)}")
+    if floor is not None:
+        print(f"two-pass floor (2 no-grad forward passes over the calibration set): {floor:.1f} s")
+    print(f"{'method':<26} {'setting':>8} {'perplexity':>11} {'time s':>8} {'x floor':>8} {'sparsity':>9}")
+    for name, setting, p, t, sp in rows:
+        xf = f"{t / floor:.2f}" if floor and t else "-"
+        print(f"{name:<26} {setting:>8} {p:>11.2f} {t:>8.1f} {xf:>8} {'' if sp is None else f'{sp:.4f}':>9}")
+
+
+if __name__ == "__main__":
+    main()
