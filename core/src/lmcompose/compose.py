@@ -180,8 +180,6 @@ class RunSettings:
             entry = get_datasets().entry(self.dataset)
             if entry.extra.get("kind", "edits") != "edits":
                 raise ConfigError(f"dataset {self.dataset!r} is a text corpus, not an edit dataset")
-        if any(s.kind == EDIT_KIND for s in steps) and self.dataset is None and self.edits is None:
-            pass  # the bundled sample is used; compose says so
         return steps, metrics
 
     def resolved(self) -> dict[str, Any]:

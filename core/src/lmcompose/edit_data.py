@@ -7,7 +7,9 @@ replicate selection.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import random
 import shutil
 import tempfile
 import urllib.request
@@ -17,11 +19,57 @@ from typing import Any, ClassVar
 
 from lmcompose.api import EditDataset, EditRecord, LocalityPrompt
 from lmcompose.data import data_dir
-from lmcompose.datasets import read_json_records, select_records
-from lmcompose.errors import DataError
+from lmcompose.errors import DataError, UsageError
 from lmcompose.models.loading import cache_dir
 
 DOWNLOAD_TIMEOUT_S = 30
+
+
+def select_records(records: list[Any], limit: int | None, seed: int | None, replicate: int = 0) -> list[Any]:
+    """Replicate ``replicate`` of size ``limit`` from a seeded permutation: replicate k never
+    overlaps replicate j. ``seed=None`` keeps file order."""
+    order = list(range(len(records)))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    if limit is None:
+        if replicate:
+            raise UsageError("replicates need a limit (the batch size)")
+        return [records[i] for i in order]
+    if limit < 1:
+        raise UsageError(f"limit={limit}: ask for at least one record")
+    start = replicate * limit
+    if start + limit > len(records):
+        raise UsageError(
+            f"replicate {replicate} of {limit} records needs {start + limit} records; the dataset has {len(records)}. "
+            "Use fewer edits or fewer replicates"
+        )
+    return [records[i] for i in order[start : start + limit]]
+
+
+def read_json_records(path: Path) -> list[dict[str, Any]]:
+    """Records from a .json array or a .jsonl file, with errors naming file and line/record."""
+    if not path.exists():
+        raise DataError(f"dataset file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise DataError(f"dataset file {path} is empty")
+    if path.suffix == ".jsonl":
+        out = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        return out
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); expected a JSON array or a .jsonl file") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
+    return data
 
 
 def offline() -> bool:
