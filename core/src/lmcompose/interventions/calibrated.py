@@ -67,8 +67,7 @@ class LayerwisePruner(Intervention):
             for name in names_of(i):
                 keep = self.prune_weight(name, lm.weight(name), stats[owner[name]], messages)
                 self.masks[name] = keep
-                state = lm.layer_state(name)
-                state.keep_mask = keep if state.keep_mask is None else state.keep_mask & keep
+                lm.record_keep_mask(name, keep)
                 per_layer[name] = 1.0 - float(keep.float().mean())
             for name in names_of(i):
                 stats.pop(name, None)
@@ -85,6 +84,4 @@ class LayerwisePruner(Intervention):
         return report
 
     def project(self, lm: Any) -> None:
-        for name, keep in self.masks.items():
-            w = lm.weight(name)
-            w.mul_(keep.to(device=w.device, dtype=w.dtype))
+        lm.rezero(self.masks)

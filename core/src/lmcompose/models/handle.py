@@ -79,6 +79,17 @@ class LM:
     def layer_state(self, name: str) -> LayerCompression:
         return self.compression.setdefault(name, LayerCompression())
 
+    def record_keep_mask(self, name: str, keep: torch.Tensor) -> None:
+        """Record a pruner's keep mask for ``name``: ANDed with earlier pruners' masks."""
+        state = self.layer_state(name)
+        state.keep_mask = keep if state.keep_mask is None else state.keep_mask & keep
+
+    def rezero(self, masks: dict[str, torch.Tensor]) -> None:
+        """Zero every weight whose keep mask is False (a pruner's project())."""
+        for name, keep in masks.items():
+            w = self.weight(name)
+            w.mul_(keep.to(device=w.device, dtype=w.dtype))
+
     def fingerprint(self) -> str:
         """blake2b over every parameter and buffer's bytes (names sorted, tied weights once)."""
         h = hashlib.blake2b(digest_size=16)

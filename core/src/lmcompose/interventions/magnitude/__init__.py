@@ -35,8 +35,7 @@ class Magnitude(Intervention):
             for name, _module in layers:
                 keep = prune_layer(lm.weight(name), self.config, where=name)
                 self.masks[name] = keep
-                state = lm.layer_state(name)
-                state.keep_mask = keep if state.keep_mask is None else state.keep_mask & keep
+                lm.record_keep_mask(name, keep)
                 per_layer[name] = 1.0 - float(keep.float().mean())
                 advance(1)
         total = sum(lm.weight(n).numel() for n, _ in layers)
@@ -46,5 +45,4 @@ class Magnitude(Intervention):
         return rep
 
     def project(self, lm: Any) -> None:
-        for name, keep in self.masks.items():
-            lm.weight(name).mul_(keep.to(lm.weight(name).dtype))
+        lm.rezero(self.masks)
