@@ -1,52 +1,50 @@
-"""A base class for pruners that calibrate layer by layer (SparseGPT, Wanda).
+"""Base classes for compressors that calibrate layer by layer.
 
-Subclasses implement ``new_stats``, ``observe`` and ``prune_weight``; this class runs the
-core's layer-sequential pipeline over the selected projections, records the keep-masks (in
-the model's compression state and for ``project()``), and reports achieved sparsity per
-layer.
+:class:`LayerwiseCalibrated` runs the core's layer-sequential pipeline over the selected
+projections and gathers one statistics object per distinct input tensor (projections fed
+the very same tensor, such as q/k/v after one norm, share it). Two specialisations:
+
+* :class:`LayerwisePruner` (SparseGPT, Wanda): subclasses implement ``new_stats``,
+  ``observe`` and ``prune_weight``; keep-masks are recorded (in the model's compression
+  state and for ``project()``) and achieved sparsity is reported per layer.
+* :class:`LayerwiseQuantizer` (GPTQ, AWQ): subclasses implement ``new_stats``, ``observe``
+  and ``quantize_layer`` (all projections of one decoder layer at once, so a method can
+  move scales between them); the grids are recorded (``lm.layer_state(name).quant``) so
+  ``project()`` snaps later changes back and ``avg_bits`` counts them.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
 from lmcompose.interventions.common import selected_layers
 
 
-class LayerwisePruner(Intervention):
-    """Prune each selected projection from statistics of its calibration inputs."""
+class LayerwiseCalibrated(Intervention):
+    """Run the layer-sequential pipeline; subclasses change each layer in ``process_layer``."""
 
-    kind = "prune"
-    strength = StrengthKnob("sparsity", 0.0, 1.0, high_inclusive=False)
-
-    def __init__(self, config: Any = None):
-        super().__init__(config)
-        self.masks: dict[str, Any] = {}
-
-    # -- for subclasses ----------------------------------------------------------------
     def new_stats(self, name: str, module: Any, in_features: int) -> Any:  # pragma: no cover
         raise NotImplementedError
 
     def observe(self, stats: Any, x: Any) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    def prune_weight(self, name: str, w: Any, stats: Any, messages: list[str]) -> Any:  # pragma: no cover
-        """Prune ``w`` (out, in; a view into the model) in place; return the keep mask."""
+    def process_layer(self, lm: Any, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:  # pragma: no cover
+        """Change the projections ``names`` of decoder layer ``index``; ``stats_of(name)`` gives
+        the statistics of a projection's inputs (shared between projections fed one tensor)."""
         raise NotImplementedError
 
-    # -- the pipeline ------------------------------------------------------------------
-    def apply(self, lm: Any, ctx: Context) -> StepReport:
+    def calibrate(self, lm: Any, ctx: Context, layers: list[tuple[str, Any]], description: str) -> tuple[Any, list[str]]:
+        """Run the pipeline over ``layers``; return the calibration windows and the messages."""
         from lmcompose.calibration import layer_module_names, run_layer_sequential
 
-        start = time.perf_counter()
-        layers = selected_layers(lm, self.config, self.name)
         windows = ctx.calibration_batches(lm, self.config.n_samples, self.config.seqlen)
         stats: dict[str, Any] = {}
         owner: dict[str, str] = {}  # projections fed the very same tensor share statistics
         previous: dict[str, Any] = {}
-        per_layer: dict[str, float] = {}
         messages: list[str] = []
         names_of = layer_module_names(lm, layers)
 
@@ -64,24 +62,118 @@ class LayerwisePruner(Intervention):
 
         def modify(i: int) -> None:
             previous.clear()
-            for name in names_of(i):
-                keep = self.prune_weight(name, lm.weight(name), stats[owner[name]], messages)
-                self.masks[name] = keep
-                lm.record_keep_mask(name, keep)
-                per_layer[name] = 1.0 - float(keep.float().mean())
-            for name in names_of(i):
+            names = names_of(i)
+            self.process_layer(lm, i, names, lambda n: stats[owner[n]], messages)
+            for name in names:
                 stats.pop(name, None)
 
-        run_layer_sequential(lm, windows, names_of, observe, modify, ctx.progress, f"{self.name} pruning")
+        run_layer_sequential(lm, windows, names_of, observe, modify, ctx.progress, description)
+        for m in messages:
+            ctx.note(m)
+        return windows, messages
+
+
+class LayerwisePruner(LayerwiseCalibrated):
+    """Prune each selected projection from statistics of its calibration inputs."""
+
+    kind = "prune"
+    strength = StrengthKnob("sparsity", 0.0, 1.0, high_inclusive=False)
+
+    def __init__(self, config: Any = None):
+        super().__init__(config)
+        self.masks: dict[str, Any] = {}
+        self._per_layer: dict[str, float] = {}
+
+    def prune_weight(self, name: str, w: Any, stats: Any, messages: list[str]) -> Any:  # pragma: no cover
+        """Prune ``w`` (out, in; a view into the model) in place; return the keep mask."""
+        raise NotImplementedError
+
+    def process_layer(self, lm: Any, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:
+        for name in names:
+            keep = self.prune_weight(name, lm.weight(name), stats_of(name), messages)
+            self.masks[name] = keep
+            lm.record_keep_mask(name, keep)
+            self._per_layer[name] = 1.0 - float(keep.float().mean())
+
+    def apply(self, lm: Any, ctx: Context) -> StepReport:
+        start = time.perf_counter()
+        layers = selected_layers(lm, self.config, self.name)
+        self._per_layer = {}
+        windows, messages = self.calibrate(lm, ctx, layers, f"{self.name} pruning")
         total = sum(lm.weight(n).numel() for n, _ in layers)
         zeroed = sum(int((~self.masks[n]).sum()) for n, _ in layers)
         report = self.report(sparsity=zeroed / total, layers=len(layers), calibration_windows=int(windows.shape[0]),
-                             calibration_seqlen=int(windows.shape[1]), per_layer_sparsity=per_layer)
+                             calibration_seqlen=int(windows.shape[1]), per_layer_sparsity=dict(self._per_layer))
         report.messages = messages
-        for m in messages:
-            ctx.note(m)
         report.elapsed_s = time.perf_counter() - start
         return report
 
     def project(self, lm: Any) -> None:
         lm.rezero(self.masks)
+
+
+class LayerwiseQuantizer(LayerwiseCalibrated):
+    """Quantize the selected projections layer by layer from statistics of their inputs.
+
+    Subclasses implement ``quantize_layer``: change the weights of one decoder layer's
+    projections and return each one's :class:`~lmcompose.quant.QuantGrid` (the weights must
+    lie on it). The config needs ``bits``, ``group_size``, ``symmetric``, ``n_samples``,
+    ``seqlen``, ``targets`` and ``ignore``.
+    """
+
+    kind = "quantize"
+    strength = StrengthKnob("bits", 2, 8, increasing=False, integer=True)
+
+    def __init__(self, config: Any = None):
+        super().__init__(config)
+        self.grids: dict[str, Any] = {}
+
+    def quantize_layer(self, lm: Any, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def process_layer(self, lm: Any, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:
+        for name, grid in self.quantize_layer(lm, index, names, stats_of, messages).items():
+            self.grids[name] = grid
+            lm.layer_state(name).quant = grid
+
+    def details(self) -> dict[str, Any]:
+        """Method-specific report fields (beside bits, group size, layers, calibration)."""
+        return {}
+
+    def apply(self, lm: Any, ctx: Context) -> StepReport:
+        start = time.perf_counter()
+        layers = selected_layers(lm, self.config, self.name)
+        windows, messages = self.calibrate(lm, ctx, layers, f"{self.name} {self.config.bits}-bit")
+        report = self.report(bits=self.config.bits, group_size=self.config.group_size, symmetric=self.config.symmetric,
+                             layers=len(layers), calibration_windows=int(windows.shape[0]),
+                             calibration_seqlen=int(windows.shape[1]), **self.details())
+        report.messages = messages
+        report.elapsed_s = time.perf_counter() - start
+        return report
+
+    def project(self, lm: Any) -> None:
+        for name, grid in self.grids.items():
+            grid.snap_(lm.weight(name))
+
+
+
+# -- config fields shared by the layer-wise quantizers (same meaning as rtn's) ------------
+def bits_field(default: int = 4) -> Any:
+    from dataclasses import field
+
+    return field(default=default, metadata={"help": "bits per weight, 2 to 8"})
+
+
+def group_size_field(default: int = 128) -> Any:
+    from dataclasses import field
+
+    return field(
+        default=default,
+        metadata={"help": "input columns sharing one scale/zero; <= 0 means one group per row; a shorter last group when it does not divide the width"},
+    )
+
+
+def symmetric_field(default: bool = False) -> Any:
+    from dataclasses import field
+
+    return field(default=default, metadata={"help": "symmetric grid around 0 (zero point fixed at 2^bits/2) instead of min/max"})
