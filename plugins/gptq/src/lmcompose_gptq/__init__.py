@@ -1,0 +1,1 @@
+"""GPTQ (Frantar et al., ICLR 2023) for lmcompose."""
