@@ -29,6 +29,12 @@ class ArchSpec:
     attn_norm: str | None = None
     mlp_norm: str | None = None
     conv1d: bool = False
+    # For scale folding (AWQ): the value projection when it is its own matrix whose outputs
+    # feed attn_out linearly; the MLP input projection that multiplies (gated MLP) into
+    # mlp_out's input; and c where a norm computes x̂ · (c + weight) (gemma: 1).
+    attn_v: str | None = None
+    mlp_up: str | None = None
+    norm_offset: float = 0.0
 
     @property
     def summary(self) -> str:
@@ -53,6 +59,8 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         lm_head="lm_head",
         attn_norm="input_layernorm",
         mlp_norm="post_attention_layernorm",
+        attn_v="self_attn.v_proj",
+        mlp_up="mlp.up_proj",
     ),
     ArchSpec(
         name="gemma3",
@@ -67,6 +75,9 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         lm_head="lm_head",
         attn_norm="input_layernorm",
         mlp_norm="pre_feedforward_layernorm",
+        attn_v="self_attn.v_proj",
+        mlp_up="mlp.up_proj",
+        norm_offset=1.0,
     ),
     ArchSpec(
         name="gpt_neox",
@@ -110,6 +121,7 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         lm_head="lm_head",
         attn_norm="ln_1",
         mlp_norm=None,  # GPT-J runs attention and MLP in parallel off the same ln_1
+        attn_v="attn.v_proj",
     ),
     ArchSpec(
         name="opt",
@@ -123,7 +135,8 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         embed="model.decoder.embed_tokens",
         lm_head="lm_head",
         attn_norm="self_attn_layer_norm",
-        mlp_norm="final_layer_norm",
+        mlp_norm="final_layer_norm",  # before attention/MLP only with config.do_layer_norm_before
+        attn_v="self_attn.v_proj",
     ),
 )
 

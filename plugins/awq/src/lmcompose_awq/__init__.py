@@ -1,0 +1,1 @@
+"""AWQ (Lin et al., MLSys 2024) for lmcompose."""

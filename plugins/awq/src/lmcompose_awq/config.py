@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmcompose.interventions.calibrated import bits_field, group_size_field, symmetric_field
+from lmcompose.interventions.common import (
+    ignore_field,
+    n_samples_field,
+    seqlen_field,
+    targets_field,
+)
+
+
+@dataclass
+class AWQConfig:
+    """AWQ settings (defaults from the reference code; asymmetric grid, rtn's)."""
+
+    bits: int = bits_field()
+    group_size: int = group_size_field()
+    symmetric: bool = symmetric_field()
+    n_grid: int = field(default=20, metadata={"help": "grid points of the scale search (alpha = i/n_grid) and of the clip search", "range": (1, 1000)})
+    max_shrink: float = field(default=0.5, metadata={"help": "clip search: shrink each group's range by up to this fraction", "range": (0.0, 0.99)})
+    scale_search: bool = field(default=True, metadata={"help": "search per-channel scales and fold them into the preceding op (false: clip search only)"})
+    clip_search: bool = field(default=True, metadata={"help": "search each group's clipping range on the output error (false: min/max range)"})
+    n_samples: int | None = n_samples_field()
+    seqlen: int | None = seqlen_field()
+    targets: list[str] = targets_field()
+    ignore: list[str] = ignore_field()

@@ -1,0 +1,85 @@
+"""The awq intervention: AWQ on the core's layer-sequential pipeline.
+
+For each decoder layer, after its calibration pass: search a scale for every foldable group
+(lmcompose_awq.folding) on the statistics of the unmodified layer's inputs, fold the scales
+(the layer computes the same function), then for every selected projection search the
+clipping range on its (scaled) weights and round them onto the resulting grid. The next
+layer is calibrated on the outputs of this quantized layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lmcompose.interventions.calibrated import LayerwiseQuantizer
+
+from lmcompose_awq.config import AWQConfig
+
+
+class AWQ(LayerwiseQuantizer):
+    """AWQ: activation-aware scales folded into the preceding op, clip search, rtn's grid;
+    project() snaps weights back onto the grid."""
+
+    name = "awq"
+    Config = AWQConfig
+
+    def __init__(self, config: Any = None):
+        super().__init__(config)
+        self.scaled_groups: dict[str, float | None] = {}  # "<source> -> <member>": best alpha (None: s = 1)
+
+    def new_stats(self, name: str, module: Any, in_features: int) -> Any:
+        from lmcompose_awq.algorithm import ActStats
+
+        return ActStats(in_features, module.weight.device)
+
+    def observe(self, stats: Any, x: Any) -> None:
+        stats.add(x)
+
+    def quantize_layer(self, lm: Any, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> dict[str, Any]:
+        from lmcompose_awq.algorithm import clipped_grid, search_scale
+        from lmcompose_awq.folding import fold_scales, scale_groups
+
+        c = self.config
+        # second moments of each projection's input, in the coordinates of the current weights
+        moments: dict[str, Any] = {}
+        shared: dict[int, Any] = {}
+        for name in names:
+            st = stats_of(name)
+            moments[name] = shared.setdefault(id(st), st.second_moment())
+        if c.scale_search:
+            groups, skipped = scale_groups(lm, index, set(names))
+            for why in skipped:
+                note = f"awq: no scale folding for {why} (scale kept at 1; exact)"
+                if note not in messages:
+                    messages.append(note)
+            scales = []
+            for grp in groups:
+                st = stats_of(grp.members[0])
+                s, alpha, _, _ = search_scale([lm.weight(n) for n in grp.members], moments[grp.members[0]], st.mean_abs(),
+                                              c.bits, c.group_size, c.symmetric, c.n_grid)
+                self.scaled_groups[f"{grp.source} -> {grp.members[0]}"] = alpha
+                scales.append((grp, s))
+            for grp, s in scales:
+                fold_scales(lm, grp, s)
+                inv = 1.0 / s
+                h = moments[grp.members[0]] * inv.unsqueeze(0) * inv.unsqueeze(1)  # inputs are now x / s
+                for n in grp.members:
+                    moments[n] = h
+        from lmcompose.quant import QuantGrid
+
+        grids = {}
+        for name in names:
+            w = lm.weight(name)
+            if c.clip_search:
+                grid = clipped_grid(w, moments[name], c.bits, c.group_size, c.symmetric, c.n_grid, c.max_shrink)
+            else:
+                grid = QuantGrid.fit(w.float(), c.bits, c.group_size, c.symmetric)
+            grid.snap_(w)
+            grids[name] = grid
+        return grids
+
+    def details(self) -> dict[str, Any]:
+        alphas = [a for a in self.scaled_groups.values() if a is not None]
+        return {"scaled_groups": len(alphas), "unscaled_groups": len(self.scaled_groups) - len(alphas),
+                "mean_alpha": sum(alphas) / len(alphas) if alphas else None}
