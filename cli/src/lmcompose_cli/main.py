@@ -418,9 +418,9 @@ def models(prepare: Annotated[bool, typer.Option("--prepare", help="Convert ever
 @app.command(epilog="Examples: lmcompose export runs/x --format compressed-tensors --out exported/x; "
              "lmcompose export saved-model/ --out exported/y")
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="A `lmcompose run` folder (its steps are replayed: runs keep results, not weights) or a folder written by LM.save.", show_default=False)],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A `lmcompose run` folder (its steps are replayed: runs keep results, not weights) or a folder written by LM.save.", show_default=False)],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to write the checkpoint to (default RUN/export-FORMAT).")] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="Checkpoint format: compressed-tensors (packed int weights + scales; needs pip install 'lmcompose-cli[export]').")] = "compressed-tensors",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="Checkpoint format: compressed-tensors (packed int weights + scales; needs pip install 'lmcompose-cli\\[export]').")] = "compressed-tensors",
 ) -> None:
     """Write the quantized model of RUN as a real packed checkpoint that transformers (and vLLM) load."""
     with user_errors():
