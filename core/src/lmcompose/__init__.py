@@ -6,6 +6,8 @@ The public API (importing this package does not import torch)::
     lm = lc.load_model("smollm2-135m")
     edits = lc.load_edits("records", limit=10)
     rows = lc.compose(lm, ["magnitude:sparsity=0.5", "rtn:bits=4"], edits=edits, out="runs/x")
+    lc.sweep(lm, ["magnitude", "rtn"], vary="rtn.bits=8,4,3", out="runs/y")  # every order, every strength
+    lc.composability("runs/y")                                                # A, P, OI, MCE per criterion
 """
 
 from __future__ import annotations
@@ -25,19 +27,27 @@ from lmcompose.api import (
     StrengthKnob,
     TextCorpus,
 )
+
+# compose, composability and sweep are bound eagerly (none of their modules imports torch): a
+# lazy binding would be shadowed by the submodule of the same name once anything imports it,
+# and `lc.compose(...)` would then call a module.
+from lmcompose.composability import composability
+from lmcompose.compose import compose
 from lmcompose.errors import ConfigError, DataError, LMComposeError, ModelLoadError, UsageError
 from lmcompose.hookspecs import hookimpl
 from lmcompose.plugins import get_architectures, get_datasets, get_interventions, get_metrics
+from lmcompose.sweep import sweep
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "load_model": "lmcompose.models.loading",
     "tiny_model": "lmcompose.models.tiny",
-    "compose": "lmcompose.compose",
     "load_edits": "lmcompose.compose",
     "RunSettings": "lmcompose.compose",
     "parse_step": "lmcompose.compose",
+    "SweepSettings": "lmcompose.sweep",
+    "write_report": "lmcompose.report",
     "LM": "lmcompose.models.handle",
     "ArchSpec": "lmcompose.models.arch",
 }
@@ -45,7 +55,7 @@ _LAZY = {
 __all__ = [
     "ConfigError", "Context", "DataError", "EditDataset", "EditRecord", "Intervention", "LMComposeError",
     "LocalityPrompt", "Metric", "ModelLoadError", "MultiHop", "StepReport", "StrengthKnob", "TextCorpus",
-    "UsageError", "get_architectures", "get_datasets", "get_interventions", "get_metrics", "hookimpl", *_LAZY,
+    "UsageError", "composability", "compose", "get_architectures", "get_datasets", "get_interventions", "get_metrics", "hookimpl", "sweep", *_LAZY,
 ]
 
 
