@@ -375,15 +375,123 @@ def _quiet_transformers() -> None:
     transformers.logging.disable_progress_bar()
 
 
+# --------------------------------------------------------------------------------------
+# sweep / report
+# --------------------------------------------------------------------------------------
+
+
+def print_report(report: Any) -> None:
+    """The report's tables (the same strings as in report.md) as rich tables."""
+    for t in report.tables:
+        table = Table(title=t.title, caption=t.caption, caption_justify="left")
+        for i, col in enumerate(t.columns):
+            table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
+        for row in t.rows:
+            table.add_row(*row)
+        console.print(table)
+    for note in report.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+
+
+@app.command(epilog="Examples: lmcompose sweep smollm2-135m memit wanda --vary wanda.sparsity=0.25,0.5,0.75 --edits 5; "
+             "lmcompose sweep smollm2-135m magnitude rtn:group_size=64 --vary rtn.bits=8,4,3 --orders 'magnitude,rtn;rtn,magnitude'; "
+             "lmcompose sweep -c sweep.yaml")
+def sweep(
+    model: Annotated[str | None, typer.Argument(help="Named model (smollm2-135m, gemma3-270m), model folder, .gguf file, or hub id.", show_default=False)] = None,
+    steps: Annotated[list[str] | None, typer.Argument(help="The steps to compose: name[:field=value,...] (e.g. memit wanda).", show_default=False)] = None,
+    vary: Annotated[str | None, typer.Option("--vary", help="The field to sweep: STEP.FIELD=v1,v2,... (e.g. wanda.sparsity=0.25,0.5,0.75).")] = None,
+    orders: Annotated[str | None, typer.Option("--orders", help="all (every permutation, default) or orders of step names, e.g. 'memit,wanda;wanda,memit'.")] = None,
+    replicates: Annotated[int | None, typer.Option("--replicates", "-k", help="Replicates: disjoint seeded batches of --edits edits each (default 1).")] = None,
+    edits: Annotated[int | None, typer.Option("--edits", "-n", help="Edits per replicate (a seeded random selection).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Edit dataset name (default: the bundled sample when a step edits).")] = None,
+    dataset_source: Annotated[str | None, typer.Option("--dataset-source", help="Dataset file or URL.")] = None,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip malformed dataset records instead of stopping.")] = False,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder (default runs/sweep-<id>); rerun the same command to resume.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with sweep settings; flags override it.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for edit selection and calibration.")] = None,
+    policy: Annotated[str | None, typer.Option("--keep-compressed", "--policy", help="none | project | recompress (default project).")] = None,
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")] = None,
+    ppl_tokens: Annotated[str | None, typer.Option("--ppl-tokens", help="Perplexity token budget, or 'all' for the whole test split.")] = None,
+    ppl_seqlen: Annotated[int | None, typer.Option("--ppl-seqlen", help="Perplexity window length.")] = None,
+    calibration_samples: Annotated[int | None, typer.Option("--calibration-samples", help="Calibration windows for calibrated compressors (default 128).")] = None,
+    calibration_seqlen: Annotated[int | None, typer.Option("--calibration-seqlen", help="Tokens per calibration window (default 512).")] = None,
+    snapshots: Annotated[str | None, typer.Option("--snapshots", help="Where shared model states wait: memory (default) or disk (safetensors in the run folder).")] = None,
+    topk: Annotated[int | None, typer.Option("--topk", help="Record the top-k next tokens of the first edit's prompt after every step (0 = off; default 5).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="float32 | bfloat16 | float16")] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
+) -> None:
+    """Run every order of STEPs at every strength of --vary for every replicate; write results.jsonl, report.md and plots."""
+    with user_errors():
+        from lmcompose.sweep import SweepSettings, run_sweep
+
+        base = SweepSettings.from_file(config) if config is not None else SweepSettings()
+        settings = base.merged(
+            model=model, steps=list(steps) if steps else None, out=out, dataset=dataset, dataset_source=dataset_source,
+            edits=edits, seed=seed, policy=policy, skip_invalid=True if skip_invalid else None,
+            metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else None,
+            device=device, dtype=dtype, vary=vary, orders=orders, replicates=replicates, snapshots=snapshots,
+            topk=topk, calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen,
+        )
+        extra = _metric_flag_options(ppl_tokens, ppl_seqlen)
+        if extra:
+            merged = dict(settings.metric_options)
+            for k, v in extra.items():
+                merged[k] = {**merged.get(k, {}), **v}
+            settings.metric_options = merged
+        settings.validate()
+        _quiet_transformers()
+        progress = RichProgress()
+        with progress.rp:
+            rows, _ctx = run_sweep(settings, progress)
+        if not rows:
+            console.print("every cell of this sweep is already in its results.jsonl; rebuilding the report")
+        from lmcompose.report import write_report
+
+        report = write_report(settings.out, plots=plots)
+    print_report(report)
+    console.print(f"results: {Path(settings.out) / 'results.jsonl'}", highlight=False, soft_wrap=True)
+    console.print(f"report: {report.path}" + (f" (+ {len(report.plots)} plots in {report.path.parent / 'plots'})" if report.plots else ""),
+                  highlight=False, soft_wrap=True)
+
+
+@app.command(epilog="Examples: lmcompose report runs/sweep-1a2b3c; lmcompose report runs/x --json; lmcompose report runs/x --no-plots")
+def report(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A sweep's run folder (the one holding results.jsonl).", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print A, P, OI and MCE as JSON instead of tables.")] = False,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
+) -> None:
+    """Rebuild a sweep's tables, report.md and plots from its results.jsonl alone."""
+    with user_errors():
+        from lmcompose.errors import DataError
+        from lmcompose.report import write_report
+
+        if not run_dir.is_dir():
+            raise DataError(f"run folder {run_dir} does not exist: give the --out folder of an `lmcompose sweep`")
+        rep = write_report(run_dir, plots=plots)
+    if as_json:
+        typer.echo(json.dumps({axis: c.as_dict() for axis, c in rep.composability.items()}, indent=2, default=str))
+        return
+    print_report(rep)
+    console.print(f"report: {rep.path}" + (f" (+ {len(rep.plots)} plots in {run_dir / 'plots'})" if rep.plots else ""),
+                  highlight=False, soft_wrap=True)
+
+
 @app.command(epilog="Example: lmcompose validate experiment.yaml")
-def validate(config: Annotated[Path, typer.Argument(help="YAML run settings (the keys of `lmcompose run -c`).")]) -> None:
-    """Check a run config without loading a model: steps, fields, ranges, metrics, dataset."""
+def validate(config: Annotated[Path, typer.Argument(help="YAML run settings (the keys of `lmcompose run -c` or `lmcompose sweep -c`).")]) -> None:
+    """Check a run or sweep config without loading a model: steps, fields, ranges, metrics, dataset."""
     with user_errors():
         from lmcompose.compose import RunSettings
+        from lmcompose.results import read_yaml
+        from lmcompose.sweep import SWEEP_KEYS, SweepSettings
 
-        settings = RunSettings.from_file(config)
+        data = read_yaml(config)
+        is_sweep = bool(SWEEP_KEYS & set(data))
+        settings = (SweepSettings if is_sweep else RunSettings).from_mapping(data, where=str(config))
         steps, metrics = settings.validate()
-    console.print(f"[green]ok[/]: {config} — {len(steps)} step(s): {', '.join(s.name for s in steps)}; metrics: {', '.join(m.name for m in metrics)}")
+        cells = settings.cell_count() if is_sweep else 0
+    what = f"sweep of {cells} cells over " if is_sweep else ""
+    console.print(f"[green]ok[/]: {config} — {what}{len(steps)} step(s): {', '.join(s.name for s in steps)}; metrics: {', '.join(m.name for m in metrics)}")
 
 
 @app.command(epilog="Example: lmcompose models --prepare")

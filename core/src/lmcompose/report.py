@@ -1,0 +1,250 @@
+"""The report of a sweep, rebuilt from its results.jsonl alone: tables (A/P, OI/MCE, final
+metrics, metrics after every step), ``report.md`` and ``plots/*.png`` in the run folder.
+
+The CLI prints the same :class:`Table` objects that go into report.md, so the numbers in the
+terminal and in the file are the same strings.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmcompose.composability import (
+    CRITERIA,
+    Composability,
+    SweepData,
+    composability,
+    load_sweep,
+    x_positions,
+)
+from lmcompose.errors import DataError
+
+REPORT_FILE = "report.md"
+PLOTS_DIR = "plots"
+METRIC_COLUMNS = ("edit_success", "generalization", "locality", "perplexity", "avg_bits", "sparsity")
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", ""]
+        if self.caption:
+            lines += [self.caption, ""]
+        lines.append("| " + " | ".join(self.columns) + " |")
+        lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.columns))) + "|")
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Report:
+    data: SweepData
+    composability: dict[str, Composability]
+    tables: list[Table]
+    step_table: Table
+    plots: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    path: Path | None = None
+
+
+def fmt_mean_std(mean: float | None, std: float | None, n: int, digits: int = 4) -> str:
+    if mean is None:
+        return "–"
+    if n > 1 and std is not None:
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}"
+
+
+def _fmt_metric(key: str, v: float | None) -> str:
+    if v is None:
+        return "–"
+    if key == "perplexity":
+        return f"{v:.2f}" if v < 1e5 else f"{v:.3g}"
+    if key == "flops":
+        return f"{v:.3g}"
+    return f"{v:.4f}" if key != "avg_bits" else f"{v:.3f}"
+
+
+def order_text(order: tuple[str, ...] | list[str]) -> str:
+    return " → ".join(order)
+
+
+def ap_table(comp: Composability, data: SweepData) -> Table:
+    axis = (f"normalized strength of {data.vary}" if comp.x_axis == "strength"
+            else "average bits (rescaled: most bits = 0, fewest = 1)")
+    rows = []
+    for name in CRITERIA:
+        c = comp.criteria.get(name)
+        if c is None:
+            continue
+        n = len(c.replicates)
+        rows.append([name, fmt_mean_std(c.A_mean, c.A_std, n), fmt_mean_std(c.P_mean, c.P_std, n), str(n)])
+    k = len(data.replicates)
+    spread = f"mean ± sample std over {k} replicates" if k > 1 else "one replicate"
+    return Table(f"Composability A and P (x = {comp.x_axis})", ["criterion", "A", "P", "replicates"], rows,
+                 f"x = {axis}; {len(comp.orders)} orders; {spread}. A: area between the best and the worst order "
+                 "(0 = order does not matter); P: 1 − area under the best order (0 = nothing lost).")
+
+
+def oi_table(comp: Composability, data: SweepData) -> Table:
+    rows = []
+    for name in CRITERIA:
+        c = comp.criteria.get(name)
+        if c is None:
+            continue
+        n = len(c.replicates)
+        for j, v in enumerate(comp.values):
+            oi, oi_s = c.per_strength(j, "OI")
+            mce, mce_s = c.per_strength(j, "MCE")
+            rows.append([name, str(v), f"{comp.x[j]:.3f}", fmt_mean_std(oi, oi_s, n), fmt_mean_std(mce, mce_s, n)])
+    return Table("Order interference (OI) and MCE per strength", ["criterion", data.vary or "strength", "x", "OI", "MCE"], rows,
+                 "OI = best − worst order at that strength; MCE = 1 − best order (both on the normalized criterion).")
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> tuple[float | None, float | None, int]:
+    got = [r.get(key) for r in rows if r.get(key) is not None]
+    if not got:
+        return None, None, 0
+    return statistics.fmean(got), (statistics.stdev(got) if len(got) > 1 else 0.0), len(got)
+
+
+def final_table(data: SweepData) -> Table:
+    present = [k for k in METRIC_COLUMNS if any(r.get(k) is not None for r in data.rows)]
+    rows = []
+    base = list(data.base.values())
+    if base:
+        rows.append(["base model", "–", *[_fmt_metric(k, _mean(base, k)[0]) for k in present]])
+    for o in data.orders:
+        for v in data.values:
+            cell_rows = [data.final[(o, v, r)] for r in data.replicates if (o, v, r) in data.final]
+            if not cell_rows:
+                continue
+            rows.append([order_text(o), str(v), *[_fmt_metric(k, _mean(cell_rows, k)[0]) for k in present]])
+    k = len(data.replicates)
+    return Table("Final model per order and strength", ["order", data.vary or "strength", *present], rows,
+                 "Raw metrics after the last step" + (f" (means over {k} replicates)." if k > 1 else "."))
+
+
+def step_table(data: SweepData) -> Table:
+    present = [k for k in METRIC_COLUMNS if any(r.get(k) is not None for r in data.rows)]
+    rows = []
+    for o in data.orders:
+        for v in data.values:
+            per_pos: dict[int, list[dict[str, Any]]] = {}
+            for r in data.replicates:
+                for row in data.by_cell.get((o, v, r), []):
+                    per_pos.setdefault(row["position"], []).append(row)
+            for pos in sorted(per_pos):
+                first = per_pos[pos][0]
+                step = "base" if not first.get("step") else first["step"]["name"] + (" (again)" if first["step"].get("recompress") else "")
+                rows.append([order_text(o), str(v), str(pos), step, *[_fmt_metric(k, _mean(per_pos[pos], k)[0]) for k in present]])
+    return Table("Metrics after every step", ["order", data.vary or "strength", "pos", "step", *present], rows,
+                 "Replicate means; position 0 is the base model.")
+
+
+def build_report(run: str | Path | SweepData) -> Report:
+    """Tables and composability of a sweep from its results.jsonl (nothing else is read)."""
+    data = run if isinstance(run, SweepData) else load_sweep(run)
+    comps: dict[str, Composability] = {}
+    notes: list[str] = []
+    if not data.complete:
+        notes.append("the sweep is not complete (interrupted?): rerun the same `lmcompose sweep` command to finish it; "
+                     "A/P use the replicates whose cells are all finished")
+    for axis in ("strength", "avg_bits"):
+        if axis == "avg_bits" and x_positions(data, axis) is None:
+            continue
+        try:
+            c = composability(data, x=axis)
+        except DataError as exc:
+            notes.append(str(exc))
+            continue
+        if c.criteria:
+            comps[axis] = c
+            notes.extend(n for n in c.notes if n not in notes)
+    tables = []
+    for c in comps.values():
+        tables.append(ap_table(c, data))
+    if "strength" in comps:
+        tables.append(oi_table(comps["strength"], data))
+    tables.append(final_table(data))
+    return Report(data, comps, tables, step_table(data), notes=notes)
+
+
+def write_report(run_dir: str | Path, plots: bool = True) -> Report:
+    """Build the report of the sweep in ``run_dir`` and write report.md and plots/*.png there."""
+    from lmcompose import plots as plotting
+
+    run_dir = Path(run_dir)
+    report = build_report(run_dir)
+    data = report.data
+    written: list[Path] = []
+    if plots:
+        pdir = run_dir / PLOTS_DIR
+        pdir.mkdir(exist_ok=True)
+        for p in (
+            plotting.plot_curves(data, pdir / "curves.png"),
+            *(plotting.plot_composability(c, data, pdir / ("composability.png" if axis == "strength" else "composability_bits.png"))
+              for axis, c in report.composability.items()),
+            plotting.plot_nll(data, pdir / "nll.png"),
+            plotting.plot_topk(data, pdir / "topk.png"),
+        ):
+            if p is not None:
+                written.append(p)
+    report.plots = written
+    (run_dir / REPORT_FILE).write_text(render_markdown(report, run_dir), encoding="utf-8")
+    report.path = run_dir / REPORT_FILE
+    return report
+
+
+PLOT_CAPTIONS = {
+    "curves.png": "Final-model metrics against strength, one line per order (paper Fig. 1–2).",
+    "composability.png": "Normalized criteria per order with the A and P areas shaded, x = normalized strength (Fig. 4).",
+    "composability_bits.png": "The same with x = average bits.",
+    "nll.png": "Edit NLL and general NLL of the final model against strength (Fig. 5).",
+    "topk.png": "Top-k next tokens of the first edit's prompt before and after each step, strongest strength (Fig. 3).",
+}
+
+
+def render_markdown(report: Report, run_dir: Path | None = None) -> str:
+    d = report.data
+    first = d.rows[0]
+    lines = [
+        f"# Sweep report: {d.model}",
+        "",
+        f"- run id: `{d.run_id}`",
+        f"- orders: {'; '.join(order_text(o) for o in d.orders)}",
+        f"- varied: `{d.vary}` = {', '.join(str(v) for v in d.values)}",
+        f"- replicates: {len(d.replicates)}; edits per replicate: {len(first.get('edit_ids') or [])}",
+        f"- constraint policy: {d.policy}",
+        f"- rows: {len(d.rows)} (rebuilt from results.jsonl)",
+        "",
+        "Criteria are normalized to [0, 1], higher = better: edit success, generalization and locality as measured; "
+        "perplexity as base perplexity / perplexity (clipped to 1). x is rescaled to [0, 1] over this sweep. "
+        "See docs/sweeps.md.",
+        "",
+    ]
+    for n in report.notes:
+        lines += [f"> note: {n}", ""]
+    lines += ["## Composability", ""]
+    for t in report.tables:
+        if t.title.startswith("Composability") or t.title.startswith("Order interference"):
+            lines += [t.markdown()]
+    lines += ["## Metrics", ""]
+    for t in report.tables:
+        if t.title.startswith("Final"):
+            lines += [t.markdown()]
+    lines += [report.step_table.markdown()]
+    if report.plots:
+        lines += ["## Plots", ""]
+        for p in report.plots:
+            rel = p.relative_to(run_dir) if run_dir is not None and p.is_relative_to(run_dir) else p
+            lines += [f"![{p.stem}]({rel.as_posix()})", "", PLOT_CAPTIONS.get(p.name, ""), ""]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,140 @@
+"""`lmcompose sweep` and `lmcompose report`: report.md, plots, rebuilding from results.jsonl
+alone, and one clear error for bad --vary / --orders input."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+from lmcompose.models.tiny import tiny_model
+from lmcompose.report import build_report
+from lmcompose_cli.main import app
+from typer.testing import CliRunner
+
+runner = CliRunner()
+FAST = ["--ppl-tokens", "128", "--ppl-seqlen", "64", "--metrics", "perplexity,avg_bits,edit"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "160"})
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "llama"
+    tiny_model("llama").save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def swept(tiny_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "run"
+    res = invoke("sweep", tiny_folder, "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,3",
+                 "--dataset", "records", "--edits", "2", "--out", out, *FAST)
+    assert res.exit_code == 0, res.output
+    return out, res.output
+
+
+def ap_rows(markdown: str) -> list[str]:
+    """The rows of the A/P tables in a report.md."""
+    rows, inside = [], False
+    for line in markdown.splitlines():
+        if line.startswith("### Composability"):
+            inside = True
+        elif line.startswith("### "):
+            inside = False
+        elif inside and line.startswith("| ") and not line.startswith("| criterion"):
+            rows.append(line)
+    return rows
+
+
+def test_sweep_writes_results_report_and_plots(swept):
+    out, output = swept
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 2 * 3  # orders x strengths x positions
+    md = (out / "report.md").read_text()
+    assert "| criterion | A | P | replicates |" in md
+    assert len(ap_rows(md)) >= 4  # perplexity + edit criteria (x = strength, and x = average bits)
+    pngs = sorted((out / "plots").glob("*.png"))
+    assert {p.name for p in pngs} >= {"curves.png", "composability.png", "nll.png", "topk.png"}
+    for p in pngs:
+        data = p.read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000, p
+    for p in pngs:
+        assert f"plots/{p.name}" in md
+    assert "report.md" in output and "Composability A and P" in output
+    assert all(r["topk"]["prompt"] and len(r["topk"]["tokens"]) == 5 for r in rows)
+
+
+def test_report_rebuilds_from_results_jsonl_alone(swept, tmp_path):
+    out, sweep_output = swept
+    alone = tmp_path / "copy"
+    alone.mkdir()
+    shutil.copy(out / "results.jsonl", alone / "results.jsonl")
+    res = invoke("report", alone)
+    assert res.exit_code == 0, res.output
+    original, rebuilt = (out / "report.md").read_text(), (alone / "report.md").read_text()
+    assert ap_rows(rebuilt) == ap_rows(original)
+    assert len(list((alone / "plots").glob("*.png"))) >= 3
+    # the terminal shows the same A/P numbers as the file
+    for row in ap_rows(original):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        line = next(ln for ln in res.output.splitlines() if re.search(rf"\b{cells[0]}\b", ln))
+        assert cells[1] in line and cells[2] in line
+    as_json = invoke("report", alone, "--json", "--no-plots")
+    data = json.loads(as_json.output)
+    assert set(data["strength"]["criteria"]) >= {"perplexity", "edit_success"}
+    assert build_report(alone).data.complete
+
+
+def test_rerunning_the_sweep_resumes_and_adds_nothing(swept, tiny_folder):
+    out, _ = swept
+    before = (out / "results.jsonl").read_text()
+    res = invoke("sweep", tiny_folder, "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,3",
+                 "--dataset", "records", "--edits", "2", "--out", out, *FAST)
+    assert res.exit_code == 0, res.output
+    assert "already in its results.jsonl" in res.output
+    assert (out / "results.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--vary", "rtn.bits"], "STEP.FIELD=v1"),
+    (["--vary", "rnt.bits=4,8"], "Did you mean 'rtn'"),
+    (["--vary", "rtn.bitz=4,8"], "Did you mean 'bits'"),
+    (["--vary", "rtn.bits=4,12"], "out of range"),
+    (["--vary", "rtn.bits=4,8", "--orders", "rtn,magnitude;rtn"], "not a permutation"),
+    (["--vary", "rtn.bits=4,8", "--orders", "rtn,magnitud"], "Did you mean 'magnitude'"),
+    (["--vary", "rtn.bits=4,8", "--replicates", "0"], "at least 1 replicate"),
+    (["--vary", "rtn.bits=4,8", "--snapshots", "tape"], "memory, disk"),
+    ([], "no --vary given"),
+])
+def test_bad_sweep_input_is_one_message_and_exit_2(tiny_folder, tmp_path, args, message):
+    out = tmp_path / "never"
+    res = invoke("sweep", tiny_folder, "magnitude", "rtn", "--out", out, *args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_report_of_a_folder_without_a_sweep(tmp_path):
+    res = invoke("report", tmp_path / "nope")
+    assert res.exit_code == 2 and "does not exist" in res.output
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.jsonl").write_text('{"run_id": "x", "position": 0}\n')
+    res = invoke("report", tmp_path / "run")
+    assert res.exit_code == 2 and "no sweep rows" in res.output
+
+
+def test_validate_a_sweep_config(tmp_path):
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("model: smollm2-135m\nsteps: [magnitude, rtn]\nvary: rtn.bits=8,4\norders: all\nreplicates: 2\n")
+    res = invoke("validate", cfg)
+    assert res.exit_code == 0, res.output
+    assert "sweep of 8 cells" in res.output  # 2 orders x 2 strengths x 2 replicates
+    cfg.write_text("model: smollm2-135m\nsteps: [magnitude, rtn]\nvary: rtn.bits=8,40\n")
+    res = invoke("validate", cfg)
+    assert res.exit_code == 2 and "bits=40" in res.output
