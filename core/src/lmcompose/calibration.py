@@ -40,23 +40,7 @@ def capture_layer_calls(lm: Any, windows: torch.Tensor) -> tuple[torch.Tensor, l
     depend only on the window length."""
     layers = decoder_layers(lm.model, lm.arch)
     device = lm.device
-    per_layer: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((), {}) for _ in layers]
-    handles = []
-
-    def keep_kwargs(i: int):
-        def hook(_module, args, kwargs):
-            dropped = {"past_key_values", "past_key_value", "layer_past", "cache", "use_cache"}
-            per_layer[i] = (tuple(args[1:]), {k: v for k, v in kwargs.items() if k not in dropped and k != "hidden_states"})
-        return hook
-
-    for i, layer in enumerate(layers):
-        handles.append(layer.register_forward_pre_hook(keep_kwargs(i), with_kwargs=True))
-    try:
-        lm.model(windows[:1].to(device), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-
+    per_layer = layer_call_arguments(lm, windows[:1])
     inputs: list[torch.Tensor] = []
 
     def grab(_module, args, kwargs):
@@ -76,7 +60,32 @@ def capture_layer_calls(lm: Any, windows: torch.Tensor) -> tuple[torch.Tensor, l
     return torch.cat(inputs, dim=0), per_layer
 
 
-def _call_layer(layer: Any, hidden: torch.Tensor, call: tuple[tuple[Any, ...], dict[str, Any]]) -> torch.Tensor:
+@torch.no_grad()
+def layer_call_arguments(lm: Any, ids: torch.Tensor) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The arguments (positional after the hidden states, keyword) the model passes each
+    decoder layer for a batch of token ids ``ids`` (1 x seqlen): masks, positions, rotary
+    embeddings. Without padding they depend only on the length, and broadcast over a batch."""
+    layers = decoder_layers(lm.model, lm.arch)
+    per_layer: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((), {}) for _ in layers]
+    handles = []
+
+    def keep_kwargs(i: int):
+        def hook(_module, args, kwargs):
+            dropped = {"past_key_values", "past_key_value", "layer_past", "cache", "use_cache"}
+            per_layer[i] = (tuple(args[1:]), {k: v for k, v in kwargs.items() if k not in dropped and k != "hidden_states"})
+        return hook
+
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_pre_hook(keep_kwargs(i), with_kwargs=True))
+    try:
+        lm.model(ids.to(lm.device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return per_layer
+
+
+def call_layer(layer: Any, hidden: torch.Tensor, call: tuple[tuple[Any, ...], dict[str, Any]]) -> torch.Tensor:
     args, kwargs = call
     return _layer_output(layer(hidden, *args, **kwargs))
 
@@ -116,13 +125,13 @@ def run_layer_sequential(
             kwargs = kwargs_per_layer[i]
             try:
                 for j in range(hidden.shape[0]):
-                    _call_layer(layer, hidden[j : j + 1], kwargs)
+                    call_layer(layer, hidden[j : j + 1], kwargs)
             finally:
                 for h in handles:
                     h.remove()
             modify(i)
             for j in range(hidden.shape[0]):
-                hidden[j : j + 1] = _call_layer(layer, hidden[j : j + 1], kwargs)
+                hidden[j : j + 1] = call_layer(layer, hidden[j : j + 1], kwargs)
             advance(1)
     finally:
         if ctx_task is not None:

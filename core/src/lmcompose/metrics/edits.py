@@ -31,7 +31,9 @@ class EditMetricsConfig:
     batch_size: int = field(default=16, metadata={"help": "prompts per forward pass / generate call", "range": (1, 4096)})
 
 
-def _target_text(prompt: str, target: str) -> str:
+def target_text(prompt: str, target: str) -> str:
+    """The target as it is tokenized after ``prompt``: stripped, with a leading space unless
+    the prompt ends in whitespace (editors and metrics must agree on this)."""
     target = target.strip()
     return target if (not prompt or prompt[-1].isspace()) else " " + target
 
@@ -51,7 +53,7 @@ class Scorer:
 
     def encode(self, prompt: str, target: str) -> tuple[list[int], list[int]]:
         p = self.tok(prompt, add_special_tokens=True).input_ids
-        t = self.tok(_target_text(prompt, target), add_special_tokens=False).input_ids
+        t = self.tok(target_text(prompt, target), add_special_tokens=False).input_ids
         return p, t
 
     def teacher_forced(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:

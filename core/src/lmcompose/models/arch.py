@@ -89,7 +89,7 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         mlp_out="mlp.dense_4h_to_h",
         final_norm="gpt_neox.final_layer_norm",
         embed="gpt_neox.embed_in",
-        lm_head="embed_out",
+        lm_head="lm_head",  # "embed_out" before transformers 4.5x
         attn_norm="input_layernorm",
         mlp_norm="post_attention_layernorm",
     ),

@@ -1,0 +1,484 @@
+"""MEMIT's pieces, batched: context templates, v* optimisation, keys, and the closed-form update.
+
+Follows the MEMIT code (github.com/kmeng01/memit: compute_z.py, compute_ks.py, memit_main.py)
+step by step; the differences are only in how the work is batched:
+
+* v* is optimised for all edits of a batch at once: one (edits x hidden) delta, a summed
+  loss (each edit's rows depend only on its own delta, so the gradients are the per-edit
+  ones), Adam kept per row (the same update as one Adam per edit), and an edit whose loss
+  falls below the threshold stops and leaves the batch.
+* delta is added to the residual stream at the output of the last edit layer, so the layers
+  below it cannot change during the optimisation: their output is computed once, and each
+  step runs only the layers above it, on the positions that need logits.
+* sequences are right-padded and grouped by length; with causal attention the real tokens
+  never see the padding, so no attention mask is needed and each group reuses the layer
+  arguments (rotary embeddings, masks) of one unpadded sequence of its length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from lmcompose.api import EditRecord
+from lmcompose.calibration import call_layer, layer_call_arguments
+from lmcompose.metrics.edits import target_text
+from lmcompose.models.arch import decoder_layers, get_path
+
+STARTERS = ("The", "Therefore", "Because", "I", "You")
+
+
+class _Stop(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------------------
+# Tokens
+# ----------------------------------------------------------------------------------------
+
+
+def subject_last_index(tok: Any, text: str, subject_end: int) -> tuple[list[int], int]:
+    """Token ids of ``text`` (with the tokenizer's special tokens) and the index of the token
+    holding the subject's last character (``subject_end`` is a character offset)."""
+    if getattr(tok, "is_fast", False):
+        enc = tok(text, add_special_tokens=True, return_offsets_mapping=True)
+        ids, offsets = enc.input_ids, enc.offset_mapping
+        last = None
+        for i, (a, b) in enumerate(offsets):
+            if b > a and a < subject_end:
+                last = i
+        if last is not None:
+            return list(ids), last
+    ids = tok(text, add_special_tokens=True).input_ids
+    return list(ids), len(tok(text[:subject_end], add_special_tokens=True).input_ids) - 1
+
+
+@dataclass
+class Row:
+    """One sequence of the v* batch."""
+
+    ids: list[int]
+    lookup: int
+    edit: int
+    kl: bool = False
+    target_positions: list[int] = field(default_factory=list)  # logits here predict target_ids
+    target_ids: list[int] = field(default_factory=list)
+
+
+def target_ids(tok: Any, record: EditRecord) -> list[int]:
+    ids = tok(target_text(record.prompt, record.target_new), add_special_tokens=False).input_ids
+    if not ids:
+        raise ValueError(f"edit {record.case_id!r}: target {record.target_new!r} tokenizes to nothing")
+    return list(ids)
+
+
+def rewrite_rows(tok: Any, records: Sequence[EditRecord], templates: Sequence[str]) -> list[Row]:
+    """Every (edit, context template) with the target's first tokens appended, then one
+    '{subject} is a' row per edit for the KL term (MEMIT compute_z)."""
+    rows: list[Row] = []
+    for e, r in enumerate(records):
+        tgt = target_ids(tok, r)
+        s_end = r.prompt.index(r.subject) + len(r.subject)
+        for t in templates:
+            prefix = t[: t.index("{}")]
+            ids, lookup = subject_last_index(tok, prefix + r.prompt, len(prefix) + s_end)
+            n = len(ids)
+            rows.append(Row(ids + tgt[:-1], lookup, e, False, list(range(n - 1, n - 1 + len(tgt))), tgt))
+    for e, r in enumerate(records):
+        text = f"{r.subject} is a"
+        ids, lookup = subject_last_index(tok, text, len(r.subject))
+        rows.append(Row(ids, lookup, e, True))
+    return rows
+
+
+def key_rows(tok: Any, records: Sequence[EditRecord], templates: Sequence[str]) -> list[Row]:
+    """Every (edit, context template) prompt without the target (MEMIT compute_ks)."""
+    rows = []
+    for e, r in enumerate(records):
+        s_end = r.prompt.index(r.subject) + len(r.subject)
+        for t in templates:
+            prefix = t[: t.index("{}")]
+            ids, lookup = subject_last_index(tok, prefix + r.prompt, len(prefix) + s_end)
+            rows.append(Row(ids, lookup, e))
+    return rows
+
+
+def length_groups(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices grouped by length (sorted), each group's padded size within ``max_tokens``."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        width = lengths[i]
+        if cur and (len(cur) + 1) * width > max_tokens:
+            groups.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), pad, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+    return out
+
+
+def pad_id(tok: Any) -> int:
+    for v in (tok.pad_token_id, tok.eos_token_id, 0):
+        if v is not None:
+            return int(v)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------
+# Running parts of the model
+# ----------------------------------------------------------------------------------------
+
+
+def compute_context(lm: Any, compute_dtype: str) -> contextlib.AbstractContextManager:
+    """Autocast for the forward passes: bfloat16 on GPU by default, else none."""
+    dev = lm.device.type
+    if compute_dtype == "bfloat16" or (compute_dtype == "auto" and dev == "cuda"):
+        return torch.autocast(dev, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def module_values_at(lm: Any, rows: Sequence[Row], module_name: str, which: str, max_tokens: int,
+                     compute_dtype: str = "auto") -> torch.Tensor:
+    """The input (``which='input'``) or output of ``module_name`` at each row's lookup
+    token, float32 (rows, features). The forward stops at that module."""
+    module = lm.model.get_submodule(module_name)
+    pad = pad_id(lm.tokenizer)
+    result: list[tuple[list[int], torch.Tensor]] = []
+    got: dict[str, torch.Tensor] = {}
+
+    def grab_input(_m, args):
+        got["x"] = args[0]
+        raise _Stop
+
+    def grab_output(_m, _args, output):
+        got["x"] = output[0] if isinstance(output, tuple | list) else output
+        raise _Stop
+
+    for group in length_groups([len(r.ids) for r in rows], max_tokens):
+        ids = pad_right([rows[i].ids for i in group], pad).to(lm.device)
+        lookup = torch.tensor([rows[i].lookup for i in group], device=lm.device)
+        if which == "input":
+            handle = module.register_forward_pre_hook(grab_input)
+        else:
+            handle = module.register_forward_hook(grab_output)
+        try:
+            with compute_context(lm, compute_dtype):
+                lm.model(ids, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        x = got["x"].reshape(ids.shape[0], ids.shape[1], -1)  # OPT flattens tokens before its MLP
+        result.append((group, x[torch.arange(len(group), device=x.device), lookup].float().cpu()))
+    out = torch.empty(len(rows), result[0][1].shape[-1])
+    for group, vals in result:
+        out[group] = vals
+    return out
+
+
+class Tail:
+    """The model above decoder layer ``z``: layers z+1.., the final norm and the LM head,
+    evaluated at chosen positions only."""
+
+    def __init__(self, lm: Any, z: int):
+        self.lm = lm
+        self.z = z
+        self.layers = list(decoder_layers(lm.model, lm.arch))[z + 1 :]
+        self.norm = get_path(lm.model, lm.arch.final_norm)
+        self.head = lm.model.get_output_embeddings()
+        decoder = get_path(lm.model, lm.arch.layers.rsplit(".", 1)[0])
+        self.project_out = getattr(decoder, "project_out", None)
+        self.softcap = getattr(lm.model.config, "final_logit_softcapping", None)
+        self._calls: dict[int, list[Any]] = {}
+
+    def calls(self, width: int) -> list[Any]:
+        if width not in self._calls:
+            ids = torch.full((1, width), pad_id(self.lm.tokenizer), dtype=torch.long)
+            self._calls[width] = layer_call_arguments(self.lm, ids)[self.z + 1 :]
+        return self._calls[width]
+
+    def logits(self, h: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits (len(rows), vocab) at (rows[k], positions[k]) of hidden states ``h``
+        (batch, width, hidden) that enter layer z+1."""
+        for layer, call in zip(self.layers, self.calls(h.shape[1]), strict=True):
+            h = call_layer(layer, h, call)
+        x = self.norm(h[rows, positions])
+        if self.project_out is not None:
+            x = self.project_out(x)
+        logits = self.head(x).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+@torch.no_grad()
+def residual_after(lm: Any, z: int, ids: torch.Tensor, compute_dtype: str = "auto") -> torch.Tensor:
+    """The hidden states leaving decoder layer ``z`` for right-padded ``ids``."""
+    layer = decoder_layers(lm.model, lm.arch)[z]
+    got: dict[str, torch.Tensor] = {}
+
+    def hook(_m, _args, output):
+        got["h"] = output[0] if isinstance(output, tuple | list) else output
+        raise _Stop
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with compute_context(lm, compute_dtype):
+            lm.model(ids.to(lm.device), use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return got["h"].detach()
+
+
+@torch.no_grad()
+def residual_entering(lm: Any, i: int, ids: torch.Tensor) -> torch.Tensor:
+    """The hidden states entering decoder layer ``i`` for right-padded ``ids``."""
+    layer = decoder_layers(lm.model, lm.arch)[i]
+    got: dict[str, torch.Tensor] = {}
+
+    def hook(_m, args, kwargs):
+        got["h"] = args[0] if args else kwargs["hidden_states"]
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        lm.model(ids.to(lm.device), use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return got["h"].detach()
+
+
+# ----------------------------------------------------------------------------------------
+# Context templates
+# ----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def context_templates(lm: Any, n: int, length: int, seed: int) -> list[str]:
+    """``["{}"]`` plus ``n`` prefixes sampled (top-k 5, seeded) from the model itself, each
+    ``length`` tokens long, as ``"<text>. {}"`` (MEMIT's CONTEXT_TEMPLATES_CACHE). Starters
+    of equal token length are sampled together."""
+    tok = lm.tokenizer
+    gen = torch.Generator().manual_seed(seed)
+    special = set(tok.all_special_ids)
+    starts = [list(tok(STARTERS[k % len(STARTERS)], add_special_tokens=True).input_ids) for k in range(n)]
+    texts: dict[int, str] = {}
+    by_len: dict[int, list[int]] = {}
+    for k, ids in enumerate(starts):
+        by_len.setdefault(len(ids), []).append(k)
+    for _, ks in sorted(by_len.items()):
+        seqs = torch.tensor([starts[k] for k in ks])
+        n_new = max(0, length - sum(1 for i in starts[ks[0]] if i not in special))
+        for _ in range(n_new):
+            logits = lm.model(seqs.to(lm.device), use_cache=False).logits[:, -1].float().cpu()
+            top = torch.topk(logits, 5, dim=-1)
+            pick = torch.multinomial(torch.softmax(top.values, dim=-1), 1, generator=gen)
+            seqs = torch.cat([seqs, top.indices.gather(1, pick)], dim=1)
+        for j, k in enumerate(ks):
+            texts[k] = tok.decode(seqs[j].tolist(), skip_special_tokens=True)
+    return ["{}"] + [texts[k].replace("{", " ").replace("}", " ") + ". {}" for k in range(n)]
+
+
+# ----------------------------------------------------------------------------------------
+# v*: the target residual for each edit
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class VStarResult:
+    target: torch.Tensor  # (edits, hidden) float32: h + delta
+    init: torch.Tensor  # (edits, hidden): h at the subject's last token, bare prompt
+    steps: list[int]  # gradient steps each edit took
+    first_loss: list[float]
+    final_loss: list[float]
+    final_nll: list[float]
+    forward_steps: int  # loss evaluations of the batch (the outer iterations run)
+    tokens_first_step: int
+
+
+def _adam(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, t: torch.Tensor,
+          lr: float, active: torch.Tensor, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> None:
+    """torch.optim.Adam's update, per row, on the ``active`` rows only."""
+    a = active
+    t[a] += 1
+    m[a] = b1 * m[a] + (1 - b1) * g[a]
+    v[a] = b2 * v[a] + (1 - b2) * g[a] * g[a]
+    bc1 = 1 - b1 ** t[a].unsqueeze(1)
+    bc2 = 1 - b2 ** t[a].unsqueeze(1)
+    denom = (v[a].sqrt() / bc2.sqrt()) + eps
+    p[a] = p[a] - (lr / bc1) * m[a] / denom
+
+
+def optimize_vstar(lm: Any, records: Sequence[EditRecord], templates: Sequence[str], z: int, hp: dict[str, Any],
+                   early_stop: float, max_tokens: int, compute_dtype: str = "auto", advance: Any = None) -> VStarResult:
+    """MEMIT compute_z for every edit at once (see the module docstring)."""
+    tok = lm.tokenizer
+    rows = rewrite_rows(tok, records, templates)
+    n_edits = len(records)
+    n_rewrite = len(templates)
+    pad = pad_id(tok)
+    groups = length_groups([len(r.ids) for r in rows], max_tokens)
+    tail = Tail(lm, z)
+    dev = lm.device
+
+    # per group: fixed residual below the edit, lookup, which edit, where targets are
+    cached = []
+    for group in groups:
+        ids = pad_right([rows[i].ids for i in group], pad)
+        h0 = residual_after(lm, z, ids, compute_dtype).float()
+        tr, tp, tt, te = [], [], [], []
+        for k, i in enumerate(group):
+            r = rows[i]
+            for pos, tid in zip(r.target_positions, r.target_ids, strict=True):
+                tr.append(k)
+                tp.append(pos)
+                tt.append(tid)
+                te.append(r.edit)
+        cached.append({
+            "h0": h0,
+            "lookup": torch.tensor([rows[i].lookup for i in group], device=dev),
+            "edit": torch.tensor([rows[i].edit for i in group], device=dev),
+            "kl": torch.tensor([rows[i].kl for i in group], device=dev),
+            "t_row": torch.tensor(tr, dtype=torch.long, device=dev),
+            "t_pos": torch.tensor(tp, dtype=torch.long, device=dev),
+            "t_id": torch.tensor(tt, dtype=torch.long, device=dev),
+            "t_edit": torch.tensor(te, dtype=torch.long, device=dev),
+        })
+    # h at the subject's last token of the bare prompt ("{}" template, row e * n_rewrite)
+    init = torch.empty(n_edits, cached[0]["h0"].shape[-1], device=dev)
+    for g, group in zip(cached, groups, strict=True):
+        for k, i in enumerate(group):
+            r = rows[i]
+            if not r.kl and i % n_rewrite == 0:
+                init[r.edit] = g["h0"][k, r.lookup]
+    target_len = torch.tensor([len(target_ids(tok, r)) for r in records], dtype=torch.float32, device=dev)
+    init_norm = init.norm(dim=1)
+
+    delta = torch.zeros_like(init)
+    m, v = torch.zeros_like(init), torch.zeros_like(init)
+    t = torch.zeros(n_edits, device=dev)
+    active = torch.ones(n_edits, dtype=torch.bool, device=dev)
+    kl_init: torch.Tensor | None = None
+    steps = [0] * n_edits
+    first_loss: list[float] = [0.0] * n_edits
+    final_loss: list[float] = [0.0] * n_edits
+    final_nll: list[float] = [0.0] * n_edits
+    forward_steps = 0
+    tokens_first = 0
+    n_steps = int(hp["v_num_grad_steps"])
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        for it in range(n_steps):
+            d = delta.clone().requires_grad_(True)
+            nll = torch.zeros(n_edits, device=dev)
+            kl_logp = {}
+            for g in cached:
+                keep = active[g["edit"]]
+                if not bool(keep.any()):
+                    continue
+                sel = keep.nonzero().squeeze(1)
+                h0 = g["h0"][sel]
+                width = h0.shape[1]
+                if it == 0:
+                    tokens_first += int(sel.numel()) * width
+                add = torch.zeros_like(h0)
+                add = add.index_put((torch.arange(len(sel), device=dev), g["lookup"][sel]), d[g["edit"][sel]])
+                # rows of this subset: new index of each kept row
+                new_index = torch.full((len(g["edit"]),), -1, dtype=torch.long, device=dev)
+                new_index[sel] = torch.arange(len(sel), device=dev)
+                t_keep = keep[g["t_row"]]
+                kl_rows = g["kl"][sel].nonzero().squeeze(1)
+                q_rows = torch.cat([new_index[g["t_row"][t_keep]], kl_rows])
+                q_pos = torch.cat([g["t_pos"][t_keep], g["lookup"][sel][kl_rows]])
+                with compute_context(lm, compute_dtype):
+                    logits = tail.logits((h0 + add).to(h0.dtype), q_rows, q_pos)
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                n_t = int(t_keep.sum())
+                tok_logp = logp[torch.arange(n_t, device=dev), g["t_id"][t_keep]]
+                t_edit = g["t_edit"][t_keep]
+                nll = nll.index_add(0, t_edit, -tok_logp / (target_len[t_edit] * n_rewrite))
+                for j, e in enumerate(g["edit"][sel][kl_rows].tolist()):
+                    kl_logp[e] = logp[n_t + j]
+            edits_now = active.nonzero().squeeze(1).tolist()
+            kl_now = torch.stack([kl_logp[e] for e in edits_now])
+            if kl_init is None:
+                kl_init = torch.zeros(n_edits, kl_now.shape[-1], device=dev)
+                kl_init[edits_now] = kl_now.detach()
+            ref = kl_init[edits_now]
+            kl = (ref.exp() * (ref - kl_now)).sum(-1)
+            idx = torch.tensor(edits_now, device=dev)
+            wd = hp["v_weight_decay"] * d[idx].norm(dim=1) / init_norm[idx] ** 2
+            loss = nll[idx] + hp["kl_factor"] * kl + wd
+            forward_steps += 1
+            values = loss.detach().cpu().tolist()
+            nll_values = nll[idx].detach().cpu().tolist()
+            for e, lv, nv in zip(edits_now, values, nll_values, strict=True):
+                if it == 0:
+                    first_loss[e] = lv
+                final_loss[e] = lv
+                final_nll[e] = nv
+            done = loss.detach() < early_stop
+            if it == n_steps - 1:
+                break
+            go = ~done
+            if not bool(go.any()):
+                active[idx] = False
+                break
+            loss[go].sum().backward()
+            grad = d.grad.detach()
+            now = torch.zeros(n_edits, dtype=torch.bool, device=dev)
+            now[idx[go]] = True
+            _adam(delta, grad, m, v, t, float(hp["v_lr"]), now)
+            max_norm = hp["clamp_norm_factor"] * init_norm
+            norms = delta.norm(dim=1)
+            scale = torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12), torch.ones_like(norms))
+            delta = delta * scale.unsqueeze(1)
+            for e in idx[go].tolist():
+                steps[e] += 1
+            active[idx[done]] = False
+            if advance is not None:
+                advance(1)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    return VStarResult((init + delta).detach().float().cpu(), init.detach().float().cpu(), steps, first_loss,
+                       final_loss, final_nll, forward_steps, tokens_first)
+
+
+# ----------------------------------------------------------------------------------------
+# The update
+# ----------------------------------------------------------------------------------------
+
+
+def memit_delta(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam: float) -> torch.Tensor:
+    """ΔW = R Kᵀ (λC + K Kᵀ)⁻¹ in float64 (MEMIT eq. 14): keys K (d_in, n), residuals
+    R (d_out, n), covariance C (d_in, d_in). Returns (d_out, d_in)."""
+    k = keys.double()
+    adj = torch.linalg.solve(lam * cov.double() + k @ k.T, k)
+    return resid.double() @ adj.T
+
+
+def iter_batches(n: int, size: int) -> Iterator[range]:
+    size = n if size <= 0 else size
+    for s in range(0, n, size):
+        yield range(s, min(n, s + size))

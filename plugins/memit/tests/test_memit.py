@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from lmcompose.api import Context, EditRecord
+from lmcompose.compose import build_intervention, load_edits, parse_step
+from lmcompose.errors import ConfigError, DataError
+from lmcompose.metrics.edits import Scorer
+from lmcompose.models.tiny import TINY_ARCHITECTURES, tiny_model
+from lmcompose.testing import InterventionConformance
+from lmcompose_memit import algorithm as alg
+from lmcompose_memit.presets import preset_for, rule_preset
+
+# Random tiny models have near-uniform attention and logits of tiny scale: the target can
+# become the argmax but never confident, so v* needs a free (unclamped, undecayed) delta,
+# and lambda must be about the MLP width (the rule's default). Small statistics keep it fast.
+RANDOM_MODEL = "clamp_norm_factor=100,v_lr=0.2,v_num_grad_steps=40,v_weight_decay=0.001,stats_samples=8,stats_seqlen=64"
+
+
+class TestMEMITConformance(InterventionConformance):
+    intervention = "memit"
+    config = {**dict(kv.split("=") for kv in RANDOM_MODEL.split(",")), "v_num_grad_steps": 5, "context_templates": 2}
+
+
+def subject_final_edits() -> list[EditRecord]:
+    """Edits whose prompt ends with the subject and whose target is one token of the tiny
+    tokenizer: on a random model the residual at the subject's last token then decides the
+    first target token directly, so success is possible (attention cannot carry it)."""
+    pairs = [("The river town", "city"), ("Danny Glover", "country"), ("the Eiffel Tower", "water"), ("Berlin", "work")]
+    return [EditRecord(case_id=str(i), subject=s, prompt=f"What everyone says about {s}", target_new=t)
+            for i, (s, t) in enumerate(pairs)]
+
+
+def argmax_hits(lm, records) -> list[bool]:
+    sc = Scorer(lm, 16)
+    hits = []
+    for r in records:
+        p, t = sc.encode(r.prompt, r.target_new)
+        with torch.no_grad():
+            logits = lm.model(torch.tensor([p + t])).logits[0]
+        hits.append(logits[len(p) - 1 : len(p) + len(t) - 1].argmax(-1).tolist() == t)
+    return hits
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_edits_become_the_argmax_on_every_architecture(arch, tmp_path):
+    lm = tiny_model(arch)
+    records = subject_final_edits()
+    assert not all(argmax_hits(lm, records))
+    step = build_intervention(parse_step(f"memit:{RANDOM_MODEL},layers=0+1"))
+    report = step.apply(lm, Context(edits=records, cache_dir=tmp_path))
+    assert all(argmax_hits(lm, records)), report.details
+    assert set(report.details["update_norms"]) == {f"{lm.arch.layers}.{i}.{lm.arch.mlp_out}" for i in (0, 1)}
+
+
+def test_closed_form_update_matches_least_squares():
+    """ΔW = R Kᵀ(λC + KKᵀ)⁻¹ minimises |ΔW K − R|² + λ tr(ΔW C ΔWᵀ): solve that as one
+    stacked least-squares problem with C = U Uᵀ and compare."""
+    gen = torch.Generator().manual_seed(0)
+    d_in, d_out, n, lam = 24, 10, 6, 3.0
+    a = torch.randn(d_in, 200, generator=gen, dtype=torch.float64)
+    cov = a @ a.T / 200
+    keys = torch.randn(d_in, n, generator=gen, dtype=torch.float64)
+    resid = torch.randn(d_out, n, generator=gen, dtype=torch.float64)
+    u = torch.linalg.cholesky(cov)
+    design = torch.cat([keys, lam**0.5 * u], dim=1)  # (d_in, n + d_in)
+    target = torch.cat([resid, torch.zeros(d_out, d_in, dtype=torch.float64)], dim=1)
+    direct = torch.linalg.lstsq(design.T, target.T).solution.T
+    ours = alg.memit_delta(keys.float(), resid.float(), cov, lam)
+    assert ours.dtype == torch.float64
+    assert torch.allclose(ours, alg.memit_delta(keys, resid, cov, lam), atol=1e-5)
+    assert torch.allclose(alg.memit_delta(keys, resid, cov, lam), direct, atol=1e-9)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_tail_reproduces_the_model_logits(arch):
+    lm = tiny_model(arch)
+    ids = torch.tensor([lm.tokenizer("The Eiffel Tower is located in the city of").input_ids])
+    full = lm.model(ids).logits[0]
+    for z in range(2):
+        h = alg.residual_after(lm, z, ids)
+        pos = torch.arange(ids.shape[1])
+        with torch.no_grad():
+            got = alg.Tail(lm, z).logits(h, torch.zeros_like(pos), pos)
+        assert torch.allclose(got, full, atol=1e-5), (arch, z)
+
+
+def test_batched_vstar_equals_one_edit_at_a_time():
+    lm = tiny_model("llama")
+    records = subject_final_edits()[:3]
+    templates = alg.context_templates(lm, 2, 6, seed=0)
+    hp = {"v_num_grad_steps": 12, "v_lr": 0.2, "v_weight_decay": 1e-3, "clamp_norm_factor": 100.0, "kl_factor": 0.0625}
+    together = alg.optimize_vstar(lm, records, templates, 0, hp, 5e-2, max_tokens=64)
+    for e, r in enumerate(records):
+        alone = alg.optimize_vstar(lm, [r], templates, 0, hp, 5e-2, max_tokens=4096)
+        assert torch.allclose(together.target[e], alone.target[0], atol=1e-4)
+        assert together.steps[e] == alone.steps[0]
+
+
+def test_early_stopping_is_per_edit():
+    lm = tiny_model("llama")
+    records = subject_final_edits()[:2]
+    templates = ["{}"]
+    hp = {"v_num_grad_steps": 10, "v_lr": 0.2, "v_weight_decay": 1e-3, "clamp_norm_factor": 100.0, "kl_factor": 0.0}
+    first = alg.optimize_vstar(lm, records, templates, 0, hp, 1e9, 4096)  # every loss is below: no step at all
+    assert first.steps == [0, 0] and first.forward_steps == 1
+    assert torch.equal(first.target, first.init)
+    threshold = (first.first_loss[0] + first.first_loss[1]) / 2  # only the lower one stops at once
+    mixed = alg.optimize_vstar(lm, records, templates, 0, hp, threshold, 4096)
+    low = 0 if first.first_loss[0] < first.first_loss[1] else 1
+    assert mixed.steps[low] == 0 and mixed.steps[1 - low] > 0
+
+
+def test_row_wise_adam_matches_torch_adam():
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn(3, 5, generator=gen)
+    ref = p[1].clone().requires_grad_(True)
+    opt = torch.optim.Adam([ref], lr=0.1)
+    m, v, t = torch.zeros_like(p), torch.zeros_like(p), torch.zeros(3)
+    active = torch.tensor([False, True, False])
+    frozen = p[[0, 2]].clone()
+    for _ in range(4):
+        g = torch.randn(3, 5, generator=gen)
+        ref.grad = g[1].clone()
+        opt.step()
+        alg._adam(p, g, m, v, t, 0.1, active)
+    assert torch.allclose(p[1], ref.detach(), atol=1e-6)
+    assert torch.equal(p[[0, 2]], frozen)
+
+
+def test_subject_last_token_index():
+    lm = tiny_model("llama")
+    text = "I met Danny Glover yesterday"
+    ids, last = alg.subject_last_index(lm.tokenizer, text, text.index("Glover") + len("Glover"))
+    upto = lm.tokenizer.decode(ids[: last + 1])
+    assert upto.endswith("Glover")
+
+
+def test_context_templates_are_seeded_and_hold_one_slot():
+    lm = tiny_model("gpt2")
+    a = alg.context_templates(lm, 5, 10, seed=3)
+    assert a == alg.context_templates(lm, 5, 10, seed=3)
+    assert a[0] == "{}" and len(a) == 6
+    assert all(t.count("{}") == 1 and t.endswith(". {}") for t in a[1:])
+
+
+def test_presets_and_rule():
+    lm = tiny_model("llama")
+    where, values = preset_for(lm)
+    assert where.startswith("rule") and values["layers"] == [0] and values["mom2_update_weight"] == 128.0
+    assert rule_preset(28, "gptj", 16384)["layers"] == [3, 4, 5, 6, 7]
+
+
+def test_bad_requests_are_clear_errors(tmp_path):
+    lm = tiny_model("llama")
+    with pytest.raises(ConfigError, match="layers"):
+        build_intervention(parse_step("memit:layers=5")).apply(lm, Context(edits=subject_final_edits(), cache_dir=tmp_path))
+    with pytest.raises(ConfigError, match="only 4 edits"):
+        build_intervention(parse_step("memit:n_edits=10")).apply(lm, Context(edits=subject_final_edits(), cache_dir=tmp_path))
+    with pytest.raises(DataError, match="needs edit requests"):
+        build_intervention(parse_step("memit")).apply(lm, Context(cache_dir=tmp_path))
+    with pytest.raises(ConfigError):
+        parse_and_build = build_intervention(parse_step("memit:n_edits=0"))  # noqa: F841
+
+
+def test_sequential_batches_apply_every_edit(tmp_path):
+    lm = tiny_model("gemma3")
+    records = subject_final_edits()
+    step = build_intervention(parse_step(f"memit:{RANDOM_MODEL},layers=0+1,batch_size=2"))
+    report = step.apply(lm, Context(edits=records, cache_dir=tmp_path))
+    assert report.details["batches"] == 2
+    assert all(argmax_hits(lm, records))
+
+
+def test_statistics_are_cached_and_reused(tmp_path):
+    lm = tiny_model("llama")
+    records = subject_final_edits()[:1]
+    ctx = Context(edits=records, cache_dir=tmp_path)
+    step = build_intervention(parse_step(f"memit:{RANDOM_MODEL},v_num_grad_steps=2,context_templates=1"))
+    assert step.apply(lm, ctx).details["stats_cached"] is False
+    again = tiny_model("llama")
+    assert step.apply(again, ctx).details["stats_cached"] is True
+    pruned = tiny_model("llama")
+    build_intervention(parse_step("magnitude:sparsity=0.5")).apply(pruned, ctx)
+    assert step.apply(pruned, ctx).details["stats_cached"] is False
+
+
+@pytest.mark.slow
+def test_ten_counterfact_edits_on_smollm2(shared_data, tmp_path):
+    from lmcompose.metrics.edits import EditMetrics
+    from lmcompose.models.loading import load_model
+
+    lm = load_model("smollm2-135m")
+    records = load_edits("counterfact", limit=10, seed=0)
+    ctx = Context(edits=records)
+    report = build_intervention(parse_step("memit")).apply(lm, ctx)
+    scores = EditMetrics(EditMetrics.Config(scorer="prob")).compute(lm, ctx)
+    assert scores["edit_success_prob"] >= 0.9, (scores, report.details)
