@@ -473,9 +473,9 @@ def optimize_vstar(lm: Any, records: Sequence[EditRecord], templates: Sequence[s
 def memit_delta(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam: float) -> torch.Tensor:
     """ΔW = R Kᵀ (λC + K Kᵀ)⁻¹ in float64 (MEMIT eq. 14): keys K (d_in, n), residuals
     R (d_out, n), covariance C (d_in, d_in). Returns (d_out, d_in)."""
-    k = keys.double()
+    k = keys.to(cov.device).double()
     adj = torch.linalg.solve(lam * cov.double() + k @ k.T, k)
-    return resid.double() @ adj.T
+    return resid.to(cov.device).double() @ adj.T
 
 
 def iter_batches(n: int, size: int) -> Iterator[range]:
