@@ -38,7 +38,7 @@ PRESETS: tuple[Preset, ...] = (
     Preset("gpt2-xl", "gpt2", 48, 1600, {"layers": [13, 14, 15, 16, 17], "mom2_update_weight": 20000.0, **GPTJ_V}),
     Preset("llama-2-7b", "llama", 32, 4096, {"layers": [4, 5, 6, 7, 8], "mom2_update_weight": 15000.0, **LLAMA_V}),
     # benchmarks/memit_search.py, docs/memit.md
-    Preset("smollm2-135m", "llama", 30, 576, {"layers": [3, 4, 5, 6, 7], "mom2_update_weight": 15000.0, **LLAMA_V}),
+    Preset("smollm2-135m", "llama", 30, 576, {"layers": [3, 4, 5, 6, 7], "mom2_update_weight": 500.0, **LLAMA_V}),
 )
 
 LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma2", "gemma"}
