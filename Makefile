@@ -32,8 +32,24 @@ $(STAMP): Makefile $(foreach d,$(DIST_DIRS),$(d)/pyproject.toml) pyproject.toml
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__"
 	touch $(STAMP)
 
+# `make demo`: a small real sweep, offline (docs/sweeps.md): MEMIT and Wanda at three
+# sparsities, both orders, 4 edits from the bundled sample, small perplexity/calibration
+# budgets; magnitude and RTN instead when the memit plugin is not installed.
+DEMO_MODEL ?= smollm2-135m
+DEMO_OUT ?= runs/demo-sweep
+DEMO_BUDGET := --ppl-tokens 2048 --calibration-samples 16 --calibration-seqlen 256 --metrics edit,perplexity,avg_bits
+DEMO_MEMIT := $(DEMO_MODEL) memit:stats_samples=16,context_templates=0 wanda --vary wanda.sparsity=0.25,0.5,0.75 --edits 4
+DEMO_NO_MEMIT := $(DEMO_MODEL) magnitude rtn --vary magnitude.sparsity=0.25,0.5,0.75
+
 demo: install
-	$(BIN)/lmcompose run smollm2-135m magnitude:sparsity=0.5 rtn:bits=4 --out runs/demo
+	@if $(BIN)/python -c "import sys, lmcompose as lc; sys.exit('memit' not in lc.get_interventions().names())"; then \
+		echo "lmcompose sweep $(DEMO_MEMIT) $(DEMO_BUDGET) --out $(DEMO_OUT)"; \
+		$(BIN)/lmcompose sweep $(DEMO_MEMIT) $(DEMO_BUDGET) --out $(DEMO_OUT); \
+	else \
+		echo "memit is not installed: the demo sweeps magnitude and rtn instead"; \
+		echo "lmcompose sweep $(DEMO_NO_MEMIT) $(DEMO_BUDGET) --out $(DEMO_OUT)-no-memit"; \
+		$(BIN)/lmcompose sweep $(DEMO_NO_MEMIT) $(DEMO_BUDGET) --out $(DEMO_OUT)-no-memit; \
+	fi
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow" tests $(foreach d,$(PLUGIN_DIRS),$(wildcard $(d)/tests))

@@ -135,6 +135,9 @@ def test_validate_a_sweep_config(tmp_path):
     res = invoke("validate", cfg)
     assert res.exit_code == 0, res.output
     assert "sweep of 8 cells" in res.output  # 2 orders x 2 strengths x 2 replicates
+    cfg.write_text("model: smollm2-135m\nsteps: [magnitude, rtn]\nvary: rtn.bits=8,4\norders: [[rtn, magnitude]]\n")
+    res = invoke("validate", cfg)
+    assert res.exit_code == 0 and "sweep of 2 cells" in res.output, res.output
     cfg.write_text("model: smollm2-135m\nsteps: [magnitude, rtn]\nvary: rtn.bits=8,40\n")
     res = invoke("validate", cfg)
     assert res.exit_code == 2 and "bits=40" in res.output

@@ -183,6 +183,17 @@ def _token_label(tok: str) -> str:
     return repr(tok)[1:-1].replace(" ", "␣") or "∅"
 
 
+def _token_color(token: str, record: dict[str, Any]) -> str:
+    """Red for the start of the edit's new target, blue for the true one, grey otherwise."""
+    t = token.strip().lower()
+    if t:
+        if record.get("target_new") and record["target_new"].strip().lower().startswith(t):
+            return "tab:red"
+        if record.get("target_true") and record["target_true"].strip().lower().startswith(t):
+            return "tab:blue"
+    return "tab:gray"
+
+
 def plot_topk(data: SweepData, path: Path) -> Path | None:
     if not data.values or not data.replicates:
         return None
@@ -207,7 +218,8 @@ def plot_topk(data: SweepData, path: Path) -> Path | None:
             tk = rows[j]["topk"]
             labels = [_token_label(t) for t in tk["tokens"]][::-1]
             probs = tk["probs"][::-1]
-            ax.barh(range(len(labels)), probs, color="tab:green" if j == 0 else "tab:purple")
+            colors = [_token_color(t, tk) for t in tk["tokens"]][::-1]
+            ax.barh(range(len(labels)), probs, color=colors)
             for y, p in enumerate(probs):
                 ax.text(p, y, f" {p:.3f}", va="center", fontsize=7)
             ax.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -218,8 +230,12 @@ def plot_topk(data: SweepData, path: Path) -> Path | None:
                 title = f"after re-running {rows[j]['step']['name']}"
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("next-token probability")
-    fig.suptitle(f"Top-{len(cells[0][1][0]['topk']['tokens'])} next tokens after {prompt!r}\n"
-                 f"({data.vary} = {value}, replicate {rep}; rows: orders)", fontsize=10)
+    first = cells[0][1][0]["topk"]
+    targets = ""
+    if first.get("target_new"):
+        targets = f"; red: new target {first['target_new']!r}" + (f", blue: true {first['target_true']!r}" if first.get("target_true") else "")
+    fig.suptitle(f"Top-{len(first['tokens'])} next tokens after {prompt!r}\n"
+                 f"({data.vary} = {value}, replicate {rep}; rows: orders{targets})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -526,8 +526,12 @@ def sweep(
     def topk_for(rep: int) -> dict[str, Any] | None:
         if topk <= 0:
             return None
-        prompt = batches[rep][0].prompt if batches[rep] else TOPK_PROMPT
-        return topk_next_tokens(lm, prompt, topk)
+        if not batches[rep]:
+            return topk_next_tokens(lm, TOPK_PROMPT, topk)
+        first = batches[rep][0]
+        record = topk_next_tokens(lm, first.prompt, topk)
+        record.update({"target_new": first.target_new, "target_true": first.target_true})
+        return record
 
     def evaluate_node(node: Node, instances: list[Intervention], elapsed: float, details: dict[str, Any]) -> None:
         where = "on the base model" if node.action is None else f"after {' then '.join(i.name for i in instances)}"
