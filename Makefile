@@ -35,10 +35,12 @@ $(STAMP): Makefile $(foreach d,$(DIST_DIRS),$(d)/pyproject.toml) pyproject.toml
 # `make demo`: a small real sweep, offline (docs/sweeps.md): MEMIT and Wanda at three
 # sparsities, both orders, 4 edits from the bundled sample, small perplexity/calibration
 # budgets; magnitude and RTN instead when the memit plugin is not installed.
+# `make demo DEMO_PRUNER=magnitude` skips Wanda's calibration (faster; use another DEMO_OUT).
 DEMO_MODEL ?= smollm2-135m
 DEMO_OUT ?= runs/demo-sweep
 DEMO_BUDGET := --ppl-tokens 2048 --calibration-samples 16 --calibration-seqlen 256 --metrics edit,perplexity,avg_bits
-DEMO_MEMIT := $(DEMO_MODEL) memit:stats_samples=16,context_templates=0 wanda --vary wanda.sparsity=0.25,0.5,0.75 --edits 4
+DEMO_PRUNER ?= wanda
+DEMO_MEMIT := $(DEMO_MODEL) memit:stats_samples=16,context_templates=0 $(DEMO_PRUNER) --vary $(DEMO_PRUNER).sparsity=0.25,0.5,0.75 --edits 4
 DEMO_NO_MEMIT := $(DEMO_MODEL) magnitude rtn --vary magnitude.sparsity=0.25,0.5,0.75
 
 demo: install
