@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--ppl-tokens", type=int, default=16384)
     ap.add_argument("--ppl-seqlen", type=int, default=1024)
     ap.add_argument("--skip-floor", action="store_true")
+    ap.add_argument("--skip-quality", action="store_true", help="time statistics, edit and floor only (no metrics)")
     args = ap.parse_args()
 
     lm = load_model(args.model)
@@ -97,7 +98,9 @@ def main() -> None:
                                                     "perplexity": {"max_tokens": args.ppl_tokens, "seqlen": args.ppl_seqlen}})
 
     def measure() -> dict:
-        out = {}
+        out: dict = {}
+        if args.skip_quality:
+            return out
         for m in metrics:
             out.update(m.compute(lm, ctx))
         return out
@@ -137,6 +140,8 @@ def main() -> None:
         print(f"floor: {d['vstar_forward_steps']} steps x {floor / d['vstar_forward_steps']:.2f} s "
               f"(forward+backward of the whole v* batch from layer {hp['layers'][0]} up) = {floor:.1f} s; "
               f"edit / floor = {t_edit / floor:.2f}")
+    if args.skip_quality:
+        return
     print()
     print("| metric | before | after |")
     print("|---|---|---|")
