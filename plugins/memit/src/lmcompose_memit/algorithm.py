@@ -151,6 +151,34 @@ def compute_context(lm: Any, compute_dtype: str) -> contextlib.AbstractContextMa
 
 
 @torch.no_grad()
+def module_io(lm: Any, module: Any, ids: torch.Tensor, which: str, compute_dtype: str = "auto") -> torch.Tensor:
+    """The input (``which='input'``) or output of ``module`` for a forward of ``ids``,
+    stopped right there."""
+    got: dict[str, torch.Tensor] = {}
+
+    def grab_input(_m, args, kwargs):
+        got["x"] = args[0] if args else kwargs["hidden_states"]
+        raise _Stop
+
+    def grab_output(_m, _args, output):
+        got["x"] = output[0] if isinstance(output, tuple | list) else output
+        raise _Stop
+
+    if which == "input":
+        handle = module.register_forward_pre_hook(grab_input, with_kwargs=True)
+    else:
+        handle = module.register_forward_hook(grab_output)
+    try:
+        with compute_context(lm, compute_dtype):
+            lm.model(ids.to(lm.device), use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return got["x"].detach()
+
+
+@torch.no_grad()
 def module_values_at(lm: Any, rows: Sequence[Row], module_name: str, which: str, max_tokens: int,
                      compute_dtype: str = "auto") -> torch.Tensor:
     """The input (``which='input'``) or output of ``module_name`` at each row's lookup
@@ -158,31 +186,11 @@ def module_values_at(lm: Any, rows: Sequence[Row], module_name: str, which: str,
     module = lm.model.get_submodule(module_name)
     pad = pad_id(lm.tokenizer)
     result: list[tuple[list[int], torch.Tensor]] = []
-    got: dict[str, torch.Tensor] = {}
-
-    def grab_input(_m, args):
-        got["x"] = args[0]
-        raise _Stop
-
-    def grab_output(_m, _args, output):
-        got["x"] = output[0] if isinstance(output, tuple | list) else output
-        raise _Stop
-
     for group in length_groups([len(r.ids) for r in rows], max_tokens):
-        ids = pad_right([rows[i].ids for i in group], pad).to(lm.device)
+        ids = pad_right([rows[i].ids for i in group], pad)
         lookup = torch.tensor([rows[i].lookup for i in group], device=lm.device)
-        if which == "input":
-            handle = module.register_forward_pre_hook(grab_input)
-        else:
-            handle = module.register_forward_hook(grab_output)
-        try:
-            with compute_context(lm, compute_dtype):
-                lm.model(ids, use_cache=False)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        x = got["x"].reshape(ids.shape[0], ids.shape[1], -1)  # OPT flattens tokens before its MLP
+        x = module_io(lm, module, ids, which, compute_dtype)
+        x = x.reshape(ids.shape[0], ids.shape[1], -1)  # OPT flattens tokens before its MLP
         result.append((group, x[torch.arange(len(group), device=x.device), lookup].float().cpu()))
     out = torch.empty(len(rows), result[0][1].shape[-1])
     for group, vals in result:
@@ -225,45 +233,14 @@ class Tail:
         return logits
 
 
-@torch.no_grad()
 def residual_after(lm: Any, z: int, ids: torch.Tensor, compute_dtype: str = "auto") -> torch.Tensor:
     """The hidden states leaving decoder layer ``z`` for right-padded ``ids``."""
-    layer = decoder_layers(lm.model, lm.arch)[z]
-    got: dict[str, torch.Tensor] = {}
-
-    def hook(_m, _args, output):
-        got["h"] = output[0] if isinstance(output, tuple | list) else output
-        raise _Stop
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        with compute_context(lm, compute_dtype):
-            lm.model(ids.to(lm.device), use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return got["h"].detach()
+    return module_io(lm, decoder_layers(lm.model, lm.arch)[z], ids, "output", compute_dtype)
 
 
-@torch.no_grad()
-def residual_entering(lm: Any, i: int, ids: torch.Tensor) -> torch.Tensor:
+def residual_entering(lm: Any, i: int, ids: torch.Tensor, compute_dtype: str = "auto") -> torch.Tensor:
     """The hidden states entering decoder layer ``i`` for right-padded ``ids``."""
-    layer = decoder_layers(lm.model, lm.arch)[i]
-    got: dict[str, torch.Tensor] = {}
-
-    def hook(_m, args, kwargs):
-        got["h"] = args[0] if args else kwargs["hidden_states"]
-        raise _Stop
-
-    handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        lm.model(ids.to(lm.device), use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return got["h"].detach()
+    return module_io(lm, decoder_layers(lm.model, lm.arch)[i], ids, "input", compute_dtype)
 
 
 # ----------------------------------------------------------------------------------------
