@@ -85,6 +85,34 @@ def test_tail_reproduces_the_model_logits(arch):
         assert torch.allclose(got, full, atol=1e-5), (arch, z)
 
 
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_split_tail_reproduces_the_model_logits(arch):
+    """The prefix run once and kept as keys and values, the suffix through the layers above
+    z: the logits of every suffix position equal the whole model's, for right-padded
+    suffixes of two lengths and for a subset of the rows; also past gemma3's sliding window."""
+    lm = tiny_model(arch)
+    texts = ["The Eiffel Tower is located in the city of Paris, which is the capital of",
+             "Danny Glover is an actor who was born in the country of the United States and"]
+    seqs = [lm.tokenizer(t).input_ids for t in texts]
+    with torch.no_grad():
+        full = [lm.model(torch.tensor([s])).logits[0] for s in seqs]
+    pad = alg.pad_id(lm.tokenizer)
+    for z in range(2):
+        for p in (0, 3, 18):
+            cut = [s[: len(s) - 2 * k] for k, s in enumerate(seqs)]  # suffixes of unequal length
+            prefix = torch.tensor([c[:p] for c in cut])
+            split = alg.split_forward(lm, z, prefix, alg.pad_right([c[p:] for c in cut], pad))
+            tail = alg.Tail(lm, z)
+            for sel in (None, torch.tensor([1])):
+                rows_here = [0, 1] if sel is None else [1]
+                for k, r in enumerate(rows_here):
+                    pos = torch.arange(len(cut[r]) - p)
+                    with torch.no_grad():
+                        got = tail.logits(split.h0 if sel is None else split.h0[sel], torch.full_like(pos, k), pos,
+                                          split, sel)
+                    assert torch.allclose(got, full[r][p : len(cut[r])], atol=1e-5), (arch, z, p, r)
+
+
 def test_batched_vstar_equals_one_edit_at_a_time():
     lm = tiny_model("llama")
     records = subject_final_edits()[:3]
