@@ -25,8 +25,8 @@ import torch
 from lmcompose.models.arch import decoder_layers
 
 
-class _StopForward(Exception):
-    pass
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once it has what it needs (the caller catches it)."""
 
 
 def _layer_output(out: Any) -> torch.Tensor:
@@ -46,14 +46,14 @@ def capture_layer_calls(lm: Any, windows: torch.Tensor) -> tuple[torch.Tensor, l
     def grab(_module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
         inputs.append(hidden.detach())
-        raise _StopForward
+        raise StopForward
 
     handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
         for j in range(windows.shape[0]):
             try:
                 lm.model(windows[j : j + 1].to(device), use_cache=False)
-            except _StopForward:
+            except StopForward:
                 pass
     finally:
         handle.remove()

@@ -19,9 +19,7 @@ from typing import Any
 
 import torch
 
-
-class _Stop(Exception):
-    pass
+from lmcompose.calibration import StopForward
 
 
 def execution_order(lm: Any) -> list[str]:
@@ -137,7 +135,7 @@ def second_moments(
             sums[name] = sums[name] + s.double() if name in sums else s.double()
             counts[name] += x.shape[0]
             if name == last:
-                raise _Stop
+                raise StopForward
         return hook
 
     handles = [lm.model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in missing]
@@ -150,7 +148,7 @@ def second_moments(
                 chunk = windows[b : b + batch_size].to(lm.device)
                 try:
                     lm.model(chunk, use_cache=False)
-                except _Stop:
+                except StopForward:
                     pass
                 advance(chunk.shape[0])
     finally:

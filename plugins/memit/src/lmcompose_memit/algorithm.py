@@ -29,15 +29,11 @@ from typing import Any
 
 import torch
 from lmcompose.api import EditRecord
-from lmcompose.calibration import call_layer, layer_call_arguments
+from lmcompose.calibration import StopForward, call_layer, layer_call_arguments
 from lmcompose.metrics.edits import target_text
 from lmcompose.models.arch import decoder_layers, get_path
 
 STARTERS = ("The", "Therefore", "Because", "I", "You")
-
-
-class _Stop(Exception):
-    pass
 
 
 # ----------------------------------------------------------------------------------------
@@ -176,11 +172,11 @@ def module_io(lm: Any, module: Any, ids: torch.Tensor, which: str, compute_dtype
 
     def grab_input(_m, args, kwargs):
         got["x"] = args[0] if args else kwargs["hidden_states"]
-        raise _Stop
+        raise StopForward
 
     def grab_output(_m, _args, output):
         got["x"] = output[0] if isinstance(output, tuple | list) else output
-        raise _Stop
+        raise StopForward
 
     if which == "input":
         handle = module.register_forward_pre_hook(grab_input, with_kwargs=True)
@@ -189,7 +185,7 @@ def module_io(lm: Any, module: Any, ids: torch.Tensor, which: str, compute_dtype
     try:
         with compute_context(lm, compute_dtype):
             lm.model(ids.to(lm.device), use_cache=False)
-    except _Stop:
+    except StopForward:
         pass
     finally:
         handle.remove()
@@ -335,12 +331,12 @@ def split_forward(lm: Any, z: int, prefix: torch.Tensor, suffix: torch.Tensor, c
         def grab(_m, _args, output):
             nonlocal h0
             h0 = output[0] if isinstance(output, tuple | list) else output
-            raise _Stop
+            raise StopForward
 
         handle = layers[z].register_forward_hook(grab)
         try:
             lm.model(suffix.to(dev), use_cache=True, **{name: cache})
-        except _Stop:
+        except StopForward:
             pass
         finally:
             handle.remove()

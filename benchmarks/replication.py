@@ -1,0 +1,130 @@
+"""The paper's findings, read from sweep run folders (docs/replication.md).
+
+Each run folder is one `lmcompose sweep MODEL memit X --vary X.FIELD=...` with both orders
+and several replicates. For every folder this prints, per strength (mean ± sample std over
+replicates):
+
+* edit success and generalization (prob and f1 scorers) after MEMIT on the dense model
+  (E), after MEMIT then X (E→C) and after X then MEMIT (C→E);
+* edit NLL and general NLL (wikitext-2) before and after X in the E→C order: how fast the
+  edits decay against the model's general language modelling;
+* perplexity after X alone and at the end of each order;
+
+and then one line per finding, with the evidence, and the composability A and P of edit
+success and perplexity (lmcompose.composability).
+
+    .venv/bin/python benchmarks/replication.py runs/rep-cf-sparsegpt runs/rep-cf-wanda ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from lmcompose.composability import composability, load_sweep
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def fmt(xs: list[float], digits: int = 2) -> str:
+    m, s = mean_std(xs)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def cells(data: Any, compressor: str) -> dict[tuple[str, Any, int], dict[int, dict[str, Any]]]:
+    """(order tag 'EC' or 'CE', strength, replicate) -> position -> row."""
+    out = {}
+    for (order, value, rep), rows in data.by_cell.items():
+        tag = "EC" if order[0] == "memit" else "CE"
+        out[(tag, value, rep)] = {r["position"]: r for r in rows}
+    return out
+
+
+def summarize(run: Path) -> dict[str, Any]:
+    data = load_sweep(run)
+    compressor = next(s for s in data.orders[0] if s != "memit")
+    c = cells(data, compressor)
+    dataset = data.rows[0].get("dataset") or "?"
+    n_edits = len(data.rows[0].get("edit_ids") or [])
+    print(f"\n## {run.name}: memit + {compressor}, {data.vary} = {', '.join(map(str, data.values))}; "
+          f"{len(data.replicates)} replicates of {n_edits} edits; model {data.model}")
+    print()
+    print("| strength | edit success prob: E / E→C / C→E | f1: E / E→C / C→E | generalization prob: E / E→C / C→E |"
+          " Δ edit NLL (E→C) | Δ general NLL (E→C) | perplexity: base / C / E→C / C→E |")
+    print("|---|---|---|---|---|---|---|")
+    findings: dict[str, list[float]] = {"decay": [], "harder": [], "faster": [], "order_gap": []}
+    per_strength = []
+    for v in data.values:
+        get = {k: [] for k in ("e_p", "ec_p", "ce_p", "e_f", "ec_f", "ce_f", "e_g", "ec_g", "ce_g",
+                               "d_edit", "d_gen", "ppl0", "ppl_c", "ppl_ec", "ppl_ce")}
+        for r in data.replicates:
+            ec, ce = c.get(("EC", v, r)), c.get(("CE", v, r))
+            if not ec or not ce:
+                continue
+            e, e_c, cmp, c_e = ec[1], ec[2], ce[1], ce[2]
+            get["e_p"].append(e["edit_success_prob"])
+            get["ec_p"].append(e_c["edit_success_prob"])
+            get["ce_p"].append(c_e["edit_success_prob"])
+            get["e_f"].append(e["edit_success_f1"])
+            get["ec_f"].append(e_c["edit_success_f1"])
+            get["ce_f"].append(c_e["edit_success_f1"])
+            get["e_g"].append(e["generalization_prob"])
+            get["ec_g"].append(e_c["generalization_prob"])
+            get["ce_g"].append(c_e["generalization_prob"])
+            get["d_edit"].append(e_c["edit_nll"] - e["edit_nll"])
+            get["d_gen"].append(e_c["general_nll"] - e["general_nll"])
+            get["ppl0"].append(ec[0]["perplexity"])
+            get["ppl_c"].append(cmp["perplexity"])
+            get["ppl_ec"].append(e_c["perplexity"])
+            get["ppl_ce"].append(c_e["perplexity"])
+            findings["decay"].append(e["edit_success_prob"] - e_c["edit_success_prob"])
+            findings["harder"].append(e["edit_success_prob"] - c_e["edit_success_prob"])
+            findings["faster"].append((e_c["edit_nll"] - e["edit_nll"]) - (e_c["general_nll"] - e["general_nll"]))
+            findings["order_gap"].append(c_e["edit_success_prob"] - e_c["edit_success_prob"])
+        per_strength.append((v, get))
+        print(f"| {v} | {fmt(get['e_p'])} / {fmt(get['ec_p'])} / {fmt(get['ce_p'])} "
+              f"| {fmt(get['e_f'])} / {fmt(get['ec_f'])} / {fmt(get['ce_f'])} "
+              f"| {fmt(get['e_g'])} / {fmt(get['ec_g'])} / {fmt(get['ce_g'])} "
+              f"| {fmt(get['d_edit'])} | {fmt(get['d_gen'])} "
+              f"| {mean_std(get['ppl0'])[0]:.1f} / {fmt(get['ppl_c'], 1)} / {fmt(get['ppl_ec'], 1)} / {fmt(get['ppl_ce'], 1)} |")
+    comp = composability(data)
+    print()
+    for name in ("edit_success", "generalization", "locality", "perplexity"):
+        cr = comp.criteria.get(name)
+        if cr is None or cr.A_mean is None:
+            continue
+        print(f"- {name} (scorer of the run): A = {cr.A_mean:.3f} ± {cr.A_std:.3f}, P = {cr.P_mean:.3f} ± {cr.P_std:.3f}")
+    print(f"- compression decays edits (E − E→C, edit success prob, all strengths and replicates): {fmt(findings['decay'])}")
+    print(f"- editing the compressed model is less successful (E − C→E): {fmt(findings['harder'])}")
+    print(f"- edits decay faster than general language modelling (Δ edit NLL − Δ general NLL, E→C, nats): "
+          f"{fmt(findings['faster'])}")
+    print(f"- order: C→E − E→C edit success prob: {fmt(findings['order_gap'])} "
+          f"({'compress first' if mean_std(findings['order_gap'])[0] > 0 else 'edit first'} keeps more edits)")
+    return {"run": run.name, "compressor": compressor, "dataset": dataset, **{k: mean_std(v) for k, v in findings.items()},
+            "A_edit": comp.criteria["edit_success"].A_mean, "A_ppl": comp.criteria["perplexity"].A_mean}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    args = ap.parse_args()
+    out = [summarize(r) for r in args.runs]
+    print("\n## All runs\n")
+    print("| run | compression decays edits (E − E→C) | editing compressed is harder (E − C→E) |"
+          " edit NLL rise − general NLL rise (nats) | C→E − E→C | A edit success | A perplexity |")
+    print("|---|---|---|---|---|---|---|")
+    for s in out:
+        cells_ = [f"{s[k][0]:.2f} ± {s[k][1]:.2f}" for k in ("decay", "harder", "faster", "order_gap")]
+        print(f"| {s['run']} | {' | '.join(cells_)} | {s['A_edit']:.3f} | {s['A_ppl']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
