@@ -224,3 +224,56 @@ def test_ten_counterfact_edits_on_smollm2(shared_data, tmp_path):
     report = build_intervention(parse_step("memit")).apply(lm, ctx)
     scores = EditMetrics(EditMetrics.Config(scorer="prob")).compute(lm, ctx)
     assert scores["edit_success_prob"] >= 0.9, (scores, report.details)
+
+
+def test_through_post_norm_reaches_any_output_the_norm_can_give():
+    """A change to an output the norm can produce is met exactly; any other change is met up
+    to scale (the output is y / rms(y / g), y the wanted output)."""
+    lm = tiny_model("gemma3")
+    norm = lm.model.get_submodule(f"{lm.arch.layers}.0.{lm.arch.mlp_post_norm}")
+    with torch.no_grad():
+        norm.weight.normal_(0, 0.3)
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(3, norm.weight.shape[0], generator=gen) * 5
+    other = torch.randn(3, norm.weight.shape[0], generator=gen)
+    with torch.no_grad():
+        change = norm(other) - norm(out)
+        d = alg.through_post_norm(norm, lm.arch.norm_offset, out, change)
+        assert torch.allclose(norm(out + d), norm(other), atol=1e-4)
+        change = 0.3 * torch.randn(3, out.shape[1], generator=gen)
+        d = alg.through_post_norm(norm, lm.arch.norm_offset, out, change)
+        y = norm(out) + change
+        u = y / (lm.arch.norm_offset + norm.weight)
+        assert torch.allclose(norm(out + d), y / u.pow(2).mean(-1, keepdim=True).sqrt(), atol=1e-4)
+        assert torch.allclose((out + d).norm(dim=-1), out.norm(dim=-1), rtol=1e-5)  # the input keeps its size
+
+
+def test_gemma_spread_moves_the_residual_to_the_target(tmp_path):
+    """With the post-MLP norm inverted, one layer's update (λ tiny, C = I) moves layer z's
+    output at the subject to a target the layer can reach (its MLP output swapped for
+    another one the norm can give); treating the norm as absent misses it."""
+    import dataclasses
+
+    records = subject_final_edits()[:1]
+    errors = {}
+    for inverted in (True, False):
+        lm = tiny_model("gemma3")
+        with torch.no_grad():  # a random model's MLP outputs are so small that the norm's eps would matter
+            lm.weight(f"{lm.arch.layers}.1.{lm.arch.mlp_out}").mul_(1000)
+        if not inverted:
+            lm.arch = dataclasses.replace(lm.arch, mlp_post_norm=None)
+        step = build_intervention(parse_step("memit:layers=1"))
+        r = records[0]
+        bare = [alg.Row(*alg.subject_last_index(lm.tokenizer, r.prompt, r.prompt.index(r.subject) + len(r.subject)), 0)]
+        name = f"{lm.arch.layers}.1"
+        cur = alg.module_values_at(lm, bare, name, "output", 4096)
+        out = alg.module_values_at(lm, bare, f"{name}.{lm.arch.mlp_out}", "output", 4096)
+        norm = lm.model.get_submodule(f"{name}.post_feedforward_layernorm")
+        with torch.no_grad():
+            other = out + 2 * out.norm() * torch.nn.functional.normalize(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)), dim=-1)
+            target = cur + norm(other) - norm(out)
+        d_ff = lm.weight(f"{name}.{lm.arch.mlp_out}").shape[1]
+        step.spread(lm, records, target, ["{}"], [1], 1e-6, {1: torch.eye(d_ff, dtype=torch.float64)})
+        after = alg.module_values_at(lm, bare, name, "output", 4096)
+        errors[inverted] = float((after - target).norm() / (target - cur).norm())
+    assert errors[True] < 0.02 and errors[False] > 0.3, errors

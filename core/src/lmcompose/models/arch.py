@@ -35,6 +35,9 @@ class ArchSpec:
     attn_v: str | None = None
     mlp_up: str | None = None
     norm_offset: float = 0.0
+    # A norm between mlp_out and the residual stream (gemma: post_feedforward_layernorm);
+    # MEMIT inverts it to turn a residual-stream target into an mlp_out target.
+    mlp_post_norm: str | None = None
 
     @property
     def summary(self) -> str:
@@ -78,6 +81,7 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         attn_v="self_attn.v_proj",
         mlp_up="mlp.up_proj",
         norm_offset=1.0,
+        mlp_post_norm="post_feedforward_layernorm",
     ),
     ArchSpec(
         name="gpt_neox",

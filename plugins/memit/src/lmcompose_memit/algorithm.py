@@ -587,6 +587,30 @@ def memit_delta(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam:
     return resid.to(cov.device).double() @ adj.T
 
 
+@torch.no_grad()
+def through_post_norm(norm: Any, offset: float, out: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+    """The change of ``out`` (rows, hidden), the input of an RMS norm ``x / rms(x) * (offset
+    + weight)``, that moves the norm's output by ``change``, as nearly as the norm allows.
+
+    The norm's outputs are the vectors g * v with rms(v) = 1 (g = offset + weight), so the
+    wanted output y = norm(out) + change is reached only up to scale: the new input is
+    u = y / g rescaled to out's own rms, whose output is y / rms(u) (y itself when
+    rms(u) = 1, as for a change small against the output). Gemma's MLP output passes
+    through such a norm before it joins the residual stream (ArchSpec.mlp_post_norm).
+    The norm's eps is ignored: it matters only for inputs of mean square near eps."""
+    dev = norm.weight.device
+    x = out.to(dev).float()
+    g = offset + norm.weight.detach().float()
+    g = torch.where(g.abs() < 1e-4, torch.full_like(g, 1e-4) * torch.where(g < 0, -1.0, 1.0), g)
+    y = norm(x.to(norm.weight.dtype)).float() + change.to(dev).float()
+    u = y / g
+
+    def rms(t: torch.Tensor) -> torch.Tensor:
+        return t.pow(2).mean(-1, keepdim=True).sqrt()
+
+    return (u * (rms(x) / rms(u).clamp_min(1e-12)) - x).to(device=change.device, dtype=change.dtype)
+
+
 def iter_batches(n: int, size: int) -> Iterator[range]:
     size = n if size <= 0 else size
     for s in range(0, n, size):
