@@ -143,3 +143,29 @@ def test_flops_scale_with_density():
     sparse = metric.compute(lm, ctx)
     assert sparse["flops"] == pytest.approx(dense["flops"] - linear / 2)
     assert sparse["latency_ms"] > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+def test_greedy_tokens_from_teacher_forcing_equal_generation(arch):
+    """generate_for with the teacher-forced argmaxes gives what generate() gives, for
+    targets the model agrees with in full, for 2 of 4 tokens (generation continues from
+    there), for the first token only, and not at all. Targets are given as token ids."""
+    lm = tiny_model(arch, seed=3)
+    sc = Scorer(lm, 4)
+    prompts = ["The river town of", "Danny Glover is a citizen of", "Berlin is the capital of"]
+    own = sc.generate(prompts, [4] * len(prompts))
+    vocab = lm.model.config.vocab_size
+    ids = {p: sc.tok(p, add_special_tokens=True).input_ids for p in prompts}
+    targets: dict[str, list[int]] = {}
+    pairs = []
+    for p, g in zip(prompts, own, strict=True):
+        for name, t in (("full", g), ("half", g[:2] + [(g[2] + 1) % vocab, g[3]]), ("first", [g[0], (g[1] + 1) % vocab]),
+                        ("none", [(g[0] + 1) % vocab, g[1], g[2]])):
+            targets[f"{p}|{name}"] = t
+            pairs.append((p, f"{p}|{name}"))
+    sc.encode = lambda p, t: (ids[p], targets[t])
+    forced = sc.teacher_forced(pairs)
+    agree = [next((k for k, (a, b) in enumerate(zip(f["argmax"][len(ids[p]) - 1 :], targets[t], strict=True)) if a != b), len(targets[t]))
+             for (p, t), f in zip(pairs, forced, strict=True)]
+    assert agree[:4] == [4, 2, 1, 0]
+    assert sc.generate_for(pairs, forced) == sc.generate_for(pairs)

@@ -87,10 +87,14 @@ class Scorer:
 
     def generate(self, prompts: list[str], lengths: list[int]) -> list[list[int]]:
         """Greedy continuation of each prompt, ``lengths[i]`` new tokens (batched, left-padded)."""
+        return self.generate_ids([self.tok(p, add_special_tokens=True).input_ids for p in prompts], lengths)
+
+    def generate_ids(self, prompts: list[list[int]], lengths: list[int]) -> list[list[int]]:
+        """Greedy continuation of each token-id prompt, ``lengths[i]`` new tokens."""
         torch = self.torch
         outs: list[list[int]] = []
         for start in range(0, len(prompts), self.batch_size):
-            chunk = [self.tok(p, add_special_tokens=True).input_ids for p in prompts[start : start + self.batch_size]]
+            chunk = prompts[start : start + self.batch_size]
             want = lengths[start : start + self.batch_size]
             width = max(len(p) for p in chunk)
             ids = torch.full((len(chunk), width), self.pad, dtype=torch.long)
@@ -105,10 +109,31 @@ class Scorer:
             outs.extend(gen[i, :n].tolist() for i, n in enumerate(want))
         return outs
 
-    def generate_for(self, pairs: list[tuple[str, str]]) -> list[list[int]]:
-        """Greedy continuation of each prompt, clipped to its target's token length."""
-        lengths = [len(self.encode(p, t)[1]) for p, t in pairs]
-        return self.generate([p for p, _ in pairs], lengths)
+    def generate_for(self, pairs: list[tuple[str, str]], forced: list[dict[str, Any]] | None = None) -> list[list[int]]:
+        """Greedy continuation of each prompt, clipped to its target's token length.
+
+        With ``forced`` (``teacher_forced(pairs)``), the argmaxes of prompt + target already
+        give the greedy tokens for as long as they agree with the target, and the first token
+        that disagrees: only pairs that disagree before their last token are generated on,
+        from the prompt plus the tokens found so far. Single-token targets need no generation."""
+        encoded = [self.encode(p, t) for p, t in pairs]
+        if forced is None:
+            return self.generate([p for p, _ in pairs], [len(t) for _, t in encoded])
+        outs: list[list[int]] = []
+        rest: list[int] = []
+        for j, ((p, t), f) in enumerate(zip(encoded, forced, strict=True)):
+            got: list[int] = []
+            for k in range(len(t)):
+                got.append(f["argmax"][len(p) - 1 + k])
+                if got[-1] != t[k]:
+                    break
+            outs.append(got)
+            if len(got) < len(t):
+                rest.append(j)
+        more = self.generate_ids([encoded[j][0] + outs[j] for j in rest], [len(encoded[j][1]) - len(outs[j]) for j in rest])
+        for j, m in zip(rest, more, strict=True):
+            outs[j] = outs[j] + m
+        return outs
 
     def bag(self, ids: list[int]) -> Counter:
         keep = [i for i in ids if i not in self.special and self.tok.decode([i]).strip()]
@@ -187,7 +212,7 @@ class EditMetrics(Metric):
         if not pairs_new:
             return {f"{key}_{s}": None for s in SCORERS}
         tf_new = sc.teacher_forced(pairs_new)
-        gens = sc.generate_for(pairs_new)
+        gens = sc.generate_for(pairs_new, tf_new)
         f1 = [sc.f1(g, sc.encode(p, t)[1]) for g, (p, t) in zip(gens, pairs_new, strict=True)]
         true_idx = [j for j, pt in enumerate(pairs_true) if pt is not None]
         tf_true = dict(zip(true_idx, sc.teacher_forced([pairs_true[j] for j in true_idx]), strict=True))
@@ -215,7 +240,7 @@ class EditMetrics(Metric):
             return {"locality_f1": None, "locality_accuracy": None, "locality_prob": None, "locality_drift": None}
         n = len(records)
         tf = sc.teacher_forced(pairs)
-        gens = sc.generate_for(pairs)
+        gens = sc.generate_for(pairs, tf)
         f1 = [sc.f1(g, sc.encode(p, a)[1]) for g, (p, a) in zip(gens, pairs, strict=True)]
         # prob: the locality answer still beats the edit's new target (ROME's neighborhood score);
         # prompts whose answer is the new target give no contrast and are skipped.
