@@ -63,6 +63,7 @@ def summarize(run: Path) -> dict[str, Any]:
     findings: dict[str, list[float]] = {"decay": [], "harder": [], "faster": [], "order_gap": []}
     per_strength = []
     for v in data.values:
+        here: dict[str, list[float]] = {k: [] for k in findings}
         get = {k: [] for k in ("e_p", "ec_p", "ce_p", "e_f", "ec_f", "ce_f", "e_g", "ec_g", "ce_g",
                                "d_edit", "d_gen", "ppl0", "ppl_c", "ppl_ec", "ppl_ce")}
         for r in data.replicates:
@@ -85,11 +86,13 @@ def summarize(run: Path) -> dict[str, Any]:
             get["ppl_c"].append(cmp["perplexity"])
             get["ppl_ec"].append(e_c["perplexity"])
             get["ppl_ce"].append(c_e["perplexity"])
-            findings["decay"].append(e["edit_success_prob"] - e_c["edit_success_prob"])
-            findings["harder"].append(e["edit_success_prob"] - c_e["edit_success_prob"])
-            findings["faster"].append((e_c["edit_nll"] - e["edit_nll"]) - (e_c["general_nll"] - e["general_nll"]))
-            findings["order_gap"].append(c_e["edit_success_prob"] - e_c["edit_success_prob"])
-        per_strength.append((v, get))
+            here["decay"].append(e["edit_success_f1"] - e_c["edit_success_f1"])
+            here["harder"].append(e["edit_success_f1"] - c_e["edit_success_f1"])
+            here["faster"].append((e_c["edit_nll"] - e["edit_nll"]) - (e_c["general_nll"] - e["general_nll"]))
+            here["order_gap"].append(c_e["edit_success_f1"] - e_c["edit_success_f1"])
+        for k, xs in here.items():
+            findings[k] += xs
+        per_strength.append((v, {k: mean_std(xs) for k, xs in here.items()}))
         print(f"| {v} | {fmt(get['e_p'])} / {fmt(get['ec_p'])} / {fmt(get['ce_p'])} "
               f"| {fmt(get['e_f'])} / {fmt(get['ec_f'])} / {fmt(get['ce_f'])} "
               f"| {fmt(get['e_g'])} / {fmt(get['ec_g'])} / {fmt(get['ce_g'])} "
@@ -102,13 +105,13 @@ def summarize(run: Path) -> dict[str, Any]:
         if cr is None or cr.A_mean is None:
             continue
         print(f"- {name} (scorer of the run): A = {cr.A_mean:.3f} ± {cr.A_std:.3f}, P = {cr.P_mean:.3f} ± {cr.P_std:.3f}")
-    print(f"- compression decays edits (E − E→C, edit success prob, all strengths and replicates): {fmt(findings['decay'])}")
-    print(f"- editing the compressed model is less successful (E − C→E): {fmt(findings['harder'])}")
+    print(f"- compression decays edits (E − E→C, edit success f1, all strengths and replicates): {fmt(findings['decay'])}")
+    print(f"- editing the compressed model is less successful (E − C→E, f1): {fmt(findings['harder'])}")
     print(f"- edits decay faster than general language modelling (Δ edit NLL − Δ general NLL, E→C, nats): "
           f"{fmt(findings['faster'])}")
-    print(f"- order: C→E − E→C edit success prob: {fmt(findings['order_gap'])} "
+    print(f"- order: C→E − E→C edit success f1: {fmt(findings['order_gap'])} "
           f"({'compress first' if mean_std(findings['order_gap'])[0] > 0 else 'edit first'} keeps more edits)")
-    return {"run": run.name, "compressor": compressor, "dataset": dataset, **{k: mean_std(v) for k, v in findings.items()},
+    return {"run": run.name, "compressor": compressor, "dataset": dataset, "per_strength": per_strength,
             "A_edit": comp.criteria["edit_success"].A_mean, "A_ppl": comp.criteria["perplexity"].A_mean}
 
 
@@ -118,12 +121,14 @@ def main() -> None:
     args = ap.parse_args()
     out = [summarize(r) for r in args.runs]
     print("\n## All runs\n")
-    print("| run | compression decays edits (E − E→C) | editing compressed is harder (E − C→E) |"
-          " edit NLL rise − general NLL rise (nats) | C→E − E→C | A edit success | A perplexity |")
-    print("|---|---|---|---|---|---|---|")
+    print("Edit success with the f1 scorer; mean ± std over replicates.\n")
+    print("| run | strength | compression decays edits (E − E→C) | editing compressed is harder (E − C→E) |"
+          " edit NLL rise − general NLL rise (nats, E→C) | C→E − E→C | A edit success | A perplexity |")
+    print("|---|---|---|---|---|---|---|---|")
     for s in out:
-        cells_ = [f"{s[k][0]:.2f} ± {s[k][1]:.2f}" for k in ("decay", "harder", "faster", "order_gap")]
-        print(f"| {s['run']} | {' | '.join(cells_)} | {s['A_edit']:.3f} | {s['A_ppl']:.3f} |")
+        for v, f in s["per_strength"]:
+            cells_ = [f"{f[k][0]:.2f} ± {f[k][1]:.2f}" for k in ("decay", "harder", "faster", "order_gap")]
+            print(f"| {s['run']} | {v} | {' | '.join(cells_)} | {s['A_edit']:.3f} | {s['A_ppl']:.3f} |")
 
 
 if __name__ == "__main__":
