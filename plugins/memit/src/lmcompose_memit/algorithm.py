@@ -165,9 +165,10 @@ def compute_context(lm: Any, compute_dtype: str) -> contextlib.AbstractContextMa
 
 
 @torch.no_grad()
-def module_io(lm: Any, module: Any, ids: torch.Tensor, which: str, compute_dtype: str = "auto") -> torch.Tensor:
+def module_io(lm: Any, module: Any, ids: torch.Tensor, which: str, compute_dtype: str = "auto",
+              **forward: Any) -> torch.Tensor:
     """The input (``which='input'``) or output of ``module`` for a forward of ``ids``,
-    stopped right there."""
+    stopped right there; ``forward`` goes to the model (default ``use_cache=False``)."""
     got: dict[str, torch.Tensor] = {}
 
     def grab_input(_m, args, kwargs):
@@ -184,7 +185,7 @@ def module_io(lm: Any, module: Any, ids: torch.Tensor, which: str, compute_dtype
         handle = module.register_forward_hook(grab_output)
     try:
         with compute_context(lm, compute_dtype):
-            lm.model(ids.to(lm.device), use_cache=False)
+            lm.model(ids.to(lm.device), **{"use_cache": False, **forward})
     except StopForward:
         pass
     finally:
@@ -326,20 +327,7 @@ def split_forward(lm: Any, z: int, prefix: torch.Tensor, suffix: torch.Tensor, c
             for i in range(z + 1, len(layers)):
                 cl = cache.layers[i]
                 kv[i] = (cl.keys, cl.values)
-        h0 = None
-
-        def grab(_m, _args, output):
-            nonlocal h0
-            h0 = output[0] if isinstance(output, tuple | list) else output
-            raise StopForward
-
-        handle = layers[z].register_forward_hook(grab)
-        try:
-            lm.model(suffix.to(dev), use_cache=True, **{name: cache})
-        except StopForward:
-            pass
-        finally:
-            handle.remove()
+        h0 = module_io(lm, layers[z], suffix, "output", compute_dtype, use_cache=True, **{name: cache})
 
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((), {}) for _ in layers[z + 1 :]]
 
@@ -356,7 +344,7 @@ def split_forward(lm: Any, z: int, prefix: torch.Tensor, suffix: torch.Tensor, c
         finally:
             for h in handles:
                 h.remove()
-    return SplitGroup(h0.detach(), kv, calls)
+    return SplitGroup(h0, kv, calls)
 
 
 def residual_after(lm: Any, z: int, ids: torch.Tensor, compute_dtype: str = "auto") -> torch.Tensor:
@@ -461,8 +449,6 @@ def optimize_vstar(lm: Any, records: Sequence[EditRecord], templates: Sequence[s
                 te.append(r.edit)
         cached.append({
             "split": split,
-            "h0": split.h0,
-            "lookup": torch.zeros(len(group), dtype=torch.long, device=dev),
             "edit": torch.tensor([rows[i].edit for i in group], device=dev),
             "kl": torch.tensor([rows[i].kl for i in group], device=dev),
             "t_row": torch.tensor(tr, dtype=torch.long, device=dev),
@@ -471,12 +457,12 @@ def optimize_vstar(lm: Any, records: Sequence[EditRecord], templates: Sequence[s
             "t_edit": torch.tensor(te, dtype=torch.long, device=dev),
         })
     # h at the subject's last token of the bare prompt ("{}" template, row e * n_rewrite)
-    init = torch.empty(n_edits, cached[0]["h0"].shape[-1], device=dev)
+    init = torch.empty(n_edits, cached[0]["split"].h0.shape[-1], device=dev)
     for g, group in zip(cached, groups, strict=True):
         for k, i in enumerate(group):
             r = rows[i]
             if not r.kl and i % n_rewrite == 0:
-                init[r.edit] = g["h0"][k, 0]
+                init[r.edit] = g["split"].h0[k, 0]
     target_len = torch.tensor([len(target_ids(tok, r)) for r in records], dtype=torch.float32, device=dev)
     init_norm = init.norm(dim=1)
 
@@ -505,19 +491,19 @@ def optimize_vstar(lm: Any, records: Sequence[EditRecord], templates: Sequence[s
                 if not bool(keep.any()):
                     continue
                 sel = keep.nonzero().squeeze(1)
-                h0 = g["h0"][sel]
+                h0 = g["split"].h0[sel]
                 width = h0.shape[1]
                 if it == 0:
                     tokens_first += int(sel.numel()) * width
                 add = torch.zeros_like(h0)
-                add = add.index_put((torch.arange(len(sel), device=dev), g["lookup"][sel]), d[g["edit"][sel]])
+                add[:, 0] = d[g["edit"][sel]]  # the lookup token is suffix position 0
                 # rows of this subset: new index of each kept row
                 new_index = torch.full((len(g["edit"]),), -1, dtype=torch.long, device=dev)
                 new_index[sel] = torch.arange(len(sel), device=dev)
                 t_keep = keep[g["t_row"]]
                 kl_rows = g["kl"][sel].nonzero().squeeze(1)
                 q_rows = torch.cat([new_index[g["t_row"][t_keep]], kl_rows])
-                q_pos = torch.cat([g["t_pos"][t_keep], g["lookup"][sel][kl_rows]])
+                q_pos = torch.cat([g["t_pos"][t_keep], torch.zeros_like(kl_rows)])
                 whole = len(sel) == len(g["edit"])
                 with compute_context(lm, compute_dtype):
                     logits = tail.logits((h0 + add).to(h0.dtype), q_rows, q_pos, g["split"], None if whole else sel)
