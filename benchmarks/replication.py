@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lmcompose.composability import composability, load_sweep
+from lmcompose.errors import DataError
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -62,13 +63,15 @@ def summarize(run: Path) -> dict[str, Any]:
     print("|---|---|---|---|---|---|---|")
     findings: dict[str, list[float]] = {"decay": [], "harder": [], "faster": [], "order_gap": []}
     per_strength = []
+    incomplete: list[str] = []
     for v in data.values:
         here: dict[str, list[float]] = {k: [] for k in findings}
         get = {k: [] for k in ("e_p", "ec_p", "ce_p", "e_f", "ec_f", "ce_f", "e_g", "ec_g", "ce_g",
                                "d_edit", "d_gen", "ppl0", "ppl_c", "ppl_ec", "ppl_ce")}
         for r in data.replicates:
             ec, ce = c.get(("EC", v, r)), c.get(("CE", v, r))
-            if not ec or not ce:
+            if not ec or not ce or not {1, 2} <= ec.keys() or not {1, 2} <= ce.keys():
+                incomplete.append(f"{v}|r{r}")
                 continue
             e, e_c, cmp, c_e = ec[1], ec[2], ce[1], ce[2]
             get["e_p"].append(e["edit_success_prob"])
@@ -100,6 +103,8 @@ def summarize(run: Path) -> dict[str, Any]:
               f"| {mean_std(get['ppl0'])[0]:.1f} / {fmt(get['ppl_c'], 1)} / {fmt(get['ppl_ec'], 1)} / {fmt(get['ppl_ce'], 1)} |")
     comp = composability(data)
     print()
+    if incomplete:
+        print(f"- left out, unfinished (rerun the sweep's command to finish): {', '.join(incomplete)}")
     for name in ("edit_success", "generalization", "locality", "perplexity"):
         cr = comp.criteria.get(name)
         if cr is None or cr.A_mean is None:
@@ -112,14 +117,22 @@ def summarize(run: Path) -> dict[str, Any]:
     print(f"- order: C→E − E→C edit success f1: {fmt(findings['order_gap'])} "
           f"({'compress first' if mean_std(findings['order_gap'])[0] > 0 else 'edit first'} keeps more edits)")
     return {"run": run.name, "compressor": compressor, "dataset": dataset, "per_strength": per_strength,
-            "A_edit": comp.criteria["edit_success"].A_mean, "A_ppl": comp.criteria["perplexity"].A_mean}
+            "A_edit": _a(comp, "edit_success"), "A_ppl": _a(comp, "perplexity")}
+
+
+def _a(comp: Any, name: str) -> float:
+    cr = comp.criteria.get(name)
+    return cr.A_mean if cr is not None and cr.A_mean is not None else float("nan")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
     args = ap.parse_args()
-    out = [summarize(r) for r in args.runs]
+    try:
+        out = [summarize(r) for r in args.runs]
+    except DataError as exc:
+        raise SystemExit(f"replication.py: {exc}") from None
     print("\n## All runs\n")
     print("Edit success with the f1 scorer; mean ± std over replicates.\n")
     print("| run | strength | compression decays edits (E − E→C) | editing compressed is harder (E − C→E) |"
