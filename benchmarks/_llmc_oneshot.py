@@ -13,8 +13,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 def main() -> None:
     folder, windows_path, method, structure, out = sys.argv[1:6]
+    dtype = getattr(torch, sys.argv[6] if len(sys.argv) > 6 else "float32")
     windows = torch.load(windows_path, weights_only=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(folder)
     ds = Dataset.from_dict({"input_ids": windows.tolist(), "attention_mask": torch.ones_like(windows).tolist()})
     from llmcompressor import oneshot

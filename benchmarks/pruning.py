@@ -2,17 +2,19 @@
 
 Same model (the dequantized SmolLM2-135M folder), same calibration windows (n x seqlen
 tokens of wikitext-2 train prefix + validation, seeded), same evaluation (perplexity on
-the first --eval-windows windows of --eval-seqlen tokens of wikitext-2 test), fp32, all in
-one run. The floor is two no-grad forward passes of the decoder (embeddings, decoder
-layers, final norm; no LM head) over the calibration set: the statistics pass and the
-recompute pass every layer-sequential method needs.
+the first --eval-windows windows of --eval-seqlen tokens of wikitext-2 test), all in one
+run, once per compute dtype in --dtypes (bfloat16: the model's weights and activations in
+bf16, the statistics still accumulated in fp32/fp64). The floor is two no-grad forward
+passes of the decoder (embeddings, decoder layers, final norm; no LM head) over the
+calibration set: the statistics pass and the recompute pass every layer-sequential method
+needs.
 
 llm-compressor is not a dependency: with --llmc, this script creates a separate venv
 (.bench-venvs/llmcompressor, torch pinned first), installs llmcompressor there, and runs
 benchmarks/_llmc_oneshot.py in it on the same model folder and calibration windows; the
 pruned model it saves is evaluated here with the same perplexity code.
 
-    .venv/bin/python benchmarks/pruning.py [--llmc] [--methods sparsegpt,wanda] [--structures 0.5,2:4]
+    .venv/bin/python benchmarks/pruning.py [--llmc] [--methods sparsegpt,wanda] [--structures 0.5,2:4] [--dtypes float32,bfloat16]
 """
 
 from __future__ import annotations
@@ -62,66 +64,76 @@ def main() -> None:
     ap.add_argument("--skip-floor", action="store_true")
     ap.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model")
     ap.add_argument("--skip-ours", action="store_true", help="run only the llm-compressor side (with --llmc)")
+    ap.add_argument("--dtypes", default="float32",
+                    help="compute dtypes, run one after the other (float32,bfloat16 puts bf16 beside fp32; statistics stay float32/64)")
     args = ap.parse_args()
 
-    lm = load_model(args.model)
-    pristine = lm.state_copy()
-    ctx = Context(calibration_samples=args.n_samples, calibration_seqlen=args.seqlen)
-    windows = ctx.calibration_batches(lm)
-    ppl = build_metrics(["perplexity"], {"perplexity": {"seqlen": args.eval_seqlen, "max_tokens": args.eval_windows * args.eval_seqlen}})[0]
+    rows: list[tuple[str, str, str, float, float, float | None]] = []
+    floors: dict[str, float] = {}
+    header = ""
+    for dtype in args.dtypes.split(","):
+        lm = load_model(args.model, dtype=dtype)
+        pristine = lm.state_copy()
+        ctx = Context(calibration_samples=args.n_samples, calibration_seqlen=args.seqlen, dtype=dtype)
+        windows = ctx.calibration_batches(lm)
+        ppl = build_metrics(["perplexity"], {"perplexity": {"seqlen": args.eval_seqlen, "max_tokens": args.eval_windows * args.eval_seqlen}})[0]
+        header = (f"model {args.model}, torch threads {torch.get_num_threads()}; calibration {windows.shape[0]} x {windows.shape[1]} tokens; "
+                  f"perplexity: wikitext-2 test, first {ppl.config.max_tokens // ppl.config.seqlen} windows of {min(ppl.config.seqlen, lm.max_positions)}")
 
-    def evaluate(model_lm) -> float:
-        return ppl.compute(model_lm, ctx)["perplexity"]
+        def evaluate(model_lm, ppl=ppl, ctx=ctx) -> float:
+            return ppl.compute(model_lm, ctx)["perplexity"]
 
-    rows: list[tuple[str, str, float, float, float | None]] = []
-    if not args.skip_dense:
-        rows.append(("dense", "-", evaluate(lm), 0.0, None))
+        if not args.skip_dense:
+            rows.append((dtype, "dense", "-", evaluate(lm), 0.0, None))
+            print("measured:", rows[-1], flush=True)
 
-    floor = None
-    if not args.skip_floor:
-        with torch.no_grad():
-            start = time.perf_counter()
-            decoder = lm.model.base_model  # embeddings + decoder layers + final norm, no LM head
-            for _ in range(2):
-                for j in range(windows.shape[0]):
-                    decoder(windows[j : j + 1], use_cache=False)
-            floor = time.perf_counter() - start
+        if not args.skip_floor:
+            with torch.no_grad():
+                start = time.perf_counter()
+                decoder = lm.model.base_model  # embeddings + decoder layers + final norm, no LM head
+                for _ in range(2):
+                    for j in range(windows.shape[0]):
+                        decoder(windows[j : j + 1], use_cache=False)
+                floors[dtype] = time.perf_counter() - start
+                print(f"measured: floor {dtype} {floors[dtype]:.1f} s", flush=True)
 
-    for method in args.methods.split(",") if not args.skip_ours else []:
-        for structure in args.structures.split(","):
-            lm.restore(pristine)
-            step = build_intervention(parse_step(step_text(method, structure)))
-            t0 = time.perf_counter()
-            report = step.apply(lm, ctx)
-            elapsed = time.perf_counter() - t0
-            rows.append((f"lmcompose {method}", structure, evaluate(lm), elapsed, report.details["sparsity"]))
+        for method in args.methods.split(",") if not args.skip_ours else []:
+            for structure in args.structures.split(","):
+                lm.restore(pristine)
+                step = build_intervention(parse_step(step_text(method, structure)))
+                t0 = time.perf_counter()
+                report = step.apply(lm, ctx)
+                elapsed = time.perf_counter() - t0
+                rows.append((dtype, f"lmcompose {method}", structure, evaluate(lm), elapsed, report.details["sparsity"]))
+                print("measured:", rows[-1], flush=True)
 
-    if args.llmc:
-        py = ensure_llmc_venv()
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            torch.save(windows, tmp / "windows.pt")
-            for method in args.methods.split(","):
-                for structure in args.structures.split(","):
-                    out = tmp / f"{method}-{structure.replace(':', '_')}"
-                    res = subprocess.run([str(py), str(ROOT / "benchmarks" / "_llmc_oneshot.py"), lm.source, str(tmp / "windows.pt"),
-                                          method, structure, str(out)], capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-                    if res.returncode != 0:
-                        print(f"llm-compressor {method} {structure} failed:\n{res.stderr[-3000:]}", file=sys.stderr)
-                        continue
-                    info = json.loads(res.stdout.strip().splitlines()[-1])
-                    pruned = load_model(str(out))
-                    rows.append((f"llm-compressor {method}", structure, evaluate(pruned), info["elapsed_s"], info["sparsity"]))
+        if args.llmc:
+            py = ensure_llmc_venv()
+            with tempfile.TemporaryDirectory() as tmp:
+                tmp = Path(tmp)
+                torch.save(windows, tmp / "windows.pt")
+                for method in args.methods.split(","):
+                    for structure in args.structures.split(","):
+                        out = tmp / f"{method}-{structure.replace(':', '_')}"
+                        res = subprocess.run([str(py), str(ROOT / "benchmarks" / "_llmc_oneshot.py"), lm.source, str(tmp / "windows.pt"),
+                                              method, structure, str(out), dtype],
+                                             capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                        if res.returncode != 0:
+                            print(f"llm-compressor {method} {structure} failed:\n{res.stderr[-3000:]}", file=sys.stderr)
+                            continue
+                        info = json.loads(res.stdout.strip().splitlines()[-1])
+                        pruned = load_model(str(out), dtype=dtype)
+                        rows.append((dtype, f"llm-compressor {method}", structure, evaluate(pruned), info["elapsed_s"], info["sparsity"]))
+                        print("measured:", rows[-1], flush=True)
 
-    print(f"model {args.model}, fp32, torch threads {torch.get_num_threads()}; calibration {windows.shape[0]} x {windows.shape[1]} tokens; "
-          f"perplexity: wikitext-2 test, first {ppl.config.max_tokens // ppl.config.seqlen} windows of {min(ppl.config.seqlen, lm.max_positions)}")
-    if floor is not None:
-        print(f"two-pass floor (2 no-grad forward passes of the decoder over the calibration set): {floor:.1f} s")
-    print(f"{'method':<26} {'setting':>8} {'perplexity':>11} {'time s':>8} {'x floor':>8} {'sparsity':>9}")
-    for name, setting, p, t, sp in rows:
+    print(header)
+    for dtype, floor in floors.items():
+        print(f"two-pass floor, {dtype} (2 no-grad forward passes of the decoder over the calibration set): {floor:.1f} s")
+    print(f"{'dtype':<9} {'method':<26} {'setting':>8} {'perplexity':>11} {'time s':>8} {'x floor':>8} {'sparsity':>9}")
+    for dtype, name, setting, p, t, sp in rows:
+        floor = floors.get(dtype)
         xf = f"{t / floor:.2f}" if floor and t else "-"
-        print(f"{name:<26} {setting:>8} {p:>11.2f} {t:>8.1f} {xf:>8} {'' if sp is None else f'{sp:.4f}':>9}")
-
+        print(f"{dtype:<9} {name:<26} {setting:>8} {p:>11.2f} {t:>8.1f} {xf:>8} {'' if sp is None else f'{sp:.4f}':>9}")
 
 if __name__ == "__main__":
     main()

@@ -78,6 +78,44 @@ def capture_inputs(lm: Any, name: str, windows: Any) -> Any:
     return torch.cat(seen)
 
 
+def layer_outputs(lm: Any, windows: Any, index: int = 0) -> Any:
+    """The outputs of decoder layer ``index`` when ``lm`` runs on ``windows`` one by one,
+    concatenated along the sequence; for layer 0 the inputs (the embeddings) do not depend on
+    any compressor, so two models' outputs compare a layer's error on the same inputs."""
+    import torch
+
+    from lmcompose.models.arch import decoder_layers
+
+    seen = []
+    layer = decoder_layers(lm.model, lm.arch)[index]
+    handle = layer.register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        with torch.no_grad():
+            for row in windows:
+                lm.model(row[None])
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
+def with_outlier_features(lm: Any, seed: int = 0, spread: float = 1.5) -> Any:
+    """Give ``lm``'s layer-0 norms seeded log-normal gains exp(N(0, spread²)), so a few input
+    features of its projections have much larger norms, as in real LLMs (what Wanda and AWQ
+    exploit); a random tiny model has none. Returns ``lm``."""
+    import torch
+
+    layer0 = lm.model.get_submodule(f"{lm.arch.layers}.0")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for norm_name in (lm.arch.attn_norm, lm.arch.mlp_norm):
+            norm = layer0.get_submodule(norm_name)
+            gains = torch.exp(torch.randn(norm.weight.shape, generator=gen) * spread)
+            if lm.arch.name == "gemma3":  # gemma norms scale by (1 + weight)
+                gains = gains - 1
+            norm.weight.copy_(gains.to(norm.weight.dtype))
+    return lm
+
+
 @pytest.fixture
 def shared_data() -> Any:
     """The data folder named by LMCOMPOSE_DATA_DIR (laid out like shared/data); skips the

@@ -5,7 +5,7 @@ import torch
 from lmcompose.api import Context
 from lmcompose.compose import build_intervention, parse_step
 from lmcompose.models.tiny import TINY_ARCHITECTURES, tiny_model
-from lmcompose.testing import InterventionConformance
+from lmcompose.testing import InterventionConformance, layer_outputs
 from lmcompose_awq.algorithm import clipped_grid, search_scale
 from lmcompose_awq.folding import fold_scales, scale_groups
 
@@ -94,21 +94,6 @@ def test_every_weight_lies_on_its_grid_before_and_after_project(arch, step):
     awq.project(lm)
     for name, _ in lm.linear_layers():
         assert lm.compression[name].quant.on_grid(lm.weight(name)), name
-
-
-def layer_outputs(lm, windows, index=0):
-    from lmcompose.models.arch import decoder_layers
-
-    seen = []
-    layer = decoder_layers(lm.model, lm.arch)[index]
-    handle = layer.register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
-    try:
-        with torch.no_grad():
-            for row in windows:
-                lm.model(row[None])
-    finally:
-        handle.remove()
-    return torch.cat(seen)
 
 
 @pytest.mark.parametrize("bits", [3, 4])

@@ -6,7 +6,7 @@ from lmcompose.api import Context
 from lmcompose.compose import build_intervention, parse_step
 from lmcompose.models.tiny import tiny_model
 from lmcompose.sparsity import satisfies_n_of_m
-from lmcompose.testing import InterventionConformance, capture_inputs
+from lmcompose.testing import InterventionConformance, capture_inputs, with_outlier_features
 from lmcompose_wanda.intervention import wanda_scores
 
 
@@ -27,20 +27,6 @@ def ctx():
 
 def layer0_inputs(lm, name):
     return capture_inputs(lm, name, ctx().calibration_batches(lm, 8, 64))
-
-
-def with_outlier_features(lm):
-    layer0 = lm.model.get_submodule(f"{lm.arch.layers}.0")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for norm_name in (lm.arch.attn_norm, lm.arch.mlp_norm):
-            norm = layer0.get_submodule(norm_name)
-            gains = torch.exp(torch.randn(norm.weight.shape, generator=gen) * 1.5)
-            if lm.arch.name == "gemma3":  # gemma norms scale by (1 + weight)
-                norm.weight.copy_(gains - 1)
-            else:
-                norm.weight.copy_(gains)
-    return lm
 
 
 @pytest.mark.parametrize("sparsity", [0.3, 0.5])
