@@ -37,7 +37,7 @@ from lmcompose.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from pruning import LLMC_VENV, ensure_llmc_venv  # noqa: E402
+from pruning import LLMC_VENV, ensure_llmc_venv, statistics_floor, two_pass_floor  # noqa: E402
 
 
 def step_text(method: str, bits: int, args: argparse.Namespace) -> str:
@@ -73,6 +73,7 @@ def main() -> None:
 
     rows: list[tuple[str, str, str, float, float, float | None]] = []
     floors: dict[str, float] = {}
+    stat_floors: dict[str, float] = {}
     header = None
     for dtype in args.dtypes.split(","):
         lm = load_model(args.model, dtype=dtype)
@@ -91,14 +92,10 @@ def main() -> None:
             rows.append((dtype, "dense", "-", evaluate(lm), 0.0, None))
             print("measured:", rows[-1], flush=True)
         if not args.skip_floor:
-            with torch.no_grad():
-                start = time.perf_counter()
-                decoder = lm.model.base_model  # embeddings + decoder layers + final norm, no LM head
-                for _ in range(2):
-                    for j in range(windows.shape[0]):
-                        decoder(windows[j : j + 1], use_cache=False)
-                floors[dtype] = time.perf_counter() - start
-                print(f"measured: floor {dtype} {floors[dtype]:.1f} s", flush=True)
+            floors[dtype] = two_pass_floor(lm, windows)
+            print(f"measured: floor {dtype} {floors[dtype]:.1f} s", flush=True)
+            stat_floors[dtype] = statistics_floor(lm, ctx)
+            print(f"measured: statistics floor {dtype} {stat_floors[dtype]:.1f} s", flush=True)
         for method in args.methods.split(",") if not args.skip_ours else []:
             for bits in map(int, args.bits.split(",")):
                 lm.restore(pristine)
@@ -130,6 +127,9 @@ def main() -> None:
     print(header)
     for dtype, floor in floors.items():
         print(f"two-pass floor, {dtype} (2 no-grad forward passes of the decoder over the calibration set): {floor:.1f} s")
+        if dtype in stat_floors:
+            print(f"statistics floor, {dtype} (the pipeline's 2 passes + Σxxᵀ of each projection input, nothing solved): "
+                  f"{stat_floors[dtype]:.1f} s = {stat_floors[dtype] / floor:.2f} x the two-pass floor")
     print(f"{'dtype':<9} {'method':<24} {'bits':>4} {'perplexity':>11} {'time s':>8} {'x floor':>8} {'avg bits':>9}")
     for dtype, name, bits, p, t, ab in rows:
         floor = floors.get(dtype)
