@@ -15,6 +15,7 @@ asymmetric (--symmetric for symmetric), group --group-size, GPTQ act-order stati
 sides (--no-act-order for neither).
 
     .venv/bin/python benchmarks/quantization.py [--llmc] [--bits 3,4] [--methods rtn,gptq,awq] [--dtypes float32,bfloat16]
+    .venv/bin/python benchmarks/quantization.py --methods "" --steps "sparsegpt:sparsity=0.5"   # any step, same protocol
     .venv/bin/python benchmarks/quantization.py --quick    # a few-minute end-to-end check; not the protocol
 """
 
@@ -52,6 +53,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--methods", default="rtn,gptq,awq")
     ap.add_argument("--bits", default="3,4")
+    ap.add_argument("--steps", default="",
+                    help='further steps timed and evaluated on the same protocol, ";"-separated (e.g. "sparsegpt:sparsity=0.5")')
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--symmetric", action="store_true")
     ap.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True, help="GPTQ act-order (static groups), both sides")
@@ -67,6 +70,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="end-to-end check: 8 x 512 calibration, 4 eval windows of 512, fp32 only, llm-compressor only if its venv exists")
     args = ap.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    extra = [t.strip() for t in args.steps.split(";") if t.strip()]
     if args.quick:
         args.n_samples, args.eval_windows, args.eval_seqlen, args.dtypes = 8, 4, 512, "float32"
         args.llmc = args.llmc or (LLMC_VENV / "bin" / "python").exists()
@@ -96,22 +101,23 @@ def main() -> None:
             print(f"measured: floor {dtype} {floors[dtype]:.1f} s", flush=True)
             stat_floors[dtype] = statistics_floor(lm, ctx)
             print(f"measured: statistics floor {dtype} {stat_floors[dtype]:.1f} s", flush=True)
-        for method in args.methods.split(",") if not args.skip_ours else []:
-            for bits in map(int, args.bits.split(",")):
-                lm.restore(pristine)
-                step = build_intervention(parse_step(step_text(method, bits, args)))
-                t0 = time.perf_counter()
-                step.apply(lm, ctx)
-                elapsed = time.perf_counter() - t0
-                rows.append((dtype, f"lmcompose {method}", str(bits), evaluate(lm), elapsed, compression_summary(lm)["avg_bits"]))
-                print("measured:", rows[-1], flush=True)
+        ours = [(f"lmcompose {m}", str(b), step_text(m, b, args)) for m in methods for b in map(int, args.bits.split(","))]
+        ours += [(f"lmcompose {text.split(':', 1)[0]}", text.split(":", 1)[1] if ":" in text else "-", text) for text in extra]
+        for name, setting, text in ours if not args.skip_ours else []:
+            lm.restore(pristine)
+            step = build_intervention(parse_step(text))
+            t0 = time.perf_counter()
+            step.apply(lm, ctx)
+            elapsed = time.perf_counter() - t0
+            rows.append((dtype, name, setting, evaluate(lm), elapsed, compression_summary(lm)["avg_bits"]))
+            print("measured:", rows[-1], flush=True)
 
         if args.llmc:
             py = ensure_llmc_venv()
             with tempfile.TemporaryDirectory() as tmp:
                 tmp = Path(tmp)
                 torch.save(windows, tmp / "windows.pt")
-                for method in [m for m in args.methods.split(",") if m in ("gptq", "awq")]:
+                for method in [m for m in methods if m in ("gptq", "awq")]:
                     for bits in map(int, args.bits.split(",")):
                         out = tmp / f"{method}-{bits}"
                         cmd = [str(py), str(ROOT / "benchmarks" / "_llmc_quantize.py"), lm.source, str(tmp / "windows.pt"), method, str(bits),
@@ -130,11 +136,12 @@ def main() -> None:
         if dtype in stat_floors:
             print(f"statistics floor, {dtype} (the pipeline's 2 passes + Σxxᵀ of each projection input, nothing solved): "
                   f"{stat_floors[dtype]:.1f} s = {stat_floors[dtype] / floor:.2f} x the two-pass floor")
-    print(f"{'dtype':<9} {'method':<24} {'bits':>4} {'perplexity':>11} {'time s':>8} {'x floor':>8} {'avg bits':>9}")
+    width = max([7] + [len(r[2]) for r in rows])
+    print(f"{'dtype':<9} {'method':<24} {'setting':>{width}} {'perplexity':>11} {'time s':>8} {'x floor':>8} {'avg bits':>9}")
     for dtype, name, bits, p, t, ab in rows:
         floor = floors.get(dtype)
         xf = f"{t / floor:.2f}" if floor and t else "-"
-        print(f"{dtype:<9} {name:<24} {bits:>4} {p:>11.2f} {t:>8.1f} {xf:>8} {'' if ab is None else f'{ab:.3f}':>9}")
+        print(f"{dtype:<9} {name:<24} {bits:>{width}} {p:>11.2f} {t:>8.1f} {xf:>8} {'' if ab is None else f'{ab:.3f}':>9}")
 
 
 if __name__ == "__main__":
