@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--eval-seqlen", type=int, default=2048)
     ap.add_argument("--llmc", action="store_true", help="also run llm-compressor (separate venv)")
     ap.add_argument("--skip-floor", action="store_true")
+    ap.add_argument("--skip-statistics-floor", action="store_true", help="time the two-pass floor only")
     ap.add_argument("--skip-dense", action="store_true")
     ap.add_argument("--skip-ours", action="store_true", help="run only the llm-compressor side (with --llmc)")
     ap.add_argument("--quick", action="store_true",
@@ -99,8 +100,9 @@ def main() -> None:
         if not args.skip_floor:
             floors[dtype] = two_pass_floor(lm, windows)
             print(f"measured: floor {dtype} {floors[dtype]:.1f} s", flush=True)
-            stat_floors[dtype] = statistics_floor(lm, ctx)
-            print(f"measured: statistics floor {dtype} {stat_floors[dtype]:.1f} s", flush=True)
+            if not args.skip_statistics_floor:
+                stat_floors[dtype] = statistics_floor(lm, ctx)
+                print(f"measured: statistics floor {dtype} {stat_floors[dtype]:.1f} s", flush=True)
         ours = [(f"lmcompose {m}", str(b), step_text(m, b, args)) for m in methods for b in map(int, args.bits.split(","))]
         ours += [(f"lmcompose {text.split(':', 1)[0]}", text.split(":", 1)[1] if ":" in text else "-", text) for text in extra]
         for name, setting, text in ours if not args.skip_ours else []:
