@@ -60,12 +60,12 @@ def test_bf16_compute_keeps_the_method_and_its_quality(method, baseline, step):
 
 
 def test_bf16_statistics_are_accumulated_in_float32():
-    from lmcompose_sparsegpt.intervention import HessianStats
+    from lmcompose.calibration import Gram
 
     x = torch.full((4096, 2), 1.0 + 2.0**-7, dtype=torch.bfloat16)  # 1 + 2^-7 is exact in bf16
-    stats = HessianStats(2, "cpu")
+    stats = Gram(2, "cpu")
     for _ in range(4):
         stats.add(x)
-    assert stats.h.dtype == torch.float32
+    assert stats.xxt.dtype == torch.float32
     # a bf16 accumulator would have stalled long before 16,384 (its spacing there is 128)
-    assert float(stats.h[0, 0]) == pytest.approx(16384 * (1 + 2.0**-7) ** 2, rel=1e-4)
+    assert float(stats.xxt[0, 0]) == pytest.approx(16384 * (1 + 2.0**-7) ** 2, rel=1e-4)

@@ -29,6 +29,28 @@ class StopForward(Exception):
     """Raised by a hook to end a forward pass once it has what it needs (the caller catches it)."""
 
 
+class Gram:
+    """Σ xxᵀ over the calibration tokens of one projection input, and the token count.
+
+    The statistic of SparseGPT, GPTQ and AWQ (the Hessian of the layer-wise least-squares
+    problem, up to a factor). ``add`` takes a (tokens, d) input in any dtype and accumulates
+    in float32, so bf16 compute does not round the sum.
+    """
+
+    def __init__(self, d: int, device: Any = None):
+        self.xxt = torch.zeros(d, d, dtype=torch.float32, device=device)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.float()
+        self.xxt.addmm_(x.t(), x)
+        self.tokens += x.shape[0]
+
+    def second_moment(self) -> torch.Tensor:
+        """E[xxᵀ] = Σ xxᵀ / tokens."""
+        return self.xxt / max(self.tokens, 1)
+
+
 def _layer_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple | list) else out
 

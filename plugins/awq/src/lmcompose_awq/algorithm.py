@@ -19,25 +19,20 @@ the smallest output error of that (row, group), Δ_g H_gg Δ_gᵀ, is kept.
 from __future__ import annotations
 
 import torch
+from lmcompose.calibration import Gram
 from lmcompose.quant import QuantGrid, group_index, n_groups, quantize_dequantize
 
 
-class ActStats:
-    """Σ xxᵀ, Σ |x| and the token count of one projection input (float32 / float64)."""
+class ActStats(Gram):
+    """Σ xxᵀ (float32), Σ |x| (float64) and the token count of one projection input."""
 
     def __init__(self, in_features: int, device: torch.device):
-        self.xxt = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        super().__init__(in_features, device)
         self.abs_sum = torch.zeros(in_features, dtype=torch.float64, device=device)
-        self.tokens = 0
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.float()
-        self.xxt.addmm_(x.t(), x)
-        self.abs_sum += x.abs().sum(dim=0, dtype=torch.float64)
-        self.tokens += x.shape[0]
-
-    def second_moment(self) -> torch.Tensor:
-        return self.xxt / max(self.tokens, 1)
+        super().add(x)
+        self.abs_sum += x.float().abs().sum(dim=0, dtype=torch.float64)
 
     def mean_abs(self) -> torch.Tensor:
         return (self.abs_sum / max(self.tokens, 1)).float()

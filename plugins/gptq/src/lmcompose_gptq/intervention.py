@@ -5,24 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from lmcompose.calibration import Gram
 from lmcompose.interventions.calibrated import LayerwiseQuantizer
 
 from lmcompose_gptq.config import GPTQConfig
 
 
-class HessianStats:
-    """Σ xxᵀ over the calibration tokens (float32) and the token count; ``hessian()`` is 2XXᵀ/n."""
-
-    def __init__(self, in_features: int, device: Any):
-        import torch
-
-        self.xxt = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
-        self.tokens = 0
-
-    def add(self, x: Any) -> None:
-        x = x.float()
-        self.xxt.addmm_(x.t(), x)
-        self.tokens += x.shape[0]
+class HessianStats(Gram):
+    """Σ xxᵀ and the token count; ``hessian()`` is GPTQ's H = 2XXᵀ/n."""
 
     def hessian(self) -> Any:
         return self.xxt * (2.0 / max(self.tokens, 1))

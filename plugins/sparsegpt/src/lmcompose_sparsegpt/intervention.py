@@ -4,22 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from lmcompose.calibration import Gram
 from lmcompose.interventions.calibrated import LayerwisePruner
 
 from lmcompose_sparsegpt.config import SparseGPTConfig
-
-
-class HessianStats:
-    def __init__(self, in_features: int, device: Any):
-        import torch
-
-        self.h = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
-        self.tokens = 0
-
-    def add(self, x: Any) -> None:
-        x = x.float()
-        self.h.addmm_(x.t(), x)
-        self.tokens += x.shape[0]
 
 
 class SparseGPT(LayerwisePruner):
@@ -28,16 +16,16 @@ class SparseGPT(LayerwisePruner):
     name = "sparsegpt"
     Config = SparseGPTConfig
 
-    def new_stats(self, name: str, module: Any, in_features: int) -> HessianStats:
-        return HessianStats(in_features, module.weight.device)
+    def new_stats(self, name: str, module: Any, in_features: int) -> Gram:
+        return Gram(in_features, module.weight.device)
 
-    def observe(self, stats: HessianStats, x: Any) -> None:
+    def observe(self, stats: Gram, x: Any) -> None:
         stats.add(x)
 
-    def prune_weight(self, name: str, w: Any, stats: HessianStats, messages: list[str]) -> Any:
+    def prune_weight(self, name: str, w: Any, stats: Gram, messages: list[str]) -> Any:
         from lmcompose.sparsity import parse_structure
 
         from lmcompose_sparsegpt.algorithm import sparsegpt_prune
 
-        return sparsegpt_prune(w, stats.h, self.config.sparsity, parse_structure(self.config.structure),
+        return sparsegpt_prune(w, stats.xxt, self.config.sparsity, parse_structure(self.config.structure),
                                self.config.blocksize, self.config.percdamp, messages, name)
