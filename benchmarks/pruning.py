@@ -76,6 +76,23 @@ def statistics_floor(lm, ctx) -> float:
     return time.perf_counter() - start
 
 
+def measure_floors(lm, ctx, windows, dtype: str, floors: dict, stat_floors: dict | None) -> None:
+    """Time the two-pass floor and (unless ``stat_floors`` is None) the statistics floor into the dicts."""
+    floors[dtype] = two_pass_floor(lm, windows)
+    print(f"measured: floor {dtype} {floors[dtype]:.1f} s", flush=True)
+    if stat_floors is not None:
+        stat_floors[dtype] = statistics_floor(lm, ctx)
+        print(f"measured: statistics floor {dtype} {stat_floors[dtype]:.1f} s", flush=True)
+
+
+def print_floors(floors: dict, stat_floors: dict) -> None:
+    for dtype, floor in floors.items():
+        print(f"two-pass floor, {dtype} (2 no-grad forward passes of the decoder over the calibration set): {floor:.1f} s")
+        if dtype in stat_floors:
+            print(f"statistics floor, {dtype} (the pipeline's 2 passes + Σxxᵀ of each projection input, nothing solved): "
+                  f"{stat_floors[dtype]:.1f} s = {stat_floors[dtype] / floor:.2f} x the two-pass floor")
+
+
 def step_text(method: str, structure: str) -> str:
     return f"{method}:structure={structure}" if ":" in structure else f"{method}:sparsity={structure}"
 
@@ -118,10 +135,7 @@ def main() -> None:
             print("measured:", rows[-1], flush=True)
 
         if not args.skip_floor:
-            floors[dtype] = two_pass_floor(lm, windows)
-            print(f"measured: floor {dtype} {floors[dtype]:.1f} s", flush=True)
-            stat_floors[dtype] = statistics_floor(lm, ctx)
-            print(f"measured: statistics floor {dtype} {stat_floors[dtype]:.1f} s", flush=True)
+            measure_floors(lm, ctx, windows, dtype, floors, stat_floors)
 
         for method in args.methods.split(",") if not args.skip_ours else []:
             for structure in args.structures.split(","):
@@ -153,11 +167,7 @@ def main() -> None:
                         print("measured:", rows[-1], flush=True)
 
     print(header)
-    for dtype, floor in floors.items():
-        print(f"two-pass floor, {dtype} (2 no-grad forward passes of the decoder over the calibration set): {floor:.1f} s")
-        if dtype in stat_floors:
-            print(f"statistics floor, {dtype} (the pipeline's 2 passes + Σxxᵀ of each projection input, nothing solved): "
-                  f"{stat_floors[dtype]:.1f} s = {stat_floors[dtype] / floor:.2f} x the two-pass floor")
+    print_floors(floors, stat_floors)
     print(f"{'dtype':<9} {'method':<26} {'setting':>8} {'perplexity':>11} {'time s':>8} {'x floor':>8} {'sparsity':>9}")
     for dtype, name, setting, p, t, sp in rows:
         floor = floors.get(dtype)

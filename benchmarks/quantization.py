@@ -38,7 +38,7 @@ from lmcompose.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from pruning import LLMC_VENV, ensure_llmc_venv, statistics_floor, two_pass_floor  # noqa: E402
+from pruning import LLMC_VENV, ensure_llmc_venv, measure_floors, print_floors  # noqa: E402
 
 
 def step_text(method: str, bits: int, args: argparse.Namespace) -> str:
@@ -98,11 +98,7 @@ def main() -> None:
             rows.append((dtype, "dense", "-", evaluate(lm), 0.0, None))
             print("measured:", rows[-1], flush=True)
         if not args.skip_floor:
-            floors[dtype] = two_pass_floor(lm, windows)
-            print(f"measured: floor {dtype} {floors[dtype]:.1f} s", flush=True)
-            if not args.skip_statistics_floor:
-                stat_floors[dtype] = statistics_floor(lm, ctx)
-                print(f"measured: statistics floor {dtype} {stat_floors[dtype]:.1f} s", flush=True)
+            measure_floors(lm, ctx, windows, dtype, floors, None if args.skip_statistics_floor else stat_floors)
         ours = [(f"lmcompose {m}", str(b), step_text(m, b, args)) for m in methods for b in map(int, args.bits.split(","))]
         ours += [(f"lmcompose {text.split(':', 1)[0]}", text.split(":", 1)[1] if ":" in text else "-", text) for text in extra]
         for name, setting, text in ours if not args.skip_ours else []:
@@ -133,11 +129,7 @@ def main() -> None:
                         print("measured:", rows[-1], flush=True)
 
     print(header)
-    for dtype, floor in floors.items():
-        print(f"two-pass floor, {dtype} (2 no-grad forward passes of the decoder over the calibration set): {floor:.1f} s")
-        if dtype in stat_floors:
-            print(f"statistics floor, {dtype} (the pipeline's 2 passes + Σxxᵀ of each projection input, nothing solved): "
-                  f"{stat_floors[dtype]:.1f} s = {stat_floors[dtype] / floor:.2f} x the two-pass floor")
+    print_floors(floors, stat_floors)
     width = max([7] + [len(r[2]) for r in rows])
     print(f"{'dtype':<9} {'method':<24} {'setting':>{width}} {'perplexity':>11} {'time s':>8} {'x floor':>8} {'avg bits':>9}")
     for dtype, name, bits, p, t, ab in rows:

@@ -63,12 +63,15 @@ def capture_inputs(lm: Any, name: str, windows: Any) -> Any:
     """The inputs (tokens, in_features) that projection ``name`` sees when ``lm`` runs on
     ``windows`` one by one: for a layer-0 projection, exactly what a layer-sequential
     method calibrates on."""
+    return _record(lm, lm.model.get_submodule(name), windows, lambda args, _out: args[0].reshape(-1, args[0].shape[-1]))
+
+
+def _record(lm: Any, module: Any, windows: Any, take: Any) -> Any:
+    """Run ``lm`` on ``windows`` one by one and concatenate ``take(args, out)`` of every call of ``module``."""
     import torch
 
     seen = []
-    handle = lm.model.get_submodule(name).register_forward_hook(
-        lambda _m, args, _out: seen.append(args[0].reshape(-1, args[0].shape[-1]))
-    )
+    handle = module.register_forward_hook(lambda _m, args, out: seen.append(take(args, out)))
     try:
         with torch.no_grad():
             for row in windows:
@@ -82,20 +85,10 @@ def layer_outputs(lm: Any, windows: Any, index: int = 0) -> Any:
     """The outputs of decoder layer ``index`` when ``lm`` runs on ``windows`` one by one,
     concatenated along the sequence; for layer 0 the inputs (the embeddings) do not depend on
     any compressor, so two models' outputs compare a layer's error on the same inputs."""
-    import torch
-
     from lmcompose.models.arch import decoder_layers
 
-    seen = []
     layer = decoder_layers(lm.model, lm.arch)[index]
-    handle = layer.register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
-    try:
-        with torch.no_grad():
-            for row in windows:
-                lm.model(row[None])
-    finally:
-        handle.remove()
-    return torch.cat(seen)
+    return _record(lm, layer, windows, lambda _args, out: out[0] if isinstance(out, tuple) else out)
 
 
 def with_outlier_features(lm: Any, seed: int = 0, spread: float = 1.5) -> Any:
