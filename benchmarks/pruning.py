@@ -59,8 +59,9 @@ def two_pass_floor(lm, windows) -> float:
 
 
 def statistics_floor(lm, ctx) -> float:
-    """The core pipeline's two passes plus Σxxᵀ of every distinct projection input, with no
-    change to any weight: what SparseGPT and GPTQ must do before their own solves (the same
+    """The core pipeline's statistics pass (which ends at the last watched projection's
+    input) and recompute pass plus Σxxᵀ of every distinct projection input, with no change
+    to any weight: what SparseGPT and GPTQ must do before their own solves (the same
     statistics objects, the same sharing), so their time can be read against it."""
     from lmcompose.interventions.common import selected_layers
     from lmcompose_sparsegpt.intervention import SparseGPT
@@ -89,7 +90,7 @@ def print_floors(floors: dict, stat_floors: dict) -> None:
     for dtype, floor in floors.items():
         print(f"two-pass floor, {dtype} (2 no-grad forward passes of the decoder over the calibration set): {floor:.1f} s")
         if dtype in stat_floors:
-            print(f"statistics floor, {dtype} (the pipeline's 2 passes + Σxxᵀ of each projection input, nothing solved): "
+            print(f"statistics floor, {dtype} (the pipeline's statistics + recompute passes and Σxxᵀ of each projection input, nothing solved): "
                   f"{stat_floors[dtype]:.1f} s = {stat_floors[dtype] / floor:.2f} x the two-pass floor")
 
 

@@ -139,3 +139,21 @@ def test_report_and_average_bits_count_the_grid():
     report = build_intervention(parse_step("gptq:bits=4,group_size=32")).apply(lm, ctx())
     assert report.details["bits"] == 4 and report.details["layers"] == 14
     assert compression_summary(lm)["avg_bits"] == pytest.approx(4 + 32 / 32)
+
+
+@pytest.mark.parametrize("step", ["bits=3,group_size=16", "bits=4,group_size=32,act_order=true"])
+def test_projections_sharing_an_input_are_quantized_as_if_alone(step):
+    """q/k/v (one input) are stacked into one GPTQ sweep; each must come out as a sweep of
+    its own matrix with the same H would leave it, grid included."""
+    lm = tiny_model("llama")
+    names = [f"model.layers.0.self_attn.{p}_proj" for p in "qkv"]
+    x = capture_inputs(lm, names[0], ctx().calibration_batches(lm, 8, 64)).float()
+    h = 2 * x.t() @ x / x.shape[0]
+    alone = {n: lm.weight(n).clone() for n in names}
+    gptq = build_intervention(parse_step(f"gptq:{step}"))
+    gptq.apply(lm, ctx())
+    c = gptq.config
+    for n in names:
+        grid = gptq_quantize(alone[n], h, c.bits, c.group_size, c.symmetric, c.act_order, c.blocksize, c.percdamp, [], n)
+        assert torch.allclose(lm.weight(n), alone[n], atol=1e-5), n
+        assert torch.allclose(gptq.grids[n].scale, grid.scale, atol=1e-6) and torch.equal(gptq.grids[n].zero, grid.zero), n

@@ -35,19 +35,35 @@ class GPTQ(LayerwiseQuantizer):
         stats.add(x)
 
     def quantize_layer(self, lm: Any, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> dict[str, Any]:
+        """Projections fed one tensor (q/k/v, gate/up) share H, and GPTQ treats every row
+        alone given H: their weights are stacked row-wise and quantized in one sweep (one
+        Cholesky, one column loop), which gives each row exactly what a sweep of its own
+        matrix gives."""
+        import torch
+        from lmcompose.quant import QuantGrid
+
         from lmcompose_gptq.algorithm import gptq_quantize
 
         c = self.config
-        grids = {}
-        hessians: dict[int, Any] = {}  # projections sharing statistics share H too
+        shared: dict[int, list[str]] = {}
         for name in names:
-            stats = stats_of(name)
-            h = hessians.setdefault(id(stats), stats.hessian())
+            shared.setdefault(id(stats_of(name)), []).append(name)
+        grids = {}
+        for group in shared.values():
+            weights = [lm.weight(n) for n in group]
+            stacked = weights[0] if len(group) == 1 else torch.cat(weights, dim=0)
             before = len(messages)
-            grids[name] = gptq_quantize(lm.weight(name), h, c.bits, c.group_size, c.symmetric, c.act_order,
-                                        c.blocksize, c.percdamp, messages, name)
+            grid = gptq_quantize(stacked, stats_of(group[0]).hessian(), c.bits, c.group_size, c.symmetric, c.act_order,
+                                 c.blocksize, c.percdamp, messages, "+".join(group))
             if any("round-to-nearest" in m for m in messages[before:]):
-                self.fallbacks.append(name)
+                self.fallbacks.extend(group)
+            start = 0
+            for name, w in zip(group, weights, strict=True):
+                rows = slice(start, start + w.shape[0])
+                if len(group) > 1:
+                    w.copy_(stacked[rows])
+                grids[name] = QuantGrid(grid.bits, grid.group_size, grid.symmetric, grid.scale[rows].clone(), grid.zero[rows].clone())
+                start += w.shape[0]
         return grids
 
     def details(self) -> dict[str, Any]:

@@ -1,0 +1,98 @@
+"""The core's layer-sequential calibration pipeline and its Gram accumulator.
+
+The statistics pass ends at the last watched projection's input, and the Gram computes
+only the upper block triangle of XXᵀ: both are speed-ups, so both must leave what a method
+sees exactly as a plain forward pass would give it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lmcompose.api import Context
+from lmcompose.calibration import Gram, run_layer_sequential
+from lmcompose.models.arch import decoder_layers
+from lmcompose.models.tiny import tiny_model
+from lmcompose.testing import capture_inputs
+
+ARCHS = ["llama", "gemma3", "gpt_neox", "gpt2"]
+
+
+@pytest.mark.parametrize("d,stripe", [(7, 256), (64, 16), (300, 64), (577, 128), (200, 1000)])
+def test_gram_equals_the_float64_product_and_is_symmetric(d, stripe):
+    gen = torch.Generator().manual_seed(d)
+    xs = [torch.randn(n, d, generator=gen) * torch.linspace(0.1, 3, d) for n in (50, 1, 129)]
+    gram = Gram(d, "cpu", stripe=stripe)
+    for x in xs:
+        gram.add(x)
+    x = torch.cat(xs).double()
+    expect = x.t() @ x
+    got = gram.xxt
+    assert got.dtype == torch.float32 and got.shape == (d, d)
+    assert torch.equal(got, got.t())
+    assert torch.allclose(got.double(), expect, rtol=1e-5, atol=1e-4 * float(expect.diag().max()))
+    assert gram.tokens == 180
+    assert len(gram.stripes) == -(-d // stripe)
+    assert torch.allclose(gram.second_moment().double(), expect / 180, rtol=1e-5, atol=1e-4)
+
+
+def test_gram_xxt_is_a_fresh_tensor():
+    gram = Gram(40, "cpu", stripe=16)
+    gram.add(torch.ones(3, 40))
+    gram.xxt.mul_(0)  # a method damping its copy must not touch the accumulator
+    assert float(gram.xxt[0, 0]) == 3.0
+
+
+def _watch(lm, i, suffixes):
+    prefix = f"{lm.arch.layers}.{i}."
+    return [n for n, _ in lm.linear_layers() if n.startswith(prefix) and n.rsplit(".", 1)[-1] in suffixes]
+
+
+def _last_projection(lm, i):
+    return [n for n, _ in lm.linear_layers() if n.startswith(f"{lm.arch.layers}.{i}.")][-1]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pipeline_observes_what_a_forward_pass_feeds_each_projection(arch):
+    lm = tiny_model(arch)
+    windows = Context().calibration_batches(lm, 4, 32)
+    names = [n for n, _ in lm.linear_layers() if n.startswith(lm.arch.layers + ".")]
+    expect = {n: capture_inputs(lm, n, windows) for n in names}
+    seen: dict[str, list[torch.Tensor]] = {}
+    modified: list[int] = []
+    layer_of = {n: int(n[len(lm.arch.layers) + 1:].split(".", 1)[0]) for n in names}
+    run_layer_sequential(lm, windows, lambda i: [n for n in names if layer_of[n] == i],
+                         lambda _i, n, x: seen.setdefault(n, []).append(x.clone()), modified.append)
+    assert modified == list(range(len(decoder_layers(lm.model, lm.arch))))
+    for n in names:  # nothing modified, so every projection sees the model's own inputs
+        assert torch.allclose(torch.cat(seen[n]), expect[n], atol=1e-5), n
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("watched", ["all", "attention"])
+def test_statistics_pass_stops_after_the_last_watched_projection(arch, watched):
+    """Window 0 runs each layer whole (to count the watched calls); every later window's
+    statistics pass stops there, so the layer's last projection runs once in the statistics
+    pass and once per window in the recompute pass."""
+    lm = tiny_model(arch)
+    n = 5
+    windows = Context().calibration_batches(lm, n, 16)
+    layers = decoder_layers(lm.model, lm.arch)
+    attention = {"q_proj", "k_proj", "v_proj", "query_key_value", "c_attn"}
+    suffixes = {name.rsplit(".", 1)[-1] for name, _ in lm.linear_layers()} if watched == "all" else attention
+    last = [_last_projection(lm, i) for i in range(len(layers))]
+    runs = dict.fromkeys(last, 0)
+    handles = [lm.model.get_submodule(name).register_forward_hook(lambda *_a, name=name: runs.__setitem__(name, runs[name] + 1))
+               for name in last]
+    tokens: dict[str, int] = {}
+
+    def observe(_i, name, x):
+        tokens[name] = tokens.get(name, 0) + x.shape[0]
+
+    try:
+        run_layer_sequential(lm, windows, lambda i: _watch(lm, i, suffixes), observe, lambda i: None)
+    finally:
+        for h in handles:
+            h.remove()
+    assert tokens and all(t == n * 16 for t in tokens.values())  # every window observed
+    assert runs == dict.fromkeys(last, 2 + n)  # not 1 + 2n
