@@ -7,7 +7,7 @@ Given H = 2XXᵀ/n over the calibration tokens of the matrix's input:
    (static groups), and the columns are then processed in order of decreasing H_jj, each
    rounded on the grid of the group it belongs to in the original order;
 3. H is damped by λ = percdamp · mean(diag H); the upper Cholesky factor U of (H + λI)⁻¹ is
-   computed in float64 (λ grows ×10 up to three times if that fails; after that the caller
+   computed in float32, as in the reference code (λ grows ×10 up to three times if that fails; after that the caller
    falls back to round-to-nearest for this matrix and reports it);
 4. columns are quantized one at a time in lazy blocks of ``blocksize``: each column's
    rounding error, divided by U_jj, is spread over the block's remaining columns, and the
@@ -23,15 +23,15 @@ the result lies on the returned grid and ``QuantGrid.snap_`` is a no-op on it.
 from __future__ import annotations
 
 import torch
-from lmcompose.quant import QuantGrid, fit_scale_zero, group_index, n_groups, quantize_dequantize
+from lmcompose.quant import QuantGrid, fit_scale_zero, group_index, max_level, n_groups
 
 DAMPING_TRIES = 4
 
 
 def inverse_cholesky_upper(h: torch.Tensor, percdamp: float) -> tuple[torch.Tensor | None, float, int]:
-    """(U, λ, extra tries): U upper-triangular with UᵀU = (H + λI)⁻¹, in float64; U is None
+    """(U, λ, extra tries): U upper-triangular with UᵀU = (H + λI)⁻¹, in float32 (as the reference code); U is None
     when H + λI is not positive definite even after raising λ ×10 three times."""
-    h = h.double()
+    h = h.float()
     diag_mean = float(torch.diag(h).mean())
     damp = percdamp * diag_mean if diag_mean > 0 else 1.0
     eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
@@ -58,13 +58,13 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, 
     W[:, dead] = 0
 
     ng = n_groups(in_f, g)
-    scale = torch.zeros(out_f, ng, dtype=torch.float32, device=W.device)
-    zero = torch.zeros_like(scale)
+    scale_t = torch.zeros(ng, out_f, dtype=torch.float32, device=W.device)  # (groups, out): a group's row is contiguous
+    zero_t = torch.zeros_like(scale_t)
     col_group = group_index(in_f, g, W.device)
     perm = None
     if act_order:
         for k in range(ng):
-            scale[:, k], zero[:, k] = fit_scale_zero(W[:, k * g : (k + 1) * g], bits, symmetric)
+            scale_t[k], zero_t[k] = fit_scale_zero(W[:, k * g : (k + 1) * g], bits, symmetric)
         perm = torch.argsort(torch.diag(H), descending=True, stable=True)
         W, H, col_group = W[:, perm], H[perm][:, perm], col_group[perm]
 
@@ -79,31 +79,36 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, 
         messages.append(f"{where}: Hessian not positive definite at percdamp={percdamp}; used damping {damp:.3g} ({extra} x10 increases)")
     hinv = upper.float()
 
-    Q = torch.zeros_like(W)
+    # the sweep runs on the transpose, so that a column is a contiguous row: the rank-1
+    # updates (addr_) and the rounding then touch contiguous memory, about 2x faster here
+    Wt = W.t().contiguous()
+    Qt = torch.empty_like(Wt)
+    groups = col_group.tolist()
+    maxq = max_level(bits)
     for i1 in range(0, in_f, blocksize):
         i2 = min(i1 + blocksize, in_f)
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
+        W1 = Wt[i1:i2].clone()
+        Err1 = torch.empty_like(W1)
         Hinv1 = hinv[i1:i2, i1:i2]
+        diag = Hinv1.diagonal().tolist()
         for i in range(i2 - i1):
             col = i1 + i
             if not act_order and col % g == 0:
                 k, end = col // g, min(col + g, in_f)
-                current = W1[:, i : min(end, i2) - i1]
+                current = W1[i : min(end, i2) - i1]
                 if end > i2:  # the group runs past this block: apply the block's pending updates first
-                    current = torch.cat([current, W[:, i2:end] - Err1[:, :i] @ hinv[i1:col, i2:end]], dim=1)
-                scale[:, k], zero[:, k] = fit_scale_zero(current, bits, symmetric)
-            k = int(col_group[col])
-            column = W1[:, i]
-            q = quantize_dequantize(column, scale[:, k], zero[:, k], bits)
-            Q1[:, i] = q
-            err = (column - q) / Hinv1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        Q[:, i1:i2] = Q1
-        W[:, i2:] -= Err1 @ hinv[i1:i2, i2:]
+                    current = torch.cat([current, Wt[i2:end] - hinv[i1:col, i2:end].t() @ Err1[:i]], dim=0)
+                scale_t[k], zero_t[k] = fit_scale_zero(current.t(), bits, symmetric)
+            k = groups[col]
+            column, q, err = W1[i], Qt[col], Err1[i]
+            s, z = scale_t[k], zero_t[k]
+            torch.div(column, s, out=q)
+            q.round_().add_(z).clamp_(0, maxq).sub_(z).mul_(s)  # quantize_dequantize, in place
+            torch.sub(column, q, out=err).div_(diag[i])
+            W1[i + 1 :].addr_(Hinv1[i, i + 1 :], err, alpha=-1)
+        Wt[i2:] -= hinv[i1:i2, i2:].t() @ Err1
+    Q = Qt.t()
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
     w.copy_(Q.to(w.dtype))
-    return QuantGrid(bits, group_size, symmetric, scale, zero)
+    return QuantGrid(bits, group_size, symmetric, scale_t.t().contiguous(), zero_t.t().contiguous())

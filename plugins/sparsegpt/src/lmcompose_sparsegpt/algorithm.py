@@ -3,7 +3,7 @@
 H = Σ x xᵀ over the calibration tokens (the factor 2/n of the paper cancels: damping is
 relative to the mean diagonal and the selection and updates are scale-free). Dead inputs
 (H_jj = 0) are zeroed; H is damped by percdamp·mean(diag H); the upper Cholesky factor of
-H⁻¹ (computed in float64) drives the OBS updates. Columns are processed in blocks of
+H⁻¹ (computed in float32, as in the reference code) drives the OBS updates. Columns are processed in blocks of
 ``blocksize``; in each block the mask is chosen by w² / [H⁻¹]²_jj (exactly
 round(sparsity · block size) weights per block, unstructured) or, every M columns, the
 M − N smallest of each row's group (N:M); each pruned weight's error is spread over the
@@ -18,8 +18,8 @@ MAX_DAMPING_TRIES = 4
 
 
 def damped_inverse_cholesky(h: torch.Tensor, percdamp: float, messages: list[str], where: str) -> torch.Tensor:
-    """Upper Cholesky factor of (H + λI)⁻¹ in float64; λ grows ×10 while H is not PD."""
-    h = h.double()
+    """Upper Cholesky factor of (H + λI)⁻¹ in float32 (as the reference code); λ grows ×10 while H is not PD."""
+    h = h.float()
     diag_mean = float(torch.diag(h).mean())
     damp = percdamp * diag_mean if diag_mean > 0 else 1.0
     eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
@@ -55,39 +55,40 @@ def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, sparsity: float, nm: tuple
     H[dead, dead] = 1
     W[:, dead] = 0
     hinv = damped_inverse_cholesky(H, percdamp, messages, where).float()
-    pruned = torch.zeros_like(W, dtype=torch.bool)
+    # the sweep runs on the transpose, so that a column is a contiguous row: the rank-1
+    # updates (addr_) then touch contiguous memory, about 2x faster here
+    Wt = W.t().contiguous()
+    pruned_t = torch.zeros_like(Wt, dtype=torch.bool)
     for i1 in range(0, in_f, blocksize):
         i2 = min(i1 + blocksize, in_f)
         count = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
+        W1 = Wt[i1:i2].clone()
+        Err1 = torch.empty_like(W1)
         Hinv1 = hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)
+        diag = d.tolist()
+        mask1 = torch.zeros(W1.shape, dtype=torch.bool, device=W1.device)
         if nm is None:
-            scores = W1**2 / d.unsqueeze(0) ** 2
+            scores = (W1**2 / d.unsqueeze(1) ** 2).t()  # (out, count): ranked in the (row, column) order
             k = int(round(scores.numel() * sparsity))
-            mask1 = torch.zeros(W1.shape, dtype=torch.bool, device=W1.device)
             if k:
-                mask1.view(-1)[torch.argsort(scores.flatten(), stable=True)[:k]] = True
-        else:
-            mask1 = torch.zeros(W1.shape, dtype=torch.bool, device=W1.device)
+                chosen = torch.zeros(scores.shape, dtype=torch.bool, device=W1.device)
+                chosen.view(-1)[torch.argsort(scores.flatten(), stable=True)[:k]] = True
+                mask1 = chosen.t().contiguous()
         for i in range(count):
-            col = W1[:, i]
+            column = W1[i]
             if nm is not None and i % nm[1] == 0:
                 n, m = nm
-                scores = W1[:, i : i + m] ** 2 / d[i : i + m].unsqueeze(0) ** 2
-                mask1.scatter_(1, i + torch.topk(scores, m - n, dim=1, largest=False).indices, True)
-            q = col.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            err = (col - q) / Hinv1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        W[:, i1:i2] = Q1
-        pruned[:, i1:i2] = mask1
-        W[:, i2:] -= Err1 @ hinv[i1:i2, i2:]
-    pruned |= dead.unsqueeze(0).expand_as(pruned)
+                scores = (W1[i : i + m] ** 2 / d[i : i + m].unsqueeze(1) ** 2).t()  # (out, m)
+                mask1[i : i + m].t().scatter_(1, torch.topk(scores, m - n, dim=1, largest=False).indices, True)
+            err = Err1[i]
+            torch.mul(column, mask1[i], out=err).div_(diag[i])  # the pruned weights' error
+            W1[i + 1 :].addr_(Hinv1[i, i + 1 :], err, alpha=-1)
+        Wt[i1:i2] = W1.masked_fill_(mask1, 0)  # row i holds column i as the sweep reached it
+        pruned_t[i1:i2] = mask1
+        Wt[i2:] -= hinv[i1:i2, i2:].t() @ Err1
+    W = Wt.t()
+    pruned = pruned_t.t() | dead.unsqueeze(0)
     W[pruned] = 0
     w.copy_(W.to(w.dtype))
     return ~pruned
