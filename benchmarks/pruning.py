@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--eval-seqlen", type=int, default=2048)
     ap.add_argument("--llmc", action="store_true", help="also run llm-compressor (separate venv)")
     ap.add_argument("--skip-floor", action="store_true")
+    ap.add_argument("--skip-statistics-floor", action="store_true", help="time the two-pass floor only")
     ap.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model")
     ap.add_argument("--skip-ours", action="store_true", help="run only the llm-compressor side (with --llmc)")
     ap.add_argument("--dtypes", default="float32",
@@ -136,7 +137,7 @@ def main() -> None:
             print("measured:", rows[-1], flush=True)
 
         if not args.skip_floor:
-            measure_floors(lm, ctx, windows, dtype, floors, stat_floors)
+            measure_floors(lm, ctx, windows, dtype, floors, None if args.skip_statistics_floor else stat_floors)
 
         for method in args.methods.split(",") if not args.skip_ours else []:
             for structure in args.structures.split(","):

@@ -157,3 +157,38 @@ def test_projections_sharing_an_input_are_quantized_as_if_alone(step):
         grid = gptq_quantize(alone[n], h, c.bits, c.group_size, c.symmetric, c.act_order, c.blocksize, c.percdamp, [], n)
         assert torch.allclose(lm.weight(n), alone[n], atol=1e-5), n
         assert torch.allclose(gptq.grids[n].scale, grid.scale, atol=1e-6) and torch.equal(gptq.grids[n].zero, grid.zero), n
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_matches_the_textbook_column_by_column_algorithm(act_order):
+    """The lazy-block sweep on transposed weights equals GPTQ written plainly: one column at
+    a time, its error pushed into every later column at once, each group's grid fitted when
+    the sweep reaches it (or, with act-order, up front on the original weights)."""
+    from lmcompose.quant import fit_scale_zero, quantize_dequantize
+    from lmcompose_gptq.algorithm import inverse_cholesky_upper
+
+    x, gen = correlated(d=48)
+    w = torch.randn(12, 48, generator=gen)
+    h, bits, g = 2 * x.t() @ x / x.shape[0], 3, 16
+    fast = w.clone()
+    gptq_quantize(fast, h, bits, g, False, act_order, 16, 0.01, [], "w")
+
+    W, H = w.clone(), h.clone()
+    group_of = torch.arange(48) // g
+    grids = {}
+    if act_order:
+        grids = {k: fit_scale_zero(w[:, k * g : (k + 1) * g], bits, False) for k in range(48 // g)}
+        perm = torch.argsort(torch.diag(H), descending=True, stable=True)
+        W, H, group_of = W[:, perm], H[perm][:, perm], group_of[perm]
+    u = inverse_cholesky_upper(H, 0.01)[0].float()
+    for j in range(48):
+        k = int(group_of[j])
+        if not act_order and j % g == 0:
+            grids[k] = fit_scale_zero(W[:, j : j + g], bits, False)
+        q = quantize_dequantize(W[:, j], *grids[k], bits)
+        err = (W[:, j] - q) / u[j, j]
+        W[:, j] = q
+        W[:, j + 1 :] -= err[:, None] * u[j, j + 1 :][None, :]
+    if act_order:
+        W = W[:, torch.argsort(perm)]
+    assert torch.allclose(fast, W, atol=1e-4)
