@@ -52,14 +52,14 @@ class Gram:
         device = torch.device(device) if device is not None else torch.device("cpu")
         k = max(1, -(-d // stripe)) if device.type == "cpu" else 1
         self.d = d
-        self.edges = [round(d * i / k) for i in range(k + 1)]
-        self.stripes = [torch.zeros(b - a, d - a, dtype=torch.float32, device=device)
-                        for a, b in zip(self.edges[:-1], self.edges[1:], strict=True)]
+        edges = [round(d * i / k) for i in range(k + 1)]
+        self.spans = list(zip(edges[:-1], edges[1:], strict=True))  # stripe rows [a, b)
+        self.stripes = [torch.zeros(b - a, d - a, dtype=torch.float32, device=device) for a, b in self.spans]
         self.tokens = 0
 
     def add(self, x: torch.Tensor) -> None:
         x = x.float()
-        for (a, b), buf in zip(zip(self.edges[:-1], self.edges[1:], strict=True), self.stripes, strict=True):
+        for (a, b), buf in zip(self.spans, self.stripes, strict=True):
             buf.addmm_(x[:, a:b].t(), x[:, a:])
         self.tokens += x.shape[0]
 
@@ -70,13 +70,35 @@ class Gram:
             upper = self.stripes[0]
         else:
             upper = torch.zeros(self.d, self.d, dtype=torch.float32, device=self.stripes[0].device)
-            for (a, b), buf in zip(zip(self.edges[:-1], self.edges[1:], strict=True), self.stripes, strict=True):
+            for (a, b), buf in zip(self.spans, self.stripes, strict=True):
                 upper[a:b, a:] = buf
         return upper.triu() + upper.triu(1).t()
 
     def second_moment(self) -> torch.Tensor:
         """E[xxᵀ] = Σ xxᵀ / tokens."""
         return self.xxt / max(self.tokens, 1)
+
+
+DAMPING_TRIES = 4
+
+
+def inverse_cholesky_upper(h: torch.Tensor, percdamp: float) -> tuple[torch.Tensor | None, float, int]:
+    """(U, λ, extra tries) for the second-order solvers (SparseGPT, GPTQ): U upper-triangular
+    with UᵀU = (H + λI)⁻¹, λ = percdamp · mean(diag H), in float32 as in the reference code;
+    λ grows ×10 while H + λI is not positive definite, and U is None when it still is not
+    after ``DAMPING_TRIES`` tries (the caller decides what to do)."""
+    h = h.float()
+    diag_mean = float(torch.diag(h).mean())
+    damp = percdamp * diag_mean if diag_mean > 0 else 1.0
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    for attempt in range(DAMPING_TRIES):
+        lower, info = torch.linalg.cholesky_ex(h + damp * eye)
+        if int(info) == 0:
+            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+            if int(info) == 0:
+                return upper, damp, attempt
+        damp *= 10
+    return None, damp / 10, DAMPING_TRIES
 
 
 def _layer_output(out: Any) -> torch.Tensor:

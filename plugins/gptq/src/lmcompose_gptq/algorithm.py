@@ -23,26 +23,8 @@ the result lies on the returned grid and ``QuantGrid.snap_`` is a no-op on it.
 from __future__ import annotations
 
 import torch
+from lmcompose.calibration import inverse_cholesky_upper
 from lmcompose.quant import QuantGrid, fit_scale_zero, group_index, max_level, n_groups
-
-DAMPING_TRIES = 4
-
-
-def inverse_cholesky_upper(h: torch.Tensor, percdamp: float) -> tuple[torch.Tensor | None, float, int]:
-    """(U, λ, extra tries): U upper-triangular with UᵀU = (H + λI)⁻¹, in float32 (as the reference code); U is None
-    when H + λI is not positive definite even after raising λ ×10 three times."""
-    h = h.float()
-    diag_mean = float(torch.diag(h).mean())
-    damp = percdamp * diag_mean if diag_mean > 0 else 1.0
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    for attempt in range(DAMPING_TRIES):
-        lower, info = torch.linalg.cholesky_ex(h + damp * eye)
-        if int(info) == 0:
-            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
-            if int(info) == 0:
-                return upper, damp, attempt
-        damp *= 10
-    return None, damp / 10, DAMPING_TRIES
 
 
 @torch.no_grad()

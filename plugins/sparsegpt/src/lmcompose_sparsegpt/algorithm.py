@@ -13,31 +13,22 @@ remaining columns of the block, and the block's error over the later columns.
 from __future__ import annotations
 
 import torch
-
-MAX_DAMPING_TRIES = 4
+from lmcompose.calibration import inverse_cholesky_upper
 
 
 def damped_inverse_cholesky(h: torch.Tensor, percdamp: float, messages: list[str], where: str) -> torch.Tensor:
-    """Upper Cholesky factor of (H + λI)⁻¹ in float32 (as the reference code); λ grows ×10 while H is not PD."""
-    h = h.float()
-    diag_mean = float(torch.diag(h).mean())
-    damp = percdamp * diag_mean if diag_mean > 0 else 1.0
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    for attempt in range(MAX_DAMPING_TRIES):
-        lower, info = torch.linalg.cholesky_ex(h + damp * eye)
-        if int(info) == 0:
-            inv = torch.cholesky_inverse(lower)
-            upper, info = torch.linalg.cholesky_ex(inv, upper=True)
-            if int(info) == 0:
-                if attempt:
-                    messages.append(f"{where}: Hessian not positive definite at percdamp={percdamp}; used damping {damp:.3g} ({attempt} x10 increases)")
-                return upper
-        damp *= 10
-    from lmcompose.errors import NumericalError
+    """The core's damped inverse Cholesky factor; notes raised damping, and raises
+    NumericalError when H stays not positive definite."""
+    upper, damp, extra = inverse_cholesky_upper(h, percdamp)
+    if upper is None:
+        from lmcompose.errors import NumericalError
 
-    raise NumericalError(
-        f"{where}: Hessian not positive definite even with damping {damp / 10:.3g}; raise percdamp or use more calibration samples"
-    )
+        raise NumericalError(
+            f"{where}: Hessian not positive definite even with damping {damp:.3g}; raise percdamp or use more calibration samples"
+        )
+    if extra:
+        messages.append(f"{where}: Hessian not positive definite at percdamp={percdamp}; used damping {damp:.3g} ({extra} x10 increases)")
+    return upper
 
 
 @torch.no_grad()
