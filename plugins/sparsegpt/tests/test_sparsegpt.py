@@ -91,3 +91,62 @@ def test_dead_inputs_are_pruned():
     x[:, 3] = 0
     keep = sparsegpt_prune(w, x.t() @ x, 0.25, None, 128, 0.01, [], "w")
     assert not keep[:, 3].any() and (w[:, 3] == 0).all()
+
+
+@pytest.mark.parametrize("nm", [None, (2, 4)])
+def test_stacked_matrices_are_pruned_as_if_alone(nm):
+    """rows=[...]: one sweep over matrices stacked row-wise gives each matrix the mask and
+    weights a sweep of its own gives. The matrices' scales differ, so an unstructured
+    selection ranked across all stacked rows would give them different masks."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(512, 64, generator=gen) @ torch.randn(64, 64, generator=gen)
+    h = x.t() @ x
+    ws = [torch.randn(r, 64, generator=gen) * s for r, s in ((24, 1.0), (8, 3.0), (16, 0.2))]
+    stacked = torch.cat(ws)
+    keep = sparsegpt_prune(stacked, h, 0.5, nm, 32, 0.01, [], "qkv", rows=[24, 8, 16])
+    start = 0
+    for w in ws:
+        alone = w.clone()
+        keep_alone = sparsegpt_prune(alone, h, 0.5, nm, 32, 0.01, [], "w")
+        assert torch.equal(keep[start : start + len(w)], keep_alone)
+        assert torch.allclose(stacked[start : start + len(w)], alone, atol=1e-5)
+        start += len(w)
+    global_selection = torch.cat(ws)
+    sparsegpt_prune(global_selection, h, 0.5, nm, 32, 0.01, [], "all rows ranked together")
+    if nm is None:  # the check above can fail: ranking all rows together prunes otherwise
+        assert not torch.equal(global_selection != 0, keep)
+    with pytest.raises(ValueError, match="do not add up"):
+        sparsegpt_prune(torch.cat(ws), h, 0.5, nm, 32, 0.01, [], "qkv", rows=[24, 8])
+
+
+@pytest.mark.parametrize("step", ["sparsity=0.5", "structure=2:4"])
+def test_projections_sharing_an_input_are_pruned_in_one_sweep_as_if_alone(monkeypatch, step):
+    """On the pipeline, q/k/v and gate/up (one input each) go through one stacked sweep;
+    each comes out with the mask and weights a sweep of its own matrix with that H gives."""
+    import lmcompose_sparsegpt.algorithm as algorithm
+
+    real = algorithm.sparsegpt_prune
+    calls = []
+
+    def spy(w, h, sparsity, nm, blocksize, percdamp, messages, where, rows=None):
+        calls.append((where, w.detach().clone(), h.clone(), rows))
+        return real(w, h, sparsity, nm, blocksize, percdamp, messages, where, rows=rows)
+
+    monkeypatch.setattr(algorithm, "sparsegpt_prune", spy)
+    lm = tiny_model("llama")
+    sgpt = build_intervention(parse_step(f"sparsegpt:{step}"))
+    sgpt.apply(lm, ctx())
+    c = sgpt.config
+    groups = [[f"model.layers.0.self_attn.{p}_proj" for p in "qkv"], [f"model.layers.0.mlp.{p}_proj" for p in ("gate", "up")]]
+    seen = {where: (w0, h, rows) for where, w0, h, rows in calls}
+    assert "model.layers.0.self_attn.o_proj" in seen and "model.layers.0.mlp.down_proj" in seen
+    for group in groups:
+        w0, h, rows = seen["+".join(group)]
+        assert rows == [lm.weight(n).shape[0] for n in group]
+        start = 0
+        for name, r in zip(group, rows, strict=True):
+            alone = w0[start : start + r].clone()
+            keep = real(alone, h, c.sparsity, (2, 4) if "2:4" in step else None, c.blocksize, c.percdamp, [], name)
+            assert torch.equal(sgpt.masks[name], keep), name
+            assert torch.allclose(lm.weight(name), alone, atol=1e-5), name
+            start += r

@@ -90,10 +90,13 @@ class LayerwisePruner(LayerwiseCalibrated):
 
     def process_layer(self, lm: Any, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:
         for name in names:
-            keep = self.prune_weight(name, lm.weight(name), stats_of(name), messages)
-            self.masks[name] = keep
-            lm.record_keep_mask(name, keep)
-            self._per_layer[name] = 1.0 - float(keep.float().mean())
+            self.record_mask(lm, name, self.prune_weight(name, lm.weight(name), stats_of(name), messages))
+
+    def record_mask(self, lm: Any, name: str, keep: Any) -> None:
+        """Keep ``keep`` (True = kept) as ``name``'s mask for project() and the report."""
+        self.masks[name] = keep
+        lm.record_keep_mask(name, keep)
+        self._per_layer[name] = 1.0 - float(keep.float().mean())
 
     def apply(self, lm: Any, ctx: Context) -> StepReport:
         start = time.perf_counter()

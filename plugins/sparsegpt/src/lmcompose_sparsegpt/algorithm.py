@@ -8,6 +8,12 @@ H⁻¹ (computed in float32, as in the reference code) drives the OBS updates. C
 round(sparsity · block size) weights per block, unstructured) or, every M columns, the
 M − N smallest of each row's group (N:M); each pruned weight's error is spread over the
 remaining columns of the block, and the block's error over the later columns.
+
+Every row is treated alone given H except in the unstructured selection, which ranks a
+whole block of one matrix at once. Projections fed the same input (q/k/v, gate/up) may
+therefore be stacked row-wise and pruned in one sweep if ``rows`` gives each matrix's row
+count: the selection is then made within each matrix's rows, exactly as separate sweeps
+would make it, and the Cholesky factor and the column loop are shared.
 """
 
 from __future__ import annotations
@@ -33,9 +39,16 @@ def damped_inverse_cholesky(h: torch.Tensor, percdamp: float, messages: list[str
 
 @torch.no_grad()
 def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, sparsity: float, nm: tuple[int, int] | None,
-                    blocksize: int, percdamp: float, messages: list[str], where: str) -> torch.Tensor:
-    """Prune ``w`` (out, in) in place given H (in, in); return the keep mask."""
+                    blocksize: int, percdamp: float, messages: list[str], where: str,
+                    rows: list[int] | None = None) -> torch.Tensor:
+    """Prune ``w`` (out, in) in place given H (in, in); return the keep mask.
+
+    ``rows``: the row counts of the matrices stacked in ``w`` (default: one matrix); the
+    unstructured mask of each block is chosen within each matrix's rows."""
     out_f, in_f = w.shape
+    segments = [out_f] if rows is None else list(rows)
+    if sum(segments) != out_f:
+        raise ValueError(f"{where}: row counts {segments} do not add up to {out_f} rows")
     if nm is not None and (in_f % nm[1] or blocksize % nm[1]):
         from lmcompose.errors import ConfigError
 
@@ -61,11 +74,14 @@ def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, sparsity: float, nm: tuple
         mask1 = torch.zeros(W1.shape, dtype=torch.bool, device=W1.device)
         if nm is None:
             scores = (W1**2 / d.unsqueeze(1) ** 2).t()  # (out, count): ranked in the (row, column) order
-            k = int(round(scores.numel() * sparsity))
-            if k:
-                chosen = torch.zeros(scores.shape, dtype=torch.bool, device=W1.device)
-                chosen.view(-1)[torch.argsort(scores.flatten(), stable=True)[:k]] = True
-                mask1 = chosen.t().contiguous()
+            chosen = torch.zeros(scores.shape, dtype=torch.bool, device=W1.device)
+            start = 0
+            for r in segments:  # each stacked matrix's block is ranked on its own
+                k = int(round(r * count * sparsity))
+                if k:
+                    chosen[start : start + r].view(-1)[torch.argsort(scores[start : start + r].flatten(), stable=True)[:k]] = True
+                start += r
+            mask1 = chosen.t().contiguous()
         for i in range(count):
             column = W1[i]
             if nm is not None and i % nm[1] == 0:

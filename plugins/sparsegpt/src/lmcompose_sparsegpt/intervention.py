@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from lmcompose.calibration import Gram
@@ -22,10 +23,34 @@ class SparseGPT(LayerwisePruner):
     def observe(self, stats: Gram, x: Any) -> None:
         stats.add(x)
 
-    def prune_weight(self, name: str, w: Any, stats: Gram, messages: list[str]) -> Any:
+    def process_layer(self, lm: Any, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:
+        """Projections fed one tensor (q/k/v, gate/up) share H: their weights are stacked
+        row-wise and pruned in one sweep (one Cholesky, one column loop), each block's
+        unstructured mask still chosen within each matrix's own rows, so every matrix is
+        pruned as a sweep of its own would prune it."""
+        import torch
+
+        shared: dict[int, list[str]] = {}
+        for name in names:
+            shared.setdefault(id(stats_of(name)), []).append(name)
+        for group in shared.values():
+            weights = [lm.weight(n) for n in group]
+            if len(group) == 1:
+                self.record_mask(lm, group[0], self.prune_weight(group[0], weights[0], stats_of(group[0]), messages))
+                continue
+            stacked = torch.cat(weights, dim=0)
+            keep = self.prune_weight("+".join(group), stacked, stats_of(group[0]), messages, rows=[w.shape[0] for w in weights])
+            start = 0
+            for name, w in zip(group, weights, strict=True):
+                rows = slice(start, start + w.shape[0])
+                w.copy_(stacked[rows])
+                self.record_mask(lm, name, keep[rows].clone())
+                start += w.shape[0]
+
+    def prune_weight(self, name: str, w: Any, stats: Gram, messages: list[str], rows: list[int] | None = None) -> Any:
         from lmcompose.sparsity import parse_structure
 
         from lmcompose_sparsegpt.algorithm import sparsegpt_prune
 
         return sparsegpt_prune(w, stats.xxt, self.config.sparsity, parse_structure(self.config.structure),
-                               self.config.blocksize, self.config.percdamp, messages, name)
+                               self.config.blocksize, self.config.percdamp, messages, name, rows=rows)
