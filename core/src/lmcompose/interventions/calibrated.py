@@ -161,6 +161,16 @@ class LayerwiseQuantizer(LayerwiseCalibrated):
 
 
 # -- config fields shared by the layer-wise quantizers (same meaning as rtn's) ------------
+def groups_sharing_stats(names: list[str], stats_of: Callable[[str], Any]) -> list[list[str]]:
+    """``names`` grouped by their statistics object, in order: projections fed the same
+    tensor (q/k/v, gate/up) share one, so a solver that treats rows alone given H can stack
+    a group into one sweep (GPTQ, SparseGPT)."""
+    shared: dict[int, list[str]] = {}
+    for name in names:
+        shared.setdefault(id(stats_of(name)), []).append(name)
+    return list(shared.values())
+
+
 def bits_field(default: int = 4) -> Any:
     from dataclasses import field
 

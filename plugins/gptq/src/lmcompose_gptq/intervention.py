@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lmcompose.calibration import Gram
-from lmcompose.interventions.calibrated import LayerwiseQuantizer
+from lmcompose.interventions.calibrated import LayerwiseQuantizer, groups_sharing_stats
 
 from lmcompose_gptq.config import GPTQConfig
 
@@ -45,11 +45,8 @@ class GPTQ(LayerwiseQuantizer):
         from lmcompose_gptq.algorithm import gptq_quantize
 
         c = self.config
-        shared: dict[int, list[str]] = {}
-        for name in names:
-            shared.setdefault(id(stats_of(name)), []).append(name)
         grids = {}
-        for group in shared.values():
+        for group in groups_sharing_stats(names, stats_of):
             weights = [lm.weight(n) for n in group]
             stacked = weights[0] if len(group) == 1 else torch.cat(weights, dim=0)
             before = len(messages)

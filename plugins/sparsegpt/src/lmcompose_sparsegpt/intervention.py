@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lmcompose.calibration import Gram
-from lmcompose.interventions.calibrated import LayerwisePruner
+from lmcompose.interventions.calibrated import LayerwisePruner, groups_sharing_stats
 
 from lmcompose_sparsegpt.config import SparseGPTConfig
 
@@ -30,10 +30,7 @@ class SparseGPT(LayerwisePruner):
         pruned as a sweep of its own would prune it."""
         import torch
 
-        shared: dict[int, list[str]] = {}
-        for name in names:
-            shared.setdefault(id(stats_of(name)), []).append(name)
-        for group in shared.values():
+        for group in groups_sharing_stats(names, stats_of):
             weights = [lm.weight(n) for n in group]
             if len(group) == 1:
                 self.record_mask(lm, group[0], self.prune_weight(group[0], weights[0], stats_of(group[0]), messages))
