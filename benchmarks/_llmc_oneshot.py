@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 def main() -> None:
     folder, windows_path, method, structure, out = sys.argv[1:6]
     dtype = getattr(torch, sys.argv[6] if len(sys.argv) > 6 else "float32")
+    block_size = int(sys.argv[7]) if len(sys.argv) > 7 else 0  # 0: SparseGPTModifier's default
     windows = torch.load(windows_path, weights_only=True)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(folder)
@@ -27,6 +28,8 @@ def main() -> None:
         kwargs["sparsity"], kwargs["mask_structure"] = 0.5, structure
     else:
         kwargs["sparsity"] = float(structure)
+    if block_size and method == "sparsegpt":
+        kwargs["block_size"] = block_size
     modifier = SparseGPTModifier(**kwargs) if method == "sparsegpt" else WandaPruningModifier(**kwargs)
     start = time.perf_counter()
     oneshot(model=model, dataset=ds, recipe=[modifier], num_calibration_samples=len(windows), max_seq_length=windows.shape[1])

@@ -94,8 +94,9 @@ def print_floors(floors: dict, stat_floors: dict) -> None:
                   f"{stat_floors[dtype]:.1f} s = {stat_floors[dtype] / floor:.2f} x the two-pass floor")
 
 
-def step_text(method: str, structure: str) -> str:
-    return f"{method}:structure={structure}" if ":" in structure else f"{method}:sparsity={structure}"
+def step_text(method: str, structure: str, block_size: int | None = None) -> str:
+    text = f"{method}:structure={structure}" if ":" in structure else f"{method}:sparsity={structure}"
+    return text + (f",blocksize={block_size}" if block_size and method == "sparsegpt" else "")
 
 
 def main() -> None:
@@ -112,6 +113,8 @@ def main() -> None:
     ap.add_argument("--skip-statistics-floor", action="store_true", help="time the two-pass floor only")
     ap.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model")
     ap.add_argument("--skip-ours", action="store_true", help="run only the llm-compressor side (with --llmc)")
+    ap.add_argument("--block-size", type=int, default=None,
+                    help="SparseGPT lazy-update block size on both sides (ours: blocksize, llm-compressor: block_size); default: each side's own (128)")
     ap.add_argument("--dtypes", default="float32",
                     help="compute dtypes, run one after the other (float32,bfloat16 puts bf16 beside fp32; statistics stay float32/64)")
     args = ap.parse_args()
@@ -142,7 +145,7 @@ def main() -> None:
         for method in args.methods.split(",") if not args.skip_ours else []:
             for structure in args.structures.split(","):
                 lm.restore(pristine)
-                step = build_intervention(parse_step(step_text(method, structure)))
+                step = build_intervention(parse_step(step_text(method, structure, args.block_size)))
                 t0 = time.perf_counter()
                 report = step.apply(lm, ctx)
                 elapsed = time.perf_counter() - t0
@@ -158,7 +161,7 @@ def main() -> None:
                     for structure in args.structures.split(","):
                         out = tmp / f"{method}-{structure.replace(':', '_')}"
                         res = subprocess.run([str(py), str(ROOT / "benchmarks" / "_llmc_oneshot.py"), lm.source, str(tmp / "windows.pt"),
-                                              method, structure, str(out), dtype],
+                                              method, structure, str(out), dtype, str(args.block_size or 0)],
                                              capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
                         if res.returncode != 0:
                             print(f"llm-compressor {method} {structure} failed:\n{res.stderr[-3000:]}", file=sys.stderr)
