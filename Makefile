@@ -65,7 +65,7 @@ lint: install
 	$(BIN)/ruff check .
 
 bench: install
-	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	@for f in benchmarks/[!_]*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 models: install
 	$(BIN)/lmcompose models --prepare
