@@ -59,6 +59,9 @@ def main() -> None:
     ap.add_argument("--symmetric", action="store_true")
     ap.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True, help="GPTQ act-order (static groups), both sides")
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--eval-dtype", default=None,
+                    help="evaluate every model in this dtype (e.g. float32 after bfloat16 compute: the compute dtype's effect on the "
+                         "weights alone, with evaluation at fp32 speed); default: each model in its compute dtype")
     ap.add_argument("--n-samples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--eval-windows", type=int, default=40)
@@ -89,10 +92,17 @@ def main() -> None:
         ppl = build_metrics(["perplexity"], {"perplexity": {"seqlen": args.eval_seqlen, "max_tokens": args.eval_windows * args.eval_seqlen}})[0]
         header = (f"model {args.model}, torch threads {torch.get_num_threads()}; calibration {windows.shape[0]} x {windows.shape[1]} tokens; "
                   f"perplexity: wikitext-2 test, first {args.eval_windows} windows of {min(args.eval_seqlen, lm.max_positions)}; "
-                  f"group {args.group_size}, {'symmetric' if args.symmetric else 'asymmetric'}, GPTQ act-order {args.act_order}")
+                  f"group {args.group_size}, {'symmetric' if args.symmetric else 'asymmetric'}, GPTQ act-order {args.act_order}"
+                  + (f"; every model evaluated in {args.eval_dtype}" if args.eval_dtype else ""))
 
-        def evaluate(model_lm, ppl=ppl, ctx=ctx) -> float:
-            return ppl.compute(model_lm, ctx)["perplexity"]
+        def evaluate(model_lm, ppl=ppl, ctx=ctx, dtype=dtype) -> float:
+            if not args.eval_dtype or args.eval_dtype == dtype:
+                return ppl.compute(model_lm, ctx)["perplexity"]
+            model_lm.model.to(getattr(torch, args.eval_dtype))  # exact upcast; cast back after (lossless)
+            try:
+                return ppl.compute(model_lm, ctx)["perplexity"]
+            finally:
+                model_lm.model.to(getattr(torch, dtype))
 
         if not args.skip_dense:
             rows.append((dtype, "dense", "-", evaluate(lm), 0.0, None))
