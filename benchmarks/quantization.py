@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="end-to-end check: 8 x 512 calibration, 4 eval windows of 512, fp32 only, llm-compressor only if its venv exists")
     args = ap.parse_args()
+    if args.eval_dtype and any(torch.finfo(getattr(torch, args.eval_dtype)).bits < torch.finfo(getattr(torch, d)).bits
+                               for d in args.dtypes.split(",")):
+        ap.error("--eval-dtype must be at least as wide as every compute dtype (the model is cast there and back)")
     methods = [m for m in args.methods.split(",") if m]
     extra = [t.strip() for t in args.steps.split(";") if t.strip()]
     if args.quick:
@@ -98,7 +101,7 @@ def main() -> None:
         def evaluate(model_lm, ppl=ppl, ctx=ctx, dtype=dtype) -> float:
             if not args.eval_dtype or args.eval_dtype == dtype:
                 return ppl.compute(model_lm, ctx)["perplexity"]
-            model_lm.model.to(getattr(torch, args.eval_dtype))  # exact upcast; cast back after (lossless)
+            model_lm.model.to(getattr(torch, args.eval_dtype))  # a widening cast, so exact both ways
             try:
                 return ppl.compute(model_lm, ctx)["perplexity"]
             finally:
