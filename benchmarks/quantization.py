@@ -34,7 +34,7 @@ import torch
 from lmcompose.api import Context
 from lmcompose.compose import build_intervention, build_metrics, parse_step
 from lmcompose.metrics.compression import compression_summary
-from lmcompose.models.loading import load_model
+from lmcompose.models.loading import DTYPES, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--symmetric", action="store_true")
     ap.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True, help="GPTQ act-order (static groups), both sides")
     ap.add_argument("--dtypes", default="float32,bfloat16")
-    ap.add_argument("--eval-dtype", default=None,
+    ap.add_argument("--eval-dtype", default=None, choices=DTYPES,
                     help="evaluate every model in this dtype (e.g. float32 after bfloat16 compute: the compute dtype's effect on the "
                          "weights alone, with evaluation at fp32 speed); default: each model in its compute dtype")
     ap.add_argument("--n-samples", type=int, default=128)

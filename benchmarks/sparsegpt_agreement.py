@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from lmcompose.api import Context
+from lmcompose.models.arch import weight_matrix
 from lmcompose.models.loading import load_model
 from lmcompose_sparsegpt.algorithm import sparsegpt_prune
 
@@ -55,16 +56,12 @@ torch.save(out, sys.argv[2])
 
 @torch.no_grad()
 def collect_problems(lm, windows: torch.Tensor, layers: list[int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(W, H) in float32 for every nn.Linear of the given decoder layers; H = Σ xxᵀ over
+    """(W, H) in float32 for every projection of the given decoder layers; H = Σ xxᵀ over
     all calibration tokens, accumulated in float64, of the dense model."""
-    wanted = {}
-    for name, mod in lm.model.named_modules():
-        parts = name.split(".")
-        if isinstance(mod, torch.nn.Linear) and "layers" in parts:
-            index = int(parts[parts.index("layers") + 1])
-            if index in layers:
-                wanted[name] = mod
-    hs = {name: torch.zeros(mod.in_features, mod.in_features, dtype=torch.float64) for name, mod in wanted.items()}
+    prefixes = tuple(f"{lm.arch.layers}.{i}." for i in layers)
+    wanted = {name: mod for name, mod in lm.linear_layers() if name.startswith(prefixes)}
+    widths = {name: weight_matrix(mod).shape[1] for name, mod in wanted.items()}
+    hs = {name: torch.zeros(d, d, dtype=torch.float64) for name, d in widths.items()}
 
     def hook(name):
         def fn(_mod, args):
@@ -75,15 +72,14 @@ def collect_problems(lm, windows: torch.Tensor, layers: list[int]) -> dict[str, 
     handles = [mod.register_forward_pre_hook(hook(name)) for name, mod in wanted.items()]
     try:
         decoder = lm.model.base_model
-        last = max(layers)
         for j in range(windows.shape[0]):
             decoder(windows[j : j + 1], use_cache=False)
-            print(f"\rcollected window {j + 1}/{windows.shape[0]} (layers up to {last})", end="", file=sys.stderr)
+            print(f"\rcollected window {j + 1}/{windows.shape[0]}", end="", file=sys.stderr)
         print(file=sys.stderr)
     finally:
         for h in handles:
             h.remove()
-    return {name: (mod.weight.detach().float().clone(), hs[name].float()) for name, mod in wanted.items()}
+    return {name: (weight_matrix(mod).float().clone(), hs[name].float()) for name, mod in wanted.items()}
 
 
 def relative_error(w: torch.Tensor, pruned: torch.Tensor, h: torch.Tensor) -> tuple[float, float]:
@@ -103,11 +99,14 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=512)
     args = ap.parse_args()
 
-    if ":" in args.structure:
-        n, m = (int(v) for v in args.structure.split(":"))
-        nm, sparsity, llmc_n, llmc_m = (n, m), 0.5, m - n, m  # llm-compressor's prune_n counts the pruned
-    else:
-        nm, sparsity, llmc_n, llmc_m = None, float(args.structure), 0, 0
+    try:
+        if ":" in args.structure:
+            n, m = (int(v) for v in args.structure.split(":"))
+            nm, sparsity, llmc_n, llmc_m = (n, m), 0.5, m - n, m  # llm-compressor's prune_n counts the pruned
+        else:
+            nm, sparsity, llmc_n, llmc_m = None, float(args.structure), 0, 0
+    except ValueError:
+        ap.error(f"--structure {args.structure!r}: give N:M (e.g. 2:4) or an unstructured sparsity in [0, 1) (e.g. 0.5)")
     blocks = [int(b) for b in args.block_sizes.split(",")]
     layers = [int(v) for v in args.layers.split(",")]
 
@@ -153,16 +152,15 @@ def main() -> None:
     print(f"{'all, weights':<34}" + "".join(f"{f'{d} of {s}':>24}" for d, s in totals.values()))
     print("relative layer error tr(ΔW H ΔWᵀ) / tr(W H Wᵀ):")
     print(f"{'projection':<34}" + "".join(f"{label:>12}" for label, *_ in runs))
-    sums = {label: [0.0, 0.0] for label, *_ in runs}
+    sums = dict.fromkeys((label for label, *_ in runs), 0.0)
     for name, (w, h) in problems.items():
         cells = []
         for label, res, b in runs:
             err, ref = relative_error(w, res[f"{name}@{b}"], h)
-            sums[label][0] += err / ref
-            sums[label][1] += 1
+            sums[label] += err / ref
             cells.append(f"{err / ref:>12.5f}")
         print(f"{name.removeprefix('model.'):<34}" + "".join(cells))
-    print(f"{'mean':<34}" + "".join(f"{e / k:>12.5f}" for e, k in sums.values()))
+    print(f"{'mean':<34}" + "".join(f"{total / len(problems):>12.5f}" for total in sums.values()))
 
 
 if __name__ == "__main__":
