@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from lmcompose import hookspecs
+from lmcompose import hookimpl, hookspecs
 from lmcompose.errors import DuplicateNameError, PluginLoadError
 from lmcompose.plugins import (
     PluginLoadWarning,
@@ -78,10 +78,65 @@ def test_hook_register_commands(fake_dists):
     assert "hello from the test plugin" in result.output
 
 
+class _Recorder:
+    """An event plugin that records what the host tells it (row_written, run_closed)."""
+
+    def __init__(self, fail: bool = False):
+        self.rows, self.closed, self.fail = [], [], fail
+
+    @hookimpl
+    def row_written(self, row, run):
+        if self.fail:
+            raise RuntimeError("tracker is down")
+        self.rows.append((row["position"], run.run_id, run.kind, run.folder))
+
+    @hookimpl
+    def run_closed(self, run, status):
+        self.closed.append((run.run_id, status))
+
+
+def test_hook_row_written(register, tmp_path):
+    from lmcompose.compose import compose
+    from lmcompose.models.tiny import tiny_model
+    from lmcompose.results import read_rows
+
+    rec = _Recorder()
+    register(rec, "recorder")
+    rows = compose(tiny_model("llama"), ["magnitude", "rtn"], metrics=["avg_bits"], out=tmp_path, run_id="r1")
+    assert [r[0] for r in rec.rows] == [0, 1, 2] == [r["position"] for r in rows]
+    assert {r[1:] for r in rec.rows} == {("r1", "run", tmp_path)}
+    # a tracker that raises is reported once and loses nothing: every row is on disk
+    broken = _Recorder(fail=True)
+    register(broken, "broken-tracker")
+    with pytest.warns(PluginLoadWarning, match="broken-tracker.*row_written raised RuntimeError: tracker is down"):
+        compose(tiny_model("llama"), ["magnitude"], metrics=["avg_bits"], out=tmp_path / "b", run_id="r2")
+    assert [r["position"] for r in read_rows(tmp_path / "b" / "results.jsonl")] == [0, 1]
+
+
+def test_hook_run_closed(register, tmp_path):
+    from lmcompose.engine import RunFolder
+    from lmcompose.plugins import notify_run_closed
+
+    from lmcompose.compose import compose
+    from lmcompose.models.tiny import tiny_model
+
+    rec = _Recorder()
+    register(rec, "recorder")
+    compose(tiny_model("llama"), ["magnitude"], metrics=["avg_bits"], out=tmp_path / "a", run_id="r3")
+    assert rec.closed == [("r3", "finished")]
+    with pytest.raises(RuntimeError), RunFolder(tmp_path / "b", "r4", "sweep") as folder:
+        folder.write_config()
+        raise RuntimeError("interrupted")
+    assert rec.closed[-1] == ("r4", "failed")
+    RunFolder(tmp_path / "c", "r5", "sweep").open().close()  # a check that writes nothing owes no event
+    notify_run_closed(RunFolder(tmp_path / "c", "r5", "sweep").info, "incomplete")
+    assert rec.closed[-1] == ("r5", "incomplete") and len(rec.closed) == 3
+
+
 def test_every_hook_has_a_test():
     source = Path(__file__).read_text()
     hooks = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(f, "lmcompose_spec")]
-    assert len(hooks) == 5
+    assert len(hooks) == 7
     missing = [h for h in hooks if not re.search(rf"def test_hook_{h}\(", source)]
     assert not missing, f"hooks without a test: {missing}"
 

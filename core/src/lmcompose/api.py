@@ -422,6 +422,13 @@ class Metric:
     def compute(self, lm: Any, ctx: Context) -> dict[str, float | None]:  # pragma: no cover
         raise NotImplementedError
 
+    def reference(self, lm: Any, ctx: Context) -> None:
+        """Record on the base model what later evaluations compare against (kept in
+        ``ctx.state``). The engine calls it on the unmodified model, with ``ctx.edits`` set,
+        for every edit batch it will evaluate, before the first step: so a process that
+        resumes a run, or runs one part of a study, has the same references as one that
+        evaluated the base model itself. Default: nothing to record."""
+
 
 class EditDataset:
     """An edit dataset: ``load(source, limit, seed, replicate, skip_invalid) -> list[EditRecord]``.

@@ -16,7 +16,7 @@ from typing import Any
 from lmcompose.errors import DataError
 from lmcompose.models.loading import cache_dir
 
-__all__ = ["cache_dir", "data_dir", "wikitext_text", "sample_text", "calibration_windows", "sample_path"]
+__all__ = ["cache_dir", "calibration_windows", "corpus_identity", "data_dir", "sample_path", "sample_text", "wikitext_file", "wikitext_text"]
 
 WIKITEXT_FILES = {
     "test": ("wiki.test.raw",),
@@ -49,14 +49,9 @@ def wikitext_rows(raw: str) -> list[str]:
     return [line + "\n" if line.strip() else "" for line in raw.split("\n")[:-1]]
 
 
-def wikitext_text(split: str, source: str | Path | None = None) -> tuple[str, str] | None:
-    """``"\\n\\n".join`` of the split's rows and where it came from, or None if unavailable.
-
-    Looks in ``source`` (a folder), then the data folder, then (unless HF_HUB_OFFLINE=1)
-    the hub dataset ``wikitext``/``wikitext-2-raw-v1``.
-    """
-    if split not in WIKITEXT_FILES:
-        raise DataError(f"wikitext-2 has no split {split!r}; use one of {', '.join(WIKITEXT_FILES)}")
+def wikitext_file(split: str, source: str | Path | None = None) -> Path | None:
+    """The local wikitext-2 raw file of ``split``: in ``source`` (a folder), else in the data
+    folder's ``wikitext-2-raw/``; None when neither has it."""
     folders = []
     if source is not None:
         folders.append(Path(source))
@@ -67,7 +62,34 @@ def wikitext_text(split: str, source: str | Path | None = None) -> tuple[str, st
         for fname in WIKITEXT_FILES[split]:
             f = folder / fname
             if f.exists():
-                return "\n\n".join(wikitext_rows(f.read_text(encoding="utf-8"))), str(f)
+                return f
+    return None
+
+
+def corpus_identity() -> dict[str, str]:
+    """Which text perplexity (``test``) and calibration read, by file name and checksum, as
+    :func:`corpus_text` would choose it (nothing is tokenized): a run records it, and a
+    resume onto other text is refused."""
+    from lmcompose.edit_data import sha256_file
+
+    out = {}
+    for split, parts in (("test", ("test",)), ("calibration", ("train", "validation"))):
+        files = [f for f in (wikitext_file(p) for p in parts) if f is not None]
+        out[split] = " + ".join(f"{f.name}:{sha256_file(f)[:16]}" for f in files) if files else "bundled:sample_text.txt"
+    return out
+
+
+def wikitext_text(split: str, source: str | Path | None = None) -> tuple[str, str] | None:
+    """``"\\n\\n".join`` of the split's rows and where it came from, or None if unavailable.
+
+    Looks in ``source`` (a folder), then the data folder, then (unless HF_HUB_OFFLINE=1)
+    the hub dataset ``wikitext``/``wikitext-2-raw-v1``.
+    """
+    if split not in WIKITEXT_FILES:
+        raise DataError(f"wikitext-2 has no split {split!r}; use one of {', '.join(WIKITEXT_FILES)}")
+    f = wikitext_file(split, source)
+    if f is not None:
+        return "\n\n".join(wikitext_rows(f.read_text(encoding="utf-8"))), str(f)
     if os.environ.get("HF_HUB_OFFLINE", "") not in {"1", "true", "yes"}:
         try:  # pragma: no cover - needs network
             import datasets

@@ -103,3 +103,32 @@ def register_commands(app: Any) -> None:
     Called once when the CLI starts, after the built-in commands are defined. The return
     value is ignored.
     """
+
+
+@hookspec
+def row_written(row: dict[str, Any], run: Any) -> None:
+    """Called after every row is appended to a run folder's ``results.jsonl`` (runs, sweeps,
+    studies, merges): the hook a tracker (MLflow, W&B, a dashboard) builds on.
+
+    :param row: the row as written (a JSON-ready dict: ``run_id``, ``cell``, ``position``,
+        ``step``, one key per metric, ...). Do not modify it.
+    :param run: a :class:`lmcompose.engine.RunInfo`: ``folder`` (Path), ``run_id``, ``kind``
+        (``run``, ``sweep``, ``study``) and ``config`` (the resolved settings).
+
+    The row is already on disk when the hook runs, so a tracker that fails loses nothing:
+    the host reports the failure once (naming the plugin) and keeps writing. The return value
+    is ignored.
+    """
+
+
+@hookspec
+def run_closed(run: Any, status: str) -> None:
+    """Called once when a command stops writing a run folder.
+
+    :param run: the :class:`lmcompose.engine.RunInfo` that ``row_written`` received.
+    :param status: ``finished`` (every row of the run is written), ``incomplete`` (the
+        command ended with rows missing, e.g. a failed task or a shard), or ``failed`` (it
+        stopped on an error or an interrupt).
+
+    Trackers close what they opened for the run here. The return value is ignored.
+    """

@@ -47,6 +47,8 @@ HOOK_NAMES = (
     "register_datasets",
     "register_architectures",
     "register_commands",
+    "row_written",
+    "run_closed",
 )
 
 
@@ -298,3 +300,31 @@ def register_cli_commands(app: Any) -> None:
 def torch_imported() -> bool:
     """True if torch has been imported in this process (startup-cost checks)."""
     return "torch" in sys.modules
+
+
+def _notify(hook_name: str, **kwargs: Any) -> None:
+    """Call an event hook on every plugin; a plugin whose hook raises is reported once
+    (a warning naming it and its distribution, fatal with --strict) and not called again
+    in this process. Events come after the data is written, so nothing is lost."""
+    state = _state()
+    caller = getattr(state.pm.hook, hook_name)
+    for impl in caller.get_hookimpls():
+        info = state.infos.get(impl.plugin_name)
+        if info is not None and info.error:
+            continue
+        try:
+            impl.function(**{k: kwargs[k] for k in impl.argnames})
+        except Exception as exc:
+            if info is None:
+                raise
+            state.fail(info, f"{hook_name} raised {_describe(exc)}")
+
+
+def notify_row_written(row: dict[str, Any], run: Any) -> None:
+    """Tell plugins that ``row`` was appended to ``run``'s results.jsonl (row_written hook)."""
+    _notify("row_written", row=row, run=run)
+
+
+def notify_run_closed(run: Any, status: str) -> None:
+    """Tell plugins that a command stopped writing ``run`` (run_closed hook)."""
+    _notify("run_closed", run=run, status=status)

@@ -4,24 +4,16 @@ replicate (a disjoint seeded batch of edits), evaluating every metric after ever
 A sweep is a set of **cells** (order, strength, replicate); a cell is one composed run and
 writes one row per position (0 = base model) to ``results.jsonl``, as ``compose`` does.
 
-Work is shared through a prefix tree of model states. A node is the model after a prefix of
-a cell's steps; two cells share a node when their prefixes are the same steps with the same
-configs and — when the prefix contains an ``edit`` step — the same replicate. So for
-edit→compress the edited model is computed once per replicate and every strength starts from
-it; for compress→edit the compressed model is computed once per strength and every replicate
-starts from it. The tree is walked depth first; a node with more than one child is
-snapshotted (in memory, or as safetensors on disk with ``snapshots="disk"``) and restored
-before each further child. Metrics that do not need edits (perplexity, average bits, FLOPs)
-are evaluated once per node; edit metrics once per replicate at the node.
-
-Assumption: a step whose kind is not ``edit`` does not read ``ctx.edits`` (compressors
-calibrate on text), so its result does not depend on the replicate.
+Work is shared through the engine's prefix tree of model states (:mod:`lmcompose.engine`):
+for edit→compress the edited model is computed once per replicate and every strength starts
+from it; for compress→edit the compressed model is computed once per strength and every
+replicate starts from it. Metrics that do not need edits (perplexity, average bits, FLOPs)
+are evaluated once per model state; edit metrics once per replicate at it.
 
 Resume: every row carries the sweep's ``run_id`` and its ``cell`` id. Rerunning the same
 sweep into the same folder skips the rows already there, recomputes only the model states
 that unfinished rows need, and gives the same numbers (every step is deterministic under the
-seed). The base model's edit metrics of a replicate are always evaluated first, so
-locality drift keeps its base-model reference.
+seed; the edit metrics' base-model references are recorded again before the first step).
 """
 
 from __future__ import annotations
@@ -29,11 +21,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import shutil
-import tempfile
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,32 +36,16 @@ from lmcompose.api import (
     config_fields,
     config_to_dict,
 )
-from lmcompose.compose import (
-    EDIT_KIND,
-    POLICIES,
-    RunSettings,
-    StepSpec,
-    build_intervention,
-    build_metrics,
-    evaluate,
-    load_edits,
-    parse_step,
-    versions,
-)
+from lmcompose.compose import RunSettings, load_edits, resolve_metrics, versions
+from lmcompose.engine.executor import SNAPSHOT_MODES, Executor, replicate_edits, topk_next_tokens
+from lmcompose.engine.plan import Cell, Group, Plan, canonical_key
+from lmcompose.engine.policy import EDIT_KIND, check_policy
+from lmcompose.engine.run_folder import RunFolder
 from lmcompose.errors import ConfigError, UnknownNameError, UsageError
 from lmcompose.plugins import get_interventions
-from lmcompose.results import (
-    CONFIG_FILE,
-    RESULTS_FILE,
-    append_row,
-    read_rows,
-    read_yaml,
-    write_yaml_atomic,
-)
+from lmcompose.steps import StepSpec, build_intervention, parse_step
 
-SNAPSHOT_MODES = ("memory", "disk")
 SWEEP_KEYS = frozenset({"vary", "orders", "replicates", "snapshots", "topk", "calibration_samples", "calibration_seqlen"})
-TOPK_PROMPT = "The capital of France is"  # used for the top-k record when a sweep has no edits
 
 # --------------------------------------------------------------------------------------
 # --vary and --orders
@@ -224,209 +198,50 @@ class SweepSettings(RunSettings):
 
 
 # --------------------------------------------------------------------------------------
-# Cells and the prefix tree
+# Cells
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Cell:
-    order: tuple[int, ...]
-    value: Any
-    replicate: int
-    names: tuple[str, ...]
-
-    @property
-    def id(self) -> str:
-        return f"{'>'.join(self.names)}|{self.value}|r{self.replicate}"
-
-
-@dataclass
-class Action:
-    """One step of a cell's path: a sequence step, or a compressor re-run (recompress)."""
-
-    spec: StepSpec
-    kind: str
-    again: bool = False
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return ("again" if self.again else "step", str(self.spec))
-
-
-@dataclass
-class Node:
-    key: tuple[Any, ...]
-    action: Action | None
-    depth: int
-    rep: int | None  # the replicate this state depends on; None = shared by all replicates
-    children: dict[tuple[Any, ...], Node] = field(default_factory=dict)
-    cells: list[Cell] = field(default_factory=list)
-    pending: list[Cell] = field(default_factory=list)
-    needed: bool = False
-
-    def walk(self) -> Iterator[Node]:
-        yield self
-        for c in self.children.values():
-            yield from c.walk()
+def sweep_cells(specs: Sequence[StepSpec], vary: Vary, orders: Sequence[tuple[int, ...]], groups: Sequence[Group],
+                policy: str, *, labels: Mapping[str, Any] | None = None, id_prefix: str = "") -> list[Cell]:
+    """The cells of one sweep: every order × varied value × group, each with its actions
+    (resolved step configs, the policy's re-runs). Studies call this once per entry and
+    dataset, with ``labels`` and an ``id_prefix`` that keep their cells apart."""
+    protos = [build_intervention(s) for s in specs]
+    names = [s.name for s in specs]
+    kinds = [p.kind for p in protos]
+    has_project = [p.has_project() for p in protos]
+    knob = protos[vary.index].strength if vary.is_strength else None
+    cells = []
+    for o in orders:
+        for value in vary.values:
+            overrides = [dict(s.overrides) for s in specs]
+            overrides[vary.index] = {**overrides[vary.index], vary.field: value}
+            keys = [canonical_key(n, config_to_dict(build_intervention(StepSpec(n, ov)).config))
+                    for n, ov in zip(names, overrides, strict=True)]
+            actions = Plan.actions(o, names, overrides, kinds, keys, has_project, policy)
+            order_names = tuple(names[i] for i in o)
+            for g in groups:
+                cells.append(Cell(f"{id_prefix}{'>'.join(order_names)}|{value}|r{g[1]}", order_names, value, g, actions,
+                                  dict(labels or {}), vary.label, vary.field,
+                                  knob.normalize(value) if knob is not None else None))
+    return cells
 
 
-def cell_actions(cell: Cell, specs: Sequence[StepSpec], kinds: Sequence[str], has_project: Sequence[bool],
-                 vary: Vary, policy: str) -> list[Action]:
-    def spec_for(i: int) -> StepSpec:
-        s = specs[i]
-        if i == vary.index:
-            return StepSpec(s.name, {**s.overrides, vary.field: cell.value})
-        return StepSpec(s.name, dict(s.overrides))
-
-    actions = [Action(spec_for(i), kinds[i]) for i in cell.order]
-    if policy == "recompress":
-        for j, i in enumerate(cell.order):
-            edited_later = any(kinds[k] == EDIT_KIND for k in cell.order[j + 1 :])
-            if has_project[i] and kinds[i] != EDIT_KIND and edited_later:
-                actions.append(Action(spec_for(i), kinds[i], again=True))
-    return actions
-
-
-def build_tree(cells: Sequence[Cell], paths: Mapping[Cell, list[Action]]) -> Node:
-    root = Node(("root",), None, 0, None, cells=list(cells))
-    for cell in cells:
-        node, prefix, rep = root, (), None
-        for depth, action in enumerate(paths[cell], start=1):
-            prefix = (*prefix, action.key)
-            if action.kind == EDIT_KIND:
-                rep = cell.replicate
-            key = (rep, prefix)
-            if key not in node.children:
-                node.children[key] = Node(key, action, depth, rep)
-            node = node.children[key]
-            node.cells.append(cell)
-    return root
-
-
-def mark_needed(node: Node, done: set[tuple[str, int]]) -> bool:
-    node.pending = [c for c in node.cells if (c.id, node.depth) not in done]
-    child_needed = [mark_needed(c, done) for c in list(node.children.values())]
-    node.needed = bool(node.pending) or any(child_needed)
-    return node.needed
+def edits_digest(batch: Sequence[EditRecord]) -> str:
+    """A checksum of a batch of edit requests (every field, so a changed record is seen)."""
+    text = json.dumps([e.to_dict() for e in batch], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------
-# Snapshots
-# --------------------------------------------------------------------------------------
-
-
-class SnapshotStore:
-    """Model states to come back to: in memory (state-dict copies) or on disk (safetensors)."""
-
-    def __init__(self, mode: str, folder: Path | None):
-        self.mode = mode
-        self.folder = folder
-        self._tmp: str | None = None
-        self._n = 0
-
-    def save(self, lm: Any) -> Any:
-        if self.mode == "memory":
-            return lm.state_copy()
-        from safetensors.torch import save_model
-
-        from lmcompose.models.handle import save_compression
-
-        if self.folder is None:
-            self._tmp = self._tmp or tempfile.mkdtemp(prefix="lmcompose-snapshots-")
-            self.folder = Path(self._tmp)
-        self._n += 1
-        path = self.folder / f"snapshot-{self._n}"
-        path.mkdir(parents=True, exist_ok=True)
-        save_model(lm.model, str(path / "model.safetensors"))
-        save_compression(lm.compression, path)
-        return path
-
-    def restore(self, lm: Any, snap: Any) -> None:
-        from lmcompose.models.handle import LayerCompression
-        from lmcompose.quant import QuantGrid
-
-        if self.mode == "memory":
-            comp = {
-                k: LayerCompression(
-                    None if v.keep_mask is None else v.keep_mask.clone(),
-                    None if v.quant is None else QuantGrid(v.quant.bits, v.quant.group_size, v.quant.symmetric,
-                                                           v.quant.scale.clone(), v.quant.zero.clone()),
-                )
-                for k, v in snap["compression"].items()
-            }
-            lm.restore({"weights": snap["weights"], "compression": comp})
-            return
-        from safetensors.torch import load_model
-
-        from lmcompose.models.handle import load_compression
-
-        load_model(lm.model, str(snap / "model.safetensors"))
-        lm.compression = load_compression(snap)
-
-    def drop(self, snap: Any) -> None:
-        if self.mode == "disk" and snap is not None:
-            shutil.rmtree(snap, ignore_errors=True)
-
-    def close(self) -> None:
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-        elif self.mode == "disk" and self.folder is not None and self.folder.exists() and not any(self.folder.iterdir()):
-            self.folder.rmdir()
-
-
-# --------------------------------------------------------------------------------------
-# Top-k record (paper Fig. 3)
-# --------------------------------------------------------------------------------------
-
-
-def topk_next_tokens(lm: Any, prompt: str, k: int) -> dict[str, Any]:
-    """The ``k`` most likely next tokens after ``prompt`` and their probabilities."""
-    import torch
-
-    ids = lm.tokenizer(prompt, return_tensors="pt").input_ids.to(lm.device)
-    with torch.inference_mode():
-        logits = lm.model(ids).logits[0, -1].float()
-    probs = torch.softmax(logits, -1)
-    top = torch.topk(probs, k)
-    return {
-        "prompt": prompt,
-        "tokens": [lm.tokenizer.decode([int(i)]) for i in top.indices],
-        "token_ids": [int(i) for i in top.indices],
-        "probs": [float(p) for p in top.values],
-        "logits": [float(logits[int(i)]) for i in top.indices],
-    }
-
-
-# --------------------------------------------------------------------------------------
-# The engine
+# The sweep
 # --------------------------------------------------------------------------------------
 
 
 def sweep_id(resolved: Mapping[str, Any]) -> str:
     key = {k: v for k, v in resolved.items() if k not in {"out", "device", "data_dir", "snapshots"}}
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def _split_edits(edits: Sequence[Any] | None, replicates: int) -> list[list[EditRecord]]:
-    if not edits:
-        return [[] for _ in range(replicates)]
-    if all(isinstance(e, list | tuple) for e in edits):
-        if len(edits) != replicates:
-            raise UsageError(f"{len(edits)} edit batches given for {replicates} replicates; give one batch per replicate")
-        return [list(e) for e in edits]
-    size = len(edits) // replicates
-    if size < 1:
-        raise UsageError(f"{len(edits)} edits cannot make {replicates} disjoint replicates; give more edits or fewer replicates")
-    return [list(edits[r * size : (r + 1) * size]) for r in range(replicates)]
-
-
-def _strength_fields(inst: Intervention) -> dict[str, Any]:
-    knob = inst.strength
-    value = inst.strength_value
-    return {
-        "name": inst.name, "kind": inst.kind, "config": config_to_dict(inst.config),
-        "strength": value, "strength_field": knob.field if knob else None,
-    }
 
 
 def sweep(
@@ -455,8 +270,7 @@ def sweep(
     replicate. ``orders``: ``"all"``, ``"a,b;b,a"`` or a list of name lists. Rows already in
     ``out/results.jsonl`` under the same ``run_id`` are skipped (resume).
     """
-    if policy not in POLICIES:
-        raise ConfigError(f"policy {policy!r} is not one of {', '.join(POLICIES)}")
+    check_policy(policy)
     if snapshots not in SNAPSHOT_MODES:
         raise ConfigError(f"snapshots {snapshots!r} is not one of {', '.join(SNAPSHOT_MODES)}")
     if not isinstance(replicates, int) or replicates < 1:
@@ -464,160 +278,69 @@ def sweep(
     specs = [parse_step(s) for s in steps]
     if not specs:
         raise ConfigError("no steps given: a sweep needs at least one step")
-    protos = [build_intervention(s) for s in specs]
     v = parse_vary(vary, specs)
     order_list = parse_orders(orders, specs)
-    if metrics and all(isinstance(m, Metric) for m in metrics):
-        metric_objs = list(metrics)  # type: ignore[arg-type]
-    else:
-        metric_objs = build_metrics(metrics, metric_options)  # type: ignore[arg-type]
-    shared_metrics = [m for m in metric_objs if not m.requires_edits]
-    edit_metrics = [m for m in metric_objs if m.requires_edits]
-    batches = _split_edits(edits, replicates)
-    kinds = [p.kind for p in protos]
-    if any(k == EDIT_KIND for k in kinds) and not all(batches):
+    metric_objs = resolve_metrics(metrics, metric_options)
+    batches = replicate_edits(edits, replicates)
+    if any(build_intervention(s).kind == EDIT_KIND for s in specs) and not all(batches):
         raise UsageError("an edit step needs edit requests: pass --dataset NAME and --edits N (or edits= in Python)")
     ctx = ctx or Context(seed=seed)
     names = [s.name for s in specs]
-    knob = protos[v.index].strength if v.is_strength else None
-
-    cells = [Cell(o, value, r, tuple(names[i] for i in o)) for o in order_list for value in v.values for r in range(replicates)]
-    has_project = [p.has_project() for p in protos]
-    paths = {c: cell_actions(c, specs, kinds, has_project, v, policy) for c in cells}
-    root = build_tree(cells, paths)
-
-    resolved_vary = str(v)
+    edit_batches = [[e.case_id for e in b] for b in batches]
     run_id = run_id or hashlib.sha1(json.dumps(
-        [[str(s) for s in specs], resolved_vary, [list(o) for o in order_list], replicates, seed, policy,
-         [[e.case_id for e in b] for b in batches]], default=str).encode()).hexdigest()[:12]
+        [[str(s) for s in specs], str(v), [list(o) for o in order_list], replicates, seed, policy, edit_batches],
+        default=str).encode()).hexdigest()[:12]
+    groups: list[Group] = [(None, r) for r in range(replicates)]
+    plan = Plan(sweep_cells(specs, v, order_list, groups, policy), run_id=run_id, policy=policy)
+    edits_by_group = {g: batches[g[1]] for g in groups}
 
-    results_path = None
-    done: set[tuple[str, int]] = set()
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        results_path = out_dir / RESULTS_FILE
-        done = {(r["cell"], r["position"]) for r in read_rows(results_path) if r.get("run_id") == run_id and "cell" in r}
-        config_path = out_dir / CONFIG_FILE
-        if config_path.exists():
-            other = read_yaml(config_path).get("run_id")
-            if other != run_id:
-                raise UsageError(f"{out_dir} already holds another run (run_id {other}, this one is {run_id}); "
-                                 "choose another --out, or delete that folder")
-        else:
-            resolved = dict(config or {})
-            resolved.update({
-                "run_id": run_id, "kind": "sweep", "steps_resolved": [str(s) for s in specs], "vary": resolved_vary,
-                "orders": [[names[i] for i in o] for o in order_list], "replicates": replicates, "policy": policy,
-                "seed": seed, "snapshots": snapshots, "cells": len(cells),
-                "edit_batches": [[e.case_id for e in b] for b in batches],
-                "model_fingerprint": lm.fingerprint(), "model_source": lm.source, "versions": versions(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            })
-            write_yaml_atomic(config_path, resolved)
-
-    if not mark_needed(root, done):
-        return []
-    reps_needed = sorted({c.replicate for n in root.walk() for c in n.pending})
+    folder = RunFolder(out_dir, run_id, "sweep", config) if out_dir is not None else None
     rows: list[dict[str, Any]] = []
-    n_eval = sum(1 for n in root.walk() if n.pending)
-    store = SnapshotStore(snapshots, out_dir / ".snapshots" if out_dir is not None else None)
-
-    def topk_for(rep: int) -> dict[str, Any] | None:
-        if topk <= 0:
-            return None
-        if not batches[rep]:
-            return topk_next_tokens(lm, TOPK_PROMPT, topk)
-        first = batches[rep][0]
-        record = topk_next_tokens(lm, first.prompt, topk)
-        record.update({"target_new": first.target_new, "target_true": first.target_true})
-        return record
-
-    def evaluate_node(node: Node, instances: list[Intervention], elapsed: float, details: dict[str, Any]) -> None:
-        where = "on the base model" if node.action is None else f"after {' then '.join(i.name for i in instances)}"
-        reps = sorted({c.replicate for c in node.pending})
-        if node.action is None:
-            reps = reps_needed  # base-model references (locality drift) come first for every replicate
-        if not reps:
-            return
-        shared: dict[str, Any] = {}
-        if node.pending:
-            ctx.edits = batches[reps[0]]
-            shared = evaluate(lm, shared_metrics, ctx, where)
-        per_rep: dict[int, dict[str, Any]] = {}
-        for r in reps:
-            ctx.edits = batches[r]
-            values = evaluate(lm, edit_metrics, ctx, where) if edit_metrics and batches[r] else {}
-            values["eval_s"] = shared.get("eval_s", 0.0) + values.get("eval_s", 0.0)
-            tk = topk_for(r)
-            if tk is not None:
-                values["topk"] = tk
-            per_rep[r] = values
-        last = instances[-1] if instances else None
-        for cell in node.pending:
-            step = None
-            if last is not None:
-                step = _strength_fields(last)
-                if node.action is not None and node.action.again:
-                    step["recompress"] = True
-            row = {
-                "run_id": run_id, "sweep": True, "cell": cell.id, "model": lm.name, "order": list(cell.names),
-                "replicate": cell.replicate, "policy": policy, "position": node.depth,
-                "last_position": len(paths[cell]), "vary": v.label,
-                "strength": cell.value, "strength_field": v.field,
-                "strength_normalized": knob.normalize(cell.value) if knob is not None else None,
-                "step": step, "elapsed_s": elapsed, "shared_by_cells": len(node.cells),
-                "step_details": {k: x for k, x in details.items() if isinstance(x, int | float | str | bool) or x is None},
-                **{k: x for k, x in shared.items() if k != "eval_s"}, **per_rep[cell.replicate],
-                "edit_ids": [e.case_id for e in batches[cell.replicate]][:50],
-                "notes": list(ctx.notes), "timestamp": time.time(),
-            }
-            if results_path is not None:
-                append_row(results_path, row)
-            rows.append(row)
-
-    def visit(node: Node, instances: list[Intervention], advance: Any) -> None:
-        kids = [c for c in node.children.values() if c.needed]
-        snap = store.save(lm) if len(kids) > 1 else None
-        for i, child in enumerate(kids):
-            if i > 0:
-                store.restore(lm, snap)
-                if i == len(kids) - 1:
-                    store.drop(snap)
-                    snap = None
-            action = child.action
-            assert action is not None
-            inst = build_intervention(action.spec)
-            ctx.edits = batches[child.rep] if child.rep is not None else []
-            report = inst.apply(lm, ctx)
-            elapsed = report.elapsed_s
-            path = instances if action.again else [*instances, inst]
-            if policy == "project" and not action.again:
-                start = time.perf_counter()
-                for earlier in instances:
-                    if earlier.has_project():
-                        earlier.project(lm)
-                elapsed += time.perf_counter() - start
-            shown = [*instances, inst]
-            if child.pending:
-                evaluate_node(child, shown, elapsed, report.details)
-                advance(1)
-            visit(child, path, advance)
-        if snap is not None:
-            store.drop(snap)
-
-    if out_dir is not None and snapshots == "disk":
-        (out_dir / ".snapshots").mkdir(exist_ok=True)
-    try:
-        with ctx.progress.task(f"sweep: {len(cells)} cells", n_eval) as advance:
-            if root.pending or reps_needed:
-                evaluate_node(root, [], 0.0, {})
-                if root.pending:
+    with folder or nullcontext():
+        done: set[tuple[str, int]] = set()
+        if folder is not None:
+            inputs = run_inputs(lm, edits_by_group)
+            folder.write_config(
+                inputs=inputs, steps_resolved=[str(s) for s in specs], vary=str(v),
+                orders=[[names[i] for i in o] for o in order_list], replicates=replicates, policy=policy, seed=seed,
+                snapshots=snapshots, cells=len(plan.cells), edit_batches=edit_batches,
+                model_fingerprint=inputs["model_fingerprint"], model_source=lm.source, versions=inputs["versions"],
+            )
+            done = folder.done()
+        if not plan.mark_needed(done):
+            return []
+        n_eval = sum(1 for n in plan.root.walk() if n.pending)
+        snapshot_dir = None
+        if out_dir is not None and snapshots == "disk":
+            snapshot_dir = out_dir / ".snapshots"
+            snapshot_dir.mkdir(exist_ok=True)
+        executor = Executor(plan, lm, ctx, metric_objs, edits_by_group, snapshots=snapshots,
+                            snapshot_dir=snapshot_dir, topk=topk)
+        with ctx.progress.task(f"sweep: {len(plan.cells)} cells", n_eval) as advance:
+            for state in executor.run():
+                for row in state.rows:
+                    if folder is not None:
+                        folder.append(row)
+                    rows.append(row)
+                if state.rows:
                     advance(1)
-            visit(root, [], advance)
-    finally:
-        store.close()
     return rows
+
+
+def run_inputs(lm: Any, edits: Mapping[Group, Sequence[EditRecord]]) -> dict[str, Any]:
+    """What a run's numbers depend on beyond its settings: the base model's weights, the edit
+    requests of every group, the text corpora and the software. A resume is refused when any
+    of them changed (the run folder compares them)."""
+    from lmcompose.data import corpus_identity
+
+    return {
+        "model_fingerprint": lm.fingerprint(),
+        "edits": {("" if g[0] is None else f"{g[0]}/") + f"r{g[1]}": edits_digest(b) for g, b in sorted(
+            edits.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))},
+        "corpora": corpus_identity(),
+        "versions": versions(),
+    }
 
 
 def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tuple[list[dict[str, Any]], Context]:
@@ -632,12 +355,7 @@ def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tupl
     resolved = settings.resolved()
     run_id = sweep_id(resolved)
     out = settings.out or f"runs/sweep-{run_id}"
-    cfg = Path(out) / CONFIG_FILE
-    if cfg.exists():
-        other = read_yaml(cfg).get("run_id")
-        if other != run_id:
-            raise UsageError(f"{out} already holds another run (run_id {other}, this one is {run_id}); "
-                             "choose another --out, or delete that folder")
+    RunFolder(out, run_id, "sweep", {**resolved, "out": out}).open().close()  # refuse another run's folder before loading
     from lmcompose.models.loading import load_model
 
     ctx = Context(seed=settings.seed, device=settings.device, dtype=settings.dtype, progress=progress or Progress())
@@ -668,5 +386,6 @@ def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tupl
 
 
 __all__ = [
-    "Cell", "SweepSettings", "Vary", "parse_orders", "parse_vary", "run_sweep", "sweep", "sweep_id", "topk_next_tokens",
+    "Cell", "StepSpec", "SweepSettings", "Vary", "edits_digest", "parse_orders", "parse_vary", "run_inputs", "run_sweep",
+    "sweep", "sweep_cells", "sweep_id", "topk_next_tokens",
 ]

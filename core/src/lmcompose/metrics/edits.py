@@ -161,6 +161,22 @@ def _group_mean(values: list[float], owners: list[int], n: int) -> list[float]:
     return [s / c for s, c in zip(sums, counts, strict=True) if c]
 
 
+def _locality_pairs(records: list[EditRecord]) -> tuple[list[int], list[tuple[str, str]]]:
+    """(owner record index, (prompt, answer)) of every locality prompt, in record order."""
+    owners, pairs = [], []
+    for i, r in enumerate(records):
+        for lp in r.locality:
+            owners.append(i)
+            pairs.append((lp.prompt, lp.answer))
+    return owners, pairs
+
+
+def _reference_key(records: list[EditRecord]) -> tuple[Any, ...]:
+    """Where the base-model locality reference of a batch lives in ``ctx.state``: by dataset
+    and case id (case ids of two datasets may coincide)."""
+    return ("locality_reference", tuple((r.source.get("dataset"), r.case_id) for r in records))
+
+
 class EditMetrics(Metric):
     """Edit success, generalization, locality (f1/accuracy/prob/drift), edit NLL, multi-hop."""
 
@@ -230,12 +246,21 @@ class EditMetrics(Metric):
             f"{key}_nll": _mean(_group_mean([t["nll"] for t in tf_new], owners, n)),
         }
 
+    def reference(self, lm: Any, ctx: Context) -> None:
+        """The base model's next-token argmaxes on the locality prompts (``locality_drift``
+        compares every later model with them); the same teacher-forced pass ``compute`` makes."""
+        import torch
+
+        _owners, pairs = _locality_pairs(ctx.edits)
+        key = _reference_key(ctx.edits)
+        if not pairs or key in ctx.state:
+            return
+        with torch.inference_mode():
+            tf = Scorer(lm, self.config.batch_size).teacher_forced(pairs)
+        ctx.state[key] = [t["argmax"] for t in tf]
+
     def _locality(self, sc: Scorer, records: list[EditRecord], ctx: Context) -> dict[str, Any]:
-        owners, pairs = [], []
-        for i, r in enumerate(records):
-            for lp in r.locality:
-                owners.append(i)
-                pairs.append((lp.prompt, lp.answer))
+        owners, pairs = _locality_pairs(records)
         if not pairs:
             return {"locality_f1": None, "locality_accuracy": None, "locality_prob": None, "locality_drift": None}
         n = len(records)
@@ -249,9 +274,8 @@ class EditMetrics(Metric):
         tf_new = sc.teacher_forced([pn for _, pn in contrast])
         prob = [1.0 if tf[j]["nll"] < t["nll"] else 0.0 for (j, _), t in zip(contrast, tf_new, strict=True)]
         # drift: next-token argmaxes versus the first model evaluated in this run (the base)
-        ref_key = ("locality_reference", tuple(r.case_id for r in records))
         argmaxes = [t["argmax"] for t in tf]
-        ref = ctx.state.setdefault(ref_key, argmaxes)
+        ref = ctx.state.setdefault(_reference_key(records), argmaxes)
         same = [sum(a == b for a, b in zip(x, y, strict=True)) / len(x) for x, y in zip(argmaxes, ref, strict=True)]
         return {
             "locality_f1": _mean(_group_mean(f1, owners, n)),

@@ -1,0 +1,22 @@
+"""The engine under every command that writes results (run, sweep, study).
+
+* :mod:`~lmcompose.engine.plan` — the plan: cells and the prefix tree of model states they
+  share, built from settings alone; its partition into tasks and shards;
+* :mod:`~lmcompose.engine.executor` — walks (part of) a plan on a loaded model, applies
+  steps, evaluates metrics, yields rows;
+* :mod:`~lmcompose.engine.run_folder` — the single writer of config.yaml and results.jsonl:
+  lock, run-id and input checks, the done-set for resume;
+* :mod:`~lmcompose.engine.policy` — the constraint policy's rules, once.
+
+Importing this package does not import torch.
+"""
+
+from lmcompose.engine.executor import Executor, MetricValueError, StateResult, evaluate
+from lmcompose.engine.plan import Action, Cell, Node, Plan, PlanCounts, Task
+from lmcompose.engine.policy import EDIT_KIND, POLICIES
+from lmcompose.engine.run_folder import RunFolder, RunInfo
+
+__all__ = [
+    "EDIT_KIND", "POLICIES", "Action", "Cell", "Executor", "MetricValueError", "Node", "Plan", "PlanCounts", "RunFolder",
+    "RunInfo", "StateResult", "Task", "evaluate",
+]

@@ -1,0 +1,339 @@
+"""The executor: walks (part of) a plan on a loaded model, applies the steps, evaluates every
+metric, and yields the rows of each model state it reaches.
+
+The tree is walked depth first. A node with more than one needed child is snapshotted
+before its first child and restored before each other child (in memory, or as safetensors on
+disk with ``snapshots="disk"``). At a node, the edit-free metrics (perplexity, average bits,
+FLOPs) are evaluated once, the edit metrics once per group (dataset, replicate) with rows
+pending there. Before the first step, every edit metric records its base-model reference for
+every group the walk evaluates (:meth:`lmcompose.Metric.reference`), so a resumed run, or one
+task of a partitioned study, compares against the same base model as one uninterrupted walk.
+
+The executor writes nothing: the caller (a run folder, a Ray driver) stores the rows.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lmcompose.api import Context, EditRecord, Intervention, Metric, config_to_dict
+from lmcompose.engine.plan import Action, Cell, Group, Node, Plan, PlanCounts
+from lmcompose.engine.policy import project_earlier
+from lmcompose.errors import LMComposeError
+from lmcompose.steps import StepSpec, build_intervention
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lmcompose.models.handle import LM
+
+TOPK_PROMPT = "The capital of France is"  # the top-k record's prompt when a cell has no edits
+SNAPSHOT_MODES = ("memory", "disk")
+
+__all__ = ["Executor", "MetricValueError", "SNAPSHOT_MODES", "SnapshotStore", "StateResult", "evaluate",
+           "replicate_edits", "topk_next_tokens"]
+
+
+class MetricValueError(LMComposeError):
+    """A metric returned NaN."""
+
+
+def evaluate(lm: LM, metrics: Sequence[Metric], ctx: Context, where: str) -> dict[str, Any]:
+    """Every metric of ``metrics`` on ``lm`` (edit metrics only when ``ctx.edits``), plus
+    ``eval_s``; a NaN value is a :class:`MetricValueError` naming the metric and ``where``."""
+    values: dict[str, Any] = {}
+    start = time.perf_counter()
+    for metric in metrics:
+        if metric.requires_edits and not ctx.edits:
+            continue
+        for key, v in metric.compute(lm, ctx).items():
+            if isinstance(v, float) and math.isnan(v):
+                raise MetricValueError(
+                    f"metric {metric.name!r} gave NaN for {key!r} {where}: the model's outputs are not finite. "
+                    "Check the step's settings (a too-strong compression?), or run in float32"
+                )
+            values[key] = v
+    values["eval_s"] = time.perf_counter() - start
+    return values
+
+
+def topk_next_tokens(lm: LM, prompt: str, k: int) -> dict[str, Any]:
+    """The ``k`` most likely next tokens after ``prompt`` and their probabilities."""
+    import torch
+
+    ids = lm.tokenizer(prompt, return_tensors="pt").input_ids.to(lm.device)
+    with torch.inference_mode():
+        logits = lm.model(ids).logits[0, -1].float()
+    probs = torch.softmax(logits, -1)
+    top = torch.topk(probs, k)
+    return {
+        "prompt": prompt,
+        "tokens": [lm.tokenizer.decode([int(i)]) for i in top.indices],
+        "token_ids": [int(i) for i in top.indices],
+        "probs": [float(p) for p in top.values],
+        "logits": [float(logits[int(i)]) for i in top.indices],
+    }
+
+
+class SnapshotStore:
+    """Model states to come back to: in memory (state-dict copies) or on disk (safetensors)."""
+
+    def __init__(self, mode: str, folder: Path | None):
+        self.mode = mode
+        self.folder = folder
+        self._tmp: str | None = None
+        self._n = 0
+
+    def save(self, lm: LM) -> Any:
+        if self.mode == "memory":
+            return lm.state_copy()
+        from safetensors.torch import save_model
+
+        from lmcompose.models.handle import save_compression
+
+        if self.folder is None:
+            self._tmp = self._tmp or tempfile.mkdtemp(prefix="lmcompose-snapshots-")
+            self.folder = Path(self._tmp)
+        self._n += 1
+        path = self.folder / f"snapshot-{self._n}"
+        path.mkdir(parents=True, exist_ok=True)
+        save_model(lm.model, str(path / "model.safetensors"))
+        save_compression(lm.compression, path)
+        return path
+
+    def restore(self, lm: LM, snap: Any) -> None:
+        from lmcompose.models.handle import LayerCompression
+        from lmcompose.quant import QuantGrid
+
+        if self.mode == "memory":
+            comp = {
+                k: LayerCompression(
+                    None if v.keep_mask is None else v.keep_mask.clone(),
+                    None if v.quant is None else QuantGrid(v.quant.bits, v.quant.group_size, v.quant.symmetric,
+                                                           v.quant.scale.clone(), v.quant.zero.clone()),
+                )
+                for k, v in snap["compression"].items()
+            }
+            lm.restore({"weights": snap["weights"], "compression": comp})
+            return
+        from safetensors.torch import load_model
+
+        from lmcompose.models.handle import load_compression
+
+        load_model(lm.model, str(snap / "model.safetensors"))
+        lm.compression = load_compression(snap)
+
+    def drop(self, snap: Any) -> None:
+        if self.mode == "disk" and snap is not None:
+            shutil.rmtree(snap, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        elif self.mode == "disk" and self.folder is not None and self.folder.exists() and not any(self.folder.iterdir()):
+            self.folder.rmdir()
+
+
+@dataclass
+class StateResult:
+    """A model state the walk reached: its node, the rows written there (may be none: a
+    state only its children need), and the seconds its step and evaluation took."""
+
+    node: Node
+    rows: list[dict[str, Any]]
+    seconds: float
+    computed: bool = True
+
+
+def _scalar_details(details: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: x for k, x in details.items() if isinstance(x, int | float | str | bool) or x is None}
+
+
+def _run_step_fields(step: Intervention | None, again: bool) -> dict[str, Any]:
+    """The step columns of a ``run`` row: the step, its own strength at the top level."""
+    if step is None:
+        return {"step": None, "strength": None, "strength_field": None, "strength_normalized": None}
+    knob = step.strength
+    value = step.strength_value
+    fields: dict[str, Any] = {
+        "step": {"name": step.name, "kind": step.kind, "config": config_to_dict(step.config)},
+        "strength": value,
+        "strength_field": knob.field if knob else None,
+        "strength_normalized": knob.normalize(value) if knob and value is not None else None,
+    }
+    if again:
+        fields["step"]["recompress"] = True
+    return fields
+
+
+def _sweep_step_fields(step: Intervention | None, again: bool) -> dict[str, Any] | None:
+    """The ``step`` column of a sweep row: the step with its own strength (the row's
+    ``strength`` is the cell's varied value)."""
+    if step is None:
+        return None
+    knob = step.strength
+    fields = {"name": step.name, "kind": step.kind, "config": config_to_dict(step.config),
+              "strength": step.strength_value, "strength_field": knob.field if knob else None}
+    if again:
+        fields["recompress"] = True
+    return fields
+
+
+class Executor:
+    """Walks ``plan`` on ``lm`` (the base model), yielding a :class:`StateResult` per state.
+
+    ``edits`` maps each group to its edit requests; ``build`` makes the intervention of an
+    action (default: from the registry by name and overrides); ``topk`` > 0 records the top-k
+    next tokens of each group's first edit prompt in sweep rows.
+    """
+
+    def __init__(self, plan: Plan, lm: LM, ctx: Context, metrics: Sequence[Metric],
+                 edits: Mapping[Group, list[EditRecord]], *, snapshots: str = "memory",
+                 snapshot_dir: Path | None = None, topk: int = 0,
+                 build: Callable[[Action], Intervention] | None = None):
+        self.plan = plan
+        self.lm = lm
+        self.ctx = ctx
+        self.shared_metrics = [m for m in metrics if not m.requires_edits]
+        self.edit_metrics = [m for m in metrics if m.requires_edits]
+        self.edits = edits
+        self.store = SnapshotStore(snapshots, snapshot_dir)
+        self.topk = topk
+        self.build = build or (lambda a: build_intervention(StepSpec(a.name, dict(a.overrides))))
+        self.states: Counter[str] = Counter()
+        self.evaluations = 0
+
+    @property
+    def counts(self) -> PlanCounts:
+        """What this executor computed so far."""
+        return PlanCounts(dict(self.states), self.evaluations)
+
+    def batch(self, group: Group | None) -> list[EditRecord]:
+        return list(self.edits.get(group, [])) if group is not None else []
+
+    def run(self, nodes: Sequence[str] | None = None, root: bool = True) -> Iterator[StateResult]:
+        """Walk the plan (after :meth:`Plan.mark_needed`): the base model's pending rows when
+        ``root``, then the subtrees under the first-step nodes ``nodes`` (ids; None = all)."""
+        top = self.plan.root
+        kids = [c for c in top.children.values() if c.needed and (nodes is None or c.id in nodes)]
+        scope = ([top] if root else []) + kids
+        for group in self.plan.groups(scope):
+            self.ctx.edits = self.batch(group)
+            if self.ctx.edits:
+                for m in self.edit_metrics:
+                    m.reference(self.lm, self.ctx)
+        try:
+            if root and top.pending:
+                start = time.perf_counter()
+                rows = self._evaluate(top, [], 0.0, {}, False)
+                yield StateResult(top, rows, time.perf_counter() - start, computed=False)
+            yield from self._visit(top, kids, [])
+        finally:
+            self.store.close()
+
+    def _visit(self, node: Node, kids: list[Node], instances: list[Intervention]) -> Iterator[StateResult]:
+        snap = self.store.save(self.lm) if len(kids) > 1 else None
+        for i, child in enumerate(kids):
+            if i > 0:
+                self.store.restore(self.lm, snap)
+                if i == len(kids) - 1:
+                    self.store.drop(snap)
+                    snap = None
+            action = child.action
+            assert action is not None
+            start = time.perf_counter()
+            inst = self.build(action)
+            self.ctx.edits = self.batch(child.group)
+            report = inst.apply(self.lm, self.ctx)
+            self.states[action.kind] += 1
+            elapsed = report.elapsed_s
+            if not action.again:
+                elapsed += project_earlier(self.plan.policy, instances, self.lm)
+            rows = self._evaluate(child, [*instances, inst], elapsed, report.details, action.again) if child.pending else []
+            yield StateResult(child, rows, time.perf_counter() - start)
+            path = instances if action.again else [*instances, inst]
+            yield from self._visit(child, [c for c in child.children.values() if c.needed], path)
+        if snap is not None:
+            self.store.drop(snap)
+
+    def _topk(self, group: Group) -> dict[str, Any] | None:
+        if self.topk <= 0:
+            return None
+        batch = self.batch(group)
+        if not batch:
+            return topk_next_tokens(self.lm, TOPK_PROMPT, self.topk)
+        first = batch[0]
+        record = topk_next_tokens(self.lm, first.prompt, self.topk)
+        record.update({"target_new": first.target_new, "target_true": first.target_true})
+        return record
+
+    def _evaluate(self, node: Node, shown: list[Intervention], elapsed: float, details: dict[str, Any],
+                  again: bool) -> list[dict[str, Any]]:
+        if not shown:
+            where = "on the base model"
+        elif again:
+            where = f"after re-running {shown[-1].name}"
+        else:
+            where = f"after {' then '.join(i.name for i in shown)}"
+        groups = sorted({c.group for c in node.pending}, key=lambda g: (g[0] or "", g[1]))
+        ctx = self.ctx
+        ctx.edits = self.batch(groups[0])
+        shared = evaluate(self.lm, self.shared_metrics, ctx, where)
+        self.evaluations += 1
+        per_group: dict[Group, dict[str, Any]] = {}
+        for g in groups:
+            ctx.edits = self.batch(g)
+            values = {}
+            if self.edit_metrics and ctx.edits:
+                values = evaluate(self.lm, self.edit_metrics, ctx, where)
+                self.evaluations += 1
+            values["eval_s"] = shared.get("eval_s", 0.0) + values.get("eval_s", 0.0)
+            if self.plan.style == "sweep":
+                tk = self._topk(g)
+                if tk is not None:
+                    values["topk"] = tk
+            per_group[g] = values
+        last = shown[-1] if shown else None
+        shared = {k: x for k, x in shared.items() if k != "eval_s"}
+        return [self._row(cell, node, last, again, elapsed, _scalar_details(details), {**shared, **per_group[cell.group]})
+                for cell in node.pending]
+
+    def _row(self, cell: Cell, node: Node, step: Intervention | None, again: bool, elapsed: float,
+             details: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+        plan = self.plan
+        if plan.style == "run":
+            return {"run_id": plan.run_id, "model": self.lm.name, "order": list(cell.names), "replicate": cell.replicate,
+                    "policy": plan.policy, "position": node.depth, **_run_step_fields(step, again), "elapsed_s": elapsed,
+                    "step_details": details, **values, "notes": list(self.ctx.notes), "timestamp": time.time()}
+        return {
+            "run_id": plan.run_id, "sweep": True, "cell": cell.id, **cell.labels, "model": self.lm.name,
+            "order": list(cell.names), "replicate": cell.replicate, "policy": plan.policy, "position": node.depth,
+            "last_position": len(cell.actions), "vary": cell.vary_label, "strength": cell.value,
+            "strength_field": cell.vary_field, "strength_normalized": cell.strength_normalized,
+            "step": _sweep_step_fields(step, again), "elapsed_s": elapsed, "shared_by_cells": len(node.cells),
+            "step_details": details, **values, "edit_ids": [e.case_id for e in self.batch(cell.group)][:50],
+            "notes": list(self.ctx.notes), "timestamp": time.time(),
+        }
+
+
+def replicate_edits(edits: Sequence[Any] | None, replicates: int) -> list[list[EditRecord]]:
+    """``edits`` as one batch per replicate: a flat list split into ``replicates`` disjoint
+    equal batches, or already one list per replicate."""
+    from lmcompose.errors import UsageError
+
+    if not edits:
+        return [[] for _ in range(replicates)]
+    if all(isinstance(e, list | tuple) for e in edits):
+        if len(edits) != replicates:
+            raise UsageError(f"{len(edits)} edit batches given for {replicates} replicates; give one batch per replicate")
+        return [list(e) for e in edits]
+    size = len(edits) // replicates
+    if size < 1:
+        raise UsageError(f"{len(edits)} edits cannot make {replicates} disjoint replicates; give more edits or fewer replicates")
+    return [list(edits[r * size : (r + 1) * size]) for r in range(replicates)]

@@ -1,0 +1,259 @@
+"""The plan: every cell of a run, sweep or study, and the prefix tree of model states they share.
+
+A **cell** is one composed sequence on one edit batch: an order of steps, the varied value,
+and its **group** — the (dataset, replicate) whose edit requests the editors apply and the
+edit metrics score. It writes one row per position (0 = the base model). A **node** of the
+tree is the model after a prefix of a cell's actions; two cells share a node when their
+prefixes are the same actions with the same resolved configs and — once an ``edit`` action
+is in the prefix — the same group. So the edited dense model is one node per group, and a
+compressed model is one node per compressor config, serving every dataset and replicate.
+
+A plan is built from settings alone (no model, no data): the executor walks it, the run
+folder tells it which rows are already written (:meth:`Plan.mark_needed`), and
+:meth:`Plan.tasks` cuts it into independent subtrees for Ray tasks and shards.
+
+Assumption: a step whose kind is not ``edit`` does not read the edit requests (compressors
+calibrate on text), so its result does not depend on the group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmcompose.engine.policy import EDIT_KIND, rerun_after
+
+Group = tuple[str | None, int]  # (dataset, replicate); dataset None for runs and sweeps
+
+__all__ = ["Action", "Cell", "Group", "Node", "Plan", "PlanCounts", "Task", "canonical_key"]
+
+
+def canonical_key(name: str, config: Mapping[str, Any]) -> str:
+    """A step's identity in the tree: its name and fully resolved config (so ``wanda`` and
+    ``wanda:structure=unstructured`` are the same state)."""
+    return name + json.dumps(dict(config), sort_keys=True, default=str)
+
+
+@dataclass(frozen=True, eq=False)
+class Action:
+    """One step of a cell's path: a sequence step, or a compressor's re-run (recompress).
+
+    ``index`` is the step's place in the cell's sequence (as written, before ordering);
+    ``key`` its canonical identity."""
+
+    name: str
+    overrides: Mapping[str, Any]
+    kind: str
+    key: str
+    index: int
+    again: bool = False
+
+    @property
+    def tree_key(self) -> str:
+        return ("again:" if self.again else "") + self.key
+
+
+@dataclass(eq=False)
+class Cell:
+    """One composed sequence: ``actions`` in order, on group ``group``; ``value`` is the varied
+    field's value (None for a run). ``labels`` are constant row fields of a study (dataset,
+    entry, ...)."""
+
+    id: str
+    names: tuple[str, ...]
+    value: Any
+    group: Group
+    actions: tuple[Action, ...]
+    labels: dict[str, Any] = field(default_factory=dict)
+    vary_label: str | None = None
+    vary_field: str | None = None
+    strength_normalized: float | None = None
+
+    @property
+    def replicate(self) -> int:
+        return self.group[1]
+
+    @property
+    def positions(self) -> range:
+        return range(len(self.actions) + 1)
+
+
+@dataclass(eq=False)
+class Node:
+    key: tuple[Any, ...]
+    action: Action | None
+    depth: int
+    group: Group | None  # the group this state depends on; None = shared by every group
+    children: dict[tuple[Any, ...], Node] = field(default_factory=dict)
+    cells: list[Cell] = field(default_factory=list)
+    pending: list[Cell] = field(default_factory=list)
+    needed: bool = False
+
+    @property
+    def id(self) -> str:
+        """A stable name of this state (the same in every process that builds the plan)."""
+        group, prefix = self.key if self.action is not None else (None, ())
+        text = json.dumps([list(group) if group else None, list(prefix)], default=str)
+        return "root" if self.action is None else hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def walk(self) -> Iterator[Node]:
+        yield self
+        for c in self.children.values():
+            yield from c.walk()
+
+
+@dataclass(frozen=True)
+class PlanCounts:
+    """Model states computed (by step kind) and evaluations made."""
+
+    states: dict[str, int]
+    evaluations: int
+
+    @property
+    def edits(self) -> int:
+        return self.states.get(EDIT_KIND, 0)
+
+    @property
+    def compressions(self) -> int:
+        return sum(n for k, n in self.states.items() if k != EDIT_KIND)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"states": dict(self.states), "edits": self.edits, "compressions": self.compressions,
+                "evaluations": self.evaluations}
+
+
+@dataclass(frozen=True)
+class Task:
+    """An independent part of a plan: the base model's rows (``root``) and/or the subtrees
+    under some first-step nodes (``nodes``: their ids). ``cells``: the ids of the cells whose
+    rows it writes (to name them when it fails)."""
+
+    id: str
+    root: bool
+    nodes: tuple[str, ...]
+    cells: tuple[str, ...]
+    cost: int
+
+
+class Plan:
+    """The cells of a run, sweep or study and their prefix tree.
+
+    ``style`` (``run`` or ``sweep``) selects the row layout; studies use ``sweep`` rows
+    with their labels."""
+
+    def __init__(self, cells: Sequence[Cell], *, run_id: str, policy: str, style: str = "sweep"):
+        ids = [c.id for c in cells]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i, n in Counter(ids).items() if n > 1)
+            raise ValueError(f"two cells of the plan have the id {dup!r}")
+        self.cells = list(cells)
+        self.run_id = run_id
+        self.policy = policy
+        self.style = style
+        self.root = _build_tree(self.cells)
+        self._nodes = {n.id: n for n in self.root.walk()}
+
+    # -- building --------------------------------------------------------------------
+    @staticmethod
+    def actions(order: Sequence[int], names: Sequence[str], overrides: Sequence[Mapping[str, Any]],
+                kinds: Sequence[str], keys: Sequence[str], has_project: Sequence[bool], policy: str) -> tuple[Action, ...]:
+        """A cell's actions: the steps in ``order`` (indices into the sequence), then the
+        re-runs the policy asks for."""
+        acts = [Action(names[i], overrides[i], kinds[i], keys[i], i) for i in order]
+        again = rerun_after([kinds[i] for i in order], [has_project[i] for i in order], policy)
+        return tuple([*acts, *(Action(a.name, a.overrides, a.kind, a.key, a.index, again=True) for a in (acts[j] for j in again))])
+
+    # -- resume ----------------------------------------------------------------------
+    def mark_needed(self, done: set[tuple[str, int]], only: set[str] | None = None) -> bool:
+        """Mark the rows still to write (cells in ``only``, when given, minus ``done``
+        (cell id, position) pairs); True if anything is left."""
+        return _mark(self.root, done, only)
+
+    def node(self, node_id: str) -> Node:
+        return self._nodes[node_id]
+
+    def groups(self, nodes: Iterable[Node]) -> list[Group]:
+        """The groups whose rows are pending in ``nodes`` and below them."""
+        seen = {c.group for n in nodes for m in n.walk() for c in m.pending}
+        return sorted(seen, key=lambda g: (g[0] or "", g[1]))
+
+    # -- partition -------------------------------------------------------------------
+    def tasks(self) -> list[Task]:
+        """The needed work as independent tasks: one for the base model's pending rows, one
+        per needed first-step subtree. No model state is in two tasks; every task starts
+        from the base model. Call after :meth:`mark_needed`."""
+        out = []
+        if self.root.pending:
+            out.append(Task("root", True, (), tuple(c.id for c in self.root.pending), 1))
+        for child in self.root.children.values():
+            if not child.needed:
+                continue
+            cells = tuple(dict.fromkeys(c.id for n in child.walk() for c in n.pending))
+            cost = sum(1 + len({c.group for c in n.pending}) for n in child.walk() if n.needed)
+            out.append(Task(child.id, False, (child.id,), cells, cost))
+        return out
+
+    def shard_cells(self, index: int, count: int) -> set[str]:
+        """The cells of shard ``index`` of ``count`` (0-based): whole first-step subtrees,
+        dealt out largest first to the least loaded shard (deterministic: by cost, then id).
+        A cell belongs to the shard of its first step's subtree."""
+        loads = [0] * count
+        owner: dict[str, int] = {}
+        subtrees = sorted(self.root.children.values(),
+                          key=lambda n: (-sum(1 + len({c.group for c in m.cells}) for m in n.walk()), n.id))
+        for child in subtrees:
+            k = min(range(count), key=lambda j: (loads[j], j))
+            loads[k] += sum(1 + len({c.group for c in m.cells}) for m in child.walk())
+            for c in child.cells:
+                owner[c.id] = k
+        return {c.id for c in self.cells if owner.get(c.id, 0) == index}
+
+    # -- counting --------------------------------------------------------------------
+    def counts(self, edit_metrics: bool = True, shared_metrics: bool = True) -> PlanCounts:
+        """Distinct model states (by kind) and evaluations of the whole plan: each state's
+        edit-free metrics once, its edit metrics once per group evaluated there."""
+        states: Counter[str] = Counter()
+        evals = 0
+        for node in self.root.walk():
+            if node.action is not None:
+                states[node.action.kind] += 1
+            evals += int(shared_metrics) + (len({c.group for c in node.cells}) if edit_metrics else 0)
+        return PlanCounts(dict(states), evals)
+
+    @staticmethod
+    def independent_counts(cells: Sequence[Cell], edit_metrics: bool = True, shared_metrics: bool = True) -> PlanCounts:
+        """What running every cell on its own would compute (no sharing at all)."""
+        states: Counter[str] = Counter()
+        evals = 0
+        for c in cells:
+            for a in c.actions:
+                states[a.kind] += 1
+            evals += len(c.positions) * (int(shared_metrics) + int(edit_metrics))
+        return PlanCounts(dict(states), evals)
+
+
+def _build_tree(cells: Sequence[Cell]) -> Node:
+    root = Node(("root",), None, 0, None, cells=list(cells))
+    for cell in cells:
+        node, prefix, group = root, (), None
+        for depth, action in enumerate(cell.actions, start=1):
+            prefix = (*prefix, action.tree_key)
+            if action.kind == EDIT_KIND:
+                group = cell.group
+            key = (group, prefix)
+            if key not in node.children:
+                node.children[key] = Node(key, action, depth, group)
+            node = node.children[key]
+            node.cells.append(cell)
+    return root
+
+
+def _mark(node: Node, done: set[tuple[str, int]], only: set[str] | None) -> bool:
+    node.pending = [c for c in node.cells if (c.id, node.depth) not in done and (only is None or c.id in only)]
+    child_needed = [_mark(c, done, only) for c in list(node.children.values())]
+    node.needed = bool(node.pending) or any(child_needed)
+    return node.needed

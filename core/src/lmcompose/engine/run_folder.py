@@ -1,0 +1,204 @@
+"""The run folder: the single writer of ``config.yaml`` and ``results.jsonl``.
+
+Every command that writes results (run, sweep, study, merge) goes through a
+:class:`RunFolder`, which
+
+* takes an exclusive lock on the folder for as long as it is open (a second process is
+  refused, naming the first one's pid; the lock dies with its process, so a killed run
+  leaves no stale lock);
+* refuses a folder that holds another run: a ``config.yaml`` or rows with another run id,
+  naming the settings that differ;
+* records the inputs a run's numbers depend on (model fingerprint, edit requests, data
+  sources, versions) and refuses a resume whose inputs changed, naming them;
+* knows which rows are written (:meth:`done`), so a rerun resumes exactly;
+* appends rows one whole line at a time and tells plugins about each one (the
+  ``row_written`` hook).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmcompose.errors import UsageError
+from lmcompose.results import (
+    CONFIG_FILE,
+    RESULTS_FILE,
+    append_row,
+    read_rows,
+    read_yaml,
+    write_yaml_atomic,
+)
+
+LOCK_FILE = ".lock"
+# config.yaml keys that describe this invocation, not the run: never a reason to refuse
+VOLATILE_KEYS = frozenset({"created", "notes", "versions", "model_fingerprint", "model_source", "out", "inputs",
+                           "device", "data_dir", "snapshots", "executor", "threads", "shard"})
+
+__all__ = ["RunFolder", "RunInfo", "describe_changes", "row_cell_id"]
+
+
+@dataclass
+class RunInfo:
+    """What the ``row_written`` and ``run_closed`` hooks are told about the run folder."""
+
+    folder: Path
+    run_id: str
+    kind: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def row_cell_id(row: Mapping[str, Any]) -> str:
+    """The cell a row belongs to: its ``cell`` (sweeps, studies), or the replicate of a run."""
+    cell = row.get("cell")
+    return str(cell) if cell is not None else f"run|r{row.get('replicate', 0)}"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any], ignore: frozenset[str] = VOLATILE_KEYS) -> list[str]:
+    """``key: old → new`` for every setting that differs between two resolved configs."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in ignore or key == "run_id":
+            continue
+        a, b = old.get(key), new.get(key)
+        if json.dumps(a, default=str, sort_keys=True) != json.dumps(b, default=str, sort_keys=True):
+            out.append(f"{key}: {_short(a)} → {_short(b)}")
+    return out
+
+
+class RunFolder:
+    """One run folder, open for writing by this process (use as a context manager)."""
+
+    def __init__(self, path: str | Path, run_id: str, kind: str, config: Mapping[str, Any] | None = None):
+        self.path = Path(path)
+        self.run_id = run_id
+        self.kind = kind
+        self.config = dict(config or {})
+        self._lock_fd: int | None = None
+        self._active = False  # set once config.yaml is written or checked: the run_closed hook is owed
+        self.status: str | None = None  # what run_closed reports; default finished (failed on an exception)
+        self.results = self.path / RESULTS_FILE
+        self.config_path = self.path / CONFIG_FILE
+
+    # -- opening ---------------------------------------------------------------------
+    def __enter__(self) -> RunFolder:
+        self.open()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            if self._active:
+                from lmcompose.plugins import notify_run_closed
+
+                self._active = False
+                notify_run_closed(self.info, "failed" if exc_type is not None else (self.status or "finished"))
+        finally:
+            self.close()
+
+    def open(self) -> RunFolder:
+        """Create the folder, lock it, and check that it holds no other run."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create the run folder {self.path}: {exc.strerror or exc}; choose a writable --out") from None
+        if not os.access(self.path, os.W_OK):
+            raise UsageError(f"the run folder {self.path} is not writable; choose a writable --out")
+        self._lock()
+        try:
+            self._check_other_run()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _lock(self) -> None:
+        import fcntl
+
+        lock_path = self.path / LOCK_FILE
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            try:
+                holder = lock_path.read_text().strip() or "?"
+            except OSError:
+                holder = "?"
+            raise UsageError(f"{self.path} is in use by another lmcompose process (pid {holder}); "
+                             "wait for it to finish, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            import fcntl
+
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _check_other_run(self) -> None:
+        if self.config_path.exists():
+            existing = read_yaml(self.config_path)
+            other = existing.get("run_id")
+            if other != self.run_id:
+                changes = describe_changes(existing, self.config)
+                what = ("; what changed: " + "; ".join(changes)) if changes else ""
+                raise UsageError(f"{self.path} already holds another run (run_id {other}, this one is {self.run_id}){what}. "
+                                 "Choose another --out, or delete that folder")
+        others = sorted({str(r.get("run_id")) for r in read_rows(self.results) if r.get("run_id") != self.run_id})
+        if others:
+            raise UsageError(f"{self.results} holds rows of another run ({', '.join(others)}; this one is {self.run_id}). "
+                             "Choose another --out, or delete that folder")
+
+    # -- config and inputs -----------------------------------------------------------
+    def write_config(self, inputs: Mapping[str, Any] | None = None, **extra: Any) -> None:
+        """Write config.yaml (the resolved settings, ``inputs`` and ``extra``), or, when the
+        folder already has one, check that the inputs this run depends on are the same."""
+        inputs = dict(inputs or {})
+        self._active = True
+        if self.config_path.exists():
+            recorded = read_yaml(self.config_path).get("inputs")
+            if recorded is not None:
+                changed = describe_changes(recorded, inputs, ignore=frozenset())
+                if changed:
+                    raise UsageError(f"{self.path}: the inputs of run {self.run_id} changed since it started, so its rows "
+                                     f"would mix data: {'; '.join(changed)}. Restore them, or start a new run in another --out")
+            return
+        data = {**self.config, "run_id": self.run_id, "kind": self.kind, **extra}
+        if inputs:
+            data["inputs"] = inputs
+        data.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        write_yaml_atomic(self.config_path, data)
+
+    # -- rows ------------------------------------------------------------------------
+    def rows(self) -> list[dict[str, Any]]:
+        return [r for r in read_rows(self.results) if r.get("run_id") == self.run_id]
+
+    def done(self) -> set[tuple[str, int]]:
+        """(cell id, position) of every row of this run already written."""
+        return {(row_cell_id(r), int(r["position"])) for r in self.rows() if "position" in r}
+
+    @property
+    def info(self) -> RunInfo:
+        return RunInfo(self.path, self.run_id, self.kind, self.config)
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Append one row (a single write, fsynced) and call the ``row_written`` hook."""
+        from lmcompose.plugins import notify_row_written
+
+        if row.get("run_id") != self.run_id:
+            raise ValueError(f"row of run {row.get('run_id')!r} written to the folder of run {self.run_id!r}")
+        append_row(self.results, row)
+        notify_row_written(row, self.info)
