@@ -114,11 +114,10 @@ def test_hook_row_written(register, tmp_path):
 
 
 def test_hook_run_closed(register, tmp_path):
-    from lmcompose.engine import RunFolder
-    from lmcompose.plugins import notify_run_closed
-
     from lmcompose.compose import compose
+    from lmcompose.engine import RunFolder
     from lmcompose.models.tiny import tiny_model
+    from lmcompose.plugins import notify_run_closed
 
     rec = _Recorder()
     register(rec, "recorder")
