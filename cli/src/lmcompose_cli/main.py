@@ -380,9 +380,10 @@ def _quiet_transformers() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def print_report(report: Any) -> None:
-    """The report's tables (the same strings as in report.md) as rich tables."""
-    for t in report.tables:
+def print_report(report: Any, tables: int | None = None) -> None:
+    """The report's tables (the same strings as in report.md) as rich tables (the first
+    ``tables`` of them when given: a study's Table 1)."""
+    for t in report.tables[:tables]:
         table = Table(title=t.title, caption=t.caption, caption_justify="left")
         for i, col in enumerate(t.columns):
             table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
@@ -455,43 +456,168 @@ def sweep(
                   highlight=False, soft_wrap=True)
 
 
-@app.command(epilog="Examples: lmcompose report runs/sweep-1a2b3c; lmcompose report runs/x --json; lmcompose report runs/x --no-plots")
+@app.command(epilog="Examples: lmcompose report runs/sweep-1a2b3c; lmcompose report runs/study-paper-0a1b2c; "
+             "lmcompose report runs/x --json; lmcompose report runs/x --no-plots")
 def report(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A sweep's run folder (the one holding results.jsonl).", show_default=False)],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A sweep's or study's run folder (the one holding results.jsonl).", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print A, P, OI and MCE as JSON instead of tables.")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
 ) -> None:
-    """Rebuild a sweep's tables, report.md and plots from its results.jsonl alone."""
+    """Rebuild a sweep's or study's tables, report.md and plots (and a study's rows.csv) from its results.jsonl alone."""
     with user_errors():
         from lmcompose.errors import DataError
         from lmcompose.report import write_report
+        from lmcompose.studies.report import is_study, write_study_report
 
         if not run_dir.is_dir():
-            raise DataError(f"run folder {run_dir} does not exist: give the --out folder of an `lmcompose sweep`")
-        rep = write_report(run_dir, plots=plots)
+            raise DataError(f"run folder {run_dir} does not exist: give the --out folder of an `lmcompose sweep` or `lmcompose study`")
+        study_folder = is_study(run_dir)
+        rep = write_study_report(run_dir, plots=plots) if study_folder else write_report(run_dir, plots=plots)
     if as_json:
-        typer.echo(json.dumps({axis: c.as_dict() for axis, c in rep.composability.items()}, indent=2, default=str))
+        comps = {f"{e}|{d}": c for (e, d), c in rep.composability.items()} if study_folder else rep.composability
+        typer.echo(json.dumps({k: c.as_dict() for k, c in comps.items()}, indent=2, default=str))
         return
-    print_report(rep)
-    console.print(f"report: {rep.path}" + (f" (+ {len(rep.plots)} plots in {run_dir / 'plots'})" if rep.plots else ""),
+    print_report(rep, tables=1 if study_folder else None)
+    extra = f"; all rows: {rep.table_path}" if study_folder else ""
+    console.print(f"report: {rep.path}{extra}" + (f" (+ {len(rep.plots)} plots in {run_dir / 'plots'})" if rep.plots else ""),
                   highlight=False, soft_wrap=True)
 
 
 @app.command(epilog="Example: lmcompose validate experiment.yaml")
-def validate(config: Annotated[Path, typer.Argument(help="YAML run settings (the keys of `lmcompose run -c` or `lmcompose sweep -c`).")]) -> None:
-    """Check a run or sweep config without loading a model: steps, fields, ranges, metrics, dataset."""
+def validate(config: Annotated[Path, typer.Argument(help="YAML run settings (the keys of `lmcompose run -c` or `lmcompose sweep -c`) or a study file.")]) -> None:
+    """Check a run or sweep config, or a study file, without loading a model: steps, fields, ranges, metrics, datasets."""
     with user_errors():
         from lmcompose.compose import RunSettings
         from lmcompose.results import read_yaml
         from lmcompose.sweep import SWEEP_KEYS, SweepSettings
 
         data = read_yaml(config)
+        from lmcompose.studies.spec import STUDY_MARKERS
+
+        if STUDY_MARKERS & set(data):
+            _validate_study(config)
+            return
         is_sweep = bool(SWEEP_KEYS & set(data))
         settings = (SweepSettings if is_sweep else RunSettings).from_mapping(data, where=str(config))
         steps, metrics = settings.validate()
         cells = settings.cell_count() if is_sweep else 0
     what = f"sweep of {cells} cells over " if is_sweep else ""
     console.print(f"[green]ok[/]: {config} — {what}{len(steps)} step(s): {', '.join(s.name for s in steps)}; metrics: {', '.join(m.name for m in metrics)}")
+
+
+def _validate_study(path: Path) -> None:
+    from lmcompose.studies import load_study
+
+    study = load_study(path)
+    cells = study.cells()
+    c = study.counts()
+    console.print(f"[green]ok[/]: {path} — study {study.name!r} (id {study.id}): {len(cells)} cells over "
+                  f"{len(study.entries)} compressor entr{'y' if len(study.entries) == 1 else 'ies'} × {len(study.datasets)} "
+                  f"dataset(s) × {study.replicates} replicate(s)", highlight=False, soft_wrap=True)
+    console.print(_counts_text(c), highlight=False, soft_wrap=True)
+
+
+def _counts_text(counts: dict[str, Any]) -> str:
+    def one(pc: Any) -> str:
+        return f"{pc.edits} edits + {pc.compressions} compressions, {pc.evaluations} evaluations"
+
+    return (f"model states: this study {one(counts['study'])}; as separate sweeps {one(counts['separate_sweeps'])}; "
+            f"every cell on its own {one(counts['independent_cells'])}")
+
+
+class StudyProgress(RichProgress):
+    """The study's own bar (states done, elapsed, ETA) above the steps' bars; when stderr
+    is not a terminal (nohup, Slurm), one log line per finished model state instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tty = err_console.is_terminal
+        self._bar: Any = None
+
+    def on_event(self, event: Any) -> None:
+        from lmcompose.engine.progress import format_duration
+
+        if not self.tty:
+            err_console.print(f"[study] {event.line()}", markup=False, highlight=False, soft_wrap=True)
+            return
+        eta = format_duration(event.eta_s) if event.eta_s is not None else "?"
+        text = f"study: {event.done}/{event.total} states, ETA {eta}"
+        if self._bar is None:
+            self._bar = self.rp.add_task(text, total=event.total)
+        self.rp.update(self._bar, completed=event.done, description=text)
+
+
+@app.command(epilog="Examples: lmcompose study studies/quick.yaml; lmcompose study studies/paper.yaml --out runs/paper; "
+             "lmcompose study studies/paper.yaml --executor ray --ray-address 10.0.0.5:6379 --cpus-per-task 4 --gpus-per-task 0.25; "
+             "lmcompose study studies/paper.yaml --shard 2/4 --out runs/paper-2; lmcompose study studies/paper.yaml --plan")
+def study(
+    study_file: Annotated[Path, typer.Argument(metavar="STUDY.yaml", help="The study file (see docs/studies.md).", show_default=False)],
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder (default runs/study-<name>-<id>); rerun the same command to resume.")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="local (this process) or ray (tasks on a Ray cluster).")] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster address (host:port, ray://host:10001 or auto); default: start a local cluster.")] = None,
+    cpus_per_task: Annotated[float | None, typer.Option("--cpus-per-task", help="CPUs each Ray task asks for (default: the study's resources, else 1); also its torch threads.")] = None,
+    gpus_per_task: Annotated[float | None, typer.Option("--gpus-per-task", help="GPUs each Ray task asks for; fractions (0.25) share one GPU between tasks.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch threads per process (default: the cores this process may use, or the Ray CPU request).")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="Run part I of N of the plan (I/N, e.g. 2/4); combine the folders with `lmcompose merge`.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: the study's device).")] = None,
+    plan_only: Annotated[bool, typer.Option("--plan", help="Print the plan's cells and work counts and stop (nothing is loaded or written).")] = False,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
+) -> None:
+    """Run a study: every editor × compressor × strength × order × dataset × replicate of STUDY.yaml, sharing every model state; write results.jsonl, report.md, rows.csv and plots."""
+    with user_errors():
+        from lmcompose.studies import load_study
+        from lmcompose.studies.runner import parse_shard, run_study
+
+        spec = load_study(study_file)
+        parse_shard(shard)
+        if plan_only:
+            console.print(f"study {spec.name!r} (id {spec.id}): {len(spec.cells())} cells", highlight=False)
+            console.print(_counts_text(spec.counts()), highlight=False, soft_wrap=True)
+            return
+        _quiet_transformers()
+        progress = StudyProgress()
+        with progress.rp:
+            result = run_study(spec, out=out, executor=executor, ray_address=ray_address, cpus_per_task=cpus_per_task,
+                               gpus_per_task=gpus_per_task, threads=threads, shard=shard, device=device,
+                               progress=progress, on_progress=progress.on_event, plots=plots)
+    if result.report is not None:
+        print_report(result.report, tables=1)
+    for failure in result.failures:
+        err_console.print(f"[bold red]error:[/] {failure.line()}", highlight=False, soft_wrap=True)
+    console.print(f"results: {result.folder / 'results.jsonl'} ({result.rows} new rows, {result.seconds:.0f} s)",
+                  highlight=False, soft_wrap=True)
+    console.print(_counts_text(result.counts), highlight=False, soft_wrap=True)
+    if result.report is not None:
+        console.print(f"report: {result.report.path}; all rows: {result.report.table_path}"
+                      + (f" (+ {len(result.report.plots)} plots in {result.folder / 'plots'})" if result.report.plots else ""),
+                      highlight=False, soft_wrap=True)
+    elif result.missing:
+        what = "this shard is done; combine the shard folders with `lmcompose merge`" if shard and not result.failures else \
+            f"{len(result.missing)} cell(s) are not finished; rerun the same command to resume"
+        console.print(what, highlight=False, soft_wrap=True)
+    if result.failures:
+        raise typer.Exit(1)
+
+
+@app.command(epilog="Example: lmcompose merge runs/paper-1 runs/paper-2 runs/paper-3 --out runs/paper")
+def merge(
+    shards: Annotated[list[Path], typer.Argument(metavar="DIR...", help="Shard folders of one study (`lmcompose study --shard I/N --out DIR`).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the merged study to (resumed if it holds the same study).")],
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
+) -> None:
+    """Combine the shard folders of one study into one folder (rows checked to agree) and write its report."""
+    with user_errors():
+        from lmcompose.studies.runner import merge_studies
+
+        added, missing, rep = merge_studies(shards, out, plots=plots)
+    if rep is not None:
+        print_report(rep, tables=1)
+    console.print(f"merged {added} new rows into {out / 'results.jsonl'}", highlight=False, soft_wrap=True)
+    if missing:
+        console.print(f"{len(missing)} cell(s) are still missing (a shard not run yet?), e.g. {missing[0]}; "
+                      "merge again when every shard is done", highlight=False, soft_wrap=True)
+    elif rep is not None:
+        console.print(f"report: {rep.path}", highlight=False, soft_wrap=True)
 
 
 @app.command(epilog="Example: lmcompose models --prepare")

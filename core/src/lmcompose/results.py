@@ -73,6 +73,38 @@ def write_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
             os.unlink(tmp)
 
 
+MAX_YAML_NODES = 1_000_000
+
+
+def expanded_size(data: Any, limit: int = MAX_YAML_NODES) -> int | None:
+    """How many values ``data`` holds once YAML aliases are expanded (each alias counts as a
+    full copy of what it names), computed without expanding: a repeated object is sized
+    once. Stops counting past ``limit``; None for a structure that contains itself."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(obj: Any) -> int | None:
+        if not isinstance(obj, dict | list):
+            return 1
+        key = id(obj)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            return None
+        active.add(key)
+        total = 1
+        for child in (obj.values() if isinstance(obj, dict) else obj):
+            n = size(child)
+            if n is None:
+                return None
+            total = min(limit + 1, total + n)
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(data)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     from lmcompose.errors import ConfigError
 
@@ -86,6 +118,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
     if data is None:
         return {}
+    size = expanded_size(data)
+    if size is None:
+        raise ConfigError(f"config file {path} refers to itself (a YAML alias inside its own anchor); write the values out")
+    if size > MAX_YAML_NODES:
+        raise ConfigError(f"config file {path} expands to more than {MAX_YAML_NODES:,} values (YAML aliases repeat "
+                          "anchored parts); a config is never that large: write it without nested aliases")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
     return data

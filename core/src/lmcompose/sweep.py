@@ -93,16 +93,25 @@ def parse_vary(text: str, steps: Sequence[StepSpec]) -> Vary:
     raw = [v.strip() for v in rhs.split(",")]
     if not rhs.strip() or any(not v for v in raw):
         raise ConfigError(f"--vary {text!r}: give comma-separated values after '=', e.g. {lhs.strip()}=0.25,0.5,0.75")
+    return make_vary(steps, index, field_name, raw, f"--vary {text!r}")
+
+
+def make_vary(steps: Sequence[StepSpec], index: int, field_name: str, raw: Sequence[Any], where: str) -> Vary:
+    """The :class:`Vary` of ``field_name`` of ``steps[index]`` over the ``raw`` values: each
+    value is checked by building the step with it (wrong type, out of range), none may repeat,
+    and a field that is not the step's strength must be numeric (it becomes the x-axis)."""
+    step_name = steps[index].name
+    cls = get_interventions().get(step_name)
     values = []
     for v in raw:
         inst = build_intervention(StepSpec(step_name, {**steps[index].overrides, field_name: v}))
         values.append(getattr(inst.config, field_name))
     if len(set(map(repr, values))) != len(values):
-        raise ConfigError(f"--vary {text!r}: a value is given twice")
+        raise ConfigError(f"{where}: a value is given twice")
     knob = cls.strength
     is_strength = knob is not None and knob.field == field_name
     if not is_strength and not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        raise ConfigError(f"--vary {text!r}: {field_name!r} is not {step_name}'s strength ({knob.field if knob else 'none'}) "
+        raise ConfigError(f"{where}: {field_name!r} is not {step_name}'s strength ({knob.field if knob else 'none'}) "
                           "and not numeric, so it cannot be an x-axis; vary the strength field or a numeric field")
     return Vary(step_name, index, field_name, tuple(values), is_strength)
 
@@ -386,6 +395,6 @@ def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tupl
 
 
 __all__ = [
-    "Cell", "StepSpec", "SweepSettings", "Vary", "edits_digest", "parse_orders", "parse_vary", "run_inputs", "run_sweep",
+    "Cell", "StepSpec", "SweepSettings", "Vary", "edits_digest", "make_vary", "parse_orders", "parse_vary", "run_inputs", "run_sweep",
     "sweep", "sweep_cells", "sweep_id", "topk_next_tokens",
 ]

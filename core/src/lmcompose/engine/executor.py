@@ -208,6 +208,7 @@ class Executor:
         self.build = build or (lambda a: build_intervention(StepSpec(a.name, dict(a.overrides))))
         self.states: Counter[str] = Counter()
         self.evaluations = 0
+        self.references = 0  # base-model reference passes (Metric.reference), one per edit metric and group
 
     @property
     def counts(self) -> PlanCounts:
@@ -228,6 +229,7 @@ class Executor:
             if self.ctx.edits:
                 for m in self.edit_metrics:
                     m.reference(self.lm, self.ctx)
+                    self.references += 1
         try:
             if root and top.pending:
                 start = time.perf_counter()

@@ -92,6 +92,7 @@ class Node:
     cells: list[Cell] = field(default_factory=list)
     pending: list[Cell] = field(default_factory=list)
     needed: bool = False
+    label: str = "base model"
 
     @property
     def id(self) -> str:
@@ -246,10 +247,19 @@ def _build_tree(cells: Sequence[Cell]) -> Node:
                 group = cell.group
             key = (group, prefix)
             if key not in node.children:
-                node.children[key] = Node(key, action, depth, group)
+                step = _step_text(action)
+                label = step if node.action is None else f"{node.label.split(' [')[0]} → {step}"
+                if group is not None:
+                    label += f" [{group[0] + ' ' if group[0] else ''}r{group[1]}]"
+                node.children[key] = Node(key, action, depth, group, label=label)
             node = node.children[key]
             node.cells.append(cell)
     return root
+
+
+def _step_text(action: Action) -> str:
+    text = action.name + (":" + ",".join(f"{k}={v}" for k, v in action.overrides.items()) if action.overrides else "")
+    return text + (" (again)" if action.again else "")
 
 
 def _mark(node: Node, done: set[tuple[str, int]], only: set[str] | None) -> bool:

@@ -38,7 +38,8 @@ from lmcompose.results import (
 LOCK_FILE = ".lock"
 # config.yaml keys that describe this invocation, not the run: never a reason to refuse
 VOLATILE_KEYS = frozenset({"created", "notes", "versions", "model_fingerprint", "model_source", "out", "inputs",
-                           "device", "data_dir", "snapshots", "executor", "threads", "shard"})
+                           "device", "data_dir", "snapshots", "executor", "threads", "shard", "merged_from",
+                           "study", "counts", "cells"})
 
 __all__ = ["RunFolder", "RunInfo", "describe_changes", "row_cell_id"]
 

@@ -1,0 +1,194 @@
+"""The Ray executor: the plan's independent subtrees as Ray tasks, rows streamed back to the
+driver, which alone appends them to the run folder.
+
+The driver cuts the plan with :meth:`Plan.tasks` (the base model's rows, and one task per
+needed first-step subtree, so no model state is computed twice), submits each with the CPU
+and GPU request asked for (fractional GPUs let several small-model tasks share one GPU), and
+appends the rows of each model state as its task yields them. A task that raises (or whose
+worker dies) is submitted once more with the rows written so far marked done; a second
+failure is reported with the cells it leaves unwritten, and every other task's rows are kept.
+A killed driver loses nothing: rerunning resumes from results.jsonl like a local run.
+
+What the partition gives up: each task loads the base model and records the edit metrics'
+base-model references (one teacher-forced pass per edit batch it evaluates) itself.
+
+Ray is an optional extra (``pip install 'lmcompose[ray]'``); nothing here imports it until a
+run asks for it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from lmcompose.engine.plan import Plan, Task
+from lmcompose.engine.run_folder import RunFolder
+from lmcompose.errors import ConfigError, UsageError
+
+# environment a worker needs to find the same data, caches and plugins as the driver
+FORWARDED_ENV = ("LMCOMPOSE_DATA_DIR", "LMCOMPOSE_CACHE_DIR", "LMCOMPOSE_LOAD_PLUGINS", "LMCOMPOSE_BLOCK_PLUGINS",
+                 "HF_HUB_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM", "TRANSFORMERS_OFFLINE")
+CONNECT_TIMEOUT_S = 5.0
+
+__all__ = ["RayWork", "TaskFailure", "check_address", "run_on_ray"]
+
+
+class RayWork(Protocol):
+    """What a worker needs to rebuild its part of the run (must pickle)."""
+
+    def prepare(self, threads: int) -> tuple[Any, ...]:
+        """(plan, lm, ctx, metrics, edits, executor keyword arguments), in the worker."""
+
+    def inputs(self, lm: Any, edits: Mapping[Any, Any]) -> dict[str, Any]:
+        """What the run's numbers depend on (checked by the run folder)."""
+
+
+@dataclass
+class TaskFailure:
+    """A task that failed twice: its id, the cells it leaves unwritten, the error."""
+
+    task: str
+    cells: list[str]
+    error: str
+
+    def line(self) -> str:
+        shown = ", ".join(self.cells[:6]) + (f" and {len(self.cells) - 6} more" if len(self.cells) > 6 else "")
+        return f"task {self.task} failed twice ({self.error}); cells left unwritten: {shown}"
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--executor ray needs Ray: pip install 'lmcompose[ray]' (make install installs it)") from None
+    return ray
+
+
+def check_address(address: str) -> str:
+    """Check that a Ray cluster answers at ``address`` (``host:port``, ``ray://host:port`` or
+    ``auto``) within a few seconds: ``ray.init`` would otherwise wait minutes for an address
+    that is wrong. Returns the address to pass to ``ray.init``."""
+    if address == "auto":
+        return address
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--ray-address {address!r}: give host:port (e.g. 10.0.0.5:6379), ray://host:10001, or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--ray-address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
+                         "start one with `ray start --head`, or check the address") from None
+    return address
+
+
+def _init(ray: Any, address: str | None) -> bool:
+    """Connect (or start a local cluster); True if this call started Ray."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address:
+        kwargs["address"] = check_address(address)
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise UsageError(f"--ray-address {address}: could not connect to Ray ({exc})") from None
+    return True
+
+
+def _worker_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
+def _probe(work: RayWork, threads: int, env: dict[str, str]) -> dict[str, Any]:
+    os.environ.update(env)
+    plan, lm, _ctx, _metrics, edits, _kw = work.prepare(threads)
+    return work.inputs(lm, edits)
+
+
+def _task(work: RayWork, task: Task, done: set[tuple[str, int]], only: set[str] | None, threads: int,
+          fingerprint: str | None, env: dict[str, str]) -> Iterator[dict[str, Any]]:
+    os.environ.update(env)
+    from lmcompose.engine.executor import Executor
+
+    plan, lm, ctx, metrics, edits, kwargs = work.prepare(threads)
+    if fingerprint is not None and lm.fingerprint() != fingerprint:
+        raise RuntimeError(f"the model loaded on {socket.gethostname()} differs from the driver's probe "
+                           f"(fingerprint {lm.fingerprint()} != {fingerprint}); every node needs the same model files")
+    plan.mark_needed(done, only)
+    executor = Executor(plan, lm, ctx, metrics, edits, **kwargs)
+    for state in executor.run(nodes=task.nodes, root=task.root):
+        yield {"node": state.node.id, "rows": state.rows, "seconds": state.seconds}
+
+
+def run_on_ray(work: RayWork, plan: Plan, folder: RunFolder, *, address: str | None = None,
+               cpus_per_task: float = 1.0, gpus_per_task: float = 0.0, threads: int | None = None,
+               only: set[str] | None = None, on_state: Callable[[Any, dict[str, Any]], None] | None = None,
+               write_config: Callable[[dict[str, Any]], None] | None = None) -> list[TaskFailure]:
+    """Run the needed part of ``plan`` as Ray tasks; the rows go to ``folder`` (this process
+    is the only writer). ``write_config(inputs)`` records the inputs a probe task reads on a
+    worker; ``on_state(node, item)`` is called after each model state's rows are written.
+    Returns the tasks that failed twice (empty when everything was written)."""
+    if cpus_per_task <= 0:
+        raise ConfigError(f"--cpus-per-task {cpus_per_task!r}: give a positive number of CPUs")
+    if gpus_per_task < 0:
+        raise ConfigError(f"--gpus-per-task {gpus_per_task!r}: give a number of GPUs >= 0 (fractions share one GPU)")
+    ray = _ray()
+    started = _init(ray, address)
+    try:
+        n_threads = threads or max(1, math.ceil(cpus_per_task))
+        env = _worker_env()
+        opts = {"num_cpus": cpus_per_task, "num_gpus": gpus_per_task, "max_retries": 0}
+        probe = ray.remote(_probe).options(**opts)
+        inputs = ray.get(probe.remote(work, n_threads, env))
+        if write_config is not None:
+            write_config(inputs)
+        plan.mark_needed(folder.done(), only)
+        remote = ray.remote(_task).options(**opts)
+
+        def submit(task: Task) -> Any:
+            return remote.remote(work, task, folder.done(), only, n_threads, inputs.get("model_fingerprint"), env)
+
+        running: dict[Any, tuple[Task, int]] = {submit(t): (t, 0) for t in plan.tasks()}
+        failures: list[TaskFailure] = []
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            gen = ready[0]
+            task, attempt = running[gen]
+            try:
+                item = ray.get(next(gen))
+            except StopIteration:
+                del running[gen]
+                continue
+            except Exception as exc:  # noqa: BLE001 - a task may fail in any way; report it
+                del running[gen]
+                if attempt == 0:
+                    running[submit(task)] = (task, 1)
+                else:
+                    done = folder.done()
+                    wanted = set(task.cells)
+                    left = [c.id for c in plan.cells if c.id in wanted and any(
+                        (c.id, p) not in done for p in ([0] if task.root else c.positions[1:]))]
+                    failures.append(TaskFailure(task.id, left, _describe(exc)))
+                continue
+            for row in item["rows"]:
+                folder.append(row)
+            if on_state is not None:
+                on_state(plan.node(item["node"]), item)
+        return failures
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _describe(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"

@@ -1,0 +1,448 @@
+"""The report of a study, rebuilt from its results.jsonl alone.
+
+* **Table 1** (the paper's): A and P per compressor × dataset × criterion (edit success,
+  generalization, locality, perplexity), mean ± sample std over replicates;
+* **Figures 1–2** (``plots/fig1_<family>.png``): per compressor family, rows = datasets,
+  columns = criteria, one line per compressor and order with ± std bands; every curve
+  begins at strength 0, the dense edited model (for edit→compress it is the edited model
+  itself; for compress→edit an uncompressed model edited is the same model);
+* **Figure 5** (``plots/fig5_nll.png``): the rise in edit NLL against the rise in general NLL
+  from the dense edited model, per compressor, with the identity line (above it, edits
+  decay faster than language modelling);
+* the final metrics of each (compressor, dataset) per order and strength;
+* ``rows.csv``: every row flat, one column per field (``pandas.read_csv`` opens it).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmcompose.composability import CRITERIA, Composability, SweepData, composability, load_sweep
+from lmcompose.errors import DataError
+from lmcompose.report import Table, fmt_mean_std, order_text
+from lmcompose.results import RESULTS_FILE, read_rows
+
+REPORT_FILE = "report.md"
+TABLE_FILE = "rows.csv"
+FIGURE_METRICS = ("edit_success", "generalization", "locality", "perplexity")
+METRIC_LABELS = {"edit_success": "edit success", "generalization": "generalization", "locality": "locality",
+                 "perplexity": "perplexity (wikitext-2)"}
+
+__all__ = ["StudyData", "StudyReport", "build_study_report", "is_study", "load_study_rows", "write_flat_table",
+           "write_study_report"]
+
+
+@dataclass
+class StudyData:
+    """A study's rows, split into one sweep per (entry, dataset)."""
+
+    rows: list[dict[str, Any]]
+    run_id: str
+    name: str
+    model: str
+    entries: list[str]
+    datasets: list[str]
+    sweeps: dict[tuple[str, str], SweepData]
+    families: dict[str, str]  # entry -> family
+    editors: dict[str, str | None]  # entry -> editor label
+    dense: dict[tuple[str, str | None, int], dict[str, Any]]  # (dataset, editor step name, replicate) -> dense edit row
+
+
+@dataclass
+class StudyReport:
+    data: StudyData
+    composability: dict[tuple[str, str], Composability]
+    tables: list[Table]
+    notes: list[str] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+    path: Path | None = None
+    table_path: Path | None = None
+
+
+def is_study(run_dir: str | Path) -> bool:
+    """True if the folder's rows are a study's (they carry ``study`` and ``dataset``)."""
+    path = Path(run_dir) / RESULTS_FILE
+    return path.exists() and any("study" in r for r in read_rows(path)[:1])
+
+
+def load_study_rows(source: str | Path | Sequence[Mapping[str, Any]]) -> StudyData:
+    if isinstance(source, str | Path):
+        path = Path(source)
+        path = path / RESULTS_FILE if path.is_dir() else path
+        if not path.exists():
+            raise DataError(f"{path} does not exist: give a study's run folder (the one holding results.jsonl)")
+        rows = read_rows(path)
+        where = str(path)
+    else:
+        rows, where = [dict(r) for r in source], "the rows given"
+    rows = [r for r in rows if r.get("study") is not None]
+    if not rows:
+        raise DataError(f"{where} holds no study rows: give the --out folder of `lmcompose study`")
+    ids = list(dict.fromkeys(r["run_id"] for r in rows))
+    if len(ids) > 1:
+        raise DataError(f"{where} mixes studies {', '.join(ids)}; keep one study per folder (merge combines shards of one)")
+    entries = list(dict.fromkeys(r["entry"] for r in rows))
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    sweeps = {}
+    for e in entries:
+        for d in datasets:
+            part = [r for r in rows if r["entry"] == e and r["dataset"] == d]
+            if part:
+                sweeps[(e, d)] = load_sweep(part)
+    dense: dict[tuple[str, str | None, int], dict[str, Any]] = {}
+    for r in rows:
+        step = r.get("step") or {}
+        if r["position"] == 1 and step.get("kind") == "edit" and r["order"] and r["order"][0] == step.get("name"):
+            dense.setdefault((r["dataset"], step.get("name"), int(r["replicate"])), r)
+    families = {r["entry"]: r.get("family") or "other" for r in rows}
+    editors = {r["entry"]: r.get("editor") for r in rows}
+    return StudyData(rows, ids[0], rows[0]["study"], rows[0].get("model", ""), entries, datasets, sweeps, families,
+                     editors, dense)
+
+
+def _editor_step(data: StudyData, entry: str) -> str | None:
+    """The editor step's name of a paired entry (None for a composed sequence)."""
+    if data.editors.get(entry) is None:
+        return None
+    for r in data.rows:
+        step = r.get("step") or {}
+        if r["entry"] == entry and step.get("kind") == "edit":
+            return step.get("name")
+    return None
+
+
+def table1(data: StudyData, comps: Mapping[tuple[str, str], Composability]) -> Table:
+    present = [c for c in CRITERIA if any(c in comp.criteria for comp in comps.values())]
+    rows = []
+    for (entry, ds), comp in comps.items():
+        cells = [entry, ds]
+        for name in present:
+            c = comp.criteria.get(name)
+            if c is None:
+                cells.append("–")
+                continue
+            n = len(c.replicates)
+            cells.append(f"{fmt_mean_std(c.A_mean, c.A_std, n, 3)} / {fmt_mean_std(c.P_mean, c.P_std, n, 3)}")
+        n_reps = max((len(c.replicates) for c in comp.criteria.values()), default=0)
+        rows.append([*cells, str(n_reps)])
+    return Table("Table 1: composability A / P per compressor and dataset",
+                 ["compressor", "dataset", *[METRIC_LABELS.get(c, c).split(" (")[0] for c in present], "replicates"], rows,
+                 "Each cell: A / P (mean ± sample std over replicates). A: area between the best and the worst order "
+                 "(0 = the order does not matter); P: 1 − area under the best order (0 = nothing lost). x = the "
+                 "compressor's normalized strength over its own grid (docs/sweeps.md).")
+
+
+def final_metrics_table(data: StudyData, entry: str, ds: str) -> Table:
+    sweep = data.sweeps[(entry, ds)]
+    keys = [k for k in ("edit_success", "generalization", "locality", "perplexity", "avg_bits") if
+            any(r.get(k) is not None for r in sweep.rows)]
+    rows = []
+    for o in sweep.orders:
+        for v in sweep.values:
+            got = [sweep.final[(o, v, r)] for r in sweep.replicates if (o, v, r) in sweep.final]
+            if got:
+                rows.append([order_text(o), str(v), *[_mean_text(got, k) for k in keys]])
+    return Table(f"{entry} on {ds}: final model per order and strength", ["order", sweep.vary, *keys], rows,
+                 "Means over replicates.")
+
+
+def _mean_text(rows: Sequence[Mapping[str, Any]], key: str) -> str:
+    got = [r.get(key) for r in rows if r.get(key) is not None]
+    if not got:
+        return "–"
+    m = statistics.fmean(got)
+    return f"{m:.2f}" if key == "perplexity" else f"{m:.4f}"
+
+
+def build_study_report(run_dir: str | Path | StudyData) -> StudyReport:
+    data = run_dir if isinstance(run_dir, StudyData) else load_study_rows(run_dir)
+    comps: dict[tuple[str, str], Composability] = {}
+    notes: list[str] = []
+    for key, sweep in data.sweeps.items():
+        if not sweep.complete:
+            notes.append(f"{key[0]} on {key[1]} is not complete: A/P use the replicates whose cells are all finished")
+        try:
+            c = composability(sweep)
+        except DataError as exc:
+            notes.append(f"{key[0]} on {key[1]}: {exc}")
+            continue
+        if c.criteria:
+            comps[key] = c
+            notes.extend(f"{key[0]} on {key[1]}: {n}" for n in c.notes)
+    tables = [table1(data, comps)] + [final_metrics_table(data, e, d) for (e, d) in data.sweeps]
+    return StudyReport(data, comps, tables, notes)
+
+
+# --------------------------------------------------------------------------------------
+# the flat table
+# --------------------------------------------------------------------------------------
+
+
+def _flat(row: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if k == "step":
+            step = v or {}
+            out["step_name"] = step.get("name")
+            out["step_kind"] = step.get("kind")
+            out["step_strength"] = step.get("strength")
+            out["step_recompress"] = bool(step.get("recompress", False))
+            out["step_config"] = json.dumps(step.get("config"), sort_keys=True) if step else None
+        elif k == "order":
+            out["order"] = " > ".join(v)
+        elif isinstance(v, dict | list):
+            out[k] = json.dumps(v, sort_keys=True)
+        else:
+            out[k] = v
+    return out
+
+
+def write_flat_table(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Every row as one CSV line (nested fields as JSON text), columns in first-seen order."""
+    flat = [_flat(r) for r in rows]
+    columns = list(dict.fromkeys(k for r in flat for k in r))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(flat)
+    tmp.replace(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# figures
+# --------------------------------------------------------------------------------------
+
+
+def _stat(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _curve(data: StudyData, entry: str, ds: str, order: tuple[str, ...], key: str) -> list[tuple[float, float, float]]:
+    """(x, mean, std) of ``key`` on the final model per strength, starting at strength 0 (the
+    dense edited model) for a paired entry."""
+    sweep = data.sweeps[(entry, ds)]
+    pts = []
+    for v in sweep.values:
+        got = [sweep.final[(order, v, r)].get(key) for r in sweep.replicates if (order, v, r) in sweep.final]
+        got = [g for g in got if g is not None]
+        if got:
+            pts.append((float(v), *_stat(got)))
+    editor = _editor_step(data, entry)
+    if editor is not None and pts:
+        dense = [data.dense[(ds, editor, r)].get(key) for r in sweep.replicates if (ds, editor, r) in data.dense]
+        dense = [d for d in dense if d is not None]
+        if dense:
+            pts.insert(0, (_dense_x(sweep), *_stat(dense)))
+    return pts
+
+
+def _increasing(sweep: SweepData) -> bool:
+    """True if the varied value grows with strength (sparsity), False if it shrinks (bits)."""
+    norm = [(float(r["strength"]), r.get("strength_normalized")) for r in sweep.rows if r.get("strength_normalized") is not None]
+    if len({v for v, _ in norm}) < 2:
+        return True
+    lo, hi = min(norm), max(norm)
+    return hi[1] >= lo[1]
+
+
+def _dense_x(sweep: SweepData) -> float:
+    """Where strength 0 sits on the value axis: 0 for a value that grows with strength
+    (sparsity), the dense model's average bits (16) for one that shrinks (bits)."""
+    if _increasing(sweep):
+        return 0.0
+    bits = [r.get("avg_bits") for r in sweep.base.values() if r.get("avg_bits") is not None]
+    return statistics.fmean(bits) if bits else 16.0
+
+
+def _scorer(data: StudyData, key: str) -> str:
+    field_name = "locality_scorer" if key == "locality" else "edit_scorer"
+    got = {r.get(field_name) for r in data.rows if r.get(field_name)}
+    return f" ({', '.join(sorted(got))} scorer)" if key != "perplexity" and got else ""
+
+
+def plot_family(data: StudyData, family: str, path: Path) -> Path | None:
+    from lmcompose.plots import _plt
+
+    entries = [e for e in data.entries if data.families.get(e) == family]
+    keys = [k for k in FIGURE_METRICS if any(r.get(k) is not None for r in data.rows)]
+    if not entries or not keys:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(data.datasets), len(keys), figsize=(4.4 * len(keys), 3.4 * len(data.datasets)),
+                             squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":", "-."]
+    field_label = ""
+    for i, ds in enumerate(data.datasets):
+        for j, key in enumerate(keys):
+            ax = axes[i][j]
+            for k, entry in enumerate(entries):
+                if (entry, ds) not in data.sweeps:
+                    continue
+                sweep = data.sweeps[(entry, ds)]
+                field_label = sweep.vary.split(".")[-1]
+                for m, order in enumerate(sweep.orders):
+                    pts = _curve(data, entry, ds, order, key)
+                    if not pts:
+                        continue
+                    xs, ms, ss = zip(*pts, strict=True)
+                    ax.plot(xs, ms, marker="o", markersize=3, color=colors[k % len(colors)], linestyle=styles[m % len(styles)],
+                            label=f"{entry}: {order_text(order)}")
+                    if len(sweep.replicates) > 1:
+                        ax.fill_between(xs, [a - b for a, b in zip(ms, ss, strict=True)],
+                                        [a + b for a, b in zip(ms, ss, strict=True)], color=colors[k % len(colors)], alpha=0.12)
+                if not _increasing(sweep) and not ax.xaxis_inverted():
+                    ax.invert_xaxis()
+            if key == "perplexity":
+                ax.set_yscale("log")
+            ax.set_title(f"{ds}: {METRIC_LABELS[key]}", fontsize=9)
+            ax.set_ylabel(METRIC_LABELS[key].split(" (")[0] + _scorer(data, key), fontsize=8)
+            ax.set_xlabel(f"{field_label} (strength 0 = dense edited model)", fontsize=8)
+            ax.grid(alpha=0.3)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle(f"{data.model}: {family} — final model after both orders (mean ± std over replicates)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_nll_decay(data: StudyData, path: Path) -> Path | None:
+    """Figure 5: Δ edit NLL against Δ general NLL from the dense edited model, per compressor."""
+    from lmcompose.plots import _plt
+
+    entries = [e for e in data.entries if _editor_step(data, e) is not None]
+    if not entries or not any(r.get("edit_nll") is not None and r.get("general_nll") is not None for r in data.rows):
+        return None
+    plt = _plt()
+    cols = min(4, len(entries))
+    nrows = (len(entries) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.8 * nrows), squeeze=False)
+    markers = ["o", "s", "^", "D"]
+    for ax, entry in zip(axes.flat, entries, strict=False):
+        editor = _editor_step(data, entry)
+        lim = 0.0
+        for ds in data.datasets:
+            if (entry, ds) not in data.sweeps:
+                continue
+            sweep = data.sweeps[(entry, ds)]
+            for m, order in enumerate(sweep.orders):
+                xs, ys = [], []
+                for v in sweep.values:
+                    dx, dy = [], []
+                    for r in sweep.replicates:
+                        row, dense = sweep.final.get((order, v, r)), data.dense.get((ds, editor, r))
+                        if row is None or dense is None:
+                            continue
+                        if None in (row.get("general_nll"), row.get("edit_nll"), dense.get("general_nll"), dense.get("edit_nll")):
+                            continue
+                        dx.append(row["general_nll"] - dense["general_nll"])
+                        dy.append(row["edit_nll"] - dense["edit_nll"])
+                    if dx:
+                        xs.append(statistics.fmean(dx))
+                        ys.append(statistics.fmean(dy))
+                if xs:
+                    ax.plot(xs, ys, marker=markers[m % len(markers)], linestyle="-" if m == 0 else "--",
+                            label=f"{ds}: {order_text(order)}")
+                    lim = max(lim, *xs, *ys)
+        lim = lim * 1.05 if lim > 0 else 1.0
+        ax.plot([0, lim], [0, lim], color="grey", linestyle=":", linewidth=1, label="identity (equal decay)")
+        ax.set_title(entry, fontsize=10)
+        ax.set_xlabel("Δ general NLL (wikitext-2)", fontsize=8)
+        ax.set_ylabel("Δ edit NLL (new targets)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(entries):]:
+        ax.axis("off")
+    fig.suptitle(f"{data.model}: NLL rise from the dense edited model, one point per strength (Fig. 5)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# report.md
+# --------------------------------------------------------------------------------------
+
+
+def write_study_report(run_dir: str | Path, plots: bool = True) -> StudyReport:
+    """Build the study's report from ``run_dir/results.jsonl`` and write report.md,
+    rows.csv and plots/ there."""
+    run_dir = Path(run_dir)
+    report = build_study_report(run_dir)
+    data = report.data
+    report.table_path = write_flat_table(data.rows, run_dir / TABLE_FILE)
+    if plots:
+        pdir = run_dir / "plots"
+        pdir.mkdir(exist_ok=True)
+        for family in dict.fromkeys(data.families.values()):
+            p = plot_family(data, family, pdir / f"fig1_{_slug(family)}.png")
+            if p is not None:
+                report.plots.append(p)
+        p = plot_nll_decay(data, pdir / "fig5_nll.png")
+        if p is not None:
+            report.plots.append(p)
+    (run_dir / REPORT_FILE).write_text(render_study_markdown(report, run_dir), encoding="utf-8")
+    report.path = run_dir / REPORT_FILE
+    return report
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_") or "other"
+
+
+def _counts_lines(run_dir: Path | None) -> list[str]:
+    if run_dir is None or not (run_dir / "config.yaml").exists():
+        return []
+    from lmcompose.results import read_yaml
+
+    counts = read_yaml(run_dir / "config.yaml").get("counts") or {}
+    if not counts.get("study"):
+        return []
+    s, sep, ind = counts["study"], counts.get("separate_sweeps") or {}, counts.get("independent_cells") or {}
+
+    def fmt(c: Mapping[str, Any]) -> str:
+        return f"{c.get('edits', 0)} edits + {c.get('compressions', 0)} compressions, {c.get('evaluations', 0)} evaluations"
+
+    return ["", "Work (planned from the study file): this study computes " + fmt(s) + "; as one sweep per compressor and "
+            "dataset it would be " + fmt(sep) + "; every cell on its own " + fmt(ind) + "."]
+
+
+def render_study_markdown(report: StudyReport, run_dir: Path | None = None) -> str:
+    d = report.data
+    reps = sorted({int(r["replicate"]) for r in d.rows})
+    lines = [
+        f"# Study report: {d.name}",
+        "",
+        f"- study id: `{d.run_id}`; model: {d.model}",
+        f"- datasets: {', '.join(d.datasets)}",
+        f"- compressors: {', '.join(f'{e} ({d.families[e]})' for e in d.entries)}",
+        f"- replicates: {len(reps)}; rows: {len(d.rows)} (rebuilt from results.jsonl; all of them in `{TABLE_FILE}`)",
+        *_counts_lines(run_dir),
+        "",
+    ]
+    for n in report.notes:
+        lines += [f"> note: {n}", ""]
+    lines += [report.tables[0].markdown()]
+    if report.plots:
+        lines += ["## Figures", ""]
+        for p in report.plots:
+            rel = p.relative_to(run_dir) if run_dir is not None and p.is_relative_to(run_dir) else p
+            caption = ("Fig. 5: the rise in edit NLL against the rise in general NLL from the dense edited model; above "
+                       "the identity line, edits decay faster than language modelling." if p.name.startswith("fig5")
+                       else f"Fig. 1–2 ({p.stem.removeprefix('fig1_')}): rows = datasets, columns = criteria; one line "
+                       "per compressor and order, ± std over replicates; strength 0 is the dense edited model.")
+            lines += [f"![{p.stem}]({rel.as_posix()})", "", caption, ""]
+    lines += ["## Final models", ""]
+    lines += [t.markdown() for t in report.tables[1:]]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,305 @@
+"""Running a study: on this machine, on a Ray cluster, or as one shard of N; merging shards.
+
+All three write through one :class:`~lmcompose.engine.RunFolder` (results.jsonl, config.yaml,
+a lock) and walk one plan (:meth:`Study.plan`), so a study resumes exactly after a kill
+whichever way it ran, and a merge of shard folders is the study a single run would write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmcompose.api import Context, EditRecord, Metric, Progress
+from lmcompose.engine.plan import Group, Plan, PlanCounts
+from lmcompose.engine.progress import ProgressEvent, StateProgress
+from lmcompose.engine.ray_executor import TaskFailure
+from lmcompose.engine.run_folder import RunFolder, describe_changes, row_cell_id
+from lmcompose.errors import ConfigError, DataError, UsageError
+from lmcompose.studies.spec import Study, load_study
+
+EXECUTORS = ("local", "ray")
+
+__all__ = ["EXECUTORS", "StudyResult", "StudyWork", "merge_studies", "parse_shard", "run_study"]
+
+
+def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"I/N"`` (1-based: shard 1/2 and 2/2 together are the study) as (I, N)."""
+    if text is None or isinstance(text, tuple):
+        return text
+    left, slash, right = str(text).partition("/")
+    if not slash or not left.strip().isdigit() or not right.strip().isdigit():
+        raise UsageError(f"--shard {text!r}: write I/N, e.g. 1/4 (the first of four shards)")
+    i, n = int(left), int(right)
+    if n < 1 or not 1 <= i <= n:
+        raise UsageError(f"--shard {text!r}: I must be between 1 and N (got {i} of {n})")
+    return i, n
+
+
+@dataclass
+class StudyResult:
+    """What :func:`run_study` did: where, how much, and what is left."""
+
+    folder: Path
+    study: Study
+    rows: int
+    counts: dict[str, PlanCounts]
+    executed: PlanCounts
+    references: int = 0
+    seconds: float = 0.0
+    missing: list[str] = field(default_factory=list)
+    failures: list[TaskFailure] = field(default_factory=list)
+    report: Any = None
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+@dataclass
+class StudyWork:
+    """A study's work as a Ray worker rebuilds it: the validated file's mapping and where
+    to run (pickles; everything else is loaded in the worker)."""
+
+    data: dict[str, Any]
+    name: str
+    device: str
+
+    def study(self) -> Study:
+        study = Study.from_mapping(self.data, name=self.name)
+        study.device = self.device
+        return study
+
+    def prepare(self, threads: int) -> tuple[Plan, Any, Context, list[Metric], dict[Group, list[EditRecord]], dict[str, Any]]:
+        from lmcompose.engine.threads import set_threads
+        from lmcompose.models.loading import load_model
+
+        set_threads(threads)
+        study = self.study()
+        ctx = study_context(study, Progress())
+        edits = study.load_edits(ctx)
+        lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=ctx.progress)
+        metrics = study_metrics(study)
+        return study.plan(), lm, ctx, metrics, edits, {"snapshots": study.snapshots, "topk": study.topk}
+
+    def inputs(self, lm: Any, edits: Mapping[Group, list[EditRecord]]) -> dict[str, Any]:
+        from lmcompose.sweep import run_inputs
+
+        return run_inputs(lm, edits)
+
+
+def study_context(study: Study, progress: Progress) -> Context:
+    ctx = Context(seed=study.seed, device=study.device, dtype=study.dtype, progress=progress)
+    if "calibration_samples" in study.budgets:
+        ctx.calibration_samples = study.budgets["calibration_samples"]
+    if "calibration_seqlen" in study.budgets:
+        ctx.calibration_seqlen = study.budgets["calibration_seqlen"]
+    return ctx
+
+
+def study_metrics(study: Study) -> list[Metric]:
+    from lmcompose.steps import build_metrics
+
+    return build_metrics(study.metrics, study.resolved_metric_options)
+
+
+def default_out(study: Study) -> Path:
+    return Path("runs") / f"study-{study.name}-{study.id}"
+
+
+def _missing(plan: Plan, done: set[tuple[str, int]], only: set[str] | None) -> list[str]:
+    return [c.id for c in plan.cells if (only is None or c.id in only) and any((c.id, p) not in done for p in c.positions)]
+
+
+def run_study(
+    study: Study | str | Path,
+    *,
+    out: str | Path | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    cpus_per_task: float | None = None,
+    gpus_per_task: float | None = None,
+    threads: int | None = None,
+    shard: str | tuple[int, int] | None = None,
+    device: str | None = None,
+    progress: Progress | None = None,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+    report: bool = True,
+    plots: bool = True,
+) -> StudyResult:
+    """Run (or resume) a study into ``out``; return what was done.
+
+    ``executor``: ``local`` (this process, torch threads = the cores it may use, or
+    ``threads``) or ``ray`` (``ray_address``, or a local cluster; each task asks for
+    ``cpus_per_task`` CPUs and ``gpus_per_task`` GPUs, default from the study's
+    ``resources``). ``shard="I/N"`` runs part I of N of the plan (whole first-step
+    subtrees; ``merge_studies`` combines the shard folders). ``on_progress`` is called with a
+    :class:`ProgressEvent` after every model state. The report (Table 1, figures, flat table)
+    is written when the run leaves the study complete.
+    """
+    from lmcompose.compose import versions
+
+    if not isinstance(study, Study):
+        study = load_study(study)
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor {executor!r} is not one of {', '.join(EXECUTORS)}")
+    if device is not None:
+        study.device = device
+    shard_t = parse_shard(shard)
+    cpus = cpus_per_task if cpus_per_task is not None else study.resources.get("cpus_per_task", 1.0)
+    gpus = gpus_per_task if gpus_per_task is not None else study.resources.get("gpus_per_task", 0.0)
+    if executor == "local" and (cpus_per_task is not None or gpus_per_task is not None or ray_address is not None):
+        raise UsageError("--cpus-per-task, --gpus-per-task and --ray-address are for --executor ray")
+    if gpus > 0 and not str(study.device).startswith("cuda"):
+        raise UsageError(f"--gpus-per-task {gpus:g} asks for GPUs but the study runs on device {study.device!r}; "
+                         "set device: cuda (or --device cuda)")
+    progress = progress or Progress()
+    out_dir = Path(out) if out is not None else default_out(study)
+    plan = study.plan()
+    counts = study.counts()
+    resolved = study.resolved()
+    config = {**resolved, "study": study.data, "shard": f"{shard_t[0]}/{shard_t[1]}" if shard_t else None,
+              "executor": executor}
+    only = plan.shard_cells(shard_t[0] - 1, shard_t[1]) if shard_t else None
+    start = time.perf_counter()
+    extra = {"cells": len(plan.cells), "counts": {k: v.as_dict() for k, v in counts.items()}, "versions": versions()}
+    tracker: StateProgress | None = None
+    executed = PlanCounts({}, 0)
+    references = 0
+    failures: list[TaskFailure] = []
+    rows_written = 0
+    folder = RunFolder(out_dir, study.id, "study", config)
+    with folder:
+        if executor == "local":
+            from lmcompose.engine.executor import Executor
+            from lmcompose.engine.threads import set_threads
+            from lmcompose.models.loading import load_model
+            from lmcompose.sweep import run_inputs
+
+            set_threads(threads)
+            ctx = study_context(study, progress)
+            edits = study.load_edits(ctx)
+            lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=progress)
+            inputs = run_inputs(lm, edits)
+            folder.write_config(inputs=inputs, model_fingerprint=inputs["model_fingerprint"], model_source=lm.source, **extra)
+            if plan.mark_needed(folder.done(), only):
+                tracker = StateProgress(plan, on_progress)
+                snapshot_dir = None
+                if study.snapshots == "disk":
+                    snapshot_dir = out_dir / ".snapshots"
+                    snapshot_dir.mkdir(exist_ok=True)
+                ex = Executor(plan, lm, ctx, study_metrics(study), edits, snapshots=study.snapshots,
+                              snapshot_dir=snapshot_dir, topk=study.topk)
+                for state in ex.run():
+                    for row in state.rows:
+                        folder.append(row)
+                    rows_written += len(state.rows)
+                    tracker.update(state.node, state.seconds, len(state.rows))
+                executed, references = ex.counts, ex.references
+        else:
+            from lmcompose.engine.ray_executor import run_on_ray
+
+            work = StudyWork(study.data, study.name, study.device)
+
+            def write_config(inputs: dict[str, Any]) -> None:
+                folder.write_config(inputs=inputs, model_fingerprint=inputs["model_fingerprint"], **extra)
+
+            marked = {"tracker": None}
+
+            def on_state(node: Any, item: dict[str, Any]) -> None:
+                nonlocal rows_written
+                if marked["tracker"] is None:
+                    marked["tracker"] = StateProgress(plan, on_progress)
+                rows_written += len(item["rows"])
+                marked["tracker"].update(node, item["seconds"], len(item["rows"]))
+
+            failures = run_on_ray(work, plan, folder, address=ray_address, cpus_per_task=cpus, gpus_per_task=gpus,
+                                  threads=threads, only=only, on_state=on_state, write_config=write_config)
+        missing = _missing(plan, folder.done(), only)
+        folder.status = "finished" if not missing else "incomplete"
+    result = StudyResult(out_dir, study, rows_written, counts, executed, references, time.perf_counter() - start,
+                         missing, failures)
+    if report and not missing and shard_t is None:
+        from lmcompose.studies.report import write_study_report
+
+        result.report = write_study_report(out_dir, plots=plots)
+    return result
+
+
+def merge_studies(sources: Sequence[str | Path], out: str | Path, *, report: bool = True, plots: bool = True) -> tuple[int, list[str], Any]:
+    """Combine the shard folders of one study into ``out`` (created, or resumed if it holds
+    the same study). Refuses folders of different studies or inputs, and rows that disagree.
+    Returns (rows added, cells still missing, the report or None)."""
+    from lmcompose.results import read_rows, read_yaml
+
+    if not sources:
+        raise UsageError("merge needs at least one shard folder")
+    configs = []
+    for src in sources:
+        path = Path(src)
+        cfg = path / "config.yaml"
+        if not cfg.exists():
+            raise DataError(f"{path} is not a run folder (no config.yaml): give the --out folders of `lmcompose study --shard`")
+        data = read_yaml(cfg)
+        if data.get("kind") != "study":
+            raise DataError(f"{path} holds a {data.get('kind', 'run')!r}, not a study: merge combines shards of one study")
+        configs.append((path, data))
+    first_path, first = configs[0]
+    for path, data in configs[1:]:
+        if data.get("run_id") != first.get("run_id"):
+            changes = describe_changes(first, data)
+            raise UsageError(f"{path} holds study {data.get('name')!r} (id {data.get('run_id')}) and {first_path} holds "
+                             f"{first.get('name')!r} (id {first.get('run_id')}): merge combines shards of one study"
+                             + ("; they differ in " + "; ".join(changes) if changes else ""))
+        changed = describe_changes(first.get("inputs") or {}, data.get("inputs") or {}, ignore=frozenset())
+        if changed:
+            raise UsageError(f"{path} and {first_path} ran on different inputs ({'; '.join(changed)}): their rows cannot be one study")
+    study = Study.from_mapping(_study_mapping(first), name=first.get("name"))
+    if study.id != first.get("run_id"):
+        raise DataError(f"{first_path}/config.yaml does not describe study {first.get('run_id')} (edited by hand?)")
+    config = {k: v for k, v in first.items() if k not in {"run_id", "kind", "created", "shard", "inputs"}}
+    config["merged_from"] = [str(p) for p, _ in configs]
+    folder = RunFolder(out, study.id, "study", config)
+    added = 0
+    with folder:
+        folder.write_config(inputs=first.get("inputs"))
+        have = {(row_cell_id(r), int(r["position"])): r for r in folder.rows()}
+        for path, _ in configs:
+            for row in read_rows(path / "results.jsonl"):
+                if row.get("run_id") != study.id or "position" not in row:
+                    continue
+                key = (row_cell_id(row), int(row["position"]))
+                if key in have:
+                    if _numbers(have[key]) != _numbers(row):
+                        raise DataError(f"{path}: cell {key[0]} position {key[1]} disagrees with another shard's row "
+                                        "(the shards did not run the same study): nothing more was merged")
+                    continue
+                folder.append(row)
+                have[key] = row
+                added += 1
+        missing = _missing(study.plan(), set(have), None)
+        folder.status = "finished" if not missing else "incomplete"
+    rep = None
+    if report and not missing:
+        from lmcompose.studies.report import write_study_report
+
+        rep = write_study_report(out, plots=plots)
+    return added, missing, rep
+
+
+_NOT_NUMBERS = {"timestamp", "elapsed_s", "eval_s", "notes", "shared_by_cells"}
+
+
+def _numbers(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in _NOT_NUMBERS}
+
+
+def _study_mapping(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The study file's mapping back from a config.yaml (the ``study`` key holds it)."""
+    data = config.get("study")
+    if not isinstance(data, Mapping):
+        raise DataError("config.yaml holds no study mapping (written by an older lmcompose?): rerun the shards")
+    return dict(data)

@@ -1,0 +1,505 @@
+"""Study files: the paper's whole experiment as one YAML file, checked without loading a model.
+
+A study composes every editor with every compressor (each with its own strength grid), in
+every order, on every dataset, for every replicate; an entry may also compose several steps
+at once with one varied field. Every mistake is one :class:`StudyError` whose message starts
+with the key path (``compressors[2].vary: unknown field 'sparsty' (did you mean
+'sparsity'?)``) and says the fix. See docs/studies.md for the format.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmcompose.api import EditRecord, config_fields
+from lmcompose.engine.plan import Cell, Group, Plan, PlanCounts
+from lmcompose.engine.policy import EDIT_KIND, POLICIES
+from lmcompose.errors import ConfigError, LMComposeError
+from lmcompose.steps import StepSpec, build_intervention, build_metrics, parse_step
+from lmcompose.sweep import Vary, make_vary, parse_orders, sweep_cells
+
+TOP_KEYS = ("name", "model", "datasets", "editors", "compressors", "orders", "replicates", "edits", "seed", "metrics",
+            "metric_options", "budgets", "policy", "snapshots", "topk", "device", "dtype", "skip_invalid", "resources")
+ENTRY_KEYS = ("name", "step", "steps", "vary", "orders", "family")
+DATASET_KEYS = ("name", "source")
+EDITOR_KEYS = ("name", "step")
+BUDGET_KEYS = ("ppl_tokens", "ppl_seqlen", "calibration_samples", "calibration_seqlen")
+RESOURCE_KEYS = ("cpus_per_task", "gpus_per_task")
+ROLES = ("editor", "compressor")
+STUDY_MARKERS = frozenset({"compressors", "editors", "datasets"})  # keys that make a YAML file a study file
+# keys that say where or how a study runs, not what it computes: not part of its id
+RUN_ONLY_KEYS = frozenset({"device", "snapshots", "resources"})
+
+__all__ = ["DatasetSpec", "EditorSpec", "Entry", "Study", "StudyError", "load_study"]
+
+
+class StudyError(ConfigError):
+    """A mistake in a study file; the message starts with the key path."""
+
+
+def _fail(path: str, message: str) -> StudyError:
+    return StudyError(f"{path}: {message}" if path else message)
+
+
+def _unknown(path: str, what: str, name: Any, choices: Sequence[str], owner: str = "") -> StudyError:
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    valid = f"{owner}'s {what}s" if owner else "valid"
+    return _fail(path, f"unknown {what} {name!r}{hint}; {valid}: {', '.join(choices)}")
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if value is None:
+        return "empty"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _mapping(value: Any, path: str, example: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _fail(path, f"expected a mapping, e.g. {example}; got {_kind_of(value)}")
+    for k in value:
+        if not isinstance(k, str):
+            raise _fail(path, f"keys must be names; got {_kind_of(k)}")
+    return value
+
+
+def _keys(value: Mapping[str, Any], path: str, allowed: Sequence[str]) -> None:
+    for k in value:
+        if k not in allowed:
+            raise _unknown(path, "key", k, allowed)
+
+
+def _list(value: Any, path: str, example: str, nonempty: bool = True) -> list[Any]:
+    if not isinstance(value, list):
+        raise _fail(path, f"expected a list, e.g. {example}; got {_kind_of(value)}")
+    if nonempty and not value:
+        raise _fail(path, f"the list is empty; give at least one item, e.g. {example}")
+    return value
+
+
+def _string(value: Any, path: str, example: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(path, f"expected a name, e.g. {example}; got {_kind_of(value)}")
+    return value.strip()
+
+
+def _integer(value: Any, path: str, minimum: int, example: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(path, f"expected a whole number >= {minimum}, e.g. {example}; got {_kind_of(value)}")
+    if value < minimum:
+        raise _fail(path, f"{value} is below {minimum}; give a whole number >= {minimum}, e.g. {example}")
+    return value
+
+
+def _number(value: Any, path: str, minimum: float, example: str, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise _fail(path, f"expected a number, e.g. {example}; got {_kind_of(value)}")
+    if value < minimum or (strict and value == minimum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise _fail(path, f"{value!r} is out of range; give a number {bound}, e.g. {example}")
+    return float(value)
+
+
+def _step(value: Any, path: str) -> StepSpec:
+    """A step as in a sweep (``name:field=value`` or a mapping), built to check it."""
+    if isinstance(value, list | tuple):
+        raise _fail(path, f"expected one step, e.g. 'wanda:sparsity=0.5'; got {_kind_of(value)}")
+    try:
+        spec = parse_step(value)
+        build_intervention(spec)
+    except ConfigError as exc:
+        raise _fail(path, str(exc)) from None
+    return spec
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class EditorSpec:
+    label: str
+    step: StepSpec
+
+
+@dataclass
+class Entry:
+    """One sweep of the study, run on every dataset: a compressor paired with an editor
+    (``editor`` and ``compressor`` set), or several steps composed at once."""
+
+    label: str
+    steps: list[StepSpec]
+    vary: Vary
+    orders: list[tuple[int, ...]]
+    editor: str | None = None
+    compressor: str | None = None
+    family: str | None = None
+
+    @property
+    def labels(self) -> dict[str, Any]:
+        return {"entry": self.label, "editor": self.editor, "compressor": self.compressor, "family": self.family}
+
+
+@dataclass
+class Study:
+    """A validated study (see :func:`load_study`)."""
+
+    name: str
+    model: str
+    datasets: list[DatasetSpec]
+    editors: list[EditorSpec]
+    entries: list[Entry]
+    replicates: int = 1
+    edits: int | None = None
+    seed: int = 0
+    metrics: list[str] | None = None
+    metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    budgets: dict[str, Any] = field(default_factory=dict)
+    policy: str = "project"
+    snapshots: str = "memory"
+    topk: int = 5
+    device: str = "cpu"
+    dtype: str = "float32"
+    skip_invalid: bool = False
+    resources: dict[str, float] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # the file's mapping, as validated (Ray workers rebuild from it)
+
+    # -- reading ---------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], where: str = "study", name: str | None = None) -> Study:
+        """Validate ``data`` (a study file's mapping); every mistake is one StudyError."""
+        data = _mapping(data, "", "{model: smollm2-135m, datasets: [counterfact], ...}")
+        _keys(data, "(top level)", TOP_KEYS)
+        for required in ("model", "datasets", "compressors"):
+            if required not in data:
+                raise _fail(required, f"missing; a study needs model, datasets and compressors (see docs/studies.md) in {where}")
+        study_name = _string(data.get("name", name or "study"), "name", "paper")
+        model = _string(data["model"], "model", "smollm2-135m")
+        datasets = _datasets(data["datasets"])
+        editors = _editors(data.get("editors", []))
+        entries = _entries(data["compressors"], editors, data.get("orders", "all"))
+        replicates = _integer(data.get("replicates", 1), "replicates", 1, "2")
+        edits = None if data.get("edits") is None else _integer(data["edits"], "edits", 1, "50")
+        if edits is None and editors:
+            raise _fail("edits", "missing; the editors need the number of edit requests per replicate, e.g. edits: 50")
+        seed = _integer(data.get("seed", 0), "seed", 0, "0")
+        metrics = None
+        if data.get("metrics") is not None:
+            metrics = [_string(m, f"metrics[{i}]", "perplexity") for i, m in
+                       enumerate(_list(data["metrics"], "metrics", "[edit, perplexity, avg_bits]"))]
+        options = {}
+        for key, value in _mapping(data.get("metric_options", {}), "metric_options", "{edit: {scorer: prob}}").items():
+            options[key] = dict(_mapping(value, f"metric_options.{key}", "{scorer: prob}"))
+        budgets = _budgets(data.get("budgets", {}))
+        merged = _merge_budgets(options, budgets)
+        try:
+            build_metrics(metrics, merged)
+        except ConfigError as exc:
+            raise _fail("metrics" if metrics else "metric_options", str(exc)) from None
+        policy = data.get("policy", "project")
+        if policy not in POLICIES:
+            raise _fail("policy", f"{_kind_of(policy)} is not one of {', '.join(POLICIES)}")
+        snapshots = data.get("snapshots", "memory")
+        if snapshots not in ("memory", "disk"):
+            raise _fail("snapshots", f"{_kind_of(snapshots)} is not one of memory, disk")
+        topk = _integer(data.get("topk", 5), "topk", 0, "5")
+        device = _string(data.get("device", "cpu"), "device", "cpu")
+        from lmcompose.models.loading import DTYPES
+
+        dtype = data.get("dtype", "float32")
+        if dtype not in DTYPES:
+            raise _fail("dtype", f"{_kind_of(dtype)} is not one of {', '.join(DTYPES)}")
+        skip_invalid = data.get("skip_invalid", False)
+        if not isinstance(skip_invalid, bool):
+            raise _fail("skip_invalid", f"expected true or false; got {_kind_of(skip_invalid)}")
+        resources = {}
+        raw_res = _mapping(data.get("resources", {}), "resources", "{cpus_per_task: 1, gpus_per_task: 0.25}")
+        _keys(raw_res, "resources", RESOURCE_KEYS)
+        if "cpus_per_task" in raw_res:
+            resources["cpus_per_task"] = _number(raw_res["cpus_per_task"], "resources.cpus_per_task", 0, "1", strict=True)
+        if "gpus_per_task" in raw_res:
+            resources["gpus_per_task"] = _number(raw_res["gpus_per_task"], "resources.gpus_per_task", 0, "0.25")
+        return cls(study_name, model, datasets, editors, entries, replicates, edits, seed, metrics, options, budgets,
+                   policy, snapshots, topk, device, dtype, skip_invalid, resources, data=dict(data))
+
+    # -- what it runs ----------------------------------------------------------------
+    @property
+    def groups(self) -> list[Group]:
+        return [(d.name, r) for d in self.datasets for r in range(self.replicates)]
+
+    @property
+    def resolved_metric_options(self) -> dict[str, dict[str, Any]]:
+        return _merge_budgets(self.metric_options, self.budgets)
+
+    def cells(self) -> list[Cell]:
+        """Every cell: entry × dataset × order × value × replicate."""
+        out: list[Cell] = []
+        for entry in self.entries:
+            for ds in self.datasets:
+                groups = [(ds.name, r) for r in range(self.replicates)]
+                out += sweep_cells(entry.steps, entry.vary, entry.orders, groups, self.policy,
+                                   labels={"study": self.name, "dataset": ds.name, **entry.labels},
+                                   id_prefix=f"{ds.name}|{entry.label}|")
+        return out
+
+    def plan(self) -> Plan:
+        return Plan(self.cells(), run_id=self.id, policy=self.policy)
+
+    def counts(self, edit_metrics: bool | None = None) -> dict[str, PlanCounts]:
+        """Model states and evaluations: the study's plan, the same work as one sweep per
+        (entry, dataset) (no sharing between sweeps), and every cell on its own."""
+        if edit_metrics is None:
+            from lmcompose.plugins import get_metrics
+
+            names = self.metrics or get_metrics().names()
+            edit_metrics = self.edits is not None and any(get_metrics().get(n).requires_edits for n in names)
+        cells = self.cells()
+        study = self.plan().counts(edit_metrics)
+        by_sweep: dict[tuple[str, str], list[Cell]] = {}
+        for c in cells:
+            by_sweep.setdefault((c.labels["entry"], c.labels["dataset"]), []).append(c)
+        states: dict[str, int] = {}
+        evals = 0
+        for part in by_sweep.values():
+            pc = Plan(part, run_id=self.id, policy=self.policy).counts(edit_metrics)
+            evals += pc.evaluations
+            for k, n in pc.states.items():
+                states[k] = states.get(k, 0) + n
+        return {"study": study, "separate_sweeps": PlanCounts(states, evals),
+                "independent_cells": Plan.independent_counts(cells, edit_metrics)}
+
+    def resolved(self) -> dict[str, Any]:
+        """The study in canonical form (config.yaml; its id is a hash of this)."""
+        return {
+            "name": self.name, "model": self.model,
+            "datasets": [{"name": d.name, "source": d.source} for d in self.datasets],
+            "editors": [{"name": e.label, "step": str(e.step)} for e in self.editors],
+            "compressors": [{"name": e.label, "steps": [str(s) for s in e.steps], "vary": str(e.vary),
+                             "orders": [[e.steps[i].name for i in o] for o in e.orders], "editor": e.editor,
+                             "compressor": e.compressor, "family": e.family} for e in self.entries],
+            "replicates": self.replicates, "edits": self.edits, "seed": self.seed, "metrics": self.metrics,
+            "metric_options": self.resolved_metric_options, "budgets": self.budgets, "policy": self.policy,
+            "snapshots": self.snapshots, "topk": self.topk, "device": self.device, "dtype": self.dtype,
+            "skip_invalid": self.skip_invalid, "resources": self.resources,
+        }
+
+    @property
+    def id(self) -> str:
+        key = {k: v for k, v in self.resolved().items() if k not in RUN_ONLY_KEYS}
+        return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    # -- data ------------------------------------------------------------------------
+    def load_edits(self, ctx: Any = None) -> dict[Group, list[EditRecord]]:
+        """Every group's edit requests (seeded, disjoint replicates of each dataset)."""
+        from lmcompose.compose import load_edits
+
+        out: dict[Group, list[EditRecord]] = {}
+        for d in self.datasets:
+            for r in range(self.replicates):
+                out[(d.name, r)] = load_edits(d.name, d.source, self.edits, self.seed, replicate=r,
+                                              skip_invalid=self.skip_invalid, ctx=ctx) if self.edits else []
+        return out
+
+
+def _merge_budgets(options: Mapping[str, Mapping[str, Any]], budgets: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    merged = {k: dict(v) for k, v in options.items()}
+    ppl = {}
+    if "ppl_tokens" in budgets:
+        ppl["max_tokens"] = 0 if budgets["ppl_tokens"] == "all" else budgets["ppl_tokens"]
+    if "ppl_seqlen" in budgets:
+        ppl["seqlen"] = budgets["ppl_seqlen"]
+    if ppl:
+        merged["perplexity"] = {**merged.get("perplexity", {}), **ppl}
+    return merged
+
+
+def _budgets(value: Any) -> dict[str, Any]:
+    raw = _mapping(value, "budgets", "{ppl_tokens: 4096, calibration_samples: 32}")
+    _keys(raw, "budgets", BUDGET_KEYS)
+    out: dict[str, Any] = {}
+    if "ppl_tokens" in raw:
+        v = raw["ppl_tokens"]
+        out["ppl_tokens"] = "all" if v == "all" else _integer(v, "budgets.ppl_tokens", 1, "4096 (or all)")
+    if "ppl_seqlen" in raw:
+        out["ppl_seqlen"] = _integer(raw["ppl_seqlen"], "budgets.ppl_seqlen", 8, "1024")
+    for key in ("calibration_samples", "calibration_seqlen"):
+        if key in raw:
+            out[key] = _integer(raw[key], f"budgets.{key}", 1, "32" if key.endswith("samples") else "512")
+    return out
+
+
+def _datasets(value: Any) -> list[DatasetSpec]:
+    from lmcompose.plugins import get_datasets
+
+    registry = get_datasets()
+    edit_names = [n for n in registry.names() if registry.entry(n).extra.get("kind", "edits") == "edits"]
+    out: list[DatasetSpec] = []
+    for i, item in enumerate(_list(value, "datasets", "[counterfact, zsre]")):
+        path = f"datasets[{i}]"
+        if isinstance(item, Mapping):
+            _keys(_mapping(item, path, "{name: zsre, source: data/zsre.json}"), path, DATASET_KEYS)
+            if "name" not in item:
+                raise _fail(path, "missing name; write {name: zsre, source: FILE}")
+            name = _string(item["name"], f"{path}.name", "counterfact")
+            source = None if item.get("source") is None else _string(item["source"], f"{path}.source", "data/cf.json")
+        else:
+            name, source = _string(item, path, "counterfact"), None
+        if name not in edit_names:
+            raise _unknown(path, "edit dataset", name, edit_names)
+        if any(d.name == name for d in out):
+            raise _fail(path, f"dataset {name!r} is listed twice; list each dataset once")
+        out.append(DatasetSpec(name, source))
+    return out
+
+
+def _editors(value: Any) -> list[EditorSpec]:
+    out: list[EditorSpec] = []
+    for i, item in enumerate(_list(value, "editors", "[memit]", nonempty=False)):
+        path = f"editors[{i}]"
+        label = None
+        if isinstance(item, Mapping) and "step" in item:
+            _keys(item, path, EDITOR_KEYS)
+            spec = _step(item["step"], f"{path}.step")
+            if "name" in item:
+                label = _string(item["name"], f"{path}.name", "memit-small")
+        else:
+            spec = _step(item, path)
+        kind = build_intervention(spec).kind
+        if kind != EDIT_KIND:
+            raise _fail(path, f"{spec.name!r} is a {kind} step, not an editor (kind edit); list it under compressors")
+        label = label or spec.name
+        if any(e.label == label for e in out):
+            raise _fail(path, f"two editors are named {label!r}; give each its own name: {{step: {spec}, name: LABEL}}")
+        out.append(EditorSpec(label, spec))
+    return out
+
+
+def _vary_one(value: Any, path: str, steps: list[StepSpec], composite: bool) -> Vary:
+    example = "{wanda.sparsity: [0.25, 0.5]}" if composite else "{sparsity: [0.25, 0.5, 0.75]}"
+    raw = _mapping(value, path, example)
+    if len(raw) != 1:
+        raise _fail(path, f"vary exactly one field, e.g. {example}; got {len(raw)}: {', '.join(raw) or 'none'}")
+    (key, values), = raw.items()
+    if composite:
+        step_name, dot, field_name = key.partition(".")
+        names = [s.name for s in steps]
+        if not dot or not field_name:
+            raise _fail(path, f"{key!r}: name the step and its field, e.g. {example}")
+        if step_name not in names:
+            raise _unknown(path, "step", step_name, names)
+        if names.count(step_name) > 1:
+            raise _fail(path, f"step {step_name!r} appears {names.count(step_name)} times; vary a step that appears once")
+        index = names.index(step_name)
+    else:
+        index, field_name = len(steps) - 1, key
+    from lmcompose.plugins import get_interventions
+
+    fields = list(config_fields(get_interventions().get(steps[index].name).Config))
+    if field_name not in fields:
+        raise _unknown(path, "field", field_name, fields, owner=steps[index].name)
+    vpath = f"{path}.{key}"
+    items = _list(values, vpath, f"[{', '.join(['0.25', '0.5'])}]")
+    for j, v in enumerate(items):
+        if isinstance(v, list | tuple | Mapping) or v is None:
+            raise _fail(f"{vpath}[{j}]", f"expected one value; got {_kind_of(v)}")
+    try:
+        return make_vary(steps, index, field_name, items, vpath)
+    except ConfigError as exc:
+        msg = str(exc)
+        raise (exc if msg.startswith(vpath) else _fail(vpath, msg)) from None
+
+
+def _role_orders(value: Any, path: str) -> list[tuple[int, ...]]:
+    """Orders of a pair, by role: ``all`` or e.g. ``[[editor, compressor]]``."""
+    if value == "all":
+        return [(0, 1), (1, 0)]
+    out: list[tuple[int, ...]] = []
+    for i, order in enumerate(_list(value, path, "all, or [[editor, compressor], [compressor, editor]]")):
+        opath = f"{path}[{i}]"
+        items = _list(order, opath, "[editor, compressor]")
+        for x in items:
+            if x not in ROLES:
+                raise _unknown(opath, "role", x, ROLES)
+        if sorted(items) != sorted(ROLES):
+            raise _fail(opath, "an order lists editor and compressor once each, e.g. [compressor, editor]")
+        idx = tuple(ROLES.index(x) for x in items)
+        if idx in out:
+            raise _fail(opath, "this order is given twice")
+        out.append(idx)
+    return out
+
+
+def _entries(value: Any, editors: list[EditorSpec], orders: Any) -> list[Entry]:
+    pair_orders = _role_orders(orders, "orders")
+    out: list[Entry] = []
+    for i, item in enumerate(_list(value, "compressors", "[{step: wanda, vary: {sparsity: [0.25, 0.5]}}]")):
+        path = f"compressors[{i}]"
+        raw = _mapping(item, path, "{step: sparsegpt, vary: {sparsity: [0.25, 0.5, 0.75]}}")
+        _keys(raw, path, ENTRY_KEYS)
+        if ("step" in raw) == ("steps" in raw):
+            raise _fail(path, "give either step: (a compressor, paired with every editor) or steps: (a sequence "
+                              "composed as it is), not " + ("both" if "step" in raw else "neither"))
+        if "vary" not in raw:
+            raise _fail(path, "missing vary; give the strength grid, e.g. vary: {sparsity: [0.25, 0.5, 0.75]}")
+        family = None if raw.get("family") is None else _string(raw["family"], f"{path}.family", "prune")
+        if "step" in raw:
+            spec = _step(raw["step"], f"{path}.step")
+            kind = build_intervention(spec).kind
+            if kind == EDIT_KIND:
+                raise _fail(f"{path}.step", f"{spec.name!r} is an editor (kind edit); list it under editors")
+            if not editors:
+                raise _fail(path, "a compressor entry is paired with every editor, and editors is empty; "
+                                  "add editors: [memit], or compose a sequence with steps: [...]")
+            if "orders" in raw:
+                raise _fail(f"{path}.orders", "orders of a paired compressor are the study's orders (top-level orders:)")
+            label = _string(raw.get("name", spec.name), f"{path}.name", "sparsegpt")
+            for ed in editors:
+                steps = [ed.step, spec]
+                vary = _vary_one(raw["vary"], f"{path}.vary", steps, composite=False)
+                entry_label = label if len(editors) == 1 else f"{ed.label}+{label}"
+                out.append(Entry(entry_label, steps, vary, list(pair_orders), ed.label, label, family or kind))
+        else:
+            steps = [_step(s, f"{path}.steps[{j}]") for j, s in
+                     enumerate(_list(raw["steps"], f"{path}.steps", "[memit, wanda, gptq]"))]
+            vary = _vary_one(raw["vary"], f"{path}.vary", steps, composite=True)
+            try:
+                entry_orders = parse_orders(raw.get("orders", "all"), steps)
+            except ConfigError as exc:
+                raise _fail(f"{path}.orders", str(exc)) from None
+            label = _string(raw.get("name", "+".join(s.name for s in steps)), f"{path}.name", "memit+wanda+gptq")
+            kinds = [build_intervention(s).kind for s in steps]
+            out.append(Entry(label, steps, vary, entry_orders, None, None, family or "+".join(dict.fromkeys(kinds))))
+        for e in out[:-1]:
+            if e.label == out[-1].label:
+                raise _fail(path, f"two entries are named {e.label!r}; give this one its own name: NAME")
+    return out
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a study file (no model, no data, no torch)."""
+    from lmcompose.results import read_yaml
+
+    p = Path(path)
+    data = read_yaml(p)
+    try:
+        return Study.from_mapping(data, where=str(p), name=p.stem)
+    except StudyError as exc:
+        raise StudyError(f"{p}: {exc}") from None
+    except LMComposeError:
+        raise
