@@ -196,6 +196,11 @@ class JsonEditDataset(EditDataset):
     def resolve_source(self, source: str | Path | None) -> Path:
         if source is not None:
             text = str(source)
+            if text == "sample":
+                if self.sample is None:
+                    raise DataError(f"{self.name}: source 'sample' asks for the bundled sample, and this dataset ships none")
+                self.notes.append(f"{self.name}: using the bundled sample ({self.sample.name}), as asked (source: sample)")
+                return self.sample
             if text.startswith(("http://", "https://")):
                 return fetch(text, cache_dir() / "datasets" / self.name / Path(text.split("?")[0]).name)
             path = Path(text).expanduser()

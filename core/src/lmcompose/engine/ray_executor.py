@@ -34,7 +34,7 @@ FORWARDED_ENV = ("LMCOMPOSE_DATA_DIR", "LMCOMPOSE_CACHE_DIR", "LMCOMPOSE_LOAD_PL
                  "HF_HUB_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM", "TRANSFORMERS_OFFLINE")
 CONNECT_TIMEOUT_S = 5.0
 
-__all__ = ["RayWork", "TaskFailure", "check_address", "run_on_ray"]
+__all__ = ["RayOutcome", "RayWork", "TaskFailure", "check_address", "run_on_ray"]
 
 
 class RayWork(Protocol):
@@ -45,6 +45,16 @@ class RayWork(Protocol):
 
     def inputs(self, lm: Any, edits: Mapping[Any, Any]) -> dict[str, Any]:
         """What the run's numbers depend on (checked by the run folder)."""
+
+
+@dataclass
+class RayOutcome:
+    """What the tasks computed (summed over tasks, retries included) and what failed."""
+
+    failures: list[TaskFailure]
+    states: dict[str, int]
+    evaluations: int
+    references: int
 
 
 @dataclass
@@ -89,11 +99,13 @@ def check_address(address: str) -> str:
 
 def _init(ray: Any, address: str | None) -> bool:
     """Connect (or start a local cluster); True if this call started Ray."""
+    if address:
+        address = check_address(address)
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address:
-        kwargs["address"] = check_address(address)
+        kwargs["address"] = address
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
@@ -122,18 +134,22 @@ def _task(work: RayWork, task: Task, done: set[tuple[str, int]], only: set[str] 
                            f"(fingerprint {lm.fingerprint()} != {fingerprint}); every node needs the same model files")
     plan.mark_needed(done, only)
     executor = Executor(plan, lm, ctx, metrics, edits, **kwargs)
+    evaluations = 0
     for state in executor.run(nodes=task.nodes, root=task.root):
-        yield {"node": state.node.id, "rows": state.rows, "seconds": state.seconds}
+        kind = state.node.action.kind if state.computed and state.node.action is not None else None
+        yield {"node": state.node.id, "rows": state.rows, "seconds": state.seconds, "kind": kind,
+               "evaluations": executor.evaluations - evaluations, "references": executor.references}
+        evaluations = executor.evaluations
 
 
 def run_on_ray(work: RayWork, plan: Plan, folder: RunFolder, *, address: str | None = None,
                cpus_per_task: float = 1.0, gpus_per_task: float = 0.0, threads: int | None = None,
                only: set[str] | None = None, on_state: Callable[[Any, dict[str, Any]], None] | None = None,
-               write_config: Callable[[dict[str, Any]], None] | None = None) -> list[TaskFailure]:
+               write_config: Callable[[dict[str, Any]], None] | None = None) -> RayOutcome:
     """Run the needed part of ``plan`` as Ray tasks; the rows go to ``folder`` (this process
     is the only writer). ``write_config(inputs)`` records the inputs a probe task reads on a
     worker; ``on_state(node, item)`` is called after each model state's rows are written.
-    Returns the tasks that failed twice (empty when everything was written)."""
+    Returns what the tasks computed and the tasks that failed twice."""
     if cpus_per_task <= 0:
         raise ConfigError(f"--cpus-per-task {cpus_per_task!r}: give a positive number of CPUs")
     if gpus_per_task < 0:
@@ -156,6 +172,9 @@ def run_on_ray(work: RayWork, plan: Plan, folder: RunFolder, *, address: str | N
 
         running: dict[Any, tuple[Task, int]] = {submit(t): (t, 0) for t in plan.tasks()}
         failures: list[TaskFailure] = []
+        states: dict[str, int] = {}
+        evaluations = 0
+        references: dict[Any, int] = {}
         while running:
             ready, _ = ray.wait(list(running), num_returns=1)
             gen = ready[0]
@@ -178,9 +197,13 @@ def run_on_ray(work: RayWork, plan: Plan, folder: RunFolder, *, address: str | N
                 continue
             for row in item["rows"]:
                 folder.append(row)
+            if item["kind"] is not None:
+                states[item["kind"]] = states.get(item["kind"], 0) + 1
+            evaluations += item["evaluations"]
+            references[gen] = item["references"]
             if on_state is not None:
                 on_state(plan.node(item["node"]), item)
-        return failures
+        return RayOutcome(failures, states, evaluations, sum(references.values()))
     finally:
         if started:
             ray.shutdown()

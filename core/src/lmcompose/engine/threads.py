@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lmcompose.errors import ConfigError
 
-__all__ = ["available_cores", "cgroup_cpu_limit", "set_threads"]
+__all__ = ["available_cores", "cgroup_cpu_limit", "set_threads", "threads_for"]
 
 
 def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -60,3 +62,15 @@ def set_threads(n: int | None) -> int:
 
     torch.set_num_threads(n)
     return n
+
+
+@contextmanager
+def threads_for(n: int | None) -> Iterator[int]:
+    """Run a block with torch's pool set as :func:`set_threads` does, then restore it."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield set_threads(n)
+    finally:
+        torch.set_num_threads(before)

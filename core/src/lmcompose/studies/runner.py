@@ -153,6 +153,10 @@ def run_study(
     gpus = gpus_per_task if gpus_per_task is not None else study.resources.get("gpus_per_task", 0.0)
     if executor == "local" and (cpus_per_task is not None or gpus_per_task is not None or ray_address is not None):
         raise UsageError("--cpus-per-task, --gpus-per-task and --ray-address are for --executor ray")
+    if executor == "ray" and ray_address:
+        from lmcompose.engine.ray_executor import check_address
+
+        check_address(ray_address)  # before anything is written
     if gpus > 0 and not str(study.device).startswith("cuda"):
         raise UsageError(f"--gpus-per-task {gpus:g} asks for GPUs but the study runs on device {study.device!r}; "
                          "set device: cuda (or --device cuda)")
@@ -166,67 +170,87 @@ def run_study(
     only = plan.shard_cells(shard_t[0] - 1, shard_t[1]) if shard_t else None
     start = time.perf_counter()
     extra = {"cells": len(plan.cells), "counts": {k: v.as_dict() for k, v in counts.items()}, "versions": versions()}
-    tracker: StateProgress | None = None
-    executed = PlanCounts({}, 0)
-    references = 0
-    failures: list[TaskFailure] = []
-    rows_written = 0
+    outcome = _Outcome()
     folder = RunFolder(out_dir, study.id, "study", config)
     with folder:
         if executor == "local":
-            from lmcompose.engine.executor import Executor
-            from lmcompose.engine.threads import set_threads
-            from lmcompose.models.loading import load_model
-            from lmcompose.sweep import run_inputs
-
-            set_threads(threads)
-            ctx = study_context(study, progress)
-            edits = study.load_edits(ctx)
-            lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=progress)
-            inputs = run_inputs(lm, edits)
-            folder.write_config(inputs=inputs, model_fingerprint=inputs["model_fingerprint"], model_source=lm.source, **extra)
-            if plan.mark_needed(folder.done(), only):
-                tracker = StateProgress(plan, on_progress)
-                snapshot_dir = None
-                if study.snapshots == "disk":
-                    snapshot_dir = out_dir / ".snapshots"
-                    snapshot_dir.mkdir(exist_ok=True)
-                ex = Executor(plan, lm, ctx, study_metrics(study), edits, snapshots=study.snapshots,
-                              snapshot_dir=snapshot_dir, topk=study.topk)
-                for state in ex.run():
-                    for row in state.rows:
-                        folder.append(row)
-                    rows_written += len(state.rows)
-                    tracker.update(state.node, state.seconds, len(state.rows))
-                executed, references = ex.counts, ex.references
+            _run_local(study, plan, folder, only, threads, progress, on_progress, extra, outcome)
         else:
-            from lmcompose.engine.ray_executor import run_on_ray
-
-            work = StudyWork(study.data, study.name, study.device)
-
-            def write_config(inputs: dict[str, Any]) -> None:
-                folder.write_config(inputs=inputs, model_fingerprint=inputs["model_fingerprint"], **extra)
-
-            marked = {"tracker": None}
-
-            def on_state(node: Any, item: dict[str, Any]) -> None:
-                nonlocal rows_written
-                if marked["tracker"] is None:
-                    marked["tracker"] = StateProgress(plan, on_progress)
-                rows_written += len(item["rows"])
-                marked["tracker"].update(node, item["seconds"], len(item["rows"]))
-
-            failures = run_on_ray(work, plan, folder, address=ray_address, cpus_per_task=cpus, gpus_per_task=gpus,
-                                  threads=threads, only=only, on_state=on_state, write_config=write_config)
+            _run_ray(study, plan, folder, only, ray_address, cpus, gpus, threads, on_progress, extra, outcome)
         missing = _missing(plan, folder.done(), only)
         folder.status = "finished" if not missing else "incomplete"
-    result = StudyResult(out_dir, study, rows_written, counts, executed, references, time.perf_counter() - start,
-                         missing, failures)
+    result = StudyResult(out_dir, study, outcome.rows, counts, outcome.executed, outcome.references,
+                         time.perf_counter() - start, missing, outcome.failures)
     if report and not missing and shard_t is None:
         from lmcompose.studies.report import write_study_report
 
         result.report = write_study_report(out_dir, plots=plots)
     return result
+
+
+@dataclass
+class _Outcome:
+    rows: int = 0
+    executed: PlanCounts = field(default_factory=lambda: PlanCounts({}, 0))
+    references: int = 0
+    failures: list[TaskFailure] = field(default_factory=list)
+
+
+def _run_local(study: Study, plan: Plan, folder: RunFolder, only: set[str] | None, threads: int | None,
+               progress: Progress, on_progress: Callable[[ProgressEvent], None] | None, extra: dict[str, Any],
+               outcome: _Outcome) -> None:
+    """This process: load the model, record the inputs, walk the needed part of the plan."""
+    from lmcompose.engine.executor import Executor
+    from lmcompose.engine.threads import threads_for
+    from lmcompose.models.loading import load_model
+    from lmcompose.sweep import run_inputs
+
+    with threads_for(threads):
+        ctx = study_context(study, progress)
+        edits = study.load_edits(ctx)
+        lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=progress)
+        inputs = run_inputs(lm, edits)
+        folder.write_config(inputs=inputs, model_fingerprint=inputs["model_fingerprint"], model_source=lm.source, **extra)
+        if not plan.mark_needed(folder.done(), only):
+            return
+        tracker = StateProgress(plan, on_progress)
+        snapshot_dir = None
+        if study.snapshots == "disk":
+            snapshot_dir = folder.path / ".snapshots"
+            snapshot_dir.mkdir(exist_ok=True)
+        ex = Executor(plan, lm, ctx, study_metrics(study), edits, snapshots=study.snapshots,
+                      snapshot_dir=snapshot_dir, topk=study.topk)
+        for state in ex.run():
+            for row in state.rows:
+                folder.append(row)
+            outcome.rows += len(state.rows)
+            tracker.update(state.node, state.seconds, len(state.rows))
+        outcome.executed, outcome.references = ex.counts, ex.references
+
+
+def _run_ray(study: Study, plan: Plan, folder: RunFolder, only: set[str] | None, address: str | None, cpus: float,
+             gpus: float, threads: int | None, on_progress: Callable[[ProgressEvent], None] | None,
+             extra: dict[str, Any], outcome: _Outcome) -> None:
+    """Ray tasks: a probe reads the inputs on a worker, then the subtrees run as tasks."""
+    from lmcompose.engine.ray_executor import run_on_ray
+
+    trackers: list[StateProgress] = []
+
+    def write_config(inputs: dict[str, Any]) -> None:
+        folder.write_config(inputs=inputs, model_fingerprint=inputs["model_fingerprint"], **extra)
+
+    def on_state(node: Any, item: dict[str, Any]) -> None:
+        if not trackers:  # the plan is marked (done rows known) only once the probe has run
+            trackers.append(StateProgress(plan, on_progress))
+        outcome.rows += len(item["rows"])
+        trackers[0].update(node, item["seconds"], len(item["rows"]))
+
+    work = StudyWork(study.data, study.name, study.device)
+    ray_outcome = run_on_ray(work, plan, folder, address=address, cpus_per_task=cpus, gpus_per_task=gpus,
+                             threads=threads, only=only, on_state=on_state, write_config=write_config)
+    outcome.failures = ray_outcome.failures
+    outcome.executed = PlanCounts(ray_outcome.states, ray_outcome.evaluations)
+    outcome.references = ray_outcome.references
 
 
 def merge_studies(sources: Sequence[str | Path], out: str | Path, *, report: bool = True, plots: bool = True) -> tuple[int, list[str], Any]:

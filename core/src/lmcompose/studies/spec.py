@@ -20,7 +20,7 @@ from typing import Any
 from lmcompose.api import EditRecord, config_fields
 from lmcompose.engine.plan import Cell, Group, Plan, PlanCounts
 from lmcompose.engine.policy import EDIT_KIND, POLICIES
-from lmcompose.errors import ConfigError, LMComposeError
+from lmcompose.errors import ConfigError, UsageError
 from lmcompose.steps import StepSpec, build_intervention, build_metrics, parse_step
 from lmcompose.sweep import Vary, make_vary, parse_orders, sweep_cells
 
@@ -121,7 +121,7 @@ def _step(value: Any, path: str) -> StepSpec:
     try:
         spec = parse_step(value)
         build_intervention(spec)
-    except ConfigError as exc:
+    except UsageError as exc:
         raise _fail(path, str(exc)) from None
     return spec
 
@@ -210,7 +210,7 @@ class Study:
         merged = _merge_budgets(options, budgets)
         try:
             build_metrics(metrics, merged)
-        except ConfigError as exc:
+        except UsageError as exc:
             raise _fail("metrics" if metrics else "metric_options", str(exc)) from None
         policy = data.get("policy", "project")
         if policy not in POLICIES:
@@ -420,9 +420,9 @@ def _vary_one(value: Any, path: str, steps: list[StepSpec], composite: bool) -> 
             raise _fail(f"{vpath}[{j}]", f"expected one value; got {_kind_of(v)}")
     try:
         return make_vary(steps, index, field_name, items, vpath)
-    except ConfigError as exc:
+    except UsageError as exc:
         msg = str(exc)
-        raise (exc if msg.startswith(vpath) else _fail(vpath, msg)) from None
+        raise (StudyError(msg) if msg.startswith(vpath) else _fail(vpath, msg)) from None
 
 
 def _role_orders(value: Any, path: str) -> list[tuple[int, ...]]:
@@ -480,7 +480,7 @@ def _entries(value: Any, editors: list[EditorSpec], orders: Any) -> list[Entry]:
             vary = _vary_one(raw["vary"], f"{path}.vary", steps, composite=True)
             try:
                 entry_orders = parse_orders(raw.get("orders", "all"), steps)
-            except ConfigError as exc:
+            except UsageError as exc:
                 raise _fail(f"{path}.orders", str(exc)) from None
             label = _string(raw.get("name", "+".join(s.name for s in steps)), f"{path}.name", "memit+wanda+gptq")
             kinds = [build_intervention(s).kind for s in steps]
@@ -501,5 +501,3 @@ def load_study(path: str | Path) -> Study:
         return Study.from_mapping(data, where=str(p), name=p.stem)
     except StudyError as exc:
         raise StudyError(f"{p}: {exc}") from None
-    except LMComposeError:
-        raise
