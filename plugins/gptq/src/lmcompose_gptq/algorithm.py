@@ -22,8 +22,10 @@ the result lies on the returned grid and ``QuantGrid.snap_`` is a no-op on it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from lmcompose.calibration import inverse_cholesky_upper
+from lmcompose.calibration import Gram, inverse_cholesky_upper
 from lmcompose.quant import QuantGrid, fit_scale_zero, group_index, max_level, n_groups
 
 
@@ -94,3 +96,10 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, 
         Q = Q[:, torch.argsort(perm)]
     w.copy_(Q.to(w.dtype))
     return QuantGrid(bits, group_size, symmetric, scale_t.t().contiguous(), zero_t.t().contiguous())
+
+
+class HessianStats(Gram):
+    """Σ xxᵀ and the token count; ``hessian()`` is GPTQ's H = 2XXᵀ/n."""
+
+    def hessian(self) -> Any:
+        return self.xxt * (2.0 / max(self.tokens, 1))

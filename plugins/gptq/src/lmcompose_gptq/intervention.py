@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lmcompose.calibration import Gram
 from lmcompose.interventions.calibrated import LayerwiseQuantizer, groups_sharing_stats
 
 from lmcompose_gptq.config import GPTQConfig
 
-
-class HessianStats(Gram):
-    """Σ xxᵀ and the token count; ``hessian()`` is GPTQ's H = 2XXᵀ/n."""
-
-    def hessian(self) -> Any:
-        return self.xxt * (2.0 / max(self.tokens, 1))
+if TYPE_CHECKING:  # pragma: no cover - the statistics import torch; validating a config must not
+    from lmcompose_gptq.algorithm import HessianStats
 
 
 class GPTQ(LayerwiseQuantizer):
@@ -29,6 +24,8 @@ class GPTQ(LayerwiseQuantizer):
         self.fallbacks: list[str] = []
 
     def new_stats(self, name: str, module: Any, in_features: int) -> HessianStats:
+        from lmcompose_gptq.algorithm import HessianStats
+
         return HessianStats(in_features, module.weight.device)
 
     def observe(self, stats: HessianStats, x: Any) -> None:

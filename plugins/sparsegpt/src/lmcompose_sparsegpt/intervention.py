@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lmcompose.calibration import Gram
 from lmcompose.interventions.calibrated import LayerwisePruner, groups_sharing_stats
 
 from lmcompose_sparsegpt.config import SparseGPTConfig
+
+if TYPE_CHECKING:  # pragma: no cover - the statistics import torch; validating a config must not
+    from lmcompose.calibration import Gram
 
 
 class SparseGPT(LayerwisePruner):
@@ -18,6 +20,8 @@ class SparseGPT(LayerwisePruner):
     Config = SparseGPTConfig
 
     def new_stats(self, name: str, module: Any, in_features: int) -> Gram:
+        from lmcompose.calibration import Gram
+
         return Gram(in_features, module.weight.device)
 
     def observe(self, stats: Gram, x: Any) -> None:

@@ -1,0 +1,35 @@
+"""The hook implementations: one tracker per process, created on the first event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmcompose import hookimpl
+
+_TRACKER: Any = None
+
+
+def _tracker() -> Any:
+    global _TRACKER
+    from lmcompose_mlflow.tracker import MLflowTracker, tracking_uri
+
+    uri = tracking_uri()
+    if uri is None:
+        return None
+    if _TRACKER is None or _TRACKER.uri != uri:
+        _TRACKER = MLflowTracker(uri)
+    return _TRACKER
+
+
+@hookimpl
+def row_written(row, run):
+    tracker = _tracker()
+    if tracker is not None:
+        tracker.row(row, run)
+
+
+@hookimpl
+def run_closed(run, status):
+    tracker = _tracker()
+    if tracker is not None:
+        tracker.close(run, status)
