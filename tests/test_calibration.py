@@ -62,10 +62,63 @@ def test_pipeline_observes_what_a_forward_pass_feeds_each_projection(arch):
     modified: list[int] = []
     layer_of = {n: int(n[len(lm.arch.layers) + 1:].split(".", 1)[0]) for n in names}
     run_layer_sequential(lm, windows, lambda i: [n for n in names if layer_of[n] == i],
-                         lambda _i, n, x: seen.setdefault(n, []).append(x.clone()), modified.append)
+                         lambda _i, n, x: seen.setdefault(n, []).append(x.clone()), lambda i, _names: modified.append(i))
     assert modified == list(range(len(decoder_layers(lm.model, lm.arch))))
     for n in names:  # nothing modified, so every projection sees the model's own inputs
         assert torch.allclose(torch.cat(seen[n]), expect[n], atol=1e-5), n
+
+
+def _layer_names(lm):
+    names = [n for n, _ in lm.linear_layers() if n.startswith(lm.arch.layers + ".")]
+    layer_of = {n: int(n[len(lm.arch.layers) + 1:].split(".", 1)[0]) for n in names}
+    return names, lambda i: [n for n in names if layer_of[n] == i]
+
+
+def test_true_sequential_stages_see_the_groups_before_them_changed():
+    from lmcompose.calibration import true_sequential_stages
+
+    lm = tiny_model("llama")
+    windows = Context().calibration_batches(lm, 2, 16)
+    _names, names_of = _layer_names(lm)
+    stages = true_sequential_stages(lm)
+    assert [[n.rsplit(".", 1)[-1] for n in g] for g in stages(0, names_of(0))] == [
+        ["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
+    o_proj = f"{lm.arch.layers}.0.self_attn.o_proj"
+    for staged in (False, True):
+        lm = tiny_model("llama")
+        seen, calls = {}, []
+
+        def modify(i, names, lm=lm, calls=calls):
+            calls.append([n.rsplit(".", 1)[-1] for n in names])
+            for n in names:
+                if n.endswith("v_proj"):
+                    lm.weight(n).data.zero_()  # o_proj's input is attention over v: all zeros after this
+
+        run_layer_sequential(lm, windows, names_of, lambda _i, n, x, seen=seen: seen.setdefault(n, []).append(x.clone()),
+                             modify, stages=stages if staged else None)
+        zero = bool(torch.cat(seen[o_proj]).abs().max() == 0)
+        assert zero == staged  # one pass sees o_proj's inputs before v_proj changed
+        assert len(calls) == len(decoder_layers(lm.model, lm.arch)) * (4 if staged else 1)
+
+
+def test_next_layer_calibrated_on_full_precision_outputs():
+    lm = tiny_model("llama")
+    windows = Context().calibration_batches(lm, 2, 16)
+    names, names_of = _layer_names(lm)
+    expect = {n: capture_inputs(lm, n, windows) for n in names}
+    for next_inputs in ("modified", "original"):
+        lm = tiny_model("llama")
+        seen = {}
+
+        def modify(i, names, lm=lm):
+            for n in names:
+                lm.weight(n).data.mul_(0.5)
+
+        run_layer_sequential(lm, windows, names_of, lambda _i, n, x, seen=seen: seen.setdefault(n, []).append(x.clone()),
+                             modify, next_inputs=next_inputs)
+        later = [n for n in names if not n.startswith(f"{lm.arch.layers}.0.")]
+        same = all(torch.allclose(torch.cat(seen[n]), expect[n], atol=1e-5) for n in later)
+        assert same == (next_inputs == "original")  # every layer sees the unmodified model's inputs
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -90,7 +143,7 @@ def test_statistics_pass_stops_after_the_last_watched_projection(arch, watched):
         tokens[name] = tokens.get(name, 0) + x.shape[0]
 
     try:
-        run_layer_sequential(lm, windows, lambda i: _watch(lm, i, suffixes), observe, lambda i: None)
+        run_layer_sequential(lm, windows, lambda i: _watch(lm, i, suffixes), observe, lambda i, names: None)
     finally:
         for h in handles:
             h.remove()

@@ -168,54 +168,95 @@ def run_layer_sequential(
     windows: torch.Tensor,
     module_names: Callable[[int], list[str]],
     observe: Callable[[int, str, torch.Tensor], None],
-    modify: Callable[[int], None],
+    modify: Callable[[int, list[str]], None],
     progress: Any = None,
     description: str = "calibrating",
+    stages: Callable[[int, list[str]], list[list[str]]] | None = None,
+    next_inputs: str = "modified",
 ) -> None:
     """Run the pipeline over every decoder layer.
 
     ``module_names(i)`` lists the qualified names of the projections of layer i to watch;
     ``observe(i, name, x)`` receives each watched module's input, flattened to
-    (tokens, in_features); ``modify(i)`` changes layer i after all its statistics are in.
+    (tokens, in_features); ``modify(i, names)`` changes those projections of layer i after
+    their statistics are in. ``stages(i, names)`` splits a layer's names into groups handled
+    one after another (true-sequential: a group's inputs come from the layer with the groups
+    before it already changed); by default one group. ``next_inputs``: the next layer is
+    calibrated on this layer's outputs after the change (``"modified"``) or before it
+    (``"original"``, full precision).
     """
+    if next_inputs not in ("modified", "original"):
+        raise ValueError(f"next_inputs must be 'modified' or 'original', not {next_inputs!r}")
     layers = decoder_layers(lm.model, lm.arch)
     hidden, kwargs_per_layer = capture_layer_calls(lm, windows)
     ctx_task = progress.task(description, len(layers)) if progress is not None else None
     advance = ctx_task.__enter__() if ctx_task is not None else (lambda n=1: None)
     try:
         for i, layer in enumerate(layers):
-            names = module_names(i)
-            calls = {"n": 0, "stop_after": None}  # watched-module calls this window; when to stop
-
-            def hook(_m, args, name, i=i, calls=calls):
-                x = args[0]
-                observe(i, name, x.reshape(-1, x.shape[-1]))
-                calls["n"] += 1
-                if calls["n"] == calls["stop_after"]:
-                    raise StopForward
-
-            handles = [lm.model.get_submodule(name).register_forward_pre_hook(partial(hook, name=name)) for name in names]
             kwargs = kwargs_per_layer[i]
-            try:
-                for j in range(hidden.shape[0] if names else 0):
-                    calls["n"] = 0
-                    try:
-                        call_layer(layer, hidden[j : j + 1], kwargs)
-                    except StopForward:
-                        pass
-                    # window 0 runs whole and counts the watched calls; the others stop right
-                    # after the last one (the rest of the layer's output is not needed here)
-                    calls["stop_after"] = calls["stop_after"] or calls["n"] or None
-            finally:
-                for h in handles:
-                    h.remove()
-            modify(i)
-            for j in range(hidden.shape[0]):
-                hidden[j : j + 1] = call_layer(layer, hidden[j : j + 1], kwargs)
+            names = module_names(i)
+            original = None
+            if next_inputs == "original" and names:
+                original = torch.cat([call_layer(layer, hidden[j : j + 1], kwargs) for j in range(hidden.shape[0])])
+            for group in (stages(i, names) if stages is not None and names else [names]):
+                _observe_group(lm, layer, hidden, kwargs, i, group, observe)
+                if group:
+                    modify(i, group)
+            if not names:
+                modify(i, [])
+            if original is not None:
+                hidden[:] = original
+            else:
+                for j in range(hidden.shape[0]):
+                    hidden[j : j + 1] = call_layer(layer, hidden[j : j + 1], kwargs)
             advance(1)
     finally:
         if ctx_task is not None:
             ctx_task.__exit__(None, None, None)
+
+
+def _observe_group(lm: Any, layer: Any, hidden: torch.Tensor, kwargs: dict[str, Any], i: int, names: list[str],
+                   observe: Callable[[int, str, torch.Tensor], None]) -> None:
+    """Run every window through ``layer`` with ``names`` watched (stopping after the last
+    watched call: the rest of the output is not needed)."""
+    calls = {"n": 0, "stop_after": None}  # watched-module calls this window; when to stop
+
+    def hook(_m, args, name):
+        x = args[0]
+        observe(i, name, x.reshape(-1, x.shape[-1]))
+        calls["n"] += 1
+        if calls["n"] == calls["stop_after"]:
+            raise StopForward
+
+    handles = [lm.model.get_submodule(name).register_forward_pre_hook(partial(hook, name=name)) for name in names]
+    try:
+        for j in range(hidden.shape[0] if names else 0):
+            calls["n"] = 0
+            try:
+                call_layer(layer, hidden[j : j + 1], kwargs)
+            except StopForward:
+                pass
+            # window 0 runs whole and counts the watched calls; the others stop after the last
+            calls["stop_after"] = calls["stop_after"] or calls["n"] or None
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def true_sequential_stages(lm: Any) -> Callable[[int, list[str]], list[list[str]]]:
+    """A layer's projections in forward order of their inputs: attention inputs (q/k/v),
+    attention output, MLP inputs, MLP output (GPTQ's true-sequential groups)."""
+    arch = lm.arch
+    order = [list(arch.attn_in), [arch.attn_out], list(arch.mlp_in), [arch.mlp_out]]
+
+    def stages(i: int, names: list[str]) -> list[list[str]]:
+        prefix = f"{arch.layers}.{i}."
+        groups = [[prefix + s for s in suffixes if prefix + s in names] for suffixes in order]
+        placed = {n for g in groups for n in g}
+        rest = [n for n in names if n not in placed]
+        return [g for g in groups if g] + ([rest] if rest else [])
+
+    return stages
 
 
 def layer_module_names(lm: Any, selected: list[tuple[str, Any]]) -> Callable[[int], list[str]]:

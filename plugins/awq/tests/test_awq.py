@@ -170,3 +170,33 @@ def test_folding_changes_the_fingerprint_of_the_down_projection_inputs():
     lm2 = tiny_model("llama")
     build_intervention(parse_step("awq:n_grid=4")).apply(lm2, ctx())
     assert input_fingerprint(lm2, down) != before
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_query_and_key_are_not_clipped_unless_asked(arch):
+    """The reference skips the clip search for q/k (a fused q/k/v counts): their weights are
+    rounded on the plain min/max grid of the (scaled) weights."""
+    from lmcompose.quant import QuantGrid
+    from lmcompose_awq.intervention import query_key_projections
+
+    qk = query_key_projections(tiny_model(arch), 0)
+    assert qk and all(".0." in n for n in qk)
+    assert not any(n.endswith(("v_proj", "o_proj")) for n in qk)
+    for clip_qk in (False, True):
+        lm = tiny_model(arch)
+        step = build_intervention(parse_step(f"awq:bits=3,group_size=16,scale_search=false,clip_qk={str(clip_qk).lower()}"))
+        step.apply(lm, ctx())
+        for name in qk:
+            plain = QuantGrid.fit(tiny_model(arch).weight(name).float(), 3, 16, False)
+            # no scales (scale_search=false): without clipping the grid is the original weights' own
+            assert torch.equal(step.grids[name].scale, plain.scale) != clip_qk, (name, clip_qk)
+
+
+def test_next_layer_on_full_precision_outputs_is_offered():
+    a, b = tiny_model("llama"), tiny_model("llama")
+    build_intervention(parse_step("awq:bits=3,group_size=32")).apply(a, ctx())
+    build_intervention(parse_step("awq:bits=3,group_size=32,calibrate_next_on=full")).apply(b, ctx())
+    first = f"{a.arch.layers}.0.mlp.down_proj"
+    last = [n for n, _ in a.linear_layers() if n.endswith("down_proj")][-1]
+    assert torch.equal(a.weight(first), b.weight(first))  # layer 0 sees the same inputs either way
+    assert not torch.equal(a.weight(last), b.weight(last))  # later layers do not

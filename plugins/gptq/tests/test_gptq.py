@@ -192,3 +192,15 @@ def test_matches_the_textbook_column_by_column_algorithm(act_order):
     if act_order:
         W = W[:, torch.argsort(perm)]
     assert torch.allclose(fast, W, atol=1e-4)
+
+
+def test_true_sequential_calibrates_each_group_on_the_groups_before_it_quantized():
+    one, seq = tiny_model("llama"), tiny_model("llama")
+    build_intervention(parse_step("gptq:bits=3,group_size=32")).apply(one, Context(calibration_samples=4, calibration_seqlen=32))
+    build_intervention(parse_step("gptq:bits=3,group_size=32,true_sequential=true")).apply(
+        seq, Context(calibration_samples=4, calibration_seqlen=32))
+    prefix = f"{one.arch.layers}.0."
+    for suffix in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):  # the first group: same inputs
+        assert torch.equal(one.weight(prefix + suffix), seq.weight(prefix + suffix)), suffix
+    for suffix in ("self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"):  # later groups: through quantized ones
+        assert not torch.equal(one.weight(prefix + suffix), seq.weight(prefix + suffix)), suffix

@@ -156,6 +156,25 @@ def test_row_wise_adam_matches_torch_adam():
     assert torch.equal(p[[0, 2]], frozen)
 
 
+def test_kl_term_is_the_reference_direction():
+    # compute_z: kl_div(init, now, log_target=True) = KL(p_now || p_init), not KL(p_init || p_now)
+    g = torch.Generator().manual_seed(0)
+    now = torch.log_softmax(torch.randn(3, 11, generator=g), -1)
+    init = torch.log_softmax(torch.randn(3, 11, generator=g), -1)
+    ref = torch.nn.functional.kl_div(init, now, log_target=True, reduction="none").sum(-1)
+    assert torch.allclose(alg.kl_term(now, init), ref)
+    assert not torch.allclose(alg.kl_term(init, now), ref)  # the two directions differ here
+
+
+def test_keys_average_within_template_groups_then_across():
+    # compute_ks: [["{}"], [generated...]]: the bare prompt weighs 1/2, the generated share 1/2
+    k = torch.tensor([[[6.0], [0.0], [3.0], [0.0]],  # edit 0: bare 6, generated 0, 3, 0
+                      [[1.0], [2.0], [2.0], [2.0]]])
+    keys = alg.template_key_mean(k.view(8, 1), n_edits=2, n_templates=4)
+    assert keys.flatten().tolist() == [0.5 * 6 + 0.5 * 1.0, 0.5 * 1 + 0.5 * 2]
+    assert alg.template_key_mean(k[:, :1].reshape(2, 1), 2, 1).flatten().tolist() == [6.0, 1.0]
+
+
 def test_subject_last_token_index():
     lm = tiny_model("llama")
     text = "I met Danny Glover yesterday"

@@ -11,6 +11,11 @@ the very same tensor, such as q/k/v after one norm, share it). Two specialisatio
   and ``quantize_layer`` (all projections of one decoder layer at once, so a method can
   move scales between them); the grids are recorded (``lm.layer_state(name).quant``) so
   ``project()`` snaps later changes back and ``avg_bits`` counts them.
+
+Two optional config fields change the pipeline: ``true_sequential`` (a layer's projections
+calibrated group by group in forward order, each on inputs through the groups already
+changed) and ``calibrate_next_on`` (``"full"``: the next layer's statistics come from this
+layer's unchanged outputs).
 """
 
 from __future__ import annotations
@@ -39,7 +44,11 @@ class LayerwiseCalibrated(Intervention):
 
     def calibrate(self, lm: Any, ctx: Context, layers: list[tuple[str, Any]], description: str) -> tuple[Any, list[str]]:
         """Run the pipeline over ``layers``; return the calibration windows and the messages."""
-        from lmcompose.calibration import layer_module_names, run_layer_sequential
+        from lmcompose.calibration import (
+            layer_module_names,
+            run_layer_sequential,
+            true_sequential_stages,
+        )
 
         windows = ctx.calibration_batches(lm, self.config.n_samples, self.config.seqlen)
         stats: dict[str, Any] = {}
@@ -60,14 +69,17 @@ class LayerwiseCalibrated(Intervention):
             if owner[name] == name:
                 self.observe(stats[name], x)
 
-        def modify(i: int) -> None:
+        def modify(i: int, names: list[str]) -> None:
             previous.clear()
-            names = names_of(i)
-            self.process_layer(lm, i, names, lambda n: stats[owner[n]], messages)
+            if names:
+                self.process_layer(lm, i, names, lambda n: stats[owner[n]], messages)
             for name in names:
                 stats.pop(name, None)
 
-        run_layer_sequential(lm, windows, names_of, observe, modify, ctx.progress, description)
+        stages = true_sequential_stages(lm) if getattr(self.config, "true_sequential", False) else None
+        next_inputs = "original" if getattr(self.config, "calibrate_next_on", "quantized") == "full" else "modified"
+        run_layer_sequential(lm, windows, names_of, observe, modify, ctx.progress, description, stages=stages,
+                             next_inputs=next_inputs)
         for m in messages:
             ctx.note(m)
         return windows, messages

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from lmcompose.interventions.calibrated import bits_field, group_size_field, symmetric_field
 from lmcompose.interventions.common import (
@@ -22,6 +23,11 @@ class AWQConfig:
     max_shrink: float = field(default=0.5, metadata={"help": "clip search: shrink each group's range by up to this fraction", "range": (0.0, 0.99)})
     scale_search: bool = field(default=True, metadata={"help": "search per-channel scales and fold them into the preceding op (false: clip search only)"})
     clip_search: bool = field(default=True, metadata={"help": "search each group's clipping range on the output error (false: min/max range)"})
+    clip_qk: bool = field(default=False, metadata={"help": "clip search for the query/key projections too (the reference skips them: their error is amplified by the q·kᵀ product); a fused q/k/v matrix counts as query/key"})
+    calibrate_next_on: Literal["quantized", "full"] = field(
+        default="quantized",
+        metadata={"help": "the next layer's statistics come from this layer's quantized outputs, or from its full-precision outputs (full: the reference's order, which quantizes after all layers are searched)"},
+    )
     n_samples: int | None = n_samples_field()
     seqlen: int | None = seqlen_field()
     targets: list[str] = targets_field()

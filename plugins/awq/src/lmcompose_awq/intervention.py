@@ -3,8 +3,10 @@
 For each decoder layer, after its calibration pass: search a scale for every foldable group
 (lmcompose_awq.folding) on the statistics of the unmodified layer's inputs, fold the scales
 (the layer computes the same function), then for every selected projection search the
-clipping range on its (scaled) weights and round them onto the resulting grid. The next
-layer is calibrated on the outputs of this quantized layer.
+clipping range on its (scaled) weights (not for the query/key projections, as the reference;
+``clip_qk`` clips them too) and round them onto the resulting grid. The next layer is
+calibrated on the outputs of this quantized layer, or (``calibrate_next_on=full``) on its
+full-precision outputs, as the reference computes them before it quantizes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ from typing import Any
 from lmcompose.interventions.calibrated import LayerwiseQuantizer
 
 from lmcompose_awq.config import AWQConfig
+
+
+def query_key_projections(lm: Any, index: int) -> set[str]:
+    """The projections of decoder layer ``index`` whose outputs enter q·kᵀ: every attention
+    input but the value projection (a fused q/k/v matrix included)."""
+    arch = lm.arch
+    return {f"{arch.layers}.{index}.{s}" for s in arch.attn_in if s != arch.attn_v}
 
 
 class AWQ(LayerwiseQuantizer):
@@ -69,9 +78,10 @@ class AWQ(LayerwiseQuantizer):
         from lmcompose.quant import QuantGrid
 
         grids = {}
+        query_key = query_key_projections(lm, index)
         for name in names:
             w = lm.weight(name)
-            if c.clip_search:
+            if c.clip_search and (c.clip_qk or name not in query_key):
                 grid = clipped_grid(w, moments[name], c.bits, c.group_size, c.symmetric, c.n_grid, c.max_shrink)
             else:
                 grid = QuantGrid.fit(w.float(), c.bits, c.group_size, c.symmetric)

@@ -393,6 +393,22 @@ def context_templates(lm: Any, n: int, length: int, seed: int) -> list[str]:
 # ----------------------------------------------------------------------------------------
 
 
+def kl_term(now: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
+    """KL(p_now ‖ p_init) per edit, over the vocabulary, from log-probabilities: MEMIT's
+    compute_z (``kl_div(init, now, log_target=True)``, which is KL of ``now`` from ``init``)."""
+    return (now.exp() * (now - init)).sum(-1)
+
+
+def template_key_mean(k_all: torch.Tensor, n_edits: int, n_templates: int) -> torch.Tensor:
+    """Each edit's key from its ``n_templates`` rows (template 0 the bare prompt, the rest the
+    generated prefixes): averaged within each group of templates, then across the groups, as
+    MEMIT's compute_ks does; the bare prompt weighs 1/2, the generated ones share the other 1/2."""
+    k = k_all.view(n_edits, n_templates, -1)
+    if n_templates == 1:
+        return k[:, 0]
+    return 0.5 * (k[:, 0] + k[:, 1:].mean(dim=1))
+
+
 @dataclass
 class VStarResult:
     target: torch.Tensor  # (edits, hidden) float32: h + delta
@@ -519,8 +535,7 @@ def optimize_vstar(lm: Any, records: Sequence[EditRecord], templates: Sequence[s
             if kl_init is None:
                 kl_init = torch.zeros(n_edits, kl_now.shape[-1], device=dev)
                 kl_init[edits_now] = kl_now.detach()
-            ref = kl_init[edits_now]
-            kl = (ref.exp() * (ref - kl_now)).sum(-1)
+            kl = kl_term(kl_now, kl_init[edits_now])
             idx = torch.tensor(edits_now, device=dev)
             wd = hp["v_weight_decay"] * d[idx].norm(dim=1) / init_norm[idx] ** 2
             loss = nll[idx] + hp["kl_factor"] * kl + wd

@@ -54,7 +54,7 @@ class MEMIT(Intervention):
         for i, layer in enumerate(layers):
             name = f"{arch.layers}.{layer}.{arch.mlp_out}"
             k_all = alg.module_values_at(lm, krows, name, "input", c.max_batch_tokens, c.compute_dtype)
-            keys = k_all.view(len(batch), len(templates), -1).mean(dim=1)  # average over context templates
+            keys = alg.template_key_mean(k_all, len(batch), len(templates))
             # where the last edit layer's output stands now, after the layers below were edited
             cur = alg.module_values_at(lm, bare, f"{arch.layers}.{z}", "output", c.max_batch_tokens, c.compute_dtype)
             resid = (targets - cur).T / (len(layers) - i)  # spread over the remaining layers
