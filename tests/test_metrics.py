@@ -45,16 +45,52 @@ def record(prompt, subject, new, true=None, **kw):
     return EditRecord(case_id=subject, subject=subject, prompt=prompt, target_new=new, target_true=true, **kw)
 
 
-def test_scorer_f1_is_token_bag_f1():
+def test_scorer_f1_is_token_set_f1():
     lm = tiny_model("llama")
     sc = Scorer(lm, 4)
     t = sc.encode("Berlin is the capital of", "Germany")[1]
     assert sc.f1(t, t) == 1.0
     assert sc.f1([], t) == 0.0
     a, b = sc.tok(" river town", add_special_tokens=False).input_ids, sc.tok(" river crossing", add_special_tokens=False).input_ids
-    common = sum((sc.bag(a) & sc.bag(b)).values())
-    p, r = common / len(a), common / len(b)
+    a, b = [i for i in a if not sc.excluded(i)], [i for i in b if not sc.excluded(i)]
+    common = len(set(a[: len(b)]) & set(b))
+    p, r = common / len(set(a[: len(b)])), common / len(set(b))
     assert sc.f1(a, b) == pytest.approx(2 * p * r / (p + r))
+
+
+def sentencepiece_tokenizer():
+    """A Llama-2-style sentencepiece tokenizer trained offline on the bundled text: a dummy
+    "▁" prefix, spaces as "▁", so " the" is ["▁", "▁the"] as Llama-2's " Paris" is ["▁", "▁Paris"]."""
+    from lmcompose.data import sample_text
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Strip(" ", 1, 0)])
+    trainer = trainers.UnigramTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"], unk_token="<unk>",
+                                      max_piece_length=8)
+    tok.train_from_iterator(sample_text().splitlines(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_f1_drops_the_bare_sentencepiece_space_then_clips_and_scores_sets():
+    class _LM:
+        tokenizer = sentencepiece_tokenizer()
+
+    sc = Scorer(_LM(), 4)
+    ids = lambda text: sc.tok(text, add_special_tokens=False).input_ids  # noqa: E731
+    target = ids(" the")
+    spacer, the = target
+    assert sc.tok.convert_ids_to_tokens(target) == ["▁", "▁the"] and sc.excluded(spacer) and not sc.excluded(the)
+    (of,) = ids("of")
+    # the model answers "the of": clipped to the one token the target has left, a full match
+    # (clipping first and keeping the spacer would score 2/3)
+    assert sc.f1([the, of], target) == 1.0
+    assert sc.f1([spacer, the], target) == 1.0  # a generated spacer is dropped too
+    assert sc.f1([sc.tok.bos_token_id, of, the], target) == 0.0  # BOS dropped; "of" is the one token kept
+    # sets, not multisets: "the the" against "the of" has precision 1, recall 1/2
+    assert sc.f1([the, the], [the, of]) == pytest.approx(2 * 1 * 0.5 / 1.5)
 
 
 def test_edit_scorers_follow_their_definitions():
@@ -143,6 +179,26 @@ def test_flops_scale_with_density():
     sparse = metric.compute(lm, ctx)
     assert sparse["flops"] == pytest.approx(dense["flops"] - linear / 2)
     assert sparse["latency_ms"] > 0
+
+
+def test_a_quantizers_zeros_are_not_pruned_weights():
+    from lmcompose.compose import build_intervention, parse_step
+
+    metrics = build_metrics(["flops", "avg_bits"], {"flops": {"latency_repeats": 0}})
+    ctx = Context()
+    lm = tiny_model("llama")
+    dense = metrics[0].compute(lm, ctx)
+    build_intervention(parse_step("rtn:bits=2,group_size=32")).apply(lm, ctx)
+    zeros = sum(int((lm.weight(n) == 0).sum()) for n, _ in lm.linear_layers())
+    assert zeros > 0  # 2-bit round-to-nearest puts many weights on the grid's 0
+    assert metrics[0].compute(lm, ctx)["flops"] == dense["flops"] and metrics[1].compute(lm, ctx)["sparsity"] == 0
+    # pruned, then quantized: the pruner's mask counts, the quantizer's extra zeros do not
+    lm = tiny_model("llama")
+    build_intervention(parse_step("magnitude:sparsity=0.5")).apply(lm, ctx)
+    build_intervention(parse_step("rtn:bits=2,group_size=32")).apply(lm, ctx)
+    assert metrics[1].compute(lm, ctx)["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    linear = sum(2 * 128 * lm.weight(n).numel() for n, _ in lm.linear_layers())
+    assert metrics[0].compute(lm, ctx)["flops"] == pytest.approx(dense["flops"] - linear / 2, rel=1e-3)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])

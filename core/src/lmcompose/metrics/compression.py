@@ -25,23 +25,28 @@ from lmcompose.api import Context, Metric
 DENSE_BITS = 16
 
 
-def layer_bits(w: Any, state: Any) -> tuple[float, int, int]:
-    """(storage bits, exact zeros, numel) of one weight matrix under the rules above."""
-    n = w.numel()
-    zeros = int((w == 0).sum())
+def pruned_count(w: Any, state: Any) -> int:
+    """Weights a pruner removed: where the layer's keep-mask is False and the weight is still
+    0. Without a mask, every exact zero of an unquantized layer (a pruned checkpoint loaded
+    as it is) and none of a quantized one (its zeros are grid values a quantizer rounded to)."""
     mask = getattr(state, "keep_mask", None)
-    quant = getattr(state, "quant", None)
     if mask is not None:
-        pruned = int(((~mask) & (w == 0)).sum())
-    elif quant is None:
-        pruned = zeros
-    else:
-        pruned = 0
+        return int(((~mask) & (w == 0)).sum())
+    if getattr(state, "quant", None) is None:
+        return int((w == 0).sum())
+    return 0
+
+
+def layer_bits(w: Any, state: Any) -> tuple[float, int, int]:
+    """(storage bits, pruned weights, numel) of one weight matrix under the rules above."""
+    n = w.numel()
+    pruned = pruned_count(w, state)
+    quant = getattr(state, "quant", None)
     if quant is not None and quant.on_grid(w):
         value_bits, overhead = quant.bits, quant.overhead_bits
     else:
         value_bits, overhead = DENSE_BITS, 0
-    return pruned * 1 + (n - pruned) * value_bits + overhead, zeros, n
+    return pruned * 1 + (n - pruned) * value_bits + overhead, pruned, n
 
 
 def compression_summary(lm: Any) -> dict[str, float]:
@@ -51,9 +56,9 @@ def compression_summary(lm: Any) -> dict[str, float]:
     for name, _module in lm.linear_layers():
         w = lm.weight(name)
         linear_ptrs.add(w.data_ptr())
-        b, z, n = layer_bits(w, lm.compression.get(name))
+        b, pruned, n = layer_bits(w, lm.compression.get(name))
         total_bits += b
-        zeros += z
+        zeros += pruned
         numel += n
     other = 0
     seen = set(linear_ptrs)
@@ -70,7 +75,8 @@ def compression_summary(lm: Any) -> dict[str, float]:
 
 
 class AverageBits(Metric):
-    """Average bits per weight, sparsity and parameter bytes of the decoder projections."""
+    """Average bits per weight, sparsity (the share a pruner removed, see pruned_count) and
+    parameter bytes of the decoder projections."""
 
     name = "avg_bits"
     keys = ("avg_bits", "sparsity", "param_bytes")
@@ -92,7 +98,8 @@ class FlopsConfig:
 
 
 class Flops(Metric):
-    """FLOPs of one 1 x tokens forward pass, linear layers scaled by density; latency."""
+    """FLOPs of one 1 x tokens forward pass, each linear layer scaled by the share of its
+    weights a pruner kept (pruned_count; a quantizer's zeros are not skipped); latency."""
 
     name = "flops"
     keys = ("flops", "flops_dense", "latency_ms")
@@ -116,8 +123,7 @@ class Flops(Metric):
             saved = 0.0
             for name, _module in lm.linear_layers():
                 w = lm.weight(name)
-                zero_share = float((w == 0).sum()) / w.numel()
-                saved += 2 * t * w.numel() * zero_share
+                saved += 2 * t * pruned_count(w, lm.compression.get(name))  # a quantizer's zeros still cost
             latencies = []
             for _ in range(self.config.latency_repeats):
                 start = time.perf_counter()

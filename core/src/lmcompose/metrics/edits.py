@@ -8,7 +8,6 @@ ROME/MEMIT, so the boundary never merges into one token.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,6 +49,7 @@ class Scorer:
         self.batch_size = batch_size
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         self.special = set(self.tok.all_special_ids)
+        self._excluded: dict[int, bool] = {}
 
     def encode(self, prompt: str, target: str) -> tuple[list[int], list[int]]:
         p = self.tok(prompt, add_special_tokens=True).input_ids
@@ -135,16 +135,24 @@ class Scorer:
             outs[j] = outs[j] + m
         return outs
 
-    def bag(self, ids: list[int]) -> Counter:
-        keep = [i for i in ids if i not in self.special and self.tok.decode([i]).strip()]
-        return Counter(keep)
+    def excluded(self, token: int) -> bool:
+        """Tokens F1 leaves out: special ones (pad, BOS, EOS) and any that decode to nothing
+        but space, such as a sentencepiece tokenizer's bare "▁" (Llama-2's 29871)."""
+        if token not in self._excluded:
+            self._excluded[token] = token in self.special or not self.tok.decode([token]).strip()
+        return self._excluded[token]
 
     def f1(self, generated: list[int], target: list[int]) -> float:
-        g, t = self.bag(generated), self.bag(target)
-        common = sum((g & t).values())
+        """Token-set F1 as the paper's code scores it: excluded tokens are dropped from both
+        sides, the generation is clipped to the target's remaining length, and the two are
+        compared as sets (a repeated token counts once)."""
+        t = [i for i in target if not self.excluded(i)]
+        g = [i for i in generated if not self.excluded(i)][: len(t)]
+        gs, ts = set(g), set(t)
+        common = len(gs & ts)
         if common == 0:
             return 0.0
-        precision, recall = common / sum(g.values()), common / sum(t.values())
+        precision, recall = common / len(gs), common / len(ts)
         return 2 * precision * recall / (precision + recall)
 
 
