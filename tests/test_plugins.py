@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from lmcompose import hookimpl, hookspecs
-from lmcompose.errors import DuplicateNameError, PluginLoadError
+from lmcompose.errors import PluginLoadError
 from lmcompose.plugins import (
     PluginLoadWarning,
     get_architectures,
@@ -175,11 +175,26 @@ def test_a_hookimpl_with_a_wrong_signature_is_reported(fake_dists):
     assert "magnitude" in get_interventions()
 
 
-def test_duplicate_names_are_an_error_naming_both_distributions(fake_dists):
+def test_a_duplicate_name_keeps_the_first_and_reports_the_later_naming_both(fake_dists):
+    fake_dists({"lmcompose-dup": {"dup": "duplicate_plugin"}, **EXAMPLE})
+    with pytest.warns(PluginLoadWarning, match=r"registered twice: by lmcompose and by lmcompose-dup.*was skipped"):
+        registry = get_interventions()
+    assert registry.entry("magnitude").distribution == "lmcompose"  # the built-in keeps its name
+    assert "scale_weights" in registry  # every other plugin keeps working
+    infos = {i.name: i for i in plugin_infos()}
+    assert "registered twice" in infos["dup"].error and infos["example"].error is None
+    from lmcompose_cli.main import app
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(app, ["plugins"])
+    assert res.exit_code == 0, res.output
+
+
+def test_a_duplicate_name_is_fatal_with_strict(fake_dists, monkeypatch):
+    monkeypatch.setenv("LMCOMPOSE_STRICT_PLUGINS", "1")
     fake_dists({"lmcompose-dup": {"dup": "duplicate_plugin"}})
-    with pytest.raises(DuplicateNameError) as exc:
+    with pytest.raises(PluginLoadError, match="lmcompose-dup"):
         get_interventions()
-    assert "lmcompose-dup" in str(exc.value) and "by lmcompose " in str(exc.value)
 
 
 def test_load_plugins_empty_loads_no_third_party_plugin(fake_dists, monkeypatch):

@@ -13,18 +13,67 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from lmcompose import plugins as plugin_api
 from lmcompose.api import Progress, config_fields, field_help
 from lmcompose.errors import DuplicateNameError, LMComposeError, PluginLoadError, UsageError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 console = Console()
 err_console = Console(stderr=True)
 
+DEBUG_ENV = "LMCOMPOSE_DEBUG"
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str, int]:
+    """(label, message, exit code) for an exception that ends a command: 2 for a user's
+    mistake (UsageError) or a plugin that cannot be loaded, 1 for a step or computation that
+    failed, 130 for an interrupt."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", "stopped; rows already written are kept: rerun the same command to resume", 130
+    if isinstance(exc, UsageError):
+        return "error", str(exc), 2
+    if isinstance(exc, DuplicateNameError | PluginLoadError):
+        return "plugin error", str(exc), 2
+    if isinstance(exc, LMComposeError):
+        return "error", str(exc), 1
+    if isinstance(exc, MemoryError):
+        return "error", "out of memory; try a smaller model, budget or batch, or --snapshots disk", 1
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        return "error", f"{exc.strerror or exc}{where}", 1
+    return "internal error", (f"{type(exc).__name__}: {exc}. This is a bug in lmcompose or a plugin: rerun with "
+                              "--debug for the traceback, and report it"), 1
+
+
+class CommandGroup(TyperGroup):
+    """The one top-level handler: every command's failure becomes one message and an exit
+    code (describe_failure); ``--debug`` (or LMCOMPOSE_DEBUG=1) prints the traceback too."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, typer.Exit, typer.Abort):
+            raise  # a command's own exit (typer's Exit is not click's)
+        except BaseException as exc:  # noqa: BLE001 - this is the handler of last resort
+            if isinstance(exc, SystemExit):
+                raise
+            label, message, code = describe_failure(exc)
+            if ctx.meta.get(DEBUG_ENV) or os.environ.get(DEBUG_ENV, "").lower() in {"1", "true", "yes"}:
+                import traceback
+
+                traceback.print_exception(exc, file=sys.stderr)
+            err_console.print(f"[bold red]{label}:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code) from None
+
+
 app = typer.Typer(
     name="lmcompose",
+    cls=CommandGroup,
     help="Compose test-time interventions (editing, pruning, quantization) on causal LMs and measure how they interact.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -35,25 +84,11 @@ list_app = typer.Typer(help="List what the installed plugins provide, with each 
 app.add_typer(list_app, name="list")
 
 
-@contextmanager
-def user_errors():
-    """Turn a user's mistake into one clear message and exit code 2."""
-    try:
-        yield
-    except UsageError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except (DuplicateNameError, PluginLoadError) as exc:
-        err_console.print(f"[bold red]plugin error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except LMComposeError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-
-
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     strict: Annotated[bool, typer.Option("--strict", help="Fail when any plugin fails to load (default: report and go on).")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error, not only its message.")] = False,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder laid out like shared/data (wikitext-2-raw/, counterfact/, ...); sets LMCOMPOSE_DATA_DIR.")] = None,
 ) -> None:
     if data_dir is not None:
@@ -63,6 +98,7 @@ def main_options(
         os.environ["LMCOMPOSE_DATA_DIR"] = str(data_dir.resolve())
     if strict:
         os.environ["LMCOMPOSE_STRICT_PLUGINS"] = "1"
+    ctx.meta[DEBUG_ENV] = debug  # this invocation only (an environment variable would outlive it)
 
 
 # --------------------------------------------------------------------------------------
@@ -77,20 +113,18 @@ def plugins(
 ) -> None:
     """List loaded plugins, what each registers, and plugins that failed to load."""
     if available:
-        with user_errors():
-            _plugins_available(as_json)
+        _plugins_available(as_json)
         return
-    with user_errors():
-        infos = plugin_api.plugin_infos()
-        provided: dict[str, list[str]] = {}
-        for kind, registry in (
-            ("interventions", plugin_api.get_interventions()),
-            ("metrics", plugin_api.get_metrics()),
-            ("datasets", plugin_api.get_datasets()),
-            ("architectures", plugin_api.get_architectures()),
-        ):
-            for entry in registry.entries():
-                provided.setdefault(entry.distribution, []).append(f"{kind[:-1]}:{entry.name}")
+    infos = plugin_api.plugin_infos()
+    provided: dict[str, list[str]] = {}
+    for kind, registry in (
+        ("interventions", plugin_api.get_interventions()),
+        ("metrics", plugin_api.get_metrics()),
+        ("datasets", plugin_api.get_datasets()),
+        ("architectures", plugin_api.get_architectures()),
+    ):
+        for entry in registry.entries():
+            provided.setdefault(entry.distribution, []).append(f"{kind[:-1]}:{entry.name}")
     if as_json:
         out = []
         for info in infos:
@@ -151,10 +185,9 @@ def install(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the pip command without running it.")] = False,
 ) -> None:
     """pip-install a plugin listed in registry.yaml (first-party plugins from this checkout's plugins/ folder)."""
-    with user_errors():
-        from lmcompose_cli.registry_file import install_command
+    from lmcompose_cli.registry_file import install_command
 
-        cmd = install_command(name, package)
+    cmd = install_command(name, package)
     _run_pip(cmd, dry_run)
 
 
@@ -165,10 +198,9 @@ def uninstall(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the pip command without running it.")] = False,
 ) -> None:
     """pip-uninstall a plugin listed in registry.yaml."""
-    with user_errors():
-        from lmcompose_cli.registry_file import uninstall_command
+    from lmcompose_cli.registry_file import uninstall_command
 
-        cmd = uninstall_command(name, package)
+    cmd = uninstall_command(name, package)
     _run_pip(cmd, dry_run)
 
 
@@ -179,10 +211,9 @@ def new_plugin(
     directory: Annotated[Path, typer.Option("--dir", help="Folder to create the package in.")] = Path("."),
 ) -> None:
     """Create a plugin package from the template: pyproject with the entry point, one working example, its tests, a README."""
-    with user_errors():
-        from lmcompose_cli.scaffold import render
+    from lmcompose_cli.scaffold import render
 
-        target = render(name, kind, directory)
+    target = render(name, kind, directory)
     console.print(f"created {target}", highlight=False)
     console.print(f"next: pip install -e {target}  then  lmcompose plugins  and  pytest {target / 'tests'}", highlight=False, soft_wrap=True)
 
@@ -223,29 +254,25 @@ def _list_registry(kind: str) -> None:
 @list_app.command("interventions")
 def list_interventions() -> None:
     """Interventions: kind, strength knob, config fields."""
-    with user_errors():
-        _list_registry("interventions")
+    _list_registry("interventions")
 
 
 @list_app.command("metrics")
 def list_metrics() -> None:
     """Metrics: result keys and config fields."""
-    with user_errors():
-        _list_registry("metrics")
+    _list_registry("metrics")
 
 
 @list_app.command("datasets")
 def list_datasets() -> None:
     """Edit datasets and text corpora."""
-    with user_errors():
-        _list_registry("datasets")
+    _list_registry("datasets")
 
 
 @list_app.command("architectures")
 def list_architectures() -> None:
     """Architecture specs (model types each one covers)."""
-    with user_errors():
-        _list_registry("architectures")
+    _list_registry("architectures")
 
 
 # --------------------------------------------------------------------------------------
@@ -281,6 +308,16 @@ def _settings(config: Path | None, **flags: Any):
     return base.merged(**flags)
 
 
+def _apply_metric_flags(settings: Any, ppl_tokens: str | None, ppl_seqlen: int | None) -> None:
+    """Merge --ppl-tokens / --ppl-seqlen over the settings' metric options."""
+    extra = _metric_flag_options(ppl_tokens, ppl_seqlen)
+    if extra:
+        merged = dict(settings.metric_options)
+        for k, v in extra.items():
+            merged[k] = {**merged.get(k, {}), **v}
+        settings.metric_options = merged
+
+
 def _metric_flag_options(ppl_tokens: str | None, ppl_seqlen: int | None) -> dict[str, dict[str, Any]] | None:
     opts: dict[str, Any] = {}
     if ppl_tokens is not None:
@@ -291,9 +328,21 @@ def _metric_flag_options(ppl_tokens: str | None, ppl_seqlen: int | None) -> dict
                 opts["max_tokens"] = int(ppl_tokens)
             except ValueError:
                 raise UsageError(f"--ppl-tokens {ppl_tokens!r}: give a number of tokens or 'all'") from None
+            if opts["max_tokens"] < 1:
+                raise UsageError(f"--ppl-tokens {ppl_tokens}: give a positive number of tokens, or 'all' for the whole test split")
     if ppl_seqlen is not None:
         opts["seqlen"] = ppl_seqlen
     return {"perplexity": opts} if opts else None
+
+
+def _metric_names(text: str | None) -> list[str] | None:
+    """``--metrics a,b`` as a list; left out means every metric, and an empty value is a mistake."""
+    if text is None:
+        return None
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise UsageError(f"--metrics {text!r} names no metric; give names such as edit,perplexity, or leave the flag out for every metric")
+    return names
 
 
 RESULT_COLUMNS = ("perplexity", "avg_bits", "sparsity", "edit_success", "generalization", "locality", "flops")
@@ -339,27 +388,21 @@ def run(
     dtype: Annotated[str | None, typer.Option("--dtype", help="float32 | bfloat16 | float16")] = None,
 ) -> None:
     """Apply STEPs to MODEL in order; evaluate every metric on the base model and after each step."""
-    with user_errors():
-        settings = _settings(
-            config, model=model, steps=list(steps) if steps else None, out=out, dataset=dataset,
-            dataset_source=dataset_source, edits=edits, seed=seed, policy=policy,
-            skip_invalid=True if skip_invalid else None,
-            metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else None,
-            device=device, dtype=dtype,
-        )
-        extra = _metric_flag_options(ppl_tokens, ppl_seqlen)
-        if extra:
-            merged = dict(settings.metric_options)
-            for k, v in extra.items():
-                merged[k] = {**merged.get(k, {}), **v}
-            settings.metric_options = merged
-        settings.validate()
-        from lmcompose.compose import run as run_sequence
+    settings = _settings(
+        config, model=model, steps=list(steps) if steps else None, out=out, dataset=dataset,
+        dataset_source=dataset_source, edits=edits, seed=seed, policy=policy,
+        skip_invalid=True if skip_invalid else None,
+        metrics=_metric_names(metrics),
+        device=device, dtype=dtype,
+    )
+    _apply_metric_flags(settings, ppl_tokens, ppl_seqlen)
+    settings.validate()
+    from lmcompose.compose import run as run_sequence
 
-        _quiet_transformers()
-        progress = RichProgress()
-        with progress.rp:
-            rows, _ctx = run_sequence(settings, progress)
+    _quiet_transformers()
+    progress = RichProgress()
+    with progress.rp:
+        rows, _ctx = run_sequence(settings, progress)
     if rows:
         print_rows(rows)
     else:
@@ -423,33 +466,27 @@ def sweep(
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
 ) -> None:
     """Run every order of STEPs at every strength of --vary for every replicate; write results.jsonl, report.md and plots."""
-    with user_errors():
-        from lmcompose.sweep import SweepSettings, run_sweep
+    from lmcompose.sweep import SweepSettings, run_sweep
 
-        base = SweepSettings.from_file(config) if config is not None else SweepSettings()
-        settings = base.merged(
-            model=model, steps=list(steps) if steps else None, out=out, dataset=dataset, dataset_source=dataset_source,
-            edits=edits, seed=seed, policy=policy, skip_invalid=True if skip_invalid else None,
-            metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else None,
-            device=device, dtype=dtype, vary=vary, orders=orders, replicates=replicates, snapshots=snapshots,
-            topk=topk, calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen,
-        )
-        extra = _metric_flag_options(ppl_tokens, ppl_seqlen)
-        if extra:
-            merged = dict(settings.metric_options)
-            for k, v in extra.items():
-                merged[k] = {**merged.get(k, {}), **v}
-            settings.metric_options = merged
-        settings.validate()
-        _quiet_transformers()
-        progress = RichProgress()
-        with progress.rp:
-            rows, _ctx = run_sweep(settings, progress)
-        if not rows:
-            console.print("every cell of this sweep is already in its results.jsonl; rebuilding the report")
-        from lmcompose.report import write_report
+    base = SweepSettings.from_file(config) if config is not None else SweepSettings()
+    settings = base.merged(
+        model=model, steps=list(steps) if steps else None, out=out, dataset=dataset, dataset_source=dataset_source,
+        edits=edits, seed=seed, policy=policy, skip_invalid=True if skip_invalid else None,
+        metrics=_metric_names(metrics),
+        device=device, dtype=dtype, vary=vary, orders=orders, replicates=replicates, snapshots=snapshots,
+        topk=topk, calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen,
+    )
+    _apply_metric_flags(settings, ppl_tokens, ppl_seqlen)
+    settings.validate()
+    _quiet_transformers()
+    progress = RichProgress()
+    with progress.rp:
+        rows, _ctx = run_sweep(settings, progress)
+    if not rows:
+        console.print("every cell of this sweep is already in its results.jsonl; rebuilding the report")
+    from lmcompose.report import write_report
 
-        report = write_report(settings.out, plots=plots)
+    report = write_report(settings.out, plots=plots)
     print_report(report)
     console.print(f"results: {Path(settings.out) / 'results.jsonl'}", highlight=False, soft_wrap=True)
     console.print(f"report: {report.path}" + (f" (+ {len(report.plots)} plots in {report.path.parent / 'plots'})" if report.plots else ""),
@@ -462,17 +499,21 @@ def report(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A sweep's or study's run folder (the one holding results.jsonl).", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print A, P, OI and MCE as JSON instead of tables.")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
+    axes: Annotated[str | None, typer.Option("--axes", help="x axes of A and P, comma-separated: compression (1 − avg_bits/base_bits), strength, avg_bits, paper (raw average bits, as the paper's notebook); default compression,strength (a study: its first).")] = None,
 ) -> None:
     """Rebuild a sweep's or study's tables, report.md and plots (and a study's rows.csv) from its results.jsonl alone."""
-    with user_errors():
-        from lmcompose.errors import DataError
-        from lmcompose.report import write_report
-        from lmcompose.studies.report import is_study, write_study_report
+    from lmcompose.errors import DataError
+    from lmcompose.report import write_report
+    from lmcompose.studies.report import is_study, write_study_report
 
-        if not run_dir.is_dir():
-            raise DataError(f"run folder {run_dir} does not exist: give the --out folder of an `lmcompose sweep` or `lmcompose study`")
-        study_folder = is_study(run_dir)
-        rep = write_study_report(run_dir, plots=plots) if study_folder else write_report(run_dir, plots=plots)
+    if not run_dir.is_dir():
+        raise DataError(f"run folder {run_dir} does not exist: give the --out folder of an `lmcompose sweep` or `lmcompose study`")
+    study_folder = is_study(run_dir)
+    from lmcompose.report import check_axes
+
+    chosen = check_axes([a.strip() for a in axes.split(",") if a.strip()] if axes is not None else None)
+    rep = (write_study_report(run_dir, plots=plots, axis=chosen[0] if chosen else None) if study_folder
+           else write_report(run_dir, plots=plots, axes=chosen))
     if as_json:
         comps = {f"{e}|{d}": c for (e, d), c in rep.composability.items()} if study_folder else rep.composability
         typer.echo(json.dumps({k: c.as_dict() for k, c in comps.items()}, indent=2, default=str))
@@ -486,21 +527,20 @@ def report(
 @app.command(epilog="Example: lmcompose validate experiment.yaml")
 def validate(config: Annotated[Path, typer.Argument(help="YAML run settings (the keys of `lmcompose run -c` or `lmcompose sweep -c`) or a study file.")]) -> None:
     """Check a run or sweep config, or a study file, without loading a model: steps, fields, ranges, metrics, datasets."""
-    with user_errors():
-        from lmcompose.compose import RunSettings
-        from lmcompose.results import read_yaml
-        from lmcompose.sweep import SWEEP_KEYS, SweepSettings
+    from lmcompose.compose import RunSettings
+    from lmcompose.results import read_yaml
+    from lmcompose.sweep import SWEEP_KEYS, SweepSettings
 
-        data = read_yaml(config)
-        from lmcompose.studies.spec import STUDY_MARKERS
+    data = read_yaml(config)
+    from lmcompose.studies.spec import STUDY_MARKERS
 
-        if STUDY_MARKERS & set(data):
-            _validate_study(config)
-            return
-        is_sweep = bool(SWEEP_KEYS & set(data))
-        settings = (SweepSettings if is_sweep else RunSettings).from_mapping(data, where=str(config))
-        steps, metrics = settings.validate()
-        cells = settings.cell_count() if is_sweep else 0
+    if STUDY_MARKERS & set(data):
+        _validate_study(config)
+        return
+    is_sweep = bool(SWEEP_KEYS & set(data))
+    settings = (SweepSettings if is_sweep else RunSettings).from_mapping(data, where=str(config))
+    steps, metrics = settings.validate()
+    cells = settings.cell_count() if is_sweep else 0
     what = f"sweep of {cells} cells over " if is_sweep else ""
     console.print(f"[green]ok[/]: {config} — {what}{len(steps)} step(s): {', '.join(s.name for s in steps)}; metrics: {', '.join(m.name for m in metrics)}")
 
@@ -564,22 +604,21 @@ def study(
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
 ) -> None:
     """Run a study: every editor × compressor × strength × order × dataset × replicate of STUDY.yaml, sharing every model state; write results.jsonl, report.md, rows.csv and plots."""
-    with user_errors():
-        from lmcompose.studies import load_study
-        from lmcompose.studies.runner import parse_shard, run_study
+    from lmcompose.studies import load_study
+    from lmcompose.studies.runner import parse_shard, run_study
 
-        spec = load_study(study_file)
-        parse_shard(shard)
-        if plan_only:
-            console.print(f"study {spec.name!r} (id {spec.id}): {len(spec.cells())} cells", highlight=False)
-            console.print(_counts_text(spec.counts()), highlight=False, soft_wrap=True)
-            return
-        _quiet_transformers()
-        progress = StudyProgress()
-        with progress.rp:
-            result = run_study(spec, out=out, executor=executor, ray_address=ray_address, cpus_per_task=cpus_per_task,
-                               gpus_per_task=gpus_per_task, threads=threads, shard=shard, device=device,
-                               progress=progress, on_progress=progress.on_event, plots=plots)
+    spec = load_study(study_file)
+    parse_shard(shard)
+    if plan_only:
+        console.print(f"study {spec.name!r} (id {spec.id}): {len(spec.cells())} cells", highlight=False)
+        console.print(_counts_text(spec.counts()), highlight=False, soft_wrap=True)
+        return
+    _quiet_transformers()
+    progress = StudyProgress()
+    with progress.rp:
+        result = run_study(spec, out=out, executor=executor, ray_address=ray_address, cpus_per_task=cpus_per_task,
+                           gpus_per_task=gpus_per_task, threads=threads, shard=shard, device=device,
+                           progress=progress, on_progress=progress.on_event, plots=plots)
     if result.report is not None:
         print_report(result.report, tables=1)
     for failure in result.failures:
@@ -606,10 +645,9 @@ def merge(
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
 ) -> None:
     """Combine the shard folders of one study into one folder (rows checked to agree) and write its report."""
-    with user_errors():
-        from lmcompose.studies.runner import merge_studies
+    from lmcompose.studies.runner import merge_studies
 
-        added, missing, rep = merge_studies(shards, out, plots=plots)
+    added, missing, rep = merge_studies(shards, out, plots=plots)
     if rep is not None:
         print_report(rep, tables=1)
     console.print(f"merged {added} new rows into {out / 'results.jsonl'}", highlight=False, soft_wrap=True)
@@ -623,30 +661,29 @@ def merge(
 @app.command(epilog="Example: lmcompose models --prepare")
 def models(prepare: Annotated[bool, typer.Option("--prepare", help="Convert every installed named model to its safetensors cache now.")] = False) -> None:
     """List the named default models and whether their packages are installed and converted."""
-    with user_errors():
-        from lmcompose.errors import ModelLoadError
-        from lmcompose.models.loading import (
-            NAMED_MODELS,
-            cache_dir,
-            convert_gguf,
-            gguf_cache_folder,
-        )
+    from lmcompose.errors import ModelLoadError
+    from lmcompose.models.loading import (
+        NAMED_MODELS,
+        cache_dir,
+        convert_gguf,
+        gguf_cache_folder,
+    )
 
-        table = Table(title="named models")
-        for col in ("name", "what", "status"):
-            table.add_column(col)
-        for name, nm in NAMED_MODELS.items():
-            try:
-                gguf = nm.locate(cache_dir())
-                folder = gguf_cache_folder(gguf, cache_dir())
-                if prepare and not (folder / "config.json").exists():
-                    _quiet_transformers()
-                    convert_gguf(gguf, cache_dir(), RichProgress())
-                status = f"cached: {folder}" if (folder / "config.json").exists() else f"installed: {gguf} (converted on first use)"
-            except ModelLoadError as exc:
-                status = f"[red]not available[/]: {exc}"
-            table.add_row(name, nm.description, status)
-        console.print(table)
+    table = Table(title="named models")
+    for col in ("name", "what", "status"):
+        table.add_column(col)
+    for name, nm in NAMED_MODELS.items():
+        try:
+            gguf = nm.locate(cache_dir())
+            folder = gguf_cache_folder(gguf, cache_dir())
+            if prepare and not (folder / "config.json").exists():
+                _quiet_transformers()
+                convert_gguf(gguf, cache_dir(), RichProgress())
+            status = f"cached: {folder}" if (folder / "config.json").exists() else f"installed: {gguf} (converted on first use)"
+        except ModelLoadError as exc:
+            status = f"[red]not available[/]: {exc}"
+        table.add_row(name, nm.description, status)
+    console.print(table)
 
 
 @app.command(epilog="Examples: lmcompose export runs/x --format compressed-tensors --out exported/x; "
@@ -657,14 +694,13 @@ def export(
     fmt: Annotated[str, typer.Option("--format", "-f", help="Checkpoint format: compressed-tensors (packed int weights + scales; needs pip install 'lmcompose-cli\\[export]').")] = "compressed-tensors",
 ) -> None:
     """Write the quantized model of RUN as a real packed checkpoint that transformers (and vLLM) load."""
-    with user_errors():
-        from lmcompose.export import export as export_model
+    from lmcompose.export import export as export_model
 
-        _quiet_transformers()
-        target = out if out is not None else run_dir / f"export-{fmt}"
-        progress = RichProgress()
-        with progress.rp:
-            written = export_model(run_dir, target, fmt, progress)
+    _quiet_transformers()
+    target = out if out is not None else run_dir / f"export-{fmt}"
+    progress = RichProgress()
+    with progress.rp:
+        written = export_model(run_dir, target, fmt, progress)
     console.print(f"wrote {fmt} checkpoint: {written}")
 
 

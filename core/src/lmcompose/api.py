@@ -74,11 +74,29 @@ class EditRecord:
             raise DataError(
                 f"{where}: subject {self.subject!r} does not occur in prompt {self.prompt!r}"
             )
-        self.locality = [
-            lp if isinstance(lp, LocalityPrompt) else LocalityPrompt(**lp) for lp in self.locality
-        ]
-        if isinstance(self.multi_hop, Mapping):
-            self.multi_hop = MultiHop(**self.multi_hop)
+        if self.target_true is not None and not isinstance(self.target_true, str):
+            raise DataError(f"{where}: target_true must be a string or null, got {type(self.target_true).__name__}")
+        for key in ("rephrases", "locality"):
+            value = getattr(self, key)
+            if not isinstance(value, list | tuple):
+                raise DataError(f"{where}: {key} must be a list, got {type(value).__name__} (a single prompt? write [\"...\"])")
+        if not all(isinstance(r, str) and r.strip() for r in self.rephrases):
+            raise DataError(f"{where}: every rephrase must be a non-empty string")
+        if not all(isinstance(lp, LocalityPrompt | Mapping) for lp in self.locality):
+            raise DataError(f"{where}: every locality item must be {{prompt, answer}}")
+        try:
+            self.locality = [lp if isinstance(lp, LocalityPrompt) else LocalityPrompt(**lp) for lp in self.locality]
+            if isinstance(self.multi_hop, Mapping):
+                self.multi_hop = MultiHop(**self.multi_hop)
+        except TypeError as exc:
+            raise DataError(f"{where}: {exc} (locality items are {{prompt, answer}}; multi_hop is "
+                            "{questions, answer, new_answer})") from None
+        for lp in self.locality:
+            if not isinstance(lp.prompt, str) or not isinstance(lp.answer, str):
+                raise DataError(f"{where}: a locality item's prompt and answer must be strings")
+        if self.multi_hop is not None and (not isinstance(self.multi_hop, MultiHop) or isinstance(self.multi_hop.questions, str)
+                                           or not isinstance(self.multi_hop.questions, list)):
+            raise DataError(f"{where}: multi_hop must be {{questions: [...], answer, new_answer}}")
 
     @property
     def template(self) -> str:
@@ -202,16 +220,19 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             f = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: {value!r} is not an integer") from None
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):
             raise ConfigError(f"{where}: {value!r} is not an integer")
         return int(f)
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: {value!r} is not a number")
         try:
-            return float(value)
+            f = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: {value!r} is not a number") from None
+        if math.isnan(f):
+            raise ConfigError(f"{where}: {value!r} is not a number (NaN); give a value")
+        return f
     if tp is str:
         if isinstance(value, str | int | float):
             return str(value)
@@ -330,6 +351,10 @@ class Context:
 
         n = n_samples or self.calibration_samples
         s = seqlen or self.calibration_seqlen
+        if s > lm.max_positions:
+            self.note(f"calibration windows of {s} tokens are longer than the model's {lm.max_positions} positions: "
+                      f"cut to {lm.max_positions}")
+            s = lm.max_positions
         key = ("calibration", id(lm.tokenizer), n, s, self.seed)
         if key not in self.state:
             self.state[key] = calibration_windows(lm.tokenizer, n, s, self.seed, self)

@@ -1,4 +1,4 @@
-"""Composability of a sweep (DESIGN §6, the paper's Appendix B): A, P, OI and MCE.
+"""Composability of a sweep (docs/sweeps.md; the paper's Appendix B): A, P, OI and MCE.
 
 Each criterion ℓ is normalized to [0, 1], higher = better, and read on the **final** model
 of each cell (after every step of the order, and after recompress re-runs):
@@ -9,20 +9,34 @@ of each cell (after every step of the order, and after recompress re-runs):
   clipped to [0, 1], where the base is the unmodified model of the same replicate. 1 = no
   loss in language modelling; 0.5 = perplexity doubled; an infinite perplexity gives 0.
 
-The x-axis γ is rescaled to [0, 1] over the sweep's own grid: with ``x="strength"`` the varied
-field's normalized strength (its knob's [low, high] mapped to [0, 1], 0 = weakest; a field
-that is not the knob uses its raw values), min–max rescaled; with ``x="avg_bits"`` the
-average bits of the final models at each strength (mean over orders and replicates), rescaled
-so that x = 0 is the most bits and 1 the fewest. Over that x and the set of orders O:
+The x-axis (``x=``) is one declared scale:
+
+* ``compression`` (the default): ``x = 1 − avg_bits / base_bits`` of the final model at each
+  strength (mean over orders and replicates), with ``base_bits`` the unmodified model's
+  average bits (16): 0 is the uncompressed model, and every compressor — pruning or
+  quantization, on any grid — sits on the same absolute scale, so A and P compare across
+  methods;
+* ``strength``: the varied field's normalized strength (its knob's range mapped to [0, 1]),
+  min–max rescaled over the sweep's own grid (the only axis when average bits do not change,
+  e.g. a varied edit count);
+* ``avg_bits``: average bits rescaled over the sweep's own grid (0 = most bits, 1 = fewest);
+* ``paper``: raw average bits, as the paper's notebook integrates (``np.trapz(|y1 − y2|, x)``
+  with x = average bits), so its Table 1 magnitudes (above 1) can be reproduced.
+
+Over the x values and the set of orders O, with the trapezoid rule:
 
 * ``A = ∫ (max_o ℓ_o − min_o ℓ_o) dx`` (for two orders, ∫ |ℓ(A→B) − ℓ(B→A)| dx) — how much
   the order matters (0 = not at all);
-* ``P = 1 − ∫ max_o ℓ_o dx`` — what even the better order loses (0 = nothing);
+* ``P = ∫ (1 − max_o ℓ_o) dx`` — what even the better order loses (0 = nothing); on an axis
+  spanning [0, 1] this is the paper's ``1 − ∫ max_o ℓ_o dx``;
 * per strength, ``OI = max_o ℓ_o − min_o ℓ_o`` and ``MCE = 1 − max_o ℓ_o``.
 
-Integrals use the trapezoid rule over the grid; a grid of one point gives A = OI and
-P = MCE at that point. A and P are computed per replicate, then reported as the mean and the
-sample standard deviation over replicates (0 with one replicate); likewise OI and MCE.
+Every result records the interval integrated over. A and P need two strengths: a grid of
+one gives OI and MCE only (never reported as A and P). :func:`common_interval` compares
+methods on different grids: each method's curves are interpolated linearly onto the interval
+where all of them have data, and A and P are integrated there. A and P are computed per
+replicate, then reported as the mean and the sample standard deviation over replicates (0
+with one replicate); likewise OI and MCE.
 """
 
 from __future__ import annotations
@@ -37,7 +51,14 @@ from typing import Any
 from lmcompose.errors import DataError
 
 CRITERIA = ("edit_success", "generalization", "locality", "perplexity")
-X_AXES = ("strength", "avg_bits")
+X_AXES = ("compression", "strength", "avg_bits", "paper")
+DEFAULT_AXIS = "compression"
+AXIS_LABELS = {
+    "compression": "compression x = 1 − avg_bits / base_bits (0 = uncompressed)",
+    "strength": "normalized strength, rescaled over the sweep's grid (0 = weakest)",
+    "avg_bits": "average bits, rescaled over the sweep's grid (0 = most bits, 1 = fewest)",
+    "paper": "average bits per weight (raw, as the paper's notebook)",
+}
 
 
 def trapezoid(x: Sequence[float], y: Sequence[float]) -> float:
@@ -52,14 +73,29 @@ def trapezoid(x: Sequence[float], y: Sequence[float]) -> float:
 def area_metrics(x: Sequence[float], curves: Mapping[Any, Sequence[float]]) -> dict[str, Any]:
     """A, P, and per-point OI and MCE for criterion curves ``{order: [ℓ at each x]}``.
 
-    ``x`` must be ascending and in [0, 1]; every curve has one value per x."""
+    ``x`` must be ascending; every curve has one value per x. With one point, A and P are
+    None (an area needs an interval) and only OI and MCE are given."""
     if not curves:
         raise ValueError("no curves")
     cols = list(zip(*curves.values(), strict=True))
     hi = [max(c) for c in cols]
     lo = [min(c) for c in cols]
     oi = [h - low for h, low in zip(hi, lo, strict=True)]
-    return {"A": trapezoid(x, oi), "P": 1.0 - trapezoid(x, hi), "OI": oi, "MCE": [1.0 - h for h in hi]}
+    mce = [1.0 - h for h in hi]
+    if len(x) < 2:
+        return {"A": None, "P": None, "OI": oi, "MCE": mce}
+    return {"A": trapezoid(x, oi), "P": trapezoid(x, mce), "OI": oi, "MCE": mce}
+
+
+def interpolate(x: Sequence[float], y: Sequence[float], at: float) -> float:
+    """y at ``at`` on the piecewise-linear curve through (x, y) (x ascending, ``at`` inside)."""
+    if at <= x[0]:
+        return float(y[0])
+    for i in range(len(x) - 1):
+        if at <= x[i + 1]:
+            t = (at - x[i]) / (x[i + 1] - x[i]) if x[i + 1] > x[i] else 0.0
+            return float(y[i] + t * (y[i + 1] - y[i]))
+    return float(y[-1])
 
 
 def normalized_criterion(name: str, row: Mapping[str, Any], base: Mapping[str, Any] | None) -> float | None:
@@ -69,8 +105,8 @@ def normalized_criterion(name: str, row: Mapping[str, Any], base: Mapping[str, A
             return None
         nll, nll0 = row.get("general_nll"), base.get("general_nll")
         if nll0 is not None and "general_nll" in row:
-            if nll is None:  # not finite when written (JSON has no inf)
-                return 0.0
+            if nll is None:  # not finite when written (JSON has no inf): infinite is the worst, NaN is unknown
+                return None if (row.get("nonfinite") or {}).get("general_nll") == "nan" else 0.0
             return math.exp(min(0.0, nll0 - nll))
         ppl, ppl0 = row.get("perplexity"), base.get("perplexity")
         if ppl0 is None or ppl is None:
@@ -91,11 +127,12 @@ def _mean_std(xs: Sequence[float]) -> tuple[float | None, float | None]:
 @dataclass
 class CriterionResult:
     criterion: str
-    A: list[float] = field(default_factory=list)  # one per replicate used
+    A: list[float] = field(default_factory=list)  # one per replicate used (empty with one strength)
     P: list[float] = field(default_factory=list)
     OI: list[list[float]] = field(default_factory=list)  # per replicate, per strength
     MCE: list[list[float]] = field(default_factory=list)
     replicates: list[int] = field(default_factory=list)
+    curves: dict[int, dict[tuple[str, ...], list[float]]] = field(default_factory=dict)  # replicate -> order -> ℓ at x
 
     @property
     def A_mean(self) -> float | None:
@@ -132,6 +169,7 @@ class SweepData:
     by_cell: dict[tuple[tuple[str, ...], Any, int], list[dict[str, Any]]]
     model: str = ""
     policy: str = ""
+    notes: list[str] = field(default_factory=list)  # lines skipped, conflicting duplicates, NaN metrics
 
     @property
     def complete(self) -> bool:
@@ -140,15 +178,16 @@ class SweepData:
 
 def load_sweep(source: str | Path | Sequence[Mapping[str, Any]]) -> SweepData:
     """Sweep rows from a run folder, a results.jsonl path, or a list of rows."""
-    from lmcompose.results import RESULTS_FILE, read_rows
+    from lmcompose.results import RESULTS_FILE, read_rows_checked
 
+    notes: list[str] = []
     if isinstance(source, str | Path):
         path = Path(source)
         if path.is_dir():
             path = path / RESULTS_FILE
         if not path.exists():
             raise DataError(f"{path} does not exist: give a sweep's run folder (the one holding results.jsonl)")
-        rows = read_rows(path)
+        rows, notes = read_rows_checked(path)
         where = str(path)
     else:
         rows = [dict(r) for r in source]
@@ -167,12 +206,17 @@ def load_sweep(source: str | Path | Sequence[Mapping[str, Any]]) -> SweepData:
     values = sorted(raw_values, key=lambda v: (norm[v] if norm[v] is not None else _as_float(v)))
     replicates = sorted({int(r["replicate"]) for r in rows})
     by_cell: dict[tuple[tuple[str, ...], Any, int], list[dict[str, Any]]] = {}
-    seen: set[tuple[str, int]] = set()
+    seen: dict[tuple[str, int], dict[str, Any]] = {}
     for r in rows:
         key = (r["cell"], r["position"])
         if key in seen:  # a duplicate can only come from copying files by hand; keep the first
+            if row_numbers(seen[key]) != row_numbers(r):
+                notes.append(f"cell {key[0]} position {key[1]} has two rows that disagree; the first is used")
             continue
-        seen.add(key)
+        seen[key] = r
+        nan = sorted(k for k, v in (r.get("nonfinite") or {}).items() if v == "nan")
+        if nan:
+            notes.append(f"cell {key[0]} position {key[1]}: {', '.join(nan)} NaN (flagged, not averaged in)")
         by_cell.setdefault((tuple(r["order"]), _hashable(r["strength"]), int(r["replicate"])), []).append(r)
     final, base = {}, {}
     for key, cell_rows in by_cell.items():
@@ -183,7 +227,15 @@ def load_sweep(source: str | Path | Sequence[Mapping[str, Any]]) -> SweepData:
         if cell_rows[0]["position"] == 0:
             base.setdefault(key[2], cell_rows[0])
     return SweepData(rows, ids[0], rows[0].get("vary", ""), orders, values, replicates, final, base, by_cell,
-                     rows[0].get("model", ""), rows[0].get("policy", ""))
+                     rows[0].get("model", ""), rows[0].get("policy", ""), notes)
+
+
+_NOT_NUMBERS = frozenset({"timestamp", "elapsed_s", "eval_s", "notes", "shared_by_cells"})
+
+
+def row_numbers(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row without the fields that differ between two computations of the same numbers."""
+    return {k: v for k, v in row.items() if k not in _NOT_NUMBERS}
 
 
 def _hashable(v: Any) -> Any:
@@ -199,7 +251,8 @@ def _as_float(v: Any) -> float:
 
 @dataclass
 class Composability:
-    """A, P (per replicate, mean, spread) and per-strength OI and MCE for each criterion."""
+    """A, P (per replicate, mean, spread) and per-strength OI and MCE for each criterion, on
+    axis ``x_axis`` over ``interval``; ``single`` when the grid has one strength (no A, P)."""
 
     x_axis: str
     values: list[Any]
@@ -208,24 +261,41 @@ class Composability:
     criteria: dict[str, CriterionResult]
     curves: dict[str, dict[tuple[str, ...], list[tuple[float | None, float | None]]]]  # mean, std per x
     notes: list[str] = field(default_factory=list)
+    interval: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def single(self) -> bool:
+        return len(self.x) < 2
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"x_axis": self.x_axis, "values": self.values, "x": self.x,
+        out: dict[str, Any] = {"x_axis": self.x_axis, "interval": list(self.interval), "values": self.values, "x": self.x,
                                "orders": [list(o) for o in self.orders], "criteria": {}, "notes": self.notes}
         for name, c in self.criteria.items():
             out["criteria"][name] = {
                 "A": c.A_mean, "A_std": c.A_std, "P": c.P_mean, "P_std": c.P_std, "A_per_replicate": c.A,
                 "P_per_replicate": c.P, "replicates": c.replicates,
-                "OI": [c.per_strength(j, "OI")[0] for j in range(len(self.values))],
-                "OI_std": [c.per_strength(j, "OI")[1] for j in range(len(self.values))],
-                "MCE": [c.per_strength(j, "MCE")[0] for j in range(len(self.values))],
-                "MCE_std": [c.per_strength(j, "MCE")[1] for j in range(len(self.values))],
+                "OI": [c.per_strength(j, "OI")[0] for j in range(len(self.x))],
+                "OI_std": [c.per_strength(j, "OI")[1] for j in range(len(self.x))],
+                "MCE": [c.per_strength(j, "MCE")[0] for j in range(len(self.x))],
+                "MCE_std": [c.per_strength(j, "MCE")[1] for j in range(len(self.x))],
             }
         return out
 
 
-def x_positions(data: SweepData, x_axis: str = "strength") -> list[float] | None:
-    """Rescaled x in [0, 1] for each of ``data.values`` (None when the axis is not available)."""
+def _final_bits(data: SweepData) -> list[float] | None:
+    """Mean average bits of the final models at each value (None if any is missing)."""
+    bits = []
+    for v in data.values:
+        got = [row.get("avg_bits") for (o, val, _r), row in data.final.items() if val == v]
+        got = [b for b in got if b is not None]
+        if not got:
+            return None
+        bits.append(statistics.fmean(got))
+    return bits
+
+
+def x_positions(data: SweepData, x_axis: str = DEFAULT_AXIS) -> list[float] | None:
+    """x of each of ``data.values`` on ``x_axis`` (None when the axis is not available)."""
     if x_axis not in X_AXES:
         raise DataError(f"x axis {x_axis!r} is not one of {', '.join(X_AXES)}")
     if x_axis == "strength":
@@ -235,37 +305,51 @@ def x_positions(data: SweepData, x_axis: str = "strength") -> list[float] | None
             raw.append(float(n) if n is not None else _as_float(v))
         lo, hi = min(raw), max(raw)
         return [(r - lo) / (hi - lo) if hi > lo else 0.0 for r in raw]
-    bits = []
-    for v in data.values:
-        got = [row.get("avg_bits") for (o, val, _r), row in data.final.items() if val == v]
-        got = [b for b in got if b is not None]
-        if not got:
+    bits = _final_bits(data)
+    if bits is None:
+        return None
+    if x_axis == "paper":
+        return bits if len(bits) < 2 or max(bits) - min(bits) > 1e-9 else None
+    if x_axis == "compression":
+        base = [r.get("avg_bits") for r in data.base.values() if r.get("avg_bits") is not None]
+        if not base or (len(bits) > 1 and max(bits) - min(bits) < 1e-9):
             return None
-        bits.append(statistics.fmean(got))
+        b0 = statistics.fmean(base)
+        return [1.0 - b / b0 for b in bits]
     lo, hi = min(bits), max(bits)
     if hi - lo < 1e-9:
         return None
     return [(hi - b) / (hi - lo) for b in bits]
 
 
-def composability(source: str | Path | Sequence[Mapping[str, Any]] | SweepData, x: str = "strength",
+def available_axes(data: SweepData) -> list[str]:
+    """The axes a sweep's rows support: compression (when average bits change) and strength."""
+    return [a for a in ("compression", "strength") if x_positions(data, a) is not None]
+
+
+def composability(source: str | Path | Sequence[Mapping[str, Any]] | SweepData, x: str | None = None,
                   criteria: Sequence[str] = CRITERIA) -> Composability:
-    """A, P, OI and MCE of a sweep (a run folder, a results.jsonl, rows, or loaded data)."""
+    """A, P, OI and MCE of a sweep (a run folder, a results.jsonl, rows, or loaded data) on
+    axis ``x`` (default: compression when the sweep's average bits change, else strength)."""
     data = source if isinstance(source, SweepData) else load_sweep(source)
-    xs = x_positions(data, x)
     notes: list[str] = []
+    if x is None:
+        x = DEFAULT_AXIS if x_positions(data, DEFAULT_AXIS) is not None else "strength"
+        if x != DEFAULT_AXIS:
+            notes.append("average bits do not change over this sweep's strengths: x is the normalized strength")
+    xs = x_positions(data, x)
     if xs is None:
-        raise DataError(f"x axis {x!r} is not available for this sweep: average bits do not change over its strengths")
+        raise DataError(f"x axis {x!r} is not available for this sweep: average bits do not change over its strengths "
+                        "(or were not measured: add the avg_bits metric)")
     pts = sorted(range(len(data.values)), key=lambda j: xs[j])
     values = [data.values[j] for j in pts]
     xv = [xs[j] for j in pts]
     if len(values) == 1:
-        notes.append("one strength only: A is OI and P is MCE at that strength")
+        notes.append("one strength only: OI and MCE at that strength; A and P need two strengths or more")
     result: dict[str, CriterionResult] = {}
     curves: dict[str, dict[tuple[str, ...], list[tuple[float | None, float | None]]]] = {}
     for name in criteria:
         cr = CriterionResult(name)
-        per_rep_curves: dict[int, dict[tuple[str, ...], list[float]]] = {}
         for r in data.replicates:
             base = data.base.get(r)
             cur: dict[tuple[str, ...], list[float]] = {}
@@ -284,19 +368,57 @@ def composability(source: str | Path | Sequence[Mapping[str, Any]] | SweepData, 
                 cur[o] = ys
             if not ok:
                 continue
-            per_rep_curves[r] = cur
-            m = area_metrics(xv, cur)
-            cr.A.append(m["A"])
-            cr.P.append(m["P"])
-            cr.OI.append(m["OI"])
-            cr.MCE.append(m["MCE"])
-            cr.replicates.append(r)
+            _add_replicate(cr, r, xv, cur)
         if not cr.replicates:
             continue
         missing = [r for r in data.replicates if r not in cr.replicates]
         if missing:
             notes.append(f"{name}: replicate(s) {missing} incomplete, left out")
         result[name] = cr
-        curves[name] = {o: [_mean_std([per_rep_curves[r][o][j] for r in cr.replicates]) for j in range(len(values))]
-                        for o in data.orders}
-    return Composability(x, values, xv, data.orders, result, curves, notes)
+        curves[name] = _mean_curves(cr, data.orders, len(values))
+    return Composability(x, values, xv, data.orders, result, curves, notes, (xv[0], xv[-1]))
+
+
+def _add_replicate(cr: CriterionResult, r: int, x: Sequence[float], cur: dict[tuple[str, ...], list[float]]) -> None:
+    m = area_metrics(x, cur)
+    if m["A"] is not None:
+        cr.A.append(m["A"])
+        cr.P.append(m["P"])
+    cr.OI.append(m["OI"])
+    cr.MCE.append(m["MCE"])
+    cr.replicates.append(r)
+    cr.curves[r] = cur
+
+
+def _mean_curves(cr: CriterionResult, orders: Sequence[tuple[str, ...]], n: int) -> dict[tuple[str, ...], list[tuple[float | None, float | None]]]:
+    return {o: [_mean_std([cr.curves[r][o][j] for r in cr.replicates]) for j in range(n)] for o in orders}
+
+
+def common_interval(comps: Mapping[Any, Composability]) -> tuple[dict[Any, Composability], tuple[float, float] | None]:
+    """The same A and P, each method on the interval where every one of ``comps`` (methods on
+    one axis, e.g. the compressors of a study on one dataset) has data: each replicate's
+    curves are interpolated linearly onto the union of the methods' x values inside it.
+    Returns the new results and the interval (None when the methods' intervals do not
+    overlap, or a method has one strength)."""
+    usable = {k: c for k, c in comps.items() if not c.single}
+    if len(usable) < 2 or len({c.x_axis for c in usable.values()}) != 1:
+        return {}, None
+    lo = max(c.interval[0] for c in usable.values())
+    hi = min(c.interval[1] for c in usable.values())
+    if hi - lo <= 1e-12:
+        return {}, None
+    grid = sorted({lo, hi, *(x for c in usable.values() for x in c.x if lo < x < hi)})
+    out: dict[Any, Composability] = {}
+    for key, c in usable.items():
+        criteria: dict[str, CriterionResult] = {}
+        curves = {}
+        for name, cr in c.criteria.items():
+            new = CriterionResult(name)
+            for r in cr.replicates:
+                cur = {o: [interpolate(c.x, ys, g) for g in grid] for o, ys in cr.curves[r].items()}
+                _add_replicate(new, r, grid, cur)
+            criteria[name] = new
+            curves[name] = _mean_curves(new, c.orders, len(grid))
+        out[key] = Composability(c.x_axis, [], grid, c.orders, criteria, curves,
+                                 [f"interpolated onto the common interval [{lo:.4g}, {hi:.4g}]"], (lo, hi))
+    return out, (lo, hi)

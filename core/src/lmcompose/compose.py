@@ -12,26 +12,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import platform
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from lmcompose.api import Context, EditRecord, Intervention, Metric, Progress, config_to_dict
-from lmcompose.engine.executor import Executor, MetricValueError, evaluate
+from lmcompose.engine.executor import Executor, evaluate
 from lmcompose.engine.plan import Action, Cell, Plan
 from lmcompose.engine.policy import EDIT_KIND, POLICIES, check_policy
-from lmcompose.engine.run_folder import RunFolder
-from lmcompose.errors import ConfigError, UnknownNameError, UsageError
-from lmcompose.plugins import get_datasets, get_interventions, plugin_infos
+from lmcompose.engine.run_folder import RunFolder, run_inputs, versions
+from lmcompose.errors import ConfigError, UnknownNameError, UsageError, describe_value
+from lmcompose.plugins import get_datasets, get_interventions
 from lmcompose.results import read_yaml
 from lmcompose.steps import StepSpec, build_intervention, build_metrics, parse_step
 
 __all__ = [
-    "EDIT_KIND", "POLICIES", "MetricValueError", "RunSettings", "StepSpec", "build_intervention", "build_metrics",
+    "EDIT_KIND", "POLICIES", "RunSettings", "StepSpec", "build_intervention", "build_metrics",
     "compose", "evaluate", "load_edits", "parse_step", "resolve_metrics", "run", "versions",
 ]
 
@@ -66,11 +64,54 @@ class RunSettings:
             if key not in names:
                 raise UnknownNameError(f"setting in {where}", key, names)
         settings = cls(**{k: v for k, v in data.items()})
+        settings.check_shapes(where)
         if isinstance(settings.steps, str):
             settings.steps = settings.steps.split()
         if isinstance(settings.metrics, str):
             settings.metrics = [m.strip() for m in settings.metrics.split(",") if m.strip()]
         return settings
+
+    def check_shapes(self, where: str = "settings") -> None:
+        """Every setting has the shape the docs give (a list where a list belongs, a whole
+        number where one belongs, ...): one ConfigError naming the key, never a TypeError later."""
+        def bad(key: str, what: str) -> ConfigError:
+            return ConfigError(f"{where}: {key}: expected {what}; got {describe_value(getattr(self, key))}")
+
+        def optional_str(key: str) -> None:
+            v = getattr(self, key)
+            if v is not None and (not isinstance(v, str) or not v.strip()):
+                raise bad(key, "a name or path")
+
+        if not isinstance(self.model, str):
+            raise bad("model", "a model name (a named model, a folder, a .gguf file or a hub id)")
+        steps = self.steps
+        if isinstance(steps, Mapping) or not isinstance(steps, list | str) or (
+                isinstance(steps, list) and not all(isinstance(s, str | Mapping) for s in steps)):
+            raise bad("steps", "a list of steps, e.g. [magnitude:sparsity=0.5, rtn:bits=4] or [{magnitude: {sparsity: 0.5}}]")
+        for key in ("out", "dataset", "dataset_source", "data_dir"):
+            optional_str(key)
+        if self.edits is not None and (isinstance(self.edits, bool) or not isinstance(self.edits, int) or self.edits < 1):
+            raise bad("edits", "a whole number of edit requests >= 1")
+        if not isinstance(self.skip_invalid, bool):
+            raise bad("skip_invalid", "true or false")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise bad("seed", "a whole number")
+        if not isinstance(self.policy, str):
+            raise bad("policy", f"one of {', '.join(POLICIES)}")
+        m = self.metrics
+        if m is not None:
+            names = m.split(",") if isinstance(m, str) else m
+            if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
+                raise bad("metrics", "a list of metric names, e.g. [edit, perplexity]")
+            if not [x for x in names if x.strip()]:
+                raise ConfigError(f"{where}: metrics: empty; name at least one metric, or leave it out for every metric")
+        opts = self.metric_options
+        if not isinstance(opts, Mapping) or not all(isinstance(k, str) and isinstance(v, Mapping) for k, v in opts.items()):
+            raise bad("metric_options", "a mapping of metric name to its fields, e.g. {perplexity: {max_tokens: 4096}}")
+        if not isinstance(self.device, str):
+            raise bad("device", "a device name: cpu, cuda or cuda:N")
+        if not isinstance(self.dtype, str):
+            raise bad("dtype", "float32, bfloat16 or float16")
 
     @classmethod
     def from_file(cls, path: str | Path) -> RunSettings:
@@ -82,6 +123,7 @@ class RunSettings:
 
     def validate(self) -> tuple[list[Intervention], list[Metric]]:
         """Check everything that can be checked without loading a model; never imports torch."""
+        self.check_shapes()
         if not self.model:
             raise ConfigError("no model given: pass MODEL (a named model such as smollm2-135m, a folder, or a .gguf file)")
         if not self.steps:
@@ -91,10 +133,11 @@ class RunSettings:
             raise ConfigError(f"edits={self.edits!r}: ask for at least 1 edit")
         if not isinstance(self.seed, int):
             raise ConfigError(f"seed={self.seed!r} must be an integer")
-        from lmcompose.models.loading import DTYPES
+        from lmcompose.models.loading import DTYPES, check_device_name
 
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        check_device_name(self.device)
         steps = [build_intervention(parse_step(s)) for s in self.steps]
         metrics = build_metrics(self.metrics, self.metric_options)
         if self.dataset is not None:
@@ -116,19 +159,6 @@ class RunSettings:
 # --------------------------------------------------------------------------------------
 # Evaluation and composition
 # --------------------------------------------------------------------------------------
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("torch", "transformers", "pluggy", "lmcompose"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    for info in plugin_infos():
-        if not info.builtin and info.error is None:
-            out[info.distribution] = info.version
-    return out
 
 
 def compose(
@@ -179,11 +209,12 @@ def compose(
     with folder or nullcontext():
         done = folder.done() if folder is not None else set()
         if folder is not None:
+            inputs = run_inputs(lm, {group: list(ctx.edits)})
             folder.write_config(
-                order=order,
+                inputs=inputs, order=order,
                 steps_resolved=[{"name": s.name, "kind": s.kind, "config": config_to_dict(s.config)} for s in interventions],
-                policy=policy, seed=seed, model_fingerprint=lm.fingerprint(), model_source=lm.source,
-                versions=versions(), notes=ctx.notes,
+                policy=policy, seed=seed, model_fingerprint=inputs["model_fingerprint"], model_source=lm.source,
+                versions=inputs["versions"], notes=ctx.notes,
             )
         if not plan.mark_needed(done):
             return rows
@@ -234,6 +265,9 @@ def run(settings: RunSettings, progress: Progress | None = None) -> tuple[list[d
         if not Path(settings.data_dir).is_dir():
             raise ConfigError(f"data folder {settings.data_dir!r} does not exist")
         os.environ["LMCOMPOSE_DATA_DIR"] = str(Path(settings.data_dir).resolve())
+    from lmcompose.models.loading import resolve_device
+
+    resolve_device(settings.device)  # before anything is written
     run_id = settings.run_id()
     folder = RunFolder(settings.out, run_id, "run", settings.resolved()) if settings.out else None
     if folder is not None:  # refuse a folder of another run before loading anything

@@ -7,10 +7,10 @@ replicate selection.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import random
-import shutil
 import tempfile
 import urllib.request
 from collections.abc import Mapping
@@ -50,7 +50,12 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
     """Records from a .json array or a .jsonl file, with errors naming file and line/record."""
     if not path.exists():
         raise DataError(f"dataset file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"dataset file {path} is not text (byte {exc.start} is not UTF-8): give a .json or .jsonl file") from None
+    except OSError as exc:
+        raise DataError(f"dataset file {path} cannot be read: {exc.strerror or exc}") from None
     if not text.strip():
         raise DataError(f"dataset file {path} is empty")
     if path.suffix == ".jsonl":
@@ -84,27 +89,65 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def split_checksum(source: str) -> tuple[str, str | None]:
+    """``URL#sha256=HEX`` as (URL, hex); a source without the fragment as (source, None)."""
+    url, sep, fragment = source.partition("#")
+    if not sep:
+        return source, None
+    key, eq, value = fragment.partition("=")
+    value = value.strip().lower()
+    if key.strip().lower() != "sha256" or not eq or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise DataError(f"{source}: the part after '#' must be sha256=<64 hex digits>, the file's SHA-256")
+    return url, value
+
+
+def download_cache_path(folder: Path, url: str) -> Path:
+    """Where ``url`` is cached: keyed by the whole URL (two URLs with the same file name are
+    two entries), with the file name kept readable."""
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    name = Path(url.split("?")[0].split("#")[0]).name or "download"
+    return folder / f"{digest}-{name}"
+
+
 def fetch(url: str, target: Path, sha256: str | None = None) -> Path:
-    """Download ``url`` to ``target`` once. The checksum is verified against ``sha256`` when
-    given, and recorded beside the file (``<name>.sha256``) so later loads detect a changed
-    or truncated copy."""
+    """Download ``url`` to ``target`` once. A body shorter than the server's Content-Length,
+    or whose checksum is not ``sha256`` (when given), is refused and never cached; the
+    checksum of what was cached is recorded beside it (``<name>.sha256``), so a later load
+    detects a changed copy and says how to clear it."""
     sidecar = target.with_name(target.name + ".sha256")
+    clear = f"delete {target} and {sidecar.name} beside it to download it again"
     if target.exists():
         want = sha256 or (sidecar.read_text().split()[0] if sidecar.exists() else None)
-        if want is None or sha256_file(target) == want:
+        if want is None:
+            raise DataError(f"cached file {target} has no recorded checksum (an interrupted download?); {clear}")
+        if sha256_file(target) == want:
             return target
-        raise DataError(f"cached file {target} does not match its checksum {want}; delete it to download again")
+        raise DataError(f"cached file {target} does not match its checksum {want}; {clear}")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".download-")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
-            shutil.copyfileobj(resp, out)
+            expected = resp.headers.get("Content-Length")
+            got_bytes = 0
+            while True:
+                try:
+                    block = resp.read(1 << 20)
+                except http.client.IncompleteRead as exc:
+                    got_bytes += len(exc.partial)
+                    break
+                if not block:
+                    break
+                out.write(block)
+                got_bytes += len(block)
+        if expected is not None and expected.isdigit() and got_bytes != int(expected):
+            raise DataError(f"download of {url} stopped after {got_bytes:,} of {int(expected):,} bytes; nothing was "
+                            "cached: try again, or pass a local file as the source")
         got = sha256_file(Path(tmp))
         if sha256 is not None and got != sha256:
-            raise DataError(f"download of {url} has sha256 {got}, expected {sha256}")
+            raise DataError(f"download of {url} has sha256 {got}, expected {sha256}; nothing was cached")
         os.replace(tmp, target)
         sidecar.write_text(f"{got}  {target.name}\n")
-    except OSError as exc:
+    except (OSError, http.client.HTTPException) as exc:
         raise DataError(f"could not download {url}: {exc}. Pass a local file as the source, or set LMCOMPOSE_DATA_DIR") from None
     finally:
         if os.path.exists(tmp):
@@ -202,7 +245,8 @@ class JsonEditDataset(EditDataset):
                 self.notes.append(f"{self.name}: using the bundled sample ({self.sample.name}), as asked (source: sample)")
                 return self.sample
             if text.startswith(("http://", "https://")):
-                return fetch(text, cache_dir() / "datasets" / self.name / Path(text.split("?")[0]).name)
+                url, checksum = split_checksum(text)
+                return fetch(url, download_cache_path(cache_dir() / "datasets" / self.name, url), checksum)
             path = Path(text).expanduser()
             if not path.is_file():
                 raise DataError(f"{self.name}: source file {path} does not exist")
@@ -213,7 +257,7 @@ class JsonEditDataset(EditDataset):
                 if (dd / rel).is_file():
                     return dd / rel
         if self.url:
-            cached = cache_dir() / "datasets" / self.name / Path(self.url).name
+            cached = download_cache_path(cache_dir() / "datasets" / self.name, self.url)
             if cached.exists() or not offline():
                 try:
                     return fetch(self.url, cached, self.url_sha256)

@@ -10,6 +10,21 @@ import difflib
 from collections.abc import Iterable
 
 
+def describe_value(value: object) -> str:
+    """How a message names a value of the wrong shape: "a list", "the string 'x'", ..."""
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if value is None:
+        return "nothing (null)"
+    return f"{type(value).__name__} {value!r}"
+
+
 class LMComposeError(Exception):
     """Base class of all lmcompose errors."""
 
@@ -64,3 +79,8 @@ class PluginLoadError(LMComposeError):
 
 class NumericalError(LMComposeError):
     """A computation that cannot proceed (a matrix that is not positive definite, NaN)."""
+
+
+class StepFailedError(LMComposeError):
+    """A step or a metric raised while it ran: the message names it and the distribution
+    that provides it (exit code 1; ``--debug`` shows the original traceback)."""

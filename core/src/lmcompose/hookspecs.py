@@ -14,8 +14,9 @@ provides; never keep a reference to it. Its signature is::
 ``target`` is the class/object itself, or a lazy ``"module:attr"`` string (then ``name`` is
 required) that is imported only when the thing is used — this keeps ``lmcompose plugins``
 and ``--help`` from importing heavy libraries. Registering a name that another plugin
-already registered raises :class:`lmcompose.errors.DuplicateNameError`, naming both
-distributions.
+already registered keeps the first registration (built-ins load first); the later one is
+skipped and its plugin reported as failed, naming both distributions (fatal with
+``--strict``).
 
 Hook implementations must not declare default values for their parameters (pluggy
 ignores them, see pluggy#442), and must not import torch at module import time.

@@ -2,7 +2,8 @@
 
 * ``curves.png`` — each metric of the final model against the varied strength, one line per
   order, mean ± standard deviation over replicates (the paper's Fig. 1–2);
-* ``composability.png`` (and ``composability_bits.png`` when average bits vary) — each
+* ``composability.png`` (on compression, or strength when average bits do not change;
+  ``composability_strength.png`` beside it when both exist) — each
   normalized criterion per order, with the A area (between the best and the worst order)
   and the P area (between the best order and 1) shaded (Fig. 4);
 * ``nll.png`` — edit NLL and general (wikitext) NLL of the final model against strength (Fig. 5);
@@ -16,7 +17,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from lmcompose.composability import Composability, SweepData
+from lmcompose.composability import AXIS_LABELS, Composability, SweepData
+from lmcompose.results import replace_atomic
 
 CURVE_METRICS = (
     ("edit_success", "edit success (0–1, higher is better)", False),
@@ -31,6 +33,13 @@ CRITERION_LABELS = {
     "locality": "locality",
     "perplexity": "perplexity (base ppl / ppl)",
 }
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically (a kill leaves the old plot or the new one) and free it."""
+    replace_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    _plt().close(fig)
+    return path
 
 
 def _plt() -> Any:
@@ -103,16 +112,15 @@ def plot_curves(data: SweepData, path: Path) -> Path | None:
     spread = " (mean ± std over replicates)" if len(data.replicates) > 1 else ""
     fig.suptitle(f"{data.model}: final-model metrics per order{spread}", fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
 def plot_composability(comp: Composability, data: SweepData, path: Path) -> Path | None:
-    plt = _plt()
     names = list(comp.criteria)
-    if not names:
+    if not names or comp.single:  # one strength: no area to draw
         return None
+    plt = _plt()
     cols = min(2, len(names))
     rows = (len(names) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.0 * rows), squeeze=False)
@@ -130,12 +138,13 @@ def plot_composability(comp: Composability, data: SweepData, path: Path) -> Path
         for o in comp.orders:
             ax.plot(x, means[o], marker="o", label=order_label(o))
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xlim(min(x) - 0.02, max(x) + 0.02)
+        pad = 0.02 * (max(x) - min(x) or 1.0)
+        ax.set_xlim(min(x) - pad, max(x) + pad)
         ax.set_title(CRITERION_LABELS.get(name, name))
         if comp.x_axis == "strength":
             ax.set_xlabel(f"γ: normalized {data.vary} (0 = weakest in sweep)")
         else:
-            ax.set_xlabel("x from average bits (0 = most bits, 1 = fewest)")
+            ax.set_xlabel(AXIS_LABELS[comp.x_axis])
         ax.set_ylabel("criterion ℓ, normalized (1 = best)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
@@ -143,8 +152,7 @@ def plot_composability(comp: Composability, data: SweepData, path: Path) -> Path
         ax.axis("off")
     fig.suptitle(f"{data.model}: composability (A = order sensitivity, P = performance lost; replicate means)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -174,8 +182,7 @@ def plot_nll(data: SweepData, path: Path) -> Path | None:
         ax.legend(fontsize=8)
     fig.suptitle(f"{data.model}: edit NLL vs general NLL of the final model", fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -237,6 +244,5 @@ def plot_topk(data: SweepData, path: Path) -> Path | None:
     fig.suptitle(f"Top-{len(first['tokens'])} next tokens after {prompt!r}\n"
                  f"({data.vary} = {value}, replicate {rep}; rows: orders{targets})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

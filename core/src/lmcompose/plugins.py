@@ -165,16 +165,34 @@ class _State:
         for impl in caller.get_hookimpls():
             info = self.infos.get(impl.plugin_name)
             dist = info.distribution if info else impl.plugin_name
-            kwargs = {"register": registry.registrar(dist)}
+            kwargs = {"register": self._registrar(registry, dist, info)}
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except DuplicateNameError:
+            except (DuplicateNameError, PluginLoadError):
                 raise
             except Exception as exc:
                 if info is None:
                     raise
                 self.fail(info, f"{hook_name} raised {_describe(exc)}")
         return registry
+
+
+    def _registrar(self, registry: Registry[Any], dist: str, info: PluginInfo | None) -> Any:
+        """``register`` for one plugin: a name that is already registered keeps its first
+        registration; the later one (a third-party plugin's) is reported as failed, naming
+        both distributions, and everything else keeps working (fatal with --strict)."""
+        base = registry.registrar(dist)
+
+        def register(target: Any, name: str | None = None, **kw: Any) -> Any:
+            try:
+                return base(target, name=name, **kw)
+            except DuplicateNameError as exc:
+                if info is None or info.builtin:
+                    raise
+                self.fail(info, f"{exc} The registration from {dist} was skipped; the first one is used")
+                return None
+
+        return register
 
 
 _STATE: _State | None = None

@@ -8,19 +8,23 @@ terminal and in the file are the same strings.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lmcompose.composability import (
+    AXIS_LABELS,
     CRITERIA,
+    X_AXES,
     Composability,
     SweepData,
+    available_axes,
     composability,
     load_sweep,
-    x_positions,
 )
 from lmcompose.errors import DataError
+from lmcompose.results import write_text_atomic
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
@@ -77,21 +81,25 @@ def order_text(order: tuple[str, ...] | list[str]) -> str:
     return " → ".join(order)
 
 
+def interval_text(comp: Composability) -> str:
+    lo, hi = comp.interval
+    return f"[{lo:.4g}, {hi:.4g}]"
+
+
 def ap_table(comp: Composability, data: SweepData) -> Table:
-    axis = (f"normalized strength of {data.vary}" if comp.x_axis == "strength"
-            else "average bits (rescaled: most bits = 0, fewest = 1)")
     rows = []
     for name in CRITERIA:
         c = comp.criteria.get(name)
         if c is None:
             continue
         n = len(c.replicates)
-        rows.append([name, fmt_mean_std(c.A_mean, c.A_std, n), fmt_mean_std(c.P_mean, c.P_std, n), str(n)])
+        rows.append([name, fmt_mean_std(c.A_mean, c.A_std, n), fmt_mean_std(c.P_mean, c.P_std, n), interval_text(comp), str(n)])
     k = len(data.replicates)
     spread = f"mean ± sample std over {k} replicates" if k > 1 else "one replicate"
-    return Table(f"Composability A and P (x = {comp.x_axis})", ["criterion", "A", "P", "replicates"], rows,
-                 f"x = {axis}; {len(comp.orders)} orders; {spread}. A: area between the best and the worst order "
-                 "(0 = order does not matter); P: 1 − area under the best order (0 = nothing lost).")
+    return Table(f"Composability A and P (x = {comp.x_axis})", ["criterion", "A", "P", "x interval", "replicates"], rows,
+                 f"x = {AXIS_LABELS[comp.x_axis]}; integrated over the x interval; {len(comp.orders)} orders; {spread}. "
+                 "A: area between the best and the worst order (0 = order does not matter); "
+                 "P: area between the best order and 1 (0 = nothing lost).")
 
 
 def oi_table(comp: Composability, data: SweepData) -> Table:
@@ -150,17 +158,26 @@ def step_table(data: SweepData) -> Table:
                  "Replicate means; position 0 is the base model.")
 
 
-def build_report(run: str | Path | SweepData) -> Report:
-    """Tables and composability of a sweep from its results.jsonl (nothing else is read)."""
+def check_axes(axes: Sequence[str] | None) -> list[str] | None:
+    """``axes`` if each is a known x axis (X_AXES), else a DataError naming the choices."""
+    if axes is None:
+        return None
+    bad = [a for a in axes if a not in X_AXES]
+    if bad or not axes:
+        raise DataError(f"--axes {','.join(axes)!r}: choose from {', '.join(X_AXES)}")
+    return list(axes)
+
+
+def build_report(run: str | Path | SweepData, axes: Sequence[str] | None = None) -> Report:
+    """Tables and composability of a sweep from its results.jsonl (nothing else is read), on
+    ``axes`` (default: compression when average bits change, and strength)."""
     data = run if isinstance(run, SweepData) else load_sweep(run)
     comps: dict[str, Composability] = {}
-    notes: list[str] = []
+    notes: list[str] = list(data.notes)
     if not data.complete:
         notes.append("the sweep is not complete (interrupted?): rerun the same `lmcompose sweep` command to finish it; "
                      "A/P use the replicates whose cells are all finished")
-    for axis in ("strength", "avg_bits"):
-        if axis == "avg_bits" and x_positions(data, axis) is None:
-            continue
+    for axis in check_axes(axes) or available_axes(data):
         try:
             c = composability(data, x=axis)
         except DataError as exc:
@@ -171,19 +188,20 @@ def build_report(run: str | Path | SweepData) -> Report:
             notes.extend(n for n in c.notes if n not in notes)
     tables = []
     for c in comps.values():
-        tables.append(ap_table(c, data))
-    if "strength" in comps:
-        tables.append(oi_table(comps["strength"], data))
+        if not c.single:  # one strength has no A and P: its OI and MCE are in their own table
+            tables.append(ap_table(c, data))
+    if comps:
+        tables.append(oi_table(next(iter(comps.values())), data))
     tables.append(final_table(data))
     return Report(data, comps, tables, step_table(data), notes=notes)
 
 
-def write_report(run_dir: str | Path, plots: bool = True) -> Report:
+def write_report(run_dir: str | Path, plots: bool = True, axes: Sequence[str] | None = None) -> Report:
     """Build the report of the sweep in ``run_dir`` and write report.md and plots/*.png there."""
     from lmcompose import plots as plotting
 
     run_dir = Path(run_dir)
-    report = build_report(run_dir)
+    report = build_report(run_dir, axes)
     data = report.data
     written: list[Path] = []
     if plots:
@@ -191,23 +209,23 @@ def write_report(run_dir: str | Path, plots: bool = True) -> Report:
         pdir.mkdir(exist_ok=True)
         for p in (
             plotting.plot_curves(data, pdir / "curves.png"),
-            *(plotting.plot_composability(c, data, pdir / ("composability.png" if axis == "strength" else "composability_bits.png"))
-              for axis, c in report.composability.items()),
+            *(plotting.plot_composability(c, data, pdir / ("composability.png" if i == 0 else f"composability_{axis}.png"))
+              for i, (axis, c) in enumerate(report.composability.items())),
             plotting.plot_nll(data, pdir / "nll.png"),
             plotting.plot_topk(data, pdir / "topk.png"),
         ):
             if p is not None:
                 written.append(p)
     report.plots = written
-    (run_dir / REPORT_FILE).write_text(render_markdown(report, run_dir), encoding="utf-8")
+    write_text_atomic(run_dir / REPORT_FILE, render_markdown(report, run_dir))
     report.path = run_dir / REPORT_FILE
     return report
 
 
 PLOT_CAPTIONS = {
     "curves.png": "Final-model metrics against strength, one line per order (paper Fig. 1–2).",
-    "composability.png": "Normalized criteria per order with the A and P areas shaded, x = normalized strength (Fig. 4).",
-    "composability_bits.png": "The same with x = average bits.",
+    "composability.png": "Normalized criteria per order with the A and P areas shaded, on the report's first x axis (Fig. 4).",
+    "composability_strength.png": "The same with x = the normalized strength.",
     "nll.png": "Edit NLL and general NLL of the final model against strength (Fig. 5).",
     "topk.png": "Top-k next tokens of the first edit's prompt before and after each step, strongest strength (Fig. 3).",
 }
@@ -227,8 +245,9 @@ def render_markdown(report: Report, run_dir: Path | None = None) -> str:
         f"- rows: {len(d.rows)} (rebuilt from results.jsonl)",
         "",
         "Criteria are normalized to [0, 1], higher = better: edit success, generalization and locality as measured; "
-        "perplexity as base perplexity / perplexity (clipped to 1). x is rescaled to [0, 1] over this sweep. "
-        "See docs/sweeps.md.",
+        "perplexity as base perplexity / perplexity (clipped to 1). x is compression, 1 − avg_bits / base_bits "
+        "(0 = uncompressed), when average bits change over the sweep, and the normalized strength too; each table "
+        "says its interval. See docs/sweeps.md.",
         "",
     ]
     for n in report.notes:

@@ -47,18 +47,82 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Every complete row of a results file (torn lines from an interrupted write skipped)."""
+    """Every complete row of a results file (torn lines from an interrupted write, and lines
+    that are not JSON objects, skipped; :func:`read_rows_checked` says which)."""
+    return read_rows_checked(path)[0]
+
+
+def read_rows_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows of a results file and a note for every line skipped other than a torn last
+    line (which a kill during a write leaves, and a resume rewrites)."""
     if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+        return [], []
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        from lmcompose.errors import DataError
+
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
+            if i != last:
+                problems.append(f"{path.name} line {i + 1} is not valid JSON and was skipped")
             continue
-    return rows
+        if not isinstance(row, dict):
+            problems.append(f"{path.name} line {i + 1} is not a JSON object ({type(row).__name__}) and was skipped")
+            continue
+        rows.append(row)
+    return rows, problems
+
+
+def replace_atomic(path: Path, write: Any) -> Path:
+    """Write ``path`` through a temporary file beside it and rename it into place, so a kill
+    leaves the old file or the new one, never half of one. ``write(tmp_path)`` writes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's live process
+    return True
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove the temporary files a killed writer of ``path`` left behind."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    return replace_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -67,6 +131,7 @@ def write_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(_clean(data), f, sort_keys=False)
+        os.chmod(tmp, 0o644 & ~_umask())  # mkstemp makes it 0600; the folder's other files are 0644
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -36,12 +36,12 @@ from lmcompose.api import (
     config_fields,
     config_to_dict,
 )
-from lmcompose.compose import RunSettings, load_edits, resolve_metrics, versions
+from lmcompose.compose import RunSettings, load_edits, resolve_metrics
 from lmcompose.engine.executor import SNAPSHOT_MODES, Executor, replicate_edits, topk_next_tokens
-from lmcompose.engine.plan import Cell, Group, Plan, canonical_key
+from lmcompose.engine.plan import Cell, Group, Plan, canonical_key, check_cell_count
 from lmcompose.engine.policy import EDIT_KIND, check_policy
-from lmcompose.engine.run_folder import RunFolder
-from lmcompose.errors import ConfigError, UnknownNameError, UsageError
+from lmcompose.engine.run_folder import RunFolder, edits_digest, run_inputs
+from lmcompose.errors import ConfigError, UnknownNameError, UsageError, describe_value
 from lmcompose.plugins import get_interventions
 from lmcompose.steps import StepSpec, build_intervention, parse_step
 
@@ -93,6 +93,9 @@ def parse_vary(text: str, steps: Sequence[StepSpec]) -> Vary:
     raw = [v.strip() for v in rhs.split(",")]
     if not rhs.strip() or any(not v for v in raw):
         raise ConfigError(f"--vary {text!r}: give comma-separated values after '=', e.g. {lhs.strip()}=0.25,0.5,0.75")
+    if field_name in steps[index].overrides:
+        raise ConfigError(f"--vary {text!r} varies {field_name!r}, which the step also sets ({steps[index]}); "
+                          f"drop one of them (the step's value would be ignored)")
     return make_vary(steps, index, field_name, raw, f"--vary {text!r}")
 
 
@@ -132,7 +135,10 @@ def parse_orders(orders: str | Sequence[Sequence[str]] | None, steps: Sequence[S
                 unique.append(p)
         return unique
     if isinstance(orders, str):
-        groups = [[x.strip() for x in g.split(",")] for g in orders.split(";") if g.strip()]
+        parts = orders.split(";")
+        if any(not g.strip() for g in parts):
+            raise ConfigError(f"--orders {orders!r}: an order is empty (a stray ';'?); give 'all' or orders like 'a,b;b,a'")
+        groups = [[x.strip() for x in g.split(",")] for g in parts]
     else:
         groups = [[str(x).strip() for x in (g.split(",") if isinstance(g, str) else g)] for g in orders]
     if not groups:
@@ -170,22 +176,40 @@ class SweepSettings(RunSettings):
     calibration_samples: int | None = None
     calibration_seqlen: int | None = None
 
+    def check_shapes(self, where: str = "settings") -> None:
+        super().check_shapes(where)
+
+        def whole(key: str, minimum: int, optional: bool = False) -> None:
+            v = getattr(self, key)
+            if optional and v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise ConfigError(f"{where}: {key}: expected a whole number >= {minimum}; got {describe_value(v)}")
+
+        if self.vary is not None and not isinstance(self.vary, str):
+            raise ConfigError(f"{where}: vary: expected STEP.FIELD=v1,v2,... (e.g. wanda.sparsity=0.25,0.5); "
+                              f"got {describe_value(self.vary)}")
+        orders = self.orders
+        if orders is not None and not isinstance(orders, str) and not (
+                isinstance(orders, list) and all(isinstance(o, str) or (isinstance(o, list) and all(isinstance(x, str) for x in o))
+                                                 for o in orders)):
+            raise ConfigError(f"{where}: orders: expected all, 'a,b;b,a' or a list of orders such as [[a, b], [b, a]]; "
+                              f"got {describe_value(orders)}")
+        whole("replicates", 1)
+        whole("topk", 0)
+        whole("calibration_samples", 1, optional=True)
+        whole("calibration_seqlen", 8, optional=True)
+        if not isinstance(self.snapshots, str):
+            raise ConfigError(f"{where}: snapshots: expected memory or disk; got {describe_value(self.snapshots)}")
+
     def validate(self) -> tuple[list[Intervention], list[Metric]]:  # type: ignore[override]
         steps, metrics = super().validate()
-        self.plan()
-        if not isinstance(self.replicates, int) or isinstance(self.replicates, bool) or self.replicates < 1:
-            raise ConfigError(f"replicates={self.replicates!r}: ask for at least 1 replicate")
+        check_cell_count(self.cell_count(), "the sweep")
         if self.snapshots not in SNAPSHOT_MODES:
             raise ConfigError(f"snapshots {self.snapshots!r} is not one of {', '.join(SNAPSHOT_MODES)}")
-        if not isinstance(self.topk, int) or self.topk < 0:
-            raise ConfigError(f"topk={self.topk!r}: give a number of tokens >= 0 (0 = no top-k record)")
-        for key in ("calibration_samples", "calibration_seqlen"):
-            v = getattr(self, key)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise ConfigError(f"{key}={v!r}: give a positive whole number")
-        needs_edits = any(s.kind == EDIT_KIND for s in steps)
-        if needs_edits and self.replicates > 1 and self.edits is None:
-            raise ConfigError(f"replicates={self.replicates} needs --edits N, the number of edits in each replicate's batch")
+        if self.replicates > 1 and self.edits is None:
+            raise ConfigError(f"replicates={self.replicates} needs --edits N, the number of edit requests in each "
+                              "replicate's batch: without it every replicate would be the same cells")
         return steps, metrics
 
     def plan(self) -> tuple[list[StepSpec], Vary, list[tuple[int, ...]]]:
@@ -237,12 +261,6 @@ def sweep_cells(specs: Sequence[StepSpec], vary: Vary, orders: Sequence[tuple[in
     return cells
 
 
-def edits_digest(batch: Sequence[EditRecord]) -> str:
-    """A checksum of a batch of edit requests (every field, so a changed record is seen)."""
-    text = json.dumps([e.to_dict() for e in batch], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 # --------------------------------------------------------------------------------------
 # The sweep
 # --------------------------------------------------------------------------------------
@@ -289,7 +307,11 @@ def sweep(
         raise ConfigError("no steps given: a sweep needs at least one step")
     v = parse_vary(vary, specs)
     order_list = parse_orders(orders, specs)
+    check_cell_count(replicates * len(v.values) * len(order_list), "the sweep")
     metric_objs = resolve_metrics(metrics, metric_options)
+    if replicates > 1 and not edits:
+        raise UsageError(f"replicates={replicates} without edit requests: every replicate would be the same cells; "
+                         "give edits (a batch per replicate), or replicates=1")
     batches = replicate_edits(edits, replicates)
     if any(build_intervention(s).kind == EDIT_KIND for s in specs) and not all(batches):
         raise UsageError("an edit step needs edit requests: pass --dataset NAME and --edits N (or edits= in Python)")
@@ -337,21 +359,6 @@ def sweep(
     return rows
 
 
-def run_inputs(lm: Any, edits: Mapping[Group, Sequence[EditRecord]]) -> dict[str, Any]:
-    """What a run's numbers depend on beyond its settings: the base model's weights, the edit
-    requests of every group, the text corpora and the software. A resume is refused when any
-    of them changed (the run folder compares them)."""
-    from lmcompose.data import corpus_identity
-
-    return {
-        "model_fingerprint": lm.fingerprint(),
-        "edits": {("" if g[0] is None else f"{g[0]}/") + f"r{g[1]}": edits_digest(b) for g, b in sorted(
-            edits.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))},
-        "corpora": corpus_identity(),
-        "versions": versions(),
-    }
-
-
 def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tuple[list[dict[str, Any]], Context]:
     """Validate, load the model and each replicate's edits, and sweep (`lmcompose sweep`)."""
     import os
@@ -361,6 +368,9 @@ def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tupl
         if not Path(settings.data_dir).is_dir():
             raise ConfigError(f"data folder {settings.data_dir!r} does not exist")
         os.environ["LMCOMPOSE_DATA_DIR"] = str(Path(settings.data_dir).resolve())
+    from lmcompose.models.loading import resolve_device
+
+    resolve_device(settings.device)  # before anything is written
     resolved = settings.resolved()
     run_id = sweep_id(resolved)
     out = settings.out or f"runs/sweep-{run_id}"

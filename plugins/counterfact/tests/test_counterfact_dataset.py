@@ -139,8 +139,11 @@ def test_urls_are_downloaded_once_with_a_checksum(http_server, tmp_path, monkeyp
     (root / "cf.json").write_text(json.dumps([rome_record()]))
     recs = load_edits("counterfact", source=f"{base}/cf.json")
     assert recs[0].target_new == "Antarctica"
-    cached = tmp_path / "cache" / "datasets" / "counterfact" / "cf.json"
-    assert cached.exists() and (cached.parent / "cf.json.sha256").exists()
+    from lmcompose.edit_data import download_cache_path
+
+    cached = download_cache_path(tmp_path / "cache" / "datasets" / "counterfact", f"{base}/cf.json")
+    assert cached.name.endswith("-cf.json")  # keyed by the whole URL, the file name kept readable
+    assert cached.exists() and cached.with_name(cached.name + ".sha256").exists()
     (root / "cf.json").unlink()  # offline from now on: the cache serves it
     assert load_edits("counterfact", source=f"{base}/cf.json")[0].target_new == "Antarctica"
     cached.write_text(cached.read_text().replace("Antarctica", "Antarctic"))

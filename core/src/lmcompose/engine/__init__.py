@@ -11,12 +11,12 @@
 Importing this package does not import torch.
 """
 
-from lmcompose.engine.executor import Executor, MetricValueError, StateResult, evaluate
+from lmcompose.engine.executor import Executor, StateResult, evaluate
 from lmcompose.engine.plan import Action, Cell, Node, Plan, PlanCounts, Task
 from lmcompose.engine.policy import EDIT_KIND, POLICIES
 from lmcompose.engine.run_folder import RunFolder, RunInfo
 
 __all__ = [
-    "EDIT_KIND", "POLICIES", "Action", "Cell", "Executor", "MetricValueError", "Node", "Plan", "PlanCounts", "RunFolder",
+    "EDIT_KIND", "POLICIES", "Action", "Cell", "Executor", "Node", "Plan", "PlanCounts", "RunFolder",
     "RunInfo", "StateResult", "Task", "evaluate",
 ]

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from lmcompose.api import Context, EditRecord, Intervention, Metric, config_to_dict
 from lmcompose.engine.plan import Action, Cell, Group, Node, Plan, PlanCounts
 from lmcompose.engine.policy import project_earlier
-from lmcompose.errors import LMComposeError
+from lmcompose.errors import LMComposeError, StepFailedError
 from lmcompose.steps import StepSpec, build_intervention
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,31 +36,67 @@ if TYPE_CHECKING:  # pragma: no cover
 TOPK_PROMPT = "The capital of France is"  # the top-k record's prompt when a cell has no edits
 SNAPSHOT_MODES = ("memory", "disk")
 
-__all__ = ["Executor", "MetricValueError", "SNAPSHOT_MODES", "SnapshotStore", "StateResult", "evaluate",
-           "replicate_edits", "topk_next_tokens"]
+__all__ = ["Executor", "SNAPSHOT_MODES", "SnapshotStore", "StateResult", "evaluate", "provider", "replicate_edits",
+           "step_warnings", "topk_next_tokens"]
 
 
-class MetricValueError(LMComposeError):
-    """A metric returned NaN."""
+def provider(kind: str, name: str) -> str:
+    """The distribution that registered step or metric ``name`` (for error messages)."""
+    from lmcompose.plugins import get_interventions, get_metrics
+
+    registry = get_interventions() if kind == "step" else get_metrics()
+    try:
+        return registry.entry(name).distribution
+    except LMComposeError:
+        return "not registered"
+
+
+def _fail(kind: str, name: str, where: str, exc: Exception) -> StepFailedError:
+    return StepFailedError(f"{kind} {name!r} (from {provider(kind, name)}) failed {where}: "
+                           f"{type(exc).__name__}: {exc}. Rerun with --debug for the traceback")
 
 
 def evaluate(lm: LM, metrics: Sequence[Metric], ctx: Context, where: str) -> dict[str, Any]:
     """Every metric of ``metrics`` on ``lm`` (edit metrics only when ``ctx.edits``), plus
-    ``eval_s``; a NaN value is a :class:`MetricValueError` naming the metric and ``where``."""
+    ``eval_s``. A value that is not finite is kept out of the numbers and flagged:
+    ``nonfinite`` maps its key to ``nan`` (stored as null, never averaged in) or ``inf`` /
+    ``-inf`` (a diverged model: JSON has no infinity, the flag keeps the direction). A metric
+    that raises is a :class:`StepFailedError` naming it and its distribution."""
     values: dict[str, Any] = {}
+    nonfinite: dict[str, str] = {}
     start = time.perf_counter()
     for metric in metrics:
         if metric.requires_edits and not ctx.edits:
             continue
-        for key, v in metric.compute(lm, ctx).items():
-            if isinstance(v, float) and math.isnan(v):
-                raise MetricValueError(
-                    f"metric {metric.name!r} gave NaN for {key!r} {where}: the model's outputs are not finite. "
-                    "Check the step's settings (a too-strong compression?), or run in float32"
-                )
+        try:
+            got = metric.compute(lm, ctx)
+        except (LMComposeError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin's metric may raise anything
+            raise _fail("metric", metric.name, where, exc) from exc
+        for key, v in got.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                nonfinite[key] = "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+                if math.isnan(v):
+                    v = None
             values[key] = v
+    if nonfinite:
+        values["nonfinite"] = nonfinite
     values["eval_s"] = time.perf_counter() - start
     return values
+
+
+def step_warnings(name: str, lm: LM, details: Mapping[str, Any]) -> list[str]:
+    """What a finished step left that makes later numbers meaningless: non-finite weights,
+    non-finite values in its report (e.g. MEMIT's v* loss)."""
+    out = []
+    bad = lm.nonfinite_count()
+    if bad:
+        out.append(f"{name} left {bad:,} non-finite weights (NaN/inf): the numbers after it are not meaningful")
+    odd = [k for k, v in details.items() if isinstance(v, float) and not math.isfinite(v)]
+    if odd:
+        out.append(f"{name} reported non-finite {', '.join(odd)}")
+    return out
 
 
 def topk_next_tokens(lm: LM, prompt: str, k: int) -> dict[str, Any]:
@@ -81,6 +117,35 @@ def topk_next_tokens(lm: LM, prompt: str, k: int) -> dict[str, Any]:
     }
 
 
+def check_lengths(lm: LM, batches: Mapping[Group, Sequence[EditRecord]]) -> None:
+    """Refuse an edit request whose prompt and target do not fit in the model's positions
+    (beyond them a model runs on positions it was never trained on, or crashes): one
+    DataError naming the record, its length and the limit."""
+    from lmcompose.errors import DataError
+    from lmcompose.metrics.edits import target_text
+
+    limit = lm.max_positions
+    tok = lm.tokenizer
+
+    def length(prompt: str, target: str) -> int:
+        return len(tok(prompt).input_ids) + len(tok(target_text(prompt, target), add_special_tokens=False).input_ids)
+
+    for group, records in batches.items():
+        for r in records:
+            pairs = [(r.prompt, r.target_new), *((p, r.target_new) for p in r.rephrases),
+                     *((lp.prompt, lp.answer) for lp in r.locality)]
+            if r.target_true:
+                pairs.append((r.prompt, r.target_true))
+            if r.multi_hop is not None:
+                pairs += [(f"Q: {q}\nA:", r.multi_hop.new_answer) for q in r.multi_hop.questions]
+            for prompt, target in pairs:
+                n = length(prompt, target)
+                if n > limit:
+                    raise DataError(f"edit request {r.case_id!r} of {group[0] or 'the edits'}: {prompt[:60]!r}... with its "
+                                    f"target is {n} tokens, beyond the model's {limit} positions; shorten the record "
+                                    "or leave it out of the dataset file")
+
+
 class SnapshotStore:
     """Model states to come back to: in memory (state-dict copies) or on disk (safetensors)."""
 
@@ -89,6 +154,11 @@ class SnapshotStore:
         self.folder = folder
         self._tmp: str | None = None
         self._n = 0
+        self._made: list[Path] = []
+        if mode == "disk" and folder is not None and folder.is_dir():
+            # left by a process that was killed; the run folder's lock says none is in use
+            for stale in folder.glob("snapshot-*"):
+                shutil.rmtree(stale, ignore_errors=True)
 
     def save(self, lm: LM) -> Any:
         if self.mode == "memory":
@@ -102,9 +172,15 @@ class SnapshotStore:
             self.folder = Path(self._tmp)
         self._n += 1
         path = self.folder / f"snapshot-{self._n}"
-        path.mkdir(parents=True, exist_ok=True)
-        save_model(lm.model, str(path / "model.safetensors"))
-        save_compression(lm.compression, path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self._made.append(path)
+            save_model(lm.model, str(path / "model.safetensors"))
+            save_compression(lm.compression, path)
+        except OSError as exc:
+            self.drop(path)
+            raise LMComposeError(f"cannot write a model snapshot to {path}: {exc.strerror or exc}. Free disk space "
+                                 "there, or use --snapshots memory; rerun the same command to resume") from None
         return path
 
     def restore(self, lm: LM, snap: Any) -> None:
@@ -132,8 +208,14 @@ class SnapshotStore:
     def drop(self, snap: Any) -> None:
         if self.mode == "disk" and snap is not None:
             shutil.rmtree(snap, ignore_errors=True)
+            if snap in self._made:
+                self._made.remove(snap)
 
     def close(self) -> None:
+        """Remove every snapshot this store made (after an error too: a resume recomputes
+        what it needs) and the folder when it is left empty."""
+        for snap in list(self._made):
+            self.drop(snap)
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
         elif self.mode == "disk" and self.folder is not None and self.folder.exists() and not any(self.folder.iterdir()):
@@ -224,6 +306,7 @@ class Executor:
         top = self.plan.root
         kids = [c for c in top.children.values() if c.needed and (nodes is None or c.id in nodes)]
         scope = ([top] if root else []) + kids
+        check_lengths(self.lm, {g: self.batch(g) for g in self.plan.groups(scope)})
         for group in self.plan.groups(scope):
             self.ctx.edits = self.batch(group)
             if self.ctx.edits:
@@ -233,7 +316,7 @@ class Executor:
         try:
             if root and top.pending:
                 start = time.perf_counter()
-                rows = self._evaluate(top, [], 0.0, {}, False)
+                rows = self._evaluate(top, [], 0.0, {}, False, [])
                 yield StateResult(top, rows, time.perf_counter() - start, computed=False)
             yield from self._visit(top, kids, [])
         finally:
@@ -252,12 +335,19 @@ class Executor:
             start = time.perf_counter()
             inst = self.build(action)
             self.ctx.edits = self.batch(child.group)
-            report = inst.apply(self.lm, self.ctx)
+            try:
+                report = inst.apply(self.lm, self.ctx)
+            except (LMComposeError, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a plugin's step may raise anything
+                raise _fail("step", action.name, f"on {child.label}", exc) from exc
             self.states[action.kind] += 1
             elapsed = report.elapsed_s
             if not action.again:
                 elapsed += project_earlier(self.plan.policy, instances, self.lm)
-            rows = self._evaluate(child, [*instances, inst], elapsed, report.details, action.again) if child.pending else []
+            warnings = step_warnings(action.name, self.lm, report.details)
+            rows = (self._evaluate(child, [*instances, inst], elapsed, report.details, action.again, warnings)
+                    if child.pending else [])
             yield StateResult(child, rows, time.perf_counter() - start)
             path = instances if action.again else [*instances, inst]
             yield from self._visit(child, [c for c in child.children.values() if c.needed], path)
@@ -276,7 +366,7 @@ class Executor:
         return record
 
     def _evaluate(self, node: Node, shown: list[Intervention], elapsed: float, details: dict[str, Any],
-                  again: bool) -> list[dict[str, Any]]:
+                  again: bool, warnings: list[str]) -> list[dict[str, Any]]:
         if not shown:
             where = "on the base model"
         elif again:
@@ -303,8 +393,17 @@ class Executor:
             per_group[g] = values
         last = shown[-1] if shown else None
         shared = {k: x for k, x in shared.items() if k != "eval_s"}
-        return [self._row(cell, node, last, again, elapsed, _scalar_details(details), {**shared, **per_group[cell.group]})
-                for cell in node.pending]
+        rows = []
+        for cell in node.pending:
+            values = {**shared, **per_group[cell.group]}
+            flags = {**shared.get("nonfinite", {}), **per_group[cell.group].get("nonfinite", {})}
+            values.pop("nonfinite", None)
+            if flags:
+                values["nonfinite"] = flags
+            if warnings:
+                values["warnings"] = list(warnings)
+            rows.append(self._row(cell, node, last, again, elapsed, _scalar_details(details), values))
+        return rows
 
     def _row(self, cell: Cell, node: Node, step: Intervention | None, again: bool, elapsed: float,
              details: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmcompose.engine.policy import EDIT_KIND, rerun_after
+from lmcompose.errors import ConfigError
+
+#: The most cells one plan holds; a larger grid is refused before anything is enumerated.
+MAX_CELLS = 100_000
+
+
+def check_cell_count(count: int, where: str) -> None:
+    """Refuse a grid too large to plan (a typo such as ``replicates: 1000000000000``)."""
+    if count > MAX_CELLS:
+        raise ConfigError(f"{where}: this asks for {count:,} cells, more than the {MAX_CELLS:,} one plan holds; "
+                          "give fewer replicates, values or orders")
 
 Group = tuple[str | None, int]  # (dataset, replicate); dataset None for runs and sweeps
 

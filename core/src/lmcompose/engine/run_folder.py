@@ -17,11 +17,14 @@ Every command that writes results (run, sweep, study, merge) goes through a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,7 @@ VOLATILE_KEYS = frozenset({"created", "notes", "versions", "model_fingerprint", 
                            "device", "data_dir", "snapshots", "executor", "threads", "shard", "merged_from",
                            "study", "counts", "cells"})
 
-__all__ = ["RunFolder", "RunInfo", "describe_changes", "row_cell_id"]
+__all__ = ["RunFolder", "RunInfo", "describe_changes", "edits_digest", "row_cell_id", "run_inputs", "versions"]
 
 
 @dataclass
@@ -52,6 +55,45 @@ class RunInfo:
     run_id: str
     kind: str
     config: dict[str, Any] = field(default_factory=dict)
+
+
+def versions() -> dict[str, str]:
+    """Python, torch, transformers, pluggy, lmcompose and every loaded plugin's version."""
+    from lmcompose.plugins import plugin_infos
+
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "transformers", "pluggy", "lmcompose"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    for info in plugin_infos():
+        if not info.builtin and info.error is None:
+            out[info.distribution] = info.version
+    return out
+
+
+def edits_digest(batch: Sequence[Any]) -> str:
+    """A checksum of a batch of edit requests (every field, so a changed record is seen)."""
+    text = json.dumps([e.to_dict() for e in batch], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_inputs(lm: Any, edits: Mapping[Any, Sequence[Any]]) -> dict[str, Any]:
+    """What a run's numbers depend on beyond its settings: the base model's weights, the edit
+    requests of every group (dataset, replicate), the text corpora and the software. A resume
+    is refused when any of them changed (:meth:`RunFolder.write_config` compares them)."""
+    from lmcompose.data import corpus_identity
+
+    def label(group: Any) -> str:
+        return ("" if group[0] is None else f"{group[0]}/") + f"r{group[1]}"
+
+    return {
+        "model_fingerprint": lm.fingerprint(),
+        "edits": {label(g): edits_digest(b) for g, b in sorted(edits.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))},
+        "corpora": corpus_identity(),
+        "versions": versions(),
+    }
 
 
 def row_cell_id(row: Mapping[str, Any]) -> str:
@@ -65,15 +107,19 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any], ignore: frozenset[str] = VOLATILE_KEYS) -> list[str]:
-    """``key: old → new`` for every setting that differs between two resolved configs."""
+def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any], ignore: frozenset[str] = VOLATILE_KEYS,
+                     prefix: str = "") -> list[str]:
+    """``key: old → new`` for every setting that differs between two resolved configs
+    (nested mappings by their dotted key, ``corpora.test: ... → ...``)."""
     out = []
     for key in sorted(set(old) | set(new)):
         if key in ignore or key == "run_id":
             continue
         a, b = old.get(key), new.get(key)
-        if json.dumps(a, default=str, sort_keys=True) != json.dumps(b, default=str, sort_keys=True):
-            out.append(f"{key}: {_short(a)} → {_short(b)}")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += describe_changes(a, b, frozenset(), f"{prefix}{key}.")
+        elif json.dumps(a, default=str, sort_keys=True) != json.dumps(b, default=str, sort_keys=True):
+            out.append(f"{prefix}{key}: {_short(a)} → {_short(b)}")
     return out
 
 

@@ -41,7 +41,10 @@ class Perplexity(Metric):
             text, where = corpus_text("test", ctx)
             ids = tokenize_corpus(lm.tokenizer, text, where)
             if ids.numel() < 2 * 8:
-                raise ValueError(f"perplexity text {where} is too short")
+                from lmcompose.errors import DataError
+
+                raise DataError(f"perplexity text {where} is too short ({ids.numel()} tokens; at least 16 are needed): "
+                                "point LMCOMPOSE_DATA_DIR at a folder with the real wikitext-2 test split")
             if ids.numel() < seqlen:
                 seqlen = ids.numel()
             n = ids.numel() // seqlen
@@ -66,7 +69,8 @@ class Perplexity(Metric):
                 advance(len(batch))
         mean = total_nll / total_tokens
         return {
-            "perplexity": math.exp(mean) if mean < 700 else float("inf"),
+            # NaN stays NaN (the executor flags it); only a finite, huge loss overflows to inf.
+            "perplexity": math.exp(mean) if mean < 700 or math.isnan(mean) else float("inf"),
             "general_nll": mean,
             "ppl_tokens": windows.numel(),
             "ppl_seqlen": windows.shape[1],

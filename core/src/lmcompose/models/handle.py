@@ -90,6 +90,11 @@ class LM:
             w = self.weight(name)
             w.mul_(keep.to(device=w.device, dtype=w.dtype))
 
+    def nonfinite_count(self) -> int:
+        """How many parameter values are NaN or infinite (0 for a healthy model)."""
+        with torch.no_grad():
+            return int(sum(int((~torch.isfinite(p)).sum()) for p in self.model.parameters() if p.is_floating_point()))
+
     def fingerprint(self) -> str:
         """blake2b over every parameter and buffer's bytes (names sorted, tied weights once)."""
         h = hashlib.blake2b(digest_size=16)

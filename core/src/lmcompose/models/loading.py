@@ -73,6 +73,57 @@ NAMED_MODELS: dict[str, NamedModel] = {
 }
 
 
+DEVICE_KINDS = ("cpu", "cuda", "mps")
+
+
+def check_device_name(device: object) -> str:
+    """``device`` if it names a device lmcompose can run on (``cpu``, ``cuda``, ``cuda:N``,
+    ``mps``), without importing torch; else a ConfigError with the choices."""
+    from lmcompose.errors import ConfigError, describe_value
+
+    if not isinstance(device, str):
+        raise ConfigError(f"device: expected cpu, cuda or cuda:N; got {describe_value(device)}")
+    kind, colon, index = device.partition(":")
+    if kind not in DEVICE_KINDS or (colon and not index.isdigit()) or (colon and kind == "cpu"):
+        raise ConfigError(f"--device {device!r} is not a device lmcompose can run on; use cpu, cuda, cuda:N (a GPU's index) or mps")
+    return device
+
+
+def resolve_device(device: str) -> str:
+    """``device`` checked against this machine: a CUDA device needs a CUDA build of torch and a
+    visible GPU of that index."""
+    import torch
+
+    check_device_name(device)
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+            raise ModelLoadError(f"--device {device}: this torch ({torch.__version__}) is {build}; use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ModelLoadError(f"--device {device}: this machine has {torch.cuda.device_count()} visible GPU(s) "
+                                 f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError("--device mps: Apple's MPS backend is not available here; use --device cpu")
+    return device
+
+
+def refuse_remote_code(folder: Path) -> None:
+    """A model folder whose config asks for its own Python code (``auto_map``) is refused:
+    lmcompose loads with ``trust_remote_code=False`` and never runs a folder's code."""
+    import json
+
+    cfg = folder / "config.json"
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{cfg}: cannot be read as JSON ({exc}); the folder is not a model saved by save_pretrained") from None
+    if isinstance(data, dict) and data.get("auto_map"):
+        raise ModelLoadError(f"{folder}: its config.json asks for custom model code (auto_map: {sorted(data['auto_map'])}); "
+                             "lmcompose never runs code from a model folder. Use a model whose architecture transformers "
+                             "ships (see `lmcompose list architectures`)")
+
+
 def cache_dir() -> Path:
     d = Path(os.environ.get("LMCOMPOSE_CACHE_DIR") or Path.home() / ".cache" / "lmcompose")
     d.mkdir(parents=True, exist_ok=True)
@@ -108,8 +159,9 @@ def convert_gguf(gguf: Path, cache: Path, progress=None) -> Path:
             gguf_file=gguf.name,
             quantization_config=GgufConfig(dequantize=True),
             dtype=torch.float32,
+            trust_remote_code=False,
         )
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
     except Exception as exc:
         raise ModelLoadError(f"could not read GGUF file {gguf}: {type(exc).__name__}: {exc}") from None
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -156,10 +208,13 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", cache:
     from lmcompose.plugins import get_architectures
 
     torch_dtype = _torch_dtype(dtype)
+    resolve_device(device)
     source, kind = resolve_model_source(spec, cache, progress)
+    if kind == "folder":
+        refuse_remote_code(Path(source))
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
     except OSError as exc:
         if kind == "hub":
             raise ModelLoadError(
@@ -167,6 +222,11 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", cache:
                 f"Pass a local folder or .gguf file, or a named model: {', '.join(NAMED_MODELS)}"
             ) from None
         raise ModelLoadError(f"could not load model from {source}: {exc}") from None
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a truncated or corrupt checkpoint raises many kinds
+        raise ModelLoadError(f"could not load model from {source}: {type(exc).__name__}: {exc}. Its weight files may be "
+                             "truncated or corrupt: save or download the model again") from None
     model.to(device)
     model.eval()
     model_type = model.config.model_type
@@ -181,5 +241,11 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", cache:
         tokenizer.pad_token = tokenizer.eos_token
     lm = LM(model, tokenizer, arch, name=spec, source=str(source))
     if kind == "folder":
-        lm.compression = load_compression(Path(source))
+        try:
+            lm.compression = load_compression(Path(source))
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged sidecar raises many kinds
+            raise ModelLoadError(f"{source}: its compression state (lmcompose_compression.*) cannot be read: "
+                                 f"{type(exc).__name__}: {exc}. Delete both files to load the weights alone") from None
     return lm

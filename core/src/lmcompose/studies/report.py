@@ -23,10 +23,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmcompose.composability import CRITERIA, Composability, SweepData, composability, load_sweep
+from lmcompose.composability import (
+    AXIS_LABELS,
+    CRITERIA,
+    Composability,
+    SweepData,
+    common_interval,
+    composability,
+    load_sweep,
+)
 from lmcompose.errors import DataError
-from lmcompose.report import Table, fmt_mean_std, order_text
-from lmcompose.results import RESULTS_FILE, read_rows
+from lmcompose.report import Table, fmt_mean_std, interval_text, order_text
+from lmcompose.results import (
+    RESULTS_FILE,
+    read_rows,
+    read_rows_checked,
+    replace_atomic,
+    write_text_atomic,
+)
 
 REPORT_FILE = "report.md"
 TABLE_FILE = "rows.csv"
@@ -52,6 +66,7 @@ class StudyData:
     families: dict[str, str]  # entry -> family
     editors: dict[str, str | None]  # entry -> editor label
     dense: dict[tuple[str, str | None, int], dict[str, Any]]  # (dataset, editor step name, replicate) -> dense edit row
+    notes: list[str] = field(default_factory=list)  # lines skipped, conflicting duplicates, NaN metrics
 
 
 @dataclass
@@ -77,10 +92,10 @@ def load_study_rows(source: str | Path | Sequence[Mapping[str, Any]]) -> StudyDa
         path = path / RESULTS_FILE if path.is_dir() else path
         if not path.exists():
             raise DataError(f"{path} does not exist: give a study's run folder (the one holding results.jsonl)")
-        rows = read_rows(path)
+        rows, problems = read_rows_checked(path)
         where = str(path)
     else:
-        rows, where = [dict(r) for r in source], "the rows given"
+        rows, where, problems = [dict(r) for r in source], "the rows given", []
     rows = [r for r in rows if r.get("study") is not None]
     if not rows:
         raise DataError(f"{where} holds no study rows: give the --out folder of `lmcompose study`")
@@ -102,8 +117,9 @@ def load_study_rows(source: str | Path | Sequence[Mapping[str, Any]]) -> StudyDa
             dense.setdefault((r["dataset"], step.get("name"), int(r["replicate"])), r)
     families = {r["entry"]: r.get("family") or "other" for r in rows}
     editors = {r["entry"]: r.get("editor") for r in rows}
+    notes = problems + [f"{e} on {d}: {n}" for (e, d), sw in sweeps.items() for n in sw.notes]
     return StudyData(rows, ids[0], rows[0]["study"], rows[0].get("model", ""), entries, datasets, sweeps, families,
-                     editors, dense)
+                     editors, dense, notes)
 
 
 def _editor_step(data: StudyData, entry: str) -> str | None:
@@ -117,7 +133,9 @@ def _editor_step(data: StudyData, entry: str) -> str | None:
     return None
 
 
-def table1(data: StudyData, comps: Mapping[tuple[str, str], Composability]) -> Table:
+def table1(data: StudyData, comps: Mapping[tuple[str, str], Composability], title: str | None = None,
+           caption: str = "") -> Table:
+    """A / P per (compressor, dataset) and criterion, with the axis and interval of each."""
     present = [c for c in CRITERIA if any(c in comp.criteria for comp in comps.values())]
     rows = []
     for (entry, ds), comp in comps.items():
@@ -130,12 +148,30 @@ def table1(data: StudyData, comps: Mapping[tuple[str, str], Composability]) -> T
             n = len(c.replicates)
             cells.append(f"{fmt_mean_std(c.A_mean, c.A_std, n, 3)} / {fmt_mean_std(c.P_mean, c.P_std, n, 3)}")
         n_reps = max((len(c.replicates) for c in comp.criteria.values()), default=0)
-        rows.append([*cells, str(n_reps)])
-    return Table("Table 1: composability A / P per compressor and dataset",
-                 ["compressor", "dataset", *[METRIC_LABELS.get(c, c).split(" (")[0] for c in present], "replicates"], rows,
-                 "Each cell: A / P (mean ± sample std over replicates). A: area between the best and the worst order "
-                 "(0 = the order does not matter); P: 1 − area under the best order (0 = nothing lost). x = the "
-                 "compressor's normalized strength over its own grid (docs/sweeps.md).")
+        rows.append([*cells, f"{comp.x_axis} {interval_text(comp)}", str(n_reps)])
+    return Table(title or "Table 1: composability A / P per compressor and dataset",
+                 ["compressor", "dataset", *[METRIC_LABELS.get(c, c).split(" (")[0] for c in present], "x interval", "replicates"],
+                 rows, caption or (
+                     "Each cell: A / P (mean ± sample std over replicates), integrated over each row's own x interval. "
+                     "A: area between the best and the worst order (0 = the order does not matter); P: area between the "
+                     "best order and 1 (0 = nothing lost). x: " + "; ".join(
+                         sorted({AXIS_LABELS[c.x_axis] for c in comps.values()})) + " (docs/sweeps.md)."))
+
+
+def single_strength_table(data: StudyData, comps: Mapping[tuple[str, str], Composability]) -> Table:
+    """OI and MCE of the entries with one strength (A and P need two)."""
+    rows = []
+    for (entry, ds), comp in comps.items():
+        for name in CRITERIA:
+            c = comp.criteria.get(name)
+            if c is None:
+                continue
+            n = len(c.replicates)
+            oi, oi_s = c.per_strength(0, "OI")
+            mce, mce_s = c.per_strength(0, "MCE")
+            rows.append([entry, ds, name, str(comp.values[0]), fmt_mean_std(oi, oi_s, n, 3), fmt_mean_std(mce, mce_s, n, 3)])
+    return Table("One strength: order interference (OI) and MCE", ["compressor", "dataset", "criterion", "strength", "OI", "MCE"],
+                 rows, "A and P need two strengths or more; at one strength, OI = best − worst order and MCE = 1 − best order.")
 
 
 def final_metrics_table(data: StudyData, entry: str, ds: str) -> Table:
@@ -160,22 +196,38 @@ def _mean_text(rows: Sequence[Mapping[str, Any]], key: str) -> str:
     return f"{m:.2f}" if key == "perplexity" else f"{m:.4f}"
 
 
-def build_study_report(run_dir: str | Path | StudyData) -> StudyReport:
+def build_study_report(run_dir: str | Path | StudyData, axis: str | None = None) -> StudyReport:
+    """Table 1 and the rest on ``axis`` (default: compression where average bits change,
+    else strength, per compressor)."""
+    from lmcompose.report import check_axes
+
+    check_axes([axis] if axis else None)
     data = run_dir if isinstance(run_dir, StudyData) else load_study_rows(run_dir)
     comps: dict[tuple[str, str], Composability] = {}
-    notes: list[str] = []
+    notes: list[str] = list(data.notes)
     for key, sweep in data.sweeps.items():
         if not sweep.complete:
             notes.append(f"{key[0]} on {key[1]} is not complete: A/P use the replicates whose cells are all finished")
         try:
-            c = composability(sweep)
+            c = composability(sweep, x=axis)
         except DataError as exc:
             notes.append(f"{key[0]} on {key[1]}: {exc}")
             continue
         if c.criteria:
             comps[key] = c
             notes.extend(f"{key[0]} on {key[1]}: {n}" for n in c.notes)
-    tables = [table1(data, comps)] + [final_metrics_table(data, e, d) for (e, d) in data.sweeps]
+    multi = {k: c for k, c in comps.items() if not c.single}
+    tables = [table1(data, multi)]
+    for ds in data.datasets:
+        shared, interval = common_interval({k: c for k, c in multi.items() if k[1] == ds})
+        if interval is not None:
+            tables.append(table1(data, shared, f"Table 1 on the common interval: {ds}", (
+                f"Every compressor on {ds} interpolated onto x in [{interval[0]:.4g}, {interval[1]:.4g}], where all of them "
+                "have data, so the rows compare like with like (docs/sweeps.md).")))
+    single = {k: c for k, c in comps.items() if c.single}
+    if single:
+        tables.append(single_strength_table(data, single))
+    tables += [final_metrics_table(data, e, d) for (e, d) in data.sweeps]
     return StudyReport(data, comps, tables, notes)
 
 
@@ -207,13 +259,13 @@ def write_flat_table(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Every row as one CSV line (nested fields as JSON text), columns in first-seen order."""
     flat = [_flat(r) for r in rows]
     columns = list(dict.fromkeys(k for r in flat for k in r))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(flat)
-    tmp.replace(path)
-    return path
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(flat)
+
+    return replace_atomic(path, write)
 
 
 # --------------------------------------------------------------------------------------
@@ -269,7 +321,7 @@ def _scorer(data: StudyData, key: str) -> str:
 
 
 def plot_family(data: StudyData, family: str, path: Path) -> Path | None:
-    from lmcompose.plots import _plt
+    from lmcompose.plots import _plt, save_figure
 
     entries = [e for e in data.entries if data.families.get(e) == family]
     keys = [k for k in FIGURE_METRICS if any(r.get(k) is not None for r in data.rows)]
@@ -311,14 +363,13 @@ def plot_family(data: StudyData, family: str, path: Path) -> Path | None:
                 ax.legend(fontsize=7)
     fig.suptitle(f"{data.model}: {family} — final model after both orders (mean ± std over replicates)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
 def plot_nll_decay(data: StudyData, path: Path) -> Path | None:
     """Figure 5: Δ edit NLL against Δ general NLL from the dense edited model, per compressor."""
-    from lmcompose.plots import _plt
+    from lmcompose.plots import _plt, save_figure
 
     entries = [e for e in data.entries if _editor_step(data, e) is not None]
     if not entries or not any(r.get("edit_nll") is not None and r.get("general_nll") is not None for r in data.rows):
@@ -365,8 +416,7 @@ def plot_nll_decay(data: StudyData, path: Path) -> Path | None:
         ax.axis("off")
     fig.suptitle(f"{data.model}: NLL rise from the dense edited model, one point per strength (Fig. 5)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -375,11 +425,11 @@ def plot_nll_decay(data: StudyData, path: Path) -> Path | None:
 # --------------------------------------------------------------------------------------
 
 
-def write_study_report(run_dir: str | Path, plots: bool = True) -> StudyReport:
+def write_study_report(run_dir: str | Path, plots: bool = True, axis: str | None = None) -> StudyReport:
     """Build the study's report from ``run_dir/results.jsonl`` and write report.md,
     rows.csv and plots/ there."""
     run_dir = Path(run_dir)
-    report = build_study_report(run_dir)
+    report = build_study_report(run_dir, axis)
     data = report.data
     report.table_path = write_flat_table(data.rows, run_dir / TABLE_FILE)
     if plots:
@@ -392,7 +442,7 @@ def write_study_report(run_dir: str | Path, plots: bool = True) -> StudyReport:
         p = plot_nll_decay(data, pdir / "fig5_nll.png")
         if p is not None:
             report.plots.append(p)
-    (run_dir / REPORT_FILE).write_text(render_study_markdown(report, run_dir), encoding="utf-8")
+    write_text_atomic(run_dir / REPORT_FILE, render_study_markdown(report, run_dir))
     report.path = run_dir / REPORT_FILE
     return report
 
@@ -433,7 +483,7 @@ def render_study_markdown(report: StudyReport, run_dir: Path | None = None) -> s
     ]
     for n in report.notes:
         lines += [f"> note: {n}", ""]
-    lines += [report.tables[0].markdown()]
+    lines += [t.markdown() for t in report.tables if not t.title.endswith("final model per order and strength")]
     if report.plots:
         lines += ["## Figures", ""]
         for p in report.plots:
@@ -444,5 +494,5 @@ def render_study_markdown(report: StudyReport, run_dir: Path | None = None) -> s
                        "per compressor and order, ± std over replicates; strength 0 is the dense edited model.")
             lines += [f"![{p.stem}]({rel.as_posix()})", "", caption, ""]
     lines += ["## Final models", ""]
-    lines += [t.markdown() for t in report.tables[1:]]
+    lines += [t.markdown() for t in report.tables if t.title.endswith("final model per order and strength")]
     return "\n".join(lines).rstrip() + "\n"

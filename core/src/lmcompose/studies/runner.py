@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lmcompose.api import Context, EditRecord, Metric, Progress
+from lmcompose.composability import row_numbers
 from lmcompose.engine.plan import Group, Plan, PlanCounts
 from lmcompose.engine.progress import ProgressEvent, StateProgress
 from lmcompose.engine.ray_executor import TaskFailure
@@ -86,7 +87,7 @@ class StudyWork:
         return study.plan(), lm, ctx, metrics, edits, {"snapshots": study.snapshots, "topk": study.topk}
 
     def inputs(self, lm: Any, edits: Mapping[Group, list[EditRecord]]) -> dict[str, Any]:
-        from lmcompose.sweep import run_inputs
+        from lmcompose.engine.run_folder import run_inputs
 
         return run_inputs(lm, edits)
 
@@ -140,7 +141,7 @@ def run_study(
     :class:`ProgressEvent` after every model state. The report (Table 1, figures, flat table)
     is written when the run leaves the study complete.
     """
-    from lmcompose.compose import versions
+    from lmcompose.engine.run_folder import versions
 
     if not isinstance(study, Study):
         study = load_study(study)
@@ -160,6 +161,10 @@ def run_study(
     if gpus > 0 and not str(study.device).startswith("cuda"):
         raise UsageError(f"--gpus-per-task {gpus:g} asks for GPUs but the study runs on device {study.device!r}; "
                          "set device: cuda (or --device cuda)")
+    if executor == "local":
+        from lmcompose.models.loading import resolve_device
+
+        resolve_device(study.device)  # before anything is written
     progress = progress or Progress()
     out_dir = Path(out) if out is not None else default_out(study)
     plan = study.plan()
@@ -201,9 +206,9 @@ def _run_local(study: Study, plan: Plan, folder: RunFolder, only: set[str] | Non
                outcome: _Outcome) -> None:
     """This process: load the model, record the inputs, walk the needed part of the plan."""
     from lmcompose.engine.executor import Executor
+    from lmcompose.engine.run_folder import run_inputs
     from lmcompose.engine.threads import threads_for
     from lmcompose.models.loading import load_model
-    from lmcompose.sweep import run_inputs
 
     with threads_for(threads):
         ctx = study_context(study, progress)
@@ -297,7 +302,7 @@ def merge_studies(sources: Sequence[str | Path], out: str | Path, *, report: boo
                     continue
                 key = (row_cell_id(row), int(row["position"]))
                 if key in have:
-                    if _numbers(have[key]) != _numbers(row):
+                    if row_numbers(have[key]) != row_numbers(row):
                         raise DataError(f"{path}: cell {key[0]} position {key[1]} disagrees with another shard's row "
                                         "(the shards did not run the same study): nothing more was merged")
                     continue
@@ -312,13 +317,6 @@ def merge_studies(sources: Sequence[str | Path], out: str | Path, *, report: boo
 
         rep = write_study_report(out, plots=plots)
     return added, missing, rep
-
-
-_NOT_NUMBERS = {"timestamp", "elapsed_s", "eval_s", "notes", "shared_by_cells"}
-
-
-def _numbers(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k not in _NOT_NUMBERS}
 
 
 def _study_mapping(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from lmcompose.api import EditRecord, config_fields
-from lmcompose.engine.plan import Cell, Group, Plan, PlanCounts
+from lmcompose.engine.plan import Cell, Group, Plan, PlanCounts, check_cell_count
 from lmcompose.engine.policy import EDIT_KIND, POLICIES
-from lmcompose.errors import ConfigError, UsageError
+from lmcompose.errors import ConfigError, UsageError, describe_value
 from lmcompose.steps import StepSpec, build_intervention, build_metrics, parse_step
 from lmcompose.sweep import Vary, make_vary, parse_orders, sweep_cells
 
@@ -54,26 +54,12 @@ def _unknown(path: str, what: str, name: Any, choices: Sequence[str], owner: str
     return _fail(path, f"unknown {what} {name!r}{hint}; {valid}: {', '.join(choices)}")
 
 
-def _kind_of(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    if value is None:
-        return "empty"
-    return f"{type(value).__name__} {value!r}"
-
-
 def _mapping(value: Any, path: str, example: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise _fail(path, f"expected a mapping, e.g. {example}; got {_kind_of(value)}")
+        raise _fail(path, f"expected a mapping, e.g. {example}; got {describe_value(value)}")
     for k in value:
         if not isinstance(k, str):
-            raise _fail(path, f"keys must be names; got {_kind_of(k)}")
+            raise _fail(path, f"keys must be names; got {describe_value(k)}")
     return value
 
 
@@ -85,7 +71,7 @@ def _keys(value: Mapping[str, Any], path: str, allowed: Sequence[str]) -> None:
 
 def _list(value: Any, path: str, example: str, nonempty: bool = True) -> list[Any]:
     if not isinstance(value, list):
-        raise _fail(path, f"expected a list, e.g. {example}; got {_kind_of(value)}")
+        raise _fail(path, f"expected a list, e.g. {example}; got {describe_value(value)}")
     if nonempty and not value:
         raise _fail(path, f"the list is empty; give at least one item, e.g. {example}")
     return value
@@ -93,13 +79,13 @@ def _list(value: Any, path: str, example: str, nonempty: bool = True) -> list[An
 
 def _string(value: Any, path: str, example: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise _fail(path, f"expected a name, e.g. {example}; got {_kind_of(value)}")
+        raise _fail(path, f"expected a name, e.g. {example}; got {describe_value(value)}")
     return value.strip()
 
 
 def _integer(value: Any, path: str, minimum: int, example: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(path, f"expected a whole number >= {minimum}, e.g. {example}; got {_kind_of(value)}")
+        raise _fail(path, f"expected a whole number >= {minimum}, e.g. {example}; got {describe_value(value)}")
     if value < minimum:
         raise _fail(path, f"{value} is below {minimum}; give a whole number >= {minimum}, e.g. {example}")
     return value
@@ -107,7 +93,7 @@ def _integer(value: Any, path: str, minimum: int, example: str) -> int:
 
 def _number(value: Any, path: str, minimum: float, example: str, strict: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise _fail(path, f"expected a number, e.g. {example}; got {_kind_of(value)}")
+        raise _fail(path, f"expected a number, e.g. {example}; got {describe_value(value)}")
     if value < minimum or (strict and value == minimum):
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
         raise _fail(path, f"{value!r} is out of range; give a number {bound}, e.g. {example}")
@@ -117,7 +103,7 @@ def _number(value: Any, path: str, minimum: float, example: str, strict: bool = 
 def _step(value: Any, path: str) -> StepSpec:
     """A step as in a sweep (``name:field=value`` or a mapping), built to check it."""
     if isinstance(value, list | tuple):
-        raise _fail(path, f"expected one step, e.g. 'wanda:sparsity=0.5'; got {_kind_of(value)}")
+        raise _fail(path, f"expected one step, e.g. 'wanda:sparsity=0.5'; got {describe_value(value)}")
     try:
         spec = parse_step(value)
         build_intervention(spec)
@@ -195,6 +181,7 @@ class Study:
         editors = _editors(data.get("editors", []))
         entries = _entries(data["compressors"], editors, data.get("orders", "all"))
         replicates = _integer(data.get("replicates", 1), "replicates", 1, "2")
+        check_cell_count(replicates * len(datasets) * sum(len(e.orders) * len(e.vary.values) for e in entries), "replicates")
         edits = None if data.get("edits") is None else _integer(data["edits"], "edits", 1, "50")
         if edits is None and editors:
             raise _fail("edits", "missing; the editors need the number of edit requests per replicate, e.g. edits: 50")
@@ -214,20 +201,26 @@ class Study:
             raise _fail("metrics" if metrics else "metric_options", str(exc)) from None
         policy = data.get("policy", "project")
         if policy not in POLICIES:
-            raise _fail("policy", f"{_kind_of(policy)} is not one of {', '.join(POLICIES)}")
+            raise _fail("policy", f"{describe_value(policy)} is not one of {', '.join(POLICIES)}")
         snapshots = data.get("snapshots", "memory")
         if snapshots not in ("memory", "disk"):
-            raise _fail("snapshots", f"{_kind_of(snapshots)} is not one of memory, disk")
+            raise _fail("snapshots", f"{describe_value(snapshots)} is not one of memory, disk")
         topk = _integer(data.get("topk", 5), "topk", 0, "5")
         device = _string(data.get("device", "cpu"), "device", "cpu")
+        from lmcompose.models.loading import check_device_name
+
+        try:
+            check_device_name(device)
+        except UsageError as exc:
+            raise _fail("device", str(exc)) from None
         from lmcompose.models.loading import DTYPES
 
         dtype = data.get("dtype", "float32")
         if dtype not in DTYPES:
-            raise _fail("dtype", f"{_kind_of(dtype)} is not one of {', '.join(DTYPES)}")
+            raise _fail("dtype", f"{describe_value(dtype)} is not one of {', '.join(DTYPES)}")
         skip_invalid = data.get("skip_invalid", False)
         if not isinstance(skip_invalid, bool):
-            raise _fail("skip_invalid", f"expected true or false; got {_kind_of(skip_invalid)}")
+            raise _fail("skip_invalid", f"expected true or false; got {describe_value(skip_invalid)}")
         resources = {}
         raw_res = _mapping(data.get("resources", {}), "resources", "{cpus_per_task: 1, gpus_per_task: 0.25}")
         _keys(raw_res, "resources", RESOURCE_KEYS)
@@ -417,7 +410,7 @@ def _vary_one(value: Any, path: str, steps: list[StepSpec], composite: bool) -> 
     items = _list(values, vpath, f"[{', '.join(['0.25', '0.5'])}]")
     for j, v in enumerate(items):
         if isinstance(v, list | tuple | Mapping) or v is None:
-            raise _fail(f"{vpath}[{j}]", f"expected one value; got {_kind_of(v)}")
+            raise _fail(f"{vpath}[{j}]", f"expected one value; got {describe_value(v)}")
     try:
         return make_vary(steps, index, field_name, items, vpath)
     except UsageError as exc:

@@ -1,0 +1,601 @@
+"""Reliability: a resumed, shared or interrupted run never mixes data; every bad input is one
+message; downloads and model folders are trusted only when they should be.
+
+One test (or a parametrized table) per class of problem: inputs that change under a resume,
+two processes on one folder, the download cache, config shapes, prompts beyond the model's
+positions, non-finite values, tracebacks turned into messages, remote code, and the small
+surprises (each rejected). The soak test and the fuzz tests are at the end.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lmcompose import Intervention, hookimpl
+from lmcompose.api import EditRecord
+from lmcompose.compose import RunSettings, compose, load_edits
+from lmcompose.engine import RunFolder
+from lmcompose.errors import ConfigError, DataError, LMComposeError, ModelLoadError, UsageError
+from lmcompose.models.tiny import tiny_model
+from lmcompose.results import read_rows
+from lmcompose.sweep import sweep
+from lmcompose_cli.main import app
+from typer.testing import CliRunner
+
+FAST = ["--ppl-tokens", "128", "--ppl-seqlen", "64", "--metrics", "perplexity,avg_bits"]
+
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "300", **(env or {})})
+
+
+def one_message(res, code=2):
+    assert res.exit_code == code, res.output
+    assert "Traceback" not in res.output, res.output
+    return res.output
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny") / "llama"
+    tiny_model("llama").save(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# silent wrong data
+# --------------------------------------------------------------------------------------
+
+
+def _wikitext(folder: Path, text: str) -> Path:
+    (folder / "wikitext-2-raw").mkdir(parents=True)
+    for name in ("wiki.test.raw", "wiki.train.raw", "wiki.valid.raw"):
+        (folder / "wikitext-2-raw" / name).write_text(text)
+    return folder
+
+
+def test_a_resume_onto_other_text_or_other_weights_is_refused(tiny_folder, tmp_path, monkeypatch):
+    def swept(model, out):
+        return invoke("sweep", model, "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,4", "--out", out,
+                      "--no-plots", *FAST)
+
+    data = _wikitext(tmp_path / "data", " = Valkyria = \n\n" + "The game is a tactical role playing game .\n" * 400)
+    monkeypatch.setenv("LMCOMPOSE_DATA_DIR", str(data))
+    assert swept(tiny_folder, tmp_path / "run").exit_code == 0
+    monkeypatch.delenv("LMCOMPOSE_DATA_DIR")
+    out = one_message(swept(tiny_folder, tmp_path / "run"))  # the resume would read the bundled sample text
+    assert "inputs of run" in out and "corpora" in out and "bundled:sample_text.txt" in out
+    monkeypatch.setenv("LMCOMPOSE_DATA_DIR", str(data))
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_folder, other)
+    assert swept(other, tmp_path / "run2").exit_code == 0
+    tiny_model("llama", seed=1).model.save_pretrained(other)  # the folder's weights change between runs
+    out = one_message(swept(other, tmp_path / "run2"))
+    assert "model_fingerprint" in out and "would mix data" in out
+
+
+def test_a_second_process_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from lmcompose.engine import RunFolder; "
+         f"f = RunFolder({str(tmp_path)!r}, 'r1', 'sweep').open(); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UsageError, match=rf"in use by another lmcompose process \(pid {holder.pid}\)"):
+            RunFolder(tmp_path, "r1", "sweep").open()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with RunFolder(tmp_path, "r1", "sweep") as folder:  # the dead process's lock is gone with it
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+        assert folder.done() == set()
+
+
+def test_two_identical_sweeps_started_together_write_each_row_once(tiny_folder, tmp_path):
+    cmd = [sys.executable, "-m", "lmcompose_cli.main", "sweep", str(tiny_folder), "magnitude", "rtn:group_size=32",
+           "--vary", "rtn.bits=8,4", "--out", str(tmp_path / "run"), "--no-plots", *FAST]
+    from lmcompose.engine.run_folder import LOCK_FILE
+
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lock = tmp_path / "run" / LOCK_FILE
+    deadline = time.time() + 120
+    while first.poll() is None and time.time() < deadline:  # the second starts once the first holds the folder
+        if lock.exists() and lock.read_text().strip() == str(first.pid):
+            break
+        time.sleep(0.05)
+    procs = [first, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    # the second is refused while the first holds the folder; on a slow machine the first may
+    # finish before the second starts, which then resumes with nothing to do. Never both writing.
+    assert codes in ([0, 2], [0, 0]), outs
+    if codes == [0, 2]:
+        assert any("in use by another lmcompose process" in o for o in outs)
+    rows = read_rows(tmp_path / "run" / "results.jsonl")
+    assert len({(r["cell"], r["position"]) for r in rows}) == len(rows) == 12
+
+
+class _Server(BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+
+    def do_GET(self):  # noqa: N802
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        short = self.path.startswith("/short/")
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body) * (2 if short else 1)))
+        self.end_headers()
+        self.wfile.write(body)  # a server that closes early sends half of what it announced
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(monkeypatch, tmp_path):
+    monkeypatch.setenv("LMCOMPOSE_CACHE_DIR", str(tmp_path / "cache"))
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Server)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}", _Server.files
+    finally:
+        srv.shutdown()
+        _Server.files.clear()
+
+
+def _records(subject: str) -> bytes:
+    rec = {"case_id": subject, "requested_rewrite": {"prompt": "{} is located in", "subject": subject,
+                                                     "target_new": {"str": "Rome"}, "target_true": {"str": "Paris"}},
+           "paraphrase_prompts": [f"Where is {subject}? It is in"], "neighborhood_prompts": ["The Louvre is in"]}
+    return json.dumps([rec]).encode()
+
+
+def test_the_download_cache_is_keyed_by_the_whole_url_and_never_keeps_a_short_body(server, tmp_path):
+    import hashlib
+
+    base, files = server
+    files["/a/edits.json"] = _records("Eiffel Tower")
+    files["/b/edits.json"] = _records("Big Ben")
+    a = load_edits("counterfact", f"{base}/a/edits.json", seed=None)
+    b = load_edits("counterfact", f"{base}/b/edits.json", seed=None)
+    assert (a[0].subject, b[0].subject) == ("Eiffel Tower", "Big Ben")
+    files["/short/edits.json"] = _records("Colosseum")
+    with pytest.raises(DataError, match=r"stopped after .* bytes; nothing was cached"):
+        load_edits("counterfact", f"{base}/short/edits.json")
+    from lmcompose.edit_data import download_cache_path
+
+    cache = tmp_path / "cache" / "datasets" / "counterfact"
+    assert not download_cache_path(cache, f"{base}/short/edits.json").exists()
+    assert download_cache_path(cache, f"{base}/a/edits.json").exists()
+    assert not list(cache.glob(".download-*"))
+    good = hashlib.sha256(files["/a/edits.json"]).hexdigest()
+    assert load_edits("counterfact", f"{base}/a/edits.json#sha256={good}", seed=None)[0].subject == "Eiffel Tower"
+    files["/c/edits.json"] = _records("Acropolis")
+    with pytest.raises(DataError, match="expected " + "0" * 64):
+        load_edits("counterfact", f"{base}/c/edits.json#sha256={'0' * 64}")
+    with pytest.raises(DataError, match="sha256=<64 hex digits>"):
+        load_edits("counterfact", f"{base}/c/edits.json#md5=abc")
+    cached = next(p for p in cache.iterdir() if p.name.endswith("-edits.json") and b"Eiffel" in p.read_bytes())
+    cached.write_bytes(cached.read_bytes()[:-5])  # damaged on disk
+    with pytest.raises(DataError, match=r"does not match its checksum .*; delete .* to download it again"):
+        load_edits("counterfact", f"{base}/a/edits.json")
+
+
+@pytest.mark.parametrize("data,match", [
+    ({"steps": {"magnitude": {"sparsity": 0.9}}}, r"steps: expected a list of steps"),
+    ({"steps": 5}, r"steps: expected a list of steps.*got int 5"),
+    ({"metrics": 5}, r"metrics: expected a list of metric names.*got int 5"),
+    ({"metrics": ""}, r"metrics: empty"),
+    ({"metric_options": "x"}, r"metric_options: expected a mapping"),
+    ({"model": ["a", "b"]}, r"model: expected a model name.*got a list"),
+    ({"out": {"a": 1}}, r"out: expected a name or path; got a mapping"),
+    ({"edits": True}, r"edits: expected a whole number.*got the boolean true"),
+    ({"skip_invalid": "maybe"}, r"skip_invalid: expected true or false; got the string 'maybe'"),
+    ({"device": 0}, r"device: expected a device name"),
+    ({"seed": 1.5}, r"seed: expected a whole number"),
+])
+def test_a_setting_of_the_wrong_shape_is_one_message(tmp_path, data, match):
+    cfg = {"model": "smollm2-135m", "steps": ["magnitude:sparsity=0.5"], **data}
+    with pytest.raises(ConfigError, match=match):
+        RunSettings.from_mapping(cfg, where="c.yaml").validate()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    for args in (["validate", path], ["run", "-c", path, "--out", tmp_path / "run"]):
+        out = one_message(invoke(*args))
+        assert "error:" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_record_field_of_the_wrong_shape_is_one_message(tmp_path):
+    bad = {"case_id": "x", "subject": "Rome", "prompt": "Rome is in", "target_new": "Spain", "rephrases": "Rome lies in"}
+    path = tmp_path / "edits.jsonl"
+    path.write_text(json.dumps(bad) + "\n")
+    with pytest.raises(DataError, match=r"rephrases must be a list, got str"):
+        load_edits("records", path)
+    bad["rephrases"], bad["locality"] = [], [{"question": "q"}]
+    path.write_text(json.dumps(bad) + "\n")
+    with pytest.raises(DataError, match="locality items are"):
+        load_edits("records", path)
+
+
+# --------------------------------------------------------------------------------------
+# beyond the model's positions
+# --------------------------------------------------------------------------------------
+
+
+def test_a_prompt_beyond_the_models_positions_is_refused_before_any_work(tmp_path):
+    long = EditRecord("long", "Rome", "Rome " + "is a city that " * 200 + "lies in", "Spain")
+    for arch in ("llama", "gpt2"):
+        with pytest.raises(DataError, match=r"edit request 'long'.*tokens, beyond the model's 256 positions"):
+            compose(tiny_model(arch), ["magnitude"], edits=[long], metrics=["edit"], out=tmp_path / arch)
+        assert read_rows(tmp_path / arch / "results.jsonl") == []
+
+
+def test_calibration_windows_longer_than_the_model_are_cut_with_a_note():
+    from lmcompose.api import Context
+
+    for arch in ("llama", "gpt2"):
+        ctx = Context(calibration_samples=2, calibration_seqlen=1024)
+        rows = compose(tiny_model(arch), ["wanda:sparsity=0.5"], metrics=["avg_bits"], ctx=ctx)
+        assert rows[1]["step_details"]["calibration_seqlen"] == 256
+        assert any("longer than the model's 256 positions: cut to 256" in n for n in ctx.notes)
+
+
+# --------------------------------------------------------------------------------------
+# non-finite values
+# --------------------------------------------------------------------------------------
+
+
+class Poison(Intervention):
+    """Sets one weight to NaN (a step gone wrong)."""
+
+    name = "poison"
+    kind = "edit"
+
+    def apply(self, lm, ctx):
+        with torch.no_grad():
+            lm.weight(lm.linear_layers()[0][0])[0, 0] = float("nan")
+        return self.report(loss=float("nan"))
+
+
+class Explode(Intervention):
+    """A plugin step with a bug."""
+
+    name = "explode"
+    kind = "prune"
+
+    def apply(self, lm, ctx):
+        raise RuntimeError("index out of bounds in my kernel")
+
+
+class _BuggyPlugin:
+    @hookimpl
+    def register_interventions(self, register):
+        register(Explode, name="explode")
+
+
+def test_non_finite_weights_and_metrics_are_flagged_and_never_averaged(tmp_path):
+    edits = load_edits("records", limit=2)
+    rows = compose(tiny_model("llama"), ["magnitude", Poison()], edits=edits, metrics=["perplexity", "edit"], out=tmp_path,
+                   metric_options={"perplexity": {"seqlen": 64, "max_tokens": 128}})
+    last = rows[-1]
+    assert any("non-finite weights" in w for w in last["warnings"]) and any("non-finite loss" in w for w in last["warnings"])
+    assert last["nonfinite"]["perplexity"] == "nan" and last["perplexity"] is None
+    from lmcompose.composability import normalized_criterion
+
+    assert normalized_criterion("perplexity", last, rows[0]) is None  # unknown, not "worst"
+
+
+def test_the_report_notes_conflicting_duplicates_bad_lines_and_nan(tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    assert invoke("sweep", tiny_folder, "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,4", "--out", out,
+                  "--no-plots", *FAST).exit_code == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    dup = json.loads(lines[3])
+    dup["perplexity"] = 1.0
+    nan = json.loads(lines[5])
+    nan["perplexity"], nan["nonfinite"] = None, {"perplexity": "nan"}
+    lines[5] = json.dumps(nan)
+    lines.insert(4, "[1, 2, 3]")
+    lines.insert(2, '{"torn": ')
+    lines.append(json.dumps(dup))
+    (out / "results.jsonl").write_text("\n".join(lines) + "\n")
+    res = invoke("report", out, "--no-plots")
+    text = one_message(res, 0) + (out / "report.md").read_text()
+    assert "has two rows that disagree; the first is used" in text
+    assert "line 3 is not valid JSON and was skipped" in text and "line 6 is not a JSON object" in text
+    assert "perplexity NaN (flagged, not averaged in)" in text
+
+
+# --------------------------------------------------------------------------------------
+# tracebacks become one message
+# --------------------------------------------------------------------------------------
+
+
+def _corrupt(folder: Path, how: str) -> Path:
+    target = folder.parent / f"model-{how}"
+    shutil.copytree(folder, target)
+    weights = target / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if how == "truncated" else b"\x00garbage" * 100)
+    return target
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage"])
+def test_a_damaged_safetensors_file_is_one_message(tiny_folder, how):
+    out = one_message(invoke("run", _corrupt(tiny_folder, how), "magnitude", *FAST))
+    assert "could not load model" in out and "truncated or corrupt" in out
+
+
+@pytest.mark.parametrize("args,match", [
+    (["rtn:bits=nan"], r"'nan' is not an integer"),
+    (["rtn:bits=inf"], r"'inf' is not an integer"),
+    (["magnitude:sparsity=nan"], r"sparsity"),
+    (["magnitude", "--device", "tpu"], r"--device 'tpu' is not a device lmcompose can run on"),
+    (["magnitude", "--device", "cuda:x"], r"is not a device lmcompose can run on"),
+    (["magnitude", "--ppl-tokens", "0"], r"--ppl-tokens 0: give a positive number of tokens, or 'all'"),
+    (["magnitude", "--metrics", ""], r"--metrics '' names no metric"),
+])
+def test_bad_flags_are_one_message(tiny_folder, tmp_path, args, match):
+    out = one_message(invoke("run", tiny_folder, *args, "--out", tmp_path / "run"))
+    import re
+
+    assert re.search(match, out), out
+    assert not (tmp_path / "run" / "results.jsonl").exists()
+
+
+def test_a_cuda_device_on_a_cpu_build_is_one_message(tiny_folder, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    out = one_message(invoke("run", tiny_folder, "magnitude", "--device", "cuda:7", *FAST))
+    assert "--device cuda:7: this torch" in out and "use --device cpu" in out
+
+
+def test_a_binary_dataset_file_is_one_message(tiny_folder, tmp_path):
+    blob = tmp_path / "edits.json"
+    blob.write_bytes(bytes(range(256)) * 10)
+    out = one_message(invoke("run", tiny_folder, "magnitude", "--dataset", "counterfact", "--dataset-source", blob, *FAST))
+    assert "is not text" in out
+
+
+def test_a_read_only_out_folder_is_one_message(tiny_folder, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    out = one_message(invoke("run", tiny_folder, "magnitude", "--out", ro / "run", *FAST))
+    assert "choose a writable --out" in out
+
+
+def test_an_out_folder_that_cannot_be_created_is_one_message(tiny_folder, tmp_path):
+    (tmp_path / "file").write_text("x")
+    out = one_message(invoke("run", tiny_folder, "magnitude", "--out", tmp_path / "file" / "run", *FAST))
+    assert "cannot create the run folder" in out
+
+
+def test_a_failing_plugin_step_names_the_plugin_and_debug_shows_the_traceback(register, tiny_folder, tmp_path):
+    register(_BuggyPlugin(), "buggy", "lmcompose-buggy")
+    out = one_message(invoke("run", tiny_folder, "explode", *FAST), code=1)
+    assert "step 'explode' (from lmcompose-buggy) failed" in out and "index out of bounds in my kernel" in out
+    res = invoke("--debug", "run", tiny_folder, "explode", *FAST)
+    assert res.exit_code == 1 and "Traceback" in res.output and "RuntimeError" in res.output
+
+
+def test_a_full_disk_while_writing_snapshots_is_one_message_and_leaves_nothing(tiny_folder, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    real = safetensors.torch.save_model
+    calls = {"n": 0}
+
+    def full(model, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real(model, path, *a, **k)
+
+    monkeypatch.setattr(safetensors.torch, "save_model", full)
+    args = ["sweep", tiny_folder, "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,4,3", "--snapshots", "disk",
+            "--out", tmp_path / "run", "--no-plots", *FAST]
+    out = one_message(invoke(*args), code=1)
+    assert "cannot write a model snapshot" in out and "No space left on device" in out
+    assert not (tmp_path / "run" / ".snapshots").exists()
+    monkeypatch.setattr(safetensors.torch, "save_model", real)
+    assert invoke(*args).exit_code == 0  # a later resume finishes, and cleans up after itself
+    assert not (tmp_path / "run" / ".snapshots").exists()
+    assert len(read_rows(tmp_path / "run" / "results.jsonl")) == 2 * 3 * 3
+
+
+def test_stale_snapshots_of_a_killed_process_are_removed(tiny_folder, tmp_path):
+    stale = tmp_path / "run" / ".snapshots" / "snapshot-7"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"x" * 100)
+    assert invoke("sweep", tiny_folder, "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,4", "--snapshots", "disk",
+                  "--out", tmp_path / "run", "--no-plots", *FAST).exit_code == 0
+    assert not (tmp_path / "run" / ".snapshots").exists()
+
+
+# --------------------------------------------------------------------------------------
+# security
+# --------------------------------------------------------------------------------------
+
+
+def test_a_model_folder_with_custom_code_is_refused(tiny_folder, tmp_path):
+    folder = tmp_path / "remote"
+    shutil.copytree(tiny_folder, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "modeling_evil.py").write_text("raise SystemExit('the folder code ran')\n")
+    out = one_message(invoke("run", folder, "magnitude", *FAST), code=2)
+    assert "never runs code from a model folder" in out and "the folder code ran" not in out
+    with pytest.raises(ModelLoadError, match="auto_map"):
+        from lmcompose.models.loading import load_model
+
+        load_model(str(folder))
+
+
+# --------------------------------------------------------------------------------------
+# small surprises, each rejected
+# --------------------------------------------------------------------------------------
+
+
+def test_small_surprises_are_rejected(tiny_folder, tmp_path):
+    sweep_args = ["sweep", tiny_folder, "magnitude", "rtn:group_size=32"]
+    out = one_message(invoke(*sweep_args[:3], "rtn:bits=4,group_size=32", "--vary", "rtn.bits=8,3", *FAST))
+    assert "which the step also sets" in out
+    out = one_message(invoke(*sweep_args, "--vary", "rtn.bits=8,4", "--orders", "magnitude,rtn;", *FAST))
+    assert "an order is empty" in out
+    out = one_message(invoke(*sweep_args, "--vary", "rtn.bits=8,4", "--replicates", "2", *FAST))
+    assert "needs --edits N" in out and "same cells" in out
+    with pytest.raises(UsageError, match="every replicate would be the same cells"):
+        sweep(tiny_model("llama"), ["magnitude", "rtn"], vary="rtn.bits=8,4", replicates=2, metrics=["avg_bits"])
+    # a typo'd replicate count is refused before the cells are enumerated (it once filled the memory)
+    out = one_message(invoke(*sweep_args, "--vary", "rtn.bits=8,4", "--replicates", "1000000000000", "--dataset",
+                             "records", "--edits", "2", *FAST))
+    assert "cells, more than the 100,000 one plan holds" in out
+
+
+def test_config_yaml_is_as_readable_as_the_other_files(tmp_path):
+    compose(tiny_model("llama"), ["magnitude"], metrics=["avg_bits"], out=tmp_path)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir() if p.name in {"config.yaml", "results.jsonl"}}
+    assert modes["config.yaml"] == modes["results.jsonl"], modes
+
+
+# --------------------------------------------------------------------------------------
+# the soak: 20 random kills, each followed by a resume, give the uninterrupted result
+# --------------------------------------------------------------------------------------
+
+
+def _keyed(path: Path) -> dict:
+    skip = {"timestamp", "elapsed_s", "eval_s", "notes", "shared_by_cells"}
+    return {(r["cell"], r["position"]): {k: v for k, v in r.items() if k not in skip} for r in read_rows(path)}
+
+
+def test_twenty_random_kills_each_resumed_give_the_uninterrupted_rows_and_report(tiny_folder, tmp_path):
+    cmd = [sys.executable, "-m", "lmcompose_cli.main", "sweep", str(tiny_folder), "magnitude", "rtn:group_size=32",
+           "--vary", "rtn.bits=8,4,3", "--dataset", "records", "--edits", "2", "--ppl-tokens", "128", "--ppl-seqlen", "64",
+           "--metrics", "perplexity,avg_bits,edit"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    ref = subprocess.run([*cmd, "--out", str(tmp_path / "ref")], env=env, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    full = time.perf_counter() - start
+    rng = random.Random(20261201)
+    out = tmp_path / "soak"
+    for _ in range(20):
+        proc = subprocess.Popen([*cmd, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, full))  # anywhere: loading, a step, a row's write, the report, a plot
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = subprocess.run([*cmd, "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _keyed(out / "results.jsonl") == _keyed(tmp_path / "ref" / "results.jsonl")
+    rows = read_rows(out / "results.jsonl")
+    assert len({(r["cell"], r["position"]) for r in rows}) == len(rows) == 2 * 3 * 3
+    assert (out / "report.md").read_text() == (tmp_path / "ref" / "report.md").read_text()
+    assert {p.name for p in (out / "plots").iterdir()} == {p.name for p in (tmp_path / "ref" / "plots").iterdir()}
+    assert not list(out.glob(".*.tmp-*")) and not list((out / "plots").glob(".*.tmp-*"))
+
+
+# --------------------------------------------------------------------------------------
+# fuzz: the step grammar and config files never end in a traceback
+# --------------------------------------------------------------------------------------
+
+PIECES = ["magnitude", "rtn", "wanda", "memit", "sparsegpt", "gptq", "awq", "bits", "sparsity", "structure", "group_size",
+          "2:4", "4:8", "nan", "inf", "-1", "0", "1e9", "0.5", "true", "none", "=", ":", ",", "+", " ", "", "é", "\x00",
+          "targets", "layers", "a.b", "{}", "[", "]", "'", '"', "\\", "magnitude:", "rtn:bits=", ":::", "===", ",,"]
+
+
+def _random_step(rng: random.Random) -> str:
+    return "".join(rng.choice(PIECES) for _ in range(rng.randint(1, 7)))
+
+
+def _random_value(rng: random.Random, depth: int = 0):
+    kinds = ["str", "int", "float", "bool", "none", "list", "dict"] if depth < 3 else ["str", "int", "float", "bool", "none"]
+    kind = rng.choice(kinds)
+    if kind == "str":
+        return _random_step(rng)
+    if kind == "int":
+        return rng.choice([0, 1, -1, 2, 4, 7, 10**12])
+    if kind == "float":
+        return rng.choice([0.5, float("nan"), float("inf"), -0.0, 1e-12, 3.7])
+    if kind == "bool":
+        return rng.choice([True, False])
+    if kind == "none":
+        return None
+    if kind == "list":
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(["sparsity", "bits", "name", "step", "vary", "x", _random_step(rng)]): _random_value(rng, depth + 1)
+            for _ in range(rng.randint(0, 3))}
+
+
+def test_fuzz_the_step_grammar():
+    from lmcompose.steps import build_intervention, parse_step
+
+    rng = random.Random(1)
+    deadline = time.perf_counter() + 15
+    for _ in range(3000):
+        text = _random_step(rng)
+        try:
+            build_intervention(parse_step(text))
+        except LMComposeError:
+            pass
+        if time.perf_counter() > deadline:
+            break
+
+
+RUN_KEYS = ["model", "steps", "out", "dataset", "dataset_source", "edits", "skip_invalid", "seed", "policy", "metrics",
+            "metric_options", "device", "dtype", "vary", "orders", "replicates", "snapshots", "topk", "calibration_samples"]
+STUDY_KEYS = ["name", "model", "datasets", "editors", "compressors", "orders", "replicates", "edits", "seed", "metrics",
+              "metric_options", "budgets", "policy", "snapshots", "topk", "device", "dtype", "skip_invalid", "resources"]
+
+
+def test_fuzz_config_and_study_files():
+    from lmcompose.studies import Study
+    from lmcompose.sweep import SweepSettings
+
+    rng = random.Random(2)
+    good_run = {"model": "m", "steps": ["magnitude", "rtn"], "vary": "rtn.bits=8,4"}
+    good_study = {"model": "m", "datasets": ["records"], "editors": ["memit"], "edits": 2,
+                  "compressors": [{"step": "magnitude", "vary": {"sparsity": [0.25, 0.5]}}]}
+    deadline = time.perf_counter() + 20
+    for i in range(3000):
+        if i % 2:
+            data = dict(good_run)
+            for key in rng.sample(RUN_KEYS, rng.randint(1, 3)):
+                data[key] = _random_value(rng)
+            try:
+                SweepSettings.from_mapping(data, where="fuzz.yaml").validate()
+            except LMComposeError:
+                pass
+        else:
+            data = json.loads(json.dumps(good_study))
+            for key in rng.sample(STUDY_KEYS, rng.randint(1, 3)):
+                data[key] = _random_value(rng)
+            if rng.random() < 0.5:
+                data["compressors"] = [_random_value(rng) for _ in range(rng.randint(0, 2))]
+            try:
+                Study.from_mapping(data).cells()
+            except LMComposeError:
+                pass
+        if time.perf_counter() > deadline:
+            break
