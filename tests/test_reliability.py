@@ -564,9 +564,11 @@ def test_fuzz_the_step_grammar():
 
 
 RUN_KEYS = ["model", "steps", "out", "dataset", "dataset_source", "edits", "skip_invalid", "seed", "policy", "metrics",
-            "metric_options", "device", "dtype", "vary", "orders", "replicates", "snapshots", "topk", "calibration_samples"]
+            "metric_options", "device", "dtype", "vary", "orders", "replicates", "snapshots", "topk", "calibration_samples",
+            "protocol"]
 STUDY_KEYS = ["name", "model", "datasets", "editors", "compressors", "orders", "replicates", "edits", "seed", "metrics",
-              "metric_options", "budgets", "policy", "snapshots", "topk", "device", "dtype", "skip_invalid", "resources"]
+              "metric_options", "budgets", "policy", "snapshots", "topk", "device", "dtype", "skip_invalid", "resources",
+              "protocol"]
 
 
 def test_fuzz_config_and_study_files():

@@ -381,6 +381,7 @@ def run(
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip malformed dataset records (and count them) instead of stopping.")] = False,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for edit selection and calibration.")] = None,
     policy: Annotated[str | None, typer.Option("--keep-compressed", "--policy", help="none | project | recompress (default project).")] = None,
+    protocol: Annotated[str | None, typer.Option("--protocol", help="default | paper: the paper's choices in one place (docs/replication.md); step fields you write win.")] = None,
     metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")] = None,
     ppl_tokens: Annotated[str | None, typer.Option("--ppl-tokens", help="Perplexity token budget, or 'all' for the whole test split.")] = None,
     ppl_seqlen: Annotated[int | None, typer.Option("--ppl-seqlen", help="Perplexity window length.")] = None,
@@ -390,7 +391,7 @@ def run(
     """Apply STEPs to MODEL in order; evaluate every metric on the base model and after each step."""
     settings = _settings(
         config, model=model, steps=list(steps) if steps else None, out=out, dataset=dataset,
-        dataset_source=dataset_source, edits=edits, seed=seed, policy=policy,
+        dataset_source=dataset_source, edits=edits, seed=seed, policy=policy, protocol=protocol,
         skip_invalid=True if skip_invalid else None,
         metrics=_metric_names(metrics),
         device=device, dtype=dtype,
@@ -454,6 +455,7 @@ def sweep(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with sweep settings; flags override it.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for edit selection and calibration.")] = None,
     policy: Annotated[str | None, typer.Option("--keep-compressed", "--policy", help="none | project | recompress (default project).")] = None,
+    protocol: Annotated[str | None, typer.Option("--protocol", help="default | paper: the paper's choices in one place (docs/replication.md); step fields you write win.")] = None,
     metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")] = None,
     ppl_tokens: Annotated[str | None, typer.Option("--ppl-tokens", help="Perplexity token budget, or 'all' for the whole test split.")] = None,
     ppl_seqlen: Annotated[int | None, typer.Option("--ppl-seqlen", help="Perplexity window length.")] = None,
@@ -471,7 +473,7 @@ def sweep(
     base = SweepSettings.from_file(config) if config is not None else SweepSettings()
     settings = base.merged(
         model=model, steps=list(steps) if steps else None, out=out, dataset=dataset, dataset_source=dataset_source,
-        edits=edits, seed=seed, policy=policy, skip_invalid=True if skip_invalid else None,
+        edits=edits, seed=seed, policy=policy, protocol=protocol, skip_invalid=True if skip_invalid else None,
         metrics=_metric_names(metrics),
         device=device, dtype=dtype, vary=vary, orders=orders, replicates=replicates, snapshots=snapshots,
         topk=topk, calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen,
@@ -538,7 +540,7 @@ def validate(config: Annotated[Path, typer.Argument(help="YAML run settings (the
         _validate_study(config)
         return
     is_sweep = bool(SWEEP_KEYS & set(data))
-    settings = (SweepSettings if is_sweep else RunSettings).from_mapping(data, where=str(config))
+    settings = (SweepSettings if is_sweep else RunSettings).from_mapping(data, where=str(config)).with_protocol()
     steps, metrics = settings.validate()
     cells = settings.cell_count() if is_sweep else 0
     what = f"sweep of {cells} cells over " if is_sweep else ""

@@ -337,6 +337,9 @@ class Context:
     progress: Progress = field(default_factory=Progress)
     state: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: The unmodified base model (an LM), kept by the engine when a step of the plan sets
+    #: ``Intervention.needs_base_model``; None otherwise.
+    base_model: Any = None
 
     def note(self, message: str) -> None:
         if message not in self.notes:
@@ -385,12 +388,16 @@ class Intervention:
     dataclass whose fields all have defaults and ``metadata={"help": ...}``) and ``strength``
     (a :class:`StrengthKnob`, or None), and implement ``apply``. Compressors also implement
     ``project`` to re-impose their constraint after later steps without recalibrating.
+    A step that needs the unmodified base model (e.g. statistics computed on it, whatever
+    came before) sets ``needs_base_model``; the engine then keeps a copy in
+    ``ctx.base_model``.
     """
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""
     Config: ClassVar[type] = NoConfig
     strength: ClassVar[StrengthKnob | None] = None
+    needs_base_model: bool = False
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
@@ -419,6 +426,12 @@ class Intervention:
     @classmethod
     def has_project(cls) -> bool:
         return cls.project is not Intervention.project
+
+    def reruns_on_recompress(self) -> bool:
+        """Whether policy ``recompress`` runs this step again (fresh calibration) after a later
+        edit: every compressor with a ``project()`` unless it says otherwise (AWQ's
+        ``recompress=false``, the paper's code)."""
+        return self.has_project()
 
     def report(self, **details: Any) -> StepReport:
         return StepReport(self.name, config_to_dict(self.config), details=details)

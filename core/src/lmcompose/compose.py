@@ -56,6 +56,7 @@ class RunSettings:
     device: str = "cpu"
     dtype: str = "float32"
     data_dir: str | None = None
+    protocol: str = "default"
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], where: str = "config") -> RunSettings:
@@ -121,9 +122,27 @@ class RunSettings:
         """A copy with every override that is not None applied (CLI flags over the file)."""
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
+    def varied_fields(self) -> list[tuple[str, str]]:
+        """(step, field) pairs a sweep varies (a protocol leaves them alone); none in a run."""
+        return []
+
+    def with_protocol(self) -> RunSettings:
+        """These settings with their protocol applied (lmcompose.protocols): its step fields
+        where a step does not set them, its policy, its metric options where not given."""
+        from lmcompose.protocols import get_protocol
+
+        proto = get_protocol(self.protocol)
+        if proto.name == "default":
+            return self
+        return dataclasses.replace(self, steps=proto.steps(self.steps, self.varied_fields()),
+                                   policy=proto.policy or self.policy, metric_options=proto.options(self.metric_options))
+
     def validate(self) -> tuple[list[Intervention], list[Metric]]:
         """Check everything that can be checked without loading a model; never imports torch."""
         self.check_shapes()
+        from lmcompose.protocols import get_protocol
+
+        get_protocol(self.protocol)
         if not self.model:
             raise ConfigError("no model given: pass MODEL (a named model such as smollm2-135m, a folder, or a .gguf file)")
         if not self.steps:
@@ -149,6 +168,8 @@ class RunSettings:
     def resolved(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["steps"] = [str(parse_step(s)) for s in self.steps]
+        if d["protocol"] == "default":
+            del d["protocol"]  # so run ids written before protocols existed stay the same
         return d
 
     def run_id(self) -> str:
@@ -196,7 +217,7 @@ def compose(
     names = [s.name for s in interventions]
     keys = [f"{i}:{s.name}" for i, s in enumerate(interventions)]
     actions = Plan.actions(range(len(interventions)), names, [{}] * len(names), [s.kind for s in interventions], keys,
-                           [s.has_project() for s in interventions], policy)
+                           [s.reruns_on_recompress() for s in interventions], policy)
     group = (None, replicate)
     plan = Plan([Cell(f"run|r{replicate}", tuple(order), None, group, actions)], run_id=run_id, policy=policy, style="run")
 
@@ -260,6 +281,7 @@ def run(settings: RunSettings, progress: Progress | None = None) -> tuple[list[d
     """Validate, load the model and edits, and compose (the `lmcompose run` command)."""
     import os
 
+    settings = settings.with_protocol()
     settings.validate()
     if settings.data_dir:
         if not Path(settings.data_dir).is_dir():

@@ -212,6 +212,11 @@ class SweepSettings(RunSettings):
                               "replicate's batch: without it every replicate would be the same cells")
         return steps, metrics
 
+    def varied_fields(self) -> list[tuple[str, str]]:
+        lhs = self.vary.partition("=")[0].strip() if isinstance(self.vary, str) else ""
+        step, dot, name = lhs.partition(".")
+        return [(step, name)] if dot else []
+
     def plan(self) -> tuple[list[StepSpec], Vary, list[tuple[int, ...]]]:
         specs = [parse_step(s) for s in self.steps]
         if self.vary is None:
@@ -243,7 +248,7 @@ def sweep_cells(specs: Sequence[StepSpec], vary: Vary, orders: Sequence[tuple[in
     protos = [build_intervention(s) for s in specs]
     names = [s.name for s in specs]
     kinds = [p.kind for p in protos]
-    has_project = [p.has_project() for p in protos]
+    has_project = [p.reruns_on_recompress() for p in protos]
     knob = protos[vary.index].strength if vary.is_strength else None
     cells = []
     for o in orders:
@@ -363,6 +368,7 @@ def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tupl
     """Validate, load the model and each replicate's edits, and sweep (`lmcompose sweep`)."""
     import os
 
+    settings = settings.with_protocol()
     steps, _metrics = settings.validate()
     if settings.data_dir:
         if not Path(settings.data_dir).is_dir():

@@ -173,9 +173,9 @@ def test_folding_changes_the_fingerprint_of_the_down_projection_inputs():
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_query_and_key_are_not_clipped_unless_asked(arch):
-    """The reference skips the clip search for q/k (a fused q/k/v counts): their weights are
-    rounded on the plain min/max grid of the (scaled) weights."""
+def test_clip_qk_false_skips_the_query_and_key_clip(arch):
+    """clip_qk=false skips the clip search for q/k as the reference does (a fused q/k/v
+    counts): their weights are rounded on the plain min/max grid of the (scaled) weights."""
     from lmcompose.quant import QuantGrid
     from lmcompose_awq.intervention import query_key_projections
 

@@ -296,3 +296,28 @@ def test_gemma_spread_moves_the_residual_to_the_target(tmp_path):
         after = alg.module_values_at(lm, bare, name, "output", 4096)
         errors[inverted] = float((after - target).norm() / (target - cur).norm())
     assert errors[True] < 0.02 and errors[False] > 0.3, errors
+
+
+def test_stats_from_base_uses_the_unmodified_models_statistics(tmp_path):
+    """compress→edit with stats_from=base reuses the dense model's covariance (the paper's
+    code cached it by model name); the default computes it on the compressed weights."""
+    from lmcompose.compose import compose
+
+    records = subject_final_edits()[:2]
+    step = "memit:" + RANDOM_MODEL.replace("v_num_grad_steps=40", "v_num_grad_steps=5") + ",layers=0+1"
+
+    def stats_files():
+        return {p.name for p in tmp_path.rglob("*") if p.is_file()}
+
+    compose(tiny_model("llama"), [step], edits=records, metrics=["avg_bits"], ctx=Context(cache_dir=tmp_path))
+    dense = stats_files()
+    assert dense
+    ctx = Context(cache_dir=tmp_path)
+    compose(tiny_model("llama"), ["magnitude", step + ",stats_from=base"], edits=records, metrics=["avg_bits"], ctx=ctx)
+    assert stats_files() == dense  # nothing new: the base model's statistics served the compressed model
+    name = f"{ctx.base_model.arch.layers}.0.mlp.down_proj"
+    assert torch.equal(ctx.base_model.weight(name), tiny_model("llama").weight(name))  # kept unmodified
+    compose(tiny_model("llama"), ["magnitude", step], edits=records, metrics=["avg_bits"], ctx=Context(cache_dir=tmp_path))
+    assert stats_files() > dense  # the default: statistics of the pruned model
+    assert build_intervention(parse_step("memit:stats_from=base")).needs_base_model
+    assert not build_intervention(parse_step("memit")).needs_base_model

@@ -307,6 +307,10 @@ class Executor:
         kids = [c for c in top.children.values() if c.needed and (nodes is None or c.id in nodes)]
         scope = ([top] if root else []) + kids
         check_lengths(self.lm, {g: self.batch(g) for g in self.plan.groups(scope)})
+        if self.ctx.base_model is None and self._needs_base_model(kids):
+            import copy
+
+            self.ctx.base_model = copy.deepcopy(self.lm)  # before any step changes it
         for group in self.plan.groups(scope):
             self.ctx.edits = self.batch(group)
             if self.ctx.edits:
@@ -321,6 +325,16 @@ class Executor:
             yield from self._visit(top, kids, [])
         finally:
             self.store.close()
+
+    def _needs_base_model(self, kids: list[Node]) -> bool:
+        seen: set[str] = set()
+        for kid in kids:
+            for node in kid.walk():
+                if node.needed and node.action is not None and node.action.tree_key not in seen:
+                    seen.add(node.action.tree_key)
+                    if getattr(self.build(node.action), "needs_base_model", False):
+                        return True
+        return False
 
     def _visit(self, node: Node, kids: list[Node], instances: list[Intervention]) -> Iterator[StateResult]:
         snap = self.store.save(self.lm) if len(kids) > 1 else None

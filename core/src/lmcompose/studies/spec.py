@@ -25,7 +25,8 @@ from lmcompose.steps import StepSpec, build_intervention, build_metrics, parse_s
 from lmcompose.sweep import Vary, make_vary, parse_orders, sweep_cells
 
 TOP_KEYS = ("name", "model", "datasets", "editors", "compressors", "orders", "replicates", "edits", "seed", "metrics",
-            "metric_options", "budgets", "policy", "snapshots", "topk", "device", "dtype", "skip_invalid", "resources")
+            "metric_options", "budgets", "policy", "snapshots", "topk", "device", "dtype", "skip_invalid", "resources",
+            "protocol")
 ENTRY_KEYS = ("name", "step", "steps", "vary", "orders", "family")
 DATASET_KEYS = ("name", "source")
 EDITOR_KEYS = ("name", "step")
@@ -164,6 +165,7 @@ class Study:
     dtype: str = "float32"
     skip_invalid: bool = False
     resources: dict[str, float] = field(default_factory=dict)
+    protocol: str = "default"
     data: dict[str, Any] = field(default_factory=dict)  # the file's mapping, as validated (Ray workers rebuild from it)
 
     # -- reading ---------------------------------------------------------------------
@@ -228,8 +230,20 @@ class Study:
             resources["cpus_per_task"] = _number(raw_res["cpus_per_task"], "resources.cpus_per_task", 0, "1", strict=True)
         if "gpus_per_task" in raw_res:
             resources["gpus_per_task"] = _number(raw_res["gpus_per_task"], "resources.gpus_per_task", 0, "0.25")
+        from lmcompose.protocols import get_protocol
+
+        try:
+            protocol = get_protocol(data.get("protocol", "default"))
+        except UsageError as exc:
+            raise _fail("protocol", str(exc)) from None
+        if protocol.name != "default":  # the protocol's fields fill what the file leaves unset
+            editors = [EditorSpec(e.label, protocol.steps([e.step])[0]) for e in editors]
+            for entry in entries:
+                entry.steps = protocol.steps(entry.steps, [(entry.vary.step, entry.vary.field)])
+            options = protocol.options(options)
+            policy = protocol.policy or policy
         return cls(study_name, model, datasets, editors, entries, replicates, edits, seed, metrics, options, budgets,
-                   policy, snapshots, topk, device, dtype, skip_invalid, resources, data=dict(data))
+                   policy, snapshots, topk, device, dtype, skip_invalid, resources, protocol.name, data=dict(data))
 
     # -- what it runs ----------------------------------------------------------------
     @property
@@ -290,6 +304,8 @@ class Study:
             "metric_options": self.resolved_metric_options, "budgets": self.budgets, "policy": self.policy,
             "snapshots": self.snapshots, "topk": self.topk, "device": self.device, "dtype": self.dtype,
             "skip_invalid": self.skip_invalid, "resources": self.resources,
+            # only when set, so the ids of studies written before protocols existed stay the same
+            **({"protocol": self.protocol} if self.protocol != "default" else {}),
         }
 
     @property

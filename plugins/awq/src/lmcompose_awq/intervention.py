@@ -3,8 +3,8 @@
 For each decoder layer, after its calibration pass: search a scale for every foldable group
 (lmcompose_awq.folding) on the statistics of the unmodified layer's inputs, fold the scales
 (the layer computes the same function), then for every selected projection search the
-clipping range on its (scaled) weights (not for the query/key projections, as the reference;
-``clip_qk`` clips them too) and round them onto the resulting grid. The next layer is
+clipping range on its (scaled) weights (``clip_qk=false`` skips the query/key projections,
+as the reference does) and round them onto the resulting grid. The next layer is
 calibrated on the outputs of this quantized layer, or (``calibrate_next_on=full``) on its
 full-precision outputs, as the reference computes them before it quantizes.
 """
@@ -36,6 +36,9 @@ class AWQ(LayerwiseQuantizer):
     def __init__(self, config: Any = None):
         super().__init__(config)
         self.scaled_groups: dict[str, float | None] = {}  # "<source> -> <member>": best alpha (None: s = 1)
+
+    def reruns_on_recompress(self) -> bool:
+        return self.config.recompress
 
     def new_stats(self, name: str, module: Any, in_features: int) -> Any:
         from lmcompose_awq.algorithm import ActStats

@@ -42,6 +42,10 @@ class MEMITConfig:
     stats_samples: int = field(default=200, metadata={"help": "corpus windows for the covariance statistics", "range": (1, 1 << 20)})
     stats_seqlen: int = field(default=512, metadata={"help": "tokens per statistics window (capped at the model's context)", "range": (2, 1 << 20)})
     stats_seed: int = field(default=0, metadata={"help": "seed of the statistics windows (fixed so the cache is shared across runs)"})
+    stats_from: Literal["model", "base"] = field(
+        default="model",
+        metadata={"help": "covariance statistics of the model being edited (model), or of the unmodified base model whatever came before (base: the paper's code, which cached them by model name)"},
+    )
     max_batch_tokens: int = field(
         default=4096, metadata={"help": "padded tokens per forward pass in v* optimisation and key computation", "range": (16, 1 << 24)},
     )

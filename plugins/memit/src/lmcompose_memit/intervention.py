@@ -21,6 +21,10 @@ class MEMIT(Intervention):
     Config = MEMITConfig
     strength = StrengthKnob("n_edits", 1, 100000, integer=True)
 
+    @property
+    def needs_base_model(self) -> bool:  # type: ignore[override]
+        return self.config.stats_from == "base"
+
     def hparams(self, lm: Any) -> tuple[str, dict[str, Any]]:
         """The hyperparameters for ``lm``: config fields that are set, the preset for the rest."""
         from lmcompose.models.arch import decoder_layers
@@ -98,7 +102,14 @@ class MEMIT(Intervention):
         t0 = time.perf_counter()
         seqlen = min(c.stats_seqlen, lm.max_positions)
         windows = calibration_windows(lm.tokenizer, c.stats_samples, seqlen, c.stats_seed, ctx)
-        stats = second_moments(lm, list(out_names.values()), windows, ctx.stats_dir(), progress=ctx.progress,
+        stats_lm = lm
+        if c.stats_from == "base":
+            if ctx.base_model is not None:
+                stats_lm = ctx.base_model
+            else:
+                ctx.note("memit: stats_from=base but no base model in the context (apply() called directly); "
+                         "statistics from the model being edited")
+        stats = second_moments(stats_lm, list(out_names.values()), windows, ctx.stats_dir(), progress=ctx.progress,
                                description="memit covariance statistics")
         timings["stats_s"] = time.perf_counter() - t0
         stats_cached = all(s["cached"] for s in stats.values())

@@ -1,0 +1,87 @@
+"""Protocols: a named set of choices applied to a run, sweep or study in one place.
+
+``protocol: paper`` (``--protocol paper``) sets what *Composing Knowledge and Compression
+Interventions for Language Models* ran, where lmcompose's defaults differ:
+
+* GPTQ symmetric, with act-order and true-sequential calibration (AutoGPTQ's sym=True,
+  desc_act=True, true_sequential=True);
+* policy ``recompress`` (no projection between steps; every compressor that ran before an
+  edit runs again at the end), except AWQ, which is not re-applied (``awq.recompress=false``);
+* AWQ's clip search skips the query/key projections (``awq.clip_qk=false``, llm-awq's rule);
+* MEMIT's covariance from the base model whatever came before (``memit.stats_from=base``);
+* perplexity over every window of wikitext-2 test at the model's sequence length (its
+  maximum positions).
+
+A field written on a step, a metric option given, or a field a sweep varies always wins
+over the protocol; the policy is the protocol's. The default protocol changes nothing.
+docs/replication.md lists each choice beside lmcompose's default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmcompose.errors import UnknownNameError
+
+__all__ = ["PROTOCOLS", "Protocol", "get_protocol"]
+
+#: A perplexity window length no model reaches: the metric cuts it to the model's positions.
+MODEL_SEQLEN = 1 << 20
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    summary: str
+    step_fields: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    policy: str | None = None
+    metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def steps(self, steps: Sequence[Any], varied: Sequence[tuple[str, str]] = ()) -> list[Any]:
+        """``steps`` (as written: text, mappings or StepSpecs) with the protocol's fields filled
+        in where the step does not set them and a sweep does not vary them."""
+        from lmcompose.steps import parse_step
+
+        out = []
+        for step in steps:
+            spec = parse_step(step)
+            extra = {k: v for k, v in self.step_fields.get(spec.name, {}).items()
+                     if k not in spec.overrides and (spec.name, k) not in varied}
+            if not extra:
+                out.append(step)
+                continue
+            filled = type(spec)(spec.name, {**spec.overrides, **extra})
+            out.append(filled if step is spec else str(filled))  # as given: a StepSpec, or its text
+        return out
+
+    def options(self, metric_options: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Metric options with the protocol's filled in where not given."""
+        out = {k: dict(v) for k, v in metric_options.items()}
+        for metric, fields in self.metric_options.items():
+            out[metric] = {**fields, **out.get(metric, {})}
+        return out
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "default": Protocol("default", "lmcompose's defaults (docs/replication.md says where they differ from the paper)"),
+    "paper": Protocol(
+        "paper",
+        "the paper's choices: symmetric act-order true-sequential GPTQ, recompress (AWQ not re-applied), "
+        "MEMIT statistics of the base model, perplexity over all of wikitext-2 test at the model's length",
+        step_fields={
+            "gptq": {"symmetric": True, "act_order": True, "true_sequential": True},
+            "awq": {"recompress": False, "clip_qk": False},
+            "memit": {"stats_from": "base"},
+        },
+        policy="recompress",
+        metric_options={"perplexity": {"max_tokens": 0, "seqlen": MODEL_SEQLEN}},
+    ),
+}
+
+
+def get_protocol(name: Any, where: str = "protocol") -> Protocol:
+    if not isinstance(name, str) or name not in PROTOCOLS:
+        raise UnknownNameError(where, str(name), list(PROTOCOLS))
+    return PROTOCOLS[name]
