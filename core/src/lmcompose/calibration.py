@@ -200,10 +200,7 @@ def run_layer_sequential(
                 original = torch.cat([call_layer(layer, hidden[j : j + 1], kwargs) for j in range(hidden.shape[0])])
             for group in (stages(i, names) if stages is not None and names else [names]):
                 _observe_group(lm, layer, hidden, kwargs, i, group, observe)
-                if group:
-                    modify(i, group)
-            if not names:
-                modify(i, [])
+                modify(i, group)
             if original is not None:
                 hidden[:] = original
             else:

@@ -308,18 +308,19 @@ def x_positions(data: SweepData, x_axis: str = DEFAULT_AXIS) -> list[float] | No
     bits = _final_bits(data)
     if bits is None:
         return None
+    lo, hi = min(bits), max(bits)
+    flat = hi - lo < 1e-9
+    if flat and len(bits) > 1:  # every strength has the same bits: no axis
+        return None
     if x_axis == "paper":
-        return bits if len(bits) < 2 or max(bits) - min(bits) > 1e-9 else None
+        return bits
     if x_axis == "compression":
         base = [r.get("avg_bits") for r in data.base.values() if r.get("avg_bits") is not None]
-        if not base or (len(bits) > 1 and max(bits) - min(bits) < 1e-9):
+        if not base:
             return None
         b0 = statistics.fmean(base)
         return [1.0 - b / b0 for b in bits]
-    lo, hi = min(bits), max(bits)
-    if hi - lo < 1e-9:
-        return None
-    return [(hi - b) / (hi - lo) for b in bits]
+    return None if flat else [(hi - b) / (hi - lo) for b in bits]  # avg_bits: rescaled over the grid
 
 
 def available_axes(data: SweepData) -> list[str]:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lmcompose.api import Context, EditRecord, Intervention, Metric, Progress, config_to_dict
 from lmcompose.engine.executor import Executor, evaluate
@@ -30,7 +30,7 @@ from lmcompose.steps import StepSpec, build_intervention, build_metrics, parse_s
 
 __all__ = [
     "EDIT_KIND", "POLICIES", "RunSettings", "StepSpec", "build_intervention", "build_metrics",
-    "compose", "evaluate", "load_edits", "parse_step", "resolve_metrics", "run", "versions",
+    "compose", "evaluate", "load_edits", "parse_step", "prepare", "resolve_metrics", "run", "versions",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -148,10 +148,6 @@ class RunSettings:
         if not self.steps:
             raise ConfigError("no steps given: pass at least one STEP such as magnitude:sparsity=0.5")
         check_policy(self.policy)
-        if self.edits is not None and (not isinstance(self.edits, int) or self.edits < 1):
-            raise ConfigError(f"edits={self.edits!r}: ask for at least 1 edit")
-        if not isinstance(self.seed, int):
-            raise ConfigError(f"seed={self.seed!r} must be an integer")
         from lmcompose.models.loading import DTYPES, check_device_name
 
         if self.dtype not in DTYPES:
@@ -277,19 +273,30 @@ def load_edits(dataset: str, source: str | Path | None = None, limit: int | None
     return records
 
 
-def run(settings: RunSettings, progress: Progress | None = None) -> tuple[list[dict[str, Any]], Context]:
-    """Validate, load the model and edits, and compose (the `lmcompose run` command)."""
+_Settings = TypeVar("_Settings", bound=RunSettings)
+
+
+def prepare(settings: _Settings) -> tuple[_Settings, tuple[list[Intervention], list[Metric]]]:
+    """What `run` and `sweep` do before anything is written: apply the protocol, validate,
+    point LMCOMPOSE_DATA_DIR at ``data_dir``, and check the device against this machine.
+    Returns the effective settings and what validation built."""
     import os
 
+    from lmcompose.models.loading import resolve_device
+
     settings = settings.with_protocol()
-    settings.validate()
+    checked = settings.validate()
     if settings.data_dir:
         if not Path(settings.data_dir).is_dir():
             raise ConfigError(f"data folder {settings.data_dir!r} does not exist")
         os.environ["LMCOMPOSE_DATA_DIR"] = str(Path(settings.data_dir).resolve())
-    from lmcompose.models.loading import resolve_device
+    resolve_device(settings.device)
+    return settings, checked
 
-    resolve_device(settings.device)  # before anything is written
+
+def run(settings: RunSettings, progress: Progress | None = None) -> tuple[list[dict[str, Any]], Context]:
+    """Validate, load the model and edits, and compose (the `lmcompose run` command)."""
+    settings, _checked = prepare(settings)
     run_id = settings.run_id()
     folder = RunFolder(settings.out, run_id, "run", settings.resolved()) if settings.out else None
     if folder is not None:  # refuse a folder of another run before loading anything

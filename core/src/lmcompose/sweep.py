@@ -36,7 +36,7 @@ from lmcompose.api import (
     config_fields,
     config_to_dict,
 )
-from lmcompose.compose import RunSettings, load_edits, resolve_metrics
+from lmcompose.compose import RunSettings, load_edits, prepare, resolve_metrics
 from lmcompose.engine.executor import SNAPSHOT_MODES, Executor, replicate_edits, topk_next_tokens
 from lmcompose.engine.plan import Cell, Group, Plan, canonical_key, check_cell_count
 from lmcompose.engine.policy import EDIT_KIND, check_policy
@@ -366,17 +366,7 @@ def sweep(
 
 def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tuple[list[dict[str, Any]], Context]:
     """Validate, load the model and each replicate's edits, and sweep (`lmcompose sweep`)."""
-    import os
-
-    settings = settings.with_protocol()
-    steps, _metrics = settings.validate()
-    if settings.data_dir:
-        if not Path(settings.data_dir).is_dir():
-            raise ConfigError(f"data folder {settings.data_dir!r} does not exist")
-        os.environ["LMCOMPOSE_DATA_DIR"] = str(Path(settings.data_dir).resolve())
-    from lmcompose.models.loading import resolve_device
-
-    resolve_device(settings.device)  # before anything is written
+    settings, (steps, _metrics) = prepare(settings)
     resolved = settings.resolved()
     run_id = sweep_id(resolved)
     out = settings.out or f"runs/sweep-{run_id}"

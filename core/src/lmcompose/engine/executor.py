@@ -122,7 +122,7 @@ def check_lengths(lm: LM, batches: Mapping[Group, Sequence[EditRecord]]) -> None
     (beyond them a model runs on positions it was never trained on, or crashes): one
     DataError naming the record, its length and the limit."""
     from lmcompose.errors import DataError
-    from lmcompose.metrics.edits import target_text
+    from lmcompose.metrics.edits import multi_hop_prompt, target_text
 
     limit = lm.max_positions
     tok = lm.tokenizer
@@ -137,7 +137,7 @@ def check_lengths(lm: LM, batches: Mapping[Group, Sequence[EditRecord]]) -> None
             if r.target_true:
                 pairs.append((r.prompt, r.target_true))
             if r.multi_hop is not None:
-                pairs += [(f"Q: {q}\nA:", r.multi_hop.new_answer) for q in r.multi_hop.questions]
+                pairs += [(multi_hop_prompt(q), r.multi_hop.new_answer) for q in r.multi_hop.questions]
             for prompt, target in pairs:
                 n = length(prompt, target)
                 if n > limit:

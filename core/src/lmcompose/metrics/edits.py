@@ -156,6 +156,11 @@ class Scorer:
         return 2 * precision * recall / (precision + recall)
 
 
+def multi_hop_prompt(question: str) -> str:
+    """The prompt a multi-hop question is asked with."""
+    return f"Q: {question}\nA:"
+
+
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
@@ -300,7 +305,7 @@ class EditMetrics(Metric):
         for r in cases:
             mh = r.multi_hop
             answers = [a.lower() for a in [mh.new_answer, *mh.new_answer_aliases] if a]
-            gens = sc.generate([f"Q: {q}\nA:" for q in mh.questions], [MULTI_HOP_TOKENS] * len(mh.questions))
+            gens = sc.generate([multi_hop_prompt(q) for q in mh.questions], [MULTI_HOP_TOKENS] * len(mh.questions))
             texts = [sc.tok.decode(g, skip_special_tokens=True).strip().lower() for g in gens]
             if any(any(t.startswith(a) or a in t.split("\n")[0] for a in answers) for t in texts):
                 correct += 1

@@ -240,6 +240,8 @@ class Study:
             editors = [EditorSpec(e.label, protocol.steps([e.step])[0]) for e in editors]
             for entry in entries:
                 entry.steps = protocol.steps(entry.steps, [(entry.vary.step, entry.vary.field)])
+                for spec in entry.steps:  # a filled field the installed plugin does not know is named here
+                    _step(spec, f"protocol ({protocol.name}, entry {entry.label})")
             options = protocol.options(options)
             policy = protocol.policy or policy
         return cls(study_name, model, datasets, editors, entries, replicates, edits, seed, metrics, options, budgets,
