@@ -376,7 +376,7 @@ def run(
     out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder for config.yaml and results.jsonl.")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with run settings; flags override it.")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Edit dataset name (see `lmcompose list datasets`).")] = None,
-    dataset_source: Annotated[str | None, typer.Option("--dataset-source", help="Dataset file or URL (default: the data folder, the download cache, the canonical URL, then the bundled sample).")] = None,
+    dataset_source: Annotated[str | None, typer.Option("--dataset-source", help="Dataset file, URL, hub:ID[?config=..&split=..] (Hugging Face datasets) or sample (default: the data folder, the download cache, the canonical URL, then the bundled sample).")] = None,
     edits: Annotated[int | None, typer.Option("--edits", "-n", help="Number of dataset records to edit (a seeded random selection).")] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip malformed dataset records (and count them) instead of stopping.")] = False,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for edit selection and calibration.")] = None,
@@ -385,8 +385,15 @@ def run(
     metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")] = None,
     ppl_tokens: Annotated[str | None, typer.Option("--ppl-tokens", help="Perplexity token budget, or 'all' for the whole test split.")] = None,
     ppl_seqlen: Annotated[int | None, typer.Option("--ppl-seqlen", help="Perplexity window length.")] = None,
+    ppl_corpus: Annotated[str | None, typer.Option("--ppl-corpus", help="Perplexity text: wikitext2 (default), a text file, hub:ID[?config=..&split=..&field=..] or sample.")] = None,
+    calibration_corpus: Annotated[str | None, typer.Option("--calibration-corpus", help="Calibration text (compressors, MEMIT statistics): wikitext2 (default), a text file, hub:ID[?...] or sample.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="float32 | bfloat16 | float16")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="float32 | bfloat16 | float16 | auto (the checkpoint's own; default on a GPU; float32 on a CPU without native bf16).")] = None,
+    device_map: Annotated[str | None, typer.Option("--device-map", help="Place layers with accelerate: auto | balanced | sequential | cpu | cuda:N (from_pretrained's device_map).")] = None,
+    max_memory: Annotated[str | None, typer.Option("--max-memory", help="Memory per device for --device-map, e.g. 0=20GiB,cpu=60GiB.")] = None,
+    revision: Annotated[str | None, typer.Option("--revision", help="A hub model's branch, tag or commit (the resolved commit is recorded in config.yaml).")] = None,
+    save_model: Annotated[str | None, typer.Option("--save-model", help="Save the final model to this folder (Hugging Face format: plain from_pretrained loads it; plus lmcompose's compression sidecar).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --save-model folder.")] = False,
 ) -> None:
     """Apply STEPs to MODEL in order; evaluate every metric on the base model and after each step."""
     settings = _settings(
@@ -394,7 +401,9 @@ def run(
         dataset_source=dataset_source, edits=edits, seed=seed, policy=policy, protocol=protocol,
         skip_invalid=True if skip_invalid else None,
         metrics=_metric_names(metrics),
-        device=device, dtype=dtype,
+        device=device, dtype=dtype, save_model=save_model, overwrite=True if overwrite else None,
+        device_map=device_map, max_memory=max_memory, revision=revision,
+        ppl_corpus=ppl_corpus, calibration_corpus=calibration_corpus,
     )
     _apply_metric_flags(settings, ppl_tokens, ppl_seqlen)
     settings.validate()
@@ -410,6 +419,8 @@ def run(
         console.print("every evaluation of this run is already in its results.jsonl; nothing to do")
     if settings.out:
         console.print(f"results: {Path(settings.out) / 'results.jsonl'}")
+    if settings.save_model:
+        console.print(f"model: {settings.save_model} (AutoModelForCausalLM.from_pretrained loads it)", highlight=False, soft_wrap=True)
 
 
 def _quiet_transformers() -> None:
@@ -417,6 +428,12 @@ def _quiet_transformers() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
+    try:  # save_pretrained's "Writing model shards" bar
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
+        pass
 
 
 # --------------------------------------------------------------------------------------
@@ -449,7 +466,7 @@ def sweep(
     replicates: Annotated[int | None, typer.Option("--replicates", "-k", help="Replicates: disjoint seeded batches of --edits edits each (default 1).")] = None,
     edits: Annotated[int | None, typer.Option("--edits", "-n", help="Edits per replicate (a seeded random selection).")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Edit dataset name (default: the bundled sample when a step edits).")] = None,
-    dataset_source: Annotated[str | None, typer.Option("--dataset-source", help="Dataset file or URL.")] = None,
+    dataset_source: Annotated[str | None, typer.Option("--dataset-source", help="Dataset file, URL, hub:ID[?config=..&split=..] or sample.")] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip malformed dataset records instead of stopping.")] = False,
     out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder (default runs/sweep-<id>); rerun the same command to resume.")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with sweep settings; flags override it.")] = None,
@@ -459,13 +476,19 @@ def sweep(
     metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")] = None,
     ppl_tokens: Annotated[str | None, typer.Option("--ppl-tokens", help="Perplexity token budget, or 'all' for the whole test split.")] = None,
     ppl_seqlen: Annotated[int | None, typer.Option("--ppl-seqlen", help="Perplexity window length.")] = None,
+    ppl_corpus: Annotated[str | None, typer.Option("--ppl-corpus", help="Perplexity text: wikitext2 (default), a text file, hub:ID[?config=..&split=..&field=..] or sample.")] = None,
+    calibration_corpus: Annotated[str | None, typer.Option("--calibration-corpus", help="Calibration text (compressors, MEMIT statistics): wikitext2 (default), a text file, hub:ID[?...] or sample.")] = None,
     calibration_samples: Annotated[int | None, typer.Option("--calibration-samples", help="Calibration windows for calibrated compressors (default 128).")] = None,
     calibration_seqlen: Annotated[int | None, typer.Option("--calibration-seqlen", help="Tokens per calibration window (default 512).")] = None,
     snapshots: Annotated[str | None, typer.Option("--snapshots", help="Where shared model states wait: memory (default) or disk (safetensors in the run folder).")] = None,
     topk: Annotated[int | None, typer.Option("--topk", help="Record the top-k next tokens of the first edit's prompt after every step (0 = off; default 5).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="float32 | bfloat16 | float16")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="float32 | bfloat16 | float16 | auto (the checkpoint's own; default on a GPU; float32 on a CPU without native bf16).")] = None,
+    device_map: Annotated[str | None, typer.Option("--device-map", help="Place layers with accelerate: auto | balanced | sequential | cpu | cuda:N (from_pretrained's device_map).")] = None,
+    max_memory: Annotated[str | None, typer.Option("--max-memory", help="Memory per device for --device-map, e.g. 0=20GiB,cpu=60GiB.")] = None,
+    revision: Annotated[str | None, typer.Option("--revision", help="A hub model's branch, tag or commit (the resolved commit is recorded in config.yaml).")] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
+    save_cells: Annotated[str | None, typer.Option("--save-cells", help="Save the final models of these cells into OUT/models/: all, or globs over cell ids (e.g. 'memit>*').")] = None,
 ) -> None:
     """Run every order of STEPs at every strength of --vary for every replicate; write results.jsonl, report.md and plots."""
     from lmcompose.sweep import SweepSettings, run_sweep
@@ -476,7 +499,9 @@ def sweep(
         edits=edits, seed=seed, policy=policy, protocol=protocol, skip_invalid=True if skip_invalid else None,
         metrics=_metric_names(metrics),
         device=device, dtype=dtype, vary=vary, orders=orders, replicates=replicates, snapshots=snapshots,
-        topk=topk, calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen,
+        device_map=device_map, max_memory=max_memory, revision=revision,
+        topk=topk, calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen, save_cells=save_cells,
+        ppl_corpus=ppl_corpus, calibration_corpus=calibration_corpus,
     )
     _apply_metric_flags(settings, ppl_tokens, ppl_seqlen)
     settings.validate()
@@ -493,6 +518,8 @@ def sweep(
     console.print(f"results: {Path(settings.out) / 'results.jsonl'}", highlight=False, soft_wrap=True)
     console.print(f"report: {report.path}" + (f" (+ {len(report.plots)} plots in {report.path.parent / 'plots'})" if report.plots else ""),
                   highlight=False, soft_wrap=True)
+    if settings.save_cells:
+        console.print(f"models: {Path(settings.out) / 'models'}", highlight=False, soft_wrap=True)
 
 
 @app.command(epilog="Examples: lmcompose report runs/sweep-1a2b3c; lmcompose report runs/study-paper-0a1b2c; "
@@ -542,6 +569,9 @@ def validate(config: Annotated[Path, typer.Argument(help="YAML run settings (the
     is_sweep = bool(SWEEP_KEYS & set(data))
     settings = (SweepSettings if is_sweep else RunSettings).from_mapping(data, where=str(config)).with_protocol()
     steps, metrics = settings.validate()
+    from lmcompose.models.loading import resolve_device
+
+    resolve_device(settings.device)  # the device exists on this machine
     cells = settings.cell_count() if is_sweep else 0
     what = f"sweep of {cells} cells over " if is_sweep else ""
     console.print(f"[green]ok[/]: {config} — {what}{len(steps)} step(s): {', '.join(s.name for s in steps)}; metrics: {', '.join(m.name for m in metrics)}")
@@ -551,6 +581,9 @@ def _validate_study(path: Path) -> None:
     from lmcompose.studies import load_study
 
     study = load_study(path)
+    from lmcompose.models.loading import resolve_device
+
+    resolve_device(study.device)
     cells = study.cells()
     c = study.counts()
     console.print(f"[green]ok[/]: {path} — study {study.name!r} (id {study.id}): {len(cells)} cells over "
@@ -604,6 +637,7 @@ def study(
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: the study's device).")] = None,
     plan_only: Annotated[bool, typer.Option("--plan", help="Print the plan's cells and work counts and stop (nothing is loaded or written).")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
+    save_cells: Annotated[str | None, typer.Option("--save-cells", help="Save the final models of these cells into OUT/models/: all, or globs over cell ids (e.g. 'counterfact|*|memit>*').")] = None,
 ) -> None:
     """Run a study: every editor × compressor × strength × order × dataset × replicate of STUDY.yaml, sharing every model state; write results.jsonl, report.md, rows.csv and plots."""
     from lmcompose.studies import load_study
@@ -611,6 +645,10 @@ def study(
 
     spec = load_study(study_file)
     parse_shard(shard)
+    if save_cells is not None:
+        from lmcompose.engine.saving import match_cells
+
+        match_cells(spec.cells(), save_cells)
     if plan_only:
         console.print(f"study {spec.name!r} (id {spec.id}): {len(spec.cells())} cells", highlight=False)
         console.print(_counts_text(spec.counts()), highlight=False, soft_wrap=True)
@@ -620,7 +658,7 @@ def study(
     with progress.rp:
         result = run_study(spec, out=out, executor=executor, ray_address=ray_address, cpus_per_task=cpus_per_task,
                            gpus_per_task=gpus_per_task, threads=threads, shard=shard, device=device,
-                           progress=progress, on_progress=progress.on_event, plots=plots)
+                           progress=progress, on_progress=progress.on_event, plots=plots, save_cells=save_cells)
     if result.report is not None:
         print_report(result.report, tables=1)
     for failure in result.failures:
@@ -632,7 +670,9 @@ def study(
         console.print(f"report: {result.report.path}; all rows: {result.report.table_path}"
                       + (f" (+ {len(result.report.plots)} plots in {result.folder / 'plots'})" if result.report.plots else ""),
                       highlight=False, soft_wrap=True)
-    elif result.missing:
+    if save_cells:
+        console.print(f"models: {result.folder / 'models'}", highlight=False, soft_wrap=True)
+    if result.report is None and result.missing:
         what = "this shard is done; combine the shard folders with `lmcompose merge`" if shard and not result.failures else \
             f"{len(result.missing)} cell(s) are not finished; rerun the same command to resume"
         console.print(what, highlight=False, soft_wrap=True)
@@ -693,16 +733,18 @@ def models(prepare: Annotated[bool, typer.Option("--prepare", help="Convert ever
 def export(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A `lmcompose run` folder (its steps are replayed: runs keep results, not weights) or a folder written by LM.save.", show_default=False)],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to write the checkpoint to (default RUN/export-FORMAT).")] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="Checkpoint format: compressed-tensors (packed int weights + scales; needs pip install 'lmcompose-cli\\[export]').")] = "compressed-tensors",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="Checkpoint format: compressed-tensors (int weights + scales, sparsity declared; needs pip install 'lmcompose-cli\\[export]').")] = "compressed-tensors",
+    quantization_format: Annotated[str, typer.Option("--quantization-format", help="auto (packed when every grid is symmetric, else int8 codes: what plain from_pretrained loads) | pack-quantized | int-quantized.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = False,
 ) -> None:
-    """Write the quantized model of RUN as a real packed checkpoint that transformers (and vLLM) load."""
+    """Write the compressed (quantized and/or pruned) model of RUN as a checkpoint that plain transformers (and vLLM) load."""
     from lmcompose.export import export as export_model
 
     _quiet_transformers()
     target = out if out is not None else run_dir / f"export-{fmt}"
     progress = RichProgress()
     with progress.rp:
-        written = export_model(run_dir, target, fmt, progress)
+        written = export_model(run_dir, target, fmt, progress, quantization_format=quantization_format, overwrite=overwrite)
     console.print(f"wrote {fmt} checkpoint: {written}")
 
 

@@ -333,6 +333,9 @@ class Context:
     cache_dir: Path | None = None
     calibration_samples: int = 128
     calibration_seqlen: int = 512
+    #: Corpus specs (:mod:`lmcompose.corpora`): None = wikitext-2, or the bundled sample with a note.
+    ppl_corpus: str | None = None
+    calibration_corpus: str | None = None
     metric_options: dict[str, Any] = field(default_factory=dict)
     progress: Progress = field(default_factory=Progress)
     state: dict[str, Any] = field(default_factory=dict)

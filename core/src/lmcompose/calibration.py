@@ -11,7 +11,9 @@ For each decoder layer i, in order:
 3. run the layer again with the modified weights; its outputs are layer i+1's inputs.
 
 Peak memory is about one model plus one layer's activations (the hidden states of the
-calibration set, n x seqlen x hidden). Layers are called with the keyword arguments the
+calibration set, n x seqlen x hidden). On a model accelerate offloaded (``--device-map`` with
+``--max-memory``), each layer is onloaded to the execution device for its turn and stored
+back after (:mod:`lmcompose.models.offload`): one decoder layer's weights at a time. Layers are called with the keyword arguments the
 model itself passes them (attention masks, rotary embeddings...), captured once per layer
 from a forward pass of one window, so architectures with per-layer masks (gemma3's
 sliding-window layers) work unchanged. Everything runs under ``torch.no_grad``.
@@ -195,17 +197,19 @@ def run_layer_sequential(
         for i, layer in enumerate(layers):
             kwargs = kwargs_per_layer[i]
             names = module_names(i)
-            original = None
-            if next_inputs == "original" and names:
-                original = torch.cat([call_layer(layer, hidden[j : j + 1], kwargs) for j in range(hidden.shape[0])])
-            for group in (stages(i, names) if stages is not None and names else [names]):
-                _observe_group(lm, layer, hidden, kwargs, i, group, observe)
-                modify(i, group)
-            if original is not None:
-                hidden[:] = original
-            else:
-                for j in range(hidden.shape[0]):
-                    hidden[j : j + 1] = call_layer(layer, hidden[j : j + 1], kwargs)
+            # an offloaded model: this layer's weights on the execution device, stored back after
+            with lm.onloaded(layer, write=bool(names)):
+                original = None
+                if next_inputs == "original" and names:
+                    original = torch.cat([call_layer(layer, hidden[j : j + 1], kwargs) for j in range(hidden.shape[0])])
+                for group in (stages(i, names) if stages is not None and names else [names]):
+                    _observe_group(lm, layer, hidden, kwargs, i, group, observe)
+                    modify(i, group)
+                if original is not None:
+                    hidden[:] = original
+                else:
+                    for j in range(hidden.shape[0]):
+                        hidden[j : j + 1] = call_layer(layer, hidden[j : j + 1], kwargs)
             advance(1)
     finally:
         if ctx_task is not None:

@@ -37,6 +37,11 @@ __all__ = [
 # Run settings (what `lmcompose run` and config.yaml hold)
 # --------------------------------------------------------------------------------------
 
+#: Settings that say where things happen, not what is computed: not part of a run's id.
+LOCAL_SETTINGS = frozenset({"out", "device", "data_dir", "device_map", "max_memory"})
+#: Settings left out of config.yaml and the run id while unset, so runs from before they existed keep their ids.
+OPTIONAL_SETTINGS = ("ppl_corpus", "calibration_corpus", "device_map", "max_memory", "revision")
+
 
 @dataclass
 class RunSettings:
@@ -54,9 +59,16 @@ class RunSettings:
     metrics: list[str] | None = None
     metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str | None = None  # None: lmcompose.models.loading.default_dtype(device)
     data_dir: str | None = None
     protocol: str = "default"
+    save_model: str | None = None
+    overwrite: bool = False
+    ppl_corpus: str | None = None
+    calibration_corpus: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    revision: str | None = None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], where: str = "config") -> RunSettings:
@@ -89,8 +101,14 @@ class RunSettings:
         if isinstance(steps, Mapping) or not isinstance(steps, list | str) or (
                 isinstance(steps, list) and not all(isinstance(s, str | Mapping) for s in steps)):
             raise bad("steps", "a list of steps, e.g. [magnitude:sparsity=0.5, rtn:bits=4] or [{magnitude: {sparsity: 0.5}}]")
-        for key in ("out", "dataset", "dataset_source", "data_dir"):
+        for key in ("out", "dataset", "dataset_source", "data_dir", "save_model"):
             optional_str(key)
+        if not isinstance(self.overwrite, bool):
+            raise bad("overwrite", "true or false")
+        from lmcompose.corpora import parse_corpus
+
+        for key in ("ppl_corpus", "calibration_corpus"):
+            parse_corpus(getattr(self, key), f"{where}: {key}")
         if self.edits is not None and (isinstance(self.edits, bool) or not isinstance(self.edits, int) or self.edits < 1):
             raise bad("edits", "a whole number of edit requests >= 1")
         if not isinstance(self.skip_invalid, bool):
@@ -111,8 +129,10 @@ class RunSettings:
             raise bad("metric_options", "a mapping of metric name to its fields, e.g. {perplexity: {max_tokens: 4096}}")
         if not isinstance(self.device, str):
             raise bad("device", "a device name: cpu, cuda or cuda:N")
-        if not isinstance(self.dtype, str):
-            raise bad("dtype", "float32, bfloat16 or float16")
+        if self.dtype is not None and not isinstance(self.dtype, str):
+            raise bad("dtype", "float32, bfloat16, float16 or auto")
+        for key in ("device_map", "max_memory", "revision"):
+            optional_str(key)
 
     @classmethod
     def from_file(cls, path: str | Path) -> RunSettings:
@@ -148,11 +168,22 @@ class RunSettings:
         if not self.steps:
             raise ConfigError("no steps given: pass at least one STEP such as magnitude:sparsity=0.5")
         check_policy(self.policy)
-        from lmcompose.models.loading import DTYPES, check_device_name
+        from lmcompose.models.loading import (
+            DTYPES,
+            check_device_map,
+            check_device_name,
+            parse_max_memory,
+        )
 
-        if self.dtype not in DTYPES:
+        if self.dtype is not None and self.dtype not in DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         check_device_name(self.device)
+        if self.device_map is not None:
+            check_device_map(self.device_map)
+        if self.max_memory is not None:
+            if self.device_map is None:
+                raise ConfigError("max_memory needs device_map (auto, balanced or sequential) to place layers by it")
+            parse_max_memory(self.max_memory)
         steps = [build_intervention(parse_step(s)) for s in self.steps]
         metrics = build_metrics(self.metrics, self.metric_options)
         if self.dataset is not None:
@@ -166,10 +197,38 @@ class RunSettings:
         d["steps"] = [str(parse_step(s)) for s in self.steps]
         if d["protocol"] == "default":
             del d["protocol"]  # so run ids written before protocols existed stay the same
+        for key in ("save_model", "overwrite"):  # where a copy of the model goes is not part of the run
+            d.pop(key, None)
+        for key in OPTIONAL_SETTINGS:
+            if d.get(key) is None:
+                d.pop(key, None)
+        if d.get("dtype") is None:
+            from lmcompose.models.loading import default_dtype
+
+            d["dtype"] = default_dtype(self.device)
         return d
 
+    @property
+    def effective_dtype(self) -> str:
+        """``dtype``, or the device's default when unset (auto on a GPU, float32 on a CPU)."""
+        from lmcompose.models.loading import default_dtype
+
+        return self.dtype or default_dtype(self.device)
+
+    def load_model(self, progress: Progress | None = None) -> Any:
+        """The model these settings name, loaded with their dtype, device and placement."""
+        from lmcompose.models.loading import load_model
+
+        return load_model(self.model, dtype=self.effective_dtype, device=self.device, progress=progress,
+                          device_map=self.device_map, max_memory=self.max_memory, revision=self.revision)
+
+    def context(self, progress: Progress | None = None) -> Context:
+        """The Context these settings give a run: seed, device, dtype, corpora."""
+        return Context(seed=self.seed, device=self.device, dtype=self.effective_dtype, progress=progress or Progress(),
+                       ppl_corpus=self.ppl_corpus, calibration_corpus=self.calibration_corpus)
+
     def run_id(self) -> str:
-        key = {k: v for k, v in self.resolved().items() if k not in {"out", "device", "data_dir"}}
+        key = {k: v for k, v in self.resolved().items() if k not in LOCAL_SETTINGS}
         return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -192,9 +251,13 @@ def compose(
     run_id: str | None = None,
     replicate: int = 0,
     config: Mapping[str, Any] | None = None,
+    save_model: str | Path | None = None,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Apply ``steps`` to ``lm`` in order, evaluating every metric on the base model and after
     each step; return the rows (also appended to ``out/results.jsonl`` when ``out`` is set).
+    ``save_model``: a folder for the final model (:mod:`lmcompose.engine.saving`; an existing,
+    non-empty folder only with ``overwrite``).
 
     ``config`` (optional) is written to ``out/config.yaml`` together with versions and the
     base model's fingerprint. Rerunning into the same folder with the same run id skips the
@@ -221,21 +284,28 @@ def compose(
         step = interventions[action.index]
         return type(step)(step.config) if action.again else step
 
+    save = None
+    if save_model is not None:
+        from lmcompose.engine.saving import SaveTargets, check_save_folder
+
+        target = check_save_folder(save_model, overwrite)
+        save = SaveTargets.for_cells(plan, plan.cells, {plan.cells[0].id: target}, overwrite=overwrite,
+                                     extra={"model": lm.name})
     folder = RunFolder(out, run_id, "run", config) if out is not None else None
     rows: list[dict[str, Any]] = []
     with folder or nullcontext():
         done = folder.done() if folder is not None else set()
         if folder is not None:
-            inputs = run_inputs(lm, {group: list(ctx.edits)})
+            inputs = run_inputs(lm, {group: list(ctx.edits)}, ctx)
             folder.write_config(
                 inputs=inputs, order=order,
                 steps_resolved=[{"name": s.name, "kind": s.kind, "config": config_to_dict(s.config)} for s in interventions],
                 policy=policy, seed=seed, model_fingerprint=inputs["model_fingerprint"], model_source=lm.source,
                 versions=inputs["versions"], notes=ctx.notes,
             )
-        if not plan.mark_needed(done):
+        if not plan.mark_needed(done, force=save.missing() if save is not None else None):
             return rows
-        executor = Executor(plan, lm, ctx, metric_objs, {group: list(ctx.edits)}, build=build)
+        executor = Executor(plan, lm, ctx, metric_objs, {group: list(ctx.edits)}, build=build, save=save)
         for state in executor.run():
             for row in state.rows:
                 if folder is not None:
@@ -291,19 +361,27 @@ def prepare(settings: _Settings) -> tuple[_Settings, tuple[list[Intervention], l
             raise ConfigError(f"data folder {settings.data_dir!r} does not exist")
         os.environ["LMCOMPOSE_DATA_DIR"] = str(Path(settings.data_dir).resolve())
     resolve_device(settings.device)
+    if settings.device_map is not None and settings.device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+        resolve_device(settings.device_map, "--device-map")
+    from lmcompose.corpora import check_corpora
+
+    check_corpora(settings.ppl_corpus, settings.calibration_corpus)
     return settings, checked
 
 
 def run(settings: RunSettings, progress: Progress | None = None) -> tuple[list[dict[str, Any]], Context]:
     """Validate, load the model and edits, and compose (the `lmcompose run` command)."""
     settings, _checked = prepare(settings)
+    if settings.save_model:
+        from lmcompose.engine.saving import check_save_folder
+
+        check_save_folder(settings.save_model, settings.overwrite)  # before anything is loaded
     run_id = settings.run_id()
     folder = RunFolder(settings.out, run_id, "run", settings.resolved()) if settings.out else None
     if folder is not None:  # refuse a folder of another run before loading anything
         folder.open().close()
-    from lmcompose.models.loading import load_model
 
-    ctx = Context(seed=settings.seed, device=settings.device, dtype=settings.dtype, progress=progress or Progress())
+    ctx = settings.context(progress)
     edits = None
     needs_edits = any(get_interventions().get(parse_step(s).name).kind == EDIT_KIND for s in settings.steps)
     if settings.dataset or settings.edits or needs_edits:
@@ -311,9 +389,10 @@ def run(settings: RunSettings, progress: Progress | None = None) -> tuple[list[d
         if settings.dataset is None:
             ctx.note("no --dataset given: using the bundled sample edits (dataset 'records')")
         edits = load_edits(name, settings.dataset_source, settings.edits, settings.seed, skip_invalid=settings.skip_invalid, ctx=ctx)
-    lm = load_model(settings.model, dtype=settings.dtype, device=settings.device, progress=ctx.progress)
+    lm = settings.load_model(ctx.progress)
     rows = compose(
         lm, settings.steps, edits=edits, out=settings.out, policy=settings.policy, metrics=settings.metrics,
         metric_options=settings.metric_options, seed=settings.seed, ctx=ctx, run_id=run_id, config=settings.resolved(),
+        save_model=settings.save_model, overwrite=settings.overwrite,
     )
     return rows, ctx

@@ -66,24 +66,23 @@ def wikitext_file(split: str, source: str | Path | None = None) -> Path | None:
     return None
 
 
-def corpus_identity() -> dict[str, str]:
+def corpus_identity(ctx: Any = None) -> dict[str, str]:
     """Which text perplexity (``test``) and calibration read, by file name and checksum, as
-    :func:`corpus_text` would choose it (nothing is tokenized): a run records it, and a
-    resume onto other text is refused."""
-    from lmcompose.edit_data import sha256_file
+    :func:`corpus_text` would choose it for ``ctx``'s corpus settings (nothing is tokenized):
+    a run records it, and a resume onto other text is refused."""
+    from lmcompose.corpora import corpus_identity as identity
+    from lmcompose.corpora import parse_corpus
 
-    out = {}
-    for split, parts in (("test", ("test",)), ("calibration", ("train", "validation"))):
-        files = [f for f in (wikitext_file(p) for p in parts) if f is not None]
-        out[split] = " + ".join(f"{f.name}:{sha256_file(f)[:16]}" for f in files) if files else "bundled:sample_text.txt"
-    return out
+    return identity(parse_corpus(getattr(ctx, "ppl_corpus", None), "ppl_corpus"),
+                    parse_corpus(getattr(ctx, "calibration_corpus", None), "calibration_corpus"))
 
 
-def wikitext_text(split: str, source: str | Path | None = None) -> tuple[str, str] | None:
+def wikitext_text(split: str, source: str | Path | None = None, problems: list[str] | None = None) -> tuple[str, str] | None:
     """``"\\n\\n".join`` of the split's rows and where it came from, or None if unavailable.
 
     Looks in ``source`` (a folder), then the data folder, then (unless HF_HUB_OFFLINE=1)
-    the hub dataset ``wikitext``/``wikitext-2-raw-v1``.
+    the hub dataset ``wikitext``/``wikitext-2-raw-v1``; why the hub failed is appended to
+    ``problems`` when given.
     """
     if split not in WIKITEXT_FILES:
         raise DataError(f"wikitext-2 has no split {split!r}; use one of {', '.join(WIKITEXT_FILES)}")
@@ -96,29 +95,24 @@ def wikitext_text(split: str, source: str | Path | None = None) -> tuple[str, st
 
             ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
             return "\n\n".join(ds["text"]), f"hub:wikitext/wikitext-2-raw-v1/{split}"
-        except Exception:
-            pass
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - no network, no such cache entry, ...
+            if problems is not None:
+                problems.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
     return None
 
 
 def corpus_text(split: str, ctx: Any = None) -> tuple[str, str]:
-    """Text for perplexity (``test``) or calibration (``train``+``validation``), falling back
-    to the bundled sample text with a note on ``ctx``."""
-    if split == "calibration":
-        parts = [wikitext_text(s) for s in ("train", "validation")]
-        found = [p for p in parts if p is not None]
-        if found:
-            return "\n\n".join(t for t, _ in found), " + ".join(w for _, w in found)
-    else:
-        found_one = wikitext_text(split)
-        if found_one is not None:
-            return found_one
-    if ctx is not None:
-        ctx.note(
-            f"wikitext-2 {split} not found: using the small bundled sample text instead "
-            "(set LMCOMPOSE_DATA_DIR or --data-dir to a folder with wikitext-2-raw/ for real numbers)"
-        )
-    return sample_text(), "bundled:sample_text.txt"
+    """Text for perplexity (``test``) or calibration (``calibration``): the corpus ``ctx``
+    names (``ctx.ppl_corpus`` / ``ctx.calibration_corpus``, see :mod:`lmcompose.corpora`),
+    by default wikitext-2 or, when it cannot be had, the bundled sample with a note."""
+    from lmcompose.corpora import ROLES, load_corpus, parse_corpus
+
+    if split not in ROLES:
+        raise DataError(f"corpus role {split!r} is not one of {', '.join(ROLES)}")
+    key = ROLES[split][0]
+    return load_corpus(parse_corpus(getattr(ctx, key, None), key), split, ctx)
 
 
 _TOKENIZED: dict[tuple[str, str], Any] = {}

@@ -1,19 +1,21 @@
-"""Export a quantized model as a real packed checkpoint.
+"""Export a compressed model as a real checkpoint: compressed-tensors (vLLM's and
+llm-compressor's format), which plain ``AutoModelForCausalLM.from_pretrained`` loads.
 
-``compressed-tensors`` (vLLM's and llm-compressor's format, ``pack-quantized``): every
-decoder projection that carries a quantization grid in ``lm.compression`` (rtn, gptq, awq)
-is stored as its integer codes packed into int32 words, with its per-(row, group) scale
-and (asymmetric grids) packed zero point; everything else stays dense. Transformers loads
-the folder (with compressed-tensors installed) and decompresses it to the same weights.
+Every decoder projection that carries a quantization grid in ``lm.compression`` (rtn, gptq,
+awq) is stored as its integer codes with its per-(row, group) scale and zero point:
+``pack-quantized`` (codes packed into int32 words) when every grid is symmetric,
+``int-quantized`` (one int8 per code) when any is asymmetric — transformers 5.24 reloads a
+packed asymmetric zero point at the wrong size, so ``auto`` chooses the layout it loads;
+``--quantization-format pack-quantized`` forces packing (vLLM's weight-only kernels read it).
+Pruned projections (magnitude, sparsegpt, wanda) stay dense and are declared in the config's
+``sparsity_config`` (structure ``2:4`` or ``unstructured``, global sparsity, targets); a model
+both pruned and quantized has both. Everything else stays dense.
 
 The grids map one to one: lmcompose's codes q ∈ [0, 2^b − 1] with zero z are
 compressed-tensors' signed codes q − 2^(b−1) with zero point z − 2^(b−1) (a symmetric
 grid's zero point is then 0, as compressed-tensors requires). compressed-tensors needs the
 group size to divide each quantized layer's width and plain ``nn.Linear`` layers (not
-gpt2's Conv1D); anything else is refused with the layer's name. Layers quantized with
-different bits/group sizes become separate config groups: a valid checkpoint, but
-transformers 5.x's dequantizing loader applies one scheme to every dense layer, so reload
-such a mixed checkpoint with compressed-tensors itself (or vLLM).
+gpt2's Conv1D); anything else is refused with the layer's name.
 
 compressed-tensors is optional (``pip install "lmcompose-cli[export]"`` or
 ``pip install compressed-tensors``) and imported only here.
@@ -22,6 +24,11 @@ compressed-tensors is optional (``pip install "lmcompose-cli[export]"`` or
 from __future__ import annotations
 
 import copy
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,23 +71,67 @@ def quantized_layers(lm: Any) -> dict[str, Any]:
     return out
 
 
-def export_compressed_tensors(lm: Any, out: str | Path) -> Path:
-    """Write ``lm`` (unchanged) to ``out`` in compressed-tensors' pack-quantized format."""
+QUANTIZATION_FORMATS = ("auto", "pack-quantized", "int-quantized")
+
+
+def pruned_layers(lm: Any) -> dict[str, Any]:
+    """name -> keep mask of every projection a pruner recorded; raises for a layer whose pruned
+    weights are no longer zero (a later step moved them and nothing projected them back)."""
+    out = {}
+    for name, _module in lm.linear_layers():
+        state = lm.compression.get(name)
+        keep = getattr(state, "keep_mask", None)
+        if keep is None:
+            continue
+        w = lm.weight(name)
+        if bool((w[~keep.to(w.device)] != 0).any()):
+            raise ExportError(f"{name}: weights a pruner zeroed are no longer zero (a later step changed them); "
+                              "rerun with --keep-compressed project so they are zeroed again")
+        out[name] = keep
+    return out
+
+
+def sparsity_structure(lm: Any, masks: dict[str, Any]) -> str:
+    """``2:4`` when every pruned layer has at least two zeros in each run of four inputs, else
+    ``unstructured`` (the structures compressed-tensors' sparsity config names)."""
+    for name in masks:
+        w = lm.weight(name)
+        if w.shape[1] % 4:
+            return "unstructured"
+        if bool(((w == 0).reshape(w.shape[0], -1, 4).sum(-1) < 2).any()):
+            return "unstructured"
+    return "2:4"
+
+
+def sparsity_config(lm: Any, masks: dict[str, Any]) -> dict[str, Any]:
+    """compressed-tensors' sparsity config for ``masks`` (weights stored dense: every loader
+    reads them; the config declares the structure for runtimes with sparse kernels)."""
+    zeros = sum(int((lm.weight(n) == 0).sum()) for n in masks)
+    total = sum(lm.weight(n).numel() for n in masks)
+    return {"format": "dense", "targets": sorted(masks), "ignore": [], "global_sparsity": zeros / max(total, 1),
+            "sparsity_structure": sparsity_structure(lm, masks)}
+
+
+def export_compressed_tensors(lm: Any, out: str | Path, quantization_format: str = "auto", overwrite: bool = False) -> Path:
+    """Write ``lm`` (unchanged) to ``out`` in compressed-tensors' format: quantized layers as
+    integer codes with their scales (``pack-quantized``: b-bit codes packed into int32 words;
+    ``int-quantized``: one int8 per code), pruned layers declared in a sparsity config. ``auto``
+    packs when every grid is symmetric and writes int8 codes otherwise: the two layouts
+    ``AutoModelForCausalLM.from_pretrained`` loads with no options (transformers 5.24 cannot
+    load a packed asymmetric zero point). Written beside ``out`` and renamed into place."""
     import torch
 
+    if quantization_format not in QUANTIZATION_FORMATS:
+        raise ExportError(f"quantization format {quantization_format!r} is not one of {', '.join(QUANTIZATION_FORMATS)}")
     _require_compressed_tensors()
-    from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import (
-        QuantizationArgs,
-        QuantizationConfig,
-        QuantizationScheme,
-        QuantizationStatus,
-        apply_quantization_config,
-    )
+    from lmcompose.engine.saving import check_save_folder
 
+    target = check_save_folder(out, overwrite, flag="--out")
     grids = quantized_layers(lm)
-    if not grids:
-        raise ExportError("no quantized layer to export: the run has no quantization step (rtn, gptq, awq) on its grid")
+    masks = pruned_layers(lm)
+    if not grids and not masks:
+        raise ExportError("nothing to export: the model has no quantized or pruned layer (no rtn, gptq, awq, magnitude, "
+                          "sparsegpt or wanda step); save an edited dense model with `lmcompose run ... --save-model DIR`")
     groups: dict[tuple[int, int | None, bool], list[str]] = {}
     for name, grid in grids.items():
         module = lm.model.get_submodule(name)
@@ -94,6 +145,51 @@ def export_compressed_tensors(lm: Any, out: str | Path) -> Path:
             raise ExportError(f"{name}: group size {g} does not divide its width {in_f}; compressed-tensors needs equal groups "
                               "(quantize with a group size that divides every width, or <= 0 for one group per row)")
         groups.setdefault((grid.bits, g, grid.symmetric), []).append(name)
+    fmt = quantization_format
+    if fmt == "auto":
+        fmt = "pack-quantized" if all(sym for _b, _g, sym in groups) else "int-quantized"
+    if groups and fmt == "int-quantized" and any(b > 8 for b, _g, _s in groups):
+        raise ExportError("int-quantized holds codes of at most 8 bits; use --quantization-format pack-quantized")
+
+    with _quiet_compressed_tensors():
+        model = _quantized_copy(lm, grids, groups) if groups else copy.deepcopy(lm.model)
+        compressor = None
+        if groups:
+            from compressed_tensors.compressors import ModelCompressor
+
+            compressor = ModelCompressor.from_pretrained_model(model, quantization_format=fmt)
+            compressor.compress_model(model)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+        try:
+            model.save_pretrained(tmp)
+            if compressor is not None:
+                compressor.update_config(str(tmp))
+            lm.tokenizer.save_pretrained(tmp)
+            _declare_sparsity(tmp / "config.json", sparsity_config(lm, masks) if masks else None)
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        except OSError as exc:
+            raise ExportError(f"cannot write the checkpoint to {target}: {exc.strerror or exc}; free disk space or name "
+                              "another folder") from None
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _quantized_copy(lm: Any, grids: dict[str, Any], groups: dict[tuple[int, int | None, bool], list[str]]) -> Any:
+    """A copy of the model with compressed-tensors' quantization config applied and each
+    layer's scale and zero point set from its lmcompose grid (codes q − 2^(b−1))."""
+    import torch
+    from compressed_tensors.quantization import (
+        QuantizationArgs,
+        QuantizationConfig,
+        QuantizationScheme,
+        QuantizationStatus,
+        apply_quantization_config,
+    )
 
     config_groups = {}
     for k, ((bits, g, symmetric), names) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2]))):
@@ -101,7 +197,6 @@ def export_compressed_tensors(lm: Any, out: str | Path) -> Path:
                                 strategy="group" if g else "channel", group_size=g)
         config_groups[f"group_{k}"] = QuantizationScheme(targets=names, weights=args)
     config = QuantizationConfig(config_groups=config_groups, quantization_status=QuantizationStatus.FROZEN)
-
     model = copy.deepcopy(lm.model)
     apply_quantization_config(model, config, show_progress=False)
     with torch.no_grad():
@@ -112,14 +207,38 @@ def export_compressed_tensors(lm: Any, out: str | Path) -> Path:
             module.weight_scale.data = scale.to(module.weight.dtype).reshape(module.weight_scale.shape).clone()
             zero = (grid.zero - half).round().to(torch.int8)
             module.weight_zero_point.data = zero.reshape(module.weight_scale.shape).to(module.weight_zero_point.dtype).clone()
-    compressor = ModelCompressor.from_pretrained_model(model, quantization_format="pack-quantized")
-    compressor.compress_model(model)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    compressor.update_config(str(out))
-    lm.tokenizer.save_pretrained(out)
-    return out
+    return model
+
+
+def _declare_sparsity(config_path: Path, sparsity: dict[str, Any] | None) -> None:
+    """Put the sparsity config into config.json's quantization_config (creating a
+    compressed-tensors config with no quantization groups for a pruned-only model)."""
+    if sparsity is None:
+        return
+    import compressed_tensors
+
+    data = json.loads(config_path.read_text(encoding="utf-8"))
+    qc = data.get("quantization_config") or {"quant_method": "compressed-tensors", "format": "dense", "config_groups": {},
+                                             "version": compressed_tensors.__version__}
+    qc["sparsity_config"] = sparsity
+    data["quantization_config"] = qc
+    config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+@contextmanager
+def _quiet_compressed_tensors() -> Iterator[None]:
+    """compressed-tensors logs through loguru (a warning per layer when the format is given);
+    lmcompose reports what matters itself."""
+    try:
+        from loguru import logger
+    except ImportError:  # pragma: no cover - compressed-tensors depends on loguru
+        yield
+        return
+    logger.disable("compressed_tensors")
+    try:
+        yield
+    finally:
+        logger.enable("compressed_tensors")
 
 
 class _NoMetrics(Metric):
@@ -134,20 +253,22 @@ class _NoMetrics(Metric):
 def load_for_export(source: str | Path, progress: Any = None) -> Any:
     """The model a run ended with, or a saved model folder.
 
-    ``source`` is a folder written by ``LM.save`` (weights + ``lmcompose_compression.json``),
+    ``source`` is a folder written by ``LM.save``, ``--save-model`` or ``--save-cells``
+    (weights + ``lmcompose_compression.json``),
     or the folder of a ``lmcompose run`` (``config.yaml``): runs keep results, not weights, so
     the run's steps are applied again to its model with its seed, dtype, edits and policy
     (calibration is seeded, so the result is the run's model). The base model's fingerprint
     must match the one the run recorded.
     """
     from lmcompose.compose import EDIT_KIND, RunSettings, compose, load_edits, parse_step
+    from lmcompose.engine.saving import PROVENANCE_FILE
     from lmcompose.models.handle import COMPRESSION_META
     from lmcompose.models.loading import load_model
     from lmcompose.plugins import get_interventions
     from lmcompose.results import read_yaml
 
     folder = Path(source)
-    if (folder / "config.json").exists() and (folder / COMPRESSION_META).exists():
+    if (folder / "config.json").exists() and ((folder / COMPRESSION_META).exists() or (folder / PROVENANCE_FILE).exists()):
         return load_model(str(folder))
     cfg = folder / "config.yaml"
     if not cfg.exists():
@@ -159,10 +280,10 @@ def load_for_export(source: str | Path, progress: Any = None) -> Any:
                           "export the cell you want by running it with `lmcompose run ... --out DIR` and exporting DIR")
     settings = RunSettings.from_mapping({k: v for k, v in data.items() if k in known}, where=str(cfg))
     settings.validate()
-    from lmcompose.api import Context, Progress
+    from lmcompose.api import Progress
 
-    ctx = Context(seed=settings.seed, device=settings.device, dtype=settings.dtype, progress=progress or Progress())
-    lm = load_model(settings.model, dtype=settings.dtype, device=settings.device, progress=ctx.progress)
+    ctx = settings.context(progress or Progress())
+    lm = settings.load_model(ctx.progress)
     recorded = data.get("model_fingerprint")
     if recorded and lm.fingerprint() != recorded:
         raise ExportError(f"{settings.model}: the model's weights differ from those run {folder} started from "
@@ -176,10 +297,16 @@ def load_for_export(source: str | Path, progress: Any = None) -> Any:
     return lm
 
 
-def export(source: str | Path, out: str | Path, fmt: str = "compressed-tensors", progress: Any = None) -> Path:
+def export(source: str | Path, out: str | Path, fmt: str = "compressed-tensors", progress: Any = None, *,
+           quantization_format: str = "auto", overwrite: bool = False) -> Path:
     """Write the model of run (or saved model folder) ``source`` to ``out`` in format ``fmt``."""
     if fmt not in FORMATS:
         raise ExportError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if quantization_format not in QUANTIZATION_FORMATS:
+        raise ExportError(f"--quantization-format {quantization_format!r} is not one of {', '.join(QUANTIZATION_FORMATS)}")
     _require_compressed_tensors()
+    from lmcompose.engine.saving import check_save_folder
+
+    check_save_folder(out, overwrite, flag="--out")  # before the run is replayed
     lm = load_for_export(source, progress)
-    return export_compressed_tensors(lm, out)
+    return export_compressed_tensors(lm, out, quantization_format, overwrite=overwrite)

@@ -50,7 +50,13 @@ def producing_parameters(lm: Any, module_name: str, order: Sequence[str] | None 
     owners = set(before)
     out: list[tuple[str, torch.Tensor]] = []
     seen: set[int] = set()
-    for name, p in lm.model.named_parameters():
+    named = list(lm.model.named_parameters())
+    if getattr(lm, "offloaded", False):  # meta placeholders: read the stored values
+        from lmcompose.models.offload import stored_tensors
+
+        stored = stored_tensors(lm.model)
+        named = [(n, stored[n]) for n, _ in named]
+    for name, p in named:
         owner = name.rsplit(".", 1)[0]
         if owner in owners and p.data_ptr() not in seen:
             seen.add(p.data_ptr())

@@ -78,5 +78,7 @@ def build_metrics(names: Sequence[str] | None, options: Mapping[str, Mapping[str
     for key in options:
         if key not in registry:
             raise UnknownNameError("metric (in metric options)", key, registry.names())
-    chosen = list(names) if names else registry.names()
+    # no names: every metric registered as a default one (an opt-in metric, such as lm-eval's
+    # tasks, registers with default=False and runs only when named)
+    chosen = list(names) if names else [n for n in registry.names() if registry.entry(n).extra.get("default", True)]
     return [registry.get(n).from_overrides(options.get(n, {})) for n in chosen]

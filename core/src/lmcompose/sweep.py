@@ -175,9 +175,16 @@ class SweepSettings(RunSettings):
     topk: int = 5
     calibration_samples: int | None = None
     calibration_seqlen: int | None = None
+    save_cells: str | None = None
 
     def check_shapes(self, where: str = "settings") -> None:
         super().check_shapes(where)
+        if self.save_cells is not None and (not isinstance(self.save_cells, str) or not self.save_cells.strip()):
+            raise ConfigError(f"{where}: save_cells: expected all or globs over cell ids such as 'memit>*'; "
+                              f"got {describe_value(self.save_cells)}")
+        if self.save_model is not None:
+            raise ConfigError(f"{where}: save_model is for a run; a sweep saves the final models of the cells "
+                              "--save-cells PATTERN names (all, or globs such as 'memit>*') into OUT/models/")
 
         def whole(key: str, minimum: int, optional: bool = False) -> None:
             v = getattr(self, key)
@@ -210,6 +217,12 @@ class SweepSettings(RunSettings):
         if self.replicates > 1 and self.edits is None:
             raise ConfigError(f"replicates={self.replicates} needs --edits N, the number of edit requests in each "
                               "replicate's batch: without it every replicate would be the same cells")
+        if self.save_cells is not None:
+            from lmcompose.engine.saving import match_cells
+
+            specs, vary, orders = self.plan()
+            groups: list[Group] = [(None, r) for r in range(self.replicates)]
+            match_cells(sweep_cells(specs, vary, orders, groups, self.policy), self.save_cells)
         return steps, metrics
 
     def varied_fields(self) -> list[tuple[str, str]]:
@@ -229,6 +242,7 @@ class SweepSettings(RunSettings):
 
     def resolved(self) -> dict[str, Any]:
         d = super().resolved()
+        d.pop("save_cells", None)
         specs, vary, orders = self.plan()
         d["vary"] = str(vary)
         d["orders"] = [[specs[i].name for i in o] for o in orders]
@@ -294,9 +308,12 @@ def sweep(
     topk: int = 5,
     run_id: str | None = None,
     config: Mapping[str, Any] | None = None,
+    save_cells: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run every order of ``steps`` at every value of ``vary`` (``"STEP.FIELD=v1,v2,..."``)
     for every replicate; return the new rows (also appended to ``out/results.jsonl``).
+    ``save_cells`` (``all`` or globs over cell ids) saves those cells' final models into
+    ``out/models/`` (:mod:`lmcompose.engine.saving`).
 
     ``edits``: a flat list, split into ``replicates`` disjoint equal batches, or one list per
     replicate. ``orders``: ``"all"``, ``"a,b;b,a"`` or a list of name lists. Rows already in
@@ -331,12 +348,19 @@ def sweep(
     edits_by_group = {g: batches[g[1]] for g in groups}
 
     out_dir = Path(out) if out is not None else None
+    save = None
+    if save_cells is not None:
+        from lmcompose.engine.saving import MODELS_FOLDER, SaveTargets
+
+        if out_dir is None:
+            raise UsageError("save_cells needs a run folder (out=...): the models go to OUT/models/")
+        save = SaveTargets.for_study(plan, save_cells, out_dir / MODELS_FOLDER, extra={"model": lm.name})
     folder = RunFolder(out_dir, run_id, "sweep", config) if out_dir is not None else None
     rows: list[dict[str, Any]] = []
     with folder or nullcontext():
         done: set[tuple[str, int]] = set()
         if folder is not None:
-            inputs = run_inputs(lm, edits_by_group)
+            inputs = run_inputs(lm, edits_by_group, ctx)
             folder.write_config(
                 inputs=inputs, steps_resolved=[str(s) for s in specs], vary=str(v),
                 orders=[[names[i] for i in o] for o in order_list], replicates=replicates, policy=policy, seed=seed,
@@ -344,7 +368,9 @@ def sweep(
                 model_fingerprint=inputs["model_fingerprint"], model_source=lm.source, versions=inputs["versions"],
             )
             done = folder.done()
-        if not plan.mark_needed(done):
+        if save is not None:
+            save.clean_stale()
+        if not plan.mark_needed(done, force=save.missing() if save is not None else None):
             return []
         n_eval = sum(1 for n in plan.root.walk() if n.pending)
         snapshot_dir = None
@@ -352,7 +378,7 @@ def sweep(
             snapshot_dir = out_dir / ".snapshots"
             snapshot_dir.mkdir(exist_ok=True)
         executor = Executor(plan, lm, ctx, metric_objs, edits_by_group, snapshots=snapshots,
-                            snapshot_dir=snapshot_dir, topk=topk)
+                            snapshot_dir=snapshot_dir, topk=topk, save=save)
         with ctx.progress.task(f"sweep: {len(plan.cells)} cells", n_eval) as advance:
             for state in executor.run():
                 for row in state.rows:
@@ -371,9 +397,8 @@ def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tupl
     run_id = sweep_id(resolved)
     out = settings.out or f"runs/sweep-{run_id}"
     RunFolder(out, run_id, "sweep", {**resolved, "out": out}).open().close()  # refuse another run's folder before loading
-    from lmcompose.models.loading import load_model
 
-    ctx = Context(seed=settings.seed, device=settings.device, dtype=settings.dtype, progress=progress or Progress())
+    ctx = settings.context(progress)
     if settings.calibration_samples:
         ctx.calibration_samples = settings.calibration_samples
     if settings.calibration_seqlen:
@@ -389,12 +414,12 @@ def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tupl
                        skip_invalid=settings.skip_invalid, ctx=ctx)
             for r in range(settings.replicates)
         ]
-    lm = load_model(settings.model, dtype=settings.dtype, device=settings.device, progress=ctx.progress)
+    lm = settings.load_model(ctx.progress)
     rows = sweep(
         lm, settings.steps, vary=settings.vary or "", orders=settings.orders, edits=batches,
         replicates=settings.replicates, out=out, policy=settings.policy, metrics=settings.metrics,
         metric_options=settings.metric_options, seed=settings.seed, ctx=ctx, snapshots=settings.snapshots,
-        topk=settings.topk, run_id=run_id, config={**resolved, "out": out},
+        topk=settings.topk, run_id=run_id, config={**resolved, "out": out}, save_cells=settings.save_cells,
     )
     settings.out = out
     return rows, ctx

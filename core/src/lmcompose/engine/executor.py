@@ -31,6 +31,7 @@ from lmcompose.errors import LMComposeError, StepFailedError
 from lmcompose.steps import StepSpec, build_intervention
 
 if TYPE_CHECKING:  # pragma: no cover
+    from lmcompose.engine.saving import SaveTargets
     from lmcompose.models.handle import LM
 
 TOPK_PROMPT = "The capital of France is"  # the top-k record's prompt when a cell has no edits
@@ -175,7 +176,14 @@ class SnapshotStore:
         try:
             path.mkdir(parents=True, exist_ok=True)
             self._made.append(path)
-            save_model(lm.model, str(path / "model.safetensors"))
+            if lm.offloaded:  # the weights live in accelerate's store: snapshot those
+                from safetensors.torch import save_file
+
+                from lmcompose.models.offload import stored_tensors
+
+                save_file({k: v.contiguous() for k, v in stored_tensors(lm.model).items()}, str(path / "model.safetensors"))
+            else:
+                save_model(lm.model, str(path / "model.safetensors"))
             save_compression(lm.compression, path)
         except OSError as exc:
             self.drop(path)
@@ -202,7 +210,14 @@ class SnapshotStore:
 
         from lmcompose.models.handle import load_compression
 
-        load_model(lm.model, str(snap / "model.safetensors"))
+        if lm.offloaded:
+            from safetensors.torch import load_file
+
+            from lmcompose.models.offload import restore_tensors
+
+            restore_tensors(lm.model, load_file(str(snap / "model.safetensors")))
+        else:
+            load_model(lm.model, str(snap / "model.safetensors"))
         lm.compression = load_compression(snap)
 
     def drop(self, snap: Any) -> None:
@@ -272,13 +287,14 @@ class Executor:
 
     ``edits`` maps each group to its edit requests; ``build`` makes the intervention of an
     action (default: from the registry by name and overrides); ``topk`` > 0 records the top-k
-    next tokens of each group's first edit prompt in sweep rows.
+    next tokens of each group's first edit prompt in sweep rows; ``save`` writes the states it
+    names to their folders once they are computed (:mod:`lmcompose.engine.saving`).
     """
 
     def __init__(self, plan: Plan, lm: LM, ctx: Context, metrics: Sequence[Metric],
                  edits: Mapping[Group, list[EditRecord]], *, snapshots: str = "memory",
                  snapshot_dir: Path | None = None, topk: int = 0,
-                 build: Callable[[Action], Intervention] | None = None):
+                 build: Callable[[Action], Intervention] | None = None, save: SaveTargets | None = None):
         self.plan = plan
         self.lm = lm
         self.ctx = ctx
@@ -288,6 +304,8 @@ class Executor:
         self.store = SnapshotStore(snapshots, snapshot_dir)
         self.topk = topk
         self.build = build or (lambda a: build_intervention(StepSpec(a.name, dict(a.overrides))))
+        self.save = save
+        self.saved: list[Path] = []
         self.states: Counter[str] = Counter()
         self.evaluations = 0
         self.references = 0  # base-model reference passes (Metric.reference), one per edit metric and group
@@ -362,6 +380,8 @@ class Executor:
             warnings = step_warnings(action.name, self.lm, report.details)
             rows = (self._evaluate(child, [*instances, inst], elapsed, report.details, action.again, warnings)
                     if child.pending else [])
+            if self.save is not None:
+                self.saved += self.save.save(child.id, self.lm)
             yield StateResult(child, rows, time.perf_counter() - start)
             path = instances if action.again else [*instances, inst]
             yield from self._visit(child, [c for c in child.children.values() if c.needed], path)

@@ -180,10 +180,12 @@ class Plan:
         return tuple([*acts, *(Action(a.name, a.overrides, a.kind, a.key, a.index, again=True) for a in (acts[j] for j in again))])
 
     # -- resume ----------------------------------------------------------------------
-    def mark_needed(self, done: set[tuple[str, int]], only: set[str] | None = None) -> bool:
+    def mark_needed(self, done: set[tuple[str, int]], only: set[str] | None = None,
+                    force: set[str] | None = None) -> bool:
         """Mark the rows still to write (cells in ``only``, when given, minus ``done``
-        (cell id, position) pairs); True if anything is left."""
-        return _mark(self.root, done, only)
+        (cell id, position) pairs) and the states in ``force`` (node ids: models to save,
+        computed even when their rows are written); True if anything is left."""
+        return _mark(self.root, done, only, force or set())
 
     def node(self, node_id: str) -> Node:
         return self._nodes[node_id]
@@ -273,8 +275,8 @@ def _step_text(action: Action) -> str:
     return text + (" (again)" if action.again else "")
 
 
-def _mark(node: Node, done: set[tuple[str, int]], only: set[str] | None) -> bool:
+def _mark(node: Node, done: set[tuple[str, int]], only: set[str] | None, force: set[str]) -> bool:
     node.pending = [c for c in node.cells if (c.id, node.depth) not in done and (only is None or c.id in only)]
-    child_needed = [_mark(c, done, only) for c in list(node.children.values())]
-    node.needed = bool(node.pending) or any(child_needed)
+    child_needed = [_mark(c, done, only, force) for c in list(node.children.values())]
+    node.needed = bool(node.pending) or any(child_needed) or (node.action is not None and node.id in force)
     return node.needed

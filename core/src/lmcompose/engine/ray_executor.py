@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from lmcompose.engine.plan import Plan, Task
 from lmcompose.engine.run_folder import RunFolder
+from lmcompose.engine.saving import SaveTargets
 from lmcompose.errors import ConfigError, UsageError
 
 # environment a worker needs to find the same data, caches and plugins as the driver
@@ -124,7 +125,7 @@ def _probe(work: RayWork, threads: int, env: dict[str, str]) -> dict[str, Any]:
 
 
 def _task(work: RayWork, task: Task, done: set[tuple[str, int]], only: set[str] | None, threads: int,
-          fingerprint: str | None, env: dict[str, str]) -> Iterator[dict[str, Any]]:
+          fingerprint: str | None, env: dict[str, str], save: SaveTargets | None = None) -> Iterator[dict[str, Any]]:
     os.environ.update(env)
     from lmcompose.engine.executor import Executor
 
@@ -132,8 +133,8 @@ def _task(work: RayWork, task: Task, done: set[tuple[str, int]], only: set[str] 
     if fingerprint is not None and lm.fingerprint() != fingerprint:
         raise RuntimeError(f"the model loaded on {socket.gethostname()} differs from the driver's probe "
                            f"(fingerprint {lm.fingerprint()} != {fingerprint}); every node needs the same model files")
-    plan.mark_needed(done, only)
-    executor = Executor(plan, lm, ctx, metrics, edits, **kwargs)
+    plan.mark_needed(done, only, force=save.missing() if save is not None else None)
+    executor = Executor(plan, lm, ctx, metrics, edits, save=save, **kwargs)
     evaluations = 0
     for state in executor.run(nodes=task.nodes, root=task.root):
         kind = state.node.action.kind if state.computed and state.node.action is not None else None
@@ -145,10 +146,12 @@ def _task(work: RayWork, task: Task, done: set[tuple[str, int]], only: set[str] 
 def run_on_ray(work: RayWork, plan: Plan, folder: RunFolder, *, address: str | None = None,
                cpus_per_task: float = 1.0, gpus_per_task: float = 0.0, threads: int | None = None,
                only: set[str] | None = None, on_state: Callable[[Any, dict[str, Any]], None] | None = None,
-               write_config: Callable[[dict[str, Any]], None] | None = None) -> RayOutcome:
+               write_config: Callable[[dict[str, Any]], None] | None = None,
+               save: SaveTargets | None = None) -> RayOutcome:
     """Run the needed part of ``plan`` as Ray tasks; the rows go to ``folder`` (this process
     is the only writer). ``write_config(inputs)`` records the inputs a probe task reads on a
-    worker; ``on_state(node, item)`` is called after each model state's rows are written.
+    worker; ``on_state(node, item)`` is called after each model state's rows are written;
+    ``save``: the states the tasks write to model folders (a path every node can reach).
     Returns what the tasks computed and the tasks that failed twice."""
     if cpus_per_task <= 0:
         raise ConfigError(f"--cpus-per-task {cpus_per_task!r}: give a positive number of CPUs")
@@ -164,11 +167,11 @@ def run_on_ray(work: RayWork, plan: Plan, folder: RunFolder, *, address: str | N
         inputs = ray.get(probe.remote(work, n_threads, env))
         if write_config is not None:
             write_config(inputs)
-        plan.mark_needed(folder.done(), only)
+        plan.mark_needed(folder.done(), only, force=save.missing() if save is not None else None)
         remote = ray.remote(_task).options(**opts)
 
         def submit(task: Task) -> Any:
-            return remote.remote(work, task, folder.done(), only, n_threads, inputs.get("model_fingerprint"), env)
+            return remote.remote(work, task, folder.done(), only, n_threads, inputs.get("model_fingerprint"), env, save)
 
         running: dict[Any, tuple[Task, int]] = {submit(t): (t, 0) for t in plan.tasks()}
         failures: list[TaskFailure] = []

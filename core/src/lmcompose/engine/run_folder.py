@@ -79,7 +79,7 @@ def edits_digest(batch: Sequence[Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_inputs(lm: Any, edits: Mapping[Any, Sequence[Any]]) -> dict[str, Any]:
+def run_inputs(lm: Any, edits: Mapping[Any, Sequence[Any]], ctx: Any = None) -> dict[str, Any]:
     """What a run's numbers depend on beyond its settings: the base model's weights, the edit
     requests of every group (dataset, replicate), the text corpora and the software. A resume
     is refused when any of them changed (:meth:`RunFolder.write_config` compares them)."""
@@ -88,10 +88,12 @@ def run_inputs(lm: Any, edits: Mapping[Any, Sequence[Any]]) -> dict[str, Any]:
     def label(group: Any) -> str:
         return ("" if group[0] is None else f"{group[0]}/") + f"r{group[1]}"
 
+    revision = {"model_revision": lm.revision} if getattr(lm, "revision", None) else {}
     return {
+        **revision,
         "model_fingerprint": lm.fingerprint(),
         "edits": {label(g): edits_digest(b) for g, b in sorted(edits.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))},
-        "corpora": corpus_identity(),
+        "corpora": corpus_identity(ctx),
         "versions": versions(),
     }
 

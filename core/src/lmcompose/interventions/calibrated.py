@@ -115,7 +115,7 @@ class LayerwisePruner(LayerwiseCalibrated):
         layers = selected_layers(lm, self.config, self.name)
         self._per_layer = {}
         windows, messages = self.calibrate(lm, ctx, layers, f"{self.name} pruning")
-        total = sum(lm.weight(n).numel() for n, _ in layers)
+        total = sum(self.masks[n].numel() for n, _ in layers)
         zeroed = sum(int((~self.masks[n]).sum()) for n, _ in layers)
         report = self.report(sparsity=zeroed / total, layers=len(layers), calibration_windows=int(windows.shape[0]),
                              calibration_seqlen=int(windows.shape[1]), per_layer_sparsity=dict(self._per_layer))
@@ -168,7 +168,8 @@ class LayerwiseQuantizer(LayerwiseCalibrated):
 
     def project(self, lm: Any) -> None:
         for name, grid in self.grids.items():
-            grid.snap_(lm.weight(name))
+            with lm.onloaded(name):
+                grid.snap_(lm.weight(name))
 
 
 

@@ -53,16 +53,21 @@ def compression_summary(lm: Any) -> dict[str, float]:
     total_bits = 0.0
     zeros = numel = 0
     linear_ptrs = set()
-    for name, _module in lm.linear_layers():
-        w = lm.weight(name)
-        linear_ptrs.add(w.data_ptr())
-        b, pruned, n = layer_bits(w, lm.compression.get(name))
+    linear_names = set()
+    for name, module in lm.linear_layers():
+        with lm.onloaded(name, write=False):
+            w = lm.weight(name)
+            b, pruned, n = layer_bits(w, lm.compression.get(name))
+        linear_ptrs.add(module.weight.data_ptr())
+        linear_names.add(name + ".weight")
         total_bits += b
         zeros += pruned
         numel += n
     other = 0
+    if lm.offloaded:  # meta placeholders share no storage: count the other parameters by name
+        other = sum(p.numel() for n, p in lm.model.named_parameters() if n not in linear_names)
     seen = set(linear_ptrs)
-    for p in lm.model.parameters():
+    for p in lm.model.parameters() if not lm.offloaded else ():
         if p.data_ptr() not in seen:
             seen.add(p.data_ptr())
             other += p.numel()
@@ -122,8 +127,9 @@ class Flops(Metric):
             dense = ctx.state[key]
             saved = 0.0
             for name, _module in lm.linear_layers():
-                w = lm.weight(name)
-                saved += 2 * t * pruned_count(w, lm.compression.get(name))  # a quantizer's zeros still cost
+                with lm.onloaded(name, write=False):
+                    w = lm.weight(name)
+                    saved += 2 * t * pruned_count(w, lm.compression.get(name))  # a quantizer's zeros still cost
             latencies = []
             for _ in range(self.config.latency_repeats):
                 start = time.perf_counter()

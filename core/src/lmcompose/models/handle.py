@@ -41,10 +41,37 @@ class LM:
     name: str = "model"
     source: str = ""
     compression: dict[str, LayerCompression] = field(default_factory=dict)
+    revision: str | None = None  # the hub commit a hub model resolved to
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the model computes (an offloaded model's execution device)."""
+        p = next(self.model.parameters())
+        if p.device.type != "meta":
+            return p.device
+        from lmcompose.models.offload import execution_device
+
+        return execution_device(self.model)
+
+    @property
+    def offloaded(self) -> bool:
+        """Whether accelerate offloaded some of the weights (``--device-map`` with ``--max-memory``)."""
+        from lmcompose.models.offload import is_offloaded
+
+        return is_offloaded(self.model)
+
+    def onloaded(self, *targets: str | Any, write: bool = True) -> Any:
+        """A context in which the named modules (or modules) hold real weights even when
+        offloaded; with ``write`` their changes are stored back on exit. A no-op for a
+        model that is not offloaded (:mod:`lmcompose.models.offload`)."""
+        from contextlib import nullcontext
+
+        from lmcompose.models.offload import onloaded
+
+        if not self.offloaded:
+            return nullcontext()
+        mods = [self.model.get_submodule(t) if isinstance(t, str) else t for t in targets]
+        return onloaded(mods or [self.model], write=write)
 
     @property
     def max_positions(self) -> int:
@@ -73,8 +100,15 @@ class LM:
         return layers
 
     def weight(self, name: str) -> torch.Tensor:
-        """The (out, in) weight matrix of a named projection, as a view into the model."""
-        return weight_matrix(self.model.get_submodule(name))
+        """The (out, in) weight matrix of a named projection, as a view into the model. An
+        offloaded layer's weight exists only inside ``with lm.onloaded(name):``."""
+        w = weight_matrix(self.model.get_submodule(name))
+        if w.device.type == "meta":
+            from lmcompose.models.offload import OffloadError
+
+            raise OffloadError(f"{name} is offloaded (its weights are on disk or CPU, not loaded): the code that reads it "
+                               "must hold `with lm.onloaded(name):`; this step does not support offloaded models yet")
+        return w
 
     def layer_state(self, name: str) -> LayerCompression:
         return self.compression.setdefault(name, LayerCompression())
@@ -87,19 +121,30 @@ class LM:
     def rezero(self, masks: dict[str, torch.Tensor]) -> None:
         """Zero every weight whose keep mask is False (a pruner's project())."""
         for name, keep in masks.items():
-            w = self.weight(name)
-            w.mul_(keep.to(device=w.device, dtype=w.dtype))
+            with self.onloaded(name):
+                w = self.weight(name)
+                w.mul_(keep.to(device=w.device, dtype=w.dtype))
 
     def nonfinite_count(self) -> int:
         """How many parameter values are NaN or infinite (0 for a healthy model)."""
         with torch.no_grad():
-            return int(sum(int((~torch.isfinite(p)).sum()) for p in self.model.parameters() if p.is_floating_point()))
+            params = self.model.parameters()
+            if self.offloaded:
+                from lmcompose.models.offload import stored_tensors
+
+                params = stored_tensors(self.model).values()
+            return int(sum(int((~torch.isfinite(p)).sum()) for p in params if p.is_floating_point()))
 
     def fingerprint(self) -> str:
         """blake2b over every parameter and buffer's bytes (names sorted, tied weights once)."""
         h = hashlib.blake2b(digest_size=16)
         seen: set[int] = set()
         tensors = dict(self.model.named_parameters())
+        if self.offloaded:
+            from lmcompose.models.offload import stored_tensors
+
+            stored = stored_tensors(self.model)
+            tensors = {k: stored[k] for k in tensors}
         for name, tensor in sorted(tensors.items()):
             ptr = tensor.data_ptr()
             if ptr in seen:
@@ -113,7 +158,12 @@ class LM:
 
     def state_copy(self) -> dict[str, Any]:
         """An in-memory snapshot of weights and compression state (see restore)."""
-        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.offloaded:
+            from lmcompose.models.offload import stored_tensors
+
+            weights = {k: v.detach().clone() for k, v in stored_tensors(self.model).items()}
+        else:
+            weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         comp = {
             k: LayerCompression(
                 None if v.keep_mask is None else v.keep_mask.clone(),
@@ -124,14 +174,24 @@ class LM:
         return {"weights": weights, "compression": comp}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
-        self.model.load_state_dict(snapshot["weights"])
+        if self.offloaded:
+            from lmcompose.models.offload import restore_tensors
+
+            restore_tensors(self.model, snapshot["weights"])
+        else:
+            self.model.load_state_dict(snapshot["weights"])
         self.compression = {k: LayerCompression(v.keep_mask, v.quant) for k, v in snapshot["compression"].items()}
 
     def save(self, path: str | Path) -> Path:
         """Save model + tokenizer (safetensors) and the compression state beside them."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        if self.offloaded:
+            from lmcompose.models.offload import stored_tensors
+
+            self.model.save_pretrained(path, state_dict={k: v.contiguous() for k, v in stored_tensors(self.model).items()})
+        else:
+            self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         save_compression(self.compression, path)
         return path

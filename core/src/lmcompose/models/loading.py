@@ -15,10 +15,13 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lmcompose.errors import ModelLoadError
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+#: --device-map values besides a device name (accelerate's placement strategies)
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ def check_device_name(device: object) -> str:
     return device
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, flag: str = "--device") -> str:
     """``device`` checked against this machine: a CUDA device needs a CUDA build of torch and a
     visible GPU of that index."""
     import torch
@@ -98,13 +101,13 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
-            raise ModelLoadError(f"--device {device}: this torch ({torch.__version__}) is {build}; use --device cpu")
+            raise ModelLoadError(f"{flag} {device}: this torch ({torch.__version__}) is {build}; use --device cpu")
         index = int(device.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
-            raise ModelLoadError(f"--device {device}: this machine has {torch.cuda.device_count()} visible GPU(s) "
+            raise ModelLoadError(f"{flag} {device}: this machine has {torch.cuda.device_count()} visible GPU(s) "
                                  f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ModelLoadError("--device mps: Apple's MPS backend is not available here; use --device cpu")
+        raise ModelLoadError(f"{flag} mps: Apple's MPS backend is not available here; use --device cpu")
     return device
 
 
@@ -130,12 +133,90 @@ def cache_dir() -> Path:
     return d
 
 
-def _torch_dtype(dtype: str):
+def default_dtype(device: str) -> str:
+    """The dtype when none is given: the checkpoint's own (``auto``) on a GPU; float32 on a CPU
+    (bf16 products run 5-7x slower than fp32 on CPUs without native bf16, measured in
+    benchmarks/bf16_compute.py), so the CPU default keeps run ids from before ``auto`` existed."""
+    return "auto" if str(device).startswith("cuda") else "float32"
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX)."""
     import torch
 
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(c()) for c in checks if callable(c))
+
+
+def checkpoint_dtype(source: Path | str) -> str | None:
+    """The dtype a local checkpoint's config.json declares (``dtype`` or ``torch_dtype``)."""
+    import json
+
+    cfg = Path(source) / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    value = data.get("dtype") or data.get("torch_dtype") or (data.get("text_config") or {}).get("dtype")
+    return value if value in DTYPES and value != "auto" else None
+
+
+def resolve_dtype(dtype: str, device: str, source: Path | str, progress=None) -> str:
+    """``dtype`` as a concrete name: ``auto`` is the checkpoint's dtype (float32 when it
+    declares none), except on a CPU without native bf16, where bf16/fp16 checkpoints run in
+    float32 (with a note)."""
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
-    return getattr(torch, dtype)
+    if dtype != "auto":
+        return dtype
+    own = checkpoint_dtype(source) or "float32"
+    if own != "float32" and not str(device).startswith(("cuda", "mps")) and not native_bf16():
+        if progress is not None:
+            progress.note(f"--dtype auto: the checkpoint is {own}, but this CPU has no native bf16/fp16 arithmetic "
+                          "(5-7x slower than fp32 here): loading in float32")
+        return "float32"
+    return own
+
+
+def check_device_map(device_map: object) -> str:
+    """``device_map`` if it is a placement accelerate understands (auto, balanced,
+    balanced_low_0, sequential, or a device name); else a ConfigError with the choices."""
+    from lmcompose.errors import ConfigError, describe_value
+
+    if not isinstance(device_map, str) or not device_map.strip():
+        raise ConfigError(f"device_map: expected auto, balanced, sequential, cpu or cuda:N; got {describe_value(device_map)}")
+    if device_map in DEVICE_MAP_STRATEGIES:
+        return device_map
+    try:
+        return check_device_name(device_map)
+    except ConfigError:
+        raise ConfigError(f"--device-map {device_map!r} is not a placement; use one of {', '.join(DEVICE_MAP_STRATEGIES)}, "
+                          "or a device (cpu, cuda, cuda:N, mps)") from None
+
+
+def parse_max_memory(text: object) -> dict[Any, str]:
+    """``0=20GiB,cpu=60GiB`` as accelerate's max_memory mapping ({0: "20GiB", "cpu": "60GiB"})."""
+    import re
+
+    from lmcompose.errors import ConfigError, describe_value
+
+    if isinstance(text, dict):
+        items = [(str(k), str(v)) for k, v in text.items()]
+    elif isinstance(text, str) and text.strip():
+        items = [part.partition("=")[::2] for part in text.split(",")]
+    else:
+        raise ConfigError(f"max_memory: expected DEVICE=SIZE,... such as 0=20GiB,cpu=60GiB; got {describe_value(text)}")
+    out: dict[Any, str] = {}
+    for key, size in items:
+        key, size = key.strip(), size.strip()
+        if not re.fullmatch(r"\d+|cpu|disk|mps|cuda:\d+", key) or not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B)?", size):
+            raise ConfigError(f"--max-memory {key}={size}: write DEVICE=SIZE with DEVICE a GPU index, cpu or disk and SIZE "
+                              "such as 20GiB (e.g. 0=20GiB,cpu=60GiB)")
+        out[int(key) if key.isdigit() else key.removeprefix("cuda:") if key.startswith("cuda:") else key] = size
+    return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in out.items()}
 
 
 def gguf_cache_folder(gguf: Path, cache: Path) -> Path:
@@ -199,22 +280,49 @@ def resolve_model_source(spec: str, cache: Path | None = None, progress=None) ->
     return spec, "hub"
 
 
-def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", cache: Path | None = None, progress=None):
-    """Load ``spec`` (named default, folder, .gguf file or hub id) as an :class:`LM`."""
+def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", cache: Path | None = None, progress=None,
+               device_map: str | dict[str, Any] | None = None, max_memory: str | dict[Any, str] | None = None,
+               revision: str | None = None):
+    """Load ``spec`` (named default, folder, .gguf file or hub id) as an :class:`LM`.
+
+    ``dtype``: float32, bfloat16, float16 or ``auto`` (:func:`resolve_dtype`). ``device_map``
+    / ``max_memory`` are passed to ``from_pretrained`` (accelerate places the layers, onto
+    CPU or disk what does not fit); without them the model goes to ``device``. ``revision``:
+    a hub model's branch, tag or commit (the commit it resolved to is ``lm.revision``)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmcompose.models.arch import find_spec_for
     from lmcompose.models.handle import LM, load_compression
     from lmcompose.plugins import get_architectures
 
-    torch_dtype = _torch_dtype(dtype)
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
     resolve_device(device)
+    placement: dict[str, Any] = {}
+    if device_map is not None:
+        if not isinstance(device_map, dict):  # a mapping (module -> device) passes as is, from Python
+            check_device_map(device_map)
+            if device_map not in DEVICE_MAP_STRATEGIES:
+                resolve_device(device_map, "--device-map")
+        placement["device_map"] = device_map
+        if max_memory is not None:
+            placement["max_memory"] = parse_max_memory(max_memory)
+        # where accelerate puts what fits nowhere else (layers offloaded to disk)
+        placement["offload_folder"] = tempfile.mkdtemp(prefix="lmcompose-offload-", dir=cache_dir())
+    elif max_memory is not None:
+        raise ModelLoadError("--max-memory needs --device-map (auto, balanced or sequential) to place layers by it")
     source, kind = resolve_model_source(spec, cache, progress)
+    if revision is not None and kind != "hub":
+        raise ModelLoadError(f"--revision {revision}: {spec!r} is a local model, not a hub id; a revision picks a hub "
+                             "branch, tag or commit")
     if kind == "folder":
         refuse_remote_code(Path(source))
+    torch_dtype = getattr(torch, resolve_dtype(dtype, device, source, progress)) if kind != "hub" or dtype != "auto" else "auto"
+    hub = {"revision": revision} if revision is not None else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype, trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype, trust_remote_code=False, **placement, **hub)
+        tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False, **hub)
     except OSError as exc:
         if kind == "hub":
             raise ModelLoadError(
@@ -225,9 +333,14 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", cache:
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - a truncated or corrupt checkpoint raises many kinds
+        if placement and isinstance(exc, ValueError | RuntimeError):
+            raise ModelLoadError(f"could not place {spec!r} with --device-map {device_map}"
+                                 + (f" --max-memory {max_memory}" if max_memory else "") + f": {str(exc).splitlines()[0]}. "
+                                 "Give more memory, or --device-map auto so what does not fit goes to CPU") from None
         raise ModelLoadError(f"could not load model from {source}: {type(exc).__name__}: {exc}. Its weight files may be "
                              "truncated or corrupt: save or download the model again") from None
-    model.to(device)
+    if not placement:
+        model.to(device)
     model.eval()
     model_type = model.config.model_type
     arch = find_spec_for(model_type, (e.load() for e in get_architectures().entries()))
@@ -240,6 +353,7 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", cache:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     lm = LM(model, tokenizer, arch, name=spec, source=str(source))
+    lm.revision = getattr(model.config, "_commit_hash", None) if kind == "hub" else None
     if kind == "folder":
         try:
             lm.compression = load_compression(Path(source))

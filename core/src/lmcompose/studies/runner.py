@@ -19,6 +19,7 @@ from lmcompose.engine.plan import Group, Plan, PlanCounts
 from lmcompose.engine.progress import ProgressEvent, StateProgress
 from lmcompose.engine.ray_executor import TaskFailure
 from lmcompose.engine.run_folder import RunFolder, describe_changes, row_cell_id
+from lmcompose.engine.saving import SaveTargets
 from lmcompose.errors import ConfigError, DataError, UsageError
 from lmcompose.studies.spec import Study, load_study
 
@@ -89,7 +90,7 @@ class StudyWork:
     def inputs(self, lm: Any, edits: Mapping[Group, list[EditRecord]]) -> dict[str, Any]:
         from lmcompose.engine.run_folder import run_inputs
 
-        return run_inputs(lm, edits)
+        return run_inputs(lm, edits, study_context(self.study(), Progress()))
 
 
 def study_context(study: Study, progress: Progress) -> Context:
@@ -98,6 +99,8 @@ def study_context(study: Study, progress: Progress) -> Context:
         ctx.calibration_samples = study.budgets["calibration_samples"]
     if "calibration_seqlen" in study.budgets:
         ctx.calibration_seqlen = study.budgets["calibration_seqlen"]
+    ctx.ppl_corpus = study.budgets.get("ppl_corpus")
+    ctx.calibration_corpus = study.budgets.get("calibration_corpus")
     return ctx
 
 
@@ -130,6 +133,7 @@ def run_study(
     on_progress: Callable[[ProgressEvent], None] | None = None,
     report: bool = True,
     plots: bool = True,
+    save_cells: str | None = None,
 ) -> StudyResult:
     """Run (or resume) a study into ``out``; return what was done.
 
@@ -139,7 +143,9 @@ def run_study(
     ``resources``). ``shard="I/N"`` runs part I of N of the plan (whole first-step
     subtrees; ``merge_studies`` combines the shard folders). ``on_progress`` is called with a
     :class:`ProgressEvent` after every model state. The report (Table 1, figures, flat table)
-    is written when the run leaves the study complete.
+    is written when the run leaves the study complete. ``save_cells`` (``all`` or globs over
+    cell ids) saves those cells' final models into ``out/models/``
+    (:mod:`lmcompose.engine.saving`).
     """
     from lmcompose.engine.run_folder import versions
 
@@ -149,6 +155,10 @@ def run_study(
         raise ConfigError(f"--executor {executor!r} is not one of {', '.join(EXECUTORS)}")
     if device is not None:
         study.device = device
+        if "dtype" not in study.data:
+            from lmcompose.models.loading import default_dtype
+
+            study.dtype = default_dtype(device)
     shard_t = parse_shard(shard)
     cpus = cpus_per_task if cpus_per_task is not None else study.resources.get("cpus_per_task", 1.0)
     gpus = gpus_per_task if gpus_per_task is not None else study.resources.get("gpus_per_task", 0.0)
@@ -165,6 +175,9 @@ def run_study(
         from lmcompose.models.loading import resolve_device
 
         resolve_device(study.device)  # before anything is written
+    from lmcompose.corpora import check_corpora
+
+    check_corpora(study.budgets.get("ppl_corpus"), study.budgets.get("calibration_corpus"))
     progress = progress or Progress()
     out_dir = Path(out) if out is not None else default_out(study)
     plan = study.plan()
@@ -173,15 +186,22 @@ def run_study(
     config = {**resolved, "study": study.data, "shard": f"{shard_t[0]}/{shard_t[1]}" if shard_t else None,
               "executor": executor}
     only = plan.shard_cells(shard_t[0] - 1, shard_t[1]) if shard_t else None
+    save = None
+    if save_cells is not None:
+        from lmcompose.engine.saving import MODELS_FOLDER, SaveTargets
+
+        save = SaveTargets.for_study(plan, save_cells, out_dir / MODELS_FOLDER, extra={"model": study.model}, only=only)
     start = time.perf_counter()
     extra = {"cells": len(plan.cells), "counts": {k: v.as_dict() for k, v in counts.items()}, "versions": versions()}
     outcome = _Outcome()
     folder = RunFolder(out_dir, study.id, "study", config)
     with folder:
+        if save is not None:
+            save.clean_stale()
         if executor == "local":
-            _run_local(study, plan, folder, only, threads, progress, on_progress, extra, outcome)
+            _run_local(study, plan, folder, only, threads, progress, on_progress, extra, outcome, save)
         else:
-            _run_ray(study, plan, folder, only, ray_address, cpus, gpus, threads, on_progress, extra, outcome)
+            _run_ray(study, plan, folder, only, ray_address, cpus, gpus, threads, on_progress, extra, outcome, save)
         missing = _missing(plan, folder.done(), only)
         folder.status = "finished" if not missing else "incomplete"
     result = StudyResult(out_dir, study, outcome.rows, counts, outcome.executed, outcome.references,
@@ -203,7 +223,7 @@ class _Outcome:
 
 def _run_local(study: Study, plan: Plan, folder: RunFolder, only: set[str] | None, threads: int | None,
                progress: Progress, on_progress: Callable[[ProgressEvent], None] | None, extra: dict[str, Any],
-               outcome: _Outcome) -> None:
+               outcome: _Outcome, save: SaveTargets | None = None) -> None:
     """This process: load the model, record the inputs, walk the needed part of the plan."""
     from lmcompose.engine.executor import Executor
     from lmcompose.engine.run_folder import run_inputs
@@ -214,9 +234,9 @@ def _run_local(study: Study, plan: Plan, folder: RunFolder, only: set[str] | Non
         ctx = study_context(study, progress)
         edits = study.load_edits(ctx)
         lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=progress)
-        inputs = run_inputs(lm, edits)
+        inputs = run_inputs(lm, edits, ctx)
         folder.write_config(inputs=inputs, model_fingerprint=inputs["model_fingerprint"], model_source=lm.source, **extra)
-        if not plan.mark_needed(folder.done(), only):
+        if not plan.mark_needed(folder.done(), only, force=save.missing() if save is not None else None):
             return
         tracker = StateProgress(plan, on_progress)
         snapshot_dir = None
@@ -224,7 +244,7 @@ def _run_local(study: Study, plan: Plan, folder: RunFolder, only: set[str] | Non
             snapshot_dir = folder.path / ".snapshots"
             snapshot_dir.mkdir(exist_ok=True)
         ex = Executor(plan, lm, ctx, study_metrics(study), edits, snapshots=study.snapshots,
-                      snapshot_dir=snapshot_dir, topk=study.topk)
+                      snapshot_dir=snapshot_dir, topk=study.topk, save=save)
         for state in ex.run():
             for row in state.rows:
                 folder.append(row)
@@ -235,7 +255,7 @@ def _run_local(study: Study, plan: Plan, folder: RunFolder, only: set[str] | Non
 
 def _run_ray(study: Study, plan: Plan, folder: RunFolder, only: set[str] | None, address: str | None, cpus: float,
              gpus: float, threads: int | None, on_progress: Callable[[ProgressEvent], None] | None,
-             extra: dict[str, Any], outcome: _Outcome) -> None:
+             extra: dict[str, Any], outcome: _Outcome, save: SaveTargets | None = None) -> None:
     """Ray tasks: a probe reads the inputs on a worker, then the subtrees run as tasks."""
     from lmcompose.engine.ray_executor import run_on_ray
 
@@ -252,7 +272,7 @@ def _run_ray(study: Study, plan: Plan, folder: RunFolder, only: set[str] | None,
 
     work = StudyWork(study.data, study.name, study.device)
     ray_outcome = run_on_ray(work, plan, folder, address=address, cpus_per_task=cpus, gpus_per_task=gpus,
-                             threads=threads, only=only, on_state=on_state, write_config=write_config)
+                             threads=threads, only=only, on_state=on_state, write_config=write_config, save=save)
     outcome.failures = ray_outcome.failures
     outcome.executed = PlanCounts(ray_outcome.states, ray_outcome.evaluations)
     outcome.references = ray_outcome.references

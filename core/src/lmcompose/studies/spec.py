@@ -30,7 +30,7 @@ TOP_KEYS = ("name", "model", "datasets", "editors", "compressors", "orders", "re
 ENTRY_KEYS = ("name", "step", "steps", "vary", "orders", "family")
 DATASET_KEYS = ("name", "source")
 EDITOR_KEYS = ("name", "step")
-BUDGET_KEYS = ("ppl_tokens", "ppl_seqlen", "calibration_samples", "calibration_seqlen")
+BUDGET_KEYS = ("ppl_tokens", "ppl_seqlen", "calibration_samples", "calibration_seqlen", "ppl_corpus", "calibration_corpus")
 RESOURCE_KEYS = ("cpus_per_task", "gpus_per_task")
 ROLES = ("editor", "compressor")
 STUDY_MARKERS = frozenset({"compressors", "editors", "datasets"})  # keys that make a YAML file a study file
@@ -215,9 +215,9 @@ class Study:
             check_device_name(device)
         except UsageError as exc:
             raise _fail("device", str(exc)) from None
-        from lmcompose.models.loading import DTYPES
+        from lmcompose.models.loading import DTYPES, default_dtype
 
-        dtype = data.get("dtype", "float32")
+        dtype = data.get("dtype", default_dtype(device))
         if dtype not in DTYPES:
             raise _fail("dtype", f"{describe_value(dtype)} is not one of {', '.join(DTYPES)}")
         skip_invalid = data.get("skip_invalid", False)
@@ -352,6 +352,11 @@ def _budgets(value: Any) -> dict[str, Any]:
     for key in ("calibration_samples", "calibration_seqlen"):
         if key in raw:
             out[key] = _integer(raw[key], f"budgets.{key}", 1, "32" if key.endswith("samples") else "512")
+    from lmcompose.corpora import parse_corpus
+
+    for key in ("ppl_corpus", "calibration_corpus"):
+        if key in raw:
+            out[key] = str(parse_corpus(raw[key], f"budgets.{key}"))
     return out
 
 

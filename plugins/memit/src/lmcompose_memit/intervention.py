@@ -62,14 +62,15 @@ class MEMIT(Intervention):
             # where the last edit layer's output stands now, after the layers below were edited
             cur = alg.module_values_at(lm, bare, f"{arch.layers}.{z}", "output", c.max_batch_tokens, c.compute_dtype)
             resid = (targets - cur).T / (len(layers) - i)  # spread over the remaining layers
-            if arch.mlp_post_norm:  # the residual moves by norm(out + d) - norm(out), not by d
-                out = alg.module_values_at(lm, bare, name, "output", c.max_batch_tokens, c.compute_dtype)
-                norm = lm.model.get_submodule(f"{arch.layers}.{layer}.{arch.mlp_post_norm}")
-                resid = alg.through_post_norm(norm, arch.norm_offset, out, resid.T).T
-            delta = alg.memit_delta(keys.T, resid, covs[layer], lam)
-            w = lm.weight(name)
-            with torch.no_grad():
-                w.add_(delta.to(device=w.device, dtype=w.dtype))
+            with lm.onloaded(f"{arch.layers}.{layer}"):  # an offloaded model: this layer's weights, stored back after
+                if arch.mlp_post_norm:  # the residual moves by norm(out + d) - norm(out), not by d
+                    out = alg.module_values_at(lm, bare, name, "output", c.max_batch_tokens, c.compute_dtype)
+                    norm = lm.model.get_submodule(f"{arch.layers}.{layer}.{arch.mlp_post_norm}")
+                    resid = alg.through_post_norm(norm, arch.norm_offset, out, resid.T).T
+                delta = alg.memit_delta(keys.T, resid, covs[layer], lam)
+                w = lm.weight(name)
+                with torch.no_grad():
+                    w.add_(delta.to(device=w.device, dtype=w.dtype))
             norms[name] = float(delta.norm())
         return norms
 

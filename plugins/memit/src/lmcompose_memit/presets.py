@@ -49,7 +49,9 @@ def _shape(lm: Any) -> tuple[str, int, int, int]:
     cfg = lm.model.config
     layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
     hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
-    d_ff = lm.weight(f"{lm.arch.layers}.0.{lm.arch.mlp_out}").shape[1]
+    from lmcompose.models.arch import weight_matrix
+
+    d_ff = weight_matrix(lm.model.get_submodule(f"{lm.arch.layers}.0.{lm.arch.mlp_out}")).shape[1]  # shape only: meta is fine
     return str(cfg.model_type), int(layers), int(hidden), int(d_ff)
 
 

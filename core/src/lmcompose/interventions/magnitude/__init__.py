@@ -33,12 +33,13 @@ class Magnitude(Intervention):
         per_layer = {}
         with Timer() as t, ctx.progress.task("magnitude pruning", len(layers)) as advance:
             for name, _module in layers:
-                keep = prune_layer(lm.weight(name), self.config, where=name)
+                with lm.onloaded(name):  # one layer's weights at a time on an offloaded model
+                    keep = prune_layer(lm.weight(name), self.config, where=name)
                 self.masks[name] = keep
                 lm.record_keep_mask(name, keep)
                 per_layer[name] = 1.0 - float(keep.float().mean())
                 advance(1)
-        total = sum(lm.weight(n).numel() for n, _ in layers)
+        total = sum(self.masks[n].numel() for n, _ in layers)
         zeroed = sum(int((~self.masks[n]).sum()) for n, _ in layers)
         rep = self.report(sparsity=zeroed / total, layers=len(layers), per_layer_sparsity=per_layer)
         rep.elapsed_s = t.elapsed

@@ -34,9 +34,10 @@ class RTN(Intervention):
         c = self.config
         with Timer() as t, ctx.progress.task(f"rtn {c.bits}-bit", len(layers)) as advance:
             for name, _module in layers:
-                w = lm.weight(name)
-                grid = QuantGrid.fit(w.float(), c.bits, c.group_size, c.symmetric)
-                grid.snap_(w)
+                with lm.onloaded(name):  # one layer's weights at a time on an offloaded model
+                    w = lm.weight(name)
+                    grid = QuantGrid.fit(w.float(), c.bits, c.group_size, c.symmetric)
+                    grid.snap_(w)
                 self.grids[name] = grid
                 lm.layer_state(name).quant = grid
                 advance(1)
@@ -46,4 +47,5 @@ class RTN(Intervention):
 
     def project(self, lm: Any) -> None:
         for name, grid in self.grids.items():
-            grid.snap_(lm.weight(name))
+            with lm.onloaded(name):
+                grid.snap_(lm.weight(name))

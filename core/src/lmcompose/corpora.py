@@ -1,0 +1,193 @@
+"""Which text perplexity and calibration read: ``--ppl-corpus`` and ``--calibration-corpus``.
+
+A corpus spec is one of
+
+* ``wikitext2`` — wikitext-2 raw: the test split for perplexity, train + validation for
+  calibration, from the data folder (``LMCOMPOSE_DATA_DIR``), else the hub;
+* a path to a UTF-8 text file — the whole file, for either role;
+* ``hub:ID`` with optional ``?config=NAME&split=SPLIT&field=COLUMN`` — a Hugging Face
+  ``datasets`` dataset (``hub:allenai/c4?config=en&split=validation``), rows of ``field``
+  (default ``text``) joined by blank lines; split defaults to ``test`` for perplexity and
+  ``train`` for calibration. ``datasets`` caches it; offline, an uncached id is an error. A
+  local folder in ``datasets``' layout is read the same way (``hub:/data/my-corpus``);
+* ``sample`` — the small text bundled with lmcompose (for smoke tests only).
+
+Left unset, both roles read wikitext-2 and, when it cannot be had, the bundled sample with a
+note in every row. A corpus that was asked for and cannot be had is one DataError naming it
+and the fix: never the bundled sample in its place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from lmcompose.errors import ConfigError, DataError, describe_value
+
+__all__ = ["ROLES", "CorpusSpec", "check_corpora", "corpus_identity", "load_corpus", "parse_corpus", "read_text_file"]
+
+#: role -> (the setting that names its corpus, the wikitext-2 splits it reads, the hub split by default)
+ROLES = {
+    "test": ("ppl_corpus", ("test",), "test"),
+    "calibration": ("calibration_corpus", ("train", "validation"), "train"),
+}
+HUB_OPTIONS = ("config", "split", "field")
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """A parsed corpus spec; ``explicit`` is False for the default (unset) one."""
+
+    kind: str  # wikitext2 | file | hub | sample
+    name: str = ""  # file path or hub id
+    config: str | None = None
+    split: str | None = None
+    field: str = "text"
+    explicit: bool = True
+
+    def __str__(self) -> str:
+        if self.kind in {"wikitext2", "sample"}:
+            return self.kind
+        if self.kind == "file":
+            return self.name
+        opts = "&".join(f"{k}={v}" for k, v in (("config", self.config), ("split", self.split), ("field", self.field))
+                        if v is not None and not (k == "field" and v == "text"))
+        return f"hub:{self.name}" + (f"?{opts}" if opts else "")
+
+
+def parse_corpus(value: Any, key: str = "corpus") -> CorpusSpec:
+    """``value`` (a spec string, or None for the default) as a CorpusSpec; checks its shape
+    only (no file is read, nothing is downloaded)."""
+    if value is None:
+        return CorpusSpec("wikitext2", explicit=False)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}: expected wikitext2, a text file's path, hub:ID[?config=..&split=..&field=..] or sample; "
+                          f"got {describe_value(value)}")
+    text = value.strip()
+    if text in {"wikitext2", "wikitext-2", "wikitext"}:
+        return CorpusSpec("wikitext2")
+    if text == "sample":
+        return CorpusSpec("sample")
+    if text.startswith("hub:"):
+        ident, _q, query = text[4:].partition("?")
+        if not ident:
+            raise ConfigError(f"{key} {value!r}: name the dataset after hub:, e.g. hub:allenai/c4?config=en&split=validation")
+        opts = dict(parse_qsl(query, keep_blank_values=True))
+        unknown = sorted(set(opts) - set(HUB_OPTIONS))
+        if unknown:
+            raise ConfigError(f"{key} {value!r}: unknown option {unknown[0]!r}; a hub corpus takes {', '.join(HUB_OPTIONS)}")
+        if any(not v for v in opts.values()):
+            raise ConfigError(f"{key} {value!r}: an option has no value (write config=NAME, split=SPLIT, field=COLUMN)")
+        return CorpusSpec("hub", ident, opts.get("config"), opts.get("split"), opts.get("field", "text"))
+    return CorpusSpec("file", str(Path(text).expanduser()))
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "") in {"1", "true", "yes", "TRUE", "YES"} for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def read_text_file(path: str | Path, what: str) -> str:
+    """A UTF-8 text file's contents; a missing, binary, undecodable or empty file is one
+    DataError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{what} {p}: no such file; give the path of a UTF-8 text file")
+    raw = p.read_bytes()
+    if b"\x00" in raw[:8192]:
+        raise DataError(f"{what} {p}: a binary file (it holds NUL bytes), not text; give a UTF-8 text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {p}: not UTF-8 text (byte {exc.start}: {exc.reason}); convert it to UTF-8") from None
+    if not text.strip():
+        raise DataError(f"{what} {p}: the file is empty; give a file with text in it")
+    return text
+
+
+def _hub_text(spec: CorpusSpec, role: str, what: str) -> tuple[str, str]:
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - a dependency of lmcompose
+        raise DataError(f"{what} {spec}: reading a hub corpus needs the datasets package: pip install datasets") from None
+    datasets.disable_progress_bars()
+    split = spec.split or ROLES[role][2]
+    try:
+        ds = datasets.load_dataset(spec.name, spec.config, split=split)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds for a missing, offline or broken dataset
+        hint = ("this machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and the dataset is not in the datasets "
+                "cache: run once with network to cache it, or pass a local text file") if _offline() else \
+            "check the id, config and split (or the network)"
+        raise DataError(f"{what} {spec}: cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); {hint}") from None
+    if spec.field not in ds.column_names:
+        raise DataError(f"{what} {spec}: split {split!r} has no column {spec.field!r} (columns: {', '.join(ds.column_names)}); "
+                        "name the text column with field=")
+    rows = [r for r in ds[spec.field] if isinstance(r, str)]
+    text = "\n\n".join(rows)
+    if not text.strip():
+        raise DataError(f"{what} {spec}: split {split!r} has no text in column {spec.field!r}")
+    fingerprint = getattr(ds, "_fingerprint", "")
+    return text, f"hub:{spec.name}" + (f"/{spec.config}" if spec.config else "") + f"/{split}" + (f"@{fingerprint}" if fingerprint else "")
+
+
+def load_corpus(spec: CorpusSpec, role: str, ctx: Any = None) -> tuple[str, str]:
+    """The text of ``spec`` for ``role`` (``test``: perplexity, ``calibration``) and where it
+    came from."""
+    from lmcompose.data import sample_text, wikitext_text
+
+    what = "perplexity corpus" if role == "test" else "calibration corpus"
+    if spec.kind == "sample":
+        return sample_text(), "bundled:sample_text.txt"
+    if spec.kind == "file":
+        return read_text_file(spec.name, what), f"file:{Path(spec.name).resolve()}"
+    if spec.kind == "hub":
+        return _hub_text(spec, role, what)
+    splits = ROLES[role][1]
+    problems: list[str] = []
+    found = [wikitext_text(s, problems=problems) for s in splits]
+    if role == "calibration":
+        got = [f for f in found if f is not None]
+        if got:
+            return "\n\n".join(t for t, _ in got), " + ".join(w for _, w in got)
+    elif found[0] is not None:
+        return found[0]
+    why = f" (the hub: {problems[0]})" if problems else ""
+    if spec.explicit:
+        raise DataError(f"{what} wikitext2: the {' and '.join(splits)} split(s) are not in the data folder{why}; "
+                        "set LMCOMPOSE_DATA_DIR (or --data-dir) to a folder with wikitext-2-raw/, or name another corpus")
+    if ctx is not None:
+        ctx.note(f"wikitext-2 {'test' if role == 'test' else 'calibration'} text not found{why}: using the small bundled "
+                 "sample text instead (set LMCOMPOSE_DATA_DIR or --data-dir to a folder with wikitext-2-raw/, or pass "
+                 f"--{'ppl' if role == 'test' else 'calibration'}-corpus, for real numbers)")
+    return sample_text(), "bundled:sample_text.txt"
+
+
+def check_corpora(ppl: Any, calibration: Any) -> None:
+    """Load each corpus that was asked for (not the default) once, so a missing file, a binary
+    one or an uncached hub id stops the command before anything is written."""
+    for role, value, key in (("test", ppl, "ppl_corpus"), ("calibration", calibration, "calibration_corpus")):
+        if value is not None:
+            load_corpus(parse_corpus(value, key), role)
+
+
+def corpus_identity(ppl: CorpusSpec | None = None, calibration: CorpusSpec | None = None) -> dict[str, str]:
+    """Which text each role reads, by name and checksum where it is a file (nothing is
+    tokenized or downloaded): a run records it, and a resume onto other text is refused."""
+    from lmcompose.data import wikitext_file
+    from lmcompose.edit_data import sha256_file
+
+    out = {}
+    for role, spec in (("test", ppl or CorpusSpec("wikitext2", explicit=False)),
+                       ("calibration", calibration or CorpusSpec("wikitext2", explicit=False))):
+        if spec.kind == "wikitext2":
+            files = [f for f in (wikitext_file(p) for p in ROLES[role][1]) if f is not None]
+            out[role] = " + ".join(f"{f.name}:{sha256_file(f)[:16]}" for f in files) if files else "bundled:sample_text.txt"
+        elif spec.kind == "file" and Path(spec.name).is_file():
+            out[role] = f"{spec.name}:{sha256_file(Path(spec.name))[:16]}"
+        else:
+            out[role] = str(spec) if spec.kind != "sample" else "bundled:sample_text.txt"
+    return out

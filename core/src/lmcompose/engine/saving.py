@@ -1,0 +1,185 @@
+"""Saving model states: the final model of a run (``--save-model DIR``) or of chosen cells of a
+sweep or study (``--save-cells PATTERN``), as standard Hugging Face folders.
+
+Each folder holds what plain ``AutoModelForCausalLM.from_pretrained`` reads (config.json,
+safetensors weights, tokenizer files) — nothing in it needs lmcompose — plus two sidecars that
+only lmcompose reads: the compression state (``lmcompose_compression.*``: pruning masks and
+quantization grids, so ``project()`` works after reloading with ``lmcompose.load_model``) and
+``lmcompose_model.json`` (which run and cell made it, and its steps).
+
+A folder is written under a temporary name beside its target and renamed into place when
+complete, so a folder that exists is whole; a killed run leaves only a ``.tmp-`` folder, which
+the next run removes. The plan marks the states to save as needed
+(:meth:`lmcompose.engine.plan.Plan.mark_needed`'s ``force``), so resuming a finished sweep with a
+new ``--save-cells`` recomputes just those models, writing no row twice.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lmcompose.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lmcompose.engine.plan import Cell, Plan
+    from lmcompose.models.handle import LM
+
+PROVENANCE_FILE = "lmcompose_model.json"
+MODELS_FOLDER = "models"
+
+__all__ = ["MODELS_FOLDER", "PROVENANCE_FILE", "SaveTargets", "check_save_folder", "cell_folder_name", "match_cells",
+           "write_model_folder"]
+
+
+def check_save_folder(path: str | Path, overwrite: bool, flag: str = "--save-model") -> Path:
+    """``path`` if a model may be saved there: absent, an empty folder, or (``overwrite``) a
+    folder to replace. Anything else is one UsageError naming the fix; checked before a model
+    is loaded, so a refusal costs nothing."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} {path}: is a file, not a folder; name a new folder")
+    if p.is_dir() and any(p.iterdir()) and not overwrite:
+        raise UsageError(f"{flag} {path}: the folder exists and is not empty; name a new folder, "
+                         "or pass --overwrite to replace it")
+    parent = p.parent
+    if parent.exists() and not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: cannot write into {parent}; name a folder you may write to")
+    return p
+
+
+def write_model_folder(lm: LM, target: Path, provenance: Mapping[str, Any], overwrite: bool = True) -> Path:
+    """Write ``lm`` (weights, tokenizer, compression sidecar) and ``provenance`` to ``target``:
+    into a temporary folder beside it, renamed into place when complete."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    try:
+        lm.save(tmp)
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(dict(provenance), indent=1, default=str) + "\n", encoding="utf-8")
+        if target.exists():
+            if not overwrite:
+                raise UsageError(f"{target}: exists; pass --overwrite to replace it")
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except OSError as exc:
+        raise UsageError(f"cannot write the model to {target}: {exc.strerror or exc}. Free disk space there or "
+                         "name another folder; rerun the same command to resume") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def cell_folder_name(cell_id: str) -> str:
+    """A file-system name for a cell id: ``counterfact|wanda|memit>wanda|0.5|r0`` becomes
+    ``counterfact__wanda__memit-wanda__0.5__r0``."""
+    name = cell_id.replace("|", "__").replace(">", "-")
+    return re.sub(r"[^\w.=+:-]+", "_", name).replace(":", "_") or "cell"
+
+
+def match_cells(cells: Iterable[Cell], pattern: str, flag: str = "--save-cells") -> list[Cell]:
+    """The cells whose id matches ``pattern``: ``all`` (or ``*``), or comma-separated globs over
+    cell ids (``memit>*`` for the final models of one order). A pattern that matches no cell is
+    a ConfigError listing some ids."""
+    cells = list(cells)
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise ConfigError(f"{flag}: give a pattern: all, or globs over cell ids such as 'memit>*'")
+    globs = [g.strip() for g in pattern.split(",") if g.strip()]
+    if any(g in {"all", "*"} for g in globs):
+        return cells
+    hits = [c for c in cells if any(fnmatch.fnmatchcase(c.id, g) for g in globs)]
+    if not hits:
+        some = ", ".join(repr(c.id) for c in cells[:4])
+        raise ConfigError(f"{flag} {pattern!r} matches none of the {len(cells)} cells (ids such as {some}); "
+                          "use all, or a glob over those ids")
+    return hits
+
+
+@dataclass
+class SaveTargets:
+    """The model states to save: node id -> the folders it goes to (one per cell whose final
+    model it is; a state shared by several chosen cells is written once per cell folder)."""
+
+    by_node: dict[str, list[Path]] = field(default_factory=dict)
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)  # folder -> its lmcompose_model.json
+    overwrite: bool = False
+
+    @classmethod
+    def for_cells(cls, plan: Plan, cells: Iterable[Cell], folder_of: Mapping[str, Path], *,
+                  overwrite: bool = False, extra: Mapping[str, Any] | None = None) -> SaveTargets:
+        """Each cell's final model (the node after its last action) to ``folder_of[cell.id]``."""
+        targets = cls(overwrite=overwrite)
+        finals = _final_nodes(plan)
+        for cell in cells:
+            node_id = finals[cell.id]
+            path = Path(folder_of[cell.id])
+            targets.by_node.setdefault(node_id, []).append(path)
+            targets.provenance[str(path)] = {
+                "run_id": plan.run_id, "cell": cell.id, "order": list(cell.names), "policy": plan.policy,
+                "steps": [{"name": a.name, "fields": dict(a.overrides), "recompress": a.again} for a in cell.actions],
+                **cell.labels, **(extra or {}),
+            }
+        return targets
+
+    @classmethod
+    def for_study(cls, plan: Plan, pattern: str, root: Path, extra: Mapping[str, Any] | None = None,
+                  only: set[str] | None = None) -> SaveTargets:
+        """The cells matching ``pattern`` (and in ``only``, a shard's cells, when given), each in
+        ``root/<cell folder name>``."""
+        chosen = [c for c in match_cells(plan.cells, pattern) if only is None or c.id in only]
+        names: dict[str, str] = {}
+        folder_of = {}
+        for c in chosen:
+            name = cell_folder_name(c.id)
+            if name in names.values():  # two ids that only differ in characters the file system cannot hold
+                import hashlib
+
+                name += "-" + hashlib.sha1(c.id.encode()).hexdigest()[:6]
+            names[c.id] = name
+            folder_of[c.id] = root / name
+        return cls.for_cells(plan, chosen, folder_of, extra=extra)
+
+    def missing(self) -> set[str]:
+        """The node ids with a folder still to write (a folder with its provenance file is
+        complete; with ``overwrite`` every folder is written again)."""
+        return {n for n, paths in self.by_node.items() if self.overwrite or any(not _complete(p) for p in paths)}
+
+    def clean_stale(self) -> None:
+        """Remove the temporary folders a killed writer left beside the targets."""
+        for parent in {p.parent for paths in self.by_node.values() for p in paths}:
+            if parent.is_dir():
+                for stale in parent.glob(".tmp-*"):
+                    shutil.rmtree(stale, ignore_errors=True)
+
+    def save(self, node_id: str, lm: LM) -> list[Path]:
+        """Write ``lm`` to every folder of ``node_id`` not written yet; return the folders written."""
+        written = []
+        for path in self.by_node.get(node_id, []):
+            if _complete(path) and not self.overwrite:
+                continue
+            write_model_folder(lm, path, self.provenance.get(str(path), {}), overwrite=True)
+            written.append(path)
+        return written
+
+
+def _complete(path: Path) -> bool:
+    """A saved folder is complete once it holds its provenance file (written last, renamed in)."""
+    return (path / PROVENANCE_FILE).is_file()
+
+
+def _final_nodes(plan: Plan) -> dict[str, str]:
+    """cell id -> the id of the node its last action reaches."""
+    out: dict[str, str] = {}
+    for node in plan.root.walk():
+        for cell in node.cells:
+            if node.depth == len(cell.actions):
+                out[cell.id] = node.id
+    return out
