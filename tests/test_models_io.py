@@ -147,6 +147,8 @@ def test_corpus_specs_parse_and_refuse_bad_shapes():
         parse_corpus("hub:x/y?splt=train")
     with pytest.raises(ConfigError, match="name the dataset after hub:"):
         parse_corpus("hub:")
+    with pytest.raises(ConfigError, match="rows=x is not a whole number"):
+        parse_corpus("hub:a/b?rows=x")
     with pytest.raises(ConfigError, match="ppl_corpus: expected wikitext2"):
         parse_corpus(["a"], "ppl_corpus")
 
@@ -179,6 +181,10 @@ def test_hub_corpora_through_datasets(tmp_path, monkeypatch):
     (folder / "train.jsonl").write_text("\n".join(json.dumps({"body": f"row {i} of text"}) for i in range(10)))
     text, where = load_corpus(parse_corpus(f"hub:{folder}?field=body"), "calibration")
     assert text.startswith("row 0 of text\n\nrow 1") and where.startswith(f"hub:{folder}/train")
+    text, _ = load_corpus(parse_corpus(f"hub:{folder}?field=body&rows=3"), "calibration")
+    assert text == "row 0 of text\n\nrow 1 of text\n\nrow 2 of text"
+    text, _ = load_corpus(parse_corpus(f"hub:{folder}?field=body&data_files=train.jsonl&split=train"), "test")
+    assert text.count("row ") == 10
     with pytest.raises(DataError, match="has no column 'text'"):
         load_corpus(parse_corpus(f"hub:{folder}"), "calibration")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -279,3 +285,58 @@ def test_default_dtype_keeps_cpu_run_ids():
     assert RunSettings(model="m", steps=["magnitude"], device="cuda").resolved()["dtype"] == "auto"
     with pytest.raises(UsageError):
         RunSettings(model="m", steps=["magnitude"], dtype="int3").validate()
+
+
+# -- offloaded models: one layer onloaded at a time -------------------------------------
+
+OFFLOAD = {"device_map": "auto", "max_memory": "cpu=200KB"}  # the tiny model's layers go to disk
+
+
+@pytest.mark.parametrize("step", [
+    "magnitude:sparsity=0.5", "rtn:bits=4,group_size=32", "sparsegpt:n_samples=4,seqlen=32",
+    "wanda:n_samples=4,seqlen=32", "gptq:bits=4,group_size=32,n_samples=4,seqlen=32,true_sequential=true",
+    "awq:bits=4,group_size=32,n_samples=4,seqlen=32,n_grid=4",
+    "memit:layers=0+1,context_templates=0,stats_samples=8,stats_seqlen=64,v_num_grad_steps=3",
+])
+def test_an_offloaded_model_gives_the_in_memory_numbers(base, step, tmp_path, monkeypatch):
+    from lmcompose.compose import build_intervention, load_edits, parse_step
+    from lmcompose.models.loading import load_model
+
+    monkeypatch.setenv("LMCOMPOSE_CACHE_DIR", str(tmp_path / "cache"))  # MEMIT's statistics computed by each
+    edits = load_edits("records", None, limit=2, seed=0)
+    metrics = build_metrics(["perplexity", "avg_bits", "edit"], PPL)
+    out = []
+    for placement in ({}, OFFLOAD):
+        lm = load_model(str(base), **placement)
+        assert lm.offloaded == bool(placement)
+        ctx = Context(edits=list(edits), calibration_samples=4, calibration_seqlen=32)
+        build_intervention(parse_step(step)).apply(lm, ctx)
+        values = {k: v for m in metrics for k, v in m.compute(lm, ctx).items() if isinstance(v, float)}
+        out.append((lm.fingerprint(), values))
+    assert out[0] == out[1]
+
+
+def test_a_sweep_on_an_offloaded_model_matches_in_memory(base, tmp_path):
+    args = ["sweep", str(base), "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,4", "--metrics", "perplexity,avg_bits",
+            "--ppl-tokens", "256", "--ppl-seqlen", "64", "--topk", "0", "--no-plots"]
+    assert runner.invoke(app(), [*args, "--out", str(tmp_path / "mem")]).exit_code == 0
+    res = runner.invoke(app(), [*args, "--out", str(tmp_path / "off"), "--device-map", "auto", "--max-memory", "cpu=200KB",
+                                "--snapshots", "disk"])
+    assert res.exit_code == 0, res.output
+    key = ("cell", "position", "perplexity", "avg_bits", "sparsity")
+    assert sorted(tuple(r.get(k) for k in key) for r in rows(tmp_path / "mem")) == \
+        sorted(tuple(r.get(k) for k in key) for r in rows(tmp_path / "off"))
+
+
+def test_an_offloaded_layer_is_refused_outside_onloaded(base):
+    from lmcompose.models.loading import load_model
+    from lmcompose.models.offload import OffloadError
+
+    lm = load_model(str(base), **OFFLOAD)
+    name = "model.layers.1.mlp.down_proj"
+    with pytest.raises(OffloadError, match="must hold `with lm.onloaded"):
+        lm.weight(name)
+    with lm.onloaded(name):
+        lm.weight(name).zero_()
+    with lm.onloaded(name, write=False):
+        assert float(lm.weight(name).abs().sum()) == 0.0  # the change was stored back

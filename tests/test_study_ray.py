@@ -79,8 +79,12 @@ def local(tiny_folder, tmp_path_factory):
 
 def test_ray_gives_the_rows_of_the_local_executor(cluster, tiny_folder, local, tmp_path):
     study = Study.from_mapping(quick(tiny_folder))
-    result = run_study(study, out=tmp_path, executor="ray", cpus_per_task=1, plots=False)
+    result = run_study(study, out=tmp_path, executor="ray", cpus_per_task=1, plots=False,
+                       save_cells="*|magnitude|memit>magnitude|0.5|*")
     assert result.complete and not result.failures and result.report is not None
+    saved = sorted(p.name for p in (tmp_path / "models").iterdir())  # written by the tasks
+    assert saved == ["counterfact__magnitude__memit-magnitude__0.5__r0", "zsre__magnitude__memit-magnitude__0.5__r0"]
+    assert all((tmp_path / "models" / n / "lmcompose_model.json").exists() for n in saved)
     rows = read_rows(tmp_path / "results.jsonl")
     assert len({key(r) for r in rows}) == len(rows) == len(local)
     assert {key(r): numbers(r) for r in rows} == local

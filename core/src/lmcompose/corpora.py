@@ -5,11 +5,13 @@ A corpus spec is one of
 * ``wikitext2`` — wikitext-2 raw: the test split for perplexity, train + validation for
   calibration, from the data folder (``LMCOMPOSE_DATA_DIR``), else the hub;
 * a path to a UTF-8 text file — the whole file, for either role;
-* ``hub:ID`` with optional ``?config=NAME&split=SPLIT&field=COLUMN`` — a Hugging Face
-  ``datasets`` dataset (``hub:allenai/c4?config=en&split=validation``), rows of ``field``
-  (default ``text``) joined by blank lines; split defaults to ``test`` for perplexity and
-  ``train`` for calibration. ``datasets`` caches it; offline, an uncached id is an error. A
-  local folder in ``datasets``' layout is read the same way (``hub:/data/my-corpus``);
+* ``hub:ID`` with optional ``?config=NAME&split=SPLIT&field=COLUMN&rows=N&data_files=PATH`` —
+  a Hugging Face ``datasets`` dataset, rows of ``field`` (default ``text``) joined by blank
+  lines; split defaults to ``test`` for perplexity and ``train`` for calibration; ``rows``
+  keeps the first N rows, ``data_files`` reads only those files of the repository (C4 as the
+  GPTQ code reads it: ``hub:allenai/c4?data_files=en/c4-train.00000-of-01024.json.gz``).
+  ``datasets`` caches it; offline, an uncached id is an error. A local folder in
+  ``datasets``' layout is read the same way (``hub:/data/my-corpus``);
 * ``sample`` — the small text bundled with lmcompose (for smoke tests only).
 
 Left unset, both roles read wikitext-2 and, when it cannot be had, the bundled sample with a
@@ -34,7 +36,7 @@ ROLES = {
     "test": ("ppl_corpus", ("test",), "test"),
     "calibration": ("calibration_corpus", ("train", "validation"), "train"),
 }
-HUB_OPTIONS = ("config", "split", "field")
+HUB_OPTIONS = ("config", "split", "field", "rows", "data_files")
 
 
 @dataclass(frozen=True)
@@ -47,13 +49,16 @@ class CorpusSpec:
     split: str | None = None
     field: str = "text"
     explicit: bool = True
+    rows: int | None = None  # the first N rows of the split
+    data_files: str | None = None  # files of the dataset's repository to read (as datasets' data_files)
 
     def __str__(self) -> str:
         if self.kind in {"wikitext2", "sample"}:
             return self.kind
         if self.kind == "file":
             return self.name
-        opts = "&".join(f"{k}={v}" for k, v in (("config", self.config), ("split", self.split), ("field", self.field))
+        opts = "&".join(f"{k}={v}" for k, v in (("config", self.config), ("split", self.split), ("field", self.field),
+                                                 ("rows", self.rows), ("data_files", self.data_files))
                         if v is not None and not (k == "field" and v == "text"))
         return f"hub:{self.name}" + (f"?{opts}" if opts else "")
 
@@ -81,7 +86,11 @@ def parse_corpus(value: Any, key: str = "corpus") -> CorpusSpec:
             raise ConfigError(f"{key} {value!r}: unknown option {unknown[0]!r}; a hub corpus takes {', '.join(HUB_OPTIONS)}")
         if any(not v for v in opts.values()):
             raise ConfigError(f"{key} {value!r}: an option has no value (write config=NAME, split=SPLIT, field=COLUMN)")
-        return CorpusSpec("hub", ident, opts.get("config"), opts.get("split"), opts.get("field", "text"))
+        rows = opts.get("rows")
+        if rows is not None and (not rows.isdigit() or int(rows) < 1):
+            raise ConfigError(f"{key} {value!r}: rows={rows} is not a whole number >= 1 (the first N rows of the split)")
+        return CorpusSpec("hub", ident, opts.get("config"), opts.get("split"), opts.get("field", "text"),
+                          rows=int(rows) if rows else None, data_files=opts.get("data_files"))
     return CorpusSpec("file", str(Path(text).expanduser()))
 
 
@@ -107,22 +116,30 @@ def read_text_file(path: str | Path, what: str) -> str:
     return text
 
 
-def _hub_text(spec: CorpusSpec, role: str, what: str) -> tuple[str, str]:
+def load_hub_dataset(spec: CorpusSpec, split: str, what: str) -> Any:
+    """``datasets.load_dataset(spec.name, spec.config, split=split)``; anything that goes wrong
+    (no such id, offline and not cached, a broken dataset) is one DataError naming ``what``."""
     try:
         import datasets
     except ImportError:  # pragma: no cover - a dependency of lmcompose
-        raise DataError(f"{what} {spec}: reading a hub corpus needs the datasets package: pip install datasets") from None
+        raise DataError(f"{what}: reading a hub dataset needs the datasets package: pip install datasets") from None
     datasets.disable_progress_bars()
-    split = spec.split or ROLES[role][2]
+    files = {"data_files": {split: spec.data_files}} if spec.data_files else {}
     try:
-        ds = datasets.load_dataset(spec.name, spec.config, split=split)
+        return datasets.load_dataset(spec.name, spec.config, split=split + (f"[:{spec.rows}]" if spec.rows else ""), **files)
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds for a missing, offline or broken dataset
         hint = ("this machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and the dataset is not in the datasets "
-                "cache: run once with network to cache it, or pass a local text file") if _offline() else \
+                "cache: run once with network to cache it, or pass a local file") if _offline() else \
             "check the id, config and split (or the network)"
-        raise DataError(f"{what} {spec}: cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); {hint}") from None
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise DataError(f"{what}: cannot be loaded ({type(exc).__name__}: {first}); {hint}") from None
+
+
+def _hub_text(spec: CorpusSpec, role: str, what: str) -> tuple[str, str]:
+    split = spec.split or ROLES[role][2]
+    ds = load_hub_dataset(spec, split, f"{what} {spec}")
     if spec.field not in ds.column_names:
         raise DataError(f"{what} {spec}: split {split!r} has no column {spec.field!r} (columns: {', '.join(ds.column_names)}); "
                         "name the text column with field=")

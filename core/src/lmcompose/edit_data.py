@@ -161,27 +161,13 @@ def hub_records_file(dataset: str, source: str) -> Path:
     and written once as JSON lines under the cache (keyed by the dataset's fingerprint), so the
     plugin's parser and the edit digests read them like a file. Offline and uncached: one
     DataError saying so."""
-    from lmcompose.corpora import parse_corpus
+    from lmcompose.corpora import load_hub_dataset, parse_corpus
 
     spec = parse_corpus(source, "--dataset-source")
     if spec.field != "text":
         raise DataError(f"{dataset}: --dataset-source {source!r}: an edit dataset takes config= and split=, not field=")
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - a dependency of lmcompose
-        raise DataError("reading a hub dataset needs the datasets package: pip install datasets") from None
-    datasets.disable_progress_bars()
     split = spec.split or "train"
-    try:
-        ds = datasets.load_dataset(spec.name, spec.config, split=split)
-    except (KeyboardInterrupt, MemoryError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds for a missing, offline or broken dataset
-        hint = ("this machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and the dataset is not in the datasets "
-                "cache: run once with network to cache it, or pass a local file") if offline() or os.environ.get(
-                    "HF_DATASETS_OFFLINE") == "1" else "check the id, config and split (or the network)"
-        raise DataError(f"{dataset}: --dataset-source {source!r} cannot be loaded "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); {hint}") from None
+    ds = load_hub_dataset(spec, split, f"{dataset}: --dataset-source {source!r}")
     key = hashlib.sha1(f"{spec.name}|{spec.config}|{split}|{getattr(ds, '_fingerprint', '')}".encode()).hexdigest()[:16]
     target = cache_dir() / "datasets" / dataset / f"hub-{key}.jsonl"
     if not target.is_file():

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -124,7 +122,7 @@ def export_compressed_tensors(lm: Any, out: str | Path, quantization_format: str
     if quantization_format not in QUANTIZATION_FORMATS:
         raise ExportError(f"quantization format {quantization_format!r} is not one of {', '.join(QUANTIZATION_FORMATS)}")
     _require_compressed_tensors()
-    from lmcompose.engine.saving import check_save_folder
+    from lmcompose.engine.saving import atomic_folder, check_save_folder
 
     target = check_save_folder(out, overwrite, flag="--out")
     grids = quantized_layers(lm)
@@ -159,23 +157,12 @@ def export_compressed_tensors(lm: Any, out: str | Path, quantization_format: str
 
             compressor = ModelCompressor.from_pretrained_model(model, quantization_format=fmt)
             compressor.compress_model(model)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
-        try:
+        with atomic_folder(target, "the checkpoint") as tmp:
             model.save_pretrained(tmp)
             if compressor is not None:
                 compressor.update_config(str(tmp))
             lm.tokenizer.save_pretrained(tmp)
             _declare_sparsity(tmp / "config.json", sparsity_config(lm, masks) if masks else None)
-            if target.exists():
-                shutil.rmtree(target)
-            tmp.rename(target)
-        except OSError as exc:
-            raise ExportError(f"cannot write the checkpoint to {target}: {exc.strerror or exc}; free disk space or name "
-                              "another folder") from None
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -22,7 +22,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,8 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
 PROVENANCE_FILE = "lmcompose_model.json"
 MODELS_FOLDER = "models"
 
-__all__ = ["MODELS_FOLDER", "PROVENANCE_FILE", "SaveTargets", "check_save_folder", "cell_folder_name", "match_cells",
-           "write_model_folder"]
+__all__ = ["MODELS_FOLDER", "PROVENANCE_FILE", "SaveTargets", "atomic_folder", "cell_folder_name", "check_save_folder",
+           "match_cells", "write_model_folder"]
 
 
 def check_save_folder(path: str | Path, overwrite: bool, flag: str = "--save-model") -> Path:
@@ -56,25 +57,33 @@ def check_save_folder(path: str | Path, overwrite: bool, flag: str = "--save-mod
     return p
 
 
-def write_model_folder(lm: LM, target: Path, provenance: Mapping[str, Any], overwrite: bool = True) -> Path:
-    """Write ``lm`` (weights, tokenizer, compression sidecar) and ``provenance`` to ``target``:
-    into a temporary folder beside it, renamed into place when complete."""
+@contextmanager
+def atomic_folder(target: Path, what: str = "the model") -> Iterator[Path]:
+    """A temporary folder beside ``target`` to write into; when the block ends without an
+    error it replaces ``target`` (removed first if there), else it is removed. A full disk or
+    a folder that cannot be written is one UsageError; nothing half-written is left."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
     try:
-        lm.save(tmp)
-        (tmp / PROVENANCE_FILE).write_text(json.dumps(dict(provenance), indent=1, default=str) + "\n", encoding="utf-8")
+        yield tmp
         if target.exists():
-            if not overwrite:
-                raise UsageError(f"{target}: exists; pass --overwrite to replace it")
             shutil.rmtree(target)
         tmp.rename(target)
     except OSError as exc:
-        raise UsageError(f"cannot write the model to {target}: {exc.strerror or exc}. Free disk space there or "
+        raise UsageError(f"cannot write {what} to {target}: {exc.strerror or exc}. Free disk space there or "
                          "name another folder; rerun the same command to resume") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_model_folder(lm: LM, target: Path, provenance: Mapping[str, Any]) -> Path:
+    """Write ``lm`` (weights, tokenizer, compression sidecar) and ``provenance`` to ``target``
+    (replacing what is there): into a temporary folder beside it, renamed into place when
+    complete."""
+    with atomic_folder(target) as tmp:
+        lm.save(tmp)
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(dict(provenance), indent=1, default=str) + "\n", encoding="utf-8")
     return target
 
 
@@ -165,7 +174,7 @@ class SaveTargets:
         for path in self.by_node.get(node_id, []):
             if _complete(path) and not self.overwrite:
                 continue
-            write_model_folder(lm, path, self.provenance.get(str(path), {}), overwrite=True)
+            write_model_folder(lm, path, self.provenance.get(str(path), {}))
             written.append(path)
         return written
 

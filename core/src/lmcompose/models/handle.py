@@ -157,13 +157,14 @@ class LM:
         return h.hexdigest()
 
     def state_copy(self) -> dict[str, Any]:
-        """An in-memory snapshot of weights and compression state (see restore)."""
+        """An in-memory snapshot of weights (in CPU memory) and compression state (see restore)."""
         if self.offloaded:
             from lmcompose.models.offload import stored_tensors
 
             weights = {k: v.detach().clone() for k, v in stored_tensors(self.model).items()}
         else:
-            weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            # on the CPU whatever the model's device: a GPU holds the model, not its snapshots
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         comp = {
             k: LayerCompression(
                 None if v.keep_mask is None else v.keep_mask.clone(),

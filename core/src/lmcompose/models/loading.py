@@ -94,10 +94,12 @@ def check_device_name(device: object) -> str:
 
 def resolve_device(device: str, flag: str = "--device") -> str:
     """``device`` checked against this machine: a CUDA device needs a CUDA build of torch and a
-    visible GPU of that index."""
+    visible GPU of that index. ``cpu`` is always there (and checking it imports nothing)."""
+    check_device_name(device)
+    if device == "cpu":
+        return device
     import torch
 
-    check_device_name(device)
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"

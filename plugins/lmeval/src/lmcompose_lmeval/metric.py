@@ -125,6 +125,7 @@ class LMEval(Metric):
         manager = task_manager(self.config.include_path)
         wrapped = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=self.config.batch_size,
                        device=str(lm.device), max_length=lm.max_positions)
+        wrapped._device = lm.device  # HFLM takes model.device, which is meta for an offloaded model
         with ctx.progress.task(f"lm-eval: {', '.join(self.tasks)}", None):
             out = lm_eval.simple_evaluate(
                 model=wrapped, tasks=self.tasks, num_fewshot=self.config.num_fewshot,
