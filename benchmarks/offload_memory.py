@@ -90,9 +90,10 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=32, help="calibration windows for SparseGPT")
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--methods", default="sparsegpt,memit", help="comma-separated: sparsegpt, memit")
     args = ap.parse_args()
-    steps = [("sparsegpt 0.5", "sparsegpt:sparsity=0.5", 0),
-             ("memit", "memit:stats_samples=64", args.edits)]
+    steps = [s for s in [("sparsegpt 0.5", "sparsegpt:sparsity=0.5", 0), ("memit", "memit:stats_samples=64", args.edits)]
+             if s[0].split()[0] in args.methods.split(",")]
     print("| method | placement | anonymous MB before the step | the step's peak above that, MB | process peak RSS MB | step s | perplexity | edit success | same weights |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for label, step, edits in steps:

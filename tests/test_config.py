@@ -106,3 +106,19 @@ def test_metric_options_for_unknown_metric():
 def test_dataset_must_be_an_edit_dataset():
     with pytest.raises(ConfigError, match="text corpus"):
         RunSettings(model="m", steps=["rtn"], dataset="wikitext2").validate()
+
+
+def test_a_dataset_registered_without_kind_is_checked_by_its_class(monkeypatch):
+    """A text corpus registered with no kind= is still refused as an edit dataset: the loaded
+    class decides, not the registration."""
+    from lmcompose.compose import RunSettings, edit_dataset_class
+    from lmcompose.plugins import get_datasets
+
+    registry = get_datasets()
+    entry = registry.entry("wikitext2")
+    monkeypatch.setattr(entry, "extra", {})  # as if registered without kind="text"
+    with pytest.raises(ConfigError, match="'wikitext2' is a text corpus, not an edit dataset"):
+        edit_dataset_class("wikitext2")
+    with pytest.raises(ConfigError, match="not an edit dataset"):
+        RunSettings(model="m", steps=["magnitude"], dataset="wikitext2").validate()
+    assert edit_dataset_class("records").__name__

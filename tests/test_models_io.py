@@ -297,6 +297,7 @@ OFFLOAD = {"device_map": "auto", "max_memory": "cpu=200KB"}  # the tiny model's 
     "wanda:n_samples=4,seqlen=32", "gptq:bits=4,group_size=32,n_samples=4,seqlen=32,true_sequential=true",
     "awq:bits=4,group_size=32,n_samples=4,seqlen=32,n_grid=4",
     "memit:layers=0+1,context_templates=0,stats_samples=8,stats_seqlen=64,v_num_grad_steps=3",
+    "memit:layers=0,context_templates=2,template_tokens=4,stats_samples=8,stats_seqlen=64,v_num_grad_steps=3",  # v* through layer 1
 ])
 def test_an_offloaded_model_gives_the_in_memory_numbers(base, step, tmp_path, monkeypatch):
     from lmcompose.compose import build_intervention, load_edits, parse_step

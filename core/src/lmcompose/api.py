@@ -19,6 +19,12 @@ from typing import Any, ClassVar
 
 from lmcompose.errors import ConfigError, DataError, UnknownNameError
 
+__all__ = [
+    "Context", "EditDataset", "EditRecord", "Intervention", "LocalityPrompt", "Metric", "MultiHop", "NoConfig",
+    "Progress", "StepReport", "StrengthKnob", "TextCorpus", "build_config", "config_fields", "config_to_dict",
+    "field_help",
+]
+
 # --------------------------------------------------------------------------------------
 # Edit records
 # --------------------------------------------------------------------------------------

@@ -29,6 +29,11 @@ import torch
 
 from lmcompose.models.arch import decoder_layers
 
+__all__ = [
+    "Gram", "StopForward", "call_layer", "capture_layer_calls", "inverse_cholesky_upper", "layer_call_arguments",
+    "layer_module_names", "run_layer_sequential", "true_sequential_stages",
+]
+
 
 class StopForward(Exception):
     """Raised by a hook to end a forward pass once it has what it needs (the caller catches it)."""

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lmcompose.api import Context, EditRecord, Intervention, Metric, Progress, config_to_dict
+from lmcompose.api import (
+    Context,
+    EditDataset,
+    EditRecord,
+    Intervention,
+    Metric,
+    Progress,
+    config_to_dict,
+)
 from lmcompose.engine.executor import Executor, evaluate
 from lmcompose.engine.plan import Action, Cell, Plan
 from lmcompose.engine.policy import EDIT_KIND, POLICIES, check_policy
@@ -187,9 +195,7 @@ class RunSettings:
         steps = [build_intervention(parse_step(s)) for s in self.steps]
         metrics = build_metrics(self.metrics, self.metric_options)
         if self.dataset is not None:
-            entry = get_datasets().entry(self.dataset)
-            if entry.extra.get("kind", "edits") != "edits":
-                raise ConfigError(f"dataset {self.dataset!r} is a text corpus, not an edit dataset")
+            edit_dataset_class(self.dataset)
         return steps, metrics
 
     def resolved(self) -> dict[str, Any]:
@@ -327,10 +333,7 @@ def load_edits(dataset: str, source: str | Path | None = None, limit: int | None
     """Load edit requests from a registered edit dataset (``limit`` records, replicate
     ``replicate`` of a seeded permutation). Notes (sample data used, records skipped) go to
     ``ctx`` when given."""
-    entry = get_datasets().entry(dataset)
-    if entry.extra.get("kind", "edits") != "edits":
-        raise ConfigError(f"dataset {dataset!r} is a text corpus, not an edit dataset")
-    ds = entry.load()()
+    ds = edit_dataset_class(dataset)()
     kwargs: dict[str, Any] = {"source": source, "limit": limit, "seed": seed}
     if replicate:
         kwargs["replicate"] = replicate
@@ -341,6 +344,20 @@ def load_edits(dataset: str, source: str | Path | None = None, limit: int | None
         for note in getattr(ds, "notes", []):
             ctx.note(note)
     return records
+
+
+def edit_dataset_class(name: str) -> type[EditDataset]:
+    """The class registered as dataset ``name``, checked to be an :class:`EditDataset` (what it
+    is, not what its registration says): a text corpus or anything else is one ConfigError."""
+    from lmcompose.api import TextCorpus
+
+    entry = get_datasets().entry(name)
+    cls = entry.load()
+    if isinstance(cls, type) and issubclass(cls, EditDataset):
+        return cls
+    what = "a text corpus" if isinstance(cls, type) and issubclass(cls, TextCorpus) else f"{cls!r}"
+    raise ConfigError(f"dataset {name!r} is {what}, not an edit dataset (a subclass of lmcompose.EditDataset); "
+                      "name an edit dataset (`lmcompose list datasets`)")
 
 
 _Settings = TypeVar("_Settings", bound=RunSettings)

@@ -22,6 +22,11 @@ from lmcompose.data import data_dir
 from lmcompose.errors import DataError, UsageError
 from lmcompose.models.loading import cache_dir
 
+__all__ = [
+    "JsonEditDataset", "fill_template", "need_list", "need_str", "parse_easyedit_flat", "read_json_records",
+    "select_records",
+]
+
 DOWNLOAD_TIMEOUT_S = 30
 
 

@@ -9,6 +9,11 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+__all__ = [
+    "ConfigError", "DataError", "DuplicateNameError", "LMComposeError", "ModelLoadError", "NumericalError",
+    "PluginLoadError", "StepFailedError", "UnknownNameError", "UsageError", "describe_value",
+]
+
 
 def describe_value(value: object) -> str:
     """How a message names a value of the wrong shape: "a list", "the string 'x'", ..."""

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+__all__ = ["QuantGrid", "fit_scale_zero", "group_index", "max_level", "n_groups", "quantize_dequantize"]
+
 
 def max_level(bits: int) -> int:
     return 2**bits - 1

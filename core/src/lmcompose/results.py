@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+__all__ = ["CONFIG_FILE", "RESULTS_FILE", "read_rows", "read_rows_checked", "read_yaml"]
+
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.yaml"
 

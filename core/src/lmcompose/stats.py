@@ -21,6 +21,8 @@ import torch
 
 from lmcompose.calibration import StopForward
 
+__all__ = ["input_fingerprint", "second_moments"]
+
 
 def execution_order(lm: Any) -> list[str]:
     """Names of the model's modules in the order their forward runs (one short forward)."""

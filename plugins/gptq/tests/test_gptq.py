@@ -112,6 +112,16 @@ def test_cholesky_failure_raises_damping_then_falls_back_to_rtn():
     assert torch.equal(w, expected) and grid.on_grid(w)
 
 
+def test_the_result_says_whether_it_fell_back():
+    from lmcompose_gptq.algorithm import gptq_quantize_result
+
+    x = torch.randn(64, 8)
+    ok = gptq_quantize_result(torch.randn(4, 8), x.t() @ x, 4, 0, False, False, 128, 0.01, [], "a")
+    assert not ok.fell_back and ok.extra_tries == 0 and ok.damping == pytest.approx(0.01 * float(torch.diag(x.t() @ x).mean()))
+    bad = gptq_quantize_result(torch.randn(4, 2), torch.diag(torch.tensor([1.0, -1e6])), 4, 0, False, False, 128, 0.01, [], "b")
+    assert bad.fell_back and bad.grid.bits == 4
+
+
 def test_fallback_is_reported_by_the_step(monkeypatch):
     import lmcompose_gptq.algorithm as alg
 

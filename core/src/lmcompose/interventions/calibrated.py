@@ -27,6 +27,11 @@ from typing import Any
 from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
 from lmcompose.interventions.common import selected_layers
 
+__all__ = [
+    "LayerwiseCalibrated", "LayerwisePruner", "LayerwiseQuantizer", "bits_field", "group_size_field",
+    "groups_sharing_stats", "symmetric_field",
+]
+
 
 class LayerwiseCalibrated(Intervention):
     """Run the layer-sequential pipeline; subclasses change each layer in ``process_layer``."""

@@ -8,6 +8,11 @@ from typing import Any
 
 from lmcompose.errors import ConfigError
 
+__all__ = [
+    "Timer", "ignore_field", "n_samples_field", "selected_layers", "seqlen_field", "sparsity_field",
+    "structure_field", "targets_field",
+]
+
 
 def targets_field() -> Any:
     return field(

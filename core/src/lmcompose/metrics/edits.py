@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from lmcompose.api import Context, EditRecord, Metric
 
+__all__ = ["EditMetrics", "EditMetricsConfig", "Scorer", "multi_hop_prompt", "target_text"]
+
 SCORERS = ("f1", "accuracy", "prob")
 MULTI_HOP_TOKENS = 8
 

@@ -11,6 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = [
+    "ARCHITECTURES", "ArchSpec", "decoder_layers", "find_spec_for", "get_path", "is_conv1d", "linear_modules",
+    "weight_matrix",
+]
+
 
 @dataclass(frozen=True)
 class ArchSpec:

@@ -360,11 +360,22 @@ def _budgets(value: Any) -> dict[str, Any]:
     return out
 
 
+def _is_edit_dataset(entry: Any) -> bool:
+    """Whether a registry entry loads an EditDataset subclass (what it is, not its registration's kind)."""
+    from lmcompose.api import EditDataset
+
+    try:
+        cls = entry.load()
+    except Exception:  # noqa: BLE001 - a plugin that fails to load is reported by `lmcompose plugins`
+        return False
+    return isinstance(cls, type) and issubclass(cls, EditDataset)
+
+
 def _datasets(value: Any) -> list[DatasetSpec]:
     from lmcompose.plugins import get_datasets
 
     registry = get_datasets()
-    edit_names = [n for n in registry.names() if registry.entry(n).extra.get("kind", "edits") == "edits"]
+    edit_names = [n for n in registry.names() if _is_edit_dataset(registry.entry(n))]
     out: list[DatasetSpec] = []
     for i, item in enumerate(_list(value, "datasets", "[counterfact, zsre]")):
         path = f"datasets[{i}]"

@@ -22,6 +22,7 @@ the result lies on the returned grid and ``QuantGrid.snap_`` is a no-op on it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,10 +30,30 @@ from lmcompose.calibration import Gram, inverse_cholesky_upper
 from lmcompose.quant import QuantGrid, fit_scale_zero, group_index, max_level, n_groups
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class GPTQResult:
+    """What quantizing one matrix gave: its grid, whether the Hessian stayed singular so
+    round-to-nearest was used (``fell_back``), the damping λ applied and how many ×10
+    increases of it were needed."""
+
+    grid: QuantGrid
+    fell_back: bool
+    damping: float
+    extra_tries: int
+
+
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, symmetric: bool, act_order: bool,
                   blocksize: int, percdamp: float, messages: list[str], where: str) -> QuantGrid:
-    """Quantize ``w`` (out, in; changed in place) with GPTQ given H (in, in); return its grid."""
+    """Quantize ``w`` (out, in; changed in place) with GPTQ given H (in, in); return its grid
+    (:func:`gptq_quantize_result` also says whether it fell back and the damping)."""
+    return gptq_quantize_result(w, h, bits, group_size, symmetric, act_order, blocksize, percdamp, messages, where).grid
+
+
+@torch.no_grad()
+def gptq_quantize_result(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, symmetric: bool, act_order: bool,
+                         blocksize: int, percdamp: float, messages: list[str], where: str) -> GPTQResult:
+    """Quantize ``w`` (out, in; changed in place) with GPTQ given H (in, in); messages for the
+    user (fallback, extra damping) are appended to ``messages``."""
     out_f, in_f = w.shape
     g = group_size if 0 < group_size < in_f else in_f
     W = w.detach().float().clone()
@@ -58,7 +79,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, 
                         "used round-to-nearest for this layer (more calibration samples or a larger percdamp avoid this)")
         grid = QuantGrid.fit(w.float(), bits, group_size, symmetric)
         grid.snap_(w)
-        return grid
+        return GPTQResult(grid, True, damp, extra)
     if extra:
         messages.append(f"{where}: Hessian not positive definite at percdamp={percdamp}; used damping {damp:.3g} ({extra} x10 increases)")
     hinv = upper.float()
@@ -95,7 +116,8 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, 
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
     w.copy_(Q.to(w.dtype))
-    return QuantGrid(bits, group_size, symmetric, scale_t.t().contiguous(), zero_t.t().contiguous())
+    return GPTQResult(QuantGrid(bits, group_size, symmetric, scale_t.t().contiguous(), zero_t.t().contiguous()),
+                      False, damp, extra)
 
 
 class HessianStats(Gram):

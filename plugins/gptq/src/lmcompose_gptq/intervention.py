@@ -39,17 +39,17 @@ class GPTQ(LayerwiseQuantizer):
         import torch
         from lmcompose.quant import QuantGrid
 
-        from lmcompose_gptq.algorithm import gptq_quantize
+        from lmcompose_gptq.algorithm import gptq_quantize_result
 
         c = self.config
         grids = {}
         for group in groups_sharing_stats(names, stats_of):
             weights = [lm.weight(n) for n in group]
             stacked = weights[0] if len(group) == 1 else torch.cat(weights, dim=0)
-            before = len(messages)
-            grid = gptq_quantize(stacked, stats_of(group[0]).hessian(), c.bits, c.group_size, c.symmetric, c.act_order,
-                                 c.blocksize, c.percdamp, messages, "+".join(group))
-            if any("round-to-nearest" in m for m in messages[before:]):
+            result = gptq_quantize_result(stacked, stats_of(group[0]).hessian(), c.bits, c.group_size, c.symmetric,
+                                          c.act_order, c.blocksize, c.percdamp, messages, "+".join(group))
+            grid = result.grid
+            if result.fell_back:
                 self.fallbacks.extend(group)
             start = 0
             for name, w in zip(group, weights, strict=True):

@@ -227,6 +227,16 @@ class Tail:
         self.project_out = getattr(decoder, "project_out", None)
         self.softcap = getattr(lm.model.config, "final_logit_softcapping", None)
         self._calls: dict[int, list[Any]] = {}
+        # offloaded (accelerate onloads each layer per call): recompute each layer in the backward
+        # pass instead of keeping its onloaded weights alive for it, so v* holds one layer at a time
+        self.recompute = bool(getattr(lm, "offloaded", False))
+
+    def run_layer(self, layer: Any, h: torch.Tensor, call: Any) -> torch.Tensor:
+        if self.recompute and torch.is_grad_enabled() and h.requires_grad:
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(call_layer, layer, h, call, use_reentrant=False)
+        return call_layer(layer, h, call)
 
     def calls(self, width: int) -> list[Any]:
         if width not in self._calls:
@@ -241,7 +251,7 @@ class Tail:
         (rows ``sel`` of the group) that attend to the group's kept prefix."""
         if split is None:
             for layer, call in zip(self.layers, self.calls(h.shape[1]), strict=True):
-                h = call_layer(layer, h, call)
+                h = self.run_layer(layer, h, call)
         else:
             kv = PrefixKV(split.prefix_kv, sel)
 
@@ -249,7 +259,7 @@ class Tail:
                 return kv if v is CACHE else v
 
             for layer, (args, kwargs) in zip(self.layers, split.calls, strict=True):
-                h = call_layer(layer, h, (tuple(put(a) for a in args), {k: put(v) for k, v in kwargs.items()}))
+                h = self.run_layer(layer, h, (tuple(put(a) for a in args), {k: put(v) for k, v in kwargs.items()}))
         x = self.norm(h[rows, positions])
         if self.project_out is not None:
             x = self.project_out(x)
