@@ -47,3 +47,21 @@ def test_every_relative_link_resolves():
                     bad.append(f"{doc.relative_to(ROOT)}: {target} (no such heading)")
     assert checked > 20  # the pattern finds the docs' links
     assert bad == [], "\n".join(bad)
+
+
+def test_every_method_documents_its_lifecycle_and_sample_configs_that_build():
+    """Each method's class docstring says its lifecycle and shows sample configs; every sample
+    written as a step (``name:field=value,...``) builds."""
+    from lmcompose.plugins import get_interventions
+    from lmcompose.steps import build_intervention, parse_step
+
+    registry = get_interventions()
+    for name in registry.names():
+        cls = registry.get(name)
+        doc = cls.__doc__ or ""
+        assert "Lifecycle:" in doc and "Sample config::" in doc, f"{name}: docstring lacks its lifecycle or sample config"
+        samples = [line.split("#")[0].strip() for line in doc.split("Sample config::", 1)[1].splitlines()]
+        steps = [s for s in samples if s and not s.startswith("{")]
+        assert steps, name
+        for step in steps:
+            assert build_intervention(parse_step(step)).name == name, step

@@ -27,8 +27,18 @@ def query_key_projections(lm: Any, index: int) -> set[str]:
 
 
 class AWQ(LayerwiseQuantizer):
-    """AWQ: activation-aware scales folded into the preceding op, clip search, rtn's grid;
-    project() snaps weights back onto the grid."""
+    """AWQ: activation-aware scales folded into the preceding op, clip search, rtn's grid.
+
+    Lifecycle: ``apply`` runs the layer-sequential pipeline: for each decoder layer it
+    measures each projection's input activations, searches the per-channel scale of each
+    group sharing an input and folds it into the op before (a norm, or v into o), searches
+    each projection's clipping range, quantizes onto rtn's grid and stores it
+    (``lm.compression``); ``project`` snaps weights back onto the grid (``recompress`` re-runs
+    the quantizer without refolding). Sample config::
+
+        awq:bits=4,group_size=128
+        awq:bits=3,group_size=64,clip_qk=false,calibrate_next_on=full
+    """
 
     name = "awq"
     Config = AWQConfig

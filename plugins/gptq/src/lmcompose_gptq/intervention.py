@@ -14,7 +14,18 @@ if TYPE_CHECKING:  # pragma: no cover - the statistics import torch; validating 
 
 
 class GPTQ(LayerwiseQuantizer):
-    """GPTQ: Hessian-aware rounding onto rtn's grid; project() snaps weights back onto it."""
+    """GPTQ: Hessian-aware rounding onto rtn's grid.
+
+    Lifecycle: ``apply`` runs the layer-sequential pipeline (optionally true-sequential, one
+    group of projections after another): for each decoder layer it accumulates each
+    projection's Hessian, quantizes column by column spreading the rounding error
+    (``algorithm.gptq_quantize_result``; round-to-nearest where the Hessian stays singular,
+    counted in the report), and stores the grids (``lm.compression``); ``project`` snaps
+    weights a later step moved back onto them. Sample config::
+
+        gptq:bits=4,group_size=128
+        gptq:bits=3,group_size=64,act_order=true,true_sequential=true,symmetric=true
+    """
 
     name = "gptq"
     Config = GPTQConfig

@@ -14,7 +14,18 @@ HPARAMS = ("layers", "mom2_update_weight", "v_num_grad_steps", "v_lr", "v_weight
 
 
 class MEMIT(Intervention):
-    """Mass-Editing Memory in a Transformer (Meng et al., ICLR 2023)."""
+    """Mass-Editing Memory in a Transformer (Meng et al., ICLR 2023).
+
+    Lifecycle: ``apply`` takes ``ctx.edits`` (the first ``n_edits``), computes the covariance
+    statistics of the edit layers' MLP inputs (cached by the weights that produce them),
+    optimises each edit's target hidden state v* at the last edit layer, and spreads the
+    residual over the edit layers as covariance-weighted rank updates of their MLP output
+    projections (one layer at a time on an offloaded model); it has no ``project`` (an edit
+    is not a constraint to restore). Sample config::
+
+        memit                               # the preset for the model (presets.py)
+        memit:layers=3+4+5+6+7,v_num_grad_steps=25,mom2_update_weight=15000,stats_from=base
+    """
 
     name = "memit"
     kind = "edit"

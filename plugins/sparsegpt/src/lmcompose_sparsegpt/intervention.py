@@ -14,7 +14,17 @@ if TYPE_CHECKING:  # pragma: no cover - the statistics import torch; validating 
 
 
 class SparseGPT(LayerwisePruner):
-    """SparseGPT: OBS-based one-shot pruning, unstructured or N:M; project() re-zeros the mask."""
+    """SparseGPT: OBS-based one-shot pruning, unstructured or N:M.
+
+    Lifecycle: ``apply`` runs the layer-sequential pipeline: for each decoder layer it
+    accumulates each projection's Hessian XXᵀ over the calibration windows, prunes column
+    block by column block with the OBS weight update, keeps the keep masks
+    (``lm.compression``), and feeds the pruned layer's outputs to the next; ``project``
+    re-zeros the masked weights after a later step. Sample config::
+
+        sparsegpt:sparsity=0.5
+        sparsegpt:structure=2:4,n_samples=128,seqlen=2048,percdamp=0.01
+    """
 
     name = "sparsegpt"
     Config = SparseGPTConfig

@@ -10,25 +10,21 @@ from typing import Any
 
 from lmcompose.interventions.calibrated import LayerwisePruner
 
+from lmcompose_wanda.algorithm import InputNorms, wanda_scores
 from lmcompose_wanda.config import WandaConfig
 
 
-class InputNorms:
-    def __init__(self, in_features: int, device: Any):
-        import torch
-
-        self.sq = torch.zeros(in_features, dtype=torch.float64, device=device)
-
-    def add(self, x: Any) -> None:
-        self.sq += (x.double() ** 2).sum(dim=0)
-
-
-def wanda_scores(w: Any, sq_norms: Any) -> Any:
-    return w.abs().float() * sq_norms.sqrt().float().unsqueeze(0)
-
-
 class Wanda(LayerwisePruner):
-    """Wanda: |W| x input norm, per output row; project() re-zeros the mask."""
+    """Wanda: |W| x input norm, per output row.
+
+    Lifecycle: ``apply`` runs the layer-sequential pipeline: for each decoder layer it
+    gathers each projection's input norms over the calibration windows, prunes by score and
+    keeps the keep masks (``lm.compression``); ``project`` re-zeros the masked weights after
+    a later step. Sample config::
+
+        wanda:sparsity=0.5                 # unstructured, per output row
+        wanda:structure=2:4,n_samples=128,seqlen=2048
+    """
 
     name = "wanda"
     Config = WandaConfig

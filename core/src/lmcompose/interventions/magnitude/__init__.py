@@ -5,45 +5,6 @@ of every targeted matrix (layer-wise selection). N:M: the M - N smallest of ever
 consecutive input weights of each row.
 """
 
-from __future__ import annotations
+from lmcompose.interventions.magnitude.intervention import Magnitude
 
-from typing import Any
-
-from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
-from lmcompose.interventions.common import Timer, selected_layers
-from lmcompose.interventions.magnitude.config import MagnitudeConfig
-
-
-class Magnitude(Intervention):
-    """Magnitude pruning (unstructured or N:M); project() re-zeros the mask."""
-
-    name = "magnitude"
-    kind = "prune"
-    Config = MagnitudeConfig
-    strength = StrengthKnob("sparsity", 0.0, 1.0, high_inclusive=False)
-
-    def __init__(self, config: Any = None):
-        super().__init__(config)
-        self.masks: dict[str, Any] = {}
-
-    def apply(self, lm: Any, ctx: Context) -> StepReport:
-        from lmcompose.interventions.magnitude.algorithm import prune_layer
-
-        layers = selected_layers(lm, self.config, self.name)
-        per_layer = {}
-        with Timer() as t, ctx.progress.task("magnitude pruning", len(layers)) as advance:
-            for name, _module in layers:
-                with lm.onloaded(name):  # one layer's weights at a time on an offloaded model
-                    keep = prune_layer(lm.weight(name), self.config, where=name)
-                self.masks[name] = keep
-                lm.record_keep_mask(name, keep)
-                per_layer[name] = 1.0 - float(keep.float().mean())
-                advance(1)
-        total = sum(self.masks[n].numel() for n, _ in layers)
-        zeroed = sum(int((~self.masks[n]).sum()) for n, _ in layers)
-        rep = self.report(sparsity=zeroed / total, layers=len(layers), per_layer_sparsity=per_layer)
-        rep.elapsed_s = t.elapsed
-        return rep
-
-    def project(self, lm: Any) -> None:
-        lm.rezero(self.masks)
+__all__ = ["Magnitude"]
