@@ -54,3 +54,15 @@ def test_plugins_import_only_the_plugin_api():
             if module not in api or (name != "*" and name not in api[module]):
                 bad.append(f"{f.relative_to(ROOT)}:{line}: from {module} import {name}")
     assert bad == [], "plugins import private lmcompose names:\n" + "\n".join(bad)
+
+
+def test_paths_is_a_leaf_module():
+    """lmcompose.paths imports nothing else from lmcompose at import time, so any module can
+    ask for the cache or data folder without importing models, data or the API."""
+    tree = ast.parse((ROOT / "core" / "src" / "lmcompose" / "paths.py").read_text(encoding="utf-8"))
+    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    names = [n.module for n in top if isinstance(n, ast.ImportFrom)] + [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
+    assert names and not [n for n in names if n and n.startswith("lmcompose")]
+    for module in ("lmcompose.data", "lmcompose.edit_data", "lmcompose.models.loading"):
+        source = (ROOT / "core" / "src" / Path(*module.split("."))).with_suffix(".py").read_text(encoding="utf-8")
+        assert "from lmcompose.paths import cache_dir" in source, module

@@ -373,7 +373,7 @@ class Context:
         return self.state[key]
 
     def stats_dir(self) -> Path:
-        from lmcompose.data import cache_dir
+        from lmcompose.paths import cache_dir
 
         d = (self.cache_dir or cache_dir()) / "stats"
         d.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lmcompose.errors import DataError
-from lmcompose.models.loading import cache_dir
+from lmcompose.paths import cache_dir, data_dir
 
 __all__ = ["cache_dir", "calibration_windows", "corpus_identity", "data_dir", "sample_path", "sample_text", "wikitext_file", "wikitext_text"]
 
@@ -23,17 +23,6 @@ WIKITEXT_FILES = {
     "validation": ("wiki.valid.raw",),
     "train": ("wiki.train.raw", "wiki.train.prefix.raw"),
 }
-
-
-def data_dir() -> Path | None:
-    """The data folder from ``LMCOMPOSE_DATA_DIR``, or None. A set but missing folder is an error."""
-    raw = os.environ.get("LMCOMPOSE_DATA_DIR")
-    if not raw:
-        return None
-    path = Path(raw).expanduser()
-    if not path.is_dir():
-        raise DataError(f"LMCOMPOSE_DATA_DIR={raw!r} is not a folder; point it at a folder laid out like shared/data, or unset it")
-    return path
 
 
 def sample_path(name: str) -> Path:

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lmcompose.api import EditDataset, EditRecord, LocalityPrompt
-from lmcompose.data import data_dir
 from lmcompose.errors import DataError, UsageError
-from lmcompose.models.loading import cache_dir
+from lmcompose.paths import cache_dir, data_dir
 
 __all__ = [
     "JsonEditDataset", "fill_template", "need_list", "need_str", "parse_easyedit_flat", "read_json_records",

@@ -9,7 +9,6 @@ and modification time, so later loads take about a second.
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lmcompose.errors import ModelLoadError
+from lmcompose.paths import cache_dir
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 #: --device-map values besides a device name (accelerate's placement strategies)
@@ -127,12 +127,6 @@ def refuse_remote_code(folder: Path) -> None:
         raise ModelLoadError(f"{folder}: its config.json asks for custom model code (auto_map: {sorted(data['auto_map'])}); "
                              "lmcompose never runs code from a model folder. Use a model whose architecture transformers "
                              "ships (see `lmcompose list architectures`)")
-
-
-def cache_dir() -> Path:
-    d = Path(os.environ.get("LMCOMPOSE_CACHE_DIR") or Path.home() / ".cache" / "lmcompose")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def default_dtype(device: str) -> str:
