@@ -89,6 +89,21 @@ def test_a_resume_onto_other_text_or_other_weights_is_refused(tiny_folder, tmp_p
     assert "model_fingerprint" in out and "would mix data" in out
 
 
+def test_a_plugin_installed_since_does_not_refuse_a_resume_but_a_changed_version_does(tmp_path):
+    from lmcompose.engine.run_folder import RunFolder
+    from lmcompose.errors import UsageError
+
+    inputs = {"model_fingerprint": "f", "versions": {"lmcompose": "0.2.0", "lmcompose-memit": "0.2.0"}}
+    with RunFolder(tmp_path, "r1", "run") as folder:
+        folder.write_config(inputs=inputs)
+    added = {**inputs, "versions": {**inputs["versions"], "lmcompose-lmeval": "0.1.0"}}  # a plugin installed since
+    with RunFolder(tmp_path, "r1", "run") as folder:
+        folder.write_config(inputs=added)
+    changed = {**inputs, "versions": {**inputs["versions"], "lmcompose-memit": "0.3.0"}}
+    with pytest.raises(UsageError, match=r"versions.lmcompose-memit: \"0.2.0\" → \"0.3.0\""), RunFolder(tmp_path, "r1", "run") as folder:
+        folder.write_config(inputs=changed)
+
+
 def test_a_second_process_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from lmcompose.engine import RunFolder; "

@@ -109,6 +109,17 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def comparable_versions(inputs: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
+    """``inputs`` with its ``versions`` cut to the distributions ``other`` records too: a
+    plugin installed (or removed) since the run started changes no number of it — a plugin
+    the run uses cannot go missing without its steps failing to build — so only a version
+    that changed refuses a resume."""
+    mine, theirs = inputs.get("versions"), other.get("versions")
+    if not isinstance(mine, Mapping) or not isinstance(theirs, Mapping):
+        return dict(inputs)
+    return {**inputs, "versions": {k: v for k, v in mine.items() if k in theirs}}
+
+
 def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any], ignore: frozenset[str] = VOLATILE_KEYS,
                      prefix: str = "") -> list[str]:
     """``key: old → new`` for every setting that differs between two resolved configs
@@ -222,7 +233,8 @@ class RunFolder:
             self.config = {k: v for k, v in existing.items() if k != "inputs"}
             recorded = existing.get("inputs")
             if recorded is not None:
-                changed = describe_changes(recorded, inputs, ignore=frozenset())
+                changed = describe_changes(comparable_versions(recorded, inputs), comparable_versions(inputs, recorded),
+                                           ignore=frozenset())
                 if changed:
                     raise UsageError(f"{self.path}: the inputs of run {self.run_id} changed since it started, so its rows "
                                      f"would mix data: {'; '.join(changed)}. Restore them, or start a new run in another --out")
