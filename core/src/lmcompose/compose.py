@@ -369,7 +369,7 @@ def prepare(settings: _Settings) -> tuple[_Settings, tuple[list[Intervention], l
     Returns the effective settings and what validation built."""
     import os
 
-    from lmcompose.models.loading import resolve_device
+    from lmcompose.models.loading import resolve_device, resolve_device_map
 
     settings = settings.with_protocol()
     checked = settings.validate()
@@ -378,8 +378,8 @@ def prepare(settings: _Settings) -> tuple[_Settings, tuple[list[Intervention], l
             raise ConfigError(f"data folder {settings.data_dir!r} does not exist")
         os.environ["LMCOMPOSE_DATA_DIR"] = str(Path(settings.data_dir).resolve())
     resolve_device(settings.device)
-    if settings.device_map is not None and settings.device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
-        resolve_device(settings.device_map, "--device-map")
+    if settings.device_map is not None:
+        resolve_device_map(settings.device_map)
     from lmcompose.corpora import check_corpora
 
     check_corpora(settings.ppl_corpus, settings.calibration_corpus)

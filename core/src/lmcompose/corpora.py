@@ -21,13 +21,13 @@ and the fix: never the bundled sample in its place.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 from lmcompose.errors import ConfigError, DataError, describe_value
+from lmcompose.paths import offline
 
 __all__ = ["ROLES", "CorpusSpec", "check_corpora", "corpus_identity", "load_corpus", "parse_corpus", "read_text_file"]
 
@@ -94,10 +94,6 @@ def parse_corpus(value: Any, key: str = "corpus") -> CorpusSpec:
     return CorpusSpec("file", str(Path(text).expanduser()))
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "") in {"1", "true", "yes", "TRUE", "YES"} for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def read_text_file(path: str | Path, what: str) -> str:
     """A UTF-8 text file's contents; a missing, binary, undecodable or empty file is one
     DataError naming it."""
@@ -131,13 +127,25 @@ def load_hub_dataset(spec: CorpusSpec, split: str, what: str) -> Any:
         raise
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds for a missing, offline or broken dataset
         hint = ("this machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and the dataset is not in the datasets "
-                "cache: run once with network to cache it, or pass a local file") if _offline() else \
+                "cache: run once with network to cache it, or pass a local file") if offline() else \
             "check the id, config and split (or the network)"
         first = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise DataError(f"{what}: cannot be loaded ({type(exc).__name__}: {first}); {hint}") from None
 
 
+_HUB_TEXT: dict[tuple[str, str], tuple[str, str]] = {}
+
+
 def _hub_text(spec: CorpusSpec, role: str, what: str) -> tuple[str, str]:
+    """A hub corpus's text, loaded and joined once per process (every calibrated step and the
+    check before a run asks for it)."""
+    key = (str(spec), role)
+    if key not in _HUB_TEXT:
+        _HUB_TEXT[key] = _load_hub_text(spec, role, what)
+    return _HUB_TEXT[key]
+
+
+def _load_hub_text(spec: CorpusSpec, role: str, what: str) -> tuple[str, str]:
     split = spec.split or ROLES[role][2]
     ds = load_hub_dataset(spec, split, f"{what} {spec}")
     if spec.field not in ds.column_names:

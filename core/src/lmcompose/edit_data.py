@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from lmcompose.api import EditDataset, EditRecord, LocalityPrompt
 from lmcompose.errors import DataError, UsageError
-from lmcompose.paths import cache_dir, data_dir
+from lmcompose.paths import cache_dir, data_dir, offline
 
 __all__ = [
     "JsonEditDataset", "fill_template", "need_list", "need_str", "parse_easyedit_flat", "read_json_records",
@@ -79,10 +79,6 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
     return data
-
-
-def offline() -> bool:
-    return any(os.environ.get(v, "").lower() in {"1", "true", "yes"} for v in ("LMCOMPOSE_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def sha256_file(path: Path) -> str:

@@ -9,7 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["cache_dir", "data_dir"]
+__all__ = ["cache_dir", "data_dir", "offline"]
+
+
+def offline() -> bool:
+    """Whether the environment forbids downloads (LMCOMPOSE_OFFLINE, HF_HUB_OFFLINE or
+    HF_DATASETS_OFFLINE set to 1/true/yes)."""
+    return any(os.environ.get(v, "").lower() in {"1", "true", "yes"} for v in ("LMCOMPOSE_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def cache_dir() -> Path:

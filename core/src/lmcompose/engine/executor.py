@@ -305,7 +305,6 @@ class Executor:
         self.topk = topk
         self.build = build or (lambda a: build_intervention(StepSpec(a.name, dict(a.overrides))))
         self.save = save
-        self.saved: list[Path] = []
         self.states: Counter[str] = Counter()
         self.evaluations = 0
         self.references = 0  # base-model reference passes (Metric.reference), one per edit metric and group
@@ -381,7 +380,7 @@ class Executor:
             rows = (self._evaluate(child, [*instances, inst], elapsed, report.details, action.again, warnings)
                     if child.pending else [])
             if self.save is not None:
-                self.saved += self.save.save(child.id, self.lm)
+                self.save.save(child.id, self.lm)
             yield StateResult(child, rows, time.perf_counter() - start)
             path = instances if action.again else [*instances, inst]
             yield from self._visit(child, [c for c in child.children.values() if c.needed], path)

@@ -144,15 +144,15 @@ class SaveTargets:
         """The cells matching ``pattern`` (and in ``only``, a shard's cells, when given), each in
         ``root/<cell folder name>``."""
         chosen = [c for c in match_cells(plan.cells, pattern) if only is None or c.id in only]
-        names: dict[str, str] = {}
+        used: set[str] = set()
         folder_of = {}
         for c in chosen:
             name = cell_folder_name(c.id)
-            if name in names.values():  # two ids that only differ in characters the file system cannot hold
+            if name in used:  # two ids that only differ in characters the file system cannot hold
                 import hashlib
 
                 name += "-" + hashlib.sha1(c.id.encode()).hexdigest()[:6]
-            names[c.id] = name
+            used.add(name)
             folder_of[c.id] = root / name
         return cls.for_cells(plan, chosen, folder_of, extra=extra)
 

@@ -52,25 +52,17 @@ def layer_bits(w: Any, state: Any) -> tuple[float, int, int]:
 def compression_summary(lm: Any) -> dict[str, float]:
     total_bits = 0.0
     zeros = numel = 0
-    linear_ptrs = set()
     linear_names = set()
-    for name, module in lm.linear_layers():
+    for name, _module in lm.linear_layers():
         with lm.onloaded(name, write=False):
-            w = lm.weight(name)
-            b, pruned, n = layer_bits(w, lm.compression.get(name))
-        linear_ptrs.add(module.weight.data_ptr())
+            b, pruned, n = layer_bits(lm.weight(name), lm.compression.get(name))
         linear_names.add(name + ".weight")
         total_bits += b
         zeros += pruned
         numel += n
-    other = 0
-    if lm.offloaded:  # meta placeholders share no storage: count the other parameters by name
-        other = sum(p.numel() for n, p in lm.model.named_parameters() if n not in linear_names)
-    seen = set(linear_ptrs)
-    for p in lm.model.parameters() if not lm.offloaded else ():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            other += p.numel()
+    # every other parameter, tied ones once (named_parameters lists a shared tensor once; by
+    # name, so an offloaded model's meta placeholders count too)
+    other = sum(p.numel() for n, p in lm.model.named_parameters() if n not in linear_names)
     return {
         "avg_bits": total_bits / numel,
         "sparsity": zeros / numel,

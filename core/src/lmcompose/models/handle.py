@@ -128,24 +128,23 @@ class LM:
     def nonfinite_count(self) -> int:
         """How many parameter values are NaN or infinite (0 for a healthy model)."""
         with torch.no_grad():
-            params = self.model.parameters()
-            if self.offloaded:
-                from lmcompose.models.offload import stored_tensors
+            return int(sum(int((~torch.isfinite(p)).sum()) for p in self._parameters().values() if p.is_floating_point()))
 
-                params = stored_tensors(self.model).values()
-            return int(sum(int((~torch.isfinite(p)).sum()) for p in params if p.is_floating_point()))
+    def _parameters(self) -> dict[str, torch.Tensor]:
+        """Every parameter by name (a tied one once), an offloaded one read from accelerate's store."""
+        params = dict(self.model.named_parameters())
+        if self.offloaded:
+            from lmcompose.models.offload import stored_tensors
+
+            stored = stored_tensors(self.model)
+            params = {k: stored[k] for k in params}
+        return params
 
     def fingerprint(self) -> str:
         """blake2b over every parameter and buffer's bytes (names sorted, tied weights once)."""
         h = hashlib.blake2b(digest_size=16)
         seen: set[int] = set()
-        tensors = dict(self.model.named_parameters())
-        if self.offloaded:
-            from lmcompose.models.offload import stored_tensors
-
-            stored = stored_tensors(self.model)
-            tensors = {k: stored[k] for k in tensors}
-        for name, tensor in sorted(tensors.items()):
+        for name, tensor in sorted(self._parameters().items()):
             ptr = tensor.data_ptr()
             if ptr in seen:
                 continue

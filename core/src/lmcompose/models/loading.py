@@ -193,6 +193,15 @@ def check_device_map(device_map: object) -> str:
                           "or a device (cpu, cuda, cuda:N, mps)") from None
 
 
+def resolve_device_map(device_map: object) -> str:
+    """``device_map`` checked (:func:`check_device_map`) and, when it names a device, checked
+    against this machine (:func:`resolve_device`)."""
+    check_device_map(device_map)
+    if device_map not in DEVICE_MAP_STRATEGIES:
+        resolve_device(device_map, "--device-map")
+    return device_map  # type: ignore[return-value]
+
+
 def parse_max_memory(text: object) -> dict[Any, str]:
     """``0=20GiB,cpu=60GiB`` as accelerate's max_memory mapping ({0: "20GiB", "cpu": "60GiB"})."""
     import re
@@ -211,8 +220,9 @@ def parse_max_memory(text: object) -> dict[Any, str]:
         if not re.fullmatch(r"\d+|cpu|disk|mps|cuda:\d+", key) or not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B)?", size):
             raise ConfigError(f"--max-memory {key}={size}: write DEVICE=SIZE with DEVICE a GPU index, cpu or disk and SIZE "
                               "such as 20GiB (e.g. 0=20GiB,cpu=60GiB)")
-        out[int(key) if key.isdigit() else key.removeprefix("cuda:") if key.startswith("cuda:") else key] = size
-    return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in out.items()}
+        index = key.removeprefix("cuda:")
+        out[int(index) if index.isdigit() else key] = size  # accelerate names GPUs by index
+    return out
 
 
 def gguf_cache_folder(gguf: Path, cache: Path) -> Path:
@@ -298,9 +308,7 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", cache:
     placement: dict[str, Any] = {}
     if device_map is not None:
         if not isinstance(device_map, dict):  # a mapping (module -> device) passes as is, from Python
-            check_device_map(device_map)
-            if device_map not in DEVICE_MAP_STRATEGIES:
-                resolve_device(device_map, "--device-map")
+            resolve_device_map(device_map)
         placement["device_map"] = device_map
         if max_memory is not None:
             placement["max_memory"] = parse_max_memory(max_memory)

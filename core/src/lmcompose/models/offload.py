@@ -24,7 +24,7 @@ import torch
 
 from lmcompose.errors import LMComposeError
 
-__all__ = ["OffloadError", "execution_device", "is_offloaded", "offloaded_modules", "onloaded", "stored_tensors"]
+__all__ = ["OffloadError", "execution_device", "is_offloaded", "onloaded", "stored_tensors"]
 
 
 class OffloadError(LMComposeError):
@@ -39,11 +39,6 @@ def _hook(module: Any) -> Any:
 def _own_names(module: Any) -> list[str]:
     return [n for n, _ in module.named_parameters(recurse=False)] + [n for n, _ in module.named_buffers(recurse=False)
                                                                        if n in getattr(_hook(module), "weights_map", {})]
-
-
-def offloaded_modules(root: Any) -> list[tuple[str, Any]]:
-    """(qualified name, module) of every module under ``root`` whose parameters accelerate offloads."""
-    return [(n, m) for n, m in root.named_modules() if _hook(m) is not None]
 
 
 def is_offloaded(model: Any) -> bool:
