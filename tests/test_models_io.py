@@ -341,3 +341,24 @@ def test_an_offloaded_layer_is_refused_outside_onloaded(base):
         lm.weight(name).zero_()
     with lm.onloaded(name, write=False):
         assert float(lm.weight(name).abs().sum()) == 0.0  # the change was stored back
+
+
+def test_the_offload_folder_goes_with_the_model(base, tmp_path, monkeypatch):
+    import gc
+
+    from lmcompose.models.loading import load_model
+
+    monkeypatch.setenv("LMCOMPOSE_CACHE_DIR", str(tmp_path / "cache"))
+    from lmcompose.compose import build_intervention, parse_step
+
+    lm = load_model(str(base), **OFFLOAD)
+    folders = list((tmp_path / "cache").glob("lmcompose-offload-*"))
+    assert len(folders) == 1
+    build_intervention(parse_step("magnitude:sparsity=0.5")).apply(lm, Context())
+    assert any(folders[0].iterdir())  # the changed layers are written back there (the rest stays in the safetensors)
+    del lm
+    gc.collect()
+    assert not folders[0].exists()
+    with pytest.raises(ModelLoadError):
+        load_model(str(base), device_map="auto", max_memory="cpu=200KB", revision="main")  # refused before loading
+    assert not list((tmp_path / "cache").glob("lmcompose-offload-*"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,6 +287,21 @@ def resolve_model_source(spec: str, cache: Path | None = None, progress=None) ->
     return spec, "hub"
 
 
+def _from_pretrained(auto: Any, source: Path | str, dtype: Any, placement: dict[str, Any], hub: dict[str, Any]) -> Any:
+    """``auto.from_pretrained``; with a placement, into a fresh offload folder (where accelerate
+    puts what fits on no device) that is removed with the model, at exit, or when loading fails."""
+    if not placement:
+        return auto.from_pretrained(str(source), dtype=dtype, trust_remote_code=False, **hub)
+    folder = tempfile.mkdtemp(prefix="lmcompose-offload-", dir=cache_dir())
+    try:
+        model = auto.from_pretrained(str(source), dtype=dtype, trust_remote_code=False, offload_folder=folder, **placement, **hub)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    weakref.finalize(model, shutil.rmtree, folder, True)
+    return model
+
+
 def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", cache: Path | None = None, progress=None,
                device_map: str | dict[str, Any] | None = None, max_memory: str | dict[Any, str] | None = None,
                revision: str | None = None):
@@ -312,8 +328,6 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", cache:
         placement["device_map"] = device_map
         if max_memory is not None:
             placement["max_memory"] = parse_max_memory(max_memory)
-        # where accelerate puts what fits nowhere else (layers offloaded to disk)
-        placement["offload_folder"] = tempfile.mkdtemp(prefix="lmcompose-offload-", dir=cache_dir())
     elif max_memory is not None:
         raise ModelLoadError("--max-memory needs --device-map (auto, balanced or sequential) to place layers by it")
     source, kind = resolve_model_source(spec, cache, progress)
@@ -325,7 +339,7 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", cache:
     torch_dtype = getattr(torch, resolve_dtype(dtype, device, source, progress)) if kind != "hub" or dtype != "auto" else "auto"
     hub = {"revision": revision} if revision is not None else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype, trust_remote_code=False, **placement, **hub)
+        model = _from_pretrained(AutoModelForCausalLM, source, torch_dtype, placement, hub)
         tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False, **hub)
     except OSError as exc:
         if kind == "hub":
