@@ -170,6 +170,8 @@ def test_clear_errors(tmp_path):
     assert not any(p.name.startswith((".tmp", "c")) for p in tmp_path.iterdir())
     with pytest.raises(UsageError, match="is not one of compressed-tensors"):
         export(tmp_path, tmp_path / "d", fmt="gguf")
+    with pytest.raises(UsageError, match="--quantization-format 'int4' is not one of auto, pack-quantized, int-quantized"):
+        export(tmp_path, tmp_path / "d", quantization_format="int4")
     with pytest.raises(ExportError, match="neither a run folder"):
         export(tmp_path, tmp_path / "e")
 

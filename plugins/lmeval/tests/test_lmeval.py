@@ -38,6 +38,8 @@ def test_unknown_task_names_the_closest():
         LMEval(LMEvalConfig(tasks="lmcompose_fact"))
     with pytest.raises(ConfigError, match="tasks is empty"):
         LMEval(LMEvalConfig(tasks=" , "))
+    with pytest.raises(ConfigError, match="include_path '/no/such/tasks' is not a folder of task YAMLs"):
+        LMEval(LMEvalConfig(include_path="/no/such/tasks"))
 
 
 def test_flatten_keeps_the_task_metric_names():
