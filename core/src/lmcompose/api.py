@@ -287,9 +287,14 @@ def build_config(config_cls: type, overrides: Mapping[str, Any], where: str) -> 
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config's identity (run ids, state keys, reports): every field, except a field added
+    to an existing method (``metadata={"since": version}``) while it holds its default, so
+    the results recorded before the field existed keep their identity (and their resume)."""
     out = {}
     for f in dataclasses.fields(config):
         v = getattr(config, f.name)
+        if "since" in f.metadata and f.default is not dataclasses.MISSING and v == f.default:
+            continue
         out[f.name] = list(v) if isinstance(v, tuple) else v
     return out
 

@@ -2,36 +2,27 @@
 
 Published presets (the MEMIT repository's hparams/MEMIT/*.json; EasyEdit for Llama-2):
 GPT-J-6B edits layers 3-8 of 28, GPT-2 XL 13-17 of 48, Llama-2-7B 4-8 of 32 — early-to-middle
-MLP layers, where causal tracing finds subject recall. SmolLM2-135M was
-and Gemma-3-270M were chosen by the search in benchmarks/memit_search.py (docs/memit.md
-records it; on Gemma-3 the best configuration found makes only about half the edits).
+MLP layers, where causal tracing finds subject recall. SmolLM2-135M and Gemma-3-270M were
+chosen by the search in benchmarks/memit_search.py (docs/memit.md records it).
 
-Rule for any other model (``rule_preset``): edit ``max(1, round(0.18 L))`` consecutive layers
-starting at ``round(0.12 L)`` (GPT-J: 3-7, Llama-2-7B: 4-9, a 2-layer model: layer 0), and
-λ = the MLP width d_ff. λ weighs E[kkᵀ] against the edits' own keys KKᵀ; for keys of typical
-size their ratio in a key's direction is about λ/d_ff, so λ has to grow with the width
-(GPT-J: d_ff 16384, λ 15000; a tiny model with d_ff 128 and λ 15000 moves by 1% of what its
-edits need). The optimisation settings are GPT-J's, except for llama-like families where
-EasyEdit's (clamp 4, weight decay 1e-3) are used.
+Rule for any other model (``rule_preset``): the edit layers of ``lmcompose.editing.rule_layers``
+(GPT-J: 3-7, Llama-2-7B: 4-9, a 2-layer model: layer 0), and λ = the MLP width d_ff. λ weighs
+E[kkᵀ] against the edits' own keys KKᵀ; for keys of typical size their ratio in a key's
+direction is about λ/d_ff, so λ has to grow with the width (GPT-J: d_ff 16384, λ 15000; a tiny
+model with d_ff 128 and λ 15000 moves by 1% of what its edits need). The optimisation settings
+are GPT-J's, except for llama-like families where EasyEdit's (clamp 4, weight decay 1e-3) are used.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
+
+from lmcompose.editing import LLAMA_LIKE, Preset, match_preset, rule_layers
+
+__all__ = ["GPTJ_V", "LLAMA_V", "PRESETS", "preset_for", "rule_preset"]
 
 GPTJ_V = {"v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 0.5, "clamp_norm_factor": 0.75, "kl_factor": 0.0625}
 LLAMA_V = {"v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 1e-3, "clamp_norm_factor": 4.0, "kl_factor": 0.0625}
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    model_type: str
-    num_layers: int
-    hidden_size: int
-    values: dict[str, Any]
-
 
 PRESETS: tuple[Preset, ...] = (
     Preset("gpt-j-6b", "gptj", 28, 4096, {"layers": [3, 4, 5, 6, 7, 8], "mom2_update_weight": 15000.0, **GPTJ_V}),
@@ -42,31 +33,12 @@ PRESETS: tuple[Preset, ...] = (
     Preset("gemma-3-270m", "gemma3_text", 18, 640, {"layers": [2, 3, 4, 5, 6], "mom2_update_weight": 250.0, **LLAMA_V}),
 )
 
-LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma2", "gemma"}
-
-
-def _shape(lm: Any) -> tuple[str, int, int, int]:
-    cfg = lm.model.config
-    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
-    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
-    from lmcompose.models.arch import weight_matrix
-
-    d_ff = weight_matrix(lm.model.get_submodule(f"{lm.arch.layers}.0.{lm.arch.mlp_out}")).shape[1]  # shape only: meta is fine
-    return str(cfg.model_type), int(layers), int(hidden), int(d_ff)
-
 
 def rule_preset(num_layers: int, model_type: str, d_ff: int) -> dict[str, Any]:
-    first = round(0.12 * num_layers)
-    count = max(1, round(0.18 * num_layers))
-    first = min(first, num_layers - count)
     v = LLAMA_V if model_type in LLAMA_LIKE else GPTJ_V
-    return {"layers": list(range(first, first + count)), "mom2_update_weight": float(d_ff), **v}
+    return {"layers": rule_layers(num_layers), "mom2_update_weight": float(d_ff), **v}
 
 
 def preset_for(lm: Any) -> tuple[str, dict[str, Any]]:
     """(where the values come from, the values) for this model."""
-    model_type, layers, hidden, d_ff = _shape(lm)
-    for p in PRESETS:
-        if (p.model_type, p.num_layers, p.hidden_size) == (model_type, layers, hidden):
-            return f"preset {p.name}", dict(p.values)
-    return f"rule for {layers} layers, d_ff {d_ff}", rule_preset(layers, model_type, d_ff)
+    return match_preset(lm, PRESETS, rule_preset)
