@@ -61,7 +61,14 @@ from lmcompose.editing.rows import (
     subject_last_index,
     target_ids,
 )
-from lmcompose.editing.vstar import STARTERS, VStarResult, context_templates, kl_term, optimize_vstar, row_adam
+from lmcompose.editing.vstar import (
+    STARTERS,
+    VStarResult,
+    context_templates,
+    kl_term,
+    optimize_vstar,
+    row_adam,
+)
 
 __all__ = [
     "LLAMA_LIKE", "STARTERS", "VSTAR_HPARAMS", "LocateEditConfig", "LocateThenEdit", "PrefixKV", "Preset", "Row",
