@@ -22,10 +22,11 @@ print("TORCH_IMPORTED" if "torch" in sys.modules else "TORCH_NOT_IMPORTED")
 
 
 STUDY = str(Path(__file__).parent.parent / "studies" / "paper.yaml")
+EDITORS = str(Path(__file__).resolve().parents[1] / "studies" / "editors.yaml")  # alphaedit, ft, lora
 
 
 @pytest.mark.parametrize("args", [["--help"], ["plugins"], ["plugins", "--json"], ["run", "--help"], ["validate", "{cfg}"],
-                                  ["validate", STUDY], ["study", STUDY, "--plan"], ["study", "--help"]])
+                                  ["validate", STUDY], ["validate", EDITORS], ["study", STUDY, "--plan"], ["study", "--help"]])
 def test_no_torch_import(args, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: smollm2-135m\nsteps: [magnitude:sparsity=0.5, rtn:bits=4]\n")

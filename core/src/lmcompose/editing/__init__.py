@@ -19,62 +19,36 @@ step by step; the differences are only in how the work is batched:
 * sequences are grouped by prefix length and their suffixes right-padded; with causal
   attention the real tokens never see the padding, so no attention mask is needed and each
   group reuses the layer arguments (rotary embeddings, masks) of one of its sequences.
+
+The names load on first use (``lmcompose.editing.X``): the settings (``LocateEditConfig``)
+import without torch, so a study using an editor is validated without loading it.
 """
 
 from __future__ import annotations
 
-from lmcompose.editing.forward import (
-    PrefixKV,
-    SplitGroup,
-    Tail,
-    compute_context,
-    module_io,
-    module_values_at,
-    residual_after,
-    residual_entering,
-    split_forward,
-)
-from lmcompose.editing.locate import (
-    LLAMA_LIKE,
-    VSTAR_HPARAMS,
-    LocateEditConfig,
-    LocateThenEdit,
-    Preset,
-    bare_rows,
-    edit_keys,
-    iter_batches,
-    match_preset,
-    model_shape,
-    rule_layers,
-    spread_residual,
-    template_key_mean,
-    through_post_norm,
-)
-from lmcompose.editing.rows import (
-    Row,
-    key_rows,
-    length_groups,
-    pad_id,
-    pad_right,
-    prefix_groups,
-    rewrite_rows,
-    subject_last_index,
-    target_ids,
-)
-from lmcompose.editing.vstar import (
-    STARTERS,
-    VStarResult,
-    context_templates,
-    kl_term,
-    optimize_vstar,
-    row_adam,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "LLAMA_LIKE", "STARTERS", "VSTAR_HPARAMS", "LocateEditConfig", "LocateThenEdit", "PrefixKV", "Preset", "Row",
-    "SplitGroup", "Tail", "VStarResult", "bare_rows", "compute_context", "context_templates", "edit_keys",
-    "iter_batches", "key_rows", "kl_term", "length_groups", "match_preset", "model_shape", "module_io",
-    "module_values_at", "optimize_vstar", "pad_id", "pad_right", "prefix_groups", "residual_after",
-    "residual_entering", "rewrite_rows", "row_adam", "rule_layers", "spread_residual", "split_forward",
-    "subject_last_index", "target_ids", "template_key_mean", "through_post_norm",
-]
+_WHERE = {
+    **dict.fromkeys(['LLAMA_LIKE', 'VSTAR_HPARAMS', 'LocateEditConfig', 'Preset', 'rule_layers'], 'config'),
+    **dict.fromkeys(['PrefixKV', 'SplitGroup', 'Tail', 'compute_context', 'module_io', 'module_values_at', 'residual_after', 'residual_entering', 'split_forward'], 'forward'),
+    **dict.fromkeys(['LocateThenEdit'], 'editor'),
+    **dict.fromkeys(['bare_rows', 'edit_keys', 'iter_batches', 'match_preset', 'model_shape', 'spread_residual', 'template_key_mean', 'through_post_norm'], 'locate'),
+    **dict.fromkeys(['Row', 'key_rows', 'length_groups', 'pad_id', 'pad_right', 'prefix_groups', 'rewrite_rows', 'subject_last_index', 'target_ids'], 'rows'),
+    **dict.fromkeys(['STARTERS', 'VStarResult', 'context_templates', 'kl_term', 'optimize_vstar', 'row_adam'], 'vstar'),
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'lmcompose.editing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"lmcompose.editing.{where}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

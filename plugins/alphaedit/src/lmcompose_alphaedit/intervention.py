@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from lmcompose.api import Context
-from lmcompose.editing import VSTAR_HPARAMS, LocateThenEdit, edit_keys
+from lmcompose.editing import VSTAR_HPARAMS, LocateThenEdit
 
-from lmcompose_alphaedit.algorithm import alphaedit_delta, null_space_projector
 from lmcompose_alphaedit.config import AlphaEditConfig
+
+if TYPE_CHECKING:
+    import torch
 
 HPARAMS = (*VSTAR_HPARAMS, "nullspace_threshold", "l2")
 
@@ -40,6 +41,9 @@ class AlphaEdit(LocateThenEdit):
         return preset_for(lm)
 
     def begin(self, lm: Any, hp: dict[str, Any], covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
+        import torch
+
+        from lmcompose_alphaedit.algorithm import null_space_projector
         from lmcompose_alphaedit.presets import RELATIVE_THRESHOLD
 
         self._l2 = float(hp["l2"])
@@ -58,9 +62,13 @@ class AlphaEdit(LocateThenEdit):
         return {"nullspace_dims": dims, "nullspace_thresholds": thresholds, "key_dims": {i: int(c.shape[0]) for i, c in covs.items()}}
 
     def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+        from lmcompose_alphaedit.algorithm import alphaedit_delta
+
         return alphaedit_delta(keys, resid, self._projectors[layer], self._previous[layer], self._l2)
 
     def end_batch(self, lm: Any, batch: Sequence[Any], templates: Sequence[str], layers: Sequence[int]) -> None:
+        from lmcompose.editing import edit_keys
+
         c, arch = self.config, lm.arch
         for layer in layers:
             k = edit_keys(lm, batch, templates, f"{arch.layers}.{layer}.{arch.mlp_out}", c.max_batch_tokens,

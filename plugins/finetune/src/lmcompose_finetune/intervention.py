@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
-from lmcompose.editing import iter_batches, rule_layers
+from lmcompose.editing import rule_layers
 from lmcompose.errors import ConfigError, DataError
 from lmcompose.models.arch import decoder_layers, is_conv1d
 
 from lmcompose_finetune.config import FTConfig, LoRAConfig
-from lmcompose_finetune.training import train_on_edits
+
+if TYPE_CHECKING:
+    import torch
 
 
 class TrainedEdit(Intervention):
@@ -66,6 +67,10 @@ class TrainedEdit(Intervention):
         """After the last batch."""
 
     def apply(self, lm: Any, ctx: Context) -> StepReport:
+        from lmcompose.editing import iter_batches
+
+        from lmcompose_finetune.training import train_on_edits
+
         c = self.config
         start = time.perf_counter()
         self.check_offload(lm)
@@ -130,11 +135,13 @@ class FineTune(TrainedEdit):
         self._clamp = [(p, p.detach().clone()) for p in params] if self.config.norm_constraint > 0 else []
         return params
 
-    @torch.no_grad()
     def after_step(self) -> None:
+        import torch
+
         eps = self.config.norm_constraint
-        for p, orig in self._clamp:
-            p.copy_(torch.clamp(p, min=orig - eps, max=orig + eps))
+        with torch.no_grad():
+            for p, orig in self._clamp:
+                p.copy_(torch.clamp(p, min=orig - eps, max=orig + eps))
 
     def finish(self, lm: Any) -> None:
         self._clamp = []
@@ -158,6 +165,7 @@ def lora_targets(lm: Any, patterns: Sequence[str], layers: Sequence[int]) -> lis
 
 def attach_lora(lm: Any, config: LoRAConfig, names: Sequence[str]) -> Any:
     """Wrap ``lm.model`` with a LoRA adapter on ``names`` (in place; seeded); returns the PeftModel."""
+    import torch
     from peft import LoraConfig, get_peft_model
 
     conv1d = is_conv1d(lm.model.get_submodule(names[0]))

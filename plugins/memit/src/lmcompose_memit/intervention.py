@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from lmcompose.api import Context
-from lmcompose.editing import VSTAR_HPARAMS, LocateThenEdit, spread_residual
+from lmcompose.editing import VSTAR_HPARAMS, LocateThenEdit
+
+if TYPE_CHECKING:
+    import torch
 
 from lmcompose_memit.config import MEMITConfig
 
@@ -51,6 +53,8 @@ class MEMIT(LocateThenEdit):
                covs: dict[int, Any]) -> dict[str, float]:
         """Write the v* ``targets`` (edits x hidden, at the last edit layer) into the MLP output
         projections of ``layers`` with λ = ``lam`` and covariances ``covs`` by layer."""
+        from lmcompose.editing import spread_residual
+
         from lmcompose_memit.algorithm import memit_delta
 
         c = self.config

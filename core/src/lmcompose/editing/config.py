@@ -1,0 +1,106 @@
+"""The settings every locate-then-edit editor shares, presets by model shape, and the rule
+for a model without one. Imports no torch: a study is validated without it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lmcompose.errors import ConfigError
+
+#: the config fields a preset may fill (a config value that is set wins)
+VSTAR_HPARAMS = ("layers", "v_num_grad_steps", "v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor")
+
+
+@dataclass
+class LocateEditConfig:
+    """Settings every locate-then-edit method shares (names follow the MEMIT code's hparams).
+    Fields left at None take the method's preset for the model."""
+
+    n_edits: int | None = field(
+        default=None,
+        metadata={"help": "edits to apply: the first N of the run's edit set (default: all of them); the strength knob"},
+    )
+    layers: list[int] | None = field(
+        default=None,
+        metadata={"help": "decoder layers whose MLP output projection is edited, e.g. 3+4+5+6+7 (default: the model's preset)"},
+    )
+    v_num_grad_steps: int | None = field(default=None, metadata={"help": "most optimisation steps for v* (MEMIT: 25)", "range": (1, 10000)})
+    v_lr: float | None = field(default=None, metadata={"help": "Adam learning rate for v* (MEMIT: 0.5)"})
+    v_weight_decay: float | None = field(default=None, metadata={"help": "weight on |delta| / |h|^2 in the v* loss (MEMIT GPT-J: 0.5)"})
+    clamp_norm_factor: float | None = field(
+        default=None, metadata={"help": "|delta| is clamped to this times |h| at the edited position (MEMIT GPT-J: 0.75)"},
+    )
+    kl_factor: float | None = field(default=None, metadata={"help": "weight of the KL term on '{subject} is a' (MEMIT: 0.0625)"})
+    early_stop_loss: float = field(default=5e-2, metadata={"help": "an edit stops optimising once its v* loss is below this"})
+    context_templates: int = field(
+        default=5, metadata={"help": "generated context prefixes (one per starter word, 10 tokens) besides the bare prompt", "range": (0, 50)},
+    )
+    template_tokens: int = field(default=10, metadata={"help": "length of each generated context prefix in tokens", "range": (1, 64)})
+    batch_size: int = field(
+        default=0, metadata={"help": "edits per batch; 0 = all at once (batches run one after another)", "range": (0, 1 << 20)},
+    )
+    batches: int = field(
+        default=0,
+        metadata={"help": "split the edits into this many batches applied one after another (sequential editing); 0 = use batch_size",
+                  "range": (0, 1 << 20), "since": "0.3"},
+    )
+    stats_samples: int = field(default=200, metadata={"help": "corpus windows for the covariance statistics", "range": (1, 1 << 20)})
+    stats_seqlen: int = field(default=512, metadata={"help": "tokens per statistics window (capped at the model's context)", "range": (2, 1 << 20)})
+    stats_seed: int = field(default=0, metadata={"help": "seed of the statistics windows (fixed so the cache is shared across runs)"})
+    stats_from: Literal["model", "base"] = field(
+        default="model",
+        metadata={"help": "covariance statistics of the model being edited (model), or of the unmodified base model whatever came before (base: the paper's code, which cached them by model name)"},
+    )
+    max_batch_tokens: int = field(
+        default=4096, metadata={"help": "padded tokens per forward pass in v* optimisation and key computation", "range": (16, 1 << 24)},
+    )
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = field(
+        default="auto",
+        metadata={"help": "autocast for v* and keys: auto = bfloat16 on GPU, the model's dtype on CPU; statistics and the solve stay float32/float64"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.n_edits is not None and self.n_edits < 1:
+            raise ConfigError(f"n_edits={self.n_edits}: ask for at least one edit")
+        if self.layers is not None:
+            if not self.layers:
+                raise ConfigError("layers is empty: name at least one decoder layer")
+            if any(i < 0 for i in self.layers) or len(set(self.layers)) != len(self.layers):
+                raise ConfigError(f"layers={list(self.layers)} must be distinct non-negative layer indices")
+        if self.batches and self.batch_size:
+            raise ConfigError(f"batches={self.batches} and batch_size={self.batch_size}: give one of them (the other stays 0)")
+        positive = ("v_lr", "clamp_norm_factor")
+        for name in positive:
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"{name}={v} must be > 0")
+        for name in ("v_weight_decay", "kl_factor"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ConfigError(f"{name}={v} must be >= 0")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A method's published or searched hyperparameters for one model, matched by shape."""
+
+    name: str
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    values: dict[str, Any]
+
+
+#: families whose optimisation settings follow EasyEdit's Llama values (clamp 4, decay 1e-3)
+LLAMA_LIKE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma2", "gemma"})
+
+
+def rule_layers(num_layers: int) -> list[int]:
+    """The edit layers for a model without a preset: ``max(1, round(0.18 L))`` consecutive
+    layers from ``round(0.12 L)`` (GPT-J: 3-7, Llama-2-7B: 4-9, a 2-layer model: layer 0),
+    early-to-middle MLP layers, where causal tracing finds subject recall."""
+    first = round(0.12 * num_layers)
+    count = max(1, round(0.18 * num_layers))
+    first = min(first, num_layers - count)
+    return list(range(first, first + count))

@@ -1,0 +1,167 @@
+"""``LocateThenEdit``, the base intervention of locate-then-edit editors. Importing it needs
+no torch (the engine loads intervention classes to validate configs); the work is in
+``lmcompose.editing.locate`` and ``lmcompose.editing.vstar``, imported when a step runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
+from lmcompose.editing.config import VSTAR_HPARAMS
+from lmcompose.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import torch
+
+
+class LocateThenEdit(Intervention):
+    """Base of locate-then-edit editors (MEMIT, AlphaEdit): v*, keys and the spread are shared;
+    a subclass names its ``HPARAMS`` (config fields its presets fill), ``preset_for(lm)``,
+    and ``solve``; it may keep state across the batches of one step (``begin``, ``end_batch``).
+
+    Lifecycle: ``apply`` takes the first ``n_edits`` of ``ctx.edits``, computes the key
+    covariance of every edit layer (cached), calls ``begin``, then for each batch optimises
+    v* and spreads it (``spread_residual`` with ``solve``) and calls ``end_batch``. There is
+    no ``project``: an edit is not a constraint to restore."""
+
+    kind = "edit"
+    strength = StrengthKnob("n_edits", 1, 100000, integer=True)
+    HPARAMS: tuple[str, ...] = VSTAR_HPARAMS
+
+    @property
+    def needs_base_model(self) -> bool:  # type: ignore[override]
+        return self.config.stats_from == "base"
+
+    # ------------------------------------------------------------------ method-specific
+    def preset_for(self, lm: Any) -> tuple[str, dict[str, Any]]:
+        raise NotImplementedError
+
+    def begin(self, lm: Any, hp: dict[str, Any], covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
+        """Prepare the method's state for this step (covariances by layer); returns details for the report."""
+        return {}
+
+    def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+        """The (d_out, d_in) change of ``layer``'s projection for keys (d_in, n) and residuals (d_out, n)."""
+        raise NotImplementedError
+
+    def end_batch(self, lm: Any, batch: Sequence[Any], templates: Sequence[str], layers: Sequence[int]) -> None:
+        """After a batch is written (the weights hold it)."""
+
+    # ------------------------------------------------------------------ shared
+    def hparams(self, lm: Any) -> tuple[str, dict[str, Any]]:
+        """The hyperparameters for ``lm``: config fields that are set, the preset for the rest."""
+        from lmcompose.models.arch import decoder_layers
+
+        where, values = self.preset_for(lm)
+        explicit = {k: getattr(self.config, k) for k in self.HPARAMS if getattr(self.config, k) is not None}
+        values.update(explicit)
+        values["layers"] = sorted(int(i) for i in values["layers"])
+        n_layers = len(decoder_layers(lm.model, lm.arch))
+        bad = [i for i in values["layers"] if i >= n_layers]
+        if bad:
+            raise ConfigError(f"step '{self.name}': layers {bad} do not exist; this model has decoder layers 0-{n_layers - 1}")
+        return (where if not explicit else f"{where}, overridden: {', '.join(sorted(explicit))}"), values
+
+    def select_records(self, ctx: Context) -> list[Any]:
+        c = self.config
+        records = list(ctx.edits)
+        if not records:
+            raise DataError(f"step '{self.name}' needs edit requests: pass --dataset (and --edits N), or use the bundled 'records'")
+        if c.n_edits is not None:
+            if c.n_edits > len(records):
+                raise ConfigError(f"step '{self.name}': n_edits={c.n_edits} but the run has only {len(records)} edits; pass --edits {c.n_edits} or more")
+            records = records[: c.n_edits]
+        if c.batches > len(records):
+            raise ConfigError(f"step '{self.name}': batches={c.batches} but only {len(records)} edits; use at most {len(records)} batches")
+        return records
+
+    def apply(self, lm: Any, ctx: Context) -> StepReport:
+        from lmcompose.data import calibration_windows
+        from lmcompose.editing.locate import iter_batches
+        from lmcompose.editing.vstar import context_templates, optimize_vstar
+        from lmcompose.stats import second_moments
+
+        c = self.config
+        start = time.perf_counter()
+        records = self.select_records(ctx)
+        source, hp = self.hparams(lm)
+        layers = hp["layers"]
+        z = layers[-1]
+        arch = lm.arch
+        out_names = {i: f"{arch.layers}.{i}.{arch.mlp_out}" for i in layers}
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        templates = context_templates(lm, c.context_templates, c.template_tokens, ctx.seed)
+        timings["templates_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        seqlen = min(c.stats_seqlen, lm.max_positions)
+        windows = calibration_windows(lm.tokenizer, c.stats_samples, seqlen, c.stats_seed, ctx)
+        stats_lm = lm
+        if c.stats_from == "base":
+            if ctx.base_model is not None:
+                stats_lm = ctx.base_model
+            else:
+                ctx.note(f"{self.name}: stats_from=base but no base model in the context (apply() called directly); "
+                         "statistics from the model being edited")
+        stats = second_moments(stats_lm, list(out_names.values()), windows, ctx.stats_dir(), progress=ctx.progress,
+                               description=f"{self.name} covariance statistics")
+        timings["stats_s"] = time.perf_counter() - t0
+        stats_cached = all(s["cached"] for s in stats.values())
+        t0 = time.perf_counter()
+        method_details = self.begin(lm, hp, {i: stats[out_names[i]]["mom2"] for i in layers}, ctx)
+        if method_details:
+            timings["prepare_s"] = time.perf_counter() - t0
+
+        vstar_steps: list[int] = []
+        final_loss: list[float] = []
+        first_loss: list[float] = []
+        forward_steps = 0
+        tokens_first = 0
+        update_norms: dict[str, float] = {}
+        timings["vstar_s"] = 0.0
+        timings["update_s"] = 0.0
+        batches = list(iter_batches(len(records), c.batch_size, c.batches))
+        for b, idx in enumerate(batches):
+            batch = [records[i] for i in idx]
+            t0 = time.perf_counter()
+            with ctx.progress.task(f"{self.name} v* ({len(batch)} edits)", int(hp["v_num_grad_steps"])) as advance:
+                vs = optimize_vstar(lm, batch, templates, z, hp, c.early_stop_loss, c.max_batch_tokens,
+                                    c.compute_dtype, advance)
+            timings["vstar_s"] += time.perf_counter() - t0
+            vstar_steps += vs.steps
+            first_loss += vs.first_loss
+            final_loss += vs.final_loss
+            forward_steps += vs.forward_steps
+            tokens_first = max(tokens_first, vs.tokens_first_step)
+
+            t0 = time.perf_counter()
+            norms = self.write(lm, batch, vs.target, templates, layers)
+            self.end_batch(lm, batch, templates, layers)
+            for name, value in norms.items():
+                update_norms[name if len(batches) == 1 else f"{name}#batch{b}"] = value
+            timings["update_s"] += time.perf_counter() - t0
+
+        rep = self.report(
+            n_edits=len(records), layers=layers, hparams=hp, hparams_source=source, batches=len(batches),
+            templates=templates, stats_tokens=int(next(iter(stats.values()))["tokens"]), stats_cached=stats_cached,
+            stats_fingerprints={n: s["fingerprint"] for n, s in stats.items()},
+            vstar_forward_steps=forward_steps, vstar_steps_mean=sum(vstar_steps) / len(vstar_steps),
+            vstar_steps_max=max(vstar_steps), vstar_tokens_first_step=tokens_first,
+            vstar_loss_first=sum(first_loss) / len(first_loss), vstar_loss_final=sum(final_loss) / len(final_loss),
+            vstar_converged=sum(1 for x in final_loss if x < c.early_stop_loss),
+            update_norms=update_norms, **method_details, **{k: round(v, 3) for k, v in timings.items()},
+        )
+        rep.elapsed_s = time.perf_counter() - start
+        return rep
+
+    def write(self, lm: Any, batch: Sequence[Any], targets: torch.Tensor, templates: Sequence[str],
+              layers: Sequence[int]) -> dict[str, float]:
+        """Spread one batch's v* targets over ``layers`` with this method's ``solve``."""
+        from lmcompose.editing.locate import spread_residual
+
+        c = self.config
+        return spread_residual(lm, batch, targets, templates, layers, self.solve, c.max_batch_tokens, c.compute_dtype)
