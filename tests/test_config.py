@@ -122,3 +122,22 @@ def test_a_dataset_registered_without_kind_is_checked_by_its_class(monkeypatch):
     with pytest.raises(ConfigError, match="not an edit dataset"):
         RunSettings(model="m", steps=["magnitude"], dataset="wikitext2").validate()
     assert edit_dataset_class("records").__name__
+
+
+def test_a_field_added_later_is_left_out_of_the_identity_at_its_default():
+    """metadata since: results recorded before the field existed keep their identity (resume)."""
+    from dataclasses import dataclass, field
+
+    from lmcompose.api import config_to_dict
+
+    @dataclass
+    class Cfg:
+        a: int = 1
+        b: int = field(default=0, metadata={"help": "added later", "since": "0.3"})
+
+    assert config_to_dict(Cfg()) == {"a": 1}
+    assert config_to_dict(Cfg(b=2)) == {"a": 1, "b": 2}
+    from lmcompose.compose import build_intervention, parse_step
+
+    assert "batches" not in config_to_dict(build_intervention(parse_step("memit")).config)
+    assert config_to_dict(build_intervention(parse_step("memit:batches=3")).config)["batches"] == 3

@@ -15,9 +15,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from lmcompose.errors import ConfigError, DataError, UnknownNameError
+
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
 __all__ = [
     "Context", "EditDataset", "EditRecord", "Intervention", "LocalityPrompt", "Metric", "MultiHop", "NoConfig",
@@ -360,7 +363,7 @@ class Context:
             self.notes.append(message)
             self.progress.note(message)
 
-    def calibration_batches(self, lm: Any, n_samples: int | None = None, seqlen: int | None = None) -> Any:
+    def calibration_batches(self, lm: LM, n_samples: int | None = None, seqlen: int | None = None) -> Any:
         """``n_samples`` random windows of ``seqlen`` tokens (a LongTensor, n x seqlen) drawn,
         seeded, from the calibration text (wikitext-2 train prefix + validation when the data
         folder has them, else the bundled sample text)."""
@@ -431,10 +434,10 @@ class Intervention:
     def strength_value(self) -> Any:
         return getattr(self.config, self.strength.field) if self.strength else None
 
-    def apply(self, lm: Any, ctx: Context) -> StepReport:  # pragma: no cover - abstract
+    def apply(self, lm: LM, ctx: Context) -> StepReport:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def project(self, lm: Any) -> None:
+    def project(self, lm: LM) -> None:
         """Re-impose this step's constraint on ``lm``. Default: no constraint."""
 
     @classmethod
@@ -471,10 +474,10 @@ class Metric:
     def from_overrides(cls, overrides: Mapping[str, Any]) -> Metric:
         return cls(build_config(cls.Config, overrides, f"metric {cls.name!r}"))
 
-    def compute(self, lm: Any, ctx: Context) -> dict[str, float | None]:  # pragma: no cover
+    def compute(self, lm: LM, ctx: Context) -> dict[str, float | None]:  # pragma: no cover
         raise NotImplementedError
 
-    def reference(self, lm: Any, ctx: Context) -> None:
+    def reference(self, lm: LM, ctx: Context) -> None:
         """Record on the base model what later evaluations compare against (kept in
         ``ctx.state``). The engine calls it on the unmodified model, with ``ctx.edits`` set,
         for every edit batch it will evaluate, before the first step: so a process that

@@ -23,11 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lmcompose.models.arch import decoder_layers
+
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
 __all__ = [
     "Gram", "StopForward", "call_layer", "capture_layer_calls", "inverse_cholesky_upper", "layer_call_arguments",
@@ -113,7 +116,7 @@ def _layer_output(out: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def capture_layer_calls(lm: Any, windows: torch.Tensor) -> tuple[torch.Tensor, list[tuple[tuple[Any, ...], dict[str, Any]]]]:
+def capture_layer_calls(lm: LM, windows: torch.Tensor) -> tuple[torch.Tensor, list[tuple[tuple[Any, ...], dict[str, Any]]]]:
     """Inputs of decoder layer 0 for every window (n, seqlen, hidden), and the other
     arguments (positional, keyword) the model passes each layer, from one window: they
     depend only on the window length."""
@@ -140,7 +143,7 @@ def capture_layer_calls(lm: Any, windows: torch.Tensor) -> tuple[torch.Tensor, l
 
 
 @torch.no_grad()
-def layer_call_arguments(lm: Any, ids: torch.Tensor) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+def layer_call_arguments(lm: LM, ids: torch.Tensor) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
     """The arguments (positional after the hidden states, keyword) the model passes each
     decoder layer for a batch of token ids ``ids`` (1 x seqlen): masks, positions, rotary
     embeddings. Without padding they depend only on the length, and broadcast over a batch."""
@@ -171,7 +174,7 @@ def call_layer(layer: Any, hidden: torch.Tensor, call: tuple[tuple[Any, ...], di
 
 @torch.no_grad()
 def run_layer_sequential(
-    lm: Any,
+    lm: LM,
     windows: torch.Tensor,
     module_names: Callable[[int], list[str]],
     observe: Callable[[int, str, torch.Tensor], None],
@@ -221,7 +224,7 @@ def run_layer_sequential(
             ctx_task.__exit__(None, None, None)
 
 
-def _observe_group(lm: Any, layer: Any, hidden: torch.Tensor, kwargs: dict[str, Any], i: int, names: list[str],
+def _observe_group(lm: LM, layer: Any, hidden: torch.Tensor, kwargs: dict[str, Any], i: int, names: list[str],
                    observe: Callable[[int, str, torch.Tensor], None]) -> None:
     """Run every window through ``layer`` with ``names`` watched (stopping after the last
     watched call: the rest of the output is not needed)."""
@@ -249,7 +252,7 @@ def _observe_group(lm: Any, layer: Any, hidden: torch.Tensor, kwargs: dict[str, 
             h.remove()
 
 
-def true_sequential_stages(lm: Any) -> Callable[[int, list[str]], list[list[str]]]:
+def true_sequential_stages(lm: LM) -> Callable[[int, list[str]], list[list[str]]]:
     """A layer's projections in forward order of their inputs: attention inputs (q/k/v),
     attention output, MLP inputs, MLP output (GPTQ's true-sequential groups)."""
     arch = lm.arch
@@ -265,7 +268,7 @@ def true_sequential_stages(lm: Any) -> Callable[[int, list[str]], list[list[str]
     return stages
 
 
-def layer_module_names(lm: Any, selected: list[tuple[str, Any]]) -> Callable[[int], list[str]]:
+def layer_module_names(lm: LM, selected: list[tuple[str, Any]]) -> Callable[[int], list[str]]:
     """Group selected (name, module) pairs by decoder layer index."""
     prefix = lm.arch.layers + "."
     by_layer: dict[int, list[str]] = {}

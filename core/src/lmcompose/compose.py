@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lmcompose.api import (
     Context,
@@ -35,6 +35,9 @@ from lmcompose.errors import ConfigError, UnknownNameError, UsageError, describe
 from lmcompose.plugins import get_datasets, get_interventions
 from lmcompose.results import read_yaml
 from lmcompose.steps import StepSpec, build_intervention, build_metrics, parse_step
+
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
 __all__ = [
     "EDIT_KIND", "POLICIES", "RunSettings", "StepSpec", "build_intervention", "build_metrics",
@@ -244,7 +247,7 @@ class RunSettings:
 
 
 def compose(
-    lm: Any,
+    lm: LM,
     steps: Sequence[str | Mapping[str, Any] | StepSpec | Intervention],
     *,
     edits: Sequence[EditRecord] | None = None,

@@ -28,10 +28,13 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Metric
 from lmcompose.errors import UsageError
+
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
 FORMATS = ("compressed-tensors",)
 
@@ -51,7 +54,7 @@ def _require_compressed_tensors() -> Any:
     return compressed_tensors
 
 
-def quantized_layers(lm: Any) -> dict[str, Any]:
+def quantized_layers(lm: LM) -> dict[str, Any]:
     """name -> QuantGrid of every projection whose weights lie on their stored grid; raises
     for a grid the weights left (a later step moved them and nothing projected them back)."""
     out = {}
@@ -72,7 +75,7 @@ def quantized_layers(lm: Any) -> dict[str, Any]:
 QUANTIZATION_FORMATS = ("auto", "pack-quantized", "int-quantized")
 
 
-def pruned_layers(lm: Any) -> dict[str, Any]:
+def pruned_layers(lm: LM) -> dict[str, Any]:
     """name -> keep mask of every projection a pruner recorded; raises for a layer whose pruned
     weights are no longer zero (a later step moved them and nothing projected them back)."""
     out = {}
@@ -89,7 +92,7 @@ def pruned_layers(lm: Any) -> dict[str, Any]:
     return out
 
 
-def sparsity_structure(lm: Any, masks: dict[str, Any]) -> str:
+def sparsity_structure(lm: LM, masks: dict[str, Any]) -> str:
     """``2:4`` when every pruned layer has at least two zeros in each run of four inputs, else
     ``unstructured`` (the structures compressed-tensors' sparsity config names)."""
     for name in masks:
@@ -101,7 +104,7 @@ def sparsity_structure(lm: Any, masks: dict[str, Any]) -> str:
     return "2:4"
 
 
-def sparsity_config(lm: Any, masks: dict[str, Any]) -> dict[str, Any]:
+def sparsity_config(lm: LM, masks: dict[str, Any]) -> dict[str, Any]:
     """compressed-tensors' sparsity config for ``masks`` (weights stored dense: every loader
     reads them; the config declares the structure for runtimes with sparse kernels)."""
     zeros = sum(int((lm.weight(n) == 0).sum()) for n in masks)
@@ -110,7 +113,7 @@ def sparsity_config(lm: Any, masks: dict[str, Any]) -> dict[str, Any]:
             "sparsity_structure": sparsity_structure(lm, masks)}
 
 
-def export_compressed_tensors(lm: Any, out: str | Path, quantization_format: str = "auto", overwrite: bool = False) -> Path:
+def export_compressed_tensors(lm: LM, out: str | Path, quantization_format: str = "auto", overwrite: bool = False) -> Path:
     """Write ``lm`` (unchanged) to ``out`` in compressed-tensors' format: quantized layers as
     integer codes with their scales (``pack-quantized``: b-bit codes packed into int32 words;
     ``int-quantized``: one int8 per code), pruned layers declared in a sparsity config. ``auto``
@@ -166,7 +169,7 @@ def export_compressed_tensors(lm: Any, out: str | Path, quantization_format: str
     return target
 
 
-def _quantized_copy(lm: Any, grids: dict[str, Any], groups: dict[tuple[int, int | None, bool], list[str]]) -> Any:
+def _quantized_copy(lm: LM, grids: dict[str, Any], groups: dict[tuple[int, int | None, bool], list[str]]) -> Any:
     """A copy of the model with compressed-tensors' quantization config applied and each
     layer's scale and zero point set from its lmcompose grid (codes q − 2^(b−1))."""
     import torch
@@ -233,7 +236,7 @@ class _NoMetrics(Metric):
 
     name = "none"
 
-    def compute(self, lm: Any, ctx: Any) -> dict[str, Any]:
+    def compute(self, lm: LM, ctx: Any) -> dict[str, Any]:
         return {}
 
 

@@ -15,16 +15,19 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lmcompose.calibration import StopForward
 
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
+
 __all__ = ["input_fingerprint", "second_moments"]
 
 
-def execution_order(lm: Any) -> list[str]:
+def execution_order(lm: LM) -> list[str]:
     """Names of the model's modules in the order their forward runs (one short forward)."""
     order: list[str] = []
     handles = []
@@ -42,7 +45,7 @@ def execution_order(lm: Any) -> list[str]:
     return [n for n in order if not (n in seen or seen.add(n))]
 
 
-def producing_parameters(lm: Any, module_name: str, order: Sequence[str] | None = None) -> list[tuple[str, torch.Tensor]]:
+def producing_parameters(lm: LM, module_name: str, order: Sequence[str] | None = None) -> list[tuple[str, torch.Tensor]]:
     """(name, tensor) of every parameter of a module that runs before ``module_name``: the
     weights that produce its input. Tied tensors appear once."""
     order = list(order) if order is not None else execution_order(lm)
@@ -79,7 +82,7 @@ def tensors_fingerprint(tensors: Sequence[tuple[str, torch.Tensor]]) -> str:
     return h.hexdigest()
 
 
-def input_fingerprint(lm: Any, module_name: str, order: Sequence[str] | None = None) -> str:
+def input_fingerprint(lm: LM, module_name: str, order: Sequence[str] | None = None) -> str:
     """Fingerprint of the weights that produce ``module_name``'s input."""
     return tensors_fingerprint(producing_parameters(lm, module_name, order))
 
@@ -89,13 +92,13 @@ def _cache_file(folder: Path, module_name: str, weights_fp: str, windows_fp: str
     return folder / f"mom2-{module_name.replace('.', '_')}-{key}.safetensors"
 
 
-def _decoder_index(lm: Any, module_name: str) -> int:
+def _decoder_index(lm: LM, module_name: str) -> int:
     prefix = lm.arch.layers + "."
     return int(module_name[len(prefix):].split(".", 1)[0])
 
 
 def second_moments(
-    lm: Any,
+    lm: LM,
     module_names: Sequence[str],
     windows: torch.Tensor,
     cache_dir: Path | None = None,

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import (
     Context,
@@ -44,6 +44,9 @@ from lmcompose.engine.run_folder import RunFolder, edits_digest, run_inputs
 from lmcompose.errors import ConfigError, UnknownNameError, UsageError, describe_value
 from lmcompose.plugins import get_interventions
 from lmcompose.steps import StepSpec, build_intervention, parse_step
+
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
 SWEEP_KEYS = frozenset({"vary", "orders", "replicates", "snapshots", "topk", "calibration_samples", "calibration_seqlen"})
 
@@ -291,7 +294,7 @@ def sweep_id(resolved: Mapping[str, Any]) -> str:
 
 
 def sweep(
-    lm: Any,
+    lm: LM,
     steps: Sequence[str | Mapping[str, Any] | StepSpec],
     *,
     vary: str,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 
@@ -31,8 +31,11 @@ from lmcompose.api import Context, Intervention, StepReport
 from lmcompose.errors import ConfigError
 from lmcompose.models.tiny import TINY_ARCHITECTURES
 
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
-def _state(lm: Any) -> dict[str, Any]:
+
+def _state(lm: LM) -> dict[str, Any]:
     return {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
 
 
@@ -59,14 +62,14 @@ def tiny_edits() -> list[Any]:
     return load_edits("records", limit=4, seed=0)
 
 
-def capture_inputs(lm: Any, name: str, windows: Any) -> Any:
+def capture_inputs(lm: LM, name: str, windows: Any) -> Any:
     """The inputs (tokens, in_features) that projection ``name`` sees when ``lm`` runs on
     ``windows`` one by one: for a layer-0 projection, exactly what a layer-sequential
     method calibrates on."""
     return _record(lm, lm.model.get_submodule(name), windows, lambda args, _out: args[0].reshape(-1, args[0].shape[-1]))
 
 
-def _record(lm: Any, module: Any, windows: Any, take: Any) -> Any:
+def _record(lm: LM, module: Any, windows: Any, take: Any) -> Any:
     """Run ``lm`` on ``windows`` one by one and concatenate ``take(args, out)`` of every call of ``module``."""
     import torch
 
@@ -81,7 +84,7 @@ def _record(lm: Any, module: Any, windows: Any, take: Any) -> Any:
     return torch.cat(seen)
 
 
-def layer_outputs(lm: Any, windows: Any, index: int = 0) -> Any:
+def layer_outputs(lm: LM, windows: Any, index: int = 0) -> Any:
     """The outputs of decoder layer ``index`` when ``lm`` runs on ``windows`` one by one,
     concatenated along the sequence; for layer 0 the inputs (the embeddings) do not depend on
     any compressor, so two models' outputs compare a layer's error on the same inputs."""
@@ -91,7 +94,7 @@ def layer_outputs(lm: Any, windows: Any, index: int = 0) -> Any:
     return _record(lm, layer, windows, lambda _args, out: out[0] if isinstance(out, tuple) else out)
 
 
-def with_outlier_features(lm: Any, seed: int = 0, spread: float = 1.5) -> Any:
+def with_outlier_features(lm: LM, seed: int = 0, spread: float = 1.5) -> Any:
     """Give ``lm``'s layer-0 norms seeded log-normal gains exp(N(0, spread²)), so a few input
     features of its projections have much larger norms, as in real LLMs (what Wanda and AWQ
     exploit); a random tiny model has none. Returns ``lm``."""
@@ -172,7 +175,7 @@ class InterventionConformance:
 
         return tiny_model(arch, seed=seed)
 
-    def logits(self, lm: Any) -> Any:
+    def logits(self, lm: LM) -> Any:
         import torch
 
         ids = lm.tokenizer("The river town grew up around a crossing", return_tensors="pt").input_ids

@@ -14,7 +14,7 @@ from lmcompose_finetune.training import train_on_edits
 
 # random tiny models have logits of tiny scale: a large learning rate makes the targets the argmax
 FT = "ft:layers=0+1,lr=0.01,norm_constraint=0"
-LORA = "lora:lr=0.01"
+LORA = "lora:lr=0.01,layers=0+1"
 
 
 class TestFTConformance(InterventionConformance):
@@ -104,7 +104,7 @@ def test_bad_inputs_are_one_message_each(tmp_path):
     lm = tiny_model("llama")
     ctx = Context(edits=subject_final_edits(), cache_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"target_modules: 'mlp.nope' matches no projection in layers \[0, 1\]; this model's projections are .*mlp.down_proj"):
-        build_intervention(parse_step("lora:target_modules=mlp.nope")).apply(lm, ctx)
+        build_intervention(parse_step("lora:target_modules=mlp.nope,layers=0+1")).apply(lm, ctx)
     assert not any("lora" in n for n, _ in lm.model.named_modules())  # nothing attached
     for bad in ("0", "-2"):
         with pytest.raises(ConfigError, match=rf"field 'rank': {bad} is out of range; use a value in \[1, "):

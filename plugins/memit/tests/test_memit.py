@@ -246,8 +246,9 @@ def test_ten_counterfact_edits_on_smollm2(shared_data, tmp_path):
 
 
 def test_through_post_norm_reaches_any_output_the_norm_can_give():
-    """A change to an output the norm can produce is met exactly; any other change is met up
-    to scale (the output is y / rms(y / g), y the wanted output)."""
+    """A change to an output the norm can produce is met exactly; for any other change the
+    output is the nearest one the norm can give (closer than y / rms(y / g), the rescaling
+    used before lmcompose 0.3, and than any other output of the norm tried)."""
     lm = tiny_model("gemma3")
     norm = lm.model.get_submodule(f"{lm.arch.layers}.0.{lm.arch.mlp_post_norm}")
     with torch.no_grad():
@@ -259,11 +260,23 @@ def test_through_post_norm_reaches_any_output_the_norm_can_give():
         change = norm(other) - norm(out)
         d = alg.through_post_norm(norm, lm.arch.norm_offset, out, change)
         assert torch.allclose(norm(out + d), norm(other), atol=1e-4)
-        change = 0.3 * torch.randn(3, out.shape[1], generator=gen)
+        change = 3.0 * torch.randn(3, out.shape[1], generator=gen)  # far beyond what the norm can give
         d = alg.through_post_norm(norm, lm.arch.norm_offset, out, change)
         y = norm(out) + change
+        got = (norm(out + d) - y).norm(dim=-1)
         u = y / (lm.arch.norm_offset + norm.weight)
-        assert torch.allclose(norm(out + d), y / u.pow(2).mean(-1, keepdim=True).sqrt(), atol=1e-4)
+        rescaled = (y / u.pow(2).mean(-1, keepdim=True).sqrt() - y).norm(dim=-1)
+        assert (got < rescaled).all()
+        tries = norm(torch.randn(256, out.shape[1], generator=gen))  # other outputs the norm gives
+        for k in range(3):
+            assert float(got[k]) <= float((tries - y[k]).norm(dim=-1).min()) + 1e-4
+            # first-order optimality on the sphere: no output nearby along the sphere is closer
+            v = (out + d)[k] / (out + d)[k].pow(2).mean().sqrt()
+            for _ in range(20):
+                step = 1e-3 * torch.randn(v.shape, generator=gen)
+                w = v + step
+                w = w / w.pow(2).mean().sqrt()
+                assert float((norm(w) - y[k]).norm()) >= float(got[k]) - 1e-4
         assert torch.allclose((out + d).norm(dim=-1), out.norm(dim=-1), rtol=1e-5)  # the input keeps its size
 
 

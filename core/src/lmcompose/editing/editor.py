@@ -15,6 +15,8 @@ from lmcompose.errors import ConfigError, DataError
 if TYPE_CHECKING:
     import torch
 
+    from lmcompose.models.handle import LM
+
 
 class LocateThenEdit(Intervention):
     """Base of locate-then-edit editors (MEMIT, AlphaEdit): v*, keys and the spread are shared;
@@ -35,10 +37,10 @@ class LocateThenEdit(Intervention):
         return self.config.stats_from == "base"
 
     # ------------------------------------------------------------------ method-specific
-    def preset_for(self, lm: Any) -> tuple[str, dict[str, Any]]:
+    def preset_for(self, lm: LM) -> tuple[str, dict[str, Any]]:
         raise NotImplementedError
 
-    def begin(self, lm: Any, hp: dict[str, Any], covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
+    def begin(self, lm: LM, hp: dict[str, Any], covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
         """Prepare the method's state for this step (covariances by layer); returns details for the report."""
         return {}
 
@@ -46,11 +48,11 @@ class LocateThenEdit(Intervention):
         """The (d_out, d_in) change of ``layer``'s projection for keys (d_in, n) and residuals (d_out, n)."""
         raise NotImplementedError
 
-    def end_batch(self, lm: Any, batch: Sequence[Any], templates: Sequence[str], layers: Sequence[int]) -> None:
+    def end_batch(self, lm: LM, batch: Sequence[Any], templates: Sequence[str], layers: Sequence[int]) -> None:
         """After a batch is written (the weights hold it)."""
 
     # ------------------------------------------------------------------ shared
-    def hparams(self, lm: Any) -> tuple[str, dict[str, Any]]:
+    def hparams(self, lm: LM) -> tuple[str, dict[str, Any]]:
         """The hyperparameters for ``lm``: config fields that are set, the preset for the rest."""
         from lmcompose.models.arch import decoder_layers
 
@@ -77,7 +79,7 @@ class LocateThenEdit(Intervention):
             raise ConfigError(f"step '{self.name}': batches={c.batches} but only {len(records)} edits; use at most {len(records)} batches")
         return records
 
-    def apply(self, lm: Any, ctx: Context) -> StepReport:
+    def apply(self, lm: LM, ctx: Context) -> StepReport:
         from lmcompose.data import calibration_windows
         from lmcompose.editing.locate import iter_batches
         from lmcompose.editing.vstar import context_templates, optimize_vstar
@@ -158,7 +160,7 @@ class LocateThenEdit(Intervention):
         rep.elapsed_s = time.perf_counter() - start
         return rep
 
-    def write(self, lm: Any, batch: Sequence[Any], targets: torch.Tensor, templates: Sequence[str],
+    def write(self, lm: LM, batch: Sequence[Any], targets: torch.Tensor, templates: Sequence[str],
               layers: Sequence[int]) -> dict[str, float]:
         """Spread one batch's v* targets over ``layers`` with this method's ``solve``."""
         from lmcompose.editing.locate import spread_residual

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,8 +15,11 @@ from lmcompose.calibration import StopForward, call_layer, layer_call_arguments
 from lmcompose.editing.rows import Row, length_groups, pad_id, pad_right
 from lmcompose.models.arch import decoder_layers, get_path
 
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
-def compute_context(lm: Any, compute_dtype: str) -> contextlib.AbstractContextManager:
+
+def compute_context(lm: LM, compute_dtype: str) -> contextlib.AbstractContextManager:
     """Autocast for the forward passes: bfloat16 on GPU by default, else none."""
     dev = lm.device.type
     if compute_dtype == "bfloat16" or (compute_dtype == "auto" and dev == "cuda"):
@@ -25,7 +28,7 @@ def compute_context(lm: Any, compute_dtype: str) -> contextlib.AbstractContextMa
 
 
 @torch.no_grad()
-def module_io(lm: Any, module: Any, ids: torch.Tensor, which: str, compute_dtype: str = "auto",
+def module_io(lm: LM, module: Any, ids: torch.Tensor, which: str, compute_dtype: str = "auto",
               **forward: Any) -> torch.Tensor:
     """The input (``which='input'``) or output of ``module`` for a forward of ``ids``,
     stopped right there; ``forward`` goes to the model (default ``use_cache=False``)."""
@@ -54,7 +57,7 @@ def module_io(lm: Any, module: Any, ids: torch.Tensor, which: str, compute_dtype
 
 
 @torch.no_grad()
-def module_values_at(lm: Any, rows: Sequence[Row], module_name: str, which: str, max_tokens: int,
+def module_values_at(lm: LM, rows: Sequence[Row], module_name: str, which: str, max_tokens: int,
                      compute_dtype: str = "auto") -> torch.Tensor:
     """The input (``which='input'``) or output of ``module_name`` at each row's lookup
     token, float32 (rows, features). The forward stops at that module."""
@@ -77,7 +80,7 @@ class Tail:
     """The model above decoder layer ``z``: layers z+1.., the final norm and the LM head,
     evaluated at chosen positions only."""
 
-    def __init__(self, lm: Any, z: int):
+    def __init__(self, lm: LM, z: int):
         self.lm = lm
         self.z = z
         self.layers = list(decoder_layers(lm.model, lm.arch))[z + 1 :]
@@ -174,7 +177,7 @@ def _is_cache(value: Any) -> bool:
 
 
 @torch.no_grad()
-def split_forward(lm: Any, z: int, prefix: torch.Tensor, suffix: torch.Tensor, compute_dtype: str = "auto") -> SplitGroup:
+def split_forward(lm: LM, z: int, prefix: torch.Tensor, suffix: torch.Tensor, compute_dtype: str = "auto") -> SplitGroup:
     """Run ``prefix`` (rows, p) with a cache, then ``suffix`` (rows, s) after it up to the
     output of decoder layer ``z``; keep the prefix keys and values of the layers above z
     and the layer arguments of one row's suffix."""
@@ -217,11 +220,11 @@ def split_forward(lm: Any, z: int, prefix: torch.Tensor, suffix: torch.Tensor, c
     return SplitGroup(h0, kv, calls)
 
 
-def residual_after(lm: Any, z: int, ids: torch.Tensor, compute_dtype: str = "auto") -> torch.Tensor:
+def residual_after(lm: LM, z: int, ids: torch.Tensor, compute_dtype: str = "auto") -> torch.Tensor:
     """The hidden states leaving decoder layer ``z`` for right-padded ``ids``."""
     return module_io(lm, decoder_layers(lm.model, lm.arch)[z], ids, "output", compute_dtype)
 
 
-def residual_entering(lm: Any, i: int, ids: torch.Tensor, compute_dtype: str = "auto") -> torch.Tensor:
+def residual_entering(lm: LM, i: int, ids: torch.Tensor, compute_dtype: str = "auto") -> torch.Tensor:
     """The hidden states entering decoder layer ``i`` for right-padded ``ids``."""
     return module_io(lm, decoder_layers(lm.model, lm.arch)[i], ids, "input", compute_dtype)

@@ -13,13 +13,16 @@ statistics service (``lmcompose.stats``), of the model being edited or of the ba
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lmcompose.editing.config import Preset
 from lmcompose.editing.forward import module_values_at
 from lmcompose.editing.rows import Row, key_rows, subject_last_index
+
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
 
 def template_key_mean(k_all: torch.Tensor, n_edits: int, n_templates: int) -> torch.Tensor:
@@ -35,25 +38,50 @@ def template_key_mean(k_all: torch.Tensor, n_edits: int, n_templates: int) -> to
 @torch.no_grad()
 def through_post_norm(norm: Any, offset: float, out: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
     """The change of ``out`` (rows, hidden), the input of an RMS norm ``x / rms(x) * (offset
-    + weight)``, that moves the norm's output by ``change``, as nearly as the norm allows.
+    + weight)``, that moves the norm's output as close as it can go to ``norm(out) + change``.
 
-    The norm's outputs are the vectors g * v with rms(v) = 1 (g = offset + weight), so the
-    wanted output y = norm(out) + change is reached only up to scale: the new input is
-    u = y / g rescaled to out's own rms, whose output is y / rms(u) (y itself when
-    rms(u) = 1, as for a change small against the output). Gemma's MLP output passes
-    through such a norm before it joins the residual stream (ArchSpec.mlp_post_norm).
-    The norm's eps is ignored: it matters only for inputs of mean square near eps."""
+    The norm's outputs are exactly the vectors g ⊙ v with rms(v) = 1 (g = offset + weight).
+    For a wanted output y the nearest of them (least squares) has, by a Lagrange multiplier
+    μ, v_j = g_j y_j / (g_j² + μ), with μ > −min g_j² the unique value that gives rms(v) = 1
+    (found by bisection, float64); an output the norm can give is met exactly (μ = 0). The
+    new input is v at out's own rms, so the weight change stays as small as the norm allows.
+    Gemma's MLP output passes through such a norm before it joins the residual stream
+    (ArchSpec.mlp_post_norm). The norm's eps is ignored: it matters only for inputs of mean
+    square near eps.
+
+    (Before lmcompose 0.3 this divided y by g and rescaled, y / rms(y / g): exact for an
+    output the norm can give, but for a large change on Gemma-3-270M, whose g has entries
+    near 0, those few coordinates took all of v and the MLP's other output was erased.)"""
     dev = norm.weight.device
-    x = out.to(dev).float()
-    g = offset + norm.weight.detach().float()
-    g = torch.where(g.abs() < 1e-4, torch.full_like(g, 1e-4) * torch.where(g < 0, -1.0, 1.0), g)
-    y = norm(x.to(norm.weight.dtype)).float() + change.to(dev).float()
-    u = y / g
+    x = out.to(dev).double()
+    g = (offset + norm.weight.detach().double()).expand_as(x)
+    y = norm(x.to(norm.weight.dtype)).double() + change.to(dev).double()
+    d = x.shape[-1]
+
+    def v_of(mu: torch.Tensor) -> torch.Tensor:
+        return g * y / (g * g + mu)
+
+    def excess(mu: torch.Tensor) -> torch.Tensor:  # |v|² - d, decreasing in mu above -min g²
+        return v_of(mu).pow(2).sum(-1, keepdim=True) - d
+
+    floor = -(g * g).min(dim=-1, keepdim=True).values
+    lo = floor + 1e-12 * (1 + floor.abs())
+    hi = torch.ones_like(lo)
+    while bool((excess(hi) > 0).any()):
+        hi = torch.where(excess(hi) > 0, hi * 4 + 1, hi)
+    lo = torch.where(excess(lo) < 0, lo, lo)  # the hard case (y_j = 0 where g_j² is least) keeps lo
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        above = excess(mid) > 0
+        lo = torch.where(above, mid, lo)
+        hi = torch.where(above, hi, mid)
+    v = v_of((lo + hi) / 2)
+    v = v / v.pow(2).mean(-1, keepdim=True).sqrt()  # rms(v) = 1 exactly
 
     def rms(t: torch.Tensor) -> torch.Tensor:
         return t.pow(2).mean(-1, keepdim=True).sqrt()
 
-    return (u * (rms(x) / rms(u).clamp_min(1e-12)) - x).to(device=change.device, dtype=change.dtype)
+    return (v * rms(x) - x).to(device=change.device, dtype=change.dtype)
 
 
 def iter_batches(n: int, size: int, count: int = 0) -> Iterator[range]:
@@ -78,7 +106,7 @@ def bare_rows(tok: Any, records: Sequence[Any]) -> list[Row]:
             for e, r in enumerate(records)]
 
 
-def edit_keys(lm: Any, records: Sequence[Any], templates: Sequence[str], module_name: str, max_tokens: int,
+def edit_keys(lm: LM, records: Sequence[Any], templates: Sequence[str], module_name: str, max_tokens: int,
               compute_dtype: str = "auto") -> torch.Tensor:
     """Each edit's key at ``module_name`` (its input at the subject's last token, averaged over
     the templates as MEMIT's compute_ks): (edits, d_in), float32."""
@@ -86,7 +114,7 @@ def edit_keys(lm: Any, records: Sequence[Any], templates: Sequence[str], module_
     return template_key_mean(k_all, len(records), len(templates))
 
 
-def spread_residual(lm: Any, batch: Sequence[Any], targets: torch.Tensor, templates: Sequence[str], layers: Sequence[int],
+def spread_residual(lm: LM, batch: Sequence[Any], targets: torch.Tensor, templates: Sequence[str], layers: Sequence[int],
                     solve: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor], max_tokens: int,
                     compute_dtype: str = "auto") -> dict[str, float]:
     """Write the v* ``targets`` (edits x hidden, at the output of the last edit layer) into the
@@ -119,7 +147,7 @@ def spread_residual(lm: Any, batch: Sequence[Any], targets: torch.Tensor, templa
     return norms
 
 
-def model_shape(lm: Any) -> tuple[str, int, int, int]:
+def model_shape(lm: LM) -> tuple[str, int, int, int]:
     """(model_type, decoder layers, hidden size, MLP width d_ff) of ``lm``; shapes only, so an
     offloaded model's meta weights are fine."""
     from lmcompose.models.arch import weight_matrix
@@ -131,7 +159,7 @@ def model_shape(lm: Any) -> tuple[str, int, int, int]:
     return str(cfg.model_type), int(layers), int(hidden), int(d_ff)
 
 
-def match_preset(lm: Any, presets: Sequence[Preset], rule: Callable[[int, str, int], dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+def match_preset(lm: LM, presets: Sequence[Preset], rule: Callable[[int, str, int], dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     """(where the values come from, the values) for ``lm``: the preset of its shape, else
     ``rule(num_layers, model_type, d_ff)``."""
     model_type, layers, hidden, d_ff = model_shape(lm)

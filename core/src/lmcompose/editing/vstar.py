@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -13,11 +13,14 @@ from lmcompose.api import EditRecord
 from lmcompose.editing.forward import Tail, compute_context, split_forward
 from lmcompose.editing.rows import pad_id, pad_right, prefix_groups, rewrite_rows, target_ids
 
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
+
 STARTERS = ("The", "Therefore", "Because", "I", "You")
 
 
 @torch.no_grad()
-def context_templates(lm: Any, n: int, length: int, seed: int) -> list[str]:
+def context_templates(lm: LM, n: int, length: int, seed: int) -> list[str]:
     """``["{}"]`` plus ``n`` prefixes sampled (top-k 5, seeded) from the model itself, each
     ``length`` tokens long, as ``"<text>. {}"`` (MEMIT's CONTEXT_TEMPLATES_CACHE). Starters
     of equal token length are sampled together."""
@@ -78,7 +81,7 @@ def row_adam(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
     p[a] = p[a] - (lr / bc1) * m[a] / denom
 
 
-def optimize_vstar(lm: Any, records: Sequence[EditRecord], templates: Sequence[str], z: int, hp: dict[str, Any],
+def optimize_vstar(lm: LM, records: Sequence[EditRecord], templates: Sequence[str], z: int, hp: dict[str, Any],
                    early_stop: float, max_tokens: int, compute_dtype: str = "auto", advance: Any = None) -> VStarResult:
     """MEMIT compute_z for every edit at once (see the module docstring)."""
     tok = lm.tokenizer

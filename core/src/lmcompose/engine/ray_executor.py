@@ -23,12 +23,15 @@ import os
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lmcompose.engine.plan import Plan, Task
 from lmcompose.engine.run_folder import RunFolder
 from lmcompose.engine.saving import SaveTargets
 from lmcompose.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
 # environment a worker needs to find the same data, caches and plugins as the driver
 FORWARDED_ENV = ("LMCOMPOSE_DATA_DIR", "LMCOMPOSE_CACHE_DIR", "LMCOMPOSE_LOAD_PLUGINS", "LMCOMPOSE_BLOCK_PLUGINS",
@@ -44,7 +47,7 @@ class RayWork(Protocol):
     def prepare(self, threads: int) -> tuple[Any, ...]:
         """(plan, lm, ctx, metrics, edits, executor keyword arguments), in the worker."""
 
-    def inputs(self, lm: Any, edits: Mapping[Any, Any]) -> dict[str, Any]:
+    def inputs(self, lm: LM, edits: Mapping[Any, Any]) -> dict[str, Any]:
         """What the run's numbers depend on (checked by the run folder)."""
 
 

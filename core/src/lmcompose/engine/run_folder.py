@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.errors import UsageError
 from lmcompose.results import (
@@ -37,6 +37,9 @@ from lmcompose.results import (
     read_yaml,
     write_yaml_atomic,
 )
+
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
 LOCK_FILE = ".lock"
 # config.yaml keys that describe this invocation, not the run: never a reason to refuse
@@ -79,7 +82,7 @@ def edits_digest(batch: Sequence[Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_inputs(lm: Any, edits: Mapping[Any, Sequence[Any]], ctx: Any = None) -> dict[str, Any]:
+def run_inputs(lm: LM, edits: Mapping[Any, Sequence[Any]], ctx: Any = None) -> dict[str, Any]:
     """What a run's numbers depend on beyond its settings: the base model's weights, the edit
     requests of every group (dataset, replicate), the text corpora and the software. A resume
     is refused when any of them changed (:meth:`RunFolder.write_config` compares them)."""

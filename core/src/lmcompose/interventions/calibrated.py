@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
 from lmcompose.interventions.common import selected_layers
+
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
 __all__ = [
     "LayerwiseCalibrated", "LayerwisePruner", "LayerwiseQuantizer", "bits_field", "group_size_field",
@@ -42,12 +45,12 @@ class LayerwiseCalibrated(Intervention):
     def observe(self, stats: Any, x: Any) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    def process_layer(self, lm: Any, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:  # pragma: no cover
+    def process_layer(self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:  # pragma: no cover
         """Change the projections ``names`` of decoder layer ``index``; ``stats_of(name)`` gives
         the statistics of a projection's inputs (shared between projections fed one tensor)."""
         raise NotImplementedError
 
-    def calibrate(self, lm: Any, ctx: Context, layers: list[tuple[str, Any]], description: str) -> tuple[Any, list[str]]:
+    def calibrate(self, lm: LM, ctx: Context, layers: list[tuple[str, Any]], description: str) -> tuple[Any, list[str]]:
         """Run the pipeline over ``layers``; return the calibration windows and the messages."""
         from lmcompose.calibration import (
             layer_module_names,
@@ -105,17 +108,17 @@ class LayerwisePruner(LayerwiseCalibrated):
         """Prune ``w`` (out, in; a view into the model) in place; return the keep mask."""
         raise NotImplementedError
 
-    def process_layer(self, lm: Any, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:
+    def process_layer(self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:
         for name in names:
             self.record_mask(lm, name, self.prune_weight(name, lm.weight(name), stats_of(name), messages))
 
-    def record_mask(self, lm: Any, name: str, keep: Any) -> None:
+    def record_mask(self, lm: LM, name: str, keep: Any) -> None:
         """Keep ``keep`` (True = kept) as ``name``'s mask for project() and the report."""
         self.masks[name] = keep
         lm.record_keep_mask(name, keep)
         self._per_layer[name] = 1.0 - float(keep.float().mean())
 
-    def apply(self, lm: Any, ctx: Context) -> StepReport:
+    def apply(self, lm: LM, ctx: Context) -> StepReport:
         start = time.perf_counter()
         layers = selected_layers(lm, self.config, self.name)
         self._per_layer = {}
@@ -128,7 +131,7 @@ class LayerwisePruner(LayerwiseCalibrated):
         report.elapsed_s = time.perf_counter() - start
         return report
 
-    def project(self, lm: Any) -> None:
+    def project(self, lm: LM) -> None:
         lm.rezero(self.masks)
 
 
@@ -148,10 +151,10 @@ class LayerwiseQuantizer(LayerwiseCalibrated):
         super().__init__(config)
         self.grids: dict[str, Any] = {}
 
-    def quantize_layer(self, lm: Any, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> dict[str, Any]:  # pragma: no cover
+    def quantize_layer(self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> dict[str, Any]:  # pragma: no cover
         raise NotImplementedError
 
-    def process_layer(self, lm: Any, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:
+    def process_layer(self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:
         for name, grid in self.quantize_layer(lm, index, names, stats_of, messages).items():
             self.grids[name] = grid
             lm.layer_state(name).quant = grid
@@ -160,7 +163,7 @@ class LayerwiseQuantizer(LayerwiseCalibrated):
         """Method-specific report fields (beside bits, group size, layers, calibration)."""
         return {}
 
-    def apply(self, lm: Any, ctx: Context) -> StepReport:
+    def apply(self, lm: LM, ctx: Context) -> StepReport:
         start = time.perf_counter()
         layers = selected_layers(lm, self.config, self.name)
         windows, messages = self.calibrate(lm, ctx, layers, f"{self.name} {self.config.bits}-bit")
@@ -171,7 +174,7 @@ class LayerwiseQuantizer(LayerwiseCalibrated):
         report.elapsed_s = time.perf_counter() - start
         return report
 
-    def project(self, lm: Any) -> None:
+    def project(self, lm: LM) -> None:
         for name, grid in self.grids.items():
             with lm.onloaded(name):
                 grid.snap_(lm.weight(name))

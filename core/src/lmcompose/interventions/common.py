@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
 __all__ = [
     "Timer", "ignore_field", "n_samples_field", "selected_layers", "seqlen_field", "sparsity_field",
@@ -25,7 +28,7 @@ def ignore_field() -> Any:
     return field(default_factory=list, metadata={"help": "projections to leave alone (same patterns as targets)"})
 
 
-def selected_layers(lm: Any, config: Any, step: str) -> list[tuple[str, Any]]:
+def selected_layers(lm: LM, config: Any, step: str) -> list[tuple[str, Any]]:
     layers = lm.target_layers(config.targets, config.ignore)
     if not layers:
         raise ConfigError(

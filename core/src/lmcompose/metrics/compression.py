@@ -18,9 +18,12 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context, Metric
+
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
 DENSE_BITS = 16
 
@@ -49,7 +52,7 @@ def layer_bits(w: Any, state: Any) -> tuple[float, int, int]:
     return pruned * 1 + (n - pruned) * value_bits + overhead, pruned, n
 
 
-def compression_summary(lm: Any) -> dict[str, float]:
+def compression_summary(lm: LM) -> dict[str, float]:
     total_bits = 0.0
     zeros = numel = 0
     linear_names = set()
@@ -79,7 +82,7 @@ class AverageBits(Metric):
     keys = ("avg_bits", "sparsity", "param_bytes")
     higher_is_better = {"avg_bits": False, "sparsity": None, "param_bytes": False}
 
-    def compute(self, lm: Any, ctx: Context) -> dict[str, Any]:
+    def compute(self, lm: LM, ctx: Context) -> dict[str, Any]:
         import torch
 
         with torch.no_grad():
@@ -103,7 +106,7 @@ class Flops(Metric):
     higher_is_better = {"flops": False, "flops_dense": None, "latency_ms": False}
     Config = FlopsConfig
 
-    def compute(self, lm: Any, ctx: Context) -> dict[str, Any]:
+    def compute(self, lm: LM, ctx: Context) -> dict[str, Any]:
         import torch
         from torch.utils.flop_counter import FlopCounterMode
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lmcompose.api import Context, EditRecord, Metric
+
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
 __all__ = ["EditMetrics", "EditMetricsConfig", "Scorer", "multi_hop_prompt", "target_text"]
 
@@ -42,7 +45,7 @@ def target_text(prompt: str, target: str) -> str:
 class Scorer:
     """Batched teacher forcing and greedy generation on one LM."""
 
-    def __init__(self, lm: Any, batch_size: int):
+    def __init__(self, lm: LM, batch_size: int):
         import torch
 
         self.torch = torch
@@ -205,7 +208,7 @@ class EditMetrics(Metric):
     requires_edits = True
     Config = EditMetricsConfig
 
-    def compute(self, lm: Any, ctx: Context) -> dict[str, Any]:
+    def compute(self, lm: LM, ctx: Context) -> dict[str, Any]:
         import torch
 
         records = ctx.edits
@@ -261,7 +264,7 @@ class EditMetrics(Metric):
             f"{key}_nll": _mean(_group_mean([t["nll"] for t in tf_new], owners, n)),
         }
 
-    def reference(self, lm: Any, ctx: Context) -> None:
+    def reference(self, lm: LM, ctx: Context) -> None:
         """The base model's next-token argmaxes on the locality prompts (``locality_drift``
         compares every later model with them); the same teacher-forced pass ``compute`` makes."""
         import torch

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context, Metric
+
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
 
 @dataclass
@@ -30,7 +33,7 @@ class Perplexity(Metric):
     higher_is_better = {"perplexity": False, "general_nll": False, "ppl_tokens": None, "ppl_seqlen": None}
     Config = PerplexityConfig
 
-    def windows(self, lm: Any, ctx: Context):
+    def windows(self, lm: LM, ctx: Context):
         import torch
 
         from lmcompose.data import corpus_text, tokenize_corpus
@@ -54,7 +57,7 @@ class Perplexity(Metric):
         windows, where = ctx.state[key]
         return windows, where, torch
 
-    def compute(self, lm: Any, ctx: Context) -> dict[str, Any]:
+    def compute(self, lm: LM, ctx: Context) -> dict[str, Any]:
         windows, where, torch = self.windows(lm, ctx)
         total_nll, total_tokens = 0.0, 0
         model = lm.model

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context, EditRecord, Metric, Progress
 from lmcompose.composability import row_numbers
@@ -22,6 +22,9 @@ from lmcompose.engine.run_folder import RunFolder, describe_changes, row_cell_id
 from lmcompose.engine.saving import SaveTargets
 from lmcompose.errors import ConfigError, DataError, UsageError
 from lmcompose.studies.spec import Study, load_study
+
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
 EXECUTORS = ("local", "ray")
 
@@ -87,7 +90,7 @@ class StudyWork:
         metrics = study_metrics(study)
         return study.plan(), lm, ctx, metrics, edits, {"snapshots": study.snapshots, "topk": study.topk}
 
-    def inputs(self, lm: Any, edits: Mapping[Group, list[EditRecord]]) -> dict[str, Any]:
+    def inputs(self, lm: LM, edits: Mapping[Group, list[EditRecord]]) -> dict[str, Any]:
         from lmcompose.engine.run_folder import run_inputs
 
         return run_inputs(lm, edits, study_context(self.study(), Progress()))

@@ -12,6 +12,7 @@ from lmcompose_alphaedit.config import AlphaEditConfig
 
 if TYPE_CHECKING:
     import torch
+    from lmcompose import LM
 
 HPARAMS = (*VSTAR_HPARAMS, "nullspace_threshold", "l2")
 
@@ -35,12 +36,12 @@ class AlphaEdit(LocateThenEdit):
     Config = AlphaEditConfig
     HPARAMS = HPARAMS
 
-    def preset_for(self, lm: Any) -> tuple[str, dict[str, Any]]:
+    def preset_for(self, lm: LM) -> tuple[str, dict[str, Any]]:
         from lmcompose_alphaedit.presets import preset_for
 
         return preset_for(lm)
 
-    def begin(self, lm: Any, hp: dict[str, Any], covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
+    def begin(self, lm: LM, hp: dict[str, Any], covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
         import torch
 
         from lmcompose_alphaedit.algorithm import null_space_projector
@@ -66,7 +67,7 @@ class AlphaEdit(LocateThenEdit):
 
         return alphaedit_delta(keys, resid, self._projectors[layer], self._previous[layer], self._l2)
 
-    def end_batch(self, lm: Any, batch: Sequence[Any], templates: Sequence[str], layers: Sequence[int]) -> None:
+    def end_batch(self, lm: LM, batch: Sequence[Any], templates: Sequence[str], layers: Sequence[int]) -> None:
         from lmcompose.editing import edit_keys
 
         c, arch = self.config, lm.arch

@@ -13,9 +13,12 @@ reference's 2e-2 is an absolute value, and the spectrum's scale differs from mod
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.editing import LLAMA_LIKE, Preset, match_preset, rule_layers
+
+if TYPE_CHECKING:
+    from lmcompose import LM
 
 __all__ = ["PRESETS", "RELATIVE_THRESHOLD", "preset_for", "rule_preset"]
 
@@ -42,6 +45,6 @@ def rule_preset(num_layers: int, model_type: str, d_ff: int) -> dict[str, Any]:
     return {"layers": rule_layers(num_layers), **v, "l2": 10.0}
 
 
-def preset_for(lm: Any) -> tuple[str, dict[str, Any]]:
+def preset_for(lm: LM) -> tuple[str, dict[str, Any]]:
     """(where the values come from, the values) for this model."""
     return match_preset(lm, PRESETS, rule_preset)

@@ -20,9 +20,12 @@ A group is scaled only when this step quantizes every projection the fold change
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from lmcompose import LM
 
 
 @dataclass
@@ -37,12 +40,12 @@ class ScaleGroup:
         return self.members + ([self.source] if self.kind != "norm" else [])
 
 
-def norms_precede_blocks(lm: Any) -> bool:
+def norms_precede_blocks(lm: LM) -> bool:
     # OPT-350m style models apply their layer norms after attention/MLP (do_layer_norm_before=False)
     return bool(getattr(lm.model.config, "do_layer_norm_before", True))
 
 
-def scale_groups(lm: Any, index: int, selected: set[str]) -> tuple[list[ScaleGroup], list[str]]:
+def scale_groups(lm: LM, index: int, selected: set[str]) -> tuple[list[ScaleGroup], list[str]]:
     """The foldable groups of decoder layer ``index`` among ``selected``, and why others are not."""
     a = lm.arch
     prefix = f"{a.layers}.{index}."
@@ -76,7 +79,7 @@ def scale_groups(lm: Any, index: int, selected: set[str]) -> tuple[list[ScaleGro
 
 
 @torch.no_grad()
-def fold_scales(lm: Any, group: ScaleGroup, s: torch.Tensor) -> None:
+def fold_scales(lm: LM, group: ScaleGroup, s: torch.Tensor) -> None:
     """Multiply the members' input columns by ``s`` and divide the source's outputs by ``s``."""
     src = lm.model.get_submodule(group.source)
     if group.kind == "norm":

@@ -12,14 +12,17 @@ full-precision outputs, as the reference computes them before it quantizes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.interventions.calibrated import LayerwiseQuantizer
 
 from lmcompose_awq.config import AWQConfig
 
+if TYPE_CHECKING:
+    from lmcompose import LM
 
-def query_key_projections(lm: Any, index: int) -> set[str]:
+
+def query_key_projections(lm: LM, index: int) -> set[str]:
     """The projections of decoder layer ``index`` whose outputs enter q·kᵀ: every attention
     input but the value projection (a fused q/k/v matrix included)."""
     arch = lm.arch
@@ -58,7 +61,7 @@ class AWQ(LayerwiseQuantizer):
     def observe(self, stats: Any, x: Any) -> None:
         stats.add(x)
 
-    def quantize_layer(self, lm: Any, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> dict[str, Any]:
+    def quantize_layer(self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> dict[str, Any]:
         from lmcompose_awq.algorithm import clipped_grid, search_scale
         from lmcompose_awq.folding import fold_scales, scale_groups
 

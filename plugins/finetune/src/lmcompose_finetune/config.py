@@ -18,7 +18,7 @@ class TrainConfig:
     )
     layers: list[int] | None = field(
         default=None,
-        metadata={"help": "decoder layers whose modules are trained, e.g. 3+4+5 (ft default: MEMIT's rule layers; lora default: every layer)"},
+        metadata={"help": "decoder layers whose modules are trained, e.g. 3+4+5 (default: MEMIT's rule layers, early-middle)"},
     )
     steps: int = field(default=25, metadata={"help": "optimisation steps per batch (each over all of the batch's edits)", "range": (1, 100000)})
     lr: float = field(default=5e-4, metadata={"help": "Adam learning rate"})
@@ -50,7 +50,7 @@ class FTConfig(TrainConfig):
     within ``norm_constraint`` of its value before the step (ROME's constrained baseline)."""
 
     norm_constraint: float = field(
-        default=5e-4, metadata={"help": "largest change of any weight (L-infinity); 0 = unconstrained fine-tuning (ROME FT: 5e-5 on GPT-J)"},
+        default=5e-3, metadata={"help": "largest change of any weight (L-infinity); 0 = unconstrained fine-tuning (ROME FT: 5e-5 on GPT-J; 5e-3 chosen on SmolLM2-135M, docs/finetune.md)"},
     )
     modules: list[str] = field(
         default_factory=list,

@@ -15,6 +15,7 @@ from lmcompose_finetune.config import FTConfig, LoRAConfig
 
 if TYPE_CHECKING:
     import torch
+    from lmcompose import LM
 
 
 class TrainedEdit(Intervention):
@@ -40,7 +41,7 @@ class TrainedEdit(Intervention):
             raise ConfigError(f"step '{self.name}': batches={c.batches} but only {len(records)} edits; use at most {len(records)} batches")
         return records
 
-    def check_layers(self, lm: Any, default: list[int]) -> list[int]:
+    def check_layers(self, lm: LM, default: list[int]) -> list[int]:
         n = len(decoder_layers(lm.model, lm.arch))
         layers = sorted(int(i) for i in (self.config.layers if self.config.layers is not None else default))
         bad = [i for i in layers if i >= n]
@@ -48,25 +49,25 @@ class TrainedEdit(Intervention):
             raise ConfigError(f"step '{self.name}': layers {bad} do not exist; this model has decoder layers 0-{n - 1}")
         return layers
 
-    def check_offload(self, lm: Any) -> None:
+    def check_offload(self, lm: LM) -> None:
         if getattr(lm, "offloaded", False):
             raise ConfigError(f"step '{self.name}' trains through the whole model and does not support offloaded models "
                               "(--device-map with --max-memory); load the model in memory")
 
-    def targets(self, lm: Any) -> list[str]:
+    def targets(self, lm: LM) -> list[str]:
         """Names of the projections whose weights the edit changes."""
         raise NotImplementedError
 
-    def begin(self, lm: Any, names: list[str]) -> list[torch.nn.Parameter]:
+    def begin(self, lm: LM, names: list[str]) -> list[torch.nn.Parameter]:
         raise NotImplementedError
 
     def after_step(self) -> None:
         """After each Adam step."""
 
-    def finish(self, lm: Any) -> None:
+    def finish(self, lm: LM) -> None:
         """After the last batch."""
 
-    def apply(self, lm: Any, ctx: Context) -> StepReport:
+    def apply(self, lm: LM, ctx: Context) -> StepReport:
         from lmcompose.editing import iter_batches
 
         from lmcompose_finetune.training import train_on_edits
@@ -115,7 +116,7 @@ class FineTune(TrainedEdit):
     name = "ft"
     Config = FTConfig
 
-    def targets(self, lm: Any) -> list[str]:
+    def targets(self, lm: LM) -> list[str]:
         c = self.config
         layers = self.check_layers(lm, rule_layers(len(decoder_layers(lm.model, lm.arch))))
         suffixes = list(c.modules) or [lm.arch.mlp_out]
@@ -130,7 +131,7 @@ class FineTune(TrainedEdit):
                 names.append(name)
         return names
 
-    def begin(self, lm: Any, names: list[str]) -> list[torch.nn.Parameter]:
+    def begin(self, lm: LM, names: list[str]) -> list[torch.nn.Parameter]:
         params = [lm.model.get_submodule(n).weight for n in names]
         self._clamp = [(p, p.detach().clone()) for p in params] if self.config.norm_constraint > 0 else []
         return params
@@ -143,11 +144,11 @@ class FineTune(TrainedEdit):
             for p, orig in self._clamp:
                 p.copy_(torch.clamp(p, min=orig - eps, max=orig + eps))
 
-    def finish(self, lm: Any) -> None:
+    def finish(self, lm: LM) -> None:
         self._clamp = []
 
 
-def lora_targets(lm: Any, patterns: Sequence[str], layers: Sequence[int]) -> list[str]:
+def lora_targets(lm: LM, patterns: Sequence[str], layers: Sequence[int]) -> list[str]:
     """Full names of the projections matching ``patterns`` in ``layers``; a pattern that
     matches nothing is a ConfigError naming the projections there are."""
     prefixes = tuple(f"{lm.arch.layers}.{i}." for i in layers)
@@ -163,7 +164,7 @@ def lora_targets(lm: Any, patterns: Sequence[str], layers: Sequence[int]) -> lis
     return names
 
 
-def attach_lora(lm: Any, config: LoRAConfig, names: Sequence[str]) -> Any:
+def attach_lora(lm: LM, config: LoRAConfig, names: Sequence[str]) -> Any:
     """Wrap ``lm.model`` with a LoRA adapter on ``names`` (in place; seeded); returns the PeftModel."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -176,7 +177,7 @@ def attach_lora(lm: Any, config: LoRAConfig, names: Sequence[str]) -> Any:
         return get_peft_model(lm.model, cfg)
 
 
-def merge_lora(lm: Any, peft_model: Any) -> None:
+def merge_lora(lm: LM, peft_model: Any) -> None:
     """Fold the adapter into the weights and remove it (``merge_and_unload``): ``lm.model``
     is again the plain model, with ordinary weights."""
     base = peft_model.merge_and_unload()
@@ -190,28 +191,28 @@ class LoRA(TrainedEdit):
     """LoRA (Hu et al., ICLR 2022) through peft, as an editor.
 
     Lifecycle: ``apply`` takes the first ``n_edits`` of ``ctx.edits``, attaches a rank-``rank``
-    adapter to ``target_modules`` of ``layers`` (default: the MLP projections of every
-    layer), trains it batch after batch on the target tokens' NLL (one adapter for all
+    adapter to ``target_modules`` of ``layers`` (default: the MLP projections of MEMIT's
+    rule layers), trains it batch after batch on the target tokens' NLL (one adapter for all
     batches), and merges it into the weights with ``merge_and_unload``: later steps see
     ordinary weights and compression applies to the merged model. No ``project``. Sample config::
 
-        lora                                # rank 8, alpha 16, the MLP projections of every layer
+        lora                                # rank 8, alpha 16, the MLP projections of the rule layers
         lora:rank=4,alpha=8,target_modules=mlp.down_proj,layers=3+4+5,steps=40,lr=1e-3
     """
 
     name = "lora"
     Config = LoRAConfig
 
-    def targets(self, lm: Any) -> list[str]:
+    def targets(self, lm: LM) -> list[str]:
         c = self.config
-        layers = self.check_layers(lm, list(range(len(decoder_layers(lm.model, lm.arch)))))
+        layers = self.check_layers(lm, rule_layers(len(decoder_layers(lm.model, lm.arch))))
         return lora_targets(lm, list(c.target_modules) or [*lm.arch.mlp_in, lm.arch.mlp_out], layers)
 
-    def begin(self, lm: Any, names: list[str]) -> list[torch.nn.Parameter]:
+    def begin(self, lm: LM, names: list[str]) -> list[torch.nn.Parameter]:
         self._peft = attach_lora(lm, self.config, names)
         return [p for n, p in self._peft.named_parameters() if "lora_" in n]
 
-    def finish(self, lm: Any) -> None:
+    def finish(self, lm: LM) -> None:
         if getattr(self, "_peft", None) is not None:
             merge_lora(lm, self._peft)
             self._peft = None

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lmcompose.editing import length_groups, pad_id, target_ids
+
+if TYPE_CHECKING:
+    from lmcompose import LM
 
 __all__ = ["TrainResult", "edit_sequences", "target_nll", "train_on_edits"]
 
@@ -47,7 +50,7 @@ class TrainResult:
     loss_final: float
 
 
-def train_on_edits(lm: Any, records: Sequence[Any], params: Sequence[torch.nn.Parameter], steps: int, lr: float,
+def train_on_edits(lm: LM, records: Sequence[Any], params: Sequence[torch.nn.Parameter], steps: int, lr: float,
                    weight_decay: float, early_stop: float, max_tokens: int, after_step: Callable[[], None] | None = None,
                    advance: Callable[[int], None] | None = None) -> TrainResult:
     """Adam on ``params`` (every other parameter frozen meanwhile) to lower the mean target NLL

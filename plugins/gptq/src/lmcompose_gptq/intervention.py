@@ -10,6 +10,8 @@ from lmcompose.interventions.calibrated import LayerwiseQuantizer, groups_sharin
 from lmcompose_gptq.config import GPTQConfig
 
 if TYPE_CHECKING:  # pragma: no cover - the statistics import torch; validating a config must not
+    from lmcompose import LM
+
     from lmcompose_gptq.algorithm import HessianStats
 
 
@@ -42,7 +44,7 @@ class GPTQ(LayerwiseQuantizer):
     def observe(self, stats: HessianStats, x: Any) -> None:
         stats.add(x)
 
-    def quantize_layer(self, lm: Any, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> dict[str, Any]:
+    def quantize_layer(self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> dict[str, Any]:
         """Projections fed one tensor (q/k/v, gate/up) share H, and GPTQ treats every row
         alone given H: their weights are stacked row-wise and quantized in one sweep (one
         Cholesky, one column loop), which gives each row exactly what a sweep of its own

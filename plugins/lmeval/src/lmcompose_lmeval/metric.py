@@ -23,10 +23,13 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context, Metric
 from lmcompose.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lmcompose import LM
 
 BUNDLED_TASK = "lmcompose_facts"
 
@@ -118,7 +121,7 @@ class LMEval(Metric):
         self.tasks = task_names(self.config.tasks)
         check_tasks(self.tasks, task_manager(self.config.include_path))  # when the run is set up, before any row
 
-    def compute(self, lm: Any, ctx: Context) -> dict[str, Any]:
+    def compute(self, lm: LM, ctx: Context) -> dict[str, Any]:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
 

@@ -9,6 +9,7 @@ from lmcompose.editing import VSTAR_HPARAMS, LocateThenEdit
 
 if TYPE_CHECKING:
     import torch
+    from lmcompose import LM
 
 from lmcompose_memit.config import MEMITConfig
 
@@ -34,12 +35,12 @@ class MEMIT(LocateThenEdit):
     Config = MEMITConfig
     HPARAMS = HPARAMS
 
-    def preset_for(self, lm: Any) -> tuple[str, dict[str, Any]]:
+    def preset_for(self, lm: LM) -> tuple[str, dict[str, Any]]:
         from lmcompose_memit.presets import preset_for
 
         return preset_for(lm)
 
-    def begin(self, lm: Any, hp: dict[str, Any], covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
+    def begin(self, lm: LM, hp: dict[str, Any], covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
         self._lam = float(hp["mom2_update_weight"])
         self._covs = covs
         return {}
@@ -49,7 +50,7 @@ class MEMIT(LocateThenEdit):
 
         return memit_delta(keys, resid, self._covs[layer], self._lam)
 
-    def spread(self, lm: Any, batch: list[Any], targets: Any, templates: list[str], layers: list[int], lam: float,
+    def spread(self, lm: LM, batch: list[Any], targets: Any, templates: list[str], layers: list[int], lam: float,
                covs: dict[int, Any]) -> dict[str, float]:
         """Write the v* ``targets`` (edits x hidden, at the last edit layer) into the MLP output
         projections of ``layers`` with λ = ``lam`` and covariances ``covs`` by layer."""

@@ -15,9 +15,12 @@ are GPT-J's, except for llama-like families where EasyEdit's (clamp 4, weight de
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.editing import LLAMA_LIKE, Preset, match_preset, rule_layers
+
+if TYPE_CHECKING:
+    from lmcompose import LM
 
 __all__ = ["GPTJ_V", "LLAMA_V", "PRESETS", "preset_for", "rule_preset"]
 
@@ -39,6 +42,6 @@ def rule_preset(num_layers: int, model_type: str, d_ff: int) -> dict[str, Any]:
     return {"layers": rule_layers(num_layers), "mom2_update_weight": float(d_ff), **v}
 
 
-def preset_for(lm: Any) -> tuple[str, dict[str, Any]]:
+def preset_for(lm: LM) -> tuple[str, dict[str, Any]]:
     """(where the values come from, the values) for this model."""
     return match_preset(lm, PRESETS, rule_preset)

@@ -10,6 +10,7 @@ from lmcompose.interventions.calibrated import LayerwisePruner, groups_sharing_s
 from lmcompose_sparsegpt.config import SparseGPTConfig
 
 if TYPE_CHECKING:  # pragma: no cover - the statistics import torch; validating a config must not
+    from lmcompose import LM
     from lmcompose.calibration import Gram
 
 
@@ -37,7 +38,7 @@ class SparseGPT(LayerwisePruner):
     def observe(self, stats: Gram, x: Any) -> None:
         stats.add(x)
 
-    def process_layer(self, lm: Any, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:
+    def process_layer(self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:
         """Projections fed one tensor (q/k/v, gate/up) share H: their weights are stacked
         row-wise and pruned in one sweep (one Cholesky, one column loop), each block's
         unstructured mask still chosen within each matrix's own rows, so every matrix is

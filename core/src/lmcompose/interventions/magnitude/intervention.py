@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
 from lmcompose.interventions.common import Timer, selected_layers
 from lmcompose.interventions.magnitude.config import MagnitudeConfig
+
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
 
 class Magnitude(Intervention):
@@ -31,7 +34,7 @@ class Magnitude(Intervention):
         super().__init__(config)
         self.masks: dict[str, Any] = {}
 
-    def apply(self, lm: Any, ctx: Context) -> StepReport:
+    def apply(self, lm: LM, ctx: Context) -> StepReport:
         from lmcompose.interventions.magnitude.algorithm import prune_layer
 
         layers = selected_layers(lm, self.config, self.name)
@@ -50,5 +53,5 @@ class Magnitude(Intervention):
         rep.elapsed_s = t.elapsed
         return rep
 
-    def project(self, lm: Any) -> None:
+    def project(self, lm: LM) -> None:
         lm.rezero(self.masks)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
 from lmcompose.interventions.common import Timer, selected_layers
 from lmcompose.interventions.rtn.config import RTNConfig
+
+if TYPE_CHECKING:
+    from lmcompose.models.handle import LM
 
 
 class RTN(Intervention):
@@ -30,7 +33,7 @@ class RTN(Intervention):
         super().__init__(config)
         self.grids: dict[str, Any] = {}
 
-    def apply(self, lm: Any, ctx: Context) -> StepReport:
+    def apply(self, lm: LM, ctx: Context) -> StepReport:
         from lmcompose.interventions.rtn.algorithm import round_to_nearest
 
         layers = selected_layers(lm, self.config, self.name)
@@ -46,7 +49,7 @@ class RTN(Intervention):
         rep.elapsed_s = t.elapsed
         return rep
 
-    def project(self, lm: Any) -> None:
+    def project(self, lm: LM) -> None:
         for name, grid in self.grids.items():
             with lm.onloaded(name):
                 grid.snap_(lm.weight(name))
