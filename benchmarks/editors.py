@@ -48,6 +48,8 @@ def main() -> None:
             lm.restore(pristine)
             records = load_edits("counterfact", limit=n, seed=args.seed)
             ctx = Context(edits=records, seed=args.seed)
+            # the base model first in this context: the edit metric's locality-drift reference
+            next(m for m in metrics if m.name == "edit").compute(lm, ctx)
             if n not in base_ppl:
                 base_ppl[n] = next(m for m in metrics if m.name == "perplexity").compute(lm, ctx)["perplexity"]
             full = spec + ("," if ":" in spec else ":") + f"batches={batches}" if batches > 1 else spec
