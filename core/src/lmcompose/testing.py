@@ -62,6 +62,33 @@ def tiny_edits() -> list[Any]:
     return load_edits("records", limit=4, seed=0)
 
 
+def subject_final_edits() -> list[Any]:
+    """Edits whose prompt ends with the subject and whose target is one token of the tiny
+    tokenizer: on a random model the residual at the subject's last token then decides the
+    first target token directly, so an editor can make it the argmax (attention cannot carry it)."""
+    from lmcompose.api import EditRecord
+
+    pairs = [("The river town", "city"), ("Danny Glover", "country"), ("the Eiffel Tower", "water"), ("Berlin", "work")]
+    return [EditRecord(case_id=str(i), subject=s, prompt=f"What everyone says about {s}", target_new=t)
+            for i, (s, t) in enumerate(pairs)]
+
+
+def argmax_hits(lm: LM, records: list[Any]) -> list[bool]:
+    """Per edit: whether every target token is the greedy next token after the prompt."""
+    import torch
+
+    from lmcompose.metrics.edits import Scorer
+
+    sc = Scorer(lm, 16)
+    hits = []
+    for r in records:
+        p, t = sc.encode(r.prompt, r.target_new)
+        with torch.no_grad():
+            logits = lm.model(torch.tensor([p + t])).logits[0]
+        hits.append(logits[len(p) - 1 : len(p) + len(t) - 1].argmax(-1).tolist() == t)
+    return hits
+
+
 def capture_inputs(lm: LM, name: str, windows: Any) -> Any:
     """The inputs (tokens, in_features) that projection ``name`` sees when ``lm`` runs on
     ``windows`` one by one: for a layer-0 projection, exactly what a layer-sequential

@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lmcompose.api import Context, EditRecord
+from lmcompose.api import Context
 from lmcompose.compose import build_intervention, parse_step
 from lmcompose.errors import ConfigError
-from lmcompose.metrics.edits import Scorer
 from lmcompose.models.tiny import TINY_ARCHITECTURES, tiny_model
-from lmcompose.testing import InterventionConformance
+from lmcompose.testing import InterventionConformance, argmax_hits, subject_final_edits
 from lmcompose_alphaedit.algorithm import alphaedit_delta, null_space_projector
 from lmcompose_alphaedit.presets import preset_for
 
@@ -19,23 +18,6 @@ RANDOM_MODEL = "clamp_norm_factor=100,v_lr=0.2,v_num_grad_steps=40,v_weight_deca
 class TestAlphaEditConformance(InterventionConformance):
     intervention = "alphaedit"
     config = {**dict(kv.split("=") for kv in RANDOM_MODEL.split(",")), "v_num_grad_steps": 5, "context_templates": 2}
-
-
-def subject_final_edits() -> list[EditRecord]:
-    pairs = [("The river town", "city"), ("Danny Glover", "country"), ("the Eiffel Tower", "water"), ("Berlin", "work")]
-    return [EditRecord(case_id=str(i), subject=s, prompt=f"What everyone says about {s}", target_new=t)
-            for i, (s, t) in enumerate(pairs)]
-
-
-def argmax_hits(lm, records) -> list[bool]:
-    sc = Scorer(lm, 16)
-    hits = []
-    for r in records:
-        p, t = sc.encode(r.prompt, r.target_new)
-        with torch.no_grad():
-            logits = lm.model(torch.tensor([p + t])).logits[0]
-        hits.append(logits[len(p) - 1 : len(p) + len(t) - 1].argmax(-1).tolist() == t)
-    return hits
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)

@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lmcompose.api import Context, EditRecord
+from lmcompose.api import Context
 from lmcompose.compose import build_intervention, parse_step
 from lmcompose.errors import ConfigError
-from lmcompose.metrics.edits import Scorer
 from lmcompose.models.tiny import TINY_ARCHITECTURES, tiny_model
-from lmcompose.testing import InterventionConformance
+from lmcompose.testing import InterventionConformance, argmax_hits, subject_final_edits
 from lmcompose_finetune.config import LoRAConfig
 from lmcompose_finetune.intervention import attach_lora, lora_targets, merge_lora
 from lmcompose_finetune.training import train_on_edits
@@ -25,23 +24,6 @@ class TestFTConformance(InterventionConformance):
 class TestLoRAConformance(InterventionConformance):
     intervention = "lora"
     config = {"lr": 0.01, "steps": 3, "rank": 2}
-
-
-def subject_final_edits() -> list[EditRecord]:
-    pairs = [("The river town", "city"), ("Danny Glover", "country"), ("the Eiffel Tower", "water"), ("Berlin", "work")]
-    return [EditRecord(case_id=str(i), subject=s, prompt=f"What everyone says about {s}", target_new=t)
-            for i, (s, t) in enumerate(pairs)]
-
-
-def argmax_hits(lm, records) -> list[bool]:
-    sc = Scorer(lm, 16)
-    hits = []
-    for r in records:
-        p, t = sc.encode(r.prompt, r.target_new)
-        with torch.no_grad():
-            logits = lm.model(torch.tensor([p + t])).logits[0]
-        hits.append(logits[len(p) - 1 : len(p) + len(t) - 1].argmax(-1).tolist() == t)
-    return hits
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)

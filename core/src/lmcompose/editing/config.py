@@ -6,7 +6,42 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lmcompose.errors import ConfigError
+from lmcompose.errors import ConfigError, DataError
+
+
+def check_edit_selection(n_edits: int | None, layers: list[int] | None) -> None:
+    """The ``n_edits`` and ``layers`` fields every editor's config has: at least one edit,
+    distinct non-negative layers (None = the method's default)."""
+    if n_edits is not None and n_edits < 1:
+        raise ConfigError(f"n_edits={n_edits}: ask for at least one edit")
+    if layers is not None:
+        if not layers:
+            raise ConfigError("layers is empty: name at least one decoder layer")
+        if any(i < 0 for i in layers) or len(set(layers)) != len(layers):
+            raise ConfigError(f"layers={list(layers)} must be distinct non-negative layer indices")
+
+
+def check_layers_exist(step: str, layers: list[int], n_layers: int) -> None:
+    """Refuse edit layers the model does not have, naming its range."""
+    bad = [i for i in layers if i >= n_layers]
+    if bad:
+        raise ConfigError(f"step '{step}': layers {bad} do not exist; this model has decoder layers 0-{n_layers - 1}")
+
+
+def select_edits(step: str, edits: list[Any], n_edits: int | None, batches: int) -> list[Any]:
+    """The first ``n_edits`` of the run's edits (all when None), refusing none at all, more
+    than the run has, or more ``batches`` than edits."""
+    records = list(edits)
+    if not records:
+        raise DataError(f"step '{step}' needs edit requests: pass --dataset (and --edits N), or use the bundled 'records'")
+    if n_edits is not None:
+        if n_edits > len(records):
+            raise ConfigError(f"step '{step}': n_edits={n_edits} but the run has only {len(records)} edits; pass --edits {n_edits} or more")
+        records = records[:n_edits]
+    if batches > len(records):
+        raise ConfigError(f"step '{step}': batches={batches} but only {len(records)} edits; use at most {len(records)} batches")
+    return records
+
 
 #: the config fields a preset may fill (a config value that is set wins)
 VSTAR_HPARAMS = ("layers", "v_num_grad_steps", "v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor")
@@ -61,13 +96,7 @@ class LocateEditConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.n_edits is not None and self.n_edits < 1:
-            raise ConfigError(f"n_edits={self.n_edits}: ask for at least one edit")
-        if self.layers is not None:
-            if not self.layers:
-                raise ConfigError("layers is empty: name at least one decoder layer")
-            if any(i < 0 for i in self.layers) or len(set(self.layers)) != len(self.layers):
-                raise ConfigError(f"layers={list(self.layers)} must be distinct non-negative layer indices")
+        check_edit_selection(self.n_edits, self.layers)
         if self.batches and self.batch_size:
             raise ConfigError(f"batches={self.batches} and batch_size={self.batch_size}: give one of them (the other stays 0)")
         positive = ("v_lr", "clamp_norm_factor")

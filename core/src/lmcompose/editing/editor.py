@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
-from lmcompose.editing.config import VSTAR_HPARAMS
-from lmcompose.errors import ConfigError, DataError
+from lmcompose.editing.config import VSTAR_HPARAMS, check_layers_exist, select_edits
 
 if TYPE_CHECKING:
     import torch
@@ -60,24 +59,8 @@ class LocateThenEdit(Intervention):
         explicit = {k: getattr(self.config, k) for k in self.HPARAMS if getattr(self.config, k) is not None}
         values.update(explicit)
         values["layers"] = sorted(int(i) for i in values["layers"])
-        n_layers = len(decoder_layers(lm.model, lm.arch))
-        bad = [i for i in values["layers"] if i >= n_layers]
-        if bad:
-            raise ConfigError(f"step '{self.name}': layers {bad} do not exist; this model has decoder layers 0-{n_layers - 1}")
+        check_layers_exist(self.name, values["layers"], len(decoder_layers(lm.model, lm.arch)))
         return (where if not explicit else f"{where}, overridden: {', '.join(sorted(explicit))}"), values
-
-    def select_records(self, ctx: Context) -> list[Any]:
-        c = self.config
-        records = list(ctx.edits)
-        if not records:
-            raise DataError(f"step '{self.name}' needs edit requests: pass --dataset (and --edits N), or use the bundled 'records'")
-        if c.n_edits is not None:
-            if c.n_edits > len(records):
-                raise ConfigError(f"step '{self.name}': n_edits={c.n_edits} but the run has only {len(records)} edits; pass --edits {c.n_edits} or more")
-            records = records[: c.n_edits]
-        if c.batches > len(records):
-            raise ConfigError(f"step '{self.name}': batches={c.batches} but only {len(records)} edits; use at most {len(records)} batches")
-        return records
 
     def apply(self, lm: LM, ctx: Context) -> StepReport:
         from lmcompose.data import calibration_windows
@@ -87,7 +70,7 @@ class LocateThenEdit(Intervention):
 
         c = self.config
         start = time.perf_counter()
-        records = self.select_records(ctx)
+        records = select_edits(self.name, ctx.edits, c.n_edits, c.batches)
         source, hp = self.hparams(lm)
         layers = hp["layers"]
         z = layers[-1]

@@ -69,7 +69,6 @@ def through_post_norm(norm: Any, offset: float, out: torch.Tensor, change: torch
     hi = torch.ones_like(lo)
     while bool((excess(hi) > 0).any()):
         hi = torch.where(excess(hi) > 0, hi * 4 + 1, hi)
-    lo = torch.where(excess(lo) < 0, lo, lo)  # the hard case (y_j = 0 where g_j² is least) keeps lo
     for _ in range(200):
         mid = (lo + hi) / 2
         above = excess(mid) > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lmcompose.editing import check_edit_selection
 from lmcompose.errors import ConfigError
 
 
@@ -31,13 +32,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed of the adapter's initialisation (lora)"})
 
     def __post_init__(self) -> None:
-        if self.n_edits is not None and self.n_edits < 1:
-            raise ConfigError(f"n_edits={self.n_edits}: ask for at least one edit")
-        if self.layers is not None:
-            if not self.layers:
-                raise ConfigError("layers is empty: name at least one decoder layer")
-            if any(i < 0 for i in self.layers) or len(set(self.layers)) != len(self.layers):
-                raise ConfigError(f"layers={list(self.layers)} must be distinct non-negative layer indices")
+        check_edit_selection(self.n_edits, self.layers)
         if not self.lr > 0:
             raise ConfigError(f"lr={self.lr} must be > 0")
         if self.weight_decay < 0:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
-from lmcompose.editing import rule_layers
-from lmcompose.errors import ConfigError, DataError
+from lmcompose.editing import check_layers_exist, rule_layers, select_edits
+from lmcompose.errors import ConfigError
 from lmcompose.models.arch import decoder_layers, is_conv1d
 
 from lmcompose_finetune.config import FTConfig, LoRAConfig
@@ -28,25 +28,9 @@ class TrainedEdit(Intervention):
     kind = "edit"
     strength = StrengthKnob("n_edits", 1, 100000, integer=True)
 
-    def select_records(self, ctx: Context) -> list[Any]:
-        c = self.config
-        records = list(ctx.edits)
-        if not records:
-            raise DataError(f"step '{self.name}' needs edit requests: pass --dataset (and --edits N), or use the bundled 'records'")
-        if c.n_edits is not None:
-            if c.n_edits > len(records):
-                raise ConfigError(f"step '{self.name}': n_edits={c.n_edits} but the run has only {len(records)} edits; pass --edits {c.n_edits} or more")
-            records = records[: c.n_edits]
-        if c.batches > len(records):
-            raise ConfigError(f"step '{self.name}': batches={c.batches} but only {len(records)} edits; use at most {len(records)} batches")
-        return records
-
     def check_layers(self, lm: LM, default: list[int]) -> list[int]:
-        n = len(decoder_layers(lm.model, lm.arch))
         layers = sorted(int(i) for i in (self.config.layers if self.config.layers is not None else default))
-        bad = [i for i in layers if i >= n]
-        if bad:
-            raise ConfigError(f"step '{self.name}': layers {bad} do not exist; this model has decoder layers 0-{n - 1}")
+        check_layers_exist(self.name, layers, len(decoder_layers(lm.model, lm.arch)))
         return layers
 
     def check_offload(self, lm: LM) -> None:
@@ -75,7 +59,7 @@ class TrainedEdit(Intervention):
         c = self.config
         start = time.perf_counter()
         self.check_offload(lm)
-        records = self.select_records(ctx)
+        records = select_edits(self.name, ctx.edits, c.n_edits, c.batches)
         names = self.targets(lm)
         before = {n: lm.weight(n).detach().clone() for n in names}
         params = self.begin(lm, names)
