@@ -109,7 +109,7 @@ def main() -> None:
 
     c = step.config
     windows = calibration_windows(lm.tokenizer, c.stats_samples, min(c.stats_seqlen, lm.max_positions), c.stats_seed, ctx)
-    names = [f"{lm.arch.layers}.{i}.{lm.arch.mlp_out}" for i in hp["layers"]]
+    names = [f"{lm.arch.layers}.{i}.{lm.arch.mlp_out}" for i in hp.layers]
     start = time.perf_counter()
     second_moments(lm, names, windows, ctx.stats_dir())
     t_stats = time.perf_counter() - start
@@ -125,12 +125,12 @@ def main() -> None:
     if not args.skip_floor:
         fresh = load_model(args.model)  # the floor is measured on the unedited model (same cost)
         templates = d["templates"]
-        per_step = floor_step_seconds(fresh, records, templates, hp["layers"][0], c.max_batch_tokens)
+        per_step = floor_step_seconds(fresh, records, templates, hp.layers[0], c.max_batch_tokens)
         floor = d["vstar_forward_steps"] * per_step
 
     n_layers = len(decoder_layers(lm.model, lm.arch))
     print(f"\nMEMIT, {args.model} ({n_layers} layers), {len(records)} {args.dataset} edits (seed {args.seed}), fp32, "
-          f"{torch.get_num_threads()} threads; hyperparameters: {source}: {hp}")
+          f"{torch.get_num_threads()} threads; hyperparameters: {source}: {hp.as_dict()}")
     print(f"statistics: {d['stats_tokens']} tokens, {len(names)} layers: {t_stats:.1f} s (fresh)")
     print(f"edit: {t_edit:.1f} s = templates {d['templates_s']:.1f} + v* {d['vstar_s']:.1f} + update {d['update_s']:.1f} "
           f"(+ cache lookups); v* steps run {d['vstar_forward_steps']} (mean per edit {d['vstar_steps_mean']:.1f}), "
@@ -138,7 +138,7 @@ def main() -> None:
           f"first-step tokens {d['vstar_tokens_first_step']}")
     if floor is not None:
         print(f"floor: {d['vstar_forward_steps']} steps x {floor / d['vstar_forward_steps']:.2f} s "
-              f"(forward+backward of the whole v* batch from layer {hp['layers'][0]} up) = {floor:.1f} s; "
+              f"(forward+backward of the whole v* batch from layer {hp.layers[0]} up) = {floor:.1f} s; "
               f"edit / floor = {t_edit / floor:.2f}")
     if args.skip_quality:
         return

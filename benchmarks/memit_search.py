@@ -54,7 +54,7 @@ def main() -> None:
     templates = alg.context_templates(lm, c.context_templates, c.template_tokens, args.seed)
     windows = calibration_windows(lm.tokenizer, c.stats_samples, min(c.stats_seqlen, lm.max_positions), c.stats_seed, ctx)
     print(f"\n{args.model}, {len(records)} {args.dataset} edits (seed {args.seed}); optimisation settings from {source}: "
-          f"{ {k: v for k, v in hp.items() if k.startswith(('v_', 'clamp', 'kl'))} }")
+          f"{ {k: v for k, v in hp.as_dict().items() if k.startswith(('v_', 'clamp', 'kl'))} }")
     print(f"base: success {base['edit_success_prob']:.2f}, generalization {base['generalization_prob']:.2f}, "
           f"locality {base['locality_prob']:.2f}, perplexity {base['perplexity']:.2f}\n")
     print("| layers | lambda | success (prob) | generalization (prob) | locality (prob) | locality drift | success (f1) | perplexity |")

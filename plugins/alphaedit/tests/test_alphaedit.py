@@ -122,3 +122,11 @@ def test_presets_and_rule():
     where, values = preset_for(tiny_model("llama"))
     assert where.startswith("rule") and values["layers"] == [0] and "nullspace_threshold" not in values
     assert values["l2"] == 10.0
+
+
+def test_hyperparameters_resolve_into_a_frozen_config():
+    from lmcompose_alphaedit.config import AlphaEditHParams
+
+    source, hp = build_intervention(parse_step("alphaedit:l2=3")).hparams(tiny_model("llama"))
+    assert isinstance(hp, AlphaEditHParams) and hp.l2 == 3.0 and hp.nullspace_threshold is None
+    assert source.endswith("overridden: l2")

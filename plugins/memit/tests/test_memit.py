@@ -313,3 +313,22 @@ def test_stats_from_base_uses_the_unmodified_models_statistics(tmp_path):
     assert stats_files() > dense  # the default: statistics of the pruned model
     assert build_intervention(parse_step("memit:stats_from=base")).needs_base_model
     assert not build_intervention(parse_step("memit")).needs_base_model
+
+
+def test_hyperparameters_resolve_into_a_frozen_typed_config():
+    import dataclasses
+
+    from lmcompose_memit.config import MEMITHParams
+
+    lm = tiny_model("llama")
+    source, hp = build_intervention(parse_step("memit:v_lr=2,layers=1+0")).hparams(lm)
+    assert isinstance(hp, MEMITHParams) and source.endswith("overridden: layers, v_lr")
+    assert hp.layers == (0, 1) and hp.v_lr == 2.0 and isinstance(hp.v_num_grad_steps, int)
+    assert hp.mom2_update_weight == rule_preset(2, "llama", 128)["mom2_update_weight"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        hp.v_lr = 3.0  # type: ignore[misc]
+    assert hp.as_dict()["layers"] == [0, 1]
+    with pytest.raises(ConfigError, match="no value for mom2_update_weight"):
+        MEMITHParams.from_values({**rule_preset(2, "llama", 128), "mom2_update_weight": None}, "memit")
+    with pytest.raises(ConfigError, match="unknown hyperparameters l2"):
+        MEMITHParams.from_values({**rule_preset(2, "llama", 128), "l2": 1.0}, "memit")

@@ -30,8 +30,8 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    **dict.fromkeys(['LLAMA_LIKE', 'VSTAR_HPARAMS', 'LocateEditConfig', 'Preset', 'check_edit_selection',
-                     'check_layers_exist', 'rule_layers', 'select_edits'], 'config'),
+    **dict.fromkeys(['EditHParams', 'LLAMA_LIKE', 'VSTAR_HPARAMS', 'LocateEditConfig', 'Preset', 'check_edit_selection',
+                     'VStarSettings', 'check_layers_exist', 'rule_layers', 'select_edits'], 'config'),
     **dict.fromkeys(['PrefixKV', 'SplitGroup', 'Tail', 'compute_context', 'module_io', 'module_values_at', 'residual_after', 'residual_entering', 'split_forward'], 'forward'),
     **dict.fromkeys(['LocateThenEdit'], 'editor'),
     **dict.fromkeys(['bare_rows', 'edit_keys', 'iter_batches', 'match_preset', 'model_shape', 'spread_residual', 'template_key_mean', 'through_post_norm'], 'locate'),

@@ -3,8 +3,9 @@ for a model without one. Imports no torch: a study is validated without it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, TypeVar
 
 from lmcompose.errors import ConfigError, DataError
 
@@ -43,8 +44,79 @@ def select_edits(step: str, edits: list[Any], n_edits: int | None, batches: int)
     return records
 
 
+@dataclass(frozen=True)
+class VStarSettings:
+    """The v* optimisation's hyperparameters, every value set (MEMIT's compute_z)."""
+
+    v_num_grad_steps: int
+    v_lr: float
+    v_weight_decay: float
+    clamp_norm_factor: float
+    kl_factor: float
+
+    @classmethod
+    def of(cls, values: VStarSettings | Mapping[str, Any]) -> VStarSettings:
+        """These settings from resolved hyperparameters or a mapping with (at least) their names."""
+        if isinstance(values, VStarSettings):
+            return values
+        missing = [f.name for f in fields(cls) if f.name not in values]
+        if missing:
+            raise ConfigError(f"v* settings lack {', '.join(missing)}: give every one of {', '.join(f.name for f in fields(cls))}")
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+
+H = TypeVar("H", bound="EditHParams")
+
+
+@dataclass(frozen=True)
+class EditHParams(VStarSettings):
+    """A locate-then-edit method's hyperparameters for one model, resolved: the preset's
+    values with the config's explicit ones over them. A method adds its own fields in a
+    subclass (MEMIT: ``mom2_update_weight``); ``from_values`` checks and converts them."""
+
+    layers: tuple[int, ...]
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The config fields a preset may fill, in declaration order."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_values(cls: type[H], values: Mapping[str, Any], where: str) -> H:
+        """Resolved hyperparameters from a preset's values merged with the config's; ``where``
+        names their source in the message for a missing or unknown one."""
+        names = cls.names()
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ConfigError(f"{where}: unknown hyperparameters {', '.join(unknown)}; known: {', '.join(names)}")
+        optional = {f.name for f in fields(cls) if f.default is None}
+        missing = [n for n in names if values.get(n) is None and n not in optional]
+        if missing:
+            raise ConfigError(f"{where}: no value for {', '.join(missing)}; set it in the step's config")
+        out: dict[str, Any] = {}
+        for f in fields(cls):
+            v = values.get(f.name)
+            if f.name == "layers":
+                out[f.name] = tuple(sorted(int(i) for i in v))
+            elif v is None:
+                out[f.name] = None
+            elif str(f.type).startswith("int"):
+                out[f.name] = int(v)
+            elif str(f.type).startswith("float"):
+                out[f.name] = float(v)
+            else:
+                out[f.name] = v
+        return cls(**out)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for a report (layers as a list)."""
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+
 #: the config fields a preset may fill (a config value that is set wins)
-VSTAR_HPARAMS = ("layers", "v_num_grad_steps", "v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor")
+VSTAR_HPARAMS = EditHParams.names()
 
 
 @dataclass

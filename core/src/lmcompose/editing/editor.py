@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
-from lmcompose.editing.config import VSTAR_HPARAMS, check_layers_exist, select_edits
+from lmcompose.editing.config import EditHParams, check_layers_exist, select_edits
 
 if TYPE_CHECKING:
     import torch
@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 
 class LocateThenEdit(Intervention):
     """Base of locate-then-edit editors (MEMIT, AlphaEdit): v*, keys and the spread are shared;
-    a subclass names its ``HPARAMS`` (config fields its presets fill), ``preset_for(lm)``,
-    and ``solve``; it may keep state across the batches of one step (``begin``, ``end_batch``).
+    a subclass names its ``HParams`` (the frozen hyperparameters its presets fill, an
+    ``EditHParams`` with the method's own fields), ``preset_for(lm)`` and ``solve``; it may
+    keep state across the batches of one step (``begin``, ``end_batch``).
 
     Lifecycle: ``apply`` takes the first ``n_edits`` of ``ctx.edits``, computes the key
     covariance of every edit layer (cached), calls ``begin``, then for each batch optimises
@@ -29,7 +30,7 @@ class LocateThenEdit(Intervention):
 
     kind = "edit"
     strength = StrengthKnob("n_edits", 1, 100000, integer=True)
-    HPARAMS: tuple[str, ...] = VSTAR_HPARAMS
+    HParams: type[EditHParams] = EditHParams
 
     @property
     def needs_base_model(self) -> bool:  # type: ignore[override]
@@ -39,7 +40,7 @@ class LocateThenEdit(Intervention):
     def preset_for(self, lm: LM) -> tuple[str, dict[str, Any]]:
         raise NotImplementedError
 
-    def begin(self, lm: LM, hp: dict[str, Any], covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
+    def begin(self, lm: LM, hp: Any, covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
         """Prepare the method's state for this step (covariances by layer); returns details for the report."""
         return {}
 
@@ -51,16 +52,18 @@ class LocateThenEdit(Intervention):
         """After a batch is written (the weights hold it)."""
 
     # ------------------------------------------------------------------ shared
-    def hparams(self, lm: LM) -> tuple[str, dict[str, Any]]:
-        """The hyperparameters for ``lm``: config fields that are set, the preset for the rest."""
+    def hparams(self, lm: LM) -> tuple[str, Any]:
+        """(where they come from, the hyperparameters for ``lm``, an instance of ``HParams``):
+        config fields that are set, the preset for the rest."""
         from lmcompose.models.arch import decoder_layers
 
         where, values = self.preset_for(lm)
-        explicit = {k: getattr(self.config, k) for k in self.HPARAMS if getattr(self.config, k) is not None}
+        explicit = {k: getattr(self.config, k) for k in self.HParams.names() if getattr(self.config, k) is not None}
         values.update(explicit)
-        values["layers"] = sorted(int(i) for i in values["layers"])
-        check_layers_exist(self.name, values["layers"], len(decoder_layers(lm.model, lm.arch)))
-        return (where if not explicit else f"{where}, overridden: {', '.join(sorted(explicit))}"), values
+        source = where if not explicit else f"{where}, overridden: {', '.join(sorted(explicit))}"
+        hp = self.HParams.from_values(values, f"step '{self.name}' ({source})")
+        check_layers_exist(self.name, list(hp.layers), len(decoder_layers(lm.model, lm.arch)))
+        return source, hp
 
     def apply(self, lm: LM, ctx: Context) -> StepReport:
         from lmcompose.data import calibration_windows
@@ -72,7 +75,7 @@ class LocateThenEdit(Intervention):
         start = time.perf_counter()
         records = select_edits(self.name, ctx.edits, c.n_edits, c.batches)
         source, hp = self.hparams(lm)
-        layers = hp["layers"]
+        layers = list(hp.layers)
         z = layers[-1]
         arch = lm.arch
         out_names = {i: f"{arch.layers}.{i}.{arch.mlp_out}" for i in layers}
@@ -113,7 +116,7 @@ class LocateThenEdit(Intervention):
         for b, idx in enumerate(batches):
             batch = [records[i] for i in idx]
             t0 = time.perf_counter()
-            with ctx.progress.task(f"{self.name} v* ({len(batch)} edits)", int(hp["v_num_grad_steps"])) as advance:
+            with ctx.progress.task(f"{self.name} v* ({len(batch)} edits)", hp.v_num_grad_steps) as advance:
                 vs = optimize_vstar(lm, batch, templates, z, hp, c.early_stop_loss, c.max_batch_tokens,
                                     c.compute_dtype, advance)
             timings["vstar_s"] += time.perf_counter() - t0
@@ -131,7 +134,7 @@ class LocateThenEdit(Intervention):
             timings["update_s"] += time.perf_counter() - t0
 
         rep = self.report(
-            n_edits=len(records), layers=layers, hparams=hp, hparams_source=source, batches=len(batches),
+            n_edits=len(records), layers=layers, hparams=hp.as_dict(), hparams_source=source, batches=len(batches),
             templates=templates, stats_tokens=int(next(iter(stats.values()))["tokens"]), stats_cached=stats_cached,
             stats_fingerprints={n: s["fingerprint"] for n, s in stats.items()},
             vstar_forward_steps=forward_steps, vstar_steps_mean=sum(vstar_steps) / len(vstar_steps),

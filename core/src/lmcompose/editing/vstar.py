@@ -3,13 +3,14 @@ and the context templates it is optimised over. See lmcompose.editing for the ba
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lmcompose.api import EditRecord
+from lmcompose.editing.config import VStarSettings
 from lmcompose.editing.forward import Tail, compute_context, split_forward
 from lmcompose.editing.rows import pad_id, pad_right, prefix_groups, rewrite_rows, target_ids
 
@@ -81,9 +82,11 @@ def row_adam(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
     p[a] = p[a] - (lr / bc1) * m[a] / denom
 
 
-def optimize_vstar(lm: LM, records: Sequence[EditRecord], templates: Sequence[str], z: int, hp: dict[str, Any],
+def optimize_vstar(lm: LM, records: Sequence[EditRecord], templates: Sequence[str], z: int, hp: VStarSettings | Mapping[str, Any],
                    early_stop: float, max_tokens: int, compute_dtype: str = "auto", advance: Any = None) -> VStarResult:
-    """MEMIT compute_z for every edit at once (see the module docstring)."""
+    """MEMIT compute_z for every edit at once (see the module docstring); ``hp`` gives the
+    optimisation's settings (resolved hyperparameters, or a mapping with their names)."""
+    hp = VStarSettings.of(hp)
     tok = lm.tokenizer
     rows = rewrite_rows(tok, records, templates)
     n_edits = len(records)
@@ -140,7 +143,7 @@ def optimize_vstar(lm: LM, records: Sequence[EditRecord], templates: Sequence[st
     final_nll: list[float] = [0.0] * n_edits
     forward_steps = 0
     tokens_first = 0
-    n_steps = int(hp["v_num_grad_steps"])
+    n_steps = hp.v_num_grad_steps
     params = [p for p in lm.model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
@@ -184,8 +187,8 @@ def optimize_vstar(lm: LM, records: Sequence[EditRecord], templates: Sequence[st
                 kl_init[edits_now] = kl_now.detach()
             kl = kl_term(kl_now, kl_init[edits_now])
             idx = torch.tensor(edits_now, device=dev)
-            wd = hp["v_weight_decay"] * d[idx].norm(dim=1) / init_norm[idx] ** 2
-            loss = nll[idx] + hp["kl_factor"] * kl + wd
+            wd = hp.v_weight_decay * d[idx].norm(dim=1) / init_norm[idx] ** 2
+            loss = nll[idx] + hp.kl_factor * kl + wd
             forward_steps += 1
             values = loss.detach().cpu().tolist()
             nll_values = nll[idx].detach().cpu().tolist()
@@ -205,8 +208,8 @@ def optimize_vstar(lm: LM, records: Sequence[EditRecord], templates: Sequence[st
             grad = d.grad.detach()
             now = torch.zeros(n_edits, dtype=torch.bool, device=dev)
             now[idx[go]] = True
-            row_adam(delta, grad, m, v, t, float(hp["v_lr"]), now)
-            max_norm = hp["clamp_norm_factor"] * init_norm
+            row_adam(delta, grad, m, v, t, hp.v_lr, now)
+            max_norm = hp.clamp_norm_factor * init_norm
             norms = delta.norm(dim=1)
             scale = torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12), torch.ones_like(norms))
             delta = delta * scale.unsqueeze(1)

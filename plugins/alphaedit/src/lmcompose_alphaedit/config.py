@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lmcompose.editing import LocateEditConfig
+from lmcompose.editing import EditHParams, LocateEditConfig
 from lmcompose.errors import ConfigError
 
 
@@ -27,3 +27,12 @@ class AlphaEditConfig(LocateEditConfig):
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ConfigError(f"{name}={v} must be > 0")
+
+
+@dataclass(frozen=True)
+class AlphaEditHParams(EditHParams):
+    """AlphaEdit's hyperparameters for one model, resolved. ``nullspace_threshold`` None: the
+    rule's threshold, derived from each layer's covariance when the step runs."""
+
+    l2: float
+    nullspace_threshold: float | None = None

@@ -6,15 +6,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context
-from lmcompose.editing import VSTAR_HPARAMS, LocateThenEdit
+from lmcompose.editing import LocateThenEdit
 
-from lmcompose_alphaedit.config import AlphaEditConfig
+from lmcompose_alphaedit.config import AlphaEditConfig, AlphaEditHParams
 
 if TYPE_CHECKING:
     import torch
     from lmcompose import LM
-
-HPARAMS = (*VSTAR_HPARAMS, "nullspace_threshold", "l2")
 
 
 class AlphaEdit(LocateThenEdit):
@@ -34,26 +32,26 @@ class AlphaEdit(LocateThenEdit):
 
     name = "alphaedit"
     Config = AlphaEditConfig
-    HPARAMS = HPARAMS
+    HParams = AlphaEditHParams
 
     def preset_for(self, lm: LM) -> tuple[str, dict[str, Any]]:
         from lmcompose_alphaedit.presets import preset_for
 
         return preset_for(lm)
 
-    def begin(self, lm: LM, hp: dict[str, Any], covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
+    def begin(self, lm: LM, hp: AlphaEditHParams, covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
         import torch
 
         from lmcompose_alphaedit.algorithm import null_space_projector
         from lmcompose_alphaedit.presets import RELATIVE_THRESHOLD
 
-        self._l2 = float(hp["l2"])
+        self._l2 = hp.l2
         self._projectors: dict[int, torch.Tensor] = {}
         self._previous: dict[int, torch.Tensor] = {}
         dims: dict[int, int] = {}
         thresholds: dict[int, float] = {}
         for layer, cov in covs.items():
-            t = hp.get("nullspace_threshold")
+            t = hp.nullspace_threshold
             if t is None:  # the rule: relative to the spectrum's scale
                 t = RELATIVE_THRESHOLD * float(torch.diagonal(cov.double()).mean())
             thresholds[layer] = float(t)

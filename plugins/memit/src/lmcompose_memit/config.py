@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lmcompose.editing import LocateEditConfig
+from lmcompose.editing import EditHParams, LocateEditConfig
 from lmcompose.errors import ConfigError
 
 
@@ -23,3 +23,10 @@ class MEMITConfig(LocateEditConfig):
         v = self.mom2_update_weight
         if v is not None and not v > 0:
             raise ConfigError(f"mom2_update_weight={v} must be > 0")
+
+
+@dataclass(frozen=True)
+class MEMITHParams(EditHParams):
+    """MEMIT's hyperparameters for one model, resolved (the preset under the config's values)."""
+
+    mom2_update_weight: float

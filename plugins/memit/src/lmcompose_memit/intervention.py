@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context
-from lmcompose.editing import VSTAR_HPARAMS, LocateThenEdit
+from lmcompose.editing import LocateThenEdit
 
 if TYPE_CHECKING:
     import torch
     from lmcompose import LM
 
-from lmcompose_memit.config import MEMITConfig
-
-HPARAMS = (*VSTAR_HPARAMS, "mom2_update_weight")
+from lmcompose_memit.config import MEMITConfig, MEMITHParams
 
 
 class MEMIT(LocateThenEdit):
@@ -33,15 +31,15 @@ class MEMIT(LocateThenEdit):
 
     name = "memit"
     Config = MEMITConfig
-    HPARAMS = HPARAMS
+    HParams = MEMITHParams
 
     def preset_for(self, lm: LM) -> tuple[str, dict[str, Any]]:
         from lmcompose_memit.presets import preset_for
 
         return preset_for(lm)
 
-    def begin(self, lm: LM, hp: dict[str, Any], covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
-        self._lam = float(hp["mom2_update_weight"])
+    def begin(self, lm: LM, hp: MEMITHParams, covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
+        self._lam = hp.mom2_update_weight
         self._covs = covs
         return {}
 
