@@ -116,3 +116,33 @@ def test_validate(tmp_path):
 def test_data_dir_must_exist(tmp_path):
     res = invoke("--data-dir", str(tmp_path / "nope"), "plugins")
     assert res.exit_code == 2 and "not a folder" in res.output
+
+
+def _data_folder(folder, text):
+    (folder / "wikitext-2-raw").mkdir(parents=True)
+    for name in ("wiki.test.raw", "wiki.train.raw", "wiki.valid.raw"):
+        (folder / "wikitext-2-raw" / name).write_text(text)
+    return folder
+
+
+def test_data_dir_reaches_the_run_through_its_context_not_the_environment(tiny_folder, tmp_path, monkeypatch):
+    import os
+
+    import yaml
+
+    monkeypatch.delenv("LMCOMPOSE_DATA_DIR", raising=False)
+    data = _data_folder(tmp_path / "data", " = Valkyria = \n\n" + "The game is a tactical role playing game .\n" * 300)
+    for command in (["run", tiny_folder, "magnitude:sparsity=0.5"],
+                    ["sweep", tiny_folder, "magnitude", "--vary", "magnitude.sparsity=0.25,0.5", "--no-plots"]):
+        out = tmp_path / command[0]
+        res = invoke("--data-dir", str(data), *command, "--out", str(out), *FAST, "--metrics", "perplexity")
+        assert res.exit_code == 0, res.output
+        assert "LMCOMPOSE_DATA_DIR" not in os.environ  # nothing outlives the command
+        config = yaml.safe_load((out / "config.yaml").read_text())
+        assert config["data_dir"] == str(data.resolve())
+        assert config["inputs"]["corpora"]["test"].startswith("wiki.test.raw:"), config["inputs"]["corpora"]
+    # the same run without the folder reads the bundled sample (the context was the only source)
+    res = invoke("run", tiny_folder, "magnitude:sparsity=0.5", "--out", str(tmp_path / "plain"), *FAST, "--metrics", "perplexity")
+    assert res.exit_code == 0, res.output
+    config = yaml.safe_load((tmp_path / "plain" / "config.yaml").read_text())
+    assert config["inputs"]["corpora"]["test"] == "bundled:sample_text.txt"

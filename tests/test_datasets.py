@@ -86,3 +86,28 @@ def test_text_file_corpus_and_calibration_windows(tmp_path):
     import torch
 
     assert torch.equal(Context(seed=1).calibration_batches(lm, 4, 32), windows)
+
+
+def test_the_context_data_folder_wins_over_the_environment(tmp_path, monkeypatch):
+    import json
+
+    from lmcompose.api import Context
+    from lmcompose.compose import load_edits
+    from lmcompose.data import wikitext_rows
+    from lmcompose.datasets import WikiText2
+    from lmcompose_counterfact.dataset import CounterFact
+
+    bundled = load_edits("counterfact", seed=None)  # the bundled sample: no folder anywhere
+    mine = tmp_path / "mine"
+    (mine / "counterfact").mkdir(parents=True)
+    (mine / "counterfact" / "counterfact.json").write_text(json.dumps(json.loads(CounterFact.sample.read_text())[:3]))
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("LMCOMPOSE_DATA_DIR", str(tmp_path / "empty"))  # set, but the run's folder wins
+    got = load_edits("counterfact", seed=None, ctx=Context(data_dir=mine))
+    assert len(got) < len(bundled) and [r.case_id for r in got] == [r.case_id for r in bundled[: len(got)]]
+    assert load_edits("counterfact", seed=None) == bundled  # the environment's (empty) folder: the sample again
+    (mine / "wikitext-2-raw").mkdir()
+    (mine / "wikitext-2-raw" / "wiki.test.raw").write_text(" = A = \n\nword\n")
+    corpus = WikiText2()
+    corpus.data_dir = mine
+    assert corpus.load_text("test") == "\n\n".join(wikitext_rows(" = A = \n\nword\n"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from lmcompose.compose import load_edits
-from lmcompose.errors import UsageError
+from lmcompose.errors import ConfigError, UsageError
 from lmcompose.models.tiny import tiny_model
 from lmcompose.results import read_rows
 from lmcompose.studies import Study, StudyError
@@ -376,3 +376,25 @@ def test_threads_follow_the_cores_this_process_may_use(tmp_path, monkeypatch):
     assert torch.get_num_threads() == before
     with pytest.raises(Exception, match="--threads 0"):
         threads.set_threads(0)
+
+
+def test_a_study_reads_the_data_folder_it_is_given(tiny_folder, tmp_path, monkeypatch):
+    from lmcompose.api import Progress
+    from lmcompose.studies.runner import StudyWork, study_context
+
+    monkeypatch.delenv("LMCOMPOSE_DATA_DIR", raising=False)
+    data = tmp_path / "data" / "wikitext-2-raw"
+    data.mkdir(parents=True)
+    for name in ("wiki.test.raw", "wiki.train.raw", "wiki.valid.raw"):
+        (data / name).write_text(" = Valkyria = \n\n" + "The game is a tactical role playing game .\n" * 300)
+    spec = quick(tiny_folder, datasets=[{"name": "records"}], metrics=["perplexity"], edits=1,
+                 compressors=[{"step": "magnitude", "vary": {"sparsity": [0.5]}}])
+    result = run_study(Study.from_mapping(spec), out=tmp_path / "s", threads=1, data_dir=data.parent, report=False)
+    assert not result.missing
+    config = yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())
+    assert config["inputs"]["corpora"]["test"].startswith("wiki.test.raw:")
+    work = StudyWork(Study.from_mapping(spec).data, "tiny-quick", "cpu", data.parent)  # what a Ray worker gets
+    assert study_context(work.study(), Progress()).data_dir == data.parent
+    with pytest.raises(ConfigError, match="data folder .* does not exist"):
+        run_study(Study.from_mapping(spec), out=tmp_path / "t", data_dir=tmp_path / "nope")
+    assert not (tmp_path / "t").exists()

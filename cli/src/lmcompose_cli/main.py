@@ -27,6 +27,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 DEBUG_ENV = "LMCOMPOSE_DEBUG"
+DATA_DIR_KEY = "lmcompose.data_dir"
 
 
 def describe_failure(exc: BaseException) -> tuple[str, str, int]:
@@ -89,13 +90,13 @@ def main_options(
     ctx: typer.Context,
     strict: Annotated[bool, typer.Option("--strict", help="Fail when any plugin fails to load (default: report and go on).")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error, not only its message.")] = False,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder laid out like shared/data (wikitext-2-raw/, counterfact/, ...); sets LMCOMPOSE_DATA_DIR.")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder laid out like shared/data (wikitext-2-raw/, counterfact/, ...) for this command (over LMCOMPOSE_DATA_DIR).")] = None,
 ) -> None:
     if data_dir is not None:
         if not data_dir.is_dir():
             err_console.print(f"[bold red]error:[/] --data-dir {data_dir} is not a folder")
             raise typer.Exit(2)
-        os.environ["LMCOMPOSE_DATA_DIR"] = str(data_dir.resolve())
+        ctx.meta[DATA_DIR_KEY] = data_dir.resolve()  # reaches the run through its settings and context
     if strict:
         os.environ["LMCOMPOSE_STRICT_PLUGINS"] = "1"
     ctx.meta[DEBUG_ENV] = debug  # this invocation only (an environment variable would outlive it)
@@ -301,11 +302,20 @@ class RichProgress(Progress):
         err_console.print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True)
 
 
-def _settings(config: Path | None, **flags: Any):
+def _data_dir(ctx: typer.Context) -> Path | None:
+    """This invocation's --data-dir (None: the settings' data_dir, else LMCOMPOSE_DATA_DIR)."""
+    return ctx.meta.get(DATA_DIR_KEY)
+
+
+def _settings(ctx: typer.Context, config: Path | None, **flags: Any):
     from lmcompose.compose import RunSettings
 
     base = RunSettings.from_file(config) if config is not None else RunSettings()
-    return base.merged(**flags)
+    return base.merged(data_dir=_as_str(_data_dir(ctx)), **flags)
+
+
+def _as_str(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 def _apply_metric_flags(settings: Any, ppl_tokens: str | None, ppl_seqlen: int | None) -> None:
@@ -371,6 +381,7 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
 @app.command(epilog="Examples: lmcompose run smollm2-135m magnitude:sparsity=0.5 rtn:bits=4 --out runs/x; "
              "lmcompose run gemma3-270m magnitude:structure=2:4 --ppl-tokens all; lmcompose run -c experiment.yaml")
 def run(
+    ctx: typer.Context,
     model: Annotated[str | None, typer.Argument(help="Named model (smollm2-135m, gemma3-270m), model folder, .gguf file, or hub id.", show_default=False)] = None,
     steps: Annotated[list[str] | None, typer.Argument(help="Steps in order: name[:field=value,...] (e.g. magnitude:sparsity=0.5 rtn:bits=4).", show_default=False)] = None,
     out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder for config.yaml and results.jsonl.")] = None,
@@ -397,7 +408,7 @@ def run(
 ) -> None:
     """Apply STEPs to MODEL in order; evaluate every metric on the base model and after each step."""
     settings = _settings(
-        config, model=model, steps=list(steps) if steps else None, out=out, dataset=dataset,
+        ctx, config, model=model, steps=list(steps) if steps else None, out=out, dataset=dataset,
         dataset_source=dataset_source, edits=edits, seed=seed, policy=policy, protocol=protocol,
         skip_invalid=True if skip_invalid else None,
         metrics=_metric_names(metrics),
@@ -459,6 +470,7 @@ def print_report(report: Any, tables: int | None = None) -> None:
              "lmcompose sweep smollm2-135m magnitude rtn:group_size=64 --vary rtn.bits=8,4,3 --orders 'magnitude,rtn;rtn,magnitude'; "
              "lmcompose sweep -c sweep.yaml")
 def sweep(
+    ctx: typer.Context,
     model: Annotated[str | None, typer.Argument(help="Named model (smollm2-135m, gemma3-270m), model folder, .gguf file, or hub id.", show_default=False)] = None,
     steps: Annotated[list[str] | None, typer.Argument(help="The steps to compose: name[:field=value,...] (e.g. memit wanda).", show_default=False)] = None,
     vary: Annotated[str | None, typer.Option("--vary", help="The field to sweep: STEP.FIELD=v1,v2,... (e.g. wanda.sparsity=0.25,0.5,0.75).")] = None,
@@ -501,7 +513,7 @@ def sweep(
         device=device, dtype=dtype, vary=vary, orders=orders, replicates=replicates, snapshots=snapshots,
         device_map=device_map, max_memory=max_memory, revision=revision,
         topk=topk, calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen, save_cells=save_cells,
-        ppl_corpus=ppl_corpus, calibration_corpus=calibration_corpus,
+        ppl_corpus=ppl_corpus, calibration_corpus=calibration_corpus, data_dir=_as_str(_data_dir(ctx)),
     )
     _apply_metric_flags(settings, ppl_tokens, ppl_seqlen)
     settings.validate()
@@ -626,6 +638,7 @@ class StudyProgress(RichProgress):
              "lmcompose study studies/paper.yaml --executor ray --ray-address 10.0.0.5:6379 --cpus-per-task 4 --gpus-per-task 0.25; "
              "lmcompose study studies/paper.yaml --shard 2/4 --out runs/paper-2; lmcompose study studies/paper.yaml --plan")
 def study(
+    ctx: typer.Context,
     study_file: Annotated[Path, typer.Argument(metavar="STUDY.yaml", help="The study file (see docs/studies.md).", show_default=False)],
     out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder (default runs/study-<name>-<id>); rerun the same command to resume.")] = None,
     executor: Annotated[str, typer.Option("--executor", help="local (this process) or ray (tasks on a Ray cluster).")] = "local",
@@ -658,7 +671,7 @@ def study(
     with progress.rp:
         result = run_study(spec, out=out, executor=executor, ray_address=ray_address, cpus_per_task=cpus_per_task,
                            gpus_per_task=gpus_per_task, threads=threads, shard=shard, device=device,
-                           progress=progress, on_progress=progress.on_event, plots=plots, save_cells=save_cells)
+                           data_dir=_data_dir(ctx), progress=progress, on_progress=progress.on_event, plots=plots, save_cells=save_cells)
     if result.report is not None:
         print_report(result.report, tables=1)
     for failure in result.failures:
@@ -731,6 +744,7 @@ def models(prepare: Annotated[bool, typer.Option("--prepare", help="Convert ever
 @app.command(epilog="Examples: lmcompose export runs/x --format compressed-tensors --out exported/x; "
              "lmcompose export saved-model/ --out exported/y")
 def export(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A `lmcompose run` folder (its steps are replayed: runs keep results, not weights) or a folder written by LM.save.", show_default=False)],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to write the checkpoint to (default RUN/export-FORMAT).")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="Checkpoint format: compressed-tensors (int weights + scales, sparsity declared; needs pip install 'lmcompose-cli\\[export]').")] = "compressed-tensors",
@@ -744,7 +758,8 @@ def export(
     target = out if out is not None else run_dir / f"export-{fmt}"
     progress = RichProgress()
     with progress.rp:
-        written = export_model(run_dir, target, fmt, progress, quantization_format=quantization_format, overwrite=overwrite)
+        written = export_model(run_dir, target, fmt, progress, quantization_format=quantization_format, overwrite=overwrite,
+                               data_dir=_data_dir(ctx))
     console.print(f"wrote {fmt} checkpoint: {written}")
 
 

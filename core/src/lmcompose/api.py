@@ -491,12 +491,14 @@ class EditDataset:
     ``limit`` records of a seeded permutation (``seed=None``: file order); replicate k of
     size ``limit`` never overlaps replicate j; ``skip_invalid`` skips malformed records
     instead of raising. Messages for the user (sample data used, records skipped) go to
-    ``self.notes``.
+    ``self.notes``. ``data_dir`` is the data folder to look in: the engine sets it from the
+    run's ``Context.data_dir``; None means LMCOMPOSE_DATA_DIR.
     """
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "edits"
     notes: list[str]
+    data_dir: Path | None = None
 
     def load(self, source: str | Path | None = None, limit: int | None = None, seed: int | None = 0,
              replicate: int = 0, skip_invalid: bool = False) -> list[EditRecord]:  # pragma: no cover
@@ -504,11 +506,13 @@ class EditDataset:
 
 
 class TextCorpus:
-    """A text corpus for perplexity and calibration: ``load_text(split, source) -> str``."""
+    """A text corpus for perplexity and calibration: ``load_text(split, source) -> str``
+    (``data_dir`` as for :class:`EditDataset`)."""
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "text"
     splits: ClassVar[tuple[str, ...]] = ()
+    data_dir: Path | None = None
 
     def load_text(self, split: str, source: str | Path | None = None) -> str:  # pragma: no cover
         raise NotImplementedError

@@ -232,9 +232,10 @@ class RunSettings:
                           device_map=self.device_map, max_memory=self.max_memory, revision=self.revision)
 
     def context(self, progress: Progress | None = None) -> Context:
-        """The Context these settings give a run: seed, device, dtype, corpora."""
+        """The Context these settings give a run: seed, device, dtype, corpora, data folder."""
         return Context(seed=self.seed, device=self.device, dtype=self.effective_dtype, progress=progress or Progress(),
-                       ppl_corpus=self.ppl_corpus, calibration_corpus=self.calibration_corpus)
+                       ppl_corpus=self.ppl_corpus, calibration_corpus=self.calibration_corpus,
+                       data_dir=Path(self.data_dir).expanduser().resolve() if self.data_dir else None)
 
     def run_id(self) -> str:
         key = {k: v for k, v in self.resolved().items() if k not in LOCAL_SETTINGS}
@@ -334,9 +335,11 @@ def resolve_metrics(metrics: Sequence[str] | Sequence[Metric] | None,
 def load_edits(dataset: str, source: str | Path | None = None, limit: int | None = None, seed: int | None = 0,
                replicate: int = 0, skip_invalid: bool = False, ctx: Context | None = None) -> list[EditRecord]:
     """Load edit requests from a registered edit dataset (``limit`` records, replicate
-    ``replicate`` of a seeded permutation). Notes (sample data used, records skipped) go to
-    ``ctx`` when given."""
+    ``replicate`` of a seeded permutation), from ``ctx.data_dir`` (else LMCOMPOSE_DATA_DIR).
+    Notes (sample data used, records skipped) go to ``ctx`` when given."""
     ds = edit_dataset_class(dataset)()
+    if ctx is not None and ctx.data_dir is not None:
+        ds.data_dir = ctx.data_dir
     kwargs: dict[str, Any] = {"source": source, "limit": limit, "seed": seed}
     if replicate:
         kwargs["replicate"] = replicate
@@ -368,24 +371,22 @@ _Settings = TypeVar("_Settings", bound=RunSettings)
 
 def prepare(settings: _Settings) -> tuple[_Settings, tuple[list[Intervention], list[Metric]]]:
     """What `run` and `sweep` do before anything is written: apply the protocol, validate,
-    point LMCOMPOSE_DATA_DIR at ``data_dir``, and check the device against this machine.
-    Returns the effective settings and what validation built."""
-    import os
-
+    check the data folder, the device against this machine and the corpora asked for.
+    Returns the effective settings and what validation built. The data folder reaches the
+    run through its context (``settings.context()``); the environment is never written."""
     from lmcompose.models.loading import resolve_device, resolve_device_map
 
     settings = settings.with_protocol()
     checked = settings.validate()
     if settings.data_dir:
-        if not Path(settings.data_dir).is_dir():
-            raise ConfigError(f"data folder {settings.data_dir!r} does not exist")
-        os.environ["LMCOMPOSE_DATA_DIR"] = str(Path(settings.data_dir).resolve())
+        if not Path(settings.data_dir).expanduser().is_dir():
+            raise ConfigError(f"data folder {settings.data_dir!r} does not exist; name a folder laid out like shared/data")
     resolve_device(settings.device)
     if settings.device_map is not None:
         resolve_device_map(settings.device_map)
     from lmcompose.corpora import check_corpora
 
-    check_corpora(settings.ppl_corpus, settings.calibration_corpus)
+    check_corpora(settings.ppl_corpus, settings.calibration_corpus, settings.context())
     return settings, checked
 
 

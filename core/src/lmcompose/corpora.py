@@ -161,7 +161,7 @@ def _load_hub_text(spec: CorpusSpec, role: str, what: str) -> tuple[str, str]:
 
 def load_corpus(spec: CorpusSpec, role: str, ctx: Any = None) -> tuple[str, str]:
     """The text of ``spec`` for ``role`` (``test``: perplexity, ``calibration``) and where it
-    came from."""
+    came from. wikitext-2 is looked for in ``ctx.data_dir`` (else LMCOMPOSE_DATA_DIR)."""
     from lmcompose.data import sample_text, wikitext_text
 
     what = "perplexity corpus" if role == "test" else "calibration corpus"
@@ -173,7 +173,7 @@ def load_corpus(spec: CorpusSpec, role: str, ctx: Any = None) -> tuple[str, str]
         return _hub_text(spec, role, what)
     splits = ROLES[role][1]
     problems: list[str] = []
-    found = [wikitext_text(s, problems=problems) for s in splits]
+    found = [wikitext_text(s, problems=problems, folder=getattr(ctx, "data_dir", None)) for s in splits]
     if role == "calibration":
         got = [f for f in found if f is not None]
         if got:
@@ -191,17 +191,20 @@ def load_corpus(spec: CorpusSpec, role: str, ctx: Any = None) -> tuple[str, str]
     return sample_text(), "bundled:sample_text.txt"
 
 
-def check_corpora(ppl: Any, calibration: Any) -> None:
+def check_corpora(ppl: Any, calibration: Any, ctx: Any = None) -> None:
     """Load each corpus that was asked for (not the default) once, so a missing file, a binary
-    one or an uncached hub id stops the command before anything is written."""
+    one or an uncached hub id stops the command before anything is written (wikitext-2 in
+    ``ctx.data_dir`` when given)."""
     for role, value, key in (("test", ppl, "ppl_corpus"), ("calibration", calibration, "calibration_corpus")):
         if value is not None:
-            load_corpus(parse_corpus(value, key), role)
+            load_corpus(parse_corpus(value, key), role, ctx)
 
 
-def corpus_identity(ppl: CorpusSpec | None = None, calibration: CorpusSpec | None = None) -> dict[str, str]:
+def corpus_identity(ppl: CorpusSpec | None = None, calibration: CorpusSpec | None = None,
+                    folder: str | Path | None = None) -> dict[str, str]:
     """Which text each role reads, by name and checksum where it is a file (nothing is
-    tokenized or downloaded): a run records it, and a resume onto other text is refused."""
+    tokenized or downloaded; wikitext-2 in the data folder ``folder``, else LMCOMPOSE_DATA_DIR):
+    a run records it, and a resume onto other text is refused."""
     from lmcompose.data import wikitext_file
     from lmcompose.edit_data import sha256_file
 
@@ -209,7 +212,7 @@ def corpus_identity(ppl: CorpusSpec | None = None, calibration: CorpusSpec | Non
     for role, spec in (("test", ppl or CorpusSpec("wikitext2", explicit=False)),
                        ("calibration", calibration or CorpusSpec("wikitext2", explicit=False))):
         if spec.kind == "wikitext2":
-            files = [f for f in (wikitext_file(p) for p in ROLES[role][1]) if f is not None]
+            files = [f for f in (wikitext_file(p, folder=folder) for p in ROLES[role][1]) if f is not None]
             out[role] = " + ".join(f"{f.name}:{sha256_file(f)[:16]}" for f in files) if files else "bundled:sample_text.txt"
         elif spec.kind == "file" and Path(spec.name).is_file():
             out[role] = f"{spec.name}:{sha256_file(Path(spec.name))[:16]}"

@@ -38,13 +38,14 @@ def wikitext_rows(raw: str) -> list[str]:
     return [line + "\n" if line.strip() else "" for line in raw.split("\n")[:-1]]
 
 
-def wikitext_file(split: str, source: str | Path | None = None) -> Path | None:
+def wikitext_file(split: str, source: str | Path | None = None, folder: str | Path | None = None) -> Path | None:
     """The local wikitext-2 raw file of ``split``: in ``source`` (a folder), else in the data
-    folder's ``wikitext-2-raw/``; None when neither has it."""
+    folder's ``wikitext-2-raw/`` (``folder``, a run's ``Context.data_dir``, else
+    LMCOMPOSE_DATA_DIR); None when neither has it."""
     folders = []
     if source is not None:
         folders.append(Path(source))
-    dd = data_dir()
+    dd = data_dir(folder)
     if dd is not None:
         folders.append(dd / "wikitext-2-raw")
     for folder in folders:
@@ -63,19 +64,21 @@ def corpus_identity(ctx: Any = None) -> dict[str, str]:
     from lmcompose.corpora import parse_corpus
 
     return identity(parse_corpus(getattr(ctx, "ppl_corpus", None), "ppl_corpus"),
-                    parse_corpus(getattr(ctx, "calibration_corpus", None), "calibration_corpus"))
+                    parse_corpus(getattr(ctx, "calibration_corpus", None), "calibration_corpus"),
+                    getattr(ctx, "data_dir", None))
 
 
-def wikitext_text(split: str, source: str | Path | None = None, problems: list[str] | None = None) -> tuple[str, str] | None:
+def wikitext_text(split: str, source: str | Path | None = None, problems: list[str] | None = None,
+                  folder: str | Path | None = None) -> tuple[str, str] | None:
     """``"\\n\\n".join`` of the split's rows and where it came from, or None if unavailable.
 
-    Looks in ``source`` (a folder), then the data folder, then (unless HF_HUB_OFFLINE=1)
+    Looks in ``source`` (a folder), then the data folder (``folder``, else LMCOMPOSE_DATA_DIR), then (unless HF_HUB_OFFLINE=1)
     the hub dataset ``wikitext``/``wikitext-2-raw-v1``; why the hub failed is appended to
     ``problems`` when given.
     """
     if split not in WIKITEXT_FILES:
         raise DataError(f"wikitext-2 has no split {split!r}; use one of {', '.join(WIKITEXT_FILES)}")
-    f = wikitext_file(split, source)
+    f = wikitext_file(split, source, folder)
     if f is not None:
         return "\n\n".join(wikitext_rows(f.read_text(encoding="utf-8"))), str(f)
     if os.environ.get("HF_HUB_OFFLINE", "") not in {"1", "true", "yes"}:

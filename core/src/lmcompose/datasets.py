@@ -34,7 +34,7 @@ class WikiText2(TextCorpus):
     splits = ("test", "validation", "train")
 
     def load_text(self, split: str, source: str | Path | None = None) -> str:
-        found = wikitext_text(split, source)
+        found = wikitext_text(split, source, folder=self.data_dir)
         if found is None:
             raise DataError(
                 f"wikitext-2 {split} not found: set LMCOMPOSE_DATA_DIR (or --data-dir) to a folder with "

@@ -278,7 +278,7 @@ class JsonEditDataset(EditDataset):
             if not path.is_file():
                 raise DataError(f"{self.name}: source file {path} does not exist")
             return path
-        dd = data_dir()
+        dd = data_dir(self.data_dir)
         if dd is not None:
             for rel in self.data_files:
                 if (dd / rel).is_file():

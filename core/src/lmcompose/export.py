@@ -240,7 +240,7 @@ class _NoMetrics(Metric):
         return {}
 
 
-def load_for_export(source: str | Path, progress: Any = None) -> Any:
+def load_for_export(source: str | Path, progress: Any = None, data_dir: str | Path | None = None) -> Any:
     """The model a run ended with, or a saved model folder.
 
     ``source`` is a folder written by ``LM.save``, ``--save-model`` or ``--save-cells``
@@ -269,6 +269,7 @@ def load_for_export(source: str | Path, progress: Any = None) -> Any:
         raise ExportError(f"{folder} is not the folder of a single `lmcompose run` (a sweep?); "
                           "export the cell you want by running it with `lmcompose run ... --out DIR` and exporting DIR")
     settings = RunSettings.from_mapping({k: v for k, v in data.items() if k in known}, where=str(cfg))
+    settings = settings.merged(data_dir=str(data_dir) if data_dir is not None else None)
     settings.validate()
     from lmcompose.api import Progress
 
@@ -288,8 +289,9 @@ def load_for_export(source: str | Path, progress: Any = None) -> Any:
 
 
 def export(source: str | Path, out: str | Path, fmt: str = "compressed-tensors", progress: Any = None, *,
-           quantization_format: str = "auto", overwrite: bool = False) -> Path:
-    """Write the model of run (or saved model folder) ``source`` to ``out`` in format ``fmt``."""
+           quantization_format: str = "auto", overwrite: bool = False, data_dir: str | Path | None = None) -> Path:
+    """Write the model of run (or saved model folder) ``source`` to ``out`` in format ``fmt``
+    (a run is replayed with its recorded data folder, or ``data_dir`` when given)."""
     if fmt not in FORMATS:
         raise ExportError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
     if quantization_format not in QUANTIZATION_FORMATS:
@@ -298,5 +300,5 @@ def export(source: str | Path, out: str | Path, fmt: str = "compressed-tensors",
     from lmcompose.engine.saving import check_save_folder
 
     check_save_folder(out, overwrite, flag="--out")  # before the run is replayed
-    lm = load_for_export(source, progress)
+    lm = load_for_export(source, progress, data_dir)
     return export_compressed_tensors(lm, out, quantization_format, overwrite=overwrite)

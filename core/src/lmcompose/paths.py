@@ -26,8 +26,17 @@ def cache_dir() -> Path:
     return d
 
 
-def data_dir() -> Path | None:
-    """The data folder from ``LMCOMPOSE_DATA_DIR``, or None. A set but missing folder is an error."""
+def data_dir(folder: str | Path | None = None) -> Path | None:
+    """The data folder: ``folder`` when given (a run's ``Context.data_dir``, which callers
+    pass down), else ``LMCOMPOSE_DATA_DIR``, else None. A named but missing folder is an error.
+    Nothing here writes the environment: the context is the source of truth for a run."""
+    if folder is not None:
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            from lmcompose.errors import DataError
+
+            raise DataError(f"data folder {str(folder)!r} is not a folder; point it at a folder laid out like shared/data")
+        return path
     raw = os.environ.get("LMCOMPOSE_DATA_DIR")
     if not raw:
         return None

@@ -72,10 +72,12 @@ class StudyWork:
     data: dict[str, Any]
     name: str
     device: str
+    data_dir: Path | None = None
 
     def study(self) -> Study:
         study = Study.from_mapping(self.data, name=self.name)
         study.device = self.device
+        study.data_dir = self.data_dir
         return study
 
     def prepare(self, threads: int) -> tuple[Plan, Any, Context, list[Metric], dict[Group, list[EditRecord]], dict[str, Any]]:
@@ -97,7 +99,7 @@ class StudyWork:
 
 
 def study_context(study: Study, progress: Progress) -> Context:
-    ctx = Context(seed=study.seed, device=study.device, dtype=study.dtype, progress=progress)
+    ctx = Context(seed=study.seed, device=study.device, dtype=study.dtype, progress=progress, data_dir=study.data_dir)
     if "calibration_samples" in study.budgets:
         ctx.calibration_samples = study.budgets["calibration_samples"]
     if "calibration_seqlen" in study.budgets:
@@ -132,6 +134,7 @@ def run_study(
     threads: int | None = None,
     shard: str | tuple[int, int] | None = None,
     device: str | None = None,
+    data_dir: str | Path | None = None,
     progress: Progress | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
     report: bool = True,
@@ -148,7 +151,8 @@ def run_study(
     :class:`ProgressEvent` after every model state. The report (Table 1, figures, flat table)
     is written when the run leaves the study complete. ``save_cells`` (``all`` or globs over
     cell ids) saves those cells' final models into ``out/models/``
-    (:mod:`lmcompose.engine.saving`).
+    (:mod:`lmcompose.engine.saving`). ``data_dir``: the data folder (default
+    LMCOMPOSE_DATA_DIR), passed to every step and worker through the context.
     """
     from lmcompose.engine.run_folder import versions
 
@@ -156,6 +160,11 @@ def run_study(
         study = load_study(study)
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor {executor!r} is not one of {', '.join(EXECUTORS)}")
+    if data_dir is not None:
+        folder_path = Path(data_dir).expanduser()
+        if not folder_path.is_dir():
+            raise ConfigError(f"data folder {str(data_dir)!r} does not exist; name a folder laid out like shared/data")
+        study.data_dir = folder_path.resolve()
     if device is not None:
         study.device = device
         if "dtype" not in study.data:
@@ -180,7 +189,7 @@ def run_study(
         resolve_device(study.device)  # before anything is written
     from lmcompose.corpora import check_corpora
 
-    check_corpora(study.budgets.get("ppl_corpus"), study.budgets.get("calibration_corpus"))
+    check_corpora(study.budgets.get("ppl_corpus"), study.budgets.get("calibration_corpus"), study_context(study, Progress()))
     progress = progress or Progress()
     out_dir = Path(out) if out is not None else default_out(study)
     plan = study.plan()
@@ -273,7 +282,7 @@ def _run_ray(study: Study, plan: Plan, folder: RunFolder, only: set[str] | None,
         outcome.rows += len(item["rows"])
         trackers[0].update(node, item["seconds"], len(item["rows"]))
 
-    work = StudyWork(study.data, study.name, study.device)
+    work = StudyWork(study.data, study.name, study.device, study.data_dir)
     ray_outcome = run_on_ray(work, plan, folder, address=address, cpus_per_task=cpus, gpus_per_task=gpus,
                              threads=threads, only=only, on_state=on_state, write_config=write_config, save=save)
     outcome.failures = ray_outcome.failures

@@ -167,6 +167,8 @@ class Study:
     resources: dict[str, float] = field(default_factory=dict)
     protocol: str = "default"
     data: dict[str, Any] = field(default_factory=dict)  # the file's mapping, as validated (Ray workers rebuild from it)
+    #: where this machine keeps the data (run_study's ``data_dir``; None = LMCOMPOSE_DATA_DIR): not part of the study's identity
+    data_dir: Path | None = None
 
     # -- reading ---------------------------------------------------------------------
     @classmethod
