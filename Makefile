@@ -51,6 +51,7 @@ test-slow: install
 	$(BIN)/python -m pytest -q -m slow tests
 
 lint: install
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
 bench: install

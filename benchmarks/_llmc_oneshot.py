@@ -32,7 +32,13 @@ def main() -> None:
         kwargs["block_size"] = block_size
     modifier = SparseGPTModifier(**kwargs) if method == "sparsegpt" else WandaPruningModifier(**kwargs)
     start = time.perf_counter()
-    oneshot(model=model, dataset=ds, recipe=[modifier], num_calibration_samples=len(windows), max_seq_length=windows.shape[1])
+    oneshot(
+        model=model,
+        dataset=ds,
+        recipe=[modifier],
+        num_calibration_samples=len(windows),
+        max_seq_length=windows.shape[1],
+    )
     elapsed = time.perf_counter() - start
     zeros = total = 0
     for name, p in model.named_parameters():

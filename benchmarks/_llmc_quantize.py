@@ -29,19 +29,29 @@ def main() -> None:
     # AWQ pins its cached activations for host-to-device copies; pinning needs an accelerator
     IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
 
-    weights = {"num_bits": int(bits), "type": "int", "symmetric": symmetric == "1", "strategy": "group", "group_size": int(group)}
+    weights = {
+        "num_bits": int(bits),
+        "type": "int",
+        "symmetric": symmetric == "1",
+        "strategy": "group",
+        "group_size": int(group),
+    }
     quant = {"config_groups": {"group_0": {"targets": ["Linear"], "weights": weights}}, "ignore": ["lm_head"]}
     if method == "gptq":
         from llmcompressor.modifiers.gptq import GPTQModifier
 
-        recipe = [GPTQModifier(**quant, block_size=128, dampening_frac=0.01, actorder="static" if actorder == "1" else None)]
+        recipe = [
+            GPTQModifier(**quant, block_size=128, dampening_frac=0.01, actorder="static" if actorder == "1" else None)
+        ]
     else:
         from llmcompressor.modifiers.quantization import QuantizationModifier
         from llmcompressor.modifiers.transform.awq import AWQModifier
 
         recipe = [AWQModifier(duo_scaling=True, n_grid=20), QuantizationModifier(**quant)]
     start = time.perf_counter()
-    oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=len(windows), max_seq_length=windows.shape[1])
+    oneshot(
+        model=model, dataset=ds, recipe=recipe, num_calibration_samples=len(windows), max_seq_length=windows.shape[1]
+    )
     elapsed = time.perf_counter() - start
 
     # a plain copy of the model holding the dequantized weights (and AWQ's folded norms)
@@ -51,7 +61,9 @@ def main() -> None:
             scheme = getattr(module, "quantization_scheme", None)
             if scheme is not None and scheme.weights is not None and hasattr(module, "weight_scale"):
                 zp = getattr(module, "weight_zero_point", None)
-                state[f"{name}.weight"] = fake_quantize(module.weight, module.weight_scale, zp, scheme.weights).detach().clone()
+                state[f"{name}.weight"] = (
+                    fake_quantize(module.weight, module.weight_scale, zp, scheme.weights).detach().clone()
+                )
         plain = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         own = plain.state_dict()
         for key, value in model.state_dict().items():

@@ -40,8 +40,10 @@ from lmcompose.models.loading import load_model
 def reference_module(path: Path):
     """Import the reference's AlphaEdit_main from a checkout, its CUDA calls mapped to the CPU."""
     if not (path / "AlphaEdit" / "AlphaEdit_main.py").exists():
-        print(f"skipped: --reference {path} has no AlphaEdit/AlphaEdit_main.py; "
-              "git clone https://github.com/jianghoucheng/AlphaEdit there (or pass --reference)")
+        print(
+            f"skipped: --reference {path} has no AlphaEdit/AlphaEdit_main.py; "
+            "git clone https://github.com/jianghoucheng/AlphaEdit there (or pass --reference)"
+        )
         sys.exit(0)
     torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
     eye = torch.eye
@@ -67,8 +69,12 @@ def get_project(cov: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reference", type=Path, default=Path(os.environ.get("ALPHAEDIT_REFERENCE", "/tmp/alphaedit-ref")),
-                    help="a checkout of github.com/jianghoucheng/AlphaEdit (default: $ALPHAEDIT_REFERENCE or /tmp/alphaedit-ref)")
+    ap.add_argument(
+        "--reference",
+        type=Path,
+        default=Path(os.environ.get("ALPHAEDIT_REFERENCE", "/tmp/alphaedit-ref")),
+        help="a checkout of github.com/jianghoucheng/AlphaEdit (default: $ALPHAEDIT_REFERENCE or /tmp/alphaedit-ref)",
+    )
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--edits", type=int, default=10)
     ap.add_argument("--batches", type=int, default=2)
@@ -115,18 +121,39 @@ def main() -> None:
     by_prompt = {}
     requests = []
     for r in records:
-        req = {"case_id": r.case_id, "prompt": r.prompt.replace(r.subject, "{}", 1), "subject": r.subject,
-               "target_new": {"str": r.target_new}}
+        req = {
+            "case_id": r.case_id,
+            "prompt": r.prompt.replace(r.subject, "{}", 1),
+            "subject": r.subject,
+            "target_new": {"str": r.target_new},
+        }
         requests.append(req)
         by_prompt[(req["prompt"], r.subject)] = r
-    hparams = HP(model_name=args.model, layers=layers, layer_selection="all", fact_token="subject_last",
-                 v_num_grad_steps=hp["v_num_grad_steps"], v_lr=hp["v_lr"], v_loss_layer=len(list(lm.linear_layers())),
-                 v_weight_decay=hp["v_weight_decay"], clamp_norm_factor=hp["clamp_norm_factor"], kl_factor=hp["kl_factor"],
-                 mom2_adjustment=True, mom2_update_weight=15000, rewrite_module_tmp=f"{arch.layers}.{{}}.{arch.mlp_out}",
-                 layer_module_tmp=f"{arch.layers}.{{}}", mlp_module_tmp=f"{arch.layers}.{{}}.mlp",
-                 attn_module_tmp=f"{arch.layers}.{{}}.self_attn", ln_f_module=arch.final_norm, lm_head_module="lm_head",
-                 mom2_dataset="wikipedia", mom2_n_samples=100000, mom2_dtype="float32",
-                 nullspace_threshold=hp["nullspace_threshold"], L2=hp["l2"])
+    hparams = HP(
+        model_name=args.model,
+        layers=layers,
+        layer_selection="all",
+        fact_token="subject_last",
+        v_num_grad_steps=hp["v_num_grad_steps"],
+        v_lr=hp["v_lr"],
+        v_loss_layer=len(list(lm.linear_layers())),
+        v_weight_decay=hp["v_weight_decay"],
+        clamp_norm_factor=hp["clamp_norm_factor"],
+        kl_factor=hp["kl_factor"],
+        mom2_adjustment=True,
+        mom2_update_weight=15000,
+        rewrite_module_tmp=f"{arch.layers}.{{}}.{arch.mlp_out}",
+        layer_module_tmp=f"{arch.layers}.{{}}",
+        mlp_module_tmp=f"{arch.layers}.{{}}.mlp",
+        attn_module_tmp=f"{arch.layers}.{{}}.self_attn",
+        ln_f_module=arch.final_norm,
+        lm_head_module="lm_head",
+        mom2_dataset="wikipedia",
+        mom2_n_samples=100000,
+        mom2_dtype="float32",
+        nullspace_threshold=hp["nullspace_threshold"],
+        L2=hp["l2"],
+    )
     main_mod.get_context_templates = lambda model, tok: [["{}"], templates[1:]] if len(templates) > 1 else [["{}"]]
     main_mod.compute_z = lambda model, tok, request, hparams, layer, ct: targets[request["case_id"]].clone()
 
@@ -146,18 +173,35 @@ def main() -> None:
     for idx in iter_batches(len(records), 0, args.batches):
         batch = [requests[i] for i in idx]
         theirs = main_mod.get_module_input_output_at_words(
-            ref_lm.model, ref_lm.tokenizer, layers[-1], context_templates=[q["prompt"] for q in batch],
-            words=[q["subject"] for q in batch], module_template=hparams.layer_module_tmp, fact_token_strategy="subject_last")[1]
-        ours_z = module_values_at(ref_lm, bare_rows(ref_lm.tokenizer, [records[i] for i in idx]), f"{arch.layers}.{layers[-1]}",
-                                  "output", 4096)
+            ref_lm.model,
+            ref_lm.tokenizer,
+            layers[-1],
+            context_templates=[q["prompt"] for q in batch],
+            words=[q["subject"] for q in batch],
+            module_template=hparams.layer_module_tmp,
+            fact_token_strategy="subject_last",
+        )[1]
+        ours_z = module_values_at(
+            ref_lm,
+            bare_rows(ref_lm.tokenizer, [records[i] for i in idx]),
+            f"{arch.layers}.{layers[-1]}",
+            "output",
+            4096,
+        )
         z_diff.append(float((theirs.float() - ours_z).norm() / ours_z.norm()))
-        _, cache_c = main_mod.apply_AlphaEdit_to_model(ref_lm.model, ref_lm.tokenizer, batch, hparams, cache_c=cache_c, P=p)
+        _, cache_c = main_mod.apply_AlphaEdit_to_model(
+            ref_lm.model, ref_lm.tokenizer, batch, hparams, cache_c=cache_c, P=p
+        )
     ref_s = time.perf_counter() - t0
 
-    print(f"AlphaEdit vs the reference ({args.model}, {args.edits} CounterFact edits in {args.batches} batches, "
-          f"threshold {hparams.nullspace_threshold}, L2 {hparams.L2}, null-space dims {report.details['nullspace_dims']})")
-    print(f"residual at layer {layers[-1]}, reference vs ours before each batch: relative difference "
-          + ", ".join(f"{d:.2e}" for d in z_diff))
+    print(
+        f"AlphaEdit vs the reference ({args.model}, {args.edits} CounterFact edits in {args.batches} batches, "
+        f"threshold {hparams.nullspace_threshold}, L2 {hparams.L2}, null-space dims {report.details['nullspace_dims']})"
+    )
+    print(
+        f"residual at layer {layers[-1]}, reference vs ours before each batch: relative difference "
+        + ", ".join(f"{d:.2e}" for d in z_diff)
+    )
     print("| weight | abs(dW) ours | abs(dW) reference | relative difference |")
     print("|---|---|---|---|")
     worst = 0.0
@@ -167,8 +211,10 @@ def main() -> None:
         rel = float((d_ours - d_ref).norm() / d_ref.norm())
         worst = max(worst, rel)
         print(f"| {n} | {float(d_ours.norm()):.4f} | {float(d_ref.norm()):.4f} | {rel:.2e} |")
-    print(f"worst relative difference {worst:.2e}; time: ours {ours_s:.0f} s (with v* and statistics), "
-          f"reference update {ref_s:.0f} s")
+    print(
+        f"worst relative difference {worst:.2e}; time: ours {ours_s:.0f} s (with v* and statistics), "
+        f"reference update {ref_s:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ def main() -> None:
     torch.manual_seed(0)
     lm = load_model(args.model)
     pristine = lm.state_copy()
-    metrics = build_metrics(["perplexity", "avg_bits"], {"perplexity": {"max_tokens": args.ppl_tokens, "seqlen": args.seqlen}})
+    metrics = build_metrics(
+        ["perplexity", "avg_bits"], {"perplexity": {"max_tokens": args.ppl_tokens, "seqlen": args.seqlen}}
+    )
     ctx = Context()
 
     def measure():
@@ -59,7 +61,10 @@ def main() -> None:
         res, t_eval = measure()
         rows.append((step_text, res["perplexity"], res["avg_bits"], t_apply, t_eval))
 
-    print(f"model {args.model}; perplexity on {base['ppl_corpus']}: {base['ppl_tokens']} tokens, windows of {base['ppl_seqlen']}; torch threads {torch.get_num_threads()}")
+    print(
+        f"model {args.model}; perplexity on {base['ppl_corpus']}: {base['ppl_tokens']} tokens, windows of "
+        f"{base['ppl_seqlen']}; torch threads {torch.get_num_threads()}"
+    )
     print(f"{'setting':<28} {'perplexity':>10} {'x dense':>8} {'avg bits':>9} {'apply s':>8} {'eval s':>7}")
     for name, ppl, bits, ta, te in rows:
         print(f"{name:<28} {ppl:>10.2f} {ppl / rows[0][1]:>8.2f} {bits:>9.3f} {ta:>8.1f} {te:>7.1f}")

@@ -48,9 +48,15 @@ def main() -> None:
     args = ap.parse_args()
     dtypes = (torch.float32, torch.bfloat16)
     cap = torch.backends.cpu.get_cpu_capability() if args.device == "cpu" else torch.cuda.get_device_name()
-    print(f"device {args.device} ({cap}), torch {torch.__version__}, threads {torch.get_num_threads()}, {args.seqlen} tokens per window")
+    print(
+        f"device {args.device} ({cap}), torch {torch.__version__}, threads {torch.get_num_threads()}, {args.seqlen} "
+        f"tokens per window"
+    )
 
-    print(f"\n{'product':<10} {'in':>5} {'out':>5} {'fp32 ms':>9} {'bf16 ms':>9} {'fp32 GFLOP/s':>13} {'bf16 GFLOP/s':>13} {'bf16/fp32 time':>15}")
+    print(
+        f"\n{'product':<10} {'in':>5} {'out':>5} {'fp32 ms':>9} {'bf16 ms':>9} {'fp32 GFLOP/s':>13} "
+        f"{'bf16 GFLOP/s':>13} {'bf16/fp32 time':>15}"
+    )
     gen = torch.Generator().manual_seed(0)
     for name, d_in, d_out in SHAPES:
         times = []
@@ -64,8 +70,10 @@ def main() -> None:
 
             times.append(timed(run, args.repeat))
         flops = 2 * args.seqlen * d_in * d_out
-        print(f"{name:<10} {d_in:>5} {d_out:>5} {times[0] * 1e3:>9.2f} {times[1] * 1e3:>9.2f} "
-              f"{flops / times[0] / 1e9:>13.1f} {flops / times[1] / 1e9:>13.1f} {times[1] / times[0]:>15.2f}")
+        print(
+            f"{name:<10} {d_in:>5} {d_out:>5} {times[0] * 1e3:>9.2f} {times[1] * 1e3:>9.2f} "
+            f"{flops / times[0] / 1e9:>13.1f} {flops / times[1] / 1e9:>13.1f} {times[1] / times[0]:>15.2f}"
+        )
 
     from lmcompose.api import Context
     from lmcompose.models.loading import load_model
@@ -74,7 +82,11 @@ def main() -> None:
     for dt in ("float32", "bfloat16"):
         lm = load_model(args.model, dtype=dt)
         lm.model.to(args.device)
-        windows = Context(calibration_samples=args.windows, calibration_seqlen=args.seqlen).calibration_batches(lm).to(args.device)
+        windows = (
+            Context(calibration_samples=args.windows, calibration_seqlen=args.seqlen)
+            .calibration_batches(lm)
+            .to(args.device)
+        )
         decoder = lm.model.base_model
 
         def forward(decoder=decoder, windows=windows) -> None:

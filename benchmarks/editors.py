@@ -25,16 +25,23 @@ from lmcompose.models.loading import load_model
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2-135m,gemma3-270m")
-    ap.add_argument("--editors", default="memit,alphaedit,ft,lora", help="step specs, comma-separated (';' inside a spec is ',')")
+    ap.add_argument(
+        "--editors", default="memit,alphaedit,ft,lora", help="step specs, comma-separated (';' inside a spec is ',')"
+    )
     ap.add_argument("--edits", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sequential", type=int, default=0, help="also K sequential batches of --edits for memit and alphaedit")
+    ap.add_argument(
+        "--sequential", type=int, default=0, help="also K sequential batches of --edits for memit and alphaedit"
+    )
     ap.add_argument("--ppl-tokens", type=int, default=16384)
     args = ap.parse_args()
     editors = [e.replace(";", ",") for e in args.editors.split(",")]
 
-    print("| model | editor | edits | batches | success (prob) | generalization (prob) | locality (prob) | locality drift "
-          "| success (f1) | generalization (f1) | perplexity before | perplexity after | time (s) |")
+    print(
+        "| model | editor | edits | batches | success (prob) | generalization (prob) | locality (prob) | locality "
+        "drift "
+        "| success (f1) | generalization (f1) | perplexity before | perplexity after | time (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for model in args.models.split(","):
         lm = load_model(model)
@@ -42,7 +49,11 @@ def main() -> None:
         metrics = build_metrics(["edit", "perplexity"], {"perplexity": {"max_tokens": args.ppl_tokens, "seqlen": 1024}})
         runs = [(e, args.edits, 1) for e in editors]
         if args.sequential > 1:
-            runs += [(e, args.edits * args.sequential, args.sequential) for e in editors if e.split(":")[0] in ("memit", "alphaedit")]
+            runs += [
+                (e, args.edits * args.sequential, args.sequential)
+                for e in editors
+                if e.split(":")[0] in ("memit", "alphaedit")
+            ]
         base_ppl: dict[int, float] = {}
         for spec, n, batches in runs:
             lm.restore(pristine)
@@ -60,9 +71,13 @@ def main() -> None:
             r = {}
             for m in metrics:
                 r.update(m.compute(lm, ctx))
-            print(f"| {model} | {spec} | {n} | {batches} | {r['edit_success_prob']:.2f} | {r['generalization_prob']:.2f} | "
-                  f"{r['locality_prob']:.2f} | {r['locality_drift']:.3f} | {r['edit_success_f1']:.2f} | "
-                  f"{r['generalization_f1']:.2f} | {base_ppl[n]:.2f} | {r['perplexity']:.2f} | {elapsed:.0f} |", flush=True)
+            print(
+                f"| {model} | {spec} | {n} | {batches} | {r['edit_success_prob']:.2f} | "
+                f"{r['generalization_prob']:.2f} | "
+                f"{r['locality_prob']:.2f} | {r['locality_drift']:.3f} | {r['edit_success_f1']:.2f} | "
+                f"{r['generalization_f1']:.2f} | {base_ppl[n]:.2f} | {r['perplexity']:.2f} | {elapsed:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

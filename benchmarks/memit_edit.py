@@ -94,8 +94,13 @@ def main() -> None:
     ctx = Context(edits=records, seed=args.seed, cache_dir=cache)
     step = build_intervention(parse_step(args.step))
     source, hp = step.hparams(lm)
-    metrics = build_metrics(["edit", "perplexity"], {"edit": {"scorer": "prob", "locality_scorer": "drift"},
-                                                    "perplexity": {"max_tokens": args.ppl_tokens, "seqlen": args.ppl_seqlen}})
+    metrics = build_metrics(
+        ["edit", "perplexity"],
+        {
+            "edit": {"scorer": "prob", "locality_scorer": "drift"},
+            "perplexity": {"max_tokens": args.ppl_tokens, "seqlen": args.ppl_seqlen},
+        },
+    )
 
     def measure() -> dict:
         out: dict = {}
@@ -108,7 +113,9 @@ def main() -> None:
     before = measure()
 
     c = step.config
-    windows = calibration_windows(lm.tokenizer, c.stats_samples, min(c.stats_seqlen, lm.max_positions), c.stats_seed, ctx)
+    windows = calibration_windows(
+        lm.tokenizer, c.stats_samples, min(c.stats_seqlen, lm.max_positions), c.stats_seed, ctx
+    )
     names = [f"{lm.arch.layers}.{i}.{lm.arch.mlp_out}" for i in hp.layers]
     start = time.perf_counter()
     second_moments(lm, names, windows, ctx.stats_dir())
@@ -129,28 +136,44 @@ def main() -> None:
         floor = d["vstar_forward_steps"] * per_step
 
     n_layers = len(decoder_layers(lm.model, lm.arch))
-    print(f"\nMEMIT, {args.model} ({n_layers} layers), {len(records)} {args.dataset} edits (seed {args.seed}), fp32, "
-          f"{torch.get_num_threads()} threads; hyperparameters: {source}: {hp.as_dict()}")
+    print(
+        f"\nMEMIT, {args.model} ({n_layers} layers), {len(records)} {args.dataset} edits (seed {args.seed}), fp32, "
+        f"{torch.get_num_threads()} threads; hyperparameters: {source}: {hp.as_dict()}"
+    )
     print(f"statistics: {d['stats_tokens']} tokens, {len(names)} layers: {t_stats:.1f} s (fresh)")
-    print(f"edit: {t_edit:.1f} s = templates {d['templates_s']:.1f} + v* {d['vstar_s']:.1f} + update {d['update_s']:.1f} "
-          f"(+ cache lookups); v* steps run {d['vstar_forward_steps']} (mean per edit {d['vstar_steps_mean']:.1f}), "
-          f"{d['vstar_converged']}/{len(records)} edits below the early-stop loss, "
-          f"first-step tokens {d['vstar_tokens_first_step']}")
+    print(
+        f"edit: {t_edit:.1f} s = templates {d['templates_s']:.1f} + v* {d['vstar_s']:.1f} + update {d['update_s']:.1f} "
+        f"(+ cache lookups); v* steps run {d['vstar_forward_steps']} (mean per edit {d['vstar_steps_mean']:.1f}), "
+        f"{d['vstar_converged']}/{len(records)} edits below the early-stop loss, "
+        f"first-step tokens {d['vstar_tokens_first_step']}"
+    )
     if floor is not None:
-        print(f"floor: {d['vstar_forward_steps']} steps x {floor / d['vstar_forward_steps']:.2f} s "
-              f"(forward+backward of the whole v* batch from layer {hp.layers[0]} up) = {floor:.1f} s; "
-              f"edit / floor = {t_edit / floor:.2f}")
+        print(
+            f"floor: {d['vstar_forward_steps']} steps x {floor / d['vstar_forward_steps']:.2f} s "
+            f"(forward+backward of the whole v* batch from layer {hp.layers[0]} up) = {floor:.1f} s; "
+            f"edit / floor = {t_edit / floor:.2f}"
+        )
     if args.skip_quality:
         return
     print()
     print("| metric | before | after |")
     print("|---|---|---|")
-    for key in ("edit_success_prob", "generalization_prob", "locality_prob", "edit_success_f1", "generalization_f1",
-                "locality_f1", "locality_drift", "perplexity"):
+    for key in (
+        "edit_success_prob",
+        "generalization_prob",
+        "locality_prob",
+        "edit_success_f1",
+        "generalization_f1",
+        "locality_f1",
+        "locality_drift",
+        "perplexity",
+    ):
         b, a = before.get(key), after.get(key)
         print(f"| {key} | {_fmt(b)} | {_fmt(a)} |")
-    print(f"\nperplexity rise: {100 * (after['perplexity'] / before['perplexity'] - 1):+.2f}% "
-          f"({args.ppl_tokens} tokens in windows of {args.ppl_seqlen})")
+    print(
+        f"\nperplexity rise: {100 * (after['perplexity'] / before['perplexity'] - 1):+.2f}% "
+        f"({args.ppl_tokens} tokens in windows of {args.ppl_seqlen})"
+    )
 
 
 if __name__ == "__main__":

@@ -52,12 +52,21 @@ def main() -> None:
 
     base = measure()
     templates = alg.context_templates(lm, c.context_templates, c.template_tokens, args.seed)
-    windows = calibration_windows(lm.tokenizer, c.stats_samples, min(c.stats_seqlen, lm.max_positions), c.stats_seed, ctx)
-    print(f"\n{args.model}, {len(records)} {args.dataset} edits (seed {args.seed}); optimisation settings from {source}: "
-          f"{ {k: v for k, v in hp.as_dict().items() if k.startswith(('v_', 'clamp', 'kl'))} }")
-    print(f"base: success {base['edit_success_prob']:.2f}, generalization {base['generalization_prob']:.2f}, "
-          f"locality {base['locality_prob']:.2f}, perplexity {base['perplexity']:.2f}\n")
-    print("| layers | lambda | success (prob) | generalization (prob) | locality (prob) | locality drift | success (f1) | perplexity |")
+    windows = calibration_windows(
+        lm.tokenizer, c.stats_samples, min(c.stats_seqlen, lm.max_positions), c.stats_seed, ctx
+    )
+    print(
+        f"\n{args.model}, {len(records)} {args.dataset} edits (seed {args.seed}); optimisation settings from {source}: "
+        f"{ {k: v for k, v in hp.as_dict().items() if k.startswith(('v_', 'clamp', 'kl'))} }"
+    )
+    print(
+        f"base: success {base['edit_success_prob']:.2f}, generalization {base['generalization_prob']:.2f}, "
+        f"locality {base['locality_prob']:.2f}, perplexity {base['perplexity']:.2f}\n"
+    )
+    print(
+        "| layers | lambda | success (prob) | generalization (prob) | locality (prob) | locality drift | success "
+        "(f1) | perplexity |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for z in (int(v) for v in args.z.split(",")):
         lm.restore(pristine)
@@ -74,11 +83,17 @@ def main() -> None:
                 lm.restore(pristine)
                 step.spread(lm, records, vs.target, templates, layers, lam, covs)
                 r = measure()
-                print(f"| {layers[0]}-{layers[-1]} | {lam:g} | {r['edit_success_prob']:.2f} | {r['generalization_prob']:.2f} | "
-                      f"{r['locality_prob']:.2f} | {r['locality_drift']:.3f} | {r['edit_success_f1']:.2f} | {r['perplexity']:.2f} |",
-                      flush=True)
-        print(f"\n(v* at layer {z}: {vs.forward_steps} steps, {t_v:.0f} s; "
-              f"{sum(x < c.early_stop_loss for x in vs.final_loss)}/{len(records)} edits below the early-stop loss)")
+                print(
+                    f"| {layers[0]}-{layers[-1]} | {lam:g} | {r['edit_success_prob']:.2f} | "
+                    f"{r['generalization_prob']:.2f} | "
+                    f"{r['locality_prob']:.2f} | {r['locality_drift']:.3f} | {r['edit_success_f1']:.2f} | "
+                    f"{r['perplexity']:.2f} |",
+                    flush=True,
+                )
+        print(
+            f"\n(v* at layer {z}: {vs.forward_steps} steps, {t_v:.0f} s; "
+            f"{sum(x < c.early_stop_loss for x in vs.final_loss)}/{len(records)} edits below the early-stop loss)"
+        )
 
 
 if __name__ == "__main__":

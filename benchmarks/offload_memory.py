@@ -92,23 +92,40 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", default="sparsegpt,memit", help="comma-separated: sparsegpt, memit")
     args = ap.parse_args()
-    steps = [s for s in [("sparsegpt 0.5", "sparsegpt:sparsity=0.5", 0), ("memit", "memit:stats_samples=64", args.edits)]
-             if s[0].split()[0] in args.methods.split(",")]
-    print("| method | placement | anonymous MB before the step | the step's peak above that, MB | process peak RSS MB | step s | perplexity | edit success | same weights |")
+    steps = [
+        s
+        for s in [("sparsegpt 0.5", "sparsegpt:sparsity=0.5", 0), ("memit", "memit:stats_samples=64", args.edits)]
+        if s[0].split()[0] in args.methods.split(",")
+    ]
+    print(
+        "| method | placement | anonymous MB before the step | the step's peak above that, MB | process peak RSS MB "
+        "| step s | perplexity | edit success | same weights |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for label, step, edits in steps:
         got = {}
         for offload in (False, True):
-            cfg = {"step": step, "edits": edits, "offload": offload, "cap": f"cpu={args.cpu_cap}",
-                   "samples": args.samples, "seqlen": args.seqlen, "threads": args.threads}
+            cfg = {
+                "step": step,
+                "edits": edits,
+                "offload": offload,
+                "cap": f"cpu={args.cpu_cap}",
+                "samples": args.samples,
+                "seqlen": args.seqlen,
+                "threads": args.threads,
+            }
             got[offload] = run(cfg)
         for offload in (False, True):
             r = got[offload]
             where = f"offloaded (cpu={args.cpu_cap}, rest on disk)" if offload else "in memory"
             same = "yes" if got[True]["fingerprint"] == got[False]["fingerprint"] else "NO"
             succ = f"{r['edit_success']:.3f}" if "edit_success" in r else ""
-            print(f"| {label} | {where} | {r['base_mb']:.0f} | {r['step_mb']:.0f} | {r['peak_mb']:.0f} | {r['step_s']:.1f} | {r['perplexity']:.3f} | {succ} | "
-                  f"{same if offload else ''} |", flush=True)
+            print(
+                f"| {label} | {where} | {r['base_mb']:.0f} | {r['step_mb']:.0f} | {r['peak_mb']:.0f} | "
+                f"{r['step_s']:.1f} | {r['perplexity']:.3f} | {succ} | "
+                f"{same if offload else ''} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

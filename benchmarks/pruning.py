@@ -14,7 +14,8 @@ llm-compressor is not a dependency: with --llmc, this script creates a separate 
 benchmarks/_llmc_oneshot.py in it on the same model folder and calibration windows; the
 pruned model it saves is evaluated here with the same perplexity code.
 
-    .venv/bin/python benchmarks/pruning.py [--llmc] [--methods sparsegpt,wanda] [--structures 0.5,2:4] [--dtypes float32,bfloat16]
+    .venv/bin/python benchmarks/pruning.py [--llmc] [--methods sparsegpt,wanda] [--structures 0.5,2:4] \\
+        [--dtypes float32,bfloat16]
 """
 
 from __future__ import annotations
@@ -88,10 +89,15 @@ def measure_floors(lm, ctx, windows, dtype: str, floors: dict, stat_floors: dict
 
 def print_floors(floors: dict, stat_floors: dict) -> None:
     for dtype, floor in floors.items():
-        print(f"two-pass floor, {dtype} (2 no-grad forward passes of the decoder over the calibration set): {floor:.1f} s")
+        print(
+            f"two-pass floor, {dtype} (2 no-grad forward passes of the decoder over the calibration set): {floor:.1f} s"
+        )
         if dtype in stat_floors:
-            print(f"statistics floor, {dtype} (the pipeline's statistics + recompute passes and Σxxᵀ of each projection input, nothing solved): "
-                  f"{stat_floors[dtype]:.1f} s = {stat_floors[dtype] / floor:.2f} x the two-pass floor")
+            print(
+                f"statistics floor, {dtype} (the pipeline's statistics + recompute passes and Σxxᵀ of each "
+                f"projection input, nothing solved): "
+                f"{stat_floors[dtype]:.1f} s = {stat_floors[dtype] / floor:.2f} x the two-pass floor"
+            )
 
 
 def step_text(method: str, structure: str, block_size: int | None = None) -> str:
@@ -113,10 +119,19 @@ def main() -> None:
     ap.add_argument("--skip-statistics-floor", action="store_true", help="time the two-pass floor only")
     ap.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model")
     ap.add_argument("--skip-ours", action="store_true", help="run only the llm-compressor side (with --llmc)")
-    ap.add_argument("--block-size", type=int, default=None,
-                    help="SparseGPT lazy-update block size on both sides (ours: blocksize, llm-compressor: block_size); default: each side's own (128)")
-    ap.add_argument("--dtypes", default="float32",
-                    help="compute dtypes, run one after the other (float32,bfloat16 puts bf16 beside fp32; statistics stay float32/64)")
+    ap.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="SparseGPT lazy-update block size on both sides (ours: blocksize, llm-compressor: block_size); default: "
+        "each side's own (128)",
+    )
+    ap.add_argument(
+        "--dtypes",
+        default="float32",
+        help="compute dtypes, run one after the other (float32,bfloat16 puts bf16 beside fp32; statistics stay "
+        "float32/64)",
+    )
     args = ap.parse_args()
 
     rows: list[tuple[str, str, str, float, float, float | None]] = []
@@ -128,9 +143,16 @@ def main() -> None:
         pristine = lm.state_copy()
         ctx = Context(calibration_samples=args.n_samples, calibration_seqlen=args.seqlen, dtype=dtype)
         windows = ctx.calibration_batches(lm)
-        ppl = build_metrics(["perplexity"], {"perplexity": {"seqlen": args.eval_seqlen, "max_tokens": args.eval_windows * args.eval_seqlen}})[0]
-        header = (f"model {args.model}, torch threads {torch.get_num_threads()}; calibration {windows.shape[0]} x {windows.shape[1]} tokens; "
-                  f"perplexity: wikitext-2 test, first {ppl.config.max_tokens // ppl.config.seqlen} windows of {min(ppl.config.seqlen, lm.max_positions)}")
+        ppl = build_metrics(
+            ["perplexity"],
+            {"perplexity": {"seqlen": args.eval_seqlen, "max_tokens": args.eval_windows * args.eval_seqlen}},
+        )[0]
+        header = (
+            f"model {args.model}, torch threads {torch.get_num_threads()}; calibration {windows.shape[0]} x "
+            f"{windows.shape[1]} tokens; "
+            f"perplexity: wikitext-2 test, first {ppl.config.max_tokens // ppl.config.seqlen} windows of "
+            f"{min(ppl.config.seqlen, lm.max_positions)}"
+        )
 
         def evaluate(model_lm, ppl=ppl, ctx=ctx) -> float:
             return ppl.compute(model_lm, ctx)["perplexity"]
@@ -149,7 +171,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 report = step.apply(lm, ctx)
                 elapsed = time.perf_counter() - t0
-                rows.append((dtype, f"lmcompose {method}", structure, evaluate(lm), elapsed, report.details["sparsity"]))
+                rows.append(
+                    (dtype, f"lmcompose {method}", structure, evaluate(lm), elapsed, report.details["sparsity"])
+                )
                 print("measured:", rows[-1], flush=True)
 
         if args.llmc:
@@ -160,15 +184,37 @@ def main() -> None:
                 for method in args.methods.split(","):
                     for structure in args.structures.split(","):
                         out = tmp / f"{method}-{structure.replace(':', '_')}"
-                        res = subprocess.run([str(py), str(ROOT / "benchmarks" / "_llmc_oneshot.py"), lm.source, str(tmp / "windows.pt"),
-                                              method, structure, str(out), dtype, str(args.block_size or 0)],
-                                             capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                        res = subprocess.run(
+                            [
+                                str(py),
+                                str(ROOT / "benchmarks" / "_llmc_oneshot.py"),
+                                lm.source,
+                                str(tmp / "windows.pt"),
+                                method,
+                                structure,
+                                str(out),
+                                dtype,
+                                str(args.block_size or 0),
+                            ],
+                            capture_output=True,
+                            text=True,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+                        )
                         if res.returncode != 0:
                             print(f"llm-compressor {method} {structure} failed:\n{res.stderr[-3000:]}", file=sys.stderr)
                             continue
                         info = json.loads(res.stdout.strip().splitlines()[-1])
                         pruned = load_model(str(out), dtype=dtype)
-                        rows.append((dtype, f"llm-compressor {method}", structure, evaluate(pruned), info["elapsed_s"], info["sparsity"]))
+                        rows.append(
+                            (
+                                dtype,
+                                f"llm-compressor {method}",
+                                structure,
+                                evaluate(pruned),
+                                info["elapsed_s"],
+                                info["sparsity"],
+                            )
+                        )
                         print("measured:", rows[-1], flush=True)
 
     print(header)
@@ -178,6 +224,7 @@ def main() -> None:
         floor = floors.get(dtype)
         xf = f"{t / floor:.2f}" if floor and t else "-"
         print(f"{dtype:<9} {name:<26} {setting:>8} {p:>11.2f} {t:>8.1f} {xf:>8} {'' if sp is None else f'{sp:.4f}':>9}")
+
 
 if __name__ == "__main__":
     main()

@@ -14,8 +14,10 @@ and the dequantized model it saves is evaluated here with the same code. The gri
 asymmetric (--symmetric for symmetric), group --group-size, GPTQ act-order static on both
 sides (--no-act-order for neither).
 
-    .venv/bin/python benchmarks/quantization.py [--llmc] [--bits 3,4] [--methods rtn,gptq,awq] [--dtypes float32,bfloat16]
-    .venv/bin/python benchmarks/quantization.py --methods "" --steps "sparsegpt:sparsity=0.5"   # any step, same protocol
+    .venv/bin/python benchmarks/quantization.py [--llmc] [--bits 3,4] [--methods rtn,gptq,awq] \\
+        [--dtypes float32,bfloat16]
+    # any step, same protocol:
+    .venv/bin/python benchmarks/quantization.py --methods "" --steps "sparsegpt:sparsity=0.5"
     .venv/bin/python benchmarks/quantization.py --quick    # a few-minute end-to-end check; not the protocol
 """
 
@@ -53,15 +55,28 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--methods", default="rtn,gptq,awq")
     ap.add_argument("--bits", default="3,4")
-    ap.add_argument("--steps", default="",
-                    help='further steps timed and evaluated on the same protocol, ";"-separated (e.g. "sparsegpt:sparsity=0.5")')
+    ap.add_argument(
+        "--steps",
+        default="",
+        help='further steps timed and evaluated on the same protocol, ";"-separated (e.g. "sparsegpt:sparsity=0.5")',
+    )
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--symmetric", action="store_true")
-    ap.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True, help="GPTQ act-order (static groups), both sides")
+    ap.add_argument(
+        "--act-order",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="GPTQ act-order (static groups), both sides",
+    )
     ap.add_argument("--dtypes", default="float32,bfloat16")
-    ap.add_argument("--eval-dtype", default=None, choices=DTYPES,
-                    help="evaluate every model in this dtype (e.g. float32 after bfloat16 compute: the compute dtype's effect on the "
-                         "weights alone, with evaluation at fp32 speed); default: each model in its compute dtype")
+    ap.add_argument(
+        "--eval-dtype",
+        default=None,
+        choices=DTYPES,
+        help="evaluate every model in this dtype (e.g. float32 after bfloat16 compute: the compute dtype's effect on "
+        "the "
+        "weights alone, with evaluation at fp32 speed); default: each model in its compute dtype",
+    )
     ap.add_argument("--n-samples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--eval-windows", type=int, default=40)
@@ -71,11 +86,17 @@ def main() -> None:
     ap.add_argument("--skip-statistics-floor", action="store_true", help="time the two-pass floor only")
     ap.add_argument("--skip-dense", action="store_true")
     ap.add_argument("--skip-ours", action="store_true", help="run only the llm-compressor side (with --llmc)")
-    ap.add_argument("--quick", action="store_true",
-                    help="end-to-end check: 8 x 512 calibration, 4 eval windows of 512, fp32 only, llm-compressor only if its venv exists")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="end-to-end check: 8 x 512 calibration, 4 eval windows of 512, fp32 only, llm-compressor only if its "
+        "venv exists",
+    )
     args = ap.parse_args()
-    if args.eval_dtype and any(torch.finfo(getattr(torch, args.eval_dtype)).bits < torch.finfo(getattr(torch, d)).bits
-                               for d in args.dtypes.split(",")):
+    if args.eval_dtype and any(
+        torch.finfo(getattr(torch, args.eval_dtype)).bits < torch.finfo(getattr(torch, d)).bits
+        for d in args.dtypes.split(",")
+    ):
         ap.error("--eval-dtype must be at least as wide as every compute dtype (the model is cast there and back)")
     methods = [m for m in args.methods.split(",") if m]
     extra = [t.strip() for t in args.steps.split(";") if t.strip()]
@@ -92,11 +113,18 @@ def main() -> None:
         pristine = lm.state_copy()
         ctx = Context(calibration_samples=args.n_samples, calibration_seqlen=args.seqlen, dtype=dtype)
         windows = ctx.calibration_batches(lm)
-        ppl = build_metrics(["perplexity"], {"perplexity": {"seqlen": args.eval_seqlen, "max_tokens": args.eval_windows * args.eval_seqlen}})[0]
-        header = (f"model {args.model}, torch threads {torch.get_num_threads()}; calibration {windows.shape[0]} x {windows.shape[1]} tokens; "
-                  f"perplexity: wikitext-2 test, first {args.eval_windows} windows of {min(args.eval_seqlen, lm.max_positions)}; "
-                  f"group {args.group_size}, {'symmetric' if args.symmetric else 'asymmetric'}, GPTQ act-order {args.act_order}"
-                  + (f"; every model evaluated in {args.eval_dtype}" if args.eval_dtype else ""))
+        ppl = build_metrics(
+            ["perplexity"],
+            {"perplexity": {"seqlen": args.eval_seqlen, "max_tokens": args.eval_windows * args.eval_seqlen}},
+        )[0]
+        header = (
+            f"model {args.model}, torch threads {torch.get_num_threads()}; calibration {windows.shape[0]} x "
+            f"{windows.shape[1]} tokens; "
+            f"perplexity: wikitext-2 test, first {args.eval_windows} windows of "
+            f"{min(args.eval_seqlen, lm.max_positions)}; "
+            f"group {args.group_size}, {'symmetric' if args.symmetric else 'asymmetric'}, GPTQ act-order "
+            f"{args.act_order}" + (f"; every model evaluated in {args.eval_dtype}" if args.eval_dtype else "")
+        )
 
         def evaluate(model_lm, ppl=ppl, ctx=ctx, dtype=dtype) -> float:
             if not args.eval_dtype or args.eval_dtype == dtype:
@@ -112,8 +140,13 @@ def main() -> None:
             print("measured:", rows[-1], flush=True)
         if not args.skip_floor:
             measure_floors(lm, ctx, windows, dtype, floors, None if args.skip_statistics_floor else stat_floors)
-        ours = [(f"lmcompose {m}", str(b), step_text(m, b, args)) for m in methods for b in map(int, args.bits.split(","))]
-        ours += [(f"lmcompose {text.split(':', 1)[0]}", text.split(":", 1)[1] if ":" in text else "-", text) for text in extra]
+        ours = [
+            (f"lmcompose {m}", str(b), step_text(m, b, args)) for m in methods for b in map(int, args.bits.split(","))
+        ]
+        ours += [
+            (f"lmcompose {text.split(':', 1)[0]}", text.split(":", 1)[1] if ":" in text else "-", text)
+            for text in extra
+        ]
         for name, setting, text in ours if not args.skip_ours else []:
             lm.restore(pristine)
             step = build_intervention(parse_step(text))
@@ -131,24 +164,51 @@ def main() -> None:
                 for method in [m for m in methods if m in ("gptq", "awq")]:
                     for bits in map(int, args.bits.split(",")):
                         out = tmp / f"{method}-{bits}"
-                        cmd = [str(py), str(ROOT / "benchmarks" / "_llmc_quantize.py"), lm.source, str(tmp / "windows.pt"), method, str(bits),
-                               str(args.group_size), str(int(args.symmetric)), str(int(args.act_order)), dtype, str(out)]
-                        res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                        cmd = [
+                            str(py),
+                            str(ROOT / "benchmarks" / "_llmc_quantize.py"),
+                            lm.source,
+                            str(tmp / "windows.pt"),
+                            method,
+                            str(bits),
+                            str(args.group_size),
+                            str(int(args.symmetric)),
+                            str(int(args.act_order)),
+                            dtype,
+                            str(out),
+                        ]
+                        res = subprocess.run(
+                            cmd, capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+                        )
                         if res.returncode != 0:
                             print(f"llm-compressor {method} {bits}-bit failed:\n{res.stderr[-3000:]}", file=sys.stderr)
                             continue
                         info = json.loads(res.stdout.strip().splitlines()[-1])
-                        rows.append((dtype, f"llm-compressor {method}", str(bits), evaluate(load_model(str(out), dtype=dtype)), info["elapsed_s"], None))
+                        rows.append(
+                            (
+                                dtype,
+                                f"llm-compressor {method}",
+                                str(bits),
+                                evaluate(load_model(str(out), dtype=dtype)),
+                                info["elapsed_s"],
+                                None,
+                            )
+                        )
                         print("measured:", rows[-1], flush=True)
 
     print(header)
     print_floors(floors, stat_floors)
     width = max([7] + [len(r[2]) for r in rows])
-    print(f"{'dtype':<9} {'method':<24} {'setting':>{width}} {'perplexity':>11} {'time s':>8} {'x floor':>8} {'avg bits':>9}")
+    print(
+        f"{'dtype':<9} {'method':<24} {'setting':>{width}} {'perplexity':>11} {'time s':>8} {'x floor':>8} "
+        f"{'avg bits':>9}"
+    )
     for dtype, name, bits, p, t, ab in rows:
         floor = floors.get(dtype)
         xf = f"{t / floor:.2f}" if floor and t else "-"
-        print(f"{dtype:<9} {name:<24} {bits:>{width}} {p:>11.2f} {t:>8.1f} {xf:>8} {'' if ab is None else f'{ab:.3f}':>9}")
+        print(
+            f"{dtype:<9} {name:<24} {bits:>{width}} {p:>11.2f} {t:>8.1f} {xf:>8} {'' if ab is None else f'{ab:.3f}':>9}"
+        )
 
 
 if __name__ == "__main__":

@@ -55,19 +55,41 @@ def summarize(run: Path) -> dict[str, Any]:
     c = cells(data, compressor)
     dataset = data.rows[0].get("dataset") or "?"
     n_edits = len(data.rows[0].get("edit_ids") or [])
-    print(f"\n## {run.name}: memit + {compressor}, {data.vary} = {', '.join(map(str, data.values))}; "
-          f"{len(data.replicates)} replicates of {n_edits} edits; model {data.model}")
+    print(
+        f"\n## {run.name}: memit + {compressor}, {data.vary} = {', '.join(map(str, data.values))}; "
+        f"{len(data.replicates)} replicates of {n_edits} edits; model {data.model}"
+    )
     print()
-    print("| strength | edit success prob: E / E→C / C→E | f1: E / E→C / C→E | generalization prob: E / E→C / C→E |"
-          " Δ edit NLL (E→C) | Δ general NLL (E→C) | perplexity: base / C / E→C / C→E |")
+    print(
+        "| strength | edit success prob: E / E→C / C→E | f1: E / E→C / C→E | generalization prob: E / E→C / C→E |"
+        " Δ edit NLL (E→C) | Δ general NLL (E→C) | perplexity: base / C / E→C / C→E |"
+    )
     print("|---|---|---|---|---|---|---|")
     findings: dict[str, list[float]] = {"decay": [], "harder": [], "faster": [], "order_gap": []}
     per_strength = []
     incomplete: list[str] = []
     for v in data.values:
         here: dict[str, list[float]] = {k: [] for k in findings}
-        get = {k: [] for k in ("e_p", "ec_p", "ce_p", "e_f", "ec_f", "ce_f", "e_g", "ec_g", "ce_g",
-                               "d_edit", "d_gen", "ppl0", "ppl_c", "ppl_ec", "ppl_ce")}
+        get = {
+            k: []
+            for k in (
+                "e_p",
+                "ec_p",
+                "ce_p",
+                "e_f",
+                "ec_f",
+                "ce_f",
+                "e_g",
+                "ec_g",
+                "ce_g",
+                "d_edit",
+                "d_gen",
+                "ppl0",
+                "ppl_c",
+                "ppl_ec",
+                "ppl_ce",
+            )
+        }
         for r in data.replicates:
             ec, ce = c.get(("EC", v, r)), c.get(("CE", v, r))
             if not ec or not ce or not {1, 2} <= ec.keys() or not {1, 2} <= ce.keys():
@@ -96,11 +118,14 @@ def summarize(run: Path) -> dict[str, Any]:
         for k, xs in here.items():
             findings[k] += xs
         per_strength.append((v, {k: mean_std(xs) for k, xs in here.items()}))
-        print(f"| {v} | {fmt(get['e_p'])} / {fmt(get['ec_p'])} / {fmt(get['ce_p'])} "
-              f"| {fmt(get['e_f'])} / {fmt(get['ec_f'])} / {fmt(get['ce_f'])} "
-              f"| {fmt(get['e_g'])} / {fmt(get['ec_g'])} / {fmt(get['ce_g'])} "
-              f"| {fmt(get['d_edit'])} | {fmt(get['d_gen'])} "
-              f"| {mean_std(get['ppl0'])[0]:.1f} / {fmt(get['ppl_c'], 1)} / {fmt(get['ppl_ec'], 1)} / {fmt(get['ppl_ce'], 1)} |")
+        print(
+            f"| {v} | {fmt(get['e_p'])} / {fmt(get['ec_p'])} / {fmt(get['ce_p'])} "
+            f"| {fmt(get['e_f'])} / {fmt(get['ec_f'])} / {fmt(get['ce_f'])} "
+            f"| {fmt(get['e_g'])} / {fmt(get['ec_g'])} / {fmt(get['ce_g'])} "
+            f"| {fmt(get['d_edit'])} | {fmt(get['d_gen'])} "
+            f"| {mean_std(get['ppl0'])[0]:.1f} / {fmt(get['ppl_c'], 1)} / {fmt(get['ppl_ec'], 1)} / "
+            f"{fmt(get['ppl_ce'], 1)} |"
+        )
     comp = composability(data)
     print()
     if incomplete:
@@ -109,15 +134,29 @@ def summarize(run: Path) -> dict[str, Any]:
         cr = comp.criteria.get(name)
         if cr is None or cr.A_mean is None:
             continue
-        print(f"- {name} (scorer of the run): A = {cr.A_mean:.3f} ± {cr.A_std:.3f}, P = {cr.P_mean:.3f} ± {cr.P_std:.3f}")
-    print(f"- compression decays edits (E − E→C, edit success f1, all strengths and replicates): {fmt(findings['decay'])}")
+        print(
+            f"- {name} (scorer of the run): A = {cr.A_mean:.3f} ± {cr.A_std:.3f}, P = {cr.P_mean:.3f} ± {cr.P_std:.3f}"
+        )
+    print(
+        f"- compression decays edits (E − E→C, edit success f1, all strengths and replicates): {fmt(findings['decay'])}"
+    )
     print(f"- editing the compressed model is less successful (E − C→E, f1): {fmt(findings['harder'])}")
-    print(f"- edits decay faster than general language modelling (Δ edit NLL − Δ general NLL, E→C, nats): "
-          f"{fmt(findings['faster'])}")
-    print(f"- order: C→E − E→C edit success f1: {fmt(findings['order_gap'])} "
-          f"({'compress first' if mean_std(findings['order_gap'])[0] > 0 else 'edit first'} keeps more edits)")
-    return {"run": run.name, "compressor": compressor, "dataset": dataset, "per_strength": per_strength,
-            "A_edit": _a(comp, "edit_success"), "A_ppl": _a(comp, "perplexity")}
+    print(
+        f"- edits decay faster than general language modelling (Δ edit NLL − Δ general NLL, E→C, nats): "
+        f"{fmt(findings['faster'])}"
+    )
+    print(
+        f"- order: C→E − E→C edit success f1: {fmt(findings['order_gap'])} "
+        f"({'compress first' if mean_std(findings['order_gap'])[0] > 0 else 'edit first'} keeps more edits)"
+    )
+    return {
+        "run": run.name,
+        "compressor": compressor,
+        "dataset": dataset,
+        "per_strength": per_strength,
+        "A_edit": _a(comp, "edit_success"),
+        "A_ppl": _a(comp, "perplexity"),
+    }
 
 
 def _a(comp: Any, name: str) -> float:
@@ -135,8 +174,10 @@ def main() -> None:
         raise SystemExit(f"replication.py: {exc}") from None
     print("\n## All runs\n")
     print("Edit success with the f1 scorer; mean ± std over replicates.\n")
-    print("| run | strength | compression decays edits (E − E→C) | editing compressed is harder (E − C→E) |"
-          " edit NLL rise − general NLL rise (nats, E→C) | C→E − E→C | A edit success | A perplexity |")
+    print(
+        "| run | strength | compression decays edits (E − E→C) | editing compressed is harder (E − C→E) |"
+        " edit NLL rise − general NLL rise (nats, E→C) | C→E − E→C | A edit success | A perplexity |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for s in out:
         for v, f in s["per_strength"]:

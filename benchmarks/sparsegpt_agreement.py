@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from pruning import ensure_llmc_venv  # noqa: E402
 
-LLMC_SIDE = r'''
+LLMC_SIDE = r"""
 import sys, torch
 from llmcompressor.modifiers.pruning.sparsegpt.sgpt_sparsify import sparsify_weight
 problems = torch.load(sys.argv[1], weights_only=True)
@@ -51,7 +51,7 @@ for bs in [int(b) for b in sys.argv[6].split(",")]:
         _, pruned = sparsify_weight(lin, {lin: h.clone()}, sparsity, n, m, bs, 0.01, False)
         out[f"{name}@{bs}"] = pruned
 torch.save(out, sys.argv[2])
-'''
+"""
 
 
 @torch.no_grad()
@@ -67,6 +67,7 @@ def collect_problems(lm, windows: torch.Tensor, layers: list[int]) -> dict[str, 
         def fn(_mod, args):
             x = args[0].reshape(-1, args[0].shape[-1]).double()
             hs[name].addmm_(x.t(), x)
+
         return fn
 
     handles = [mod.register_forward_pre_hook(hook(name)) for name, mod in wanted.items()]
@@ -106,7 +107,9 @@ def main() -> None:
         else:
             nm, sparsity, llmc_n, llmc_m = None, float(args.structure), 0, 0
     except ValueError:
-        ap.error(f"--structure {args.structure!r}: give N:M (e.g. 2:4) or an unstructured sparsity in [0, 1) (e.g. 0.5)")
+        ap.error(
+            f"--structure {args.structure!r}: give N:M (e.g. 2:4) or an unstructured sparsity in [0, 1) (e.g. 0.5)"
+        )
     blocks = [int(b) for b in args.block_sizes.split(",")]
     layers = [int(v) for v in args.layers.split(",")]
 
@@ -125,17 +128,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(problems, Path(tmp) / "problems.pt")
         (Path(tmp) / "side.py").write_text(LLMC_SIDE)
-        subprocess.run([str(py), str(Path(tmp) / "side.py"), str(Path(tmp) / "problems.pt"), str(Path(tmp) / "theirs.pt"),
-                        str(sparsity), str(llmc_n), str(llmc_m), args.block_sizes],
-                       check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                str(py),
+                str(Path(tmp) / "side.py"),
+                str(Path(tmp) / "problems.pt"),
+                str(Path(tmp) / "theirs.pt"),
+                str(sparsity),
+                str(llmc_n),
+                str(llmc_m),
+                args.block_sizes,
+            ],
+            check=True,
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         theirs = torch.load(Path(tmp) / "theirs.pt", weights_only=True)
 
     b0, b1 = blocks[0], blocks[-1]
-    pairs = [(f"ours@{b0} vs llmc@{b0}", ours, b0, theirs, b0), (f"ours@{b1} vs llmc@{b1}", ours, b1, theirs, b1),
-             (f"ours@{b0} vs ours@{b1}", ours, b0, ours, b1), (f"llmc@{b0} vs llmc@{b1}", theirs, b0, theirs, b1)]
+    pairs = [
+        (f"ours@{b0} vs llmc@{b0}", ours, b0, theirs, b0),
+        (f"ours@{b1} vs llmc@{b1}", ours, b1, theirs, b1),
+        (f"ours@{b0} vs ours@{b1}", ours, b0, ours, b1),
+        (f"llmc@{b0} vs llmc@{b1}", theirs, b0, theirs, b1),
+    ]
     runs = [(f"ours@{b}", ours, b) for b in blocks] + [(f"llmc@{b}", theirs, b) for b in blocks]
-    print(f"model {args.model}; structure {args.structure}; layers {args.layers}; H from {args.n_samples} x {args.seqlen} "
-          f"calibration tokens of the dense model; llm-compressor's sparsify_weight and ours on the same W and H")
+    print(
+        f"model {args.model}; structure {args.structure}; layers {args.layers}; H from {args.n_samples} x "
+        f"{args.seqlen} "
+        f"calibration tokens of the dense model; llm-compressor's sparsify_weight and ours on the same W and H"
+    )
     print("mask disagreement (fraction of weights one run keeps and the other prunes):")
     print(f"{'projection':<34}" + "".join(f"{label:>24}" for label, *_ in pairs))
     totals = {label: [0, 0] for label, *_ in pairs}

@@ -124,9 +124,21 @@ def _sweeps(study, out: Path) -> None:
             ctx, edits, metrics = _setup(study)
             lm = load_model(study.model, dtype=study.dtype, device=study.device)
             batches = [edits[(ds.name, r)] for r in range(study.replicates)]
-            sweep(lm, entry.steps, vary=str(entry.vary), orders=[[entry.steps[i].name for i in o] for o in entry.orders],
-                  edits=batches, replicates=study.replicates, out=out / f"{entry.label}-{ds.name}", policy=study.policy,
-                  metrics=metrics, seed=study.seed, ctx=ctx, snapshots=study.snapshots, topk=study.topk)
+            sweep(
+                lm,
+                entry.steps,
+                vary=str(entry.vary),
+                orders=[[entry.steps[i].name for i in o] for o in entry.orders],
+                edits=batches,
+                replicates=study.replicates,
+                out=out / f"{entry.label}-{ds.name}",
+                policy=study.policy,
+                metrics=metrics,
+                seed=study.seed,
+                ctx=ctx,
+                snapshots=study.snapshots,
+                topk=study.topk,
+            )
 
 
 def _cells(study, out: Path) -> None:
@@ -139,8 +151,17 @@ def _cells(study, out: Path) -> None:
         ctx, edits, metrics = _setup(study)
         lm = load_model(study.model, dtype=study.dtype, device=study.device)
         steps = [StepSpec(a.name, dict(a.overrides)) for a in cell.actions if not a.again]
-        compose(lm, steps, edits=edits[cell.group], out=out / f"cell-{i}", policy=study.policy, metrics=metrics,
-                seed=study.seed, ctx=ctx, replicate=cell.replicate)
+        compose(
+            lm,
+            steps,
+            edits=edits[cell.group],
+            out=out / f"cell-{i}",
+            policy=study.policy,
+            metrics=metrics,
+            seed=study.seed,
+            ctx=ctx,
+            replicate=cell.replicate,
+        )
 
 
 def print_plan(path: str) -> None:
@@ -181,17 +202,24 @@ def main() -> None:
         cache = Path(tempfile.mkdtemp(prefix=f"lmcompose-bench-{way}-"))
         env = {**os.environ, "LMCOMPOSE_CACHE_DIR": str(_fresh_cache(cache))}
         print(f"== {way} ...", flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--study", args.study, "--out", str(out), "--one", way],
-                              env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--study", args.study, "--out", str(out), "--one", way],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         shutil.rmtree(cache, ignore_errors=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             sys.exit(f"{way} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        results.append(json.loads(line[len("RESULT "):]))
+        results.append(json.loads(line[len("RESULT ") :]))
         print(f"   {results[-1]['wall_s']:.0f} s", flush=True)
     base = {r["way"]: r for r in results}
     print()
-    print("| way | wall s | edits | compressions | evaluations | reference passes | wall / study | wall / sweeps | wall / cells |")
+    print(
+        "| way | wall s | edits | compressions | evaluations | reference passes | wall / study | wall / sweeps | "
+        "wall / cells |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         edits = r["states"].get("edit", 0)
@@ -200,8 +228,10 @@ def main() -> None:
         def ratio(other: str, r=r) -> str:
             return f"{r['wall_s'] / base[other]['wall_s']:.2f}" if other in base else "–"
 
-        print(f"| {r['way']} | {r['wall_s']:.1f} | {edits} | {comp} | {r['evaluations']} | {r.get('references', 0)} | "
-              f"{ratio('study')} | {ratio('sweeps')} | {ratio('cells')} |")
+        print(
+            f"| {r['way']} | {r['wall_s']:.1f} | {edits} | {comp} | {r['evaluations']} | {r.get('references', 0)} | "
+            f"{ratio('study')} | {ratio('sweeps')} | {ratio('cells')} |"
+        )
 
 
 if __name__ == "__main__":

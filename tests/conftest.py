@@ -54,7 +54,11 @@ def fake_dists(tmp_path, monkeypatch):
     try:
         yield _install
     finally:
-        for mod in [m for m in sys.modules if m.endswith("_plugin") and m.split(".")[0] in {p.stem for p in PLUGIN_DIR.glob("*.py")}]:
+        for mod in [
+            m
+            for m in sys.modules
+            if m.endswith("_plugin") and m.split(".")[0] in {p.stem for p in PLUGIN_DIR.glob("*.py")}
+        ]:
             del sys.modules[mod]
         reset_plugins()
 

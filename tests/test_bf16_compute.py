@@ -27,13 +27,16 @@ def bf16_model(arch: str = "llama"):
     return lm
 
 
-@pytest.mark.parametrize("method,baseline,step", [
-    ("sparsegpt", "magnitude", "sparsity=0.5"),
-    ("sparsegpt", "magnitude", "structure=2:4"),
-    ("wanda", "magnitude", "sparsity=0.5"),
-    ("gptq", "rtn", "bits=3,group_size=32"),
-    ("awq", "rtn", "bits=3,group_size=32"),
-])
+@pytest.mark.parametrize(
+    "method,baseline,step",
+    [
+        ("sparsegpt", "magnitude", "sparsity=0.5"),
+        ("sparsegpt", "magnitude", "structure=2:4"),
+        ("wanda", "magnitude", "sparsity=0.5"),
+        ("gptq", "rtn", "bits=3,group_size=32"),
+        ("awq", "rtn", "bits=3,group_size=32"),
+    ],
+)
 def test_bf16_compute_keeps_the_method_and_its_quality(method, baseline, step):
     lm = bf16_model()
     windows = ctx().calibration_batches(lm, 8, 64)

@@ -60,9 +60,14 @@ def test_pipeline_observes_what_a_forward_pass_feeds_each_projection(arch):
     expect = {n: capture_inputs(lm, n, windows) for n in names}
     seen: dict[str, list[torch.Tensor]] = {}
     modified: list[int] = []
-    layer_of = {n: int(n[len(lm.arch.layers) + 1:].split(".", 1)[0]) for n in names}
-    run_layer_sequential(lm, windows, lambda i: [n for n in names if layer_of[n] == i],
-                         lambda _i, n, x: seen.setdefault(n, []).append(x.clone()), lambda i, _names: modified.append(i))
+    layer_of = {n: int(n[len(lm.arch.layers) + 1 :].split(".", 1)[0]) for n in names}
+    run_layer_sequential(
+        lm,
+        windows,
+        lambda i: [n for n in names if layer_of[n] == i],
+        lambda _i, n, x: seen.setdefault(n, []).append(x.clone()),
+        lambda i, _names: modified.append(i),
+    )
     assert modified == list(range(len(decoder_layers(lm.model, lm.arch))))
     for n in names:  # nothing modified, so every projection sees the model's own inputs
         assert torch.allclose(torch.cat(seen[n]), expect[n], atol=1e-5), n
@@ -70,7 +75,7 @@ def test_pipeline_observes_what_a_forward_pass_feeds_each_projection(arch):
 
 def _layer_names(lm):
     names = [n for n, _ in lm.linear_layers() if n.startswith(lm.arch.layers + ".")]
-    layer_of = {n: int(n[len(lm.arch.layers) + 1:].split(".", 1)[0]) for n in names}
+    layer_of = {n: int(n[len(lm.arch.layers) + 1 :].split(".", 1)[0]) for n in names}
     return names, lambda i: [n for n in names if layer_of[n] == i]
 
 
@@ -82,7 +87,11 @@ def test_true_sequential_stages_see_the_groups_before_them_changed():
     _names, names_of = _layer_names(lm)
     stages = true_sequential_stages(lm)
     assert [[n.rsplit(".", 1)[-1] for n in g] for g in stages(0, names_of(0))] == [
-        ["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
+        ["q_proj", "k_proj", "v_proj"],
+        ["o_proj"],
+        ["gate_proj", "up_proj"],
+        ["down_proj"],
+    ]
     o_proj = f"{lm.arch.layers}.0.self_attn.o_proj"
     for staged in (False, True):
         lm = tiny_model("llama")
@@ -94,8 +103,14 @@ def test_true_sequential_stages_see_the_groups_before_them_changed():
                 if n.endswith("v_proj"):
                     lm.weight(n).data.zero_()  # o_proj's input is attention over v: all zeros after this
 
-        run_layer_sequential(lm, windows, names_of, lambda _i, n, x, seen=seen: seen.setdefault(n, []).append(x.clone()),
-                             modify, stages=stages if staged else None)
+        run_layer_sequential(
+            lm,
+            windows,
+            names_of,
+            lambda _i, n, x, seen=seen: seen.setdefault(n, []).append(x.clone()),
+            modify,
+            stages=stages if staged else None,
+        )
         zero = bool(torch.cat(seen[o_proj]).abs().max() == 0)
         assert zero == staged  # one pass sees o_proj's inputs before v_proj changed
         assert len(calls) == len(decoder_layers(lm.model, lm.arch)) * (4 if staged else 1)
@@ -114,8 +129,14 @@ def test_next_layer_calibrated_on_full_precision_outputs():
             for n in names:
                 lm.weight(n).data.mul_(0.5)
 
-        run_layer_sequential(lm, windows, names_of, lambda _i, n, x, seen=seen: seen.setdefault(n, []).append(x.clone()),
-                             modify, next_inputs=next_inputs)
+        run_layer_sequential(
+            lm,
+            windows,
+            names_of,
+            lambda _i, n, x, seen=seen: seen.setdefault(n, []).append(x.clone()),
+            modify,
+            next_inputs=next_inputs,
+        )
         later = [n for n in names if not n.startswith(f"{lm.arch.layers}.0.")]
         same = all(torch.allclose(torch.cat(seen[n]), expect[n], atol=1e-5) for n in later)
         assert same == (next_inputs == "original")  # every layer sees the unmodified model's inputs
@@ -135,8 +156,12 @@ def test_statistics_pass_stops_after_the_last_watched_projection(arch, watched):
     suffixes = {name.rsplit(".", 1)[-1] for name, _ in lm.linear_layers()} if watched == "all" else attention
     last = [_last_projection(lm, i) for i in range(len(layers))]
     runs = dict.fromkeys(last, 0)
-    handles = [lm.model.get_submodule(name).register_forward_hook(lambda *_a, name=name: runs.__setitem__(name, runs[name] + 1))
-               for name in last]
+    handles = [
+        lm.model.get_submodule(name).register_forward_hook(
+            lambda *_a, name=name: runs.__setitem__(name, runs[name] + 1)
+        )
+        for name in last
+    ]
     tokens: dict[str, int] = {}
 
     def observe(_i, name, x):

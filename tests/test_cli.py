@@ -37,7 +37,10 @@ def test_plugins_json():
     assert core["distribution"] == "lmcompose" and "intervention:rtn" in core["provides"]
 
 
-@pytest.mark.parametrize("kind,expect", [("interventions", "sparsity"), ("metrics", "perplexity"), ("datasets", "records"), ("architectures", "gpt_neox")])
+@pytest.mark.parametrize(
+    "kind,expect",
+    [("interventions", "sparsity"), ("metrics", "perplexity"), ("datasets", "records"), ("architectures", "gpt_neox")],
+)
 def test_list(kind, expect):
     res = invoke("list", kind)
     assert res.exit_code == 0, res.output
@@ -46,7 +49,17 @@ def test_list(kind, expect):
 
 def test_run_writes_results(tiny_folder, tmp_path):
     out = tmp_path / "run"
-    res = invoke("run", tiny_folder, "magnitude:sparsity=0.5", "rtn:bits=4,group_size=32", "--out", str(out), *FAST, "--metrics", "perplexity,avg_bits")
+    res = invoke(
+        "run",
+        tiny_folder,
+        "magnitude:sparsity=0.5",
+        "rtn:bits=4,group_size=32",
+        "--out",
+        str(out),
+        *FAST,
+        "--metrics",
+        "perplexity,avg_bits",
+    )
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["position"] for r in rows] == [0, 1, 2]
@@ -57,21 +70,26 @@ def test_run_writes_results(tiny_folder, tmp_path):
 
 def test_run_with_a_config_file_and_edits(tiny_folder, tmp_path):
     cfg = tmp_path / "exp.yaml"
-    cfg.write_text(f"model: {tiny_folder}\nsteps: [magnitude:structure=2:4]\ndataset: records\nedits: 2\nmetrics: [edit]\n")
+    cfg.write_text(
+        f"model: {tiny_folder}\nsteps: [magnitude:structure=2:4]\ndataset: records\nedits: 2\nmetrics: [edit]\n"
+    )
     res = invoke("run", "-c", str(cfg), "--out", str(tmp_path / "r"))
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in (tmp_path / "r" / "results.jsonl").read_text().splitlines()]
     assert rows[1]["edit_success"] is not None and rows[1]["strength"] == 0.5
 
 
-@pytest.mark.parametrize("args,message", [
-    (["magnitud:sparsity=0.5"], "Did you mean 'magnitude'"),
-    (["magnitude:sparsty=0.5"], "Did you mean 'sparsity'"),
-    (["magnitude:sparsity=1.5"], "out of range"),
-    (["rtn:bits=3.5"], "is not an integer"),
-    (["magnitude", "--keep-compressed", "always"], "policy"),
-    (["magnitude", "--dataset", "counterfakt"], "unknown dataset"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["magnitud:sparsity=0.5"], "Did you mean 'magnitude'"),
+        (["magnitude:sparsty=0.5"], "Did you mean 'sparsity'"),
+        (["magnitude:sparsity=1.5"], "out of range"),
+        (["rtn:bits=3.5"], "is not an integer"),
+        (["magnitude", "--keep-compressed", "always"], "policy"),
+        (["magnitude", "--dataset", "counterfakt"], "unknown dataset"),
+    ],
+)
 def test_bad_input_is_one_message_and_exit_2(tiny_folder, tmp_path, args, message):
     out = tmp_path / "never"
     res = invoke("run", tiny_folder, *args, "--out", str(out))
@@ -132,8 +150,10 @@ def test_data_dir_reaches_the_run_through_its_context_not_the_environment(tiny_f
 
     monkeypatch.delenv("LMCOMPOSE_DATA_DIR", raising=False)
     data = _data_folder(tmp_path / "data", " = Valkyria = \n\n" + "The game is a tactical role playing game .\n" * 300)
-    for command in (["run", tiny_folder, "magnitude:sparsity=0.5"],
-                    ["sweep", tiny_folder, "magnitude", "--vary", "magnitude.sparsity=0.25,0.5", "--no-plots"]):
+    for command in (
+        ["run", tiny_folder, "magnitude:sparsity=0.5"],
+        ["sweep", tiny_folder, "magnitude", "--vary", "magnitude.sparsity=0.25,0.5", "--no-plots"],
+    ):
         out = tmp_path / command[0]
         res = invoke("--data-dir", str(data), *command, "--out", str(out), *FAST, "--metrics", "perplexity")
         assert res.exit_code == 0, res.output
@@ -142,7 +162,9 @@ def test_data_dir_reaches_the_run_through_its_context_not_the_environment(tiny_f
         assert config["data_dir"] == str(data.resolve())
         assert config["inputs"]["corpora"]["test"].startswith("wiki.test.raw:"), config["inputs"]["corpora"]
     # the same run without the folder reads the bundled sample (the context was the only source)
-    res = invoke("run", tiny_folder, "magnitude:sparsity=0.5", "--out", str(tmp_path / "plain"), *FAST, "--metrics", "perplexity")
+    res = invoke(
+        "run", tiny_folder, "magnitude:sparsity=0.5", "--out", str(tmp_path / "plain"), *FAST, "--metrics", "perplexity"
+    )
     assert res.exit_code == 0, res.output
     config = yaml.safe_load((tmp_path / "plain" / "config.yaml").read_text())
     assert config["inputs"]["corpora"]["test"] == "bundled:sample_text.txt"

@@ -1,4 +1,5 @@
-"""A, P, OI and MCE (docs/sweeps.md, the paper's Appendix B) against hand-computed values, and criterion normalization."""
+"""A, P, OI and MCE (docs/sweeps.md, the paper's Appendix B) against hand-computed values,
+and criterion normalization."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from lmcompose.composability import area_metrics, composability, normalized_crit
 from lmcompose.errors import DataError
 
 X = [0.0, 0.5, 1.0]
-AB = (1.0, 0.8, 0.4)   # ℓ(A→B)
-BA = (1.0, 0.6, 0.2)   # ℓ(B→A)
+AB = (1.0, 0.8, 0.4)  # ℓ(A→B)
+BA = (1.0, 0.6, 0.2)  # ℓ(B→A)
 CAB = (0.9, 0.9, 0.1)  # a third order, for N = 3
 
 
@@ -47,7 +48,9 @@ def test_uneven_grid():
 
 def test_normalized_criteria():
     base = {"perplexity": 20.0, "general_nll": math.log(20.0)}
-    assert normalized_criterion("perplexity", {"perplexity": 40.0, "general_nll": math.log(40.0)}, base) == pytest.approx(0.5)
+    assert normalized_criterion(
+        "perplexity", {"perplexity": 40.0, "general_nll": math.log(40.0)}, base
+    ) == pytest.approx(0.5)
     assert normalized_criterion("perplexity", {"perplexity": 10.0, "general_nll": math.log(10.0)}, base) == 1.0
     assert normalized_criterion("perplexity", {"perplexity": None, "general_nll": None}, base) == 0.0  # inf ppl
     assert normalized_criterion("perplexity", {"perplexity": 40.0}, {"perplexity": 20.0}) == pytest.approx(0.5)
@@ -56,8 +59,9 @@ def test_normalized_criteria():
     assert normalized_criterion("generalization", {}, base) is None
 
 
-def sweep_rows(curves: dict[tuple[str, ...], list[tuple[float, float]]], values=(0.25, 0.5, 0.75),
-               low=0.0, high=1.0) -> list[dict]:
+def sweep_rows(
+    curves: dict[tuple[str, ...], list[tuple[float, float]]], values=(0.25, 0.5, 0.75), low=0.0, high=1.0
+) -> list[dict]:
     """Rows of a fake 2-step sweep: ``curves[order]`` gives (edit_success, ppl ratio) at each
     value, per replicate (a list of curves per replicate)."""
     rows = []
@@ -66,22 +70,50 @@ def sweep_rows(curves: dict[tuple[str, ...], list[tuple[float, float]]], values=
         for r, points in enumerate(reps):
             for v, (es, ratio) in zip(values, points, strict=True):
                 cell = f"{'>'.join(order)}|{v}|r{r}"
-                common = {"sweep": True, "run_id": "t", "cell": cell, "order": list(order), "replicate": r,
-                          "strength": v, "strength_normalized": (v - low) / (high - low), "vary": "b.sparsity",
-                          "last_position": len(order), "model": "m", "policy": "project"}
-                rows.append({**common, "position": 0, "edit_success": 0.0, "general_nll": base_nll, "perplexity": math.exp(base_nll),
-                             "avg_bits": 16.0})
+                common = {
+                    "sweep": True,
+                    "run_id": "t",
+                    "cell": cell,
+                    "order": list(order),
+                    "replicate": r,
+                    "strength": v,
+                    "strength_normalized": (v - low) / (high - low),
+                    "vary": "b.sparsity",
+                    "last_position": len(order),
+                    "model": "m",
+                    "policy": "project",
+                }
+                rows.append(
+                    {
+                        **common,
+                        "position": 0,
+                        "edit_success": 0.0,
+                        "general_nll": base_nll,
+                        "perplexity": math.exp(base_nll),
+                        "avg_bits": 16.0,
+                    }
+                )
                 nll = base_nll - math.log(ratio)
-                rows.append({**common, "position": len(order), "edit_success": es, "general_nll": nll,
-                             "perplexity": math.exp(nll), "avg_bits": 16 * (1 - v) + v})
+                rows.append(
+                    {
+                        **common,
+                        "position": len(order),
+                        "edit_success": es,
+                        "general_nll": nll,
+                        "perplexity": math.exp(nll),
+                        "avg_bits": 16 * (1 - v) + v,
+                    }
+                )
     return rows
 
 
 def test_composability_from_rows_with_replicates():
-    rows = sweep_rows({
-        ("a", "b"): [list(zip(AB, (1.0, 0.5, 0.25), strict=True)), list(zip(AB, (1.0, 0.5, 0.25), strict=True))],
-        ("b", "a"): [list(zip(BA, (1.0, 1.0, 0.5), strict=True)), list(zip(AB, (1.0, 1.0, 0.5), strict=True))],
-    })
+    rows = sweep_rows(
+        {
+            ("a", "b"): [list(zip(AB, (1.0, 0.5, 0.25), strict=True)), list(zip(AB, (1.0, 0.5, 0.25), strict=True))],
+            ("b", "a"): [list(zip(BA, (1.0, 1.0, 0.5), strict=True)), list(zip(AB, (1.0, 1.0, 0.5), strict=True))],
+        }
+    )
     c = composability(rows, x="strength")
     assert c.x == pytest.approx([0.0, 0.5, 1.0])  # 0.25..0.75 rescaled over the sweep
     es = c.criteria["edit_success"]
@@ -98,14 +130,20 @@ def test_composability_from_rows_with_replicates():
 
 
 def test_composability_three_orders_from_rows():
-    rows = sweep_rows({o: [list(zip(curve, (1, 1, 1), strict=True))] for o, curve in
-                       {("a", "b", "c"): AB, ("b", "a", "c"): BA, ("c", "a", "b"): CAB}.items()})
+    rows = sweep_rows(
+        {
+            o: [list(zip(curve, (1, 1, 1), strict=True))]
+            for o, curve in {("a", "b", "c"): AB, ("b", "a", "c"): BA, ("c", "a", "b"): CAB}.items()
+        }
+    )
     es = composability(rows, x="strength").criteria["edit_success"]
     assert es.A_mean == pytest.approx(0.25) and es.P_mean == pytest.approx(0.2)
 
 
 def test_average_bits_axis():
-    rows = sweep_rows({("a", "b"): [list(zip(AB, (1, 1, 1), strict=True))], ("b", "a"): [list(zip(BA, (1, 1, 1), strict=True))]})
+    rows = sweep_rows(
+        {("a", "b"): [list(zip(AB, (1, 1, 1), strict=True))], ("b", "a"): [list(zip(BA, (1, 1, 1), strict=True))]}
+    )
     c = composability(rows, x="avg_bits")
     # bits 12.25, 8.5, 4.75: evenly spaced -> same x as the strength axis
     assert c.x == pytest.approx([0.0, 0.5, 1.0])
@@ -113,9 +151,17 @@ def test_average_bits_axis():
 
 
 def test_an_incomplete_replicate_is_left_out_and_said():
-    rows = sweep_rows({("a", "b"): [list(zip(AB, (1, 1, 1), strict=True))] * 2,
-                       ("b", "a"): [list(zip(BA, (1, 1, 1), strict=True))] * 2})
-    rows = [r for r in rows if not (r["replicate"] == 1 and r["order"] == ["b", "a"] and r["strength"] == 0.75 and r["position"] == 2)]
+    rows = sweep_rows(
+        {
+            ("a", "b"): [list(zip(AB, (1, 1, 1), strict=True))] * 2,
+            ("b", "a"): [list(zip(BA, (1, 1, 1), strict=True))] * 2,
+        }
+    )
+    rows = [
+        r
+        for r in rows
+        if not (r["replicate"] == 1 and r["order"] == ["b", "a"] and r["strength"] == 0.75 and r["position"] == 2)
+    ]
     c = composability(rows, x="strength")
     assert c.criteria["edit_success"].replicates == [0]
     assert any("incomplete" in n for n in c.notes)
@@ -128,10 +174,14 @@ def test_no_sweep_rows_is_a_clear_error(tmp_path):
         composability(tmp_path / "nothing")
 
 
-
 def _two_order_rows(ab=AB, ba=BA, values=(0.25, 0.5, 0.75)):
-    return sweep_rows({("a", "b"): [list(zip(ab, (1,) * len(ab), strict=True))],
-                       ("b", "a"): [list(zip(ba, (1,) * len(ba), strict=True))]}, values=values)
+    return sweep_rows(
+        {
+            ("a", "b"): [list(zip(ab, (1,) * len(ab), strict=True))],
+            ("b", "a"): [list(zip(ba, (1,) * len(ba), strict=True))],
+        },
+        values=values,
+    )
 
 
 def test_the_compression_axis_is_absolute_by_hand():

@@ -36,10 +36,23 @@ def test_length_two_measures_each_criterion_after_each_step():
 
 def test_length_three_with_edits_and_every_metric():
     edits = load_edits("records", limit=3)
-    rows = run(tiny_model("llama"), ["rtn:bits=8,group_size=32", "magnitude:structure=2:4", "rtn:bits=4,group_size=32"], edits=edits)
+    rows = run(
+        tiny_model("llama"),
+        ["rtn:bits=8,group_size=32", "magnitude:structure=2:4", "rtn:bits=4,group_size=32"],
+        edits=edits,
+    )
     assert len(rows) == 4
     for r in rows:
-        for key in ("perplexity", "avg_bits", "flops", "edit_success", "generalization", "locality", "edit_nll", "locality_drift"):
+        for key in (
+            "perplexity",
+            "avg_bits",
+            "flops",
+            "edit_success",
+            "generalization",
+            "locality",
+            "edit_nll",
+            "locality_drift",
+        ):
             assert key in r and r[key] is not None, key
     assert rows[0]["locality_drift"] == 1.0
 
@@ -68,7 +81,13 @@ def test_constraint_policies(policy, expect_sparse):
 
 def test_recompress_reruns_compressors_that_ran_before_an_editor():
     lm = tiny_model("llama")
-    rows = run(lm, ["magnitude:sparsity=0.5", Bump(), "rtn:bits=4"], edits=load_edits("records", limit=2), policy="recompress", metrics=["avg_bits"])
+    rows = run(
+        lm,
+        ["magnitude:sparsity=0.5", Bump(), "rtn:bits=4"],
+        edits=load_edits("records", limit=2),
+        policy="recompress",
+        metrics=["avg_bits"],
+    )
     assert [r["position"] for r in rows] == [0, 1, 2, 3, 4]
     assert rows[2]["sparsity"] < 0.01  # no projection in between
     assert rows[4]["step"]["name"] == "magnitude" and rows[4]["step"]["recompress"]

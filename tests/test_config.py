@@ -28,7 +28,9 @@ def test_parse_step_rejects_malformed_steps(bad):
 
 
 def test_values_are_coerced_by_field_type():
-    step = build_intervention(parse_step("rtn:bits=3,group_size=-1,symmetric=true,targets=mlp.down_proj+self_attn.o_proj"))
+    step = build_intervention(
+        parse_step("rtn:bits=3,group_size=-1,symmetric=true,targets=mlp.down_proj+self_attn.o_proj")
+    )
     c = step.config
     assert (c.bits, c.group_size, c.symmetric) == (3, -1, True)
     assert c.targets == ["mlp.down_proj", "self_attn.o_proj"]
@@ -44,7 +46,18 @@ def test_unknown_field_suggests_a_field():
         build_intervention(parse_step("magnitude:sparsty=0.5"))
 
 
-@pytest.mark.parametrize("step", ["magnitude:sparsity=1.0", "magnitude:sparsity=-0.1", "rtn:bits=1", "rtn:bits=9", "rtn:bits=3.5", "magnitude:sparsity=abc", "rtn:symmetric=maybe"])
+@pytest.mark.parametrize(
+    "step",
+    [
+        "magnitude:sparsity=1.0",
+        "magnitude:sparsity=-0.1",
+        "rtn:bits=1",
+        "rtn:bits=9",
+        "rtn:bits=3.5",
+        "magnitude:sparsity=abc",
+        "rtn:symmetric=maybe",
+    ],
+)
 def test_out_of_range_or_wrong_type_values_are_config_errors(step):
     with pytest.raises(ConfigError) as exc:
         build_intervention(parse_step(step))
@@ -64,7 +77,10 @@ def test_n_m_structure_sets_the_sparsity_and_rejects_a_contradiction():
 
 def test_run_settings_from_yaml_and_flag_overrides(tmp_path):
     cfg = tmp_path / "exp.yaml"
-    cfg.write_text("model: smollm2-135m\nsteps:\n  - magnitude:sparsity=0.3\n  - {rtn: {bits: 3}}\nseed: 4\nmetric_options:\n  perplexity: {max_tokens: 2048}\n")
+    cfg.write_text(
+        "model: smollm2-135m\nsteps:\n  - magnitude:sparsity=0.3\n  - {rtn: {bits: 3}}\nseed: 4\nmetric_options:\n  "
+        "perplexity: {max_tokens: 2048}\n"
+    )
     s = RunSettings.from_file(cfg).merged(seed=5, out=None)
     assert s.seed == 5 and s.model == "smollm2-135m"
     steps, metrics = s.validate()
@@ -90,7 +106,9 @@ def test_run_settings_reject_unknown_keys_and_bad_yaml(tmp_path):
         RunSettings.from_file(not_mapping)
 
 
-@pytest.mark.parametrize("field,value,match", [("policy", "sometimes", "policy"), ("edits", 0, "edits"), ("dtype", "int8", "dtype")])
+@pytest.mark.parametrize(
+    "field,value,match", [("policy", "sometimes", "policy"), ("edits", 0, "edits"), ("dtype", "int8", "dtype")]
+)
 def test_run_settings_validate_scalars(field, value, match):
     s = RunSettings(model="m", steps=["rtn"]).merged(**{field: value})
     with pytest.raises(ConfigError, match=match):

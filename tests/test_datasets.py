@@ -34,8 +34,23 @@ def test_run_with_skip_invalid(tmp_path):
     model = tmp_path / "m"
     tiny_model("llama").save(model)
     data = tmp_path / "r.jsonl"
-    data.write_text('{"case_id": 1, "subject": "A", "prompt": "A is", "target_new": "b"}\n{"case_id": 2, "subject": "Z", "prompt": "A is", "target_new": "b"}\n')
-    args = ["run", str(model), "magnitude", "--dataset", "records", "--dataset-source", str(data), "--metrics", "edit", "--out", str(tmp_path / "o")]
+    data.write_text(
+        '{"case_id": 1, "subject": "A", "prompt": "A is", "target_new": "b"}\n{"case_id": 2, "subject": "Z", '
+        '"prompt": "A is", "target_new": "b"}\n'
+    )
+    args = [
+        "run",
+        str(model),
+        "magnitude",
+        "--dataset",
+        "records",
+        "--dataset-source",
+        str(data),
+        "--metrics",
+        "edit",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and "does not occur in prompt" in res.output
     res = CliRunner().invoke(app, [*args, "--skip-invalid"])

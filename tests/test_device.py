@@ -13,10 +13,15 @@ from lmcompose.models.tiny import TINY_ARCHITECTURES, tiny_model
 
 pytestmark = [pytest.mark.device, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-STEPS = ["magnitude:sparsity=0.5", "rtn:bits=4,group_size=32", "sparsegpt:n_samples=4,seqlen=32",
-         "wanda:n_samples=4,seqlen=32", "gptq:bits=4,group_size=32,n_samples=4,seqlen=32",
-         "awq:bits=4,group_size=32,n_samples=4,seqlen=32,n_grid=4",
-         "memit:layers=0+1,context_templates=0,stats_samples=8,stats_seqlen=64,v_num_grad_steps=5"]
+STEPS = [
+    "magnitude:sparsity=0.5",
+    "rtn:bits=4,group_size=32",
+    "sparsegpt:n_samples=4,seqlen=32",
+    "wanda:n_samples=4,seqlen=32",
+    "gptq:bits=4,group_size=32,n_samples=4,seqlen=32",
+    "awq:bits=4,group_size=32,n_samples=4,seqlen=32,n_grid=4",
+    "memit:layers=0+1,context_templates=0,stats_samples=8,stats_seqlen=64,v_num_grad_steps=5",
+]
 METRICS = {"perplexity": {"seqlen": 64, "max_tokens": 512}}
 
 

@@ -7,8 +7,13 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "plugins" / "README.md", *sorted((ROOT / "docs").glob("*.md")),
-        *sorted((ROOT / "plugins").glob("*/README.md"))]
+DOCS = [
+    ROOT / "README.md",
+    ROOT / "CONTRIBUTING.md",
+    ROOT / "plugins" / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "plugins").glob("*/README.md")),
+]
 
 
 def slug(heading: str) -> str:
@@ -59,7 +64,9 @@ def test_every_method_documents_its_lifecycle_and_sample_configs_that_build():
     for name in registry.names():
         cls = registry.get(name)
         doc = cls.__doc__ or ""
-        assert "Lifecycle:" in doc and "Sample config::" in doc, f"{name}: docstring lacks its lifecycle or sample config"
+        assert "Lifecycle:" in doc and "Sample config::" in doc, (
+            f"{name}: docstring lacks its lifecycle or sample config"
+        )
         samples = [line.split("#")[0].strip() for line in doc.split("Sample config::", 1)[1].splitlines()]
         steps = [s for s in samples if s and not s.startswith("{")]
         assert steps, name

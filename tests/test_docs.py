@@ -12,7 +12,22 @@ from pathlib import Path
 import pytest
 
 DOC = Path(__file__).parent.parent / "docs" / "cli.md"
-COMMANDS = [[], ["run"], ["sweep"], ["study"], ["merge"], ["report"], ["list"], ["plugins"], ["validate"], ["models"], ["new-plugin"], ["install"], ["uninstall"], ["export"]]
+COMMANDS = [
+    [],
+    ["run"],
+    ["sweep"],
+    ["study"],
+    ["merge"],
+    ["report"],
+    ["list"],
+    ["plugins"],
+    ["validate"],
+    ["models"],
+    ["new-plugin"],
+    ["install"],
+    ["uninstall"],
+    ["export"],
+]
 BLOCK = re.compile(r"<!-- help: (?P<cmd>[^>]*) -->\n```text\n(?P<body>.*?)```", re.S)
 
 
@@ -35,7 +50,9 @@ def test_cli_help_in_docs_matches_the_real_help(args):
     blocks = documented()
     key = " ".join(["lmcompose", *args])
     assert key in blocks, f"docs/cli.md has no help block for `{key}`"
-    assert blocks[key] == help_text(args), f"docs/cli.md is out of date for `{key}`: run python tests/test_docs.py --update"
+    assert blocks[key] == help_text(args), (
+        f"docs/cli.md is out of date for `{key}`: run python tests/test_docs.py --update"
+    )
 
 
 def update() -> None:

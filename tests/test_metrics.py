@@ -51,7 +51,10 @@ def test_scorer_f1_is_token_set_f1():
     t = sc.encode("Berlin is the capital of", "Germany")[1]
     assert sc.f1(t, t) == 1.0
     assert sc.f1([], t) == 0.0
-    a, b = sc.tok(" river town", add_special_tokens=False).input_ids, sc.tok(" river crossing", add_special_tokens=False).input_ids
+    a, b = (
+        sc.tok(" river town", add_special_tokens=False).input_ids,
+        sc.tok(" river crossing", add_special_tokens=False).input_ids,
+    )
     a, b = [i for i in a if not sc.excluded(i)], [i for i in b if not sc.excluded(i)]
     common = len(set(a[: len(b)]) & set(b))
     p, r = common / len(set(a[: len(b)])), common / len(set(b))
@@ -68,8 +71,9 @@ def sentencepiece_tokenizer():
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Strip(" ", 1, 0)])
-    trainer = trainers.UnigramTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"], unk_token="<unk>",
-                                      max_piece_length=8)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"], unk_token="<unk>", max_piece_length=8
+    )
     tok.train_from_iterator(sample_text().splitlines(), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
@@ -96,17 +100,27 @@ def test_f1_drops_the_bare_sentencepiece_space_then_clips_and_scores_sets():
 def test_edit_scorers_follow_their_definitions():
     """On a tiny model, compute each scorer by hand and compare."""
     lm = tiny_model("llama", seed=3)
-    recs = [record("Berlin is the capital of", "Berlin", "Italy", "Germany", rephrases=["The capital Berlin belongs to"],
-                   locality=[{"prompt": "Madrid is the capital of", "answer": "Spain"}])]
+    recs = [
+        record(
+            "Berlin is the capital of",
+            "Berlin",
+            "Italy",
+            "Germany",
+            rephrases=["The capital Berlin belongs to"],
+            locality=[{"prompt": "Madrid is the capital of", "answer": "Spain"}],
+        )
+    ]
     ctx = Context(edits=recs)
     out = EditMetrics.from_overrides({"scorer": "prob"}).compute(lm, ctx)
     sc = Scorer(lm, 4)
     with torch.no_grad():
+
         def nll(p, t):
             pi, ti = sc.encode(p, t)
             ids = torch.tensor([pi + ti])
             logp = torch.log_softmax(lm.model(ids).logits[0].float(), -1)
             return -float(sum(logp[len(pi) - 1 + j, tok] for j, tok in enumerate(ti)) / len(ti)), logp
+
         new, logp = nll("Berlin is the capital of", "Italy")
         true, _ = nll("Berlin is the capital of", "Germany")
     assert out["edit_nll"] == pytest.approx(new, rel=1e-4)
@@ -158,7 +172,14 @@ def test_records_without_true_target_use_the_new_target_probability():
 
 def test_multi_hop_accuracy_counts_any_question():
     lm = tiny_model("llama")
-    recs = [record("Berlin is the capital of", "Berlin", "Italy", multi_hop={"questions": ["Where?"], "answer": "x", "new_answer": "zzzz-never"})]
+    recs = [
+        record(
+            "Berlin is the capital of",
+            "Berlin",
+            "Italy",
+            multi_hop={"questions": ["Where?"], "answer": "x", "new_answer": "zzzz-never"},
+        )
+    ]
     assert EditMetrics().compute(lm, Context(edits=recs))["multi_hop_accuracy"] == 0.0
 
 
@@ -215,13 +236,22 @@ def test_greedy_tokens_from_teacher_forcing_equal_generation(arch):
     targets: dict[str, list[int]] = {}
     pairs = []
     for p, g in zip(prompts, own, strict=True):
-        for name, t in (("full", g), ("half", g[:2] + [(g[2] + 1) % vocab, g[3]]), ("first", [g[0], (g[1] + 1) % vocab]),
-                        ("none", [(g[0] + 1) % vocab, g[1], g[2]])):
+        for name, t in (
+            ("full", g),
+            ("half", g[:2] + [(g[2] + 1) % vocab, g[3]]),
+            ("first", [g[0], (g[1] + 1) % vocab]),
+            ("none", [(g[0] + 1) % vocab, g[1], g[2]]),
+        ):
             targets[f"{p}|{name}"] = t
             pairs.append((p, f"{p}|{name}"))
     sc.encode = lambda p, t: (ids[p], targets[t])
     forced = sc.teacher_forced(pairs)
-    agree = [next((k for k, (a, b) in enumerate(zip(f["argmax"][len(ids[p]) - 1 :], targets[t], strict=True)) if a != b), len(targets[t]))
-             for (p, t), f in zip(pairs, forced, strict=True)]
+    agree = [
+        next(
+            (k for k, (a, b) in enumerate(zip(f["argmax"][len(ids[p]) - 1 :], targets[t], strict=True)) if a != b),
+            len(targets[t]),
+        )
+        for (p, t), f in zip(pairs, forced, strict=True)
+    ]
     assert agree[:4] == [4, 2, 1, 0]
     assert sc.generate_for(pairs, forced) == sc.generate_for(pairs)

@@ -97,7 +97,11 @@ def test_unsupported_architecture_names_the_specs(tmp_path):
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     cfg["model_type"] = "bloom"
     cfg["architectures"] = ["BloomForCausalLM"]
-    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "bloom", "vocab_size": cfg["vocab_size"], "hidden_size": 64, "n_layer": 1, "n_head": 4}))
+    (tmp_path / "m" / "config.json").write_text(
+        json.dumps(
+            {"model_type": "bloom", "vocab_size": cfg["vocab_size"], "hidden_size": 64, "n_layer": 1, "n_head": 4}
+        )
+    )
     with pytest.raises(ModelLoadError, match="not covered by any architecture spec.*llama"):
         load_model(str(tmp_path / "m"))
 
@@ -125,11 +129,15 @@ def test_named_smollm2_loads_from_its_gguf_and_is_cached():
     start = time.perf_counter()
     lm2 = load_model("smollm2-135m")
     assert time.perf_counter() - start < 20  # the cached folder, not a second conversion
-    assert (lm2.source.endswith(loading.gguf_cache_folder(loading.NAMED_MODELS["smollm2-135m"].locate(loading.cache_dir()), loading.cache_dir()).name))
+    assert lm2.source.endswith(
+        loading.gguf_cache_folder(
+            loading.NAMED_MODELS["smollm2-135m"].locate(loading.cache_dir()), loading.cache_dir()
+        ).name
+    )
     ids = lm.tokenizer("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
         out = lm.model.generate(ids, max_new_tokens=2, do_sample=False)
-    assert "Paris" in lm.tokenizer.decode(out[0, ids.shape[1]:])
+    assert "Paris" in lm.tokenizer.decode(out[0, ids.shape[1] :])
 
 
 @pytest.mark.slow

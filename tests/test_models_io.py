@@ -48,9 +48,25 @@ def test_saved_model_loads_with_plain_transformers_and_keeps_its_compression(bas
     from lmcompose.models.loading import load_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    res = runner.invoke(app(), ["run", str(base), "magnitude:sparsity=0.5", "rtn:bits=4,group_size=32",
-                                "--metrics", "perplexity", "--ppl-tokens", "512", "--ppl-seqlen", "64",
-                                "--out", str(tmp_path / "run"), "--save-model", str(tmp_path / "saved")])
+    res = runner.invoke(
+        app(),
+        [
+            "run",
+            str(base),
+            "magnitude:sparsity=0.5",
+            "rtn:bits=4,group_size=32",
+            "--metrics",
+            "perplexity",
+            "--ppl-tokens",
+            "512",
+            "--ppl-seqlen",
+            "64",
+            "--out",
+            str(tmp_path / "run"),
+            "--save-model",
+            str(tmp_path / "saved"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     saved = tmp_path / "saved"
     assert "lmcompose" not in (saved / "config.json").read_text()  # nothing in it needs lmcompose
@@ -97,8 +113,23 @@ def test_a_finished_run_saves_its_model_without_writing_rows_again(base, tmp_pat
 def test_sweep_saves_the_cells_its_pattern_names(base, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    args = ["sweep", str(base), "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,4", "--metrics", "perplexity",
-            "--ppl-tokens", "512", "--ppl-seqlen", "64", "--out", str(tmp_path / "sw"), "--no-plots"]
+    args = [
+        "sweep",
+        str(base),
+        "magnitude",
+        "rtn:group_size=32",
+        "--vary",
+        "rtn.bits=8,4",
+        "--metrics",
+        "perplexity",
+        "--ppl-tokens",
+        "512",
+        "--ppl-seqlen",
+        "64",
+        "--out",
+        str(tmp_path / "sw"),
+        "--no-plots",
+    ]
     res = runner.invoke(app(), [*args, "--save-cells", "nothing>*"])
     assert res.exit_code == 2 and "matches none of the 4 cells" in res.output
     assert not (tmp_path / "sw").exists()
@@ -121,14 +152,22 @@ def test_study_saves_matching_cells(base, tmp_path):
     from lmcompose.studies import Study
     from lmcompose.studies.runner import run_study
 
-    data = {"name": "save", "model": str(base), "datasets": [{"name": "records"}],
-            "editors": ["memit:layers=0+1,context_templates=0,stats_samples=8,stats_seqlen=64,v_num_grad_steps=3"],
-            "compressors": [{"step": "magnitude", "vary": {"sparsity": [0.25, 0.5]}}], "edits": 2,
-            "metrics": ["perplexity"], "budgets": {"ppl_tokens": 128, "ppl_seqlen": 64}}
+    data = {
+        "name": "save",
+        "model": str(base),
+        "datasets": [{"name": "records"}],
+        "editors": ["memit:layers=0+1,context_templates=0,stats_samples=8,stats_seqlen=64,v_num_grad_steps=3"],
+        "compressors": [{"step": "magnitude", "vary": {"sparsity": [0.25, 0.5]}}],
+        "edits": 2,
+        "metrics": ["perplexity"],
+        "budgets": {"ppl_tokens": 128, "ppl_seqlen": 64},
+    }
     with pytest.raises(ConfigError, match="matches none"):
         run_study(Study.from_mapping(data), out=tmp_path / "st", threads=1, save_cells="nope*", report=False)
     assert not (tmp_path / "st").exists()
-    run_study(Study.from_mapping(data), out=tmp_path / "st", threads=1, save_cells="*|memit>magnitude|0.5|*", report=False)
+    run_study(
+        Study.from_mapping(data), out=tmp_path / "st", threads=1, save_cells="*|memit>magnitude|0.5|*", report=False
+    )
     saved = list((tmp_path / "st" / "models").iterdir())
     assert len(saved) == 1 and "memit-magnitude__0.5" in saved[0].name
     assert json.loads((saved[0] / "lmcompose_model.json").read_text())["dataset"] == "records"
@@ -227,11 +266,17 @@ def test_edit_dataset_from_a_hub_id(tmp_path, monkeypatch):
 def test_device_errors_are_one_message(base, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    for args, match in ((["--device", "cuda"], "CPU-only build"), (["--device", "tpu"], "is not a device"),
-                        (["--device-map", "cuda:1"], "--device-map cuda:1"), (["--device-map", "everywhere"], "is not a placement"),
-                        (["--max-memory", "0=1GiB"], "needs device_map"),
-                        (["--device-map", "auto", "--max-memory", "gpu0=lots"], "write DEVICE=SIZE")):
-        res = runner.invoke(app(), ["run", str(base), "magnitude", "--metrics", "avg_bits", "--out", str(tmp_path / "r"), *args])
+    for args, match in (
+        (["--device", "cuda"], "CPU-only build"),
+        (["--device", "tpu"], "is not a device"),
+        (["--device-map", "cuda:1"], "--device-map cuda:1"),
+        (["--device-map", "everywhere"], "is not a placement"),
+        (["--max-memory", "0=1GiB"], "needs device_map"),
+        (["--device-map", "auto", "--max-memory", "gpu0=lots"], "write DEVICE=SIZE"),
+    ):
+        res = runner.invoke(
+            app(), ["run", str(base), "magnitude", "--metrics", "avg_bits", "--out", str(tmp_path / "r"), *args]
+        )
         assert res.exit_code == 2 and match in res.output, (args, res.output)
         assert "Traceback" not in res.output and len(res.output.strip().splitlines()) <= 2
     assert not (tmp_path / "r").exists()
@@ -254,7 +299,11 @@ def test_dtype_auto_and_device_map_load_the_same_numbers(base, tmp_path, monkeyp
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
     auto = load_model(str(base), dtype="auto", device_map="auto", max_memory="cpu=2GiB")
-    assert seen["device_map"] == "auto" and seen["max_memory"] in ({"cpu": "2GiB"}, {"cpu": 2 << 30}) and seen["dtype"] == torch.float32
+    assert (
+        seen["device_map"] == "auto"
+        and seen["max_memory"] in ({"cpu": "2GiB"}, {"cpu": 2 << 30})
+        and seen["dtype"] == torch.float32
+    )
     assert auto.model.dtype == torch.float32 and ppl(auto) == ppl(ref)
     half = tiny_model("llama")
     half.model.to(torch.bfloat16)
@@ -292,13 +341,20 @@ def test_default_dtype_keeps_cpu_run_ids():
 OFFLOAD = {"device_map": "auto", "max_memory": "cpu=200KB"}  # the tiny model's layers go to disk
 
 
-@pytest.mark.parametrize("step", [
-    "magnitude:sparsity=0.5", "rtn:bits=4,group_size=32", "sparsegpt:n_samples=4,seqlen=32",
-    "wanda:n_samples=4,seqlen=32", "gptq:bits=4,group_size=32,n_samples=4,seqlen=32,true_sequential=true",
-    "awq:bits=4,group_size=32,n_samples=4,seqlen=32,n_grid=4",
-    "memit:layers=0+1,context_templates=0,stats_samples=8,stats_seqlen=64,v_num_grad_steps=3",
-    "memit:layers=0,context_templates=2,template_tokens=4,stats_samples=8,stats_seqlen=64,v_num_grad_steps=3",  # v* through layer 1
-])
+@pytest.mark.parametrize(
+    "step",
+    [
+        "magnitude:sparsity=0.5",
+        "rtn:bits=4,group_size=32",
+        "sparsegpt:n_samples=4,seqlen=32",
+        "wanda:n_samples=4,seqlen=32",
+        "gptq:bits=4,group_size=32,n_samples=4,seqlen=32,true_sequential=true",
+        "awq:bits=4,group_size=32,n_samples=4,seqlen=32,n_grid=4",
+        "memit:layers=0+1,context_templates=0,stats_samples=8,stats_seqlen=64,v_num_grad_steps=3",
+        # v* through layer 1
+        "memit:layers=0,context_templates=2,template_tokens=4,stats_samples=8,stats_seqlen=64,v_num_grad_steps=3",
+    ],
+)
 def test_an_offloaded_model_gives_the_in_memory_numbers(base, step, tmp_path, monkeypatch):
     from lmcompose.compose import build_intervention, load_edits, parse_step
     from lmcompose.models.loading import load_model
@@ -318,15 +374,43 @@ def test_an_offloaded_model_gives_the_in_memory_numbers(base, step, tmp_path, mo
 
 
 def test_a_sweep_on_an_offloaded_model_matches_in_memory(base, tmp_path):
-    args = ["sweep", str(base), "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,4", "--metrics", "perplexity,avg_bits",
-            "--ppl-tokens", "256", "--ppl-seqlen", "64", "--topk", "0", "--no-plots"]
+    args = [
+        "sweep",
+        str(base),
+        "magnitude",
+        "rtn:group_size=32",
+        "--vary",
+        "rtn.bits=8,4",
+        "--metrics",
+        "perplexity,avg_bits",
+        "--ppl-tokens",
+        "256",
+        "--ppl-seqlen",
+        "64",
+        "--topk",
+        "0",
+        "--no-plots",
+    ]
     assert runner.invoke(app(), [*args, "--out", str(tmp_path / "mem")]).exit_code == 0
-    res = runner.invoke(app(), [*args, "--out", str(tmp_path / "off"), "--device-map", "auto", "--max-memory", "cpu=200KB",
-                                "--snapshots", "disk"])
+    res = runner.invoke(
+        app(),
+        [
+            *args,
+            "--out",
+            str(tmp_path / "off"),
+            "--device-map",
+            "auto",
+            "--max-memory",
+            "cpu=200KB",
+            "--snapshots",
+            "disk",
+        ],
+    )
     assert res.exit_code == 0, res.output
     key = ("cell", "position", "perplexity", "avg_bits", "sparsity")
-    assert sorted(tuple(r.get(k) for k in key) for r in rows(tmp_path / "mem")) == \
-        sorted(tuple(r.get(k) for k in key) for r in rows(tmp_path / "off"))
+    assert sorted(tuple(r.get(k) for k in key) for r in rows(tmp_path / "mem")) == sorted(
+        tuple(r.get(k) for k in key) for r in rows(tmp_path / "off")
+    )
 
 
 def test_an_offloaded_layer_is_refused_outside_onloaded(base):

@@ -51,7 +51,9 @@ def installed_plugin(tmp_path):
 def test_intervention_template_end_to_end(installed_plugin, tmp_path):
     from lmcompose.models.tiny import tiny_model
 
-    model = tmp_path / "tiny"  # made before the install: this process cannot import editable installs made after it started
+    model = (
+        tmp_path / "tiny"
+    )  # made before the install: this process cannot import editable installs made after it started
     tiny_model("llama").save(model)
     folder = installed_plugin("noisetest", "intervention")
     tests = sh(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder / "tests"), cwd=folder)
@@ -62,8 +64,19 @@ def test_intervention_template_end_to_end(installed_plugin, tmp_path):
     assert "intervention:noisetest" in mine["provides"]
 
     out = tmp_path / "run"
-    sh(str(BIN / "lmcompose"), "run", str(model), "noisetest:scale=0.01", "magnitude:sparsity=0.3",
-       "--out", str(out), "--metrics", "avg_bits", "--ppl-tokens", "128")
+    sh(
+        str(BIN / "lmcompose"),
+        "run",
+        str(model),
+        "noisetest:scale=0.01",
+        "magnitude:sparsity=0.3",
+        "--out",
+        str(out),
+        "--metrics",
+        "avg_bits",
+        "--ppl-tokens",
+        "128",
+    )
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["step"] and r["step"]["name"] for r in rows] == [None, "noisetest", "magnitude"]
     assert rows[2]["sparsity"] == pytest.approx(0.3, abs=1e-3)
@@ -104,7 +117,9 @@ def test_install_maps_names_through_the_registry():
 
 def test_install_outside_a_checkout_uses_the_distribution_name(tmp_path, monkeypatch):
     reg = tmp_path / "registry.yaml"
-    reg.write_text("plugins:\n  - {name: thing, kind: intervention, distribution: lmcompose-thing, path: plugins/thing}\n")
+    reg.write_text(
+        "plugins:\n  - {name: thing, kind: intervention, distribution: lmcompose-thing, path: plugins/thing}\n"
+    )
     monkeypatch.setenv("LMCOMPOSE_REGISTRY", str(reg))
     res = CliRunner().invoke(app, ["install", "thing", "--dry-run"])
     assert res.exit_code == 0 and "pip install lmcompose-thing" in res.output
@@ -123,5 +138,5 @@ def test_a_broken_plugin_does_not_stop_the_listing(fake_dists):
     with pytest.warns(PluginLoadWarning, match="broken"):
         res = CliRunner().invoke(app, ["plugins", "--json"])
     assert res.exit_code == 0
-    data = {d["name"]: d for d in json.loads(res.output[res.output.index("["):])}
+    data = {d["name"]: d for d in json.loads(res.output[res.output.index("[") :])}
     assert "RuntimeError" in data["broken"]["error"] and data["builtin:interventions"]["error"] is None

@@ -37,10 +37,18 @@ def imports_from_lmcompose(path: Path) -> list[tuple[str, str, int]]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     out = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and (node.module == "lmcompose" or node.module.startswith("lmcompose.")):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and (node.module == "lmcompose" or node.module.startswith("lmcompose."))
+        ):
             out += [(node.module, a.name, node.lineno) for a in node.names]
         elif isinstance(node, ast.Import):
-            out += [(a.name, "*", node.lineno) for a in node.names if a.name == "lmcompose" or a.name.startswith("lmcompose.")]
+            out += [
+                (a.name, "*", node.lineno)
+                for a in node.names
+                if a.name == "lmcompose" or a.name.startswith("lmcompose.")
+            ]
     return out
 
 
@@ -61,7 +69,9 @@ def test_paths_is_a_leaf_module():
     ask for the cache or data folder without importing models, data or the API."""
     tree = ast.parse((ROOT / "core" / "src" / "lmcompose" / "paths.py").read_text(encoding="utf-8"))
     top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
-    names = [n.module for n in top if isinstance(n, ast.ImportFrom)] + [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
+    names = [n.module for n in top if isinstance(n, ast.ImportFrom)] + [
+        a.name for n in top if isinstance(n, ast.Import) for a in n.names
+    ]
     assert names and not [n for n in names if n and n.startswith("lmcompose")]
     for module in ("lmcompose.data", "lmcompose.edit_data", "lmcompose.models.loading"):
         source = (ROOT / "core" / "src" / Path(*module.split("."))).with_suffix(".py").read_text(encoding="utf-8")

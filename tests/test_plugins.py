@@ -244,7 +244,12 @@ def test_registry_yaml_matches_what_is_registered():
     import yaml
 
     data = yaml.safe_load((Path(__file__).parent.parent / "registry.yaml").read_text())
-    registries = {"interventions": get_interventions(), "metrics": get_metrics(), "datasets": get_datasets(), "architectures": get_architectures()}
+    registries = {
+        "interventions": get_interventions(),
+        "metrics": get_metrics(),
+        "datasets": get_datasets(),
+        "architectures": get_architectures(),
+    }
     for plugin in data["plugins"]:
         for field in ("name", "kind", "distribution", "summary"):
             assert plugin.get(field), (plugin.get("name"), field)

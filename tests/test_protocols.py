@@ -16,10 +16,18 @@ from typer.testing import CliRunner
 
 
 def test_paper_fills_the_fields_a_step_leaves_unset():
-    s = RunSettings(model="m", steps=["gptq:bits=3,symmetric=false", "memit", "awq:bits=4", "wanda"],
-                    metric_options={"perplexity": {"max_tokens": 4096}}, protocol="paper").with_protocol()
-    assert s.steps == ["gptq:bits=3,symmetric=false,act_order=true,true_sequential=true",  # written wins
-                       "memit:stats_from=base", "awq:bits=4,recompress=false,clip_qk=false", "wanda"]
+    s = RunSettings(
+        model="m",
+        steps=["gptq:bits=3,symmetric=false", "memit", "awq:bits=4", "wanda"],
+        metric_options={"perplexity": {"max_tokens": 4096}},
+        protocol="paper",
+    ).with_protocol()
+    assert s.steps == [
+        "gptq:bits=3,symmetric=false,act_order=true,true_sequential=true",  # written wins
+        "memit:stats_from=base",
+        "awq:bits=4,recompress=false,clip_qk=false",
+        "wanda",
+    ]
     assert s.policy == "recompress"
     assert s.metric_options["perplexity"] == {"max_tokens": 4096, "seqlen": MODEL_SEQLEN}  # given option wins
     s.validate()  # every filled field is a real field of its step
@@ -53,8 +61,13 @@ def test_awq_is_not_reapplied_under_the_papers_recompress():
 
 
 def test_a_study_takes_the_protocol():
-    base = {"model": "m", "datasets": ["records"], "editors": ["memit"], "edits": 2,
-            "compressors": [{"step": "gptq", "vary": {"bits": [8, 4]}}, {"step": "awq", "vary": {"bits": [4]}}]}
+    base = {
+        "model": "m",
+        "datasets": ["records"],
+        "editors": ["memit"],
+        "edits": 2,
+        "compressors": [{"step": "gptq", "vary": {"bits": [8, 4]}}, {"step": "awq", "vary": {"bits": [4]}}],
+    }
     plain = Study.from_mapping(base)
     assert Study.from_mapping({**base, "protocol": "default"}).id == plain.id  # old ids stay
     paper = Study.from_mapping({**base, "protocol": "paper", "budgets": {"ppl_tokens": 2048}})

@@ -71,8 +71,18 @@ def _wikitext(folder: Path, text: str) -> Path:
 
 def test_a_resume_onto_other_text_or_other_weights_is_refused(tiny_folder, tmp_path, monkeypatch):
     def swept(model, out):
-        return invoke("sweep", model, "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,4", "--out", out,
-                      "--no-plots", *FAST)
+        return invoke(
+            "sweep",
+            model,
+            "magnitude",
+            "rtn:group_size=32",
+            "--vary",
+            "rtn.bits=8,4",
+            "--out",
+            out,
+            "--no-plots",
+            *FAST,
+        )
 
     data = _wikitext(tmp_path / "data", " = Valkyria = \n\n" + "The game is a tactical role playing game .\n" * 400)
     monkeypatch.setenv("LMCOMPOSE_DATA_DIR", str(data))
@@ -100,15 +110,24 @@ def test_a_plugin_installed_since_does_not_refuse_a_resume_but_a_changed_version
     with RunFolder(tmp_path, "r1", "run") as folder:
         folder.write_config(inputs=added)
     changed = {**inputs, "versions": {**inputs["versions"], "lmcompose-memit": "0.3.0"}}
-    with pytest.raises(UsageError, match=r"versions.lmcompose-memit: \"0.2.0\" → \"0.3.0\""), RunFolder(tmp_path, "r1", "run") as folder:
+    with (
+        pytest.raises(UsageError, match=r"versions.lmcompose-memit: \"0.2.0\" → \"0.3.0\""),
+        RunFolder(tmp_path, "r1", "run") as folder,
+    ):
         folder.write_config(inputs=changed)
 
 
 def test_a_second_process_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from lmcompose.engine import RunFolder; "
-         f"f = RunFolder({str(tmp_path)!r}, 'r1', 'sweep').open(); print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from lmcompose.engine import RunFolder; "
+            f"f = RunFolder({str(tmp_path)!r}, 'r1', 'sweep').open(); print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(UsageError, match=rf"in use by another lmcompose process \(pid {holder.pid}\)"):
@@ -122,8 +141,21 @@ def test_a_second_process_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path
 
 
 def test_two_identical_sweeps_started_together_write_each_row_once(tiny_folder, tmp_path):
-    cmd = [sys.executable, "-m", "lmcompose_cli.main", "sweep", str(tiny_folder), "magnitude", "rtn:group_size=32",
-           "--vary", "rtn.bits=8,4", "--out", str(tmp_path / "run"), "--no-plots", *FAST]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmcompose_cli.main",
+        "sweep",
+        str(tiny_folder),
+        "magnitude",
+        "rtn:group_size=32",
+        "--vary",
+        "rtn.bits=8,4",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-plots",
+        *FAST,
+    ]
     from lmcompose.engine.run_folder import LOCK_FILE
 
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -177,9 +209,17 @@ def server(monkeypatch, tmp_path):
 
 
 def _records(subject: str) -> bytes:
-    rec = {"case_id": subject, "requested_rewrite": {"prompt": "{} is located in", "subject": subject,
-                                                     "target_new": {"str": "Rome"}, "target_true": {"str": "Paris"}},
-           "paraphrase_prompts": [f"Where is {subject}? It is in"], "neighborhood_prompts": ["The Louvre is in"]}
+    rec = {
+        "case_id": subject,
+        "requested_rewrite": {
+            "prompt": "{} is located in",
+            "subject": subject,
+            "target_new": {"str": "Rome"},
+            "target_true": {"str": "Paris"},
+        },
+        "paraphrase_prompts": [f"Where is {subject}? It is in"],
+        "neighborhood_prompts": ["The Louvre is in"],
+    }
     return json.dumps([rec]).encode()
 
 
@@ -214,19 +254,22 @@ def test_the_download_cache_is_keyed_by_the_whole_url_and_never_keeps_a_short_bo
         load_edits("counterfact", f"{base}/a/edits.json")
 
 
-@pytest.mark.parametrize("data,match", [
-    ({"steps": {"magnitude": {"sparsity": 0.9}}}, r"steps: expected a list of steps"),
-    ({"steps": 5}, r"steps: expected a list of steps.*got int 5"),
-    ({"metrics": 5}, r"metrics: expected a list of metric names.*got int 5"),
-    ({"metrics": ""}, r"metrics: empty"),
-    ({"metric_options": "x"}, r"metric_options: expected a mapping"),
-    ({"model": ["a", "b"]}, r"model: expected a model name.*got a list"),
-    ({"out": {"a": 1}}, r"out: expected a name or path; got a mapping"),
-    ({"edits": True}, r"edits: expected a whole number.*got the boolean true"),
-    ({"skip_invalid": "maybe"}, r"skip_invalid: expected true or false; got the string 'maybe'"),
-    ({"device": 0}, r"device: expected a device name"),
-    ({"seed": 1.5}, r"seed: expected a whole number"),
-])
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        ({"steps": {"magnitude": {"sparsity": 0.9}}}, r"steps: expected a list of steps"),
+        ({"steps": 5}, r"steps: expected a list of steps.*got int 5"),
+        ({"metrics": 5}, r"metrics: expected a list of metric names.*got int 5"),
+        ({"metrics": ""}, r"metrics: empty"),
+        ({"metric_options": "x"}, r"metric_options: expected a mapping"),
+        ({"model": ["a", "b"]}, r"model: expected a model name.*got a list"),
+        ({"out": {"a": 1}}, r"out: expected a name or path; got a mapping"),
+        ({"edits": True}, r"edits: expected a whole number.*got the boolean true"),
+        ({"skip_invalid": "maybe"}, r"skip_invalid: expected true or false; got the string 'maybe'"),
+        ({"device": 0}, r"device: expected a device name"),
+        ({"seed": 1.5}, r"seed: expected a whole number"),
+    ],
+)
 def test_a_setting_of_the_wrong_shape_is_one_message(tmp_path, data, match):
     cfg = {"model": "smollm2-135m", "steps": ["magnitude:sparsity=0.5"], **data}
     with pytest.raises(ConfigError, match=match):
@@ -240,7 +283,13 @@ def test_a_setting_of_the_wrong_shape_is_one_message(tmp_path, data, match):
 
 
 def test_a_record_field_of_the_wrong_shape_is_one_message(tmp_path):
-    bad = {"case_id": "x", "subject": "Rome", "prompt": "Rome is in", "target_new": "Spain", "rephrases": "Rome lies in"}
+    bad = {
+        "case_id": "x",
+        "subject": "Rome",
+        "prompt": "Rome is in",
+        "target_new": "Spain",
+        "rephrases": "Rome lies in",
+    }
     path = tmp_path / "edits.jsonl"
     path.write_text(json.dumps(bad) + "\n")
     with pytest.raises(DataError, match=r"rephrases must be a list, got str"):
@@ -309,10 +358,18 @@ class _BuggyPlugin:
 
 def test_non_finite_weights_and_metrics_are_flagged_and_never_averaged(tmp_path):
     edits = load_edits("records", limit=2)
-    rows = compose(tiny_model("llama"), ["magnitude", Poison()], edits=edits, metrics=["perplexity", "edit"], out=tmp_path,
-                   metric_options={"perplexity": {"seqlen": 64, "max_tokens": 128}})
+    rows = compose(
+        tiny_model("llama"),
+        ["magnitude", Poison()],
+        edits=edits,
+        metrics=["perplexity", "edit"],
+        out=tmp_path,
+        metric_options={"perplexity": {"seqlen": 64, "max_tokens": 128}},
+    )
     last = rows[-1]
-    assert any("non-finite weights" in w for w in last["warnings"]) and any("non-finite loss" in w for w in last["warnings"])
+    assert any("non-finite weights" in w for w in last["warnings"]) and any(
+        "non-finite loss" in w for w in last["warnings"]
+    )
     assert last["nonfinite"]["perplexity"] == "nan" and last["perplexity"] is None
     from lmcompose.composability import normalized_criterion
 
@@ -321,8 +378,21 @@ def test_non_finite_weights_and_metrics_are_flagged_and_never_averaged(tmp_path)
 
 def test_the_report_notes_conflicting_duplicates_bad_lines_and_nan(tiny_folder, tmp_path):
     out = tmp_path / "run"
-    assert invoke("sweep", tiny_folder, "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,4", "--out", out,
-                  "--no-plots", *FAST).exit_code == 0
+    assert (
+        invoke(
+            "sweep",
+            tiny_folder,
+            "magnitude",
+            "rtn:group_size=32",
+            "--vary",
+            "rtn.bits=8,4",
+            "--out",
+            out,
+            "--no-plots",
+            *FAST,
+        ).exit_code
+        == 0
+    )
     lines = (out / "results.jsonl").read_text().splitlines()
     dup = json.loads(lines[3])
     dup["perplexity"] = 1.0
@@ -360,15 +430,18 @@ def test_a_damaged_safetensors_file_is_one_message(tiny_folder, how):
     assert "could not load model" in out and "truncated or corrupt" in out
 
 
-@pytest.mark.parametrize("args,match", [
-    (["rtn:bits=nan"], r"'nan' is not an integer"),
-    (["rtn:bits=inf"], r"'inf' is not an integer"),
-    (["magnitude:sparsity=nan"], r"sparsity"),
-    (["magnitude", "--device", "tpu"], r"--device 'tpu' is not a device lmcompose can run on"),
-    (["magnitude", "--device", "cuda:x"], r"is not a device lmcompose can run on"),
-    (["magnitude", "--ppl-tokens", "0"], r"--ppl-tokens 0: give a positive number of tokens, or 'all'"),
-    (["magnitude", "--metrics", ""], r"--metrics '' names no metric"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["rtn:bits=nan"], r"'nan' is not an integer"),
+        (["rtn:bits=inf"], r"'inf' is not an integer"),
+        (["magnitude:sparsity=nan"], r"sparsity"),
+        (["magnitude", "--device", "tpu"], r"--device 'tpu' is not a device lmcompose can run on"),
+        (["magnitude", "--device", "cuda:x"], r"is not a device lmcompose can run on"),
+        (["magnitude", "--ppl-tokens", "0"], r"--ppl-tokens 0: give a positive number of tokens, or 'all'"),
+        (["magnitude", "--metrics", ""], r"--metrics '' names no metric"),
+    ],
+)
 def test_bad_flags_are_one_message(tiny_folder, tmp_path, args, match):
     out = one_message(invoke("run", tiny_folder, *args, "--out", tmp_path / "run"))
     import re
@@ -387,7 +460,9 @@ def test_a_cuda_device_on_a_cpu_build_is_one_message(tiny_folder, tmp_path):
 def test_a_binary_dataset_file_is_one_message(tiny_folder, tmp_path):
     blob = tmp_path / "edits.json"
     blob.write_bytes(bytes(range(256)) * 10)
-    out = one_message(invoke("run", tiny_folder, "magnitude", "--dataset", "counterfact", "--dataset-source", blob, *FAST))
+    out = one_message(
+        invoke("run", tiny_folder, "magnitude", "--dataset", "counterfact", "--dataset-source", blob, *FAST)
+    )
     assert "is not text" in out
 
 
@@ -428,8 +503,20 @@ def test_a_full_disk_while_writing_snapshots_is_one_message_and_leaves_nothing(t
         return real(model, path, *a, **k)
 
     monkeypatch.setattr(safetensors.torch, "save_model", full)
-    args = ["sweep", tiny_folder, "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,4,3", "--snapshots", "disk",
-            "--out", tmp_path / "run", "--no-plots", *FAST]
+    args = [
+        "sweep",
+        tiny_folder,
+        "magnitude",
+        "rtn:group_size=32",
+        "--vary",
+        "rtn.bits=8,4,3",
+        "--snapshots",
+        "disk",
+        "--out",
+        tmp_path / "run",
+        "--no-plots",
+        *FAST,
+    ]
     out = one_message(invoke(*args), code=1)
     assert "cannot write a model snapshot" in out and "No space left on device" in out
     assert not (tmp_path / "run" / ".snapshots").exists()
@@ -443,8 +530,23 @@ def test_stale_snapshots_of_a_killed_process_are_removed(tiny_folder, tmp_path):
     stale = tmp_path / "run" / ".snapshots" / "snapshot-7"
     stale.mkdir(parents=True)
     (stale / "model.safetensors").write_bytes(b"x" * 100)
-    assert invoke("sweep", tiny_folder, "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,4", "--snapshots", "disk",
-                  "--out", tmp_path / "run", "--no-plots", *FAST).exit_code == 0
+    assert (
+        invoke(
+            "sweep",
+            tiny_folder,
+            "magnitude",
+            "rtn:group_size=32",
+            "--vary",
+            "rtn.bits=8,4",
+            "--snapshots",
+            "disk",
+            "--out",
+            tmp_path / "run",
+            "--no-plots",
+            *FAST,
+        ).exit_code
+        == 0
+    )
     assert not (tmp_path / "run" / ".snapshots").exists()
 
 
@@ -484,14 +586,28 @@ def test_small_surprises_are_rejected(tiny_folder, tmp_path):
     with pytest.raises(UsageError, match="every replicate would be the same cells"):
         sweep(tiny_model("llama"), ["magnitude", "rtn"], vary="rtn.bits=8,4", replicates=2, metrics=["avg_bits"])
     # a typo'd replicate count is refused before the cells are enumerated (it once filled the memory)
-    out = one_message(invoke(*sweep_args, "--vary", "rtn.bits=8,4", "--replicates", "1000000000000", "--dataset",
-                             "records", "--edits", "2", *FAST))
+    out = one_message(
+        invoke(
+            *sweep_args,
+            "--vary",
+            "rtn.bits=8,4",
+            "--replicates",
+            "1000000000000",
+            "--dataset",
+            "records",
+            "--edits",
+            "2",
+            *FAST,
+        )
+    )
     assert "cells, more than the 100,000 one plan holds" in out
 
 
 def test_config_yaml_is_as_readable_as_the_other_files(tmp_path):
     compose(tiny_model("llama"), ["magnitude"], metrics=["avg_bits"], out=tmp_path)
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir() if p.name in {"config.yaml", "results.jsonl"}}
+    modes = {
+        p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir() if p.name in {"config.yaml", "results.jsonl"}
+    }
     assert modes["config.yaml"] == modes["results.jsonl"], modes
 
 
@@ -506,9 +622,27 @@ def _keyed(path: Path) -> dict:
 
 
 def test_twenty_random_kills_each_resumed_give_the_uninterrupted_rows_and_report(tiny_folder, tmp_path):
-    cmd = [sys.executable, "-m", "lmcompose_cli.main", "sweep", str(tiny_folder), "magnitude", "rtn:group_size=32",
-           "--vary", "rtn.bits=8,4,3", "--dataset", "records", "--edits", "2", "--ppl-tokens", "128", "--ppl-seqlen", "64",
-           "--metrics", "perplexity,avg_bits,edit"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmcompose_cli.main",
+        "sweep",
+        str(tiny_folder),
+        "magnitude",
+        "rtn:group_size=32",
+        "--vary",
+        "rtn.bits=8,4,3",
+        "--dataset",
+        "records",
+        "--edits",
+        "2",
+        "--ppl-tokens",
+        "128",
+        "--ppl-seqlen",
+        "64",
+        "--metrics",
+        "perplexity,avg_bits,edit",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     ref = subprocess.run([*cmd, "--out", str(tmp_path / "ref")], env=env, capture_output=True, text=True, timeout=300)
@@ -517,7 +651,9 @@ def test_twenty_random_kills_each_resumed_give_the_uninterrupted_rows_and_report
     rng = random.Random(20261201)
     out = tmp_path / "soak"
     for _ in range(20):
-        proc = subprocess.Popen([*cmd, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*cmd, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(rng.uniform(0.5, full))  # anywhere: loading, a step, a row's write, the report, a plot
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -535,9 +671,51 @@ def test_twenty_random_kills_each_resumed_give_the_uninterrupted_rows_and_report
 # fuzz: the step grammar and config files never end in a traceback
 # --------------------------------------------------------------------------------------
 
-PIECES = ["magnitude", "rtn", "wanda", "memit", "sparsegpt", "gptq", "awq", "bits", "sparsity", "structure", "group_size",
-          "2:4", "4:8", "nan", "inf", "-1", "0", "1e9", "0.5", "true", "none", "=", ":", ",", "+", " ", "", "é", "\x00",
-          "targets", "layers", "a.b", "{}", "[", "]", "'", '"', "\\", "magnitude:", "rtn:bits=", ":::", "===", ",,"]
+PIECES = [
+    "magnitude",
+    "rtn",
+    "wanda",
+    "memit",
+    "sparsegpt",
+    "gptq",
+    "awq",
+    "bits",
+    "sparsity",
+    "structure",
+    "group_size",
+    "2:4",
+    "4:8",
+    "nan",
+    "inf",
+    "-1",
+    "0",
+    "1e9",
+    "0.5",
+    "true",
+    "none",
+    "=",
+    ":",
+    ",",
+    "+",
+    " ",
+    "",
+    "é",
+    "\x00",
+    "targets",
+    "layers",
+    "a.b",
+    "{}",
+    "[",
+    "]",
+    "'",
+    '"',
+    "\\",
+    "magnitude:",
+    "rtn:bits=",
+    ":::",
+    "===",
+    ",,",
+]
 
 
 def _random_step(rng: random.Random) -> str:
@@ -545,7 +723,11 @@ def _random_step(rng: random.Random) -> str:
 
 
 def _random_value(rng: random.Random, depth: int = 0):
-    kinds = ["str", "int", "float", "bool", "none", "list", "dict"] if depth < 3 else ["str", "int", "float", "bool", "none"]
+    kinds = (
+        ["str", "int", "float", "bool", "none", "list", "dict"]
+        if depth < 3
+        else ["str", "int", "float", "bool", "none"]
+    )
     kind = rng.choice(kinds)
     if kind == "str":
         return _random_step(rng)
@@ -559,8 +741,10 @@ def _random_value(rng: random.Random, depth: int = 0):
         return None
     if kind == "list":
         return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
-    return {rng.choice(["sparsity", "bits", "name", "step", "vary", "x", _random_step(rng)]): _random_value(rng, depth + 1)
-            for _ in range(rng.randint(0, 3))}
+    return {
+        rng.choice(["sparsity", "bits", "name", "step", "vary", "x", _random_step(rng)]): _random_value(rng, depth + 1)
+        for _ in range(rng.randint(0, 3))
+    }
 
 
 def test_fuzz_the_step_grammar():
@@ -578,12 +762,50 @@ def test_fuzz_the_step_grammar():
             break
 
 
-RUN_KEYS = ["model", "steps", "out", "dataset", "dataset_source", "edits", "skip_invalid", "seed", "policy", "metrics",
-            "metric_options", "device", "dtype", "vary", "orders", "replicates", "snapshots", "topk", "calibration_samples",
-            "protocol"]
-STUDY_KEYS = ["name", "model", "datasets", "editors", "compressors", "orders", "replicates", "edits", "seed", "metrics",
-              "metric_options", "budgets", "policy", "snapshots", "topk", "device", "dtype", "skip_invalid", "resources",
-              "protocol"]
+RUN_KEYS = [
+    "model",
+    "steps",
+    "out",
+    "dataset",
+    "dataset_source",
+    "edits",
+    "skip_invalid",
+    "seed",
+    "policy",
+    "metrics",
+    "metric_options",
+    "device",
+    "dtype",
+    "vary",
+    "orders",
+    "replicates",
+    "snapshots",
+    "topk",
+    "calibration_samples",
+    "protocol",
+]
+STUDY_KEYS = [
+    "name",
+    "model",
+    "datasets",
+    "editors",
+    "compressors",
+    "orders",
+    "replicates",
+    "edits",
+    "seed",
+    "metrics",
+    "metric_options",
+    "budgets",
+    "policy",
+    "snapshots",
+    "topk",
+    "device",
+    "dtype",
+    "skip_invalid",
+    "resources",
+    "protocol",
+]
 
 
 def test_fuzz_config_and_study_files():
@@ -592,8 +814,13 @@ def test_fuzz_config_and_study_files():
 
     rng = random.Random(2)
     good_run = {"model": "m", "steps": ["magnitude", "rtn"], "vary": "rtn.bits=8,4"}
-    good_study = {"model": "m", "datasets": ["records"], "editors": ["memit"], "edits": 2,
-                  "compressors": [{"step": "magnitude", "vary": {"sparsity": [0.25, 0.5]}}]}
+    good_study = {
+        "model": "m",
+        "datasets": ["records"],
+        "editors": ["memit"],
+        "edits": 2,
+        "compressors": [{"step": "magnitude", "vary": {"sparsity": [0.25, 0.5]}}],
+    }
     deadline = time.perf_counter() + 20
     for i in range(3000):
         if i % 2:

@@ -32,8 +32,21 @@ def tiny_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def swept(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "run"
-    res = invoke("sweep", tiny_folder, "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,3",
-                 "--dataset", "records", "--edits", "2", "--out", out, *FAST)
+    res = invoke(
+        "sweep",
+        tiny_folder,
+        "magnitude",
+        "rtn:group_size=32",
+        "--vary",
+        "rtn.bits=8,3",
+        "--dataset",
+        "records",
+        "--edits",
+        "2",
+        "--out",
+        out,
+        *FAST,
+    )
     assert res.exit_code == 0, res.output
     return out, res.output
 
@@ -96,24 +109,40 @@ def test_report_rebuilds_from_results_jsonl_alone(swept, tmp_path):
 def test_rerunning_the_sweep_resumes_and_adds_nothing(swept, tiny_folder):
     out, _ = swept
     before = (out / "results.jsonl").read_text()
-    res = invoke("sweep", tiny_folder, "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,3",
-                 "--dataset", "records", "--edits", "2", "--out", out, *FAST)
+    res = invoke(
+        "sweep",
+        tiny_folder,
+        "magnitude",
+        "rtn:group_size=32",
+        "--vary",
+        "rtn.bits=8,3",
+        "--dataset",
+        "records",
+        "--edits",
+        "2",
+        "--out",
+        out,
+        *FAST,
+    )
     assert res.exit_code == 0, res.output
     assert "already in its results.jsonl" in res.output
     assert (out / "results.jsonl").read_text() == before
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--vary", "rtn.bits"], "STEP.FIELD=v1"),
-    (["--vary", "rnt.bits=4,8"], "Did you mean 'rtn'"),
-    (["--vary", "rtn.bitz=4,8"], "Did you mean 'bits'"),
-    (["--vary", "rtn.bits=4,12"], "out of range"),
-    (["--vary", "rtn.bits=4,8", "--orders", "rtn,magnitude;rtn"], "not a permutation"),
-    (["--vary", "rtn.bits=4,8", "--orders", "rtn,magnitud"], "Did you mean 'magnitude'"),
-    (["--vary", "rtn.bits=4,8", "--replicates", "0"], "replicates: expected a whole number >= 1"),
-    (["--vary", "rtn.bits=4,8", "--snapshots", "tape"], "memory, disk"),
-    ([], "no --vary given"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--vary", "rtn.bits"], "STEP.FIELD=v1"),
+        (["--vary", "rnt.bits=4,8"], "Did you mean 'rtn'"),
+        (["--vary", "rtn.bitz=4,8"], "Did you mean 'bits'"),
+        (["--vary", "rtn.bits=4,12"], "out of range"),
+        (["--vary", "rtn.bits=4,8", "--orders", "rtn,magnitude;rtn"], "not a permutation"),
+        (["--vary", "rtn.bits=4,8", "--orders", "rtn,magnitud"], "Did you mean 'magnitude'"),
+        (["--vary", "rtn.bits=4,8", "--replicates", "0"], "replicates: expected a whole number >= 1"),
+        (["--vary", "rtn.bits=4,8", "--snapshots", "tape"], "memory, disk"),
+        ([], "no --vary given"),
+    ],
+)
 def test_bad_sweep_input_is_one_message_and_exit_2(tiny_folder, tmp_path, args, message):
     out = tmp_path / "never"
     res = invoke("sweep", tiny_folder, "magnitude", "rtn", "--out", out, *args)
@@ -134,8 +163,10 @@ def test_report_of_a_folder_without_a_sweep(tmp_path):
 
 def test_validate_a_sweep_config(tmp_path):
     cfg = tmp_path / "sweep.yaml"
-    cfg.write_text("model: smollm2-135m\nsteps: [magnitude, rtn]\nvary: rtn.bits=8,4\norders: all\nreplicates: 2\n"
-                   "dataset: records\nedits: 2\n")
+    cfg.write_text(
+        "model: smollm2-135m\nsteps: [magnitude, rtn]\nvary: rtn.bits=8,4\norders: all\nreplicates: 2\n"
+        "dataset: records\nedits: 2\n"
+    )
     res = invoke("validate", cfg)
     assert res.exit_code == 0, res.output
     assert "sweep of 8 cells" in res.output  # 2 orders x 2 strengths x 2 replicates

@@ -25,8 +25,20 @@ STUDY = str(Path(__file__).parent.parent / "studies" / "paper.yaml")
 EDITORS = str(Path(__file__).resolve().parents[1] / "studies" / "editors.yaml")  # alphaedit, ft, lora
 
 
-@pytest.mark.parametrize("args", [["--help"], ["plugins"], ["plugins", "--json"], ["run", "--help"], ["validate", "{cfg}"],
-                                  ["validate", STUDY], ["validate", EDITORS], ["study", STUDY, "--plan"], ["study", "--help"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["plugins"],
+        ["plugins", "--json"],
+        ["run", "--help"],
+        ["validate", "{cfg}"],
+        ["validate", STUDY],
+        ["validate", EDITORS],
+        ["study", STUDY, "--plan"],
+        ["study", "--help"],
+    ],
+)
 def test_no_torch_import(args, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: smollm2-135m\nsteps: [magnitude:sparsity=0.5, rtn:bits=4]\n")
@@ -41,7 +53,12 @@ def test_the_engine_imports_no_command_module():
     commands = ("lmcompose.compose", "lmcompose.sweep", "lmcompose.studies", "lmcompose_cli")
     for path in sorted(engine.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             bad = [n for n in names if n.startswith(commands)]
             assert not bad, f"{path.name} imports {bad}"

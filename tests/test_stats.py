@@ -20,7 +20,9 @@ def test_second_moment_is_the_mean_outer_product_of_the_inputs(arch):
     w = windows()
     name = down(lm, 1)
     seen = []
-    h = lm.model.get_submodule(name).register_forward_pre_hook(lambda _m, a: seen.append(a[0].reshape(-1, a[0].shape[-1])))
+    h = lm.model.get_submodule(name).register_forward_pre_hook(
+        lambda _m, a: seen.append(a[0].reshape(-1, a[0].shape[-1]))
+    )
     with torch.no_grad():
         lm.model(w)
     h.remove()

@@ -23,8 +23,18 @@ from lmcompose_cli.main import app
 from typer.testing import CliRunner
 
 MEMIT = "memit:layers=0+1,context_templates=0,stats_samples=8,stats_seqlen=64,v_num_grad_steps=5"
-NUMBERS = ("perplexity", "general_nll", "avg_bits", "sparsity", "edit_success", "generalization", "locality",
-           "locality_drift", "edit_nll", "topk")
+NUMBERS = (
+    "perplexity",
+    "general_nll",
+    "avg_bits",
+    "sparsity",
+    "edit_success",
+    "generalization",
+    "locality",
+    "locality_drift",
+    "edit_nll",
+    "topk",
+)
 
 
 def sample(plugin: str, name: str) -> str:
@@ -43,11 +53,15 @@ def quick(model: str, **over) -> dict:
     data = {
         "name": "tiny-quick",
         "model": model,
-        "datasets": [{"name": "counterfact", "source": sample("counterfact", "counterfact_sample.json")},
-                     {"name": "zsre", "source": sample("zsre", "zsre_sample.json")}],
+        "datasets": [
+            {"name": "counterfact", "source": sample("counterfact", "counterfact_sample.json")},
+            {"name": "zsre", "source": sample("zsre", "zsre_sample.json")},
+        ],
         "editors": [MEMIT],
-        "compressors": [{"step": "magnitude", "vary": {"sparsity": [0.25, 0.5]}},
-                        {"step": "rtn:group_size=32", "vary": {"bits": [8, 4]}}],
+        "compressors": [
+            {"step": "magnitude", "vary": {"sparsity": [0.25, 0.5]}},
+            {"step": "rtn:group_size=32", "vary": {"bits": [8, 4]}},
+        ],
         "replicates": 1,
         "edits": 2,
         "metrics": ["edit", "perplexity", "avg_bits"],
@@ -109,12 +123,21 @@ def test_the_study_gives_the_numbers_of_separate_sweeps(tiny_folder, full, tmp_p
     torch.set_num_threads(1)
     try:
         edits = load_edits("zsre", sample("zsre", "zsre_sample.json"), 2, 0)
-        ref = sweep(load_model(tiny_folder), [MEMIT, "rtn:group_size=32"], vary="rtn.bits=8,4", edits=edits,
-                    metrics=["edit", "perplexity", "avg_bits"], ctx=None, seed=0,
-                    metric_options={"perplexity": {"max_tokens": 128, "seqlen": 64}})
+        ref = sweep(
+            load_model(tiny_folder),
+            [MEMIT, "rtn:group_size=32"],
+            vary="rtn.bits=8,4",
+            edits=edits,
+            metrics=["edit", "perplexity", "avg_bits"],
+            ctx=None,
+            seed=0,
+            metric_options={"perplexity": {"max_tokens": 128, "seqlen": 64}},
+        )
     finally:
         torch.set_num_threads(before)
-    mine = {(r["cell"].split("|", 2)[2], r["position"]): r for r in rows if r["dataset"] == "zsre" and r["entry"] == "rtn"}
+    mine = {
+        (r["cell"].split("|", 2)[2], r["position"]): r for r in rows if r["dataset"] == "zsre" and r["entry"] == "rtn"
+    }
     assert len(ref) == len(mine) == 12
     for r in ref:
         assert numbers(mine[key(r)]) == numbers(r), key(r)
@@ -201,7 +224,7 @@ def section(md: str, title: str) -> str:
     """The markdown table under the heading that starts with ``title``."""
     start = md.index(f"### {title}")
     end = md.find("\n### ", start + 4)
-    return md[start:end if end > 0 else len(md)]
+    return md[start : end if end > 0 else len(md)]
 
 
 def test_the_report_rebuilds_from_results_jsonl_alone(full, tmp_path):
@@ -217,7 +240,11 @@ def test_the_report_rebuilds_from_results_jsonl_alone(full, tmp_path):
     res = CliRunner().invoke(app, ["report", str(alone), "--no-plots"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     rebuilt = (alone / "report.md").read_text()
-    for title in ("Table 1: composability A / P", "Table 1 on the common interval: counterfact", "magnitude on zsre: final model"):
+    for title in (
+        "Table 1: composability A / P",
+        "Table 1 on the common interval: counterfact",
+        "magnitude on zsre: final model",
+    ):
         assert section(rebuilt, title) == section(md, title) and section(md, title).count("\n| ") >= 2, title
     with open(alone / "rows.csv", newline="") as f:
         flat = list(csv.DictReader(f))
@@ -228,8 +255,11 @@ def test_the_report_rebuilds_from_results_jsonl_alone(full, tmp_path):
 
 def test_the_cli_runs_a_study_and_logs_progress_without_a_terminal(tiny_folder, tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(quick(tiny_folder, compressors=[{"step": "magnitude", "vary": {"sparsity": [0.5]}}],
-                                         datasets=["records"])))
+    path.write_text(
+        yaml.safe_dump(
+            quick(tiny_folder, compressors=[{"step": "magnitude", "vary": {"sparsity": [0.5]}}], datasets=["records"])
+        )
+    )
     res = CliRunner().invoke(app, ["study", str(path), "--out", str(tmp_path / "run"), "--threads", "1", "--no-plots"])
     assert res.exit_code == 0, res.output
     lines = [line for line in res.output.splitlines() if line.startswith("[study] ")]
@@ -267,9 +297,21 @@ BAD = [
     ("compressors/0/vary", {"sparsity": 0.5}, r"compressors\[0\]\.vary\.sparsity: expected a list.*got float 0.5"),
     ("compressors/0/vary", {"sparsity": [0.5, 1.5]}, r"compressors\[0\]\.vary\.sparsity: .*out of range"),
     ("compressors/0/vary", {"sparsity": [0.5, 0.5]}, r"compressors\[0\]\.vary\.sparsity: a value is given twice"),
-    ("compressors/0/vary", {"sparsity": [[0.5]]}, r"compressors\[0\]\.vary\.sparsity\[0\]: expected one value; got a list"),
-    ("compressors/0/vary", {"sparsity": [0.5], "structure": ["2:4"]}, r"compressors\[0\]\.vary: vary exactly one field"),
-    ("compressors/0/step", "magnitud", r"compressors\[0\]\.step: unknown intervention 'magnitud'. Did you mean 'magnitude'"),
+    (
+        "compressors/0/vary",
+        {"sparsity": [[0.5]]},
+        r"compressors\[0\]\.vary\.sparsity\[0\]: expected one value; got a list",
+    ),
+    (
+        "compressors/0/vary",
+        {"sparsity": [0.5], "structure": ["2:4"]},
+        r"compressors\[0\]\.vary: vary exactly one field",
+    ),
+    (
+        "compressors/0/step",
+        "magnitud",
+        r"compressors\[0\]\.step: unknown intervention 'magnitud'. Did you mean 'magnitude'",
+    ),
     ("compressors/0/step", ["magnitude"], r"compressors\[0\]\.step: expected one step.*got a list"),
     ("compressors/0/step", MEMIT, r"compressors\[0\]\.step: 'memit' is an editor"),
     ("compressors/0/stepp", "x", r"compressors\[0\]: unknown key 'stepp' \(did you mean 'step'\?\)"),
@@ -277,7 +319,11 @@ BAD = [
     ("compressors", {"step": "magnitude"}, r"compressors: expected a list.*got a mapping"),
     ("editors/0", "magnitude", r"editors\[0\]: 'magnitude' is a prune step, not an editor"),
     ("editors", MEMIT, r"editors: expected a list.*got the string"),
-    ("datasets/0", "counterfakt", r"datasets\[0\]: unknown edit dataset 'counterfakt' \(did you mean 'counterfact'\?\)"),
+    (
+        "datasets/0",
+        "counterfakt",
+        r"datasets\[0\]: unknown edit dataset 'counterfakt' \(did you mean 'counterfact'\?\)",
+    ),
     ("datasets/1/name", "counterfact", r"datasets\[1\]: dataset 'counterfact' is listed twice"),
     ("datasets", "counterfact", r"datasets: expected a list.*got the string 'counterfact'"),
     ("orders", [["editor", "editor"]], r"orders\[0\]: an order lists editor and compressor once each"),
@@ -292,7 +338,11 @@ BAD = [
     ("metrics", ["edit", "perplexty"], r"metrics: unknown metric 'perplexty'. Did you mean 'perplexity'"),
     ("metric_options", "x", r"metric_options: expected a mapping"),
     ("budgets/ppl_tokens", "lots", r"budgets\.ppl_tokens: expected a whole number"),
-    ("budgets/calibration_sampels", 4, r"budgets: unknown key 'calibration_sampels' \(did you mean 'calibration_samples'\?\)"),
+    (
+        "budgets/calibration_sampels",
+        4,
+        r"budgets: unknown key 'calibration_sampels' \(did you mean 'calibration_samples'\?\)",
+    ),
     ("policy", "projekt", r"policy: the string 'projekt' is not one of none, project, recompress"),
     ("skip_invalid", "maybe", r"skip_invalid: expected true or false"),
     ("compresors", [], r"\(top level\): unknown key 'compresors' \(did you mean 'compressors'\?\)"),
@@ -315,10 +365,14 @@ def test_a_bad_study_is_one_message_with_its_key_path(tiny_folder, tmp_path, pat
 
 
 def test_composed_entries_and_explicit_orders(tiny_folder):
-    data = quick(tiny_folder, compressors=[
-        {"steps": [MEMIT, "magnitude", "rtn:group_size=32"], "vary": {"rtn.bits": [8, 4]}, "name": "three"},
-        {"step": "magnitude", "vary": {"sparsity": [0.5]}},
-    ], orders=[["compressor", "editor"]])
+    data = quick(
+        tiny_folder,
+        compressors=[
+            {"steps": [MEMIT, "magnitude", "rtn:group_size=32"], "vary": {"rtn.bits": [8, 4]}, "name": "three"},
+            {"step": "magnitude", "vary": {"sparsity": [0.5]}},
+        ],
+        orders=[["compressor", "editor"]],
+    )
     study = Study.from_mapping(data)
     three = [c for c in study.cells() if c.labels["entry"] == "three"]
     assert len(three) == 6 * 2 * 2  # 3! orders x 2 values x 2 datasets
@@ -387,8 +441,13 @@ def test_a_study_reads_the_data_folder_it_is_given(tiny_folder, tmp_path, monkey
     data.mkdir(parents=True)
     for name in ("wiki.test.raw", "wiki.train.raw", "wiki.valid.raw"):
         (data / name).write_text(" = Valkyria = \n\n" + "The game is a tactical role playing game .\n" * 300)
-    spec = quick(tiny_folder, datasets=[{"name": "records"}], metrics=["perplexity"], edits=1,
-                 compressors=[{"step": "magnitude", "vary": {"sparsity": [0.5]}}])
+    spec = quick(
+        tiny_folder,
+        datasets=[{"name": "records"}],
+        metrics=["perplexity"],
+        edits=1,
+        compressors=[{"step": "magnitude", "vary": {"sparsity": [0.5]}}],
+    )
     result = run_study(Study.from_mapping(spec), out=tmp_path / "s", threads=1, data_dir=data.parent, report=False)
     assert not result.missing
     config = yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())

@@ -79,8 +79,14 @@ def local(tiny_folder, tmp_path_factory):
 
 def test_ray_gives_the_rows_of_the_local_executor(cluster, tiny_folder, local, tmp_path):
     study = Study.from_mapping(quick(tiny_folder))
-    result = run_study(study, out=tmp_path, executor="ray", cpus_per_task=1, plots=False,
-                       save_cells="*|magnitude|memit>magnitude|0.5|*")
+    result = run_study(
+        study,
+        out=tmp_path,
+        executor="ray",
+        cpus_per_task=1,
+        plots=False,
+        save_cells="*|magnitude|memit>magnitude|0.5|*",
+    )
     assert result.complete and not result.failures and result.report is not None
     saved = sorted(p.name for p in (tmp_path / "models").iterdir())  # written by the tasks
     assert saved == ["counterfact__magnitude__memit-magnitude__0.5__r0", "zsre__magnitude__memit-magnitude__0.5__r0"]
@@ -95,8 +101,11 @@ def test_ray_gives_the_rows_of_the_local_executor(cluster, tiny_folder, local, t
 
 def test_a_killed_task_is_retried_and_the_study_finishes(cluster, tiny_folder, tmp_path):
     marker = tmp_path / "crashed"
-    data = quick(tiny_folder, compressors=[{"step": f"crashprune:marker={marker}", "vary": {"sparsity": [0.25, 0.5]}}],
-                 datasets=["records"])
+    data = quick(
+        tiny_folder,
+        compressors=[{"step": f"crashprune:marker={marker}", "vary": {"sparsity": [0.25, 0.5]}}],
+        datasets=["records"],
+    )
     result = run_study(Study.from_mapping(data), out=tmp_path / "run", executor="ray", plots=False)
     assert len(marker.read_text().split()) == 1  # one worker died, once
     assert result.complete and not result.failures
@@ -106,13 +115,19 @@ def test_a_killed_task_is_retried_and_the_study_finishes(cluster, tiny_folder, t
 
 def test_a_task_that_keeps_failing_is_named_and_every_other_row_kept(cluster, tiny_folder, tmp_path):
     marker = tmp_path / "crashed"
-    data = quick(tiny_folder, datasets=["records"], compressors=[
-        {"step": "magnitude", "vary": {"sparsity": [0.5]}},
-        {"step": f"crashprune:marker={marker},always=true", "vary": {"sparsity": [0.25]}, "name": "crash"},
-    ])
+    data = quick(
+        tiny_folder,
+        datasets=["records"],
+        compressors=[
+            {"step": "magnitude", "vary": {"sparsity": [0.5]}},
+            {"step": f"crashprune:marker={marker},always=true", "vary": {"sparsity": [0.25]}, "name": "crash"},
+        ],
+    )
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(data))
-    res = CliRunner().invoke(app, ["study", str(path), "--out", str(tmp_path / "run"), "--executor", "ray", "--no-plots"])
+    res = CliRunner().invoke(
+        app, ["study", str(path), "--out", str(tmp_path / "run"), "--executor", "ray", "--no-plots"]
+    )
     assert res.exit_code == 1, res.output
     assert "failed twice" in res.output and "records|crash|crashprune>memit|0.25|r0" in res.output
     assert len(marker.read_text().split()) >= 2  # tried, then retried once
@@ -131,8 +146,20 @@ def test_a_driver_killed_mid_study_resumes_exactly(cluster, tiny_folder, local, 
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(quick(tiny_folder)))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "lmcompose_cli.main", "study", str(path), "--out", str(out), "--executor", "ray",
-           "--ray-address", cluster, "--no-plots"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmcompose_cli.main",
+        "study",
+        str(path),
+        "--out",
+        str(out),
+        "--executor",
+        "ray",
+        "--ray-address",
+        cluster,
+        "--no-plots",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     results = out / "results.jsonl"
     deadline = time.time() + 240
@@ -153,8 +180,9 @@ def test_a_ray_address_that_does_not_answer_is_one_message(tiny_folder, tmp_path
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(quick(tiny_folder)))
     start = time.time()
-    res = CliRunner().invoke(app, ["study", str(path), "--executor", "ray", "--ray-address", "127.0.0.1:9",
-                                   "--out", str(tmp_path / "run")])
+    res = CliRunner().invoke(
+        app, ["study", str(path), "--executor", "ray", "--ray-address", "127.0.0.1:9", "--out", str(tmp_path / "run")]
+    )
     assert res.exit_code == 2, res.output
     assert "no Ray cluster answers there" in res.output and "Traceback" not in res.output
     assert time.time() - start < 30

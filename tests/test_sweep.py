@@ -16,8 +16,17 @@ from lmcompose.sweep import StepSpec, parse_orders, parse_vary, sweep
 
 FAST = {"perplexity": {"seqlen": 64, "max_tokens": 128}}
 METRICS = ["perplexity", "avg_bits", "edit"]
-METRIC_KEYS = ("perplexity", "general_nll", "avg_bits", "sparsity", "edit_success", "generalization", "locality",
-               "edit_nll", "locality_drift")
+METRIC_KEYS = (
+    "perplexity",
+    "general_nll",
+    "avg_bits",
+    "sparsity",
+    "edit_success",
+    "generalization",
+    "locality",
+    "edit_nll",
+    "locality_drift",
+)
 
 
 @dataclass
@@ -47,7 +56,11 @@ class RankOneEdit(Intervention):
             w = lm.weight(name)
             for r in records:
                 g = torch.Generator().manual_seed(int(hashlib.sha1(r.case_id.encode()).hexdigest()[:8], 16))
-                w.add_(self.config.scale * torch.randn(w.shape[0], 1, generator=g) @ torch.randn(1, w.shape[1], generator=g))
+                w.add_(
+                    self.config.scale
+                    * torch.randn(w.shape[0], 1, generator=g)
+                    @ torch.randn(1, w.shape[1], generator=g)
+                )
         return self.report(edits=len(records))
 
 
@@ -105,8 +118,10 @@ def test_every_cell_matches_an_independent_compose(full):
     for order in (["rankone", "magnitude:sparsity=0.75"], ["magnitude:sparsity=0.75", "rankone"]):
         ref = compose(tiny_model("llama"), order, edits=edits[2:], metrics=METRICS, metric_options=FAST, replicate=1)
         names = [s.split(":")[0] for s in order]
-        got = sorted((r for r in rows if r["order"] == names and r["strength"] == 0.75 and r["replicate"] == 1),
-                     key=lambda r: r["position"])
+        got = sorted(
+            (r for r in rows if r["order"] == names and r["strength"] == 0.75 and r["replicate"] == 1),
+            key=lambda r: r["position"],
+        )
         for a, b in zip(ref, got, strict=True):
             for k in METRIC_KEYS:
                 assert a.get(k) == pytest.approx(b.get(k), rel=1e-5, abs=1e-6), (order, a["position"], k)
@@ -167,8 +182,14 @@ def test_a_folder_of_another_sweep_is_refused(editor, tmp_path):
 
 
 def test_three_steps_all_orders_and_recompress(editor, tmp_path):
-    rows = sweep(tiny_model("llama"), ["rankone", "magnitude", "rtn:group_size=32"], vary="rtn.bits=4,8",
-                 edits=load_edits("records", limit=2), policy="recompress", metrics=["avg_bits"])
+    rows = sweep(
+        tiny_model("llama"),
+        ["rankone", "magnitude", "rtn:group_size=32"],
+        vary="rtn.bits=4,8",
+        edits=load_edits("records", limit=2),
+        policy="recompress",
+        metrics=["avg_bits"],
+    )
     orders = {tuple(r["order"]) for r in rows}
     assert len(orders) == 6
     # magnitude before rankone is re-run at the end under recompress
@@ -187,28 +208,34 @@ def test_parse_vary_and_orders():
     assert len(parse_orders("all", [StepSpec("a"), StepSpec("b"), StepSpec("c")])) == 6
 
 
-@pytest.mark.parametrize("text,error,match", [
-    ("rtn.bits", ConfigError, "STEP.FIELD=v1"),
-    ("rtnbits=4", ConfigError, "STEP.FIELD=v1"),
-    ("rnt.bits=4", UnknownNameError, "Did you mean 'rtn'"),
-    ("rtn.bist=4", UnknownNameError, "Did you mean 'bits'"),
-    ("rtn.bits=4,,8", ConfigError, "comma-separated"),
-    ("rtn.bits=4,99", ConfigError, "out of range"),
-    ("rtn.bits=4,four", ConfigError, "not an integer"),
-    ("rtn.bits=4,4", ConfigError, "given twice"),
-])
+@pytest.mark.parametrize(
+    "text,error,match",
+    [
+        ("rtn.bits", ConfigError, "STEP.FIELD=v1"),
+        ("rtnbits=4", ConfigError, "STEP.FIELD=v1"),
+        ("rnt.bits=4", UnknownNameError, "Did you mean 'rtn'"),
+        ("rtn.bist=4", UnknownNameError, "Did you mean 'bits'"),
+        ("rtn.bits=4,,8", ConfigError, "comma-separated"),
+        ("rtn.bits=4,99", ConfigError, "out of range"),
+        ("rtn.bits=4,four", ConfigError, "not an integer"),
+        ("rtn.bits=4,4", ConfigError, "given twice"),
+    ],
+)
 def test_bad_vary(text, error, match):
     with pytest.raises(error, match=match):
         parse_vary(text, [StepSpec("magnitude"), StepSpec("rtn")])
 
 
-@pytest.mark.parametrize("text,match", [
-    ("magnitude,rnt", "Did you mean 'rtn'"),
-    ("magnitude", "not a permutation"),
-    ("magnitude,rtn,rtn", "not a permutation"),
-    ("magnitude,rtn;magnitude,rtn", "given twice"),
-    (";", "'all' or orders"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("magnitude,rnt", "Did you mean 'rtn'"),
+        ("magnitude", "not a permutation"),
+        ("magnitude,rtn,rtn", "not a permutation"),
+        ("magnitude,rtn;magnitude,rtn", "given twice"),
+        (";", "'all' or orders"),
+    ],
+)
 def test_bad_orders(text, match):
     with pytest.raises(UsageError, match=match):
         parse_orders(text, [StepSpec("magnitude"), StepSpec("rtn")])

@@ -19,13 +19,37 @@ from lmcompose.compose import build_intervention, build_metrics, load_edits, par
 from lmcompose.errors import ModelLoadError
 
 SHAPES = {  # the two named models' configs (hidden, layers, heads, kv heads, d_ff, head dim)
-    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                                   num_key_value_heads=3, tie_word_embeddings=True)),
-    "gemma3-270m": ("gemma3_text", dict(hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
-                                        num_key_value_heads=1, head_dim=256, tie_word_embeddings=True)),
+    "smollm2-135m": (
+        "llama",
+        dict(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "gemma3-270m": (
+        "gemma3_text",
+        dict(
+            hidden_size=640,
+            intermediate_size=2048,
+            num_hidden_layers=18,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=256,
+            tie_word_embeddings=True,
+        ),
+    ),
 }
-METHODS = [("sparsegpt", "sparsegpt:sparsity=0.5"), ("wanda", "wanda:sparsity=0.5"), ("gptq", "gptq:bits=4,group_size=128"),
-           ("awq", "awq:bits=4,group_size=128"), ("memit", "memit")]
+METHODS = [
+    ("sparsegpt", "sparsegpt:sparsity=0.5"),
+    ("wanda", "wanda:sparsity=0.5"),
+    ("gptq", "gptq:bits=4,group_size=128"),
+    ("awq", "awq:bits=4,group_size=128"),
+    ("memit", "memit"),
+]
 
 
 def load(name: str, dtype: str):
@@ -63,7 +87,10 @@ def main() -> None:
                 try:
                     build_intervention(parse_step(step)).apply(lm, ctx)
                 except Exception as exc:  # noqa: BLE001 - one failing cell must not hide the others
-                    print(f"| {name} | {kind} | {dtype} | {label} | failed: {type(exc).__name__}: {str(exc)[:80]} | | |", flush=True)
+                    print(
+                        f"| {name} | {kind} | {dtype} | {label} | failed: {type(exc).__name__}: {str(exc)[:80]} | | |",
+                        flush=True,
+                    )
                     continue
                 torch.cuda.synchronize()
                 wall = time.perf_counter() - start
@@ -71,7 +98,9 @@ def main() -> None:
                 ms = build_metrics(names, {"perplexity": {"max_tokens": 16384, "seqlen": 1024}})
                 v = {k: x for m in ms for k, x in m.compute(lm, ctx).items()}
                 succ = f"{v['edit_success']:.3f}" if "edit_success" in v else ""
-                print(f"| {name} | {kind} | {dtype} | {label} | {wall:.1f} | {v['perplexity']:.2f} | {succ} |", flush=True)
+                print(
+                    f"| {name} | {kind} | {dtype} | {label} | {wall:.1f} | {v['perplexity']:.2f} | {succ} |", flush=True
+                )
                 del lm
                 torch.cuda.empty_cache()
     sys.exit(0)

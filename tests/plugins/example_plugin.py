@@ -55,9 +55,16 @@ class FixedEdits(EditDataset):
 
 
 ALIAS_SPEC = ArchSpec(
-    name="llama_alias", model_types=("llama_alias_for_tests",), layers="model.layers",
-    attn_in=("self_attn.q_proj",), attn_out="self_attn.o_proj", mlp_in=("mlp.up_proj",),
-    mlp_out="mlp.down_proj", final_norm="model.norm", embed="model.embed_tokens", lm_head="lm_head",
+    name="llama_alias",
+    model_types=("llama_alias_for_tests",),
+    layers="model.layers",
+    attn_in=("self_attn.q_proj",),
+    attn_out="self_attn.o_proj",
+    mlp_in=("mlp.up_proj",),
+    mlp_out="mlp.down_proj",
+    final_norm="model.norm",
+    embed="model.embed_tokens",
+    lm_head="lm_head",
 )
 
 

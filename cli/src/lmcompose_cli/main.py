@@ -47,8 +47,14 @@ def describe_failure(exc: BaseException) -> tuple[str, str, int]:
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         return "error", f"{exc.strerror or exc}{where}", 1
-    return "internal error", (f"{type(exc).__name__}: {exc}. This is a bug in lmcompose or a plugin: rerun with "
-                              "--debug for the traceback, and report it"), 1
+    return (
+        "internal error",
+        (
+            f"{type(exc).__name__}: {exc}. This is a bug in lmcompose or a plugin: rerun with "
+            "--debug for the traceback, and report it"
+        ),
+        1,
+    )
 
 
 class CommandGroup(TyperGroup):
@@ -75,22 +81,36 @@ class CommandGroup(TyperGroup):
 app = typer.Typer(
     name="lmcompose",
     cls=CommandGroup,
-    help="Compose test-time interventions (editing, pruning, quantization) on causal LMs and measure how they interact.",
+    help="Compose test-time interventions (editing, pruning, quantization) on causal LMs and measure how they "
+    "interact.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
     rich_markup_mode="rich",
 )
-list_app = typer.Typer(help="List what the installed plugins provide, with each config field and its help.", no_args_is_help=True)
+list_app = typer.Typer(
+    help="List what the installed plugins provide, with each config field and its help.", no_args_is_help=True
+)
 app.add_typer(list_app, name="list")
 
 
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    strict: Annotated[bool, typer.Option("--strict", help="Fail when any plugin fails to load (default: report and go on).")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error, not only its message.")] = False,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder laid out like shared/data (wikitext-2-raw/, counterfact/, ...) for this command (over LMCOMPOSE_DATA_DIR).")] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Fail when any plugin fails to load (default: report and go on).")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an error, not only its message.")
+    ] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Folder laid out like shared/data (wikitext-2-raw/, counterfact/, ...) for this command (over "
+            "LMCOMPOSE_DATA_DIR).",
+        ),
+    ] = None,
 ) -> None:
     if data_dir is not None:
         if not data_dir.is_dir():
@@ -107,10 +127,15 @@ def main_options(
 # --------------------------------------------------------------------------------------
 
 
-@app.command(epilog="Examples: lmcompose plugins; lmcompose plugins --json; lmcompose plugins --available; LMCOMPOSE_BLOCK_PLUGINS=x lmcompose plugins")
+@app.command(
+    epilog="Examples: lmcompose plugins; lmcompose plugins --json; lmcompose plugins --available; "
+    "LMCOMPOSE_BLOCK_PLUGINS=x lmcompose plugins"
+)
 def plugins(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    available: Annotated[bool, typer.Option("--available", help="List the plugins in registry.yaml, installed or not.")] = False,
+    available: Annotated[
+        bool, typer.Option("--available", help="List the plugins in registry.yaml, installed or not.")
+    ] = False,
 ) -> None:
     """List loaded plugins, what each registers, and plugins that failed to load."""
     if available:
@@ -141,7 +166,13 @@ def plugins(
     table.add_column("status", overflow="fold")
     for info in infos:
         status = "[red]failed: " + info.error + "[/]" if info.error else "[green]loaded[/]"
-        table.add_row(info.name, info.distribution, info.version, ", ".join(h.removeprefix("register_") for h in info.hooks), status)
+        table.add_row(
+            info.name,
+            info.distribution,
+            info.version,
+            ", ".join(h.removeprefix("register_") for h in info.hooks),
+            status,
+        )
     console.print(table)
     for dist, things in sorted(provided.items()):
         console.print(f"[bold]{dist}[/] provides: {', '.join(sorted(things))}", highlight=False, soft_wrap=True)
@@ -152,8 +183,22 @@ def _plugins_available(as_json: bool) -> None:
 
     entries = read_registry()
     if as_json:
-        typer.echo(json.dumps([{"name": e.name, "kind": e.kind, "distribution": e.distribution, "summary": e.summary,
-                                "installed": e.installed_version, "local_path": str(e.path) if e.path else None} for e in entries], indent=2))
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "name": e.name,
+                        "kind": e.kind,
+                        "distribution": e.distribution,
+                        "summary": e.summary,
+                        "installed": e.installed_version,
+                        "local_path": str(e.path) if e.path else None,
+                    }
+                    for e in entries
+                ],
+                indent=2,
+            )
+        )
         return
     table = Table(title="plugins in registry.yaml")
     for col in ("name", "kind", "distribution"):
@@ -179,10 +224,18 @@ def _run_pip(cmd: list[str], dry_run: bool) -> None:
         raise typer.Exit(code)
 
 
-@app.command(epilog="Examples: lmcompose install counterfact; lmcompose install --package lmcompose-noise==0.1.0; lmcompose install zsre --dry-run")
+@app.command(
+    epilog="Examples: lmcompose install counterfact; lmcompose install --package lmcompose-noise==0.1.0; lmcompose "
+    "install zsre --dry-run"
+)
 def install(
-    name: Annotated[str | None, typer.Argument(help="Short name of a plugin in registry.yaml.", show_default=False)] = None,
-    package: Annotated[str | None, typer.Option("--package", help="Install this pip requirement instead (a plugin not in the registry).")] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="Short name of a plugin in registry.yaml.", show_default=False)
+    ] = None,
+    package: Annotated[
+        str | None,
+        typer.Option("--package", help="Install this pip requirement instead (a plugin not in the registry)."),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the pip command without running it.")] = False,
 ) -> None:
     """pip-install a plugin listed in registry.yaml (first-party plugins from this checkout's plugins/ folder)."""
@@ -194,7 +247,9 @@ def install(
 
 @app.command(epilog="Examples: lmcompose uninstall counterfact; lmcompose uninstall --package lmcompose-noise")
 def uninstall(
-    name: Annotated[str | None, typer.Argument(help="Short name of a plugin in registry.yaml.", show_default=False)] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="Short name of a plugin in registry.yaml.", show_default=False)
+    ] = None,
     package: Annotated[str | None, typer.Option("--package", help="Uninstall this distribution instead.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the pip command without running it.")] = False,
 ) -> None:
@@ -205,18 +260,31 @@ def uninstall(
     _run_pip(cmd, dry_run)
 
 
-@app.command("new-plugin", epilog="Examples: lmcompose new-plugin noise --kind intervention; lmcompose new-plugin wordcount --kind metric --dir ~/src")
+@app.command(
+    "new-plugin",
+    epilog="Examples: lmcompose new-plugin noise --kind intervention; lmcompose new-plugin wordcount --kind metric "
+    "--dir ~/src",
+)
 def new_plugin(
-    name: Annotated[str, typer.Argument(help="Plugin name: lowercase, e.g. noise (distribution lmcompose-noise, module lmcompose_noise).")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="Plugin name: lowercase, e.g. noise (distribution lmcompose-noise, module lmcompose_noise)."
+        ),
+    ],
     kind: Annotated[str, typer.Option("--kind", help="intervention | metric | dataset")] = "intervention",
     directory: Annotated[Path, typer.Option("--dir", help="Folder to create the package in.")] = Path("."),
 ) -> None:
-    """Create a plugin package from the template: pyproject with the entry point, one working example, its tests, a README."""
+    """Create a plugin package from the template: pyproject with the entry point, one working example, its tests, a README."""  # noqa: E501 (the command's one-line help)
     from lmcompose_cli.scaffold import render
 
     target = render(name, kind, directory)
     console.print(f"created {target}", highlight=False)
-    console.print(f"next: pip install -e {target}  then  lmcompose plugins  and  pytest {target / 'tests'}", highlight=False, soft_wrap=True)
+    console.print(
+        f"next: pip install -e {target}  then  lmcompose plugins  and  pytest {target / 'tests'}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _list_registry(kind: str) -> None:
@@ -236,7 +304,9 @@ def _list_registry(kind: str) -> None:
         detail = []
         if kind == "interventions":
             knob = obj.strength
-            detail.append(f"kind: {obj.kind}; strength: {knob.field} in {knob.describe()}" if knob else f"kind: {obj.kind}")
+            detail.append(
+                f"kind: {obj.kind}; strength: {knob.field} in {knob.describe()}" if knob else f"kind: {obj.kind}"
+            )
         if kind == "architectures":
             detail.append(f"layers: {obj.layers}; mlp out: {obj.mlp_out}")
         config_cls = getattr(obj, "Config", None)
@@ -288,7 +358,14 @@ class RichProgress(Progress):
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as RP
 
-        self.rp = RP(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=True)
+        self.rp = RP(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
 
     @contextmanager
     def task(self, description: str, total: int | None = None):
@@ -339,7 +416,9 @@ def _metric_flag_options(ppl_tokens: str | None, ppl_seqlen: int | None) -> dict
             except ValueError:
                 raise UsageError(f"--ppl-tokens {ppl_tokens!r}: give a number of tokens or 'all'") from None
             if opts["max_tokens"] < 1:
-                raise UsageError(f"--ppl-tokens {ppl_tokens}: give a positive number of tokens, or 'all' for the whole test split")
+                raise UsageError(
+                    f"--ppl-tokens {ppl_tokens}: give a positive number of tokens, or 'all' for the whole test split"
+                )
     if ppl_seqlen is not None:
         opts["seqlen"] = ppl_seqlen
     return {"perplexity": opts} if opts else None
@@ -351,7 +430,10 @@ def _metric_names(text: str | None) -> list[str] | None:
         return None
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
-        raise UsageError(f"--metrics {text!r} names no metric; give names such as edit,perplexity, or leave the flag out for every metric")
+        raise UsageError(
+            f"--metrics {text!r} names no metric; give names such as edit,perplexity, or leave the flag out for "
+            f"every metric"
+        )
     return names
 
 
@@ -378,43 +460,141 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
-@app.command(epilog="Examples: lmcompose run smollm2-135m magnitude:sparsity=0.5 rtn:bits=4 --out runs/x; "
-             "lmcompose run gemma3-270m magnitude:structure=2:4 --ppl-tokens all; lmcompose run -c experiment.yaml")
+@app.command(
+    epilog="Examples: lmcompose run smollm2-135m magnitude:sparsity=0.5 rtn:bits=4 --out runs/x; "
+    "lmcompose run gemma3-270m magnitude:structure=2:4 --ppl-tokens all; lmcompose run -c experiment.yaml"
+)
 def run(
     ctx: typer.Context,
-    model: Annotated[str | None, typer.Argument(help="Named model (smollm2-135m, gemma3-270m), model folder, .gguf file, or hub id.", show_default=False)] = None,
-    steps: Annotated[list[str] | None, typer.Argument(help="Steps in order: name[:field=value,...] (e.g. magnitude:sparsity=0.5 rtn:bits=4).", show_default=False)] = None,
-    out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder for config.yaml and results.jsonl.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with run settings; flags override it.")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Edit dataset name (see `lmcompose list datasets`).")] = None,
-    dataset_source: Annotated[str | None, typer.Option("--dataset-source", help="Dataset file, URL, hub:ID[?config=..&split=..] (Hugging Face datasets) or sample (default: the data folder, the download cache, the canonical URL, then the bundled sample).")] = None,
-    edits: Annotated[int | None, typer.Option("--edits", "-n", help="Number of dataset records to edit (a seeded random selection).")] = None,
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip malformed dataset records (and count them) instead of stopping.")] = False,
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="Named model (smollm2-135m, gemma3-270m), model folder, .gguf file, or hub id.", show_default=False
+        ),
+    ] = None,
+    steps: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Steps in order: name[:field=value,...] (e.g. magnitude:sparsity=0.5 rtn:bits=4).", show_default=False
+        ),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Run folder for config.yaml and results.jsonl.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML with run settings; flags override it.")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", "-d", help="Edit dataset name (see `lmcompose list datasets`).")
+    ] = None,
+    dataset_source: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset-source",
+            help="Dataset file, URL, hub:ID[?config=..&split=..] (Hugging Face datasets) or sample (default: the "
+            "data folder, the download cache, the canonical URL, then the bundled sample).",
+        ),
+    ] = None,
+    edits: Annotated[
+        int | None, typer.Option("--edits", "-n", help="Number of dataset records to edit (a seeded random selection).")
+    ] = None,
+    skip_invalid: Annotated[
+        bool,
+        typer.Option("--skip-invalid", help="Skip malformed dataset records (and count them) instead of stopping."),
+    ] = False,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for edit selection and calibration.")] = None,
-    policy: Annotated[str | None, typer.Option("--keep-compressed", "--policy", help="none | project | recompress (default project).")] = None,
-    protocol: Annotated[str | None, typer.Option("--protocol", help="default | paper: the paper's choices in one place (docs/replication.md); step fields you write win.")] = None,
-    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")] = None,
-    ppl_tokens: Annotated[str | None, typer.Option("--ppl-tokens", help="Perplexity token budget, or 'all' for the whole test split.")] = None,
+    policy: Annotated[
+        str | None, typer.Option("--keep-compressed", "--policy", help="none | project | recompress (default project).")
+    ] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            "--protocol",
+            help="default | paper: the paper's choices in one place (docs/replication.md); step fields you write win.",
+        ),
+    ] = None,
+    metrics: Annotated[
+        str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")
+    ] = None,
+    ppl_tokens: Annotated[
+        str | None, typer.Option("--ppl-tokens", help="Perplexity token budget, or 'all' for the whole test split.")
+    ] = None,
     ppl_seqlen: Annotated[int | None, typer.Option("--ppl-seqlen", help="Perplexity window length.")] = None,
-    ppl_corpus: Annotated[str | None, typer.Option("--ppl-corpus", help="Perplexity text: wikitext2 (default), a text file, hub:ID[?config=..&split=..&field=..] or sample.")] = None,
-    calibration_corpus: Annotated[str | None, typer.Option("--calibration-corpus", help="Calibration text (compressors, MEMIT statistics): wikitext2 (default), a text file, hub:ID[?...] or sample.")] = None,
+    ppl_corpus: Annotated[
+        str | None,
+        typer.Option(
+            "--ppl-corpus",
+            help="Perplexity text: wikitext2 (default), a text file, hub:ID[?config=..&split=..&field=..] or sample.",
+        ),
+    ] = None,
+    calibration_corpus: Annotated[
+        str | None,
+        typer.Option(
+            "--calibration-corpus",
+            help="Calibration text (compressors, MEMIT statistics): wikitext2 (default), a text file, hub:ID[?...] "
+            "or sample.",
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="float32 | bfloat16 | float16 | auto (the checkpoint's own; default on a GPU; float32 on a CPU without native bf16).")] = None,
-    device_map: Annotated[str | None, typer.Option("--device-map", help="Place layers with accelerate: auto | balanced | sequential | cpu | cuda:N (from_pretrained's device_map).")] = None,
-    max_memory: Annotated[str | None, typer.Option("--max-memory", help="Memory per device for --device-map, e.g. 0=20GiB,cpu=60GiB.")] = None,
-    revision: Annotated[str | None, typer.Option("--revision", help="A hub model's branch, tag or commit (the resolved commit is recorded in config.yaml).")] = None,
-    save_model: Annotated[str | None, typer.Option("--save-model", help="Save the final model to this folder (Hugging Face format: plain from_pretrained loads it; plus lmcompose's compression sidecar).")] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--dtype",
+            help="float32 | bfloat16 | float16 | auto (the checkpoint's own; default on a GPU; float32 on a CPU "
+            "without native bf16).",
+        ),
+    ] = None,
+    device_map: Annotated[
+        str | None,
+        typer.Option(
+            "--device-map",
+            help="Place layers with accelerate: auto | balanced | sequential | cpu | cuda:N (from_pretrained's "
+            "device_map).",
+        ),
+    ] = None,
+    max_memory: Annotated[
+        str | None, typer.Option("--max-memory", help="Memory per device for --device-map, e.g. 0=20GiB,cpu=60GiB.")
+    ] = None,
+    revision: Annotated[
+        str | None,
+        typer.Option(
+            "--revision", help="A hub model's branch, tag or commit (the resolved commit is recorded in config.yaml)."
+        ),
+    ] = None,
+    save_model: Annotated[
+        str | None,
+        typer.Option(
+            "--save-model",
+            help="Save the final model to this folder (Hugging Face format: plain from_pretrained loads it; plus "
+            "lmcompose's compression sidecar).",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --save-model folder.")] = False,
 ) -> None:
     """Apply STEPs to MODEL in order; evaluate every metric on the base model and after each step."""
     settings = _settings(
-        ctx, config, model=model, steps=list(steps) if steps else None, out=out, dataset=dataset,
-        dataset_source=dataset_source, edits=edits, seed=seed, policy=policy, protocol=protocol,
+        ctx,
+        config,
+        model=model,
+        steps=list(steps) if steps else None,
+        out=out,
+        dataset=dataset,
+        dataset_source=dataset_source,
+        edits=edits,
+        seed=seed,
+        policy=policy,
+        protocol=protocol,
         skip_invalid=True if skip_invalid else None,
         metrics=_metric_names(metrics),
-        device=device, dtype=dtype, save_model=save_model, overwrite=True if overwrite else None,
-        device_map=device_map, max_memory=max_memory, revision=revision,
-        ppl_corpus=ppl_corpus, calibration_corpus=calibration_corpus,
+        device=device,
+        dtype=dtype,
+        save_model=save_model,
+        overwrite=True if overwrite else None,
+        device_map=device_map,
+        max_memory=max_memory,
+        revision=revision,
+        ppl_corpus=ppl_corpus,
+        calibration_corpus=calibration_corpus,
     )
     _apply_metric_flags(settings, ppl_tokens, ppl_seqlen)
     settings.validate()
@@ -431,7 +611,11 @@ def run(
     if settings.out:
         console.print(f"results: {Path(settings.out) / 'results.jsonl'}")
     if settings.save_model:
-        console.print(f"model: {settings.save_model} (AutoModelForCausalLM.from_pretrained loads it)", highlight=False, soft_wrap=True)
+        console.print(
+            f"model: {settings.save_model} (AutoModelForCausalLM.from_pretrained loads it)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _quiet_transformers() -> None:
@@ -466,54 +650,181 @@ def print_report(report: Any, tables: int | None = None) -> None:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
 
 
-@app.command(epilog="Examples: lmcompose sweep smollm2-135m memit wanda --vary wanda.sparsity=0.25,0.5,0.75 --edits 5; "
-             "lmcompose sweep smollm2-135m magnitude rtn:group_size=64 --vary rtn.bits=8,4,3 --orders 'magnitude,rtn;rtn,magnitude'; "
-             "lmcompose sweep -c sweep.yaml")
+@app.command(
+    epilog="Examples: lmcompose sweep smollm2-135m memit wanda --vary wanda.sparsity=0.25,0.5,0.75 --edits 5; "
+    "lmcompose sweep smollm2-135m magnitude rtn:group_size=64 --vary rtn.bits=8,4,3 --orders "
+    "'magnitude,rtn;rtn,magnitude'; "
+    "lmcompose sweep -c sweep.yaml"
+)
 def sweep(
     ctx: typer.Context,
-    model: Annotated[str | None, typer.Argument(help="Named model (smollm2-135m, gemma3-270m), model folder, .gguf file, or hub id.", show_default=False)] = None,
-    steps: Annotated[list[str] | None, typer.Argument(help="The steps to compose: name[:field=value,...] (e.g. memit wanda).", show_default=False)] = None,
-    vary: Annotated[str | None, typer.Option("--vary", help="The field to sweep: STEP.FIELD=v1,v2,... (e.g. wanda.sparsity=0.25,0.5,0.75).")] = None,
-    orders: Annotated[str | None, typer.Option("--orders", help="all (every permutation, default) or orders of step names, e.g. 'memit,wanda;wanda,memit'.")] = None,
-    replicates: Annotated[int | None, typer.Option("--replicates", "-k", help="Replicates: disjoint seeded batches of --edits edits each (default 1).")] = None,
-    edits: Annotated[int | None, typer.Option("--edits", "-n", help="Edits per replicate (a seeded random selection).")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Edit dataset name (default: the bundled sample when a step edits).")] = None,
-    dataset_source: Annotated[str | None, typer.Option("--dataset-source", help="Dataset file, URL, hub:ID[?config=..&split=..] or sample.")] = None,
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip malformed dataset records instead of stopping.")] = False,
-    out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder (default runs/sweep-<id>); rerun the same command to resume.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with sweep settings; flags override it.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="Named model (smollm2-135m, gemma3-270m), model folder, .gguf file, or hub id.", show_default=False
+        ),
+    ] = None,
+    steps: Annotated[
+        list[str] | None,
+        typer.Argument(help="The steps to compose: name[:field=value,...] (e.g. memit wanda).", show_default=False),
+    ] = None,
+    vary: Annotated[
+        str | None,
+        typer.Option("--vary", help="The field to sweep: STEP.FIELD=v1,v2,... (e.g. wanda.sparsity=0.25,0.5,0.75)."),
+    ] = None,
+    orders: Annotated[
+        str | None,
+        typer.Option(
+            "--orders", help="all (every permutation, default) or orders of step names, e.g. 'memit,wanda;wanda,memit'."
+        ),
+    ] = None,
+    replicates: Annotated[
+        int | None,
+        typer.Option(
+            "--replicates", "-k", help="Replicates: disjoint seeded batches of --edits edits each (default 1)."
+        ),
+    ] = None,
+    edits: Annotated[
+        int | None, typer.Option("--edits", "-n", help="Edits per replicate (a seeded random selection).")
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", "-d", help="Edit dataset name (default: the bundled sample when a step edits)."),
+    ] = None,
+    dataset_source: Annotated[
+        str | None, typer.Option("--dataset-source", help="Dataset file, URL, hub:ID[?config=..&split=..] or sample.")
+    ] = None,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Skip malformed dataset records instead of stopping.")
+    ] = False,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", "-o", help="Run folder (default runs/sweep-<id>); rerun the same command to resume."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML with sweep settings; flags override it.")
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for edit selection and calibration.")] = None,
-    policy: Annotated[str | None, typer.Option("--keep-compressed", "--policy", help="none | project | recompress (default project).")] = None,
-    protocol: Annotated[str | None, typer.Option("--protocol", help="default | paper: the paper's choices in one place (docs/replication.md); step fields you write win.")] = None,
-    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")] = None,
-    ppl_tokens: Annotated[str | None, typer.Option("--ppl-tokens", help="Perplexity token budget, or 'all' for the whole test split.")] = None,
+    policy: Annotated[
+        str | None, typer.Option("--keep-compressed", "--policy", help="none | project | recompress (default project).")
+    ] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            "--protocol",
+            help="default | paper: the paper's choices in one place (docs/replication.md); step fields you write win.",
+        ),
+    ] = None,
+    metrics: Annotated[
+        str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")
+    ] = None,
+    ppl_tokens: Annotated[
+        str | None, typer.Option("--ppl-tokens", help="Perplexity token budget, or 'all' for the whole test split.")
+    ] = None,
     ppl_seqlen: Annotated[int | None, typer.Option("--ppl-seqlen", help="Perplexity window length.")] = None,
-    ppl_corpus: Annotated[str | None, typer.Option("--ppl-corpus", help="Perplexity text: wikitext2 (default), a text file, hub:ID[?config=..&split=..&field=..] or sample.")] = None,
-    calibration_corpus: Annotated[str | None, typer.Option("--calibration-corpus", help="Calibration text (compressors, MEMIT statistics): wikitext2 (default), a text file, hub:ID[?...] or sample.")] = None,
-    calibration_samples: Annotated[int | None, typer.Option("--calibration-samples", help="Calibration windows for calibrated compressors (default 128).")] = None,
-    calibration_seqlen: Annotated[int | None, typer.Option("--calibration-seqlen", help="Tokens per calibration window (default 512).")] = None,
-    snapshots: Annotated[str | None, typer.Option("--snapshots", help="Where shared model states wait: memory (default) or disk (safetensors in the run folder).")] = None,
-    topk: Annotated[int | None, typer.Option("--topk", help="Record the top-k next tokens of the first edit's prompt after every step (0 = off; default 5).")] = None,
+    ppl_corpus: Annotated[
+        str | None,
+        typer.Option(
+            "--ppl-corpus",
+            help="Perplexity text: wikitext2 (default), a text file, hub:ID[?config=..&split=..&field=..] or sample.",
+        ),
+    ] = None,
+    calibration_corpus: Annotated[
+        str | None,
+        typer.Option(
+            "--calibration-corpus",
+            help="Calibration text (compressors, MEMIT statistics): wikitext2 (default), a text file, hub:ID[?...] "
+            "or sample.",
+        ),
+    ] = None,
+    calibration_samples: Annotated[
+        int | None,
+        typer.Option("--calibration-samples", help="Calibration windows for calibrated compressors (default 128)."),
+    ] = None,
+    calibration_seqlen: Annotated[
+        int | None, typer.Option("--calibration-seqlen", help="Tokens per calibration window (default 512).")
+    ] = None,
+    snapshots: Annotated[
+        str | None,
+        typer.Option(
+            "--snapshots",
+            help="Where shared model states wait: memory (default) or disk (safetensors in the run folder).",
+        ),
+    ] = None,
+    topk: Annotated[
+        int | None,
+        typer.Option(
+            "--topk",
+            help="Record the top-k next tokens of the first edit's prompt after every step (0 = off; default 5).",
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="float32 | bfloat16 | float16 | auto (the checkpoint's own; default on a GPU; float32 on a CPU without native bf16).")] = None,
-    device_map: Annotated[str | None, typer.Option("--device-map", help="Place layers with accelerate: auto | balanced | sequential | cpu | cuda:N (from_pretrained's device_map).")] = None,
-    max_memory: Annotated[str | None, typer.Option("--max-memory", help="Memory per device for --device-map, e.g. 0=20GiB,cpu=60GiB.")] = None,
-    revision: Annotated[str | None, typer.Option("--revision", help="A hub model's branch, tag or commit (the resolved commit is recorded in config.yaml).")] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--dtype",
+            help="float32 | bfloat16 | float16 | auto (the checkpoint's own; default on a GPU; float32 on a CPU "
+            "without native bf16).",
+        ),
+    ] = None,
+    device_map: Annotated[
+        str | None,
+        typer.Option(
+            "--device-map",
+            help="Place layers with accelerate: auto | balanced | sequential | cpu | cuda:N (from_pretrained's "
+            "device_map).",
+        ),
+    ] = None,
+    max_memory: Annotated[
+        str | None, typer.Option("--max-memory", help="Memory per device for --device-map, e.g. 0=20GiB,cpu=60GiB.")
+    ] = None,
+    revision: Annotated[
+        str | None,
+        typer.Option(
+            "--revision", help="A hub model's branch, tag or commit (the resolved commit is recorded in config.yaml)."
+        ),
+    ] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
-    save_cells: Annotated[str | None, typer.Option("--save-cells", help="Save the final models of these cells into OUT/models/: all, or globs over cell ids (e.g. 'memit>*').")] = None,
+    save_cells: Annotated[
+        str | None,
+        typer.Option(
+            "--save-cells",
+            help="Save the final models of these cells into OUT/models/: all, or globs over cell ids (e.g. 'memit>*').",
+        ),
+    ] = None,
 ) -> None:
-    """Run every order of STEPs at every strength of --vary for every replicate; write results.jsonl, report.md and plots."""
+    """Run every order of STEPs at every strength of --vary for every replicate; write results.jsonl, report.md and plots."""  # noqa: E501 (the command's one-line help)
     from lmcompose.sweep import SweepSettings, run_sweep
 
     base = SweepSettings.from_file(config) if config is not None else SweepSettings()
     settings = base.merged(
-        model=model, steps=list(steps) if steps else None, out=out, dataset=dataset, dataset_source=dataset_source,
-        edits=edits, seed=seed, policy=policy, protocol=protocol, skip_invalid=True if skip_invalid else None,
+        model=model,
+        steps=list(steps) if steps else None,
+        out=out,
+        dataset=dataset,
+        dataset_source=dataset_source,
+        edits=edits,
+        seed=seed,
+        policy=policy,
+        protocol=protocol,
+        skip_invalid=True if skip_invalid else None,
         metrics=_metric_names(metrics),
-        device=device, dtype=dtype, vary=vary, orders=orders, replicates=replicates, snapshots=snapshots,
-        device_map=device_map, max_memory=max_memory, revision=revision,
-        topk=topk, calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen, save_cells=save_cells,
-        ppl_corpus=ppl_corpus, calibration_corpus=calibration_corpus, data_dir=_as_str(_data_dir(ctx)),
+        device=device,
+        dtype=dtype,
+        vary=vary,
+        orders=orders,
+        replicates=replicates,
+        snapshots=snapshots,
+        device_map=device_map,
+        max_memory=max_memory,
+        revision=revision,
+        topk=topk,
+        calibration_samples=calibration_samples,
+        calibration_seqlen=calibration_seqlen,
+        save_cells=save_cells,
+        ppl_corpus=ppl_corpus,
+        calibration_corpus=calibration_corpus,
+        data_dir=_as_str(_data_dir(ctx)),
     )
     _apply_metric_flags(settings, ppl_tokens, ppl_seqlen)
     settings.validate()
@@ -528,46 +839,80 @@ def sweep(
     report = write_report(settings.out, plots=plots)
     print_report(report)
     console.print(f"results: {Path(settings.out) / 'results.jsonl'}", highlight=False, soft_wrap=True)
-    console.print(f"report: {report.path}" + (f" (+ {len(report.plots)} plots in {report.path.parent / 'plots'})" if report.plots else ""),
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"report: {report.path}"
+        + (f" (+ {len(report.plots)} plots in {report.path.parent / 'plots'})" if report.plots else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
     if settings.save_cells:
         console.print(f"models: {Path(settings.out) / 'models'}", highlight=False, soft_wrap=True)
 
 
-@app.command(epilog="Examples: lmcompose report runs/sweep-1a2b3c; lmcompose report runs/study-paper-0a1b2c; "
-             "lmcompose report runs/x --json; lmcompose report runs/x --no-plots")
+@app.command(
+    epilog="Examples: lmcompose report runs/sweep-1a2b3c; lmcompose report runs/study-paper-0a1b2c; "
+    "lmcompose report runs/x --json; lmcompose report runs/x --no-plots"
+)
 def report(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A sweep's or study's run folder (the one holding results.jsonl).", show_default=False)],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN", help="A sweep's or study's run folder (the one holding results.jsonl).", show_default=False
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print A, P, OI and MCE as JSON instead of tables.")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
-    axes: Annotated[str | None, typer.Option("--axes", help="x axes of A and P, comma-separated: compression (1 − avg_bits/base_bits), strength, avg_bits, paper (raw average bits, as the paper's notebook); default compression,strength (a study: its first).")] = None,
+    axes: Annotated[
+        str | None,
+        typer.Option(
+            "--axes",
+            help="x axes of A and P, comma-separated: compression (1 − avg_bits/base_bits), strength, avg_bits, "
+            "paper (raw average bits, as the paper's notebook); default compression,strength (a study: its "
+            "first).",
+        ),
+    ] = None,
 ) -> None:
-    """Rebuild a sweep's or study's tables, report.md and plots (and a study's rows.csv) from its results.jsonl alone."""
+    """Rebuild a sweep's or study's tables, report.md and plots (and a study's rows.csv) from its results.jsonl alone."""  # noqa: E501 (the command's one-line help)
     from lmcompose.errors import DataError
     from lmcompose.report import write_report
     from lmcompose.studies.report import is_study, write_study_report
 
     if not run_dir.is_dir():
-        raise DataError(f"run folder {run_dir} does not exist: give the --out folder of an `lmcompose sweep` or `lmcompose study`")
+        raise DataError(
+            f"run folder {run_dir} does not exist: give the --out folder of an `lmcompose sweep` or `lmcompose study`"
+        )
     study_folder = is_study(run_dir)
     from lmcompose.report import check_axes
 
     chosen = check_axes([a.strip() for a in axes.split(",") if a.strip()] if axes is not None else None)
-    rep = (write_study_report(run_dir, plots=plots, axis=chosen[0] if chosen else None) if study_folder
-           else write_report(run_dir, plots=plots, axes=chosen))
+    rep = (
+        write_study_report(run_dir, plots=plots, axis=chosen[0] if chosen else None)
+        if study_folder
+        else write_report(run_dir, plots=plots, axes=chosen)
+    )
     if as_json:
         comps = {f"{e}|{d}": c for (e, d), c in rep.composability.items()} if study_folder else rep.composability
         typer.echo(json.dumps({k: c.as_dict() for k, c in comps.items()}, indent=2, default=str))
         return
     print_report(rep, tables=1 if study_folder else None)
     extra = f"; all rows: {rep.table_path}" if study_folder else ""
-    console.print(f"report: {rep.path}{extra}" + (f" (+ {len(rep.plots)} plots in {run_dir / 'plots'})" if rep.plots else ""),
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"report: {rep.path}{extra}" + (f" (+ {len(rep.plots)} plots in {run_dir / 'plots'})" if rep.plots else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command(epilog="Example: lmcompose validate experiment.yaml")
-def validate(config: Annotated[Path, typer.Argument(help="YAML run settings (the keys of `lmcompose run -c` or `lmcompose sweep -c`) or a study file.")]) -> None:
-    """Check a run or sweep config, or a study file, without loading a model: steps, fields, ranges, metrics, datasets."""
+def validate(
+    config: Annotated[
+        Path,
+        typer.Argument(
+            help="YAML run settings (the keys of `lmcompose run -c` or `lmcompose sweep -c`) or a study file."
+        ),
+    ],
+) -> None:
+    """Check a run or sweep config, or a study file, without loading a model: steps, fields, ranges, metrics, datasets."""  # noqa: E501 (the command's one-line help)
     from lmcompose.compose import RunSettings
     from lmcompose.results import read_yaml
     from lmcompose.sweep import SWEEP_KEYS, SweepSettings
@@ -586,7 +931,10 @@ def validate(config: Annotated[Path, typer.Argument(help="YAML run settings (the
     resolve_device(settings.device)  # the device exists on this machine
     cells = settings.cell_count() if is_sweep else 0
     what = f"sweep of {cells} cells over " if is_sweep else ""
-    console.print(f"[green]ok[/]: {config} — {what}{len(steps)} step(s): {', '.join(s.name for s in steps)}; metrics: {', '.join(m.name for m in metrics)}")
+    console.print(
+        f"[green]ok[/]: {config} — {what}{len(steps)} step(s): {', '.join(s.name for s in steps)}; metrics: "
+        f"{', '.join(m.name for m in metrics)}"
+    )
 
 
 def _validate_study(path: Path) -> None:
@@ -598,9 +946,13 @@ def _validate_study(path: Path) -> None:
     resolve_device(study.device)
     cells = study.cells()
     c = study.counts()
-    console.print(f"[green]ok[/]: {path} — study {study.name!r} (id {study.id}): {len(cells)} cells over "
-                  f"{len(study.entries)} compressor entr{'y' if len(study.entries) == 1 else 'ies'} × {len(study.datasets)} "
-                  f"dataset(s) × {study.replicates} replicate(s)", highlight=False, soft_wrap=True)
+    console.print(
+        f"[green]ok[/]: {path} — study {study.name!r} (id {study.id}): {len(cells)} cells over "
+        f"{len(study.entries)} compressor entr{'y' if len(study.entries) == 1 else 'ies'} × {len(study.datasets)} "
+        f"dataset(s) × {study.replicates} replicate(s)",
+        highlight=False,
+        soft_wrap=True,
+    )
     console.print(_counts_text(c), highlight=False, soft_wrap=True)
 
 
@@ -608,8 +960,10 @@ def _counts_text(counts: dict[str, Any]) -> str:
     def one(pc: Any) -> str:
         return f"{pc.edits} edits + {pc.compressions} compressions, {pc.evaluations} evaluations"
 
-    return (f"model states: this study {one(counts['study'])}; as separate sweeps {one(counts['separate_sweeps'])}; "
-            f"every cell on its own {one(counts['independent_cells'])}")
+    return (
+        f"model states: this study {one(counts['study'])}; as separate sweeps {one(counts['separate_sweeps'])}; "
+        f"every cell on its own {one(counts['independent_cells'])}"
+    )
 
 
 class StudyProgress(RichProgress):
@@ -634,25 +988,77 @@ class StudyProgress(RichProgress):
         self.rp.update(self._bar, completed=event.done, description=text)
 
 
-@app.command(epilog="Examples: lmcompose study studies/quick.yaml; lmcompose study studies/paper.yaml --out runs/paper; "
-             "lmcompose study studies/paper.yaml --executor ray --ray-address 10.0.0.5:6379 --cpus-per-task 4 --gpus-per-task 0.25; "
-             "lmcompose study studies/paper.yaml --shard 2/4 --out runs/paper-2; lmcompose study studies/paper.yaml --plan")
+@app.command(
+    epilog="Examples: lmcompose study studies/quick.yaml; lmcompose study studies/paper.yaml --out runs/paper; "
+    "lmcompose study studies/paper.yaml --executor ray --ray-address 10.0.0.5:6379 --cpus-per-task 4 --gpus-per-task "
+    "0.25; "
+    "lmcompose study studies/paper.yaml --shard 2/4 --out runs/paper-2; lmcompose study studies/paper.yaml --plan"
+)
 def study(
     ctx: typer.Context,
-    study_file: Annotated[Path, typer.Argument(metavar="STUDY.yaml", help="The study file (see docs/studies.md).", show_default=False)],
-    out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder (default runs/study-<name>-<id>); rerun the same command to resume.")] = None,
-    executor: Annotated[str, typer.Option("--executor", help="local (this process) or ray (tasks on a Ray cluster).")] = "local",
-    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster address (host:port, ray://host:10001 or auto); default: start a local cluster.")] = None,
-    cpus_per_task: Annotated[float | None, typer.Option("--cpus-per-task", help="CPUs each Ray task asks for (default: the study's resources, else 1); also its torch threads.")] = None,
-    gpus_per_task: Annotated[float | None, typer.Option("--gpus-per-task", help="GPUs each Ray task asks for; fractions (0.25) share one GPU between tasks.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch threads per process (default: the cores this process may use, or the Ray CPU request).")] = None,
-    shard: Annotated[str | None, typer.Option("--shard", help="Run part I of N of the plan (I/N, e.g. 2/4); combine the folders with `lmcompose merge`.")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: the study's device).")] = None,
-    plan_only: Annotated[bool, typer.Option("--plan", help="Print the plan's cells and work counts and stop (nothing is loaded or written).")] = False,
+    study_file: Annotated[
+        Path, typer.Argument(metavar="STUDY.yaml", help="The study file (see docs/studies.md).", show_default=False)
+    ],
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out", "-o", help="Run folder (default runs/study-<name>-<id>); rerun the same command to resume."
+        ),
+    ] = None,
+    executor: Annotated[
+        str, typer.Option("--executor", help="local (this process) or ray (tasks on a Ray cluster).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="Ray cluster address (host:port, ray://host:10001 or auto); default: start a local cluster.",
+        ),
+    ] = None,
+    cpus_per_task: Annotated[
+        float | None,
+        typer.Option(
+            "--cpus-per-task",
+            help="CPUs each Ray task asks for (default: the study's resources, else 1); also its torch threads.",
+        ),
+    ] = None,
+    gpus_per_task: Annotated[
+        float | None,
+        typer.Option(
+            "--gpus-per-task", help="GPUs each Ray task asks for; fractions (0.25) share one GPU between tasks."
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="torch threads per process (default: the cores this process may use, or the Ray CPU request).",
+        ),
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard", help="Run part I of N of the plan (I/N, e.g. 2/4); combine the folders with `lmcompose merge`."
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: the study's device).")
+    ] = None,
+    plan_only: Annotated[
+        bool,
+        typer.Option("--plan", help="Print the plan's cells and work counts and stop (nothing is loaded or written)."),
+    ] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
-    save_cells: Annotated[str | None, typer.Option("--save-cells", help="Save the final models of these cells into OUT/models/: all, or globs over cell ids (e.g. 'counterfact|*|memit>*').")] = None,
+    save_cells: Annotated[
+        str | None,
+        typer.Option(
+            "--save-cells",
+            help="Save the final models of these cells into OUT/models/: all, or globs over cell ids (e.g. "
+            "'counterfact|*|memit>*').",
+        ),
+    ] = None,
 ) -> None:
-    """Run a study: every editor × compressor × strength × order × dataset × replicate of STUDY.yaml, sharing every model state; write results.jsonl, report.md, rows.csv and plots."""
+    """Run a study: every editor × compressor × strength × order × dataset × replicate of STUDY.yaml, sharing every model state; write results.jsonl, report.md, rows.csv and plots."""  # noqa: E501 (the command's one-line help)
     from lmcompose.studies import load_study
     from lmcompose.studies.runner import parse_shard, run_study
 
@@ -669,25 +1075,47 @@ def study(
     _quiet_transformers()
     progress = StudyProgress()
     with progress.rp:
-        result = run_study(spec, out=out, executor=executor, ray_address=ray_address, cpus_per_task=cpus_per_task,
-                           gpus_per_task=gpus_per_task, threads=threads, shard=shard, device=device,
-                           data_dir=_data_dir(ctx), progress=progress, on_progress=progress.on_event, plots=plots, save_cells=save_cells)
+        result = run_study(
+            spec,
+            out=out,
+            executor=executor,
+            ray_address=ray_address,
+            cpus_per_task=cpus_per_task,
+            gpus_per_task=gpus_per_task,
+            threads=threads,
+            shard=shard,
+            device=device,
+            data_dir=_data_dir(ctx),
+            progress=progress,
+            on_progress=progress.on_event,
+            plots=plots,
+            save_cells=save_cells,
+        )
     if result.report is not None:
         print_report(result.report, tables=1)
     for failure in result.failures:
         err_console.print(f"[bold red]error:[/] {failure.line()}", highlight=False, soft_wrap=True)
-    console.print(f"results: {result.folder / 'results.jsonl'} ({result.rows} new rows, {result.seconds:.0f} s)",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"results: {result.folder / 'results.jsonl'} ({result.rows} new rows, {result.seconds:.0f} s)",
+        highlight=False,
+        soft_wrap=True,
+    )
     console.print(_counts_text(result.counts), highlight=False, soft_wrap=True)
     if result.report is not None:
-        console.print(f"report: {result.report.path}; all rows: {result.report.table_path}"
-                      + (f" (+ {len(result.report.plots)} plots in {result.folder / 'plots'})" if result.report.plots else ""),
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"report: {result.report.path}; all rows: {result.report.table_path}"
+            + (f" (+ {len(result.report.plots)} plots in {result.folder / 'plots'})" if result.report.plots else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
     if save_cells:
         console.print(f"models: {result.folder / 'models'}", highlight=False, soft_wrap=True)
     if result.report is None and result.missing:
-        what = "this shard is done; combine the shard folders with `lmcompose merge`" if shard and not result.failures else \
-            f"{len(result.missing)} cell(s) are not finished; rerun the same command to resume"
+        what = (
+            "this shard is done; combine the shard folders with `lmcompose merge`"
+            if shard and not result.failures
+            else f"{len(result.missing)} cell(s) are not finished; rerun the same command to resume"
+        )
         console.print(what, highlight=False, soft_wrap=True)
     if result.failures:
         raise typer.Exit(1)
@@ -695,8 +1123,18 @@ def study(
 
 @app.command(epilog="Example: lmcompose merge runs/paper-1 runs/paper-2 runs/paper-3 --out runs/paper")
 def merge(
-    shards: Annotated[list[Path], typer.Argument(metavar="DIR...", help="Shard folders of one study (`lmcompose study --shard I/N --out DIR`).", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the merged study to (resumed if it holds the same study).")],
+    shards: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="DIR...",
+            help="Shard folders of one study (`lmcompose study --shard I/N --out DIR`).",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder to write the merged study to (resumed if it holds the same study)."),
+    ],
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
 ) -> None:
     """Combine the shard folders of one study into one folder (rows checked to agree) and write its report."""
@@ -707,14 +1145,22 @@ def merge(
         print_report(rep, tables=1)
     console.print(f"merged {added} new rows into {out / 'results.jsonl'}", highlight=False, soft_wrap=True)
     if missing:
-        console.print(f"{len(missing)} cell(s) are still missing (a shard not run yet?), e.g. {missing[0]}; "
-                      "merge again when every shard is done", highlight=False, soft_wrap=True)
+        console.print(
+            f"{len(missing)} cell(s) are still missing (a shard not run yet?), e.g. {missing[0]}; "
+            "merge again when every shard is done",
+            highlight=False,
+            soft_wrap=True,
+        )
     elif rep is not None:
         console.print(f"report: {rep.path}", highlight=False, soft_wrap=True)
 
 
 @app.command(epilog="Example: lmcompose models --prepare")
-def models(prepare: Annotated[bool, typer.Option("--prepare", help="Convert every installed named model to its safetensors cache now.")] = False) -> None:
+def models(
+    prepare: Annotated[
+        bool, typer.Option("--prepare", help="Convert every installed named model to its safetensors cache now.")
+    ] = False,
+) -> None:
     """List the named default models and whether their packages are installed and converted."""
     from lmcompose.errors import ModelLoadError
     from lmcompose.models.loading import (
@@ -734,32 +1180,70 @@ def models(prepare: Annotated[bool, typer.Option("--prepare", help="Convert ever
             if prepare and not (folder / "config.json").exists():
                 _quiet_transformers()
                 convert_gguf(gguf, cache_dir(), RichProgress())
-            status = f"cached: {folder}" if (folder / "config.json").exists() else f"installed: {gguf} (converted on first use)"
+            status = (
+                f"cached: {folder}"
+                if (folder / "config.json").exists()
+                else f"installed: {gguf} (converted on first use)"
+            )
         except ModelLoadError as exc:
             status = f"[red]not available[/]: {exc}"
         table.add_row(name, nm.description, status)
     console.print(table)
 
 
-@app.command(epilog="Examples: lmcompose export runs/x --format compressed-tensors --out exported/x; "
-             "lmcompose export saved-model/ --out exported/y")
+@app.command(
+    epilog="Examples: lmcompose export runs/x --format compressed-tensors --out exported/x; "
+    "lmcompose export saved-model/ --out exported/y"
+)
 def export(
     ctx: typer.Context,
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A `lmcompose run` folder (its steps are replayed: runs keep results, not weights) or a folder written by LM.save.", show_default=False)],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to write the checkpoint to (default RUN/export-FORMAT).")] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="Checkpoint format: compressed-tensors (int weights + scales, sparsity declared; needs pip install 'lmcompose-cli\\[export]').")] = "compressed-tensors",
-    quantization_format: Annotated[str, typer.Option("--quantization-format", help="auto (packed when every grid is symmetric, else int8 codes: what plain from_pretrained loads) | pack-quantized | int-quantized.")] = "auto",
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN",
+            help="A `lmcompose run` folder (its steps are replayed: runs keep results, not weights) or a folder "
+            "written by LM.save.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder to write the checkpoint to (default RUN/export-FORMAT).")
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Checkpoint format: compressed-tensors (int weights + scales, sparsity declared; needs pip install "
+            "'lmcompose-cli\\[export]').",
+        ),
+    ] = "compressed-tensors",
+    quantization_format: Annotated[
+        str,
+        typer.Option(
+            "--quantization-format",
+            help="auto (packed when every grid is symmetric, else int8 codes: what plain from_pretrained loads) | "
+            "pack-quantized | int-quantized.",
+        ),
+    ] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = False,
 ) -> None:
-    """Write the compressed (quantized and/or pruned) model of RUN as a checkpoint that plain transformers (and vLLM) load."""
+    """Write the compressed (quantized and/or pruned) model of RUN as a checkpoint that plain transformers (and vLLM) load."""  # noqa: E501 (the command's one-line help)
     from lmcompose.export import export as export_model
 
     _quiet_transformers()
     target = out if out is not None else run_dir / f"export-{fmt}"
     progress = RichProgress()
     with progress.rp:
-        written = export_model(run_dir, target, fmt, progress, quantization_format=quantization_format, overwrite=overwrite,
-                               data_dir=_data_dir(ctx))
+        written = export_model(
+            run_dir,
+            target,
+            fmt,
+            progress,
+            quantization_format=quantization_format,
+            overwrite=overwrite,
+            data_dir=_data_dir(ctx),
+        )
     console.print(f"wrote {fmt} checkpoint: {written}")
 
 

@@ -60,9 +60,16 @@ def read_registry(path: Path | None = None) -> list[RegistryEntry]:
         if not isinstance(item, dict) or not all(item.get(k) for k in ("name", "kind", "distribution")):
             raise ConfigError(f"{path}: plugin entry {i} needs name, kind and distribution")
         local = path.parent / item["path"] if item.get("path") else None
-        out.append(RegistryEntry(item["name"], item["kind"], item["distribution"], item.get("summary", ""),
-                                 local if local is not None and (local / "pyproject.toml").is_file() else None,
-                                 item.get("homepage")))
+        out.append(
+            RegistryEntry(
+                item["name"],
+                item["kind"],
+                item["distribution"],
+                item.get("summary", ""),
+                local if local is not None and (local / "pyproject.toml").is_file() else None,
+                item.get("homepage"),
+            )
+        )
     return out
 
 
@@ -72,8 +79,12 @@ def lookup(name: str, entries: list[RegistryEntry]) -> RegistryEntry:
     for e in entries:
         if e.name == name:
             return e
-    raise UnknownNameError("plugin in registry.yaml", name, [e.name for e in entries],
-                           "Pass --package SPEC to install a package that is not in the registry.")
+    raise UnknownNameError(
+        "plugin in registry.yaml",
+        name,
+        [e.name for e in entries],
+        "Pass --package SPEC to install a package that is not in the registry.",
+    )
 
 
 def pip_command(action: str, target: str, editable: bool = False) -> list[str]:

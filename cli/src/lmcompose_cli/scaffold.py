@@ -19,7 +19,9 @@ SUMMARIES = {
 
 def plugin_names(name: str) -> dict[str, str]:
     if not NAME.match(name):
-        raise UsageError(f"plugin name {name!r}: use lowercase letters, digits and '_', starting with a letter (e.g. noise)")
+        raise UsageError(
+            f"plugin name {name!r}: use lowercase letters, digits and '_', starting with a letter (e.g. noise)"
+        )
     module = f"lmcompose_{name}"
     return {
         "name": name,

@@ -57,9 +57,30 @@ _LAZY = {
 }
 
 __all__ = [
-    "ConfigError", "Context", "DataError", "EditDataset", "EditRecord", "Intervention", "LMComposeError",
-    "LocalityPrompt", "Metric", "ModelLoadError", "MultiHop", "StepReport", "StrengthKnob", "TextCorpus",
-    "UsageError", "composability", "compose", "get_architectures", "get_datasets", "get_interventions", "get_metrics", "hookimpl", "sweep", *_LAZY,
+    "ConfigError",
+    "Context",
+    "DataError",
+    "EditDataset",
+    "EditRecord",
+    "Intervention",
+    "LMComposeError",
+    "LocalityPrompt",
+    "Metric",
+    "ModelLoadError",
+    "MultiHop",
+    "StepReport",
+    "StrengthKnob",
+    "TextCorpus",
+    "UsageError",
+    "composability",
+    "compose",
+    "get_architectures",
+    "get_datasets",
+    "get_interventions",
+    "get_metrics",
+    "hookimpl",
+    "sweep",
+    *_LAZY,
 ]
 
 

@@ -23,8 +23,21 @@ if TYPE_CHECKING:
     from lmcompose.models.handle import LM
 
 __all__ = [
-    "Context", "EditDataset", "EditRecord", "Intervention", "LocalityPrompt", "Metric", "MultiHop", "NoConfig",
-    "Progress", "StepReport", "StrengthKnob", "TextCorpus", "build_config", "config_fields", "config_to_dict",
+    "Context",
+    "EditDataset",
+    "EditRecord",
+    "Intervention",
+    "LocalityPrompt",
+    "Metric",
+    "MultiHop",
+    "NoConfig",
+    "Progress",
+    "StepReport",
+    "StrengthKnob",
+    "TextCorpus",
+    "build_config",
+    "config_fields",
+    "config_to_dict",
     "field_help",
 ]
 
@@ -80,15 +93,15 @@ class EditRecord:
         if not isinstance(self.subject, str) or not self.subject.strip():
             raise DataError(f"{where}: empty subject")
         if self.subject not in self.prompt:
-            raise DataError(
-                f"{where}: subject {self.subject!r} does not occur in prompt {self.prompt!r}"
-            )
+            raise DataError(f"{where}: subject {self.subject!r} does not occur in prompt {self.prompt!r}")
         if self.target_true is not None and not isinstance(self.target_true, str):
             raise DataError(f"{where}: target_true must be a string or null, got {type(self.target_true).__name__}")
         for key in ("rephrases", "locality"):
             value = getattr(self, key)
             if not isinstance(value, list | tuple):
-                raise DataError(f"{where}: {key} must be a list, got {type(value).__name__} (a single prompt? write [\"...\"])")
+                raise DataError(
+                    f'{where}: {key} must be a list, got {type(value).__name__} (a single prompt? write ["..."])'
+                )
         if not all(isinstance(r, str) and r.strip() for r in self.rephrases):
             raise DataError(f"{where}: every rephrase must be a non-empty string")
         if not all(isinstance(lp, LocalityPrompt | Mapping) for lp in self.locality):
@@ -98,20 +111,27 @@ class EditRecord:
             if isinstance(self.multi_hop, Mapping):
                 self.multi_hop = MultiHop(**self.multi_hop)
         except TypeError as exc:
-            raise DataError(f"{where}: {exc} (locality items are {{prompt, answer}}; multi_hop is "
-                            "{questions, answer, new_answer})") from None
+            raise DataError(
+                f"{where}: {exc} (locality items are {{prompt, answer}}; multi_hop is "
+                "{questions, answer, new_answer})"
+            ) from None
         for lp in self.locality:
             if not isinstance(lp.prompt, str) or not isinstance(lp.answer, str):
                 raise DataError(f"{where}: a locality item's prompt and answer must be strings")
-        if self.multi_hop is not None and (not isinstance(self.multi_hop, MultiHop) or isinstance(self.multi_hop.questions, str)
-                                           or not isinstance(self.multi_hop.questions, list)):
+        if self.multi_hop is not None and (
+            not isinstance(self.multi_hop, MultiHop)
+            or isinstance(self.multi_hop.questions, str)
+            or not isinstance(self.multi_hop.questions, list)
+        ):
             raise DataError(f"{where}: multi_hop must be {{questions: [...], answer, new_answer}}")
 
     @property
     def template(self) -> str:
         """The prompt with the (first occurrence of the) subject replaced by ``{}``."""
         i = self.prompt.index(self.subject)
-        escaped = [s.replace("{", "{{").replace("}", "}}") for s in (self.prompt[:i], self.prompt[i + len(self.subject):])]
+        escaped = [
+            s.replace("{", "{{").replace("}", "}}") for s in (self.prompt[:i], self.prompt[i + len(self.subject) :])
+        ]
         return escaped[0] + "{}" + escaped[1]
 
     def to_dict(self, with_raw: bool = False) -> dict[str, Any]:
@@ -372,8 +392,10 @@ class Context:
         n = n_samples or self.calibration_samples
         s = seqlen or self.calibration_seqlen
         if s > lm.max_positions:
-            self.note(f"calibration windows of {s} tokens are longer than the model's {lm.max_positions} positions: "
-                      f"cut to {lm.max_positions}")
+            self.note(
+                f"calibration windows of {s} tokens are longer than the model's {lm.max_positions} positions: "
+                f"cut to {lm.max_positions}"
+            )
             s = lm.max_positions
         key = ("calibration", id(lm.tokenizer), n, s, self.seed)
         if key not in self.state:
@@ -500,8 +522,14 @@ class EditDataset:
     notes: list[str]
     data_dir: Path | None = None
 
-    def load(self, source: str | Path | None = None, limit: int | None = None, seed: int | None = 0,
-             replicate: int = 0, skip_invalid: bool = False) -> list[EditRecord]:  # pragma: no cover
+    def load(
+        self,
+        source: str | Path | None = None,
+        limit: int | None = None,
+        seed: int | None = 0,
+        replicate: int = 0,
+        skip_invalid: bool = False,
+    ) -> list[EditRecord]:  # pragma: no cover
         raise NotImplementedError
 
 

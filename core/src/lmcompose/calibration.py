@@ -13,10 +13,11 @@ For each decoder layer i, in order:
 Peak memory is about one model plus one layer's activations (the hidden states of the
 calibration set, n x seqlen x hidden). On a model accelerate offloaded (``--device-map`` with
 ``--max-memory``), each layer is onloaded to the execution device for its turn and stored
-back after (:mod:`lmcompose.models.offload`): one decoder layer's weights at a time. Layers are called with the keyword arguments the
-model itself passes them (attention masks, rotary embeddings...), captured once per layer
-from a forward pass of one window, so architectures with per-layer masks (gemma3's
-sliding-window layers) work unchanged. Everything runs under ``torch.no_grad``.
+back after (:mod:`lmcompose.models.offload`): one decoder layer's weights at a time.
+Layers are called with the keyword arguments the model itself passes them (attention
+masks, rotary embeddings...), captured once per layer from a forward pass of one window,
+so architectures with per-layer masks (gemma3's sliding-window layers) work unchanged.
+Everything runs under ``torch.no_grad``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,15 @@ if TYPE_CHECKING:
     from lmcompose.models.handle import LM
 
 __all__ = [
-    "Gram", "StopForward", "call_layer", "capture_layer_calls", "inverse_cholesky_upper", "layer_call_arguments",
-    "layer_module_names", "run_layer_sequential", "true_sequential_stages",
+    "Gram",
+    "StopForward",
+    "call_layer",
+    "capture_layer_calls",
+    "inverse_cholesky_upper",
+    "layer_call_arguments",
+    "layer_module_names",
+    "run_layer_sequential",
+    "true_sequential_stages",
 ]
 
 
@@ -116,7 +124,9 @@ def _layer_output(out: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def capture_layer_calls(lm: LM, windows: torch.Tensor) -> tuple[torch.Tensor, list[tuple[tuple[Any, ...], dict[str, Any]]]]:
+def capture_layer_calls(
+    lm: LM, windows: torch.Tensor
+) -> tuple[torch.Tensor, list[tuple[tuple[Any, ...], dict[str, Any]]]]:
     """Inputs of decoder layer 0 for every window (n, seqlen, hidden), and the other
     arguments (positional, keyword) the model passes each layer, from one window: they
     depend only on the window length."""
@@ -154,7 +164,11 @@ def layer_call_arguments(lm: LM, ids: torch.Tensor) -> list[tuple[tuple[Any, ...
     def keep_kwargs(i: int):
         def hook(_module, args, kwargs):
             dropped = {"past_key_values", "past_key_value", "layer_past", "cache", "use_cache"}
-            per_layer[i] = (tuple(args[1:]), {k: v for k, v in kwargs.items() if k not in dropped and k != "hidden_states"})
+            per_layer[i] = (
+                tuple(args[1:]),
+                {k: v for k, v in kwargs.items() if k not in dropped and k != "hidden_states"},
+            )
+
         return hook
 
     for i, layer in enumerate(layers):
@@ -210,7 +224,7 @@ def run_layer_sequential(
                 original = None
                 if next_inputs == "original" and names:
                     original = torch.cat([call_layer(layer, hidden[j : j + 1], kwargs) for j in range(hidden.shape[0])])
-                for group in (stages(i, names) if stages is not None and names else [names]):
+                for group in stages(i, names) if stages is not None and names else [names]:
                     _observe_group(lm, layer, hidden, kwargs, i, group, observe)
                     modify(i, group)
                 if original is not None:
@@ -224,8 +238,15 @@ def run_layer_sequential(
             ctx_task.__exit__(None, None, None)
 
 
-def _observe_group(lm: LM, layer: Any, hidden: torch.Tensor, kwargs: dict[str, Any], i: int, names: list[str],
-                   observe: Callable[[int, str, torch.Tensor], None]) -> None:
+def _observe_group(
+    lm: LM,
+    layer: Any,
+    hidden: torch.Tensor,
+    kwargs: dict[str, Any],
+    i: int,
+    names: list[str],
+    observe: Callable[[int, str, torch.Tensor], None],
+) -> None:
     """Run every window through ``layer`` with ``names`` watched (stopping after the last
     watched call: the rest of the output is not needed)."""
     calls = {"n": 0, "stop_after": None}  # watched-module calls this window; when to stop
@@ -273,6 +294,6 @@ def layer_module_names(lm: LM, selected: list[tuple[str, Any]]) -> Callable[[int
     prefix = lm.arch.layers + "."
     by_layer: dict[int, list[str]] = {}
     for name, _ in selected:
-        idx = int(name[len(prefix):].split(".", 1)[0])
+        idx = int(name[len(prefix) :].split(".", 1)[0])
         by_layer.setdefault(idx, []).append(name)
     return lambda i: by_layer.get(i, [])

@@ -203,7 +203,7 @@ def load_sweep(source: str | Path | Sequence[Mapping[str, Any]]) -> SweepData:
     norm = {}
     for r in rows:
         norm[_hashable(r["strength"])] = r.get("strength_normalized")
-    values = sorted(raw_values, key=lambda v: (norm[v] if norm[v] is not None else _as_float(v)))
+    values = sorted(raw_values, key=lambda v: norm[v] if norm[v] is not None else _as_float(v))
     replicates = sorted({int(r["replicate"]) for r in rows})
     by_cell: dict[tuple[tuple[str, ...], Any, int], list[dict[str, Any]]] = {}
     seen: dict[tuple[str, int], dict[str, Any]] = {}
@@ -226,8 +226,20 @@ def load_sweep(source: str | Path | Sequence[Mapping[str, Any]]) -> SweepData:
             final[key] = last
         if cell_rows[0]["position"] == 0:
             base.setdefault(key[2], cell_rows[0])
-    return SweepData(rows, ids[0], rows[0].get("vary", ""), orders, values, replicates, final, base, by_cell,
-                     rows[0].get("model", ""), rows[0].get("policy", ""), notes)
+    return SweepData(
+        rows,
+        ids[0],
+        rows[0].get("vary", ""),
+        orders,
+        values,
+        replicates,
+        final,
+        base,
+        by_cell,
+        rows[0].get("model", ""),
+        rows[0].get("policy", ""),
+        notes,
+    )
 
 
 _NOT_NUMBERS = frozenset({"timestamp", "elapsed_s", "eval_s", "notes", "shared_by_cells"})
@@ -268,12 +280,24 @@ class Composability:
         return len(self.x) < 2
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"x_axis": self.x_axis, "interval": list(self.interval), "values": self.values, "x": self.x,
-                               "orders": [list(o) for o in self.orders], "criteria": {}, "notes": self.notes}
+        out: dict[str, Any] = {
+            "x_axis": self.x_axis,
+            "interval": list(self.interval),
+            "values": self.values,
+            "x": self.x,
+            "orders": [list(o) for o in self.orders],
+            "criteria": {},
+            "notes": self.notes,
+        }
         for name, c in self.criteria.items():
             out["criteria"][name] = {
-                "A": c.A_mean, "A_std": c.A_std, "P": c.P_mean, "P_std": c.P_std, "A_per_replicate": c.A,
-                "P_per_replicate": c.P, "replicates": c.replicates,
+                "A": c.A_mean,
+                "A_std": c.A_std,
+                "P": c.P_mean,
+                "P_std": c.P_std,
+                "A_per_replicate": c.A,
+                "P_per_replicate": c.P,
+                "replicates": c.replicates,
                 "OI": [c.per_strength(j, "OI")[0] for j in range(len(self.x))],
                 "OI_std": [c.per_strength(j, "OI")[1] for j in range(len(self.x))],
                 "MCE": [c.per_strength(j, "MCE")[0] for j in range(len(self.x))],
@@ -328,8 +352,11 @@ def available_axes(data: SweepData) -> list[str]:
     return [a for a in ("compression", "strength") if x_positions(data, a) is not None]
 
 
-def composability(source: str | Path | Sequence[Mapping[str, Any]] | SweepData, x: str | None = None,
-                  criteria: Sequence[str] = CRITERIA) -> Composability:
+def composability(
+    source: str | Path | Sequence[Mapping[str, Any]] | SweepData,
+    x: str | None = None,
+    criteria: Sequence[str] = CRITERIA,
+) -> Composability:
     """A, P, OI and MCE of a sweep (a run folder, a results.jsonl, rows, or loaded data) on
     axis ``x`` (default: compression when the sweep's average bits change, else strength)."""
     data = source if isinstance(source, SweepData) else load_sweep(source)
@@ -340,8 +367,10 @@ def composability(source: str | Path | Sequence[Mapping[str, Any]] | SweepData, 
             notes.append("average bits do not change over this sweep's strengths: x is the normalized strength")
     xs = x_positions(data, x)
     if xs is None:
-        raise DataError(f"x axis {x!r} is not available for this sweep: average bits do not change over its strengths "
-                        "(or were not measured: add the avg_bits metric)")
+        raise DataError(
+            f"x axis {x!r} is not available for this sweep: average bits do not change over its strengths "
+            "(or were not measured: add the avg_bits metric)"
+        )
     pts = sorted(range(len(data.values)), key=lambda j: xs[j])
     values = [data.values[j] for j in pts]
     xv = [xs[j] for j in pts]
@@ -391,7 +420,9 @@ def _add_replicate(cr: CriterionResult, r: int, x: Sequence[float], cur: dict[tu
     cr.curves[r] = cur
 
 
-def _mean_curves(cr: CriterionResult, orders: Sequence[tuple[str, ...]], n: int) -> dict[tuple[str, ...], list[tuple[float | None, float | None]]]:
+def _mean_curves(
+    cr: CriterionResult, orders: Sequence[tuple[str, ...]], n: int
+) -> dict[tuple[str, ...], list[tuple[float | None, float | None]]]:
     return {o: [_mean_std([cr.curves[r][o][j] for r in cr.replicates]) for j in range(n)] for o in orders}
 
 
@@ -420,6 +451,14 @@ def common_interval(comps: Mapping[Any, Composability]) -> tuple[dict[Any, Compo
                 _add_replicate(new, r, grid, cur)
             criteria[name] = new
             curves[name] = _mean_curves(new, c.orders, len(grid))
-        out[key] = Composability(c.x_axis, [], grid, c.orders, criteria, curves,
-                                 [f"interpolated onto the common interval [{lo:.4g}, {hi:.4g}]"], (lo, hi))
+        out[key] = Composability(
+            c.x_axis,
+            [],
+            grid,
+            c.orders,
+            criteria,
+            curves,
+            [f"interpolated onto the common interval [{lo:.4g}, {hi:.4g}]"],
+            (lo, hi),
+        )
     return out, (lo, hi)

@@ -40,8 +40,20 @@ if TYPE_CHECKING:
     from lmcompose.models.handle import LM
 
 __all__ = [
-    "EDIT_KIND", "POLICIES", "RunSettings", "StepSpec", "build_intervention", "build_metrics",
-    "compose", "evaluate", "load_edits", "parse_step", "prepare", "resolve_metrics", "run", "versions",
+    "EDIT_KIND",
+    "POLICIES",
+    "RunSettings",
+    "StepSpec",
+    "build_intervention",
+    "build_metrics",
+    "compose",
+    "evaluate",
+    "load_edits",
+    "parse_step",
+    "prepare",
+    "resolve_metrics",
+    "run",
+    "versions",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -98,6 +110,7 @@ class RunSettings:
     def check_shapes(self, where: str = "settings") -> None:
         """Every setting has the shape the docs give (a list where a list belongs, a whole
         number where one belongs, ...): one ConfigError naming the key, never a TypeError later."""
+
         def bad(key: str, what: str) -> ConfigError:
             return ConfigError(f"{where}: {key}: expected {what}; got {describe_value(getattr(self, key))}")
 
@@ -109,9 +122,14 @@ class RunSettings:
         if not isinstance(self.model, str):
             raise bad("model", "a model name (a named model, a folder, a .gguf file or a hub id)")
         steps = self.steps
-        if isinstance(steps, Mapping) or not isinstance(steps, list | str) or (
-                isinstance(steps, list) and not all(isinstance(s, str | Mapping) for s in steps)):
-            raise bad("steps", "a list of steps, e.g. [magnitude:sparsity=0.5, rtn:bits=4] or [{magnitude: {sparsity: 0.5}}]")
+        if (
+            isinstance(steps, Mapping)
+            or not isinstance(steps, list | str)
+            or (isinstance(steps, list) and not all(isinstance(s, str | Mapping) for s in steps))
+        ):
+            raise bad(
+                "steps", "a list of steps, e.g. [magnitude:sparsity=0.5, rtn:bits=4] or [{magnitude: {sparsity: 0.5}}]"
+            )
         for key in ("out", "dataset", "dataset_source", "data_dir", "save_model"):
             optional_str(key)
         if not isinstance(self.overwrite, bool):
@@ -120,7 +138,9 @@ class RunSettings:
 
         for key in ("ppl_corpus", "calibration_corpus"):
             parse_corpus(getattr(self, key), f"{where}: {key}")
-        if self.edits is not None and (isinstance(self.edits, bool) or not isinstance(self.edits, int) or self.edits < 1):
+        if self.edits is not None and (
+            isinstance(self.edits, bool) or not isinstance(self.edits, int) or self.edits < 1
+        ):
             raise bad("edits", "a whole number of edit requests >= 1")
         if not isinstance(self.skip_invalid, bool):
             raise bad("skip_invalid", "true or false")
@@ -134,9 +154,13 @@ class RunSettings:
             if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
                 raise bad("metrics", "a list of metric names, e.g. [edit, perplexity]")
             if not [x for x in names if x.strip()]:
-                raise ConfigError(f"{where}: metrics: empty; name at least one metric, or leave it out for every metric")
+                raise ConfigError(
+                    f"{where}: metrics: empty; name at least one metric, or leave it out for every metric"
+                )
         opts = self.metric_options
-        if not isinstance(opts, Mapping) or not all(isinstance(k, str) and isinstance(v, Mapping) for k, v in opts.items()):
+        if not isinstance(opts, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, Mapping) for k, v in opts.items()
+        ):
             raise bad("metric_options", "a mapping of metric name to its fields, e.g. {perplexity: {max_tokens: 4096}}")
         if not isinstance(self.device, str):
             raise bad("device", "a device name: cpu, cuda or cuda:N")
@@ -165,8 +189,12 @@ class RunSettings:
         proto = get_protocol(self.protocol)
         if proto.name == "default":
             return self
-        return dataclasses.replace(self, steps=proto.steps(self.steps, self.varied_fields()),
-                                   policy=proto.policy or self.policy, metric_options=proto.options(self.metric_options))
+        return dataclasses.replace(
+            self,
+            steps=proto.steps(self.steps, self.varied_fields()),
+            policy=proto.policy or self.policy,
+            metric_options=proto.options(self.metric_options),
+        )
 
     def validate(self) -> tuple[list[Intervention], list[Metric]]:
         """Check everything that can be checked without loading a model; never imports torch."""
@@ -175,7 +203,9 @@ class RunSettings:
 
         get_protocol(self.protocol)
         if not self.model:
-            raise ConfigError("no model given: pass MODEL (a named model such as smollm2-135m, a folder, or a .gguf file)")
+            raise ConfigError(
+                "no model given: pass MODEL (a named model such as smollm2-135m, a folder, or a .gguf file)"
+            )
         if not self.steps:
             raise ConfigError("no steps given: pass at least one STEP such as magnitude:sparsity=0.5")
         check_policy(self.policy)
@@ -228,14 +258,27 @@ class RunSettings:
         """The model these settings name, loaded with their dtype, device and placement."""
         from lmcompose.models.loading import load_model
 
-        return load_model(self.model, dtype=self.effective_dtype, device=self.device, progress=progress,
-                          device_map=self.device_map, max_memory=self.max_memory, revision=self.revision)
+        return load_model(
+            self.model,
+            dtype=self.effective_dtype,
+            device=self.device,
+            progress=progress,
+            device_map=self.device_map,
+            max_memory=self.max_memory,
+            revision=self.revision,
+        )
 
     def context(self, progress: Progress | None = None) -> Context:
         """The Context these settings give a run: seed, device, dtype, corpora, data folder."""
-        return Context(seed=self.seed, device=self.device, dtype=self.effective_dtype, progress=progress or Progress(),
-                       ppl_corpus=self.ppl_corpus, calibration_corpus=self.calibration_corpus,
-                       data_dir=Path(self.data_dir).expanduser().resolve() if self.data_dir else None)
+        return Context(
+            seed=self.seed,
+            device=self.device,
+            dtype=self.effective_dtype,
+            progress=progress or Progress(),
+            ppl_corpus=self.ppl_corpus,
+            calibration_corpus=self.calibration_corpus,
+            data_dir=Path(self.data_dir).expanduser().resolve() if self.data_dir else None,
+        )
 
     def run_id(self) -> str:
         key = {k: v for k, v in self.resolved().items() if k not in LOCAL_SETTINGS}
@@ -282,13 +325,27 @@ def compose(
     if any(s.kind == EDIT_KIND for s in interventions) and not ctx.edits:
         raise UsageError("an edit step needs edit requests: pass --dataset NAME and --edits N (or edits= in Python)")
     order = [s.name for s in interventions]
-    run_id = run_id or hashlib.sha1(json.dumps([order, [config_to_dict(s.config) for s in interventions], seed, policy], default=str).encode()).hexdigest()[:12]
+    run_id = (
+        run_id
+        or hashlib.sha1(
+            json.dumps([order, [config_to_dict(s.config) for s in interventions], seed, policy], default=str).encode()
+        ).hexdigest()[:12]
+    )
     names = [s.name for s in interventions]
     keys = [f"{i}:{s.name}" for i, s in enumerate(interventions)]
-    actions = Plan.actions(range(len(interventions)), names, [{}] * len(names), [s.kind for s in interventions], keys,
-                           [s.reruns_on_recompress() for s in interventions], policy)
+    actions = Plan.actions(
+        range(len(interventions)),
+        names,
+        [{}] * len(names),
+        [s.kind for s in interventions],
+        keys,
+        [s.reruns_on_recompress() for s in interventions],
+        policy,
+    )
     group = (None, replicate)
-    plan = Plan([Cell(f"run|r{replicate}", tuple(order), None, group, actions)], run_id=run_id, policy=policy, style="run")
+    plan = Plan(
+        [Cell(f"run|r{replicate}", tuple(order), None, group, actions)], run_id=run_id, policy=policy, style="run"
+    )
 
     def build(action: Action) -> Intervention:
         step = interventions[action.index]
@@ -299,8 +356,9 @@ def compose(
         from lmcompose.engine.saving import SaveTargets, check_save_folder
 
         target = check_save_folder(save_model, overwrite)
-        save = SaveTargets.for_cells(plan, plan.cells, {plan.cells[0].id: target}, overwrite=overwrite,
-                                     extra={"model": lm.name})
+        save = SaveTargets.for_cells(
+            plan, plan.cells, {plan.cells[0].id: target}, overwrite=overwrite, extra={"model": lm.name}
+        )
     folder = RunFolder(out, run_id, "run", config) if out is not None else None
     rows: list[dict[str, Any]] = []
     with folder or nullcontext():
@@ -308,10 +366,17 @@ def compose(
         if folder is not None:
             inputs = run_inputs(lm, {group: list(ctx.edits)}, ctx)
             folder.write_config(
-                inputs=inputs, order=order,
-                steps_resolved=[{"name": s.name, "kind": s.kind, "config": config_to_dict(s.config)} for s in interventions],
-                policy=policy, seed=seed, model_fingerprint=inputs["model_fingerprint"], model_source=lm.source,
-                versions=inputs["versions"], notes=ctx.notes,
+                inputs=inputs,
+                order=order,
+                steps_resolved=[
+                    {"name": s.name, "kind": s.kind, "config": config_to_dict(s.config)} for s in interventions
+                ],
+                policy=policy,
+                seed=seed,
+                model_fingerprint=inputs["model_fingerprint"],
+                model_source=lm.source,
+                versions=inputs["versions"],
+                notes=ctx.notes,
             )
         if not plan.mark_needed(done, force=save.missing() if save is not None else None):
             return rows
@@ -324,16 +389,24 @@ def compose(
     return rows
 
 
-def resolve_metrics(metrics: Sequence[str] | Sequence[Metric] | None,
-                    options: Mapping[str, Mapping[str, Any]] | None) -> list[Metric]:
+def resolve_metrics(
+    metrics: Sequence[str] | Sequence[Metric] | None, options: Mapping[str, Mapping[str, Any]] | None
+) -> list[Metric]:
     """Metric objects as given, or built by name with their options (None: every metric)."""
     if metrics and all(isinstance(m, Metric) for m in metrics):
         return list(metrics)  # type: ignore[arg-type]
     return build_metrics(metrics, options)  # type: ignore[arg-type]
 
 
-def load_edits(dataset: str, source: str | Path | None = None, limit: int | None = None, seed: int | None = 0,
-               replicate: int = 0, skip_invalid: bool = False, ctx: Context | None = None) -> list[EditRecord]:
+def load_edits(
+    dataset: str,
+    source: str | Path | None = None,
+    limit: int | None = None,
+    seed: int | None = 0,
+    replicate: int = 0,
+    skip_invalid: bool = False,
+    ctx: Context | None = None,
+) -> list[EditRecord]:
     """Load edit requests from a registered edit dataset (``limit`` records, replicate
     ``replicate`` of a seeded permutation), from ``ctx.data_dir`` (else LMCOMPOSE_DATA_DIR).
     Notes (sample data used, records skipped) go to ``ctx`` when given."""
@@ -362,8 +435,10 @@ def edit_dataset_class(name: str) -> type[EditDataset]:
     if isinstance(cls, type) and issubclass(cls, EditDataset):
         return cls
     what = "a text corpus" if isinstance(cls, type) and issubclass(cls, TextCorpus) else f"{cls!r}"
-    raise ConfigError(f"dataset {name!r} is {what}, not an edit dataset (a subclass of lmcompose.EditDataset); "
-                      "name an edit dataset (`lmcompose list datasets`)")
+    raise ConfigError(
+        f"dataset {name!r} is {what}, not an edit dataset (a subclass of lmcompose.EditDataset); "
+        "name an edit dataset (`lmcompose list datasets`)"
+    )
 
 
 _Settings = TypeVar("_Settings", bound=RunSettings)
@@ -380,7 +455,9 @@ def prepare(settings: _Settings) -> tuple[_Settings, tuple[list[Intervention], l
     checked = settings.validate()
     if settings.data_dir:
         if not Path(settings.data_dir).expanduser().is_dir():
-            raise ConfigError(f"data folder {settings.data_dir!r} does not exist; name a folder laid out like shared/data")
+            raise ConfigError(
+                f"data folder {settings.data_dir!r} does not exist; name a folder laid out like shared/data"
+            )
     resolve_device(settings.device)
     if settings.device_map is not None:
         resolve_device_map(settings.device_map)
@@ -409,11 +486,23 @@ def run(settings: RunSettings, progress: Progress | None = None) -> tuple[list[d
         name = settings.dataset or "records"
         if settings.dataset is None:
             ctx.note("no --dataset given: using the bundled sample edits (dataset 'records')")
-        edits = load_edits(name, settings.dataset_source, settings.edits, settings.seed, skip_invalid=settings.skip_invalid, ctx=ctx)
+        edits = load_edits(
+            name, settings.dataset_source, settings.edits, settings.seed, skip_invalid=settings.skip_invalid, ctx=ctx
+        )
     lm = settings.load_model(ctx.progress)
     rows = compose(
-        lm, settings.steps, edits=edits, out=settings.out, policy=settings.policy, metrics=settings.metrics,
-        metric_options=settings.metric_options, seed=settings.seed, ctx=ctx, run_id=run_id, config=settings.resolved(),
-        save_model=settings.save_model, overwrite=settings.overwrite,
+        lm,
+        settings.steps,
+        edits=edits,
+        out=settings.out,
+        policy=settings.policy,
+        metrics=settings.metrics,
+        metric_options=settings.metric_options,
+        seed=settings.seed,
+        ctx=ctx,
+        run_id=run_id,
+        config=settings.resolved(),
+        save_model=settings.save_model,
+        overwrite=settings.overwrite,
     )
     return rows, ctx

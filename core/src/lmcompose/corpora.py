@@ -57,9 +57,17 @@ class CorpusSpec:
             return self.kind
         if self.kind == "file":
             return self.name
-        opts = "&".join(f"{k}={v}" for k, v in (("config", self.config), ("split", self.split), ("field", self.field),
-                                                 ("rows", self.rows), ("data_files", self.data_files))
-                        if v is not None and not (k == "field" and v == "text"))
+        opts = "&".join(
+            f"{k}={v}"
+            for k, v in (
+                ("config", self.config),
+                ("split", self.split),
+                ("field", self.field),
+                ("rows", self.rows),
+                ("data_files", self.data_files),
+            )
+            if v is not None and not (k == "field" and v == "text")
+        )
         return f"hub:{self.name}" + (f"?{opts}" if opts else "")
 
 
@@ -69,8 +77,10 @@ def parse_corpus(value: Any, key: str = "corpus") -> CorpusSpec:
     if value is None:
         return CorpusSpec("wikitext2", explicit=False)
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{key}: expected wikitext2, a text file's path, hub:ID[?config=..&split=..&field=..] or sample; "
-                          f"got {describe_value(value)}")
+        raise ConfigError(
+            f"{key}: expected wikitext2, a text file's path, hub:ID[?config=..&split=..&field=..] or sample; "
+            f"got {describe_value(value)}"
+        )
     text = value.strip()
     if text in {"wikitext2", "wikitext-2", "wikitext"}:
         return CorpusSpec("wikitext2")
@@ -79,18 +89,31 @@ def parse_corpus(value: Any, key: str = "corpus") -> CorpusSpec:
     if text.startswith("hub:"):
         ident, _q, query = text[4:].partition("?")
         if not ident:
-            raise ConfigError(f"{key} {value!r}: name the dataset after hub:, e.g. hub:allenai/c4?config=en&split=validation")
+            raise ConfigError(
+                f"{key} {value!r}: name the dataset after hub:, e.g. hub:allenai/c4?config=en&split=validation"
+            )
         opts = dict(parse_qsl(query, keep_blank_values=True))
         unknown = sorted(set(opts) - set(HUB_OPTIONS))
         if unknown:
-            raise ConfigError(f"{key} {value!r}: unknown option {unknown[0]!r}; a hub corpus takes {', '.join(HUB_OPTIONS)}")
+            raise ConfigError(
+                f"{key} {value!r}: unknown option {unknown[0]!r}; a hub corpus takes {', '.join(HUB_OPTIONS)}"
+            )
         if any(not v for v in opts.values()):
             raise ConfigError(f"{key} {value!r}: an option has no value (write config=NAME, split=SPLIT, field=COLUMN)")
         rows = opts.get("rows")
         if rows is not None and (not rows.isdigit() or int(rows) < 1):
-            raise ConfigError(f"{key} {value!r}: rows={rows} is not a whole number >= 1 (the first N rows of the split)")
-        return CorpusSpec("hub", ident, opts.get("config"), opts.get("split"), opts.get("field", "text"),
-                          rows=int(rows) if rows else None, data_files=opts.get("data_files"))
+            raise ConfigError(
+                f"{key} {value!r}: rows={rows} is not a whole number >= 1 (the first N rows of the split)"
+            )
+        return CorpusSpec(
+            "hub",
+            ident,
+            opts.get("config"),
+            opts.get("split"),
+            opts.get("field", "text"),
+            rows=int(rows) if rows else None,
+            data_files=opts.get("data_files"),
+        )
     return CorpusSpec("file", str(Path(text).expanduser()))
 
 
@@ -122,13 +145,20 @@ def load_hub_dataset(spec: CorpusSpec, split: str, what: str) -> Any:
     datasets.disable_progress_bars()
     files = {"data_files": {split: spec.data_files}} if spec.data_files else {}
     try:
-        return datasets.load_dataset(spec.name, spec.config, split=split + (f"[:{spec.rows}]" if spec.rows else ""), **files)
+        return datasets.load_dataset(
+            spec.name, spec.config, split=split + (f"[:{spec.rows}]" if spec.rows else ""), **files
+        )
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds for a missing, offline or broken dataset
-        hint = ("this machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and the dataset is not in the datasets "
-                "cache: run once with network to cache it, or pass a local file") if offline() else \
-            "check the id, config and split (or the network)"
+        hint = (
+            (
+                "this machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and the dataset is not in the datasets "
+                "cache: run once with network to cache it, or pass a local file"
+            )
+            if offline()
+            else "check the id, config and split (or the network)"
+        )
         first = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise DataError(f"{what}: cannot be loaded ({type(exc).__name__}: {first}); {hint}") from None
 
@@ -149,14 +179,18 @@ def _load_hub_text(spec: CorpusSpec, role: str, what: str) -> tuple[str, str]:
     split = spec.split or ROLES[role][2]
     ds = load_hub_dataset(spec, split, f"{what} {spec}")
     if spec.field not in ds.column_names:
-        raise DataError(f"{what} {spec}: split {split!r} has no column {spec.field!r} (columns: {', '.join(ds.column_names)}); "
-                        "name the text column with field=")
+        raise DataError(
+            f"{what} {spec}: split {split!r} has no column {spec.field!r} (columns: {', '.join(ds.column_names)}); "
+            "name the text column with field="
+        )
     rows = [r for r in ds[spec.field] if isinstance(r, str)]
     text = "\n\n".join(rows)
     if not text.strip():
         raise DataError(f"{what} {spec}: split {split!r} has no text in column {spec.field!r}")
     fingerprint = getattr(ds, "_fingerprint", "")
-    return text, f"hub:{spec.name}" + (f"/{spec.config}" if spec.config else "") + f"/{split}" + (f"@{fingerprint}" if fingerprint else "")
+    return text, f"hub:{spec.name}" + (f"/{spec.config}" if spec.config else "") + f"/{split}" + (
+        f"@{fingerprint}" if fingerprint else ""
+    )
 
 
 def load_corpus(spec: CorpusSpec, role: str, ctx: Any = None) -> tuple[str, str]:
@@ -182,12 +216,16 @@ def load_corpus(spec: CorpusSpec, role: str, ctx: Any = None) -> tuple[str, str]
         return found[0]
     why = f" (the hub: {problems[0]})" if problems else ""
     if spec.explicit:
-        raise DataError(f"{what} wikitext2: the {' and '.join(splits)} split(s) are not in the data folder{why}; "
-                        "set LMCOMPOSE_DATA_DIR (or --data-dir) to a folder with wikitext-2-raw/, or name another corpus")
+        raise DataError(
+            f"{what} wikitext2: the {' and '.join(splits)} split(s) are not in the data folder{why}; "
+            "set LMCOMPOSE_DATA_DIR (or --data-dir) to a folder with wikitext-2-raw/, or name another corpus"
+        )
     if ctx is not None:
-        ctx.note(f"wikitext-2 {'test' if role == 'test' else 'calibration'} text not found{why}: using the small bundled "
-                 "sample text instead (set LMCOMPOSE_DATA_DIR or --data-dir to a folder with wikitext-2-raw/, or pass "
-                 f"--{'ppl' if role == 'test' else 'calibration'}-corpus, for real numbers)")
+        ctx.note(
+            f"wikitext-2 {'test' if role == 'test' else 'calibration'} text not found{why}: using the small bundled "
+            "sample text instead (set LMCOMPOSE_DATA_DIR or --data-dir to a folder with wikitext-2-raw/, or pass "
+            f"--{'ppl' if role == 'test' else 'calibration'}-corpus, for real numbers)"
+        )
     return sample_text(), "bundled:sample_text.txt"
 
 
@@ -200,8 +238,9 @@ def check_corpora(ppl: Any, calibration: Any, ctx: Any = None) -> None:
             load_corpus(parse_corpus(value, key), role, ctx)
 
 
-def corpus_identity(ppl: CorpusSpec | None = None, calibration: CorpusSpec | None = None,
-                    folder: str | Path | None = None) -> dict[str, str]:
+def corpus_identity(
+    ppl: CorpusSpec | None = None, calibration: CorpusSpec | None = None, folder: str | Path | None = None
+) -> dict[str, str]:
     """Which text each role reads, by name and checksum where it is a file (nothing is
     tokenized or downloaded; wikitext-2 in the data folder ``folder``, else LMCOMPOSE_DATA_DIR):
     a run records it, and a resume onto other text is refused."""
@@ -209,11 +248,15 @@ def corpus_identity(ppl: CorpusSpec | None = None, calibration: CorpusSpec | Non
     from lmcompose.edit_data import sha256_file
 
     out = {}
-    for role, spec in (("test", ppl or CorpusSpec("wikitext2", explicit=False)),
-                       ("calibration", calibration or CorpusSpec("wikitext2", explicit=False))):
+    for role, spec in (
+        ("test", ppl or CorpusSpec("wikitext2", explicit=False)),
+        ("calibration", calibration or CorpusSpec("wikitext2", explicit=False)),
+    ):
         if spec.kind == "wikitext2":
             files = [f for f in (wikitext_file(p, folder=folder) for p in ROLES[role][1]) if f is not None]
-            out[role] = " + ".join(f"{f.name}:{sha256_file(f)[:16]}" for f in files) if files else "bundled:sample_text.txt"
+            out[role] = (
+                " + ".join(f"{f.name}:{sha256_file(f)[:16]}" for f in files) if files else "bundled:sample_text.txt"
+            )
         elif spec.kind == "file" and Path(spec.name).is_file():
             out[role] = f"{spec.name}:{sha256_file(Path(spec.name))[:16]}"
         else:

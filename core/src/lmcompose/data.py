@@ -16,7 +16,16 @@ from typing import Any
 from lmcompose.errors import DataError
 from lmcompose.paths import cache_dir, data_dir
 
-__all__ = ["cache_dir", "calibration_windows", "corpus_identity", "data_dir", "sample_path", "sample_text", "wikitext_file", "wikitext_text"]
+__all__ = [
+    "cache_dir",
+    "calibration_windows",
+    "corpus_identity",
+    "data_dir",
+    "sample_path",
+    "sample_text",
+    "wikitext_file",
+    "wikitext_text",
+]
 
 WIKITEXT_FILES = {
     "test": ("wiki.test.raw",),
@@ -63,18 +72,21 @@ def corpus_identity(ctx: Any = None) -> dict[str, str]:
     from lmcompose.corpora import corpus_identity as identity
     from lmcompose.corpora import parse_corpus
 
-    return identity(parse_corpus(getattr(ctx, "ppl_corpus", None), "ppl_corpus"),
-                    parse_corpus(getattr(ctx, "calibration_corpus", None), "calibration_corpus"),
-                    getattr(ctx, "data_dir", None))
+    return identity(
+        parse_corpus(getattr(ctx, "ppl_corpus", None), "ppl_corpus"),
+        parse_corpus(getattr(ctx, "calibration_corpus", None), "calibration_corpus"),
+        getattr(ctx, "data_dir", None),
+    )
 
 
-def wikitext_text(split: str, source: str | Path | None = None, problems: list[str] | None = None,
-                  folder: str | Path | None = None) -> tuple[str, str] | None:
+def wikitext_text(
+    split: str, source: str | Path | None = None, problems: list[str] | None = None, folder: str | Path | None = None
+) -> tuple[str, str] | None:
     """``"\\n\\n".join`` of the split's rows and where it came from, or None if unavailable.
 
-    Looks in ``source`` (a folder), then the data folder (``folder``, else LMCOMPOSE_DATA_DIR), then (unless HF_HUB_OFFLINE=1)
-    the hub dataset ``wikitext``/``wikitext-2-raw-v1``; why the hub failed is appended to
-    ``problems`` when given.
+    Looks in ``source`` (a folder), then the data folder (``folder``, else
+    LMCOMPOSE_DATA_DIR), then (unless HF_HUB_OFFLINE=1) the hub dataset
+    ``wikitext``/``wikitext-2-raw-v1``; why the hub failed is appended to ``problems`` when given.
     """
     if split not in WIKITEXT_FILES:
         raise DataError(f"wikitext-2 has no split {split!r}; use one of {', '.join(WIKITEXT_FILES)}")

@@ -22,7 +22,12 @@ from lmcompose.errors import DataError, UsageError
 from lmcompose.paths import cache_dir, data_dir, offline
 
 __all__ = [
-    "JsonEditDataset", "fill_template", "need_list", "need_str", "parse_easyedit_flat", "read_json_records",
+    "JsonEditDataset",
+    "fill_template",
+    "need_list",
+    "need_str",
+    "parse_easyedit_flat",
+    "read_json_records",
     "select_records",
 ]
 
@@ -57,7 +62,9 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"dataset file {path} is not text (byte {exc.start} is not UTF-8): give a .json or .jsonl file") from None
+        raise DataError(
+            f"dataset file {path} is not text (byte {exc.start} is not UTF-8): give a .json or .jsonl file"
+        ) from None
     except OSError as exc:
         raise DataError(f"dataset file {path} cannot be read: {exc.strerror or exc}") from None
     if not text.strip():
@@ -75,7 +82,9 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); expected a JSON array or a .jsonl file") from None
+        raise DataError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); expected a JSON array or a .jsonl file"
+        ) from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
     return data
@@ -140,15 +149,19 @@ def fetch(url: str, target: Path, sha256: str | None = None) -> Path:
                 out.write(block)
                 got_bytes += len(block)
         if expected is not None and expected.isdigit() and got_bytes != int(expected):
-            raise DataError(f"download of {url} stopped after {got_bytes:,} of {int(expected):,} bytes; nothing was "
-                            "cached: try again, or pass a local file as the source")
+            raise DataError(
+                f"download of {url} stopped after {got_bytes:,} of {int(expected):,} bytes; nothing was "
+                "cached: try again, or pass a local file as the source"
+            )
         got = sha256_file(Path(tmp))
         if sha256 is not None and got != sha256:
             raise DataError(f"download of {url} has sha256 {got}, expected {sha256}; nothing was cached")
         os.replace(tmp, target)
         sidecar.write_text(f"{got}  {target.name}\n")
     except (OSError, http.client.HTTPException) as exc:
-        raise DataError(f"could not download {url}: {exc}. Pass a local file as the source, or set LMCOMPOSE_DATA_DIR") from None
+        raise DataError(
+            f"could not download {url}: {exc}. Pass a local file as the source, or set LMCOMPOSE_DATA_DIR"
+        ) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -221,7 +234,11 @@ def parse_easyedit_flat(raw: Mapping[str, Any], dataset: str, index: int) -> Edi
     truth = raw.get("ground_truth")
     if isinstance(truth, list):
         truth = truth[0] if truth else None
-    rephrases = [raw["rephrase_prompt"]] if isinstance(raw.get("rephrase_prompt"), str) else list(raw.get("rephrase_prompt") or [])
+    rephrases = (
+        [raw["rephrase_prompt"]]
+        if isinstance(raw.get("rephrase_prompt"), str)
+        else list(raw.get("rephrase_prompt") or [])
+    )
     locality = []
     if raw.get("locality_prompt"):
         answer = raw.get("locality_ground_truth")
@@ -232,9 +249,12 @@ def parse_easyedit_flat(raw: Mapping[str, Any], dataset: str, index: int) -> Edi
         locality.append(LocalityPrompt(raw["locality_prompt"], answer))
     return EditRecord(
         case_id=str(raw.get("case_id", index)),
-        subject=subject, prompt=prompt, target_new=target_new,
+        subject=subject,
+        prompt=prompt,
+        target_new=target_new,
         target_true=truth if isinstance(truth, str) and truth.strip() else None,
-        rephrases=rephrases, locality=locality,
+        rephrases=rephrases,
+        locality=locality,
         source={"dataset": dataset, "id": raw.get("case_id", index), "schema": "easyedit"},
     )
 
@@ -245,7 +265,8 @@ class JsonEditDataset(EditDataset):
     Subclasses set ``name``, ``data_files`` (paths inside the data folder, first existing
     wins), ``url`` (the canonical public file), ``sample`` (path of the bundled sample) and
     implement ``parse(raw, index) -> list[EditRecord]`` (``index``: the record's position
-    in the file; one dataset record may hold several edits). ``limit`` counts dataset records; the edits of one record stay together.
+    in the file; one dataset record may hold several edits). ``limit`` counts dataset
+    records; the edits of one record stay together.
     """
 
     data_files: ClassVar[tuple[str, ...]] = ()
@@ -266,8 +287,12 @@ class JsonEditDataset(EditDataset):
             text = str(source)
             if text == "sample":
                 if self.sample is None:
-                    raise DataError(f"{self.name}: source 'sample' asks for the bundled sample, and this dataset ships none")
-                self.notes.append(f"{self.name}: using the bundled sample ({self.sample.name}), as asked (source: sample)")
+                    raise DataError(
+                        f"{self.name}: source 'sample' asks for the bundled sample, and this dataset ships none"
+                    )
+                self.notes.append(
+                    f"{self.name}: using the bundled sample ({self.sample.name}), as asked (source: sample)"
+                )
                 return self.sample
             if text.startswith("hub:"):
                 return hub_records_file(self.name, text)
@@ -298,8 +323,14 @@ class JsonEditDataset(EditDataset):
         )
         return self.sample
 
-    def load(self, source: str | Path | None = None, limit: int | None = None, seed: int | None = 0,
-             replicate: int = 0, skip_invalid: bool = False) -> list[EditRecord]:
+    def load(
+        self,
+        source: str | Path | None = None,
+        limit: int | None = None,
+        seed: int | None = 0,
+        replicate: int = 0,
+        skip_invalid: bool = False,
+    ) -> list[EditRecord]:
         path = self.resolve_source(source)
         self.source_used = str(path)
         items = read_json_records(path)

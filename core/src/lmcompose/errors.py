@@ -10,8 +10,17 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
-    "ConfigError", "DataError", "DuplicateNameError", "LMComposeError", "ModelLoadError", "NumericalError",
-    "PluginLoadError", "StepFailedError", "UnknownNameError", "UsageError", "describe_value",
+    "ConfigError",
+    "DataError",
+    "DuplicateNameError",
+    "LMComposeError",
+    "ModelLoadError",
+    "NumericalError",
+    "PluginLoadError",
+    "StepFailedError",
+    "UnknownNameError",
+    "UsageError",
+    "describe_value",
 ]
 
 

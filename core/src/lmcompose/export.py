@@ -86,8 +86,10 @@ def pruned_layers(lm: LM) -> dict[str, Any]:
             continue
         w = lm.weight(name)
         if bool((w[~keep.to(w.device)] != 0).any()):
-            raise ExportError(f"{name}: weights a pruner zeroed are no longer zero (a later step changed them); "
-                              "rerun with --keep-compressed project so they are zeroed again")
+            raise ExportError(
+                f"{name}: weights a pruner zeroed are no longer zero (a later step changed them); "
+                "rerun with --keep-compressed project so they are zeroed again"
+            )
         out[name] = keep
     return out
 
@@ -109,11 +111,18 @@ def sparsity_config(lm: LM, masks: dict[str, Any]) -> dict[str, Any]:
     reads them; the config declares the structure for runtimes with sparse kernels)."""
     zeros = sum(int((lm.weight(n) == 0).sum()) for n in masks)
     total = sum(lm.weight(n).numel() for n in masks)
-    return {"format": "dense", "targets": sorted(masks), "ignore": [], "global_sparsity": zeros / max(total, 1),
-            "sparsity_structure": sparsity_structure(lm, masks)}
+    return {
+        "format": "dense",
+        "targets": sorted(masks),
+        "ignore": [],
+        "global_sparsity": zeros / max(total, 1),
+        "sparsity_structure": sparsity_structure(lm, masks),
+    }
 
 
-def export_compressed_tensors(lm: LM, out: str | Path, quantization_format: str = "auto", overwrite: bool = False) -> Path:
+def export_compressed_tensors(
+    lm: LM, out: str | Path, quantization_format: str = "auto", overwrite: bool = False
+) -> Path:
     """Write ``lm`` (unchanged) to ``out`` in compressed-tensors' format: quantized layers as
     integer codes with their scales (``pack-quantized``: b-bit codes packed into int32 words;
     ``int-quantized``: one int8 per code), pruned layers declared in a sparsity config. ``auto``
@@ -123,7 +132,9 @@ def export_compressed_tensors(lm: LM, out: str | Path, quantization_format: str 
     import torch
 
     if quantization_format not in QUANTIZATION_FORMATS:
-        raise ExportError(f"quantization format {quantization_format!r} is not one of {', '.join(QUANTIZATION_FORMATS)}")
+        raise ExportError(
+            f"quantization format {quantization_format!r} is not one of {', '.join(QUANTIZATION_FORMATS)}"
+        )
     _require_compressed_tensors()
     from lmcompose.engine.saving import atomic_folder, check_save_folder
 
@@ -131,20 +142,26 @@ def export_compressed_tensors(lm: LM, out: str | Path, quantization_format: str 
     grids = quantized_layers(lm)
     masks = pruned_layers(lm)
     if not grids and not masks:
-        raise ExportError("nothing to export: the model has no quantized or pruned layer (no rtn, gptq, awq, magnitude, "
-                          "sparsegpt or wanda step); save an edited dense model with `lmcompose run ... --save-model DIR`")
+        raise ExportError(
+            "nothing to export: the model has no quantized or pruned layer (no rtn, gptq, awq, magnitude, "
+            "sparsegpt or wanda step); save an edited dense model with `lmcompose run ... --save-model DIR`"
+        )
     groups: dict[tuple[int, int | None, bool], list[str]] = {}
     for name, grid in grids.items():
         module = lm.model.get_submodule(name)
         if not isinstance(module, torch.nn.Linear):
-            raise ExportError(f"{name}: {type(module).__name__} layers cannot be written as compressed-tensors (only nn.Linear)")
+            raise ExportError(
+                f"{name}: {type(module).__name__} layers cannot be written as compressed-tensors (only nn.Linear)"
+            )
         in_f = lm.weight(name).shape[1]
         # a group at least as wide as the layer is one group per row: compressed-tensors takes that
         # as a group strategy too, which keeps one scheme for layers of different widths
         g = grid.group_size if grid.group_size > 0 else None  # None: channel strategy
         if g is not None and in_f > g and in_f % g:
-            raise ExportError(f"{name}: group size {g} does not divide its width {in_f}; compressed-tensors needs equal groups "
-                              "(quantize with a group size that divides every width, or <= 0 for one group per row)")
+            raise ExportError(
+                f"{name}: group size {g} does not divide its width {in_f}; compressed-tensors needs equal groups "
+                "(quantize with a group size that divides every width, or <= 0 for one group per row)"
+            )
         groups.setdefault((grid.bits, g, grid.symmetric), []).append(name)
     fmt = quantization_format
     if fmt == "auto":
@@ -182,9 +199,12 @@ def _quantized_copy(lm: LM, grids: dict[str, Any], groups: dict[tuple[int, int |
     )
 
     config_groups = {}
-    for k, ((bits, g, symmetric), names) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2]))):
-        args = QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric,
-                                strategy="group" if g else "channel", group_size=g)
+    for k, ((bits, g, symmetric), names) in enumerate(
+        sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2]))
+    ):
+        args = QuantizationArgs(
+            num_bits=bits, type="int", symmetric=symmetric, strategy="group" if g else "channel", group_size=g
+        )
         config_groups[f"group_{k}"] = QuantizationScheme(targets=names, weights=args)
     config = QuantizationConfig(config_groups=config_groups, quantization_status=QuantizationStatus.FROZEN)
     model = copy.deepcopy(lm.model)
@@ -196,7 +216,9 @@ def _quantized_copy(lm: LM, grids: dict[str, Any], groups: dict[tuple[int, int |
             scale = grid.scale if module.weight_scale.shape[-1] != 1 or grid.scale.shape[-1] == 1 else grid.scale[:, :1]
             module.weight_scale.data = scale.to(module.weight.dtype).reshape(module.weight_scale.shape).clone()
             zero = (grid.zero - half).round().to(torch.int8)
-            module.weight_zero_point.data = zero.reshape(module.weight_scale.shape).to(module.weight_zero_point.dtype).clone()
+            module.weight_zero_point.data = (
+                zero.reshape(module.weight_scale.shape).to(module.weight_zero_point.dtype).clone()
+            )
     return model
 
 
@@ -208,8 +230,12 @@ def _declare_sparsity(config_path: Path, sparsity: dict[str, Any] | None) -> Non
     import compressed_tensors
 
     data = json.loads(config_path.read_text(encoding="utf-8"))
-    qc = data.get("quantization_config") or {"quant_method": "compressed-tensors", "format": "dense", "config_groups": {},
-                                             "version": compressed_tensors.__version__}
+    qc = data.get("quantization_config") or {
+        "quant_method": "compressed-tensors",
+        "format": "dense",
+        "config_groups": {},
+        "version": compressed_tensors.__version__,
+    }
     qc["sparsity_config"] = sparsity
     data["quantization_config"] = qc
     config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -258,16 +284,22 @@ def load_for_export(source: str | Path, progress: Any = None, data_dir: str | Pa
     from lmcompose.results import read_yaml
 
     folder = Path(source)
-    if (folder / "config.json").exists() and ((folder / COMPRESSION_META).exists() or (folder / PROVENANCE_FILE).exists()):
+    if (folder / "config.json").exists() and (
+        (folder / COMPRESSION_META).exists() or (folder / PROVENANCE_FILE).exists()
+    ):
         return load_model(str(folder))
     cfg = folder / "config.yaml"
     if not cfg.exists():
-        raise ExportError(f"{folder}: neither a run folder (config.yaml) nor a saved model folder (config.json + {COMPRESSION_META})")
+        raise ExportError(
+            f"{folder}: neither a run folder (config.yaml) nor a saved model folder (config.json + {COMPRESSION_META})"
+        )
     data = read_yaml(cfg)
     known = {f for f in RunSettings.__dataclass_fields__}
     if "vary" in data or "steps" not in data:
-        raise ExportError(f"{folder} is not the folder of a single `lmcompose run` (a sweep?); "
-                          "export the cell you want by running it with `lmcompose run ... --out DIR` and exporting DIR")
+        raise ExportError(
+            f"{folder} is not the folder of a single `lmcompose run` (a sweep?); "
+            "export the cell you want by running it with `lmcompose run ... --out DIR` and exporting DIR"
+        )
     settings = RunSettings.from_mapping({k: v for k, v in data.items() if k in known}, where=str(cfg))
     settings = settings.merged(data_dir=str(data_dir) if data_dir is not None else None)
     settings.validate()
@@ -277,25 +309,45 @@ def load_for_export(source: str | Path, progress: Any = None, data_dir: str | Pa
     lm = settings.load_model(ctx.progress)
     recorded = data.get("model_fingerprint")
     if recorded and lm.fingerprint() != recorded:
-        raise ExportError(f"{settings.model}: the model's weights differ from those run {folder} started from "
-                          f"(fingerprint {lm.fingerprint()} != {recorded}); the run cannot be replayed")
+        raise ExportError(
+            f"{settings.model}: the model's weights differ from those run {folder} started from "
+            f"(fingerprint {lm.fingerprint()} != {recorded}); the run cannot be replayed"
+        )
     edits = None
     needs_edits = any(get_interventions().get(parse_step(s).name).kind == EDIT_KIND for s in settings.steps)
     if settings.dataset or settings.edits or needs_edits:
-        edits = load_edits(settings.dataset or "records", settings.dataset_source, settings.edits, settings.seed,
-                           skip_invalid=settings.skip_invalid, ctx=ctx)
-    compose(lm, settings.steps, edits=edits, policy=settings.policy, metrics=[_NoMetrics()], seed=settings.seed, ctx=ctx)
+        edits = load_edits(
+            settings.dataset or "records",
+            settings.dataset_source,
+            settings.edits,
+            settings.seed,
+            skip_invalid=settings.skip_invalid,
+            ctx=ctx,
+        )
+    compose(
+        lm, settings.steps, edits=edits, policy=settings.policy, metrics=[_NoMetrics()], seed=settings.seed, ctx=ctx
+    )
     return lm
 
 
-def export(source: str | Path, out: str | Path, fmt: str = "compressed-tensors", progress: Any = None, *,
-           quantization_format: str = "auto", overwrite: bool = False, data_dir: str | Path | None = None) -> Path:
+def export(
+    source: str | Path,
+    out: str | Path,
+    fmt: str = "compressed-tensors",
+    progress: Any = None,
+    *,
+    quantization_format: str = "auto",
+    overwrite: bool = False,
+    data_dir: str | Path | None = None,
+) -> Path:
     """Write the model of run (or saved model folder) ``source`` to ``out`` in format ``fmt``
     (a run is replayed with its recorded data folder, or ``data_dir`` when given)."""
     if fmt not in FORMATS:
         raise ExportError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
     if quantization_format not in QUANTIZATION_FORMATS:
-        raise ExportError(f"--quantization-format {quantization_format!r} is not one of {', '.join(QUANTIZATION_FORMATS)}")
+        raise ExportError(
+            f"--quantization-format {quantization_format!r} is not one of {', '.join(QUANTIZATION_FORMATS)}"
+        )
     _require_compressed_tensors()
     from lmcompose.engine.saving import check_save_folder
 

@@ -15,7 +15,10 @@ __all__ = ["cache_dir", "data_dir", "offline"]
 def offline() -> bool:
     """Whether the environment forbids downloads (LMCOMPOSE_OFFLINE, HF_HUB_OFFLINE or
     HF_DATASETS_OFFLINE set to 1/true/yes)."""
-    return any(os.environ.get(v, "").lower() in {"1", "true", "yes"} for v in ("LMCOMPOSE_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in {"1", "true", "yes"}
+        for v in ("LMCOMPOSE_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def cache_dir() -> Path:
@@ -35,7 +38,9 @@ def data_dir(folder: str | Path | None = None) -> Path | None:
         if not path.is_dir():
             from lmcompose.errors import DataError
 
-            raise DataError(f"data folder {str(folder)!r} is not a folder; point it at a folder laid out like shared/data")
+            raise DataError(
+                f"data folder {str(folder)!r} is not a folder; point it at a folder laid out like shared/data"
+            )
         return path
     raw = os.environ.get("LMCOMPOSE_DATA_DIR")
     if not raw:
@@ -44,5 +49,7 @@ def data_dir(folder: str | Path | None = None) -> Path | None:
     if not path.is_dir():
         from lmcompose.errors import DataError
 
-        raise DataError(f"LMCOMPOSE_DATA_DIR={raw!r} is not a folder; point it at a folder laid out like shared/data, or unset it")
+        raise DataError(
+            f"LMCOMPOSE_DATA_DIR={raw!r} is not a folder; point it at a folder laid out like shared/data, or unset it"
+        )
     return path

@@ -93,10 +93,15 @@ def plot_curves(data: SweepData, path: Path) -> Path | None:
             if not pts:
                 continue
             px, pm, ps = zip(*pts, strict=True)
-            line, = ax.plot(px, pm, marker="o", label=order_label(order))
+            (line,) = ax.plot(px, pm, marker="o", label=order_label(order))
             if len(data.replicates) > 1:
-                ax.fill_between(px, [m - s for m, s in zip(pm, ps, strict=True)], [m + s for m, s in zip(pm, ps, strict=True)],
-                                color=line.get_color(), alpha=0.15)
+                ax.fill_between(
+                    px,
+                    [m - s for m, s in zip(pm, ps, strict=True)],
+                    [m + s for m, s in zip(pm, ps, strict=True)],
+                    color=line.get_color(),
+                    alpha=0.15,
+                )
         base = [r.get(key) for r in data.base.values() if r.get(key) is not None]
         if base:
             ax.axhline(statistics.fmean(base), color="grey", linestyle=":", linewidth=1, label="base model")
@@ -107,7 +112,7 @@ def plot_curves(data: SweepData, path: Path) -> Path | None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(present):]:
+    for ax in list(axes.flat)[len(present) :]:
         ax.axis("off")
     spread = " (mean ± std over replicates)" if len(data.replicates) > 1 else ""
     fig.suptitle(f"{data.model}: final-model metrics per order{spread}", fontsize=12)
@@ -131,10 +136,10 @@ def plot_composability(comp: Composability, data: SweepData, path: Path) -> Path
         hi = [max(means[o][j] for o in comp.orders) for j in range(len(x))]
         lo = [min(means[o][j] for o in comp.orders) for j in range(len(x))]
         c = comp.criteria[name]
-        ax.fill_between(x, lo, hi, color="tab:red", alpha=0.25,
-                        label=f"A (order gap) = {c.A_mean:.3f}")
-        ax.fill_between(x, hi, [1.0] * len(x), color="tab:blue", alpha=0.12,
-                        label=f"P (lost by best order) = {c.P_mean:.3f}")
+        ax.fill_between(x, lo, hi, color="tab:red", alpha=0.25, label=f"A (order gap) = {c.A_mean:.3f}")
+        ax.fill_between(
+            x, hi, [1.0] * len(x), color="tab:blue", alpha=0.12, label=f"P (lost by best order) = {c.P_mean:.3f}"
+        )
         for o in comp.orders:
             ax.plot(x, means[o], marker="o", label=order_label(o))
         ax.set_ylim(-0.02, 1.02)
@@ -148,9 +153,11 @@ def plot_composability(comp: Composability, data: SweepData, path: Path) -> Path
         ax.set_ylabel("criterion ℓ, normalized (1 = best)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
-    fig.suptitle(f"{data.model}: composability (A = order sensitivity, P = performance lost; replicate means)", fontsize=11)
+    fig.suptitle(
+        f"{data.model}: composability (A = order sensitivity, P = performance lost; replicate means)", fontsize=11
+    )
     fig.tight_layout()
     save_figure(fig, path)
     return path
@@ -170,8 +177,14 @@ def plot_nll(data: SweepData, path: Path) -> Path | None:
             pts = [(x, m, s) for x, (m, s) in zip(xs, stats, strict=True) if m is not None]
             if pts:
                 px, pm, ps = zip(*pts, strict=True)
-                ax.errorbar(px, pm, yerr=ps if len(data.replicates) > 1 else None, marker="o", capsize=3,
-                            label=order_label(order))
+                ax.errorbar(
+                    px,
+                    pm,
+                    yerr=ps if len(data.replicates) > 1 else None,
+                    marker="o",
+                    capsize=3,
+                    label=order_label(order),
+                )
         base = [r.get(key) for r in data.base.values() if r.get(key) is not None]
         if base:
             ax.axhline(statistics.fmean(base), color="grey", linestyle=":", linewidth=1, label="base model (unedited)")
@@ -232,7 +245,13 @@ def plot_topk(data: SweepData, path: Path) -> Path | None:
             ax.set_yticks(range(len(labels)), labels, fontsize=8)
             ax.set_xlim(0, xmax)
             pos = rows[j]["position"]
-            title = "base model" if pos == 0 else "after " + " → ".join(order[:pos]) if pos <= len(order) else "after re-run"
+            title = (
+                "base model"
+                if pos == 0
+                else "after " + " → ".join(order[:pos])
+                if pos <= len(order)
+                else "after re-run"
+            )
             if rows[j].get("step") and rows[j]["step"].get("recompress"):
                 title = f"after re-running {rows[j]['step']['name']}"
             ax.set_title(title, fontsize=9)
@@ -240,9 +259,14 @@ def plot_topk(data: SweepData, path: Path) -> Path | None:
     first = cells[0][1][0]["topk"]
     targets = ""
     if first.get("target_new"):
-        targets = f"; red: new target {first['target_new']!r}" + (f", blue: true {first['target_true']!r}" if first.get("target_true") else "")
-    fig.suptitle(f"Top-{len(first['tokens'])} next tokens after {prompt!r}\n"
-                 f"({data.vary} = {value}, replicate {rep}; rows: orders{targets})", fontsize=10)
+        targets = f"; red: new target {first['target_new']!r}" + (
+            f", blue: true {first['target_true']!r}" if first.get("target_true") else ""
+        )
+    fig.suptitle(
+        f"Top-{len(first['tokens'])} next tokens after {prompt!r}\n"
+        f"({data.vary} = {value}, replicate {rep}; rows: orders{targets})",
+        fontsize=10,
+    )
     fig.tight_layout()
     save_figure(fig, path)
     return path

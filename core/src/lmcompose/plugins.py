@@ -107,8 +107,7 @@ class _State:
             if ep.name in self.infos:
                 self.fail(
                     PluginInfo(ep.name, dist, dist_version, ep.value, False),
-                    f"a plugin named {ep.name!r} is already loaded from "
-                    f"{self.infos[ep.name].distribution}",
+                    f"a plugin named {ep.name!r} is already loaded from {self.infos[ep.name].distribution}",
                 )
                 continue
             try:
@@ -134,9 +133,7 @@ class _State:
             self.pm.unregister(name=name)
             self.fail(info, _describe(exc))
             return
-        info.hooks = sorted(
-            h.name for h in self.pm.get_hookcallers(plugin) or () if h.name in HOOK_NAMES
-        )
+        info.hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or () if h.name in HOOK_NAMES)
         self.infos[name] = info
         self.registries.clear()
 
@@ -175,7 +172,6 @@ class _State:
                     raise
                 self.fail(info, f"{hook_name} raised {_describe(exc)}")
         return registry
-
 
     def _registrar(self, registry: Registry[Any], dist: str, info: PluginInfo | None) -> Any:
         """``register`` for one plugin: a name that is already registered keeps its first

@@ -47,8 +47,11 @@ class Protocol:
         out = []
         for step in steps:
             spec = parse_step(step)
-            extra = {k: v for k, v in self.step_fields.get(spec.name, {}).items()
-                     if k not in spec.overrides and (spec.name, k) not in varied}
+            extra = {
+                k: v
+                for k, v in self.step_fields.get(spec.name, {}).items()
+                if k not in spec.overrides and (spec.name, k) not in varied
+            }
             if not extra:
                 out.append(step)
                 continue

@@ -93,13 +93,19 @@ def ap_table(comp: Composability, data: SweepData) -> Table:
         if c is None:
             continue
         n = len(c.replicates)
-        rows.append([name, fmt_mean_std(c.A_mean, c.A_std, n), fmt_mean_std(c.P_mean, c.P_std, n), interval_text(comp), str(n)])
+        rows.append(
+            [name, fmt_mean_std(c.A_mean, c.A_std, n), fmt_mean_std(c.P_mean, c.P_std, n), interval_text(comp), str(n)]
+        )
     k = len(data.replicates)
     spread = f"mean ± sample std over {k} replicates" if k > 1 else "one replicate"
-    return Table(f"Composability A and P (x = {comp.x_axis})", ["criterion", "A", "P", "x interval", "replicates"], rows,
-                 f"x = {AXIS_LABELS[comp.x_axis]}; integrated over the x interval; {len(comp.orders)} orders; {spread}. "
-                 "A: area between the best and the worst order (0 = order does not matter); "
-                 "P: area between the best order and 1 (0 = nothing lost).")
+    return Table(
+        f"Composability A and P (x = {comp.x_axis})",
+        ["criterion", "A", "P", "x interval", "replicates"],
+        rows,
+        f"x = {AXIS_LABELS[comp.x_axis]}; integrated over the x interval; {len(comp.orders)} orders; {spread}. "
+        "A: area between the best and the worst order (0 = order does not matter); "
+        "P: area between the best order and 1 (0 = nothing lost).",
+    )
 
 
 def oi_table(comp: Composability, data: SweepData) -> Table:
@@ -113,8 +119,12 @@ def oi_table(comp: Composability, data: SweepData) -> Table:
             oi, oi_s = c.per_strength(j, "OI")
             mce, mce_s = c.per_strength(j, "MCE")
             rows.append([name, str(v), f"{comp.x[j]:.3f}", fmt_mean_std(oi, oi_s, n), fmt_mean_std(mce, mce_s, n)])
-    return Table("Order interference (OI) and MCE per strength", ["criterion", data.vary or "strength", "x", "OI", "MCE"], rows,
-                 "OI = best − worst order at that strength; MCE = 1 − best order (both on the normalized criterion).")
+    return Table(
+        "Order interference (OI) and MCE per strength",
+        ["criterion", data.vary or "strength", "x", "OI", "MCE"],
+        rows,
+        "OI = best − worst order at that strength; MCE = 1 − best order (both on the normalized criterion).",
+    )
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> tuple[float | None, float | None, int]:
@@ -137,8 +147,12 @@ def final_table(data: SweepData) -> Table:
                 continue
             rows.append([order_text(o), str(v), *[_fmt_metric(k, _mean(cell_rows, k)[0]) for k in present]])
     k = len(data.replicates)
-    return Table("Final model per order and strength", ["order", data.vary or "strength", *present], rows,
-                 "Raw metrics after the last step" + (f" (means over {k} replicates)." if k > 1 else "."))
+    return Table(
+        "Final model per order and strength",
+        ["order", data.vary or "strength", *present],
+        rows,
+        "Raw metrics after the last step" + (f" (means over {k} replicates)." if k > 1 else "."),
+    )
 
 
 def step_table(data: SweepData) -> Table:
@@ -152,10 +166,26 @@ def step_table(data: SweepData) -> Table:
                     per_pos.setdefault(row["position"], []).append(row)
             for pos in sorted(per_pos):
                 first = per_pos[pos][0]
-                step = "base" if not first.get("step") else first["step"]["name"] + (" (again)" if first["step"].get("recompress") else "")
-                rows.append([order_text(o), str(v), str(pos), step, *[_fmt_metric(k, _mean(per_pos[pos], k)[0]) for k in present]])
-    return Table("Metrics after every step", ["order", data.vary or "strength", "pos", "step", *present], rows,
-                 "Replicate means; position 0 is the base model.")
+                step = (
+                    "base"
+                    if not first.get("step")
+                    else first["step"]["name"] + (" (again)" if first["step"].get("recompress") else "")
+                )
+                rows.append(
+                    [
+                        order_text(o),
+                        str(v),
+                        str(pos),
+                        step,
+                        *[_fmt_metric(k, _mean(per_pos[pos], k)[0]) for k in present],
+                    ]
+                )
+    return Table(
+        "Metrics after every step",
+        ["order", data.vary or "strength", "pos", "step", *present],
+        rows,
+        "Replicate means; position 0 is the base model.",
+    )
 
 
 def check_axes(axes: Sequence[str] | None) -> list[str] | None:
@@ -175,8 +205,10 @@ def build_report(run: str | Path | SweepData, axes: Sequence[str] | None = None)
     comps: dict[str, Composability] = {}
     notes: list[str] = list(data.notes)
     if not data.complete:
-        notes.append("the sweep is not complete (interrupted?): rerun the same `lmcompose sweep` command to finish it; "
-                     "A/P use the replicates whose cells are all finished")
+        notes.append(
+            "the sweep is not complete (interrupted?): rerun the same `lmcompose sweep` command to finish it; "
+            "A/P use the replicates whose cells are all finished"
+        )
     for axis in check_axes(axes) or available_axes(data):
         try:
             c = composability(data, x=axis)
@@ -209,8 +241,12 @@ def write_report(run_dir: str | Path, plots: bool = True, axes: Sequence[str] | 
         pdir.mkdir(exist_ok=True)
         for p in (
             plotting.plot_curves(data, pdir / "curves.png"),
-            *(plotting.plot_composability(c, data, pdir / ("composability.png" if i == 0 else f"composability_{axis}.png"))
-              for i, (axis, c) in enumerate(report.composability.items())),
+            *(
+                plotting.plot_composability(
+                    c, data, pdir / ("composability.png" if i == 0 else f"composability_{axis}.png")
+                )
+                for i, (axis, c) in enumerate(report.composability.items())
+            ),
             plotting.plot_nll(data, pdir / "nll.png"),
             plotting.plot_topk(data, pdir / "topk.png"),
         ):
@@ -224,7 +260,8 @@ def write_report(run_dir: str | Path, plots: bool = True, axes: Sequence[str] | 
 
 PLOT_CAPTIONS = {
     "curves.png": "Final-model metrics against strength, one line per order (paper Fig. 1–2).",
-    "composability.png": "Normalized criteria per order with the A and P areas shaded, on the report's first x axis (Fig. 4).",
+    "composability.png": "Normalized criteria per order with the A and P areas shaded, on the report's first x axis "
+    "(Fig. 4).",
     "composability_strength.png": "The same with x = the normalized strength.",
     "nll.png": "Edit NLL and general NLL of the final model against strength (Fig. 5).",
     "topk.png": "Top-k next tokens of the first edit's prompt before and after each step, strongest strength (Fig. 3).",

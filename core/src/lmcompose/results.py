@@ -160,7 +160,7 @@ def expanded_size(data: Any, limit: int = MAX_YAML_NODES) -> int | None:
             return None
         active.add(key)
         total = 1
-        for child in (obj.values() if isinstance(obj, dict) else obj):
+        for child in obj.values() if isinstance(obj, dict) else obj:
             n = size(child)
             if n is None:
                 return None
@@ -187,10 +187,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
         return {}
     size = expanded_size(data)
     if size is None:
-        raise ConfigError(f"config file {path} refers to itself (a YAML alias inside its own anchor); write the values out")
+        raise ConfigError(
+            f"config file {path} refers to itself (a YAML alias inside its own anchor); write the values out"
+        )
     if size > MAX_YAML_NODES:
-        raise ConfigError(f"config file {path} expands to more than {MAX_YAML_NODES:,} values (YAML aliases repeat "
-                          "anchored parts); a config is never that large: write it without nested aliases")
+        raise ConfigError(
+            f"config file {path} expands to more than {MAX_YAML_NODES:,} values (YAML aliases repeat "
+            "anchored parts); a config is never that large: write it without nested aliases"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
     return data

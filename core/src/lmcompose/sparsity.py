@@ -12,7 +12,11 @@ import re
 from lmcompose.errors import ConfigError
 
 __all__ = [
-    "keep_lowest_pruned", "keep_lowest_pruned_per_row", "keep_n_of_m", "parse_structure", "resolve_sparsity",
+    "keep_lowest_pruned",
+    "keep_lowest_pruned_per_row",
+    "keep_n_of_m",
+    "parse_structure",
+    "resolve_sparsity",
     "satisfies_n_of_m",
 ]
 

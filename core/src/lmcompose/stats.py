@@ -45,7 +45,9 @@ def execution_order(lm: LM) -> list[str]:
     return [n for n in order if not (n in seen or seen.add(n))]
 
 
-def producing_parameters(lm: LM, module_name: str, order: Sequence[str] | None = None) -> list[tuple[str, torch.Tensor]]:
+def producing_parameters(
+    lm: LM, module_name: str, order: Sequence[str] | None = None
+) -> list[tuple[str, torch.Tensor]]:
     """(name, tensor) of every parameter of a module that runs before ``module_name``: the
     weights that produce its input. Tied tensors appear once."""
     order = list(order) if order is not None else execution_order(lm)
@@ -94,7 +96,7 @@ def _cache_file(folder: Path, module_name: str, weights_fp: str, windows_fp: str
 
 def _decoder_index(lm: LM, module_name: str) -> int:
     prefix = lm.arch.layers + "."
-    return int(module_name[len(prefix):].split(".", 1)[0])
+    return int(module_name[len(prefix) :].split(".", 1)[0])
 
 
 def second_moments(
@@ -127,8 +129,13 @@ def second_moments(
             files[name] = _cache_file(cache_dir, name, fps[name], windows_fp)
             if files[name].exists():
                 data = load_file(str(files[name]))
-                results[name] = {"mom2": data["mom2"], "tokens": int(data["tokens"]), "cached": True,
-                                 "fingerprint": fps[name], "file": str(files[name])}
+                results[name] = {
+                    "mom2": data["mom2"],
+                    "tokens": int(data["tokens"]),
+                    "cached": True,
+                    "fingerprint": fps[name],
+                    "file": str(files[name]),
+                }
                 continue
         missing.append(name)
     if not missing:
@@ -147,6 +154,7 @@ def second_moments(
             counts[name] += x.shape[0]
             if name == last:
                 raise StopForward
+
         return hook
 
     handles = [lm.model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in missing]
@@ -170,16 +178,32 @@ def second_moments(
     elapsed = time.perf_counter() - start
     for name in missing:
         mom2 = sums[name] / counts[name]
-        results[name] = {"mom2": mom2, "tokens": counts[name], "cached": False, "fingerprint": fps[name],
-                         "elapsed_s": elapsed, "file": str(files[name]) if name in files else None}
+        results[name] = {
+            "mom2": mom2,
+            "tokens": counts[name],
+            "cached": False,
+            "fingerprint": fps[name],
+            "elapsed_s": elapsed,
+            "file": str(files[name]) if name in files else None,
+        }
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
             tmp = files[name].with_suffix(".tmp")
             save_file({"mom2": mom2.contiguous(), "tokens": torch.tensor(counts[name])}, str(tmp))
             tmp.replace(files[name])
-            files[name].with_suffix(".json").write_text(json.dumps({
-                "module": name, "weights_fingerprint": fps[name], "windows_sha1": windows_fp,
-                "windows": list(windows.shape), "tokens": counts[name], "layer": _decoder_index(lm, name),
-                "model": getattr(lm, "source", ""), "seconds": round(elapsed, 2),
-            }, indent=1))
+            files[name].with_suffix(".json").write_text(
+                json.dumps(
+                    {
+                        "module": name,
+                        "weights_fingerprint": fps[name],
+                        "windows_sha1": windows_fp,
+                        "windows": list(windows.shape),
+                        "tokens": counts[name],
+                        "layer": _decoder_index(lm, name),
+                        "model": getattr(lm, "source", ""),
+                        "seconds": round(elapsed, 2),
+                    },
+                    indent=1,
+                )
+            )
     return results

@@ -46,10 +46,13 @@ def parse_step(step: str | Mapping[str, Any] | StepSpec) -> StepSpec:
         if "name" in step:
             return StepSpec(str(step["name"]), {k: v for k, v in step.items() if k != "name"})
         if len(step) == 1:
-            (name, fields), = step.items()
+            ((name, fields),) = step.items()
             if fields is None or isinstance(fields, Mapping):
                 return StepSpec(str(name), dict(fields or {}))
-        raise ConfigError(f"step {dict(step)!r}: write a step as 'name:field=value,...', {{name: x, field: value}} or {{x: {{field: value}}}}")
+        raise ConfigError(
+            f"step {dict(step)!r}: write a step as 'name:field=value,...', {{name: x, field: value}} or "
+            f"{{x: {{field: value}}}}"
+        )
     if not isinstance(step, str) or not step.strip():
         raise ConfigError(f"step {step!r}: expected 'name[:field=value,...]'")
     name, sep, rest = step.strip().partition(":")

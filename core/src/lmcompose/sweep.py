@@ -48,7 +48,9 @@ from lmcompose.steps import StepSpec, build_intervention, parse_step
 if TYPE_CHECKING:
     from lmcompose.models.handle import LM
 
-SWEEP_KEYS = frozenset({"vary", "orders", "replicates", "snapshots", "topk", "calibration_samples", "calibration_seqlen"})
+SWEEP_KEYS = frozenset(
+    {"vary", "orders", "replicates", "snapshots", "topk", "calibration_samples", "calibration_seqlen"}
+)
 
 # --------------------------------------------------------------------------------------
 # --vary and --orders
@@ -87,7 +89,10 @@ def parse_vary(text: str, steps: Sequence[StepSpec]) -> Vary:
     if not hits:
         raise UnknownNameError("step", step_name, names, f"(in --vary {text!r}; name one of the sweep's steps)")
     if len(hits) > 1:
-        raise ConfigError(f"--vary {text!r}: step {step_name!r} appears {len(hits)} times in the sequence; vary a step that appears once")
+        raise ConfigError(
+            f"--vary {text!r}: step {step_name!r} appears {len(hits)} times in the sequence; vary a step that "
+            f"appears once"
+        )
     index = hits[0]
     cls = get_interventions().get(step_name)
     fields = config_fields(cls.Config)
@@ -97,8 +102,10 @@ def parse_vary(text: str, steps: Sequence[StepSpec]) -> Vary:
     if not rhs.strip() or any(not v for v in raw):
         raise ConfigError(f"--vary {text!r}: give comma-separated values after '=', e.g. {lhs.strip()}=0.25,0.5,0.75")
     if field_name in steps[index].overrides:
-        raise ConfigError(f"--vary {text!r} varies {field_name!r}, which the step also sets ({steps[index]}); "
-                          f"drop one of them (the step's value would be ignored)")
+        raise ConfigError(
+            f"--vary {text!r} varies {field_name!r}, which the step also sets ({steps[index]}); "
+            f"drop one of them (the step's value would be ignored)"
+        )
     return make_vary(steps, index, field_name, raw, f"--vary {text!r}")
 
 
@@ -117,8 +124,10 @@ def make_vary(steps: Sequence[StepSpec], index: int, field_name: str, raw: Seque
     knob = cls.strength
     is_strength = knob is not None and knob.field == field_name
     if not is_strength and not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        raise ConfigError(f"{where}: {field_name!r} is not {step_name}'s strength ({knob.field if knob else 'none'}) "
-                          "and not numeric, so it cannot be an x-axis; vary the strength field or a numeric field")
+        raise ConfigError(
+            f"{where}: {field_name!r} is not {step_name}'s strength ({knob.field if knob else 'none'}) "
+            "and not numeric, so it cannot be an x-axis; vary the strength field or a numeric field"
+        )
     return Vary(step_name, index, field_name, tuple(values), is_strength)
 
 
@@ -140,7 +149,9 @@ def parse_orders(orders: str | Sequence[Sequence[str]] | None, steps: Sequence[S
     if isinstance(orders, str):
         parts = orders.split(";")
         if any(not g.strip() for g in parts):
-            raise ConfigError(f"--orders {orders!r}: an order is empty (a stray ';'?); give 'all' or orders like 'a,b;b,a'")
+            raise ConfigError(
+                f"--orders {orders!r}: an order is empty (a stray ';'?); give 'all' or orders like 'a,b;b,a'"
+            )
         groups = [[x.strip() for x in g.split(",")] for g in parts]
     else:
         groups = [[str(x).strip() for x in (g.split(",") if isinstance(g, str) else g)] for g in orders]
@@ -153,7 +164,9 @@ def parse_orders(orders: str | Sequence[Sequence[str]] | None, steps: Sequence[S
             if x not in names:
                 raise UnknownNameError("step", x, names, f"(in {where}; each order lists the sweep's steps by name)")
         if sorted(g) != sorted(names):
-            raise ConfigError(f"{where} is not a permutation of the steps {','.join(names)}; list each step exactly once")
+            raise ConfigError(
+                f"{where} is not a permutation of the steps {','.join(names)}; list each step exactly once"
+            )
         pool = {name: [i for i, m in enumerate(names) if m == name] for name in set(names)}
         idx = tuple(pool[x].pop(0) for x in g)
         if idx in result:
@@ -183,11 +196,15 @@ class SweepSettings(RunSettings):
     def check_shapes(self, where: str = "settings") -> None:
         super().check_shapes(where)
         if self.save_cells is not None and (not isinstance(self.save_cells, str) or not self.save_cells.strip()):
-            raise ConfigError(f"{where}: save_cells: expected all or globs over cell ids such as 'memit>*'; "
-                              f"got {describe_value(self.save_cells)}")
+            raise ConfigError(
+                f"{where}: save_cells: expected all or globs over cell ids such as 'memit>*'; "
+                f"got {describe_value(self.save_cells)}"
+            )
         if self.save_model is not None:
-            raise ConfigError(f"{where}: save_model is for a run; a sweep saves the final models of the cells "
-                              "--save-cells PATTERN names (all, or globs such as 'memit>*') into OUT/models/")
+            raise ConfigError(
+                f"{where}: save_model is for a run; a sweep saves the final models of the cells "
+                "--save-cells PATTERN names (all, or globs such as 'memit>*') into OUT/models/"
+            )
 
         def whole(key: str, minimum: int, optional: bool = False) -> None:
             v = getattr(self, key)
@@ -197,14 +214,25 @@ class SweepSettings(RunSettings):
                 raise ConfigError(f"{where}: {key}: expected a whole number >= {minimum}; got {describe_value(v)}")
 
         if self.vary is not None and not isinstance(self.vary, str):
-            raise ConfigError(f"{where}: vary: expected STEP.FIELD=v1,v2,... (e.g. wanda.sparsity=0.25,0.5); "
-                              f"got {describe_value(self.vary)}")
+            raise ConfigError(
+                f"{where}: vary: expected STEP.FIELD=v1,v2,... (e.g. wanda.sparsity=0.25,0.5); "
+                f"got {describe_value(self.vary)}"
+            )
         orders = self.orders
-        if orders is not None and not isinstance(orders, str) and not (
-                isinstance(orders, list) and all(isinstance(o, str) or (isinstance(o, list) and all(isinstance(x, str) for x in o))
-                                                 for o in orders)):
-            raise ConfigError(f"{where}: orders: expected all, 'a,b;b,a' or a list of orders such as [[a, b], [b, a]]; "
-                              f"got {describe_value(orders)}")
+        if (
+            orders is not None
+            and not isinstance(orders, str)
+            and not (
+                isinstance(orders, list)
+                and all(
+                    isinstance(o, str) or (isinstance(o, list) and all(isinstance(x, str) for x in o)) for o in orders
+                )
+            )
+        ):
+            raise ConfigError(
+                f"{where}: orders: expected all, 'a,b;b,a' or a list of orders such as [[a, b], [b, a]]; "
+                f"got {describe_value(orders)}"
+            )
         whole("replicates", 1)
         whole("topk", 0)
         whole("calibration_samples", 1, optional=True)
@@ -218,8 +246,10 @@ class SweepSettings(RunSettings):
         if self.snapshots not in SNAPSHOT_MODES:
             raise ConfigError(f"snapshots {self.snapshots!r} is not one of {', '.join(SNAPSHOT_MODES)}")
         if self.replicates > 1 and self.edits is None:
-            raise ConfigError(f"replicates={self.replicates} needs --edits N, the number of edit requests in each "
-                              "replicate's batch: without it every replicate would be the same cells")
+            raise ConfigError(
+                f"replicates={self.replicates} needs --edits N, the number of edit requests in each "
+                "replicate's batch: without it every replicate would be the same cells"
+            )
         if self.save_cells is not None:
             from lmcompose.engine.saving import match_cells
 
@@ -257,8 +287,16 @@ class SweepSettings(RunSettings):
 # --------------------------------------------------------------------------------------
 
 
-def sweep_cells(specs: Sequence[StepSpec], vary: Vary, orders: Sequence[tuple[int, ...]], groups: Sequence[Group],
-                policy: str, *, labels: Mapping[str, Any] | None = None, id_prefix: str = "") -> list[Cell]:
+def sweep_cells(
+    specs: Sequence[StepSpec],
+    vary: Vary,
+    orders: Sequence[tuple[int, ...]],
+    groups: Sequence[Group],
+    policy: str,
+    *,
+    labels: Mapping[str, Any] | None = None,
+    id_prefix: str = "",
+) -> list[Cell]:
     """The cells of one sweep: every order × varied value × group, each with its actions
     (resolved step configs, the policy's re-runs). Studies call this once per entry and
     dataset, with ``labels`` and an ``id_prefix`` that keep their cells apart."""
@@ -272,14 +310,26 @@ def sweep_cells(specs: Sequence[StepSpec], vary: Vary, orders: Sequence[tuple[in
         for value in vary.values:
             overrides = [dict(s.overrides) for s in specs]
             overrides[vary.index] = {**overrides[vary.index], vary.field: value}
-            keys = [canonical_key(n, config_to_dict(build_intervention(StepSpec(n, ov)).config))
-                    for n, ov in zip(names, overrides, strict=True)]
+            keys = [
+                canonical_key(n, config_to_dict(build_intervention(StepSpec(n, ov)).config))
+                for n, ov in zip(names, overrides, strict=True)
+            ]
             actions = Plan.actions(o, names, overrides, kinds, keys, has_project, policy)
             order_names = tuple(names[i] for i in o)
             for g in groups:
-                cells.append(Cell(f"{id_prefix}{'>'.join(order_names)}|{value}|r{g[1]}", order_names, value, g, actions,
-                                  dict(labels or {}), vary.label, vary.field,
-                                  knob.normalize(value) if knob is not None else None))
+                cells.append(
+                    Cell(
+                        f"{id_prefix}{'>'.join(order_names)}|{value}|r{g[1]}",
+                        order_names,
+                        value,
+                        g,
+                        actions,
+                        dict(labels or {}),
+                        vary.label,
+                        vary.field,
+                        knob.normalize(value) if knob is not None else None,
+                    )
+                )
     return cells
 
 
@@ -335,17 +385,33 @@ def sweep(
     check_cell_count(replicates * len(v.values) * len(order_list), "the sweep")
     metric_objs = resolve_metrics(metrics, metric_options)
     if replicates > 1 and not edits:
-        raise UsageError(f"replicates={replicates} without edit requests: every replicate would be the same cells; "
-                         "give edits (a batch per replicate), or replicates=1")
+        raise UsageError(
+            f"replicates={replicates} without edit requests: every replicate would be the same cells; "
+            "give edits (a batch per replicate), or replicates=1"
+        )
     batches = replicate_edits(edits, replicates)
     if any(build_intervention(s).kind == EDIT_KIND for s in specs) and not all(batches):
         raise UsageError("an edit step needs edit requests: pass --dataset NAME and --edits N (or edits= in Python)")
     ctx = ctx or Context(seed=seed)
     names = [s.name for s in specs]
     edit_batches = [[e.case_id for e in b] for b in batches]
-    run_id = run_id or hashlib.sha1(json.dumps(
-        [[str(s) for s in specs], str(v), [list(o) for o in order_list], replicates, seed, policy, edit_batches],
-        default=str).encode()).hexdigest()[:12]
+    run_id = (
+        run_id
+        or hashlib.sha1(
+            json.dumps(
+                [
+                    [str(s) for s in specs],
+                    str(v),
+                    [list(o) for o in order_list],
+                    replicates,
+                    seed,
+                    policy,
+                    edit_batches,
+                ],
+                default=str,
+            ).encode()
+        ).hexdigest()[:12]
+    )
     groups: list[Group] = [(None, r) for r in range(replicates)]
     plan = Plan(sweep_cells(specs, v, order_list, groups, policy), run_id=run_id, policy=policy)
     edits_by_group = {g: batches[g[1]] for g in groups}
@@ -365,10 +431,19 @@ def sweep(
         if folder is not None:
             inputs = run_inputs(lm, edits_by_group, ctx)
             folder.write_config(
-                inputs=inputs, steps_resolved=[str(s) for s in specs], vary=str(v),
-                orders=[[names[i] for i in o] for o in order_list], replicates=replicates, policy=policy, seed=seed,
-                snapshots=snapshots, cells=len(plan.cells), edit_batches=edit_batches,
-                model_fingerprint=inputs["model_fingerprint"], model_source=lm.source, versions=inputs["versions"],
+                inputs=inputs,
+                steps_resolved=[str(s) for s in specs],
+                vary=str(v),
+                orders=[[names[i] for i in o] for o in order_list],
+                replicates=replicates,
+                policy=policy,
+                seed=seed,
+                snapshots=snapshots,
+                cells=len(plan.cells),
+                edit_batches=edit_batches,
+                model_fingerprint=inputs["model_fingerprint"],
+                model_source=lm.source,
+                versions=inputs["versions"],
             )
             done = folder.done()
         if save is not None:
@@ -380,8 +455,17 @@ def sweep(
         if out_dir is not None and snapshots == "disk":
             snapshot_dir = out_dir / ".snapshots"
             snapshot_dir.mkdir(exist_ok=True)
-        executor = Executor(plan, lm, ctx, metric_objs, edits_by_group, snapshots=snapshots,
-                            snapshot_dir=snapshot_dir, topk=topk, save=save)
+        executor = Executor(
+            plan,
+            lm,
+            ctx,
+            metric_objs,
+            edits_by_group,
+            snapshots=snapshots,
+            snapshot_dir=snapshot_dir,
+            topk=topk,
+            save=save,
+        )
         with ctx.progress.task(f"sweep: {len(plan.cells)} cells", n_eval) as advance:
             for state in executor.run():
                 for row in state.rows:
@@ -399,7 +483,9 @@ def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tupl
     resolved = settings.resolved()
     run_id = sweep_id(resolved)
     out = settings.out or f"runs/sweep-{run_id}"
-    RunFolder(out, run_id, "sweep", {**resolved, "out": out}).open().close()  # refuse another run's folder before loading
+    RunFolder(
+        out, run_id, "sweep", {**resolved, "out": out}
+    ).open().close()  # refuse another run's folder before loading
 
     ctx = settings.context(progress)
     if settings.calibration_samples:
@@ -413,22 +499,54 @@ def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tupl
         if settings.dataset is None:
             ctx.note("no --dataset given: using the bundled sample edits (dataset 'records')")
         batches = [
-            load_edits(name, settings.dataset_source, settings.edits, settings.seed, replicate=r,
-                       skip_invalid=settings.skip_invalid, ctx=ctx)
+            load_edits(
+                name,
+                settings.dataset_source,
+                settings.edits,
+                settings.seed,
+                replicate=r,
+                skip_invalid=settings.skip_invalid,
+                ctx=ctx,
+            )
             for r in range(settings.replicates)
         ]
     lm = settings.load_model(ctx.progress)
     rows = sweep(
-        lm, settings.steps, vary=settings.vary or "", orders=settings.orders, edits=batches,
-        replicates=settings.replicates, out=out, policy=settings.policy, metrics=settings.metrics,
-        metric_options=settings.metric_options, seed=settings.seed, ctx=ctx, snapshots=settings.snapshots,
-        topk=settings.topk, run_id=run_id, config={**resolved, "out": out}, save_cells=settings.save_cells,
+        lm,
+        settings.steps,
+        vary=settings.vary or "",
+        orders=settings.orders,
+        edits=batches,
+        replicates=settings.replicates,
+        out=out,
+        policy=settings.policy,
+        metrics=settings.metrics,
+        metric_options=settings.metric_options,
+        seed=settings.seed,
+        ctx=ctx,
+        snapshots=settings.snapshots,
+        topk=settings.topk,
+        run_id=run_id,
+        config={**resolved, "out": out},
+        save_cells=settings.save_cells,
     )
     settings.out = out
     return rows, ctx
 
 
 __all__ = [
-    "Cell", "StepSpec", "SweepSettings", "Vary", "edits_digest", "make_vary", "parse_orders", "parse_vary", "run_inputs", "run_sweep",
-    "sweep", "sweep_cells", "sweep_id", "topk_next_tokens",
+    "Cell",
+    "StepSpec",
+    "SweepSettings",
+    "Vary",
+    "edits_digest",
+    "make_vary",
+    "parse_orders",
+    "parse_vary",
+    "run_inputs",
+    "run_sweep",
+    "sweep",
+    "sweep_cells",
+    "sweep_id",
+    "topk_next_tokens",
 ]

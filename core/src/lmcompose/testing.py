@@ -15,8 +15,8 @@ compression state), and its ``project()`` is idempotent and restores the constra
 the weights are disturbed.
 
 The module is registered under the ``pytest11`` entry point, so its fixtures
-(``tiny_lm``, ``tiny_edits``, ``shared_data``, ``offline_without_data``) are available in any test once lmcompose is installed. It
-imports torch only inside tests.
+(``tiny_lm``, ``tiny_edits``, ``shared_data``, ``offline_without_data``) are available in
+any test once lmcompose is installed. It imports torch only inside tests.
 """
 
 from __future__ import annotations
@@ -69,8 +69,10 @@ def subject_final_edits() -> list[Any]:
     from lmcompose.api import EditRecord
 
     pairs = [("The river town", "city"), ("Danny Glover", "country"), ("the Eiffel Tower", "water"), ("Berlin", "work")]
-    return [EditRecord(case_id=str(i), subject=s, prompt=f"What everyone says about {s}", target_new=t)
-            for i, (s, t) in enumerate(pairs)]
+    return [
+        EditRecord(case_id=str(i), subject=s, prompt=f"What everyone says about {s}", target_new=t)
+        for i, (s, t) in enumerate(pairs)
+    ]
 
 
 def argmax_hits(lm: LM, records: list[Any]) -> list[bool]:
@@ -194,8 +196,12 @@ class InterventionConformance:
             from lmcompose.compose import load_edits
 
             edits = load_edits("records", limit=self.n_edits, seed=seed)
-        return Context(seed=seed, edits=edits, calibration_samples=self.calibration_samples,
-                       calibration_seqlen=self.calibration_seqlen)
+        return Context(
+            seed=seed,
+            edits=edits,
+            calibration_samples=self.calibration_samples,
+            calibration_seqlen=self.calibration_seqlen,
+        )
 
     def model(self, arch: str, seed: int = 0) -> Any:
         from lmcompose.models.tiny import tiny_model
@@ -216,7 +222,9 @@ class InterventionConformance:
         assert cls.kind, "set `kind` (edit, prune, quantize, ...)"
         assert dataclasses.is_dataclass(cls.Config), "Config must be a dataclass"
         for f in dataclasses.fields(cls.Config):
-            assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, f"field {f.name} needs a default"
+            assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, (
+                f"field {f.name} needs a default"
+            )
             assert f.metadata.get("help"), f"field {f.name} needs metadata={{'help': ...}}"
         if cls.strength is not None:
             assert cls.strength.field in {f.name for f in dataclasses.fields(cls.Config)}

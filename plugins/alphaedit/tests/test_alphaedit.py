@@ -12,7 +12,9 @@ from lmcompose_alphaedit.presets import preset_for
 
 # Random tiny models: the target can become the argmax but never confident, so v* needs a
 # free delta (as in MEMIT's tests), and the ridge weight must be of the keys' scale.
-RANDOM_MODEL = "clamp_norm_factor=100,v_lr=0.2,v_num_grad_steps=40,v_weight_decay=0.001,stats_samples=8,stats_seqlen=64,l2=0.001"
+RANDOM_MODEL = (
+    "clamp_norm_factor=100,v_lr=0.2,v_num_grad_steps=40,v_weight_decay=0.001,stats_samples=8,stats_seqlen=64,l2=0.001"
+)
 
 
 class TestAlphaEditConformance(InterventionConformance):
@@ -68,8 +70,10 @@ def test_with_no_projection_it_is_ridge_regression():
     keys = torch.randn(12, 5, generator=g, dtype=torch.float64)
     resid = torch.randn(7, 5, generator=g, dtype=torch.float64)
     lam = 0.3
-    ours = alphaedit_delta(keys, resid, torch.eye(12, dtype=torch.float64), torch.zeros(12, 12, dtype=torch.float64), lam)
-    design = torch.cat([keys.T, lam ** 0.5 * torch.eye(12, dtype=torch.float64)])
+    ours = alphaedit_delta(
+        keys, resid, torch.eye(12, dtype=torch.float64), torch.zeros(12, 12, dtype=torch.float64), lam
+    )
+    design = torch.cat([keys.T, lam**0.5 * torch.eye(12, dtype=torch.float64)])
     target = torch.cat([resid.T, torch.zeros(12, 7, dtype=torch.float64)])
     direct = torch.linalg.lstsq(design, target).solution.T
     assert torch.allclose(ours, direct, atol=1e-10)
@@ -107,7 +111,11 @@ def test_sequential_batches_compose(editor, tmp_path):
 def test_empty_null_space_is_one_message_naming_threshold_and_range(tmp_path):
     lm = tiny_model("llama")
     step = build_intervention(parse_step(f"alphaedit:{RANDOM_MODEL},layers=0,nullspace_threshold=1e-12"))
-    with pytest.raises(ConfigError, match=r"nullspace_threshold=1e-12 leaves an empty null space: the eigenvalues .* lie in \[[-0-9.e]+, [0-9.e+-]+\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"nullspace_threshold=1e-12 leaves an empty null space: the eigenvalues .* lie in \[[-0-9.e]+, "
+        r"[0-9.e+-]+\]",
+    ):
         step.apply(lm, Context(edits=subject_final_edits(), cache_dir=tmp_path))
     with pytest.raises(ConfigError, match="nullspace_threshold=0"):
         build_intervention(parse_step("alphaedit:nullspace_threshold=0"))
@@ -115,7 +123,8 @@ def test_empty_null_space_is_one_message_naming_threshold_and_range(tmp_path):
         build_intervention(parse_step("alphaedit:batches=2,batch_size=2"))
     with pytest.raises(ConfigError, match="batches=9 but only 4 edits"):
         build_intervention(parse_step(f"alphaedit:{RANDOM_MODEL},batches=9")).apply(
-            lm, Context(edits=subject_final_edits(), cache_dir=tmp_path))
+            lm, Context(edits=subject_final_edits(), cache_dir=tmp_path)
+        )
 
 
 def test_presets_and_rule():

@@ -44,8 +44,14 @@ def test_folding_random_scales_keeps_the_model_exact(arch):
             kinds.add(grp.kind)
             fold_scales(lm, grp, torch.rand(lm.weight(grp.members[0]).shape[1], generator=gen) * 3 + 0.2)
     assert torch.allclose(logits(lm), before, atol=1e-4, rtol=1e-4)
-    expected = {"llama": {"norm", "up→down"}, "gemma3": {"norm", "up→down"}, "gpt_neox": {"norm"}, "gpt2": {"norm"},
-                "gptj": {"norm", "v→o"}, "opt": {"norm", "v→o"}}[arch]  # tiny llama/gemma3 use grouped-query attention
+    expected = {
+        "llama": {"norm", "up→down"},
+        "gemma3": {"norm", "up→down"},
+        "gpt_neox": {"norm"},
+        "gpt2": {"norm"},
+        "gptj": {"norm", "v→o"},
+        "opt": {"norm", "v→o"},
+    }[arch]  # tiny llama/gemma3 use grouped-query attention
     assert kinds == expected
 
 
@@ -55,8 +61,15 @@ def test_v_to_o_is_folded_without_grouped_query_attention():
     from lmcompose.models.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer()
-    cfg = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
-                         vocab_size=len(tok), max_position_embeddings=256)
+    cfg = tf.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=len(tok),
+        max_position_embeddings=256,
+    )
     torch.manual_seed(0)
     lm = LM(tf.AutoModelForCausalLM.from_config(cfg).eval(), tok, tiny_model("llama").arch)
     before = logits(lm)
@@ -158,8 +171,10 @@ def test_folding_changes_the_fingerprint_of_the_down_projection_inputs():
     try:
         from lmcompose.stats import input_fingerprint
     except ImportError:  # statistics service not present: the whole-model fingerprint
+
         def input_fingerprint(lm, _name):
             return lm.fingerprint()
+
     down = "model.layers.0.mlp.down_proj"
     lm = tiny_model("llama")
     before = input_fingerprint(lm, down)
@@ -184,7 +199,9 @@ def test_clip_qk_false_skips_the_query_and_key_clip(arch):
     assert not any(n.endswith(("v_proj", "o_proj")) for n in qk)
     for clip_qk in (False, True):
         lm = tiny_model(arch)
-        step = build_intervention(parse_step(f"awq:bits=3,group_size=16,scale_search=false,clip_qk={str(clip_qk).lower()}"))
+        step = build_intervention(
+            parse_step(f"awq:bits=3,group_size=16,scale_search=false,clip_qk={str(clip_qk).lower()}")
+        )
         step.apply(lm, ctx())
         for name in qk:
             plain = QuantGrid.fit(tiny_model(arch).weight(name).float(), 3, 16, False)

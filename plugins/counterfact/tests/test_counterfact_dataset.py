@@ -27,14 +27,25 @@ def test_easyedit_schema_has_10000_records(shared_data):
     recs = load_edits("counterfact", source=shared_data / "counterfact/counterfact-edit.json", seed=None)
     assert len(recs) == 10000
     first = recs[0]
-    assert (first.case_id, first.subject, first.target_new, first.target_true) == ("0", "Danielle Darrieux", "English", "French")
+    assert (first.case_id, first.subject, first.target_new, first.target_true) == (
+        "0",
+        "Danielle Darrieux",
+        "English",
+        "French",
+    )
     assert first.rephrases == ["Where Danielle Darrieux is from, people speak the language of"]
     assert first.locality[0].prompt == "Michel Rocard is a native speaker of" and first.locality[0].answer == "French"
 
 
 def test_both_files_agree_on_shared_cases(shared_data):
-    rome = {r.case_id: r for r in load_edits("counterfact", source=shared_data / "counterfact/counterfact_500.json", seed=None)}
-    easy = {r.case_id: r for r in load_edits("counterfact", source=shared_data / "counterfact/counterfact-edit.json", seed=None)}
+    rome = {
+        r.case_id: r
+        for r in load_edits("counterfact", source=shared_data / "counterfact/counterfact_500.json", seed=None)
+    }
+    easy = {
+        r.case_id: r
+        for r in load_edits("counterfact", source=shared_data / "counterfact/counterfact-edit.json", seed=None)
+    }
     shared = rome.keys() & easy.keys()
     assert len(shared) == 239
     for cid in shared:
@@ -61,7 +72,9 @@ def test_selection_is_seeded_and_replicates_are_disjoint(shared_data):
     a = [r.case_id for r in load_edits("counterfact", source=src, limit=50, seed=3)]
     assert a == [r.case_id for r in load_edits("counterfact", source=src, limit=50, seed=3)]
     assert a != [r.case_id for r in load_edits("counterfact", source=src, limit=50, seed=4)]
-    reps = [{r.case_id for r in load_edits("counterfact", source=src, limit=50, seed=3, replicate=k)} for k in range(10)]
+    reps = [
+        {r.case_id for r in load_edits("counterfact", source=src, limit=50, seed=3, replicate=k)} for k in range(10)
+    ]
     assert all(len(s) == 50 for s in reps)
     assert len(set().union(*reps)) == 500
     with pytest.raises(UsageError, match="replicate 10"):
@@ -69,9 +82,17 @@ def test_selection_is_seeded_and_replicates_are_disjoint(shared_data):
 
 
 def rome_record(**over):
-    rec = {"case_id": 1, "requested_rewrite": {"prompt": "{} is located in", "subject": "Angola",
-           "target_new": {"str": "Antarctica"}, "target_true": {"str": "Africa"}},
-           "paraphrase_prompts": ["Angola belongs to"], "neighborhood_prompts": ["Ghana is in"]}
+    rec = {
+        "case_id": 1,
+        "requested_rewrite": {
+            "prompt": "{} is located in",
+            "subject": "Angola",
+            "target_new": {"str": "Antarctica"},
+            "target_true": {"str": "Africa"},
+        },
+        "paraphrase_prompts": ["Angola belongs to"],
+        "neighborhood_prompts": ["Ghana is in"],
+    }
     rec["requested_rewrite"].update(over)
     return rec
 
@@ -82,16 +103,22 @@ def write(tmp_path, data, name="cf.json"):
     return p
 
 
-@pytest.mark.parametrize("data,message", [
-    ("", "is empty"),
-    ("{not json", "not valid JSON"),
-    ({"a": 1}, "JSON array"),
-    ([rome_record(prompt="Angola is located in")], "no '{}' placeholder"),
-    ([rome_record(target_new={"str": " "})], "'requested_rewrite.target_new.str' is empty"),
-    ([rome_record(subject="")], "'requested_rewrite.subject' is empty"),
-    ([{"case_id": 2, "prompt": "Ghana is in", "subject": "Angola", "target_new": "Asia"}], "does not occur in prompt"),
-    ([{"case_id": 3, "foo": 1}], "neither the ROME schema"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ("", "is empty"),
+        ("{not json", "not valid JSON"),
+        ({"a": 1}, "JSON array"),
+        ([rome_record(prompt="Angola is located in")], "no '{}' placeholder"),
+        ([rome_record(target_new={"str": " "})], "'requested_rewrite.target_new.str' is empty"),
+        ([rome_record(subject="")], "'requested_rewrite.subject' is empty"),
+        (
+            [{"case_id": 2, "prompt": "Ghana is in", "subject": "Angola", "target_new": "Asia"}],
+            "does not occur in prompt",
+        ),
+        ([{"case_id": 3, "foo": 1}], "neither the ROME schema"),
+    ],
+)
 def test_bad_input_names_file_record_and_field(tmp_path, data, message):
     path = write(tmp_path, data)
     with pytest.raises(DataError) as exc:

@@ -44,7 +44,9 @@ def test_lora_merge_gives_the_logits_of_the_unmerged_adapter():
     config = LoRAConfig(lr=0.01, rank=4)
     names = lora_targets(lm, ["mlp.down_proj", "mlp.up_proj"], [0, 1])
     peft_model = attach_lora(lm, config, names)
-    train_on_edits(lm, records, [p for n, p in peft_model.named_parameters() if "lora_" in n], 10, 0.01, 0.0, 1e-9, 4096)
+    train_on_edits(
+        lm, records, [p for n, p in peft_model.named_parameters() if "lora_" in n], 10, 0.01, 0.0, 1e-9, 4096
+    )
     ids = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         adapter = lm.model(ids).logits
@@ -85,7 +87,11 @@ def test_sequential_batches_compose(spec, tmp_path):
 def test_bad_inputs_are_one_message_each(tmp_path):
     lm = tiny_model("llama")
     ctx = Context(edits=subject_final_edits(), cache_dir=tmp_path)
-    with pytest.raises(ConfigError, match=r"target_modules: 'mlp.nope' matches no projection in layers \[0, 1\]; this model's projections are .*mlp.down_proj"):
+    with pytest.raises(
+        ConfigError,
+        match=r"target_modules: 'mlp.nope' matches no projection in layers \[0, 1\]; this model's projections are "
+        r".*mlp.down_proj",
+    ):
         build_intervention(parse_step("lora:target_modules=mlp.nope,layers=0+1")).apply(lm, ctx)
     assert not any("lora" in n for n, _ in lm.model.named_modules())  # nothing attached
     for bad in ("0", "-2"):

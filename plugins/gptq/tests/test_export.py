@@ -40,16 +40,19 @@ def perplexity(lm):
     return metric.compute(lm, Context())["perplexity"]
 
 
-@pytest.mark.parametrize(("steps", "fmt", "structure"), [
-    (["gptq:bits=4,group_size=32"], "int-quantized", None),  # asymmetric grids: int8 codes (what the loader reads)
-    (["gptq:bits=3,group_size=0,symmetric=true,act_order=true"], "pack-quantized", None),
-    (["awq:bits=4,group_size=16,n_grid=4"], "int-quantized", None),
-    (["rtn:bits=8,group_size=64,symmetric=true"], "pack-quantized", None),
-    (["magnitude:structure=2:4"], "dense", "2:4"),  # pruned only
-    (["magnitude:sparsity=0.5"], "dense", "unstructured"),
-    (["magnitude:structure=2:4", "rtn:bits=4,group_size=32,symmetric=true"], "pack-quantized", "2:4"),  # both
-    (["magnitude:sparsity=0.3", "gptq:bits=4,group_size=32"], "int-quantized", "unstructured"),
-])
+@pytest.mark.parametrize(
+    ("steps", "fmt", "structure"),
+    [
+        (["gptq:bits=4,group_size=32"], "int-quantized", None),  # asymmetric grids: int8 codes (what the loader reads)
+        (["gptq:bits=3,group_size=0,symmetric=true,act_order=true"], "pack-quantized", None),
+        (["awq:bits=4,group_size=16,n_grid=4"], "int-quantized", None),
+        (["rtn:bits=8,group_size=64,symmetric=true"], "pack-quantized", None),
+        (["magnitude:structure=2:4"], "dense", "2:4"),  # pruned only
+        (["magnitude:sparsity=0.5"], "dense", "unstructured"),
+        (["magnitude:structure=2:4", "rtn:bits=4,group_size=32,symmetric=true"], "pack-quantized", "2:4"),  # both
+        (["magnitude:sparsity=0.3", "gptq:bits=4,group_size=32"], "int-quantized", "unstructured"),
+    ],
+)
 def test_export_loads_with_plain_from_pretrained(steps, fmt, structure, tmp_path):
     from lmcompose.compose import compose
     from lmcompose.export import _NoMetrics, export_compressed_tensors
@@ -89,8 +92,12 @@ def test_pack_quantized_can_be_forced_for_asymmetric_grids(tmp_path):
     lm = tiny_model("llama")
     build_intervention(parse_step("rtn:bits=4,group_size=32")).apply(lm, ctx())
     export_compressed_tensors(lm, tmp_path / "ct", quantization_format="pack-quantized")
-    assert json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]["format"] == "pack-quantized"
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ct", quantization_config=CompressedTensorsConfig(dequantize=True))
+    assert (
+        json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]["format"] == "pack-quantized"
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "ct", quantization_config=CompressedTensorsConfig(dequantize=True)
+    )
     again = LM(model.eval(), AutoTokenizer.from_pretrained(tmp_path / "ct"), lm.arch)
     for name, _ in lm.linear_layers():
         assert torch.equal(again.weight(name), lm.weight(name)), name
@@ -103,10 +110,22 @@ def test_cli_exports_a_run_by_replaying_it(tmp_path):
     base = tiny_model("llama")
     base.save(tmp_path / "base")
     runner = CliRunner()
-    res = runner.invoke(app, ["run", str(tmp_path / "base"), "gptq:bits=4,group_size=32,n_samples=4,seqlen=32",
-                              "--metrics", "avg_bits", "--out", str(tmp_path / "run")])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            str(tmp_path / "base"),
+            "gptq:bits=4,group_size=32,n_samples=4,seqlen=32",
+            "--metrics",
+            "avg_bits",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["export", str(tmp_path / "run"), "--format", "compressed-tensors", "--out", str(tmp_path / "ct")])
+    res = runner.invoke(
+        app, ["export", str(tmp_path / "run"), "--format", "compressed-tensors", "--out", str(tmp_path / "ct")]
+    )
     assert res.exit_code == 0, res.output
     again = reload(tmp_path / "ct")
     expected = tiny_model("llama")
@@ -127,9 +146,26 @@ def test_cli_exports_a_saved_cell_of_a_sweep(tmp_path):
 
     tiny_model("llama").save(tmp_path / "base")
     runner = CliRunner()
-    res = runner.invoke(app, ["sweep", str(tmp_path / "base"), "magnitude", "rtn:group_size=32,symmetric=true",
-                              "--vary", "rtn.bits=8,4", "--orders", "magnitude,rtn", "--metrics", "perplexity",
-                              "--out", str(tmp_path / "sw"), "--save-cells", "*|4|*", "--no-plots"])
+    res = runner.invoke(
+        app,
+        [
+            "sweep",
+            str(tmp_path / "base"),
+            "magnitude",
+            "rtn:group_size=32,symmetric=true",
+            "--vary",
+            "rtn.bits=8,4",
+            "--orders",
+            "magnitude,rtn",
+            "--metrics",
+            "perplexity",
+            "--out",
+            str(tmp_path / "sw"),
+            "--save-cells",
+            "*|4|*",
+            "--no-plots",
+        ],
+    )
     assert res.exit_code == 0, res.output
     saved = tmp_path / "sw" / "models" / "magnitude-rtn__4__r0"
     assert sorted(p.name for p in (tmp_path / "sw" / "models").iterdir()) == [saved.name]
@@ -170,7 +206,9 @@ def test_clear_errors(tmp_path):
     assert not any(p.name.startswith((".tmp", "c")) for p in tmp_path.iterdir())
     with pytest.raises(UsageError, match="is not one of compressed-tensors"):
         export(tmp_path, tmp_path / "d", fmt="gguf")
-    with pytest.raises(UsageError, match="--quantization-format 'int4' is not one of auto, pack-quantized, int-quantized"):
+    with pytest.raises(
+        UsageError, match="--quantization-format 'int4' is not one of auto, pack-quantized, int-quantized"
+    ):
         export(tmp_path, tmp_path / "d", quantization_format="int4")
     with pytest.raises(ExportError, match="neither a run folder"):
         export(tmp_path, tmp_path / "e")

@@ -32,7 +32,9 @@ def correlated(n=512, d=64, seed=0):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
-@pytest.mark.parametrize("step", ["bits=4,group_size=32", "bits=3,group_size=16,act_order=true,symmetric=true", "bits=2,group_size=0"])
+@pytest.mark.parametrize(
+    "step", ["bits=4,group_size=32", "bits=3,group_size=16,act_order=true,symmetric=true", "bits=2,group_size=0"]
+)
 def test_every_weight_lies_on_its_grid_before_and_after_project(arch, step):
     lm = tiny_model(arch)
     gptq = build_intervention(parse_step(f"gptq:{step}"))
@@ -50,8 +52,14 @@ def test_every_weight_lies_on_its_grid_before_and_after_project(arch, step):
 
 
 @pytest.mark.parametrize("bits", [3, 4])
-@pytest.mark.parametrize("arch,name", [("llama", "model.layers.0.self_attn.q_proj"), ("llama", "model.layers.0.mlp.up_proj"),
-                                       ("gpt2", "transformer.h.0.attn.c_attn")])
+@pytest.mark.parametrize(
+    "arch,name",
+    [
+        ("llama", "model.layers.0.self_attn.q_proj"),
+        ("llama", "model.layers.0.mlp.up_proj"),
+        ("gpt2", "transformer.h.0.attn.c_attn"),
+    ],
+)
 def test_layer_output_error_below_rtn(bits, arch, name):
     lm = tiny_model(arch)
     x = capture_inputs(lm, name, ctx().calibration_batches(lm, 8, 64))
@@ -117,8 +125,14 @@ def test_the_result_says_whether_it_fell_back():
 
     x = torch.randn(64, 8)
     ok = gptq_quantize_result(torch.randn(4, 8), x.t() @ x, 4, 0, False, False, 128, 0.01, [], "a")
-    assert not ok.fell_back and ok.extra_tries == 0 and ok.damping == pytest.approx(0.01 * float(torch.diag(x.t() @ x).mean()))
-    bad = gptq_quantize_result(torch.randn(4, 2), torch.diag(torch.tensor([1.0, -1e6])), 4, 0, False, False, 128, 0.01, [], "b")
+    assert (
+        not ok.fell_back
+        and ok.extra_tries == 0
+        and ok.damping == pytest.approx(0.01 * float(torch.diag(x.t() @ x).mean()))
+    )
+    bad = gptq_quantize_result(
+        torch.randn(4, 2), torch.diag(torch.tensor([1.0, -1e6])), 4, 0, False, False, 128, 0.01, [], "b"
+    )
     assert bad.fell_back and bad.grid.bits == 4
 
 
@@ -164,9 +178,13 @@ def test_projections_sharing_an_input_are_quantized_as_if_alone(step):
     gptq.apply(lm, ctx())
     c = gptq.config
     for n in names:
-        grid = gptq_quantize(alone[n], h, c.bits, c.group_size, c.symmetric, c.act_order, c.blocksize, c.percdamp, [], n)
+        grid = gptq_quantize(
+            alone[n], h, c.bits, c.group_size, c.symmetric, c.act_order, c.blocksize, c.percdamp, [], n
+        )
         assert torch.allclose(lm.weight(n), alone[n], atol=1e-5), n
-        assert torch.allclose(gptq.grids[n].scale, grid.scale, atol=1e-6) and torch.equal(gptq.grids[n].zero, grid.zero), n
+        assert torch.allclose(gptq.grids[n].scale, grid.scale, atol=1e-6) and torch.equal(
+            gptq.grids[n].zero, grid.zero
+        ), n
 
 
 @pytest.mark.parametrize("act_order", [False, True])
@@ -206,9 +224,12 @@ def test_matches_the_textbook_column_by_column_algorithm(act_order):
 
 def test_true_sequential_calibrates_each_group_on_the_groups_before_it_quantized():
     one, seq = tiny_model("llama"), tiny_model("llama")
-    build_intervention(parse_step("gptq:bits=3,group_size=32")).apply(one, Context(calibration_samples=4, calibration_seqlen=32))
+    build_intervention(parse_step("gptq:bits=3,group_size=32")).apply(
+        one, Context(calibration_samples=4, calibration_seqlen=32)
+    )
     build_intervention(parse_step("gptq:bits=3,group_size=32,true_sequential=true")).apply(
-        seq, Context(calibration_samples=4, calibration_seqlen=32))
+        seq, Context(calibration_samples=4, calibration_seqlen=32)
+    )
     prefix = f"{one.arch.layers}.0."
     for suffix in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):  # the first group: same inputs
         assert torch.equal(one.weight(prefix + suffix), seq.weight(prefix + suffix)), suffix

@@ -34,7 +34,9 @@ def test_bundled_task_runs_on_the_model_in_memory():
 
 
 def test_unknown_task_names_the_closest():
-    with pytest.raises(ConfigError, match=r"task 'lmcompose_fact' is not in lm-eval's registry \(did you mean 'lmcompose_facts'"):
+    with pytest.raises(
+        ConfigError, match=r"task 'lmcompose_fact' is not in lm-eval's registry \(did you mean 'lmcompose_facts'"
+    ):
         LMEval(LMEvalConfig(tasks="lmcompose_fact"))
     with pytest.raises(ConfigError, match="tasks is empty"):
         LMEval(LMEvalConfig(tasks=" , "))
@@ -43,8 +45,12 @@ def test_unknown_task_names_the_closest():
 
 
 def test_flatten_keeps_the_task_metric_names():
-    got = flatten({"mmlu": {"alias": "mmlu", "acc,none": 0.5, "acc_stderr,none": 0.01},
-                   "gsm8k": {"exact_match,strict-match": 0.25, "acc_stderr,none": "N/A"}})
+    got = flatten(
+        {
+            "mmlu": {"alias": "mmlu", "acc,none": 0.5, "acc_stderr,none": 0.01},
+            "gsm8k": {"exact_match,strict-match": 0.25, "acc_stderr,none": "N/A"},
+        }
+    )
     assert got == {"gsm8k/exact_match,strict-match": 0.25, "mmlu/acc": 0.5, "mmlu/acc_stderr": 0.01}
 
 
@@ -55,14 +61,38 @@ def test_cli_run_with_lmeval_rows_and_a_bad_task(tmp_path):
     tiny_model("llama").save(tmp_path / "base")
     (tmp_path / "opts.yaml").write_text("metric_options: {lmeval: {limit: 4}}\n")
     runner = CliRunner()
-    res = runner.invoke(app, ["run", str(tmp_path / "base"), "magnitude:sparsity=0.5", "--metrics", "lmeval",
-                              "-c", str(tmp_path / "opts.yaml"), "--out", str(tmp_path / "run")])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            str(tmp_path / "base"),
+            "magnitude:sparsity=0.5",
+            "--metrics",
+            "lmeval",
+            "-c",
+            str(tmp_path / "opts.yaml"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all("lmcompose_facts/acc" in r for r in rows)
     (tmp_path / "bad.yaml").write_text("metric_options: {lmeval: {tasks: mmlu_nope_xyz}}\n")
-    res = runner.invoke(app, ["run", str(tmp_path / "base"), "magnitude", "--metrics", "lmeval",
-                              "-c", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "run2")])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            str(tmp_path / "base"),
+            "magnitude",
+            "--metrics",
+            "lmeval",
+            "-c",
+            str(tmp_path / "bad.yaml"),
+            "--out",
+            str(tmp_path / "run2"),
+        ],
+    )
     assert res.exit_code == 2 and "is not in lm-eval's registry" in res.output
     assert not (tmp_path / "run2").exists()
 

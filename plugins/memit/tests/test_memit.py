@@ -70,8 +70,10 @@ def test_split_tail_reproduces_the_model_logits(arch):
     z: the logits of every suffix position equal the whole model's, for right-padded
     suffixes of two lengths and for a subset of the rows; also past gemma3's sliding window."""
     lm = tiny_model(arch)
-    texts = ["The Eiffel Tower is located in the city of Paris, which is the capital of",
-             "Danny Glover is an actor who was born in the country of the United States and"]
+    texts = [
+        "The Eiffel Tower is located in the city of Paris, which is the capital of",
+        "Danny Glover is an actor who was born in the country of the United States and",
+    ]
     seqs = [lm.tokenizer(t).input_ids for t in texts]
     with torch.no_grad():
         full = [lm.model(torch.tensor([s])).logits[0] for s in seqs]
@@ -87,8 +89,9 @@ def test_split_tail_reproduces_the_model_logits(arch):
                 for k, r in enumerate(rows_here):
                     pos = torch.arange(len(cut[r]) - p)
                     with torch.no_grad():
-                        got = tail.logits(split.h0 if sel is None else split.h0[sel], torch.full_like(pos, k), pos,
-                                          split, sel)
+                        got = tail.logits(
+                            split.h0 if sel is None else split.h0[sel], torch.full_like(pos, k), pos, split, sel
+                        )
                     assert torch.allclose(got, full[r][p : len(cut[r])], atol=1e-5), (arch, z, p, r)
 
 
@@ -147,8 +150,12 @@ def test_kl_term_is_the_reference_direction():
 
 def test_keys_average_within_template_groups_then_across():
     # compute_ks: [["{}"], [generated...]]: the bare prompt weighs 1/2, the generated share 1/2
-    k = torch.tensor([[[6.0], [0.0], [3.0], [0.0]],  # edit 0: bare 6, generated 0, 3, 0
-                      [[1.0], [2.0], [2.0], [2.0]]])
+    k = torch.tensor(
+        [
+            [[6.0], [0.0], [3.0], [0.0]],  # edit 0: bare 6, generated 0, 3, 0
+            [[1.0], [2.0], [2.0], [2.0]],
+        ]
+    )
     keys = alg.template_key_mean(k.view(8, 1), n_edits=2, n_templates=4)
     assert keys.flatten().tolist() == [0.5 * 6 + 0.5 * 1.0, 0.5 * 1 + 0.5 * 2]
     assert alg.template_key_mean(k[:, :1].reshape(2, 1), 2, 1).flatten().tolist() == [6.0, 1.0]
@@ -180,9 +187,13 @@ def test_presets_and_rule():
 def test_bad_requests_are_clear_errors(tmp_path):
     lm = tiny_model("llama")
     with pytest.raises(ConfigError, match="layers"):
-        build_intervention(parse_step("memit:layers=5")).apply(lm, Context(edits=subject_final_edits(), cache_dir=tmp_path))
+        build_intervention(parse_step("memit:layers=5")).apply(
+            lm, Context(edits=subject_final_edits(), cache_dir=tmp_path)
+        )
     with pytest.raises(ConfigError, match="only 4 edits"):
-        build_intervention(parse_step("memit:n_edits=10")).apply(lm, Context(edits=subject_final_edits(), cache_dir=tmp_path))
+        build_intervention(parse_step("memit:n_edits=10")).apply(
+            lm, Context(edits=subject_final_edits(), cache_dir=tmp_path)
+        )
     with pytest.raises(DataError, match="needs edit requests"):
         build_intervention(parse_step("memit")).apply(lm, Context(cache_dir=tmp_path))
     with pytest.raises(ConfigError):
@@ -202,7 +213,11 @@ def test_statistics_are_cached_and_reused(tmp_path):
     lm = tiny_model("llama")
     records = subject_final_edits()[:1]
     ctx = Context(edits=records, cache_dir=tmp_path)
-    step = build_intervention(parse_step("memit:" + RANDOM_MODEL.replace("v_num_grad_steps=40", "v_num_grad_steps=2") + ",context_templates=1"))
+    step = build_intervention(
+        parse_step(
+            "memit:" + RANDOM_MODEL.replace("v_num_grad_steps=40", "v_num_grad_steps=2") + ",context_templates=1"
+        )
+    )
     assert step.apply(lm, ctx).details["stats_cached"] is False
     again = tiny_model("llama")
     assert step.apply(again, ctx).details["stats_cached"] is True
@@ -281,7 +296,9 @@ def test_gemma_spread_moves_the_residual_to_the_target(tmp_path):
         out = alg.module_values_at(lm, bare, f"{name}.{lm.arch.mlp_out}", "output", 4096)
         norm = lm.model.get_submodule(f"{name}.post_feedforward_layernorm")
         with torch.no_grad():
-            other = out + 2 * out.norm() * torch.nn.functional.normalize(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)), dim=-1)
+            other = out + 2 * out.norm() * torch.nn.functional.normalize(
+                torch.randn(out.shape, generator=torch.Generator().manual_seed(1)), dim=-1
+            )
             target = cur + norm(other) - norm(out)
         d_ff = lm.weight(f"{name}.{lm.arch.mlp_out}").shape[1]
         step.spread(lm, records, target, ["{}"], [1], 1e-6, {1: torch.eye(d_ff, dtype=torch.float64)})
@@ -309,7 +326,9 @@ def test_stats_from_base_uses_the_unmodified_models_statistics(tmp_path):
     assert stats_files() == dense  # nothing new: the base model's statistics served the compressed model
     name = f"{ctx.base_model.arch.layers}.0.mlp.down_proj"
     assert torch.equal(ctx.base_model.weight(name), tiny_model("llama").weight(name))  # kept unmodified
-    compose(tiny_model("llama"), ["magnitude", step], edits=records, metrics=["avg_bits"], ctx=Context(cache_dir=tmp_path))
+    compose(
+        tiny_model("llama"), ["magnitude", step], edits=records, metrics=["avg_bits"], ctx=Context(cache_dir=tmp_path)
+    )
     assert stats_files() > dense  # the default: statistics of the pruned model
     assert build_intervention(parse_step("memit:stats_from=base")).needs_base_model
     assert not build_intervention(parse_step("memit")).needs_base_model

@@ -28,8 +28,14 @@ def runs(client, **tags):
 
 
 def small(out):
-    return sweep(tiny_model("llama"), ["magnitude", "rtn:group_size=32"], vary="rtn.bits=8,4", out=out,
-                 metrics=["avg_bits"], run_id="sweep1")
+    return sweep(
+        tiny_model("llama"),
+        ["magnitude", "rtn:group_size=32"],
+        vary="rtn.bits=8,4",
+        out=out,
+        metrics=["avg_bits"],
+        run_id="sweep1",
+    )
 
 
 def test_a_sweep_is_one_mlflow_run_with_a_nested_run_per_cell(store, tmp_path):
@@ -42,7 +48,10 @@ def test_a_sweep_is_one_mlflow_run_with_a_nested_run_per_cell(store, tmp_path):
     assert {r.info.status for r in cells} == {"FINISHED"}
     one = next(r for r in cells if r.data.tags["lmcompose.cell"] == "magnitude>rtn|4|r0")
     history = store.get_metric_history(one.info.run_id, "avg_bits")
-    expected = [r["avg_bits"] for r in sorted((r for r in rows if r["cell"] == "magnitude>rtn|4|r0"), key=lambda r: r["position"])]
+    expected = [
+        r["avg_bits"]
+        for r in sorted((r for r in rows if r["cell"] == "magnitude>rtn|4|r0"), key=lambda r: r["position"])
+    ]
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1, 2]
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(expected)
     assert one.data.params["order"] == '["magnitude", "rtn"]' and one.data.params["strength"] == "4"

@@ -60,13 +60,16 @@ def test_multi_hop_accuracy_runs_on_mquake(offline_without_data):
     assert out["multi_hop_accuracy"] == 0.0  # a random model answers nothing right
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda c: c["requested_rewrite"][0].update(prompt="no placeholder"), r"requested_rewrite\[0\]\.prompt"),
-    (lambda c: c.update(questions=[]), "questions"),
-    (lambda c: c.update(new_answer=""), "'new_answer' is empty"),
-    (lambda c: c["requested_rewrite"][0]["target_new"].update(str=""), r"requested_rewrite\[0\]\.target_new\.str"),
-    (lambda c: c.pop("case_id"), "case_id"),
-])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda c: c["requested_rewrite"][0].update(prompt="no placeholder"), r"requested_rewrite\[0\]\.prompt"),
+        (lambda c: c.update(questions=[]), "questions"),
+        (lambda c: c.update(new_answer=""), "'new_answer' is empty"),
+        (lambda c: c["requested_rewrite"][0]["target_new"].update(str=""), r"requested_rewrite\[0\]\.target_new\.str"),
+        (lambda c: c.pop("case_id"), "case_id"),
+    ],
+)
 def test_bad_cases(tmp_path, offline_without_data, mutate, message):
     from lmcompose_mquake.dataset import MQuAKE
 

@@ -49,7 +49,14 @@ def test_n_m_pattern_in_every_group():
         assert float((lm.weight(name) == 0).float().mean()) == 0.5
 
 
-@pytest.mark.parametrize("arch,name", [("llama", "model.layers.0.self_attn.q_proj"), ("llama", "model.layers.0.mlp.up_proj"), ("gpt2", "transformer.h.0.attn.c_attn")])
+@pytest.mark.parametrize(
+    "arch,name",
+    [
+        ("llama", "model.layers.0.self_attn.q_proj"),
+        ("llama", "model.layers.0.mlp.up_proj"),
+        ("gpt2", "transformer.h.0.attn.c_attn"),
+    ],
+)
 @pytest.mark.parametrize("step", ["sparsity=0.5", "structure=2:4"])
 def test_reconstruction_error_below_magnitude(arch, name, step):
     lm = tiny_model(arch)
@@ -137,7 +144,10 @@ def test_projections_sharing_an_input_are_pruned_in_one_sweep_as_if_alone(monkey
     sgpt = build_intervention(parse_step(f"sparsegpt:{step}"))
     sgpt.apply(lm, ctx())
     c = sgpt.config
-    groups = [[f"model.layers.0.self_attn.{p}_proj" for p in "qkv"], [f"model.layers.0.mlp.{p}_proj" for p in ("gate", "up")]]
+    groups = [
+        [f"model.layers.0.self_attn.{p}_proj" for p in "qkv"],
+        [f"model.layers.0.mlp.{p}_proj" for p in ("gate", "up")],
+    ]
     seen = {where: (w0, h, rows) for where, w0, h, rows in calls}
     assert "model.layers.0.self_attn.o_proj" in seen and "model.layers.0.mlp.down_proj" in seen
     for group in groups:

@@ -45,7 +45,10 @@ def test_n_m_pattern():
         assert satisfies_n_of_m(lm.weight(name), 2, 4)
 
 
-@pytest.mark.parametrize("proj", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"])
+@pytest.mark.parametrize(
+    "proj",
+    ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
+)
 def test_mask_follows_the_wanda_score_on_layer0(proj):
     """Layer 0 sees the dense model's inputs: the mask is exactly the per-row lowest |W|·‖X‖
     (also for projections that share their input's statistics with another: k, v, up)."""
@@ -56,11 +59,20 @@ def test_mask_follows_the_wanda_score_on_layer0(proj):
     build_intervention(parse_step("wanda:sparsity=0.5")).apply(lm, ctx())
     scores = wanda_scores(w0, (x.double() ** 2).sum(0))
     k = w0.shape[1] // 2
-    expected_pruned = torch.zeros_like(w0, dtype=torch.bool).scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], True)
+    expected_pruned = torch.zeros_like(w0, dtype=torch.bool).scatter_(
+        1, torch.argsort(scores, dim=1, stable=True)[:, :k], True
+    )
     assert torch.equal(lm.weight(name) == 0, expected_pruned)
 
 
-@pytest.mark.parametrize("arch,name", [("llama", "model.layers.0.self_attn.q_proj"), ("llama", "model.layers.0.mlp.gate_proj"), ("opt", "model.decoder.layers.0.fc1")])
+@pytest.mark.parametrize(
+    "arch,name",
+    [
+        ("llama", "model.layers.0.self_attn.q_proj"),
+        ("llama", "model.layers.0.mlp.gate_proj"),
+        ("opt", "model.decoder.layers.0.fc1"),
+    ],
+)
 def test_reconstruction_error_below_magnitude(arch, name):
     """Real LLMs have a few input features with much larger norms (the reason Wanda works);
     give the tiny model's layer-0 norms such outliers (seeded log-normal gains)."""

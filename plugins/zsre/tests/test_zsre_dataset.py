@@ -37,19 +37,37 @@ def test_sample_offline(offline_without_data):
 
 def test_easyedit_flat_schema(tmp_path):
     p = tmp_path / "z.json"
-    p.write_text(json.dumps([{"prompt": "What river flows through Vienna?", "subject": "Vienna", "target_new": "Rhine",
-                              "ground_truth": ["Danube"], "rephrase_prompt": "Which river runs through Vienna?",
-                              "locality_prompt": "nq question: who wrote hamlet", "locality_ground_truth": ["Shakespeare"]}]))
+    p.write_text(
+        json.dumps(
+            [
+                {
+                    "prompt": "What river flows through Vienna?",
+                    "subject": "Vienna",
+                    "target_new": "Rhine",
+                    "ground_truth": ["Danube"],
+                    "rephrase_prompt": "Which river runs through Vienna?",
+                    "locality_prompt": "nq question: who wrote hamlet",
+                    "locality_ground_truth": ["Shakespeare"],
+                }
+            ]
+        )
+    )
     r = load_edits("zsre", source=p)[0]
     assert (r.target_new, r.target_true, r.locality[0].answer, r.case_id) == ("Rhine", "Danube", "Shakespeare", "0")
 
 
-@pytest.mark.parametrize("record,message", [
-    ({"subject": "Vienna", "src": "What river?", "answers": ["Danube"], "alt": "Rhine"}, "does not occur in prompt"),
-    ({"subject": "Vienna", "src": "Vienna river?", "answers": [], "alt": "Rhine"}, "'answers'"),
-    ({"subject": "Vienna", "src": "Vienna river?", "answers": ["Danube"], "alt": ""}, "'alt' is empty"),
-    ({"subject": "Vienna", "src": "Vienna river?", "answers": ["Danube"]}, "missing field 'alt'"),
-])
+@pytest.mark.parametrize(
+    "record,message",
+    [
+        (
+            {"subject": "Vienna", "src": "What river?", "answers": ["Danube"], "alt": "Rhine"},
+            "does not occur in prompt",
+        ),
+        ({"subject": "Vienna", "src": "Vienna river?", "answers": [], "alt": "Rhine"}, "'answers'"),
+        ({"subject": "Vienna", "src": "Vienna river?", "answers": ["Danube"], "alt": ""}, "'alt' is empty"),
+        ({"subject": "Vienna", "src": "Vienna river?", "answers": ["Danube"]}, "missing field 'alt'"),
+    ],
+)
 def test_bad_records(tmp_path, record, message):
     p = tmp_path / "z.json"
     p.write_text(json.dumps([record]))

@@ -12,7 +12,8 @@ from lmcompose.errors import DataError
 
 
 class Records(JsonEditDataset):
-    """Edit requests already in lmcompose's EditRecord schema (JSON array or JSONL); default: the bundled sample of 20 counterfactual facts."""
+    """Edit requests already in lmcompose's EditRecord schema (JSON array or JSONL); default:
+    the bundled sample of 20 counterfactual facts."""
 
     name = "records"
 

@@ -3,5 +3,13 @@ from lmcompose.hookspecs import hookimpl
 
 @hookimpl
 def register_interventions(register):
-    register("lmcompose.interventions.magnitude.intervention:Magnitude", name="magnitude", summary="magnitude pruning, unstructured or N:M (kind prune)")
-    register("lmcompose.interventions.rtn.intervention:RTN", name="rtn", summary="round-to-nearest weight quantization (kind quantize)")
+    register(
+        "lmcompose.interventions.magnitude.intervention:Magnitude",
+        name="magnitude",
+        summary="magnitude pruning, unstructured or N:M (kind prune)",
+    )
+    register(
+        "lmcompose.interventions.rtn.intervention:RTN",
+        name="rtn",
+        summary="round-to-nearest weight quantization (kind quantize)",
+    )

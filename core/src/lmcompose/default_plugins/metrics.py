@@ -3,7 +3,23 @@ from lmcompose.hookspecs import hookimpl
 
 @hookimpl
 def register_metrics(register):
-    register("lmcompose.metrics.perplexity:Perplexity", name="perplexity", summary="perplexity and mean token NLL on wikitext-2 test")
-    register("lmcompose.metrics.compression:AverageBits", name="avg_bits", summary="average bits per weight, sparsity, parameter bytes")
-    register("lmcompose.metrics.compression:Flops", name="flops", summary="FLOPs of a 1x128 forward pass scaled by density; latency")
-    register("lmcompose.metrics.edits:EditMetrics", name="edit", summary="edit success, generalization, locality (f1/accuracy/prob/drift), edit NLL")
+    register(
+        "lmcompose.metrics.perplexity:Perplexity",
+        name="perplexity",
+        summary="perplexity and mean token NLL on wikitext-2 test",
+    )
+    register(
+        "lmcompose.metrics.compression:AverageBits",
+        name="avg_bits",
+        summary="average bits per weight, sparsity, parameter bytes",
+    )
+    register(
+        "lmcompose.metrics.compression:Flops",
+        name="flops",
+        summary="FLOPs of a 1x128 forward pass scaled by density; latency",
+    )
+    register(
+        "lmcompose.metrics.edits:EditMetrics",
+        name="edit",
+        summary="edit success, generalization, locality (f1/accuracy/prob/drift), edit NLL",
+    )

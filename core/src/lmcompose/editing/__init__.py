@@ -30,13 +30,64 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    **dict.fromkeys(['EditHParams', 'LLAMA_LIKE', 'VSTAR_HPARAMS', 'LocateEditConfig', 'Preset', 'check_edit_selection',
-                     'VStarSettings', 'check_layers_exist', 'rule_layers', 'select_edits'], 'config'),
-    **dict.fromkeys(['PrefixKV', 'SplitGroup', 'Tail', 'compute_context', 'module_io', 'module_values_at', 'residual_after', 'residual_entering', 'split_forward'], 'forward'),
-    **dict.fromkeys(['LocateThenEdit'], 'editor'),
-    **dict.fromkeys(['bare_rows', 'edit_keys', 'iter_batches', 'match_preset', 'model_shape', 'spread_residual', 'template_key_mean', 'through_post_norm'], 'locate'),
-    **dict.fromkeys(['Row', 'key_rows', 'length_groups', 'pad_id', 'pad_right', 'prefix_groups', 'rewrite_rows', 'subject_last_index', 'target_ids'], 'rows'),
-    **dict.fromkeys(['STARTERS', 'VStarResult', 'context_templates', 'kl_term', 'optimize_vstar', 'row_adam'], 'vstar'),
+    **dict.fromkeys(
+        [
+            "EditHParams",
+            "LLAMA_LIKE",
+            "VSTAR_HPARAMS",
+            "LocateEditConfig",
+            "Preset",
+            "check_edit_selection",
+            "VStarSettings",
+            "check_layers_exist",
+            "rule_layers",
+            "select_edits",
+        ],
+        "config",
+    ),
+    **dict.fromkeys(
+        [
+            "PrefixKV",
+            "SplitGroup",
+            "Tail",
+            "compute_context",
+            "module_io",
+            "module_values_at",
+            "residual_after",
+            "residual_entering",
+            "split_forward",
+        ],
+        "forward",
+    ),
+    **dict.fromkeys(["LocateThenEdit"], "editor"),
+    **dict.fromkeys(
+        [
+            "bare_rows",
+            "edit_keys",
+            "iter_batches",
+            "match_preset",
+            "model_shape",
+            "spread_residual",
+            "template_key_mean",
+            "through_post_norm",
+        ],
+        "locate",
+    ),
+    **dict.fromkeys(
+        [
+            "Row",
+            "key_rows",
+            "length_groups",
+            "pad_id",
+            "pad_right",
+            "prefix_groups",
+            "rewrite_rows",
+            "subject_last_index",
+            "target_ids",
+        ],
+        "rows",
+    ),
+    **dict.fromkeys(["STARTERS", "VStarResult", "context_templates", "kl_term", "optimize_vstar", "row_adam"], "vstar"),
 }
 
 __all__ = sorted(_WHERE)

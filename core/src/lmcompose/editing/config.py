@@ -34,13 +34,20 @@ def select_edits(step: str, edits: list[Any], n_edits: int | None, batches: int)
     than the run has, or more ``batches`` than edits."""
     records = list(edits)
     if not records:
-        raise DataError(f"step '{step}' needs edit requests: pass --dataset (and --edits N), or use the bundled 'records'")
+        raise DataError(
+            f"step '{step}' needs edit requests: pass --dataset (and --edits N), or use the bundled 'records'"
+        )
     if n_edits is not None:
         if n_edits > len(records):
-            raise ConfigError(f"step '{step}': n_edits={n_edits} but the run has only {len(records)} edits; pass --edits {n_edits} or more")
+            raise ConfigError(
+                f"step '{step}': n_edits={n_edits} but the run has only {len(records)} edits; pass --edits {n_edits} "
+                f"or more"
+            )
         records = records[:n_edits]
     if batches > len(records):
-        raise ConfigError(f"step '{step}': batches={batches} but only {len(records)} edits; use at most {len(records)} batches")
+        raise ConfigError(
+            f"step '{step}': batches={batches} but only {len(records)} edits; use at most {len(records)} batches"
+        )
     return records
 
 
@@ -61,7 +68,9 @@ class VStarSettings:
             return values
         missing = [f.name for f in fields(cls) if f.name not in values]
         if missing:
-            raise ConfigError(f"v* settings lack {', '.join(missing)}: give every one of {', '.join(f.name for f in fields(cls))}")
+            raise ConfigError(
+                f"v* settings lack {', '.join(missing)}: give every one of {', '.join(f.name for f in fields(cls))}"
+            )
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
@@ -126,51 +135,94 @@ class LocateEditConfig:
 
     n_edits: int | None = field(
         default=None,
-        metadata={"help": "edits to apply: the first N of the run's edit set (default: all of them); the strength knob"},
+        metadata={
+            "help": "edits to apply: the first N of the run's edit set (default: all of them); the strength knob"
+        },
     )
     layers: list[int] | None = field(
         default=None,
-        metadata={"help": "decoder layers whose MLP output projection is edited, e.g. 3+4+5+6+7 (default: the model's preset)"},
+        metadata={
+            "help": "decoder layers whose MLP output projection is edited, e.g. 3+4+5+6+7 (default: the model's preset)"
+        },
     )
-    v_num_grad_steps: int | None = field(default=None, metadata={"help": "most optimisation steps for v* (MEMIT: 25)", "range": (1, 10000)})
+    v_num_grad_steps: int | None = field(
+        default=None, metadata={"help": "most optimisation steps for v* (MEMIT: 25)", "range": (1, 10000)}
+    )
     v_lr: float | None = field(default=None, metadata={"help": "Adam learning rate for v* (MEMIT: 0.5)"})
-    v_weight_decay: float | None = field(default=None, metadata={"help": "weight on |delta| / |h|^2 in the v* loss (MEMIT GPT-J: 0.5)"})
+    v_weight_decay: float | None = field(
+        default=None, metadata={"help": "weight on |delta| / |h|^2 in the v* loss (MEMIT GPT-J: 0.5)"}
+    )
     clamp_norm_factor: float | None = field(
-        default=None, metadata={"help": "|delta| is clamped to this times |h| at the edited position (MEMIT GPT-J: 0.75)"},
+        default=None,
+        metadata={"help": "|delta| is clamped to this times |h| at the edited position (MEMIT GPT-J: 0.75)"},
     )
-    kl_factor: float | None = field(default=None, metadata={"help": "weight of the KL term on '{subject} is a' (MEMIT: 0.0625)"})
-    early_stop_loss: float = field(default=5e-2, metadata={"help": "an edit stops optimising once its v* loss is below this"})
+    kl_factor: float | None = field(
+        default=None, metadata={"help": "weight of the KL term on '{subject} is a' (MEMIT: 0.0625)"}
+    )
+    early_stop_loss: float = field(
+        default=5e-2, metadata={"help": "an edit stops optimising once its v* loss is below this"}
+    )
     context_templates: int = field(
-        default=5, metadata={"help": "generated context prefixes (one per starter word, 10 tokens) besides the bare prompt", "range": (0, 50)},
+        default=5,
+        metadata={
+            "help": "generated context prefixes (one per starter word, 10 tokens) besides the bare prompt",
+            "range": (0, 50),
+        },
     )
-    template_tokens: int = field(default=10, metadata={"help": "length of each generated context prefix in tokens", "range": (1, 64)})
+    template_tokens: int = field(
+        default=10, metadata={"help": "length of each generated context prefix in tokens", "range": (1, 64)}
+    )
     batch_size: int = field(
-        default=0, metadata={"help": "edits per batch; 0 = all at once (batches run one after another)", "range": (0, 1 << 20)},
+        default=0,
+        metadata={"help": "edits per batch; 0 = all at once (batches run one after another)", "range": (0, 1 << 20)},
     )
     batches: int = field(
         default=0,
-        metadata={"help": "split the edits into this many batches applied one after another (sequential editing); 0 = use batch_size",
-                  "range": (0, 1 << 20), "since": "0.3"},
+        metadata={
+            "help": "split the edits into this many batches applied one after another (sequential editing); 0 = use "
+            "batch_size",
+            "range": (0, 1 << 20),
+            "since": "0.3",
+        },
     )
-    stats_samples: int = field(default=200, metadata={"help": "corpus windows for the covariance statistics", "range": (1, 1 << 20)})
-    stats_seqlen: int = field(default=512, metadata={"help": "tokens per statistics window (capped at the model's context)", "range": (2, 1 << 20)})
-    stats_seed: int = field(default=0, metadata={"help": "seed of the statistics windows (fixed so the cache is shared across runs)"})
+    stats_samples: int = field(
+        default=200, metadata={"help": "corpus windows for the covariance statistics", "range": (1, 1 << 20)}
+    )
+    stats_seqlen: int = field(
+        default=512,
+        metadata={"help": "tokens per statistics window (capped at the model's context)", "range": (2, 1 << 20)},
+    )
+    stats_seed: int = field(
+        default=0, metadata={"help": "seed of the statistics windows (fixed so the cache is shared across runs)"}
+    )
     stats_from: Literal["model", "base"] = field(
         default="model",
-        metadata={"help": "covariance statistics of the model being edited (model), or of the unmodified base model whatever came before (base: the paper's code, which cached them by model name)"},
+        metadata={
+            "help": "covariance statistics of the model being edited (model), or of the unmodified base model "
+            "whatever came before (base: the paper's code, which cached them by model name)"
+        },
     )
     max_batch_tokens: int = field(
-        default=4096, metadata={"help": "padded tokens per forward pass in v* optimisation and key computation", "range": (16, 1 << 24)},
+        default=4096,
+        metadata={
+            "help": "padded tokens per forward pass in v* optimisation and key computation",
+            "range": (16, 1 << 24),
+        },
     )
     compute_dtype: Literal["auto", "float32", "bfloat16"] = field(
         default="auto",
-        metadata={"help": "autocast for v* and keys: auto = bfloat16 on GPU, the model's dtype on CPU; statistics and the solve stay float32/float64"},
+        metadata={
+            "help": "autocast for v* and keys: auto = bfloat16 on GPU, the model's dtype on CPU; statistics and the "
+            "solve stay float32/float64"
+        },
     )
 
     def __post_init__(self) -> None:
         check_edit_selection(self.n_edits, self.layers)
         if self.batches and self.batch_size:
-            raise ConfigError(f"batches={self.batches} and batch_size={self.batch_size}: give one of them (the other stays 0)")
+            raise ConfigError(
+                f"batches={self.batches} and batch_size={self.batch_size}: give one of them (the other stays 0)"
+            )
         positive = ("v_lr", "clamp_norm_factor")
         for name in positive:
             v = getattr(self, name)

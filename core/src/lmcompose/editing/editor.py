@@ -93,10 +93,18 @@ class LocateThenEdit(Intervention):
             if ctx.base_model is not None:
                 stats_lm = ctx.base_model
             else:
-                ctx.note(f"{self.name}: stats_from=base but no base model in the context (apply() called directly); "
-                         "statistics from the model being edited")
-        stats = second_moments(stats_lm, list(out_names.values()), windows, ctx.stats_dir(), progress=ctx.progress,
-                               description=f"{self.name} covariance statistics")
+                ctx.note(
+                    f"{self.name}: stats_from=base but no base model in the context (apply() called directly); "
+                    "statistics from the model being edited"
+                )
+        stats = second_moments(
+            stats_lm,
+            list(out_names.values()),
+            windows,
+            ctx.stats_dir(),
+            progress=ctx.progress,
+            description=f"{self.name} covariance statistics",
+        )
         timings["stats_s"] = time.perf_counter() - t0
         stats_cached = all(s["cached"] for s in stats.values())
         t0 = time.perf_counter()
@@ -117,8 +125,9 @@ class LocateThenEdit(Intervention):
             batch = [records[i] for i in idx]
             t0 = time.perf_counter()
             with ctx.progress.task(f"{self.name} v* ({len(batch)} edits)", hp.v_num_grad_steps) as advance:
-                vs = optimize_vstar(lm, batch, templates, z, hp, c.early_stop_loss, c.max_batch_tokens,
-                                    c.compute_dtype, advance)
+                vs = optimize_vstar(
+                    lm, batch, templates, z, hp, c.early_stop_loss, c.max_batch_tokens, c.compute_dtype, advance
+                )
             timings["vstar_s"] += time.perf_counter() - t0
             vstar_steps += vs.steps
             first_loss += vs.first_loss
@@ -134,20 +143,32 @@ class LocateThenEdit(Intervention):
             timings["update_s"] += time.perf_counter() - t0
 
         rep = self.report(
-            n_edits=len(records), layers=layers, hparams=hp.as_dict(), hparams_source=source, batches=len(batches),
-            templates=templates, stats_tokens=int(next(iter(stats.values()))["tokens"]), stats_cached=stats_cached,
+            n_edits=len(records),
+            layers=layers,
+            hparams=hp.as_dict(),
+            hparams_source=source,
+            batches=len(batches),
+            templates=templates,
+            stats_tokens=int(next(iter(stats.values()))["tokens"]),
+            stats_cached=stats_cached,
             stats_fingerprints={n: s["fingerprint"] for n, s in stats.items()},
-            vstar_forward_steps=forward_steps, vstar_steps_mean=sum(vstar_steps) / len(vstar_steps),
-            vstar_steps_max=max(vstar_steps), vstar_tokens_first_step=tokens_first,
-            vstar_loss_first=sum(first_loss) / len(first_loss), vstar_loss_final=sum(final_loss) / len(final_loss),
+            vstar_forward_steps=forward_steps,
+            vstar_steps_mean=sum(vstar_steps) / len(vstar_steps),
+            vstar_steps_max=max(vstar_steps),
+            vstar_tokens_first_step=tokens_first,
+            vstar_loss_first=sum(first_loss) / len(first_loss),
+            vstar_loss_final=sum(final_loss) / len(final_loss),
             vstar_converged=sum(1 for x in final_loss if x < c.early_stop_loss),
-            update_norms=update_norms, **method_details, **{k: round(v, 3) for k, v in timings.items()},
+            update_norms=update_norms,
+            **method_details,
+            **{k: round(v, 3) for k, v in timings.items()},
         )
         rep.elapsed_s = time.perf_counter() - start
         return rep
 
-    def write(self, lm: LM, batch: Sequence[Any], targets: torch.Tensor, templates: Sequence[str],
-              layers: Sequence[int]) -> dict[str, float]:
+    def write(
+        self, lm: LM, batch: Sequence[Any], targets: torch.Tensor, templates: Sequence[str], layers: Sequence[int]
+    ) -> dict[str, float]:
         """Spread one batch's v* targets over ``layers`` with this method's ``solve``."""
         from lmcompose.editing.locate import spread_residual
 

@@ -28,8 +28,9 @@ def compute_context(lm: LM, compute_dtype: str) -> contextlib.AbstractContextMan
 
 
 @torch.no_grad()
-def module_io(lm: LM, module: Any, ids: torch.Tensor, which: str, compute_dtype: str = "auto",
-              **forward: Any) -> torch.Tensor:
+def module_io(
+    lm: LM, module: Any, ids: torch.Tensor, which: str, compute_dtype: str = "auto", **forward: Any
+) -> torch.Tensor:
     """The input (``which='input'``) or output of ``module`` for a forward of ``ids``,
     stopped right there; ``forward`` goes to the model (default ``use_cache=False``)."""
     got: dict[str, torch.Tensor] = {}
@@ -57,8 +58,9 @@ def module_io(lm: LM, module: Any, ids: torch.Tensor, which: str, compute_dtype:
 
 
 @torch.no_grad()
-def module_values_at(lm: LM, rows: Sequence[Row], module_name: str, which: str, max_tokens: int,
-                     compute_dtype: str = "auto") -> torch.Tensor:
+def module_values_at(
+    lm: LM, rows: Sequence[Row], module_name: str, which: str, max_tokens: int, compute_dtype: str = "auto"
+) -> torch.Tensor:
     """The input (``which='input'``) or output of ``module_name`` at each row's lookup
     token, float32 (rows, features). The forward stops at that module."""
     module = lm.model.get_submodule(module_name)
@@ -107,8 +109,14 @@ class Tail:
             self._calls[width] = layer_call_arguments(self.lm, ids)[self.z + 1 :]
         return self._calls[width]
 
-    def logits(self, h: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
-               split: SplitGroup | None = None, sel: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(
+        self,
+        h: torch.Tensor,
+        rows: torch.Tensor,
+        positions: torch.Tensor,
+        split: SplitGroup | None = None,
+        sel: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits (len(rows), vocab) at (rows[k], positions[k]) of hidden states ``h``
         (batch, width, hidden) that enter layer z+1. With ``split``, ``h`` are suffixes
         (rows ``sel`` of the group) that attend to the group's kept prefix."""
@@ -177,7 +185,9 @@ def _is_cache(value: Any) -> bool:
 
 
 @torch.no_grad()
-def split_forward(lm: LM, z: int, prefix: torch.Tensor, suffix: torch.Tensor, compute_dtype: str = "auto") -> SplitGroup:
+def split_forward(
+    lm: LM, z: int, prefix: torch.Tensor, suffix: torch.Tensor, compute_dtype: str = "auto"
+) -> SplitGroup:
     """Run ``prefix`` (rows, p) with a cache, then ``suffix`` (rows, s) after it up to the
     output of decoder layer ``z``; keep the prefix keys and values of the layers above z
     and the layer arguments of one row's suffix."""
@@ -208,9 +218,12 @@ def split_forward(lm: LM, z: int, prefix: torch.Tensor, suffix: torch.Tensor, co
             def hook(_module, args, kwargs):
                 kept = {k: CACHE if _is_cache(v) else v for k, v in kwargs.items() if k != "hidden_states"}
                 calls[j] = (tuple(CACHE if _is_cache(a) else a for a in args[1:]), kept)
+
             return hook
 
-        handles = [layer.register_forward_pre_hook(keep(j), with_kwargs=True) for j, layer in enumerate(layers[z + 1 :])]
+        handles = [
+            layer.register_forward_pre_hook(keep(j), with_kwargs=True) for j, layer in enumerate(layers[z + 1 :])
+        ]
         try:
             one = prefilled(prefix[:1])
             lm.model(suffix[:1].to(dev), use_cache=True, **{name: one})

@@ -101,21 +101,38 @@ def iter_batches(n: int, size: int, count: int = 0) -> Iterator[range]:
 
 def bare_rows(tok: Any, records: Sequence[Any]) -> list[Row]:
     """One row per edit: its prompt, looked up at the subject's last token."""
-    return [Row(*subject_last_index(tok, r.prompt, r.prompt.index(r.subject) + len(r.subject)), e)
-            for e, r in enumerate(records)]
+    return [
+        Row(*subject_last_index(tok, r.prompt, r.prompt.index(r.subject) + len(r.subject)), e)
+        for e, r in enumerate(records)
+    ]
 
 
-def edit_keys(lm: LM, records: Sequence[Any], templates: Sequence[str], module_name: str, max_tokens: int,
-              compute_dtype: str = "auto") -> torch.Tensor:
+def edit_keys(
+    lm: LM,
+    records: Sequence[Any],
+    templates: Sequence[str],
+    module_name: str,
+    max_tokens: int,
+    compute_dtype: str = "auto",
+) -> torch.Tensor:
     """Each edit's key at ``module_name`` (its input at the subject's last token, averaged over
     the templates as MEMIT's compute_ks): (edits, d_in), float32."""
-    k_all = module_values_at(lm, key_rows(lm.tokenizer, records, templates), module_name, "input", max_tokens, compute_dtype)
+    k_all = module_values_at(
+        lm, key_rows(lm.tokenizer, records, templates), module_name, "input", max_tokens, compute_dtype
+    )
     return template_key_mean(k_all, len(records), len(templates))
 
 
-def spread_residual(lm: LM, batch: Sequence[Any], targets: torch.Tensor, templates: Sequence[str], layers: Sequence[int],
-                    solve: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor], max_tokens: int,
-                    compute_dtype: str = "auto") -> dict[str, float]:
+def spread_residual(
+    lm: LM,
+    batch: Sequence[Any],
+    targets: torch.Tensor,
+    templates: Sequence[str],
+    layers: Sequence[int],
+    solve: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+    max_tokens: int,
+    compute_dtype: str = "auto",
+) -> dict[str, float]:
     """Write the v* ``targets`` (edits x hidden, at the output of the last edit layer) into the
     MLP output projections of ``layers`` (MEMIT Alg. 1, lines 7-13): for each layer from the
     bottom, its keys K (d_in, n) and its share R (d_out, n) of the residual still missing go
@@ -158,7 +175,9 @@ def model_shape(lm: LM) -> tuple[str, int, int, int]:
     return str(cfg.model_type), int(layers), int(hidden), int(d_ff)
 
 
-def match_preset(lm: LM, presets: Sequence[Preset], rule: Callable[[int, str, int], dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+def match_preset(
+    lm: LM, presets: Sequence[Preset], rule: Callable[[int, str, int], dict[str, Any]]
+) -> tuple[str, dict[str, Any]]:
     """(where the values come from, the values) for ``lm``: the preset of its shape, else
     ``rule(num_layers, model_type, d_ff)``."""
     model_type, layers, hidden, d_ff = model_shape(lm)

@@ -69,8 +69,18 @@ class VStarResult:
     tokens_first_step: int
 
 
-def row_adam(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, t: torch.Tensor,
-          lr: float, active: torch.Tensor, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> None:
+def row_adam(
+    p: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    t: torch.Tensor,
+    lr: float,
+    active: torch.Tensor,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> None:
     """torch.optim.Adam's update, per row, on the ``active`` rows only."""
     a = active
     t[a] += 1
@@ -82,8 +92,17 @@ def row_adam(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
     p[a] = p[a] - (lr / bc1) * m[a] / denom
 
 
-def optimize_vstar(lm: LM, records: Sequence[EditRecord], templates: Sequence[str], z: int, hp: VStarSettings | Mapping[str, Any],
-                   early_stop: float, max_tokens: int, compute_dtype: str = "auto", advance: Any = None) -> VStarResult:
+def optimize_vstar(
+    lm: LM,
+    records: Sequence[EditRecord],
+    templates: Sequence[str],
+    z: int,
+    hp: VStarSettings | Mapping[str, Any],
+    early_stop: float,
+    max_tokens: int,
+    compute_dtype: str = "auto",
+    advance: Any = None,
+) -> VStarResult:
     """MEMIT compute_z for every edit at once (see the module docstring); ``hp`` gives the
     optimisation's settings (resolved hyperparameters, or a mapping with their names)."""
     hp = VStarSettings.of(hp)
@@ -113,15 +132,17 @@ def optimize_vstar(lm: LM, records: Sequence[EditRecord], templates: Sequence[st
                 tp.append(pos - p)
                 tt.append(tid)
                 te.append(r.edit)
-        cached.append({
-            "split": split,
-            "edit": torch.tensor([rows[i].edit for i in group], device=dev),
-            "kl": torch.tensor([rows[i].kl for i in group], device=dev),
-            "t_row": torch.tensor(tr, dtype=torch.long, device=dev),
-            "t_pos": torch.tensor(tp, dtype=torch.long, device=dev),
-            "t_id": torch.tensor(tt, dtype=torch.long, device=dev),
-            "t_edit": torch.tensor(te, dtype=torch.long, device=dev),
-        })
+        cached.append(
+            {
+                "split": split,
+                "edit": torch.tensor([rows[i].edit for i in group], device=dev),
+                "kl": torch.tensor([rows[i].kl for i in group], device=dev),
+                "t_row": torch.tensor(tr, dtype=torch.long, device=dev),
+                "t_pos": torch.tensor(tp, dtype=torch.long, device=dev),
+                "t_id": torch.tensor(tt, dtype=torch.long, device=dev),
+                "t_edit": torch.tensor(te, dtype=torch.long, device=dev),
+            }
+        )
     # h at the subject's last token of the bare prompt ("{}" template, row e * n_rewrite)
     init = torch.empty(n_edits, cached[0]["split"].h0.shape[-1], device=dev)
     for g, group in zip(cached, groups, strict=True):
@@ -221,5 +242,13 @@ def optimize_vstar(lm: LM, records: Sequence[EditRecord], templates: Sequence[st
     finally:
         for p in params:
             p.requires_grad_(True)
-    return VStarResult((init + delta).detach().float().cpu(), init.detach().float().cpu(), steps, first_loss,
-                       final_loss, final_nll, forward_steps, tokens_first)
+    return VStarResult(
+        (init + delta).detach().float().cpu(),
+        init.detach().float().cpu(),
+        steps,
+        first_loss,
+        final_loss,
+        final_nll,
+        forward_steps,
+        tokens_first,
+    )

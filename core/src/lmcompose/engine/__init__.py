@@ -17,6 +17,17 @@ from lmcompose.engine.policy import EDIT_KIND, POLICIES
 from lmcompose.engine.run_folder import RunFolder, RunInfo
 
 __all__ = [
-    "EDIT_KIND", "POLICIES", "Action", "Cell", "Executor", "Node", "Plan", "PlanCounts", "RunFolder",
-    "RunInfo", "StateResult", "Task", "evaluate",
+    "EDIT_KIND",
+    "POLICIES",
+    "Action",
+    "Cell",
+    "Executor",
+    "Node",
+    "Plan",
+    "PlanCounts",
+    "RunFolder",
+    "RunInfo",
+    "StateResult",
+    "Task",
+    "evaluate",
 ]

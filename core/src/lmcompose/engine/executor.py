@@ -37,8 +37,17 @@ if TYPE_CHECKING:  # pragma: no cover
 TOPK_PROMPT = "The capital of France is"  # the top-k record's prompt when a cell has no edits
 SNAPSHOT_MODES = ("memory", "disk")
 
-__all__ = ["Executor", "SNAPSHOT_MODES", "SnapshotStore", "StateResult", "evaluate", "provider", "replicate_edits",
-           "step_warnings", "topk_next_tokens"]
+__all__ = [
+    "Executor",
+    "SNAPSHOT_MODES",
+    "SnapshotStore",
+    "StateResult",
+    "evaluate",
+    "provider",
+    "replicate_edits",
+    "step_warnings",
+    "topk_next_tokens",
+]
 
 
 def provider(kind: str, name: str) -> str:
@@ -53,8 +62,10 @@ def provider(kind: str, name: str) -> str:
 
 
 def _fail(kind: str, name: str, where: str, exc: Exception) -> StepFailedError:
-    return StepFailedError(f"{kind} {name!r} (from {provider(kind, name)}) failed {where}: "
-                           f"{type(exc).__name__}: {exc}. Rerun with --debug for the traceback")
+    return StepFailedError(
+        f"{kind} {name!r} (from {provider(kind, name)}) failed {where}: "
+        f"{type(exc).__name__}: {exc}. Rerun with --debug for the traceback"
+    )
 
 
 def evaluate(lm: LM, metrics: Sequence[Metric], ctx: Context, where: str) -> dict[str, Any]:
@@ -133,8 +144,11 @@ def check_lengths(lm: LM, batches: Mapping[Group, Sequence[EditRecord]]) -> None
 
     for group, records in batches.items():
         for r in records:
-            pairs = [(r.prompt, r.target_new), *((p, r.target_new) for p in r.rephrases),
-                     *((lp.prompt, lp.answer) for lp in r.locality)]
+            pairs = [
+                (r.prompt, r.target_new),
+                *((p, r.target_new) for p in r.rephrases),
+                *((lp.prompt, lp.answer) for lp in r.locality),
+            ]
             if r.target_true:
                 pairs.append((r.prompt, r.target_true))
             if r.multi_hop is not None:
@@ -142,9 +156,11 @@ def check_lengths(lm: LM, batches: Mapping[Group, Sequence[EditRecord]]) -> None
             for prompt, target in pairs:
                 n = length(prompt, target)
                 if n > limit:
-                    raise DataError(f"edit request {r.case_id!r} of {group[0] or 'the edits'}: {prompt[:60]!r}... with its "
-                                    f"target is {n} tokens, beyond the model's {limit} positions; shorten the record "
-                                    "or leave it out of the dataset file")
+                    raise DataError(
+                        f"edit request {r.case_id!r} of {group[0] or 'the edits'}: {prompt[:60]!r}... with its "
+                        f"target is {n} tokens, beyond the model's {limit} positions; shorten the record "
+                        "or leave it out of the dataset file"
+                    )
 
 
 class SnapshotStore:
@@ -181,14 +197,18 @@ class SnapshotStore:
 
                 from lmcompose.models.offload import stored_tensors
 
-                save_file({k: v.contiguous() for k, v in stored_tensors(lm.model).items()}, str(path / "model.safetensors"))
+                save_file(
+                    {k: v.contiguous() for k, v in stored_tensors(lm.model).items()}, str(path / "model.safetensors")
+                )
             else:
                 save_model(lm.model, str(path / "model.safetensors"))
             save_compression(lm.compression, path)
         except OSError as exc:
             self.drop(path)
-            raise LMComposeError(f"cannot write a model snapshot to {path}: {exc.strerror or exc}. Free disk space "
-                                 "there, or use --snapshots memory; rerun the same command to resume") from None
+            raise LMComposeError(
+                f"cannot write a model snapshot to {path}: {exc.strerror or exc}. Free disk space "
+                "there, or use --snapshots memory; rerun the same command to resume"
+            ) from None
         return path
 
     def restore(self, lm: LM, snap: Any) -> None:
@@ -199,8 +219,11 @@ class SnapshotStore:
             comp = {
                 k: LayerCompression(
                     None if v.keep_mask is None else v.keep_mask.clone(),
-                    None if v.quant is None else QuantGrid(v.quant.bits, v.quant.group_size, v.quant.symmetric,
-                                                           v.quant.scale.clone(), v.quant.zero.clone()),
+                    None
+                    if v.quant is None
+                    else QuantGrid(
+                        v.quant.bits, v.quant.group_size, v.quant.symmetric, v.quant.scale.clone(), v.quant.zero.clone()
+                    ),
                 )
                 for k, v in snap["compression"].items()
             }
@@ -233,7 +256,9 @@ class SnapshotStore:
             self.drop(snap)
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
-        elif self.mode == "disk" and self.folder is not None and self.folder.exists() and not any(self.folder.iterdir()):
+        elif (
+            self.mode == "disk" and self.folder is not None and self.folder.exists() and not any(self.folder.iterdir())
+        ):
             self.folder.rmdir()
 
 
@@ -275,8 +300,13 @@ def _sweep_step_fields(step: Intervention | None, again: bool) -> dict[str, Any]
     if step is None:
         return None
     knob = step.strength
-    fields = {"name": step.name, "kind": step.kind, "config": config_to_dict(step.config),
-              "strength": step.strength_value, "strength_field": knob.field if knob else None}
+    fields = {
+        "name": step.name,
+        "kind": step.kind,
+        "config": config_to_dict(step.config),
+        "strength": step.strength_value,
+        "strength_field": knob.field if knob else None,
+    }
     if again:
         fields["recompress"] = True
     return fields
@@ -291,10 +321,20 @@ class Executor:
     names to their folders once they are computed (:mod:`lmcompose.engine.saving`).
     """
 
-    def __init__(self, plan: Plan, lm: LM, ctx: Context, metrics: Sequence[Metric],
-                 edits: Mapping[Group, list[EditRecord]], *, snapshots: str = "memory",
-                 snapshot_dir: Path | None = None, topk: int = 0,
-                 build: Callable[[Action], Intervention] | None = None, save: SaveTargets | None = None):
+    def __init__(
+        self,
+        plan: Plan,
+        lm: LM,
+        ctx: Context,
+        metrics: Sequence[Metric],
+        edits: Mapping[Group, list[EditRecord]],
+        *,
+        snapshots: str = "memory",
+        snapshot_dir: Path | None = None,
+        topk: int = 0,
+        build: Callable[[Action], Intervention] | None = None,
+        save: SaveTargets | None = None,
+    ):
         self.plan = plan
         self.lm = lm
         self.ctx = ctx
@@ -377,8 +417,11 @@ class Executor:
             if not action.again:
                 elapsed += project_earlier(self.plan.policy, instances, self.lm)
             warnings = step_warnings(action.name, self.lm, report.details)
-            rows = (self._evaluate(child, [*instances, inst], elapsed, report.details, action.again, warnings)
-                    if child.pending else [])
+            rows = (
+                self._evaluate(child, [*instances, inst], elapsed, report.details, action.again, warnings)
+                if child.pending
+                else []
+            )
             if self.save is not None:
                 self.save.save(child.id, self.lm)
             yield StateResult(child, rows, time.perf_counter() - start)
@@ -398,8 +441,15 @@ class Executor:
         record.update({"target_new": first.target_new, "target_true": first.target_true})
         return record
 
-    def _evaluate(self, node: Node, shown: list[Intervention], elapsed: float, details: dict[str, Any],
-                  again: bool, warnings: list[str]) -> list[dict[str, Any]]:
+    def _evaluate(
+        self,
+        node: Node,
+        shown: list[Intervention],
+        elapsed: float,
+        details: dict[str, Any],
+        again: bool,
+        warnings: list[str],
+    ) -> list[dict[str, Any]]:
         if not shown:
             where = "on the base model"
         elif again:
@@ -438,21 +488,55 @@ class Executor:
             rows.append(self._row(cell, node, last, again, elapsed, _scalar_details(details), values))
         return rows
 
-    def _row(self, cell: Cell, node: Node, step: Intervention | None, again: bool, elapsed: float,
-             details: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    def _row(
+        self,
+        cell: Cell,
+        node: Node,
+        step: Intervention | None,
+        again: bool,
+        elapsed: float,
+        details: dict[str, Any],
+        values: dict[str, Any],
+    ) -> dict[str, Any]:
         plan = self.plan
         if plan.style == "run":
-            return {"run_id": plan.run_id, "model": self.lm.name, "order": list(cell.names), "replicate": cell.replicate,
-                    "policy": plan.policy, "position": node.depth, **_run_step_fields(step, again), "elapsed_s": elapsed,
-                    "step_details": details, **values, "notes": list(self.ctx.notes), "timestamp": time.time()}
+            return {
+                "run_id": plan.run_id,
+                "model": self.lm.name,
+                "order": list(cell.names),
+                "replicate": cell.replicate,
+                "policy": plan.policy,
+                "position": node.depth,
+                **_run_step_fields(step, again),
+                "elapsed_s": elapsed,
+                "step_details": details,
+                **values,
+                "notes": list(self.ctx.notes),
+                "timestamp": time.time(),
+            }
         return {
-            "run_id": plan.run_id, "sweep": True, "cell": cell.id, **cell.labels, "model": self.lm.name,
-            "order": list(cell.names), "replicate": cell.replicate, "policy": plan.policy, "position": node.depth,
-            "last_position": len(cell.actions), "vary": cell.vary_label, "strength": cell.value,
-            "strength_field": cell.vary_field, "strength_normalized": cell.strength_normalized,
-            "step": _sweep_step_fields(step, again), "elapsed_s": elapsed, "shared_by_cells": len(node.cells),
-            "step_details": details, **values, "edit_ids": [e.case_id for e in self.batch(cell.group)][:50],
-            "notes": list(self.ctx.notes), "timestamp": time.time(),
+            "run_id": plan.run_id,
+            "sweep": True,
+            "cell": cell.id,
+            **cell.labels,
+            "model": self.lm.name,
+            "order": list(cell.names),
+            "replicate": cell.replicate,
+            "policy": plan.policy,
+            "position": node.depth,
+            "last_position": len(cell.actions),
+            "vary": cell.vary_label,
+            "strength": cell.value,
+            "strength_field": cell.vary_field,
+            "strength_normalized": cell.strength_normalized,
+            "step": _sweep_step_fields(step, again),
+            "elapsed_s": elapsed,
+            "shared_by_cells": len(node.cells),
+            "step_details": details,
+            **values,
+            "edit_ids": [e.case_id for e in self.batch(cell.group)][:50],
+            "notes": list(self.ctx.notes),
+            "timestamp": time.time(),
         }
 
 
@@ -465,9 +549,13 @@ def replicate_edits(edits: Sequence[Any] | None, replicates: int) -> list[list[E
         return [[] for _ in range(replicates)]
     if all(isinstance(e, list | tuple) for e in edits):
         if len(edits) != replicates:
-            raise UsageError(f"{len(edits)} edit batches given for {replicates} replicates; give one batch per replicate")
+            raise UsageError(
+                f"{len(edits)} edit batches given for {replicates} replicates; give one batch per replicate"
+            )
         return [list(e) for e in edits]
     size = len(edits) // replicates
     if size < 1:
-        raise UsageError(f"{len(edits)} edits cannot make {replicates} disjoint replicates; give more edits or fewer replicates")
+        raise UsageError(
+            f"{len(edits)} edits cannot make {replicates} disjoint replicates; give more edits or fewer replicates"
+        )
     return [list(edits[r * size : (r + 1) * size]) for r in range(replicates)]

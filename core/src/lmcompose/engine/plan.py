@@ -35,8 +35,11 @@ MAX_CELLS = 100_000
 def check_cell_count(count: int, where: str) -> None:
     """Refuse a grid too large to plan (a typo such as ``replicates: 1000000000000``)."""
     if count > MAX_CELLS:
-        raise ConfigError(f"{where}: this asks for {count:,} cells, more than the {MAX_CELLS:,} one plan holds; "
-                          "give fewer replicates, values or orders")
+        raise ConfigError(
+            f"{where}: this asks for {count:,} cells, more than the {MAX_CELLS:,} one plan holds; "
+            "give fewer replicates, values or orders"
+        )
+
 
 Group = tuple[str | None, int]  # (dataset, replicate); dataset None for runs and sweeps
 
@@ -134,8 +137,12 @@ class PlanCounts:
         return sum(n for k, n in self.states.items() if k != EDIT_KIND)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"states": dict(self.states), "edits": self.edits, "compressions": self.compressions,
-                "evaluations": self.evaluations}
+        return {
+            "states": dict(self.states),
+            "edits": self.edits,
+            "compressions": self.compressions,
+            "evaluations": self.evaluations,
+        }
 
 
 @dataclass(frozen=True)
@@ -171,17 +178,30 @@ class Plan:
 
     # -- building --------------------------------------------------------------------
     @staticmethod
-    def actions(order: Sequence[int], names: Sequence[str], overrides: Sequence[Mapping[str, Any]],
-                kinds: Sequence[str], keys: Sequence[str], has_project: Sequence[bool], policy: str) -> tuple[Action, ...]:
+    def actions(
+        order: Sequence[int],
+        names: Sequence[str],
+        overrides: Sequence[Mapping[str, Any]],
+        kinds: Sequence[str],
+        keys: Sequence[str],
+        has_project: Sequence[bool],
+        policy: str,
+    ) -> tuple[Action, ...]:
         """A cell's actions: the steps in ``order`` (indices into the sequence), then the
         re-runs the policy asks for."""
         acts = [Action(names[i], overrides[i], kinds[i], keys[i], i) for i in order]
         again = rerun_after([kinds[i] for i in order], [has_project[i] for i in order], policy)
-        return tuple([*acts, *(Action(a.name, a.overrides, a.kind, a.key, a.index, again=True) for a in (acts[j] for j in again))])
+        return tuple(
+            [
+                *acts,
+                *(Action(a.name, a.overrides, a.kind, a.key, a.index, again=True) for a in (acts[j] for j in again)),
+            ]
+        )
 
     # -- resume ----------------------------------------------------------------------
-    def mark_needed(self, done: set[tuple[str, int]], only: set[str] | None = None,
-                    force: set[str] | None = None) -> bool:
+    def mark_needed(
+        self, done: set[tuple[str, int]], only: set[str] | None = None, force: set[str] | None = None
+    ) -> bool:
         """Mark the rows still to write (cells in ``only``, when given, minus ``done``
         (cell id, position) pairs) and the states in ``force`` (node ids: models to save,
         computed even when their rows are written); True if anything is left."""
@@ -217,8 +237,10 @@ class Plan:
         A cell belongs to the shard of its first step's subtree."""
         loads = [0] * count
         owner: dict[str, int] = {}
-        subtrees = sorted(self.root.children.values(),
-                          key=lambda n: (-sum(1 + len({c.group for c in m.cells}) for m in n.walk()), n.id))
+        subtrees = sorted(
+            self.root.children.values(),
+            key=lambda n: (-sum(1 + len({c.group for c in m.cells}) for m in n.walk()), n.id),
+        )
         for child in subtrees:
             k = min(range(count), key=lambda j: (loads[j], j))
             loads[k] += sum(1 + len({c.group for c in m.cells}) for m in child.walk())

@@ -43,8 +43,11 @@ def rerun_after(kinds: Sequence[str], has_project: Sequence[bool], policy: str) 
     """
     if policy != "recompress":
         return []
-    return [j for j, (kind, proj) in enumerate(zip(kinds, has_project, strict=True))
-            if proj and kind != EDIT_KIND and any(k == EDIT_KIND for k in kinds[j + 1:])]
+    return [
+        j
+        for j, (kind, proj) in enumerate(zip(kinds, has_project, strict=True))
+        if proj and kind != EDIT_KIND and any(k == EDIT_KIND for k in kinds[j + 1 :])
+    ]
 
 
 def project_earlier(policy: str, earlier: Sequence[Intervention], lm: LM) -> float:

@@ -31,8 +31,10 @@ class ProgressEvent:
 
     def line(self) -> str:
         eta = format_duration(self.eta_s) if self.eta_s is not None else "?"
-        return (f"{self.done}/{self.total} states, {format_duration(self.elapsed_s)} elapsed, ETA {eta} — "
-                f"{self.label}: {self.seconds:.1f} s, {self.rows} row{'s' if self.rows != 1 else ''}")
+        return (
+            f"{self.done}/{self.total} states, {format_duration(self.elapsed_s)} elapsed, ETA {eta} — "
+            f"{self.label}: {self.seconds:.1f} s, {self.rows} row{'s' if self.rows != 1 else ''}"
+        )
 
 
 def format_duration(seconds: float) -> str:
@@ -50,8 +52,11 @@ class StateProgress:
     """Counts the states of ``plan`` still needed (call after ``mark_needed``) as they finish."""
 
     def __init__(self, plan: Plan, callback: Callable[[ProgressEvent], None] | None = None):
-        self.left: Counter[str] = Counter(_kind(n) for n in plan.root.walk()
-                                          if (n.action is None and n.pending) or (n.action is not None and n.needed))
+        self.left: Counter[str] = Counter(
+            _kind(n)
+            for n in plan.root.walk()
+            if (n.action is None and n.pending) or (n.action is not None and n.needed)
+        )
         self.total = sum(self.left.values())
         self.done = 0
         self.spent: Counter[str] = Counter()

@@ -34,8 +34,16 @@ if TYPE_CHECKING:
     from lmcompose.models.handle import LM
 
 # environment a worker needs to find the same data, caches and plugins as the driver
-FORWARDED_ENV = ("LMCOMPOSE_DATA_DIR", "LMCOMPOSE_CACHE_DIR", "LMCOMPOSE_LOAD_PLUGINS", "LMCOMPOSE_BLOCK_PLUGINS",
-                 "HF_HUB_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM", "TRANSFORMERS_OFFLINE")
+FORWARDED_ENV = (
+    "LMCOMPOSE_DATA_DIR",
+    "LMCOMPOSE_CACHE_DIR",
+    "LMCOMPOSE_LOAD_PLUGINS",
+    "LMCOMPOSE_BLOCK_PLUGINS",
+    "HF_HUB_OFFLINE",
+    "HF_HOME",
+    "TOKENIZERS_PARALLELISM",
+    "TRANSFORMERS_OFFLINE",
+)
 CONNECT_TIMEOUT_S = 5.0
 
 __all__ = ["RayOutcome", "RayWork", "TaskFailure", "check_address", "run_on_ray"]
@@ -96,8 +104,10 @@ def check_address(address: str) -> str:
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as exc:
-        raise UsageError(f"--ray-address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
-                         "start one with `ray start --head`, or check the address") from None
+        raise UsageError(
+            f"--ray-address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
+            "start one with `ray start --head`, or check the address"
+        ) from None
     return address
 
 
@@ -127,30 +137,55 @@ def _probe(work: RayWork, threads: int, env: dict[str, str]) -> dict[str, Any]:
     return work.inputs(lm, edits)
 
 
-def _task(work: RayWork, task: Task, done: set[tuple[str, int]], only: set[str] | None, threads: int,
-          fingerprint: str | None, env: dict[str, str], save: SaveTargets | None = None) -> Iterator[dict[str, Any]]:
+def _task(
+    work: RayWork,
+    task: Task,
+    done: set[tuple[str, int]],
+    only: set[str] | None,
+    threads: int,
+    fingerprint: str | None,
+    env: dict[str, str],
+    save: SaveTargets | None = None,
+) -> Iterator[dict[str, Any]]:
     os.environ.update(env)
     from lmcompose.engine.executor import Executor
 
     plan, lm, ctx, metrics, edits, kwargs = work.prepare(threads)
     if fingerprint is not None and lm.fingerprint() != fingerprint:
-        raise RuntimeError(f"the model loaded on {socket.gethostname()} differs from the driver's probe "
-                           f"(fingerprint {lm.fingerprint()} != {fingerprint}); every node needs the same model files")
+        raise RuntimeError(
+            f"the model loaded on {socket.gethostname()} differs from the driver's probe "
+            f"(fingerprint {lm.fingerprint()} != {fingerprint}); every node needs the same model files"
+        )
     plan.mark_needed(done, only, force=save.missing() if save is not None else None)
     executor = Executor(plan, lm, ctx, metrics, edits, save=save, **kwargs)
     evaluations = 0
     for state in executor.run(nodes=task.nodes, root=task.root):
         kind = state.node.action.kind if state.computed and state.node.action is not None else None
-        yield {"node": state.node.id, "rows": state.rows, "seconds": state.seconds, "kind": kind,
-               "evaluations": executor.evaluations - evaluations, "references": executor.references}
+        yield {
+            "node": state.node.id,
+            "rows": state.rows,
+            "seconds": state.seconds,
+            "kind": kind,
+            "evaluations": executor.evaluations - evaluations,
+            "references": executor.references,
+        }
         evaluations = executor.evaluations
 
 
-def run_on_ray(work: RayWork, plan: Plan, folder: RunFolder, *, address: str | None = None,
-               cpus_per_task: float = 1.0, gpus_per_task: float = 0.0, threads: int | None = None,
-               only: set[str] | None = None, on_state: Callable[[Any, dict[str, Any]], None] | None = None,
-               write_config: Callable[[dict[str, Any]], None] | None = None,
-               save: SaveTargets | None = None) -> RayOutcome:
+def run_on_ray(
+    work: RayWork,
+    plan: Plan,
+    folder: RunFolder,
+    *,
+    address: str | None = None,
+    cpus_per_task: float = 1.0,
+    gpus_per_task: float = 0.0,
+    threads: int | None = None,
+    only: set[str] | None = None,
+    on_state: Callable[[Any, dict[str, Any]], None] | None = None,
+    write_config: Callable[[dict[str, Any]], None] | None = None,
+    save: SaveTargets | None = None,
+) -> RayOutcome:
     """Run the needed part of ``plan`` as Ray tasks; the rows go to ``folder`` (this process
     is the only writer). ``write_config(inputs)`` records the inputs a probe task reads on a
     worker; ``on_state(node, item)`` is called after each model state's rows are written;
@@ -197,8 +232,12 @@ def run_on_ray(work: RayWork, plan: Plan, folder: RunFolder, *, address: str | N
                 else:
                     done = folder.done()
                     wanted = set(task.cells)
-                    left = [c.id for c in plan.cells if c.id in wanted and any(
-                        (c.id, p) not in done for p in ([0] if task.root else c.positions[1:]))]
+                    left = [
+                        c.id
+                        for c in plan.cells
+                        if c.id in wanted
+                        and any((c.id, p) not in done for p in ([0] if task.root else c.positions[1:]))
+                    ]
                     failures.append(TaskFailure(task.id, left, _describe(exc)))
                 continue
             for row in item["rows"]:

@@ -43,9 +43,27 @@ if TYPE_CHECKING:
 
 LOCK_FILE = ".lock"
 # config.yaml keys that describe this invocation, not the run: never a reason to refuse
-VOLATILE_KEYS = frozenset({"created", "notes", "versions", "model_fingerprint", "model_source", "out", "inputs",
-                           "device", "data_dir", "snapshots", "executor", "threads", "shard", "merged_from",
-                           "study", "counts", "cells"})
+VOLATILE_KEYS = frozenset(
+    {
+        "created",
+        "notes",
+        "versions",
+        "model_fingerprint",
+        "model_source",
+        "out",
+        "inputs",
+        "device",
+        "data_dir",
+        "snapshots",
+        "executor",
+        "threads",
+        "shard",
+        "merged_from",
+        "study",
+        "counts",
+        "cells",
+    }
+)
 
 __all__ = ["RunFolder", "RunInfo", "describe_changes", "edits_digest", "row_cell_id", "run_inputs", "versions"]
 
@@ -95,7 +113,9 @@ def run_inputs(lm: LM, edits: Mapping[Any, Sequence[Any]], ctx: Any = None) -> d
     return {
         **revision,
         "model_fingerprint": lm.fingerprint(),
-        "edits": {label(g): edits_digest(b) for g, b in sorted(edits.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))},
+        "edits": {
+            label(g): edits_digest(b) for g, b in sorted(edits.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
+        },
         "corpora": corpus_identity(ctx),
         "versions": versions(),
     }
@@ -123,8 +143,9 @@ def comparable_versions(inputs: Mapping[str, Any], other: Mapping[str, Any]) -> 
     return {**inputs, "versions": {k: v for k, v in mine.items() if k in theirs}}
 
 
-def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any], ignore: frozenset[str] = VOLATILE_KEYS,
-                     prefix: str = "") -> list[str]:
+def describe_changes(
+    old: Mapping[str, Any], new: Mapping[str, Any], ignore: frozenset[str] = VOLATILE_KEYS, prefix: str = ""
+) -> list[str]:
     """``key: old → new`` for every setting that differs between two resolved configs
     (nested mappings by their dotted key, ``corpora.test: ... → ...``)."""
     out = []
@@ -173,7 +194,9 @@ class RunFolder:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"cannot create the run folder {self.path}: {exc.strerror or exc}; choose a writable --out") from None
+            raise UsageError(
+                f"cannot create the run folder {self.path}: {exc.strerror or exc}; choose a writable --out"
+            ) from None
         if not os.access(self.path, os.W_OK):
             raise UsageError(f"the run folder {self.path} is not writable; choose a writable --out")
         self._lock()
@@ -197,8 +220,10 @@ class RunFolder:
                 holder = lock_path.read_text().strip() or "?"
             except OSError:
                 holder = "?"
-            raise UsageError(f"{self.path} is in use by another lmcompose process (pid {holder}); "
-                             "wait for it to finish, or choose another --out") from None
+            raise UsageError(
+                f"{self.path} is in use by another lmcompose process (pid {holder}); "
+                "wait for it to finish, or choose another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
@@ -218,12 +243,16 @@ class RunFolder:
             if other != self.run_id:
                 changes = describe_changes(existing, self.config)
                 what = ("; what changed: " + "; ".join(changes)) if changes else ""
-                raise UsageError(f"{self.path} already holds another run (run_id {other}, this one is {self.run_id}){what}. "
-                                 "Choose another --out, or delete that folder")
+                raise UsageError(
+                    f"{self.path} already holds another run (run_id {other}, this one is {self.run_id}){what}. "
+                    "Choose another --out, or delete that folder"
+                )
         others = sorted({str(r.get("run_id")) for r in read_rows(self.results) if r.get("run_id") != self.run_id})
         if others:
-            raise UsageError(f"{self.results} holds rows of another run ({', '.join(others)}; this one is {self.run_id}). "
-                             "Choose another --out, or delete that folder")
+            raise UsageError(
+                f"{self.results} holds rows of another run ({', '.join(others)}; this one is {self.run_id}). "
+                "Choose another --out, or delete that folder"
+            )
 
     # -- config and inputs -----------------------------------------------------------
     def write_config(self, inputs: Mapping[str, Any] | None = None, **extra: Any) -> None:
@@ -236,11 +265,14 @@ class RunFolder:
             self.config = {k: v for k, v in existing.items() if k != "inputs"}
             recorded = existing.get("inputs")
             if recorded is not None:
-                changed = describe_changes(comparable_versions(recorded, inputs), comparable_versions(inputs, recorded),
-                                           ignore=frozenset())
+                changed = describe_changes(
+                    comparable_versions(recorded, inputs), comparable_versions(inputs, recorded), ignore=frozenset()
+                )
                 if changed:
-                    raise UsageError(f"{self.path}: the inputs of run {self.run_id} changed since it started, so its rows "
-                                     f"would mix data: {'; '.join(changed)}. Restore them, or start a new run in another --out")
+                    raise UsageError(
+                        f"{self.path}: the inputs of run {self.run_id} changed since it started, so its rows "
+                        f"would mix data: {'; '.join(changed)}. Restore them, or start a new run in another --out"
+                    )
             return
         data = {**self.config, "run_id": self.run_id, "kind": self.kind, **extra}
         if inputs:

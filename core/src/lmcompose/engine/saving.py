@@ -37,8 +37,16 @@ if TYPE_CHECKING:  # pragma: no cover
 PROVENANCE_FILE = "lmcompose_model.json"
 MODELS_FOLDER = "models"
 
-__all__ = ["MODELS_FOLDER", "PROVENANCE_FILE", "SaveTargets", "atomic_folder", "cell_folder_name", "check_save_folder",
-           "match_cells", "write_model_folder"]
+__all__ = [
+    "MODELS_FOLDER",
+    "PROVENANCE_FILE",
+    "SaveTargets",
+    "atomic_folder",
+    "cell_folder_name",
+    "check_save_folder",
+    "match_cells",
+    "write_model_folder",
+]
 
 
 def check_save_folder(path: str | Path, overwrite: bool, flag: str = "--save-model") -> Path:
@@ -49,8 +57,9 @@ def check_save_folder(path: str | Path, overwrite: bool, flag: str = "--save-mod
     if p.exists() and not p.is_dir():
         raise UsageError(f"{flag} {path}: is a file, not a folder; name a new folder")
     if p.is_dir() and any(p.iterdir()) and not overwrite:
-        raise UsageError(f"{flag} {path}: the folder exists and is not empty; name a new folder, "
-                         "or pass --overwrite to replace it")
+        raise UsageError(
+            f"{flag} {path}: the folder exists and is not empty; name a new folder, or pass --overwrite to replace it"
+        )
     parent = p.parent
     if parent.exists() and not os.access(parent, os.W_OK):
         raise UsageError(f"{flag} {path}: cannot write into {parent}; name a folder you may write to")
@@ -70,8 +79,10 @@ def atomic_folder(target: Path, what: str = "the model") -> Iterator[Path]:
             shutil.rmtree(target)
         tmp.rename(target)
     except OSError as exc:
-        raise UsageError(f"cannot write {what} to {target}: {exc.strerror or exc}. Free disk space there or "
-                         "name another folder; rerun the same command to resume") from None
+        raise UsageError(
+            f"cannot write {what} to {target}: {exc.strerror or exc}. Free disk space there or "
+            "name another folder; rerun the same command to resume"
+        ) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -107,8 +118,10 @@ def match_cells(cells: Iterable[Cell], pattern: str, flag: str = "--save-cells")
     hits = [c for c in cells if any(fnmatch.fnmatchcase(c.id, g) for g in globs)]
     if not hits:
         some = ", ".join(repr(c.id) for c in cells[:4])
-        raise ConfigError(f"{flag} {pattern!r} matches none of the {len(cells)} cells (ids such as {some}); "
-                          "use all, or a glob over those ids")
+        raise ConfigError(
+            f"{flag} {pattern!r} matches none of the {len(cells)} cells (ids such as {some}); "
+            "use all, or a glob over those ids"
+        )
     return hits
 
 
@@ -122,8 +135,15 @@ class SaveTargets:
     overwrite: bool = False
 
     @classmethod
-    def for_cells(cls, plan: Plan, cells: Iterable[Cell], folder_of: Mapping[str, Path], *,
-                  overwrite: bool = False, extra: Mapping[str, Any] | None = None) -> SaveTargets:
+    def for_cells(
+        cls,
+        plan: Plan,
+        cells: Iterable[Cell],
+        folder_of: Mapping[str, Path],
+        *,
+        overwrite: bool = False,
+        extra: Mapping[str, Any] | None = None,
+    ) -> SaveTargets:
         """Each cell's final model (the node after its last action) to ``folder_of[cell.id]``."""
         targets = cls(overwrite=overwrite)
         finals = _final_nodes(plan)
@@ -132,15 +152,20 @@ class SaveTargets:
             path = Path(folder_of[cell.id])
             targets.by_node.setdefault(node_id, []).append(path)
             targets.provenance[str(path)] = {
-                "run_id": plan.run_id, "cell": cell.id, "order": list(cell.names), "policy": plan.policy,
+                "run_id": plan.run_id,
+                "cell": cell.id,
+                "order": list(cell.names),
+                "policy": plan.policy,
                 "steps": [{"name": a.name, "fields": dict(a.overrides), "recompress": a.again} for a in cell.actions],
-                **cell.labels, **(extra or {}),
+                **cell.labels,
+                **(extra or {}),
             }
         return targets
 
     @classmethod
-    def for_study(cls, plan: Plan, pattern: str, root: Path, extra: Mapping[str, Any] | None = None,
-                  only: set[str] | None = None) -> SaveTargets:
+    def for_study(
+        cls, plan: Plan, pattern: str, root: Path, extra: Mapping[str, Any] | None = None, only: set[str] | None = None
+    ) -> SaveTargets:
         """The cells matching ``pattern`` (and in ``only``, a shard's cells, when given), each in
         ``root/<cell folder name>``."""
         chosen = [c for c in match_cells(plan.cells, pattern) if only is None or c.id in only]

@@ -31,8 +31,13 @@ if TYPE_CHECKING:
     from lmcompose.models.handle import LM
 
 __all__ = [
-    "LayerwiseCalibrated", "LayerwisePruner", "LayerwiseQuantizer", "bits_field", "group_size_field",
-    "groups_sharing_stats", "symmetric_field",
+    "LayerwiseCalibrated",
+    "LayerwisePruner",
+    "LayerwiseQuantizer",
+    "bits_field",
+    "group_size_field",
+    "groups_sharing_stats",
+    "symmetric_field",
 ]
 
 
@@ -45,7 +50,9 @@ class LayerwiseCalibrated(Intervention):
     def observe(self, stats: Any, x: Any) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    def process_layer(self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:  # pragma: no cover
+    def process_layer(
+        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]
+    ) -> None:  # pragma: no cover
         """Change the projections ``names`` of decoder layer ``index``; ``stats_of(name)`` gives
         the statistics of a projection's inputs (shared between projections fed one tensor)."""
         raise NotImplementedError
@@ -69,7 +76,12 @@ class LayerwiseCalibrated(Intervention):
             if name not in owner:
                 prev = previous.get("x")
                 # `previous` keeps the last input alive, so an equal pointer means the same storage
-                same = prev is not None and x.data_ptr() == prev.data_ptr() and x.shape == prev.shape and x.stride() == prev.stride()
+                same = (
+                    prev is not None
+                    and x.data_ptr() == prev.data_ptr()
+                    and x.shape == prev.shape
+                    and x.stride() == prev.stride()
+                )
                 owner[name] = owner[previous["name"]] if same else name
                 if not same:
                     stats[name] = self.new_stats(name, lm.model.get_submodule(name), x.shape[-1])
@@ -86,8 +98,9 @@ class LayerwiseCalibrated(Intervention):
 
         stages = true_sequential_stages(lm) if getattr(self.config, "true_sequential", False) else None
         next_inputs = "original" if getattr(self.config, "calibrate_next_on", "quantized") == "full" else "modified"
-        run_layer_sequential(lm, windows, names_of, observe, modify, ctx.progress, description, stages=stages,
-                             next_inputs=next_inputs)
+        run_layer_sequential(
+            lm, windows, names_of, observe, modify, ctx.progress, description, stages=stages, next_inputs=next_inputs
+        )
         for m in messages:
             ctx.note(m)
         return windows, messages
@@ -108,7 +121,9 @@ class LayerwisePruner(LayerwiseCalibrated):
         """Prune ``w`` (out, in; a view into the model) in place; return the keep mask."""
         raise NotImplementedError
 
-    def process_layer(self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:
+    def process_layer(
+        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]
+    ) -> None:
         for name in names:
             self.record_mask(lm, name, self.prune_weight(name, lm.weight(name), stats_of(name), messages))
 
@@ -125,8 +140,13 @@ class LayerwisePruner(LayerwiseCalibrated):
         windows, messages = self.calibrate(lm, ctx, layers, f"{self.name} pruning")
         total = sum(self.masks[n].numel() for n, _ in layers)
         zeroed = sum(int((~self.masks[n]).sum()) for n, _ in layers)
-        report = self.report(sparsity=zeroed / total, layers=len(layers), calibration_windows=int(windows.shape[0]),
-                             calibration_seqlen=int(windows.shape[1]), per_layer_sparsity=dict(self._per_layer))
+        report = self.report(
+            sparsity=zeroed / total,
+            layers=len(layers),
+            calibration_windows=int(windows.shape[0]),
+            calibration_seqlen=int(windows.shape[1]),
+            per_layer_sparsity=dict(self._per_layer),
+        )
         report.messages = messages
         report.elapsed_s = time.perf_counter() - start
         return report
@@ -151,10 +171,14 @@ class LayerwiseQuantizer(LayerwiseCalibrated):
         super().__init__(config)
         self.grids: dict[str, Any] = {}
 
-    def quantize_layer(self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> dict[str, Any]:  # pragma: no cover
+    def quantize_layer(
+        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]
+    ) -> dict[str, Any]:  # pragma: no cover
         raise NotImplementedError
 
-    def process_layer(self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:
+    def process_layer(
+        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]
+    ) -> None:
         for name, grid in self.quantize_layer(lm, index, names, stats_of, messages).items():
             self.grids[name] = grid
             lm.layer_state(name).quant = grid
@@ -167,9 +191,15 @@ class LayerwiseQuantizer(LayerwiseCalibrated):
         start = time.perf_counter()
         layers = selected_layers(lm, self.config, self.name)
         windows, messages = self.calibrate(lm, ctx, layers, f"{self.name} {self.config.bits}-bit")
-        report = self.report(bits=self.config.bits, group_size=self.config.group_size, symmetric=self.config.symmetric,
-                             layers=len(layers), calibration_windows=int(windows.shape[0]),
-                             calibration_seqlen=int(windows.shape[1]), **self.details())
+        report = self.report(
+            bits=self.config.bits,
+            group_size=self.config.group_size,
+            symmetric=self.config.symmetric,
+            layers=len(layers),
+            calibration_windows=int(windows.shape[0]),
+            calibration_seqlen=int(windows.shape[1]),
+            **self.details(),
+        )
         report.messages = messages
         report.elapsed_s = time.perf_counter() - start
         return report
@@ -178,7 +208,6 @@ class LayerwiseQuantizer(LayerwiseCalibrated):
         for name, grid in self.grids.items():
             with lm.onloaded(name):
                 grid.snap_(lm.weight(name))
-
 
 
 # -- config fields shared by the layer-wise quantizers (same meaning as rtn's) ------------
@@ -203,11 +232,16 @@ def group_size_field(default: int = 128) -> Any:
 
     return field(
         default=default,
-        metadata={"help": "input columns sharing one scale/zero; <= 0 means one group per row; a shorter last group when it does not divide the width"},
+        metadata={
+            "help": "input columns sharing one scale/zero; <= 0 means one group per row; a shorter last group when "
+            "it does not divide the width"
+        },
     )
 
 
 def symmetric_field(default: bool = False) -> Any:
     from dataclasses import field
 
-    return field(default=default, metadata={"help": "symmetric grid around 0 (zero point fixed at 2^bits/2) instead of min/max"})
+    return field(
+        default=default, metadata={"help": "symmetric grid around 0 (zero point fixed at 2^bits/2) instead of min/max"}
+    )

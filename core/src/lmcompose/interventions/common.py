@@ -12,15 +12,24 @@ if TYPE_CHECKING:
     from lmcompose.models.handle import LM
 
 __all__ = [
-    "Timer", "ignore_field", "n_samples_field", "selected_layers", "seqlen_field", "sparsity_field",
-    "structure_field", "targets_field",
+    "Timer",
+    "ignore_field",
+    "n_samples_field",
+    "selected_layers",
+    "seqlen_field",
+    "sparsity_field",
+    "structure_field",
+    "targets_field",
 ]
 
 
 def targets_field() -> Any:
     return field(
         default_factory=list,
-        metadata={"help": "projections to change, by name suffix or glob (e.g. mlp.down_proj); '+'-separated on the command line; empty = every decoder projection"},
+        metadata={
+            "help": "projections to change, by name suffix or glob (e.g. mlp.down_proj); '+'-separated on the "
+            "command line; empty = every decoder projection"
+        },
     )
 
 
@@ -48,22 +57,32 @@ class Timer:
 
 
 def n_samples_field() -> Any:
-    return field(default=None, metadata={"help": "calibration windows (default: the run's, 128)", "range": (1, 1 << 20)})
+    return field(
+        default=None, metadata={"help": "calibration windows (default: the run's, 128)", "range": (1, 1 << 20)}
+    )
 
 
 def seqlen_field() -> Any:
-    return field(default=None, metadata={"help": "tokens per calibration window (default: the run's, 512)", "range": (2, 1 << 20)})
+    return field(
+        default=None,
+        metadata={"help": "tokens per calibration window (default: the run's, 512)", "range": (2, 1 << 20)},
+    )
 
 
 def sparsity_field() -> Any:
     return field(
         default=None,
-        metadata={"help": "fraction of weights zeroed in each targeted matrix, in [0, 1); default 0.5, and 1-N/M with an N:M structure"},
+        metadata={
+            "help": "fraction of weights zeroed in each targeted matrix, in [0, 1); default 0.5, and 1-N/M with an "
+            "N:M structure"
+        },
     )
 
 
 def structure_field() -> Any:
     return field(
         default="unstructured",
-        metadata={"help": "'unstructured', or 'N:M': at most N nonzeros in every M consecutive input weights (e.g. 2:4)"},
+        metadata={
+            "help": "'unstructured', or 'N:M': at most N nonzeros in every M consecutive input weights (e.g. 2:4)"
+        },
     )

@@ -93,8 +93,13 @@ class AverageBits(Metric):
 
 @dataclass
 class FlopsConfig:
-    tokens: int = field(default=128, metadata={"help": "sequence length of the measured forward pass (batch 1)", "range": (1, 1 << 16)})
-    latency_repeats: int = field(default=3, metadata={"help": "timed forward passes; the median is reported (0 = skip latency)", "range": (0, 1000)})
+    tokens: int = field(
+        default=128, metadata={"help": "sequence length of the measured forward pass (batch 1)", "range": (1, 1 << 16)}
+    )
+    latency_repeats: int = field(
+        default=3,
+        metadata={"help": "timed forward passes; the median is reported (0 = skip latency)", "range": (0, 1000)},
+    )
 
 
 class Flops(Metric):

@@ -26,13 +26,18 @@ MULTI_HOP_TOKENS = 8
 class EditMetricsConfig:
     scorer: Literal["f1", "accuracy", "prob"] = field(
         default="f1",
-        metadata={"help": "scorer behind edit_success and generalization: f1 (the paper's: greedy generation, token-bag F1), accuracy (teacher-forced token accuracy), prob (P(new) > P(true))"},
+        metadata={
+            "help": "scorer behind edit_success and generalization: f1 (the paper's: greedy generation, token-bag "
+            "F1), accuracy (teacher-forced token accuracy), prob (P(new) > P(true))"
+        },
     )
     locality_scorer: Literal["f1", "accuracy", "prob", "drift"] = field(
         default="f1",
         metadata={"help": "scorer behind locality; drift = share of next-token argmaxes unchanged from the base model"},
     )
-    batch_size: int = field(default=16, metadata={"help": "prompts per forward pass / generate call", "range": (1, 4096)})
+    batch_size: int = field(
+        default=16, metadata={"help": "prompts per forward pass / generate call", "range": (1, 4096)}
+    )
 
 
 def target_text(prompt: str, target: str) -> str:
@@ -83,11 +88,13 @@ class Scorer:
                 tgt = torch.tensor(t)
                 token_logp = logp[i, pos, tgt]
                 pred = logits[i, pos].argmax(-1)
-                out.append({
-                    "nll": float(-token_logp.mean()),
-                    "accuracy": float((pred == tgt).float().mean()),
-                    "argmax": logits[i, : n - 1].argmax(-1).tolist(),
-                })
+                out.append(
+                    {
+                        "nll": float(-token_logp.mean()),
+                        "accuracy": float((pred == tgt).float().mean()),
+                        "argmax": logits[i, : n - 1].argmax(-1).tolist(),
+                    }
+                )
         return out
 
     def generate(self, prompts: list[str], lengths: list[int]) -> list[list[int]]:
@@ -108,8 +115,11 @@ class Scorer:
                 ids[i, width - len(p) :] = torch.tensor(p)
                 mask[i, width - len(p) :] = 1
             gen = self.lm.model.generate(
-                input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device),
-                max_new_tokens=max(want), do_sample=False, pad_token_id=self.pad,
+                input_ids=ids.to(self.lm.device),
+                attention_mask=mask.to(self.lm.device),
+                max_new_tokens=max(want),
+                do_sample=False,
+                pad_token_id=self.pad,
             )[:, width:].cpu()
             outs.extend(gen[i, :n].tolist() for i, n in enumerate(want))
         return outs
@@ -135,7 +145,9 @@ class Scorer:
             outs.append(got)
             if len(got) < len(t):
                 rest.append(j)
-        more = self.generate_ids([encoded[j][0] + outs[j] for j in rest], [len(encoded[j][1]) - len(outs[j]) for j in rest])
+        more = self.generate_ids(
+            [encoded[j][0] + outs[j] for j in rest], [len(encoded[j][1]) - len(outs[j]) for j in rest]
+        )
         for j, m in zip(rest, more, strict=True):
             outs[j] = outs[j] + m
         return outs
@@ -200,9 +212,15 @@ class EditMetrics(Metric):
 
     name = "edit"
     keys = (
-        "edit_success", "generalization", "locality", "edit_nll",
-        *(f"edit_success_{s}" for s in SCORERS), *(f"generalization_{s}" for s in SCORERS),
-        *(f"locality_{s}" for s in SCORERS), "locality_drift", "multi_hop_accuracy",
+        "edit_success",
+        "generalization",
+        "locality",
+        "edit_nll",
+        *(f"edit_success_{s}" for s in SCORERS),
+        *(f"generalization_{s}" for s in SCORERS),
+        *(f"locality_{s}" for s in SCORERS),
+        "locality_drift",
+        "multi_hop_accuracy",
     )
     higher_is_better = {k: True for k in keys} | {"edit_nll": False}
     requires_edits = True
@@ -287,8 +305,11 @@ class EditMetrics(Metric):
         f1 = [sc.f1(g, sc.encode(p, a)[1]) for g, (p, a) in zip(gens, pairs, strict=True)]
         # prob: the locality answer still beats the edit's new target (ROME's neighborhood score);
         # prompts whose answer is the new target give no contrast and are skipped.
-        contrast = [(j, (p, records[owners[j]].target_new)) for j, (p, a) in enumerate(pairs)
-                    if a.strip() != records[owners[j]].target_new.strip()]
+        contrast = [
+            (j, (p, records[owners[j]].target_new))
+            for j, (p, a) in enumerate(pairs)
+            if a.strip() != records[owners[j]].target_new.strip()
+        ]
         tf_new = sc.teacher_forced([pn for _, pn in contrast])
         prob = [1.0 if tf[j]["nll"] < t["nll"] else 0.0 for (j, _), t in zip(contrast, tf_new, strict=True)]
         # drift: next-token argmaxes versus the first model evaluated in this run (the base)

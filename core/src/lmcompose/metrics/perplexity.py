@@ -20,8 +20,17 @@ if TYPE_CHECKING:
 
 @dataclass
 class PerplexityConfig:
-    seqlen: int = field(default=1024, metadata={"help": "window length in tokens (capped at the model's max positions)", "range": (8, 1 << 20)})
-    max_tokens: int = field(default=8192, metadata={"help": "token budget: the first max_tokens // seqlen windows; 0 = the whole split", "range": (0, 1 << 40)})
+    seqlen: int = field(
+        default=1024,
+        metadata={"help": "window length in tokens (capped at the model's max positions)", "range": (8, 1 << 20)},
+    )
+    max_tokens: int = field(
+        default=8192,
+        metadata={
+            "help": "token budget: the first max_tokens // seqlen windows; 0 = the whole split",
+            "range": (0, 1 << 40),
+        },
+    )
     batch_size: int = field(default=2, metadata={"help": "windows per forward pass", "range": (1, 1024)})
 
 
@@ -46,8 +55,10 @@ class Perplexity(Metric):
             if ids.numel() < 2 * 8:
                 from lmcompose.errors import DataError
 
-                raise DataError(f"perplexity text {where} is too short ({ids.numel()} tokens; at least 16 are needed): "
-                                "point LMCOMPOSE_DATA_DIR at a folder with the real wikitext-2 test split")
+                raise DataError(
+                    f"perplexity text {where} is too short ({ids.numel()} tokens; at least 16 are needed): "
+                    "point LMCOMPOSE_DATA_DIR at a folder with the real wikitext-2 test split"
+                )
             if ids.numel() < seqlen:
                 seqlen = ids.numel()
             n = ids.numel() // seqlen
@@ -66,7 +77,9 @@ class Perplexity(Metric):
                 batch = windows[start : start + self.config.batch_size].to(lm.device)
                 logits = model(batch).logits[:, :-1].float()
                 targets = batch[:, 1:]
-                nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+                nll = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+                )
                 total_nll += float(nll)
                 total_tokens += targets.numel()
                 advance(len(batch))

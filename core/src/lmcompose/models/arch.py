@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "ARCHITECTURES", "ArchSpec", "decoder_layers", "find_spec_for", "get_path", "is_conv1d", "linear_modules",
+    "ARCHITECTURES",
+    "ArchSpec",
+    "decoder_layers",
+    "find_spec_for",
+    "get_path",
+    "is_conv1d",
+    "linear_modules",
     "weight_matrix",
 ]
 

@@ -93,6 +93,7 @@ class LM:
         (``mlp.down_proj``), or matches it as a glob (``model.layers.1*``). Empty ``targets``
         means every decoder projection; embeddings and the LM head are never included.
         """
+
         def hit(name: str, pats: Sequence[str]) -> bool:
             return any(name == p or name.endswith("." + p) or fnmatch.fnmatchcase(name, p) for p in pats)
 
@@ -106,8 +107,10 @@ class LM:
         if w.device.type == "meta":
             from lmcompose.models.offload import OffloadError
 
-            raise OffloadError(f"{name} is offloaded (its weights are on disk or CPU, not loaded): the code that reads it "
-                               "must hold `with lm.onloaded(name):`; this step does not support offloaded models yet")
+            raise OffloadError(
+                f"{name} is offloaded (its weights are on disk or CPU, not loaded): the code that reads it "
+                "must hold `with lm.onloaded(name):`; this step does not support offloaded models yet"
+            )
         return w
 
     def layer_state(self, name: str) -> LayerCompression:
@@ -128,7 +131,9 @@ class LM:
     def nonfinite_count(self) -> int:
         """How many parameter values are NaN or infinite (0 for a healthy model)."""
         with torch.no_grad():
-            return int(sum(int((~torch.isfinite(p)).sum()) for p in self._parameters().values() if p.is_floating_point()))
+            return int(
+                sum(int((~torch.isfinite(p)).sum()) for p in self._parameters().values() if p.is_floating_point())
+            )
 
     def _parameters(self) -> dict[str, torch.Tensor]:
         """Every parameter by name (a tied one once), an offloaded one read from accelerate's store."""
@@ -167,7 +172,11 @@ class LM:
         comp = {
             k: LayerCompression(
                 None if v.keep_mask is None else v.keep_mask.clone(),
-                None if v.quant is None else QuantGrid(v.quant.bits, v.quant.group_size, v.quant.symmetric, v.quant.scale.clone(), v.quant.zero.clone()),
+                None
+                if v.quant is None
+                else QuantGrid(
+                    v.quant.bits, v.quant.group_size, v.quant.symmetric, v.quant.scale.clone(), v.quant.zero.clone()
+                ),
             )
             for k, v in self.compression.items()
         }
@@ -189,7 +198,9 @@ class LM:
         if self.offloaded:
             from lmcompose.models.offload import stored_tensors
 
-            self.model.save_pretrained(path, state_dict={k: v.contiguous() for k, v in stored_tensors(self.model).items()})
+            self.model.save_pretrained(
+                path, state_dict={k: v.contiguous() for k, v in stored_tensors(self.model).items()}
+            )
         else:
             self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
@@ -233,6 +244,8 @@ def load_compression(folder: Path) -> dict[str, LayerCompression]:
             st.keep_mask = tensors[f"{name}.keep_mask"].bool()
         if "quant" in entry:
             q = entry["quant"]
-            st.quant = QuantGrid(q["bits"], q["group_size"], q["symmetric"], tensors[f"{name}.scale"], tensors[f"{name}.zero"])
+            st.quant = QuantGrid(
+                q["bits"], q["group_size"], q["symmetric"], tensors[f"{name}.scale"], tensors[f"{name}.zero"]
+            )
         out[name] = st
     return out

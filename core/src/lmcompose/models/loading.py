@@ -89,7 +89,9 @@ def check_device_name(device: object) -> str:
         raise ConfigError(f"device: expected cpu, cuda or cuda:N; got {describe_value(device)}")
     kind, colon, index = device.partition(":")
     if kind not in DEVICE_KINDS or (colon and not index.isdigit()) or (colon and kind == "cpu"):
-        raise ConfigError(f"--device {device!r} is not a device lmcompose can run on; use cpu, cuda, cuda:N (a GPU's index) or mps")
+        raise ConfigError(
+            f"--device {device!r} is not a device lmcompose can run on; use cpu, cuda, cuda:N (a GPU's index) or mps"
+        )
     return device
 
 
@@ -103,12 +105,18 @@ def resolve_device(device: str, flag: str = "--device") -> str:
 
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+            build = (
+                "a CPU-only build"
+                if torch.version.cuda is None
+                else f"CUDA {torch.version.cuda}, but no GPU is visible"
+            )
             raise ModelLoadError(f"{flag} {device}: this torch ({torch.__version__}) is {build}; use --device cpu")
         index = int(device.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
-            raise ModelLoadError(f"{flag} {device}: this machine has {torch.cuda.device_count()} visible GPU(s) "
-                                 f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+            raise ModelLoadError(
+                f"{flag} {device}: this machine has {torch.cuda.device_count()} visible GPU(s) "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ModelLoadError(f"{flag} mps: Apple's MPS backend is not available here; use --device cpu")
     return device
@@ -123,11 +131,15 @@ def refuse_remote_code(folder: Path) -> None:
     try:
         data = json.loads(cfg.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{cfg}: cannot be read as JSON ({exc}); the folder is not a model saved by save_pretrained") from None
+        raise ModelLoadError(
+            f"{cfg}: cannot be read as JSON ({exc}); the folder is not a model saved by save_pretrained"
+        ) from None
     if isinstance(data, dict) and data.get("auto_map"):
-        raise ModelLoadError(f"{folder}: its config.json asks for custom model code (auto_map: {sorted(data['auto_map'])}); "
-                             "lmcompose never runs code from a model folder. Use a model whose architecture transformers "
-                             "ships (see `lmcompose list architectures`)")
+        raise ModelLoadError(
+            f"{folder}: its config.json asks for custom model code (auto_map: {sorted(data['auto_map'])}); "
+            "lmcompose never runs code from a model folder. Use a model whose architecture transformers "
+            "ships (see `lmcompose list architectures`)"
+        )
 
 
 def default_dtype(device: str) -> str:
@@ -172,8 +184,10 @@ def resolve_dtype(dtype: str, device: str, source: Path | str, progress=None) ->
     own = checkpoint_dtype(source) or "float32"
     if own != "float32" and not str(device).startswith(("cuda", "mps")) and not native_bf16():
         if progress is not None:
-            progress.note(f"--dtype auto: the checkpoint is {own}, but this CPU has no native bf16/fp16 arithmetic "
-                          "(5-7x slower than fp32 here): loading in float32")
+            progress.note(
+                f"--dtype auto: the checkpoint is {own}, but this CPU has no native bf16/fp16 arithmetic "
+                "(5-7x slower than fp32 here): loading in float32"
+            )
         return "float32"
     return own
 
@@ -184,14 +198,18 @@ def check_device_map(device_map: object) -> str:
     from lmcompose.errors import ConfigError, describe_value
 
     if not isinstance(device_map, str) or not device_map.strip():
-        raise ConfigError(f"device_map: expected auto, balanced, sequential, cpu or cuda:N; got {describe_value(device_map)}")
+        raise ConfigError(
+            f"device_map: expected auto, balanced, sequential, cpu or cuda:N; got {describe_value(device_map)}"
+        )
     if device_map in DEVICE_MAP_STRATEGIES:
         return device_map
     try:
         return check_device_name(device_map)
     except ConfigError:
-        raise ConfigError(f"--device-map {device_map!r} is not a placement; use one of {', '.join(DEVICE_MAP_STRATEGIES)}, "
-                          "or a device (cpu, cuda, cuda:N, mps)") from None
+        raise ConfigError(
+            f"--device-map {device_map!r} is not a placement; use one of {', '.join(DEVICE_MAP_STRATEGIES)}, "
+            "or a device (cpu, cuda, cuda:N, mps)"
+        ) from None
 
 
 def resolve_device_map(device_map: object) -> str:
@@ -218,9 +236,13 @@ def parse_max_memory(text: object) -> dict[Any, str]:
     out: dict[Any, str] = {}
     for key, size in items:
         key, size = key.strip(), size.strip()
-        if not re.fullmatch(r"\d+|cpu|disk|mps|cuda:\d+", key) or not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B)?", size):
-            raise ConfigError(f"--max-memory {key}={size}: write DEVICE=SIZE with DEVICE a GPU index, cpu or disk and SIZE "
-                              "such as 20GiB (e.g. 0=20GiB,cpu=60GiB)")
+        if not re.fullmatch(r"\d+|cpu|disk|mps|cuda:\d+", key) or not re.fullmatch(
+            r"\d+(\.\d+)?\s*([KMGT]i?B|B)?", size
+        ):
+            raise ConfigError(
+                f"--max-memory {key}={size}: write DEVICE=SIZE with DEVICE a GPU index, cpu or disk and SIZE "
+                "such as 20GiB (e.g. 0=20GiB,cpu=60GiB)"
+            )
         index = key.removeprefix("cuda:")
         out[int(index) if index.isdigit() else key] = size  # accelerate names GPUs by index
     return out
@@ -278,12 +300,18 @@ def resolve_model_source(spec: str, cache: Path | None = None, progress=None) ->
                 raise ModelLoadError(f"{spec}: a model file must be a .gguf file; for a checkpoint pass its folder")
             return convert_gguf(path.resolve(), cache, progress), "gguf"
         if not (path / "config.json").exists():
-            raise ModelLoadError(f"{spec}: folder has no config.json; pass a folder written by save_pretrained, a .gguf file, or one of: {', '.join(NAMED_MODELS)}")
+            raise ModelLoadError(
+                f"{spec}: folder has no config.json; pass a folder written by save_pretrained, a .gguf file, or one "
+                f"of: {', '.join(NAMED_MODELS)}"
+            )
         return path.resolve(), "folder"
     # hub ids look like "org/name"; anything else with a path shape is a missing local file
     looks_local = spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or spec.count("/") > 1
     if looks_local:
-        raise ModelLoadError(f"model file or folder {spec!r} does not exist. Check the path, or use one of the named models: {', '.join(NAMED_MODELS)}")
+        raise ModelLoadError(
+            f"model file or folder {spec!r} does not exist. Check the path, or use one of the named models: "
+            f"{', '.join(NAMED_MODELS)}"
+        )
     return spec, "hub"
 
 
@@ -294,7 +322,9 @@ def _from_pretrained(auto: Any, source: Path | str, dtype: Any, placement: dict[
         return auto.from_pretrained(str(source), dtype=dtype, trust_remote_code=False, **hub)
     folder = tempfile.mkdtemp(prefix="lmcompose-offload-", dir=cache_dir())
     try:
-        model = auto.from_pretrained(str(source), dtype=dtype, trust_remote_code=False, offload_folder=folder, **placement, **hub)
+        model = auto.from_pretrained(
+            str(source), dtype=dtype, trust_remote_code=False, offload_folder=folder, **placement, **hub
+        )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -302,9 +332,17 @@ def _from_pretrained(auto: Any, source: Path | str, dtype: Any, placement: dict[
     return model
 
 
-def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", cache: Path | None = None, progress=None,
-               device_map: str | dict[str, Any] | None = None, max_memory: str | dict[Any, str] | None = None,
-               revision: str | None = None):
+def load_model(
+    spec: str,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    cache: Path | None = None,
+    progress=None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, str] | None = None,
+    revision: str | None = None,
+):
     """Load ``spec`` (named default, folder, .gguf file or hub id) as an :class:`LM`.
 
     ``dtype``: float32, bfloat16, float16 or ``auto`` (:func:`resolve_dtype`). ``device_map``
@@ -332,11 +370,15 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", cache:
         raise ModelLoadError("--max-memory needs --device-map (auto, balanced or sequential) to place layers by it")
     source, kind = resolve_model_source(spec, cache, progress)
     if revision is not None and kind != "hub":
-        raise ModelLoadError(f"--revision {revision}: {spec!r} is a local model, not a hub id; a revision picks a hub "
-                             "branch, tag or commit")
+        raise ModelLoadError(
+            f"--revision {revision}: {spec!r} is a local model, not a hub id; a revision picks a hub "
+            "branch, tag or commit"
+        )
     if kind == "folder":
         refuse_remote_code(Path(source))
-    torch_dtype = getattr(torch, resolve_dtype(dtype, device, source, progress)) if kind != "hub" or dtype != "auto" else "auto"
+    torch_dtype = (
+        getattr(torch, resolve_dtype(dtype, device, source, progress)) if kind != "hub" or dtype != "auto" else "auto"
+    )
     hub = {"revision": revision} if revision is not None else {}
     try:
         model = _from_pretrained(AutoModelForCausalLM, source, torch_dtype, placement, hub)
@@ -352,11 +394,16 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", cache:
         raise
     except Exception as exc:  # noqa: BLE001 - a truncated or corrupt checkpoint raises many kinds
         if placement and isinstance(exc, ValueError | RuntimeError):
-            raise ModelLoadError(f"could not place {spec!r} with --device-map {device_map}"
-                                 + (f" --max-memory {max_memory}" if max_memory else "") + f": {str(exc).splitlines()[0]}. "
-                                 "Give more memory, or --device-map auto so what does not fit goes to CPU") from None
-        raise ModelLoadError(f"could not load model from {source}: {type(exc).__name__}: {exc}. Its weight files may be "
-                             "truncated or corrupt: save or download the model again") from None
+            raise ModelLoadError(
+                f"could not place {spec!r} with --device-map {device_map}"
+                + (f" --max-memory {max_memory}" if max_memory else "")
+                + f": {str(exc).splitlines()[0]}. "
+                "Give more memory, or --device-map auto so what does not fit goes to CPU"
+            ) from None
+        raise ModelLoadError(
+            f"could not load model from {source}: {type(exc).__name__}: {exc}. Its weight files may be "
+            "truncated or corrupt: save or download the model again"
+        ) from None
     if not placement:
         model.to(device)
     model.eval()
@@ -378,6 +425,8 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", cache:
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - a damaged sidecar raises many kinds
-            raise ModelLoadError(f"{source}: its compression state (lmcompose_compression.*) cannot be read: "
-                                 f"{type(exc).__name__}: {exc}. Delete both files to load the weights alone") from None
+            raise ModelLoadError(
+                f"{source}: its compression state (lmcompose_compression.*) cannot be read: "
+                f"{type(exc).__name__}: {exc}. Delete both files to load the weights alone"
+            ) from None
     return lm

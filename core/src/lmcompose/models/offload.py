@@ -37,8 +37,9 @@ def _hook(module: Any) -> Any:
 
 
 def _own_names(module: Any) -> list[str]:
-    return [n for n, _ in module.named_parameters(recurse=False)] + [n for n, _ in module.named_buffers(recurse=False)
-                                                                       if n in getattr(_hook(module), "weights_map", {})]
+    return [n for n, _ in module.named_parameters(recurse=False)] + [
+        n for n, _ in module.named_buffers(recurse=False) if n in getattr(_hook(module), "weights_map", {})
+    ]
 
 
 def is_offloaded(model: Any) -> bool:

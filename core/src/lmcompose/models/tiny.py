@@ -54,26 +54,69 @@ def tiny_tokenizer() -> Any:
 def tiny_config(arch: str, vocab_size: int, special_id: int) -> Any:
     import transformers as tf
 
-    common = {"vocab_size": vocab_size, "bos_token_id": special_id, "eos_token_id": special_id, "pad_token_id": special_id}
+    common = {
+        "vocab_size": vocab_size,
+        "bos_token_id": special_id,
+        "eos_token_id": special_id,
+        "pad_token_id": special_id,
+    }
     if arch == "llama":
-        return tf.LlamaConfig(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
-                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
-                              tie_word_embeddings=False, **common)
+        return tf.LlamaConfig(
+            hidden_size=HIDDEN,
+            intermediate_size=2 * HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=MAX_POSITIONS,
+            tie_word_embeddings=False,
+            **common,
+        )
     if arch == "gemma3":
-        return tf.Gemma3TextConfig(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
-                                   num_attention_heads=4, num_key_value_heads=1, head_dim=16,
-                                   max_position_embeddings=MAX_POSITIONS, sliding_window=16,
-                                   layer_types=["sliding_attention", "full_attention"], **common)
+        return tf.Gemma3TextConfig(
+            hidden_size=HIDDEN,
+            intermediate_size=2 * HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=MAX_POSITIONS,
+            sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"],
+            **common,
+        )
     if arch == "gpt_neox":
-        return tf.GPTNeoXConfig(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
-                                num_attention_heads=4, max_position_embeddings=MAX_POSITIONS, **common)
+        return tf.GPTNeoXConfig(
+            hidden_size=HIDDEN,
+            intermediate_size=2 * HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_POSITIONS,
+            **common,
+        )
     if arch == "gpt2":
-        return tf.GPT2Config(n_embd=HIDDEN, n_inner=2 * HIDDEN, n_layer=LAYERS, n_head=4, n_positions=MAX_POSITIONS, **common)
+        return tf.GPT2Config(
+            n_embd=HIDDEN, n_inner=2 * HIDDEN, n_layer=LAYERS, n_head=4, n_positions=MAX_POSITIONS, **common
+        )
     if arch == "gptj":
-        return tf.GPTJConfig(n_embd=HIDDEN, n_inner=2 * HIDDEN, n_layer=LAYERS, n_head=4, n_positions=MAX_POSITIONS, rotary_dim=8, **common)
+        return tf.GPTJConfig(
+            n_embd=HIDDEN,
+            n_inner=2 * HIDDEN,
+            n_layer=LAYERS,
+            n_head=4,
+            n_positions=MAX_POSITIONS,
+            rotary_dim=8,
+            **common,
+        )
     if arch == "opt":
-        return tf.OPTConfig(hidden_size=HIDDEN, ffn_dim=2 * HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
-                            max_position_embeddings=MAX_POSITIONS, word_embed_proj_dim=HIDDEN, **common)
+        return tf.OPTConfig(
+            hidden_size=HIDDEN,
+            ffn_dim=2 * HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_POSITIONS,
+            word_embed_proj_dim=HIDDEN,
+            **common,
+        )
     raise ValueError(f"no tiny config for {arch!r}; choose one of {', '.join(TINY_ARCHITECTURES)}")
 
 

@@ -45,11 +45,22 @@ from lmcompose.results import (
 REPORT_FILE = "report.md"
 TABLE_FILE = "rows.csv"
 FIGURE_METRICS = ("edit_success", "generalization", "locality", "perplexity")
-METRIC_LABELS = {"edit_success": "edit success", "generalization": "generalization", "locality": "locality",
-                 "perplexity": "perplexity (wikitext-2)"}
+METRIC_LABELS = {
+    "edit_success": "edit success",
+    "generalization": "generalization",
+    "locality": "locality",
+    "perplexity": "perplexity (wikitext-2)",
+}
 
-__all__ = ["StudyData", "StudyReport", "build_study_report", "is_study", "load_study_rows", "write_flat_table",
-           "write_study_report"]
+__all__ = [
+    "StudyData",
+    "StudyReport",
+    "build_study_report",
+    "is_study",
+    "load_study_rows",
+    "write_flat_table",
+    "write_study_report",
+]
 
 
 @dataclass
@@ -101,7 +112,9 @@ def load_study_rows(source: str | Path | Sequence[Mapping[str, Any]]) -> StudyDa
         raise DataError(f"{where} holds no study rows: give the --out folder of `lmcompose study`")
     ids = list(dict.fromkeys(r["run_id"] for r in rows))
     if len(ids) > 1:
-        raise DataError(f"{where} mixes studies {', '.join(ids)}; keep one study per folder (merge combines shards of one)")
+        raise DataError(
+            f"{where} mixes studies {', '.join(ids)}; keep one study per folder (merge combines shards of one)"
+        )
     entries = list(dict.fromkeys(r["entry"] for r in rows))
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     sweeps = {}
@@ -118,8 +131,19 @@ def load_study_rows(source: str | Path | Sequence[Mapping[str, Any]]) -> StudyDa
     families = {r["entry"]: r.get("family") or "other" for r in rows}
     editors = {r["entry"]: r.get("editor") for r in rows}
     notes = problems + [f"{e} on {d}: {n}" for (e, d), sw in sweeps.items() for n in sw.notes]
-    return StudyData(rows, ids[0], rows[0]["study"], rows[0].get("model", ""), entries, datasets, sweeps, families,
-                     editors, dense, notes)
+    return StudyData(
+        rows,
+        ids[0],
+        rows[0]["study"],
+        rows[0].get("model", ""),
+        entries,
+        datasets,
+        sweeps,
+        families,
+        editors,
+        dense,
+        notes,
+    )
 
 
 def _editor_step(data: StudyData, entry: str) -> str | None:
@@ -133,8 +157,9 @@ def _editor_step(data: StudyData, entry: str) -> str | None:
     return None
 
 
-def table1(data: StudyData, comps: Mapping[tuple[str, str], Composability], title: str | None = None,
-           caption: str = "") -> Table:
+def table1(
+    data: StudyData, comps: Mapping[tuple[str, str], Composability], title: str | None = None, caption: str = ""
+) -> Table:
     """A / P per (compressor, dataset) and criterion, with the axis and interval of each."""
     present = [c for c in CRITERIA if any(c in comp.criteria for comp in comps.values())]
     rows = []
@@ -149,13 +174,25 @@ def table1(data: StudyData, comps: Mapping[tuple[str, str], Composability], titl
             cells.append(f"{fmt_mean_std(c.A_mean, c.A_std, n, 3)} / {fmt_mean_std(c.P_mean, c.P_std, n, 3)}")
         n_reps = max((len(c.replicates) for c in comp.criteria.values()), default=0)
         rows.append([*cells, f"{comp.x_axis} {interval_text(comp)}", str(n_reps)])
-    return Table(title or "Table 1: composability A / P per compressor and dataset",
-                 ["compressor", "dataset", *[METRIC_LABELS.get(c, c).split(" (")[0] for c in present], "x interval", "replicates"],
-                 rows, caption or (
-                     "Each cell: A / P (mean ± sample std over replicates), integrated over each row's own x interval. "
-                     "A: area between the best and the worst order (0 = the order does not matter); P: area between the "
-                     "best order and 1 (0 = nothing lost). x: " + "; ".join(
-                         sorted({AXIS_LABELS[c.x_axis] for c in comps.values()})) + " (docs/sweeps.md)."))
+    return Table(
+        title or "Table 1: composability A / P per compressor and dataset",
+        [
+            "compressor",
+            "dataset",
+            *[METRIC_LABELS.get(c, c).split(" (")[0] for c in present],
+            "x interval",
+            "replicates",
+        ],
+        rows,
+        caption
+        or (
+            "Each cell: A / P (mean ± sample std over replicates), integrated over each row's own x interval. "
+            "A: area between the best and the worst order (0 = the order does not matter); P: area between the "
+            "best order and 1 (0 = nothing lost). x: "
+            + "; ".join(sorted({AXIS_LABELS[c.x_axis] for c in comps.values()}))
+            + " (docs/sweeps.md)."
+        ),
+    )
 
 
 def single_strength_table(data: StudyData, comps: Mapping[tuple[str, str], Composability]) -> Table:
@@ -169,23 +206,36 @@ def single_strength_table(data: StudyData, comps: Mapping[tuple[str, str], Compo
             n = len(c.replicates)
             oi, oi_s = c.per_strength(0, "OI")
             mce, mce_s = c.per_strength(0, "MCE")
-            rows.append([entry, ds, name, str(comp.values[0]), fmt_mean_std(oi, oi_s, n, 3), fmt_mean_std(mce, mce_s, n, 3)])
-    return Table("One strength: order interference (OI) and MCE", ["compressor", "dataset", "criterion", "strength", "OI", "MCE"],
-                 rows, "A and P need two strengths or more; at one strength, OI = best − worst order and MCE = 1 − best order.")
+            rows.append(
+                [entry, ds, name, str(comp.values[0]), fmt_mean_std(oi, oi_s, n, 3), fmt_mean_std(mce, mce_s, n, 3)]
+            )
+    return Table(
+        "One strength: order interference (OI) and MCE",
+        ["compressor", "dataset", "criterion", "strength", "OI", "MCE"],
+        rows,
+        "A and P need two strengths or more; at one strength, OI = best − worst order and MCE = 1 − best order.",
+    )
 
 
 def final_metrics_table(data: StudyData, entry: str, ds: str) -> Table:
     sweep = data.sweeps[(entry, ds)]
-    keys = [k for k in ("edit_success", "generalization", "locality", "perplexity", "avg_bits") if
-            any(r.get(k) is not None for r in sweep.rows)]
+    keys = [
+        k
+        for k in ("edit_success", "generalization", "locality", "perplexity", "avg_bits")
+        if any(r.get(k) is not None for r in sweep.rows)
+    ]
     rows = []
     for o in sweep.orders:
         for v in sweep.values:
             got = [sweep.final[(o, v, r)] for r in sweep.replicates if (o, v, r) in sweep.final]
             if got:
                 rows.append([order_text(o), str(v), *[_mean_text(got, k) for k in keys]])
-    return Table(f"{entry} on {ds}: final model per order and strength", ["order", sweep.vary, *keys], rows,
-                 "Means over replicates.")
+    return Table(
+        f"{entry} on {ds}: final model per order and strength",
+        ["order", sweep.vary, *keys],
+        rows,
+        "Means over replicates.",
+    )
 
 
 def _mean_text(rows: Sequence[Mapping[str, Any]], key: str) -> str:
@@ -221,9 +271,18 @@ def build_study_report(run_dir: str | Path | StudyData, axis: str | None = None)
     for ds in data.datasets:
         shared, interval = common_interval({k: c for k, c in multi.items() if k[1] == ds})
         if interval is not None:
-            tables.append(table1(data, shared, f"Table 1 on the common interval: {ds}", (
-                f"Every compressor on {ds} interpolated onto x in [{interval[0]:.4g}, {interval[1]:.4g}], where all of them "
-                "have data, so the rows compare like with like (docs/sweeps.md).")))
+            tables.append(
+                table1(
+                    data,
+                    shared,
+                    f"Table 1 on the common interval: {ds}",
+                    (
+                        f"Every compressor on {ds} interpolated onto x in [{interval[0]:.4g}, {interval[1]:.4g}], "
+                        f"where all of them "
+                        "have data, so the rows compare like with like (docs/sweeps.md)."
+                    ),
+                )
+            )
     single = {k: c for k, c in comps.items() if c.single}
     if single:
         tables.append(single_strength_table(data, single))
@@ -259,6 +318,7 @@ def write_flat_table(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Every row as one CSV line (nested fields as JSON text), columns in first-seen order."""
     flat = [_flat(r) for r in rows]
     columns = list(dict.fromkeys(k for r in flat for k in r))
+
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
@@ -298,7 +358,11 @@ def _curve(data: StudyData, entry: str, ds: str, order: tuple[str, ...], key: st
 
 def _increasing(sweep: SweepData) -> bool:
     """True if the varied value grows with strength (sparsity), False if it shrinks (bits)."""
-    norm = [(float(r["strength"]), r.get("strength_normalized")) for r in sweep.rows if r.get("strength_normalized") is not None]
+    norm = [
+        (float(r["strength"]), r.get("strength_normalized"))
+        for r in sweep.rows
+        if r.get("strength_normalized") is not None
+    ]
     if len({v for v, _ in norm}) < 2:
         return True
     lo, hi = min(norm), max(norm)
@@ -328,8 +392,9 @@ def plot_family(data: StudyData, family: str, path: Path) -> Path | None:
     if not entries or not keys:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(len(data.datasets), len(keys), figsize=(4.4 * len(keys), 3.4 * len(data.datasets)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(data.datasets), len(keys), figsize=(4.4 * len(keys), 3.4 * len(data.datasets)), squeeze=False
+    )
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ["-", "--", ":", "-."]
     field_label = ""
@@ -346,11 +411,23 @@ def plot_family(data: StudyData, family: str, path: Path) -> Path | None:
                     if not pts:
                         continue
                     xs, ms, ss = zip(*pts, strict=True)
-                    ax.plot(xs, ms, marker="o", markersize=3, color=colors[k % len(colors)], linestyle=styles[m % len(styles)],
-                            label=f"{entry}: {order_text(order)}")
+                    ax.plot(
+                        xs,
+                        ms,
+                        marker="o",
+                        markersize=3,
+                        color=colors[k % len(colors)],
+                        linestyle=styles[m % len(styles)],
+                        label=f"{entry}: {order_text(order)}",
+                    )
                     if len(sweep.replicates) > 1:
-                        ax.fill_between(xs, [a - b for a, b in zip(ms, ss, strict=True)],
-                                        [a + b for a, b in zip(ms, ss, strict=True)], color=colors[k % len(colors)], alpha=0.12)
+                        ax.fill_between(
+                            xs,
+                            [a - b for a, b in zip(ms, ss, strict=True)],
+                            [a + b for a, b in zip(ms, ss, strict=True)],
+                            color=colors[k % len(colors)],
+                            alpha=0.12,
+                        )
                 if not _increasing(sweep) and not ax.xaxis_inverted():
                     ax.invert_xaxis()
             if key == "perplexity":
@@ -394,7 +471,12 @@ def plot_nll_decay(data: StudyData, path: Path) -> Path | None:
                         row, dense = sweep.final.get((order, v, r)), data.dense.get((ds, editor, r))
                         if row is None or dense is None:
                             continue
-                        if None in (row.get("general_nll"), row.get("edit_nll"), dense.get("general_nll"), dense.get("edit_nll")):
+                        if None in (
+                            row.get("general_nll"),
+                            row.get("edit_nll"),
+                            dense.get("general_nll"),
+                            dense.get("edit_nll"),
+                        ):
                             continue
                         dx.append(row["general_nll"] - dense["general_nll"])
                         dy.append(row["edit_nll"] - dense["edit_nll"])
@@ -402,8 +484,13 @@ def plot_nll_decay(data: StudyData, path: Path) -> Path | None:
                         xs.append(statistics.fmean(dx))
                         ys.append(statistics.fmean(dy))
                 if xs:
-                    ax.plot(xs, ys, marker=markers[m % len(markers)], linestyle="-" if m == 0 else "--",
-                            label=f"{ds}: {order_text(order)}")
+                    ax.plot(
+                        xs,
+                        ys,
+                        marker=markers[m % len(markers)],
+                        linestyle="-" if m == 0 else "--",
+                        label=f"{ds}: {order_text(order)}",
+                    )
                     lim = max(lim, *xs, *ys)
         lim = lim * 1.05 if lim > 0 else 1.0
         ax.plot([0, lim], [0, lim], color="grey", linestyle=":", linewidth=1, label="identity (equal decay)")
@@ -412,7 +499,7 @@ def plot_nll_decay(data: StudyData, path: Path) -> Path | None:
         ax.set_ylabel("Δ edit NLL (new targets)", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(entries):]:
+    for ax in list(axes.flat)[len(entries) :]:
         ax.axis("off")
     fig.suptitle(f"{data.model}: NLL rise from the dense edited model, one point per strength (Fig. 5)", fontsize=11)
     fig.tight_layout()
@@ -462,10 +549,14 @@ def _counts_lines(run_dir: Path | None) -> list[str]:
     s, sep, ind = counts["study"], counts.get("separate_sweeps") or {}, counts.get("independent_cells") or {}
 
     def fmt(c: Mapping[str, Any]) -> str:
-        return f"{c.get('edits', 0)} edits + {c.get('compressions', 0)} compressions, {c.get('evaluations', 0)} evaluations"
+        edits, compressions, evaluations = c.get("edits", 0), c.get("compressions", 0), c.get("evaluations", 0)
+        return f"{edits} edits + {compressions} compressions, {evaluations} evaluations"
 
-    return ["", "Work (planned from the study file): this study computes " + fmt(s) + "; as one sweep per compressor and "
-            "dataset it would be " + fmt(sep) + "; every cell on its own " + fmt(ind) + "."]
+    return [
+        "",
+        "Work (planned from the study file): this study computes " + fmt(s) + "; as one sweep per compressor and "
+        "dataset it would be " + fmt(sep) + "; every cell on its own " + fmt(ind) + ".",
+    ]
 
 
 def render_study_markdown(report: StudyReport, run_dir: Path | None = None) -> str:
@@ -488,10 +579,13 @@ def render_study_markdown(report: StudyReport, run_dir: Path | None = None) -> s
         lines += ["## Figures", ""]
         for p in report.plots:
             rel = p.relative_to(run_dir) if run_dir is not None and p.is_relative_to(run_dir) else p
-            caption = ("Fig. 5: the rise in edit NLL against the rise in general NLL from the dense edited model; above "
-                       "the identity line, edits decay faster than language modelling." if p.name.startswith("fig5")
-                       else f"Fig. 1–2 ({p.stem.removeprefix('fig1_')}): rows = datasets, columns = criteria; one line "
-                       "per compressor and order, ± std over replicates; strength 0 is the dense edited model.")
+            caption = (
+                "Fig. 5: the rise in edit NLL against the rise in general NLL from the dense edited model; above "
+                "the identity line, edits decay faster than language modelling."
+                if p.name.startswith("fig5")
+                else f"Fig. 1–2 ({p.stem.removeprefix('fig1_')}): rows = datasets, columns = criteria; one line "
+                "per compressor and order, ± std over replicates; strength 0 is the dense edited model."
+            )
             lines += [f"![{p.stem}]({rel.as_posix()})", "", caption, ""]
     lines += ["## Final models", ""]
     lines += [t.markdown() for t in report.tables if t.title.endswith("final model per order and strength")]

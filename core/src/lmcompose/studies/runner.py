@@ -80,7 +80,9 @@ class StudyWork:
         study.data_dir = self.data_dir
         return study
 
-    def prepare(self, threads: int) -> tuple[Plan, Any, Context, list[Metric], dict[Group, list[EditRecord]], dict[str, Any]]:
+    def prepare(
+        self, threads: int
+    ) -> tuple[Plan, Any, Context, list[Metric], dict[Group, list[EditRecord]], dict[str, Any]]:
         from lmcompose.engine.threads import set_threads
         from lmcompose.models.loading import load_model
 
@@ -120,7 +122,9 @@ def default_out(study: Study) -> Path:
 
 
 def _missing(plan: Plan, done: set[tuple[str, int]], only: set[str] | None) -> list[str]:
-    return [c.id for c in plan.cells if (only is None or c.id in only) and any((c.id, p) not in done for p in c.positions)]
+    return [
+        c.id for c in plan.cells if (only is None or c.id in only) and any((c.id, p) not in done for p in c.positions)
+    ]
 
 
 def run_study(
@@ -181,22 +185,30 @@ def run_study(
 
         check_address(ray_address)  # before anything is written
     if gpus > 0 and not str(study.device).startswith("cuda"):
-        raise UsageError(f"--gpus-per-task {gpus:g} asks for GPUs but the study runs on device {study.device!r}; "
-                         "set device: cuda (or --device cuda)")
+        raise UsageError(
+            f"--gpus-per-task {gpus:g} asks for GPUs but the study runs on device {study.device!r}; "
+            "set device: cuda (or --device cuda)"
+        )
     if executor == "local":
         from lmcompose.models.loading import resolve_device
 
         resolve_device(study.device)  # before anything is written
     from lmcompose.corpora import check_corpora
 
-    check_corpora(study.budgets.get("ppl_corpus"), study.budgets.get("calibration_corpus"), study_context(study, Progress()))
+    check_corpora(
+        study.budgets.get("ppl_corpus"), study.budgets.get("calibration_corpus"), study_context(study, Progress())
+    )
     progress = progress or Progress()
     out_dir = Path(out) if out is not None else default_out(study)
     plan = study.plan()
     counts = study.counts()
     resolved = study.resolved()
-    config = {**resolved, "study": study.data, "shard": f"{shard_t[0]}/{shard_t[1]}" if shard_t else None,
-              "executor": executor}
+    config = {
+        **resolved,
+        "study": study.data,
+        "shard": f"{shard_t[0]}/{shard_t[1]}" if shard_t else None,
+        "executor": executor,
+    }
     only = plan.shard_cells(shard_t[0] - 1, shard_t[1]) if shard_t else None
     save = None
     if save_cells is not None:
@@ -216,8 +228,17 @@ def run_study(
             _run_ray(study, plan, folder, only, ray_address, cpus, gpus, threads, on_progress, extra, outcome, save)
         missing = _missing(plan, folder.done(), only)
         folder.status = "finished" if not missing else "incomplete"
-    result = StudyResult(out_dir, study, outcome.rows, counts, outcome.executed, outcome.references,
-                         time.perf_counter() - start, missing, outcome.failures)
+    result = StudyResult(
+        out_dir,
+        study,
+        outcome.rows,
+        counts,
+        outcome.executed,
+        outcome.references,
+        time.perf_counter() - start,
+        missing,
+        outcome.failures,
+    )
     if report and not missing and shard_t is None:
         from lmcompose.studies.report import write_study_report
 
@@ -233,9 +254,18 @@ class _Outcome:
     failures: list[TaskFailure] = field(default_factory=list)
 
 
-def _run_local(study: Study, plan: Plan, folder: RunFolder, only: set[str] | None, threads: int | None,
-               progress: Progress, on_progress: Callable[[ProgressEvent], None] | None, extra: dict[str, Any],
-               outcome: _Outcome, save: SaveTargets | None = None) -> None:
+def _run_local(
+    study: Study,
+    plan: Plan,
+    folder: RunFolder,
+    only: set[str] | None,
+    threads: int | None,
+    progress: Progress,
+    on_progress: Callable[[ProgressEvent], None] | None,
+    extra: dict[str, Any],
+    outcome: _Outcome,
+    save: SaveTargets | None = None,
+) -> None:
     """This process: load the model, record the inputs, walk the needed part of the plan."""
     from lmcompose.engine.executor import Executor
     from lmcompose.engine.run_folder import run_inputs
@@ -247,7 +277,9 @@ def _run_local(study: Study, plan: Plan, folder: RunFolder, only: set[str] | Non
         edits = study.load_edits(ctx)
         lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=progress)
         inputs = run_inputs(lm, edits, ctx)
-        folder.write_config(inputs=inputs, model_fingerprint=inputs["model_fingerprint"], model_source=lm.source, **extra)
+        folder.write_config(
+            inputs=inputs, model_fingerprint=inputs["model_fingerprint"], model_source=lm.source, **extra
+        )
         if not plan.mark_needed(folder.done(), only, force=save.missing() if save is not None else None):
             return
         tracker = StateProgress(plan, on_progress)
@@ -255,8 +287,17 @@ def _run_local(study: Study, plan: Plan, folder: RunFolder, only: set[str] | Non
         if study.snapshots == "disk":
             snapshot_dir = folder.path / ".snapshots"
             snapshot_dir.mkdir(exist_ok=True)
-        ex = Executor(plan, lm, ctx, study_metrics(study), edits, snapshots=study.snapshots,
-                      snapshot_dir=snapshot_dir, topk=study.topk, save=save)
+        ex = Executor(
+            plan,
+            lm,
+            ctx,
+            study_metrics(study),
+            edits,
+            snapshots=study.snapshots,
+            snapshot_dir=snapshot_dir,
+            topk=study.topk,
+            save=save,
+        )
         for state in ex.run():
             for row in state.rows:
                 folder.append(row)
@@ -265,9 +306,20 @@ def _run_local(study: Study, plan: Plan, folder: RunFolder, only: set[str] | Non
         outcome.executed, outcome.references = ex.counts, ex.references
 
 
-def _run_ray(study: Study, plan: Plan, folder: RunFolder, only: set[str] | None, address: str | None, cpus: float,
-             gpus: float, threads: int | None, on_progress: Callable[[ProgressEvent], None] | None,
-             extra: dict[str, Any], outcome: _Outcome, save: SaveTargets | None = None) -> None:
+def _run_ray(
+    study: Study,
+    plan: Plan,
+    folder: RunFolder,
+    only: set[str] | None,
+    address: str | None,
+    cpus: float,
+    gpus: float,
+    threads: int | None,
+    on_progress: Callable[[ProgressEvent], None] | None,
+    extra: dict[str, Any],
+    outcome: _Outcome,
+    save: SaveTargets | None = None,
+) -> None:
     """Ray tasks: a probe reads the inputs on a worker, then the subtrees run as tasks."""
     from lmcompose.engine.ray_executor import run_on_ray
 
@@ -283,14 +335,27 @@ def _run_ray(study: Study, plan: Plan, folder: RunFolder, only: set[str] | None,
         trackers[0].update(node, item["seconds"], len(item["rows"]))
 
     work = StudyWork(study.data, study.name, study.device, study.data_dir)
-    ray_outcome = run_on_ray(work, plan, folder, address=address, cpus_per_task=cpus, gpus_per_task=gpus,
-                             threads=threads, only=only, on_state=on_state, write_config=write_config, save=save)
+    ray_outcome = run_on_ray(
+        work,
+        plan,
+        folder,
+        address=address,
+        cpus_per_task=cpus,
+        gpus_per_task=gpus,
+        threads=threads,
+        only=only,
+        on_state=on_state,
+        write_config=write_config,
+        save=save,
+    )
     outcome.failures = ray_outcome.failures
     outcome.executed = PlanCounts(ray_outcome.states, ray_outcome.evaluations)
     outcome.references = ray_outcome.references
 
 
-def merge_studies(sources: Sequence[str | Path], out: str | Path, *, report: bool = True, plots: bool = True) -> tuple[int, list[str], Any]:
+def merge_studies(
+    sources: Sequence[str | Path], out: str | Path, *, report: bool = True, plots: bool = True
+) -> tuple[int, list[str], Any]:
     """Combine the shard folders of one study into ``out`` (created, or resumed if it holds
     the same study). Refuses folders of different studies or inputs, and rows that disagree.
     Returns (rows added, cells still missing, the report or None)."""
@@ -303,21 +368,30 @@ def merge_studies(sources: Sequence[str | Path], out: str | Path, *, report: boo
         path = Path(src)
         cfg = path / "config.yaml"
         if not cfg.exists():
-            raise DataError(f"{path} is not a run folder (no config.yaml): give the --out folders of `lmcompose study --shard`")
+            raise DataError(
+                f"{path} is not a run folder (no config.yaml): give the --out folders of `lmcompose study --shard`"
+            )
         data = read_yaml(cfg)
         if data.get("kind") != "study":
-            raise DataError(f"{path} holds a {data.get('kind', 'run')!r}, not a study: merge combines shards of one study")
+            raise DataError(
+                f"{path} holds a {data.get('kind', 'run')!r}, not a study: merge combines shards of one study"
+            )
         configs.append((path, data))
     first_path, first = configs[0]
     for path, data in configs[1:]:
         if data.get("run_id") != first.get("run_id"):
             changes = describe_changes(first, data)
-            raise UsageError(f"{path} holds study {data.get('name')!r} (id {data.get('run_id')}) and {first_path} holds "
-                             f"{first.get('name')!r} (id {first.get('run_id')}): merge combines shards of one study"
-                             + ("; they differ in " + "; ".join(changes) if changes else ""))
+            raise UsageError(
+                f"{path} holds study {data.get('name')!r} (id {data.get('run_id')}) and {first_path} holds "
+                f"{first.get('name')!r} (id {first.get('run_id')}): merge combines shards of one study"
+                + ("; they differ in " + "; ".join(changes) if changes else "")
+            )
         changed = describe_changes(first.get("inputs") or {}, data.get("inputs") or {}, ignore=frozenset())
         if changed:
-            raise UsageError(f"{path} and {first_path} ran on different inputs ({'; '.join(changed)}): their rows cannot be one study")
+            raise UsageError(
+                f"{path} and {first_path} ran on different inputs ({'; '.join(changed)}): their rows cannot be one "
+                f"study"
+            )
     study = Study.from_mapping(_study_mapping(first), name=first.get("name"))
     if study.id != first.get("run_id"):
         raise DataError(f"{first_path}/config.yaml does not describe study {first.get('run_id')} (edited by hand?)")
@@ -335,8 +409,10 @@ def merge_studies(sources: Sequence[str | Path], out: str | Path, *, report: boo
                 key = (row_cell_id(row), int(row["position"]))
                 if key in have:
                     if row_numbers(have[key]) != row_numbers(row):
-                        raise DataError(f"{path}: cell {key[0]} position {key[1]} disagrees with another shard's row "
-                                        "(the shards did not run the same study): nothing more was merged")
+                        raise DataError(
+                            f"{path}: cell {key[0]} position {key[1]} disagrees with another shard's row "
+                            "(the shards did not run the same study): nothing more was merged"
+                        )
                     continue
                 folder.append(row)
                 have[key] = row

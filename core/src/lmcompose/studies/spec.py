@@ -24,13 +24,39 @@ from lmcompose.errors import ConfigError, UsageError, describe_value
 from lmcompose.steps import StepSpec, build_intervention, build_metrics, parse_step
 from lmcompose.sweep import Vary, make_vary, parse_orders, sweep_cells
 
-TOP_KEYS = ("name", "model", "datasets", "editors", "compressors", "orders", "replicates", "edits", "seed", "metrics",
-            "metric_options", "budgets", "policy", "snapshots", "topk", "device", "dtype", "skip_invalid", "resources",
-            "protocol")
+TOP_KEYS = (
+    "name",
+    "model",
+    "datasets",
+    "editors",
+    "compressors",
+    "orders",
+    "replicates",
+    "edits",
+    "seed",
+    "metrics",
+    "metric_options",
+    "budgets",
+    "policy",
+    "snapshots",
+    "topk",
+    "device",
+    "dtype",
+    "skip_invalid",
+    "resources",
+    "protocol",
+)
 ENTRY_KEYS = ("name", "step", "steps", "vary", "orders", "family")
 DATASET_KEYS = ("name", "source")
 EDITOR_KEYS = ("name", "step")
-BUDGET_KEYS = ("ppl_tokens", "ppl_seqlen", "calibration_samples", "calibration_seqlen", "ppl_corpus", "calibration_corpus")
+BUDGET_KEYS = (
+    "ppl_tokens",
+    "ppl_seqlen",
+    "calibration_samples",
+    "calibration_seqlen",
+    "ppl_corpus",
+    "calibration_corpus",
+)
 RESOURCE_KEYS = ("cpus_per_task", "gpus_per_task")
 ROLES = ("editor", "compressor")
 STUDY_MARKERS = frozenset({"compressors", "editors", "datasets"})  # keys that make a YAML file a study file
@@ -167,7 +193,8 @@ class Study:
     resources: dict[str, float] = field(default_factory=dict)
     protocol: str = "default"
     data: dict[str, Any] = field(default_factory=dict)  # the file's mapping, as validated (Ray workers rebuild from it)
-    #: where this machine keeps the data (run_study's ``data_dir``; None = LMCOMPOSE_DATA_DIR): not part of the study's identity
+    #: where this machine keeps the data (run_study's ``data_dir``; None = LMCOMPOSE_DATA_DIR);
+    #: not part of the study's identity
     data_dir: Path | None = None
 
     # -- reading ---------------------------------------------------------------------
@@ -178,22 +205,28 @@ class Study:
         _keys(data, "(top level)", TOP_KEYS)
         for required in ("model", "datasets", "compressors"):
             if required not in data:
-                raise _fail(required, f"missing; a study needs model, datasets and compressors (see docs/studies.md) in {where}")
+                raise _fail(
+                    required, f"missing; a study needs model, datasets and compressors (see docs/studies.md) in {where}"
+                )
         study_name = _string(data.get("name", name or "study"), "name", "paper")
         model = _string(data["model"], "model", "smollm2-135m")
         datasets = _datasets(data["datasets"])
         editors = _editors(data.get("editors", []))
         entries = _entries(data["compressors"], editors, data.get("orders", "all"))
         replicates = _integer(data.get("replicates", 1), "replicates", 1, "2")
-        check_cell_count(replicates * len(datasets) * sum(len(e.orders) * len(e.vary.values) for e in entries), "replicates")
+        check_cell_count(
+            replicates * len(datasets) * sum(len(e.orders) * len(e.vary.values) for e in entries), "replicates"
+        )
         edits = None if data.get("edits") is None else _integer(data["edits"], "edits", 1, "50")
         if edits is None and editors:
             raise _fail("edits", "missing; the editors need the number of edit requests per replicate, e.g. edits: 50")
         seed = _integer(data.get("seed", 0), "seed", 0, "0")
         metrics = None
         if data.get("metrics") is not None:
-            metrics = [_string(m, f"metrics[{i}]", "perplexity") for i, m in
-                       enumerate(_list(data["metrics"], "metrics", "[edit, perplexity, avg_bits]"))]
+            metrics = [
+                _string(m, f"metrics[{i}]", "perplexity")
+                for i, m in enumerate(_list(data["metrics"], "metrics", "[edit, perplexity, avg_bits]"))
+            ]
         options = {}
         for key, value in _mapping(data.get("metric_options", {}), "metric_options", "{edit: {scorer: prob}}").items():
             options[key] = dict(_mapping(value, f"metric_options.{key}", "{scorer: prob}"))
@@ -229,7 +262,9 @@ class Study:
         raw_res = _mapping(data.get("resources", {}), "resources", "{cpus_per_task: 1, gpus_per_task: 0.25}")
         _keys(raw_res, "resources", RESOURCE_KEYS)
         if "cpus_per_task" in raw_res:
-            resources["cpus_per_task"] = _number(raw_res["cpus_per_task"], "resources.cpus_per_task", 0, "1", strict=True)
+            resources["cpus_per_task"] = _number(
+                raw_res["cpus_per_task"], "resources.cpus_per_task", 0, "1", strict=True
+            )
         if "gpus_per_task" in raw_res:
             resources["gpus_per_task"] = _number(raw_res["gpus_per_task"], "resources.gpus_per_task", 0, "0.25")
         from lmcompose.protocols import get_protocol
@@ -246,8 +281,28 @@ class Study:
                     _step(spec, f"protocol ({protocol.name}, entry {entry.label})")
             options = protocol.options(options)
             policy = protocol.policy or policy
-        return cls(study_name, model, datasets, editors, entries, replicates, edits, seed, metrics, options, budgets,
-                   policy, snapshots, topk, device, dtype, skip_invalid, resources, protocol.name, data=dict(data))
+        return cls(
+            study_name,
+            model,
+            datasets,
+            editors,
+            entries,
+            replicates,
+            edits,
+            seed,
+            metrics,
+            options,
+            budgets,
+            policy,
+            snapshots,
+            topk,
+            device,
+            dtype,
+            skip_invalid,
+            resources,
+            protocol.name,
+            data=dict(data),
+        )
 
     # -- what it runs ----------------------------------------------------------------
     @property
@@ -264,9 +319,15 @@ class Study:
         for entry in self.entries:
             for ds in self.datasets:
                 groups = [(ds.name, r) for r in range(self.replicates)]
-                out += sweep_cells(entry.steps, entry.vary, entry.orders, groups, self.policy,
-                                   labels={"study": self.name, "dataset": ds.name, **entry.labels},
-                                   id_prefix=f"{ds.name}|{entry.label}|")
+                out += sweep_cells(
+                    entry.steps,
+                    entry.vary,
+                    entry.orders,
+                    groups,
+                    self.policy,
+                    labels={"study": self.name, "dataset": ds.name, **entry.labels},
+                    id_prefix=f"{ds.name}|{entry.label}|",
+                )
         return out
 
     def plan(self) -> Plan:
@@ -292,22 +353,44 @@ class Study:
             evals += pc.evaluations
             for k, n in pc.states.items():
                 states[k] = states.get(k, 0) + n
-        return {"study": study, "separate_sweeps": PlanCounts(states, evals),
-                "independent_cells": Plan.independent_counts(cells, edit_metrics)}
+        return {
+            "study": study,
+            "separate_sweeps": PlanCounts(states, evals),
+            "independent_cells": Plan.independent_counts(cells, edit_metrics),
+        }
 
     def resolved(self) -> dict[str, Any]:
         """The study in canonical form (config.yaml; its id is a hash of this)."""
         return {
-            "name": self.name, "model": self.model,
+            "name": self.name,
+            "model": self.model,
             "datasets": [{"name": d.name, "source": d.source} for d in self.datasets],
             "editors": [{"name": e.label, "step": str(e.step)} for e in self.editors],
-            "compressors": [{"name": e.label, "steps": [str(s) for s in e.steps], "vary": str(e.vary),
-                             "orders": [[e.steps[i].name for i in o] for o in e.orders], "editor": e.editor,
-                             "compressor": e.compressor, "family": e.family} for e in self.entries],
-            "replicates": self.replicates, "edits": self.edits, "seed": self.seed, "metrics": self.metrics,
-            "metric_options": self.resolved_metric_options, "budgets": self.budgets, "policy": self.policy,
-            "snapshots": self.snapshots, "topk": self.topk, "device": self.device, "dtype": self.dtype,
-            "skip_invalid": self.skip_invalid, "resources": self.resources,
+            "compressors": [
+                {
+                    "name": e.label,
+                    "steps": [str(s) for s in e.steps],
+                    "vary": str(e.vary),
+                    "orders": [[e.steps[i].name for i in o] for o in e.orders],
+                    "editor": e.editor,
+                    "compressor": e.compressor,
+                    "family": e.family,
+                }
+                for e in self.entries
+            ],
+            "replicates": self.replicates,
+            "edits": self.edits,
+            "seed": self.seed,
+            "metrics": self.metrics,
+            "metric_options": self.resolved_metric_options,
+            "budgets": self.budgets,
+            "policy": self.policy,
+            "snapshots": self.snapshots,
+            "topk": self.topk,
+            "device": self.device,
+            "dtype": self.dtype,
+            "skip_invalid": self.skip_invalid,
+            "resources": self.resources,
             # only when set, so the ids of studies written before protocols existed stay the same
             **({"protocol": self.protocol} if self.protocol != "default" else {}),
         }
@@ -325,8 +408,13 @@ class Study:
         out: dict[Group, list[EditRecord]] = {}
         for d in self.datasets:
             for r in range(self.replicates):
-                out[(d.name, r)] = load_edits(d.name, d.source, self.edits, self.seed, replicate=r,
-                                              skip_invalid=self.skip_invalid, ctx=ctx) if self.edits else []
+                out[(d.name, r)] = (
+                    load_edits(
+                        d.name, d.source, self.edits, self.seed, replicate=r, skip_invalid=self.skip_invalid, ctx=ctx
+                    )
+                    if self.edits
+                    else []
+                )
         return out
 
 
@@ -424,7 +512,7 @@ def _vary_one(value: Any, path: str, steps: list[StepSpec], composite: bool) -> 
     raw = _mapping(value, path, example)
     if len(raw) != 1:
         raise _fail(path, f"vary exactly one field, e.g. {example}; got {len(raw)}: {', '.join(raw) or 'none'}")
-    (key, values), = raw.items()
+    ((key, values),) = raw.items()
     if composite:
         step_name, dot, field_name = key.partition(".")
         names = [s.name for s in steps]
@@ -433,7 +521,9 @@ def _vary_one(value: Any, path: str, steps: list[StepSpec], composite: bool) -> 
         if step_name not in names:
             raise _unknown(path, "step", step_name, names)
         if names.count(step_name) > 1:
-            raise _fail(path, f"step {step_name!r} appears {names.count(step_name)} times; vary a step that appears once")
+            raise _fail(
+                path, f"step {step_name!r} appears {names.count(step_name)} times; vary a step that appears once"
+            )
         index = names.index(step_name)
     else:
         index, field_name = len(steps) - 1, key
@@ -482,8 +572,11 @@ def _entries(value: Any, editors: list[EditorSpec], orders: Any) -> list[Entry]:
         raw = _mapping(item, path, "{step: sparsegpt, vary: {sparsity: [0.25, 0.5, 0.75]}}")
         _keys(raw, path, ENTRY_KEYS)
         if ("step" in raw) == ("steps" in raw):
-            raise _fail(path, "give either step: (a compressor, paired with every editor) or steps: (a sequence "
-                              "composed as it is), not " + ("both" if "step" in raw else "neither"))
+            raise _fail(
+                path,
+                "give either step: (a compressor, paired with every editor) or steps: (a sequence "
+                "composed as it is), not " + ("both" if "step" in raw else "neither"),
+            )
         if "vary" not in raw:
             raise _fail(path, "missing vary; give the strength grid, e.g. vary: {sparsity: [0.25, 0.5, 0.75]}")
         family = None if raw.get("family") is None else _string(raw["family"], f"{path}.family", "prune")
@@ -493,10 +586,15 @@ def _entries(value: Any, editors: list[EditorSpec], orders: Any) -> list[Entry]:
             if kind == EDIT_KIND:
                 raise _fail(f"{path}.step", f"{spec.name!r} is an editor (kind edit); list it under editors")
             if not editors:
-                raise _fail(path, "a compressor entry is paired with every editor, and editors is empty; "
-                                  "add editors: [memit], or compose a sequence with steps: [...]")
+                raise _fail(
+                    path,
+                    "a compressor entry is paired with every editor, and editors is empty; "
+                    "add editors: [memit], or compose a sequence with steps: [...]",
+                )
             if "orders" in raw:
-                raise _fail(f"{path}.orders", "orders of a paired compressor are the study's orders (top-level orders:)")
+                raise _fail(
+                    f"{path}.orders", "orders of a paired compressor are the study's orders (top-level orders:)"
+                )
             label = _string(raw.get("name", spec.name), f"{path}.name", "sparsegpt")
             for ed in editors:
                 steps = [ed.step, spec]
@@ -504,8 +602,10 @@ def _entries(value: Any, editors: list[EditorSpec], orders: Any) -> list[Entry]:
                 entry_label = label if len(editors) == 1 else f"{ed.label}+{label}"
                 out.append(Entry(entry_label, steps, vary, list(pair_orders), ed.label, label, family or kind))
         else:
-            steps = [_step(s, f"{path}.steps[{j}]") for j, s in
-                     enumerate(_list(raw["steps"], f"{path}.steps", "[memit, wanda, gptq]"))]
+            steps = [
+                _step(s, f"{path}.steps[{j}]")
+                for j, s in enumerate(_list(raw["steps"], f"{path}.steps", "[memit, wanda, gptq]"))
+            ]
             vary = _vary_one(raw["vary"], f"{path}.vary", steps, composite=True)
             try:
                 entry_orders = parse_orders(raw.get("orders", "all"), steps)

@@ -30,15 +30,18 @@ def null_space_projector(cov: torch.Tensor, threshold: float, where: str = "") -
     n = int(small.sum())
     if n == 0:
         raise ConfigError(
-            f"{where}nullspace_threshold={threshold:g} leaves an empty null space: the eigenvalues of the preserved keys' "
+            f"{where}nullspace_threshold={threshold:g} leaves an empty null space: the eigenvalues of the preserved "
+            f"keys' "
             f"covariance lie in [{float(evals.min()):.3g}, {float(evals.max()):.3g}]; "
-            f"pick a threshold above {float(evals.min()):.3g}")
+            f"pick a threshold above {float(evals.min()):.3g}"
+        )
     u = evecs[:, small]
     return u @ u.T, n
 
 
-def alphaedit_delta(keys: torch.Tensor, resid: torch.Tensor, projector: torch.Tensor, previous: torch.Tensor,
-                    l2: float) -> torch.Tensor:
+def alphaedit_delta(
+    keys: torch.Tensor, resid: torch.Tensor, projector: torch.Tensor, previous: torch.Tensor, l2: float
+) -> torch.Tensor:
     """ΔW (d_out, d_in) for keys K (d_in, n), residuals R (d_out, n), projector P and the
     earlier batches' K_p K_pᵀ (both d_in x d_in), in float64."""
     dev = projector.device

@@ -15,10 +15,14 @@ class AlphaEditConfig(LocateEditConfig):
 
     nullspace_threshold: float | None = field(
         default=None,
-        metadata={"help": "eigenvalues of the preserved keys' covariance E[kk^T] below this span the null space the update is confined to (AlphaEdit: 2e-2)"},
+        metadata={
+            "help": "eigenvalues of the preserved keys' covariance E[kk^T] below this span the null space the update "
+            "is confined to (AlphaEdit: 2e-2)"
+        },
     )
     l2: float | None = field(
-        default=None, metadata={"help": "weight of the identity in the update's solve, the ridge term (AlphaEdit: L2 = 10)"},
+        default=None,
+        metadata={"help": "weight of the identity in the update's solve, the ridge term (AlphaEdit: L2 = 10)"},
     )
 
     def __post_init__(self) -> None:

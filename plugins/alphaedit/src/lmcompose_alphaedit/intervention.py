@@ -58,7 +58,11 @@ class AlphaEdit(LocateThenEdit):
             p, dims[layer] = null_space_projector(cov, float(t), where=f"step 'alphaedit', layer {layer}: ")
             self._projectors[layer] = p
             self._previous[layer] = torch.zeros_like(p)
-        return {"nullspace_dims": dims, "nullspace_thresholds": thresholds, "key_dims": {i: int(c.shape[0]) for i, c in covs.items()}}
+        return {
+            "nullspace_dims": dims,
+            "nullspace_thresholds": thresholds,
+            "key_dims": {i: int(c.shape[0]) for i, c in covs.items()},
+        }
 
     def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
         from lmcompose_alphaedit.algorithm import alphaedit_delta
@@ -70,6 +74,11 @@ class AlphaEdit(LocateThenEdit):
 
         c, arch = self.config, lm.arch
         for layer in layers:
-            k = edit_keys(lm, batch, templates, f"{arch.layers}.{layer}.{arch.mlp_out}", c.max_batch_tokens,
-                          c.compute_dtype).double().T
+            k = (
+                edit_keys(
+                    lm, batch, templates, f"{arch.layers}.{layer}.{arch.mlp_out}", c.max_batch_tokens, c.compute_dtype
+                )
+                .double()
+                .T
+            )
             self._previous[layer] += k @ k.T

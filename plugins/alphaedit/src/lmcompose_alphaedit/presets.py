@@ -34,9 +34,27 @@ PRESETS: tuple[Preset, ...] = (
     Preset("gpt2-xl", "gpt2", 48, 1600, {"layers": [13, 14, 15, 16, 17], **GPTJ_V, **REFERENCE}),
     Preset("llama3-8b", "llama", 32, 4096, {"layers": [4, 5, 6, 7, 8], **GPTJ_V, "v_lr": 0.1, **REFERENCE}),
     # docs/alphaedit.md
-    Preset("smollm2-135m", "llama", 30, 576, {"layers": [3, 4, 5, 6, 7], **LLAMA_V, "nullspace_threshold": 2e-2, "l2": 10.0}),
-    Preset("gemma-3-270m", "gemma3_text", 18, 640,
-           {"layers": [2, 3, 4, 5, 6], **LLAMA_V, "v_lr": 50.0, "clamp_norm_factor": 0.3, "nullspace_threshold": 2e-2, "l2": 10.0}),
+    Preset(
+        "smollm2-135m",
+        "llama",
+        30,
+        576,
+        {"layers": [3, 4, 5, 6, 7], **LLAMA_V, "nullspace_threshold": 2e-2, "l2": 10.0},
+    ),
+    Preset(
+        "gemma-3-270m",
+        "gemma3_text",
+        18,
+        640,
+        {
+            "layers": [2, 3, 4, 5, 6],
+            **LLAMA_V,
+            "v_lr": 50.0,
+            "clamp_norm_factor": 0.3,
+            "nullspace_threshold": 2e-2,
+            "l2": 10.0,
+        },
+    ),
 )
 
 

@@ -55,13 +55,21 @@ def weight_salience(weights: list[torch.Tensor], group_size: int) -> torch.Tenso
     w = torch.cat([m.float() for m in weights], dim=0).abs()
     idx = group_index(w.shape[1], group_size, w.device)
     gmax = torch.zeros(w.shape[0], n_groups(w.shape[1], group_size), device=w.device).scatter_reduce_(
-        1, idx.expand_as(w), w, reduce="amax")
+        1, idx.expand_as(w), w, reduce="amax"
+    )
     return (w / gmax[:, idx].clamp(min=1e-12)).mean(dim=0)
 
 
 @torch.no_grad()
-def search_scale(weights: list[torch.Tensor], h: torch.Tensor, x_mean_abs: torch.Tensor, bits: int, group_size: int,
-                 symmetric: bool, n_grid: int) -> tuple[torch.Tensor, float | None, float, float]:
+def search_scale(
+    weights: list[torch.Tensor],
+    h: torch.Tensor,
+    x_mean_abs: torch.Tensor,
+    bits: int,
+    group_size: int,
+    symmetric: bool,
+    n_grid: int,
+) -> tuple[torch.Tensor, float | None, float, float]:
     """(s, best α or None for s = 1, loss at s, loss at s = 1) for projections fed one input."""
     weights = [w.float() for w in weights]
 
@@ -89,8 +97,9 @@ def search_scale(weights: list[torch.Tensor], h: torch.Tensor, x_mean_abs: torch
 
 
 @torch.no_grad()
-def clipped_grid(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, symmetric: bool,
-                 n_grid: int, max_shrink: float) -> QuantGrid:
+def clipped_grid(
+    w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, symmetric: bool, n_grid: int, max_shrink: float
+) -> QuantGrid:
     """The grid for ``w`` (out, in) whose range per (row, group) minimizes that group's output error."""
     w = w.float()
     out_f, in_f = w.shape
@@ -104,8 +113,16 @@ def clipped_grid(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, s
         grid = QuantGrid.fit(w * r, bits, group_size, symmetric)  # the range shrunk by r around 0
         scale, zero = grid.expanded(in_f)
         dw = quantize_dequantize(w, scale, zero, bits) - w
-        err = torch.stack([((dw[:, k * g : (k + 1) * g] @ h[k * g : (k + 1) * g, k * g : (k + 1) * g]) * dw[:, k * g : (k + 1) * g]).sum(1)
-                           for k in range(ng)], dim=1)
+        err = torch.stack(
+            [
+                (
+                    (dw[:, k * g : (k + 1) * g] @ h[k * g : (k + 1) * g, k * g : (k + 1) * g])
+                    * dw[:, k * g : (k + 1) * g]
+                ).sum(1)
+                for k in range(ng)
+            ],
+            dim=1,
+        )
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best.scale = torch.where(better, grid.scale, best.scale)

@@ -72,7 +72,10 @@ def scale_groups(lm: LM, index: int, selected: set[str]) -> tuple[list[ScaleGrou
     for grp in groups:
         missing = [n for n in grp.changed if n not in selected]
         if missing:
-            skipped.append(f"{grp.kind} into {grp.members[0].rsplit('.', 1)[-1]}: {missing[0].rsplit('.', 1)[-1]} is not quantized by this step")
+            skipped.append(
+                f"{grp.kind} into {grp.members[0].rsplit('.', 1)[-1]}: {missing[0].rsplit('.', 1)[-1]} is not "
+                f"quantized by this step"
+            )
         else:
             usable.append(grp)
     return usable, skipped

@@ -61,7 +61,9 @@ class AWQ(LayerwiseQuantizer):
     def observe(self, stats: Any, x: Any) -> None:
         stats.add(x)
 
-    def quantize_layer(self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> dict[str, Any]:
+    def quantize_layer(
+        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]
+    ) -> dict[str, Any]:
         from lmcompose_awq.algorithm import clipped_grid, search_scale
         from lmcompose_awq.folding import fold_scales, scale_groups
 
@@ -81,8 +83,15 @@ class AWQ(LayerwiseQuantizer):
             scales = []
             for grp in groups:
                 st = stats_of(grp.members[0])
-                s, alpha, _, _ = search_scale([lm.weight(n) for n in grp.members], moments[grp.members[0]], st.mean_abs(),
-                                              c.bits, c.group_size, c.symmetric, c.n_grid)
+                s, alpha, _, _ = search_scale(
+                    [lm.weight(n) for n in grp.members],
+                    moments[grp.members[0]],
+                    st.mean_abs(),
+                    c.bits,
+                    c.group_size,
+                    c.symmetric,
+                    c.n_grid,
+                )
                 self.scaled_groups[f"{grp.source} -> {grp.members[0]}"] = alpha
                 scales.append((grp, s))
             for grp, s in scales:
@@ -107,5 +116,8 @@ class AWQ(LayerwiseQuantizer):
 
     def details(self) -> dict[str, Any]:
         alphas = [a for a in self.scaled_groups.values() if a is not None]
-        return {"scaled_groups": len(alphas), "unscaled_groups": len(self.scaled_groups) - len(alphas),
-                "mean_alpha": sum(alphas) / len(alphas) if alphas else None}
+        return {
+            "scaled_groups": len(alphas),
+            "unscaled_groups": len(self.scaled_groups) - len(alphas),
+            "mean_alpha": sum(alphas) / len(alphas) if alphas else None,
+        }

@@ -42,12 +42,22 @@ def parse_rome(raw: Mapping[str, Any]) -> EditRecord:
         targets[key] = need_str(t, "str", f"requested_rewrite.{key}.")
     if "case_id" not in raw:
         raise DataError("missing field 'case_id'")
-    rephrases = [p for p in need_list(raw, "paraphrase_prompts", allow_missing=True) if isinstance(p, str) and p.strip()]
-    locality = [LocalityPrompt(p, targets["target_true"]) for p in need_list(raw, "neighborhood_prompts", allow_missing=True) if isinstance(p, str) and p.strip()]
+    rephrases = [
+        p for p in need_list(raw, "paraphrase_prompts", allow_missing=True) if isinstance(p, str) and p.strip()
+    ]
+    locality = [
+        LocalityPrompt(p, targets["target_true"])
+        for p in need_list(raw, "neighborhood_prompts", allow_missing=True)
+        if isinstance(p, str) and p.strip()
+    ]
     return EditRecord(
-        case_id=str(raw["case_id"]), subject=subject, prompt=prompt,
-        target_new=targets["target_new"], target_true=targets["target_true"],
-        rephrases=rephrases, locality=locality,
+        case_id=str(raw["case_id"]),
+        subject=subject,
+        prompt=prompt,
+        target_new=targets["target_new"],
+        target_true=targets["target_true"],
+        rephrases=rephrases,
+        locality=locality,
         source={"dataset": "counterfact", "id": raw["case_id"], "schema": "rome", "relation_id": rr.get("relation_id")},
     )
 
@@ -56,7 +66,11 @@ class CounterFact(JsonEditDataset):
     """CounterFact edit requests (ROME/MEMIT or EasyEdit schema, detected per record)."""
 
     name = "counterfact"
-    data_files = ("counterfact/counterfact.json", "counterfact/counterfact_500.json", "counterfact/counterfact-edit.json")
+    data_files = (
+        "counterfact/counterfact.json",
+        "counterfact/counterfact_500.json",
+        "counterfact/counterfact-edit.json",
+    )
     url = ROME_URL
     sample = Path(str(resources.files("lmcompose_counterfact").joinpath("sample", "counterfact_sample.json")))
 

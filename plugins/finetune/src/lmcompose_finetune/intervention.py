@@ -35,8 +35,10 @@ class TrainedEdit(Intervention):
 
     def check_offload(self, lm: LM) -> None:
         if getattr(lm, "offloaded", False):
-            raise ConfigError(f"step '{self.name}' trains through the whole model and does not support offloaded models "
-                              "(--device-map with --max-memory); load the model in memory")
+            raise ConfigError(
+                f"step '{self.name}' trains through the whole model and does not support offloaded models "
+                "(--device-map with --max-memory); load the model in memory"
+            )
 
     def targets(self, lm: LM) -> list[str]:
         """Names of the projections whose weights the edit changes."""
@@ -68,15 +70,28 @@ class TrainedEdit(Intervention):
             for idx in iter_batches(len(records), 0, c.batches):
                 batch = [records[i] for i in idx]
                 with ctx.progress.task(f"{self.name} ({len(batch)} edits)", c.steps) as advance:
-                    res = train_on_edits(lm, batch, params, c.steps, c.lr, c.weight_decay, c.early_stop_loss,
-                                         c.max_batch_tokens, self.after_step, advance)
+                    res = train_on_edits(
+                        lm,
+                        batch,
+                        params,
+                        c.steps,
+                        c.lr,
+                        c.weight_decay,
+                        c.early_stop_loss,
+                        c.max_batch_tokens,
+                        self.after_step,
+                        advance,
+                    )
                 per_batch.append(res)
         finally:
             self.finish(lm)
         norms = {n: float((lm.weight(n).detach().float() - before[n].float()).norm()) for n in names}
         rep = self.report(
-            n_edits=len(records), batches=len(per_batch), trained=names,
-            steps=[r.steps for r in per_batch], loss_first=sum(r.loss_first for r in per_batch) / len(per_batch),
+            n_edits=len(records),
+            batches=len(per_batch),
+            trained=names,
+            steps=[r.steps for r in per_batch],
+            loss_first=sum(r.loss_first for r in per_batch) / len(per_batch),
             loss_final=sum(r.loss_final for r in per_batch) / len(per_batch),
             converged_batches=sum(1 for r in per_batch if r.loss_final < c.early_stop_loss),
             update_norms=norms,
@@ -110,8 +125,17 @@ class FineTune(TrainedEdit):
             for s in suffixes:
                 name = f"{lm.arch.layers}.{i}.{s}"
                 if name not in known:
-                    options = sorted({n.split(f"{lm.arch.layers}.{i}.", 1)[1] for n in known if n.startswith(f"{lm.arch.layers}.{i}.")})
-                    raise ConfigError(f"step 'ft': modules: {s!r} is not a projection of layer {i}; this model has {', '.join(options)}")
+                    options = sorted(
+                        {
+                            n.split(f"{lm.arch.layers}.{i}.", 1)[1]
+                            for n in known
+                            if n.startswith(f"{lm.arch.layers}.{i}.")
+                        }
+                    )
+                    raise ConfigError(
+                        f"step 'ft': modules: {s!r} is not a projection of layer {i}; this model has "
+                        f"{', '.join(options)}"
+                    )
                 names.append(name)
         return names
 
@@ -141,9 +165,11 @@ def lora_targets(lm: LM, patterns: Sequence[str], layers: Sequence[int]) -> list
         hits = [n for n, _ in lm.target_layers([pat]) if n.startswith(prefixes)]
         if not hits:
             first = f"{lm.arch.layers}.{layers[0]}."
-            leaves = sorted(n[len(first):] for n, _ in lm.linear_layers() if n.startswith(first))
-            raise ConfigError(f"step 'lora': target_modules: {pat!r} matches no projection in layers {list(layers)}; "
-                              f"this model's projections are {', '.join(leaves)}")
+            leaves = sorted(n[len(first) :] for n, _ in lm.linear_layers() if n.startswith(first))
+            raise ConfigError(
+                f"step 'lora': target_modules: {pat!r} matches no projection in layers {list(layers)}; "
+                f"this model's projections are {', '.join(leaves)}"
+            )
         names += [n for n in hits if n not in names]
     return names
 
@@ -154,8 +180,14 @@ def attach_lora(lm: LM, config: LoRAConfig, names: Sequence[str]) -> Any:
     from peft import LoraConfig, get_peft_model
 
     conv1d = is_conv1d(lm.model.get_submodule(names[0]))
-    cfg = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(names), lora_dropout=0.0, bias="none",
-                     fan_in_fan_out=conv1d)
+    cfg = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        target_modules=list(names),
+        lora_dropout=0.0,
+        bias="none",
+        fan_in_fan_out=conv1d,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return get_peft_model(lm.model, cfg)

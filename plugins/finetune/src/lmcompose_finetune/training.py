@@ -50,9 +50,18 @@ class TrainResult:
     loss_final: float
 
 
-def train_on_edits(lm: LM, records: Sequence[Any], params: Sequence[torch.nn.Parameter], steps: int, lr: float,
-                   weight_decay: float, early_stop: float, max_tokens: int, after_step: Callable[[], None] | None = None,
-                   advance: Callable[[int], None] | None = None) -> TrainResult:
+def train_on_edits(
+    lm: LM,
+    records: Sequence[Any],
+    params: Sequence[torch.nn.Parameter],
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    early_stop: float,
+    max_tokens: int,
+    after_step: Callable[[], None] | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> TrainResult:
     """Adam on ``params`` (every other parameter frozen meanwhile) to lower the mean target NLL
     of ``records``; ``after_step`` runs after each update (FT-L's clamp). Stops early once the
     mean NLL is below ``early_stop``."""

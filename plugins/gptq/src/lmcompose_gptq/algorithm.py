@@ -42,16 +42,36 @@ class GPTQResult:
     extra_tries: int
 
 
-def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, symmetric: bool, act_order: bool,
-                  blocksize: int, percdamp: float, messages: list[str], where: str) -> QuantGrid:
+def gptq_quantize(
+    w: torch.Tensor,
+    h: torch.Tensor,
+    bits: int,
+    group_size: int,
+    symmetric: bool,
+    act_order: bool,
+    blocksize: int,
+    percdamp: float,
+    messages: list[str],
+    where: str,
+) -> QuantGrid:
     """Quantize ``w`` (out, in; changed in place) with GPTQ given H (in, in); return its grid
     (:func:`gptq_quantize_result` also says whether it fell back and the damping)."""
     return gptq_quantize_result(w, h, bits, group_size, symmetric, act_order, blocksize, percdamp, messages, where).grid
 
 
 @torch.no_grad()
-def gptq_quantize_result(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, symmetric: bool, act_order: bool,
-                         blocksize: int, percdamp: float, messages: list[str], where: str) -> GPTQResult:
+def gptq_quantize_result(
+    w: torch.Tensor,
+    h: torch.Tensor,
+    bits: int,
+    group_size: int,
+    symmetric: bool,
+    act_order: bool,
+    blocksize: int,
+    percdamp: float,
+    messages: list[str],
+    where: str,
+) -> GPTQResult:
     """Quantize ``w`` (out, in; changed in place) with GPTQ given H (in, in); messages for the
     user (fallback, extra damping) are appended to ``messages``."""
     out_f, in_f = w.shape
@@ -75,13 +95,18 @@ def gptq_quantize_result(w: torch.Tensor, h: torch.Tensor, bits: int, group_size
 
     upper, damp, extra = inverse_cholesky_upper(H, percdamp)
     if upper is None:
-        messages.append(f"{where}: Hessian not positive definite even with damping {damp:.3g}; "
-                        "used round-to-nearest for this layer (more calibration samples or a larger percdamp avoid this)")
+        messages.append(
+            f"{where}: Hessian not positive definite even with damping {damp:.3g}; "
+            "used round-to-nearest for this layer (more calibration samples or a larger percdamp avoid this)"
+        )
         grid = QuantGrid.fit(w.float(), bits, group_size, symmetric)
         grid.snap_(w)
         return GPTQResult(grid, True, damp, extra)
     if extra:
-        messages.append(f"{where}: Hessian not positive definite at percdamp={percdamp}; used damping {damp:.3g} ({extra} x10 increases)")
+        messages.append(
+            f"{where}: Hessian not positive definite at percdamp={percdamp}; used damping {damp:.3g} ({extra} x10 "
+            f"increases)"
+        )
     hinv = upper.float()
 
     # the sweep runs on the transpose, so that a column is a contiguous row: the rank-1
@@ -116,8 +141,9 @@ def gptq_quantize_result(w: torch.Tensor, h: torch.Tensor, bits: int, group_size
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
     w.copy_(Q.to(w.dtype))
-    return GPTQResult(QuantGrid(bits, group_size, symmetric, scale_t.t().contiguous(), zero_t.t().contiguous()),
-                      False, damp, extra)
+    return GPTQResult(
+        QuantGrid(bits, group_size, symmetric, scale_t.t().contiguous(), zero_t.t().contiguous()), False, damp, extra
+    )
 
 
 class HessianStats(Gram):

@@ -44,7 +44,9 @@ class GPTQ(LayerwiseQuantizer):
     def observe(self, stats: HessianStats, x: Any) -> None:
         stats.add(x)
 
-    def quantize_layer(self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> dict[str, Any]:
+    def quantize_layer(
+        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]
+    ) -> dict[str, Any]:
         """Projections fed one tensor (q/k/v, gate/up) share H, and GPTQ treats every row
         alone given H: their weights are stacked row-wise and quantized in one sweep (one
         Cholesky, one column loop), which gives each row exactly what a sweep of its own
@@ -59,8 +61,18 @@ class GPTQ(LayerwiseQuantizer):
         for group in groups_sharing_stats(names, stats_of):
             weights = [lm.weight(n) for n in group]
             stacked = weights[0] if len(group) == 1 else torch.cat(weights, dim=0)
-            result = gptq_quantize_result(stacked, stats_of(group[0]).hessian(), c.bits, c.group_size, c.symmetric,
-                                          c.act_order, c.blocksize, c.percdamp, messages, "+".join(group))
+            result = gptq_quantize_result(
+                stacked,
+                stats_of(group[0]).hessian(),
+                c.bits,
+                c.group_size,
+                c.symmetric,
+                c.act_order,
+                c.blocksize,
+                c.percdamp,
+                messages,
+                "+".join(group),
+            )
             grid = result.grid
             if result.fell_back:
                 self.fallbacks.extend(group)
@@ -69,7 +81,9 @@ class GPTQ(LayerwiseQuantizer):
                 rows = slice(start, start + w.shape[0])
                 if len(group) > 1:
                     w.copy_(stacked[rows])
-                grids[name] = QuantGrid(grid.bits, grid.group_size, grid.symmetric, grid.scale[rows].clone(), grid.zero[rows].clone())
+                grids[name] = QuantGrid(
+                    grid.bits, grid.group_size, grid.symmetric, grid.scale[rows].clone(), grid.zero[rows].clone()
+                )
                 start += w.shape[0]
         return grids
 

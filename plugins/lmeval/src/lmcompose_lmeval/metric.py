@@ -92,8 +92,10 @@ def check_tasks(names: list[str], manager: Any) -> None:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
             hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-            raise ConfigError(f"metric 'lmeval': task {name!r} is not in lm-eval's registry{hint}; "
-                              "`lm-eval ls tasks` lists them (or add your YAML folder with include_path=)")
+            raise ConfigError(
+                f"metric 'lmeval': task {name!r} is not in lm-eval's registry{hint}; "
+                "`lm-eval ls tasks` lists them (or add your YAML folder with include_path=)"
+            )
 
 
 def flatten(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
@@ -126,15 +128,27 @@ class LMEval(Metric):
         from lm_eval.models.huggingface import HFLM
 
         manager = task_manager(self.config.include_path)
-        wrapped = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=self.config.batch_size,
-                       device=str(lm.device), max_length=lm.max_positions)
+        wrapped = HFLM(
+            pretrained=lm.model,
+            tokenizer=lm.tokenizer,
+            batch_size=self.config.batch_size,
+            device=str(lm.device),
+            max_length=lm.max_positions,
+        )
         wrapped._device = lm.device  # HFLM takes model.device, which is meta for an offloaded model
         with ctx.progress.task(f"lm-eval: {', '.join(self.tasks)}", None):
             out = lm_eval.simple_evaluate(
-                model=wrapped, tasks=self.tasks, num_fewshot=self.config.num_fewshot,
-                limit=self.config.limit or None, task_manager=manager, log_samples=False,
-                bootstrap_iters=1000, random_seed=ctx.seed,
-                numpy_random_seed=ctx.seed, torch_random_seed=ctx.seed, fewshot_random_seed=ctx.seed,
+                model=wrapped,
+                tasks=self.tasks,
+                num_fewshot=self.config.num_fewshot,
+                limit=self.config.limit or None,
+                task_manager=manager,
+                log_samples=False,
+                bootstrap_iters=1000,
+                random_seed=ctx.seed,
+                numpy_random_seed=ctx.seed,
+                torch_random_seed=ctx.seed,
+                fewshot_random_seed=ctx.seed,
                 verbosity="ERROR",
             )
         return flatten(out["results"])

@@ -48,8 +48,16 @@ class MEMIT(LocateThenEdit):
 
         return memit_delta(keys, resid, self._covs[layer], self._lam)
 
-    def spread(self, lm: LM, batch: list[Any], targets: Any, templates: list[str], layers: list[int], lam: float,
-               covs: dict[int, Any]) -> dict[str, float]:
+    def spread(
+        self,
+        lm: LM,
+        batch: list[Any],
+        targets: Any,
+        templates: list[str],
+        layers: list[int],
+        lam: float,
+        covs: dict[int, Any],
+    ) -> dict[str, float]:
         """Write the v* ``targets`` (edits x hidden, at the last edit layer) into the MLP output
         projections of ``layers`` with λ = ``lam`` and covariances ``covs`` by layer."""
         from lmcompose.editing import spread_residual
@@ -57,5 +65,13 @@ class MEMIT(LocateThenEdit):
         from lmcompose_memit.algorithm import memit_delta
 
         c = self.config
-        return spread_residual(lm, batch, targets, templates, layers,
-                               lambda layer, k, r: memit_delta(k, r, covs[layer], lam), c.max_batch_tokens, c.compute_dtype)
+        return spread_residual(
+            lm,
+            batch,
+            targets,
+            templates,
+            layers,
+            lambda layer, k, r: memit_delta(k, r, covs[layer], lam),
+            c.max_batch_tokens,
+            c.compute_dtype,
+        )

@@ -36,8 +36,13 @@ PRESETS: tuple[Preset, ...] = (
     # Gemma-3's residual is ~4700 long: Adam's per-coordinate step of 0.5 moved v* by 4% of it in
     # 25 steps; v_lr 50 lets v* converge, and clamp 0.3 |h| keeps it within what five layers'
     # normalized MLP outputs can deliver (docs/memit.md)
-    Preset("gemma-3-270m", "gemma3_text", 18, 640,
-           {"layers": [2, 3, 4, 5, 6], "mom2_update_weight": 250.0, **LLAMA_V, "v_lr": 50.0, "clamp_norm_factor": 0.3}),
+    Preset(
+        "gemma-3-270m",
+        "gemma3_text",
+        18,
+        640,
+        {"layers": [2, 3, 4, 5, 6], "mom2_update_weight": 250.0, **LLAMA_V, "v_lr": 50.0, "clamp_norm_factor": 0.3},
+    ),
 )
 
 

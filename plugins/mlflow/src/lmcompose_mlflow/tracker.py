@@ -18,7 +18,19 @@ from typing import Any
 
 ENV_URI = "LMCOMPOSE_MLFLOW"
 ENV_EXPERIMENT = "LMCOMPOSE_MLFLOW_EXPERIMENT"
-CELL_PARAMS = ("order", "strength", "vary", "dataset", "entry", "editor", "compressor", "family", "replicate", "policy", "model")
+CELL_PARAMS = (
+    "order",
+    "strength",
+    "vary",
+    "dataset",
+    "entry",
+    "editor",
+    "compressor",
+    "family",
+    "replicate",
+    "policy",
+    "model",
+)
 STATUS = {"finished": "FINISHED", "incomplete": "KILLED", "failed": "FAILED"}
 MAX_PARAM = 500  # MLflow's limit on a parameter's value
 
@@ -86,13 +98,19 @@ class MLflowTracker:
         found = self._find(tags)
         if found is None:
             name = run.config.get("name") if isinstance(run.config.get("name"), str) else run.folder.name
-            created = self.client.create_run(self.experiment_id(), run_name=f"{run.kind}: {name}",
-                                             tags={**tags, "lmcompose.kind": run.kind, "lmcompose.folder": str(run.folder)})
+            created = self.client.create_run(
+                self.experiment_id(),
+                run_name=f"{run.kind}: {name}",
+                tags={**tags, "lmcompose.kind": run.kind, "lmcompose.folder": str(run.folder)},
+            )
             found = created.info.run_id
             from mlflow.entities import Param
 
-            params = [Param(str(k), _param(v)) for k, v in sorted(run.config.items())
-                      if k not in {"study", "counts", "inputs", "versions"} and v is not None][:100]
+            params = [
+                Param(str(k), _param(v))
+                for k, v in sorted(run.config.items())
+                if k not in {"study", "counts", "inputs", "versions"} and v is not None
+            ][:100]
             if params:
                 self.client.log_batch(found, params=params)
             self.client.log_text(found, json.dumps(run.config, indent=1, default=str), "config.json")
@@ -131,8 +149,9 @@ class MLflowTracker:
         if found is None:
             from mlflow.entities import Param
 
-            created = self.client.create_run(self.experiment_id(), run_name=cell,
-                                             tags={**tags, "mlflow.parentRunId": parent})
+            created = self.client.create_run(
+                self.experiment_id(), run_name=cell, tags={**tags, "mlflow.parentRunId": parent}
+            )
             found = created.info.run_id
             params = [Param(k, _param(row[k])) for k in CELL_PARAMS if row.get(k) is not None]
             self.client.log_batch(found, params=params)
@@ -150,7 +169,7 @@ class MLflowTracker:
         stamp = int(float(row.get("timestamp") or time.time()) * 1000)
         metrics = [Metric(k, v, stamp, step) for k, v in _metrics(row).items()]
         for start in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
-            self.client.log_batch(run_id, metrics=metrics[start:start + 900])
+            self.client.log_batch(run_id, metrics=metrics[start : start + 900])
         logged.add(step)
         last = row.get("last_position")
         if last is not None and step == last:

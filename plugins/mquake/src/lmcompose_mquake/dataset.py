@@ -29,7 +29,12 @@ class MQuAKE(JsonEditDataset):
     """MQuAKE cases: several edits each, with multi-hop questions."""
 
     name = "mquake"
-    data_files = ("mquake/MQuAKE-CF-3k-v2.json", "mquake/MQuAKE-CF-3k.json", "mquake/MQuAKE-hard.json", "mquake/AKEW-MQuAKE-CF.json")
+    data_files = (
+        "mquake/MQuAKE-CF-3k-v2.json",
+        "mquake/MQuAKE-CF-3k.json",
+        "mquake/MQuAKE-hard.json",
+        "mquake/AKEW-MQuAKE-CF.json",
+    )
     url = URL
     sample = Path(str(resources.files("lmcompose_mquake").joinpath("sample", "mquake_sample.json")))
 
@@ -43,16 +48,23 @@ class MQuAKE(JsonEditDataset):
         if not questions:
             raise DataError("field 'questions' holds no question")
         multi_hop = MultiHop(
-            questions=questions, answer=need_str(raw, "answer"), new_answer=need_str(raw, "new_answer"),
-            answer_aliases=_aliases(raw, "answer_alias"), new_answer_aliases=_aliases(raw, "new_answer_alias"),
+            questions=questions,
+            answer=need_str(raw, "answer"),
+            new_answer=need_str(raw, "new_answer"),
+            answer_aliases=_aliases(raw, "answer_alias"),
+            new_answer_aliases=_aliases(raw, "new_answer_alias"),
         )
         old_hops = need_list(raw, "single_hops", allow_missing=True)
         new_hops = need_list(raw, "new_single_hops", allow_missing=True)
         unchanged = [
             LocalityPrompt(o["cloze"], o["answer"])
             for o, n in zip(old_hops, new_hops, strict=False)
-            if isinstance(o, Mapping) and isinstance(n, Mapping) and o.get("answer") == n.get("answer")
-            and isinstance(o.get("cloze"), str) and isinstance(o.get("answer"), str) and o["answer"].strip()
+            if isinstance(o, Mapping)
+            and isinstance(n, Mapping)
+            and o.get("answer") == n.get("answer")
+            and isinstance(o.get("cloze"), str)
+            and isinstance(o.get("answer"), str)
+            and o["answer"].strip()
         ]
         records = []
         for k, rr in enumerate(rewrites):
@@ -65,11 +77,17 @@ class MQuAKE(JsonEditDataset):
             if not isinstance(tn, Mapping) or not isinstance(tt, Mapping):
                 raise DataError(f"missing field '{where}target_new' or '{where}target_true' (objects with 'str')")
             question = rr.get("question")
-            records.append(EditRecord(
-                case_id=f"{raw['case_id']}/{k}", subject=subject, prompt=prompt,
-                target_new=need_str(tn, "str", where + "target_new."), target_true=need_str(tt, "str", where + "target_true."),
-                rephrases=[question] if isinstance(question, str) and question.strip() else [],
-                locality=list(unchanged), multi_hop=multi_hop if k == 0 else None,
-                source={"dataset": "mquake", "id": raw["case_id"], "edit_index": k, "edits_in_case": len(rewrites)},
-            ))
+            records.append(
+                EditRecord(
+                    case_id=f"{raw['case_id']}/{k}",
+                    subject=subject,
+                    prompt=prompt,
+                    target_new=need_str(tn, "str", where + "target_new."),
+                    target_true=need_str(tt, "str", where + "target_true."),
+                    rephrases=[question] if isinstance(question, str) and question.strip() else [],
+                    locality=list(unchanged),
+                    multi_hop=multi_hop if k == 0 else None,
+                    source={"dataset": "mquake", "id": raw["case_id"], "edit_index": k, "edits_in_case": len(rewrites)},
+                )
+            )
         return records

@@ -30,17 +30,29 @@ def damped_inverse_cholesky(h: torch.Tensor, percdamp: float, messages: list[str
         from lmcompose.errors import NumericalError
 
         raise NumericalError(
-            f"{where}: Hessian not positive definite even with damping {damp:.3g}; raise percdamp or use more calibration samples"
+            f"{where}: Hessian not positive definite even with damping {damp:.3g}; raise percdamp or use more "
+            f"calibration samples"
         )
     if extra:
-        messages.append(f"{where}: Hessian not positive definite at percdamp={percdamp}; used damping {damp:.3g} ({extra} x10 increases)")
+        messages.append(
+            f"{where}: Hessian not positive definite at percdamp={percdamp}; used damping {damp:.3g} ({extra} x10 "
+            f"increases)"
+        )
     return upper
 
 
 @torch.no_grad()
-def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, sparsity: float, nm: tuple[int, int] | None,
-                    blocksize: int, percdamp: float, messages: list[str], where: str,
-                    rows: list[int] | None = None) -> torch.Tensor:
+def sparsegpt_prune(
+    w: torch.Tensor,
+    h: torch.Tensor,
+    sparsity: float,
+    nm: tuple[int, int] | None,
+    blocksize: int,
+    percdamp: float,
+    messages: list[str],
+    where: str,
+    rows: list[int] | None = None,
+) -> torch.Tensor:
     """Prune ``w`` (out, in) in place given H (in, in); return the keep mask.
 
     ``rows``: the row counts of the matrices stacked in ``w`` (default: one matrix); the
@@ -79,7 +91,9 @@ def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, sparsity: float, nm: tuple
             for r in segments:  # each stacked matrix's block is ranked on its own
                 k = int(round(r * count * sparsity))
                 if k:
-                    chosen[start : start + r].view(-1)[torch.argsort(scores[start : start + r].flatten(), stable=True)[:k]] = True
+                    chosen[start : start + r].view(-1)[
+                        torch.argsort(scores[start : start + r].flatten(), stable=True)[:k]
+                    ] = True
                 start += r
             mask1 = chosen.t().contiguous()
         for i in range(count):

@@ -19,8 +19,13 @@ class SparseGPTConfig:
 
     sparsity: float | None = sparsity_field()
     structure: str = structure_field()
-    blocksize: int = field(default=128, metadata={"help": "columns per lazy-update block; masks are chosen per block", "range": (1, 1 << 16)})
-    percdamp: float = field(default=0.01, metadata={"help": "Hessian damping as a fraction of its mean diagonal", "range": (0.0, 10.0)})
+    blocksize: int = field(
+        default=128,
+        metadata={"help": "columns per lazy-update block; masks are chosen per block", "range": (1, 1 << 16)},
+    )
+    percdamp: float = field(
+        default=0.01, metadata={"help": "Hessian damping as a fraction of its mean diagonal", "range": (0.0, 10.0)}
+    )
     n_samples: int | None = n_samples_field()
     seqlen: int | None = seqlen_field()
     targets: list[str] = targets_field()

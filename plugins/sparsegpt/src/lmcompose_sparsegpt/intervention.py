@@ -38,7 +38,9 @@ class SparseGPT(LayerwisePruner):
     def observe(self, stats: Gram, x: Any) -> None:
         stats.add(x)
 
-    def process_layer(self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]) -> None:
+    def process_layer(
+        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]
+    ) -> None:
         """Projections fed one tensor (q/k/v, gate/up) share H: their weights are stacked
         row-wise and pruned in one sweep (one Cholesky, one column loop), each block's
         unstructured mask still chosen within each matrix's own rows, so every matrix is
@@ -51,7 +53,9 @@ class SparseGPT(LayerwisePruner):
                 self.record_mask(lm, group[0], self.prune_weight(group[0], weights[0], stats_of(group[0]), messages))
                 continue
             stacked = torch.cat(weights, dim=0)
-            keep = self.prune_weight("+".join(group), stacked, stats_of(group[0]), messages, rows=[w.shape[0] for w in weights])
+            keep = self.prune_weight(
+                "+".join(group), stacked, stats_of(group[0]), messages, rows=[w.shape[0] for w in weights]
+            )
             start = 0
             for name, w in zip(group, weights, strict=True):
                 rows = slice(start, start + w.shape[0])
@@ -64,5 +68,14 @@ class SparseGPT(LayerwisePruner):
 
         from lmcompose_sparsegpt.algorithm import sparsegpt_prune
 
-        return sparsegpt_prune(w, stats.xxt, self.config.sparsity, parse_structure(self.config.structure),
-                               self.config.blocksize, self.config.percdamp, messages, name, rows=rows)
+        return sparsegpt_prune(
+            w,
+            stats.xxt,
+            self.config.sparsity,
+            parse_structure(self.config.structure),
+            self.config.blocksize,
+            self.config.percdamp,
+            messages,
+            name,
+            rows=rows,
+        )

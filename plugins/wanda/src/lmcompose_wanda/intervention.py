@@ -40,6 +40,10 @@ class Wanda(LayerwisePruner):
 
         scores = wanda_scores(w, stats.sq)
         nm = parse_structure(self.config.structure)
-        keep = keep_lowest_pruned_per_row(scores, self.config.sparsity) if nm is None else keep_n_of_m(scores, *nm, where=name)
+        keep = (
+            keep_lowest_pruned_per_row(scores, self.config.sparsity)
+            if nm is None
+            else keep_n_of_m(scores, *nm, where=name)
+        )
         w.mul_(keep.to(w.dtype))
         return keep

@@ -1,8 +1,9 @@
 """zsRE in the MEND/ROME schema or EasyEdit's flat schema.
 
-MEND/ROME mapping (case_id = the record's position in the file, zsRE has no ids): prompt = src (the subject must occur in it); rephrases = [rephrase];
-locality = [(loc + "?", loc_ans)] exactly as ROME builds its neighborhood prompt (the
-"nq question: " prefix kept). The target depends on the convention (see the README).
+MEND/ROME mapping (case_id = the record's position in the file, zsRE has no ids):
+prompt = src (the subject must occur in it); rephrases = [rephrase]; locality =
+[(loc + "?", loc_ans)] exactly as ROME builds its neighborhood prompt (the "nq question: "
+prefix kept). The target depends on the convention (see the README).
 ``portability`` (EasyEdit's one-hop question) stays in ``raw``.
 """
 
@@ -46,11 +47,18 @@ class ZsRE(JsonEditDataset):
         if raw.get("loc"):
             locality.append(LocalityPrompt(need_str(raw, "loc") + "?", need_str(raw, "loc_ans")))
         case_id = raw.get("case_id", index)  # zsRE files have none: the position in the file
-        return [EditRecord(
-            case_id=str(case_id), subject=subject, prompt=src, target_new=target_new, target_true=target_true,
-            rephrases=rephrases, locality=locality,
-            source={"dataset": self.name, "id": case_id, "schema": "mend"},
-        )]
+        return [
+            EditRecord(
+                case_id=str(case_id),
+                subject=subject,
+                prompt=src,
+                target_new=target_new,
+                target_true=target_true,
+                rephrases=rephrases,
+                locality=locality,
+                source={"dataset": self.name, "id": case_id, "schema": "mend"},
+            )
+        ]
 
 
 class ZsRERome(ZsRE):

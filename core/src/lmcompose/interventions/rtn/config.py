@@ -12,8 +12,13 @@ class RTNConfig:
     bits: int = field(default=4, metadata={"help": "bits per weight, 2 to 8"})
     group_size: int = field(
         default=128,
-        metadata={"help": "input columns sharing one scale/zero; <= 0 means one group per row; a shorter last group when it does not divide the width"},
+        metadata={
+            "help": "input columns sharing one scale/zero; <= 0 means one group per row; a shorter last group when "
+            "it does not divide the width"
+        },
     )
-    symmetric: bool = field(default=False, metadata={"help": "symmetric grid around 0 (zero point fixed at 2^bits/2) instead of min/max"})
+    symmetric: bool = field(
+        default=False, metadata={"help": "symmetric grid around 0 (zero point fixed at 2^bits/2) instead of min/max"}
+    )
     targets: list[str] = targets_field()
     ignore: list[str] = ignore_field()
