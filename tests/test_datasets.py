@@ -112,6 +112,7 @@ def test_the_context_data_folder_wins_over_the_environment(tmp_path, monkeypatch
     from lmcompose.datasets import WikiText2
     from lmcompose_counterfact.dataset import CounterFact
 
+    monkeypatch.delenv("LMCOMPOSE_DATA_DIR", raising=False)
     bundled = load_edits("counterfact", seed=None)  # the bundled sample: no folder anywhere
     mine = tmp_path / "mine"
     (mine / "counterfact").mkdir(parents=True)

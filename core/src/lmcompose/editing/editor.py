@@ -40,7 +40,7 @@ class LocateThenEdit(Intervention):
     def preset_for(self, lm: LM) -> tuple[str, dict[str, Any]]:
         raise NotImplementedError
 
-    def begin(self, lm: LM, hp: Any, covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
+    def begin(self, lm: LM, hp: EditHParams, covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
         """Prepare the method's state for this step (covariances by layer); returns details for the report."""
         return {}
 
@@ -52,7 +52,7 @@ class LocateThenEdit(Intervention):
         """After a batch is written (the weights hold it)."""
 
     # ------------------------------------------------------------------ shared
-    def hparams(self, lm: LM) -> tuple[str, Any]:
+    def hparams(self, lm: LM) -> tuple[str, EditHParams]:
         """(where they come from, the hyperparameters for ``lm``, an instance of ``HParams``):
         config fields that are set, the preset for the rest."""
         from lmcompose.models.arch import decoder_layers
