@@ -59,10 +59,17 @@ def main() -> None:
             lm.restore(pristine)
             records = load_edits("counterfact", limit=n, seed=args.seed)
             ctx = Context(edits=records, seed=args.seed)
-            # the base model first in this context: the edit metric's locality-drift reference
-            next(m for m in metrics if m.name == "edit").compute(lm, ctx)
-            if n not in base_ppl:
+            edit_metric = next(m for m in metrics if m.name == "edit")
+            if n not in base_ppl:  # the base model's row, once per edit count
+                b = edit_metric.compute(lm, ctx)
                 base_ppl[n] = next(m for m in metrics if m.name == "perplexity").compute(lm, ctx)["perplexity"]
+                print(
+                    f"| {model} | base | {n} | - | {b['edit_success_prob']:.2f} | {b['generalization_prob']:.2f} | "
+                    f"{b['locality_prob']:.2f} | - | {b['edit_success_f1']:.2f} | {b['generalization_f1']:.2f} | "
+                    f"{base_ppl[n]:.2f} | - | - |",
+                    flush=True,
+                )
+            edit_metric.reference(lm, ctx)  # the base model's argmaxes: the locality-drift reference of this run
             full = spec + ("," if ":" in spec else ":") + f"batches={batches}" if batches > 1 else spec
             step = build_intervention(parse_step(full))
             t0 = time.perf_counter()
