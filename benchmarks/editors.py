@@ -9,7 +9,8 @@ locate-then-edit editors, one run of K batches of ``--edits`` edits applied one 
 another (metrics on all K x edits).
 
     LMCOMPOSE_DATA_DIR=../shared/data .venv/bin/python benchmarks/editors.py \\
-        [--models smollm2-135m,gemma3-270m] [--editors memit,alphaedit,ft,lora] [--edits 50] [--sequential 10]
+        [--models smollm2-135m,gemma3-270m] [--editors memit,alphaedit,ft,lora] [--edits 50] \\
+        [--sequential 10 [--sequential-only]]
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def main() -> None:
     ap.add_argument(
         "--sequential", type=int, default=0, help="also K sequential batches of --edits for memit and alphaedit"
     )
+    ap.add_argument(
+        "--sequential-only",
+        action="store_true",
+        help="skip the one-batch runs (measured already), run only --sequential",
+    )
     ap.add_argument("--ppl-tokens", type=int, default=16384)
     args = ap.parse_args()
     editors = [e.replace(";", ",") for e in args.editors.split(",")]
@@ -47,7 +53,7 @@ def main() -> None:
         lm = load_model(model)
         pristine = lm.state_copy()
         metrics = build_metrics(["edit", "perplexity"], {"perplexity": {"max_tokens": args.ppl_tokens, "seqlen": 1024}})
-        runs = [(e, args.edits, 1) for e in editors]
+        runs = [] if args.sequential_only else [(e, args.edits, 1) for e in editors]
         if args.sequential > 1:
             runs += [
                 (e, args.edits * args.sequential, args.sequential)

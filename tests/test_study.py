@@ -384,6 +384,35 @@ def test_composed_entries_and_explicit_orders(tiny_folder):
         Study.from_mapping(_set(data, "compressors/0/orders", [["memit", "magnitude"]]))
 
 
+def test_a_one_order_entry_shares_the_compressed_models_and_reaches_the_report(tiny_folder, tmp_path):
+    """studies/replication.yaml's shape: the paired entries, and compressor -> MEMIT once more
+    with the base model's covariance (stats_from=base) on the same compressed models."""
+    base_memit = MEMIT + ",stats_from=base"
+    paired = quick(
+        tiny_folder, datasets=quick(tiny_folder)["datasets"][:1], compressors=quick(tiny_folder)["compressors"][:1]
+    )
+    extra = {
+        "name": "magnitude+memit(base)",
+        "steps": ["magnitude", base_memit],
+        "vary": {"magnitude.sparsity": [0.25, 0.5]},
+        "orders": [["magnitude", "memit"]],
+    }
+    study = Study.from_mapping({**paired, "compressors": [*paired["compressors"], extra]})
+    alone, both = Study.from_mapping(paired).counts()["study"], study.counts()["study"]
+    assert both.compressions == alone.compressions and both.edits == alone.edits + 2
+    result = run_study(study, out=tmp_path / "s", threads=1)
+    assert result.complete
+    rows = read_rows(result.folder / "results.jsonl")
+    final = {
+        (r["entry"], r["strength"]): r for r in rows if r["position"] == 2 and r["order"] == ["magnitude", "memit"]
+    }
+    assert set(final) == {(e, v) for e in ("magnitude", "magnitude+memit(base)") for v in (0.25, 0.5)}
+    for v in (0.25, 0.5):  # the compressed model's own statistics against the dense model's: another update
+        assert final[("magnitude", v)]["edit_nll"] != final[("magnitude+memit(base)", v)]["edit_nll"]
+    md = (result.folder / "report.md").read_text()
+    assert "magnitude+memit(base)" in md
+
+
 def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
     lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
     for prev, cur in zip("abcdefgh", "bcdefghi", strict=True):
