@@ -41,6 +41,8 @@ def main() -> None:
     )
     ap.add_argument("--ppl-tokens", type=int, default=16384)
     args = ap.parse_args()
+    if args.sequential_only and args.sequential < 2:
+        ap.error("--sequential-only runs only the sequential batches: give --sequential K with K >= 2 too")
     editors = [e.replace(";", ",") for e in args.editors.split(",")]
 
     print(

@@ -57,10 +57,12 @@ def main() -> None:
     ap.add_argument("--ppl-tokens", type=int, default=4096)
     args = ap.parse_args()
     counts = [int(v) for v in args.samples.split(",")]
+    step = build_intervention(parse_step(args.step))
+    if step.name != "memit":
+        ap.error(f"--step {args.step!r}: give a memit step spec (e.g. memit:context_templates=0)")
 
     lm = load_model(args.model)
     pristine = lm.state_copy()
-    step = build_intervention(parse_step(args.step))
     c = step.config
     source, hp = step.hparams(lm)
     layers = list(hp.layers)
@@ -68,6 +70,13 @@ def main() -> None:
     seqlen = min(c.stats_seqlen, lm.max_positions)
     metrics = build_metrics(["edit", "perplexity"], {"perplexity": {"max_tokens": args.ppl_tokens, "seqlen": 1024}})
     edit_metric = next(m for m in metrics if m.name == "edit")
+
+    def measure(ctx: Context) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for m in metrics:
+            out.update(m.compute(lm, ctx))
+        return out
+
     batches = replicate_edits(
         load_edits("counterfact", limit=args.edits * args.replicates, seed=args.seed), args.replicates
     )
@@ -87,9 +96,7 @@ def main() -> None:
         for rep, records in enumerate(batches):
             ctx = Context(edits=records, seed=args.seed)
             lm.restore(pristine)
-            measured = {}
-            for m in metrics:
-                measured.update(m.compute(lm, ctx))
+            measured = measure(ctx)
             for k in base:
                 base[k].append(measured[k])
             edit_metric.reference(lm, ctx)
@@ -108,9 +115,7 @@ def main() -> None:
                     stats_time[n] = time.perf_counter() - t0
                 covs = {i: stats[names[i]]["mom2"] for i in layers}
                 step.spread(lm, records, vs.target, templates, layers, hp.mom2_update_weight, covs)
-                r = {}
-                for m in metrics:
-                    r.update(m.compute(lm, ctx))
+                r = measure(ctx)
                 for k in KEYS:
                     results[n][k].append(r[k])
                 print(

@@ -388,9 +388,8 @@ def test_a_one_order_entry_shares_the_compressed_models_and_reaches_the_report(t
     """studies/replication.yaml's shape: the paired entries, and compressor -> MEMIT once more
     with the base model's covariance (stats_from=base) on the same compressed models."""
     base_memit = MEMIT + ",stats_from=base"
-    paired = quick(
-        tiny_folder, datasets=quick(tiny_folder)["datasets"][:1], compressors=quick(tiny_folder)["compressors"][:1]
-    )
+    shape = quick(tiny_folder)
+    paired = {**shape, "datasets": shape["datasets"][:1], "compressors": shape["compressors"][:1]}
     extra = {
         "name": "magnitude+memit(base)",
         "steps": ["magnitude", base_memit],
