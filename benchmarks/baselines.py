@@ -18,6 +18,7 @@ import time
 import torch
 from lmcompose.api import Context
 from lmcompose.compose import build_intervention, build_metrics, parse_step
+from lmcompose.engine.executor import evaluate
 from lmcompose.models.loading import load_model
 
 SETTINGS = [
@@ -43,11 +44,8 @@ def main() -> None:
     ctx = Context()
 
     def measure():
-        start = time.perf_counter()
-        out = {}
-        for m in metrics:
-            out.update(m.compute(lm, ctx))
-        return out, time.perf_counter() - start
+        out = evaluate(lm, metrics, ctx, "in benchmarks/baselines.py")
+        return out, out["eval_s"]
 
     rows = []
     base, t_eval = measure()

@@ -20,6 +20,7 @@ import time
 
 from lmcompose.api import Context
 from lmcompose.compose import build_intervention, build_metrics, load_edits, parse_step
+from lmcompose.engine.executor import evaluate
 from lmcompose.models.loading import load_model
 
 
@@ -69,8 +70,8 @@ def main() -> None:
             ctx = Context(edits=records, seed=args.seed)
             edit_metric = next(m for m in metrics if m.name == "edit")
             if n not in base_ppl:  # the base model's row, once per edit count
-                b = edit_metric.compute(lm, ctx)
-                base_ppl[n] = next(m for m in metrics if m.name == "perplexity").compute(lm, ctx)["perplexity"]
+                b = evaluate(lm, metrics, ctx, "on the base model")
+                base_ppl[n] = b["perplexity"]
                 print(
                     f"| {model} | base | {n} | - | {b['edit_success_prob']:.2f} | {b['generalization_prob']:.2f} | "
                     f"{b['locality_prob']:.2f} | - | {b['edit_success_f1']:.2f} | {b['generalization_f1']:.2f} | "
@@ -83,9 +84,7 @@ def main() -> None:
             t0 = time.perf_counter()
             step.apply(lm, ctx)
             elapsed = time.perf_counter() - t0
-            r = {}
-            for m in metrics:
-                r.update(m.compute(lm, ctx))
+            r = evaluate(lm, metrics, ctx, f"after {spec}")
             print(
                 f"| {model} | {spec} | {n} | {batches} | {r['edit_success_prob']:.2f} | "
                 f"{r['generalization_prob']:.2f} | "

@@ -27,6 +27,7 @@ import torch
 from lmcompose.api import Context
 from lmcompose.compose import build_intervention, build_metrics, load_edits, parse_step
 from lmcompose.data import calibration_windows
+from lmcompose.engine.executor import evaluate
 from lmcompose.models.arch import decoder_layers
 from lmcompose.models.loading import load_model
 from lmcompose.stats import second_moments
@@ -106,9 +107,7 @@ def main() -> None:
         out: dict = {}
         if args.skip_quality:
             return out
-        for m in metrics:
-            out.update(m.compute(lm, ctx))
-        return out
+        return evaluate(lm, metrics, ctx, "in benchmarks/memit_edit.py")
 
     before = measure()
 

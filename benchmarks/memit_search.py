@@ -18,6 +18,7 @@ import time
 from lmcompose.api import Context
 from lmcompose.compose import build_intervention, build_metrics, load_edits, parse_step
 from lmcompose.data import calibration_windows
+from lmcompose.engine.executor import evaluate
 from lmcompose.models.loading import load_model
 from lmcompose.stats import second_moments
 from lmcompose_memit import algorithm as alg
@@ -45,10 +46,7 @@ def main() -> None:
     metrics = build_metrics(["edit", "perplexity"], {"perplexity": {"max_tokens": args.ppl_tokens, "seqlen": 1024}})
 
     def measure() -> dict:
-        out = {}
-        for m in metrics:
-            out.update(m.compute(lm, ctx))
-        return out
+        return evaluate(lm, metrics, ctx, "in benchmarks/memit_search.py")
 
     base = measure()
     templates = alg.context_templates(lm, c.context_templates, c.template_tokens, args.seed)

@@ -26,9 +26,10 @@ from lmcompose.api import Context
 from lmcompose.compose import build_intervention, build_metrics, load_edits, parse_step
 from lmcompose.data import calibration_windows, corpus_text, tokenize_corpus
 from lmcompose.editing.vstar import context_templates, optimize_vstar
-from lmcompose.engine.executor import replicate_edits
+from lmcompose.engine.executor import evaluate, replicate_edits
 from lmcompose.models.loading import load_model
 from lmcompose.stats import second_moments
+from replication import fmt  # a sibling script: benchmarks/ is on the path when run
 
 KEYS = (
     "edit_success_prob",
@@ -39,11 +40,6 @@ KEYS = (
     "generalization_f1",
     "perplexity",
 )
-
-
-def fmt(xs: list[float], digits: int) -> str:
-    m = statistics.fmean(xs)
-    return f"{m:.{digits}f} ± {statistics.stdev(xs):.{digits}f}" if len(xs) > 1 else f"{m:.{digits}f}"
 
 
 def main() -> None:
@@ -72,10 +68,7 @@ def main() -> None:
     edit_metric = next(m for m in metrics if m.name == "edit")
 
     def measure(ctx: Context) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for m in metrics:
-            out.update(m.compute(lm, ctx))
-        return out
+        return evaluate(lm, metrics, ctx, "in benchmarks/memit_stats.py")
 
     batches = replicate_edits(
         load_edits("counterfact", limit=args.edits * args.replicates, seed=args.seed), args.replicates
