@@ -425,9 +425,31 @@ def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
 
 def test_shipped_study_files_validate():
     root = Path(__file__).parent.parent / "studies"
-    for name in ("paper.yaml", "quick.yaml", "demo.yaml"):
+    shipped = sorted(f.name for f in root.glob("*.yaml"))
+    assert {"paper.yaml", "quick.yaml", "demo.yaml", "replication.yaml", "editors.yaml", "protocol.yaml"} <= set(
+        shipped
+    )
+    for name in shipped:
         study = Study.from_mapping(yaml.safe_load((root / name).read_text()), name=Path(name).stem)
         assert study.cells()
+    # protocol.yaml is replication.yaml's GPTQ part under protocol: paper, cell for cell
+    rep, proto = (
+        Study.from_mapping(yaml.safe_load((root / f).read_text())) for f in ("replication.yaml", "protocol.yaml")
+    )
+    assert (proto.protocol, proto.policy, rep.protocol, rep.policy) == ("paper", "recompress", "default", "project")
+    same = ("model", "edits", "seed", "replicates", "budgets", "metrics", "dtype")
+    assert all(getattr(proto, k) == getattr(rep, k) for k in same)
+    assert [e.step for e in proto.editors] != [e.step for e in rep.editors]  # stats_from=base filled in
+    assert [e.label for e in proto.editors] == [e.label for e in rep.editors]
+    (gptq,) = proto.entries
+    (twin,) = [e for e in rep.entries if e.compressor == "gptq"]
+    assert gptq.vary.values == twin.vary.values and gptq.orders == twin.orders
+    assert gptq.steps[1].overrides == {
+        **twin.steps[1].overrides,
+        "symmetric": True,
+        "act_order": True,
+        "true_sequential": True,
+    }
     paper = Study.from_mapping(yaml.safe_load((root / "paper.yaml").read_text()))
     assert {e.compressor for e in paper.entries} == {"sparsegpt", "wanda", "gptq", "awq"}
     assert all(len(e.vary.values) >= 4 for e in paper.entries)
