@@ -29,6 +29,71 @@ err_console = Console(stderr=True)
 DEBUG_ENV = "LMCOMPOSE_DEBUG"
 DATA_DIR_KEY = "lmcompose.data_dir"
 
+# Options `run` and `sweep` share, declared once.
+ModelArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="Named model (smollm2-135m, gemma3-270m), model folder, .gguf file, or hub id.", show_default=False
+    ),
+]
+SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed for edit selection and calibration.")]
+PolicyOption = Annotated[
+    str | None, typer.Option("--keep-compressed", "--policy", help="none | project | recompress (default project).")
+]
+ProtocolOption = Annotated[
+    str | None,
+    typer.Option(
+        "--protocol",
+        help="default | paper: the paper's choices in one place (docs/replication.md); step fields you write win.",
+    ),
+]
+MetricsOption = Annotated[str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")]
+PplTokensOption = Annotated[
+    str | None, typer.Option("--ppl-tokens", help="Perplexity token budget, or 'all' for the whole test split.")
+]
+PplSeqlenOption = Annotated[int | None, typer.Option("--ppl-seqlen", help="Perplexity window length.")]
+PplCorpusOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ppl-corpus",
+        help="Perplexity text: wikitext2 (default), a text file, hub:ID[?config=..&split=..&field=..] or sample.",
+    ),
+]
+CalibrationCorpusOption = Annotated[
+    str | None,
+    typer.Option(
+        "--calibration-corpus",
+        help="Calibration text (compressors, MEMIT statistics): wikitext2 (default), a text file, hub:ID[?...] "
+        "or sample.",
+    ),
+]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ...")]
+DtypeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype",
+        help="float32 | bfloat16 | float16 | auto (the checkpoint's own; default on a GPU; float32 on a CPU "
+        "without native bf16).",
+    ),
+]
+DeviceMapOption = Annotated[
+    str | None,
+    typer.Option(
+        "--device-map",
+        help="Place layers with accelerate: auto | balanced | sequential | cpu | cuda:N (from_pretrained's "
+        "device_map).",
+    ),
+]
+MaxMemoryOption = Annotated[
+    str | None, typer.Option("--max-memory", help="Memory per device for --device-map, e.g. 0=20GiB,cpu=60GiB.")
+]
+RevisionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--revision", help="A hub model's branch, tag or commit (the resolved commit is recorded in config.yaml)."
+    ),
+]
+
 
 def describe_failure(exc: BaseException) -> tuple[str, str, int]:
     """(label, message, exit code) for an exception that ends a command: 2 for a user's
@@ -466,12 +531,7 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
 )
 def run(
     ctx: typer.Context,
-    model: Annotated[
-        str | None,
-        typer.Argument(
-            help="Named model (smollm2-135m, gemma3-270m), model folder, .gguf file, or hub id.", show_default=False
-        ),
-    ] = None,
+    model: ModelArg = None,
     steps: Annotated[
         list[str] | None,
         typer.Argument(
@@ -502,65 +562,19 @@ def run(
         bool,
         typer.Option("--skip-invalid", help="Skip malformed dataset records (and count them) instead of stopping."),
     ] = False,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for edit selection and calibration.")] = None,
-    policy: Annotated[
-        str | None, typer.Option("--keep-compressed", "--policy", help="none | project | recompress (default project).")
-    ] = None,
-    protocol: Annotated[
-        str | None,
-        typer.Option(
-            "--protocol",
-            help="default | paper: the paper's choices in one place (docs/replication.md); step fields you write win.",
-        ),
-    ] = None,
-    metrics: Annotated[
-        str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")
-    ] = None,
-    ppl_tokens: Annotated[
-        str | None, typer.Option("--ppl-tokens", help="Perplexity token budget, or 'all' for the whole test split.")
-    ] = None,
-    ppl_seqlen: Annotated[int | None, typer.Option("--ppl-seqlen", help="Perplexity window length.")] = None,
-    ppl_corpus: Annotated[
-        str | None,
-        typer.Option(
-            "--ppl-corpus",
-            help="Perplexity text: wikitext2 (default), a text file, hub:ID[?config=..&split=..&field=..] or sample.",
-        ),
-    ] = None,
-    calibration_corpus: Annotated[
-        str | None,
-        typer.Option(
-            "--calibration-corpus",
-            help="Calibration text (compressors, MEMIT statistics): wikitext2 (default), a text file, hub:ID[?...] "
-            "or sample.",
-        ),
-    ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = None,
-    dtype: Annotated[
-        str | None,
-        typer.Option(
-            "--dtype",
-            help="float32 | bfloat16 | float16 | auto (the checkpoint's own; default on a GPU; float32 on a CPU "
-            "without native bf16).",
-        ),
-    ] = None,
-    device_map: Annotated[
-        str | None,
-        typer.Option(
-            "--device-map",
-            help="Place layers with accelerate: auto | balanced | sequential | cpu | cuda:N (from_pretrained's "
-            "device_map).",
-        ),
-    ] = None,
-    max_memory: Annotated[
-        str | None, typer.Option("--max-memory", help="Memory per device for --device-map, e.g. 0=20GiB,cpu=60GiB.")
-    ] = None,
-    revision: Annotated[
-        str | None,
-        typer.Option(
-            "--revision", help="A hub model's branch, tag or commit (the resolved commit is recorded in config.yaml)."
-        ),
-    ] = None,
+    seed: SeedOption = None,
+    policy: PolicyOption = None,
+    protocol: ProtocolOption = None,
+    metrics: MetricsOption = None,
+    ppl_tokens: PplTokensOption = None,
+    ppl_seqlen: PplSeqlenOption = None,
+    ppl_corpus: PplCorpusOption = None,
+    calibration_corpus: CalibrationCorpusOption = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
+    revision: RevisionOption = None,
     save_model: Annotated[
         str | None,
         typer.Option(
@@ -658,12 +672,7 @@ def print_report(report: Any, tables: int | None = None) -> None:
 )
 def sweep(
     ctx: typer.Context,
-    model: Annotated[
-        str | None,
-        typer.Argument(
-            help="Named model (smollm2-135m, gemma3-270m), model folder, .gguf file, or hub id.", show_default=False
-        ),
-    ] = None,
+    model: ModelArg = None,
     steps: Annotated[
         list[str] | None,
         typer.Argument(help="The steps to compose: name[:field=value,...] (e.g. memit wanda).", show_default=False),
@@ -704,39 +713,14 @@ def sweep(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="YAML with sweep settings; flags override it.")
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for edit selection and calibration.")] = None,
-    policy: Annotated[
-        str | None, typer.Option("--keep-compressed", "--policy", help="none | project | recompress (default project).")
-    ] = None,
-    protocol: Annotated[
-        str | None,
-        typer.Option(
-            "--protocol",
-            help="default | paper: the paper's choices in one place (docs/replication.md); step fields you write win.",
-        ),
-    ] = None,
-    metrics: Annotated[
-        str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")
-    ] = None,
-    ppl_tokens: Annotated[
-        str | None, typer.Option("--ppl-tokens", help="Perplexity token budget, or 'all' for the whole test split.")
-    ] = None,
-    ppl_seqlen: Annotated[int | None, typer.Option("--ppl-seqlen", help="Perplexity window length.")] = None,
-    ppl_corpus: Annotated[
-        str | None,
-        typer.Option(
-            "--ppl-corpus",
-            help="Perplexity text: wikitext2 (default), a text file, hub:ID[?config=..&split=..&field=..] or sample.",
-        ),
-    ] = None,
-    calibration_corpus: Annotated[
-        str | None,
-        typer.Option(
-            "--calibration-corpus",
-            help="Calibration text (compressors, MEMIT statistics): wikitext2 (default), a text file, hub:ID[?...] "
-            "or sample.",
-        ),
-    ] = None,
+    seed: SeedOption = None,
+    policy: PolicyOption = None,
+    protocol: ProtocolOption = None,
+    metrics: MetricsOption = None,
+    ppl_tokens: PplTokensOption = None,
+    ppl_seqlen: PplSeqlenOption = None,
+    ppl_corpus: PplCorpusOption = None,
+    calibration_corpus: CalibrationCorpusOption = None,
     calibration_samples: Annotated[
         int | None,
         typer.Option("--calibration-samples", help="Calibration windows for calibrated compressors (default 128)."),
@@ -758,32 +742,11 @@ def sweep(
             help="Record the top-k next tokens of the first edit's prompt after every step (0 = off; default 5).",
         ),
     ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = None,
-    dtype: Annotated[
-        str | None,
-        typer.Option(
-            "--dtype",
-            help="float32 | bfloat16 | float16 | auto (the checkpoint's own; default on a GPU; float32 on a CPU "
-            "without native bf16).",
-        ),
-    ] = None,
-    device_map: Annotated[
-        str | None,
-        typer.Option(
-            "--device-map",
-            help="Place layers with accelerate: auto | balanced | sequential | cpu | cuda:N (from_pretrained's "
-            "device_map).",
-        ),
-    ] = None,
-    max_memory: Annotated[
-        str | None, typer.Option("--max-memory", help="Memory per device for --device-map, e.g. 0=20GiB,cpu=60GiB.")
-    ] = None,
-    revision: Annotated[
-        str | None,
-        typer.Option(
-            "--revision", help="A hub model's branch, tag or commit (the resolved commit is recorded in config.yaml)."
-        ),
-    ] = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
+    revision: RevisionOption = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
     save_cells: Annotated[
         str | None,
