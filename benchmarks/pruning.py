@@ -100,6 +100,26 @@ def print_floors(floors: dict, stat_floors: dict) -> None:
             )
 
 
+def setup(args, dtype: str):
+    """The model in ``dtype``, its pristine weights, the calibration context and windows, the
+    perplexity metric and the table's header line, from the arguments pruning.py and
+    quantization.py share (model, n_samples, seqlen, eval_seqlen, eval_windows)."""
+    lm = load_model(args.model, dtype=dtype)
+    pristine = lm.state_copy()
+    ctx = Context(calibration_samples=args.n_samples, calibration_seqlen=args.seqlen, dtype=dtype)
+    windows = ctx.calibration_batches(lm)
+    ppl = build_metrics(
+        ["perplexity"],
+        {"perplexity": {"seqlen": args.eval_seqlen, "max_tokens": args.eval_windows * args.eval_seqlen}},
+    )[0]
+    header = (
+        f"model {args.model}, torch threads {torch.get_num_threads()}; calibration {windows.shape[0]} x "
+        f"{windows.shape[1]} tokens; perplexity: wikitext-2 test, first {args.eval_windows} windows of "
+        f"{min(args.eval_seqlen, lm.max_positions)}"
+    )
+    return lm, pristine, ctx, windows, ppl, header
+
+
 def step_text(method: str, structure: str, block_size: int | None = None) -> str:
     text = f"{method}:structure={structure}" if ":" in structure else f"{method}:sparsity={structure}"
     return text + (f",blocksize={block_size}" if block_size and method == "sparsegpt" else "")
@@ -139,20 +159,7 @@ def main() -> None:
     stat_floors: dict[str, float] = {}
     header = ""
     for dtype in args.dtypes.split(","):
-        lm = load_model(args.model, dtype=dtype)
-        pristine = lm.state_copy()
-        ctx = Context(calibration_samples=args.n_samples, calibration_seqlen=args.seqlen, dtype=dtype)
-        windows = ctx.calibration_batches(lm)
-        ppl = build_metrics(
-            ["perplexity"],
-            {"perplexity": {"seqlen": args.eval_seqlen, "max_tokens": args.eval_windows * args.eval_seqlen}},
-        )[0]
-        header = (
-            f"model {args.model}, torch threads {torch.get_num_threads()}; calibration {windows.shape[0]} x "
-            f"{windows.shape[1]} tokens; "
-            f"perplexity: wikitext-2 test, first {ppl.config.max_tokens // ppl.config.seqlen} windows of "
-            f"{min(ppl.config.seqlen, lm.max_positions)}"
-        )
+        lm, pristine, ctx, windows, ppl, header = setup(args, dtype)
 
         def evaluate(model_lm, ppl=ppl, ctx=ctx) -> float:
             return ppl.compute(model_lm, ctx)["perplexity"]

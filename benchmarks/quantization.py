@@ -33,14 +33,13 @@ import time
 from pathlib import Path
 
 import torch
-from lmcompose.api import Context
-from lmcompose.compose import build_intervention, build_metrics, parse_step
+from lmcompose.compose import build_intervention, parse_step
 from lmcompose.metrics.compression import compression_summary
 from lmcompose.models.loading import DTYPES, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from pruning import LLMC_VENV, ensure_llmc_venv, measure_floors, print_floors  # noqa: E402
+from pruning import LLMC_VENV, ensure_llmc_venv, measure_floors, print_floors, setup  # noqa: E402
 
 
 def step_text(method: str, bits: int, args: argparse.Namespace) -> str:
@@ -109,20 +108,9 @@ def main() -> None:
     stat_floors: dict[str, float] = {}
     header = None
     for dtype in args.dtypes.split(","):
-        lm = load_model(args.model, dtype=dtype)
-        pristine = lm.state_copy()
-        ctx = Context(calibration_samples=args.n_samples, calibration_seqlen=args.seqlen, dtype=dtype)
-        windows = ctx.calibration_batches(lm)
-        ppl = build_metrics(
-            ["perplexity"],
-            {"perplexity": {"seqlen": args.eval_seqlen, "max_tokens": args.eval_windows * args.eval_seqlen}},
-        )[0]
-        header = (
-            f"model {args.model}, torch threads {torch.get_num_threads()}; calibration {windows.shape[0]} x "
-            f"{windows.shape[1]} tokens; "
-            f"perplexity: wikitext-2 test, first {args.eval_windows} windows of "
-            f"{min(args.eval_seqlen, lm.max_positions)}; "
-            f"group {args.group_size}, {'symmetric' if args.symmetric else 'asymmetric'}, GPTQ act-order "
+        lm, pristine, ctx, windows, ppl, header = setup(args, dtype)
+        header += (
+            f"; group {args.group_size}, {'symmetric' if args.symmetric else 'asymmetric'}, GPTQ act-order "
             f"{args.act_order}" + (f"; every model evaluated in {args.eval_dtype}" if args.eval_dtype else "")
         )
 
