@@ -29,24 +29,18 @@ def tiny_folder(tmp_path_factory):
     return str(path)
 
 
+def sweep_into(tiny_folder, out):
+    """The module's sweep (magnitude with RTN at 8 and 3 bits, 2 edits) into ``out``."""
+    return invoke(
+        "sweep", tiny_folder, "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,3",
+        "--dataset", "records", "--edits", "2", "--out", out, *FAST,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def swept(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "run"
-    res = invoke(
-        "sweep",
-        tiny_folder,
-        "magnitude",
-        "rtn:group_size=32",
-        "--vary",
-        "rtn.bits=8,3",
-        "--dataset",
-        "records",
-        "--edits",
-        "2",
-        "--out",
-        out,
-        *FAST,
-    )
+    res = sweep_into(tiny_folder, out)
     assert res.exit_code == 0, res.output
     return out, res.output
 
@@ -109,21 +103,7 @@ def test_report_rebuilds_from_results_jsonl_alone(swept, tmp_path):
 def test_rerunning_the_sweep_resumes_and_adds_nothing(swept, tiny_folder):
     out, _ = swept
     before = (out / "results.jsonl").read_text()
-    res = invoke(
-        "sweep",
-        tiny_folder,
-        "magnitude",
-        "rtn:group_size=32",
-        "--vary",
-        "rtn.bits=8,3",
-        "--dataset",
-        "records",
-        "--edits",
-        "2",
-        "--out",
-        out,
-        *FAST,
-    )
+    res = sweep_into(tiny_folder, out)
     assert res.exit_code == 0, res.output
     assert "already in its results.jsonl" in res.output
     assert (out / "results.jsonl").read_text() == before
