@@ -1,7 +1,8 @@
-"""The paper's findings, read from sweep run folders (docs/replication.md).
+"""The paper's findings, read from study or sweep run folders (docs/replication.md).
 
-Each run folder is one `lmcompose sweep MODEL memit X --vary X.FIELD=...` with both orders
-and several replicates. For every folder this prints, per strength (mean ± sample std over
+A folder is an `lmcompose study` (each of its datasets × compressors is read as one sweep) or
+one `lmcompose sweep MODEL memit X --vary X.FIELD=...`, with both orders and several
+replicates. For every such sweep this prints, per strength (mean ± sample std over
 replicates):
 
 * edit success and generalization (prob and f1 scorers) after MEMIT on the dense model
@@ -11,8 +12,11 @@ replicates):
 * perplexity after X alone and at the end of each order;
 
 and then one line per finding, with the evidence, and the composability A and P of edit
-success and perplexity (lmcompose.composability).
+success and perplexity (lmcompose.composability). A study entry with one order (such as
+replication.yaml's Wanda → MEMIT with `stats_from=base`) is compared, strength by strength,
+with the entry of the same dataset that runs the same steps in that order under the defaults.
 
+    .venv/bin/python benchmarks/replication.py docs/replication/run
     .venv/bin/python benchmarks/replication.py runs/rep-cf-sparsegpt runs/rep-cf-wanda ...
 """
 
@@ -26,6 +30,7 @@ from typing import Any
 
 from lmcompose.composability import composability, load_sweep
 from lmcompose.errors import DataError
+from lmcompose.results import RESULTS_FILE, read_rows
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -49,14 +54,75 @@ def cells(data: Any, compressor: str) -> dict[tuple[str, Any, int], dict[int, di
     return out
 
 
-def summarize(run: Path) -> dict[str, Any]:
-    data = load_sweep(run)
+def sweeps(run: Path) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(label, rows) per sweep of a run folder: a study's (dataset, entry) pairs, or the sweep itself."""
+    if not (run / RESULTS_FILE).exists():
+        raise DataError(f"{run} holds no {RESULTS_FILE}: give a study's or a sweep's run folder")
+    rows = [r for r in read_rows(run / RESULTS_FILE) if r.get("sweep")]
+    if not any(r.get("study") for r in rows):
+        return [(run.name, rows)]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["entry"]), []).append(r)
+    return [(f"{dataset}, {entry}", g) for (dataset, entry), g in groups.items()]
+
+
+def one_order(groups: list[tuple[str, list[dict[str, Any]]]]) -> None:
+    """Each one-order study entry against the default entry with the same steps in that order."""
+    by_order: dict[tuple[str, tuple[str, ...], str], tuple[str, list[dict[str, Any]]]] = {}
+    for label, rows in groups:
+        if len({tuple(r["order"]) for r in rows}) > 1:
+            for order in {tuple(r["order"]) for r in rows}:
+                by_order[(rows[0]["dataset"], order, rows[0]["vary"])] = (label, rows)
+    for label, rows in groups:
+        orders = {tuple(r["order"]) for r in rows}
+        if len(orders) != 1:
+            continue
+        (order,) = orders
+        twin = by_order.get((rows[0]["dataset"], order, rows[0]["vary"]))
+        if twin is None:
+            print(f"\n## {label}: one order ({' → '.join(order)}) and no two-order entry to compare it with")
+            continue
+        final = {
+            name: {
+                (r["strength"], r["replicate"]): r
+                for r in g
+                if r["order"] == list(order) and r["position"] == len(order)
+            }
+            for name, g in (("this", rows), ("twin", twin[1]))
+        }
+        print(f"\n## {label} against {twin[0]}, order {' → '.join(order)} (final model)\n")
+        print(
+            "| strength | edit success prob: this / default | f1: this / default |"
+            " generalization prob: this / default | perplexity: this / default |"
+        )
+        print("|---|---|---|---|---|")
+        for v in sorted({k[0] for k in final["this"]}):
+            both = [k for k in final["this"] if k[0] == v and k in final["twin"]]
+            if not both:
+                continue
+            col = {
+                m: (fmt([final["this"][k][m] for k in both]), fmt([final["twin"][k][m] for k in both]))
+                for m in ("edit_success_prob", "edit_success_f1", "generalization_prob")
+            }
+            ppl = (
+                fmt([final["this"][k]["perplexity"] for k in both], 1),
+                fmt([final["twin"][k]["perplexity"] for k in both], 1),
+            )
+            print(
+                f"| {v} | {' / '.join(col['edit_success_prob'])} | {' / '.join(col['edit_success_f1'])} "
+                f"| {' / '.join(col['generalization_prob'])} | {' / '.join(ppl)} |"
+            )
+
+
+def summarize(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    data = load_sweep(rows)
     compressor = next(s for s in data.orders[0] if s != "memit")
     c = cells(data, compressor)
     dataset = data.rows[0].get("dataset") or "?"
     n_edits = len(data.rows[0].get("edit_ids") or [])
     print(
-        f"\n## {run.name}: memit + {compressor}, {data.vary} = {', '.join(map(str, data.values))}; "
+        f"\n## {label}: memit + {compressor}, {data.vary} = {', '.join(map(str, data.values))}; "
         f"{len(data.replicates)} replicates of {n_edits} edits; model {data.model}"
     )
     print()
@@ -150,7 +216,7 @@ def summarize(run: Path) -> dict[str, Any]:
         f"({'compress first' if mean_std(findings['order_gap'])[0] > 0 else 'edit first'} keeps more edits)"
     )
     return {
-        "run": run.name,
+        "run": label,
         "compressor": compressor,
         "dataset": dataset,
         "per_strength": per_strength,
@@ -169,7 +235,9 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path)
     args = ap.parse_args()
     try:
-        out = [summarize(r) for r in args.runs]
+        groups = [g for r in args.runs for g in sweeps(r)]
+        out = [summarize(label, rows) for label, rows in groups if len({tuple(r["order"]) for r in rows}) > 1]
+        one_order(groups)
     except DataError as exc:
         raise SystemExit(f"replication.py: {exc}") from None
     print("\n## All runs\n")
