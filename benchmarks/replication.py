@@ -15,8 +15,12 @@ and then one line per finding, with the evidence, and the composability A and P 
 success and perplexity (lmcompose.composability). A study entry with one order (such as
 replication.yaml's Wanda → MEMIT with `stats_from=base`) is compared, strength by strength,
 with the entry of the same dataset that runs the same steps in that order under the defaults.
+With ``--against DIR`` it prints instead, for every cell the folders share (the same
+dataset, entry, order, strength and replicate, as protocol.yaml shares with replication.yaml),
+the final model's scores in each folder side by side.
 
     .venv/bin/python benchmarks/replication.py docs/replication/run
+    .venv/bin/python benchmarks/replication.py docs/replication/protocol-run --against docs/replication/run
     .venv/bin/python benchmarks/replication.py runs/rep-cf-sparsegpt runs/rep-cf-wanda ...
 """
 
@@ -230,10 +234,52 @@ def _a(comp: Any, name: str) -> float:
     return cr.A_mean if cr is not None and cr.A_mean is not None else float("nan")
 
 
+TWIN_METRICS = ("edit_success_prob", "edit_success_f1", "generalization_prob", "perplexity")
+
+
+def against(runs: list[Path], other: Path) -> None:
+    """Final-model scores of every cell shared with OTHER, mean ± std over replicates, side by side."""
+
+    def finals(run: Path) -> dict[tuple[str, str, str, Any], dict[int, dict[str, Any]]]:
+        out: dict[tuple[str, str, str, Any], dict[int, dict[str, Any]]] = {}
+        for _, rows in sweeps(run):
+            for r in rows:
+                if r["position"] == len(r["order"]):
+                    key = (r["dataset"], r["entry"], " → ".join(r["order"]), r["strength"])
+                    out.setdefault(key, {})[r["replicate"]] = r
+        return out
+
+    theirs = finals(other)
+    for run in runs:
+        ours = finals(run)
+        shared = [k for k in ours if k in theirs and ours[k].keys() & theirs[k].keys()]
+        if not shared:
+            raise DataError(f"{run} and {other} share no finished cell: compare folders of twin studies")
+        print(f"\n## {run} / {other} (final model; mean ± std over the replicates both have)\n")
+        print("| dataset | entry | order | strength | " + " | ".join(f"{m}: this / other" for m in TWIN_METRICS) + " |")
+        print("|---|---|---|---|" + "---|" * len(TWIN_METRICS))
+        for key in shared:
+            reps = sorted(ours[key].keys() & theirs[key].keys())
+            cols = []
+            for m in TWIN_METRICS:
+                digits = 1 if m == "perplexity" else 2
+                a = fmt([ours[key][r][m] for r in reps], digits)
+                b = fmt([theirs[key][r][m] for r in reps], digits)
+                cols.append(f"{a} / {b}")
+            print(f"| {' | '.join(map(str, key))} | {' | '.join(cols)} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--against", type=Path, help="compare every cell with the same cell of this run folder")
     args = ap.parse_args()
+    if args.against is not None:
+        try:
+            against(args.runs, args.against)
+        except DataError as exc:
+            raise SystemExit(f"replication.py: {exc}") from None
+        return
     try:
         groups = [g for r in args.runs for g in sweeps(r)]
         out = [summarize(label, rows) for label, rows in groups if len({tuple(r["order"]) for r in rows}) > 1]
