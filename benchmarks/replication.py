@@ -21,7 +21,7 @@ the final model's scores in each folder side by side.
 
     .venv/bin/python benchmarks/replication.py docs/replication/run
     .venv/bin/python benchmarks/replication.py docs/replication/protocol-run --against docs/replication/run
-    .venv/bin/python benchmarks/replication.py runs/rep-cf-sparsegpt runs/rep-cf-wanda ...
+    .venv/bin/python benchmarks/replication.py runs/my-sweep-a runs/my-sweep-b ...
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ The four ways, each in a fresh process with a fresh statistics cache (so none re
 MEMIT covariances or tokenized corpus), on the same study file:
 
 * ``study`` — ``lmcompose study`` with the local executor: one plan over every cell;
-* ``sweeps`` — one ``sweep()`` per (compressor, dataset), as benchmarks/replication.sh did:
+* ``sweeps`` — one ``sweep()`` per (compressor, dataset), as the replication ran before it was one study:
   sharing inside a sweep only;
 * ``cells`` — every cell on its own (``compose()`` on a freshly loaded model), as the paper's
   code ran: no sharing;
