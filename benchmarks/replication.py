@@ -32,9 +32,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from lmcompose.composability import composability, load_sweep
+from lmcompose.composability import SweepData, composability, load_sweep
 from lmcompose.errors import DataError
-from lmcompose.results import RESULTS_FILE, read_rows
+from lmcompose.studies.report import is_study, load_study_rows
+
+TWIN_METRICS = ("edit_success_prob", "edit_success_f1", "generalization_prob", "perplexity")
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -58,69 +60,61 @@ def cells(data: Any, compressor: str) -> dict[tuple[str, Any, int], dict[int, di
     return out
 
 
-def sweeps(run: Path) -> list[tuple[str, list[dict[str, Any]]]]:
-    """(label, rows) per sweep of a run folder: a study's (dataset, entry) pairs, or the sweep itself."""
-    if not (run / RESULTS_FILE).exists():
-        raise DataError(f"{run} holds no {RESULTS_FILE}: give a study's or a sweep's run folder")
-    rows = [r for r in read_rows(run / RESULTS_FILE) if r.get("sweep")]
-    if not any(r.get("study") for r in rows):
-        return [(run.name, rows)]
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["dataset"], r["entry"]), []).append(r)
-    return [(f"{dataset}, {entry}", g) for (dataset, entry), g in groups.items()]
+def sweeps(run: Path) -> list[tuple[str, SweepData]]:
+    """(label, sweep) per sweep of a run folder: a study's (dataset, entry) pairs, or the sweep itself."""
+    if is_study(run):
+        return [(f"{d}, {e}", sw) for (e, d), sw in load_study_rows(run).sweeps.items()]
+    return [(run.name, load_sweep(run))]
 
 
-def one_order(groups: list[tuple[str, list[dict[str, Any]]]]) -> None:
+Finals = dict[tuple[str, str, str, Any], dict[int, dict[str, Any]]]
+
+
+def finals(data: SweepData) -> Finals:
+    """(dataset, entry, order, strength) -> replicate -> final row."""
+    out: Finals = {}
+    for (order, value, rep), row in data.final.items():
+        out.setdefault((row.get("dataset"), row.get("entry"), " → ".join(order), value), {})[rep] = row
+    return out
+
+
+def side_by_side(ours: Finals, theirs: Finals, other: str) -> None:
+    """Every key both have, the final scores of each, mean ± std over the replicates both have."""
+    shared = [k for k in ours if k in theirs and ours[k].keys() & theirs[k].keys()]
+    print("| dataset | entry | order | strength | " + " | ".join(f"{m}: this / {other}" for m in TWIN_METRICS) + " |")
+    print("|---|---|---|---|" + "---|" * len(TWIN_METRICS))
+    for key in shared:
+        reps = sorted(ours[key].keys() & theirs[key].keys())
+        cols = []
+        for m in TWIN_METRICS:
+            digits = 1 if m == "perplexity" else 2
+            cols.append(
+                f"{fmt([ours[key][r][m] for r in reps], digits)} / {fmt([theirs[key][r][m] for r in reps], digits)}"
+            )
+        print(f"| {' | '.join(map(str, key))} | {' | '.join(cols)} |")
+
+
+def one_order(groups: list[tuple[str, SweepData]]) -> None:
     """Each one-order study entry against the default entry with the same steps in that order."""
-    by_order: dict[tuple[str, tuple[str, ...], str], tuple[str, list[dict[str, Any]]]] = {}
-    for label, rows in groups:
-        if len({tuple(r["order"]) for r in rows}) > 1:
-            for order in {tuple(r["order"]) for r in rows}:
-                by_order[(rows[0]["dataset"], order, rows[0]["vary"])] = (label, rows)
-    for label, rows in groups:
-        orders = {tuple(r["order"]) for r in rows}
-        if len(orders) != 1:
+    by_order: dict[tuple[Any, tuple[str, ...], str], tuple[str, SweepData]] = {}
+    for label, data in groups:
+        if len(data.orders) > 1:
+            for order in data.orders:
+                by_order[(data.rows[0].get("dataset"), order, data.vary)] = (label, data)
+    for label, data in groups:
+        if len(data.orders) != 1:
             continue
-        (order,) = orders
-        twin = by_order.get((rows[0]["dataset"], order, rows[0]["vary"]))
+        (order,) = data.orders
+        twin = by_order.get((data.rows[0].get("dataset"), order, data.vary))
         if twin is None:
             print(f"\n## {label}: one order ({' → '.join(order)}) and no two-order entry to compare it with")
             continue
-        final = {
-            name: {
-                (r["strength"], r["replicate"]): r
-                for r in g
-                if r["order"] == list(order) and r["position"] == len(order)
-            }
-            for name, g in (("this", rows), ("twin", twin[1]))
-        }
         print(f"\n## {label} against {twin[0]}, order {' → '.join(order)} (final model)\n")
-        print(
-            "| strength | edit success prob: this / default | f1: this / default |"
-            " generalization prob: this / default | perplexity: this / default |"
-        )
-        print("|---|---|---|---|---|")
-        for v in sorted({k[0] for k in final["this"]}):
-            both = [k for k in final["this"] if k[0] == v and k in final["twin"]]
-            if not both:
-                continue
-            col = {
-                m: (fmt([final["this"][k][m] for k in both]), fmt([final["twin"][k][m] for k in both]))
-                for m in ("edit_success_prob", "edit_success_f1", "generalization_prob")
-            }
-            ppl = (
-                fmt([final["this"][k]["perplexity"] for k in both], 1),
-                fmt([final["twin"][k]["perplexity"] for k in both], 1),
-            )
-            print(
-                f"| {v} | {' / '.join(col['edit_success_prob'])} | {' / '.join(col['edit_success_f1'])} "
-                f"| {' / '.join(col['generalization_prob'])} | {' / '.join(ppl)} |"
-            )
+        theirs = {(k[0], data.rows[0].get("entry"), *k[2:]): v for k, v in finals(twin[1]).items()}
+        side_by_side(finals(data), theirs, "default")
 
 
-def summarize(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    data = load_sweep(rows)
+def summarize(label: str, data: SweepData) -> dict[str, Any]:
     compressor = next(s for s in data.orders[0] if s != "memit")
     c = cells(data, compressor)
     dataset = data.rows[0].get("dataset") or "?"
@@ -234,39 +228,15 @@ def _a(comp: Any, name: str) -> float:
     return cr.A_mean if cr is not None and cr.A_mean is not None else float("nan")
 
 
-TWIN_METRICS = ("edit_success_prob", "edit_success_f1", "generalization_prob", "perplexity")
-
-
 def against(runs: list[Path], other: Path) -> None:
     """Final-model scores of every cell shared with OTHER, mean ± std over replicates, side by side."""
-
-    def finals(run: Path) -> dict[tuple[str, str, str, Any], dict[int, dict[str, Any]]]:
-        out: dict[tuple[str, str, str, Any], dict[int, dict[str, Any]]] = {}
-        for _, rows in sweeps(run):
-            for r in rows:
-                if r["position"] == len(r["order"]):
-                    key = (r["dataset"], r["entry"], " → ".join(r["order"]), r["strength"])
-                    out.setdefault(key, {})[r["replicate"]] = r
-        return out
-
-    theirs = finals(other)
+    theirs = {k: v for _, sw in sweeps(other) for k, v in finals(sw).items()}
     for run in runs:
-        ours = finals(run)
-        shared = [k for k in ours if k in theirs and ours[k].keys() & theirs[k].keys()]
-        if not shared:
+        ours = {k: v for _, sw in sweeps(run) for k, v in finals(sw).items()}
+        if not any(k in theirs and ours[k].keys() & theirs[k].keys() for k in ours):
             raise DataError(f"{run} and {other} share no finished cell: compare folders of twin studies")
         print(f"\n## {run} / {other} (final model; mean ± std over the replicates both have)\n")
-        print("| dataset | entry | order | strength | " + " | ".join(f"{m}: this / other" for m in TWIN_METRICS) + " |")
-        print("|---|---|---|---|" + "---|" * len(TWIN_METRICS))
-        for key in shared:
-            reps = sorted(ours[key].keys() & theirs[key].keys())
-            cols = []
-            for m in TWIN_METRICS:
-                digits = 1 if m == "perplexity" else 2
-                a = fmt([ours[key][r][m] for r in reps], digits)
-                b = fmt([theirs[key][r][m] for r in reps], digits)
-                cols.append(f"{a} / {b}")
-            print(f"| {' | '.join(map(str, key))} | {' | '.join(cols)} |")
+        side_by_side(ours, theirs, "other")
 
 
 def main() -> None:
@@ -282,7 +252,7 @@ def main() -> None:
         return
     try:
         groups = [g for r in args.runs for g in sweeps(r)]
-        out = [summarize(label, rows) for label, rows in groups if len({tuple(r["order"]) for r in rows}) > 1]
+        out = [summarize(label, data) for label, data in groups if len(data.orders) > 1]
         one_order(groups)
     except DataError as exc:
         raise SystemExit(f"replication.py: {exc}") from None
