@@ -409,7 +409,13 @@ def test_a_one_order_entry_shares_the_compressed_models_and_reaches_the_report(t
     for v in (0.25, 0.5):  # the compressed model's own statistics against the dense model's: another update
         assert final[("magnitude", v)]["edit_nll"] != final[("magnitude+memit(base)", v)]["edit_nll"]
     md = (result.folder / "report.md").read_text()
-    assert "magnitude+memit(base)" in md
+    lines = [ln for ln in md.splitlines() if ln.startswith("| magnitude+memit(base) |")]
+    assert lines, md  # in Table 1: P, but no A (one order gives A = 0 by construction)
+    cells = lines[0].split("|")[3:-3]  # the criteria's A / P cells
+    assert cells and all(cell.strip().startswith("– / ") for cell in cells), lines[0]
+    assert "An entry run in one order has no A" in md
+    paired_line = next(ln for ln in md.splitlines() if ln.startswith("| magnitude |"))
+    assert "– / " not in paired_line
 
 
 def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):

@@ -163,15 +163,20 @@ def table1(
     """A / P per (compressor, dataset) and criterion, with the axis and interval of each."""
     present = [c for c in CRITERIA if any(c in comp.criteria for comp in comps.values())]
     rows = []
+    one_order = False
     for (entry, ds), comp in comps.items():
         cells = [entry, ds]
+        sweep = data.sweeps.get((entry, ds))
+        single_order = sweep is not None and len(sweep.orders) < 2  # A = 0 by construction: no information
+        one_order |= single_order
         for name in present:
             c = comp.criteria.get(name)
             if c is None:
                 cells.append("–")
                 continue
             n = len(c.replicates)
-            cells.append(f"{fmt_mean_std(c.A_mean, c.A_std, n, 3)} / {fmt_mean_std(c.P_mean, c.P_std, n, 3)}")
+            a_text = "–" if single_order else fmt_mean_std(c.A_mean, c.A_std, n, 3)
+            cells.append(f"{a_text} / {fmt_mean_std(c.P_mean, c.P_std, n, 3)}")
         n_reps = max((len(c.replicates) for c in comp.criteria.values()), default=0)
         rows.append([*cells, f"{comp.x_axis} {interval_text(comp)}", str(n_reps)])
     return Table(
@@ -191,7 +196,8 @@ def table1(
             "best order and 1 (0 = nothing lost). x: "
             + "; ".join(sorted({AXIS_LABELS[c.x_axis] for c in comps.values()}))
             + " (docs/sweeps.md)."
-        ),
+        )
+        + (" An entry run in one order has no A (it needs two orders to compare): –." if one_order else ""),
     )
 
 
