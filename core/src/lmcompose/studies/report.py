@@ -189,13 +189,15 @@ def table1(
             "replicates",
         ],
         rows,
-        caption
-        or (
-            "Each cell: A / P (mean ± sample std over replicates), integrated over each row's own x interval. "
-            "A: area between the best and the worst order (0 = the order does not matter); P: area between the "
-            "best order and 1 (0 = nothing lost). x: "
-            + "; ".join(sorted({AXIS_LABELS[c.x_axis] for c in comps.values()}))
-            + " (docs/sweeps.md)."
+        (
+            caption
+            or (
+                "Each cell: A / P (mean ± sample std over replicates), integrated over each row's own x interval. "
+                "A: area between the best and the worst order (0 = the order does not matter); P: area between the "
+                "best order and 1 (0 = nothing lost). x: "
+                + "; ".join(sorted({AXIS_LABELS[c.x_axis] for c in comps.values()}))
+                + " (docs/sweeps.md)."
+            )
         )
         + (" An entry run in one order has no A (it needs two orders to compare): –." if one_order else ""),
     )
