@@ -255,3 +255,25 @@ def test_greedy_tokens_from_teacher_forcing_equal_generation(arch):
     ]
     assert agree[:4] == [4, 2, 1, 0]
     assert sc.generate_for(pairs, forced) == sc.generate_for(pairs)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_teacher_forcing_batched_by_length_equals_one_at_a_time(arch):
+    """Pairs of very different lengths, batched shortest first, come back in the order given
+    with the NLL, accuracy and argmaxes of scoring each pair on its own (no padding)."""
+    lm = tiny_model(arch, seed=1)
+    pairs = [
+        ("The river town of Oxford lies on the banks of a long and slow", " Thames"),
+        ("A", " b"),
+        ("Danny Glover is a citizen of", " the United States of America"),
+        ("Berlin is", " a city"),
+        ("The capital of France, a country in western Europe, is", " Paris"),
+    ]
+    with torch.inference_mode():
+        batched = Scorer(lm, 2).teacher_forced(pairs)
+        alone = [Scorer(lm, 1).teacher_forced([pair])[0] for pair in pairs]
+    lengths = [len(f["argmax"]) for f in batched]
+    assert lengths == [len(f["argmax"]) for f in alone] and lengths != sorted(lengths)
+    for b, a in zip(batched, alone, strict=True):
+        assert b["nll"] == pytest.approx(a["nll"], abs=1e-5)
+        assert b["accuracy"] == a["accuracy"] and b["argmax"] == a["argmax"]

@@ -68,12 +68,17 @@ class Scorer:
 
     def teacher_forced(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
         """For each (prompt, target): mean token NLL of the target, token accuracy, and the
-        argmax at every predicted position of prompt+target."""
+        argmax at every predicted position of prompt+target.
+
+        Sequences are batched shortest first (results in the order given): CounterFact's
+        prompts vary in length, and batching them as they come pads a third of the tokens."""
         torch = self.torch
-        out: list[dict[str, Any]] = []
-        for start in range(0, len(pairs), self.batch_size):
-            chunk = [self.encode(p, t) for p, t in pairs[start : start + self.batch_size]]
-            seqs = [p + t for p, t in chunk]
+        encoded = [self.encode(p, t) for p, t in pairs]
+        order = sorted(range(len(encoded)), key=lambda j: len(encoded[j][0]) + len(encoded[j][1]))
+        out: list[dict[str, Any] | None] = [None] * len(encoded)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            seqs = [encoded[j][0] + encoded[j][1] for j in batch]
             width = max(len(s) for s in seqs)
             ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
             mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -81,21 +86,20 @@ class Scorer:
                 ids[i, : len(s)] = torch.tensor(s)
                 mask[i, : len(s)] = 1
             logits = self.lm.model(ids.to(self.lm.device), attention_mask=mask.to(self.lm.device)).logits.float().cpu()
-            logp = torch.log_softmax(logits, dim=-1)
-            for i, (p, t) in enumerate(chunk):
+            for i, j in enumerate(batch):
+                p, t = encoded[j]
                 n = len(p) + len(t)
-                pos = torch.arange(len(p) - 1, n - 1)
                 tgt = torch.tensor(t)
-                token_logp = logp[i, pos, tgt]
-                pred = logits[i, pos].argmax(-1)
-                out.append(
-                    {
-                        "nll": float(-token_logp.mean()),
-                        "accuracy": float((pred == tgt).float().mean()),
-                        "argmax": logits[i, : n - 1].argmax(-1).tolist(),
-                    }
-                )
-        return out
+                row = logits[i, : n - 1]
+                argmax = row.argmax(-1)
+                at = row[len(p) - 1 :]  # the positions that predict the target
+                token_logp = torch.log_softmax(at, dim=-1)[torch.arange(len(t)), tgt]
+                out[j] = {
+                    "nll": float(-token_logp.mean()),
+                    "accuracy": float((argmax[len(p) - 1 :] == tgt).float().mean()),
+                    "argmax": argmax.tolist(),
+                }
+        return out  # type: ignore[return-value]
 
     def generate(self, prompts: list[str], lengths: list[int]) -> list[list[int]]:
         """Greedy continuation of each prompt, ``lengths[i]`` new tokens (batched, left-padded)."""
