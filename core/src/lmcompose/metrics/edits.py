@@ -75,7 +75,7 @@ class Scorer:
         torch = self.torch
         encoded = [self.encode(p, t) for p, t in pairs]
         order = sorted(range(len(encoded)), key=lambda j: len(encoded[j][0]) + len(encoded[j][1]))
-        out: list[dict[str, Any] | None] = [None] * len(encoded)
+        scored: dict[int, dict[str, Any]] = {}
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             seqs = [encoded[j][0] + encoded[j][1] for j in batch]
@@ -94,12 +94,12 @@ class Scorer:
                 argmax = row.argmax(-1)
                 at = row[len(p) - 1 :]  # the positions that predict the target
                 token_logp = torch.log_softmax(at, dim=-1)[torch.arange(len(t)), tgt]
-                out[j] = {
+                scored[j] = {
                     "nll": float(-token_logp.mean()),
                     "accuracy": float((argmax[len(p) - 1 :] == tgt).float().mean()),
                     "argmax": argmax.tolist(),
                 }
-        return out  # type: ignore[return-value]
+        return [scored[j] for j in range(len(encoded))]
 
     def generate(self, prompts: list[str], lengths: list[int]) -> list[list[int]]:
         """Greedy continuation of each prompt, ``lengths[i]`` new tokens (batched, left-padded)."""
