@@ -367,6 +367,9 @@ class Context:
     cache_dir: Path | None = None
     calibration_samples: int = 128
     calibration_seqlen: int = 512
+    #: The seed of the calibration windows; None = ``seed``. The engine sets it while a step
+    #: runs under a ``calibration_seed`` variant (a study's ``reseed`` or ``noise_floor``).
+    calibration_seed: int | None = None
     #: Corpus specs (:mod:`lmcompose.corpora`): None = wikitext-2, or the bundled sample with a note.
     ppl_corpus: str | None = None
     calibration_corpus: str | None = None
@@ -397,9 +400,10 @@ class Context:
                 f"cut to {lm.max_positions}"
             )
             s = lm.max_positions
-        key = ("calibration", id(lm.tokenizer), n, s, self.seed)
+        seed = self.seed if self.calibration_seed is None else self.calibration_seed
+        key = ("calibration", id(lm.tokenizer), n, s, seed)
         if key not in self.state:
-            self.state[key] = calibration_windows(lm.tokenizer, n, s, self.seed, self)
+            self.state[key] = calibration_windows(lm.tokenizer, n, s, seed, self)
         return self.state[key]
 
     def stats_dir(self) -> Path:

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from lmcompose.api import Context, EditRecord, Intervention, Metric, config_to_dict
 from lmcompose.engine.plan import Action, Cell, Group, Node, Plan, PlanCounts
 from lmcompose.engine.policy import project_earlier
+from lmcompose.engine.threads import threads_for
 from lmcompose.errors import LMComposeError, StepFailedError
 from lmcompose.steps import StepSpec, build_intervention
 
@@ -312,6 +314,22 @@ def _sweep_step_fields(step: Intervention | None, again: bool) -> dict[str, Any]
     return fields
 
 
+@contextmanager
+def under_variant(ctx: Context, variant: Sequence[tuple[str, Any]]) -> Iterator[None]:
+    """Apply an action's variant (:attr:`Action.variant`) for a block: its calibration seed
+    on ``ctx`` and its thread count on torch's pool, both restored after."""
+    values = dict(variant)
+    before = ctx.calibration_seed
+    if values.get("calibration_seed") is not None:
+        ctx.calibration_seed = int(values["calibration_seed"])
+    threads = values.get("threads")
+    try:
+        with threads_for(int(threads)) if threads is not None else nullcontext():
+            yield
+    finally:
+        ctx.calibration_seed = before
+
+
 class Executor:
     """Walks ``plan`` on ``lm`` (the base model), yielding a :class:`StateResult` per state.
 
@@ -406,22 +424,23 @@ class Executor:
             start = time.perf_counter()
             inst = self.build(action)
             self.ctx.edits = self.batch(child.group)
-            try:
-                report = inst.apply(self.lm, self.ctx)
-            except (LMComposeError, MemoryError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - a plugin's step may raise anything
-                raise _fail("step", action.name, f"on {child.label}", exc) from exc
-            self.states[action.kind] += 1
-            elapsed = report.elapsed_s
-            if not action.again:
-                elapsed += project_earlier(self.plan.policy, instances, self.lm)
-            warnings = step_warnings(action.name, self.lm, report.details)
-            rows = (
-                self._evaluate(child, [*instances, inst], elapsed, report.details, action.again, warnings)
-                if child.pending
-                else []
-            )
+            with under_variant(self.ctx, action.variant):
+                try:
+                    report = inst.apply(self.lm, self.ctx)
+                except (LMComposeError, MemoryError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a plugin's step may raise anything
+                    raise _fail("step", action.name, f"on {child.label}", exc) from exc
+                self.states[action.kind] += 1
+                elapsed = report.elapsed_s
+                if not action.again:
+                    elapsed += project_earlier(self.plan.policy, instances, self.lm)
+                warnings = step_warnings(action.name, self.lm, report.details)
+                rows = (
+                    self._evaluate(child, [*instances, inst], elapsed, report.details, action.again, warnings)
+                    if child.pending
+                    else []
+                )
             if self.save is not None:
                 self.save.save(child.id, self.lm)
             yield StateResult(child, rows, time.perf_counter() - start)

@@ -22,7 +22,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lmcompose.engine.policy import EDIT_KIND, rerun_after
@@ -57,7 +57,11 @@ class Action:
     """One step of a cell's path: a sequence step, or a compressor's re-run (recompress).
 
     ``index`` is the step's place in the cell's sequence (as written, before ordering);
-    ``key`` its canonical identity."""
+    ``key`` its canonical identity. ``variant`` runs the step under other numerical
+    conditions — ``calibration_seed`` (the seed of its calibration windows, instead of the
+    run's seed) and ``threads`` (torch's thread count while it is applied and its state
+    evaluated) — as a study's ``reseed: calibration`` and ``noise_floor`` ask; a variant is a
+    state of its own in the tree (empty: the plain step, with the ids it always had)."""
 
     name: str
     overrides: Mapping[str, Any]
@@ -65,10 +69,17 @@ class Action:
     key: str
     index: int
     again: bool = False
+    variant: tuple[tuple[str, Any], ...] = ()
 
     @property
     def tree_key(self) -> str:
-        return ("again:" if self.again else "") + self.key
+        text = ("again:" if self.again else "") + self.key
+        return text + ("@" + json.dumps(dict(self.variant), sort_keys=True) if self.variant else "")
+
+    def varied(self, **variant: Any) -> Action:
+        """This action under ``variant`` (merged over its own; None values are dropped)."""
+        merged = {**dict(self.variant), **variant}
+        return replace(self, variant=tuple(sorted((k, v) for k, v in merged.items() if v is not None)))
 
 
 @dataclass(eq=False)

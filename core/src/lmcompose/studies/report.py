@@ -41,6 +41,7 @@ from lmcompose.results import (
     replace_atomic,
     write_text_atomic,
 )
+from lmcompose.studies.noise import NoiseFloor, noise_floor_table, noise_floors, noise_sweeps
 
 REPORT_FILE = "report.md"
 TABLE_FILE = "rows.csv"
@@ -78,6 +79,8 @@ class StudyData:
     editors: dict[str, str | None]  # entry -> editor label
     dense: dict[tuple[str, str | None, int], dict[str, Any]]  # (dataset, editor step name, replicate) -> dense edit row
     notes: list[str] = field(default_factory=list)  # lines skipped, conflicting duplicates, NaN metrics
+    #: the noise floor's repetitions: (entry, dataset, label) -> their sweep (kept out of ``sweeps``)
+    noise: dict[tuple[str, str, str], SweepData] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,6 +118,8 @@ def load_study_rows(source: str | Path | Sequence[Mapping[str, Any]]) -> StudyDa
         raise DataError(
             f"{where} mixes studies {', '.join(ids)}; keep one study per folder (merge combines shards of one)"
         )
+    noise = noise_sweeps(rows)  # repetitions under another seed or thread count: not the study's cells
+    rows = [r for r in rows if not r.get("noise")]
     entries = list(dict.fromkeys(r["entry"] for r in rows))
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     sweeps = {}
@@ -143,6 +148,7 @@ def load_study_rows(source: str | Path | Sequence[Mapping[str, Any]]) -> StudyDa
         editors,
         dense,
         notes,
+        noise,
     )
 
 
@@ -158,9 +164,15 @@ def _editor_step(data: StudyData, entry: str) -> str | None:
 
 
 def table1(
-    data: StudyData, comps: Mapping[tuple[str, str], Composability], title: str | None = None, caption: str = ""
+    data: StudyData,
+    comps: Mapping[tuple[str, str], Composability],
+    title: str | None = None,
+    caption: str = "",
+    floors: Mapping[tuple[str, str, str], NoiseFloor] | None = None,
 ) -> Table:
-    """A / P per (compressor, dataset) and criterion, with the axis and interval of each."""
+    """A / P per (compressor, dataset) and criterion, with the axis and interval of each; an
+    A at or below its noise floor (``floors``, from :func:`noise_floors`) is marked ≈noise."""
+    floors = floors or {}
     present = [c for c in CRITERIA if any(c in comp.criteria for comp in comps.values())]
     rows = []
     one_order = False
@@ -176,6 +188,9 @@ def table1(
                 continue
             n = len(c.replicates)
             a_text = "–" if single_order else fmt_mean_std(c.A_mean, c.A_std, n, 3)
+            floor = floors.get((entry, ds, name))
+            if not single_order and floor is not None and floor.dA is not None and c.A_mean is not None:
+                a_text += " ≈noise" if c.A_mean <= floor.dA else ""
             cells.append(f"{a_text} / {fmt_mean_std(c.P_mean, c.P_std, n, 3)}")
         n_reps = max((len(c.replicates) for c in comp.criteria.values()), default=0)
         rows.append([*cells, f"{comp.x_axis} {interval_text(comp)}", str(n_reps)])
@@ -275,7 +290,8 @@ def build_study_report(run_dir: str | Path | StudyData, axis: str | None = None)
             comps[key] = c
             notes.extend(f"{key[0]} on {key[1]}: {n}" for n in c.notes)
     multi = {k: c for k, c in comps.items() if not c.single}
-    tables = [table1(data, multi)]
+    floors = noise_floors(data.sweeps, comps, data.noise)
+    tables = [table1(data, multi, floors=floors)]
     for ds in data.datasets:
         shared, interval = common_interval({k: c for k, c in multi.items() if k[1] == ds})
         if interval is not None:
@@ -291,6 +307,9 @@ def build_study_report(run_dir: str | Path | StudyData, axis: str | None = None)
                     ),
                 )
             )
+    noise_table = noise_floor_table(floors)
+    if noise_table is not None:
+        tables.append(noise_table)
     single = {k: c for k, c in comps.items() if c.single}
     if single:
         tables.append(single_strength_table(data, single))

@@ -13,7 +13,7 @@ import difflib
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ TOP_KEYS = (
     "skip_invalid",
     "resources",
     "protocol",
+    "reseed",
+    "noise_floor",
 )
 ENTRY_KEYS = ("name", "step", "steps", "vary", "orders", "family")
 DATASET_KEYS = ("name", "source")
@@ -58,6 +60,8 @@ BUDGET_KEYS = (
     "calibration_corpus",
 )
 RESOURCE_KEYS = ("cpus_per_task", "gpus_per_task")
+NOISE_KEYS = ("cells", "seeds", "threads")
+RESEED = ("none", "calibration")
 ROLES = ("editor", "compressor")
 STUDY_MARKERS = frozenset({"compressors", "editors", "datasets"})  # keys that make a YAML file a study file
 # keys that say where or how a study runs, not what it computes: not part of its id
@@ -127,6 +131,32 @@ def _number(value: Any, path: str, minimum: float, example: str, strict: bool = 
     return float(value)
 
 
+def _noise_floor(value: Any, seed: int) -> NoiseFloor:
+    example = "{cells: [gptq], seeds: [1, 2]}"
+    raw = _mapping(value, "noise_floor", example)
+    _keys(raw, "noise_floor", NOISE_KEYS)
+    if "cells" not in raw:
+        raise _fail("noise_floor", f"missing cells: name the cells to repeat, e.g. {example}")
+    cells = tuple(
+        _string(c, f"noise_floor.cells[{i}]", "gptq")
+        for i, c in enumerate(_list(raw["cells"], "noise_floor.cells", "[gptq]"))
+    )
+    seeds = tuple(
+        _integer(s, f"noise_floor.seeds[{i}]", 0, "1")
+        for i, s in enumerate(_list(raw.get("seeds", []), "noise_floor.seeds", "[1, 2]", nonempty=False))
+    )
+    for i, s in enumerate(seeds):
+        if s == seed or s in seeds[:i]:
+            why = "the study's own seed" if s == seed else "listed twice"
+            raise _fail(f"noise_floor.seeds[{i}]", f"{s} is {why}; give calibration seeds the study does not use")
+    threads = None if raw.get("threads") is None else _integer(raw["threads"], "noise_floor.threads", 1, "1")
+    if threads is not None and threads > 1024:
+        raise _fail("noise_floor.threads", f"{threads} is above 1024; give a thread count from 1 to 1024")
+    if not seeds and threads is None:
+        raise _fail("noise_floor", f"give seeds, threads or both, e.g. {example}")
+    return NoiseFloor(cells, seeds, threads)
+
+
 def _step(value: Any, path: str) -> StepSpec:
     """A step as in a sweep (``name:field=value`` or a mapping), built to check it."""
     if isinstance(value, list | tuple):
@@ -149,6 +179,29 @@ class DatasetSpec:
 class EditorSpec:
     label: str
     step: StepSpec
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """Cells repeated under other numerical conditions, so a report can say how far A and P
+    move for reasons that are not the experiment: each chosen cell once per calibration seed
+    in ``seeds`` (the seed of every compressor's calibration windows) and, with ``threads``,
+    once with that thread count for every step and evaluation. ``cells`` are selectors: an
+    entry's name (all its cells), ``dataset|entry``, or one cell's id."""
+
+    cells: tuple[str, ...]
+    seeds: tuple[int, ...] = ()
+    threads: int | None = None
+
+    def variants(self) -> list[tuple[str, dict[str, Any]]]:
+        """(label, variant) per repetition: ``seed=S`` for each seed, ``threads=T``."""
+        out: list[tuple[str, dict[str, Any]]] = [(f"seed={s}", {"calibration_seed": s}) for s in self.seeds]
+        if self.threads is not None:
+            out.append((f"threads={self.threads}", {"threads": self.threads}))
+        return out
+
+    def resolved(self) -> dict[str, Any]:
+        return {"cells": list(self.cells), "seeds": list(self.seeds), "threads": self.threads}
 
 
 @dataclass
@@ -192,6 +245,10 @@ class Study:
     skip_invalid: bool = False
     resources: dict[str, float] = field(default_factory=dict)
     protocol: str = "default"
+    #: ``calibration``: each replicate's compressors calibrate on their own windows (seed +
+    #: replicate), so the replicate spread includes the compressor's sampling; ``none``: one set
+    reseed: str = "none"
+    noise_floor: NoiseFloor | None = None
     data: dict[str, Any] = field(default_factory=dict)  # the file's mapping, as validated (Ray workers rebuild from it)
     #: where this machine keeps the data (run_study's ``data_dir``; None = LMCOMPOSE_DATA_DIR);
     #: not part of the study's identity
@@ -281,7 +338,11 @@ class Study:
                     _step(spec, f"protocol ({protocol.name}, entry {entry.label})")
             options = protocol.options(options)
             policy = protocol.policy or policy
-        return cls(
+        reseed = data.get("reseed", "none")
+        if reseed not in RESEED:
+            raise _fail("reseed", f"{describe_value(reseed)} is not one of {', '.join(RESEED)}")
+        noise = _noise_floor(data["noise_floor"], seed) if data.get("noise_floor") is not None else None
+        study = cls(
             study_name,
             model,
             datasets,
@@ -301,8 +362,13 @@ class Study:
             skip_invalid,
             resources,
             protocol.name,
+            reseed,
+            noise,
             data=dict(data),
         )
+        if noise is not None:
+            study.noise_cells()  # checks the selectors against the cells
+        return study
 
     # -- what it runs ----------------------------------------------------------------
     @property
@@ -314,7 +380,11 @@ class Study:
         return _merge_budgets(self.metric_options, self.budgets)
 
     def cells(self) -> list[Cell]:
-        """Every cell: entry × dataset × order × value × replicate."""
+        """Every cell: entry × dataset × order × value × replicate, then the noise floor's
+        repetitions."""
+        return self._main_cells() + self.noise_cells()
+
+    def _main_cells(self) -> list[Cell]:
         out: list[Cell] = []
         for entry in self.entries:
             for ds in self.datasets:
@@ -328,6 +398,49 @@ class Study:
                     labels={"study": self.name, "dataset": ds.name, **entry.labels},
                     id_prefix=f"{ds.name}|{entry.label}|",
                 )
+        if self.reseed == "calibration":
+            out = [self._calibrated_with(c, self.seed) for c in out]
+        return out
+
+    def _calibrated_with(self, cell: Cell, seed: int) -> Cell:
+        """``cell`` with every compressor step calibrating on seed ``seed`` (+ the replicate
+        under ``reseed: calibration``)."""
+        s = seed + (cell.replicate if self.reseed == "calibration" else 0)
+        actions = tuple(a.varied(calibration_seed=s) if a.kind != EDIT_KIND else a for a in cell.actions)
+        return replace(cell, actions=actions)
+
+    def noise_cells(self) -> list[Cell]:
+        """The repetitions ``noise_floor`` asks for (none without it): each chosen cell per
+        variant, with the id ``<cell id>|noise:<label>`` and the row label ``noise``."""
+        if self.noise_floor is None:
+            return []
+        main = self._main_cells()
+        chosen: dict[str, Cell] = {}
+        for i, sel in enumerate(self.noise_floor.cells):
+            hits = [
+                c
+                for c in main
+                if sel in (c.id, c.labels.get("entry"), f"{c.labels.get('dataset')}|{c.labels.get('entry')}")
+            ]
+            if not hits:
+                entries = list(dict.fromkeys(str(c.labels.get("entry")) for c in main))
+                pairs = list(dict.fromkeys(f"{c.labels.get('dataset')}|{c.labels.get('entry')}" for c in main))
+                examples = [c.id for c in main[:3]]
+                raise _fail(
+                    f"noise_floor.cells[{i}]",
+                    f"no cell matches {sel!r}; give an entry ({', '.join(entries)}), a dataset|entry pair "
+                    f"({', '.join(pairs)}) or a cell id (e.g. {', '.join(examples)}; `lmcompose study FILE --plan` "
+                    "lists them all)",
+                )
+            chosen.update((c.id, c) for c in hits)
+        out = []
+        for label, variant in self.noise_floor.variants():
+            for cell in chosen.values():
+                if "calibration_seed" in variant:
+                    varied = self._calibrated_with(cell, int(variant["calibration_seed"]))
+                else:
+                    varied = replace(cell, actions=tuple(a.varied(**variant) for a in cell.actions))
+                out.append(replace(varied, id=f"{cell.id}|noise:{label}", labels={**cell.labels, "noise": label}))
         return out
 
     def plan(self) -> Plan:
@@ -393,6 +506,8 @@ class Study:
             "resources": self.resources,
             # only when set, so the ids of studies written before protocols existed stay the same
             **({"protocol": self.protocol} if self.protocol != "default" else {}),
+            **({"reseed": self.reseed} if self.reseed != "none" else {}),
+            **({"noise_floor": self.noise_floor.resolved()} if self.noise_floor is not None else {}),
         }
 
     @property
