@@ -55,7 +55,11 @@ class Gram:
 
     The statistic of SparseGPT, GPTQ and AWQ (the Hessian of the layer-wise least-squares
     problem, up to a factor). ``add`` takes a (tokens, d) input in any dtype and accumulates
-    in float32, so bf16 compute does not round the sum.
+    in float64: every product of two float32 numbers is exact there, so the sum no longer
+    depends on the order BLAS adds the tokens in (thread count, blocking) beyond float64's
+    last digits, and the solvers downstream, which amplify a perturbation of H by its
+    condition number, see the same H on every machine (docs/benchmarks.md, "Numerical
+    amplification"). bf16 compute does not round the sum either.
 
     XXᵀ is symmetric, so on CPU only its upper block triangle is computed: row stripes of
     about ``stripe`` rows, stripe k holding rows [a, b) and columns [a, d), each its own
@@ -72,22 +76,22 @@ class Gram:
         self.d = d
         edges = [round(d * i / k) for i in range(k + 1)]
         self.spans = list(zip(edges[:-1], edges[1:], strict=True))  # stripe rows [a, b)
-        self.stripes = [torch.zeros(b - a, d - a, dtype=torch.float32, device=device) for a, b in self.spans]
+        self.stripes = [torch.zeros(b - a, d - a, dtype=torch.float64, device=device) for a, b in self.spans]
         self.tokens = 0
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.float()
+        x = x.double()
         for (a, b), buf in zip(self.spans, self.stripes, strict=True):
             buf.addmm_(x[:, a:b].t(), x[:, a:])
         self.tokens += x.shape[0]
 
     @property
     def xxt(self) -> torch.Tensor:
-        """Σ xxᵀ, (d, d) float32, exactly symmetric."""
+        """Σ xxᵀ, (d, d) float64, exactly symmetric."""
         if len(self.stripes) == 1:
             upper = self.stripes[0]
         else:
-            upper = torch.zeros(self.d, self.d, dtype=torch.float32, device=self.stripes[0].device)
+            upper = torch.zeros(self.d, self.d, dtype=torch.float64, device=self.stripes[0].device)
             for (a, b), buf in zip(self.spans, self.stripes, strict=True):
                 upper[a:b, a:] = buf
         return upper.triu() + upper.triu(1).t()
@@ -102,10 +106,15 @@ DAMPING_TRIES = 4
 
 def inverse_cholesky_upper(h: torch.Tensor, percdamp: float) -> tuple[torch.Tensor | None, float, int]:
     """(U, λ, extra tries) for the second-order solvers (SparseGPT, GPTQ): U upper-triangular
-    with UᵀU = (H + λI)⁻¹, λ = percdamp · mean(diag H), in float32 as in the reference code;
-    λ grows ×10 while H + λI is not positive definite, and U is None when it still is not
-    after ``DAMPING_TRIES`` tries (the caller decides what to do)."""
-    h = h.float()
+    with UᵀU = (H + λI)⁻¹, λ = percdamp · mean(diag H); λ grows ×10 while H + λI is not
+    positive definite, and U is None when it still is not after ``DAMPING_TRIES`` tries (the
+    caller decides what to do).
+
+    Computed in float64 (the reference code uses float32) and returned in float64: a damped
+    Hessian's condition number reaches 1e4-1e6, so float32's rounding of the factorization
+    (about 6e-8, and different for another thread count or LAPACK build) moved U by up to
+    1e-2 relative, enough to flip the solver's rounding and pruning decisions."""
+    h = h.double()
     diag_mean = float(torch.diag(h).mean())
     damp = percdamp * diag_mean if diag_mean > 0 else 1.0
     eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)

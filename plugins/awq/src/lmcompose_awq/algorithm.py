@@ -24,7 +24,7 @@ from lmcompose.quant import QuantGrid, group_index, n_groups, quantize_dequantiz
 
 
 class ActStats(Gram):
-    """Σ xxᵀ (float32), Σ |x| (float64) and the token count of one projection input."""
+    """Σ xxᵀ and Σ |x| (both float64) and the token count of one projection input."""
 
     def __init__(self, in_features: int, device: torch.device):
         super().__init__(in_features, device)
@@ -39,8 +39,11 @@ class ActStats(Gram):
 
 
 def output_error(dw: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """tr(ΔW H ΔWᵀ): the mean squared output error summed over output channels."""
-    return ((dw @ h) * dw).sum()
+    """tr(ΔW H ΔWᵀ): the mean squared output error summed over output channels, in float64
+    (the searches take an argmin over candidates whose losses can agree to six digits: a
+    float32 sum would let the summation order pick the winner)."""
+    dw = dw.double()
+    return ((dw @ h.double()) * dw).sum()
 
 
 def rounding_error(w: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> torch.Tensor:
@@ -105,14 +108,15 @@ def clipped_grid(
     out_f, in_f = w.shape
     ng = n_groups(in_f, group_size)
     g = group_size if 0 < group_size < in_f else in_f
-    best_err = torch.full((out_f, ng), float("inf"), device=w.device)
+    best_err = torch.full((out_f, ng), float("inf"), dtype=torch.float64, device=w.device)
+    h = h.double()
     best = QuantGrid.fit(w, bits, group_size, symmetric)
     steps = int(round(max_shrink * n_grid))
     for i in range(steps + 1):
         r = 1 - i / n_grid
         grid = QuantGrid.fit(w * r, bits, group_size, symmetric)  # the range shrunk by r around 0
         scale, zero = grid.expanded(in_f)
-        dw = quantize_dequantize(w, scale, zero, bits) - w
+        dw = (quantize_dequantize(w, scale, zero, bits) - w).double()  # float64, as output_error
         err = torch.stack(
             [
                 (

@@ -7,8 +7,10 @@ Given H = 2XXᵀ/n over the calibration tokens of the matrix's input:
    (static groups), and the columns are then processed in order of decreasing H_jj, each
    rounded on the grid of the group it belongs to in the original order;
 3. H is damped by λ = percdamp · mean(diag H); the upper Cholesky factor U of (H + λI)⁻¹ is
-   computed in float32, as in the reference code (λ grows ×10 up to three times if that fails; after that the caller
-   falls back to round-to-nearest for this matrix and reports it);
+   computed in float64 from H accumulated in float64 (the reference code uses float32 for
+   both; see :func:`lmcompose.calibration.inverse_cholesky_upper` for why) and the sweep
+   runs in float32 with it (λ grows ×10 up to three times if the factorization fails; after
+   that the caller falls back to round-to-nearest for this matrix and reports it);
 4. columns are quantized one at a time in lazy blocks of ``blocksize``: each column's
    rounding error, divided by U_jj, is spread over the block's remaining columns, and the
    block's errors over all later columns at the end of the block. Without act-order, each
@@ -77,7 +79,7 @@ def gptq_quantize_result(
     out_f, in_f = w.shape
     g = group_size if 0 < group_size < in_f else in_f
     W = w.detach().float().clone()
-    H = h.detach().float().clone()
+    H = h.detach().double().clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
@@ -147,7 +149,7 @@ def gptq_quantize_result(
 
 
 class HessianStats(Gram):
-    """Σ xxᵀ and the token count; ``hessian()`` is GPTQ's H = 2XXᵀ/n."""
+    """Σ xxᵀ and the token count; ``hessian()`` is GPTQ's H = 2XXᵀ/n (float64)."""
 
     def hessian(self) -> Any:
         return self.xxt * (2.0 / max(self.tokens, 1))

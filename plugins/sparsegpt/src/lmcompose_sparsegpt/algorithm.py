@@ -3,7 +3,9 @@
 H = Σ x xᵀ over the calibration tokens (the factor 2/n of the paper cancels: damping is
 relative to the mean diagonal and the selection and updates are scale-free). Dead inputs
 (H_jj = 0) are zeroed; H is damped by percdamp·mean(diag H); the upper Cholesky factor of
-H⁻¹ (computed in float32, as in the reference code) drives the OBS updates. Columns are processed in blocks of
+H⁻¹ (computed in float64 from H accumulated in float64; the reference code uses float32, see
+:func:`lmcompose.calibration.inverse_cholesky_upper`) drives the OBS updates, which run in
+float32. Columns are processed in blocks of
 ``blocksize``; in each block the mask is chosen by w² / [H⁻¹]²_jj (exactly
 round(sparsity · block size) weights per block, unstructured) or, every M columns, the
 M − N smallest of each row's group (N:M); each pruned weight's error is spread over the
@@ -66,7 +68,7 @@ def sparsegpt_prune(
 
         raise ConfigError(f"{where}: width {in_f} and blocksize {blocksize} must be multiples of M={nm[1]}")
     W = w.detach().float().clone()
-    H = h.detach().clone()
+    H = h.detach().double().clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
