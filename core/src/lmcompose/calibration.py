@@ -110,10 +110,10 @@ def inverse_cholesky_upper(h: torch.Tensor, percdamp: float) -> tuple[torch.Tens
     positive definite, and U is None when it still is not after ``DAMPING_TRIES`` tries (the
     caller decides what to do).
 
-    Computed in float64 (the reference code uses float32) and returned in float64: a damped
-    Hessian's condition number reaches 1e4-1e6, so float32's rounding of the factorization
-    (about 6e-8, and different for another thread count or LAPACK build) moved U by up to
-    1e-2 relative, enough to flip the solver's rounding and pruning decisions."""
+    Computed in float64 (the reference code uses float32) and returned in float64: float32's
+    rounding of the factorization (about 6e-8 relative, and different for another thread
+    count or LAPACK build) is multiplied by the damped Hessian's condition number, enough to
+    flip the solvers' rounding and pruning decisions (docs/interventions.md, "Numerics")."""
     h = h.double()
     diag_mean = float(torch.diag(h).mean())
     damp = percdamp * diag_mean if diag_mean > 0 else 1.0
