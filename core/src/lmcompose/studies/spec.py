@@ -45,6 +45,7 @@ TOP_KEYS = (
     "skip_invalid",
     "resources",
     "protocol",
+    "deterministic",
 )
 ENTRY_KEYS = ("name", "step", "steps", "vary", "orders", "family")
 DATASET_KEYS = ("name", "source")
@@ -192,6 +193,9 @@ class Study:
     skip_invalid: bool = False
     resources: dict[str, float] = field(default_factory=dict)
     protocol: str = "default"
+    #: torch.use_deterministic_algorithms(True) and one thread unless --threads says otherwise;
+    #: recorded under config.yaml's numerics: and checked on resume, not part of the study's id
+    deterministic: bool = False
     data: dict[str, Any] = field(default_factory=dict)  # the file's mapping, as validated (Ray workers rebuild from it)
     #: where this machine keeps the data (run_study's ``data_dir``; None = LMCOMPOSE_DATA_DIR);
     #: not part of the study's identity
@@ -258,6 +262,9 @@ class Study:
         skip_invalid = data.get("skip_invalid", False)
         if not isinstance(skip_invalid, bool):
             raise _fail("skip_invalid", f"expected true or false; got {describe_value(skip_invalid)}")
+        deterministic = data.get("deterministic", False)
+        if not isinstance(deterministic, bool):
+            raise _fail("deterministic", f"expected true or false; got {describe_value(deterministic)}")
         resources = {}
         raw_res = _mapping(data.get("resources", {}), "resources", "{cpus_per_task: 1, gpus_per_task: 0.25}")
         _keys(raw_res, "resources", RESOURCE_KEYS)
@@ -301,6 +308,7 @@ class Study:
             skip_invalid,
             resources,
             protocol.name,
+            deterministic,
             data=dict(data),
         )
 
