@@ -87,6 +87,22 @@ DeviceMapOption = Annotated[
 MaxMemoryOption = Annotated[
     str | None, typer.Option("--max-memory", help="Memory per device for --device-map, e.g. 0=20GiB,cpu=60GiB.")
 ]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        help="torch threads (default: torch's own count; 1 with --deterministic). Recorded in config.yaml; a "
+        "resume must use the same.",
+    ),
+]
+DeterministicOption = Annotated[
+    bool,
+    typer.Option(
+        "--deterministic",
+        help="torch.use_deterministic_algorithms(True) and 1 thread unless --threads: the same command gives "
+        "bit-identical rows. Recorded in config.yaml.",
+    ),
+]
 RevisionOption = Annotated[
     str | None,
     typer.Option(
@@ -575,6 +591,8 @@ def run(
     device_map: DeviceMapOption = None,
     max_memory: MaxMemoryOption = None,
     revision: RevisionOption = None,
+    threads: ThreadsOption = None,
+    deterministic: DeterministicOption = False,
     save_model: Annotated[
         str | None,
         typer.Option(
@@ -609,6 +627,8 @@ def run(
         revision=revision,
         ppl_corpus=ppl_corpus,
         calibration_corpus=calibration_corpus,
+        threads=threads,
+        deterministic=True if deterministic else None,
     )
     _apply_metric_flags(settings, ppl_tokens, ppl_seqlen)
     settings.validate()
@@ -747,6 +767,8 @@ def sweep(
     device_map: DeviceMapOption = None,
     max_memory: MaxMemoryOption = None,
     revision: RevisionOption = None,
+    threads: ThreadsOption = None,
+    deterministic: DeterministicOption = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
     save_cells: Annotated[
         str | None,
@@ -788,6 +810,8 @@ def sweep(
         ppl_corpus=ppl_corpus,
         calibration_corpus=calibration_corpus,
         data_dir=_as_str(_data_dir(ctx)),
+        threads=threads,
+        deterministic=True if deterministic else None,
     )
     _apply_metric_flags(settings, ppl_tokens, ppl_seqlen)
     settings.validate()
@@ -995,9 +1019,18 @@ def study(
         int | None,
         typer.Option(
             "--threads",
-            help="torch threads per process (default: the cores this process may use, or the Ray CPU request).",
+            help="torch threads per process (default: the cores this process may use, or the Ray CPU request; 1 "
+            "with --deterministic). Recorded in config.yaml; a resume must use the same.",
         ),
     ] = None,
+    deterministic: Annotated[
+        bool,
+        typer.Option(
+            "--deterministic",
+            help="torch.use_deterministic_algorithms(True) in every process and 1 thread unless --threads (also "
+            "deterministic: true in the study file). Recorded in config.yaml.",
+        ),
+    ] = False,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -1046,6 +1079,7 @@ def study(
             cpus_per_task=cpus_per_task,
             gpus_per_task=gpus_per_task,
             threads=threads,
+            deterministic=True if deterministic else None,
             shard=shard,
             device=device,
             data_dir=_data_dir(ctx),

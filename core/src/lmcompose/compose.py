@@ -28,9 +28,11 @@ from lmcompose.api import (
     config_to_dict,
 )
 from lmcompose.engine.executor import Executor, evaluate
+from lmcompose.engine.numerics import numerics_for, record_numerics, run_threads
 from lmcompose.engine.plan import Action, Cell, Plan
 from lmcompose.engine.policy import EDIT_KIND, POLICIES, check_policy
 from lmcompose.engine.run_folder import RunFolder, run_inputs, versions
+from lmcompose.engine.threads import current_threads
 from lmcompose.errors import ConfigError, UnknownNameError, UsageError, describe_value
 from lmcompose.plugins import get_datasets, get_interventions
 from lmcompose.results import read_yaml
@@ -62,6 +64,9 @@ __all__ = [
 
 #: Settings that say where things happen, not what is computed: not part of a run's id.
 LOCAL_SETTINGS = frozenset({"out", "device", "data_dir", "device_map", "max_memory"})
+#: Settings that change the last digits, not what is computed: config.yaml's ``numerics:``
+#: records them (lmcompose.engine.numerics) and a resume must match; not part of the run id.
+NUMERICS_SETTINGS = ("threads", "deterministic")
 #: Settings left out of config.yaml and the run id while unset, so runs from before they existed keep their ids.
 OPTIONAL_SETTINGS = ("ppl_corpus", "calibration_corpus", "device_map", "max_memory", "revision")
 
@@ -92,6 +97,11 @@ class RunSettings:
     device_map: str | None = None
     max_memory: str | None = None
     revision: str | None = None
+    #: torch threads (None: torch's current pool; 1 under ``deterministic``); recorded under
+    #: config.yaml's ``numerics:`` and checked on resume, not part of the run id
+    threads: int | None = None
+    #: torch.use_deterministic_algorithms(True) for the run; recorded and checked like ``threads``
+    deterministic: bool = False
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], where: str = "config") -> RunSettings:
@@ -168,6 +178,12 @@ class RunSettings:
             raise bad("dtype", "float32, bfloat16, float16 or auto")
         for key in ("device_map", "max_memory", "revision"):
             optional_str(key)
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise bad("threads", "a whole number of threads >= 1")
+        if not isinstance(self.deterministic, bool):
+            raise bad("deterministic", "true or false")
 
     @classmethod
     def from_file(cls, path: str | Path) -> RunSettings:
@@ -238,6 +254,8 @@ class RunSettings:
             del d["protocol"]  # so run ids written before protocols existed stay the same
         for key in ("save_model", "overwrite"):  # where a copy of the model goes is not part of the run
             d.pop(key, None)
+        for key in NUMERICS_SETTINGS:  # recorded under numerics: and checked on resume instead
+            d.pop(key, None)
         for key in OPTIONAL_SETTINGS:
             if d.get(key) is None:
                 d.pop(key, None)
@@ -280,6 +298,11 @@ class RunSettings:
             data_dir=Path(self.data_dir).expanduser().resolve() if self.data_dir else None,
         )
 
+    def numerics(self, metrics: Sequence[Metric]) -> dict[str, Any]:
+        """The ``numerics:`` a run of these settings evaluating ``metrics`` records in this process."""
+        threads = run_threads(self.threads, self.deterministic, current_threads())
+        return record_numerics(threads, self.deterministic, metrics)
+
     def run_id(self) -> str:
         key = {k: v for k, v in self.resolved().items() if k not in LOCAL_SETTINGS}
         return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -306,15 +329,22 @@ def compose(
     config: Mapping[str, Any] | None = None,
     save_model: str | Path | None = None,
     overwrite: bool = False,
+    threads: int | None = None,
+    deterministic: bool = False,
 ) -> list[dict[str, Any]]:
     """Apply ``steps`` to ``lm`` in order, evaluating every metric on the base model and after
     each step; return the rows (also appended to ``out/results.jsonl`` when ``out`` is set).
     ``save_model``: a folder for the final model (:mod:`lmcompose.engine.saving`; an existing,
     non-empty folder only with ``overwrite``).
 
-    ``config`` (optional) is written to ``out/config.yaml`` together with versions and the
-    base model's fingerprint. Rerunning into the same folder with the same run id skips the
-    evaluations already recorded there; a folder of another run is refused.
+    ``config`` (optional) is written to ``out/config.yaml`` together with versions, the
+    base model's fingerprint and the numerics (:mod:`lmcompose.engine.numerics`). Rerunning
+    into the same folder with the same run id skips the evaluations already recorded there;
+    a folder of another run is refused, and so is a resume with other numerics.
+
+    ``threads``: torch's thread count for the run (None: its current pool; 1 when
+    ``deterministic``). ``deterministic``: ``torch.use_deterministic_algorithms(True)`` for
+    the run (restored after); an op without a deterministic kernel is one UsageError naming it.
     """
     check_policy(policy)
     interventions = [s if isinstance(s, Intervention) else build_intervention(parse_step(s)) for s in steps]
@@ -361,12 +391,13 @@ def compose(
         )
     folder = RunFolder(out, run_id, "run", config) if out is not None else None
     rows: list[dict[str, Any]] = []
-    with folder or nullcontext():
+    with numerics_for(threads, deterministic, metric_objs, current_threads()) as numerics, folder or nullcontext():
         done = folder.done() if folder is not None else set()
         if folder is not None:
             inputs = run_inputs(lm, {group: list(ctx.edits)}, ctx)
             folder.write_config(
                 inputs=inputs,
+                numerics=numerics,
                 order=order,
                 steps_resolved=[
                     {"name": s.name, "kind": s.kind, "config": config_to_dict(s.config)} for s in interventions
@@ -469,15 +500,14 @@ def prepare(settings: _Settings) -> tuple[_Settings, tuple[list[Intervention], l
 
 def run(settings: RunSettings, progress: Progress | None = None) -> tuple[list[dict[str, Any]], Context]:
     """Validate, load the model and edits, and compose (the `lmcompose run` command)."""
-    settings, _checked = prepare(settings)
+    settings, (_steps, metrics) = prepare(settings)
     if settings.save_model:
         from lmcompose.engine.saving import check_save_folder
 
         check_save_folder(settings.save_model, settings.overwrite)  # before anything is loaded
     run_id = settings.run_id()
-    folder = RunFolder(settings.out, run_id, "run", settings.resolved()) if settings.out else None
-    if folder is not None:  # refuse a folder of another run before loading anything
-        folder.open().close()
+    if settings.out:  # refuse a folder of another run, or a resume with other numerics, before loading anything
+        RunFolder(settings.out, run_id, "run", settings.resolved(), settings.numerics(metrics)).open().close()
 
     ctx = settings.context(progress)
     edits = None
@@ -504,5 +534,7 @@ def run(settings: RunSettings, progress: Progress | None = None) -> tuple[list[d
         config=settings.resolved(),
         save_model=settings.save_model,
         overwrite=settings.overwrite,
+        threads=settings.threads,
+        deterministic=settings.deterministic,
     )
     return rows, ctx

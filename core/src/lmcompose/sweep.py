@@ -38,9 +38,11 @@ from lmcompose.api import (
 )
 from lmcompose.compose import RunSettings, load_edits, prepare, resolve_metrics
 from lmcompose.engine.executor import SNAPSHOT_MODES, Executor, replicate_edits, topk_next_tokens
+from lmcompose.engine.numerics import numerics_for
 from lmcompose.engine.plan import Cell, Group, Plan, canonical_key, check_cell_count
 from lmcompose.engine.policy import EDIT_KIND, check_policy
 from lmcompose.engine.run_folder import RunFolder, edits_digest, run_inputs
+from lmcompose.engine.threads import current_threads
 from lmcompose.errors import ConfigError, UnknownNameError, UsageError, describe_value
 from lmcompose.plugins import get_interventions
 from lmcompose.steps import StepSpec, build_intervention, parse_step
@@ -362,6 +364,8 @@ def sweep(
     run_id: str | None = None,
     config: Mapping[str, Any] | None = None,
     save_cells: str | None = None,
+    threads: int | None = None,
+    deterministic: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every order of ``steps`` at every value of ``vary`` (``"STEP.FIELD=v1,v2,..."``)
     for every replicate; return the new rows (also appended to ``out/results.jsonl``).
@@ -370,7 +374,9 @@ def sweep(
 
     ``edits``: a flat list, split into ``replicates`` disjoint equal batches, or one list per
     replicate. ``orders``: ``"all"``, ``"a,b;b,a"`` or a list of name lists. Rows already in
-    ``out/results.jsonl`` under the same ``run_id`` are skipped (resume).
+    ``out/results.jsonl`` under the same ``run_id`` are skipped (resume); a resume with other
+    numerics (``threads``, ``deterministic``, library versions, batch sizes) is refused.
+    ``threads`` and ``deterministic`` as in :func:`~lmcompose.compose.compose`.
     """
     check_policy(policy)
     if snapshots not in SNAPSHOT_MODES:
@@ -426,12 +432,13 @@ def sweep(
         save = SaveTargets.for_study(plan, save_cells, out_dir / MODELS_FOLDER, extra={"model": lm.name})
     folder = RunFolder(out_dir, run_id, "sweep", config) if out_dir is not None else None
     rows: list[dict[str, Any]] = []
-    with folder or nullcontext():
+    with numerics_for(threads, deterministic, metric_objs, current_threads()) as numerics, folder or nullcontext():
         done: set[tuple[str, int]] = set()
         if folder is not None:
             inputs = run_inputs(lm, edits_by_group, ctx)
             folder.write_config(
                 inputs=inputs,
+                numerics=numerics,
                 steps_resolved=[str(s) for s in specs],
                 vary=str(v),
                 orders=[[names[i] for i in o] for o in order_list],
@@ -479,13 +486,12 @@ def sweep(
 
 def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tuple[list[dict[str, Any]], Context]:
     """Validate, load the model and each replicate's edits, and sweep (`lmcompose sweep`)."""
-    settings, (steps, _metrics) = prepare(settings)
+    settings, (steps, metrics) = prepare(settings)
     resolved = settings.resolved()
     run_id = sweep_id(resolved)
     out = settings.out or f"runs/sweep-{run_id}"
-    RunFolder(
-        out, run_id, "sweep", {**resolved, "out": out}
-    ).open().close()  # refuse another run's folder before loading
+    # refuse another run's folder, or a resume with other numerics, before loading
+    RunFolder(out, run_id, "sweep", {**resolved, "out": out}, settings.numerics(metrics)).open().close()
 
     ctx = settings.context(progress)
     if settings.calibration_samples:
@@ -529,6 +535,8 @@ def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tupl
         run_id=run_id,
         config={**resolved, "out": out},
         save_cells=settings.save_cells,
+        threads=settings.threads,
+        deterministic=settings.deterministic,
     )
     settings.out = out
     return rows, ctx

@@ -5,7 +5,9 @@
 * :mod:`~lmcompose.engine.executor` — walks (part of) a plan on a loaded model, applies
   steps, evaluates metrics, yields rows;
 * :mod:`~lmcompose.engine.run_folder` — the single writer of config.yaml and results.jsonl:
-  lock, run-id and input checks, the done-set for resume;
+  lock, run-id, input and numerics checks, the done-set for resume;
+* :mod:`~lmcompose.engine.numerics` — what else changes a number (thread count, deterministic
+  mode, torch and its BLAS, batch sizes): recorded, checked on resume, set for a run;
 * :mod:`~lmcompose.engine.policy` — the constraint policy's rules, once.
 
 Importing this package does not import torch.

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context, EditRecord, Intervention, Metric, config_to_dict
+from lmcompose.engine.numerics import nondeterministic_error
 from lmcompose.engine.plan import Action, Cell, Group, Node, Plan, PlanCounts
 from lmcompose.engine.policy import project_earlier
 from lmcompose.engine.threads import threads_for
@@ -63,10 +64,13 @@ def provider(kind: str, name: str) -> str:
         return "not registered"
 
 
-def _fail(kind: str, name: str, where: str, exc: Exception) -> StepFailedError:
-    return StepFailedError(
-        f"{kind} {name!r} (from {provider(kind, name)}) failed {where}: "
-        f"{type(exc).__name__}: {exc}. Rerun with --debug for the traceback"
+def _fail(kind: str, name: str, where: str, exc: Exception) -> LMComposeError:
+    """The error for a step or metric that raised: an op without a deterministic kernel in
+    deterministic mode is the user's choice to change (a UsageError naming the op), anything
+    else a StepFailedError."""
+    who = f"{kind} {name!r} (from {provider(kind, name)})"
+    return nondeterministic_error(exc, f"{who} {where}") or StepFailedError(
+        f"{who} failed {where}: {type(exc).__name__}: {exc}. Rerun with --debug for the traceback"
     )
 
 

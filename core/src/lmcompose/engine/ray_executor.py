@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from lmcompose.engine.numerics import run_threads
 from lmcompose.engine.plan import Plan, Task
 from lmcompose.engine.run_folder import RunFolder
 from lmcompose.engine.saving import SaveTargets
@@ -52,11 +53,15 @@ __all__ = ["RayOutcome", "RayWork", "TaskFailure", "check_address", "run_on_ray"
 class RayWork(Protocol):
     """What a worker needs to rebuild its part of the run (must pickle)."""
 
-    def prepare(self, threads: int) -> tuple[Any, ...]:
-        """(plan, lm, ctx, metrics, edits, executor keyword arguments), in the worker."""
+    def prepare(self, threads: int, deterministic: bool = False) -> tuple[Any, ...]:
+        """(plan, lm, ctx, metrics, edits, executor keyword arguments), in the worker, with
+        torch's thread count and deterministic mode set for the task."""
 
     def inputs(self, lm: LM, edits: Mapping[Any, Any]) -> dict[str, Any]:
         """What the run's numbers depend on (checked by the run folder)."""
+
+    def numerics(self, threads: int, deterministic: bool) -> dict[str, Any]:
+        """The ``numerics:`` record of a task in this worker (checked by the run folder)."""
 
 
 @dataclass
@@ -131,10 +136,11 @@ def _worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
-def _probe(work: RayWork, threads: int, env: dict[str, str]) -> dict[str, Any]:
+def _probe(work: RayWork, threads: int, deterministic: bool, env: dict[str, str]) -> tuple[dict[str, Any], ...]:
+    """(inputs, numerics) as a worker sees them."""
     os.environ.update(env)
-    plan, lm, _ctx, _metrics, edits, _kw = work.prepare(threads)
-    return work.inputs(lm, edits)
+    plan, lm, _ctx, _metrics, edits, _kw = work.prepare(threads, deterministic)
+    return work.inputs(lm, edits), work.numerics(threads, deterministic)
 
 
 def _task(
@@ -143,6 +149,7 @@ def _task(
     done: set[tuple[str, int]],
     only: set[str] | None,
     threads: int,
+    deterministic: bool,
     fingerprint: str | None,
     env: dict[str, str],
     save: SaveTargets | None = None,
@@ -150,7 +157,7 @@ def _task(
     os.environ.update(env)
     from lmcompose.engine.executor import Executor
 
-    plan, lm, ctx, metrics, edits, kwargs = work.prepare(threads)
+    plan, lm, ctx, metrics, edits, kwargs = work.prepare(threads, deterministic)
     if fingerprint is not None and lm.fingerprint() != fingerprint:
         raise RuntimeError(
             f"the model loaded on {socket.gethostname()} differs from the driver's probe "
@@ -181,14 +188,18 @@ def run_on_ray(
     cpus_per_task: float = 1.0,
     gpus_per_task: float = 0.0,
     threads: int | None = None,
+    deterministic: bool = False,
     only: set[str] | None = None,
     on_state: Callable[[Any, dict[str, Any]], None] | None = None,
-    write_config: Callable[[dict[str, Any]], None] | None = None,
+    write_config: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     save: SaveTargets | None = None,
 ) -> RayOutcome:
     """Run the needed part of ``plan`` as Ray tasks; the rows go to ``folder`` (this process
-    is the only writer). ``write_config(inputs)`` records the inputs a probe task reads on a
-    worker; ``on_state(node, item)`` is called after each model state's rows are written;
+    is the only writer). Each task sets torch's thread count (``threads``, else 1 when
+    ``deterministic``, else its CPU request) and deterministic mode itself.
+    ``write_config(inputs, numerics)`` records what a probe task reads on a worker (the
+    inputs, and the numerics a task computes with there); ``on_state(node, item)`` is called
+    after each model state's rows are written;
     ``save``: the states the tasks write to model folders (a path every node can reach).
     Returns what the tasks computed and the tasks that failed twice."""
     if cpus_per_task <= 0:
@@ -198,18 +209,20 @@ def run_on_ray(
     ray = _ray()
     started = _init(ray, address)
     try:
-        n_threads = threads or max(1, math.ceil(cpus_per_task))
+        n_threads = run_threads(threads, deterministic, max(1, math.ceil(cpus_per_task)))
         env = _worker_env()
         opts = {"num_cpus": cpus_per_task, "num_gpus": gpus_per_task, "max_retries": 0}
         probe = ray.remote(_probe).options(**opts)
-        inputs = ray.get(probe.remote(work, n_threads, env))
+        inputs, numerics = ray.get(probe.remote(work, n_threads, deterministic, env))
         if write_config is not None:
-            write_config(inputs)
+            write_config(inputs, numerics)
         plan.mark_needed(folder.done(), only, force=save.missing() if save is not None else None)
         remote = ray.remote(_task).options(**opts)
 
         def submit(task: Task) -> Any:
-            return remote.remote(work, task, folder.done(), only, n_threads, inputs.get("model_fingerprint"), env, save)
+            return remote.remote(
+                work, task, folder.done(), only, n_threads, deterministic, inputs.get("model_fingerprint"), env, save
+            )
 
         running: dict[Any, tuple[Task, int]] = {submit(t): (t, 0) for t in plan.tasks()}
         failures: list[TaskFailure] = []

@@ -10,6 +10,9 @@ Every command that writes results (run, sweep, study, merge) goes through a
   naming the settings that differ;
 * records the inputs a run's numbers depend on (model fingerprint, edit requests, data
   sources, versions) and refuses a resume whose inputs changed, naming them;
+* records what else changes a number (``numerics:`` — thread count, deterministic mode,
+  torch and its BLAS, the metrics' batch sizes; :mod:`lmcompose.engine.numerics`) and
+  refuses a resume that would compute with other values, naming each and the fix;
 * knows which rows are written (:meth:`done`), so a rerun resumes exactly;
 * appends rows one whole line at a time and tells plugins about each one (the
   ``row_written`` hook).
@@ -28,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmcompose.engine.numerics import check_numerics
 from lmcompose.errors import UsageError
 from lmcompose.results import (
     CONFIG_FILE,
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
     from lmcompose.models.handle import LM
 
 LOCK_FILE = ".lock"
+NUMERICS_KEY = "numerics"
 # config.yaml keys that describe this invocation, not the run: never a reason to refuse
 VOLATILE_KEYS = frozenset(
     {
@@ -57,6 +62,7 @@ VOLATILE_KEYS = frozenset(
         "snapshots",
         "executor",
         "threads",
+        "numerics",
         "shard",
         "merged_from",
         "study",
@@ -163,11 +169,20 @@ def describe_changes(
 class RunFolder:
     """One run folder, open for writing by this process (use as a context manager)."""
 
-    def __init__(self, path: str | Path, run_id: str, kind: str, config: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        run_id: str,
+        kind: str,
+        config: Mapping[str, Any] | None = None,
+        numerics: Mapping[str, Any] | None = None,
+    ):
         self.path = Path(path)
         self.run_id = run_id
         self.kind = kind
         self.config = dict(config or {})
+        #: what this process would compute with (checked on :meth:`open` when known then)
+        self.numerics = dict(numerics) if numerics is not None else None
         self._lock_fd: int | None = None
         self._active = False  # set once config.yaml is written or checked: the run_closed hook is owed
         self.status: str | None = None  # what run_closed reports; default finished (failed on an exception)
@@ -247,6 +262,7 @@ class RunFolder:
                     f"{self.path} already holds another run (run_id {other}, this one is {self.run_id}){what}. "
                     "Choose another --out, or delete that folder"
                 )
+            check_numerics(existing.get(NUMERICS_KEY), self.numerics, str(self.path), self.run_id)
         others = sorted({str(r.get("run_id")) for r in read_rows(self.results) if r.get("run_id") != self.run_id})
         if others:
             raise UsageError(
@@ -255,14 +271,20 @@ class RunFolder:
             )
 
     # -- config and inputs -----------------------------------------------------------
-    def write_config(self, inputs: Mapping[str, Any] | None = None, **extra: Any) -> None:
-        """Write config.yaml (the resolved settings, ``inputs`` and ``extra``), or, when the
-        folder already has one, check that the inputs this run depends on are the same."""
+    def write_config(
+        self, inputs: Mapping[str, Any] | None = None, numerics: Mapping[str, Any] | None = None, **extra: Any
+    ) -> None:
+        """Write config.yaml (the resolved settings, ``numerics``, ``inputs`` and ``extra``), or,
+        when the folder already has one, check that the numerics this run computes with and the
+        inputs it depends on are the recorded ones (a value not recorded is accepted).
+        ``numerics``: default the ones given to the constructor."""
         inputs = dict(inputs or {})
+        numerics = dict(numerics) if numerics is not None else self.numerics
         self._active = True
         if self.config_path.exists():
             existing = read_yaml(self.config_path)
             self.config = {k: v for k, v in existing.items() if k != "inputs"}
+            check_numerics(existing.get(NUMERICS_KEY), numerics, str(self.path), self.run_id)
             recorded = existing.get("inputs")
             if recorded is not None:
                 changed = describe_changes(
@@ -275,6 +297,8 @@ class RunFolder:
                     )
             return
         data = {**self.config, "run_id": self.run_id, "kind": self.kind, **extra}
+        if numerics:
+            data[NUMERICS_KEY] = numerics
         if inputs:
             data["inputs"] = inputs
         data.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lmcompose.errors import ConfigError
 
-__all__ = ["available_cores", "cgroup_cpu_limit", "set_threads", "threads_for"]
+__all__ = ["available_cores", "cgroup_cpu_limit", "check_threads", "current_threads", "set_threads", "threads_for"]
 
 
 def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -52,12 +52,23 @@ def available_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     return max(1, cores)
 
 
-def set_threads(n: int | None) -> int:
-    """Set torch's intra-op thread count to ``n`` (None: :func:`available_cores`); returns it."""
-    if n is None:
-        n = available_cores()
+def check_threads(n: object) -> int:
+    """``n`` if it is a thread count (a whole number >= 1), else one ConfigError."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"--threads {n!r}: give a whole number of threads >= 1")
+    return n
+
+
+def current_threads() -> int:
+    """torch's intra-op thread count now (what a run or sweep without ``--threads`` uses)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def set_threads(n: int | None) -> int:
+    """Set torch's intra-op thread count to ``n`` (None: :func:`available_cores`); returns it."""
+    n = check_threads(available_cores() if n is None else n)
     import torch
 
     torch.set_num_threads(n)

@@ -18,7 +18,7 @@ from lmcompose.composability import row_numbers
 from lmcompose.engine.plan import Group, Plan, PlanCounts
 from lmcompose.engine.progress import ProgressEvent, StateProgress
 from lmcompose.engine.ray_executor import TaskFailure
-from lmcompose.engine.run_folder import RunFolder, describe_changes, row_cell_id
+from lmcompose.engine.run_folder import NUMERICS_KEY, RunFolder, describe_changes, row_cell_id
 from lmcompose.engine.saving import SaveTargets
 from lmcompose.errors import ConfigError, DataError, UsageError
 from lmcompose.studies.spec import Study, load_study
@@ -81,12 +81,14 @@ class StudyWork:
         return study
 
     def prepare(
-        self, threads: int
+        self, threads: int, deterministic: bool = False
     ) -> tuple[Plan, Any, Context, list[Metric], dict[Group, list[EditRecord]], dict[str, Any]]:
+        from lmcompose.engine.numerics import set_deterministic
         from lmcompose.engine.threads import set_threads
         from lmcompose.models.loading import load_model
 
         set_threads(threads)
+        set_deterministic(deterministic)
         study = self.study()
         ctx = study_context(study, Progress())
         edits = study.load_edits(ctx)
@@ -98,6 +100,11 @@ class StudyWork:
         from lmcompose.engine.run_folder import run_inputs
 
         return run_inputs(lm, edits, study_context(self.study(), Progress()))
+
+    def numerics(self, threads: int, deterministic: bool) -> dict[str, Any]:
+        from lmcompose.engine.numerics import record_numerics
+
+        return record_numerics(threads, deterministic, study_metrics(self.study()))
 
 
 def study_context(study: Study, progress: Progress) -> Context:
@@ -136,6 +143,7 @@ def run_study(
     cpus_per_task: float | None = None,
     gpus_per_task: float | None = None,
     threads: int | None = None,
+    deterministic: bool | None = None,
     shard: str | tuple[int, int] | None = None,
     device: str | None = None,
     data_dir: str | Path | None = None,
@@ -150,18 +158,24 @@ def run_study(
     ``executor``: ``local`` (this process, torch threads = the cores it may use, or
     ``threads``) or ``ray`` (``ray_address``, or a local cluster; each task asks for
     ``cpus_per_task`` CPUs and ``gpus_per_task`` GPUs, default from the study's
-    ``resources``). ``shard="I/N"`` runs part I of N of the plan (whole first-step
-    subtrees; ``merge_studies`` combines the shard folders). ``on_progress`` is called with a
-    :class:`ProgressEvent` after every model state. The report (Table 1, figures, flat table)
-    is written when the run leaves the study complete. ``save_cells`` (``all`` or globs over
-    cell ids) saves those cells' final models into ``out/models/``
-    (:mod:`lmcompose.engine.saving`). ``data_dir``: the data folder (default
-    LMCOMPOSE_DATA_DIR), passed to every step and worker through the context.
+    ``resources``, and uses ``threads``, else its CPU request, as torch threads).
+    ``deterministic`` (None: the study file's ``deterministic:``): torch's deterministic
+    algorithms for the run, and 1 thread unless ``threads`` says otherwise. The thread
+    count, deterministic mode, library versions and batch sizes are recorded in config.yaml
+    (``numerics:``) and a resume with other values is refused. ``shard="I/N"`` runs part I
+    of N of the plan (whole first-step subtrees; ``merge_studies`` combines the shard
+    folders). ``on_progress`` is called with a :class:`ProgressEvent` after every model
+    state. The report (Table 1, figures, flat table) is written when the run leaves the
+    study complete. ``save_cells`` (``all`` or globs over cell ids) saves those cells' final
+    models into ``out/models/`` (:mod:`lmcompose.engine.saving`). ``data_dir``: the data
+    folder (default LMCOMPOSE_DATA_DIR), passed to every step and worker through the context.
     """
     from lmcompose.engine.run_folder import versions
 
     if not isinstance(study, Study):
         study = load_study(study)
+    if deterministic is None:
+        deterministic = study.deterministic
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor {executor!r} is not one of {', '.join(EXECUTORS)}")
     if data_dir is not None:
@@ -189,10 +203,14 @@ def run_study(
             f"--gpus-per-task {gpus:g} asks for GPUs but the study runs on device {study.device!r}; "
             "set device: cuda (or --device cuda)"
         )
+    numerics = None
     if executor == "local":
+        from lmcompose.engine.numerics import record_numerics, run_threads
         from lmcompose.models.loading import resolve_device
 
         resolve_device(study.device)  # before anything is written
+        threads = run_threads(threads, deterministic, None)
+        numerics = record_numerics(threads, deterministic, study_metrics(study))  # checked before loading
     from lmcompose.corpora import check_corpora
 
     check_corpora(
@@ -218,14 +236,28 @@ def run_study(
     start = time.perf_counter()
     extra = {"cells": len(plan.cells), "counts": {k: v.as_dict() for k, v in counts.items()}, "versions": versions()}
     outcome = _Outcome()
-    folder = RunFolder(out_dir, study.id, "study", config)
+    folder = RunFolder(out_dir, study.id, "study", config, numerics)
     with folder:
         if save is not None:
             save.clean_stale()
         if executor == "local":
-            _run_local(study, plan, folder, only, threads, progress, on_progress, extra, outcome, save)
+            _run_local(study, plan, folder, only, threads, deterministic, progress, on_progress, extra, outcome, save)
         else:
-            _run_ray(study, plan, folder, only, ray_address, cpus, gpus, threads, on_progress, extra, outcome, save)
+            _run_ray(
+                study,
+                plan,
+                folder,
+                only,
+                ray_address,
+                cpus,
+                gpus,
+                threads,
+                deterministic,
+                on_progress,
+                extra,
+                outcome,
+                save,
+            )
         missing = _missing(plan, folder.done(), only)
         folder.status = "finished" if not missing else "incomplete"
     result = StudyResult(
@@ -260,6 +292,7 @@ def _run_local(
     folder: RunFolder,
     only: set[str] | None,
     threads: int | None,
+    deterministic: bool,
     progress: Progress,
     on_progress: Callable[[ProgressEvent], None] | None,
     extra: dict[str, Any],
@@ -268,17 +301,22 @@ def _run_local(
 ) -> None:
     """This process: load the model, record the inputs, walk the needed part of the plan."""
     from lmcompose.engine.executor import Executor
+    from lmcompose.engine.numerics import numerics_for
     from lmcompose.engine.run_folder import run_inputs
-    from lmcompose.engine.threads import threads_for
     from lmcompose.models.loading import load_model
 
-    with threads_for(threads):
+    metrics = study_metrics(study)
+    with numerics_for(threads, deterministic, metrics) as numerics:
         ctx = study_context(study, progress)
         edits = study.load_edits(ctx)
         lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=progress)
         inputs = run_inputs(lm, edits, ctx)
         folder.write_config(
-            inputs=inputs, model_fingerprint=inputs["model_fingerprint"], model_source=lm.source, **extra
+            inputs=inputs,
+            numerics=numerics,
+            model_fingerprint=inputs["model_fingerprint"],
+            model_source=lm.source,
+            **extra,
         )
         if not plan.mark_needed(folder.done(), only, force=save.missing() if save is not None else None):
             return
@@ -291,7 +329,7 @@ def _run_local(
             plan,
             lm,
             ctx,
-            study_metrics(study),
+            metrics,
             edits,
             snapshots=study.snapshots,
             snapshot_dir=snapshot_dir,
@@ -315,18 +353,19 @@ def _run_ray(
     cpus: float,
     gpus: float,
     threads: int | None,
+    deterministic: bool,
     on_progress: Callable[[ProgressEvent], None] | None,
     extra: dict[str, Any],
     outcome: _Outcome,
     save: SaveTargets | None = None,
 ) -> None:
-    """Ray tasks: a probe reads the inputs on a worker, then the subtrees run as tasks."""
+    """Ray tasks: a probe reads the inputs and numerics on a worker, then the subtrees run as tasks."""
     from lmcompose.engine.ray_executor import run_on_ray
 
     trackers: list[StateProgress] = []
 
-    def write_config(inputs: dict[str, Any]) -> None:
-        folder.write_config(inputs=inputs, model_fingerprint=inputs["model_fingerprint"], **extra)
+    def write_config(inputs: dict[str, Any], numerics: dict[str, Any]) -> None:
+        folder.write_config(inputs=inputs, numerics=numerics, model_fingerprint=inputs["model_fingerprint"], **extra)
 
     def on_state(node: Any, item: dict[str, Any]) -> None:
         if not trackers:  # the plan is marked (done rows known) only once the probe has run
@@ -343,6 +382,7 @@ def _run_ray(
         cpus_per_task=cpus,
         gpus_per_task=gpus,
         threads=threads,
+        deterministic=deterministic,
         only=only,
         on_state=on_state,
         write_config=write_config,
@@ -392,6 +432,7 @@ def merge_studies(
                 f"{path} and {first_path} ran on different inputs ({'; '.join(changed)}): their rows cannot be one "
                 f"study"
             )
+        _check_shard_numerics(first_path, first, path, data)
     study = Study.from_mapping(_study_mapping(first), name=first.get("name"))
     if study.id != first.get("run_id"):
         raise DataError(f"{first_path}/config.yaml does not describe study {first.get('run_id')} (edited by hand?)")
@@ -400,7 +441,7 @@ def merge_studies(
     folder = RunFolder(out, study.id, "study", config)
     added = 0
     with folder:
-        folder.write_config(inputs=first.get("inputs"))
+        folder.write_config(inputs=first.get("inputs"), numerics=first.get(NUMERICS_KEY))
         have = {(row_cell_id(r), int(r["position"])): r for r in folder.rows()}
         for path, _ in configs:
             for row in read_rows(path / "results.jsonl"):
@@ -425,6 +466,23 @@ def merge_studies(
 
         rep = write_study_report(out, plots=plots)
     return added, missing, rep
+
+
+def _check_shard_numerics(first_path: Path, first: Mapping[str, Any], path: Path, data: Mapping[str, Any]) -> None:
+    """Refuse shards computed with other numerics (each value both record): their rows differ
+    in the last digits, so together they are not the study one run would write."""
+    from lmcompose.engine.numerics import numerics_changes
+
+    a, b = first.get(NUMERICS_KEY), data.get(NUMERICS_KEY)
+    if not isinstance(a, Mapping) or not isinstance(b, Mapping):
+        return
+    changes = numerics_changes({k: v for k, v in a.items() if k in b}, b)
+    if changes:
+        what = "; ".join(f"{key}: {old} in {first_path}, {new} in {path}" for key, old, new in changes)
+        raise UsageError(
+            f"{path} and {first_path} were computed with other numerics ({what}): their rows would not match "
+            "the ones one run writes; rerun the shards with the same --threads, --deterministic and software"
+        )
 
 
 def _study_mapping(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,7 @@ TOP_KEYS = (
     "protocol",
     "reseed",
     "noise_floor",
+    "deterministic",
 )
 ENTRY_KEYS = ("name", "step", "steps", "vary", "orders", "family")
 DATASET_KEYS = ("name", "source")
@@ -249,6 +250,9 @@ class Study:
     #: replicate), so the replicate spread includes the compressor's sampling; ``none``: one set
     reseed: str = "none"
     noise_floor: NoiseFloor | None = None
+    #: torch.use_deterministic_algorithms(True) and one thread unless --threads says otherwise;
+    #: recorded under config.yaml's numerics: and checked on resume, not part of the study's id
+    deterministic: bool = False
     data: dict[str, Any] = field(default_factory=dict)  # the file's mapping, as validated (Ray workers rebuild from it)
     #: where this machine keeps the data (run_study's ``data_dir``; None = LMCOMPOSE_DATA_DIR);
     #: not part of the study's identity
@@ -315,6 +319,9 @@ class Study:
         skip_invalid = data.get("skip_invalid", False)
         if not isinstance(skip_invalid, bool):
             raise _fail("skip_invalid", f"expected true or false; got {describe_value(skip_invalid)}")
+        deterministic = data.get("deterministic", False)
+        if not isinstance(deterministic, bool):
+            raise _fail("deterministic", f"expected true or false; got {describe_value(deterministic)}")
         resources = {}
         raw_res = _mapping(data.get("resources", {}), "resources", "{cpus_per_task: 1, gpus_per_task: 0.25}")
         _keys(raw_res, "resources", RESOURCE_KEYS)
@@ -364,6 +371,7 @@ class Study:
             protocol.name,
             reseed,
             noise,
+            deterministic,
             data=dict(data),
         )
         if noise is not None:
