@@ -179,3 +179,8 @@ def test_a_folder_without_per_edit_scores_reports_without_intervals_and_says_so(
 
     assert any("[" in row.split("|")[2] for row in ap_rows(original))
     assert ap_rows(rebuilt) == [without_intervals(row) for row in ap_rows(original)]
+    shutil.copy(out / "per_edit.jsonl", old / "per_edit.jsonl")
+    data = json.loads(invoke("report", old, "--json", "--no-plots").output)
+    lo, hi = data["strength"]["intervals"]["edit_success"]["A"]
+    assert lo <= hi and data["strength"]["intervals"]["edit_success"]["resamples"] == 1000
+    assert "perplexity" not in data["strength"]["intervals"]  # not scored per edit

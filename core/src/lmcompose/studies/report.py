@@ -390,13 +390,18 @@ def comparison_pairs(data: StudyData) -> list[tuple[str, str, str, str]]:
     the study's order; composed entries, with no editor, are left out)."""
     compressors = {r["entry"]: r.get("compressor") for r in data.rows}
     out = []
+    seen: set[tuple[str, str]] = set()  # two entries with one editor and one compressor: compared once
     for kind, by in (("compressors", data.editors), ("editors", compressors)):
         groups: dict[str, list[str]] = {}
         for e in data.entries:
             if by.get(e) is not None and data.editors.get(e) is not None:
                 groups.setdefault(str(by[e]), []).append(e)
         for shared, members in groups.items():
-            out += [(kind, shared, a, b) for i, a in enumerate(members) for b in members[i + 1 :]]
+            for i, a in enumerate(members):
+                for b in members[i + 1 :]:
+                    if (a, b) not in seen:
+                        seen.add((a, b))
+                        out.append((kind, shared, a, b))
     return out
 
 
@@ -437,14 +442,20 @@ def study_comparisons(
                 point = {"A": (ca.A_mean, cb.A_mean), "P": (ca.P_mean, cb.P_mean)}
                 grid = shared[a].x
                 context = {"dataset": ds, "kind": kind, "shared": shared_method, "interval": interval}
-                out += compare(
-                    first,
-                    second,
-                    bootstrap_ap(sa, grid, resamples, seed),
-                    bootstrap_ap(sb, grid, resamples, seed),
-                    point,
-                    context=context,
-                )
+                # an entry run in one order has no A (Table 1 shows –): compare P only
+                one_order = len(data.sweeps[a].orders) < 2 or len(data.sweeps[b].orders) < 2
+                out += [
+                    d
+                    for d in compare(
+                        first,
+                        second,
+                        bootstrap_ap(sa, grid, resamples, seed),
+                        bootstrap_ap(sb, grid, resamples, seed),
+                        point,
+                        context=context,
+                    )
+                    if not (one_order and d.what == "A")
+                ]
     return out, notes
 
 
