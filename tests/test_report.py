@@ -84,6 +84,7 @@ def test_report_rebuilds_from_results_jsonl_alone(swept, tmp_path):
     alone = tmp_path / "copy"
     alone.mkdir()
     shutil.copy(out / "results.jsonl", alone / "results.jsonl")
+    shutil.copy(out / "per_edit.jsonl", alone / "per_edit.jsonl")  # the A/P intervals' per-edit scores
     res = invoke("report", alone)
     assert res.exit_code == 0, res.output
     original, rebuilt = (out / "report.md").read_text(), (alone / "report.md").read_text()
@@ -156,3 +157,30 @@ def test_validate_a_sweep_config(tmp_path):
     cfg.write_text("model: smollm2-135m\nsteps: [magnitude, rtn]\nvary: rtn.bits=8,40\n")
     res = invoke("validate", cfg)
     assert res.exit_code == 2 and "bits=40" in res.output
+
+
+def test_a_folder_without_per_edit_scores_reports_without_intervals_and_says_so(swept, tmp_path):
+    out, _ = swept
+    original = (out / "report.md").read_text()
+    assert "95% bootstrap interval over the edits" in original
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(out / "results.jsonl", old / "results.jsonl")  # as a folder written before per_edit.jsonl
+    res = invoke("report", old, "--no-plots")
+    assert res.exit_code == 0, res.output
+    assert "no per-edit scores" in res.output and "rerun the sweep into a new folder" in res.output
+    rebuilt = (old / "report.md").read_text()
+    assert rebuilt.count("no per-edit scores") == 1 and "95% bootstrap interval over the edits" not in rebuilt
+
+    def without_intervals(row):  # the A and P cells less their "[lo, hi]" (and "n.d.")
+        cells = row.split("|")
+        cells[2:4] = [re.sub(r" \[[-0-9.]+, [-0-9.]+\]( n\.d\.)?", "", c) for c in cells[2:4]]
+        return "|".join(cells)
+
+    assert any("[" in row.split("|")[2] for row in ap_rows(original))
+    assert ap_rows(rebuilt) == [without_intervals(row) for row in ap_rows(original)]
+    shutil.copy(out / "per_edit.jsonl", old / "per_edit.jsonl")
+    data = json.loads(invoke("report", old, "--json", "--no-plots").output)
+    lo, hi = data["strength"]["intervals"]["edit_success"]["A"]
+    assert lo <= hi and data["strength"]["intervals"]["edit_success"]["resamples"] == 1000
+    assert "perplexity" not in data["strength"]["intervals"]  # not scored per edit

@@ -237,6 +237,7 @@ def test_the_report_rebuilds_from_results_jsonl_alone(full, tmp_path):
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(result.folder / "results.jsonl", alone / "results.jsonl")
+    shutil.copy(result.folder / "per_edit.jsonl", alone / "per_edit.jsonl")  # the A/P intervals' per-edit scores
     res = CliRunner().invoke(app, ["report", str(alone), "--no-plots"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     rebuilt = (alone / "report.md").read_text()
@@ -513,3 +514,26 @@ def test_a_study_reads_the_data_folder_it_is_given(tiny_folder, tmp_path, monkey
     with pytest.raises(ConfigError, match="data folder .* does not exist"):
         run_study(Study.from_mapping(spec), out=tmp_path / "t", data_dir=tmp_path / "nope")
     assert not (tmp_path / "t").exists()
+
+
+def per_edit_scores(folder):
+    from lmcompose.results import read_per_edit
+
+    return {k: (v["case_ids"], v["scores"]) for k, v in read_per_edit(folder).items()}
+
+
+def test_per_edit_scores_reach_the_report_and_survive_shards_and_merge(tiny_folder, full, tmp_path):
+    result, rows, _ = full
+    scores = per_edit_scores(result.folder)
+    assert set(scores) == {key(r) for r in rows}  # every study row evaluates its dataset's edits
+    for r in rows:
+        case_ids, s = scores[key(r)]
+        assert case_ids == r["edit_ids"] and len(s["edit_success"]) == 2
+        assert sum(s["edit_success"]) / 2 == r["edit_success"] and sum(s["locality"]) / 2 == r["locality"]
+    md = (result.folder / "report.md").read_text()
+    assert "95% bootstrap interval over the edits" in md and "no per-edit scores" not in md
+    assert "## Comparisons" in md and "- magnitude vs rtn on counterfact" in md
+    study = Study.from_mapping(quick(tiny_folder))
+    parts = [run_study(study, out=tmp_path / f"s{i}", shard=f"{i}/2", threads=1).folder for i in (1, 2)]
+    merge_studies(parts, tmp_path / "merged", plots=False)
+    assert per_edit_scores(tmp_path / "merged") == scores

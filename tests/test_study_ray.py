@@ -188,3 +188,18 @@ def test_a_ray_address_that_does_not_answer_is_one_message(tiny_folder, tmp_path
     assert time.time() - start < 30
     res = CliRunner().invoke(app, ["study", str(path), "--executor", "ray", "--ray-address", "nonsense"])
     assert res.exit_code == 2 and "give host:port" in res.output
+
+
+def test_per_edit_scores_travel_with_the_rows_from_the_tasks(cluster, tiny_folder, tmp_path):
+    from lmcompose.results import read_per_edit
+
+    small = quick(tiny_folder, datasets=["records"], compressors=[{"step": "magnitude", "vary": {"sparsity": [0.5]}}])
+    result = run_study(Study.from_mapping(small), out=tmp_path, executor="ray", cpus_per_task=1, plots=False)
+    assert result.complete and not result.failures
+    rows = read_rows(tmp_path / "results.jsonl")
+    lines = read_per_edit(tmp_path)
+    assert set(lines) == {key(r) for r in rows} and len(read_rows(tmp_path / "per_edit.jsonl")) == len(rows)
+    for r in rows:
+        line = lines[key(r)]
+        assert line["case_ids"] == r["edit_ids"] and (line["dataset"], line["replicate"]) == ("records", r["replicate"])
+        assert sum(line["scores"]["edit_success"]) / len(line["case_ids"]) == r["edit_success"]

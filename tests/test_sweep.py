@@ -249,3 +249,42 @@ def test_public_api_names_are_functions_even_after_importing_their_modules():
 
     assert callable(lc.compose) and callable(lc.sweep) and callable(lc.composability)
     assert lc.sweep.__module__ == "lmcompose.sweep"
+
+
+def check_per_edit(folder, rows):
+    """per_edit.jsonl holds, for every row, one line keyed as the row with the replicate's
+    edits, whose scores average to the row's values."""
+    from lmcompose.results import read_per_edit
+
+    lines = read_per_edit(folder)
+    assert set(lines) == {(r["cell"], r["position"]) for r in rows}
+    for r in rows:
+        line = lines[(r["cell"], r["position"])]
+        assert (line["run_id"], line["replicate"], line["dataset"]) == (r["run_id"], r["replicate"], r.get("dataset"))
+        assert line["case_ids"][:50] == r["edit_ids"]
+        assert {"edit_success", "generalization", "locality", "edit_nll", "locality_drift"} <= set(line["scores"])
+        for key, scores in line["scores"].items():
+            got = [s for s in scores if s is not None]
+            assert len(scores) == len(line["case_ids"]) and r[key] == (sum(got) / len(got) if got else None), key
+    return lines
+
+
+def test_per_edit_scores_are_written_beside_each_row_and_a_resume_keeps_one_per_row(calls, tmp_path):
+    from lmcompose.results import PER_EDIT_FILE
+
+    RankOneEdit.explode_after = 4
+    with pytest.raises(KeyboardInterrupt):
+        small_sweep(tmp_path / "run")
+    assert 0 < len(read_rows(tmp_path / "run" / PER_EDIT_FILE)) == len(read_rows(tmp_path / "run" / "results.jsonl"))
+    RankOneEdit.explode_after = None
+    small_sweep(tmp_path / "run")
+    rows = read_rows(tmp_path / "run" / "results.jsonl")
+    lines = check_per_edit(tmp_path / "run", rows)
+    assert len(read_rows(tmp_path / "run" / PER_EDIT_FILE)) == len(rows) == 24  # the resume duplicated nothing
+    # a kill between a per-edit line and its row: the resume writes both again, the last line wins
+    text = (tmp_path / "run" / "results.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "run" / "results.jsonl").write_text("".join(text[:-1]))
+    assert len(small_sweep(tmp_path / "run")) == 1
+    again = check_per_edit(tmp_path / "run", read_rows(tmp_path / "run" / "results.jsonl"))
+    assert len(read_rows(tmp_path / "run" / PER_EDIT_FILE)) == 25
+    assert {k: v["scores"] for k, v in again.items()} == {k: v["scores"] for k, v in lines.items()}

@@ -673,12 +673,15 @@ def _quiet_transformers() -> None:
 def print_report(report: Any, tables: int | None = None) -> None:
     """The report's tables (the same strings as in report.md) as rich tables (the first
     ``tables`` of them when given: a study's Table 1)."""
+    from rich.markup import escape
+
     for t in report.tables[:tables]:
-        table = Table(title=t.title, caption=t.caption, caption_justify="left")
+        # escaped: a caption's "[lo, hi]" is text, not rich markup
+        table = Table(title=escape(t.title), caption=escape(t.caption), caption_justify="left")
         for i, col in enumerate(t.columns):
-            table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
+            table.add_column(escape(col), justify="left" if i == 0 else "right", overflow="fold")
         for row in t.rows:
-            table.add_row(*row)
+            table.add_row(*(escape(cell) for cell in row))
         console.print(table)
     for note in report.notes:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
@@ -847,7 +850,9 @@ def report(
             metavar="RUN", help="A sweep's or study's run folder (the one holding results.jsonl).", show_default=False
         ),
     ],
-    as_json: Annotated[bool, typer.Option("--json", help="Print A, P, OI and MCE as JSON instead of tables.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print A, P, OI and MCE (and A/P intervals) as JSON instead of tables.")
+    ] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
     axes: Annotated[
         str | None,
@@ -859,7 +864,7 @@ def report(
         ),
     ] = None,
 ) -> None:
-    """Rebuild a sweep's or study's tables, report.md and plots (and a study's rows.csv) from its results.jsonl alone."""  # noqa: E501 (the command's one-line help)
+    """Rebuild a sweep's or study's tables, report.md and plots (and a study's rows.csv) from its results.jsonl and per_edit.jsonl."""  # noqa: E501 (the command's one-line help)
     from lmcompose.errors import DataError
     from lmcompose.report import write_report
     from lmcompose.studies.report import is_study, write_study_report
@@ -879,7 +884,16 @@ def report(
     )
     if as_json:
         comps = {f"{e}|{d}": c for (e, d), c in rep.composability.items()} if study_folder else rep.composability
-        typer.echo(json.dumps({k: c.as_dict() for k, c in comps.items()}, indent=2, default=str))
+        ivs = {f"{e}|{d}": v for (e, d), v in rep.intervals.items()} if study_folder else rep.intervals
+        out = {}
+        for k, c in comps.items():
+            out[k] = c.as_dict()
+            if ivs.get(k):  # 95% bootstrap intervals of the edit criteria (from per_edit.jsonl)
+                out[k]["intervals"] = {
+                    name: {"A": list(iv.A), "P": list(iv.P), "resamples": len(iv.samples.A)}
+                    for name, iv in ivs[k].items()
+                }
+        typer.echo(json.dumps(out, indent=2, default=str))
         return
     print_report(rep, tables=1 if study_folder else None)
     extra = f"; all rows: {rep.table_path}" if study_folder else ""

@@ -31,6 +31,7 @@ __all__ = [
     "Metric",
     "MultiHop",
     "NoConfig",
+    "PER_EDIT_KEY",
     "Progress",
     "StepReport",
     "StrengthKnob",
@@ -480,11 +481,20 @@ class Intervention:
         return StepReport(self.name, config_to_dict(self.config), details=details)
 
 
+PER_EDIT_KEY = "per_edit"
+
+
 class Metric:
     """A measurement taken on the base model and after every step.
 
     ``keys`` lists the result keys ``compute`` returns (all floats; None where not
     applicable); ``higher_is_better`` maps each key to its direction.
+
+    A metric that scores each edit request may also return, under ``PER_EDIT_KEY``
+    (``"per_edit"``), its per-record scores: ``{key: [one value per record of ctx.edits,
+    None where a record has none]}``, each list's mean over its non-None values being the
+    key's value. The engine keeps them out of the row and stores them in the run folder's
+    ``per_edit.jsonl``, from which reports compute bootstrap intervals (docs/studies.md).
     """
 
     name: ClassVar[str] = ""

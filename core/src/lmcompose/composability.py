@@ -87,15 +87,21 @@ def area_metrics(x: Sequence[float], curves: Mapping[Any, Sequence[float]]) -> d
     return {"A": trapezoid(x, oi), "P": trapezoid(x, mce), "OI": oi, "MCE": mce}
 
 
-def interpolate(x: Sequence[float], y: Sequence[float], at: float) -> float:
-    """y at ``at`` on the piecewise-linear curve through (x, y) (x ascending, ``at`` inside)."""
+def segment(x: Sequence[float], at: float) -> tuple[int, float | None]:
+    """Where ``at`` falls on the ascending grid ``x``: (i, t) for y[i] + t (y[i+1] − y[i]),
+    or (i, None) for y[i] itself (``at`` at or beyond an end)."""
     if at <= x[0]:
-        return float(y[0])
+        return 0, None
     for i in range(len(x) - 1):
         if at <= x[i + 1]:
-            t = (at - x[i]) / (x[i + 1] - x[i]) if x[i + 1] > x[i] else 0.0
-            return float(y[i] + t * (y[i + 1] - y[i]))
-    return float(y[-1])
+            return i, ((at - x[i]) / (x[i + 1] - x[i]) if x[i + 1] > x[i] else 0.0)
+    return len(x) - 1, None
+
+
+def interpolate(x: Sequence[float], y: Sequence[float], at: float) -> float:
+    """y at ``at`` on the piecewise-linear curve through (x, y) (x ascending, ``at`` inside)."""
+    i, t = segment(x, at)
+    return float(y[i]) if t is None else float(y[i] + t * (y[i + 1] - y[i]))
 
 
 def normalized_criterion(name: str, row: Mapping[str, Any], base: Mapping[str, Any] | None) -> float | None:

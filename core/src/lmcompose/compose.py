@@ -413,9 +413,9 @@ def compose(
             return rows
         executor = Executor(plan, lm, ctx, metric_objs, {group: list(ctx.edits)}, build=build, save=save)
         for state in executor.run():
-            for row in state.rows:
+            for row, per_edit in state.rows_with_scores():
                 if folder is not None:
-                    folder.append(row)
+                    folder.append(row, per_edit)
                 rows.append(row)
     return rows
 

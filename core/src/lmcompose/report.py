@@ -1,5 +1,6 @@
-"""The report of a sweep, rebuilt from its results.jsonl alone: tables (A/P, OI/MCE, final
-metrics, metrics after every step), ``report.md`` and ``plots/*.png`` in the run folder.
+"""The report of a sweep, rebuilt from its results.jsonl (and per_edit.jsonl, for the
+bootstrap intervals of A and P): tables (A/P, OI/MCE, final metrics, metrics after every
+step), ``report.md`` and ``plots/*.png`` in the run folder.
 
 The CLI prints the same :class:`Table` objects that go into report.md, so the numbers in the
 terminal and in the file are the same strings.
@@ -8,7 +9,7 @@ terminal and in the file are the same strings.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,24 @@ from lmcompose.composability import (
     load_sweep,
 )
 from lmcompose.errors import DataError
-from lmcompose.results import write_text_atomic
+from lmcompose.intervals import (
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    EDIT_CRITERIA,
+    LEVEL,
+    APInterval,
+    contains_zero,
+    intervals_for,
+)
+from lmcompose.results import read_per_edit, write_text_atomic
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
 METRIC_COLUMNS = ("edit_success", "generalization", "locality", "perplexity", "avg_bits", "sparsity")
+NO_PER_EDIT_NOTE = (
+    "this folder has no per-edit scores (per_edit.jsonl), so A and P have no bootstrap intervals"
+    "{extra}; rerun the {what} into a new folder to get them"
+)
 
 
 @dataclass
@@ -57,6 +71,7 @@ class Report:
     plots: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     path: Path | None = None
+    intervals: dict[str, dict[str, APInterval]] = field(default_factory=dict)  # axis -> criterion -> interval
 
 
 def fmt_mean_std(mean: float | None, std: float | None, n: int, digits: int = 4) -> str:
@@ -65,6 +80,28 @@ def fmt_mean_std(mean: float | None, std: float | None, n: int, digits: int = 4)
     if n > 1 and std is not None:
         return f"{mean:.{digits}f} ± {std:.{digits}f}"
     return f"{mean:.{digits}f}"
+
+
+def fmt_with_interval(
+    mean: float | None, std: float | None, n: int, digits: int, interval: tuple[float, float] | None
+) -> str:
+    """``fmt_mean_std`` with the 95% interval beside it (``0.047 ± 0.012 [0.031, 0.066]``),
+    and ``n.d.`` when the interval contains 0 (not distinguishable from 0)."""
+    text = fmt_mean_std(mean, std, n, digits)
+    if interval is None or mean is None:
+        return text
+    text += f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+    return text + " n.d." if contains_zero(interval) else text
+
+
+def interval_caption(resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> str:
+    """What the brackets beside A and P are (a table caption's last sentences)."""
+    return (
+        f"[lo, hi]: {round(LEVEL * 100)}% bootstrap interval over the edits ({resamples} resamples of the edits "
+        f"within each replicate, the same for every state and order; seed {seed}; docs/studies.md); perplexity is "
+        "one number per model state, not per edit, so it has none. n.d.: the interval contains 0, not "
+        "distinguishable from 0."
+    )
 
 
 def _fmt_metric(key: str, v: float | None) -> str:
@@ -86,15 +123,22 @@ def interval_text(comp: Composability) -> str:
     return f"[{lo:.4g}, {hi:.4g}]"
 
 
-def ap_table(comp: Composability, data: SweepData) -> Table:
+def ap_table(comp: Composability, data: SweepData, intervals: dict[str, APInterval] | None = None) -> Table:
     rows = []
     for name in CRITERIA:
         c = comp.criteria.get(name)
         if c is None:
             continue
         n = len(c.replicates)
+        iv = (intervals or {}).get(name)
         rows.append(
-            [name, fmt_mean_std(c.A_mean, c.A_std, n), fmt_mean_std(c.P_mean, c.P_std, n), interval_text(comp), str(n)]
+            [
+                name,
+                fmt_with_interval(c.A_mean, c.A_std, n, 4, iv.A if iv else None),
+                fmt_with_interval(c.P_mean, c.P_std, n, 4, iv.P if iv else None),
+                interval_text(comp),
+                str(n),
+            ]
         )
     k = len(data.replicates)
     spread = f"mean ± sample std over {k} replicates" if k > 1 else "one replicate"
@@ -104,7 +148,8 @@ def ap_table(comp: Composability, data: SweepData) -> Table:
         rows,
         f"x = {AXIS_LABELS[comp.x_axis]}; integrated over the x interval; {len(comp.orders)} orders; {spread}. "
         "A: area between the best and the worst order (0 = order does not matter); "
-        "P: area between the best order and 1 (0 = nothing lost).",
+        "P: area between the best order and 1 (0 = nothing lost)."
+        + (" " + interval_caption() if intervals is not None else ""),
     )
 
 
@@ -198,10 +243,21 @@ def check_axes(axes: Sequence[str] | None) -> list[str] | None:
     return list(axes)
 
 
-def build_report(run: str | Path | SweepData, axes: Sequence[str] | None = None) -> Report:
-    """Tables and composability of a sweep from its results.jsonl (nothing else is read), on
-    ``axes`` (default: compression when average bits change, and strength)."""
+def build_report(
+    run: str | Path | SweepData,
+    axes: Sequence[str] | None = None,
+    per_edit: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> Report:
+    """Tables and composability of a sweep from its results.jsonl, on ``axes`` (default:
+    compression when average bits change, and strength); the edit criteria's A and P with
+    bootstrap intervals from ``per_edit`` (read from the folder's per_edit.jsonl when
+    ``run`` is a path; ``resamples``, ``seed``)."""
     data = run if isinstance(run, SweepData) else load_sweep(run)
+    if per_edit is None and not isinstance(run, SweepData):
+        per_edit = read_per_edit(Path(run) if Path(run).is_dir() else Path(run).parent, data.run_id)
+    per_edit = per_edit or {}
     comps: dict[str, Composability] = {}
     notes: list[str] = list(data.notes)
     if not data.complete:
@@ -218,14 +274,22 @@ def build_report(run: str | Path | SweepData, axes: Sequence[str] | None = None)
         if c.criteria:
             comps[axis] = c
             notes.extend(n for n in c.notes if n not in notes)
+    intervals: dict[str, dict[str, APInterval]] = {}
+    if per_edit:
+        for axis, c in comps.items():
+            if not c.single:
+                intervals[axis], why = intervals_for(data, c, per_edit, None, resamples, seed)
+                notes.extend(n for n in why if n not in notes)
+    elif any(name in c.criteria for c in comps.values() if not c.single for name in EDIT_CRITERIA):
+        notes.append(NO_PER_EDIT_NOTE.format(extra="", what="sweep"))
     tables = []
-    for c in comps.values():
+    for axis, c in comps.items():
         if not c.single:  # one strength has no A and P: its OI and MCE are in their own table
-            tables.append(ap_table(c, data))
+            tables.append(ap_table(c, data, intervals.get(axis) if per_edit else None))
     if comps:
         tables.append(oi_table(next(iter(comps.values())), data))
     tables.append(final_table(data))
-    return Report(data, comps, tables, step_table(data), notes=notes)
+    return Report(data, comps, tables, step_table(data), notes=notes, intervals=intervals)
 
 
 def write_report(run_dir: str | Path, plots: bool = True, axes: Sequence[str] | None = None) -> Report:

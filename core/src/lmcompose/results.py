@@ -11,9 +11,18 @@ from typing import Any
 
 import yaml
 
-__all__ = ["CONFIG_FILE", "RESULTS_FILE", "read_rows", "read_rows_checked", "read_yaml"]
+__all__ = [
+    "CONFIG_FILE",
+    "PER_EDIT_FILE",
+    "RESULTS_FILE",
+    "read_per_edit",
+    "read_rows",
+    "read_rows_checked",
+    "read_yaml",
+]
 
 RESULTS_FILE = "results.jsonl"
+PER_EDIT_FILE = "per_edit.jsonl"  # each row's per-edit scores, beside results.jsonl
 CONFIG_FILE = "config.yaml"
 
 
@@ -82,6 +91,24 @@ def read_rows_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
             continue
         rows.append(row)
     return rows, problems
+
+
+def read_per_edit(path: Path, run_id: str | None = None) -> dict[tuple[str, int], dict[str, Any]]:
+    """The per-edit lines of a run folder (or a per_edit.jsonl path) by the key of their
+    row, (cell id, position); the last line of a key wins (a run killed between a per-edit
+    line and its row writes both again on resume). ``run_id``: that run's lines only. A
+    folder without per_edit.jsonl (written before it existed) gives {}."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PER_EDIT_FILE
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for line in read_rows(path):
+        if (run_id is not None and line.get("run_id") != run_id) or "position" not in line:
+            continue
+        cell = line.get("cell")
+        key = (str(cell) if cell is not None else f"run|r{line.get('replicate', 0)}", int(line["position"]))
+        out[key] = line
+    return out
 
 
 def replace_atomic(path: Path, write: Any) -> Path:

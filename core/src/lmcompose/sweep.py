@@ -475,9 +475,9 @@ def sweep(
         )
         with ctx.progress.task(f"sweep: {len(plan.cells)} cells", n_eval) as advance:
             for state in executor.run():
-                for row in state.rows:
+                for row, per_edit in state.rows_with_scores():
                     if folder is not None:
-                        folder.append(row)
+                        folder.append(row, per_edit)
                     rows.append(row)
                 if state.rows:
                     advance(1)

@@ -21,11 +21,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmcompose.api import Context, EditRecord, Intervention, Metric, config_to_dict
+from lmcompose.api import PER_EDIT_KEY, Context, EditRecord, Intervention, Metric, config_to_dict
 from lmcompose.engine.numerics import nondeterministic_error
 from lmcompose.engine.plan import Action, Cell, Group, Node, Plan, PlanCounts
 from lmcompose.engine.policy import project_earlier
@@ -41,11 +41,13 @@ TOPK_PROMPT = "The capital of France is"  # the top-k record's prompt when a cel
 SNAPSHOT_MODES = ("memory", "disk")
 
 __all__ = [
+    "Evaluation",
     "Executor",
     "SNAPSHOT_MODES",
     "SnapshotStore",
     "StateResult",
     "evaluate",
+    "evaluate_metrics",
     "provider",
     "replicate_edits",
     "step_warnings",
@@ -74,13 +76,25 @@ def _fail(kind: str, name: str, where: str, exc: Exception) -> LMComposeError:
     )
 
 
-def evaluate(lm: LM, metrics: Sequence[Metric], ctx: Context, where: str) -> dict[str, Any]:
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_metrics` measured: the row's ``values``, and each edit's scores
+    (``per_edit``: score key -> one value per record of ``ctx.edits``; empty when no metric
+    scored edits one by one)."""
+
+    values: dict[str, Any]
+    per_edit: dict[str, list[float | None]]
+
+
+def evaluate_metrics(lm: LM, metrics: Sequence[Metric], ctx: Context, where: str) -> Evaluation:
     """Every metric of ``metrics`` on ``lm`` (edit metrics only when ``ctx.edits``), plus
     ``eval_s``. A value that is not finite is kept out of the numbers and flagged:
     ``nonfinite`` maps its key to ``nan`` (stored as null, never averaged in) or ``inf`` /
     ``-inf`` (a diverged model: JSON has no infinity, the flag keeps the direction). A metric
-    that raises is a :class:`StepFailedError` naming it and its distribution."""
+    that raises is a :class:`StepFailedError` naming it and its distribution. Per-record
+    scores a metric returns under ``PER_EDIT_KEY`` go to ``per_edit``, never to the values."""
     values: dict[str, Any] = {}
+    per_edit: dict[str, list[float | None]] = {}
     nonfinite: dict[str, str] = {}
     start = time.perf_counter()
     for metric in metrics:
@@ -93,6 +107,9 @@ def evaluate(lm: LM, metrics: Sequence[Metric], ctx: Context, where: str) -> dic
         except Exception as exc:  # noqa: BLE001 - a plugin's metric may raise anything
             raise _fail("metric", metric.name, where, exc) from exc
         for key, v in got.items():
+            if key == PER_EDIT_KEY:
+                per_edit.update(_per_edit_scores(metric.name, v, len(ctx.edits)))
+                continue
             if isinstance(v, float) and not math.isfinite(v):
                 nonfinite[key] = "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
                 if math.isnan(v):
@@ -101,7 +118,32 @@ def evaluate(lm: LM, metrics: Sequence[Metric], ctx: Context, where: str) -> dic
     if nonfinite:
         values["nonfinite"] = nonfinite
     values["eval_s"] = time.perf_counter() - start
-    return values
+    return Evaluation(values, per_edit)
+
+
+def evaluate(lm: LM, metrics: Sequence[Metric], ctx: Context, where: str) -> dict[str, Any]:
+    """The row values of :func:`evaluate_metrics` (per-edit scores left out)."""
+    return evaluate_metrics(lm, metrics, ctx, where).values
+
+
+def _per_edit_scores(metric: str, scores: Any, n: int) -> dict[str, list[float | None]]:
+    """A metric's per-record scores, checked: one list of numbers (or None) per key, one
+    value per edit record."""
+    if not isinstance(scores, Mapping):
+        raise StepFailedError(
+            f"metric {metric!r} (from {provider('metric', metric)}) returned {PER_EDIT_KEY!r} as a "
+            f"{type(scores).__name__}; it must map each score key to a list with one value per edit record"
+        )
+    out: dict[str, list[float | None]] = {}
+    for key, values in scores.items():
+        if not isinstance(values, list | tuple) or len(values) != n:
+            got = len(values) if isinstance(values, list | tuple) else type(values).__name__
+            raise StepFailedError(
+                f"metric {metric!r} (from {provider('metric', metric)}) returned per-edit scores {key!r} "
+                f"with {got} values for {n} edit records; give one value (or None) per record"
+            )
+        out[str(key)] = [None if v is None else float(v) for v in values]
+    return out
 
 
 def step_warnings(name: str, lm: LM, details: Mapping[str, Any]) -> list[str]:
@@ -271,12 +313,19 @@ class SnapshotStore:
 @dataclass
 class StateResult:
     """A model state the walk reached: its node, the rows written there (may be none: a
-    state only its children need), and the seconds its step and evaluation took."""
+    state only its children need), and the seconds its step and evaluation took.
+    ``per_edit`` holds, beside each row, its per-edit line (the scores of each edit of the
+    row's group, :meth:`Executor.per_edit_line`), or None where no metric scored edits."""
 
     node: Node
     rows: list[dict[str, Any]]
     seconds: float
     computed: bool = True
+    per_edit: list[dict[str, Any] | None] = field(default_factory=list)
+
+    def rows_with_scores(self) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+        """Each row with its per-edit line (None where it has none)."""
+        return zip(self.rows, self.per_edit or [None] * len(self.rows), strict=True)
 
 
 def _scalar_details(details: Mapping[str, Any]) -> dict[str, Any]:
@@ -399,8 +448,8 @@ class Executor:
         try:
             if root and top.pending:
                 start = time.perf_counter()
-                rows = self._evaluate(top, [], 0.0, {}, False, [])
-                yield StateResult(top, rows, time.perf_counter() - start, computed=False)
+                rows, per_edit = self._evaluate(top, [], 0.0, {}, False, [])
+                yield StateResult(top, rows, time.perf_counter() - start, computed=False, per_edit=per_edit)
             yield from self._visit(top, kids, [])
         finally:
             self.store.close()
@@ -440,14 +489,14 @@ class Executor:
                 if not action.again:
                     elapsed += project_earlier(self.plan.policy, instances, self.lm)
                 warnings = step_warnings(action.name, self.lm, report.details)
-                rows = (
+                rows, per_edit = (
                     self._evaluate(child, [*instances, inst], elapsed, report.details, action.again, warnings)
                     if child.pending
-                    else []
+                    else ([], [])
                 )
             if self.save is not None:
                 self.save.save(child.id, self.lm)
-            yield StateResult(child, rows, time.perf_counter() - start)
+            yield StateResult(child, rows, time.perf_counter() - start, per_edit=per_edit)
             path = instances if action.again else [*instances, inst]
             yield from self._visit(child, [c for c in child.children.values() if c.needed], path)
         if snap is not None:
@@ -472,7 +521,8 @@ class Executor:
         details: dict[str, Any],
         again: bool,
         warnings: list[str],
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any] | None]]:
+        """The rows of ``node``'s pending cells and, beside each, its per-edit line."""
         if not shown:
             where = "on the base model"
         elif again:
@@ -485,11 +535,13 @@ class Executor:
         shared = evaluate(self.lm, self.shared_metrics, ctx, where)
         self.evaluations += 1
         per_group: dict[Group, dict[str, Any]] = {}
+        scores: dict[Group, dict[str, list[float | None]]] = {}
         for g in groups:
             ctx.edits = self.batch(g)
             values = {}
             if self.edit_metrics and ctx.edits:
-                values = evaluate(self.lm, self.edit_metrics, ctx, where)
+                measured = evaluate_metrics(self.lm, self.edit_metrics, ctx, where)
+                values, scores[g] = measured.values, measured.per_edit
                 self.evaluations += 1
             values["eval_s"] = shared.get("eval_s", 0.0) + values.get("eval_s", 0.0)
             if self.plan.style == "sweep":
@@ -499,7 +551,7 @@ class Executor:
             per_group[g] = values
         last = shown[-1] if shown else None
         shared = {k: x for k, x in shared.items() if k != "eval_s"}
-        rows = []
+        rows, per_edit = [], []
         for cell in node.pending:
             values = {**shared, **per_group[cell.group]}
             flags = {**shared.get("nonfinite", {}), **per_group[cell.group].get("nonfinite", {})}
@@ -509,7 +561,22 @@ class Executor:
             if warnings:
                 values["warnings"] = list(warnings)
             rows.append(self._row(cell, node, last, again, elapsed, _scalar_details(details), values))
-        return rows
+            per_edit.append(self.per_edit_line(cell, node, scores[cell.group]) if scores.get(cell.group) else None)
+        return rows, per_edit
+
+    def per_edit_line(self, cell: Cell, node: Node, scores: Mapping[str, list[float | None]]) -> dict[str, Any]:
+        """The per_edit.jsonl line of ``cell``'s row at ``node``: keyed as the row is (run id,
+        cell, position), with its dataset, replicate and the case id of each edit; edit i is
+        (i, ``case_ids[i]``), and ``scores[key][i]`` is its score."""
+        return {
+            "run_id": self.plan.run_id,
+            "cell": cell.id,
+            "position": node.depth,
+            "dataset": cell.group[0],
+            "replicate": cell.replicate,
+            "case_ids": [e.case_id for e in self.batch(cell.group)],
+            "scores": dict(scores),
+        }
 
     def _row(
         self,

@@ -1,5 +1,5 @@
-"""The Ray executor: the plan's independent subtrees as Ray tasks, rows streamed back to the
-driver, which alone appends them to the run folder.
+"""The Ray executor: the plan's independent subtrees as Ray tasks, rows (each with its
+per-edit scores) streamed back to the driver, which alone appends them to the run folder.
 
 The driver cuts the plan with :meth:`Plan.tasks` (the base model's rows, and one task per
 needed first-step subtree, so no model state is computed twice), submits each with the CPU
@@ -171,6 +171,7 @@ def _task(
         yield {
             "node": state.node.id,
             "rows": state.rows,
+            "per_edit": state.per_edit,
             "seconds": state.seconds,
             "kind": kind,
             "evaluations": executor.evaluations - evaluations,
@@ -253,8 +254,8 @@ def run_on_ray(
                     ]
                     failures.append(TaskFailure(task.id, left, _describe(exc)))
                 continue
-            for row in item["rows"]:
-                folder.append(row)
+            for row, per_edit in zip(item["rows"], item.get("per_edit") or [None] * len(item["rows"]), strict=True):
+                folder.append(row, per_edit)
             if item["kind"] is not None:
                 states[item["kind"]] = states.get(item["kind"], 0) + 1
             evaluations += item["evaluations"]

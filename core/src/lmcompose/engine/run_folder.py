@@ -1,4 +1,4 @@
-"""The run folder: the single writer of ``config.yaml`` and ``results.jsonl``.
+"""The run folder: the single writer of ``config.yaml``, ``results.jsonl`` and ``per_edit.jsonl``.
 
 Every command that writes results (run, sweep, study, merge) goes through a
 :class:`RunFolder`, which
@@ -15,7 +15,9 @@ Every command that writes results (run, sweep, study, merge) goes through a
   refuses a resume that would compute with other values, naming each and the fix;
 * knows which rows are written (:meth:`done`), so a rerun resumes exactly;
 * appends rows one whole line at a time and tells plugins about each one (the
-  ``row_written`` hook).
+  ``row_written`` hook); a row's per-edit scores go to ``per_edit.jsonl`` just before it,
+  so a kill between the two leaves at worst a per-edit line whose row a resume writes
+  again (readers keep the last line of a key, :func:`lmcompose.results.read_per_edit`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from lmcompose.engine.numerics import check_numerics
 from lmcompose.errors import UsageError
 from lmcompose.results import (
     CONFIG_FILE,
+    PER_EDIT_FILE,
     RESULTS_FILE,
     append_row,
     read_rows,
@@ -187,6 +190,7 @@ class RunFolder:
         self._active = False  # set once config.yaml is written or checked: the run_closed hook is owed
         self.status: str | None = None  # what run_closed reports; default finished (failed on an exception)
         self.results = self.path / RESULTS_FILE
+        self.per_edit = self.path / PER_EDIT_FILE
         self.config_path = self.path / CONFIG_FILE
 
     # -- opening ---------------------------------------------------------------------
@@ -317,11 +321,30 @@ class RunFolder:
     def info(self) -> RunInfo:
         return RunInfo(self.path, self.run_id, self.kind, self.config)
 
-    def append(self, row: dict[str, Any]) -> None:
-        """Append one row (a single write, fsynced) and call the ``row_written`` hook."""
+    def append(self, row: dict[str, Any], per_edit: Mapping[str, Any] | None = None) -> None:
+        """Append one row (a single write, fsynced) and call the ``row_written`` hook; its
+        per-edit line first, when given (:meth:`append_per_edit`)."""
         from lmcompose.plugins import notify_row_written
 
         if row.get("run_id") != self.run_id:
             raise ValueError(f"row of run {row.get('run_id')!r} written to the folder of run {self.run_id!r}")
+        if per_edit is not None:
+            if (per_edit.get("cell"), per_edit.get("position")) != (row_cell_id(row), row.get("position")):
+                raise ValueError(
+                    f"per-edit line of cell {per_edit.get('cell')!r} position {per_edit.get('position')!r} given "
+                    f"with the row of cell {row_cell_id(row)!r} position {row.get('position')!r}"
+                )
+            self.append_per_edit(per_edit)
         append_row(self.results, row)
         notify_row_written(row, self.info)
+
+    def append_per_edit(self, line: Mapping[str, Any]) -> None:
+        """Append one line of per-edit scores to per_edit.jsonl (a single write, fsynced):
+        keyed as its row is (run id, cell, position), with the dataset, replicate, the case
+        id of each edit (edit i is ``(i, case_ids[i])``, so duplicate or missing case ids
+        never collide) and ``scores`` (key -> one value per edit)."""
+        if line.get("run_id") != self.run_id:
+            raise ValueError(
+                f"per-edit line of run {line.get('run_id')!r} written to the folder of run {self.run_id!r}"
+            )
+        append_row(self.per_edit, dict(line))

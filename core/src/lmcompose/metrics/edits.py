@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from lmcompose.api import Context, EditRecord, Metric
+from lmcompose.api import PER_EDIT_KEY, Context, EditRecord, Metric
 
 if TYPE_CHECKING:
     from lmcompose.models.handle import LM
@@ -186,13 +186,18 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def _group_mean(values: list[float], owners: list[int], n: int) -> list[float]:
-    """Mean per record of the values each record owns (records without any are skipped)."""
+def _per_record(values: list[float], owners: list[int], n: int) -> list[float | None]:
+    """Mean per record of the values each record owns (None for a record that owns none)."""
     sums, counts = [0.0] * n, [0] * n
     for v, o in zip(values, owners, strict=True):
         sums[o] += v
         counts[o] += 1
-    return [s / c for s, c in zip(sums, counts, strict=True) if c]
+    return [s / c if c else None for s, c in zip(sums, counts, strict=True)]
+
+
+def _record_mean(per_record: list[float | None]) -> float | None:
+    """The metric's value: the mean over the records that have a score."""
+    return _mean([v for v in per_record if v is not None])
 
 
 def _locality_pairs(records: list[EditRecord]) -> tuple[list[int], list[tuple[str, str]]]:
@@ -238,35 +243,47 @@ class EditMetrics(Metric):
             return {}
         with torch.inference_mode(), ctx.progress.task("edit metrics", 4) as advance:
             sc = Scorer(lm, self.config.batch_size)
-            res: dict[str, Any] = {}
-            res.update(self._prompt_group("edit_success", sc, records, lambda r: [r.prompt]))
-            res["edit_nll"] = res.pop("edit_success_nll")
+            scores: dict[str, list[float | None]] = {}
+            scores.update(self._prompt_group("edit_success", sc, records, lambda r: [r.prompt]))
+            scores["edit_nll"] = scores.pop("edit_success_nll")
             advance(1)
             gen = self._prompt_group("generalization", sc, records, lambda r: r.rephrases)
             gen.pop("generalization_nll", None)
-            res.update(gen)
+            scores.update(gen)
             advance(1)
-            res.update(self._locality(sc, records, ctx))
+            scores.update(self._locality(sc, records, ctx))
             advance(1)
-            res["multi_hop_accuracy"] = self._multi_hop(sc, records)
+            scores["multi_hop_accuracy"] = self._multi_hop(sc, records)
             advance(1)
-        res["edit_success"] = res.get(f"edit_success_{self.config.scorer}")
-        res["generalization"] = res.get(f"generalization_{self.config.scorer}")
-        loc = self.config.locality_scorer
-        res["locality"] = res.get("locality_drift" if loc == "drift" else f"locality_{loc}")
+        res: dict[str, Any] = {k: _record_mean(v) for k, v in scores.items()}
+        chosen = {
+            "edit_success": f"edit_success_{self.config.scorer}",
+            "generalization": f"generalization_{self.config.scorer}",
+            "locality": "locality_drift"
+            if self.config.locality_scorer == "drift"
+            else f"locality_{self.config.locality_scorer}",
+        }
+        for criterion, key in chosen.items():
+            res[criterion] = res.get(key)
         res["edit_scorer"] = self.config.scorer
-        res["locality_scorer"] = loc
+        res["locality_scorer"] = self.config.locality_scorer
+        # each value above is the mean of its per-record scores (over the records that have one)
+        res[PER_EDIT_KEY] = {**{c: scores[k] for c, k in chosen.items()}, **scores}
         return res
 
-    def _prompt_group(self, key: str, sc: Scorer, records: list[EditRecord], prompts_of) -> dict[str, Any]:
+    def _prompt_group(
+        self, key: str, sc: Scorer, records: list[EditRecord], prompts_of
+    ) -> dict[str, list[float | None]]:
+        """Per record (mean over its prompts, None without prompts): f1, accuracy, prob, nll."""
         owners, pairs_new, pairs_true = [], [], []
         for i, r in enumerate(records):
             for p in prompts_of(r):
                 owners.append(i)
                 pairs_new.append((p, r.target_new))
                 pairs_true.append((p, r.target_true) if r.target_true else None)
+        n = len(records)
         if not pairs_new:
-            return {f"{key}_{s}": None for s in SCORERS}
+            return {f"{key}_{s}": [None] * n for s in (*SCORERS, "nll")}
         tf_new = sc.teacher_forced(pairs_new)
         gens = sc.generate_for(pairs_new, tf_new)
         f1 = [sc.f1(g, sc.encode(p, t)[1]) for g, (p, t) in zip(gens, pairs_new, strict=True)]
@@ -278,12 +295,11 @@ class EditMetrics(Metric):
                 prob.append(1.0 if tn["nll"] < tf_true[j]["nll"] else 0.0)
             else:  # no true target to contrast: geometric-mean token probability of the new one
                 prob.append(math.exp(-tn["nll"]))
-        n = len(records)
         return {
-            f"{key}_f1": _mean(_group_mean(f1, owners, n)),
-            f"{key}_accuracy": _mean(_group_mean([t["accuracy"] for t in tf_new], owners, n)),
-            f"{key}_prob": _mean(_group_mean(prob, owners, n)),
-            f"{key}_nll": _mean(_group_mean([t["nll"] for t in tf_new], owners, n)),
+            f"{key}_f1": _per_record(f1, owners, n),
+            f"{key}_accuracy": _per_record([t["accuracy"] for t in tf_new], owners, n),
+            f"{key}_prob": _per_record(prob, owners, n),
+            f"{key}_nll": _per_record([t["nll"] for t in tf_new], owners, n),
         }
 
     def reference(self, lm: LM, ctx: Context) -> None:
@@ -299,11 +315,12 @@ class EditMetrics(Metric):
             tf = Scorer(lm, self.config.batch_size).teacher_forced(pairs)
         ctx.state[key] = [t["argmax"] for t in tf]
 
-    def _locality(self, sc: Scorer, records: list[EditRecord], ctx: Context) -> dict[str, Any]:
+    def _locality(self, sc: Scorer, records: list[EditRecord], ctx: Context) -> dict[str, list[float | None]]:
+        """Per record (mean over its locality prompts, None without any): f1, accuracy, prob, drift."""
         owners, pairs = _locality_pairs(records)
-        if not pairs:
-            return {"locality_f1": None, "locality_accuracy": None, "locality_prob": None, "locality_drift": None}
         n = len(records)
+        if not pairs:
+            return {k: [None] * n for k in ("locality_f1", "locality_accuracy", "locality_prob", "locality_drift")}
         tf = sc.teacher_forced(pairs)
         gens = sc.generate_for(pairs, tf)
         f1 = [sc.f1(g, sc.encode(p, a)[1]) for g, (p, a) in zip(gens, pairs, strict=True)]
@@ -321,22 +338,25 @@ class EditMetrics(Metric):
         ref = ctx.state.setdefault(_reference_key(records), argmaxes)
         same = [sum(a == b for a, b in zip(x, y, strict=True)) / len(x) for x, y in zip(argmaxes, ref, strict=True)]
         return {
-            "locality_f1": _mean(_group_mean(f1, owners, n)),
-            "locality_accuracy": _mean(_group_mean([t["accuracy"] for t in tf], owners, n)),
-            "locality_prob": _mean(_group_mean(prob, [owners[j] for j, _ in contrast], n)),
-            "locality_drift": _mean(_group_mean(same, owners, n)),
+            "locality_f1": _per_record(f1, owners, n),
+            "locality_accuracy": _per_record([t["accuracy"] for t in tf], owners, n),
+            "locality_prob": _per_record(prob, [owners[j] for j, _ in contrast], n),
+            "locality_drift": _per_record(same, owners, n),
         }
 
-    def _multi_hop(self, sc: Scorer, records: list[EditRecord]) -> float | None:
-        cases = [r for r in records if r.multi_hop is not None]
-        if not cases:
-            return None
-        correct = 0
-        for r in cases:
+    def _multi_hop(self, sc: Scorer, records: list[EditRecord]) -> list[float | None]:
+        """Per record: 1.0 if any of its multi-hop questions is answered with the new answer,
+        else 0.0; None for a record without multi-hop questions."""
+        out: list[float | None] = []
+        for r in records:
             mh = r.multi_hop
+            if mh is None:
+                out.append(None)
+                continue
             answers = [a.lower() for a in [mh.new_answer, *mh.new_answer_aliases] if a]
             gens = sc.generate([multi_hop_prompt(q) for q in mh.questions], [MULTI_HOP_TOKENS] * len(mh.questions))
             texts = [sc.tok.decode(g, skip_special_tokens=True).strip().lower() for g in gens]
-            if any(any(t.startswith(a) or a in t.split("\n")[0] for a in answers) for t in texts):
-                correct += 1
-        return correct / len(cases)
+            out.append(
+                1.0 if any(any(t.startswith(a) or a in t.split("\n")[0] for a in answers) for t in texts) else 0.0
+            )
+        return out

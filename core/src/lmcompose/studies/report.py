@@ -1,7 +1,11 @@
 """The report of a study, rebuilt from its results.jsonl alone.
 
 * **Table 1** (the paper's): A and P per compressor × dataset × criterion (edit success,
-  generalization, locality, perplexity), mean ± sample std over replicates;
+  generalization, locality, perplexity), mean ± sample std over replicates, with a 95%
+  bootstrap interval over edits beside each edit criterion's A and P when the folder has
+  per-edit scores (per_edit.jsonl; :mod:`lmcompose.intervals`);
+* **Comparisons**: paired bootstrap differences of A and P between two compressors with one
+  editor, or two editors with one compressor, on the same edits;
 * **Figures 1–2** (``plots/fig1_<family>.png``): per compressor family, rows = datasets,
   columns = criteria, one line per compressor and order with ± std bands; every curve
   begins at strength 0, the dense edited model (for edit→compress it is the edited model
@@ -33,9 +37,30 @@ from lmcompose.composability import (
     load_sweep,
 )
 from lmcompose.errors import DataError
-from lmcompose.report import Table, fmt_mean_std, interval_text, order_text
+from lmcompose.intervals import (
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    EDIT_CRITERIA,
+    APInterval,
+    Difference,
+    bootstrap_ap,
+    compare,
+    intervals_for,
+    method_scores,
+    same_edits,
+)
+from lmcompose.report import (
+    NO_PER_EDIT_NOTE,
+    Table,
+    fmt_mean_std,
+    fmt_with_interval,
+    interval_caption,
+    interval_text,
+    order_text,
+)
 from lmcompose.results import (
     RESULTS_FILE,
+    read_per_edit,
     read_rows,
     read_rows_checked,
     replace_atomic,
@@ -57,6 +82,8 @@ __all__ = [
     "StudyData",
     "StudyReport",
     "build_study_report",
+    "comparison_pairs",
+    "study_comparisons",
     "is_study",
     "load_study_rows",
     "write_flat_table",
@@ -83,6 +110,9 @@ class StudyData:
     noise: dict[tuple[str, str, str], SweepData] = field(default_factory=dict)
 
 
+Intervals = dict[tuple[str, str], dict[str, APInterval]]  # (entry, dataset) -> criterion -> interval
+
+
 @dataclass
 class StudyReport:
     data: StudyData
@@ -92,6 +122,10 @@ class StudyReport:
     plots: list[Path] = field(default_factory=list)
     path: Path | None = None
     table_path: Path | None = None
+    intervals: Intervals = field(default_factory=dict)  # on each entry's own x interval
+    comparisons: list[Difference] = field(default_factory=list)
+    per_edit: bool = False  # the folder has per-edit scores (intervals and comparisons come from them)
+    resamples: int = DEFAULT_RESAMPLES
 
 
 def is_study(run_dir: str | Path) -> bool:
@@ -168,10 +202,15 @@ def table1(
     comps: Mapping[tuple[str, str], Composability],
     title: str | None = None,
     caption: str = "",
+    intervals: Intervals | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
     floors: Mapping[tuple[str, str, str], NoiseFloor] | None = None,
 ) -> Table:
-    """A / P per (compressor, dataset) and criterion, with the axis and interval of each; an
-    A at or below its noise floor (``floors``, from :func:`noise_floors`) is marked ≈noise."""
+    """A / P per (compressor, dataset) and criterion, with the axis and interval of each;
+    with ``intervals`` (from per-edit scores), each edit criterion's A and P with its 95%
+    bootstrap interval; an A at or below its noise floor (``floors``, from
+    :func:`noise_floors`) is marked ≈noise."""
     floors = floors or {}
     present = [c for c in CRITERIA if any(c in comp.criteria for comp in comps.values())]
     rows = []
@@ -187,11 +226,12 @@ def table1(
                 cells.append("–")
                 continue
             n = len(c.replicates)
-            a_text = "–" if single_order else fmt_mean_std(c.A_mean, c.A_std, n, 3)
+            iv = (intervals or {}).get((entry, ds), {}).get(name)
+            a_text = "–" if single_order else fmt_with_interval(c.A_mean, c.A_std, n, 3, iv.A if iv else None)
             floor = floors.get((entry, ds, name))
             if not single_order and floor is not None and floor.dA is not None and c.A_mean is not None:
                 a_text += " ≈noise" if c.A_mean <= floor.dA else ""
-            cells.append(f"{a_text} / {fmt_mean_std(c.P_mean, c.P_std, n, 3)}")
+            cells.append(f"{a_text} / {fmt_with_interval(c.P_mean, c.P_std, n, 3, iv.P if iv else None)}")
         n_reps = max((len(c.replicates) for c in comp.criteria.values()), default=0)
         rows.append([*cells, f"{comp.x_axis} {interval_text(comp)}", str(n_reps)])
     return Table(
@@ -214,7 +254,8 @@ def table1(
                 + " (docs/sweeps.md)."
             )
         )
-        + (" An entry run in one order has no A (it needs two orders to compare): –." if one_order else ""),
+        + (" An entry run in one order has no A (it needs two orders to compare): –." if one_order else "")
+        + (" " + interval_caption(resamples, seed) if intervals is not None else ""),
     )
 
 
@@ -269,13 +310,24 @@ def _mean_text(rows: Sequence[Mapping[str, Any]], key: str) -> str:
     return f"{m:.2f}" if key == "perplexity" else f"{m:.4f}"
 
 
-def build_study_report(run_dir: str | Path | StudyData, axis: str | None = None) -> StudyReport:
+def build_study_report(
+    run_dir: str | Path | StudyData,
+    axis: str | None = None,
+    per_edit: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> StudyReport:
     """Table 1 and the rest on ``axis`` (default: compression where average bits change,
-    else strength, per compressor)."""
+    else strength, per compressor). ``per_edit`` (read from the folder's per_edit.jsonl
+    when ``run_dir`` is a folder) gives the bootstrap intervals (``resamples``, ``seed``)
+    and the comparisons; without it, the report says it has none."""
     from lmcompose.report import check_axes
 
     check_axes([axis] if axis else None)
     data = run_dir if isinstance(run_dir, StudyData) else load_study_rows(run_dir)
+    if per_edit is None and not isinstance(run_dir, StudyData):
+        per_edit = read_per_edit(Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent, data.run_id)
+    per_edit = per_edit or {}
     comps: dict[tuple[str, str], Composability] = {}
     notes: list[str] = list(data.notes)
     for key, sweep in data.sweeps.items():
@@ -290,11 +342,24 @@ def build_study_report(run_dir: str | Path | StudyData, axis: str | None = None)
             comps[key] = c
             notes.extend(f"{key[0]} on {key[1]}: {n}" for n in c.notes)
     multi = {k: c for k, c in comps.items() if not c.single}
+    own: Intervals | None = None
+    if per_edit:
+        own = {}
+        for key, c in multi.items():
+            own[key], why = intervals_for(data.sweeps[key], c, per_edit, None, resamples, seed)
+            notes.extend(f"{key[0]} on {key[1]}: {n}" for n in why)
     floors = noise_floors(data.sweeps, comps, data.noise)
-    tables = [table1(data, multi, floors=floors)]
+    tables = [table1(data, multi, intervals=own, resamples=resamples, seed=seed, floors=floors)]
     for ds in data.datasets:
-        shared, interval = common_interval({k: c for k, c in multi.items() if k[1] == ds})
+        on_ds = {k: c for k, c in multi.items() if k[1] == ds}
+        shared, interval = common_interval(on_ds)
         if interval is not None:
+            common: Intervals | None = None
+            if per_edit:
+                common = {
+                    k: intervals_for(data.sweeps[k], on_ds[k], per_edit, shared[k].x, resamples, seed)[0]
+                    for k in shared
+                }
             tables.append(
                 table1(
                     data,
@@ -305,6 +370,9 @@ def build_study_report(run_dir: str | Path | StudyData, axis: str | None = None)
                         f"where all of them "
                         "have data, so the rows compare like with like (docs/sweeps.md)."
                     ),
+                    common,
+                    resamples,
+                    seed,
                 )
             )
     noise_table = noise_floor_table(floors)
@@ -314,7 +382,130 @@ def build_study_report(run_dir: str | Path | StudyData, axis: str | None = None)
     if single:
         tables.append(single_strength_table(data, single))
     tables += [final_metrics_table(data, e, d) for (e, d) in data.sweeps]
-    return StudyReport(data, comps, tables, notes)
+    comparisons: list[Difference] = []
+    if per_edit:
+        comparisons, why = study_comparisons(data, multi, per_edit, resamples, seed)
+        notes.extend(why)
+    else:
+        notes.append(NO_PER_EDIT_NOTE.format(extra=" and there are no paired comparisons", what="study"))
+    return StudyReport(
+        data,
+        comps,
+        tables,
+        notes,
+        intervals=own or {},
+        comparisons=comparisons,
+        per_edit=bool(per_edit),
+        resamples=resamples,
+    )
+
+
+def comparison_pairs(data: StudyData) -> list[tuple[str, str, str, str]]:
+    """(kind, shared method, first entry, second entry) of every pair compared: two
+    compressors run with one editor, and two editors run with one compressor (entries in
+    the study's order; composed entries, with no editor, are left out)."""
+    compressors = {r["entry"]: r.get("compressor") for r in data.rows}
+    out = []
+    seen: set[tuple[str, str]] = set()  # two entries with one editor and one compressor: compared once
+    for kind, by in (("compressors", data.editors), ("editors", compressors)):
+        groups: dict[str, list[str]] = {}
+        for e in data.entries:
+            if by.get(e) is not None and data.editors.get(e) is not None:
+                groups.setdefault(str(by[e]), []).append(e)
+        for shared, members in groups.items():
+            for i, a in enumerate(members):
+                for b in members[i + 1 :]:
+                    if (a, b) not in seen:
+                        seen.add((a, b))
+                        out.append((kind, shared, a, b))
+    return out
+
+
+def study_comparisons(
+    data: StudyData,
+    comps: Mapping[tuple[str, str], Composability],
+    per_edit: Mapping[tuple[str, int], Mapping[str, Any]],
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> tuple[list[Difference], list[str]]:
+    """Paired differences of A and P of each edit criterion for every pair of
+    :func:`comparison_pairs` on each dataset, on the pair's common interval, from the same
+    resampled edits (the pair must have been scored on the same edits)."""
+    out: list[Difference] = []
+    notes: list[str] = []
+    for ds in data.datasets:
+        for kind, shared_method, first, second in comparison_pairs(data):
+            a, b = (first, ds), (second, ds)
+            if a not in comps or b not in comps:
+                continue
+            shared, interval = common_interval({a: comps[a], b: comps[b]})
+            if interval is None:
+                notes.append(f"{first} vs {second} on {ds}: no common x interval, not compared")
+                continue
+            for criterion in EDIT_CRITERIA:
+                if criterion not in shared[a].criteria or criterion not in shared[b].criteria:
+                    continue
+                sa, _ = method_scores(data.sweeps[a], comps[a], per_edit, criterion)
+                sb, _ = method_scores(data.sweeps[b], comps[b], per_edit, criterion)
+                if sa is None or sb is None:
+                    continue  # the intervals' notes say why
+                if not same_edits(sa, sb):
+                    notes.append(f"{first} vs {second} on {ds}: not scored on the same edits, not compared")
+                    break
+                ca, cb = shared[a].criteria[criterion], shared[b].criteria[criterion]
+                if None in (ca.A_mean, cb.A_mean, ca.P_mean, cb.P_mean):
+                    continue
+                point = {"A": (ca.A_mean, cb.A_mean), "P": (ca.P_mean, cb.P_mean)}
+                grid = shared[a].x
+                context = {"dataset": ds, "kind": kind, "shared": shared_method, "interval": interval}
+                # an entry run in one order has no A (Table 1 shows –): compare P only
+                one_order = len(data.sweeps[a].orders) < 2 or len(data.sweeps[b].orders) < 2
+                out += [
+                    d
+                    for d in compare(
+                        first,
+                        second,
+                        bootstrap_ap(sa, grid, resamples, seed),
+                        bootstrap_ap(sb, grid, resamples, seed),
+                        point,
+                        context=context,
+                    )
+                    if not (one_order and d.what == "A")
+                ]
+    return out, notes
+
+
+def comparisons_markdown(comparisons: Sequence[Difference], resamples: int = DEFAULT_RESAMPLES) -> list[str]:
+    """The report's Comparisons section: one line per pair, dataset and criterion."""
+    if not comparisons:
+        return []
+    lines = [
+        "## Comparisons",
+        "",
+        "Paired differences (first − second) of A and P between two compressors run with the same editor, and two "
+        "editors run with the same compressor, on the edits both were scored on, on the pair's common x interval. "
+        f"95% percentile intervals and two-sided p-values from {resamples} bootstrap resamples of the edits within "
+        "each replicate (the same resampled edits for both methods); a difference whose interval contains 0 is not "
+        "distinguishable (docs/studies.md).",
+        "",
+    ]
+    heading = None
+    by_line: dict[tuple[Any, ...], list[Difference]] = {}
+    for d in comparisons:
+        by_line.setdefault(
+            (d.context["kind"], d.context["shared"], d.context["dataset"], d.first, d.second, d.criterion), []
+        ).append(d)
+    for (kind, shared, ds, first, second, criterion), diffs in by_line.items():
+        title = f"### {kind.capitalize()} compared with {shared} on {ds}"
+        if title != heading:
+            lines += ([""] if heading else []) + [title, ""]
+            heading = title
+        lo, hi = diffs[0].context["interval"]
+        lines.append(
+            f"- {first} vs {second} on {ds} (x in [{lo:.4g}, {hi:.4g}]), {criterion}: "
+            + "; ".join(d.clause() for d in diffs)
+        )
+    return [*lines, ""]
 
 
 # --------------------------------------------------------------------------------------
@@ -602,6 +793,7 @@ def render_study_markdown(report: StudyReport, run_dir: Path | None = None) -> s
     for n in report.notes:
         lines += [f"> note: {n}", ""]
     lines += [t.markdown() for t in report.tables if not t.title.endswith("final model per order and strength")]
+    lines += comparisons_markdown(report.comparisons, report.resamples)
     if report.plots:
         lines += ["## Figures", ""]
         for p in report.plots:

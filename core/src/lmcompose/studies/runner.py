@@ -337,8 +337,8 @@ def _run_local(
             save=save,
         )
         for state in ex.run():
-            for row in state.rows:
-                folder.append(row)
+            for row, per_edit in state.rows_with_scores():
+                folder.append(row, per_edit)
             outcome.rows += len(state.rows)
             tracker.update(state.node, state.seconds, len(state.rows))
         outcome.executed, outcome.references = ex.counts, ex.references
@@ -397,9 +397,10 @@ def merge_studies(
     sources: Sequence[str | Path], out: str | Path, *, report: bool = True, plots: bool = True
 ) -> tuple[int, list[str], Any]:
     """Combine the shard folders of one study into ``out`` (created, or resumed if it holds
-    the same study). Refuses folders of different studies or inputs, and rows that disagree.
-    Returns (rows added, cells still missing, the report or None)."""
-    from lmcompose.results import read_rows, read_yaml
+    the same study), each row with its per-edit scores. Refuses folders of different studies
+    or inputs, and rows that disagree. Returns (rows added, cells still missing, the report
+    or None)."""
+    from lmcompose.results import read_per_edit, read_rows, read_yaml
 
     if not sources:
         raise UsageError("merge needs at least one shard folder")
@@ -444,6 +445,7 @@ def merge_studies(
         folder.write_config(inputs=first.get("inputs"), numerics=first.get(NUMERICS_KEY))
         have = {(row_cell_id(r), int(r["position"])): r for r in folder.rows()}
         for path, _ in configs:
+            per_edit = read_per_edit(path, study.id)
             for row in read_rows(path / "results.jsonl"):
                 if row.get("run_id") != study.id or "position" not in row:
                     continue
@@ -455,7 +457,7 @@ def merge_studies(
                             "(the shards did not run the same study): nothing more was merged"
                         )
                     continue
-                folder.append(row)
+                folder.append(row, per_edit.get(key))
                 have[key] = row
                 added += 1
         missing = _missing(study.plan(), set(have), None)

@@ -1,0 +1,287 @@
+"""Bootstrap intervals of A and P from per-edit scores, and paired comparisons
+(lmcompose.intervals; docs/studies.md): the same A and P as composability without
+resampling, a case computed by hand, reproducible with the seed, narrower with more edits;
+identical methods not distinguishable; reports with and without per-edit scores."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lmcompose.composability import area_metrics, common_interval, composability, interpolate, load_sweep
+from lmcompose.intervals import (
+    APSamples,
+    MethodScores,
+    ReplicateScores,
+    area_samples,
+    bootstrap_ap,
+    bootstrap_p_value,
+    compare,
+    interpolate_samples,
+    intervals_for,
+    method_scores,
+    percentile_interval,
+    resample_indices,
+)
+from lmcompose.report import build_report
+from lmcompose.studies.report import build_study_report, load_study_rows, render_study_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+VALUES = (0.25, 0.5, 0.75)
+ORDERS = (("edit", "prune"), ("prune", "edit"))
+
+
+def synthetic(
+    scores: dict[tuple[str, ...], list[np.ndarray]], values=VALUES, labels: dict | None = None, prefix: str = ""
+) -> tuple[list[dict], dict[tuple[str, int], dict]]:
+    """Rows and per-edit lines of a fake sweep: ``scores[order][r]`` is a (strengths × edits)
+    array of per-edit edit_success (generalization and locality: 1 − it, and a constant 1);
+    each row holds the means, as the edit metric writes them."""
+    rows, lines = [], {}
+    for order, reps in scores.items():
+        for r, matrix in enumerate(reps):
+            n = matrix.shape[1]
+            for v, per_edit in zip(values, matrix, strict=True):
+                cell = f"{prefix}{'>'.join(order)}|{v}|r{r}"
+                common = {
+                    "sweep": True,
+                    "run_id": "t",
+                    "cell": cell,
+                    "order": list(order),
+                    "replicate": r,
+                    "strength": v,
+                    "strength_normalized": v,
+                    "vary": "prune.sparsity",
+                    "last_position": 2,
+                    "model": "m",
+                    "policy": "project",
+                    **(labels or {}),
+                }
+                rows.append({**common, "position": 0, "edit_success": 0.0, "avg_bits": 16.0})
+                per = {
+                    "edit_success": [float(s) for s in per_edit],
+                    "generalization": [1.0 - float(s) for s in per_edit],
+                    "locality": [1.0] * n,
+                }
+                rows.append(
+                    {
+                        **common,
+                        "position": 2,
+                        **{k: sum(x) / len(x) for k, x in per.items()},
+                        "avg_bits": 16 * (1 - v) + v,
+                    }
+                )
+                lines[(cell, 2)] = {
+                    "run_id": "t",
+                    "cell": cell,
+                    "position": 2,
+                    "dataset": (labels or {}).get("dataset"),
+                    "replicate": r,
+                    "case_ids": [f"c{i}" for i in range(n)],
+                    "scores": per,
+                }
+    return rows, lines
+
+
+def noisy(n: int, replicates: int = 2, seed: int = 1, gap: float = 0.3) -> dict:
+    """Per-edit 0/1 scores whose success rate falls with strength, lower by ``gap`` in one order."""
+    rng = np.random.default_rng(seed)
+    p_first = np.array([0.9, 0.7, 0.5])
+    return {
+        ORDERS[0]: [(rng.random((3, n)) < p_first[:, None]).astype(float) for _ in range(replicates)],
+        ORDERS[1]: [(rng.random((3, n)) < (p_first - gap)[:, None]).astype(float) for _ in range(replicates)],
+    }
+
+
+def test_batched_areas_and_interpolation_are_the_composability_ones():
+    rng = np.random.default_rng(0)
+    x = [0.1, 0.3, 0.35, 0.8]
+    curves = {o: rng.random((4, 50)) for o in ORDERS}
+    a, p = area_samples(x, curves)
+    for b in range(50):
+        m = area_metrics(x, {o: list(c[:, b]) for o, c in curves.items()})
+        assert (a[b], p[b]) == (m["A"], m["P"])  # the same terms in the same order: equal, not close
+    grid = [0.1, 0.2, 0.35, 0.5, 0.8]
+    got = interpolate_samples(x, curves[ORDERS[0]], grid)
+    for b in range(50):
+        assert list(got[:, b]) == [interpolate(x, list(curves[ORDERS[0]][:, b]), g) for g in grid]
+
+
+def test_without_resampling_the_bootstrap_gives_the_reported_a_and_p():
+    rows, lines = synthetic(noisy(12))
+    data = load_sweep(rows)
+    comp = composability(data)
+    for criterion in ("edit_success", "generalization", "locality"):
+        scores, why = method_scores(data, comp, lines, criterion)
+        assert why is None
+        same = {r: np.arange(12)[None, :] for r in scores.replicates}  # one "resample": every edit once
+        got = bootstrap_ap(scores, indices=same)
+        assert got.A[0] == pytest.approx(comp.criteria[criterion].A_mean, abs=1e-12)
+        assert got.P[0] == pytest.approx(comp.criteria[criterion].P_mean, abs=1e-12)
+    # and on a common interval with another method, through the same interpolation
+    rows2, lines2 = synthetic(noisy(12, seed=2), values=(0.4, 0.6, 0.8), prefix="two|")
+    data2 = load_sweep(rows2)
+    comp2 = composability(data2)
+    shared, interval = common_interval({"one": comp, "two": comp2})
+    assert interval is not None
+    scores, _ = method_scores(data, comp, lines, "edit_success")
+    got = bootstrap_ap(scores, grid=shared["one"].x, indices={r: np.arange(12)[None, :] for r in (0, 1)})
+    assert got.A[0] == pytest.approx(shared["one"].criteria["edit_success"].A_mean, abs=1e-12)
+    assert got.P[0] == pytest.approx(shared["one"].criteria["edit_success"].P_mean, abs=1e-12)
+
+
+def test_a_case_by_hand():
+    # one replicate, two edits, x = 0 and 1, two orders:
+    #   order 1: edit scores (1, 0) at x=0 and (1, 0) at x=1
+    #   order 2: edit scores (1, 1) at x=0 and (0, 1) at x=1
+    one = ReplicateScores(
+        [(0, "a"), (1, "b")],
+        {ORDERS[0]: np.array([[1.0, 0.0], [1.0, 0.0]]), ORDERS[1]: np.array([[1.0, 1.0], [0.0, 1.0]])},
+    )
+    method = MethodScores("edit_success", [0.0, 1.0], {0: one})
+    idx = np.array([[0, 0], [1, 1], [0, 1]])
+    got = bootstrap_ap(method, indices={0: idx})
+    # resample (0, 0): order 1 = (1, 1), order 2 = (1, 0): OI = (0, 1), best = (1, 1) -> A = 0.5, P = 0
+    # resample (1, 1): order 1 = (0, 0), order 2 = (1, 1): OI = (1, 1), best = (1, 1) -> A = 1, P = 0
+    # resample (0, 1): order 1 = (.5, .5), order 2 = (1, .5): OI = (.5, 0), best = (1, .5) -> A = .25, P = .25
+    assert list(got.A) == [0.5, 1.0, 0.25] and list(got.P) == [0.0, 0.0, 0.25]
+    # percentile interval (linear between order statistics): 2.5% and 97.5% of (.25, .5, 1)
+    lo, hi = percentile_interval(got.A)
+    assert lo == pytest.approx(0.25 + 0.05 * 0.25) and hi == pytest.approx(0.5 + 0.95 * 0.5)
+
+
+def test_the_interval_holds_the_value_is_reproducible_and_shrinks_with_more_edits():
+    def width_and_interval(n, seed=0):
+        rows, lines = synthetic(noisy(n))
+        data = load_sweep(rows)
+        comp = composability(data)
+        ivs, notes = intervals_for(data, comp, lines, seed=seed)
+        assert not notes and set(ivs) == {"edit_success", "generalization", "locality"}
+        return comp, ivs
+
+    comp, ivs = width_and_interval(40)
+    for name, iv in ivs.items():
+        c = comp.criteria[name]
+        assert iv.A[0] <= c.A_mean <= iv.A[1] and iv.P[0] <= c.P_mean <= iv.P[1], name
+    assert ivs["edit_success"].A[0] > 0  # the orders differ by 0.3: distinguishable from 0
+    assert ivs["locality"].A == (0.0, 0.0) and ivs["locality"].P == (0.0, 0.0)  # every edit scores 1 in both orders
+    _, again = width_and_interval(40)
+    assert np.array_equal(again["edit_success"].samples.A, ivs["edit_success"].samples.A)  # the seed fixes them
+    _, other = width_and_interval(40, seed=1)
+    assert not np.array_equal(other["edit_success"].samples.A, ivs["edit_success"].samples.A)
+    _, many = width_and_interval(640)
+    width = lambda iv: iv.A[1] - iv.A[0]  # noqa: E731
+    assert width(many["edit_success"]) < width(ivs["edit_success"]) / 2  # about 1/sqrt(16) as wide
+
+
+def test_resampled_indices_are_shared_by_every_method_of_a_replicate():
+    a, b = resample_indices(7, 5, seed=0, replicate=1), resample_indices(7, 5, seed=0, replicate=1)
+    assert a.shape == (5, 7) and np.array_equal(a, b) and a.min() >= 0 and a.max() < 7
+    assert not np.array_equal(a, resample_indices(7, 5, seed=0, replicate=0))
+
+
+def test_identical_methods_differ_by_zero_not_distinguishably():
+    rows, lines = synthetic(noisy(30))
+    data = load_sweep(rows)
+    comp = composability(data)
+    scores, _ = method_scores(data, comp, lines, "edit_success")
+    one, two = bootstrap_ap(scores), bootstrap_ap(scores)
+    c = comp.criteria["edit_success"]
+    diffs = compare("awq", "gptq", one, two, {"A": (c.A_mean, c.A_mean), "P": (c.P_mean, c.P_mean)})
+    for d in diffs:
+        assert d.difference == 0 and d.interval == (0.0, 0.0) and d.p_value == 1.0 and not d.distinguishable
+        assert d.clause().endswith("— not distinguishable")
+    assert diffs[0].clause() == "A difference 0.000, 95% CI [0.000, 0.000], p = 1 — not distinguishable"
+
+
+def test_the_p_value():
+    assert bootstrap_p_value(np.full(999, 0.1)) == pytest.approx(2 / 1000)  # every resample on one side
+    assert bootstrap_p_value(np.zeros(999)) == 1.0
+    assert bootstrap_p_value(np.array([-1.0, 1.0, 2.0, 3.0])) == pytest.approx(2 * 2 / 5)
+    d = compare(
+        "a",
+        "b",
+        APSamples("x", np.full(9, 0.2), np.zeros(9)),
+        APSamples("x", np.zeros(9), np.zeros(9)),
+        {"A": (0.2, 0.0), "P": (0.0, 0.0)},
+    )
+    assert d[0].distinguishable and "not distinguishable" not in d[0].clause() and d[0].p_value == pytest.approx(0.2)
+
+
+def test_a_method_without_per_edit_lines_says_why():
+    rows, lines = synthetic(noisy(5))
+    data = load_sweep(rows)
+    comp = composability(data)
+    missing = dict(list(lines.items())[1:])
+    ivs, notes = intervals_for(data, comp, missing)
+    assert ivs == {} and len(notes) == 3 and all("no per-edit scores for the final model" in n for n in notes)
+    scores, why = method_scores(data, comp, lines, "perplexity")
+    assert scores is None and "no per-edit scores" in why
+
+
+def test_the_sweep_report_shows_intervals_beside_a_and_p():
+    rows, lines = synthetic(noisy(20))
+    with_iv = build_report(load_sweep(rows), per_edit=lines)
+    table = with_iv.tables[0]
+    row = next(r for r in table.rows if r[0] == "edit_success")
+    assert row[1].count("[") == 1 and "bootstrap interval" in table.caption
+    assert "n.d." in next(r for r in table.rows if r[0] == "locality")[1]  # A = 0 in every resample
+    without = build_report(load_sweep(rows))
+    assert any("no per-edit scores" in n for n in without.notes)
+    plain = next(r for r in without.tables[0].rows if r[0] == "edit_success")
+    assert row[1].startswith(plain[1] + " [")
+
+
+def study(per_entry: dict[str, dict], datasets=("cf",)) -> tuple[list[dict], dict]:
+    rows, lines = [], {}
+    for ds in datasets:
+        for entry, scores in per_entry.items():
+            labels = {
+                "study": "s",
+                "entry": entry,
+                "dataset": ds,
+                "family": "prune",
+                "editor": "memit",
+                "compressor": entry,
+            }
+            r, pe = synthetic(scores, labels=labels, prefix=f"{ds}|{entry}|")
+            rows += r
+            lines.update(pe)
+    return rows, lines
+
+
+def test_the_study_report_compares_compressors_on_the_same_edits():
+    same = noisy(200)
+    rows, lines = study({"awq": same, "gptq": same, "wanda": noisy(200, seed=3, gap=0.0)})
+    rep = build_study_report(load_study_rows(rows), per_edit=lines)
+    assert [(d.first, d.second) for d in rep.comparisons[::6]] == [("awq", "gptq"), ("awq", "wanda"), ("gptq", "wanda")]
+    twins = [d for d in rep.comparisons if (d.first, d.second) == ("awq", "gptq")]
+    assert len(twins) == 6 and all(d.difference == 0 and not d.distinguishable for d in twins)
+    md = render_study_markdown(rep)
+    assert "## Comparisons" in md and "### Compressors compared with memit on cf" in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("- awq vs gptq on cf") and "edit_success" in ln)
+    assert "A difference 0.000, 95% CI [0.000, 0.000], p = 1 — not distinguishable" in line
+    # awq's orders differ by 0.3, wanda's not at all: their A differs distinguishably
+    a_diff = next(
+        d for d in rep.comparisons if (d.first, d.second, d.criterion, d.what) == ("awq", "wanda", "edit_success", "A")
+    )
+    assert a_diff.difference > 0 and a_diff.distinguishable and a_diff.p_value < 0.01
+    table = rep.tables[0]
+    assert "bootstrap interval" in table.caption and all(cell.count("[") == 2 for r in table.rows for cell in r[2:5])
+
+
+def test_an_old_folder_reports_as_before_with_one_line_about_intervals(tmp_path):
+    """A committed run folder (no per_edit.jsonl): its report is the committed one plus one note."""
+    from lmcompose.studies.report import write_study_report
+
+    src = ROOT / "docs" / "replication" / "protocol-run"
+    shutil.copytree(src, tmp_path / "run")
+    write_study_report(tmp_path / "run")
+    committed = (src / "report.md").read_text().splitlines()
+    rebuilt = (tmp_path / "run" / "report.md").read_text().splitlines()
+    added = [ln for ln in rebuilt if ln not in committed]
+    assert len(added) == 1 and "no per-edit scores" in added[0] and "rerun the study into a new folder" in added[0]
+    i = rebuilt.index(added[0])
+    assert rebuilt[:i] + rebuilt[i + 2 :] == committed  # the note and the blank line after it, nothing else
