@@ -91,12 +91,16 @@ class Tail:
         decoder = get_path(lm.model, lm.arch.layers.rsplit(".", 1)[0])
         self.project_out = getattr(decoder, "project_out", None)
         self.softcap = getattr(lm.model.config, "final_logit_softcapping", None)
+        # the model's own dtype: the optimisation keeps its residual (and v*) in float32, and a
+        # bf16 or fp16 model's layers and head take their inputs in their dtype
+        self.dtype = self.head.weight.dtype
         self._calls: dict[int, list[Any]] = {}
         # offloaded (accelerate onloads each layer per call): recompute each layer in the backward
         # pass instead of keeping its onloaded weights alive for it, so v* holds one layer at a time
         self.recompute = bool(getattr(lm, "offloaded", False))
 
     def run_layer(self, layer: Any, h: torch.Tensor, call: Any) -> torch.Tensor:
+        h = h.to(self.dtype)
         if self.recompute and torch.is_grad_enabled() and h.requires_grad:
             from torch.utils.checkpoint import checkpoint
 
@@ -131,10 +135,10 @@ class Tail:
 
             for layer, (args, kwargs) in zip(self.layers, split.calls, strict=True):
                 h = self.run_layer(layer, h, (tuple(put(a) for a in args), {k: put(v) for k, v in kwargs.items()}))
-        x = self.norm(h[rows, positions])
+        x = self.norm(h[rows, positions].to(self.dtype))
         if self.project_out is not None:
             x = self.project_out(x)
-        logits = self.head(x).float()
+        logits = self.head(x.to(self.dtype)).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits

@@ -75,13 +75,20 @@ def train_on_edits(
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(list(params), lr=lr, weight_decay=weight_decay)
+    # a bf16 or fp16 parameter is trained through a float32 master copy: Adam's state and
+    # epsilon (1e-8, zero in fp16) in float32, each step's result rounded into the model
+    masters = [p.detach().float().clone() if p.dtype != torch.float32 else None for p in params]
+    opt = torch.optim.Adam(
+        [m if m is not None else p for p, m in zip(params, masters, strict=True)], lr=lr, weight_decay=weight_decay
+    )
     # the model stays in eval mode: no dropout, so a seed fixes the whole run
     first = final = float("nan")
     done = 0
     try:
         for step in range(steps + 1):
             opt.zero_grad(set_to_none=True)
+            for p in params:
+                p.grad = None
             total = 0.0
             for chunk in chunks:
                 nll = target_nll(model, [seqs[i] for i in chunk], pad, lm.device)
@@ -94,14 +101,27 @@ def train_on_edits(
             final = total
             if step == steps or total < early_stop:
                 break
+            for p, m in zip(params, masters, strict=True):
+                if m is not None:
+                    m.grad = None if p.grad is None else p.grad.float()
             opt.step()
             done += 1
+            with torch.no_grad():
+                for p, m in zip(params, masters, strict=True):
+                    if m is not None:
+                        p.copy_(m)
             if after_step is not None:
                 after_step()
+                with torch.no_grad():  # the constraint as the model holds it
+                    for p, m in zip(params, masters, strict=True):
+                        if m is not None:
+                            m.copy_(p)
             if advance is not None:
                 advance(1)
     finally:
         opt.zero_grad(set_to_none=True)
+        for p in params:
+            p.grad = None
         for p in frozen:
             p.requires_grad_(True)
     return TrainResult(done, first, final)
