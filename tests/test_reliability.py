@@ -177,6 +177,31 @@ def test_two_identical_sweeps_started_together_write_each_row_once(tiny_folder, 
     assert len({(r["cell"], r["position"]) for r in rows}) == len(rows) == 12
 
 
+def test_the_locality_reference_is_each_batchs_own_whatever_its_case_ids():
+    """Two replicates whose records carry the same case ids once shared the first one's base
+    reference: replicate 1's base model then drifted from itself."""
+    from lmcompose.api import LocalityPrompt
+
+    def batch(places):
+        return [
+            EditRecord(
+                str(i), "Rome", "Rome is in", "Spain", "Italy", locality=[LocalityPrompt(f"{p} lies in", "Gaul")]
+            )
+            for i, p in enumerate(places)
+        ]
+
+    rows = sweep(
+        tiny_model("llama"),
+        ["magnitude"],
+        vary="magnitude.sparsity=0.5",
+        edits=[batch(["Paris", "Lyon"]), batch(["Berlin", "Bonn"])],
+        replicates=2,
+        metrics=["edit"],
+    )
+    base = {r["replicate"]: r["locality_drift"] for r in rows if r["position"] == 0}
+    assert base == {0: 1.0, 1: 1.0}
+
+
 class _Server(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
 
