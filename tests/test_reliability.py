@@ -202,6 +202,70 @@ def test_the_locality_reference_is_each_batchs_own_whatever_its_case_ids():
     assert base == {0: 1.0, 1: 1.0}
 
 
+def _counterfact(tmp_path, change):
+    from importlib import resources
+
+    records = json.loads(
+        resources.files("lmcompose_counterfact").joinpath("sample", "counterfact_sample.json").read_text()
+    )
+    change(records)
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (
+            lambda rs: rs[2].update(case_id=None),
+            r"record 2: field 'case_id' is nothing \(null\); give the record an id",
+        ),
+        (
+            lambda rs: rs[1]["requested_rewrite"].update(prompt="The {} and {} are"),
+            r"record 1 .*has 2 '\{\}' placeholders; the subject fills exactly one",
+        ),
+        (
+            lambda rs: rs[4]["requested_rewrite"].update(target_new=rs[4]["requested_rewrite"]["target_true"]),
+            r"record 4 .*equals target_true: the edit would change nothing",
+        ),
+    ],
+)
+def test_edit_records_that_would_be_read_otherwise_than_meant_are_refused(tmp_path, change, match):
+    path = _counterfact(tmp_path, change)
+    with pytest.raises(DataError, match=match + r".*--skip-invalid"):
+        load_edits("counterfact", path)
+    assert len(load_edits("counterfact", path, skip_invalid=True)) == 9
+
+
+def test_case_ids_given_to_two_records_are_noted(tmp_path):
+    """Kept (edits are told apart by content: the locality reference above), but said."""
+    from lmcompose.api import Context
+
+    path = _counterfact(tmp_path, lambda rs: rs[3].update(case_id=rs[0]["case_id"]))
+    ctx = Context()
+    assert len(load_edits("counterfact", path, ctx=ctx)) == 10
+    assert any("case_id(s) of" in n and "records 0, 3" in n and "its own case_id" in n for n in ctx.notes), ctx.notes
+
+
+def test_zsres_own_no_op_edits_are_kept_with_a_note(tmp_path):
+    from lmcompose.api import Context
+
+    record = {
+        "subject": "Rome",
+        "src": "Where is Rome?",
+        "answers": ["Italy"],
+        "alt": "Italy",
+        "loc": "nq q",
+        "loc_ans": "a",
+    }
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps([record, {**record, "alt": "Spain"}]))
+    ctx = Context()
+    assert len(load_edits("zsre", path, ctx=ctx)) == 2
+    assert any("1 of the 2 edit requests ask for a target_new equal to their target_true" in n for n in ctx.notes)
+
+
 class _Server(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
 
