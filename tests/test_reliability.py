@@ -266,6 +266,50 @@ def test_zsres_own_no_op_edits_are_kept_with_a_note(tmp_path):
     assert any("1 of the 2 edit requests ask for a target_new equal to their target_true" in n for n in ctx.notes)
 
 
+def test_a_model_saved_over_or_around_a_run_folder_is_refused_before_loading(tiny_folder, tmp_path):
+    """The save target replaced the run's config.yaml and results.jsonl: refused by path before
+    the model loads (the model named here does not exist), and by content (a run's results)."""
+    missing = tmp_path / "no-model"
+    for save, said in [
+        ("r/x", "is the run folder {run} (--out): saving there would replace its config.yaml and results.jsonl"),
+        ("r", "holds the run folder {run} (--out): saving there would delete its config.yaml and results.jsonl"),
+        ("r/x/model", "lies inside the run folder {run} (--out)"),
+    ]:
+        res = invoke(
+            "run", missing, "magnitude", "--out", tmp_path / "r/x", "--save-model", tmp_path / save, "--overwrite"
+        )
+        text = one_message(res)
+        assert f"--save-model {tmp_path / save} " + said.format(run=tmp_path / "r/x") in text, text
+        assert "could not load model" not in text and not (tmp_path / "r").exists()
+    with pytest.raises(UsageError, match="is the run folder"):
+        compose(tiny_model("llama"), ["magnitude"], metrics=["avg_bits"], out=tmp_path / "p", save_model=tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+    # another run's folder is no model folder to replace, with or without --overwrite
+    assert invoke("run", tiny_folder, "magnitude", "--out", tmp_path / "done", *FAST).exit_code == 0
+    before = (tmp_path / "done" / "results.jsonl").read_text()
+    out = one_message(invoke("run", missing, "magnitude", "--save-model", tmp_path / "done", "--overwrite"))
+    assert "holds the results of a run" in out and "never a run folder" in out
+    assert (tmp_path / "done" / "results.jsonl").read_text() == before
+    # --save-cells writes OUT/models: a link from there back to the run folder is refused
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "models").symlink_to(tmp_path / "sw")
+    sweep_args = ["sweep", missing, "magnitude", "--vary", "magnitude.sparsity=0.5", "--out", tmp_path / "sw"]
+    out = one_message(invoke(*sweep_args, "--save-cells", "all", *FAST))
+    assert "--save-cells' folder" in out and "is the run folder" in out
+
+
+def test_an_export_over_its_own_run_is_refused(tiny_folder, tmp_path):
+    pytest.importorskip("compressed_tensors")
+    run = tmp_path / "run"
+    assert invoke("run", tiny_folder, "magnitude", "--out", run, *FAST).exit_code == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for target, said in [(run, "is the run folder"), (tmp_path, "holds the run folder")]:
+        out = one_message(invoke("export", run, "--out", target, "--overwrite"))
+        assert said in out and "RUN, the run exported" in out
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert invoke("export", run).exit_code == 0  # the default, RUN/export-compressed-tensors, lies inside it: fine
+
+
 class _Server(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
 

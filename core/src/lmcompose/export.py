@@ -349,8 +349,14 @@ def export(
             f"--quantization-format {quantization_format!r} is not one of {', '.join(QUANTIZATION_FORMATS)}"
         )
     _require_compressed_tensors()
-    from lmcompose.engine.saving import check_save_folder
+    from lmcompose.engine.saving import check_apart_from_run, check_save_folder
 
-    check_save_folder(out, overwrite, flag="--out")  # before the run is replayed
+    # before the run is replayed; a folder inside RUN is fine (the CLI's default is RUN/export-FORMAT)
+    if (Path(source) / "config.yaml").is_file():
+        label, holds = f"the run folder {source} (RUN, the run exported)", "config.yaml and results.jsonl"
+    else:
+        label, holds = f"the model folder {source} (RUN, the model exported)", "weights"
+    check_apart_from_run(out, source, "--out", label, holds, inside_ok=True)
+    check_save_folder(out, overwrite, flag="--out")
     lm = load_for_export(source, progress, data_dir)
     return export_compressed_tensors(lm, out, quantization_format, overwrite=overwrite)

@@ -490,6 +490,10 @@ def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tupl
     resolved = settings.resolved()
     run_id = sweep_id(resolved)
     out = settings.out or f"runs/sweep-{run_id}"
+    if settings.save_cells is not None:
+        from lmcompose.engine.saving import models_folder
+
+        models_folder(out)  # before loading
     # refuse another run's folder, or a resume with other numerics, before loading
     RunFolder(out, run_id, "sweep", {**resolved, "out": out}, settings.numerics(metrics)).open().close()
 
