@@ -310,6 +310,29 @@ def test_an_export_over_its_own_run_is_refused(tiny_folder, tmp_path):
     assert invoke("export", run).exit_code == 0  # the default, RUN/export-compressed-tensors, lies inside it: fine
 
 
+def test_a_packed_asymmetric_export_says_it_needs_dequantize(tmp_path):
+    pytest.importorskip("compressed_tensors")
+    from lmcompose.api import Progress
+    from lmcompose.export import ExportWarning, export_compressed_tensors
+
+    lm = tiny_model("llama")
+    compose(lm, ["rtn:bits=4,group_size=32"], metrics=["avg_bits"])
+    with pytest.warns(ExportWarning, match=r"asymmetric grid .*dequantize=True.*int-quantized"):
+        export_compressed_tensors(lm, tmp_path / "a", quantization_format="pack-quantized")
+
+    class Notes(Progress):
+        said: list[str] = []
+
+        def note(self, message):
+            self.said.append(message)
+
+    progress = Notes()
+    export_compressed_tensors(lm, tmp_path / "b", quantization_format="int-quantized", progress=progress)
+    assert progress.said == []  # the layout plain transformers loads: nothing to say
+    export_compressed_tensors(lm, tmp_path / "c", quantization_format="pack-quantized", progress=progress)
+    assert len(progress.said) == 1 and "cannot load a packed asymmetric zero point" in progress.said[0]
+
+
 class _Server(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
 
