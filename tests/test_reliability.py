@@ -333,6 +333,21 @@ def test_a_packed_asymmetric_export_says_it_needs_dequantize(tmp_path):
     assert len(progress.said) == 1 and "cannot load a packed asymmetric zero point" in progress.said[0]
 
 
+def test_a_study_step_that_sets_its_varied_field_is_refused_as_in_a_sweep():
+    from lmcompose.studies import Study, StudyError
+
+    base = {"name": "s", "model": "m", "datasets": ["records"], "editors": ["memit"], "edits": 2}
+    for compressor, path in [
+        ({"step": "magnitude:sparsity=0.3", "vary": {"sparsity": [0.5]}}, r"compressors\[0\]\.vary\.sparsity"),
+        (
+            {"steps": ["memit", "magnitude:sparsity=0.3"], "vary": {"magnitude.sparsity": [0.5]}},
+            r"compressors\[0\]\.vary\.magnitude\.sparsity",
+        ),
+    ]:
+        with pytest.raises(StudyError, match=path + r" varies 'sparsity', which the step also sets.*drop one"):
+            Study.from_mapping({**base, "compressors": [compressor]})
+
+
 class _Server(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
 
