@@ -348,6 +348,27 @@ def test_a_study_step_that_sets_its_varied_field_is_refused_as_in_a_sweep():
             Study.from_mapping({**base, "compressors": [compressor]})
 
 
+def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path):
+    from lmcompose.results import read_yaml
+    from lmcompose.studies import load_study
+
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        "name: s\nmodel: m\ndatasets: [records]\nedits: 2\neditors: [memit]\n"
+        "compressors:\n  - {step: magnitude, vary: {sparsity: [0.5]}}\nedits: 3\n"
+    )
+    with pytest.raises(ConfigError, match=r"s.yaml: key 'edits' is given twice \(line 4 and line 8\).*keep one"):
+        load_study(study)
+    config = tmp_path / "c.yaml"
+    config.write_text("model: m\nsteps: [magnitude]\nmetric_options:\n  edit: {scorer: f1, scorer: prob}\n")
+    out = one_message(invoke("run", "-c", config, "--out", tmp_path / "run"))
+    assert "key 'scorer' is given twice (line 4 and line 4)" in out and not (tmp_path / "run").exists()
+    assert "key 'edits' is given twice" in one_message(invoke("validate", study))
+    merged = tmp_path / "m.yaml"  # a merge key's values may be overridden: that is what it is for
+    merged.write_text("a: &base {x: 1, y: 2}\nb: {<<: *base, y: 3}\n")
+    assert read_yaml(merged) == {"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}}
+
+
 class _Server(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
 

@@ -172,13 +172,52 @@ def expanded_size(data: Any, limit: int = MAX_YAML_NODES) -> int | None:
     return size(data)
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    """A mapping that gives one key twice (PyYAML would keep the last value without a word)."""
+
+    def __init__(self, key: Any, first_line: int, line: int):
+        super().__init__(key, first_line, line)
+        self.key, self.first_line, self.line = key, first_line, line
+
+    def __str__(self) -> str:
+        return (
+            f"key {self.key!r} is given twice (line {self.first_line} and line {self.line}); the second would "
+            "silently replace the first: keep one"
+        )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping. Keys a merge (``<<``)
+    brings in may still be overridden: that is what a merge is for."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _value in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = key in first
+                except TypeError:  # an unhashable key: construct_mapping names it
+                    continue
+                if seen:
+                    raise _DuplicateKeyError(key, first[key], key_node.start_mark.line + 1)
+                first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in YAML file ``path`` (safe_load, a key given twice refused); every problem
+    is one ConfigError naming the file."""
     from lmcompose.errors import ConfigError
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except _DuplicateKeyError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
