@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import stat
@@ -367,6 +368,36 @@ def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path):
     merged = tmp_path / "m.yaml"  # a merge key's values may be overridden: that is what it is for
     merged.write_text("a: &base {x: 1, y: 2}\nb: {<<: *base, y: 3}\n")
     assert read_yaml(merged) == {"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}}
+
+
+def test_nan_or_infinity_in_a_results_file_is_flagged_as_the_writer_flags_it(tiny_folder, tmp_path):
+    from lmcompose.composability import composability, load_sweep
+
+    out = tmp_path / "run"
+    args = ["sweep", tiny_folder, "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,4", "--out", out]
+    assert invoke(*args, "--no-plots", *FAST).exit_code == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in lines]
+    finals = [i for i, r in enumerate(rows) if r["position"] == r["last_position"]][:2]
+    foreign, written = list(lines), list(lines)
+    for i, value, flag in zip(finals, [float("nan"), float("inf")], ["nan", "inf"], strict=True):
+        foreign[i] = json.dumps({**rows[i], "perplexity": value})  # NaN, Infinity: what another tool may write
+        written[i] = json.dumps({**rows[i], "perplexity": None, "nonfinite": {"perplexity": flag}})
+    (out / "results.jsonl").write_text("\n".join(foreign) + "\n")
+    got = load_sweep(out)
+    assert [got.rows[i]["nonfinite"] for i in finals] == [{"perplexity": "nan"}, {"perplexity": "inf"}]
+    assert all(got.rows[i]["perplexity"] is None for i in finals)
+    assert sum("perplexity not finite (NaN or Infinity" in n for n in got.notes) == 2
+    (tmp_path / "w.jsonl").write_text("\n".join(written) + "\n")
+    assert (
+        composability(got).as_dict()["criteria"]
+        == composability(load_sweep(tmp_path / "w.jsonl")).as_dict()["criteria"]
+    )
+    assert composability(load_sweep([json.loads(x) for x in lines[:1]] + got.rows[1:])).criteria  # rows given
+    (out / "results.jsonl").write_text("\n".join(foreign) + "\n")
+    text = one_message(invoke("report", out, "--no-plots"), 0)
+    md = (out / "report.md").read_text()
+    assert "not finite (NaN or Infinity" in text + md and not re.search(r"\b(nan|inf)\b", md), md
 
 
 class _Server(BaseHTTPRequestHandler):

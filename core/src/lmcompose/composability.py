@@ -190,8 +190,14 @@ def load_sweep(source: str | Path | Sequence[Mapping[str, Any]]) -> SweepData:
         rows, notes = read_rows_checked(path)
         where = str(path)
     else:
+        from lmcompose.results import flag_nonfinite, nonfinite_note
+
         rows = [dict(r) for r in source]
         where = "the rows given"
+        for i, r in enumerate(rows):
+            flagged = flag_nonfinite(r)
+            if flagged:
+                notes.append(nonfinite_note(f"row {i}", flagged))
     rows = [r for r in rows if r.get("sweep")]
     if not rows:
         raise DataError(f"{where} holds no sweep rows: `lmcompose report` needs the folder of an `lmcompose sweep`")

@@ -48,6 +48,35 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def flag_nonfinite(row: dict[str, Any]) -> list[str]:
+    """Make ``row`` what the writer writes: a top-level value that is NaN or ±Infinity (a
+    results file written by hand or by another tool; JSON readers accept both) becomes null and
+    is flagged under ``nonfinite`` (``nan``, ``inf``, ``-inf``), as the engine flags a metric,
+    so no average takes it in; one nested deeper becomes null. Returns the keys flagged that
+    were not flagged already."""
+    flags = dict(row["nonfinite"]) if isinstance(row.get("nonfinite"), dict) else {}
+    new = []
+    for key, value in list(row.items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            if key not in flags:
+                new.append(key)
+            flags[key] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+            row[key] = None
+        elif isinstance(value, dict | list) and key != "nonfinite":
+            row[key] = _clean(value)
+    if flags:
+        row["nonfinite"] = flags
+    return new
+
+
+def nonfinite_note(where: str, keys: list[str]) -> str:
+    """The note for a row whose ``keys`` held NaN or Infinity when read."""
+    return (
+        f"{where}: {', '.join(keys)} not finite (NaN or Infinity, which lmcompose writes as null); "
+        "flagged, not averaged in"
+    )
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Every complete row of a results file (torn lines from an interrupted write, and lines
     that are not JSON objects, skipped; :func:`read_rows_checked` says which)."""
@@ -56,7 +85,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 def read_rows_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows of a results file and a note for every line skipped other than a torn last
-    line (which a kill during a write leaves, and a resume rewrites)."""
+    line (which a kill during a write leaves, and a resume rewrites), and for every row that
+    held NaN or Infinity (flagged as the writer flags them: :func:`flag_nonfinite`)."""
     if not path.exists():
         return [], []
     rows: list[dict[str, Any]] = []
@@ -80,6 +110,9 @@ def read_rows_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
         if not isinstance(row, dict):
             problems.append(f"{path.name} line {i + 1} is not a JSON object ({type(row).__name__}) and was skipped")
             continue
+        flagged = flag_nonfinite(row)
+        if flagged:
+            problems.append(nonfinite_note(f"{path.name} line {i + 1}", flagged))
         rows.append(row)
     return rows, problems
 
