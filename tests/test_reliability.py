@@ -400,6 +400,43 @@ def test_nan_or_infinity_in_a_results_file_is_flagged_as_the_writer_flags_it(tin
     assert "not finite (NaN or Infinity" in text + md and not re.search(r"\b(nan|inf)\b", md), md
 
 
+def test_shards_that_agree_merge_whatever_their_timings_and_one_split_is_required(tiny_folder, tmp_path):
+    from lmcompose.composability import row_numbers
+    from lmcompose.studies import Study
+    from lmcompose.studies.runner import merge_studies, run_study
+
+    memit = "memit:layers=0+1,context_templates=0,stats_samples=8,stats_seqlen=64,v_num_grad_steps=2"
+    study = Study.from_mapping(
+        {
+            "name": "m",
+            "model": str(tiny_folder),
+            "datasets": ["records"],
+            "editors": [memit],
+            "compressors": [{"step": "magnitude", "vary": {"sparsity": [0.5]}}],
+            "edits": 2,
+            "metrics": ["avg_bits"],
+        }
+    )
+    full = run_study(study, out=tmp_path / "full", threads=1, report=False).folder
+    part = run_study(study, out=tmp_path / "s2", shard="2/2", threads=1, report=False).folder
+    edited = [r for r in read_rows(part / "results.jsonl") if r["step"] and r["step"].get("name") == "memit"]
+    assert edited and "vstar_s" in edited[0]["step_details"]  # computed again: other timings
+    added, missing, _ = merge_studies([full, part], tmp_path / "merged", report=False)
+    assert added == len(read_rows(full / "results.jsonl")) and not missing
+    assert row_numbers({"a": 1, "step_details": {"stats_s": 1.0, "stats_cached": True, "x": 2}}) == {
+        "a": 1,
+        "step_details": {"x": 2},
+    }
+    other = tmp_path / "s1of3"
+    shutil.copytree(part, other)
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    cfg["shard"] = "1/3"
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UsageError, match=r"cut with different counts .*shard 2/2.*shard 1/3.*the same N"):
+        merge_studies([part, other], tmp_path / "bad", report=False)
+    assert not (tmp_path / "bad").exists()
+
+
 class _Server(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
 
