@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import stat
@@ -175,6 +176,265 @@ def test_two_identical_sweeps_started_together_write_each_row_once(tiny_folder, 
         assert any("in use by another lmcompose process" in o for o in outs)
     rows = read_rows(tmp_path / "run" / "results.jsonl")
     assert len({(r["cell"], r["position"]) for r in rows}) == len(rows) == 12
+
+
+def test_the_locality_reference_is_each_batchs_own_whatever_its_case_ids():
+    """Two replicates whose records carry the same case ids once shared the first one's base
+    reference: replicate 1's base model then drifted from itself."""
+    from lmcompose.api import LocalityPrompt
+
+    def batch(places):
+        return [
+            EditRecord(
+                str(i), "Rome", "Rome is in", "Spain", "Italy", locality=[LocalityPrompt(f"{p} lies in", "Gaul")]
+            )
+            for i, p in enumerate(places)
+        ]
+
+    rows = sweep(
+        tiny_model("llama"),
+        ["magnitude"],
+        vary="magnitude.sparsity=0.5",
+        edits=[batch(["Paris", "Lyon"]), batch(["Berlin", "Bonn"])],
+        replicates=2,
+        metrics=["edit"],
+    )
+    base = {r["replicate"]: r["locality_drift"] for r in rows if r["position"] == 0}
+    assert base == {0: 1.0, 1: 1.0}
+
+
+def _counterfact(tmp_path, change):
+    from importlib import resources
+
+    records = json.loads(
+        resources.files("lmcompose_counterfact").joinpath("sample", "counterfact_sample.json").read_text()
+    )
+    change(records)
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (
+            lambda rs: rs[2].update(case_id=None),
+            r"record 2: field 'case_id' is nothing \(null\); give the record an id",
+        ),
+        (
+            lambda rs: rs[1]["requested_rewrite"].update(prompt="The {} and {} are"),
+            r"record 1 .*has 2 '\{\}' placeholders; the subject fills exactly one",
+        ),
+        (
+            lambda rs: rs[4]["requested_rewrite"].update(target_new=rs[4]["requested_rewrite"]["target_true"]),
+            r"record 4 .*equals target_true: the edit would change nothing",
+        ),
+    ],
+)
+def test_edit_records_that_would_be_read_otherwise_than_meant_are_refused(tmp_path, change, match):
+    path = _counterfact(tmp_path, change)
+    with pytest.raises(DataError, match=match + r".*--skip-invalid"):
+        load_edits("counterfact", path)
+    assert len(load_edits("counterfact", path, skip_invalid=True)) == 9
+
+
+def test_case_ids_given_to_two_records_are_noted(tmp_path):
+    """Kept (edits are told apart by content: the locality reference above), but said."""
+    from lmcompose.api import Context
+
+    path = _counterfact(tmp_path, lambda rs: rs[3].update(case_id=rs[0]["case_id"]))
+    ctx = Context()
+    assert len(load_edits("counterfact", path, ctx=ctx)) == 10
+    assert any("case_id(s) of" in n and "records 0, 3" in n and "its own case_id" in n for n in ctx.notes), ctx.notes
+
+
+def test_zsres_own_no_op_edits_are_kept_with_a_note(tmp_path):
+    from lmcompose.api import Context
+
+    record = {
+        "subject": "Rome",
+        "src": "Where is Rome?",
+        "answers": ["Italy"],
+        "alt": "Italy",
+        "loc": "nq q",
+        "loc_ans": "a",
+    }
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps([record, {**record, "alt": "Spain"}]))
+    ctx = Context()
+    assert len(load_edits("zsre", path, ctx=ctx)) == 2
+    assert any("1 of the 2 edit requests ask for a target_new equal to their target_true" in n for n in ctx.notes)
+
+
+def test_a_model_saved_over_or_around_a_run_folder_is_refused_before_loading(tiny_folder, tmp_path):
+    """The save target replaced the run's config.yaml and results.jsonl: refused by path before
+    the model loads (the model named here does not exist), and by content (a run's results)."""
+    missing = tmp_path / "no-model"
+    for save, said in [
+        ("r/x", "is the run folder {run} (--out): saving there would replace its config.yaml and results.jsonl"),
+        ("r", "holds the run folder {run} (--out): saving there would delete its config.yaml and results.jsonl"),
+        ("r/x/model", "lies inside the run folder {run} (--out)"),
+    ]:
+        res = invoke(
+            "run", missing, "magnitude", "--out", tmp_path / "r/x", "--save-model", tmp_path / save, "--overwrite"
+        )
+        text = one_message(res)
+        assert f"--save-model {tmp_path / save} " + said.format(run=tmp_path / "r/x") in text, text
+        assert "could not load model" not in text and not (tmp_path / "r").exists()
+    with pytest.raises(UsageError, match="is the run folder"):
+        compose(tiny_model("llama"), ["magnitude"], metrics=["avg_bits"], out=tmp_path / "p", save_model=tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+    # another run's folder is no model folder to replace, with or without --overwrite
+    assert invoke("run", tiny_folder, "magnitude", "--out", tmp_path / "done", *FAST).exit_code == 0
+    before = (tmp_path / "done" / "results.jsonl").read_text()
+    out = one_message(invoke("run", missing, "magnitude", "--save-model", tmp_path / "done", "--overwrite"))
+    assert "holds the results of a run" in out and "never a run folder" in out
+    assert (tmp_path / "done" / "results.jsonl").read_text() == before
+    # --save-cells writes OUT/models: a link from there back to the run folder is refused
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "models").symlink_to(tmp_path / "sw")
+    sweep_args = ["sweep", missing, "magnitude", "--vary", "magnitude.sparsity=0.5", "--out", tmp_path / "sw"]
+    out = one_message(invoke(*sweep_args, "--save-cells", "all", *FAST))
+    assert "--save-cells' folder" in out and "is the run folder" in out
+
+
+def test_an_export_over_its_own_run_is_refused(tiny_folder, tmp_path):
+    pytest.importorskip("compressed_tensors")
+    run = tmp_path / "run"
+    assert invoke("run", tiny_folder, "magnitude", "--out", run, *FAST).exit_code == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for target, said in [(run, "is the run folder"), (tmp_path, "holds the run folder")]:
+        out = one_message(invoke("export", run, "--out", target, "--overwrite"))
+        assert said in out and "RUN, the run exported" in out
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert invoke("export", run).exit_code == 0  # the default, RUN/export-compressed-tensors, lies inside it: fine
+
+
+def test_a_packed_asymmetric_export_says_it_needs_dequantize(tmp_path):
+    pytest.importorskip("compressed_tensors")
+    from lmcompose.api import Progress
+    from lmcompose.export import ExportWarning, export_compressed_tensors
+
+    lm = tiny_model("llama")
+    compose(lm, ["rtn:bits=4,group_size=32"], metrics=["avg_bits"])
+    with pytest.warns(ExportWarning, match=r"asymmetric grid .*dequantize=True.*int-quantized"):
+        export_compressed_tensors(lm, tmp_path / "a", quantization_format="pack-quantized")
+
+    class Notes(Progress):
+        said: list[str] = []
+
+        def note(self, message):
+            self.said.append(message)
+
+    progress = Notes()
+    export_compressed_tensors(lm, tmp_path / "b", quantization_format="int-quantized", progress=progress)
+    assert progress.said == []  # the layout plain transformers loads: nothing to say
+    export_compressed_tensors(lm, tmp_path / "c", quantization_format="pack-quantized", progress=progress)
+    assert len(progress.said) == 1 and "cannot load a packed asymmetric zero point" in progress.said[0]
+
+
+def test_a_study_step_that_sets_its_varied_field_is_refused_as_in_a_sweep():
+    from lmcompose.studies import Study, StudyError
+
+    base = {"name": "s", "model": "m", "datasets": ["records"], "editors": ["memit"], "edits": 2}
+    for compressor, path in [
+        ({"step": "magnitude:sparsity=0.3", "vary": {"sparsity": [0.5]}}, r"compressors\[0\]\.vary\.sparsity"),
+        (
+            {"steps": ["memit", "magnitude:sparsity=0.3"], "vary": {"magnitude.sparsity": [0.5]}},
+            r"compressors\[0\]\.vary\.magnitude\.sparsity",
+        ),
+    ]:
+        with pytest.raises(StudyError, match=path + r" varies 'sparsity', which the step also sets.*drop one"):
+            Study.from_mapping({**base, "compressors": [compressor]})
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path):
+    from lmcompose.results import read_yaml
+    from lmcompose.studies import load_study
+
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        "name: s\nmodel: m\ndatasets: [records]\nedits: 2\neditors: [memit]\n"
+        "compressors:\n  - {step: magnitude, vary: {sparsity: [0.5]}}\nedits: 3\n"
+    )
+    with pytest.raises(ConfigError, match=r"s.yaml: key 'edits' is given twice \(line 4 and line 8\).*keep one"):
+        load_study(study)
+    config = tmp_path / "c.yaml"
+    config.write_text("model: m\nsteps: [magnitude]\nmetric_options:\n  edit: {scorer: f1, scorer: prob}\n")
+    out = one_message(invoke("run", "-c", config, "--out", tmp_path / "run"))
+    assert "key 'scorer' is given twice (line 4 and line 4)" in out and not (tmp_path / "run").exists()
+    assert "key 'edits' is given twice" in one_message(invoke("validate", study))
+    merged = tmp_path / "m.yaml"  # a merge key's values may be overridden: that is what it is for
+    merged.write_text("a: &base {x: 1, y: 2}\nb: {<<: *base, y: 3}\n")
+    assert read_yaml(merged) == {"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}}
+
+
+def test_nan_or_infinity_in_a_results_file_is_flagged_as_the_writer_flags_it(tiny_folder, tmp_path):
+    from lmcompose.composability import composability, load_sweep
+
+    out = tmp_path / "run"
+    args = ["sweep", tiny_folder, "magnitude", "rtn:group_size=32", "--vary", "rtn.bits=8,4", "--out", out]
+    assert invoke(*args, "--no-plots", *FAST).exit_code == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in lines]
+    finals = [i for i, r in enumerate(rows) if r["position"] == r["last_position"]][:2]
+    foreign, written = list(lines), list(lines)
+    for i, value, flag in zip(finals, [float("nan"), float("inf")], ["nan", "inf"], strict=True):
+        foreign[i] = json.dumps({**rows[i], "perplexity": value})  # NaN, Infinity: what another tool may write
+        written[i] = json.dumps({**rows[i], "perplexity": None, "nonfinite": {"perplexity": flag}})
+    (out / "results.jsonl").write_text("\n".join(foreign) + "\n")
+    got = load_sweep(out)
+    assert [got.rows[i]["nonfinite"] for i in finals] == [{"perplexity": "nan"}, {"perplexity": "inf"}]
+    assert all(got.rows[i]["perplexity"] is None for i in finals)
+    assert sum("perplexity not finite (NaN or Infinity" in n for n in got.notes) == 2
+    (tmp_path / "w.jsonl").write_text("\n".join(written) + "\n")
+    assert (
+        composability(got).as_dict()["criteria"]
+        == composability(load_sweep(tmp_path / "w.jsonl")).as_dict()["criteria"]
+    )
+    assert composability(load_sweep([json.loads(x) for x in lines[:1]] + got.rows[1:])).criteria  # rows given
+    (out / "results.jsonl").write_text("\n".join(foreign) + "\n")
+    text = one_message(invoke("report", out, "--no-plots"), 0)
+    md = (out / "report.md").read_text()
+    assert "not finite (NaN or Infinity" in text + md and not re.search(r"\b(nan|inf)\b", md), md
+
+
+def test_shards_that_agree_merge_whatever_their_timings_and_one_split_is_required(tiny_folder, tmp_path):
+    from lmcompose.composability import row_numbers
+    from lmcompose.studies import Study
+    from lmcompose.studies.runner import merge_studies, run_study
+
+    memit = "memit:layers=0+1,context_templates=0,stats_samples=8,stats_seqlen=64,v_num_grad_steps=2"
+    study = Study.from_mapping(
+        {
+            "name": "m",
+            "model": str(tiny_folder),
+            "datasets": ["records"],
+            "editors": [memit],
+            "compressors": [{"step": "magnitude", "vary": {"sparsity": [0.5]}}],
+            "edits": 2,
+            "metrics": ["avg_bits"],
+        }
+    )
+    full = run_study(study, out=tmp_path / "full", threads=1, report=False).folder
+    part = run_study(study, out=tmp_path / "s2", shard="2/2", threads=1, report=False).folder
+    edited = [r for r in read_rows(part / "results.jsonl") if r["step"] and r["step"].get("name") == "memit"]
+    assert edited and "vstar_s" in edited[0]["step_details"]  # computed again: other timings
+    added, missing, _ = merge_studies([full, part], tmp_path / "merged", report=False)
+    assert added == len(read_rows(full / "results.jsonl")) and not missing
+    assert row_numbers({"a": 1, "step_details": {"stats_s": 1.0, "stats_cached": True, "x": 2}}) == {
+        "a": 1,
+        "step_details": {"x": 2},
+    }
+    other = tmp_path / "s1of3"
+    shutil.copytree(part, other)
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    cfg["shard"] = "1/3"
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UsageError, match=r"cut with different counts .*shard 2/2.*shard 1/3.*the same N"):
+        merge_studies([part, other], tmp_path / "bad", report=False)
+    assert not (tmp_path / "bad").exists()
 
 
 class _Server(BaseHTTPRequestHandler):

@@ -10,7 +10,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
 from lmcompose.errors import ConfigError, UsageError
 
 
@@ -48,12 +47,11 @@ def find_registry() -> Path:
 
 
 def read_registry(path: Path | None = None) -> list[RegistryEntry]:
+    from lmcompose.results import read_yaml
+
     path = path or find_registry()
-    try:
-        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("plugins"), list):
+    data: Any = read_yaml(path)  # safe_load, a key given twice refused
+    if not isinstance(data.get("plugins"), list):
         raise ConfigError(f"{path}: expected a mapping with a 'plugins' list")
     out = []
     for i, item in enumerate(data["plugins"]):

@@ -196,8 +196,14 @@ def load_sweep(source: str | Path | Sequence[Mapping[str, Any]]) -> SweepData:
         rows, notes = read_rows_checked(path)
         where = str(path)
     else:
+        from lmcompose.results import flag_nonfinite, nonfinite_note
+
         rows = [dict(r) for r in source]
         where = "the rows given"
+        for i, r in enumerate(rows):
+            flagged = flag_nonfinite(r)
+            if flagged:
+                notes.append(nonfinite_note(f"row {i}", flagged))
     rows = [r for r in rows if r.get("sweep")]
     if not rows:
         raise DataError(f"{where} holds no sweep rows: `lmcompose report` needs the folder of an `lmcompose sweep`")
@@ -248,12 +254,32 @@ def load_sweep(source: str | Path | Sequence[Mapping[str, Any]]) -> SweepData:
     )
 
 
-_NOT_NUMBERS = frozenset({"timestamp", "elapsed_s", "eval_s", "notes", "shared_by_cells"})
+_NOT_NUMBERS = frozenset({"timestamp", "notes", "shared_by_cells", "seconds", "elapsed", "cached"})
+
+
+def _bookkeeping(key: Any) -> bool:
+    """Whether a row field (at any depth) records how or when a number was computed rather
+    than a number: a duration (``*_s``: eval_s, MEMIT's stats_s/vstar_s/update_s; seconds,
+    elapsed), whether a cache served it (``*cached``), when (``*timestamp*``), the notes
+    printed, how many cells shared the state. Two computations of the same numbers differ
+    in exactly these."""
+    return isinstance(key, str) and (
+        key in _NOT_NUMBERS or key.endswith(("_s", "cached")) or "timestamp" in key or "elapsed" in key
+    )
+
+
+def _numbers(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _numbers(v) for k, v in value.items() if not _bookkeeping(k)}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
 
 
 def row_numbers(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A row without the fields that differ between two computations of the same numbers."""
-    return {k: v for k, v in row.items() if k not in _NOT_NUMBERS}
+    """A row without the fields that differ between two computations of the same numbers
+    (:func:`_bookkeeping`, at every depth: ``step_details`` holds a step's own timings)."""
+    return _numbers(row)
 
 
 def _hashable(v: Any) -> Any:

@@ -245,6 +245,10 @@ class RunSettings:
         metrics = build_metrics(self.metrics, self.metric_options)
         if self.dataset is not None:
             edit_dataset_class(self.dataset)
+        if self.save_model is not None and self.out is not None:
+            from lmcompose.engine.saving import check_apart_from_run
+
+            check_apart_from_run(self.save_model, self.out, "--save-model", f"the run folder {self.out} (--out)")
         return steps, metrics
 
     def resolved(self) -> dict[str, Any]:
@@ -383,8 +387,10 @@ def compose(
 
     save = None
     if save_model is not None:
-        from lmcompose.engine.saving import SaveTargets, check_save_folder
+        from lmcompose.engine.saving import SaveTargets, check_apart_from_run, check_save_folder
 
+        if out is not None:
+            check_apart_from_run(save_model, out, "save_model", f"the run folder {out} (out)")
         target = check_save_folder(save_model, overwrite)
         save = SaveTargets.for_cells(
             plan, plan.cells, {plan.cells[0].id: target}, overwrite=overwrite, extra={"model": lm.name}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lmcompose.api import EditDataset, EditRecord, LocalityPrompt
-from lmcompose.errors import DataError, UsageError
+from lmcompose.errors import DataError, UsageError, describe_value
 from lmcompose.paths import cache_dir, data_dir, offline
 
 __all__ = [
@@ -220,9 +220,12 @@ def need_list(raw: Mapping[str, Any], key: str, where: str = "", allow_missing: 
 
 def fill_template(template: str, subject: str, where: str = "prompt") -> str:
     """ROME-style ``"{} is located in"`` -> the prompt with the subject."""
-    if "{}" not in template:
+    count = template.count("{}")
+    if count == 0:
         raise DataError(f"field {where!r} has no '{{}}' placeholder for the subject: {template!r}")
-    return template.replace("{}", subject, 1)
+    if count > 1:  # filling only the first would edit the model on a prompt with a literal {} in it
+        raise DataError(f"field {where!r} has {count} '{{}}' placeholders; the subject fills exactly one: {template!r}")
+    return template.replace("{}", subject)
 
 
 def parse_easyedit_flat(raw: Mapping[str, Any], dataset: str, index: int) -> EditRecord:
@@ -273,6 +276,10 @@ class JsonEditDataset(EditDataset):
     url: ClassVar[str | None] = None
     url_sha256: ClassVar[str | None] = None
     sample: ClassVar[Path | None] = None
+    #: a record whose target_new equals its target_true asks for an edit that changes nothing:
+    #: ``refuse`` it (a mistake in the file), or ``note`` it and keep it (a dataset that ships
+    #: such records, as zsRE does)
+    no_op_edits: ClassVar[str] = "refuse"
 
     def __init__(self) -> None:
         self.skipped: list[str] = []
@@ -336,13 +343,20 @@ class JsonEditDataset(EditDataset):
         items = read_json_records(path)
         groups: list[list[EditRecord]] = []
         self.skipped = []
+        owners: dict[str, list[int]] = {}  # case id -> the records that have it
         for i, item in enumerate(items):
             try:
                 if not isinstance(item, Mapping):
                     raise DataError(f"expected an object, got {type(item).__name__}")
+                _check_case_id(item)
                 records = self.parse(item, i)
                 for rec in records:
                     rec.raw = dict(item)
+                    if self.no_op_edits == "refuse" and _no_op(rec):
+                        raise DataError(
+                            f"target_new {rec.target_new!r} equals target_true: the edit would change nothing; "
+                            "give the record another target_new"
+                        )
             except DataError as exc:
                 case = item.get("case_id") if isinstance(item, Mapping) else None
                 msg = f"{path}: record {i}" + (f" (case_id {case})" if case is not None else "") + f": {exc}"
@@ -351,9 +365,43 @@ class JsonEditDataset(EditDataset):
                     continue
                 raise DataError(msg + ". Fix the record, or pass --skip-invalid to skip such records") from None
             groups.append(records)
+            for rec in records:
+                owners.setdefault(rec.case_id, []).append(i)
+        shared = {cid: at for cid, at in owners.items() if len(set(at)) > 1}
+        if shared:
+            cid, at = next(iter(shared.items()))
+            self.notes.append(
+                f"{self.name}: {len(shared)} case_id(s) of {path} belong to more than one record (case_id {cid!r}: "
+                f"records {', '.join(map(str, sorted(set(at))[:5]))}); they are kept, as edits are told apart by "
+                "their content, but the rows' edit_ids cannot tell them apart: give each record its own case_id"
+            )
         if self.skipped:
             self.notes.append(f"{self.name}: skipped {len(self.skipped)} invalid record(s) of {len(items)} in {path}")
         if not groups:
             raise DataError(f"{path}: no valid {self.name} records")
-        chosen = select_records(groups, limit, seed, replicate)
-        return [r for group in chosen for r in group]
+        chosen = [r for group in select_records(groups, limit, seed, replicate) for r in group]
+        no_ops = [r for r in chosen if _no_op(r)]
+        if no_ops:
+            self.notes.append(
+                f"{self.name}: {len(no_ops)} of the {len(chosen)} edit requests ask for a target_new equal to their "
+                f"target_true (case_id {no_ops[0].case_id!r}: {no_ops[0].target_new!r}), as the dataset has them; "
+                "they are kept, and their edit success measures no change"
+            )
+        return chosen
+
+
+def _check_case_id(item: Mapping[str, Any]) -> None:
+    """A record's ``case_id``, when it has one, is a non-empty string or a whole number (a null
+    would become the id "None", shared by every such record)."""
+    if "case_id" not in item:
+        return
+    value = item["case_id"]
+    if isinstance(value, bool) or not isinstance(value, str | int) or (isinstance(value, str) and not value.strip()):
+        raise DataError(
+            f"field 'case_id' is {describe_value(value)}; give the record an id of its own (a string or a whole number)"
+        )
+
+
+def _no_op(record: EditRecord) -> bool:
+    """Whether ``record`` asks for the target it already has."""
+    return record.target_true is not None and record.target_new.strip() == record.target_true.strip()

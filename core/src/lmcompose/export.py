@@ -6,7 +6,9 @@ awq) is stored as its integer codes with its per-(row, group) scale and zero poi
 ``pack-quantized`` (codes packed into int32 words) when every grid is symmetric,
 ``int-quantized`` (one int8 per code) when any is asymmetric — transformers 5.24 reloads a
 packed asymmetric zero point at the wrong size, so ``auto`` chooses the layout it loads;
-``--quantization-format pack-quantized`` forces packing (vLLM's weight-only kernels read it).
+``--quantization-format pack-quantized`` forces packing (vLLM's weight-only kernels read it),
+with a warning for an asymmetric grid: that checkpoint loads in transformers only with
+``CompressedTensorsConfig(dequantize=True)``.
 Pruned projections (magnitude, sparsegpt, wanda) stay dense and are declared in the config's
 ``sparsity_config`` (structure ``2:4`` or ``unstructured``, global sparsity, targets); a model
 both pruned and quantized has both. Everything else stays dense.
@@ -41,6 +43,20 @@ FORMATS = ("compressed-tensors",)
 
 class ExportError(UsageError):
     """A model that cannot be written in the requested format."""
+
+
+class ExportWarning(UserWarning):
+    """A checkpoint written as asked that a plain loader cannot read as is."""
+
+
+def _warn(progress: Any, message: str) -> None:
+    """``message`` as a note of ``progress`` (the CLI prints it), else as an ExportWarning."""
+    if progress is not None:
+        progress.note(message)
+    else:
+        import warnings
+
+        warnings.warn(message, ExportWarning, stacklevel=3)
 
 
 def _require_compressed_tensors() -> Any:
@@ -121,14 +137,16 @@ def sparsity_config(lm: LM, masks: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_compressed_tensors(
-    lm: LM, out: str | Path, quantization_format: str = "auto", overwrite: bool = False
+    lm: LM, out: str | Path, quantization_format: str = "auto", overwrite: bool = False, progress: Any = None
 ) -> Path:
     """Write ``lm`` (unchanged) to ``out`` in compressed-tensors' format: quantized layers as
     integer codes with their scales (``pack-quantized``: b-bit codes packed into int32 words;
     ``int-quantized``: one int8 per code), pruned layers declared in a sparsity config. ``auto``
     packs when every grid is symmetric and writes int8 codes otherwise: the two layouts
     ``AutoModelForCausalLM.from_pretrained`` loads with no options (transformers 5.24 cannot
-    load a packed asymmetric zero point). Written beside ``out`` and renamed into place."""
+    load a packed asymmetric zero point: an explicit ``pack-quantized`` on such a grid is
+    written with an :class:`ExportWarning`, through ``progress.note`` when given). Written
+    beside ``out`` and renamed into place."""
     import torch
 
     if quantization_format not in QUANTIZATION_FORMATS:
@@ -166,6 +184,16 @@ def export_compressed_tensors(
     fmt = quantization_format
     if fmt == "auto":
         fmt = "pack-quantized" if all(sym for _b, _g, sym in groups) else "int-quantized"
+    asymmetric = sorted(n for (_b, _g, sym), names in groups.items() if not sym for n in names)
+    if fmt == "pack-quantized" and asymmetric:
+        _warn(
+            progress,
+            f"--quantization-format pack-quantized: {len(asymmetric)} layer(s) have an asymmetric grid "
+            f"({asymmetric[0]}, ...), and plain AutoModelForCausalLM.from_pretrained cannot load a packed "
+            "asymmetric zero point (it reads it at the wrong size): load this checkpoint with "
+            "quantization_config=CompressedTensorsConfig(dequantize=True), or export "
+            "with --quantization-format int-quantized (what auto chooses here) for a checkpoint that loads as is",
+        )
     if groups and fmt == "int-quantized" and any(b > 8 for b, _g, _s in groups):
         raise ExportError("int-quantized holds codes of at most 8 bits; use --quantization-format pack-quantized")
 
@@ -349,8 +377,14 @@ def export(
             f"--quantization-format {quantization_format!r} is not one of {', '.join(QUANTIZATION_FORMATS)}"
         )
     _require_compressed_tensors()
-    from lmcompose.engine.saving import check_save_folder
+    from lmcompose.engine.saving import check_apart_from_run, check_save_folder
 
-    check_save_folder(out, overwrite, flag="--out")  # before the run is replayed
+    # before the run is replayed; a folder inside RUN is fine (the CLI's default is RUN/export-FORMAT)
+    if (Path(source) / "config.yaml").is_file():
+        label, holds = f"the run folder {source} (RUN, the run exported)", "config.yaml and results.jsonl"
+    else:
+        label, holds = f"the model folder {source} (RUN, the model exported)", "weights"
+    check_apart_from_run(out, source, "--out", label, holds, inside_ok=True)
+    check_save_folder(out, overwrite, flag="--out")
     lm = load_for_export(source, progress, data_dir)
-    return export_compressed_tensors(lm, out, quantization_format, overwrite=overwrite)
+    return export_compressed_tensors(lm, out, quantization_format, overwrite=overwrite, progress=progress)

@@ -57,6 +57,35 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def flag_nonfinite(row: dict[str, Any]) -> list[str]:
+    """Make ``row`` what the writer writes: a top-level value that is NaN or ±Infinity (a
+    results file written by hand or by another tool; JSON readers accept both) becomes null and
+    is flagged under ``nonfinite`` (``nan``, ``inf``, ``-inf``), as the engine flags a metric,
+    so no average takes it in; one nested deeper becomes null. Returns the keys flagged that
+    were not flagged already."""
+    flags = dict(row["nonfinite"]) if isinstance(row.get("nonfinite"), dict) else {}
+    new = []
+    for key, value in list(row.items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            if key not in flags:
+                new.append(key)
+            flags[key] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+            row[key] = None
+        elif isinstance(value, dict | list) and key != "nonfinite":
+            row[key] = _clean(value)
+    if flags:
+        row["nonfinite"] = flags
+    return new
+
+
+def nonfinite_note(where: str, keys: list[str]) -> str:
+    """The note for a row whose ``keys`` held NaN or Infinity when read."""
+    return (
+        f"{where}: {', '.join(keys)} not finite (NaN or Infinity, which lmcompose writes as null); "
+        "flagged, not averaged in"
+    )
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Every complete row of a results file (torn lines from an interrupted write, and lines
     that are not JSON objects, skipped; :func:`read_rows_checked` says which)."""
@@ -65,7 +94,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 def read_rows_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows of a results file and a note for every line skipped other than a torn last
-    line (which a kill during a write leaves, and a resume rewrites)."""
+    line (which a kill during a write leaves, and a resume rewrites), and for every row that
+    held NaN or Infinity (flagged as the writer flags them: :func:`flag_nonfinite`)."""
     if not path.exists():
         return [], []
     rows: list[dict[str, Any]] = []
@@ -89,6 +119,9 @@ def read_rows_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
         if not isinstance(row, dict):
             problems.append(f"{path.name} line {i + 1} is not a JSON object ({type(row).__name__}) and was skipped")
             continue
+        flagged = flag_nonfinite(row)
+        if flagged:
+            problems.append(nonfinite_note(f"{path.name} line {i + 1}", flagged))
         rows.append(row)
     return rows, problems
 
@@ -199,13 +232,52 @@ def expanded_size(data: Any, limit: int = MAX_YAML_NODES) -> int | None:
     return size(data)
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    """A mapping that gives one key twice (PyYAML would keep the last value without a word)."""
+
+    def __init__(self, key: Any, first_line: int, line: int):
+        super().__init__(key, first_line, line)
+        self.key, self.first_line, self.line = key, first_line, line
+
+    def __str__(self) -> str:
+        return (
+            f"key {self.key!r} is given twice (line {self.first_line} and line {self.line}); the second would "
+            "silently replace the first: keep one"
+        )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping. Keys a merge (``<<``)
+    brings in may still be overridden: that is what a merge is for."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _value in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = key in first
+                except TypeError:  # an unhashable key: construct_mapping names it
+                    continue
+                if seen:
+                    raise _DuplicateKeyError(key, first[key], key_node.start_mark.line + 1)
+                first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in YAML file ``path`` (safe_load, a key given twice refused); every problem
+    is one ConfigError naming the file."""
     from lmcompose.errors import ConfigError
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except _DuplicateKeyError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:

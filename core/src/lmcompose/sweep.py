@@ -103,19 +103,20 @@ def parse_vary(text: str, steps: Sequence[StepSpec]) -> Vary:
     raw = [v.strip() for v in rhs.split(",")]
     if not rhs.strip() or any(not v for v in raw):
         raise ConfigError(f"--vary {text!r}: give comma-separated values after '=', e.g. {lhs.strip()}=0.25,0.5,0.75")
-    if field_name in steps[index].overrides:
-        raise ConfigError(
-            f"--vary {text!r} varies {field_name!r}, which the step also sets ({steps[index]}); "
-            f"drop one of them (the step's value would be ignored)"
-        )
     return make_vary(steps, index, field_name, raw, f"--vary {text!r}")
 
 
 def make_vary(steps: Sequence[StepSpec], index: int, field_name: str, raw: Sequence[Any], where: str) -> Vary:
     """The :class:`Vary` of ``field_name`` of ``steps[index]`` over the ``raw`` values: each
     value is checked by building the step with it (wrong type, out of range), none may repeat,
-    and a field that is not the step's strength must be numeric (it becomes the x-axis)."""
+    and a field that is not the step's strength must be numeric (it becomes the x-axis). A
+    field the step sets itself is refused: the varied values would silently replace it."""
     step_name = steps[index].name
+    if field_name in steps[index].overrides:
+        raise ConfigError(
+            f"{where} varies {field_name!r}, which the step also sets ({steps[index]}); "
+            f"drop one of them (the step's value would be ignored)"
+        )
     cls = get_interventions().get(step_name)
     values = []
     for v in raw:
@@ -490,6 +491,10 @@ def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tupl
     resolved = settings.resolved()
     run_id = sweep_id(resolved)
     out = settings.out or f"runs/sweep-{run_id}"
+    if settings.save_cells is not None:
+        from lmcompose.engine.saving import models_folder
+
+        models_folder(out)  # before loading
     # refuse another run's folder, or a resume with other numerics, before loading
     RunFolder(out, run_id, "sweep", {**resolved, "out": out}, settings.numerics(metrics)).open().close()
 

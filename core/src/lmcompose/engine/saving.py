@@ -43,16 +43,20 @@ __all__ = [
     "SaveTargets",
     "atomic_folder",
     "cell_folder_name",
+    "check_apart_from_run",
     "check_save_folder",
     "match_cells",
+    "models_folder",
+    "run_files_in",
     "write_model_folder",
 ]
 
 
 def check_save_folder(path: str | Path, overwrite: bool, flag: str = "--save-model") -> Path:
     """``path`` if a model may be saved there: absent, an empty folder, or (``overwrite``) a
-    folder to replace. Anything else is one UsageError naming the fix; checked before a model
-    is loaded, so a refusal costs nothing."""
+    folder to replace that holds no run's results. Anything else is one UsageError naming the
+    fix; checked before a model is loaded, so a refusal costs nothing (callers that write a run
+    folder check the two lie apart with :func:`check_apart_from_run`)."""
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise UsageError(f"{flag} {path}: is a file, not a folder; name a new folder")
@@ -60,22 +64,88 @@ def check_save_folder(path: str | Path, overwrite: bool, flag: str = "--save-mod
         raise UsageError(
             f"{flag} {path}: the folder exists and is not empty; name a new folder, or pass --overwrite to replace it"
         )
+    if p.is_dir() and overwrite:
+        found = run_files_in(p)
+        if found is not None:
+            raise UsageError(
+                f"{flag} {path}: holds the results of a run ({found}); --overwrite replaces a saved model, "
+                "never a run folder: name another folder"
+            )
     parent = p.parent
     if parent.exists() and not os.access(parent, os.W_OK):
         raise UsageError(f"{flag} {path}: cannot write into {parent}; name a folder you may write to")
     return p
 
 
+def check_apart_from_run(
+    target: str | Path,
+    folder: str | Path,
+    flag: str,
+    label: str,
+    holds: str = "config.yaml and results.jsonl",
+    *,
+    inside_ok: bool = False,
+) -> None:
+    """Refuse a folder to save into that is ``folder`` (the run written, or the folder
+    exported: ``label`` names it in the message), or holds it (replacing either would delete
+    its ``holds``), or, unless ``inside_ok``, lies inside it. Paths are compared resolved, so a
+    symbolic link or ``..`` does not hide the overlap."""
+    t, f = Path(target).expanduser().resolve(), Path(folder).expanduser().resolve()
+    if t == f:
+        raise UsageError(
+            f"{flag} {target} is {label}: saving there would replace its {holds}; name a folder outside {folder}"
+        )
+    if t in f.parents:
+        raise UsageError(
+            f"{flag} {target} holds {label}: saving there would delete its {holds}; name a folder outside {folder}"
+        )
+    if f in t.parents and not inside_ok:
+        raise UsageError(
+            f"{flag} {target} lies inside {label}, which holds only the run's own files; name a folder outside {folder}"
+        )
+
+
+def models_folder(run_folder: str | Path) -> Path:
+    """``OUT/models``, where ``--save-cells`` writes, refused when it resolves to the run folder
+    or a folder above it (a symbolic link): a cell's model would replace the run's files."""
+    root = Path(run_folder) / MODELS_FOLDER
+    label = f"the run folder {run_folder} (--out)"
+    check_apart_from_run(root, run_folder, "--save-cells' folder", label, inside_ok=True)
+    return root
+
+
+def run_files_in(folder: Path) -> Path | None:
+    """The first file under ``folder`` that marks a run folder (its results.jsonl, or its
+    config.yaml beside the lock file), or None."""
+    from lmcompose.engine.run_folder import LOCK_FILE
+    from lmcompose.results import CONFIG_FILE, RESULTS_FILE
+
+    for root, _dirs, files in os.walk(folder):
+        if RESULTS_FILE in files:
+            return Path(root) / RESULTS_FILE
+        if CONFIG_FILE in files and LOCK_FILE in files:
+            return Path(root) / CONFIG_FILE
+    return None
+
+
 @contextmanager
 def atomic_folder(target: Path, what: str = "the model") -> Iterator[Path]:
     """A temporary folder beside ``target`` to write into; when the block ends without an
     error it replaces ``target`` (removed first if there), else it is removed. A full disk or
-    a folder that cannot be written is one UsageError; nothing half-written is left."""
+    a folder that cannot be written is one UsageError; nothing half-written is left. A
+    ``target`` that holds a run's results is never removed (the callers refuse it before any
+    work; this is the last guard)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
     try:
         yield tmp
         if target.exists():
+            found = run_files_in(target) if target.is_dir() else None
+            if found is not None:
+                raise UsageError(
+                    f"cannot write {what} to {target}: it holds the results of a run ({found}), which are "
+                    "never replaced; name another folder"
+                )
             shutil.rmtree(target)
         tmp.rename(target)
     except OSError as exc:
@@ -167,7 +237,8 @@ class SaveTargets:
         cls, plan: Plan, pattern: str, root: Path, extra: Mapping[str, Any] | None = None, only: set[str] | None = None
     ) -> SaveTargets:
         """The cells matching ``pattern`` (and in ``only``, a shard's cells, when given), each in
-        ``root/<cell folder name>``."""
+        ``root/<cell folder name>`` (``root``: the run folder's :func:`models_folder`)."""
+        models_folder(root.parent)
         chosen = [c for c in match_cells(plan.cells, pattern) if only is None or c.id in only]
         used: set[str] = set()
         folder_of = {}

@@ -7,6 +7,8 @@ ROME/MEMIT, so the boundary never merges into one token.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -210,10 +212,14 @@ def _locality_pairs(records: list[EditRecord]) -> tuple[list[int], list[tuple[st
     return owners, pairs
 
 
-def _reference_key(records: list[EditRecord]) -> tuple[Any, ...]:
-    """Where the base-model locality reference of a batch lives in ``ctx.state``: by dataset
-    and case id (case ids of two datasets may coincide)."""
-    return ("locality_reference", tuple((r.source.get("dataset"), r.case_id) for r in records))
+def _reference_key(records: list[EditRecord]) -> tuple[str, str]:
+    """Where the base-model locality reference of a batch lives in ``ctx.state``: under a digest
+    of its locality prompts and answers in order, what the reference is computed from. Two
+    batches share a reference only when they would compute the same one; case ids are no key
+    (a file may repeat them, and two batches with equal ids once shared one reference)."""
+    _owners, pairs = _locality_pairs(records)
+    digest = hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()
+    return ("locality_reference", digest)
 
 
 class EditMetrics(Metric):

@@ -60,6 +60,8 @@ from lmcompose.report import (
 )
 from lmcompose.results import (
     RESULTS_FILE,
+    flag_nonfinite,
+    nonfinite_note,
     read_per_edit,
     read_rows,
     read_rows_checked,
@@ -144,6 +146,10 @@ def load_study_rows(source: str | Path | Sequence[Mapping[str, Any]]) -> StudyDa
         where = str(path)
     else:
         rows, where, problems = [dict(r) for r in source], "the rows given", []
+        for i, r in enumerate(rows):
+            flagged = flag_nonfinite(r)
+            if flagged:
+                problems.append(nonfinite_note(f"row {i}", flagged))
     rows = [r for r in rows if r.get("study") is not None]
     if not rows:
         raise DataError(f"{where} holds no study rows: give the --out folder of `lmcompose study`")

@@ -393,6 +393,20 @@ def _run_ray(
     outcome.references = ray_outcome.references
 
 
+def _check_shard_counts(configs: Sequence[tuple[Path, Mapping[str, Any]]]) -> None:
+    """Shard folders to merge were cut with one ``--shard I/N`` count: parts of two splits
+    overlap in some cells and leave others to neither, so merging them hides the gaps. A
+    folder of the whole study (no shard) goes with any."""
+    split = [(path, str(data["shard"])) for path, data in configs if data.get("shard")]
+    counts = {shard.partition("/")[2] for _path, shard in split}
+    if len(counts) > 1:
+        listed = "; ".join(f"{path}: shard {shard}" for path, shard in split)
+        raise UsageError(
+            f"the shards to merge were cut with different counts ({listed}): merge the parts of one "
+            "--shard I/N split (the same N), or rerun the missing parts with that N"
+        )
+
+
 def merge_studies(
     sources: Sequence[str | Path], out: str | Path, *, report: bool = True, plots: bool = True
 ) -> tuple[int, list[str], Any]:
@@ -434,6 +448,7 @@ def merge_studies(
                 f"study"
             )
         _check_shard_numerics(first_path, first, path, data)
+    _check_shard_counts(configs)
     study = Study.from_mapping(_study_mapping(first), name=first.get("name"))
     if study.id != first.get("run_id"):
         raise DataError(f"{first_path}/config.yaml does not describe study {first.get('run_id')} (edited by hand?)")
