@@ -93,8 +93,10 @@ def main() -> None:
         variants = ["ref", *[v for v in variants if v != "ref"]]
     print(f"torch {torch.__version__}; {args.model}; calibration {args.samples} x {args.seqlen}")
     print()
-    print("| method | run | threads | seed | perturb | perplexity | rel. diff vs ref | weights differing | max abs diff "
-          "| digest | time s |")
+    print(
+        "| method | run | threads | seed | perturb | perplexity | rel. diff vs ref | weights differing | max abs diff "
+        "| digest | time s |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for method in args.methods.split(","):
         ref_w: dict[str, torch.Tensor] | None = None
