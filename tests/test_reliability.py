@@ -570,6 +570,46 @@ def test_a_model_folder_with_custom_code_is_refused(tiny_folder, tmp_path):
         load_model(str(folder))
 
 
+def _study_file(folder: Path, model: Path, **over) -> Path:
+    """A one-cell study without editors (a magnitude pruning of the tiny model)."""
+    data = {
+        "model": str(model),
+        "datasets": ["counterfact"],
+        "compressors": [{"steps": ["magnitude"], "vary": {"magnitude.sparsity": [0.5]}}],
+        "metrics": ["avg_bits"],
+        **over,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("name", ["../../../../escape", "a/b", "/abs", "a\x00b", "a\nb", ".hidden", "x" * 101])
+def test_a_study_name_that_is_not_one_folder_name_is_refused(tiny_folder, tmp_path, monkeypatch, name):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    study_file = _study_file(tmp_path, tiny_folder, name=name)
+    for command in ("validate", "study"):
+        out = one_message(invoke(command, study_file))
+        assert "name: " in out and "cannot name the study's folder" in out
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "s.yaml"]  # nothing written anywhere
+
+
+def test_the_default_study_folder_is_one_folder_inside_runs_whatever_the_name(tiny_folder, tmp_path):
+    from lmcompose.studies import Study, load_study
+    from lmcompose.studies.runner import default_out
+
+    data = yaml.safe_load(_study_file(tmp_path, tiny_folder).read_text())
+    for name in ("../../escape", "a/b\\c", "x\x00y", "my study"):  # from the API or a file's stem
+        out = default_out(Study.from_mapping(data, name=name))
+        assert out.parent == Path("runs") and len(out.parts) == 2, out
+    spaced = tmp_path / "my study.yaml"  # a stem that is no NAME_PATTERN name keeps its folder
+    spaced.write_text(yaml.safe_dump(data))
+    assert default_out(load_study(spaced)).name.startswith("study-my study-")
+
+
 # --------------------------------------------------------------------------------------
 # small surprises, each rejected
 # --------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from lmcompose.engine.ray_executor import TaskFailure
 from lmcompose.engine.run_folder import NUMERICS_KEY, RunFolder, describe_changes, row_cell_id
 from lmcompose.engine.saving import SaveTargets
 from lmcompose.errors import ConfigError, DataError, UsageError
-from lmcompose.studies.spec import Study, load_study
+from lmcompose.studies.spec import Study, folder_slug, load_study
 
 if TYPE_CHECKING:
     from lmcompose.models.handle import LM
@@ -125,7 +125,9 @@ def study_metrics(study: Study) -> list[Metric]:
 
 
 def default_out(study: Study) -> Path:
-    return Path("runs") / f"study-{study.name}-{study.id}"
+    """``runs/study-NAME-ID``, one folder inside runs/ whatever the name (a name from a
+    file's stem or the API is made one path component)."""
+    return Path("runs") / f"study-{folder_slug(study.name)}-{study.id}"
 
 
 def _missing(plan: Plan, done: set[tuple[str, int]], only: set[str] | None) -> list[str]:

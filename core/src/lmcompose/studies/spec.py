@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -67,6 +68,8 @@ ROLES = ("editor", "compressor")
 STUDY_MARKERS = frozenset({"compressors", "editors", "datasets"})  # keys that make a YAML file a study file
 # keys that say where or how a study runs, not what it computes: not part of its id
 RUN_ONLY_KEYS = frozenset({"device", "snapshots", "resources"})
+#: a study's name is part of its folder's name (runs/study-NAME-ID): one path component
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 __all__ = ["DatasetSpec", "EditorSpec", "Entry", "Study", "StudyError", "load_study"]
 
@@ -113,6 +116,26 @@ def _string(value: Any, path: str, example: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _fail(path, f"expected a name, e.g. {example}; got {describe_value(value)}")
     return value.strip()
+
+
+def _study_name(value: Any, path: str) -> str:
+    """A study's name: one safe path component (it names the default run folder), so a
+    ``/``, a ``..``, a NUL or a control character never reaches a path."""
+    name = _string(value, path, "paper")
+    if NAME_PATTERN.fullmatch(name) is None:
+        raise _fail(
+            path,
+            f"{name!r} cannot name the study's folder; use letters, digits and . _ + - (starting with a letter or "
+            "digit, at most 100 characters), e.g. paper-v2",
+        )
+    return name
+
+
+def folder_slug(name: str) -> str:
+    """``name`` made safe inside one path component (``study-NAME-ID``): each run of path
+    separators and control characters becomes ``-``. A name from a file's stem or from the
+    API is not held to :data:`NAME_PATTERN`, so a stem such as ``my study`` keeps its folder."""
+    return re.sub(r"[/\\\x00-\x1f\x7f]+", "-", name)[:200] or "study"
 
 
 def _integer(value: Any, path: str, minimum: int, example: str) -> int:
@@ -269,7 +292,7 @@ class Study:
                 raise _fail(
                     required, f"missing; a study needs model, datasets and compressors (see docs/studies.md) in {where}"
                 )
-        study_name = _string(data.get("name", name or "study"), "name", "paper")
+        study_name = _study_name(data["name"], "name") if "name" in data else _string(name or "study", "name", "paper")
         model = _string(data["model"], "model", "smollm2-135m")
         datasets = _datasets(data["datasets"])
         editors = _editors(data.get("editors", []))
