@@ -30,6 +30,7 @@ from lmcompose import Intervention, hookimpl
 from lmcompose.api import EditRecord
 from lmcompose.compose import RunSettings, compose, load_edits
 from lmcompose.engine import RunFolder
+from lmcompose.engine.run_folder import WRITTEN_ENTRIES
 from lmcompose.errors import ConfigError, DataError, LMComposeError, ModelLoadError, UsageError
 from lmcompose.models.tiny import tiny_model
 from lmcompose.results import read_rows
@@ -608,6 +609,85 @@ def test_the_default_study_folder_is_one_folder_inside_runs_whatever_the_name(ti
     spaced = tmp_path / "my study.yaml"  # a stem that is no NAME_PATTERN name keeps its folder
     spaced.write_text(yaml.safe_dump(data))
     assert default_out(load_study(spaced)).name.startswith("study-my study-")
+
+
+def _victims(tmp_path: Path) -> tuple[Path, Path]:
+    """A file and a folder a link in a run folder could point at (someone else's data)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    folder = tmp_path / "victim-folder"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("precious\n")
+    return victim, folder
+
+
+def _untouched(victim: Path, folder: Path) -> None:
+    assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("entry", WRITTEN_ENTRIES)
+def test_a_link_where_the_run_folder_writes_is_refused_naming_it(tiny_folder, tmp_path, entry):
+    victim, folder = _victims(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / entry).symlink_to(folder if entry in {"plots", "models", ".snapshots"} else victim)
+    res = invoke("sweep", tiny_folder, "magnitude", "--vary", "magnitude.sparsity=0.25,0.5", "--out", out, *FAST)
+    assert f"{out / entry} is a symbolic link" in one_message(res)
+    _untouched(victim, folder)
+
+
+def test_the_rows_and_the_lock_are_opened_without_following_a_link(tmp_path):
+    from lmcompose.results import append_row
+
+    victim, folder = _victims(tmp_path)
+    (tmp_path / "results.jsonl").symlink_to(victim)
+    with pytest.raises(UsageError, match=r"results.jsonl is a symbolic link .*victim.txt"):
+        append_row(tmp_path / "results.jsonl", {"run_id": "x"})  # the open itself refuses (O_NOFOLLOW)
+    run = RunFolder(tmp_path / "run", "x", "run")
+    run.path.mkdir()
+    (run.path / ".lock").symlink_to(victim)
+    with pytest.raises(UsageError, match=r"\.lock is a symbolic link"):
+        run._lock()  # a link placed after open()'s check
+    _untouched(victim, folder)
+
+
+def test_report_and_save_targets_refuse_links_and_temporary_names_are_not_guessable(tiny_folder, tmp_path):
+    victim, folder = _victims(tmp_path)
+    out = tmp_path / "run"
+    args = ["sweep", tiny_folder, "magnitude", "--vary", "magnitude.sparsity=0.25,0.5", "--out", out, *FAST]
+    assert invoke(*args, "--no-plots").exit_code == 0
+    (out / "report.md").unlink()
+    (out / "report.md").symlink_to(victim)
+    assert "report.md is a symbolic link" in one_message(invoke("report", out, "--no-plots"))
+    (out / "report.md").unlink()
+    (out / "plots").symlink_to(folder)
+    assert "plots is a symbolic link" in one_message(invoke("report", out))
+    (tmp_path / "saved").symlink_to(folder)
+    res = invoke("run", tiny_folder, "magnitude", "--out", tmp_path / "r2", "--save-model", tmp_path / "saved", *FAST)
+    assert "saved is a symbolic link" in one_message(res)
+    _untouched(victim, folder)
+    # a writer's temporary file is created with O_EXCL under a random name: a link planted at
+    # the name a pid would give is never written through
+    from lmcompose.results import write_text_atomic
+
+    (tmp_path / f".note.md.tmp-{os.getpid()}").symlink_to(victim)
+    write_text_atomic(tmp_path / "note.md", "new\n")
+    assert (tmp_path / "note.md").read_text() == "new\n"
+    _untouched(victim, folder)
+
+
+def test_every_entry_a_sweep_writes_is_checked_for_links(tiny_folder, tmp_path):
+    from lmcompose.report import PLOTS_DIR
+    from lmcompose.report import REPORT_FILE as SWEEP_REPORT
+    from lmcompose.studies.report import REPORT_FILE, TABLE_FILE
+
+    out = tmp_path / "run"
+    args = ["sweep", tiny_folder, "magnitude", "--vary", "magnitude.sparsity=0.25,0.5", "--out", out, *FAST]
+    assert invoke(*args, "--snapshots", "disk", "--save-cells", "all").exit_code == 0
+    written = {p.name for p in out.iterdir()}
+    assert written <= set(WRITTEN_ENTRIES), written
+    assert {SWEEP_REPORT, REPORT_FILE, TABLE_FILE, PLOTS_DIR} <= set(WRITTEN_ENTRIES)
 
 
 # --------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from lmcompose.composability import (
     load_sweep,
 )
 from lmcompose.errors import DataError
-from lmcompose.results import write_text_atomic
+from lmcompose.results import refuse_link, write_text_atomic
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
@@ -238,6 +238,7 @@ def write_report(run_dir: str | Path, plots: bool = True, axes: Sequence[str] | 
     written: list[Path] = []
     if plots:
         pdir = run_dir / PLOTS_DIR
+        refuse_link(pdir)
         pdir.mkdir(exist_ok=True)
         for p in (
             plotting.plot_curves(data, pdir / "curves.png"),

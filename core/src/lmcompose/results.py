@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import math
 import os
@@ -10,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from lmcompose.errors import UsageError
 
 __all__ = ["CONFIG_FILE", "RESULTS_FILE", "read_rows", "read_rows_checked", "read_yaml"]
 
@@ -30,18 +34,47 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def link_refused(path: Path) -> UsageError:
+    """The one message for a symbolic link where lmcompose writes a file or folder."""
+    try:
+        target = f" (to {os.readlink(path)})"
+    except OSError:
+        target = ""
+    return UsageError(
+        f"{path} is a symbolic link{target}; lmcompose never writes through a link (it would change what "
+        "the link points to): remove the link, or use another folder"
+    )
+
+
+def refuse_link(path: Path) -> None:
+    """One UsageError when ``path`` is a symbolic link (a file or folder a run writes)."""
+    if path.is_symlink():
+        raise link_refused(path)
+
+
+def open_no_link(path: Path, flags: int) -> int:
+    """``os.open`` that never follows a symbolic link at ``path`` (O_NOFOLLOW: checked by
+    the open itself, so a link put there after any check is refused too). A created file
+    gets 0666 less the umask, as with open()."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) and path.is_symlink():
+            raise link_refused(path) from None
+        raise
+
+
 def append_row(path: Path, row: dict[str, Any]) -> None:
     """Append one row with a single write on an O_APPEND descriptor, then fsync: a killed run
-    leaves whole rows (at worst one torn last line, which read_rows skips)."""
+    leaves whole rows (at worst one torn last line, which read_rows skips). A link at
+    ``path`` is refused, never appended to."""
     data = (json.dumps(_clean(row), sort_keys=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = open_no_link(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
         # a torn line from an earlier kill must not swallow this row
-        if os.fstat(fd).st_size:
-            with open(path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    data = b"\n" + data
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -86,17 +119,27 @@ def read_rows_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 def replace_atomic(path: Path, write: Any) -> Path:
     """Write ``path`` through a temporary file beside it and rename it into place, so a kill
-    leaves the old file or the new one, never half of one. ``write(tmp_path)`` writes."""
+    leaves the old file or the new one, never half of one. ``write(tmp_path)`` writes. The
+    temporary file has a name no one can guess (created with O_EXCL) and the file gets the
+    mode a plain open() gives (0666 less the umask); a link at ``path`` is refused."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    refuse_link(path)
     _remove_orphans(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{_tmp_prefix(path)}{os.getpid()}-")
+    os.close(fd)
+    tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600 whatever the umask
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -110,10 +153,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_orphans(path: Path) -> None:
-    """Remove the temporary files a killed writer of ``path`` left behind."""
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+    """Remove the temporary files a killed writer of ``path`` left behind
+    (``.NAME.tmp-PID-RANDOM``, or ``.NAME.tmp-PID`` from earlier versions)."""
+    prefix = _tmp_prefix(path)
+    for tmp in path.parent.glob(glob.escape(prefix) + "*"):
+        pid = tmp.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)) and not tmp.is_dir():
             tmp.unlink(missing_ok=True)
 
 
@@ -128,16 +173,7 @@ def _umask() -> int:
 
 
 def write_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(_clean(data), f, sort_keys=False)
-        os.chmod(tmp, 0o644 & ~_umask())  # mkstemp makes it 0600; the folder's other files are 0644
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(path, yaml.safe_dump(_clean(data), sort_keys=False))
 
 
 MAX_YAML_NODES = 1_000_000

@@ -31,6 +31,7 @@ from lmcompose.engine.plan import Action, Cell, Group, Node, Plan, PlanCounts
 from lmcompose.engine.policy import project_earlier
 from lmcompose.engine.threads import threads_for
 from lmcompose.errors import LMComposeError, StepFailedError
+from lmcompose.results import refuse_link
 from lmcompose.steps import StepSpec, build_intervention
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -195,6 +196,7 @@ class SnapshotStore:
             self.folder = Path(self._tmp)
         self._n += 1
         path = self.folder / f"snapshot-{self._n}"
+        refuse_link(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
             self._made.append(path)

@@ -15,7 +15,11 @@ Every command that writes results (run, sweep, study, merge) goes through a
   refuses a resume that would compute with other values, naming each and the fix;
 * knows which rows are written (:meth:`done`), so a rerun resumes exactly;
 * appends rows one whole line at a time and tells plugins about each one (the
-  ``row_written`` hook).
+  ``row_written`` hook);
+* never writes through a symbolic link: a link where the run writes a file or folder is
+  refused on :meth:`~RunFolder.open`, naming it, and the lock and rows are opened with
+  O_NOFOLLOW (anyone who may write into a shared runs/ folder could otherwise make a run
+  overwrite or append to a file its user owns).
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ from lmcompose.results import (
     CONFIG_FILE,
     RESULTS_FILE,
     append_row,
+    open_no_link,
     read_rows,
     read_yaml,
+    refuse_link,
     write_yaml_atomic,
 )
 
@@ -46,6 +52,18 @@ if TYPE_CHECKING:
     from lmcompose.models.handle import LM
 
 LOCK_FILE = ".lock"
+#: every file and folder a run, sweep, study, merge or report writes at the top of its folder
+#: (the lock, the rows, the config, the reports, the plots, saved models, disk snapshots)
+WRITTEN_ENTRIES = (
+    LOCK_FILE,
+    CONFIG_FILE,
+    RESULTS_FILE,
+    "report.md",
+    "rows.csv",
+    "plots",
+    "models",
+    ".snapshots",
+)
 NUMERICS_KEY = "numerics"
 # config.yaml keys that describe this invocation, not the run: never a reason to refuse
 VOLATILE_KEYS = frozenset(
@@ -214,6 +232,8 @@ class RunFolder:
             ) from None
         if not os.access(self.path, os.W_OK):
             raise UsageError(f"the run folder {self.path} is not writable; choose a writable --out")
+        for name in WRITTEN_ENTRIES:
+            refuse_link(self.path / name)
         self._lock()
         try:
             self._check_other_run()
@@ -226,7 +246,7 @@ class RunFolder:
         import fcntl
 
         lock_path = self.path / LOCK_FILE
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_no_link(lock_path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

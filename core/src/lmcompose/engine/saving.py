@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmcompose.errors import ConfigError, UsageError
+from lmcompose.results import refuse_link
 
 if TYPE_CHECKING:  # pragma: no cover
     from lmcompose.engine.plan import Cell, Plan
@@ -54,6 +55,7 @@ def check_save_folder(path: str | Path, overwrite: bool, flag: str = "--save-mod
     folder to replace. Anything else is one UsageError naming the fix; checked before a model
     is loaded, so a refusal costs nothing."""
     p = Path(path).expanduser()
+    refuse_link(p)
     if p.exists() and not p.is_dir():
         raise UsageError(f"{flag} {path}: is a file, not a folder; name a new folder")
     if p.is_dir() and any(p.iterdir()) and not overwrite:
@@ -70,7 +72,9 @@ def check_save_folder(path: str | Path, overwrite: bool, flag: str = "--save-mod
 def atomic_folder(target: Path, what: str = "the model") -> Iterator[Path]:
     """A temporary folder beside ``target`` to write into; when the block ends without an
     error it replaces ``target`` (removed first if there), else it is removed. A full disk or
-    a folder that cannot be written is one UsageError; nothing half-written is left."""
+    a folder that cannot be written is one UsageError; nothing half-written is left. A link
+    at ``target`` is refused."""
+    refuse_link(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
     try:

@@ -38,6 +38,7 @@ from lmcompose.results import (
     RESULTS_FILE,
     read_rows,
     read_rows_checked,
+    refuse_link,
     replace_atomic,
     write_text_atomic,
 )
@@ -548,6 +549,7 @@ def write_study_report(run_dir: str | Path, plots: bool = True, axis: str | None
     report.table_path = write_flat_table(data.rows, run_dir / TABLE_FILE)
     if plots:
         pdir = run_dir / "plots"
+        refuse_link(pdir)
         pdir.mkdir(exist_ok=True)
         for family in dict.fromkeys(data.families.values()):
             p = plot_family(data, family, pdir / f"fig1_{_slug(family)}.png")
