@@ -690,6 +690,36 @@ def test_every_entry_a_sweep_writes_is_checked_for_links(tiny_folder, tmp_path):
     assert {SWEEP_REPORT, REPORT_FILE, TABLE_FILE, PLOTS_DIR} <= set(WRITTEN_ENTRIES)
 
 
+def test_saved_models_and_run_files_follow_the_umask(tiny_folder, tmp_path):
+    old = os.umask(0o027)
+    try:
+        out, saved = tmp_path / "run", tmp_path / "saved"
+        res = invoke("run", tiny_folder, "magnitude", "--out", out, "--save-model", saved, *FAST)
+        assert res.exit_code == 0, res.output
+        sweep_out = tmp_path / "sweep"
+        args = ["sweep", tiny_folder, "magnitude", "--vary", "magnitude.sparsity=0.25,0.5", "--out", sweep_out]
+        assert invoke(*args, "--save-cells", "all", *FAST).exit_code == 0
+        tiny_model("llama").save(tmp_path / "api")
+        exported = tmp_path / "exported"
+        assert invoke("export", out, "--out", exported).exit_code == 0
+    finally:
+        os.umask(old)
+    paths = [
+        *saved.rglob("*"),
+        *exported.rglob("*"),
+        *(tmp_path / "api").rglob("*"),
+        *sweep_out.rglob("*"),
+        *(p for p in out.iterdir()),
+        saved,
+        exported,
+        sweep_out / "models",
+    ]
+    modes = {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in paths}
+    want = {str(p): oct(0o750 if p.is_dir() else 0o640) for p in paths}
+    assert modes == want
+    assert any(p.name == "model.safetensors" for p in saved.iterdir())
+
+
 # --------------------------------------------------------------------------------------
 # small surprises, each rejected
 # --------------------------------------------------------------------------------------

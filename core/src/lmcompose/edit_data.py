@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from lmcompose.api import EditDataset, EditRecord, LocalityPrompt
 from lmcompose.errors import DataError, UsageError
 from lmcompose.paths import cache_dir, data_dir, offline
+from lmcompose.results import follow_umask
 
 __all__ = [
     "JsonEditDataset",
@@ -156,6 +157,7 @@ def fetch(url: str, target: Path, sha256: str | None = None) -> Path:
         got = sha256_file(Path(tmp))
         if sha256 is not None and got != sha256:
             raise DataError(f"download of {url} has sha256 {got}, expected {sha256}; nothing was cached")
+        follow_umask(Path(tmp))  # mkstemp makes it 0600 whatever the umask
         os.replace(tmp, target)
         sidecar.write_text(f"{got}  {target.name}\n")
     except (OSError, http.client.HTTPException) as exc:

@@ -172,6 +172,27 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(path: Path) -> Path:
+    """Give ``path`` and, for a folder, everything in it the mode a plain open() or mkdir()
+    would (0666 or 0777 less the umask; links left alone). mkdtemp, mkstemp and safetensors
+    make 0700 folders and 0600 files whatever the umask, so without this a saved model could
+    not be read by the group or by a server's account."""
+    mask = _umask()
+
+    def fix(p: str, folder: bool) -> None:
+        if not os.path.islink(p):
+            os.chmod(p, (0o777 if folder else 0o666) & ~mask)
+
+    fix(str(path), path.is_dir())
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path):
+            for d in dirs:
+                fix(os.path.join(root, d), True)
+            for f in files:
+                fix(os.path.join(root, f), False)
+    return path
+
+
 def write_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
     write_text_atomic(path, yaml.safe_dump(_clean(data), sort_keys=False))
 

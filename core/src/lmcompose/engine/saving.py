@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmcompose.errors import ConfigError, UsageError
-from lmcompose.results import refuse_link
+from lmcompose.results import follow_umask, refuse_link
 
 if TYPE_CHECKING:  # pragma: no cover
     from lmcompose.engine.plan import Cell, Plan
@@ -72,13 +72,15 @@ def check_save_folder(path: str | Path, overwrite: bool, flag: str = "--save-mod
 def atomic_folder(target: Path, what: str = "the model") -> Iterator[Path]:
     """A temporary folder beside ``target`` to write into; when the block ends without an
     error it replaces ``target`` (removed first if there), else it is removed. A full disk or
-    a folder that cannot be written is one UsageError; nothing half-written is left. A link
-    at ``target`` is refused."""
+    a folder that cannot be written is one UsageError; nothing half-written is left. What it
+    holds gets the modes plain open() and mkdir() give (the umask's), not mkdtemp's 0700 or
+    safetensors' 0600; a link at ``target`` is refused."""
     refuse_link(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
     try:
         yield tmp
+        follow_umask(tmp)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)

@@ -279,6 +279,9 @@ def convert_gguf(gguf: Path, cache: Path, progress=None) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        from lmcompose.results import follow_umask
+
+        follow_umask(tmp)  # mkdtemp's 0700 and safetensors' 0600: a shared cache is readable as the umask says
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
