@@ -720,6 +720,29 @@ def test_saved_models_and_run_files_follow_the_umask(tiny_folder, tmp_path):
     assert any(p.name == "model.safetensors" for p in saved.iterdir())
 
 
+def test_rows_csv_cells_that_start_like_a_formula_are_written_as_text(tiny_folder, tmp_path):
+    import csv
+
+    from lmcompose.studies.report import write_flat_table
+
+    texts = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "plain", "a=b"]
+    numbers = ["-0.5", "+1e-3", "-7", ".5"]
+    write_flat_table([{"name": t} for t in texts + numbers] + [{"=key": -0.5, "x": -2}], tmp_path / "rows.csv")
+    with open(tmp_path / "rows.csv", newline="", encoding="utf-8") as f:
+        header, *cells = list(csv.reader(f))
+    assert header == ["name", "'=key", "x"]
+    assert [c[0] for c in cells[:-1]] == ["'" + t for t in texts[:6]] + texts[6:] + numbers
+    assert cells[-1] == ["", "-0.5", "-2"]  # numbers stay numbers
+    # through a study: an entry named like a formula
+    entries = [{"steps": ["magnitude"], "vary": {"magnitude.sparsity": [0.5]}, "name": "=1+1"}]
+    study_file = _study_file(tmp_path / "s", tiny_folder, name="csv", compressors=entries)
+    res = invoke("study", study_file, "--out", tmp_path / "run", "--no-plots")
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "run" / "rows.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["entry"] for r in rows} == {"'=1+1"} and all(not r["cell"].startswith("=") for r in rows)
+
+
 # --------------------------------------------------------------------------------------
 # small surprises, each rejected
 # --------------------------------------------------------------------------------------
