@@ -571,10 +571,10 @@ def test_a_model_folder_with_custom_code_is_refused(tiny_folder, tmp_path):
         load_model(str(folder))
 
 
-def _study_file(folder: Path, model: Path, **over) -> Path:
+def _study_file(folder: Path, tiny: Path, **over) -> Path:
     """A one-cell study without editors (a magnitude pruning of the tiny model)."""
     data = {
-        "model": str(model),
+        "model": str(tiny),
         "datasets": ["counterfact"],
         "compressors": [{"steps": ["magnitude"], "vary": {"magnitude.sparsity": [0.5]}}],
         "metrics": ["avg_bits"],
@@ -603,7 +603,7 @@ def test_the_default_study_folder_is_one_folder_inside_runs_whatever_the_name(ti
     from lmcompose.studies.runner import default_out
 
     data = yaml.safe_load(_study_file(tmp_path, tiny_folder).read_text())
-    for name in ("../../escape", "a/b\\c", "x\x00y", "my study"):  # from the API or a file's stem
+    for name in ("../../escape", "a/b\\c", "x\ty", "my study"):  # from the API or a file's stem
         out = default_out(Study.from_mapping(data, name=name))
         assert out.parent == Path("runs") and len(out.parts) == 2, out
     spaced = tmp_path / "my study.yaml"  # a stem that is no NAME_PATTERN name keeps its folder
@@ -741,6 +741,163 @@ def test_rows_csv_cells_that_start_like_a_formula_are_written_as_text(tiny_folde
     with open(tmp_path / "run" / "rows.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert {r["entry"] for r in rows} == {"'=1+1"} and all(not r["cell"].startswith("=") for r in rows)
+
+
+# --------------------------------------------------------------------------------------
+# values beyond their range: refused where they are read, the range in the message
+# --------------------------------------------------------------------------------------
+
+NINE_STEPS = [
+    "magnitude",
+    "rtn",
+    "wanda",
+    "sparsegpt",
+    "gptq",
+    "awq",
+    "magnitude:sparsity=0.2",
+    "rtn:bits=8",
+    "wanda:n_samples=4",
+]
+BOUNDS = [
+    # (command line; {study} is a one-cell study file with these keys, {model} the tiny model; the message)
+    (
+        ["run", "{model}", "magnitude", "--threads", "100000"],
+        {},
+        r"threads: expected a whole number of threads >= 1 \(at most 1024\)",
+    ),
+    (["sweep", "{model}", "magnitude", "--vary", "magnitude.sparsity=0.5", "--threads", "100000"], {}, r"at most 1024"),
+    (
+        ["study", "{study}", "--threads", "100000"],
+        {},
+        r"--threads 100000: give a whole number of threads from 1 to 1024",
+    ),
+    (
+        ["study", "{study}", "--executor", "ray", "--threads", "0"],
+        {},
+        r"--threads 0: give a whole number of threads from 1 to 1024",
+    ),
+    (
+        ["study", "{study}"],
+        {"noise_floor": {"cells": ["magnitude"], "threads": 5000}},
+        r"noise_floor\.threads: 5000 is above 1024",
+    ),
+    (["run", "{model}", "magnitude", "--seed", str(10**20)], {}, r"seed: expected a whole number from 0 to 4294967295"),
+    (["study", "{study}"], {"seed": 2**70}, r"seed: 1180591620717411303424 is above 4294967295"),
+    (
+        ["study", "{study}"],
+        {"noise_floor": {"cells": ["magnitude"], "seeds": [2**64]}},
+        r"noise_floor\.seeds\[0\]: \d+ is above 4294967295",
+    ),
+    (["study", "{study}"], {"topk": 10**9}, r"topk: 1000000000 is above 1000; give a whole number from 0 to 1000"),
+    (
+        ["sweep", "{model}", "magnitude", "--vary", "magnitude.sparsity=0.5", "--topk", "100000"],
+        {},
+        r"topk: 100000 is above 1000",
+    ),
+    (["study", "{study}", "--shard", "99999999999999999999/99999999999999999999"], {}, r"N must be from 1 to 100,000"),
+    (
+        ["study", "{study}", "--executor", "ray", "--cpus-per-task", "nan"],
+        {},
+        r"--cpus-per-task nan: give a number of CPUs above 0 to 1024",
+    ),
+    (
+        ["study", "{study}", "--executor", "ray", "--gpus-per-task", "inf"],
+        {},
+        r"--gpus-per-task inf: give a number of GPUs from 0",
+    ),
+    (
+        ["study", "{study}"],
+        {"resources": {"cpus_per_task": float("inf")}},
+        r"resources\.cpus_per_task: inf is out of range; give a number > 0 and <= 1024",
+    ),
+    (
+        ["study", "{study}"],
+        {"compressors": [{"steps": ["magnitude", "rtn"], "vary": {"rtn.bits": [4]}, "orders": 5}]},
+        r"compressors\[0\]\.orders: --orders int 5: give 'all'",
+    ),
+    (
+        ["study", "{study}"],
+        {"compressors": [{"steps": ["magnitude", "rtn"], "vary": {"rtn.bits": [4]}, "orders": [["magnitude", 5]]}]},
+        r"int 5 is not a step name",
+    ),
+    (
+        ["study", "{study}"],
+        {"compressors": [{"steps": NINE_STEPS, "vary": {"gptq.bits": [4]}}]},
+        r"9 steps have 362,880 orders, more than the 100,000 cells",
+    ),
+    (["study", "{study}"], {"model": "t\x00l"}, r"model: 't\\x00l' holds a NUL character"),
+    (["study", "{study}"], {"budgets": {"ppl_corpus": "a\x00b"}}, r"budgets\.ppl_corpus: expected wikitext2"),
+    (["run", "-c", "{config}"], {"out": "a\x00b"}, r"out: 'a\\x00b' holds a NUL character"),
+]
+
+
+@pytest.mark.parametrize("args,keys,match", BOUNDS, ids=[f"{b[0][0]}-{i}" for i, b in enumerate(BOUNDS)])
+def test_a_value_beyond_its_range_is_one_message_naming_the_range(
+    tiny_folder, tmp_path, monkeypatch, args, keys, match
+):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    study_file = _study_file(tmp_path / "study", tiny_folder, **(keys if "{study}" in args else {}))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": str(tiny_folder), "steps": ["magnitude"], **keys}))
+    filled = [str(a).format(model=tiny_folder, study=study_file, config=config) for a in args]
+    out = one_message(invoke(*filled, *(FAST if args[0] in {"run", "sweep"} else [])))
+    assert re.search(match, out), out
+    assert not (tmp_path / "runs").exists() and "internal error" not in out
+
+
+def test_files_nested_thousands_deep_are_one_message(tiny_folder, tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("model: x\nsteps: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nests lists or mappings more than 100 levels deep" in one_message(invoke("validate", deep))
+    records = tmp_path / "deep.json"
+    records.write_text("[" * 100_000 + "]" * 100_000)
+    res = invoke("run", tiny_folder, "magnitude", "--dataset", "counterfact", "--dataset-source", records, *FAST)
+    assert "nests lists or mappings more than 100 levels deep" in one_message(res)
+    # a results row nested that deep is skipped with a note, like a line that is not JSON
+    from lmcompose.results import read_rows_checked
+
+    rows = tmp_path / "results.jsonl"
+    rows.write_text(
+        '{"position": 0}\n' + "[" * 100_000 + "]" * 100_000 + '\n{"x": ' + "[" * 200 + "]" * 200 + "}\n{}\n"
+    )
+    kept, problems = read_rows_checked(rows)
+    assert len(kept) == 2 and [p.split(" nests")[0] for p in problems] == [
+        "results.jsonl line 2",
+        "results.jsonl line 3",
+    ]
+
+
+def test_a_merge_of_a_row_with_a_bad_position_merges_nothing(tiny_folder, tmp_path):
+    shard = tmp_path / "shard"
+    assert invoke("study", _study_file(tmp_path, tiny_folder, name="m"), "--out", shard, "--no-plots").exit_code == 0
+    lines = (shard / "results.jsonl").read_text().splitlines()
+    bad = json.loads(lines[-1])
+    bad["position"] = "zero"
+    (shard / "results.jsonl").write_text("\n".join([*lines[:-1], json.dumps(bad), lines[-1]]) + "\n")
+    out = one_message(invoke("merge", shard, "--out", tmp_path / "merged"))
+    assert f"line {len(lines)} has position 'zero', not a whole number >= 0" in out and "nothing was merged" in out
+    assert not (tmp_path / "merged").exists()
+    assert invoke("report", shard, "--no-plots").exit_code == 0  # a report skips the line with a note
+
+
+def test_a_calibration_text_too_short_for_a_window_is_one_message(tiny_folder, tmp_path):
+    short = tmp_path / "two.txt"
+    short.write_text("hi there\n")
+    step = "wanda:sparsity=0.5,n_samples=4,seqlen=32"
+    res = invoke(
+        "run", tiny_folder, step, "--out", tmp_path / "r", "--metrics", "avg_bits", "--calibration-corpus", short
+    )
+    out = one_message(res)
+    assert "calibration text" in out and f"{short} is too short (5 tokens" in out and "at least 9 are needed" in out
+
+
+def test_topk_beyond_the_vocabulary_records_every_token(tiny_folder, tmp_path):
+    args = ["sweep", tiny_folder, "magnitude", "--vary", "magnitude.sparsity=0.5", "--topk", "1000", "--no-plots"]
+    assert invoke(*args, "--out", tmp_path / "s", *FAST).exit_code == 0
+    tops = [r["topk"] for r in read_rows(tmp_path / "s" / "results.jsonl") if r.get("topk")]
+    assert tops and {len(t["token_ids"]) for t in tops} == {tiny_model("llama").model.config.vocab_size}
 
 
 # --------------------------------------------------------------------------------------

@@ -17,10 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from lmcompose._limits import MAX_NESTING
 from lmcompose.api import EditDataset, EditRecord, LocalityPrompt
 from lmcompose.errors import DataError, UsageError
 from lmcompose.paths import cache_dir, data_dir, offline
-from lmcompose.results import follow_umask
+from lmcompose.results import follow_umask, nesting_depth, too_deep
 
 __all__ = [
     "JsonEditDataset",
@@ -76,9 +77,14 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise DataError(too_deep(f"{path}:{lineno}")) from None
+            if (nesting_depth(record) or 0) > MAX_NESTING:
+                raise DataError(too_deep(f"{path}:{lineno}"))
+            out.append(record)
         return out
     try:
         data = json.loads(text)
@@ -86,6 +92,10 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
         raise DataError(
             f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); expected a JSON array or a .jsonl file"
         ) from None
+    except RecursionError:
+        raise DataError(too_deep(f"dataset file {path}")) from None
+    if (nesting_depth(data) or 0) > MAX_NESTING:
+        raise DataError(too_deep(f"dataset file {path}"))
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
     return data

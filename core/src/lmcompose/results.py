@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from lmcompose._limits import MAX_NESTING
 from lmcompose.errors import UsageError
 
 __all__ = ["CONFIG_FILE", "RESULTS_FILE", "read_rows", "read_rows_checked", "read_yaml"]
@@ -87,9 +88,14 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return read_rows_checked(path)[0]
 
 
+_TOO_DEEP = object()  # a line json.loads gave up on (RecursionError)
+
+
 def read_rows_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows of a results file and a note for every line skipped other than a torn last
-    line (which a kill during a write leaves, and a resume rewrites)."""
+    line (which a kill during a write leaves, and a resume rewrites): a line that is not a
+    JSON object, nests deeper than MAX_NESTING, or has a ``position`` that is not a whole
+    number >= 0 (every reader sorts and keys rows by it)."""
     if not path.exists():
         return [], []
     rows: list[dict[str, Any]] = []
@@ -110,8 +116,19 @@ def read_rows_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
             if i != last:
                 problems.append(f"{path.name} line {i + 1} is not valid JSON and was skipped")
             continue
+        except RecursionError:
+            row = _TOO_DEEP
+        if row is _TOO_DEEP or (isinstance(row, dict) and (nesting_depth(row) or 0) > MAX_NESTING):
+            problems.append(f"{path.name} line {i + 1} nests deeper than {MAX_NESTING} levels and was skipped")
+            continue
         if not isinstance(row, dict):
             problems.append(f"{path.name} line {i + 1} is not a JSON object ({type(row).__name__}) and was skipped")
+            continue
+        position = row.get("position", 0)
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            problems.append(
+                f"{path.name} line {i + 1} has position {position!r}, not a whole number >= 0, and was skipped"
+            )
             continue
         rows.append(row)
     return rows, problems
@@ -200,6 +217,44 @@ def write_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
 MAX_YAML_NODES = 1_000_000
 
 
+def nesting_depth(data: Any, limit: int = MAX_NESTING) -> int | None:
+    """How many levels of lists and mappings ``data`` nests (a scalar is 0), counted without
+    recursion and only up to ``limit + 1``; None for a structure that contains itself (a YAML
+    alias inside its own anchor). Every reader of a user's YAML or JSON checks it, so nothing
+    recursive (the alias count, row cleaning, a digest) meets a file nested thousands deep."""
+    depth: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        obj, finished = stack.pop()
+        if not isinstance(obj, dict | list):
+            continue
+        key = id(obj)
+        children = list(obj.values()) if isinstance(obj, dict) else obj
+        if finished:
+            active.discard(key)
+            depth[key] = 1 + max((depth.get(id(c), 0) for c in children if isinstance(c, dict | list)), default=0)
+            if depth[key] > limit:
+                return limit + 1
+            continue
+        if key in depth:
+            continue
+        if key in active:
+            return None
+        active.add(key)
+        stack.append((obj, True))
+        stack.extend((c, False) for c in children if isinstance(c, dict | list) and id(c) not in depth)
+    return depth.get(id(data), 0)
+
+
+def too_deep(what: str) -> str:
+    """The message for a file nested deeper than MAX_NESTING levels."""
+    return (
+        f"{what} nests lists or mappings more than {MAX_NESTING} levels deep; no lmcompose file is nested "
+        "that deep: check it was written as intended"
+    )
+
+
 def expanded_size(data: Any, limit: int = MAX_YAML_NODES) -> int | None:
     """How many values ``data`` holds once YAML aliases are expanded (each alias counts as a
     full copy of what it names), computed without expanding: a repeated object is sized
@@ -240,10 +295,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    except RecursionError:  # the parser recurses once per level
+        raise ConfigError(too_deep(f"config file {path}")) from None
     if data is None:
         return {}
+    depth = nesting_depth(data)
+    if depth is None:
+        raise ConfigError(
+            f"config file {path} refers to itself (a YAML alias inside its own anchor); write the values out"
+        )
+    if depth > MAX_NESTING:
+        raise ConfigError(too_deep(f"config file {path}"))
     size = expanded_size(data)
-    if size is None:
+    if size is None:  # pragma: no cover - nesting_depth has refused it
         raise ConfigError(
             f"config file {path} refers to itself (a YAML alias inside its own anchor); write the values out"
         )

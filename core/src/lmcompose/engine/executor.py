@@ -119,14 +119,15 @@ def step_warnings(name: str, lm: LM, details: Mapping[str, Any]) -> list[str]:
 
 
 def topk_next_tokens(lm: LM, prompt: str, k: int) -> dict[str, Any]:
-    """The ``k`` most likely next tokens after ``prompt`` and their probabilities."""
+    """The ``k`` most likely next tokens after ``prompt`` and their probabilities (every
+    token when the vocabulary has fewer than ``k``)."""
     import torch
 
     ids = lm.tokenizer(prompt, return_tensors="pt").input_ids.to(lm.device)
     with torch.inference_mode():
         logits = lm.model(ids).logits[0, -1].float()
     probs = torch.softmax(logits, -1)
-    top = torch.topk(probs, k)
+    top = torch.topk(probs, min(k, probs.shape[-1]))
     return {
         "prompt": prompt,
         "tokens": [lm.tokenizer.decode([int(i)]) for i in top.indices],
