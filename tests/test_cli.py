@@ -106,6 +106,7 @@ def test_bad_input_is_one_message_and_exit_2(tiny_folder, tmp_path, args, messag
         (["merge", "--out", "x"], "Missing argument"),
         (["bogus"], "No such command 'bogus'"),
         (["list", "bogus"], "No such command 'bogus'"),
+        (["list"], "List what the installed plugins provide"),  # a group's help, as for `lmcompose` alone
         (["run", "--bogus-flag", "x"], "No such option: --bogus-flag"),
         (["run", "--threads", "abc", "x"], "Invalid value for '--threads'"),
     ],
