@@ -99,6 +99,25 @@ def test_bad_input_is_one_message_and_exit_2(tiny_folder, tmp_path, args, messag
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["validate"], "Missing argument 'config'"),
+        (["merge", "--out", "x"], "Missing argument"),
+        (["bogus"], "No such command 'bogus'"),
+        (["list", "bogus"], "No such command 'bogus'"),
+        (["list"], "List what the installed plugins provide"),  # a group's help, as for `lmcompose` alone
+        (["run", "--bogus-flag", "x"], "No such option: --bogus-flag"),
+        (["run", "--threads", "abc", "x"], "Invalid value for '--threads'"),
+    ],
+)
+def test_a_command_line_that_does_not_parse_is_a_usage_error_exit_2(tmp_path, args, message):
+    res = runner.invoke(app, args, env={"COLUMNS": "300"})
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Usage: lmcompose" in res.output
+    assert "internal error" not in res.output and "Traceback" not in res.output
+
+
 def test_missing_model_file(tmp_path):
     res = invoke("run", str(tmp_path / "missing.gguf"), "magnitude", "--out", str(tmp_path / "o"))
     assert res.exit_code == 2 and "does not exist" in res.output

@@ -31,6 +31,7 @@ from lmcompose import Intervention, hookimpl
 from lmcompose.api import EditRecord
 from lmcompose.compose import RunSettings, compose, load_edits
 from lmcompose.engine import RunFolder
+from lmcompose.engine.run_folder import WRITTEN_ENTRIES
 from lmcompose.errors import ConfigError, DataError, LMComposeError, ModelLoadError, UsageError
 from lmcompose.models.tiny import tiny_model
 from lmcompose.results import read_rows
@@ -828,6 +829,335 @@ def test_a_model_folder_with_custom_code_is_refused(tiny_folder, tmp_path):
         from lmcompose.models.loading import load_model
 
         load_model(str(folder))
+
+
+def _study_file(folder: Path, tiny: Path, **over) -> Path:
+    """A one-cell study without editors (a magnitude pruning of the tiny model)."""
+    data = {
+        "model": str(tiny),
+        "datasets": ["counterfact"],
+        "compressors": [{"steps": ["magnitude"], "vary": {"magnitude.sparsity": [0.5]}}],
+        "metrics": ["avg_bits"],
+        **over,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("name", ["../../../../escape", "a/b", "/abs", "a\x00b", "a\nb", ".hidden", "x" * 101])
+def test_a_study_name_that_is_not_one_folder_name_is_refused(tiny_folder, tmp_path, monkeypatch, name):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    study_file = _study_file(tmp_path, tiny_folder, name=name)
+    for command in ("validate", "study"):
+        out = one_message(invoke(command, study_file))
+        assert "name: " in out and "cannot name the study's folder" in out
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "s.yaml"]  # nothing written anywhere
+
+
+def test_the_default_study_folder_is_one_folder_inside_runs_whatever_the_name(tiny_folder, tmp_path):
+    from lmcompose.studies import Study, load_study
+    from lmcompose.studies.runner import default_out
+
+    data = yaml.safe_load(_study_file(tmp_path, tiny_folder).read_text())
+    for name in ("../../escape", "a/b\\c", "x\ty", "my study"):  # from the API or a file's stem
+        out = default_out(Study.from_mapping(data, name=name))
+        assert out.parent == Path("runs") and len(out.parts) == 2, out
+    spaced = tmp_path / "my study.yaml"  # a stem that is no NAME_PATTERN name keeps its folder
+    spaced.write_text(yaml.safe_dump(data))
+    assert default_out(load_study(spaced)).name.startswith("study-my study-")
+
+
+def _victims(tmp_path: Path) -> tuple[Path, Path]:
+    """A file and a folder a link in a run folder could point at (someone else's data)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    folder = tmp_path / "victim-folder"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("precious\n")
+    return victim, folder
+
+
+def _untouched(victim: Path, folder: Path) -> None:
+    assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("entry", WRITTEN_ENTRIES)
+def test_a_link_where_the_run_folder_writes_is_refused_naming_it(tiny_folder, tmp_path, entry):
+    victim, folder = _victims(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / entry).symlink_to(folder if entry in {"plots", "models", ".snapshots"} else victim)
+    res = invoke("sweep", tiny_folder, "magnitude", "--vary", "magnitude.sparsity=0.25,0.5", "--out", out, *FAST)
+    assert f"{out / entry} is a symbolic link" in one_message(res)
+    _untouched(victim, folder)
+
+
+def test_the_rows_and_the_lock_are_opened_without_following_a_link(tmp_path):
+    from lmcompose.results import append_row
+
+    victim, folder = _victims(tmp_path)
+    (tmp_path / "results.jsonl").symlink_to(victim)
+    with pytest.raises(UsageError, match=r"results.jsonl is a symbolic link .*victim.txt"):
+        append_row(tmp_path / "results.jsonl", {"run_id": "x"})  # the open itself refuses (O_NOFOLLOW)
+    run = RunFolder(tmp_path / "run", "x", "run")
+    run.path.mkdir()
+    (run.path / ".lock").symlink_to(victim)
+    with pytest.raises(UsageError, match=r"\.lock is a symbolic link"):
+        run._lock()  # a link placed after open()'s check
+    _untouched(victim, folder)
+
+
+def test_report_and_save_targets_refuse_links_and_temporary_names_are_not_guessable(tiny_folder, tmp_path):
+    victim, folder = _victims(tmp_path)
+    out = tmp_path / "run"
+    args = ["sweep", tiny_folder, "magnitude", "--vary", "magnitude.sparsity=0.25,0.5", "--out", out, *FAST]
+    assert invoke(*args, "--no-plots").exit_code == 0
+    (out / "report.md").unlink()
+    (out / "report.md").symlink_to(victim)
+    assert "report.md is a symbolic link" in one_message(invoke("report", out, "--no-plots"))
+    (out / "report.md").unlink()
+    (out / "plots").symlink_to(folder)
+    assert "plots is a symbolic link" in one_message(invoke("report", out))
+    (tmp_path / "saved").symlink_to(folder)
+    res = invoke("run", tiny_folder, "magnitude", "--out", tmp_path / "r2", "--save-model", tmp_path / "saved", *FAST)
+    assert "saved is a symbolic link" in one_message(res)
+    _untouched(victim, folder)
+    # a writer's temporary file is created with O_EXCL under a random name: a link planted at
+    # the name a pid would give is never written through
+    from lmcompose.results import write_text_atomic
+
+    (tmp_path / f".note.md.tmp-{os.getpid()}").symlink_to(victim)
+    write_text_atomic(tmp_path / "note.md", "new\n")
+    assert (tmp_path / "note.md").read_text() == "new\n"
+    _untouched(victim, folder)
+
+
+def test_every_entry_a_sweep_writes_is_checked_for_links(tiny_folder, tmp_path):
+    from lmcompose.report import PLOTS_DIR
+    from lmcompose.report import REPORT_FILE as SWEEP_REPORT
+    from lmcompose.studies.report import REPORT_FILE, TABLE_FILE
+
+    out = tmp_path / "run"
+    args = ["sweep", tiny_folder, "magnitude", "--vary", "magnitude.sparsity=0.25,0.5", "--out", out, *FAST]
+    assert invoke(*args, "--snapshots", "disk", "--save-cells", "all").exit_code == 0
+    written = {p.name for p in out.iterdir()}
+    assert written <= set(WRITTEN_ENTRIES), written
+    assert {SWEEP_REPORT, REPORT_FILE, TABLE_FILE, PLOTS_DIR} <= set(WRITTEN_ENTRIES)
+
+
+def test_saved_models_and_run_files_follow_the_umask(tiny_folder, tmp_path):
+    old = os.umask(0o027)
+    try:
+        out, saved = tmp_path / "run", tmp_path / "saved"
+        res = invoke("run", tiny_folder, "magnitude", "--out", out, "--save-model", saved, *FAST)
+        assert res.exit_code == 0, res.output
+        sweep_out = tmp_path / "sweep"
+        args = ["sweep", tiny_folder, "magnitude", "--vary", "magnitude.sparsity=0.25,0.5", "--out", sweep_out]
+        assert invoke(*args, "--save-cells", "all", *FAST).exit_code == 0
+        tiny_model("llama").save(tmp_path / "api")
+        exported = tmp_path / "exported"
+        assert invoke("export", out, "--out", exported).exit_code == 0
+    finally:
+        os.umask(old)
+    paths = [
+        *saved.rglob("*"),
+        *exported.rglob("*"),
+        *(tmp_path / "api").rglob("*"),
+        *sweep_out.rglob("*"),
+        *(p for p in out.iterdir()),
+        saved,
+        exported,
+        sweep_out / "models",
+    ]
+    modes = {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in paths}
+    want = {str(p): oct(0o750 if p.is_dir() else 0o640) for p in paths}
+    assert modes == want
+    assert any(p.name == "model.safetensors" for p in saved.iterdir())
+
+
+def test_rows_csv_cells_that_start_like_a_formula_are_written_as_text(tiny_folder, tmp_path):
+    import csv
+
+    from lmcompose.studies.report import write_flat_table
+
+    texts = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "plain", "a=b"]
+    numbers = ["-0.5", "+1e-3", "-7", ".5"]
+    write_flat_table([{"name": t} for t in texts + numbers] + [{"=key": -0.5, "x": -2}], tmp_path / "rows.csv")
+    with open(tmp_path / "rows.csv", newline="", encoding="utf-8") as f:
+        header, *cells = list(csv.reader(f))
+    assert header == ["name", "'=key", "x"]
+    assert [c[0] for c in cells[:-1]] == ["'" + t for t in texts[:6]] + texts[6:] + numbers
+    assert cells[-1] == ["", "-0.5", "-2"]  # numbers stay numbers
+    # through a study: an entry named like a formula
+    entries = [{"steps": ["magnitude"], "vary": {"magnitude.sparsity": [0.5]}, "name": "=1+1"}]
+    study_file = _study_file(tmp_path / "s", tiny_folder, name="csv", compressors=entries)
+    res = invoke("study", study_file, "--out", tmp_path / "run", "--no-plots")
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "run" / "rows.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["entry"] for r in rows} == {"'=1+1"} and all(not r["cell"].startswith("=") for r in rows)
+
+
+# --------------------------------------------------------------------------------------
+# values beyond their range: refused where they are read, the range in the message
+# --------------------------------------------------------------------------------------
+
+NINE_STEPS = [
+    "magnitude",
+    "rtn",
+    "wanda",
+    "sparsegpt",
+    "gptq",
+    "awq",
+    "magnitude:sparsity=0.2",
+    "rtn:bits=8",
+    "wanda:n_samples=4",
+]
+BOUNDS = [
+    # (command line; {study} is a one-cell study file with these keys, {model} the tiny model; the message)
+    (
+        ["run", "{model}", "magnitude", "--threads", "100000"],
+        {},
+        r"threads: expected a whole number of threads >= 1 \(at most 1024\)",
+    ),
+    (["sweep", "{model}", "magnitude", "--vary", "magnitude.sparsity=0.5", "--threads", "100000"], {}, r"at most 1024"),
+    (
+        ["study", "{study}", "--threads", "100000"],
+        {},
+        r"--threads 100000: give a whole number of threads from 1 to 1024",
+    ),
+    (
+        ["study", "{study}", "--executor", "ray", "--threads", "0"],
+        {},
+        r"--threads 0: give a whole number of threads from 1 to 1024",
+    ),
+    (
+        ["study", "{study}"],
+        {"noise_floor": {"cells": ["magnitude"], "threads": 5000}},
+        r"noise_floor\.threads: 5000 is above 1024",
+    ),
+    (["run", "{model}", "magnitude", "--seed", str(10**20)], {}, r"seed: expected a whole number from 0 to 4294967295"),
+    (["study", "{study}"], {"seed": 2**70}, r"seed: 1180591620717411303424 is above 4294967295"),
+    (
+        ["study", "{study}"],
+        {"noise_floor": {"cells": ["magnitude"], "seeds": [2**64]}},
+        r"noise_floor\.seeds\[0\]: \d+ is above 4294967295",
+    ),
+    (["study", "{study}"], {"topk": 10**9}, r"topk: 1000000000 is above 1000; give a whole number from 0 to 1000"),
+    (
+        ["sweep", "{model}", "magnitude", "--vary", "magnitude.sparsity=0.5", "--topk", "100000"],
+        {},
+        r"topk: 100000 is above 1000",
+    ),
+    (["study", "{study}", "--shard", "99999999999999999999/99999999999999999999"], {}, r"N must be from 1 to 100,000"),
+    (
+        ["study", "{study}", "--executor", "ray", "--cpus-per-task", "nan"],
+        {},
+        r"--cpus-per-task nan: give a number of CPUs above 0 to 1024",
+    ),
+    (
+        ["study", "{study}", "--executor", "ray", "--gpus-per-task", "inf"],
+        {},
+        r"--gpus-per-task inf: give a number of GPUs from 0",
+    ),
+    (
+        ["study", "{study}"],
+        {"resources": {"cpus_per_task": float("inf")}},
+        r"resources\.cpus_per_task: inf is out of range; give a number > 0 and <= 1024",
+    ),
+    (
+        ["study", "{study}"],
+        {"compressors": [{"steps": ["magnitude", "rtn"], "vary": {"rtn.bits": [4]}, "orders": 5}]},
+        r"compressors\[0\]\.orders: --orders int 5: give 'all'",
+    ),
+    (
+        ["study", "{study}"],
+        {"compressors": [{"steps": ["magnitude", "rtn"], "vary": {"rtn.bits": [4]}, "orders": [["magnitude", 5]]}]},
+        r"int 5 is not a step name",
+    ),
+    (
+        ["study", "{study}"],
+        {"compressors": [{"steps": NINE_STEPS, "vary": {"gptq.bits": [4]}}]},
+        r"9 steps have 362,880 orders, more than the 100,000 cells",
+    ),
+    (["study", "{study}"], {"model": "t\x00l"}, r"model: 't\\x00l' holds a NUL character"),
+    (["study", "{study}"], {"budgets": {"ppl_corpus": "a\x00b"}}, r"budgets\.ppl_corpus: expected wikitext2"),
+    (["run", "-c", "{config}"], {"out": "a\x00b"}, r"out: 'a\\x00b' holds a NUL character"),
+]
+
+
+@pytest.mark.parametrize("args,keys,match", BOUNDS, ids=[f"{b[0][0]}-{i}" for i, b in enumerate(BOUNDS)])
+def test_a_value_beyond_its_range_is_one_message_naming_the_range(
+    tiny_folder, tmp_path, monkeypatch, args, keys, match
+):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    study_file = _study_file(tmp_path / "study", tiny_folder, **(keys if "{study}" in args else {}))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": str(tiny_folder), "steps": ["magnitude"], **keys}))
+    filled = [str(a).format(model=tiny_folder, study=study_file, config=config) for a in args]
+    out = one_message(invoke(*filled, *(FAST if args[0] in {"run", "sweep"} else [])))
+    assert re.search(match, out), out
+    assert not (tmp_path / "runs").exists() and "internal error" not in out
+
+
+def test_files_nested_thousands_deep_are_one_message(tiny_folder, tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("model: x\nsteps: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nests lists or mappings more than 100 levels deep" in one_message(invoke("validate", deep))
+    records = tmp_path / "deep.json"
+    records.write_text("[" * 100_000 + "]" * 100_000)
+    res = invoke("run", tiny_folder, "magnitude", "--dataset", "counterfact", "--dataset-source", records, *FAST)
+    assert "nests lists or mappings more than 100 levels deep" in one_message(res)
+    # a results row nested that deep is skipped with a note, like a line that is not JSON
+    from lmcompose.results import read_rows_checked
+
+    rows = tmp_path / "results.jsonl"
+    rows.write_text(
+        '{"position": 0}\n' + "[" * 100_000 + "]" * 100_000 + '\n{"x": ' + "[" * 200 + "]" * 200 + "}\n{}\n"
+    )
+    kept, problems = read_rows_checked(rows)
+    assert len(kept) == 2 and [p.split(" nests")[0] for p in problems] == [
+        "results.jsonl line 2",
+        "results.jsonl line 3",
+    ]
+
+
+def test_a_merge_of_a_row_with_a_bad_position_merges_nothing(tiny_folder, tmp_path):
+    shard = tmp_path / "shard"
+    assert invoke("study", _study_file(tmp_path, tiny_folder, name="m"), "--out", shard, "--no-plots").exit_code == 0
+    lines = (shard / "results.jsonl").read_text().splitlines()
+    bad = json.loads(lines[-1])
+    bad["position"] = "zero"
+    (shard / "results.jsonl").write_text("\n".join([*lines[:-1], json.dumps(bad), lines[-1]]) + "\n")
+    out = one_message(invoke("merge", shard, "--out", tmp_path / "merged"))
+    assert f"line {len(lines)} has position 'zero', not a whole number >= 0" in out and "nothing was merged" in out
+    assert not (tmp_path / "merged").exists()
+    assert invoke("report", shard, "--no-plots").exit_code == 0  # a report skips the line with a note
+
+
+def test_a_calibration_text_too_short_for_a_window_is_one_message(tiny_folder, tmp_path):
+    short = tmp_path / "two.txt"
+    short.write_text("hi there\n")
+    step = "wanda:sparsity=0.5,n_samples=4,seqlen=32"
+    res = invoke(
+        "run", tiny_folder, step, "--out", tmp_path / "r", "--metrics", "avg_bits", "--calibration-corpus", short
+    )
+    out = one_message(res)
+    assert "calibration text" in out and f"{short} is too short (5 tokens" in out and "at least 9 are needed" in out
+
+
+def test_topk_beyond_the_vocabulary_records_every_token(tiny_folder, tmp_path):
+    args = ["sweep", tiny_folder, "magnitude", "--vary", "magnitude.sparsity=0.5", "--topk", "1000", "--no-plots"]
+    assert invoke(*args, "--out", tmp_path / "s", *FAST).exit_code == 0
+    tops = [r["topk"] for r in read_rows(tmp_path / "s" / "results.jsonl") if r.get("topk")]
+    assert tops and {len(t["token_ids"]) for t in tops} == {tiny_model("llama").model.config.vocab_size}
 
 
 # --------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from lmcompose import plugins as plugin_api
 from lmcompose.api import Progress, config_fields, field_help
@@ -142,11 +141,14 @@ class CommandGroup(TyperGroup):
     """The one top-level handler: every command's failure becomes one message and an exit
     code (describe_failure); ``--debug`` (or LMCOMPOSE_DEBUG=1) prints the traceback too."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, typer.Exit, typer.Abort):
-            raise  # a command's own exit (typer's Exit is not click's)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            # a command's own exit, and typer's parse errors (a missing argument, an unknown
+            # option or command, a bad value: typer >= 0.27.2 raises its vendored click's
+            # exceptions, all TyperException): typer prints the usage and the error, exit 2
+            raise
         except BaseException as exc:  # noqa: BLE001 - this is the handler of last resort
             if isinstance(exc, SystemExit):
                 raise

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from lmcompose._limits import MAX_SEED, MAX_THREADS, check_seed
 from lmcompose.api import (
     Context,
     EditDataset,
@@ -128,9 +129,16 @@ class RunSettings:
             v = getattr(self, key)
             if v is not None and (not isinstance(v, str) or not v.strip()):
                 raise bad(key, "a name or path")
+            no_nul(key)
+
+        def no_nul(key: str) -> None:  # no file, folder or model name holds one; os calls raise deep inside
+            v = getattr(self, key)
+            if isinstance(v, str) and "\x00" in v:
+                raise ConfigError(f"{where}: {key}: {v!r} holds a NUL character; write the name without it")
 
         if not isinstance(self.model, str):
             raise bad("model", "a model name (a named model, a folder, a .gguf file or a hub id)")
+        no_nul("model")
         steps = self.steps
         if (
             isinstance(steps, Mapping)
@@ -154,8 +162,8 @@ class RunSettings:
             raise bad("edits", "a whole number of edit requests >= 1")
         if not isinstance(self.skip_invalid, bool):
             raise bad("skip_invalid", "true or false")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise bad("seed", "a whole number")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise bad("seed", f"a whole number from 0 to {MAX_SEED}")
         if not isinstance(self.policy, str):
             raise bad("policy", f"one of {', '.join(POLICIES)}")
         m = self.metrics
@@ -179,9 +187,9 @@ class RunSettings:
         for key in ("device_map", "max_memory", "revision"):
             optional_str(key)
         if self.threads is not None and (
-            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 1 <= self.threads <= MAX_THREADS
         ):
-            raise bad("threads", "a whole number of threads >= 1")
+            raise bad("threads", f"a whole number of threads >= 1 (at most {MAX_THREADS})")
         if not isinstance(self.deterministic, bool):
             raise bad("deterministic", "true or false")
 
@@ -354,6 +362,7 @@ def compose(
     interventions = [s if isinstance(s, Intervention) else build_intervention(parse_step(s)) for s in steps]
     metric_objs = resolve_metrics(metrics, metric_options)
     ctx = ctx or Context(seed=seed)
+    check_seed(ctx.seed, "seed")
     if edits is not None:
         ctx.edits = list(edits)
     if any(s.kind == EDIT_KIND for s in interventions) and not ctx.edits:

@@ -76,7 +76,7 @@ def parse_corpus(value: Any, key: str = "corpus") -> CorpusSpec:
     only (no file is read, nothing is downloaded)."""
     if value is None:
         return CorpusSpec("wikitext2", explicit=False)
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
         raise ConfigError(
             f"{key}: expected wikitext2, a text file's path, hub:ID[?config=..&split=..&field=..] or sample; "
             f"got {describe_value(value)}"

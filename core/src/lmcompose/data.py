@@ -120,6 +120,8 @@ def corpus_text(split: str, ctx: Any = None) -> tuple[str, str]:
 
 
 _TOKENIZED: dict[tuple[str, str], Any] = {}
+#: the shortest calibration window (a text of at most this many tokens cannot calibrate)
+MIN_CALIBRATION_WINDOW = 8
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -141,13 +143,23 @@ def tokenize_corpus(tokenizer: Any, text: str, where: str) -> Any:
 
 
 def calibration_windows(tokenizer: Any, n_samples: int, seqlen: int, seed: int, ctx: Any = None):
-    """``n_samples`` windows of ``seqlen`` tokens at seeded random offsets (LongTensor n x seqlen)."""
+    """``n_samples`` windows of ``seqlen`` tokens at seeded random offsets (LongTensor n x seqlen).
+    A text of at most ``seqlen`` tokens gives shorter windows (half the text, at least
+    MIN_CALIBRATION_WINDOW tokens, with a note); one too short for that is a DataError."""
     import torch
 
     text, where = corpus_text("calibration", ctx)
     ids = tokenize_corpus(tokenizer, text, where)
+    if ids.numel() <= MIN_CALIBRATION_WINDOW:
+        from lmcompose.errors import DataError
+
+        raise DataError(
+            f"calibration text {where} is too short ({ids.numel()} tokens; at least {MIN_CALIBRATION_WINDOW + 1} "
+            "are needed for windows at distinct offsets): give a longer --calibration-corpus (a text file, "
+            "wikitext2 or sample)"
+        )
     if ids.numel() <= seqlen:
-        seqlen = max(8, ids.numel() // 2)
+        seqlen = max(MIN_CALIBRATION_WINDOW, ids.numel() // 2)
         if ctx is not None:
             ctx.note(f"calibration text ({where}) is short: windows cut to {seqlen} tokens")
     gen = torch.Generator().manual_seed(seed)

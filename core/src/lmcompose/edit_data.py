@@ -17,9 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from lmcompose._limits import MAX_NESTING
 from lmcompose.api import EditDataset, EditRecord, LocalityPrompt
 from lmcompose.errors import DataError, UsageError, describe_value
 from lmcompose.paths import cache_dir, data_dir, offline
+from lmcompose.results import follow_umask, nesting_depth, too_deep
 
 __all__ = [
     "JsonEditDataset",
@@ -75,9 +77,14 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise DataError(too_deep(f"{path}:{lineno}")) from None
+            if (nesting_depth(record) or 0) > MAX_NESTING:
+                raise DataError(too_deep(f"{path}:{lineno}"))
+            out.append(record)
         return out
     try:
         data = json.loads(text)
@@ -85,6 +92,10 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
         raise DataError(
             f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); expected a JSON array or a .jsonl file"
         ) from None
+    except RecursionError:
+        raise DataError(too_deep(f"dataset file {path}")) from None
+    if (nesting_depth(data) or 0) > MAX_NESTING:
+        raise DataError(too_deep(f"dataset file {path}"))
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
     return data
@@ -156,6 +167,7 @@ def fetch(url: str, target: Path, sha256: str | None = None) -> Path:
         got = sha256_file(Path(tmp))
         if sha256 is not None and got != sha256:
             raise DataError(f"download of {url} has sha256 {got}, expected {sha256}; nothing was cached")
+        follow_umask(Path(tmp))  # mkstemp makes it 0600 whatever the umask
         os.replace(tmp, target)
         sidecar.write_text(f"{got}  {target.name}\n")
     except (OSError, http.client.HTTPException) as exc:

@@ -172,9 +172,9 @@ def export_compressed_tensors(
                 f"{name}: {type(module).__name__} layers cannot be written as compressed-tensors (only nn.Linear)"
             )
         in_f = lm.weight(name).shape[1]
-        # a group at least as wide as the layer is one group per row: compressed-tensors takes that
-        # as a group strategy too, which keeps one scheme for layers of different widths
-        g = grid.group_size if grid.group_size > 0 else None  # None: channel strategy
+        # a group at least as wide as the layer is one group per row, which is the channel strategy
+        # (compressed-tensors refuses a group strategy whose group is wider than the layer)
+        g = grid.group_size if 0 < grid.group_size < in_f else None  # None: channel strategy
         if g is not None and in_f > g and in_f % g:
             raise ExportError(
                 f"{name}: group size {g} does not divide its width {in_f}; compressed-tensors needs equal groups "

@@ -34,7 +34,7 @@ from lmcompose.intervals import (
     contains_zero,
     intervals_for,
 )
-from lmcompose.results import read_per_edit, write_text_atomic
+from lmcompose.results import read_per_edit, refuse_link, write_text_atomic
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
@@ -302,6 +302,7 @@ def write_report(run_dir: str | Path, plots: bool = True, axes: Sequence[str] | 
     written: list[Path] = []
     if plots:
         pdir = run_dir / PLOTS_DIR
+        refuse_link(pdir)
         pdir.mkdir(exist_ok=True)
         for p in (
             plotting.plot_curves(data, pdir / "curves.png"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import math
 import os
@@ -10,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from lmcompose._limits import MAX_NESTING
+from lmcompose.errors import UsageError
 
 __all__ = [
     "CONFIG_FILE",
@@ -39,18 +44,47 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def link_refused(path: Path) -> UsageError:
+    """The one message for a symbolic link where lmcompose writes a file or folder."""
+    try:
+        target = f" (to {os.readlink(path)})"
+    except OSError:
+        target = ""
+    return UsageError(
+        f"{path} is a symbolic link{target}; lmcompose never writes through a link (it would change what "
+        "the link points to): remove the link, or use another folder"
+    )
+
+
+def refuse_link(path: Path) -> None:
+    """One UsageError when ``path`` is a symbolic link (a file or folder a run writes)."""
+    if path.is_symlink():
+        raise link_refused(path)
+
+
+def open_no_link(path: Path, flags: int) -> int:
+    """``os.open`` that never follows a symbolic link at ``path`` (O_NOFOLLOW: checked by
+    the open itself, so a link put there after any check is refused too). A created file
+    gets 0666 less the umask, as with open()."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) and path.is_symlink():
+            raise link_refused(path) from None
+        raise
+
+
 def append_row(path: Path, row: dict[str, Any]) -> None:
     """Append one row with a single write on an O_APPEND descriptor, then fsync: a killed run
-    leaves whole rows (at worst one torn last line, which read_rows skips)."""
+    leaves whole rows (at worst one torn last line, which read_rows skips). A link at
+    ``path`` is refused, never appended to."""
     data = (json.dumps(_clean(row), sort_keys=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = open_no_link(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
         # a torn line from an earlier kill must not swallow this row
-        if os.fstat(fd).st_size:
-            with open(path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    data = b"\n" + data
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -92,10 +126,15 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return read_rows_checked(path)[0]
 
 
+_TOO_DEEP = object()  # a line json.loads gave up on (RecursionError)
+
+
 def read_rows_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows of a results file and a note for every line skipped other than a torn last
-    line (which a kill during a write leaves, and a resume rewrites), and for every row that
-    held NaN or Infinity (flagged as the writer flags them: :func:`flag_nonfinite`)."""
+    line (which a kill during a write leaves, and a resume rewrites): a line that is not a
+    JSON object, nests deeper than MAX_NESTING, or has a ``position`` that is not a whole
+    number >= 0 (every reader sorts and keys rows by it); and for every row that held NaN or
+    Infinity (flagged as the writer flags them: :func:`flag_nonfinite`)."""
     if not path.exists():
         return [], []
     rows: list[dict[str, Any]] = []
@@ -116,8 +155,19 @@ def read_rows_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
             if i != last:
                 problems.append(f"{path.name} line {i + 1} is not valid JSON and was skipped")
             continue
+        except RecursionError:
+            row = _TOO_DEEP
+        if row is _TOO_DEEP or (isinstance(row, dict) and (nesting_depth(row) or 0) > MAX_NESTING):
+            problems.append(f"{path.name} line {i + 1} nests deeper than {MAX_NESTING} levels and was skipped")
+            continue
         if not isinstance(row, dict):
             problems.append(f"{path.name} line {i + 1} is not a JSON object ({type(row).__name__}) and was skipped")
+            continue
+        position = row.get("position", 0)
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            problems.append(
+                f"{path.name} line {i + 1} has position {position!r}, not a whole number >= 0, and was skipped"
+            )
             continue
         flagged = flag_nonfinite(row)
         if flagged:
@@ -146,17 +196,27 @@ def read_per_edit(path: Path, run_id: str | None = None) -> dict[tuple[str, int]
 
 def replace_atomic(path: Path, write: Any) -> Path:
     """Write ``path`` through a temporary file beside it and rename it into place, so a kill
-    leaves the old file or the new one, never half of one. ``write(tmp_path)`` writes."""
+    leaves the old file or the new one, never half of one. ``write(tmp_path)`` writes. The
+    temporary file has a name no one can guess (created with O_EXCL) and the file gets the
+    mode a plain open() gives (0666 less the umask); a link at ``path`` is refused."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    refuse_link(path)
     _remove_orphans(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{_tmp_prefix(path)}{os.getpid()}-")
+    os.close(fd)
+    tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600 whatever the umask
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -170,10 +230,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_orphans(path: Path) -> None:
-    """Remove the temporary files a killed writer of ``path`` left behind."""
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+    """Remove the temporary files a killed writer of ``path`` left behind
+    (``.NAME.tmp-PID-RANDOM``, or ``.NAME.tmp-PID`` from earlier versions)."""
+    prefix = _tmp_prefix(path)
+    for tmp in path.parent.glob(glob.escape(prefix) + "*"):
+        pid = tmp.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)) and not tmp.is_dir():
             tmp.unlink(missing_ok=True)
 
 
@@ -187,20 +249,70 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(path: Path) -> Path:
+    """Give ``path`` and, for a folder, everything in it the mode a plain open() or mkdir()
+    would (0666 or 0777 less the umask; links left alone). mkdtemp, mkstemp and safetensors
+    make 0700 folders and 0600 files whatever the umask, so without this a saved model could
+    not be read by the group or by a server's account."""
+    mask = _umask()
+
+    def fix(p: str, folder: bool) -> None:
+        if not os.path.islink(p):
+            os.chmod(p, (0o777 if folder else 0o666) & ~mask)
+
+    fix(str(path), path.is_dir())
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path):
+            for d in dirs:
+                fix(os.path.join(root, d), True)
+            for f in files:
+                fix(os.path.join(root, f), False)
+    return path
+
+
 def write_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(_clean(data), f, sort_keys=False)
-        os.chmod(tmp, 0o644 & ~_umask())  # mkstemp makes it 0600; the folder's other files are 0644
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(path, yaml.safe_dump(_clean(data), sort_keys=False))
 
 
 MAX_YAML_NODES = 1_000_000
+
+
+def nesting_depth(data: Any, limit: int = MAX_NESTING) -> int | None:
+    """How many levels of lists and mappings ``data`` nests (a scalar is 0), counted without
+    recursion and only up to ``limit + 1``; None for a structure that contains itself (a YAML
+    alias inside its own anchor). Every reader of a user's YAML or JSON checks it, so nothing
+    recursive (the alias count, row cleaning, a digest) meets a file nested thousands deep."""
+    depth: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        obj, finished = stack.pop()
+        if not isinstance(obj, dict | list):
+            continue
+        key = id(obj)
+        children = list(obj.values()) if isinstance(obj, dict) else obj
+        if finished:
+            active.discard(key)
+            depth[key] = 1 + max((depth.get(id(c), 0) for c in children if isinstance(c, dict | list)), default=0)
+            if depth[key] > limit:
+                return limit + 1
+            continue
+        if key in depth:
+            continue
+        if key in active:
+            return None
+        active.add(key)
+        stack.append((obj, True))
+        stack.extend((c, False) for c in children if isinstance(c, dict | list) and id(c) not in depth)
+    return depth.get(id(data), 0)
+
+
+def too_deep(what: str) -> str:
+    """The message for a file nested deeper than MAX_NESTING levels."""
+    return (
+        f"{what} nests lists or mappings more than {MAX_NESTING} levels deep; no lmcompose file is nested "
+        "that deep: check it was written as intended"
+    )
 
 
 def expanded_size(data: Any, limit: int = MAX_YAML_NODES) -> int | None:
@@ -282,10 +394,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    except RecursionError:  # the parser recurses once per level
+        raise ConfigError(too_deep(f"config file {path}")) from None
     if data is None:
         return {}
+    depth = nesting_depth(data)
+    if depth is None:
+        raise ConfigError(
+            f"config file {path} refers to itself (a YAML alias inside its own anchor); write the values out"
+        )
+    if depth > MAX_NESTING:
+        raise ConfigError(too_deep(f"config file {path}"))
     size = expanded_size(data)
-    if size is None:
+    if size is None:  # pragma: no cover - nesting_depth has refused it
         raise ConfigError(
             f"config file {path} refers to itself (a YAML alias inside its own anchor); write the values out"
         )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lmcompose.calibration import StopForward
+from lmcompose.results import follow_umask
 
 if TYPE_CHECKING:
     from lmcompose.models.handle import LM
@@ -190,6 +191,7 @@ def second_moments(
             cache_dir.mkdir(parents=True, exist_ok=True)
             tmp = files[name].with_suffix(".tmp")
             save_file({"mom2": mom2.contiguous(), "tokens": torch.tensor(counts[name])}, str(tmp))
+            follow_umask(tmp)  # safetensors writes 0600 whatever the umask
             tmp.replace(files[name])
             files[name].with_suffix(".json").write_text(
                 json.dumps(

@@ -21,12 +21,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmcompose._limits import MAX_TOPK, check_seed, check_topk
 from lmcompose.api import (
     Context,
     EditRecord,
@@ -39,7 +41,7 @@ from lmcompose.api import (
 from lmcompose.compose import RunSettings, load_edits, prepare, resolve_metrics
 from lmcompose.engine.executor import SNAPSHOT_MODES, Executor, replicate_edits, topk_next_tokens
 from lmcompose.engine.numerics import numerics_for
-from lmcompose.engine.plan import Cell, Group, Plan, canonical_key, check_cell_count
+from lmcompose.engine.plan import MAX_CELLS, Cell, Group, Plan, canonical_key, check_cell_count
 from lmcompose.engine.policy import EDIT_KIND, check_policy
 from lmcompose.engine.run_folder import RunFolder, edits_digest, run_inputs
 from lmcompose.engine.threads import current_threads
@@ -139,7 +141,16 @@ def parse_orders(orders: str | Sequence[Sequence[str]] | None, steps: Sequence[S
     Each order is a permutation of the sequence's step names; returns step indices."""
     names = [s.name for s in steps]
     n = len(names)
+    if orders is not None and not isinstance(orders, str | list | tuple):
+        raise ConfigError(
+            f"--orders {describe_value(orders)}: give 'all', 'a,b;b,a' or a list of orders such as [[a, b], [b, a]]"
+        )
     if orders is None or (isinstance(orders, str) and orders.strip().lower() in {"all", ""}):
+        if math.factorial(n) > MAX_CELLS:  # refused before the permutations fill the memory
+            raise ConfigError(
+                f"--orders all: {n} steps have {math.factorial(n):,} orders, more than the {MAX_CELLS:,} cells one "
+                "plan holds; list the orders to run, e.g. 'a,b,c;c,b,a'"
+            )
         out = list(dict.fromkeys(itertools.permutations(range(n))))
         # steps with the same name: permutations that only swap them are the same order
         seen, unique = set(), []
@@ -157,7 +168,15 @@ def parse_orders(orders: str | Sequence[Sequence[str]] | None, steps: Sequence[S
             )
         groups = [[x.strip() for x in g.split(",")] for g in parts]
     else:
-        groups = [[str(x).strip() for x in (g.split(",") if isinstance(g, str) else g)] for g in orders]
+        for g in orders:
+            if not isinstance(g, str | list | tuple):
+                raise ConfigError(
+                    f"--orders: {describe_value(g)} is not an order; give step names, e.g. [a, b] or 'a,b'"
+                )
+            for x in [] if isinstance(g, str) else g:
+                if not isinstance(x, str):
+                    raise ConfigError(f"--orders: order {list(g)!r}: {describe_value(x)} is not a step name")
+        groups = [[x.strip() for x in (g.split(",") if isinstance(g, str) else g)] for g in orders]
     if not groups:
         raise ConfigError(f"--orders {orders!r}: give 'all' or orders like 'a,b;b,a'")
     result: list[tuple[int, ...]] = []
@@ -209,12 +228,16 @@ class SweepSettings(RunSettings):
                 "--save-cells PATTERN names (all, or globs such as 'memit>*') into OUT/models/"
             )
 
-        def whole(key: str, minimum: int, optional: bool = False) -> None:
+        def whole(key: str, minimum: int, optional: bool = False, maximum: int | None = None) -> None:
             v = getattr(self, key)
             if optional and v is None:
                 return
             if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
                 raise ConfigError(f"{where}: {key}: expected a whole number >= {minimum}; got {describe_value(v)}")
+            if maximum is not None and v > maximum:
+                raise ConfigError(
+                    f"{where}: {key}: {v} is above {maximum}; give a whole number from {minimum} to {maximum}"
+                )
 
         if self.vary is not None and not isinstance(self.vary, str):
             raise ConfigError(
@@ -237,7 +260,7 @@ class SweepSettings(RunSettings):
                 f"got {describe_value(orders)}"
             )
         whole("replicates", 1)
-        whole("topk", 0)
+        whole("topk", 0, maximum=MAX_TOPK)
         whole("calibration_samples", 1, optional=True)
         whole("calibration_seqlen", 8, optional=True)
         if not isinstance(self.snapshots, str):
@@ -400,6 +423,8 @@ def sweep(
     if any(build_intervention(s).kind == EDIT_KIND for s in specs) and not all(batches):
         raise UsageError("an edit step needs edit requests: pass --dataset NAME and --edits N (or edits= in Python)")
     ctx = ctx or Context(seed=seed)
+    check_seed(ctx.seed, "seed")
+    check_topk(topk, "topk")
     names = [s.name for s in specs]
     edit_batches = [[e.case_id for e in b] for b in batches]
     run_id = (

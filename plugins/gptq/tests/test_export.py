@@ -51,6 +51,10 @@ def perplexity(lm):
         (["magnitude:sparsity=0.5"], "dense", "unstructured"),
         (["magnitude:structure=2:4", "rtn:bits=4,group_size=32,symmetric=true"], "pack-quantized", "2:4"),  # both
         (["magnitude:sparsity=0.3", "gptq:bits=4,group_size=32"], "int-quantized", "unstructured"),
+        # a group as wide as a layer or wider (128: the tiny model's layers are 64 and 128 wide) is
+        # one group per row, written as the channel strategy
+        (["magnitude:sparsity=0.5", "rtn:bits=4,group_size=128"], "int-quantized", "unstructured"),
+        (["rtn:bits=4,group_size=256,symmetric=true"], "pack-quantized", None),
     ],
 )
 def test_export_loads_with_plain_from_pretrained(steps, fmt, structure, tmp_path):

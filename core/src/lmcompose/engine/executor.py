@@ -31,6 +31,7 @@ from lmcompose.engine.plan import Action, Cell, Group, Node, Plan, PlanCounts
 from lmcompose.engine.policy import project_earlier
 from lmcompose.engine.threads import threads_for
 from lmcompose.errors import LMComposeError, StepFailedError
+from lmcompose.results import refuse_link
 from lmcompose.steps import StepSpec, build_intervention
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -160,14 +161,15 @@ def step_warnings(name: str, lm: LM, details: Mapping[str, Any]) -> list[str]:
 
 
 def topk_next_tokens(lm: LM, prompt: str, k: int) -> dict[str, Any]:
-    """The ``k`` most likely next tokens after ``prompt`` and their probabilities."""
+    """The ``k`` most likely next tokens after ``prompt`` and their probabilities (every
+    token when the vocabulary has fewer than ``k``)."""
     import torch
 
     ids = lm.tokenizer(prompt, return_tensors="pt").input_ids.to(lm.device)
     with torch.inference_mode():
         logits = lm.model(ids).logits[0, -1].float()
     probs = torch.softmax(logits, -1)
-    top = torch.topk(probs, k)
+    top = torch.topk(probs, min(k, probs.shape[-1]))
     return {
         "prompt": prompt,
         "tokens": [lm.tokenizer.decode([int(i)]) for i in top.indices],
@@ -237,6 +239,7 @@ class SnapshotStore:
             self.folder = Path(self._tmp)
         self._n += 1
         path = self.folder / f"snapshot-{self._n}"
+        refuse_link(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
             self._made.append(path)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from lmcompose._limits import MAX_GPUS_PER_TASK, MAX_THREADS
 from lmcompose.engine.numerics import run_threads
 from lmcompose.engine.plan import Plan, Task
 from lmcompose.engine.run_folder import RunFolder
@@ -47,7 +48,7 @@ FORWARDED_ENV = (
 )
 CONNECT_TIMEOUT_S = 5.0
 
-__all__ = ["RayOutcome", "RayWork", "TaskFailure", "check_address", "run_on_ray"]
+__all__ = ["RayOutcome", "RayWork", "TaskFailure", "check_address", "check_task_resources", "run_on_ray"]
 
 
 class RayWork(Protocol):
@@ -85,6 +86,19 @@ class TaskFailure:
     def line(self) -> str:
         shown = ", ".join(self.cells[:6]) + (f" and {len(self.cells) - 6} more" if len(self.cells) > 6 else "")
         return f"task {self.task} failed twice ({self.error}); cells left unwritten: {shown}"
+
+
+def check_task_resources(cpus_per_task: float, gpus_per_task: float) -> None:
+    """What one Ray task asks for: CPUs above 0 and at most MAX_THREADS (they are its torch
+    threads too), GPUs from 0 to MAX_GPUS_PER_TASK (fractions share one GPU); NaN and
+    infinity refused. One ConfigError giving the range, before a cluster starts."""
+    for flag, value, low, high, what in (
+        ("--cpus-per-task", cpus_per_task, 0.0, MAX_THREADS, "a number of CPUs above 0"),
+        ("--gpus-per-task", gpus_per_task, 0.0, MAX_GPUS_PER_TASK, "a number of GPUs from 0 (fractions share one GPU)"),
+    ):
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or value < low or value > high or (flag == "--cpus-per-task" and value == low):
+            raise ConfigError(f"{flag} {value!r}: give {what} to {high:g}")
 
 
 def _ray() -> Any:
@@ -203,10 +217,7 @@ def run_on_ray(
     after each model state's rows are written;
     ``save``: the states the tasks write to model folders (a path every node can reach).
     Returns what the tasks computed and the tasks that failed twice."""
-    if cpus_per_task <= 0:
-        raise ConfigError(f"--cpus-per-task {cpus_per_task!r}: give a positive number of CPUs")
-    if gpus_per_task < 0:
-        raise ConfigError(f"--gpus-per-task {gpus_per_task!r}: give a number of GPUs >= 0 (fractions share one GPU)")
+    check_task_resources(cpus_per_task, gpus_per_task)
     ray = _ray()
     started = _init(ray, address)
     try:

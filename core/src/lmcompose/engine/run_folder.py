@@ -17,7 +17,11 @@ Every command that writes results (run, sweep, study, merge) goes through a
 * appends rows one whole line at a time and tells plugins about each one (the
   ``row_written`` hook); a row's per-edit scores go to ``per_edit.jsonl`` just before it,
   so a kill between the two leaves at worst a per-edit line whose row a resume writes
-  again (readers keep the last line of a key, :func:`lmcompose.results.read_per_edit`).
+  again (readers keep the last line of a key, :func:`lmcompose.results.read_per_edit`);
+* never writes through a symbolic link: a link where the run writes a file or folder is
+  refused on :meth:`~RunFolder.open`, naming it, and the lock, rows and per-edit scores are
+  opened with O_NOFOLLOW (anyone who may write into a shared runs/ folder could otherwise
+  make a run overwrite or append to a file its user owns).
 """
 
 from __future__ import annotations
@@ -40,8 +44,10 @@ from lmcompose.results import (
     PER_EDIT_FILE,
     RESULTS_FILE,
     append_row,
+    open_no_link,
     read_rows,
     read_yaml,
+    refuse_link,
     write_yaml_atomic,
 )
 
@@ -49,6 +55,20 @@ if TYPE_CHECKING:
     from lmcompose.models.handle import LM
 
 LOCK_FILE = ".lock"
+#: every file and folder a run, sweep, study, merge or report writes at the top of its folder
+#: (the lock, the rows and per-edit scores, the config, the reports, the plots, saved models,
+#: disk snapshots)
+WRITTEN_ENTRIES = (
+    LOCK_FILE,
+    CONFIG_FILE,
+    RESULTS_FILE,
+    PER_EDIT_FILE,
+    "report.md",
+    "rows.csv",
+    "plots",
+    "models",
+    ".snapshots",
+)
 NUMERICS_KEY = "numerics"
 # config.yaml keys that describe this invocation, not the run: never a reason to refuse
 VOLATILE_KEYS = frozenset(
@@ -218,6 +238,8 @@ class RunFolder:
             ) from None
         if not os.access(self.path, os.W_OK):
             raise UsageError(f"the run folder {self.path} is not writable; choose a writable --out")
+        for name in WRITTEN_ENTRIES:
+            refuse_link(self.path / name)
         self._lock()
         try:
             self._check_other_run()
@@ -230,7 +252,7 @@ class RunFolder:
         import fcntl
 
         lock_path = self.path / LOCK_FILE
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_no_link(lock_path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmcompose.errors import ConfigError, UsageError
+from lmcompose.results import follow_umask, refuse_link
 
 if TYPE_CHECKING:  # pragma: no cover
     from lmcompose.engine.plan import Cell, Plan
@@ -58,6 +59,7 @@ def check_save_folder(path: str | Path, overwrite: bool, flag: str = "--save-mod
     fix; checked before a model is loaded, so a refusal costs nothing (callers that write a run
     folder check the two lie apart with :func:`check_apart_from_run`)."""
     p = Path(path).expanduser()
+    refuse_link(p)
     if p.exists() and not p.is_dir():
         raise UsageError(f"{flag} {path}: is a file, not a folder; name a new folder")
     if p.is_dir() and any(p.iterdir()) and not overwrite:
@@ -134,11 +136,14 @@ def atomic_folder(target: Path, what: str = "the model") -> Iterator[Path]:
     error it replaces ``target`` (removed first if there), else it is removed. A full disk or
     a folder that cannot be written is one UsageError; nothing half-written is left. A
     ``target`` that holds a run's results is never removed (the callers refuse it before any
-    work; this is the last guard)."""
+    work; this is the last guard). What it holds gets the modes plain open() and mkdir() give
+    (the umask's), not mkdtemp's 0700 or safetensors' 0600; a link at ``target`` is refused."""
+    refuse_link(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
     try:
         yield tmp
+        follow_umask(tmp)
         if target.exists():
             found = run_files_in(target) if target.is_dir() else None
             if found is not None:

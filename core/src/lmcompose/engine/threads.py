@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lmcompose._limits import MAX_THREADS
 from lmcompose.errors import ConfigError
 
 __all__ = ["available_cores", "cgroup_cpu_limit", "check_threads", "current_threads", "set_threads", "threads_for"]
@@ -52,10 +53,12 @@ def available_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     return max(1, cores)
 
 
-def check_threads(n: object) -> int:
-    """``n`` if it is a thread count (a whole number >= 1), else one ConfigError."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"--threads {n!r}: give a whole number of threads >= 1")
+def check_threads(n: object, what: str = "--threads") -> int:
+    """``n`` if it is a thread count (a whole number from 1 to MAX_THREADS), else one
+    ConfigError: a pool of 100,000 threads does not start (the BLAS pool fails and the
+    process crashes), so it is refused before anything is loaded, on any executor."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
+        raise ConfigError(f"{what} {n!r}: give a whole number of threads from 1 to {MAX_THREADS}")
     return n
 
 

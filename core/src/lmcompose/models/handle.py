@@ -205,6 +205,10 @@ class LM:
             self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         save_compression(self.compression, path)
+        from lmcompose.results import follow_umask
+
+        for weights in path.glob("*.safetensors"):  # safetensors writes 0600 whatever the umask
+            follow_umask(weights)
         return path
 
 

@@ -130,7 +130,7 @@ def refuse_remote_code(folder: Path) -> None:
     cfg = folder / "config.json"
     try:
         data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModelLoadError(
             f"{cfg}: cannot be read as JSON ({exc}); the folder is not a model saved by save_pretrained"
         ) from None
@@ -167,7 +167,7 @@ def checkpoint_dtype(source: Path | str) -> str | None:
         return None
     try:
         data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     value = data.get("dtype") or data.get("torch_dtype") or (data.get("text_config") or {}).get("dtype")
     return value if value in DTYPES and value != "auto" else None
@@ -279,6 +279,9 @@ def convert_gguf(gguf: Path, cache: Path, progress=None) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        from lmcompose.results import follow_umask
+
+        follow_umask(tmp)  # mkdtemp's 0700 and safetensors' 0600: a shared cache is readable as the umask says
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ from lmcompose.results import (
     read_per_edit,
     read_rows,
     read_rows_checked,
+    refuse_link,
     replace_atomic,
     write_text_atomic,
 )
@@ -538,16 +540,32 @@ def _flat(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: what a spreadsheet takes for the start of a formula (OWASP's list for CSV injection)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def spreadsheet_cell(value: Any) -> Any:
+    """``value`` as a CSV cell a spreadsheet shows as text: a string that starts like a
+    formula (``=``, ``+``, ``-``, ``@``, a tab or a CR) gets a leading ``'`` — a study's,
+    entry's or plugin's name is written by whoever wrote the study file — except a plain
+    number such as ``-0.5``. Numbers and None are left as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_START) and _NUMBER.fullmatch(value) is None:
+        return "'" + value
+    return value
+
+
 def write_flat_table(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Every row as one CSV line (nested fields as JSON text), columns in first-seen order."""
+    """Every row as one CSV line (nested fields as JSON text), columns in first-seen order;
+    every header and text cell through :func:`spreadsheet_cell`."""
     flat = [_flat(r) for r in rows]
     columns = list(dict.fromkeys(k for r in flat for k in r))
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(flat)
+            writer = csv.writer(f)
+            writer.writerow([spreadsheet_cell(c) for c in columns])
+            writer.writerows([spreadsheet_cell(r.get(c)) for c in columns] for r in flat)
 
     return replace_atomic(path, write)
 
@@ -745,6 +763,7 @@ def write_study_report(run_dir: str | Path, plots: bool = True, axis: str | None
     report.table_path = write_flat_table(data.rows, run_dir / TABLE_FILE)
     if plots:
         pdir = run_dir / "plots"
+        refuse_link(pdir)
         pdir.mkdir(exist_ok=True)
         for family in dict.fromkeys(data.families.values()):
             p = plot_family(data, family, pdir / f"fig1_{_slug(family)}.png")

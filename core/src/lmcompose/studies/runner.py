@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context, EditRecord, Metric, Progress
 from lmcompose.composability import row_numbers
-from lmcompose.engine.plan import Group, Plan, PlanCounts
+from lmcompose.engine.plan import MAX_CELLS, Group, Plan, PlanCounts
 from lmcompose.engine.progress import ProgressEvent, StateProgress
-from lmcompose.engine.ray_executor import TaskFailure
+from lmcompose.engine.ray_executor import TaskFailure, check_task_resources
 from lmcompose.engine.run_folder import NUMERICS_KEY, RunFolder, describe_changes, row_cell_id
 from lmcompose.engine.saving import SaveTargets
+from lmcompose.engine.threads import check_threads
 from lmcompose.errors import ConfigError, DataError, UsageError
-from lmcompose.studies.spec import Study, load_study
+from lmcompose.studies.spec import Study, folder_slug, load_study
 
 if TYPE_CHECKING:
     from lmcompose.models.handle import LM
@@ -32,14 +33,22 @@ __all__ = ["EXECUTORS", "StudyResult", "StudyWork", "merge_studies", "parse_shar
 
 
 def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
-    """``"I/N"`` (1-based: shard 1/2 and 2/2 together are the study) as (I, N)."""
-    if text is None or isinstance(text, tuple):
-        return text
-    left, slash, right = str(text).partition("/")
-    if not slash or not left.strip().isdigit() or not right.strip().isdigit():
-        raise UsageError(f"--shard {text!r}: write I/N, e.g. 1/4 (the first of four shards)")
-    i, n = int(left), int(right)
-    if n < 1 or not 1 <= i <= n:
+    """``"I/N"`` (1-based: shard 1/2 and 2/2 together are the study) or ``(I, N)`` as (I, N),
+    with 1 <= I <= N <= MAX_CELLS (a plan holds at most that many cells)."""
+    if text is None:
+        return None
+    if isinstance(text, tuple):
+        if len(text) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in text):
+            raise UsageError(f"shard {text!r}: give (I, N), two whole numbers, e.g. (1, 4)")
+        i, n = text
+    else:
+        left, slash, right = str(text).partition("/")
+        if not slash or not left.strip().isdigit() or not right.strip().isdigit():
+            raise UsageError(f"--shard {text!r}: write I/N, e.g. 1/4 (the first of four shards)")
+        i, n = int(left), int(right)
+    if not 1 <= n <= MAX_CELLS:
+        raise UsageError(f"--shard {text!r}: N must be from 1 to {MAX_CELLS:,}, the most cells a plan holds (got {n})")
+    if not 1 <= i <= n:
         raise UsageError(f"--shard {text!r}: I must be between 1 and N (got {i} of {n})")
     return i, n
 
@@ -125,7 +134,9 @@ def study_metrics(study: Study) -> list[Metric]:
 
 
 def default_out(study: Study) -> Path:
-    return Path("runs") / f"study-{study.name}-{study.id}"
+    """``runs/study-NAME-ID``, one folder inside runs/ whatever the name (a name from a
+    file's stem or the API is made one path component)."""
+    return Path("runs") / f"study-{folder_slug(study.name)}-{study.id}"
 
 
 def _missing(plan: Plan, done: set[tuple[str, int]], only: set[str] | None) -> list[str]:
@@ -190,8 +201,11 @@ def run_study(
 
             study.dtype = default_dtype(device)
     shard_t = parse_shard(shard)
+    if threads is not None:
+        check_threads(threads)  # on every executor, before a cluster starts or a folder is written
     cpus = cpus_per_task if cpus_per_task is not None else study.resources.get("cpus_per_task", 1.0)
     gpus = gpus_per_task if gpus_per_task is not None else study.resources.get("gpus_per_task", 0.0)
+    check_task_resources(cpus, gpus)
     if executor == "local" and (cpus_per_task is not None or gpus_per_task is not None or ray_address is not None):
         raise UsageError("--cpus-per-task, --gpus-per-task and --ray-address are for --executor ray")
     if executor == "ray" and ray_address:
@@ -412,9 +426,10 @@ def merge_studies(
 ) -> tuple[int, list[str], Any]:
     """Combine the shard folders of one study into ``out`` (created, or resumed if it holds
     the same study), each row with its per-edit scores. Refuses folders of different studies
-    or inputs, and rows that disagree. Returns (rows added, cells still missing, the report
-    or None)."""
-    from lmcompose.results import read_per_edit, read_rows, read_yaml
+    or inputs, a results.jsonl with a line that cannot be read as a row (before anything is
+    merged), and rows that disagree. Returns (rows added, cells still missing, the report or
+    None)."""
+    from lmcompose.results import read_per_edit, read_rows_checked, read_yaml
 
     if not sources:
         raise UsageError("merge needs at least one shard folder")
@@ -431,9 +446,15 @@ def merge_studies(
             raise DataError(
                 f"{path} holds a {data.get('kind', 'run')!r}, not a study: merge combines shards of one study"
             )
-        configs.append((path, data))
-    first_path, first = configs[0]
-    for path, data in configs[1:]:
+        rows, problems = read_rows_checked(path / "results.jsonl")
+        if problems:
+            raise DataError(
+                f"{path}: {problems[0]}; nothing was merged: fix or remove that line (or rerun the shard into a new "
+                "folder)"
+            )
+        configs.append((path, data, rows))
+    first_path, first, _ = configs[0]
+    for path, data, _ in configs[1:]:
         if data.get("run_id") != first.get("run_id"):
             changes = describe_changes(first, data)
             raise UsageError(
@@ -453,15 +474,15 @@ def merge_studies(
     if study.id != first.get("run_id"):
         raise DataError(f"{first_path}/config.yaml does not describe study {first.get('run_id')} (edited by hand?)")
     config = {k: v for k, v in first.items() if k not in {"run_id", "kind", "created", "shard", "inputs"}}
-    config["merged_from"] = [str(p) for p, _ in configs]
+    config["merged_from"] = [str(p) for p, _, _ in configs]
     folder = RunFolder(out, study.id, "study", config)
     added = 0
     with folder:
         folder.write_config(inputs=first.get("inputs"), numerics=first.get(NUMERICS_KEY))
         have = {(row_cell_id(r), int(r["position"])): r for r in folder.rows()}
-        for path, _ in configs:
+        for path, _, rows in configs:
             per_edit = read_per_edit(path, study.id)
-            for row in read_rows(path / "results.jsonl"):
+            for row in rows:
                 if row.get("run_id") != study.id or "position" not in row:
                     continue
                 key = (row_cell_id(row), int(row["position"]))

@@ -12,11 +12,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lmcompose._limits import MAX_GPUS_PER_TASK, MAX_SEED, MAX_THREADS, MAX_TOPK
 from lmcompose.api import EditRecord, config_fields
 from lmcompose.engine.plan import Cell, Group, Plan, PlanCounts, check_cell_count
 from lmcompose.engine.policy import EDIT_KIND, POLICIES
@@ -67,6 +69,8 @@ ROLES = ("editor", "compressor")
 STUDY_MARKERS = frozenset({"compressors", "editors", "datasets"})  # keys that make a YAML file a study file
 # keys that say where or how a study runs, not what it computes: not part of its id
 RUN_ONLY_KEYS = frozenset({"device", "snapshots", "resources"})
+#: a study's name is part of its folder's name (runs/study-NAME-ID): one path component
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 __all__ = ["DatasetSpec", "EditorSpec", "Entry", "Study", "StudyError", "load_study"]
 
@@ -112,22 +116,51 @@ def _list(value: Any, path: str, example: str, nonempty: bool = True) -> list[An
 def _string(value: Any, path: str, example: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _fail(path, f"expected a name, e.g. {example}; got {describe_value(value)}")
+    if "\x00" in value:  # no file, folder or model name holds one; os calls raise deep inside
+        raise _fail(path, f"{value!r} holds a NUL character; write the name without it, e.g. {example}")
     return value.strip()
 
 
-def _integer(value: Any, path: str, minimum: int, example: str) -> int:
+def _study_name(value: Any, path: str) -> str:
+    """A study's name: one safe path component (it names the default run folder), so a
+    ``/``, a ``..``, a NUL or a control character never reaches a path."""
+    if isinstance(value, str) and value.strip() and NAME_PATTERN.fullmatch(value.strip()) is None:
+        raise _fail(
+            path,
+            f"{value.strip()!r} cannot name the study's folder; use letters, digits and . _ + - (starting with a "
+            "letter or digit, at most 100 characters), e.g. paper-v2",
+        )
+    return _string(value, path, "paper")
+
+
+def folder_slug(name: str) -> str:
+    """``name`` made safe inside one path component (``study-NAME-ID``): each run of path
+    separators and control characters becomes ``-``. A name from a file's stem or from the
+    API is not held to :data:`NAME_PATTERN`, so a stem such as ``my study`` keeps its folder."""
+    return re.sub(r"[/\\\x00-\x1f\x7f]+", "-", name)[:200] or "study"
+
+
+def _integer(value: Any, path: str, minimum: int, example: str, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(path, f"expected a whole number >= {minimum}, e.g. {example}; got {describe_value(value)}")
     if value < minimum:
         raise _fail(path, f"{value} is below {minimum}; give a whole number >= {minimum}, e.g. {example}")
+    if maximum is not None and value > maximum:
+        raise _fail(
+            path, f"{value} is above {maximum}; give a whole number from {minimum} to {maximum}, e.g. {example}"
+        )
     return value
 
 
-def _number(value: Any, path: str, minimum: float, example: str, strict: bool = False) -> float:
+def _number(
+    value: Any, path: str, minimum: float, example: str, strict: bool = False, maximum: float | None = None
+) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise _fail(path, f"expected a number, e.g. {example}; got {describe_value(value)}")
-    if value < minimum or (strict and value == minimum):
+    if value < minimum or (strict and value == minimum) or (maximum is not None and value > maximum):
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        if maximum is not None:
+            bound += f" and <= {maximum:g}"
         raise _fail(path, f"{value!r} is out of range; give a number {bound}, e.g. {example}")
     return float(value)
 
@@ -143,16 +176,16 @@ def _noise_floor(value: Any, seed: int) -> NoiseFloor:
         for i, c in enumerate(_list(raw["cells"], "noise_floor.cells", "[gptq]"))
     )
     seeds = tuple(
-        _integer(s, f"noise_floor.seeds[{i}]", 0, "1")
+        _integer(s, f"noise_floor.seeds[{i}]", 0, "1", MAX_SEED)
         for i, s in enumerate(_list(raw.get("seeds", []), "noise_floor.seeds", "[1, 2]", nonempty=False))
     )
     for i, s in enumerate(seeds):
         if s == seed or s in seeds[:i]:
             why = "the study's own seed" if s == seed else "listed twice"
             raise _fail(f"noise_floor.seeds[{i}]", f"{s} is {why}; give calibration seeds the study does not use")
-    threads = None if raw.get("threads") is None else _integer(raw["threads"], "noise_floor.threads", 1, "1")
-    if threads is not None and threads > 1024:
-        raise _fail("noise_floor.threads", f"{threads} is above 1024; give a thread count from 1 to 1024")
+    threads = (
+        None if raw.get("threads") is None else _integer(raw["threads"], "noise_floor.threads", 1, "1", MAX_THREADS)
+    )
     if not seeds and threads is None:
         raise _fail("noise_floor", f"give seeds, threads or both, e.g. {example}")
     return NoiseFloor(cells, seeds, threads)
@@ -269,7 +302,7 @@ class Study:
                 raise _fail(
                     required, f"missing; a study needs model, datasets and compressors (see docs/studies.md) in {where}"
                 )
-        study_name = _string(data.get("name", name or "study"), "name", "paper")
+        study_name = _study_name(data["name"], "name") if "name" in data else _string(name or "study", "name", "paper")
         model = _string(data["model"], "model", "smollm2-135m")
         datasets = _datasets(data["datasets"])
         editors = _editors(data.get("editors", []))
@@ -281,7 +314,7 @@ class Study:
         edits = None if data.get("edits") is None else _integer(data["edits"], "edits", 1, "50")
         if edits is None and editors:
             raise _fail("edits", "missing; the editors need the number of edit requests per replicate, e.g. edits: 50")
-        seed = _integer(data.get("seed", 0), "seed", 0, "0")
+        seed = _integer(data.get("seed", 0), "seed", 0, "0", MAX_SEED)
         metrics = None
         if data.get("metrics") is not None:
             metrics = [
@@ -303,7 +336,7 @@ class Study:
         snapshots = data.get("snapshots", "memory")
         if snapshots not in ("memory", "disk"):
             raise _fail("snapshots", f"{describe_value(snapshots)} is not one of memory, disk")
-        topk = _integer(data.get("topk", 5), "topk", 0, "5")
+        topk = _integer(data.get("topk", 5), "topk", 0, "5", MAX_TOPK)
         device = _string(data.get("device", "cpu"), "device", "cpu")
         from lmcompose.models.loading import check_device_name
 
@@ -327,10 +360,12 @@ class Study:
         _keys(raw_res, "resources", RESOURCE_KEYS)
         if "cpus_per_task" in raw_res:
             resources["cpus_per_task"] = _number(
-                raw_res["cpus_per_task"], "resources.cpus_per_task", 0, "1", strict=True
+                raw_res["cpus_per_task"], "resources.cpus_per_task", 0, "1", strict=True, maximum=MAX_THREADS
             )
         if "gpus_per_task" in raw_res:
-            resources["gpus_per_task"] = _number(raw_res["gpus_per_task"], "resources.gpus_per_task", 0, "0.25")
+            resources["gpus_per_task"] = _number(
+                raw_res["gpus_per_task"], "resources.gpus_per_task", 0, "0.25", maximum=MAX_GPUS_PER_TASK
+            )
         from lmcompose.protocols import get_protocol
 
         try:
