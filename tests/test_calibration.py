@@ -192,3 +192,33 @@ def test_statistics_pass_stops_after_the_last_watched_projection(arch, watched):
             h.remove()
     assert tokens and all(t == n * 16 for t in tokens.values())  # every window observed
     assert runs == dict.fromkeys(last, 2 + n)  # not 1 + 2n
+
+
+def test_the_damped_inverse_factor_is_the_same_for_every_thread_count(monkeypatch):
+    """LAPACK's blocked factorizations sum in an order that depends on the thread count; the
+    solvers' factor is computed on one thread, so it is bit-identical however many torch uses."""
+    from lmcompose.calibration import inverse_cholesky_upper
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(700, 300, generator=gen, dtype=torch.float64) * torch.logspace(-3, 1, 300, dtype=torch.float64)
+    h = x.t() @ x
+    seen: list[int] = []
+    real = torch.linalg.cholesky_ex
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", spy)
+    before = torch.get_num_threads()
+    factors = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            upper, _, _ = inverse_cholesky_upper(h, 0.01)
+            assert torch.get_num_threads() == threads  # restored
+        finally:
+            torch.set_num_threads(before)
+        factors.append(upper)
+    assert seen and set(seen) == {1}
+    assert upper.dtype == torch.float64 and torch.equal(factors[0], factors[1])

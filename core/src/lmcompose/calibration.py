@@ -22,7 +22,8 @@ Everything runs under ``torch.no_grad``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -113,19 +114,39 @@ def inverse_cholesky_upper(h: torch.Tensor, percdamp: float) -> tuple[torch.Tens
     Computed in float64 (the reference code uses float32) and returned in float64: float32's
     rounding of the factorization (about 6e-8 relative, and different for another thread
     count or LAPACK build) is multiplied by the damped Hessian's condition number, enough to
-    flip the solvers' rounding and pruning decisions (docs/interventions.md, "Numerics")."""
+    flip the solvers' rounding and pruning decisions (docs/interventions.md, "Numerics").
+
+    On a CPU the factorizations run on one thread: LAPACK's blocked algorithms sum in an
+    order that depends on the thread count, which moved U by 4e-12 between 1 and 2 threads,
+    enough to change some of its float32 values and, through GPTQ's error feedback, 73% of a
+    4-bit SmolLM2-135M's weights. One thread makes U the same for every thread count."""
     h = h.double()
     diag_mean = float(torch.diag(h).mean())
     damp = percdamp * diag_mean if diag_mean > 0 else 1.0
     eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    for attempt in range(DAMPING_TRIES):
-        lower, info = torch.linalg.cholesky_ex(h + damp * eye)
-        if int(info) == 0:
-            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+    with _one_thread_on_cpu(h.device):
+        for attempt in range(DAMPING_TRIES):
+            lower, info = torch.linalg.cholesky_ex(h + damp * eye)
             if int(info) == 0:
-                return upper, damp, attempt
-        damp *= 10
+                upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+                if int(info) == 0:
+                    return upper, damp, attempt
+            damp *= 10
     return None, damp / 10, DAMPING_TRIES
+
+
+@contextmanager
+def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """torch's intra-op pool at one thread for a block on a CPU tensor (restored after)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _layer_output(out: Any) -> torch.Tensor:
