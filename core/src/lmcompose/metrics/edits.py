@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -50,32 +51,138 @@ def target_text(prompt: str, target: str) -> str:
 
 
 class Scorer:
-    """Batched teacher forcing and greedy generation on one LM."""
+    """Batched teacher forcing and greedy generation on one LM.
 
-    def __init__(self, lm: LM, batch_size: int):
+    Teacher forcing runs each distinct prompt once and branches every target scored after it
+    from the prompt's cached keys and values; the LM head runs only at the positions a score
+    reads (``per_pair=True``: the earlier path, every pair a sequence of its own with the head
+    at every position, kept to check the branched one against)."""
+
+    def __init__(self, lm: LM, batch_size: int, per_pair: bool = False):
         import torch
 
         self.torch = torch
         self.lm = lm
         self.tok = lm.tokenizer
         self.batch_size = batch_size
+        self.per_pair = per_pair
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         self.special = set(self.tok.all_special_ids)
         self._excluded: dict[int, bool] = {}
+        self._prompt_ids: dict[str, list[int]] = {}
+        self._head: _HeadAbove | None = None
 
     def encode(self, prompt: str, target: str) -> tuple[list[int], list[int]]:
-        p = self.tok(prompt, add_special_tokens=True).input_ids
+        if prompt not in self._prompt_ids:
+            self._prompt_ids[prompt] = self.tok(prompt, add_special_tokens=True).input_ids
         t = self.tok(target_text(prompt, target), add_special_tokens=False).input_ids
-        return p, t
+        return list(self._prompt_ids[prompt]), t
 
-    def teacher_forced(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        """For each (prompt, target): mean token NLL of the target, token accuracy, and the
-        argmax at every predicted position of prompt+target.
+    def teacher_forced(
+        self, pairs: list[tuple[str, str]], full_argmax: bool | list[bool] = True
+    ) -> list[dict[str, Any]]:
+        """For each (prompt, target): mean token NLL of the target (``nll``), token accuracy
+        (``accuracy``), the argmax at each position that predicts a target token
+        (``target_argmax``) and, where ``full_argmax`` asks (one flag, or one per pair), the
+        argmax at every predicted position of prompt+target (``argmax``).
 
-        Sequences are batched shortest first (results in the order given): CounterFact's
+        Distinct prompts are batched shortest first (results in the order given): CounterFact's
         prompts vary in length, and batching them as they come pads a third of the tokens."""
-        torch = self.torch
+        wants = [full_argmax] * len(pairs) if isinstance(full_argmax, bool) else list(full_argmax)
         encoded = [self.encode(p, t) for p, t in pairs]
+        if self.per_pair:
+            return self._teacher_forced_per_pair(encoded, wants)
+        by_prompt: dict[tuple[int, ...], list[int]] = {}
+        for j, (p, _t) in enumerate(encoded):
+            by_prompt.setdefault(tuple(p), []).append(j)
+        prompts = sorted(by_prompt, key=len)
+        scored: dict[int, dict[str, Any]] = {}
+        with self.torch.no_grad():
+            for start in range(0, len(prompts), self.batch_size):
+                chunk = prompts[start : start + self.batch_size]
+                self._branched(chunk, [by_prompt[p] for p in chunk], encoded, wants, scored)
+        return [scored[j] for j in range(len(encoded))]
+
+    def _branched(
+        self,
+        prompts: list[tuple[int, ...]],
+        members: list[list[int]],
+        encoded: list[tuple[list[int], list[int]]],
+        wants: list[bool],
+        scored: dict[int, dict[str, Any]],
+    ) -> None:
+        """Score the pairs ``members[i]`` of each prompt ``prompts[i]`` into ``scored``: the
+        prompts run once (left-padded, so a sliding window sees no padding between a prompt and
+        its target), then every pair's target but its last token after its prompt's keys and
+        values, position ids continuing the prompt's."""
+        torch = self.torch
+        if self._head is None:
+            self._head = _HeadAbove(self.lm)
+        head, dev = self._head, self.lm.device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        pairs = [(i, j) for i, js in enumerate(members) for j in js]
+        branch = max(len(encoded[j][1]) for _i, j in pairs) - 1
+        cache = head.new_cache() if branch > 0 else None
+        h = head.hidden(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
+        # the prompt's last position predicts every target's first token; the prompt's own
+        # positions only where a pair asks for every argmax (locality drift)
+        full = [any(wants[j] for j in js) for js in members]
+        rows, cols = [], []
+        for i, p in enumerate(prompts):
+            first = width - len(p) if full[i] else width - 1
+            rows += [i] * (width - first)
+            cols += range(first, width)
+        logits = head.logits(h[torch.tensor(rows, device=h.device), torch.tensor(cols, device=h.device)])
+        argmax = logits.argmax(-1).tolist()
+        last: list[torch.Tensor] = []
+        prompt_argmax: list[list[int]] = []
+        at = 0
+        for i, p in enumerate(prompts):
+            n = len(p) if full[i] else 1
+            last.append(logits[at + n - 1])
+            prompt_argmax.append(argmax[at : at + n - 1])
+            at += n
+        after: tuple[torch.Tensor, ...] = ()
+        if branch > 0:
+            sel = torch.tensor([i for i, _j in pairs])
+            cache.batch_select_indices(sel.to(dev))
+            cont = torch.full((len(pairs), branch), self.pad, dtype=torch.long)
+            cont_mask = torch.zeros((len(pairs), branch), dtype=torch.long)
+            for r, (_i, j) in enumerate(pairs):
+                t = encoded[j][1][:-1]
+                cont[r, : len(t)] = torch.tensor(t, dtype=torch.long)
+                cont_mask[r, : len(t)] = 1
+            positions = torch.tensor([len(prompts[i]) for i, _j in pairs])[:, None] + torch.arange(branch)
+            h = head.hidden(cont, torch.cat([mask[sel], cont_mask], 1), positions, cache)
+            lengths = cont_mask.sum(-1).tolist()
+            # boolean indexing keeps row-major order: each pair's positions in turn
+            after = head.logits(h[cont_mask.bool().to(h.device)]).split(lengths)
+        for r, (i, j) in enumerate(pairs):
+            t = encoded[j][1]
+            at_target = torch.cat([last[i][None], after[r]]) if after else last[i][None]
+            tgt = torch.tensor(t, device=at_target.device)
+            token_logp = at_target.gather(-1, tgt[:, None])[:, 0] - torch.logsumexp(at_target, -1)
+            target_argmax = at_target.argmax(-1)
+            out = {
+                "nll": float(-token_logp.mean()),
+                "accuracy": float((target_argmax == tgt).float().mean()),
+                "target_argmax": target_argmax.tolist(),
+            }
+            if wants[j]:
+                out["argmax"] = prompt_argmax[i] + out["target_argmax"]
+            scored[j] = out
+
+    def _teacher_forced_per_pair(
+        self, encoded: list[tuple[list[int], list[int]]], wants: list[bool]
+    ) -> list[dict[str, Any]]:
+        """The earlier path: every (prompt, target) its own right-padded sequence, the LM head
+        and log-softmax over every position."""
+        torch = self.torch
         order = sorted(range(len(encoded)), key=lambda j: len(encoded[j][0]) + len(encoded[j][1]))
         scored: dict[int, dict[str, Any]] = {}
         for start in range(0, len(order), self.batch_size):
@@ -99,8 +206,10 @@ class Scorer:
                 scored[j] = {
                     "nll": float(-token_logp.mean()),
                     "accuracy": float((argmax[len(p) - 1 :] == tgt).float().mean()),
-                    "argmax": argmax.tolist(),
+                    "target_argmax": argmax[len(p) - 1 :].tolist(),
                 }
+                if wants[j]:
+                    scored[j]["argmax"] = argmax.tolist()
         return [scored[j] for j in range(len(encoded))]
 
     def generate(self, prompts: list[str], lengths: list[int]) -> list[list[int]]:
@@ -133,7 +242,7 @@ class Scorer:
     def generate_for(self, pairs: list[tuple[str, str]], forced: list[dict[str, Any]] | None = None) -> list[list[int]]:
         """Greedy continuation of each prompt, clipped to its target's token length.
 
-        With ``forced`` (``teacher_forced(pairs)``), the argmaxes of prompt + target already
+        With ``forced`` (``teacher_forced(pairs)``), the argmaxes at the target's positions already
         give the greedy tokens for as long as they agree with the target, and the first token
         that disagrees: only pairs that disagree before their last token are generated on,
         from the prompt plus the tokens found so far. Single-token targets need no generation."""
@@ -142,10 +251,10 @@ class Scorer:
             return self.generate([p for p, _ in pairs], [len(t) for _, t in encoded])
         outs: list[list[int]] = []
         rest: list[int] = []
-        for j, ((p, t), f) in enumerate(zip(encoded, forced, strict=True)):
+        for j, ((_p, t), f) in enumerate(zip(encoded, forced, strict=True)):
             got: list[int] = []
             for k in range(len(t)):
-                got.append(f["argmax"][len(p) - 1 + k])
+                got.append(f["target_argmax"][k])
                 if got[-1] != t[k]:
                     break
             outs.append(got)
@@ -177,6 +286,55 @@ class Scorer:
             return 0.0
         precision, recall = common / len(gs), common / len(ts)
         return 2 * precision * recall / (precision + recall)
+
+
+class _HeadAbove:
+    """The decoder (embeddings, layers, final norm, OPT's project_out) and, apart, the LM head
+    with gemma's final-logit softcapping: the head runs only on the hidden states given
+    (as :class:`lmcompose.editing.forward.Tail` does above a layer)."""
+
+    def __init__(self, lm: LM):
+        from lmcompose.editing.forward import _cache_argument
+        from lmcompose.models.arch import get_path
+
+        self.lm = lm
+        path = lm.arch.layers.rsplit(".", 1)[0]
+        if not lm.arch.final_norm.startswith(path + "."):
+            raise ValueError(
+                f"architecture {lm.arch.name!r}: the final norm {lm.arch.final_norm!r} is not inside the decoder "
+                f"{path!r}, so the decoder's output is not what the LM head reads; the edit metrics need it there"
+            )
+        self.decoder = get_path(lm.model, path)
+        self.cache_argument = _cache_argument(self.decoder)
+        self.head = lm.model.get_output_embeddings()
+        self.softcap = getattr(lm.model.config, "final_logit_softcapping", None)
+
+    def new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.lm.model.config)
+
+    def hidden(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+        """The decoder's last hidden states for ``ids`` (rows, width) after whatever ``cache``
+        holds (None: no cache), ``mask`` covering the cached tokens and ``ids``."""
+        dev = self.lm.device
+        out = self.decoder(
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            position_ids=positions.to(dev),
+            use_cache=cache is not None,
+            **({self.cache_argument: cache} if cache is not None else {}),
+        )
+        return out.last_hidden_state
+
+    def logits(self, h: Any) -> Any:
+        """Float32 logits (positions, vocab) of hidden states ``h`` (positions, hidden)."""
+        import torch
+
+        logits = self.head(h).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
 
 
 def multi_hop_prompt(question: str) -> str:
@@ -212,6 +370,36 @@ def _locality_pairs(records: list[EditRecord]) -> tuple[list[int], list[tuple[st
     return owners, pairs
 
 
+def _contrast_pairs(
+    records: list[EditRecord], owners: list[int], pairs: list[tuple[str, str]]
+) -> list[tuple[int, tuple[str, str]]]:
+    """(locality pair index, (prompt, the owner's new target)) of each locality prompt whose
+    answer is not the new target. locality_prob asks whether the answer still beats the new
+    target (ROME's neighborhood score); an answer that is the new target gives no contrast."""
+    return [
+        (j, (p, records[owners[j]].target_new))
+        for j, (p, a) in enumerate(pairs)
+        if a.strip() != records[owners[j]].target_new.strip()
+    ]
+
+
+def _forced_pairs(records: list[EditRecord]) -> dict[tuple[str, str], bool]:
+    """Every (prompt, target) an evaluation of ``records`` teacher-forces, each once, with
+    whether a score reads the argmax at every position (locality drift) or at the target's only."""
+    wanted: dict[tuple[str, str], bool] = {}
+    for r in records:
+        for p in [r.prompt, *r.rephrases]:
+            wanted.setdefault((p, r.target_new), False)
+            if r.target_true:
+                wanted.setdefault((p, r.target_true), False)
+    owners, pairs = _locality_pairs(records)
+    for pair in pairs:
+        wanted[pair] = True
+    for _j, pair in _contrast_pairs(records, owners, pairs):
+        wanted.setdefault(pair, False)
+    return wanted
+
+
 def _reference_key(records: list[EditRecord]) -> tuple[str, str]:
     """Where the base-model locality reference of a batch lives in ``ctx.state``: under a digest
     of its locality prompts and answers in order, what the reference is computed from. Two
@@ -240,6 +428,7 @@ class EditMetrics(Metric):
     higher_is_better = {k: True for k in keys} | {"edit_nll": False}
     requires_edits = True
     Config = EditMetricsConfig
+    _per_pair = False  # True: the earlier teacher forcing, one sequence per pair (tests, benchmarks)
 
     def compute(self, lm: LM, ctx: Context) -> dict[str, Any]:
         import torch
@@ -248,16 +437,19 @@ class EditMetrics(Metric):
         if not records:
             return {}
         with torch.inference_mode(), ctx.progress.task("edit metrics", 4) as advance:
-            sc = Scorer(lm, self.config.batch_size)
+            sc = Scorer(lm, self.config.batch_size, per_pair=self._per_pair)
+            # one teacher-forced pass for the whole evaluation: each distinct prompt runs once
+            wanted = _forced_pairs(records)
+            forced = dict(zip(wanted, sc.teacher_forced(list(wanted), list(wanted.values())), strict=True))
             scores: dict[str, list[float | None]] = {}
-            scores.update(self._prompt_group("edit_success", sc, records, lambda r: [r.prompt]))
+            scores.update(self._prompt_group("edit_success", sc, records, lambda r: [r.prompt], forced))
             scores["edit_nll"] = scores.pop("edit_success_nll")
             advance(1)
-            gen = self._prompt_group("generalization", sc, records, lambda r: r.rephrases)
+            gen = self._prompt_group("generalization", sc, records, lambda r: r.rephrases, forced)
             gen.pop("generalization_nll", None)
             scores.update(gen)
             advance(1)
-            scores.update(self._locality(sc, records, ctx))
+            scores.update(self._locality(sc, records, ctx, forced))
             advance(1)
             scores["multi_hop_accuracy"] = self._multi_hop(sc, records)
             advance(1)
@@ -278,7 +470,12 @@ class EditMetrics(Metric):
         return res
 
     def _prompt_group(
-        self, key: str, sc: Scorer, records: list[EditRecord], prompts_of
+        self,
+        key: str,
+        sc: Scorer,
+        records: list[EditRecord],
+        prompts_of: Callable[[EditRecord], list[str]],
+        forced: Mapping[tuple[str, str], dict[str, Any]],
     ) -> dict[str, list[float | None]]:
         """Per record (mean over its prompts, None without prompts): f1, accuracy, prob, nll."""
         owners, pairs_new, pairs_true = [], [], []
@@ -290,11 +487,11 @@ class EditMetrics(Metric):
         n = len(records)
         if not pairs_new:
             return {f"{key}_{s}": [None] * n for s in (*SCORERS, "nll")}
-        tf_new = sc.teacher_forced(pairs_new)
+        tf_new = [forced[pair] for pair in pairs_new]
         gens = sc.generate_for(pairs_new, tf_new)
         f1 = [sc.f1(g, sc.encode(p, t)[1]) for g, (p, t) in zip(gens, pairs_new, strict=True)]
         true_idx = [j for j, pt in enumerate(pairs_true) if pt is not None]
-        tf_true = dict(zip(true_idx, sc.teacher_forced([pairs_true[j] for j in true_idx]), strict=True))
+        tf_true = {j: forced[pairs_true[j]] for j in true_idx}
         prob = []
         for j, tn in enumerate(tf_new):
             if j in tf_true:
@@ -318,26 +515,22 @@ class EditMetrics(Metric):
         if not pairs or key in ctx.state:
             return
         with torch.inference_mode():
-            tf = Scorer(lm, self.config.batch_size).teacher_forced(pairs)
+            tf = Scorer(lm, self.config.batch_size, per_pair=self._per_pair).teacher_forced(pairs)
         ctx.state[key] = [t["argmax"] for t in tf]
 
-    def _locality(self, sc: Scorer, records: list[EditRecord], ctx: Context) -> dict[str, list[float | None]]:
+    def _locality(
+        self, sc: Scorer, records: list[EditRecord], ctx: Context, forced: Mapping[tuple[str, str], dict[str, Any]]
+    ) -> dict[str, list[float | None]]:
         """Per record (mean over its locality prompts, None without any): f1, accuracy, prob, drift."""
         owners, pairs = _locality_pairs(records)
         n = len(records)
         if not pairs:
             return {k: [None] * n for k in ("locality_f1", "locality_accuracy", "locality_prob", "locality_drift")}
-        tf = sc.teacher_forced(pairs)
+        tf = [forced[pair] for pair in pairs]
         gens = sc.generate_for(pairs, tf)
         f1 = [sc.f1(g, sc.encode(p, a)[1]) for g, (p, a) in zip(gens, pairs, strict=True)]
-        # prob: the locality answer still beats the edit's new target (ROME's neighborhood score);
-        # prompts whose answer is the new target give no contrast and are skipped.
-        contrast = [
-            (j, (p, records[owners[j]].target_new))
-            for j, (p, a) in enumerate(pairs)
-            if a.strip() != records[owners[j]].target_new.strip()
-        ]
-        tf_new = sc.teacher_forced([pn for _, pn in contrast])
+        contrast = _contrast_pairs(records, owners, pairs)
+        tf_new = [forced[pn] for _, pn in contrast]
         prob = [1.0 if tf[j]["nll"] < t["nll"] else 0.0 for (j, _), t in zip(contrast, tf_new, strict=True)]
         # drift: next-token argmaxes versus the first model evaluated in this run (the base)
         argmaxes = [t["argmax"] for t in tf]

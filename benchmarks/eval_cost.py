@@ -1,0 +1,159 @@
+"""What one evaluation of the edit metrics costs: the per-pair path against the branched one,
+and both against the floor, measured in one run.
+
+For each dataset (50 CounterFact and 50 zsRE edits by default, from LMCOMPOSE_DATA_DIR) on
+SmolLM2-135M, timed after a warm-up, the best of ``--repeat``:
+
+- ``per pair``: the earlier teacher forcing, every (prompt, target) its own sequence and the
+  LM head over every position (``EditMetrics._per_pair``);
+- ``branched``: each distinct prompt once, its targets after its cached keys and values, the
+  head only where a score reads it (the default);
+- ``floor``: one no-grad forward over each distinct prompt followed by all its targets, the
+  head only at the target positions: what teacher forcing cannot go below.
+
+Each path is timed twice: teacher forcing alone (every pair an evaluation forces, once) and
+the whole ``EditMetrics.compute`` (which adds greedy generation for the f1 scorer and
+multi-hop; the floor has no such row). ``tokens`` counts the token ids the embeddings see
+(padding and generated tokens included), ``head`` the positions the LM head runs on.
+
+    .venv/bin/python benchmarks/eval_cost.py [--edits 50] [--threads 2] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Cost:
+    seconds: float
+    tokens: int
+    head: int
+
+
+class Counter:
+    """Token ids through the input embeddings and positions through the LM head."""
+
+    def __init__(self, lm: Any):
+        self.tokens = self.head = 0
+        self.handles = [
+            lm.model.get_input_embeddings().register_forward_pre_hook(self._count_tokens),
+            lm.model.get_output_embeddings().register_forward_pre_hook(self._count_head),
+        ]
+
+    def _count_tokens(self, _module: Any, args: tuple) -> None:
+        self.tokens += args[0].numel()
+
+    def _count_head(self, _module: Any, args: tuple) -> None:
+        self.head += args[0].shape[:-1].numel()
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def measure(lm: Any, run: Callable[[], Any], repeat: int) -> Cost:
+    run()  # warm-up: allocation, kernel choice
+    best = float("inf")
+    counter = Counter(lm)
+    try:
+        for _ in range(repeat):
+            counter.tokens = counter.head = 0
+            start = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - start)
+    finally:
+        counter.close()
+    return Cost(best, counter.tokens, counter.head)
+
+
+def floor(lm: Any, pairs: list[tuple[str, str]], batch_size: int) -> None:
+    """Each distinct prompt followed by all its targets, right-padded in batches of similar
+    length, through the decoder; the head at the positions that predict target tokens."""
+    from lmcompose.metrics.edits import Scorer, _HeadAbove
+
+    sc, head = Scorer(lm, batch_size), _HeadAbove(lm)
+    targets: dict[tuple[int, ...], list[int]] = {}
+    for p, t in (sc.encode(*pair) for pair in pairs):
+        targets.setdefault(tuple(p), []).extend(t)
+    seqs = sorted((([*p, *t], len(p), len(t)) for p, t in targets.items()), key=lambda s: len(s[0]))
+    with torch.no_grad():
+        for start in range(0, len(seqs), batch_size):
+            chunk = seqs[start : start + batch_size]
+            width = max(len(s) for s, _p, _t in chunk)
+            ids = torch.full((len(chunk), width), sc.pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            rows, cols = [], []
+            for i, (s, n_p, n_t) in enumerate(chunk):
+                ids[i, : len(s)] = torch.tensor(s)
+                mask[i, : len(s)] = 1
+                rows += [i] * n_t
+                cols += range(n_p - 1, n_p - 1 + n_t)
+            h = head.hidden(ids, mask, torch.arange(width).expand(len(chunk), width), None)
+            logits = head.logits(h[torch.tensor(rows), torch.tensor(cols)])
+            torch.logsumexp(logits, -1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--datasets", default="counterfact,zsre")
+    ap.add_argument("--edits", type=int, default=50, help="edits per dataset")
+    ap.add_argument("--batch-size", type=int, default=16, help="the edit metrics' batch_size")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs of each path (the best is shown)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from lmcompose import load_edits, load_model
+    from lmcompose.api import Context
+    from lmcompose.metrics.edits import EditMetrics, Scorer, _forced_pairs
+
+    lm = load_model(args.model)
+    print(
+        f"{args.model} on {lm.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{args.edits} edits per dataset, batch size {args.batch_size}, best of {args.repeat}\n"
+    )
+    print(
+        "| dataset | path | part | wall s | tokens | head positions | time / floor | tokens / floor | time / per pair |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for dataset in args.datasets.split(","):
+        edits = load_edits(dataset, limit=args.edits)
+        wanted = _forced_pairs(edits)
+        pairs, full = list(wanted), list(wanted.values())
+
+        def forcing(per_pair: bool, pairs=pairs, full=full) -> Callable[[], Any]:
+            return lambda: Scorer(lm, args.batch_size, per_pair=per_pair).teacher_forced(pairs, full)
+
+        def evaluation(per_pair: bool, edits=edits) -> Callable[[], Any]:
+            metric = EditMetrics.from_overrides({"batch_size": args.batch_size})
+            metric._per_pair = per_pair
+            return lambda: metric.compute(lm, Context(edits=edits))
+
+        with torch.inference_mode():
+            low = measure(lm, lambda pairs=pairs: floor(lm, pairs, args.batch_size), args.repeat)
+            rows = [("floor", "teacher forcing", low)]
+            for part, make in (("teacher forcing", forcing), ("evaluation", evaluation)):
+                old = measure(lm, make(True), args.repeat)
+                new = measure(lm, make(False), args.repeat)
+                rows += [("per pair", part, old), ("branched", part, new)]
+        base = {part: cost for path, part, cost in rows if path == "per pair"}
+        for path, part, cost in rows:
+            per_pair = base.get(part)
+            print(
+                f"| {dataset} | {path} | {part} | {cost.seconds:.3f} | {cost.tokens} | {cost.head} "
+                f"| {cost.seconds / low.seconds:.2f} | {cost.tokens / low.tokens:.2f} | "
+                f"{cost.seconds / per_pair.seconds if per_pair else float('nan'):.2f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
