@@ -407,11 +407,11 @@ def _run_ray(
     outcome.references = ray_outcome.references
 
 
-def _check_shard_counts(configs: Sequence[tuple[Path, Mapping[str, Any]]]) -> None:
+def _check_shard_counts(configs: Sequence[tuple[Path, Mapping[str, Any], Any]]) -> None:
     """Shard folders to merge were cut with one ``--shard I/N`` count: parts of two splits
     overlap in some cells and leave others to neither, so merging them hides the gaps. A
     folder of the whole study (no shard) goes with any."""
-    split = [(path, str(data["shard"])) for path, data in configs if data.get("shard")]
+    split = [(path, str(data["shard"])) for path, data, *_rows in configs if data.get("shard")]
     counts = {shard.partition("/")[2] for _path, shard in split}
     if len(counts) > 1:
         listed = "; ".join(f"{path}: shard {shard}" for path, shard in split)
