@@ -31,7 +31,7 @@ NUMBERS = (
     "edit_success",
     "generalization",
     "locality",
-    "locality_drift",
+    "locality_preservation",
     "edit_nll",
     "topk",
 )

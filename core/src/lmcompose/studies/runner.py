@@ -101,14 +101,21 @@ class StudyWork:
         study = self.study()
         ctx = study_context(study, Progress())
         edits = study.load_edits(ctx)
-        lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=ctx.progress)
         metrics = study_metrics(study)
-        return study.plan(), lm, ctx, metrics, edits, {"snapshots": study.snapshots, "topk": study.topk}
+        unedited = study_controls(study, ctx, edits, metrics)
+        lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=ctx.progress)
+        kwargs = {"snapshots": study.snapshots, "topk": study.topk, "unedited": unedited}
+        return study.plan(), lm, ctx, metrics, edits, kwargs
 
-    def inputs(self, lm: LM, edits: Mapping[Group, list[EditRecord]]) -> dict[str, Any]:
+    def inputs(
+        self,
+        lm: LM,
+        edits: Mapping[Group, list[EditRecord]],
+        unedited: Mapping[Group, list[EditRecord]] | None = None,
+    ) -> dict[str, Any]:
         from lmcompose.engine.run_folder import run_inputs
 
-        return run_inputs(lm, edits, study_context(self.study(), Progress()))
+        return run_inputs(lm, edits, study_context(self.study(), Progress()), unedited)
 
     def numerics(self, threads: int, deterministic: bool) -> dict[str, Any]:
         from lmcompose.engine.numerics import record_numerics
@@ -131,6 +138,15 @@ def study_metrics(study: Study) -> list[Metric]:
     from lmcompose.steps import build_metrics
 
     return build_metrics(study.metrics, study.resolved_metric_options)
+
+
+def study_controls(
+    study: Study, ctx: Context, edits: Mapping[Group, list[EditRecord]], metrics: list[Metric]
+) -> dict[Group, list[EditRecord]]:
+    """Each group's control records (``unedited_nll``), when an edit metric is evaluated."""
+    if not any(m.requires_edits for m in metrics):
+        return {}
+    return study.load_unedited(ctx, edits)
 
 
 def default_out(study: Study) -> Path:
@@ -323,8 +339,9 @@ def _run_local(
     with numerics_for(threads, deterministic, metrics) as numerics:
         ctx = study_context(study, progress)
         edits = study.load_edits(ctx)
+        unedited = study_controls(study, ctx, edits, metrics)
         lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=progress)
-        inputs = run_inputs(lm, edits, ctx)
+        inputs = run_inputs(lm, edits, ctx, unedited)
         folder.write_config(
             inputs=inputs,
             numerics=numerics,
@@ -349,6 +366,8 @@ def _run_local(
             snapshot_dir=snapshot_dir,
             topk=study.topk,
             save=save,
+            unedited=unedited,
+            references=folder.references(inputs["model_fingerprint"]),
         )
         for state in ex.run():
             for row, per_edit in state.rows_with_scores():
