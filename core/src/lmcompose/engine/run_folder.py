@@ -426,8 +426,9 @@ class RunFolder:
         held = self.reference_records()
         new = 0
         for key, record in records.items():
-            if key != record.get("key") or not isinstance(key, str) or not key.isalnum():
-                raise ValueError(f"reference record {key!r} names another key ({record.get('key')!r})")
+            named = References(record.get("model")).key(str(record.get("kind")), str(record.get("content")))
+            if key != record.get("key") or key != named:
+                raise ValueError(f"reference record {key!r} is not what its key names (kind, content, model)")
             if key not in held:
                 store._write(dict(record))
                 new += 1
