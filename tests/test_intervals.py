@@ -273,7 +273,10 @@ def test_the_study_report_compares_compressors_on_the_same_edits():
 
 
 def test_an_old_folder_reports_as_before_with_one_line_about_intervals(tmp_path):
-    """A committed run folder (no per_edit.jsonl): its report is the committed one plus one note."""
+    """A committed run folder (no per_edit.jsonl, rows of lmcompose 0.3): its report is the
+    committed one plus what it lacks — a note on intervals, a note that its locality is the
+    earlier score (against the neighbours' answers), and a Figure 5 caption saying the figure
+    has no control (no unedited_nll)."""
     from lmcompose.studies.report import write_study_report
 
     src = ROOT / "docs" / "replication" / "protocol-run"
@@ -282,6 +285,14 @@ def test_an_old_folder_reports_as_before_with_one_line_about_intervals(tmp_path)
     committed = (src / "report.md").read_text().splitlines()
     rebuilt = (tmp_path / "run" / "report.md").read_text().splitlines()
     added = [ln for ln in rebuilt if ln not in committed]
-    assert len(added) == 1 and "no per-edit scores" in added[0] and "rerun the study into a new folder" in added[0]
-    i = rebuilt.index(added[0])
-    assert rebuilt[:i] + rebuilt[i + 2 :] == committed  # the note and the blank line after it, nothing else
+    notes = [ln for ln in added if ln.startswith("> note:")]
+    caption = [ln for ln in added if ln.startswith("Fig. 5:")]
+    assert len(added) == 3 and len(notes) == 2 and len(caption) == 1
+    intervals = next(n for n in notes if "no per-edit scores" in n)
+    assert "rerun the study into a new folder" in intervals
+    assert any("lmcompose before 0.4" in n for n in notes) and "This figure has no control" in caption[0]
+    for note in notes:  # each note and the blank line after it
+        i = rebuilt.index(note)
+        rebuilt = rebuilt[:i] + rebuilt[i + 2 :]
+    old_caption = [ln for ln in committed if ln.startswith("Fig. 5:")]
+    assert [old_caption[0] if ln == caption[0] else ln for ln in rebuilt] == committed  # nothing else
