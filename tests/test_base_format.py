@@ -155,6 +155,8 @@ def test_the_report_header_states_the_format():
     assert "avg_bits 16" in quantized and "docs/models.md" in quantized
     mixed = base_format_line([{"base_format": "gguf:Q4_1"}, {"base_format": "safetensors:fp32"}], "m")
     assert "`gguf:Q4_1`, `safetensors:fp32` (the rows mix base checkpoints)" in mixed
+    resumed = base_format_line([{"model": "m"}, {"base_format": "safetensors:fp32"}], "m")
+    assert resumed == "- base checkpoint: `safetensors:fp32` (not recorded in 1 older row)"
     old = base_format_line([{"model": "m"}], "some/folder")
     assert old == "- base checkpoint: not recorded in these rows (written before rows carried `base_format`)"
 

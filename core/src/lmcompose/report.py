@@ -138,6 +138,9 @@ def base_format_line(rows: Sequence[Mapping[str, Any]], model: str) -> str:
     line = "- base checkpoint: " + ", ".join(f"`{f}`" for f in found)
     if len(found) > 1:
         line += " (the rows mix base checkpoints)"
+    older = sum(1 for r in rows if not r.get("base_format"))
+    if older:  # a folder resumed with a version that records it
+        line += f" (not recorded in {older} older row{'s' if older > 1 else ''})"
     if any(is_quantized_format(f) for f in found):
         line += (
             " — a quantized checkpoint, dequantized to compute: the dense model (strength 0, avg_bits 16) is these "
