@@ -891,10 +891,15 @@ def report(
         for k, c in comps.items():
             out[k] = c.as_dict()
             if ivs.get(k):  # 95% bootstrap intervals of the edit criteria (from per_edit.jsonl)
-                out[k]["intervals"] = {
-                    name: {"A": list(iv.A), "P": list(iv.P), "resamples": len(iv.samples.A)}
-                    for name, iv in ivs[k].items()
-                }
+                out[k]["intervals"] = {}
+                for name, iv in ivs[k].items():
+                    per_width = iv.P_per_width(c.interval)  # P's interval on the paper's [0, 1] scale
+                    out[k]["intervals"][name] = {
+                        "A": list(iv.A),
+                        "P": list(iv.P),
+                        "P_normalized": list(per_width) if per_width else None,
+                        "resamples": len(iv.samples.A),
+                    }
         typer.echo(json.dumps(out, indent=2, default=str))
         return
     print_report(rep, tables=1 if study_folder else None)
@@ -1195,7 +1200,7 @@ def models(
     )
 
     table = Table(title="named models")
-    for col in ("name", "what", "status"):
+    for col in ("name", "what", "format", "status"):
         table.add_column(col)
     for name, nm in NAMED_MODELS.items():
         try:
@@ -1211,7 +1216,7 @@ def models(
             )
         except ModelLoadError as exc:
             status = f"[red]not available[/]: {exc}"
-        table.add_row(name, nm.description, status)
+        table.add_row(name, nm.description, nm.format, status)
     console.print(table)
 
 

