@@ -103,7 +103,8 @@ class StudyWork:
         edits = study.load_edits(ctx)
         lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=ctx.progress)
         metrics = study_metrics(study)
-        return study.plan(), lm, ctx, metrics, edits, {"snapshots": study.snapshots, "topk": study.topk}
+        options = {"snapshots": study.snapshots, "topk": study.topk, "topk_edit": study.topk_edit}
+        return study.plan(), lm, ctx, metrics, edits, options
 
     def inputs(self, lm: LM, edits: Mapping[Group, list[EditRecord]]) -> dict[str, Any]:
         from lmcompose.engine.run_folder import run_inputs
@@ -323,6 +324,10 @@ def _run_local(
     with numerics_for(threads, deterministic, metrics) as numerics:
         ctx = study_context(study, progress)
         edits = study.load_edits(ctx)
+        if study.topk > 0:
+            from lmcompose.engine.executor import check_topk_edit
+
+            check_topk_edit(study.topk_edit, edits)  # before the model loads and the folder is written
         lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=progress)
         inputs = run_inputs(lm, edits, ctx)
         folder.write_config(
@@ -348,6 +353,7 @@ def _run_local(
             snapshots=study.snapshots,
             snapshot_dir=snapshot_dir,
             topk=study.topk,
+            topk_edit=study.topk_edit,
             save=save,
         )
         for state in ex.run():
