@@ -171,9 +171,10 @@ def test_an_older_folder_reports_and_says_what_it_cannot_draw(study_run, tmp_pat
     partial = strip(tmp_path / "partial", result.folder, no_edited_state)
     write_study_report(partial)
     assert (partial / "plots" / "fig3_magnitude.png").exists()
-    assert "Figure 3 for magnitude on mquake (0.5, replicate 0): no row with the top-30 logits for edited (memit)" in (
-        partial / "report.md"
-    ).read_text()
+    assert (
+        "Figure 3 for magnitude on mquake (0.5, replicate 0): no row with the top-30 logits for edited (memit)"
+        in (partial / "report.md").read_text()
+    )
 
 
 def test_an_index_beyond_the_edits_stops_the_study_before_the_model_loads(tiny_folder, tmp_path):

@@ -6,7 +6,6 @@ import pytest
 from lmcompose.compose import load_edits
 from lmcompose.errors import DataError
 
-
 #: short demonstrations in the format of MQuAKE's prompt files (the real ones outrun a tiny
 #: model's 256 positions)
 STANDARD = "Q: What is the capital of France? A: Paris\nQ: Who wrote Hamlet? A: William Shakespeare"
