@@ -5,11 +5,13 @@ its aliases, a case right when any of its questions is; and each bad input as on
 from __future__ import annotations
 
 import pytest
+import torch
 from lmcompose.api import Context, EditRecord
 from lmcompose.errors import DataError
 from lmcompose.metrics._multi_hop import MultiHopProtocol, load_protocol
 from lmcompose.metrics.edits import EditMetrics, Scorer
 from lmcompose.models.tiny import tiny_model
+from lmcompose.testing import TINY_ARCHITECTURES
 
 #: demonstrations in the format of MQuAKE's files, short enough for a tiny model's 256 positions
 STANDARD = "Q: What is the capital of France? A: Paris\nQ: Who wrote Hamlet? A: William Shakespeare"
@@ -86,6 +88,7 @@ def test_a_chain_of_thought_answer_is_its_answer_line():
     assert cot.answer(" Nissan is in Japan.\nAnswer: Japan") == "Japan"  # generation ran out at the end
     assert cot.finished(" I do not know.\n\n") and cot.answer(" I do not know.\n\n") == ""
     assert not cot.correct(" Japan", "Japan", [])  # no Answer: line, no answer
+    assert cot.answer(" I do not know.\n\nQuestion: Who?\nThoughts: ...\nAnswer: Japan\n") == ""  # another block
 
 
 def test_zero_shot_keeps_the_lenient_match_of_lmcompose_0_3():
@@ -136,14 +139,38 @@ def test_a_question_beyond_the_model_positions_names_its_record(tmp_path):
         )
 
 
-def test_generation_stops_when_every_answer_is_over():
-    lm = tiny_model("llama")
+def peaked(arch):
+    """A tiny model whose next-token logits are far apart (its LM head scaled up), so greedy
+    tokens do not hang on rounding: two ways of computing them must pick the same ones."""
+    lm = tiny_model(arch)
+    with torch.no_grad():
+        lm.model.get_output_embeddings().weight.mul_(40)
+    return lm
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_the_shared_demonstrations_run_once_and_generate_what_whole_prompts_do(arch):
+    lm = peaked(arch)
+    protocol = MultiHopProtocol("mquake", STANDARD)
+    prompts = [protocol.prompt(q) for q in ["Who?", "What is the capital of France?", "Why?"]]
+    for finished in (lambda text: len(text) >= 12, lambda text: False):
+        shared = Scorer(lm, 2).generate_until(prompts, 12, finished)  # batches of 2: a row alone at the end
+        whole = Scorer(lm, 2, per_pair=True).generate_until(prompts, 12, finished)
+        assert shared == whole
+        alone = [Scorer(lm, 1, per_pair=True).generate_until([p], 12, finished)[0] for p in prompts]
+        assert shared == alone
+
+
+def test_generation_stops_where_it_is_finished():
+    lm = peaked("llama")
     sc = Scorer(lm, 4)
     prompts = ["Q: Who? A:", "Q: What is the capital of France? A:"]
     one = sc.generate_until(prompts, 20, lambda text: True)
     assert one == [sc.tok.decode(g, skip_special_tokens=True) for g in sc.generate(prompts, [1, 1])]
     full = sc.generate_until(prompts, 20, lambda text: False)
     assert full == [sc.tok.decode(g, skip_special_tokens=True) for g in sc.generate(prompts, [20, 20])]
+    three = sc.generate_until(prompts, 20, lambda text: len(sc.tok(text, add_special_tokens=False).input_ids) >= 3)
+    assert [len(sc.tok(t, add_special_tokens=False).input_ids) for t in three] == [3, 3]
 
 
 def test_a_case_is_right_when_any_question_is_answered_as_mquake_matches(tmp_path):

@@ -68,12 +68,13 @@ class MultiHopProtocol:
 
     def answer(self, generated: str) -> str:
         """The answer read off a generation: the rest of the ``A:`` line (standard), the text
-        after ``Answer:`` on the first line that starts with it (chain of thought, empty when
-        there is none), the whole generation (zero-shot); stripped of surrounding whitespace."""
+        after ``Answer:`` on the first line that starts with it before a blank line (chain of
+        thought, empty when there is none), the whole generation (zero-shot); stripped of
+        surrounding whitespace."""
         if self.name == "mquake":
             return generated.split("\n", 1)[0].strip()
-        if self.name == "mquake_cot":
-            line = _cot_answer_line(generated + "\n")
+        if self.name == "mquake_cot":  # within the first block: a blank line ends the answer's block
+            line = _cot_answer_line(generated.split("\n\n", 1)[0] + "\n")
             return line or ""
         return generated.strip()
 

@@ -249,16 +249,47 @@ class Scorer:
         return outs
 
     def generate_until(self, prompts: list[str], max_new_tokens: int, finished: Callable[[str], bool]) -> list[str]:
-        """Greedy continuation of each prompt as text (special tokens skipped), batched
-        (left-padded, similar lengths together): a row stops counting once ``finished(text)``
-        holds, a batch once all its rows have, or after ``max_new_tokens``. Text past the point
-        where a row finished may follow (other rows of its batch went on); callers read up to it."""
+        """Greedy continuation of each prompt as text (special tokens skipped), up to where
+        ``finished(text)`` first holds, an end-of-sequence token, or ``max_new_tokens``.
+
+        Prompts that share a beginning (a few-shot prompt's demonstrations) run it once: its
+        keys and values are computed for one row and copied to every row of a batch, and only
+        the rest of each prompt runs after them, left-padded (similar lengths together), position
+        ids continuing the shared part's. ``per_pair=True`` (or no shared beginning): every
+        prompt whole, through ``model.generate``."""
+        encoded = [self.tok(p, add_special_tokens=True).input_ids for p in prompts]
+        if not encoded:
+            return []
+        shared = _shared_length(encoded)
+        with self.torch.no_grad():
+            if self.per_pair or shared == 0:
+                return self._generate_until_whole(encoded, max_new_tokens, finished)
+            return self._generate_until_shared(encoded, shared, max_new_tokens, finished)
+
+    def _stop_ids(self) -> set[int]:
+        """The end-of-sequence tokens generation stops at (the model's and the tokenizer's)."""
+        ids = getattr(self.lm.model.generation_config, "eos_token_id", None)
+        ids = set(ids if isinstance(ids, list | tuple) else [] if ids is None else [ids])
+        if self.tok.eos_token_id is not None:
+            ids.add(self.tok.eos_token_id)
+        return {int(i) for i in ids}
+
+    def _text_until(self, tokens: list[int], finished: Callable[[str], bool]) -> str:
+        """The decoded text of ``tokens`` up to the first token after which ``finished`` holds."""
+        for n in range(1, len(tokens) + 1):
+            text = self.tok.decode(tokens[:n], skip_special_tokens=True)
+            if finished(text):
+                return text
+        return self.tok.decode(tokens, skip_special_tokens=True)
+
+    def _generate_until_whole(
+        self, encoded: list[list[int]], max_new_tokens: int, finished: Callable[[str], bool]
+    ) -> list[str]:
         torch = self.torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         tok = self.tok
-        encoded = [tok(p, add_special_tokens=True).input_ids for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda j: len(encoded[j]))
+        order = sorted(range(len(encoded)), key=lambda j: len(encoded[j]))
         texts: dict[int, str] = {}
 
         class _Until(StoppingCriteria):
@@ -269,6 +300,7 @@ class Scorer:
                 done = [finished(t) for t in tok.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)]
                 return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
+        stop = self._stop_ids()
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             width = max(len(encoded[j]) for j in chunk)
@@ -286,8 +318,64 @@ class Scorer:
                 stopping_criteria=StoppingCriteriaList([_Until(width)]),
             )[:, width:].cpu()
             for i, j in enumerate(chunk):
-                texts[j] = tok.decode(gen[i].tolist(), skip_special_tokens=True)
-        return [texts[j] for j in range(len(prompts))]
+                row = gen[i].tolist()
+                ends = [k for k, t in enumerate(row) if t in stop]
+                texts[j] = self._text_until(row[: ends[0]] if ends else row, finished)
+        return [texts[j] for j in range(len(encoded))]
+
+    def _generate_until_shared(
+        self, encoded: list[list[int]], shared: int, max_new_tokens: int, finished: Callable[[str], bool]
+    ) -> list[str]:
+        import copy
+
+        torch = self.torch
+        if self._head is None:
+            self._head = _HeadAbove(self.lm)
+        head = self._head
+        prefix = torch.tensor([encoded[0][:shared]], dtype=torch.long)
+        common = head.new_cache()
+        head.hidden(prefix, torch.ones_like(prefix), torch.arange(shared)[None], common)
+        stop = self._stop_ids()
+        order = sorted(range(len(encoded)), key=lambda j: len(encoded[j]))
+        texts: dict[int, str] = {}
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            n = len(chunk)
+            cache = copy.deepcopy(common)
+            cache.batch_select_indices(torch.zeros(n, dtype=torch.long, device=self.lm.device))
+            rests = [encoded[j][shared:] for j in chunk]
+            width = max(len(r) for r in rests)
+            ids = torch.full((n, width), self.pad, dtype=torch.long)
+            own = torch.zeros((n, width), dtype=torch.long)
+            for i, r in enumerate(rests):
+                ids[i, width - len(r) :] = torch.tensor(r)
+                own[i, width - len(r) :] = 1
+            mask = torch.cat([torch.ones((n, shared), dtype=torch.long), own], 1)
+            positions = shared + (own.cumsum(-1) - 1).clamp(min=0)
+            h = head.hidden(ids, mask, positions, cache)
+            nxt = head.logits(h[:, -1]).argmax(-1).cpu()
+            last = positions[:, -1:]
+            out: list[list[int]] = [[] for _ in chunk]
+            done = [False] * n
+            for step in range(max_new_tokens):
+                for i in range(n):
+                    if done[i]:
+                        continue
+                    t = int(nxt[i])
+                    if t in stop:
+                        done[i] = True
+                        continue
+                    out[i].append(t)
+                    done[i] = finished(self.tok.decode(out[i], skip_special_tokens=True))
+                if all(done) or step == max_new_tokens - 1:
+                    break
+                mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long)], 1)
+                last = last + 1
+                h = head.hidden(nxt[:, None], mask, last, cache)
+                nxt = head.logits(h[:, -1]).argmax(-1).cpu()
+            for i, j in enumerate(chunk):
+                texts[j] = self.tok.decode(out[i], skip_special_tokens=True)
+        return [texts[j] for j in range(len(encoded))]
 
     def generate_for(self, pairs: list[tuple[str, str]], forced: list[dict[str, Any]] | None = None) -> list[list[int]]:
         """Greedy continuation of each prompt, clipped to its target's token length.
@@ -336,6 +424,19 @@ class Scorer:
             return 0.0
         precision, recall = common / len(gs), common / len(ts)
         return 2 * precision * recall / (precision + recall)
+
+
+def _shared_length(encoded: list[list[int]]) -> int:
+    """How many leading tokens every prompt of ``encoded`` shares, leaving each at least one
+    token of its own (the last prompt token's logits pick the first generated token)."""
+    first = encoded[0]
+    n = min(len(e) for e in encoded) - 1
+    for e in encoded[1:]:
+        k = 0
+        while k < n and e[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
 
 
 class _HeadAbove:

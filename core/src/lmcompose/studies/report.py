@@ -10,6 +10,10 @@
   columns = criteria, one line per compressor and order with ± std bands; every curve
   begins at strength 0, the dense edited model (for edit→compress it is the edited model
   itself; for compress→edit an uncompressed model edited is the same model);
+* **Figure 3** (``plots/fig3_<compressor>.png``): per compressor paired with an editor, rows =
+  datasets, the top-30 next-token logits of one edit's prompt on the base, edited and
+  compressed models and after each order, at the strongest strength, the targets' first
+  tokens marked (from the rows' ``topk`` records; a folder without them says so);
 * **Figure 5** (``plots/fig5_nll.png``): the rise in edit NLL against the rise in general NLL
   from the dense edited model, per compressor, with the identity line (above it, edits
   decay faster than language modelling);

@@ -4,7 +4,9 @@ Mapping, per case: one EditRecord per element of ``requested_rewrite`` (prompt =
 template with the subject filled in, target_new/target_true from it, rephrases = [its
 ``question``]); locality = the case's single hops that no edit changes (cloze + answer);
 the first record carries ``multi_hop`` (the 3 questions, answer/new_answer and aliases),
-so multi-hop accuracy counts each case once. case_id is "<case>/<k>".
+so multi-hop accuracy counts each case once. case_id is "<case>/<k>". Multi-hop accuracy
+(core's edit metric) asks the questions after MQuAKE's few-shot prompts, which the data
+folder holds in ``mquake/prompts/`` (docs/metrics.md).
 """
 
 from __future__ import annotations
