@@ -177,6 +177,16 @@ def test_an_older_folder_reports_and_says_what_it_cannot_draw(study_run, tmp_pat
     )
 
 
+def test_a_missing_prompt_file_stops_the_study_before_anything_is_written(tiny_folder, tmp_path):
+    from lmcompose.errors import DataError
+
+    empty = tmp_path / "empty-data"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"empty-data/mquake/prompts/multihop-prompts.txt, which does not exist"):
+        run_study(Study.from_mapping(spec(tiny_folder)), out=tmp_path / "s", threads=1, data_dir=empty)
+    assert not (tmp_path / "s").exists()
+
+
 def test_an_index_beyond_the_edits_stops_the_study_before_the_model_loads(tiny_folder, tmp_path):
     with pytest.raises(UsageError, match=r"topk_edit 9: counterfact replicate 0 has 2 edits \(indices 0 to 1\)"):
         run_study(Study.from_mapping(spec(tiny_folder, topk_edit=9)), out=tmp_path / "s", threads=1)
