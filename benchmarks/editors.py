@@ -2,7 +2,7 @@
 
 For each model and each editor spec (its preset unless the spec overrides it), from the
 same base weights: edit success and generalization (prob and f1 scorers), locality (prob)
-and locality drift, perplexity on wikitext-2 test before and after, and the edit's wall
+and locality preservation, perplexity on wikitext-2 test before and after, and the edit's wall
 time (statistics cached by an earlier editor count as cached for MEMIT and AlphaEdit: the
 first locate-then-edit run on a model computes them). ``--sequential K`` adds, for the
 locate-then-edit editors, one run of K batches of ``--edits`` edits applied one after
@@ -48,7 +48,7 @@ def main() -> None:
 
     print(
         "| model | editor | edits | batches | success (prob) | generalization (prob) | locality (prob) | locality "
-        "drift "
+        "preservation "
         "| success (f1) | generalization (f1) | perplexity before | perplexity after | time (s) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -88,7 +88,7 @@ def main() -> None:
             print(
                 f"| {model} | {spec} | {n} | {batches} | {r['edit_success_prob']:.2f} | "
                 f"{r['generalization_prob']:.2f} | "
-                f"{r['locality_prob']:.2f} | {r['locality_drift']:.3f} | {r['edit_success_f1']:.2f} | "
+                f"{r['locality_prob']:.2f} | {r['locality_preservation']:.3f} | {r['edit_success_f1']:.2f} | "
                 f"{r['generalization_f1']:.2f} | {base_ppl[n]:.2f} | {r['perplexity']:.2f} | {elapsed:.0f} |",
                 flush=True,
             )

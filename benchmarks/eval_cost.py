@@ -127,11 +127,10 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for dataset in args.datasets.split(","):
         edits = load_edits(dataset, limit=args.edits)
-        wanted = _forced_pairs(edits)
-        pairs, full = list(wanted), list(wanted.values())
+        pairs = _forced_pairs(edits)
 
-        def forcing(per_pair: bool, pairs=pairs, full=full) -> Callable[[], Any]:
-            return lambda: Scorer(lm, args.batch_size, per_pair=per_pair).teacher_forced(pairs, full)
+        def forcing(per_pair: bool, pairs=pairs) -> Callable[[], Any]:
+            return lambda: Scorer(lm, args.batch_size, per_pair=per_pair).teacher_forced(pairs, False)
 
         def evaluation(per_pair: bool, edits=edits) -> Callable[[], Any]:
             metric = EditMetrics.from_overrides({"batch_size": args.batch_size})

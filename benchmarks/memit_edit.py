@@ -9,8 +9,8 @@ One run, fp32, measured here:
   the whole v* batch (every edit, every context template, the KL prompts; same length
   groups) from the first edit layer up, with the gradient taken only for the input (the
   layers below need none and are computed once, outside the timing);
-* quality: edit success, generalization, locality with the prob and f1 scorers, locality
-  drift, and perplexity on wikitext-2 test before and after.
+* quality: edit success, generalization, locality with the prob and preservation scorers, neighbour
+  knowledge, and perplexity on wikitext-2 test before and after.
 
     .venv/bin/python benchmarks/memit_edit.py [--edits 50] [--dataset counterfact] [--ppl-tokens 16384]
 """
@@ -98,7 +98,7 @@ def main() -> None:
     metrics = build_metrics(
         ["edit", "perplexity"],
         {
-            "edit": {"scorer": "prob", "locality_scorer": "drift"},
+            "edit": {"scorer": "prob", "locality_scorer": "preservation"},
             "perplexity": {"max_tokens": args.ppl_tokens, "seqlen": args.ppl_seqlen},
         },
     )
@@ -163,8 +163,8 @@ def main() -> None:
         "locality_prob",
         "edit_success_f1",
         "generalization_f1",
-        "locality_f1",
-        "locality_drift",
+        "neighbour_knowledge",
+        "locality_preservation",
         "perplexity",
     ):
         b, a = before.get(key), after.get(key)

@@ -4,7 +4,7 @@ v* depends only on the last edit layer z and the optimisation settings, so it is
 once per z; each (number of layers ending at z, lambda) then only re-runs the spread
 (keys, residuals, closed-form updates) on a fresh copy of the weights. Measured on a
 validation set of CounterFact edits disjoint from the benchmark's (seed 1 vs seed 0):
-edit success / generalization / locality with the prob scorer, locality drift, perplexity
+edit success / generalization / locality with the prob scorer, locality preservation, perplexity
 on a small budget of wikitext-2 test.
 
     .venv/bin/python benchmarks/memit_search.py [--edits 20] [--z 7] [--counts 1,3,5] [--lambdas 500,1500,5000,15000]
@@ -62,8 +62,8 @@ def main() -> None:
         f"locality {base['locality_prob']:.2f}, perplexity {base['perplexity']:.2f}\n"
     )
     print(
-        "| layers | lambda | success (prob) | generalization (prob) | locality (prob) | locality drift | success "
-        "(f1) | perplexity |"
+        "| layers | lambda | success (prob) | generalization (prob) | locality (prob) | locality preservation "
+        "| success (f1) | perplexity |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for z in (int(v) for v in args.z.split(",")):
@@ -84,7 +84,7 @@ def main() -> None:
                 print(
                     f"| {layers[0]}-{layers[-1]} | {lam:g} | {r['edit_success_prob']:.2f} | "
                     f"{r['generalization_prob']:.2f} | "
-                    f"{r['locality_prob']:.2f} | {r['locality_drift']:.3f} | {r['edit_success_f1']:.2f} | "
+                    f"{r['locality_prob']:.2f} | {r['locality_preservation']:.3f} | {r['edit_success_f1']:.2f} | "
                     f"{r['perplexity']:.2f} |",
                     flush=True,
                 )

@@ -7,7 +7,7 @@ count then re-runs only the statistics (into a fresh cache, so the first replica
 the uncached cost) and the spread over the edit layers on a fresh copy of the weights, with
 the model's preset (layers, λ). Per sample count, mean ± sample std over the replicates
 (disjoint seeded batches of CounterFact edits, as a sweep draws them): edit success and
-generalization (prob and f1 scorers), locality (prob), locality drift, perplexity on
+generalization (prob and f1 scorers), locality (prob), locality preservation, perplexity on
 wikitext-2 test, and the statistics pass's wall time.
 
     LMCOMPOSE_DATA_DIR=../shared/data .venv/bin/python benchmarks/memit_stats.py \\
@@ -35,7 +35,7 @@ KEYS = (
     "edit_success_prob",
     "generalization_prob",
     "locality_prob",
-    "locality_drift",
+    "locality_preservation",
     "edit_success_f1",
     "generalization_f1",
     "perplexity",
@@ -84,7 +84,7 @@ def main() -> None:
     results: dict[int, dict[str, list[float]]] = {n: {k: [] for k in KEYS} for n in counts}
     stats_time: dict[int, float] = {}
     vstar_time: list[float] = []
-    base: dict[str, list[float]] = {k: [] for k in KEYS if k != "locality_drift"}
+    base: dict[str, list[float]] = {k: [] for k in KEYS if k != "locality_preservation"}
     with tempfile.TemporaryDirectory() as cache:
         for rep, records in enumerate(batches):
             ctx = Context(edits=records, seed=args.seed)
@@ -124,14 +124,15 @@ def main() -> None:
     )
     print(
         "| windows | tokens | share of corpus | success (prob) | generalization (prob) | locality (prob) | "
-        "locality drift | success (f1) | generalization (f1) | perplexity | statistics (s) |"
+        "locality preservation | success (f1) | generalization (f1) | perplexity | statistics (s) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n in counts:
         r = results[n]
         print(
             f"| {n} | {n * seqlen} | {n * seqlen / corpus_tokens:.2f} | {fmt(r['edit_success_prob'], 2)} | "
-            f"{fmt(r['generalization_prob'], 2)} | {fmt(r['locality_prob'], 2)} | {fmt(r['locality_drift'], 3)} | "
+            f"{fmt(r['generalization_prob'], 2)} | {fmt(r['locality_prob'], 2)} | "
+            f"{fmt(r['locality_preservation'], 3)} | "
             f"{fmt(r['edit_success_f1'], 2)} | {fmt(r['generalization_f1'], 2)} | {fmt(r['perplexity'], 2)} | "
             f"{stats_time[n]:.0f} |"
         )

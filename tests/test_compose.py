@@ -51,10 +51,10 @@ def test_length_three_with_edits_and_every_metric():
             "generalization",
             "locality",
             "edit_nll",
-            "locality_drift",
+            "locality_preservation",
         ):
             assert key in r and r[key] is not None, key
-    assert rows[0]["locality_drift"] == 1.0
+    assert rows[0]["locality_preservation"] == 1.0
 
 
 class Bump(Intervention):

@@ -282,9 +282,11 @@ def without_p_per_width(line: str) -> str:
 
 @pytest.mark.parametrize("name", ["protocol-run", "run", "editors-run"])
 def test_an_old_folder_reports_as_before_plus_the_new_lines(tmp_path, name):
-    """A committed run folder (no per_edit.jsonl, no base_format): its report is the committed
-    one plus one note on intervals, one header line on the base checkpoint, and P ÷ w after
-    each P of Table 1 with a caption saying so (issue 42)."""
+    """A committed run folder (no per_edit.jsonl, no base_format, rows of lmcompose 0.3): its
+    report is the committed one plus one note on intervals, one header line on the base
+    checkpoint, P ÷ w after each P of Table 1 with a caption saying so, a note that its
+    locality is the earlier score (against the neighbours' answers), and a Figure 5 caption
+    saying the figure has no control (no unedited_nll) (issue 42)."""
     from lmcompose.studies.report import write_study_report
 
     src = ROOT / "docs" / "replication" / name
@@ -302,6 +304,13 @@ def test_an_old_folder_reports_as_before_plus_the_new_lines(tmp_path, name):
     i = rebuilt.index(note[0])
     rebuilt = rebuilt[:i] + rebuilt[i + 2 :]  # the note and the blank line after it
     rebuilt.remove(header[0])
+    locality = [ln for ln in rebuilt if ln.startswith("> note: rows scored locality with f1 (lmcompose before 0.4)")]
+    assert len(locality) == 1
+    i = rebuilt.index(locality[0])
+    rebuilt = rebuilt[:i] + rebuilt[i + 2 :]  # the note and the blank line after it
+    fig5 = [ln for ln in rebuilt if ln.startswith("Fig. 5:")]
+    assert len(fig5) == 1 and "This figure has no control" in fig5[0]
+    rebuilt[rebuilt.index(fig5[0])] = next(ln for ln in committed if ln.startswith("Fig. 5:"))
     captions = [ln for ln in rebuilt if "P ÷ w: P divided by the width w of the x interval, in [0, 1]" in ln]
     assert captions and len(captions) == sum(ln.startswith("### Table 1") for ln in rebuilt)
     tables = [ln for ln in rebuilt if ln.startswith("| ") and ln.count(" / ") >= 8]

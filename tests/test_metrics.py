@@ -111,7 +111,9 @@ def test_edit_scorers_follow_their_definitions():
         )
     ]
     ctx = Context(edits=recs)
-    out = EditMetrics.from_overrides({"scorer": "prob"}).compute(lm, ctx)
+    metric = EditMetrics.from_overrides({"scorer": "prob"})
+    metric.reference(lm, ctx)  # the unedited model: the engine records it before the first step
+    out = metric.compute(lm, ctx)
     sc = Scorer(lm, 4)
     with torch.no_grad():
 
@@ -131,21 +133,29 @@ def test_edit_scorers_follow_their_definitions():
     assert out["edit_success_accuracy"] == pytest.approx(sum(p == t for p, t in zip(preds, ti, strict=True)) / len(ti))
     gen = sc.generate_for([("Berlin is the capital of", "Italy")])[0]
     assert out["edit_success_f1"] == pytest.approx(sc.f1(gen, ti))
-    assert out["locality_drift"] == 1.0  # first evaluation is the reference
+    assert out["locality_preservation"] == 1.0  # the model is the unedited one
+    assert out["locality"] == out["locality_preservation"] and out["locality_scorer"] == "preservation"
+    # what the model knows of the neighbour: teacher-forced accuracy of "Spain" after the prompt
+    pi, ti = sc.encode("Madrid is the capital of", "Spain")
+    with torch.no_grad():
+        logits = lm.model(torch.tensor([pi + ti])).logits[0]
+    hits = [int(logits[len(pi) - 1 + j].argmax()) == tok for j, tok in enumerate(ti)]
+    assert out["neighbour_knowledge_accuracy"] == pytest.approx(sum(hits) / len(ti))
     assert 0.0 <= out["generalization_f1"] <= 1.0
 
 
-def test_locality_drift_falls_when_the_model_changes():
+def test_locality_preservation_falls_when_the_model_changes():
     lm = tiny_model("gpt2")
     from lmcompose.compose import load_edits
 
     ctx = Context(edits=load_edits("records", limit=6))
     metric = EditMetrics()
-    assert metric.compute(lm, ctx)["locality_drift"] == 1.0
+    metric.reference(lm, ctx)
+    assert metric.compute(lm, ctx)["locality_preservation"] == 1.0
     with torch.no_grad():
         for name, _ in lm.linear_layers():
             lm.weight(name).mul_(-3.0)
-    assert metric.compute(lm, ctx)["locality_drift"] < 1.0
+    assert metric.compute(lm, ctx)["locality_preservation"] < 1.0
 
 
 def test_edit_success_is_one_when_the_target_is_what_the_model_says():

@@ -202,7 +202,7 @@ def test_the_locality_reference_is_each_batchs_own_whatever_its_case_ids():
         replicates=2,
         metrics=["edit"],
     )
-    base = {r["replicate"]: r["locality_drift"] for r in rows if r["position"] == 0}
+    base = {r["replicate"]: r["locality_preservation"] for r in rows if r["position"] == 0}
     assert base == {0: 1.0, 1: 1.0}
 
 

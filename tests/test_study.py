@@ -33,7 +33,7 @@ NUMBERS = (
     "edit_success",
     "generalization",
     "locality",
-    "locality_drift",
+    "locality_preservation",
     "edit_nll",
     "topk",
 )

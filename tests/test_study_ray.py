@@ -97,6 +97,9 @@ def test_ray_gives_the_rows_of_the_local_executor(cluster, tiny_folder, local, t
     # the partition gives up no model state: every state once, as in the plan
     assert result.executed.states == study.counts()["study"].states
     assert result.executed.evaluations == study.counts()["study"].evaluations
+    # the base model's locality references: computed once per edit batch by the probe, stored
+    # in the run folder and handed to every task (none of which passes the base model again)
+    assert result.references == 2 and len(list((tmp_path / "references").glob("*.json"))) == 2
 
 
 def test_a_killed_task_is_retried_and_the_study_finishes(cluster, tiny_folder, tmp_path):

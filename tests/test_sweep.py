@@ -26,7 +26,7 @@ METRIC_KEYS = (
     "generalization",
     "locality",
     "edit_nll",
-    "locality_drift",
+    "locality_preservation",
 )
 
 
@@ -280,7 +280,9 @@ def check_per_edit(folder, rows):
         line = lines[(r["cell"], r["position"])]
         assert (line["run_id"], line["replicate"], line["dataset"]) == (r["run_id"], r["replicate"], r.get("dataset"))
         assert line["case_ids"][:50] == r["edit_ids"]
-        assert {"edit_success", "generalization", "locality", "edit_nll", "locality_drift"} <= set(line["scores"])
+        assert {"edit_success", "generalization", "locality", "edit_nll", "locality_preservation"} <= set(
+            line["scores"]
+        )
         for key, scores in line["scores"].items():
             got = [s for s in scores if s is not None]
             assert len(scores) == len(line["case_ids"]) and r[key] == (sum(got) / len(got) if got else None), key

@@ -91,7 +91,7 @@ def test_branched_teacher_forcing_equals_one_sequence_per_pair(arch):
 def test_edit_metrics_rows_are_unchanged_by_branching(arch):
     lm = tiny_model(arch, seed=2)
     for scorer in ("prob", "f1"):
-        config = {"scorer": scorer, "locality_scorer": "drift", "batch_size": 2}
+        config = {"scorer": scorer, "locality_scorer": "preservation", "batch_size": 2}
         results = []
         for per_pair in (False, True):
             metric = EditMetrics.from_overrides(config)
@@ -139,13 +139,41 @@ def test_each_distinct_prompt_runs_once_and_the_head_only_where_read():
     assert sum(head_rows) == sum(len(p) if full else 1 for p, full in prompts.items()) + targets
 
 
-def test_an_evaluation_forces_each_pair_once_and_asks_every_argmax_for_locality_only():
-    wanted = _forced_pairs(records())
+def test_an_evaluation_forces_each_pair_once_with_the_control_records():
+    unedited = [EditRecord("u", "Rome", "Rome is the capital of", "Spain", "Italy")]
+    wanted = _forced_pairs(records(), unedited)
     assert len(wanted) == len(set(wanted))
-    assert wanted[(LONG, "Thames")] is True  # a locality pair of two records
-    assert wanted[("Berlin is the capital of", "Italy")] is False
-    assert wanted[("Berlin is the capital of", "Danube")] is False  # a rephrase of record c
-    assert wanted[("A", "Danube")] is False  # locality contrast: the answer against the new target
+    assert (LONG, "Thames") in wanted  # a locality pair of two records, once
+    assert ("Berlin is the capital of", "Italy") in wanted
+    assert ("Berlin is the capital of", "Danube") in wanted  # a rephrase of record c
+    assert ("A", "Danube") in wanted  # locality contrast: the answer against the new target
+    assert ("Rome is the capital of", "Italy") in wanted  # the control's true target
+    assert ("Rome is the capital of", "Spain") not in wanted  # a control is never scored as an edit
+
+
+def test_an_evaluation_runs_the_head_at_the_answer_positions_only():
+    """Every score of an evaluation, locality preservation included, reads the target's
+    positions: the LM head sees each distinct prompt's last position and each target's
+    positions after its first, never a prompt's other positions."""
+    lm = tiny_model("llama")
+    metric = EditMetrics()
+    ctx = Context(edits=records())
+    metric.reference(lm, ctx)
+    sc = Scorer(lm, 4)
+    encoded = [sc.encode(*pair) for pair in _forced_pairs(records())]
+    expected = len({tuple(p) for p, _t in encoded}) + sum(len(t) - 1 for _p, t in encoded)
+    head_rows = []
+    real_generate = Scorer.generate_ids
+    handle = lm.model.get_output_embeddings().register_forward_hook(
+        lambda _m, args, _out: head_rows.append(args[0].shape[0])
+    )
+    try:
+        Scorer.generate_ids = lambda self, prompts, lengths: [[0] * n for n in lengths]  # greedy generation aside
+        metric.compute(lm, ctx)
+    finally:
+        Scorer.generate_ids = real_generate
+        handle.remove()
+    assert sum(head_rows) == expected
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ from lmcompose.hookspecs import hookimpl
 from lmcompose.plugins import get_architectures, get_datasets, get_interventions, get_metrics
 from lmcompose.sweep import sweep
 
-__version__ = "0.2.0"
+__version__ = "0.4.0"
 
 _LAZY = {
     "load_model": "lmcompose.models.loading",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import math
 import types
 import typing
@@ -34,6 +36,7 @@ __all__ = [
     "NoConfig",
     "PER_EDIT_KEY",
     "Progress",
+    "References",
     "StepReport",
     "StrengthKnob",
     "TextCorpus",
@@ -382,16 +385,77 @@ class Progress:
         pass
 
 
+class References:
+    """Measurements of the unmodified base model that later evaluations compare against (the
+    locality prompts' answer-position argmaxes, for locality preservation), each kept under
+    what it is computed from: its ``kind``, a digest of its ``content`` (e.g. the prompts
+    and answers) and the base model's identity (``model``: the run's model fingerprint).
+
+    This one keeps them in memory, for one process. A run folder's
+    (:meth:`lmcompose.engine.run_folder.RunFolder.references`) also stores each in the
+    folder, so a resumed run and every Ray task of a study read it instead of computing it
+    again. Values must be JSON data (lists, numbers, strings)."""
+
+    def __init__(self, model: str | None = None, records: Mapping[str, Mapping[str, Any]] | None = None):
+        self.model = model
+        self._records: dict[str, dict[str, Any]] = {}
+        self.computed = 0  # references put here by this process (passes of the base model it made)
+        for record in (records or {}).values():
+            self.adopt(record)
+
+    def key(self, kind: str, content: str) -> str:
+        """The name a reference is kept under: a digest of its kind, content and base model."""
+        text = json.dumps([kind, content, self.model])
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def record(self, kind: str, content: str, value: Any) -> dict[str, Any]:
+        return {"key": self.key(kind, content), "kind": kind, "content": content, "model": self.model, "value": value}
+
+    def get(self, kind: str, content: str) -> Any | None:
+        """The reference of ``kind`` computed from ``content`` on this base model, or None."""
+        got = self._records.get(self.key(kind, content)) or self._read(self.key(kind, content))
+        if got is None or (got.get("kind"), got.get("content"), got.get("model")) != (kind, content, self.model):
+            return None
+        self._records[got["key"]] = got
+        return got["value"]
+
+    def put(self, kind: str, content: str, value: Any) -> None:
+        """Keep a reference just computed on the base model."""
+        record = self.record(kind, content, value)
+        self._records[record["key"]] = record
+        self.computed += 1
+        self._write(record)
+
+    def adopt(self, record: Mapping[str, Any]) -> None:
+        """Hold a reference computed elsewhere (another process, a stored file), as it is."""
+        if isinstance(record, Mapping) and isinstance(record.get("key"), str) and "value" in record:
+            self._records[record["key"]] = dict(record)
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every reference held, by key (to hand to another process)."""
+        return dict(self._records)
+
+    def _read(self, key: str) -> dict[str, Any] | None:
+        return None
+
+    def _write(self, record: dict[str, Any]) -> None:
+        pass
+
+
 @dataclass
 class Context:
     """Everything a step or a metric may use. Steps never load data or models themselves.
 
-    ``edits`` are this run's edit requests; ``calibration_batches()`` gives token windows for
-    calibration (lazy, cached); ``state`` is a scratch dict metrics use to keep base-model
-    references (e.g. locality drift); ``notes`` collects messages for the user.
+    ``edits`` are this run's edit requests; ``unedited`` the control records of the batch
+    being evaluated (records of the same dataset that no edit batch holds; their true
+    targets' NLL is ``unedited_nll``); ``calibration_batches()`` gives token windows for
+    calibration (lazy, cached); ``references`` keeps the base model's reference
+    measurements (:class:`References`); ``state`` is a scratch dict for anything else a
+    step or metric caches; ``notes`` collects messages for the user.
     """
 
     edits: list[EditRecord] = field(default_factory=list)
+    unedited: list[EditRecord] = field(default_factory=list)
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
@@ -407,6 +471,7 @@ class Context:
     calibration_corpus: str | None = None
     metric_options: dict[str, Any] = field(default_factory=dict)
     progress: Progress = field(default_factory=Progress)
+    references: References = field(default_factory=References)
     state: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     #: The unmodified base model (an LM), kept by the engine when a step of the plan sets
@@ -545,11 +610,13 @@ class Metric:
         raise NotImplementedError
 
     def reference(self, lm: LM, ctx: Context) -> None:
-        """Record on the base model what later evaluations compare against (kept in
-        ``ctx.state``). The engine calls it on the unmodified model, with ``ctx.edits`` set,
-        for every edit batch it will evaluate, before the first step: so a process that
-        resumes a run, or runs one part of a study, has the same references as one that
-        evaluated the base model itself. Default: nothing to record."""
+        """Record on the base model what later evaluations compare against, in
+        ``ctx.references`` (:class:`References`: kept in the run folder, so it is computed
+        once per edit batch for a whole run or study). The engine calls it on the unmodified
+        model, with ``ctx.edits`` set, for every edit batch it will evaluate, before the first
+        step: so a process that resumes a run, or runs one part of a study, compares against
+        the same references as one that evaluated the base model itself. A reference already
+        held (``ctx.references.get``) is not computed again. Default: nothing to record."""
 
 
 class EditDataset:

@@ -53,6 +53,7 @@ __all__ = [
     "compose",
     "evaluate",
     "load_edits",
+    "load_unedited",
     "parse_step",
     "prepare",
     "resolve_metrics",
@@ -519,7 +520,9 @@ def compose(
     rows: list[dict[str, Any]] = []
     with numerics_for(threads, deterministic, metric_objs, current_threads()) as numerics, folder or nullcontext():
         done = folder.done() if folder is not None else set()
+        references = None
         if folder is not None:
+            references = folder.references(inputs["model_fingerprint"])
             folder.write_config(
                 inputs=inputs,
                 numerics=numerics,
@@ -536,7 +539,9 @@ def compose(
             )
         if not plan.mark_needed(done, force=save.missing() if save is not None else None):
             return rows
-        executor = Executor(plan, lm, ctx, metric_objs, {group: list(ctx.edits)}, build=build, save=save)
+        executor = Executor(
+            plan, lm, ctx, metric_objs, {group: list(ctx.edits)}, build=build, save=save, references=references
+        )
         for state in executor.run():
             for row, per_edit in state.rows_with_scores():
                 if folder is not None:
@@ -604,6 +609,49 @@ def load_edits(
         for note in getattr(ds, "notes", []):
             ctx.note(note)
     return records
+
+
+def load_unedited(
+    dataset: str,
+    batches: Sequence[Sequence[EditRecord]],
+    source: str | Path | None = None,
+    seed: int | None = 0,
+    skip_invalid: bool = False,
+    ctx: Context | None = None,
+) -> list[list[EditRecord]]:
+    """The control records of each edit batch (``batches``: one per replicate, in order): the
+    records of ``dataset`` that no batch edits (none shares a prompt with an edit request) and
+    that have a true target, as many as the batch has, taken in turn from the seeded
+    permutation the batches were drawn from (``seed``) — so replicate r's controls follow
+    replicate r-1's and no two replicates share one while the dataset has enough. Their true
+    targets' NLL is the control of Figure 5 (``unedited_nll``). A dataset with too few such
+    records gives fewer (shared between replicates when it must), with a note in ``ctx``."""
+    ds = edit_dataset_class(dataset)()
+    if ctx is not None and ctx.data_dir is not None:
+        ds.data_dir = ctx.data_dir
+    kwargs: dict[str, Any] = {"source": source, "limit": None, "seed": seed}
+    if skip_invalid:
+        kwargs["skip_invalid"] = True
+    everything = ds.load(**kwargs)
+    edited = {r.prompt for b in batches for r in b}
+    rest = [r for r in everything if r.target_true and r.prompt not in edited]
+    out: list[list[EditRecord]] = []
+    start = 0
+    for batch in batches:
+        n = min(len(batch), len(rest))
+        out.append([rest[(start + i) % len(rest)] for i in range(n)] if rest else [])
+        start += len(batch)
+    wanted = sum(len(b) for b in batches)
+    if ctx is not None and len(rest) < wanted:
+        ctx.note(
+            f"{dataset}: {len(rest)} record(s) with a true target are left beside the {wanted} edit requests, "
+            + (
+                "so no unedited_nll (the control of Figure 5) is measured"
+                if not rest
+                else "so the control records of unedited_nll are fewer than the edits or shared between replicates"
+            )
+        )
+    return out
 
 
 def edit_dataset_class(name: str) -> type[EditDataset]:

@@ -10,7 +10,12 @@ Interventions for Language Models* ran, where lmcompose's defaults differ:
 * AWQ's clip search skips the query/key projections (``awq.clip_qk=false``, llm-awq's rule);
 * MEMIT's covariance from the base model whatever came before (``memit.stats_from=base``);
 * perplexity over every window of wikitext-2 test at the model's sequence length (its
-  maximum positions).
+  maximum positions);
+* locality as the paper's code scores it (composable-interventions, ``utils/evals.py``
+  ``f1_locality_generate``): F1 of the greedy answer to each neighbour prompt against its
+  ground-truth answer (``edit.locality_scorer=neighbour_knowledge``), which measures what the
+  model knows of the neighbours rather than what an edit left unchanged (the default,
+  ``preservation``; docs/metrics.md).
 
 A field written on a step, a metric option given, or a field a sweep varies always wins
 over the protocol; the policy is the protocol's. The default protocol changes nothing.
@@ -72,14 +77,18 @@ PROTOCOLS: dict[str, Protocol] = {
     "paper": Protocol(
         "paper",
         "the paper's choices: symmetric act-order true-sequential GPTQ, recompress (AWQ not re-applied), "
-        "MEMIT statistics of the base model, perplexity over all of wikitext-2 test at the model's length",
+        "MEMIT statistics of the base model, perplexity over all of wikitext-2 test at the model's length, "
+        "locality as F1 against the neighbours' answers (neighbour_knowledge)",
         step_fields={
             "gptq": {"symmetric": True, "act_order": True, "true_sequential": True},
             "awq": {"recompress": False, "clip_qk": False},
             "memit": {"stats_from": "base"},
         },
         policy="recompress",
-        metric_options={"perplexity": {"max_tokens": 0, "seqlen": MODEL_SEQLEN}},
+        metric_options={
+            "perplexity": {"max_tokens": 0, "seqlen": MODEL_SEQLEN},
+            "edit": {"locality_scorer": "neighbour_knowledge"},
+        },
     ),
 }
 

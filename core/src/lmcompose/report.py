@@ -45,6 +45,31 @@ NO_PER_EDIT_NOTE = (
 )
 
 
+def locality_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What ``locality`` means in ``rows``, where it is not the default (preservation of the
+    unedited model's answers): the paper's score (protocol paper), or rows of an lmcompose
+    before 0.4, whose default scored the neighbours' ground-truth answers."""
+    scorers = {
+        str(r.get("locality_scorer")) for r in rows if r.get("locality") is not None and r.get("locality_scorer")
+    }
+    out = []
+    if "neighbour_knowledge" in scorers:
+        out.append(
+            "locality here is the paper's (protocol paper; composable-interventions scores it with "
+            "f1_locality_generate): F1 of the greedy answer against each neighbour prompt's ground-truth answer "
+            "(neighbour_knowledge), which measures what the model knows of the neighbours, not what an edit left "
+            "unchanged; locality_preservation in the rows is that (docs/metrics.md)"
+        )
+    earlier = scorers & {"f1", "accuracy", "drift"}
+    if earlier:
+        out.append(
+            f"rows scored locality with {', '.join(sorted(earlier))} (lmcompose before 0.4): f1 and accuracy score the "
+            "neighbours' ground-truth answers (now neighbour_knowledge), and drift counted the prompt's positions "
+            "too; they are not the preservation score newer rows call locality (docs/metrics.md)"
+        )
+    return out
+
+
 @dataclass
 class Table:
     title: str
@@ -306,7 +331,7 @@ def build_report(
         per_edit = read_per_edit(Path(run) if Path(run).is_dir() else Path(run).parent, data.run_id)
     per_edit = per_edit or {}
     comps: dict[str, Composability] = {}
-    notes: list[str] = list(data.notes)
+    notes: list[str] = list(data.notes) + locality_notes(data.rows)
     if not data.complete:
         notes.append(
             "the sweep is not complete (interrupted?): rerun the same `lmcompose sweep` command to finish it; "

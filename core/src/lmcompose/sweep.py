@@ -566,7 +566,9 @@ def sweep(
     rows: list[dict[str, Any]] = []
     with numerics_for(threads, deterministic, metric_objs, current_threads()) as numerics, folder or nullcontext():
         done: set[tuple[str, int]] = set()
+        references = None
         if folder is not None:
+            references = folder.references(inputs["model_fingerprint"])
             folder.write_config(
                 inputs=inputs,
                 numerics=numerics,
@@ -603,6 +605,7 @@ def sweep(
             snapshot_dir=snapshot_dir,
             topk=topk,
             save=save,
+            references=references,
         )
         with ctx.progress.task(f"sweep: {len(plan.cells)} cells", n_eval) as advance:
             for state in executor.run():

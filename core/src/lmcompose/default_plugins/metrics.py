@@ -21,5 +21,5 @@ def register_metrics(register):
     register(
         "lmcompose.metrics.edits:EditMetrics",
         name="edit",
-        summary="edit success, generalization, locality (f1/accuracy/prob/drift), edit NLL",
+        summary="edit success, generalization, locality (preservation/prob), neighbour knowledge, edit/unedited NLL",
     )

@@ -6,8 +6,12 @@ before its first child and restored before each other child (in memory, or as sa
 disk with ``snapshots="disk"``). At a node, the edit-free metrics (perplexity, average bits,
 FLOPs) are evaluated once, the edit metrics once per group (dataset, replicate) with rows
 pending there. Before the first step, every edit metric records its base-model reference for
-every group the walk evaluates (:meth:`lmcompose.Metric.reference`), so a resumed run, or one
-task of a partitioned study, compares against the same base model as one uninterrupted walk.
+every group the walk evaluates (:meth:`lmcompose.Metric.reference`) in ``ctx.references``:
+held already (read from the run folder, or handed to a Ray task), it is not computed again,
+so a resumed run, or one task of a partitioned study, compares against the same base model
+as one uninterrupted walk without another pass of it. The control records of a group
+(``unedited``: records of its dataset no edit batch holds) are set on ``ctx.unedited`` while
+its edit metrics are evaluated.
 
 The executor writes nothing: the caller (a run folder, a Ray driver) stores the rows.
 """
@@ -25,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmcompose.api import PER_EDIT_KEY, Context, EditRecord, Intervention, Metric, config_to_dict
+from lmcompose.api import PER_EDIT_KEY, Context, EditRecord, Intervention, Metric, References, config_to_dict
 from lmcompose.engine.numerics import nondeterministic_error
 from lmcompose.engine.plan import Action, Cell, Group, Node, Plan, PlanCounts
 from lmcompose.engine.policy import project_earlier
@@ -53,6 +57,7 @@ __all__ = [
     "evaluate",
     "evaluate_metrics",
     "provider",
+    "record_references",
     "replicate_edits",
     "step_warnings",
     "topk_next_tokens",
@@ -276,6 +281,53 @@ def check_lengths(lm: LM, batches: Mapping[Group, Sequence[EditRecord]]) -> None
                     )
 
 
+def fitting_controls(
+    lm: LM, unedited: Mapping[Group, Sequence[EditRecord]], ctx: Context
+) -> dict[Group, list[EditRecord]]:
+    """The control records of each group that fit in the model's positions with their true
+    target (they are measured, never asked for: one that does not fit is left out, with a
+    note, where an edit request would be refused)."""
+    from lmcompose.metrics.edits import target_text
+
+    limit = lm.max_positions
+    tok = lm.tokenizer
+    out: dict[Group, list[EditRecord]] = {}
+    for group, records in unedited.items():
+        kept = [
+            r
+            for r in records
+            if r.target_true
+            and len(tok(r.prompt).input_ids)
+            + len(tok(target_text(r.prompt, r.target_true), add_special_tokens=False).input_ids)
+            <= limit
+        ]
+        if len(kept) < len([r for r in records if r.target_true]):
+            ctx.note(
+                f"unedited_nll of {group[0] or 'the edits'} replicate {group[1]}: control records beyond the "
+                f"model's {limit} positions left out"
+            )
+        out[group] = kept
+    return out
+
+
+def record_references(lm: LM, ctx: Context, metrics: Sequence[Metric], batches: Sequence[list[EditRecord]]) -> int:
+    """Every edit metric's base-model reference (:meth:`Metric.reference`) of each batch, on
+    ``lm`` (the unmodified base model) into ``ctx.references``; returns how many were computed
+    (a reference held already is read, not computed)."""
+    before = ctx.references.computed
+    kept = ctx.edits
+    try:
+        for batch in batches:
+            ctx.edits = list(batch)
+            if ctx.edits:
+                for m in metrics:
+                    if m.requires_edits:
+                        m.reference(lm, ctx)
+    finally:
+        ctx.edits = kept
+    return ctx.references.computed - before
+
+
 class SnapshotStore:
     """Model states to come back to: in memory (state-dict copies) or on disk (safetensors)."""
 
@@ -452,12 +504,15 @@ def under_variant(ctx: Context, variant: Sequence[tuple[str, Any]]) -> Iterator[
 class Executor:
     """Walks ``plan`` on ``lm`` (the base model), yielding a :class:`StateResult` per state.
 
-    ``edits`` maps each group to its edit requests; ``build`` makes the intervention of an
-    action (default: from the registry by name and overrides); ``topk`` > 0 records in sweep
-    rows the top-k next tokens of edit ``topk_edit``'s prompt of each group (default: the first
-    edit), with its targets' first tokens and the top :data:`TOP_LOGITS` logits; ``save``
-    writes the states it names to their folders once they are computed
-    (:mod:`lmcompose.engine.saving`).
+    ``edits`` maps each group to its edit requests, ``unedited`` to its control records (the
+    true targets of records no edit batch holds: ``unedited_nll``); ``build`` makes the
+    intervention of an action (default: from the registry by name and overrides); ``topk`` > 0
+    records in sweep rows the top-k next tokens of edit ``topk_edit``'s prompt of each group
+    (default: the first edit), with its targets' first tokens and the top :data:`TOP_LOGITS`
+    logits; ``save`` writes the states it names to their folders once they are computed
+    (:mod:`lmcompose.engine.saving`); ``references`` (a run folder's,
+    :meth:`lmcompose.engine.run_folder.RunFolder.references`) holds the base-model references
+    while the walk runs (default: ``ctx.references``).
     """
 
     def __init__(
@@ -474,6 +529,8 @@ class Executor:
         topk_edit: int = 0,
         build: Callable[[Action], Intervention] | None = None,
         save: SaveTargets | None = None,
+        unedited: Mapping[Group, list[EditRecord]] | None = None,
+        references: References | None = None,
     ):
         self.plan = plan
         self.lm = lm
@@ -489,7 +546,9 @@ class Executor:
         self.save = save
         self.states: Counter[str] = Counter()
         self.evaluations = 0
-        self.references = 0  # base-model reference passes (Metric.reference), one per edit metric and group
+        self.unedited = dict(unedited or {})
+        self.reference_store = references
+        self.references = 0  # base-model references computed (Metric.reference); those held already are read
 
     @property
     def counts(self) -> PlanCounts:
@@ -508,17 +567,18 @@ class Executor:
         check_lengths(self.lm, {g: self.batch(g) for g in self.plan.groups(scope)})
         if self.topk > 0:
             check_topk_edit(self.topk_edit, {g: self.batch(g) for g in self.plan.groups(scope)})
+        self.unedited = fitting_controls(self.lm, self.unedited, self.ctx)
         if self.ctx.base_model is None and self._needs_base_model(kids):
             import copy
 
             self.ctx.base_model = copy.deepcopy(self.lm)  # before any step changes it
-        for group in self.plan.groups(scope):
-            self.ctx.edits = self.batch(group)
-            if self.ctx.edits:
-                for m in self.edit_metrics:
-                    m.reference(self.lm, self.ctx)
-                    self.references += 1
+        held = self.ctx.references
+        if self.reference_store is not None:
+            self.ctx.references = self.reference_store
         try:
+            self.references += record_references(
+                self.lm, self.ctx, self.edit_metrics, [self.batch(g) for g in self.plan.groups(scope)]
+            )
             if root and top.pending:
                 start = time.perf_counter()
                 rows, per_edit = self._evaluate(top, [], 0.0, {}, False, [])
@@ -526,6 +586,8 @@ class Executor:
             yield from self._visit(top, kids, [])
         finally:
             self.store.close()
+            self.ctx.references = held
+            self.ctx.unedited = []
 
     def _needs_base_model(self, kids: list[Node]) -> bool:
         seen: set[str] = set()
@@ -624,6 +686,7 @@ class Executor:
         scores: dict[Group, dict[str, list[float | None]]] = {}
         for g in groups:
             ctx.edits = self.batch(g)
+            ctx.unedited = list(self.unedited.get(g, []))
             values = {}
             if self.edit_metrics and ctx.edits:
                 measured = evaluate_metrics(self.lm, self.edit_metrics, ctx, where)

@@ -9,8 +9,11 @@ worker dies) is submitted once more with the rows written so far marked done; a 
 failure is reported with the cells it leaves unwritten, and every other task's rows are kept.
 A killed driver loses nothing: rerunning resumes from results.jsonl like a local run.
 
-What the partition gives up: each task loads the base model and records the edit metrics'
-base-model references (one teacher-forced pass per edit batch it evaluates) itself.
+The edit metrics' base-model references (one teacher-forced pass of the unedited model per
+edit batch) are computed once for the whole study: the probe task, which loads the model
+anyway, computes those the run folder does not hold yet; the driver stores them in the run
+folder (``references/``) and hands every task all of them, so no task passes the base
+model again. What the partition gives up: each task loads the base model itself.
 
 Ray is an optional extra (``pip install 'lmcompose[ray]'``); nothing here imports it until a
 run asks for it.
@@ -58,8 +61,9 @@ class RayWork(Protocol):
         """(plan, lm, ctx, metrics, edits, executor keyword arguments), in the worker, with
         torch's thread count and deterministic mode set for the task."""
 
-    def inputs(self, lm: LM, edits: Mapping[Any, Any]) -> dict[str, Any]:
-        """What the run's numbers depend on (checked by the run folder)."""
+    def inputs(self, lm: LM, edits: Mapping[Any, Any], unedited: Mapping[Any, Any] | None = None) -> dict[str, Any]:
+        """What the run's numbers depend on (checked by the run folder); ``unedited``: the
+        control records ``prepare`` gave (its keyword arguments' ``unedited``)."""
 
     def numerics(self, threads: int, deterministic: bool) -> dict[str, Any]:
         """The ``numerics:`` record of a task in this worker (checked by the run folder)."""
@@ -160,8 +164,34 @@ def _worker_env() -> dict[str, str]:
 def _probe(work: RayWork, threads: int, deterministic: bool, env: dict[str, str]) -> tuple[dict[str, Any], ...]:
     """(inputs, numerics) as a worker sees them."""
     os.environ.update(env)
-    plan, lm, _ctx, _metrics, edits, _kw = work.prepare(threads, deterministic)
-    return work.inputs(lm, edits), work.numerics(threads, deterministic)
+    _plan, lm, _ctx, _metrics, edits, kw = work.prepare(threads, deterministic)
+    return work.inputs(lm, edits, kw.get("unedited")), work.numerics(threads, deterministic)
+
+
+def _probe_and_reference(
+    work: RayWork,
+    threads: int,
+    deterministic: bool,
+    env: dict[str, str],
+    done: set[tuple[str, int]],
+    only: set[str] | None,
+    stored: Mapping[str, Mapping[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
+    """(inputs, numerics, references) as a worker sees them: the references are the base-model
+    references (:meth:`lmcompose.Metric.reference`) of every edit batch with rows pending
+    (``done``, ``only``) that ``stored`` (the run folder's) does not hold, computed here on the
+    model this probe loaded anyway."""
+    from lmcompose.api import References
+    from lmcompose.engine.executor import record_references
+
+    os.environ.update(env)
+    plan, lm, ctx, metrics, edits, kw = work.prepare(threads, deterministic)
+    inputs = work.inputs(lm, edits, kw.get("unedited"))
+    ctx.references = References(inputs.get("model_fingerprint"), stored)
+    plan.mark_needed(done, only)
+    record_references(lm, ctx, metrics, [list(edits.get(g, [])) for g in plan.groups([plan.root])])
+    new = {k: r for k, r in ctx.references.records().items() if k not in stored}
+    return inputs, work.numerics(threads, deterministic), new
 
 
 def _task(
@@ -174,8 +204,10 @@ def _task(
     fingerprint: str | None,
     env: dict[str, str],
     save: SaveTargets | None = None,
+    references: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     os.environ.update(env)
+    from lmcompose.api import References
     from lmcompose.engine.executor import Executor
 
     plan, lm, ctx, metrics, edits, kwargs = work.prepare(threads, deterministic)
@@ -185,7 +217,9 @@ def _task(
             f"(fingerprint {lm.fingerprint()} != {fingerprint}); every node needs the same model files"
         )
     plan.mark_needed(done, only, force=save.missing() if save is not None else None)
-    executor = Executor(plan, lm, ctx, metrics, edits, save=save, **kwargs)
+    # the study's base-model references, from the run folder and the probe: none computed here
+    held = References(fingerprint, references)
+    executor = Executor(plan, lm, ctx, metrics, edits, save=save, references=held, **kwargs)
     evaluations = 0
     for state in executor.run(nodes=task.nodes, root=task.root):
         kind = state.node.action.kind if state.computed and state.node.action is not None else None
@@ -223,7 +257,9 @@ def run_on_ray(
     inputs, and the numerics a task computes with there); ``on_state(node, item)`` is called
     after each model state's rows are written;
     ``save``: the states the tasks write to model folders (a path every node can reach).
-    Returns what the tasks computed and the tasks that failed twice."""
+    The probe computes the base-model references ``folder`` does not hold yet; they are
+    stored there and handed to every task. Returns what the tasks computed (the references:
+    the probe's and any a task had to compute itself) and the tasks that failed twice."""
     check_task_resources(cpus_per_task, gpus_per_task)
     ray = _ray()
     started = _init(ray, address)
@@ -231,16 +267,22 @@ def run_on_ray(
         n_threads = run_threads(threads, deterministic, max(1, math.ceil(cpus_per_task)))
         env = _worker_env()
         opts = {"num_cpus": cpus_per_task, "num_gpus": gpus_per_task, "max_retries": 0}
-        probe = ray.remote(_probe).options(**opts)
-        inputs, numerics = ray.get(probe.remote(work, n_threads, deterministic, env))
+        probe = ray.remote(_probe_and_reference).options(**opts)
+        stored = folder.reference_records()
+        inputs, numerics, computed = ray.get(
+            probe.remote(work, n_threads, deterministic, env, folder.done(), only, stored)
+        )
         if write_config is not None:
             write_config(inputs, numerics)
+        folder.write_references(computed)
+        held = {**stored, **computed}
         plan.mark_needed(folder.done(), only, force=save.missing() if save is not None else None)
         remote = ray.remote(_task).options(**opts)
 
         def submit(task: Task) -> Any:
+            fingerprint = inputs.get("model_fingerprint")
             return remote.remote(
-                work, task, folder.done(), only, n_threads, deterministic, inputs.get("model_fingerprint"), env, save
+                work, task, folder.done(), only, n_threads, deterministic, fingerprint, env, save, held
             )
 
         running: dict[Any, tuple[Task, int]] = {submit(t): (t, 0) for t in plan.tasks()}
@@ -280,7 +322,7 @@ def run_on_ray(
             references[gen] = item["references"]
             if on_state is not None:
                 on_state(plan.node(item["node"]), item)
-        return RayOutcome(failures, states, evaluations, sum(references.values()))
+        return RayOutcome(failures, states, evaluations, len(computed) + sum(references.values()))
     finally:
         if started:
             ray.shutdown()

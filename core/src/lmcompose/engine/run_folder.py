@@ -18,10 +18,14 @@ Every command that writes results (run, sweep, study, merge) goes through a
   ``row_written`` hook); a row's per-edit scores go to ``per_edit.jsonl`` just before it,
   so a kill between the two leaves at worst a per-edit line whose row a resume writes
   again (readers keep the last line of a key, :func:`lmcompose.results.read_per_edit`);
+* keeps the base model's reference measurements (:class:`lmcompose.api.References`: the
+  locality prompts' answer-position argmaxes) in ``references/<key>.json``, one file per
+  (kind, content digest, base model fingerprint), written atomically: computed once per
+  edit batch, they are read back by a resumed run and handed to every Ray task of a study;
 * never writes through a symbolic link: a link where the run writes a file or folder is
-  refused on :meth:`~RunFolder.open`, naming it, and the lock, rows and per-edit scores are
-  opened with O_NOFOLLOW (anyone who may write into a shared runs/ folder could otherwise
-  make a run overwrite or append to a file its user owns).
+  refused on :meth:`~RunFolder.open`, naming it, and the lock, rows, per-edit scores and
+  references are opened with O_NOFOLLOW (anyone who may write into a shared runs/ folder
+  could otherwise make a run overwrite or append to a file its user owns).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmcompose.api import References
 from lmcompose.engine.numerics import check_numerics
 from lmcompose.errors import UsageError
 from lmcompose.results import (
@@ -49,6 +54,7 @@ from lmcompose.results import (
     read_rows,
     read_yaml,
     refuse_link,
+    write_text_atomic,
     write_yaml_atomic,
 )
 
@@ -56,6 +62,7 @@ if TYPE_CHECKING:
     from lmcompose.models.handle import LM
 
 LOCK_FILE = ".lock"
+REFERENCES_FOLDER = "references"
 #: every file and folder a run, sweep, study, merge or report writes at the top of its folder
 #: (the lock, the rows and per-edit scores, the config, the reports, the plots, saved models,
 #: disk snapshots)
@@ -69,6 +76,7 @@ WRITTEN_ENTRIES = (
     "plots",
     "models",
     ".snapshots",
+    REFERENCES_FOLDER,
 )
 NUMERICS_KEY = "numerics"
 # config.yaml keys that describe this invocation, not the run: never a reason to refuse
@@ -99,7 +107,16 @@ VOLATILE_KEYS = frozenset(
 # a change shows as the setting it comes from, so these are never compared with a settings mapping
 DERIVED_KEYS = frozenset({"order", "steps_resolved", "edit_batches"})
 
-__all__ = ["RunFolder", "RunInfo", "describe_changes", "edits_digest", "row_cell_id", "run_inputs", "versions"]
+__all__ = [
+    "FolderReferences",
+    "RunFolder",
+    "RunInfo",
+    "describe_changes",
+    "edits_digest",
+    "row_cell_id",
+    "run_inputs",
+    "versions",
+]
 
 
 @dataclass
@@ -134,25 +151,76 @@ def edits_digest(batch: Sequence[Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_inputs(lm: LM, edits: Mapping[Any, Sequence[Any]], ctx: Any = None) -> dict[str, Any]:
+def run_inputs(
+    lm: LM,
+    edits: Mapping[Any, Sequence[Any]],
+    ctx: Any = None,
+    unedited: Mapping[Any, Sequence[Any]] | None = None,
+) -> dict[str, Any]:
     """What a run's numbers depend on beyond its settings: the base model's weights, the edit
-    requests of every group (dataset, replicate), the text corpora and the software. A resume
-    is refused when any of them changed (:meth:`RunFolder.write_config` compares them)."""
+    requests of every group (dataset, replicate) and its control records (``unedited``, when
+    the run has them), the text corpora and the software. A resume is refused when any of
+    them changed (:meth:`RunFolder.write_config` compares them)."""
     from lmcompose.data import corpus_identity
 
     def label(group: Any) -> str:
         return ("" if group[0] is None else f"{group[0]}/") + f"r{group[1]}"
 
+    def digests(batches: Mapping[Any, Sequence[Any]]) -> dict[str, str]:
+        return {
+            label(g): edits_digest(b) for g, b in sorted(batches.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
+        }
+
     revision = {"model_revision": lm.revision} if getattr(lm, "revision", None) else {}
+    controls = {"unedited": digests(unedited)} if unedited else {}
     return {
         **revision,
         "model_fingerprint": lm.fingerprint(),
-        "edits": {
-            label(g): edits_digest(b) for g, b in sorted(edits.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
-        },
+        "edits": digests(edits),
+        **controls,
         "corpora": corpus_identity(ctx),
         "versions": versions(),
     }
+
+
+class FolderReferences(References):
+    """:class:`lmcompose.api.References` kept in a run folder's ``references/``: each one read
+    from its file when first asked for, each new one written atomically to ``<key>.json``
+    (never through a link). A file that cannot be read, or that holds another reference than
+    its name says, counts as absent (the reference is computed again and the file replaced)."""
+
+    def __init__(self, folder: Path, model: str | None):
+        super().__init__(model)
+        self.folder = folder
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.json"
+
+    def _read(self, key: str) -> dict[str, Any] | None:
+        return _read_reference(self._path(key))
+
+    def _write(self, record: dict[str, Any]) -> None:
+        refuse_link(self.folder)
+        write_text_atomic(self._path(record["key"]), json.dumps(record, separators=(",", ":")) + "\n")
+
+
+def _read_reference(path: Path) -> dict[str, Any] | None:
+    """A stored reference (opened with O_NOFOLLOW), or None if absent, unreadable or not one."""
+    try:
+        fd = open_no_link(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK, errno.EACCES):
+            return None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = json.loads(f.read())
+        except ValueError:
+            return None
+    ok = isinstance(data, dict) and data.get("key") == path.stem and "value" in data
+    return data if ok else None
 
 
 def row_cell_id(row: Mapping[str, Any]) -> str:
@@ -413,6 +481,40 @@ class RunFolder:
         data.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         write_yaml_atomic(self.config_path, data)
         self.config = {k: v for k, v in data.items() if k != "inputs"}
+
+    # -- base-model references ---------------------------------------------------------
+    def references(self, model: str | None) -> FolderReferences:
+        """The base-model references of this run (``model``: the base model's fingerprint),
+        read from and written to ``references/``."""
+        return FolderReferences(self.path / REFERENCES_FOLDER, model)
+
+    def reference_records(self) -> dict[str, dict[str, Any]]:
+        """Every reference stored here, by key (what a Ray driver hands its tasks)."""
+        folder = self.path / REFERENCES_FOLDER
+        refuse_link(folder)
+        if not folder.is_dir():
+            return {}
+        out = {}
+        for path in sorted(folder.glob("*.json")):
+            record = _read_reference(path)
+            if record is not None:
+                out[record["key"]] = record
+        return out
+
+    def write_references(self, records: Mapping[str, Mapping[str, Any]]) -> int:
+        """Store references computed elsewhere (by a Ray task), each under its own key;
+        returns how many were new here."""
+        store = self.references(None)
+        held = self.reference_records()
+        new = 0
+        for key, record in records.items():
+            named = References(record.get("model")).key(str(record.get("kind")), str(record.get("content")))
+            if key != record.get("key") or key != named:
+                raise ValueError(f"reference record {key!r} is not what its key names (kind, content, model)")
+            if key not in held:
+                store._write(dict(record))
+                new += 1
+        return new
 
     # -- rows ------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Edit success, generalization and locality, with the f1, accuracy, prob and drift scorers.
+"""Edit success, generalization, locality (preservation of the neighbours' answers), what the
+model knows of the neighbours, edit NLL and the NLL of unedited facts.
 
 All definitions are in docs/metrics.md. Targets are tokenized on their own with a leading
 space (unless the prompt ends in whitespace) and appended to the prompt's tokens, as in
@@ -24,6 +25,20 @@ __all__ = ["EditMetrics", "EditMetricsConfig", "Scorer", "multi_hop_prompt", "ta
 
 SCORERS = ("f1", "accuracy", "prob")
 MULTI_HOP_TOKENS = 8
+#: locality scorer -> the row key it reads
+LOCALITY_KEYS = {
+    "preservation": "locality_preservation",
+    "prob": "locality_prob",
+    "neighbour_knowledge": "neighbour_knowledge",
+    "neighbour_knowledge_accuracy": "neighbour_knowledge_accuracy",
+}
+#: ``drift`` is preservation's earlier name (it now reads the answer positions only, as
+#: EasyEdit's locality does); the scorers that scored the neighbours' ground-truth answers
+#: were renamed for what they measure (lmcompose 0.4)
+LOCALITY_ALIASES = {"drift": "preservation"}
+RENAMED_LOCALITY_SCORERS = {"f1": "neighbour_knowledge", "accuracy": "neighbour_knowledge_accuracy"}
+#: what the base-model reference of locality preservation holds (kept in Context.references)
+REFERENCE_KIND = "locality_answer_argmax"
 
 
 @dataclass
@@ -35,9 +50,16 @@ class EditMetricsConfig:
             "F1), accuracy (teacher-forced token accuracy), prob (P(new) > P(true))"
         },
     )
-    locality_scorer: Literal["f1", "accuracy", "prob", "drift"] = field(
-        default="f1",
-        metadata={"help": "scorer behind locality; drift = share of next-token argmaxes unchanged from the base model"},
+    locality_scorer: str = field(
+        default="preservation",
+        metadata={
+            "help": "scorer behind locality: preservation (EasyEdit's: share of the neighbour prompts' "
+            "answer-position argmaxes unchanged from the unedited model; drift is its earlier name), prob "
+            "(ROME's neighbourhood score: the neighbour's answer beats the new target), neighbour_knowledge (the "
+            "paper's code: F1 of the greedy answer against the neighbour's ground truth, what the model knows of "
+            "the neighbours, not what an edit changed), neighbour_knowledge_accuracy (its teacher-forced token "
+            "accuracy)"
+        },
     )
     batch_size: int = field(
         default=16, metadata={"help": "prompts per forward pass / generate call", "range": (1, 4096)}
@@ -50,6 +72,21 @@ class EditMetricsConfig:
             "(lmcompose 0.3's 'Q: A:' prompt and lenient match; not comparable with MQuAKE's numbers)"
         },
     )
+
+    def __post_init__(self) -> None:
+        scorer = LOCALITY_ALIASES.get(self.locality_scorer, self.locality_scorer)
+        if scorer in RENAMED_LOCALITY_SCORERS:
+            raise ValueError(
+                f"locality_scorer {scorer!r} scored the neighbours' ground-truth answers, which measures what the "
+                f"model knows of them, not what an edit left unchanged; since lmcompose 0.4 it is "
+                f"{RENAMED_LOCALITY_SCORERS[scorer]!r}. Use that name, or 'preservation' (the default) for locality"
+            )
+        if scorer not in LOCALITY_KEYS:
+            raise ValueError(
+                f"locality_scorer {self.locality_scorer!r} is not one of {', '.join(LOCALITY_KEYS)} (or drift, "
+                "preservation's earlier name)"
+            )
+        self.locality_scorer = scorer
 
 
 def target_text(prompt: str, target: str) -> str:
@@ -535,35 +572,44 @@ def _contrast_pairs(
     ]
 
 
-def _forced_pairs(records: list[EditRecord]) -> dict[tuple[str, str], bool]:
-    """Every (prompt, target) an evaluation of ``records`` teacher-forces, each once, with
-    whether a score reads the argmax at every position (locality drift) or at the target's only."""
-    wanted: dict[tuple[str, str], bool] = {}
+def _unedited_pairs(unedited: list[EditRecord]) -> list[tuple[str, str]]:
+    """(prompt, true target) of every control record that has a true target."""
+    return [(r.prompt, r.target_true) for r in unedited if r.target_true]
+
+
+def _forced_pairs(records: list[EditRecord], unedited: list[EditRecord] | None = None) -> list[tuple[str, str]]:
+    """Every (prompt, target) an evaluation of ``records`` (and of the control records
+    ``unedited``) teacher-forces, each once. Every score reads the target's positions only
+    (locality preservation too: the answer positions, as EasyEdit compares them)."""
+    wanted: dict[tuple[str, str], None] = {}
     for r in records:
         for p in [r.prompt, *r.rephrases]:
-            wanted.setdefault((p, r.target_new), False)
+            wanted.setdefault((p, r.target_new))
             if r.target_true:
-                wanted.setdefault((p, r.target_true), False)
+                wanted.setdefault((p, r.target_true))
     owners, pairs = _locality_pairs(records)
     for pair in pairs:
-        wanted[pair] = True
+        wanted.setdefault(pair)
     for _j, pair in _contrast_pairs(records, owners, pairs):
-        wanted.setdefault(pair, False)
-    return wanted
+        wanted.setdefault(pair)
+    for pair in _unedited_pairs(unedited or []):
+        wanted.setdefault(pair)
+    return list(wanted)
 
 
-def _reference_key(records: list[EditRecord]) -> tuple[str, str]:
-    """Where the base-model locality reference of a batch lives in ``ctx.state``: under a digest
-    of its locality prompts and answers in order, what the reference is computed from. Two
-    batches share a reference only when they would compute the same one; case ids are no key
-    (a file may repeat them, and two batches with equal ids once shared one reference)."""
+def _reference_key(records: list[EditRecord]) -> str:
+    """What the base-model locality reference of a batch is computed from: a digest of its
+    locality prompts and answers in order (``Context.references`` adds the base model's
+    identity). Two batches share a reference only when they would compute the same one; case
+    ids are no key (a file may repeat them, and two batches with equal ids once shared one
+    reference)."""
     _owners, pairs = _locality_pairs(records)
-    digest = hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()
-    return ("locality_reference", digest)
+    return hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()
 
 
 class EditMetrics(Metric):
-    """Edit success, generalization, locality (f1/accuracy/prob/drift), edit NLL, multi-hop."""
+    """Edit success, generalization, locality (preservation/prob), neighbour knowledge, edit
+    NLL, the NLL of unedited facts, multi-hop accuracy."""
 
     name = "edit"
     keys = (
@@ -571,14 +617,14 @@ class EditMetrics(Metric):
         "generalization",
         "locality",
         "edit_nll",
+        "unedited_nll",
         *(f"edit_success_{s}" for s in SCORERS),
         *(f"generalization_{s}" for s in SCORERS),
-        *(f"locality_{s}" for s in SCORERS),
-        "locality_drift",
+        *LOCALITY_KEYS.values(),
         "multi_hop_accuracy",
         "multi_hop_accuracy_original",
     )
-    higher_is_better = {k: True for k in keys} | {"edit_nll": False}
+    higher_is_better = {k: True for k in keys} | {"edit_nll": False, "unedited_nll": False}
     requires_edits = True
     Config = EditMetricsConfig
     _per_pair = False  # True: the earlier teacher forcing, one sequence per pair (tests, benchmarks)
@@ -592,8 +638,8 @@ class EditMetrics(Metric):
         with torch.inference_mode(), ctx.progress.task("edit metrics", 4) as advance:
             sc = Scorer(lm, self.config.batch_size, per_pair=self._per_pair)
             # one teacher-forced pass for the whole evaluation: each distinct prompt runs once
-            wanted = _forced_pairs(records)
-            forced = dict(zip(wanted, sc.teacher_forced(list(wanted), list(wanted.values())), strict=True))
+            wanted = _forced_pairs(records, ctx.unedited)
+            forced = dict(zip(wanted, sc.teacher_forced(wanted, False), strict=True))
             scores: dict[str, list[float | None]] = {}
             scores.update(self._prompt_group("edit_success", sc, records, lambda r: [r.prompt], forced))
             scores["edit_nll"] = scores.pop("edit_success_nll")
@@ -607,12 +653,12 @@ class EditMetrics(Metric):
             scores.update(self._multi_hop(sc, records, ctx))
             advance(1)
         res: dict[str, Any] = {k: _record_mean(v) for k, v in scores.items()}
+        # the control: NLL of the true targets of records no edit touched (not per edit: they are not edits)
+        res["unedited_nll"] = _mean([forced[pair]["nll"] for pair in _unedited_pairs(ctx.unedited)])
         chosen = {
             "edit_success": f"edit_success_{self.config.scorer}",
             "generalization": f"generalization_{self.config.scorer}",
-            "locality": "locality_drift"
-            if self.config.locality_scorer == "drift"
-            else f"locality_{self.config.locality_scorer}",
+            "locality": LOCALITY_KEYS[self.config.locality_scorer],
         }
         for criterion, key in chosen.items():
             res[criterion] = res.get(key)
@@ -661,43 +707,56 @@ class EditMetrics(Metric):
         }
 
     def reference(self, lm: LM, ctx: Context) -> None:
-        """The base model's next-token argmaxes on the locality prompts (``locality_drift``
-        compares every later model with them); the same teacher-forced pass ``compute`` makes."""
+        """The base model's argmaxes at the answer positions of the locality prompts (teacher
+        forced on prompt + answer; ``locality_preservation`` compares every later model with
+        them), kept in ``ctx.references`` and computed only when it holds none for this batch;
+        the same teacher-forced pass ``compute`` makes."""
         import torch
 
         if any(r.multi_hop is not None for r in ctx.edits):  # a missing prompt file: before the first step
             self.multi_hop_protocol(lm, ctx.edits, ctx)
         _owners, pairs = _locality_pairs(ctx.edits)
-        key = _reference_key(ctx.edits)
-        if not pairs or key in ctx.state:
+        content = _reference_key(ctx.edits)
+        if not pairs or ctx.references.get(REFERENCE_KIND, content) is not None:
             return
         with torch.inference_mode():
-            tf = Scorer(lm, self.config.batch_size, per_pair=self._per_pair).teacher_forced(pairs)
-        ctx.state[key] = [t["argmax"] for t in tf]
+            tf = Scorer(lm, self.config.batch_size, per_pair=self._per_pair).teacher_forced(pairs, False)
+        ctx.references.put(REFERENCE_KIND, content, [t["target_argmax"] for t in tf])
 
     def _locality(
         self, sc: Scorer, records: list[EditRecord], ctx: Context, forced: Mapping[tuple[str, str], dict[str, Any]]
     ) -> dict[str, list[float | None]]:
-        """Per record (mean over its locality prompts, None without any): f1, accuracy, prob, drift."""
+        """Per record (mean over its locality prompts, None without any): preservation, prob,
+        and the neighbour knowledge scores (f1, accuracy against the neighbours' answers)."""
         owners, pairs = _locality_pairs(records)
         n = len(records)
         if not pairs:
-            return {k: [None] * n for k in ("locality_f1", "locality_accuracy", "locality_prob", "locality_drift")}
+            return {k: [None] * n for k in LOCALITY_KEYS.values()}
         tf = [forced[pair] for pair in pairs]
         gens = sc.generate_for(pairs, tf)
         f1 = [sc.f1(g, sc.encode(p, a)[1]) for g, (p, a) in zip(gens, pairs, strict=True)]
         contrast = _contrast_pairs(records, owners, pairs)
         tf_new = [forced[pn] for _, pn in contrast]
         prob = [1.0 if tf[j]["nll"] < t["nll"] else 0.0 for (j, _), t in zip(contrast, tf_new, strict=True)]
-        # drift: next-token argmaxes versus the first model evaluated in this run (the base)
-        argmaxes = [t["argmax"] for t in tf]
-        ref = ctx.state.setdefault(_reference_key(records), argmaxes)
-        same = [sum(a == b for a, b in zip(x, y, strict=True)) / len(x) for x, y in zip(argmaxes, ref, strict=True)]
+        # preservation: answer-position argmaxes versus the unedited base model's (EasyEdit's locality)
+        ref = ctx.references.get(REFERENCE_KIND, _reference_key(records))
+        if ref is None or len(ref) != len(pairs):
+            ctx.note(
+                "locality_preservation needs the base model's reference (EditMetrics.reference on the unedited "
+                "model, which the engine calls before the first step): not measured here"
+            )
+            preserved: list[float | None] = [None] * n
+        else:
+            same = [
+                sum(a == b for a, b in zip(t["target_argmax"], r, strict=True)) / len(r)
+                for t, r in zip(tf, ref, strict=True)
+            ]
+            preserved = _per_record(same, owners, n)
         return {
-            "locality_f1": _per_record(f1, owners, n),
-            "locality_accuracy": _per_record([t["accuracy"] for t in tf], owners, n),
+            "locality_preservation": preserved,
             "locality_prob": _per_record(prob, [owners[j] for j, _ in contrast], n),
-            "locality_drift": _per_record(same, owners, n),
+            "neighbour_knowledge": _per_record(f1, owners, n),
+            "neighbour_knowledge_accuracy": _per_record([t["accuracy"] for t in tf], owners, n),
         }
 
     def _multi_hop(self, sc: Scorer, records: list[EditRecord], ctx: Context) -> dict[str, list[float | None]]:

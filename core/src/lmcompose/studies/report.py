@@ -16,7 +16,9 @@
   tokens marked (from the rows' ``topk`` records; a folder without them says so);
 * **Figure 5** (``plots/fig5_nll.png``): the rise in edit NLL against the rise in general NLL
   from the dense edited model, per compressor, with the identity line (above it, edits
-  decay faster than language modelling);
+  decay faster than language modelling) and, beside it, its control: the rise in the NLL of
+  facts that were never edited (``unedited_nll``; rows written before lmcompose 0.4 have
+  none, and the figure and its caption say so);
 * the final metrics of each (compressor, dataset) per order and strength;
 * ``rows.csv``: every row flat, one column per field (``pandas.read_csv`` opens it).
 """
@@ -63,6 +65,7 @@ from lmcompose.report import (
     fmt_with_interval,
     interval_caption,
     interval_text,
+    locality_notes,
     order_text,
     p_width_caption,
 )
@@ -348,7 +351,7 @@ def build_study_report(
         per_edit = read_per_edit(Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent, data.run_id)
     per_edit = per_edit or {}
     comps: dict[tuple[str, str], Composability] = {}
-    notes: list[str] = list(data.notes)
+    notes: list[str] = list(data.notes) + locality_notes(data.rows)
     for key, sweep in data.sweeps.items():
         if not sweep.complete:
             notes.append(f"{key[0]} on {key[1]} is not complete: A/P use the replicates whose cells are all finished")
@@ -697,8 +700,41 @@ def plot_family(data: StudyData, family: str, path: Path) -> Path | None:
     return path
 
 
+#: Figure 5's series: the edits' NLL, and its control, the NLL of facts never edited
+NLL_SERIES = (("edit_nll", "edits"), ("unedited_nll", "unedited facts"))
+
+
+def has_unedited_control(data: StudyData) -> bool:
+    """Whether the rows measure the control of Figure 5 (``unedited_nll``, lmcompose 0.4 on)."""
+    return any(r.get("unedited_nll") is not None for r in data.rows)
+
+
+def _nll_rise(
+    data: StudyData, sweep: SweepData, ds: str, editor: str | None, order: Any, key: str
+) -> tuple[list[float], list[float]]:
+    """Per strength, the mean over replicates of (Δ general NLL, Δ ``key``) from the dense
+    edited model of the same replicate (strengths where a replicate lacks a value skip it)."""
+    xs, ys = [], []
+    for v in sweep.values:
+        dx, dy = [], []
+        for r in sweep.replicates:
+            row, dense = sweep.final.get((order, v, r)), data.dense.get((ds, editor, r))
+            if row is None or dense is None:
+                continue
+            if None in (row.get("general_nll"), row.get(key), dense.get("general_nll"), dense.get(key)):
+                continue
+            dx.append(row["general_nll"] - dense["general_nll"])
+            dy.append(row[key] - dense[key])
+        if dx:
+            xs.append(statistics.fmean(dx))
+            ys.append(statistics.fmean(dy))
+    return xs, ys
+
+
 def plot_nll_decay(data: StudyData, path: Path) -> Path | None:
-    """Figure 5: Δ edit NLL against Δ general NLL from the dense edited model, per compressor."""
+    """Figure 5: Δ edit NLL against Δ general NLL from the dense edited model, per compressor,
+    with its control beside it: Δ NLL of the true targets of facts no edit touched (dotted,
+    hollow markers; rows without ``unedited_nll`` draw none)."""
     from lmcompose.plots import _plt, save_figure
 
     entries = [e for e in data.entries if _editor_step(data, e) is not None]
@@ -708,53 +744,50 @@ def plot_nll_decay(data: StudyData, path: Path) -> Path | None:
     cols = min(4, len(entries))
     nrows = (len(entries) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.8 * nrows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = ["o", "s", "^", "D"]
+    control = has_unedited_control(data)
     for ax, entry in zip(axes.flat, entries, strict=False):
         editor = _editor_step(data, entry)
-        lim = 0.0
+        lo, hi = 0.0, 0.0
+        k = 0
         for ds in data.datasets:
             if (entry, ds) not in data.sweeps:
                 continue
             sweep = data.sweeps[(entry, ds)]
             for m, order in enumerate(sweep.orders):
-                xs, ys = [], []
-                for v in sweep.values:
-                    dx, dy = [], []
-                    for r in sweep.replicates:
-                        row, dense = sweep.final.get((order, v, r)), data.dense.get((ds, editor, r))
-                        if row is None or dense is None:
-                            continue
-                        if None in (
-                            row.get("general_nll"),
-                            row.get("edit_nll"),
-                            dense.get("general_nll"),
-                            dense.get("edit_nll"),
-                        ):
-                            continue
-                        dx.append(row["general_nll"] - dense["general_nll"])
-                        dy.append(row["edit_nll"] - dense["edit_nll"])
-                    if dx:
-                        xs.append(statistics.fmean(dx))
-                        ys.append(statistics.fmean(dy))
-                if xs:
+                color = colors[k % len(colors)]
+                k += 1
+                for key, what in NLL_SERIES:
+                    xs, ys = _nll_rise(data, sweep, ds, editor, order, key)
+                    if not xs:
+                        continue
+                    edits = key == "edit_nll"
                     ax.plot(
                         xs,
                         ys,
                         marker=markers[m % len(markers)],
-                        linestyle="-" if m == 0 else "--",
-                        label=f"{ds}: {order_text(order)}",
+                        color=color,
+                        markerfacecolor=color if edits else "none",
+                        linestyle="-" if edits else ":",
+                        label=f"{ds}: {order_text(order)} — {what}",
                     )
-                    lim = max(lim, *xs, *ys)
-        lim = lim * 1.05 if lim > 0 else 1.0
-        ax.plot([0, lim], [0, lim], color="grey", linestyle=":", linewidth=1, label="identity (equal decay)")
+                    lo, hi = min(lo, *xs, *ys), max(hi, *xs, *ys)
+        hi = hi * 1.05 if hi > 0 else 1.0
+        ax.plot([min(lo, 0.0), hi], [min(lo, 0.0), hi], color="grey", linestyle="--", linewidth=1, label="identity")
         ax.set_title(entry, fontsize=10)
         ax.set_xlabel("Δ general NLL (wikitext-2)", fontsize=8)
-        ax.set_ylabel("Δ edit NLL (new targets)", fontsize=8)
+        ax.set_ylabel(
+            "Δ NLL: edits (solid), unedited facts (dotted)" if control else "Δ edit NLL (new targets)", fontsize=8
+        )
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=5)
     for ax in list(axes.flat)[len(entries) :]:
         ax.axis("off")
-    fig.suptitle(f"{data.model}: NLL rise from the dense edited model, one point per strength (Fig. 5)", fontsize=11)
+    title = f"{data.model}: NLL rise from the dense edited model, one point per strength (Fig. 5)"
+    if not control:
+        title += "\nno control: the rows have no unedited_nll (written before lmcompose 0.4)"
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)
     return path
@@ -982,6 +1015,25 @@ def _counts_lines(run_dir: Path | None) -> list[str]:
     ]
 
 
+def _fig5_caption(data: StudyData) -> str:
+    text = (
+        "Fig. 5: the rise in edit NLL against the rise in general NLL from the dense edited model; above "
+        "the identity line, edits decay faster than language modelling."
+    )
+    if has_unedited_control(data):
+        return text + (
+            " Dotted, hollow markers: the control, the NLL of the true targets of facts no edit touched "
+            "(`unedited_nll`: records of the same dataset outside every edit batch, as many as the edits) under "
+            "the same compression; where edits rise above their control, compression undoes edits faster than "
+            "it erodes what the model knew."
+        )
+    return text + (
+        " This figure has no control: the rows have no `unedited_nll` (the NLL of facts never edited, measured "
+        "since lmcompose 0.4), so it cannot show whether edits decay faster than unedited facts; rerun the study "
+        "to draw it."
+    )
+
+
 def render_study_markdown(report: StudyReport, run_dir: Path | None = None) -> str:
     d = report.data
     reps = sorted({int(r["replicate"]) for r in d.rows})
@@ -1004,7 +1056,7 @@ def render_study_markdown(report: StudyReport, run_dir: Path | None = None) -> s
         lines += ["## Figures", ""]
         for p in report.plots:
             rel = p.relative_to(run_dir) if run_dir is not None and p.is_relative_to(run_dir) else p
-            caption = _figure_caption(p)
+            caption = _fig5_caption(d) if p.name.startswith("fig5") else _figure_caption(p)
             lines += [f"![{p.stem}]({rel.as_posix()})", "", caption, ""]
     lines += ["## Final models", ""]
     lines += [t.markdown() for t in report.tables if t.title.endswith("final model per order and strength")]

@@ -102,15 +102,21 @@ class StudyWork:
         study = self.study()
         ctx = study_context(study, Progress())
         edits = study.load_edits(ctx)
-        lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=ctx.progress)
         metrics = study_metrics(study)
-        options = {"snapshots": study.snapshots, "topk": study.topk, "topk_edit": study.topk_edit}
-        return study.plan(), lm, ctx, metrics, edits, options
+        unedited = study_controls(study, ctx, edits, metrics)
+        lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=ctx.progress)
+        kwargs = {"snapshots": study.snapshots, "topk": study.topk, "topk_edit": study.topk_edit, "unedited": unedited}
+        return study.plan(), lm, ctx, metrics, edits, kwargs
 
-    def inputs(self, lm: LM, edits: Mapping[Group, list[EditRecord]]) -> dict[str, Any]:
+    def inputs(
+        self,
+        lm: LM,
+        edits: Mapping[Group, list[EditRecord]],
+        unedited: Mapping[Group, list[EditRecord]] | None = None,
+    ) -> dict[str, Any]:
         from lmcompose.engine.run_folder import run_inputs
 
-        return run_inputs(lm, edits, study_context(self.study(), Progress()))
+        return run_inputs(lm, edits, study_context(self.study(), Progress()), unedited)
 
     def numerics(self, threads: int, deterministic: bool) -> dict[str, Any]:
         from lmcompose.engine.numerics import record_numerics
@@ -146,6 +152,15 @@ def study_metrics(study: Study) -> list[Metric]:
     from lmcompose.steps import build_metrics
 
     return build_metrics(study.metrics, study.resolved_metric_options)
+
+
+def study_controls(
+    study: Study, ctx: Context, edits: Mapping[Group, list[EditRecord]], metrics: list[Metric]
+) -> dict[Group, list[EditRecord]]:
+    """Each group's control records (``unedited_nll``), when an edit metric is evaluated."""
+    if not any(m.requires_edits for m in metrics):
+        return {}
+    return study.load_unedited(ctx, edits)
 
 
 def default_out(study: Study) -> Path:
@@ -379,7 +394,8 @@ def _run_local(
     metrics = study_metrics(study)
     ctx, edits, lm = loaded
     with numerics_for(threads, deterministic, metrics) as numerics:
-        inputs = run_inputs(lm, edits, ctx)
+        unedited = study_controls(study, ctx, edits, metrics)
+        inputs = run_inputs(lm, edits, ctx, unedited)
         folder.write_config(
             inputs=inputs,
             numerics=numerics,
@@ -405,6 +421,8 @@ def _run_local(
             topk=study.topk,
             topk_edit=study.topk_edit,
             save=save,
+            unedited=unedited,
+            references=folder.references(inputs["model_fingerprint"]),
         )
         for state in ex.run():
             for row, per_edit in state.rows_with_scores():

@@ -642,6 +642,20 @@ class Study:
                 )
         return out
 
+    def load_unedited(self, ctx: Any, edits: Mapping[Group, list[EditRecord]]) -> dict[Group, list[EditRecord]]:
+        """Every group's control records (:func:`lmcompose.compose.load_unedited`): records of
+        its dataset that no replicate edits, as many as its edits, chosen from the seed."""
+        from lmcompose.compose import load_unedited
+
+        out: dict[Group, list[EditRecord]] = {}
+        for d in self.datasets:
+            batches = [list(edits.get((d.name, r), [])) for r in range(self.replicates)]
+            if not any(batches):
+                continue
+            controls = load_unedited(d.name, batches, d.source, self.seed, self.skip_invalid, ctx)
+            out.update({(d.name, r): c for r, c in enumerate(controls)})
+        return out
+
 
 def _merge_budgets(options: Mapping[str, Mapping[str, Any]], budgets: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     merged = {k: dict(v) for k, v in options.items()}
