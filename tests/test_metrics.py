@@ -180,7 +180,11 @@ def test_records_without_true_target_use_the_new_target_probability():
     assert out["edit_success_prob"] == pytest.approx(math.exp(-out["edit_nll"]), rel=1e-5)
 
 
-def test_multi_hop_accuracy_counts_any_question():
+def test_multi_hop_accuracy_counts_any_question(tmp_path):
+    # MQuAKE's protocol reads its few-shot prompts from the data folder (tests/test_multi_hop.py)
+    prompts = tmp_path / "mquake" / "prompts"
+    prompts.mkdir(parents=True)
+    (prompts / "multihop-prompts.txt").write_text("Q: Who wrote Hamlet? A: William Shakespeare")
     lm = tiny_model("llama")
     recs = [
         record(
@@ -190,7 +194,7 @@ def test_multi_hop_accuracy_counts_any_question():
             multi_hop={"questions": ["Where?"], "answer": "x", "new_answer": "zzzz-never"},
         )
     ]
-    assert EditMetrics().compute(lm, Context(edits=recs))["multi_hop_accuracy"] == 0.0
+    assert EditMetrics().compute(lm, Context(edits=recs, data_dir=tmp_path))["multi_hop_accuracy"] == 0.0
 
 
 def test_edit_metrics_without_edits_report_nothing():

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from lmcompose.errors import ConfigError, DataError, UnknownNameError
+from lmcompose.errors import ConfigError, DataError, UnknownNameError, describe_value
 
 if TYPE_CHECKING:
     from lmcompose.models.handle import LM
@@ -68,6 +68,27 @@ class MultiHop:
     new_answer: str
     answer_aliases: list[str] = field(default_factory=list)
     new_answer_aliases: list[str] = field(default_factory=list)
+
+
+def _check_multi_hop(mh: MultiHop, where: str) -> None:
+    """What multi-hop scoring reads: at least one question, the answers before and after
+    editing, and their aliases, all non-empty strings; one DataError naming the field."""
+    if not mh.questions:
+        raise DataError(f"{where}: multi_hop.questions is empty; give the multi-hop questions (any one may be right)")
+    for k, q in enumerate(mh.questions):
+        if not isinstance(q, str) or not q.strip():
+            raise DataError(f"{where}: multi_hop.questions[{k}] must be a non-empty string, got {describe_value(q)}")
+    for key in ("answer", "new_answer"):
+        value = getattr(mh, key)
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{where}: multi_hop.{key} must be a non-empty string, got {describe_value(value)}")
+    for key in ("answer_aliases", "new_answer_aliases"):
+        value = getattr(mh, key)
+        if not isinstance(value, list | tuple):
+            raise DataError(f"{where}: multi_hop.{key} must be a list of strings, got {describe_value(value)}")
+        for k, a in enumerate(value):
+            if not isinstance(a, str):
+                raise DataError(f"{where}: multi_hop.{key}[{k}] must be a string, got {describe_value(a)}")
 
 
 @dataclass
@@ -129,6 +150,8 @@ class EditRecord:
             or not isinstance(self.multi_hop.questions, list)
         ):
             raise DataError(f"{where}: multi_hop must be {{questions: [...], answer, new_answer}}")
+        if self.multi_hop is not None:
+            _check_multi_hop(self.multi_hop, where)
 
     @property
     def template(self) -> str:

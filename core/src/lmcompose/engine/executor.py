@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lmcompose.models.handle import LM
 
 TOPK_PROMPT = "The capital of France is"  # the top-k record's prompt when a cell has no edits
+TOP_LOGITS = 30  # the highest logits the top-k record keeps for Figure 3
 SNAPSHOT_MODES = ("memory", "disk")
 
 __all__ = [
@@ -51,6 +52,8 @@ __all__ = [
     "SNAPSHOT_MODES",
     "SnapshotStore",
     "StateResult",
+    "TOP_LOGITS",
+    "check_topk_edit",
     "evaluate",
     "evaluate_metrics",
     "provider",
@@ -165,9 +168,22 @@ def step_warnings(name: str, lm: LM, details: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def topk_next_tokens(lm: LM, prompt: str, k: int) -> dict[str, Any]:
+def topk_next_tokens(
+    lm: LM,
+    prompt: str,
+    k: int,
+    targets: Mapping[str, str | None] | None = None,
+    top_logits: int = 0,
+) -> dict[str, Any]:
     """The ``k`` most likely next tokens after ``prompt`` and their probabilities (every
-    token when the vocabulary has fewer than ``k``)."""
+    token when the vocabulary has fewer than ``k``).
+
+    ``targets`` (name -> target text, e.g. ``{"target_new": ..., "target_true": ...}``) adds
+    ``targets``: per name, the target's first token as it is tokenized after the prompt
+    (:func:`lmcompose.metrics.edits.target_text`) with its logit, probability and rank (1 = the
+    most likely next token; ties ranked by the tokens strictly above); a name whose text is
+    None maps to None. ``top_logits`` > 0 adds ``top_logits``: the ids, tokens and logits of
+    the that many highest logits (Figure 3 of the paper draws 30)."""
     import torch
 
     ids = lm.tokenizer(prompt, return_tensors="pt").input_ids.to(lm.device)
@@ -175,13 +191,60 @@ def topk_next_tokens(lm: LM, prompt: str, k: int) -> dict[str, Any]:
         logits = lm.model(ids).logits[0, -1].float()
     probs = torch.softmax(logits, -1)
     top = torch.topk(probs, min(k, probs.shape[-1]))
-    return {
+    record: dict[str, Any] = {
         "prompt": prompt,
         "tokens": [lm.tokenizer.decode([int(i)]) for i in top.indices],
         "token_ids": [int(i) for i in top.indices],
         "probs": [float(p) for p in top.values],
         "logits": [float(logits[int(i)]) for i in top.indices],
     }
+    if targets is not None:
+        record["targets"] = {
+            name: None if text is None else _target_token(lm, prompt, text, logits, probs)
+            for name, text in targets.items()
+        }
+    if top_logits > 0:
+        most = torch.topk(logits, min(top_logits, logits.shape[-1]))
+        record["top_logits"] = {
+            "token_ids": [int(i) for i in most.indices],
+            "tokens": [lm.tokenizer.decode([int(i)]) for i in most.indices],
+            "logits": [float(v) for v in most.values],
+        }
+    return record
+
+
+def _target_token(lm: LM, prompt: str, text: str, logits: Any, probs: Any) -> dict[str, Any] | None:
+    """The first token of ``text`` after ``prompt``: id, token, logit, probability and rank
+    among the next-token logits (None for a target that tokenizes to nothing)."""
+    from lmcompose.metrics.edits import target_text
+
+    ids = lm.tokenizer(target_text(prompt, text), add_special_tokens=False).input_ids
+    if not ids:
+        return None
+    first = int(ids[0])
+    logit = float(logits[first])
+    return {
+        "text": text,
+        "token_id": first,
+        "token": lm.tokenizer.decode([first]),
+        "logit": logit,
+        "prob": float(probs[first]),
+        "rank": int((logits > logits[first]).sum()) + 1,
+    }
+
+
+def check_topk_edit(index: int, batches: Mapping[Group, Sequence[EditRecord]]) -> None:
+    """The top-k record reads edit ``index`` of every batch: one UsageError naming the index,
+    the batch and its number of edits when a batch is shorter (a batch without edits reads
+    the fixed prompt and needs none)."""
+    from lmcompose.errors import UsageError
+
+    for (dataset, replicate), records in batches.items():
+        if records and index >= len(records):
+            raise UsageError(
+                f"topk_edit {index}: {dataset or 'the edits'} replicate {replicate} has {len(records)} edits "
+                f"(indices 0 to {len(records) - 1}); give an index below {len(records)}"
+            )
 
 
 def check_lengths(lm: LM, batches: Mapping[Group, Sequence[EditRecord]]) -> None:
@@ -444,8 +507,9 @@ class Executor:
     ``edits`` maps each group to its edit requests, ``unedited`` to its control records (the
     true targets of records no edit batch holds: ``unedited_nll``); ``build`` makes the
     intervention of an action (default: from the registry by name and overrides); ``topk`` > 0
-    records the top-k next tokens of each group's first edit prompt in sweep rows; ``save``
-    writes the states it names to their folders once they are computed
+    records in sweep rows the top-k next tokens of edit ``topk_edit``'s prompt of each group
+    (default: the first edit), with its targets' first tokens and the top :data:`TOP_LOGITS`
+    logits; ``save`` writes the states it names to their folders once they are computed
     (:mod:`lmcompose.engine.saving`); ``references`` (a run folder's,
     :meth:`lmcompose.engine.run_folder.RunFolder.references`) holds the base-model references
     while the walk runs (default: ``ctx.references``).
@@ -462,6 +526,7 @@ class Executor:
         snapshots: str = "memory",
         snapshot_dir: Path | None = None,
         topk: int = 0,
+        topk_edit: int = 0,
         build: Callable[[Action], Intervention] | None = None,
         save: SaveTargets | None = None,
         unedited: Mapping[Group, list[EditRecord]] | None = None,
@@ -476,6 +541,7 @@ class Executor:
         self.edits = edits
         self.store = SnapshotStore(snapshots, snapshot_dir)
         self.topk = topk
+        self.topk_edit = topk_edit
         self.build = build or (lambda a: build_intervention(StepSpec(a.name, dict(a.overrides))))
         self.save = save
         self.states: Counter[str] = Counter()
@@ -499,6 +565,8 @@ class Executor:
         kids = [c for c in top.children.values() if c.needed and (nodes is None or c.id in nodes)]
         scope = ([top] if root else []) + kids
         check_lengths(self.lm, {g: self.batch(g) for g in self.plan.groups(scope)})
+        if self.topk > 0:
+            check_topk_edit(self.topk_edit, {g: self.batch(g) for g in self.plan.groups(scope)})
         self.unedited = fitting_controls(self.lm, self.unedited, self.ctx)
         if self.ctx.base_model is None and self._needs_base_model(kids):
             import copy
@@ -574,10 +642,23 @@ class Executor:
             return None
         batch = self.batch(group)
         if not batch:
-            return topk_next_tokens(self.lm, TOPK_PROMPT, self.topk)
-        first = batch[0]
-        record = topk_next_tokens(self.lm, first.prompt, self.topk)
-        record.update({"target_new": first.target_new, "target_true": first.target_true})
+            return topk_next_tokens(self.lm, TOPK_PROMPT, self.topk, top_logits=TOP_LOGITS)
+        chosen = batch[self.topk_edit]
+        record = topk_next_tokens(
+            self.lm,
+            chosen.prompt,
+            self.topk,
+            targets={"target_new": chosen.target_new, "target_true": chosen.target_true},
+            top_logits=TOP_LOGITS,
+        )
+        record.update(
+            {
+                "target_new": chosen.target_new,
+                "target_true": chosen.target_true,
+                "edit_index": self.topk_edit,
+                "case_id": chosen.case_id,
+            }
+        )
         return record
 
     def _evaluate(

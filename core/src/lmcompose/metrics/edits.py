@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from lmcompose.api import PER_EDIT_KEY, Context, EditRecord, Metric
 
 if TYPE_CHECKING:
+    from lmcompose.metrics._multi_hop import MultiHopProtocol
     from lmcompose.models.handle import LM
 
 __all__ = ["EditMetrics", "EditMetricsConfig", "Scorer", "multi_hop_prompt", "target_text"]
@@ -62,6 +63,14 @@ class EditMetricsConfig:
     )
     batch_size: int = field(
         default=16, metadata={"help": "prompts per forward pass / generate call", "range": (1, 4096)}
+    )
+    multi_hop: Literal["mquake", "mquake_cot", "zero_shot"] = field(
+        default="mquake",
+        metadata={
+            "help": "how multi_hop_accuracy asks MQuAKE's questions: mquake (MQuAKE's few-shot prompts from the "
+            "data folder's mquake/prompts/, exact match), mquake_cot (its chain-of-thought prompts), zero_shot "
+            "(lmcompose 0.3's 'Q: A:' prompt and lenient match; not comparable with MQuAKE's numbers)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -276,6 +285,135 @@ class Scorer:
             outs.extend(gen[i, :n].tolist() for i, n in enumerate(want))
         return outs
 
+    def generate_until(self, prompts: list[str], max_new_tokens: int, finished: Callable[[str], bool]) -> list[str]:
+        """Greedy continuation of each prompt as text (special tokens skipped), up to where
+        ``finished(text)`` first holds, an end-of-sequence token, or ``max_new_tokens``.
+
+        Prompts that share a beginning (a few-shot prompt's demonstrations) run it once: its
+        keys and values are computed for one row and copied to every row of a batch, and only
+        the rest of each prompt runs after them, left-padded (similar lengths together), position
+        ids continuing the shared part's. ``per_pair=True`` (or no shared beginning): every
+        prompt whole, through ``model.generate``."""
+        encoded = [self.tok(p, add_special_tokens=True).input_ids for p in prompts]
+        if not encoded:
+            return []
+        shared = _shared_length(encoded)
+        with self.torch.no_grad():
+            if self.per_pair or shared == 0:
+                return self._generate_until_whole(encoded, max_new_tokens, finished)
+            return self._generate_until_shared(encoded, shared, max_new_tokens, finished)
+
+    def _stop_ids(self) -> set[int]:
+        """The end-of-sequence tokens generation stops at (the model's and the tokenizer's)."""
+        ids = getattr(self.lm.model.generation_config, "eos_token_id", None)
+        ids = set(ids if isinstance(ids, list | tuple) else [] if ids is None else [ids])
+        if self.tok.eos_token_id is not None:
+            ids.add(self.tok.eos_token_id)
+        return {int(i) for i in ids}
+
+    def _text_until(self, tokens: list[int], finished: Callable[[str], bool]) -> str:
+        """The decoded text of ``tokens`` up to the first token after which ``finished`` holds."""
+        for n in range(1, len(tokens) + 1):
+            text = self.tok.decode(tokens[:n], skip_special_tokens=True)
+            if finished(text):
+                return text
+        return self.tok.decode(tokens, skip_special_tokens=True)
+
+    def _generate_until_whole(
+        self, encoded: list[list[int]], max_new_tokens: int, finished: Callable[[str], bool]
+    ) -> list[str]:
+        torch = self.torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        tok = self.tok
+        order = sorted(range(len(encoded)), key=lambda j: len(encoded[j]))
+        texts: dict[int, str] = {}
+
+        class _Until(StoppingCriteria):
+            def __init__(self, width: int):
+                self.width = width
+
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                done = [finished(t) for t in tok.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)]
+                return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+        stop = self._stop_ids()
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            width = max(len(encoded[j]) for j in chunk)
+            ids = torch.full((len(chunk), width), self.pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, j in enumerate(chunk):
+                ids[i, width - len(encoded[j]) :] = torch.tensor(encoded[j])
+                mask[i, width - len(encoded[j]) :] = 1
+            gen = self.lm.model.generate(
+                input_ids=ids.to(self.lm.device),
+                attention_mask=mask.to(self.lm.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.pad,
+                stopping_criteria=StoppingCriteriaList([_Until(width)]),
+            )[:, width:].cpu()
+            for i, j in enumerate(chunk):
+                row = gen[i].tolist()
+                ends = [k for k, t in enumerate(row) if t in stop]
+                texts[j] = self._text_until(row[: ends[0]] if ends else row, finished)
+        return [texts[j] for j in range(len(encoded))]
+
+    def _generate_until_shared(
+        self, encoded: list[list[int]], shared: int, max_new_tokens: int, finished: Callable[[str], bool]
+    ) -> list[str]:
+        import copy
+
+        torch = self.torch
+        if self._head is None:
+            self._head = _HeadAbove(self.lm)
+        head = self._head
+        prefix = torch.tensor([encoded[0][:shared]], dtype=torch.long)
+        common = head.new_cache()
+        head.hidden(prefix, torch.ones_like(prefix), torch.arange(shared)[None], common)
+        stop = self._stop_ids()
+        order = sorted(range(len(encoded)), key=lambda j: len(encoded[j]))
+        texts: dict[int, str] = {}
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            n = len(chunk)
+            cache = copy.deepcopy(common)
+            cache.batch_select_indices(torch.zeros(n, dtype=torch.long, device=self.lm.device))
+            rests = [encoded[j][shared:] for j in chunk]
+            width = max(len(r) for r in rests)
+            ids = torch.full((n, width), self.pad, dtype=torch.long)
+            own = torch.zeros((n, width), dtype=torch.long)
+            for i, r in enumerate(rests):
+                ids[i, width - len(r) :] = torch.tensor(r)
+                own[i, width - len(r) :] = 1
+            mask = torch.cat([torch.ones((n, shared), dtype=torch.long), own], 1)
+            positions = shared + (own.cumsum(-1) - 1).clamp(min=0)
+            h = head.hidden(ids, mask, positions, cache)
+            nxt = head.logits(h[:, -1]).argmax(-1).cpu()
+            last = positions[:, -1:]
+            out: list[list[int]] = [[] for _ in chunk]
+            done = [False] * n
+            for step in range(max_new_tokens):
+                for i in range(n):
+                    if done[i]:
+                        continue
+                    t = int(nxt[i])
+                    if t in stop:
+                        done[i] = True
+                        continue
+                    out[i].append(t)
+                    done[i] = finished(self.tok.decode(out[i], skip_special_tokens=True))
+                if all(done) or step == max_new_tokens - 1:
+                    break
+                mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long)], 1)
+                last = last + 1
+                h = head.hidden(nxt[:, None], mask, last, cache)
+                nxt = head.logits(h[:, -1]).argmax(-1).cpu()
+            for i, j in enumerate(chunk):
+                texts[j] = self.tok.decode(out[i], skip_special_tokens=True)
+        return [texts[j] for j in range(len(encoded))]
+
     def generate_for(self, pairs: list[tuple[str, str]], forced: list[dict[str, Any]] | None = None) -> list[list[int]]:
         """Greedy continuation of each prompt, clipped to its target's token length.
 
@@ -323,6 +461,19 @@ class Scorer:
             return 0.0
         precision, recall = common / len(gs), common / len(ts)
         return 2 * precision * recall / (precision + recall)
+
+
+def _shared_length(encoded: list[list[int]]) -> int:
+    """How many leading tokens every prompt of ``encoded`` shares, leaving each at least one
+    token of its own (the last prompt token's logits pick the first generated token)."""
+    first = encoded[0]
+    n = min(len(e) for e in encoded) - 1
+    for e in encoded[1:]:
+        k = 0
+        while k < n and e[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
 
 
 class _HeadAbove:
@@ -375,7 +526,8 @@ class _HeadAbove:
 
 
 def multi_hop_prompt(question: str) -> str:
-    """The prompt a multi-hop question is asked with."""
+    """The zero-shot prompt of a multi-hop question (``multi_hop: zero_shot``; the MQuAKE
+    protocols put the few-shot demonstrations before it, :mod:`lmcompose.metrics._multi_hop`)."""
     return f"Q: {question}\nA:"
 
 
@@ -470,6 +622,7 @@ class EditMetrics(Metric):
         *(f"generalization_{s}" for s in SCORERS),
         *LOCALITY_KEYS.values(),
         "multi_hop_accuracy",
+        "multi_hop_accuracy_original",
     )
     higher_is_better = {k: True for k in keys} | {"edit_nll": False, "unedited_nll": False}
     requires_edits = True
@@ -497,7 +650,7 @@ class EditMetrics(Metric):
             advance(1)
             scores.update(self._locality(sc, records, ctx, forced))
             advance(1)
-            scores["multi_hop_accuracy"] = self._multi_hop(sc, records)
+            scores.update(self._multi_hop(sc, records, ctx))
             advance(1)
         res: dict[str, Any] = {k: _record_mean(v) for k, v in scores.items()}
         # the control: NLL of the true targets of records no edit touched (not per edit: they are not edits)
@@ -511,6 +664,8 @@ class EditMetrics(Metric):
             res[criterion] = res.get(key)
         res["edit_scorer"] = self.config.scorer
         res["locality_scorer"] = self.config.locality_scorer
+        if any(r.multi_hop is not None for r in records):
+            res["multi_hop_protocol"] = self.config.multi_hop
         # each value above is the mean of its per-record scores (over the records that have one)
         res[PER_EDIT_KEY] = {**{c: scores[k] for c, k in chosen.items()}, **scores}
         return res
@@ -558,6 +713,8 @@ class EditMetrics(Metric):
         the same teacher-forced pass ``compute`` makes."""
         import torch
 
+        if any(r.multi_hop is not None for r in ctx.edits):  # a missing prompt file: before the first step
+            self.multi_hop_protocol(lm, ctx.edits, ctx)
         _owners, pairs = _locality_pairs(ctx.edits)
         content = _reference_key(ctx.edits)
         if not pairs or ctx.references.get(REFERENCE_KIND, content) is not None:
@@ -602,19 +759,45 @@ class EditMetrics(Metric):
             "neighbour_knowledge_accuracy": _per_record([t["accuracy"] for t in tf], owners, n),
         }
 
-    def _multi_hop(self, sc: Scorer, records: list[EditRecord]) -> list[float | None]:
-        """Per record: 1.0 if any of its multi-hop questions is answered with the new answer,
-        else 0.0; None for a record without multi-hop questions."""
-        out: list[float | None] = []
+    def _multi_hop(self, sc: Scorer, records: list[EditRecord], ctx: Context) -> dict[str, list[float | None]]:
+        """Per record with multi-hop questions (None for the others), as MQuAKE scores a case:
+        1.0 if the answer to any of its questions is the new answer or one of its aliases
+        (``multi_hop_accuracy``), or the answer before editing or one of its aliases
+        (``multi_hop_accuracy_original``), else 0.0. Each question is generated on once, asked
+        as ``config.multi_hop`` says (:mod:`lmcompose.metrics._multi_hop`)."""
+        n = len(records)
+        asked = [(i, q) for i, r in enumerate(records) if r.multi_hop is not None for q in r.multi_hop.questions]
+        if not asked:
+            return {"multi_hop_accuracy": [None] * n, "multi_hop_accuracy_original": [None] * n}
+        protocol = self.multi_hop_protocol(sc.lm, records, ctx)
+        texts = sc.generate_until([protocol.prompt(q) for _i, q in asked], protocol.max_new_tokens, protocol.finished)
+        new: list[float | None] = [None] * n
+        old: list[float | None] = [None] * n
+        for (i, _q), text in zip(asked, texts, strict=True):
+            mh = records[i].multi_hop
+            assert mh is not None
+            hit_new = protocol.correct(text, mh.new_answer, list(mh.new_answer_aliases))
+            hit_old = protocol.correct(text, mh.answer, list(mh.answer_aliases))
+            new[i] = max(new[i] or 0.0, 1.0 if hit_new else 0.0)
+            old[i] = max(old[i] or 0.0, 1.0 if hit_old else 0.0)
+        return {"multi_hop_accuracy": new, "multi_hop_accuracy_original": old}
+
+    def multi_hop_protocol(self, lm: LM, records: list[EditRecord], ctx: Context) -> MultiHopProtocol:
+        """The protocol ``config.multi_hop`` names, its prompt file read from the data folder,
+        checked against ``records``: every question's prompt and the tokens generated after it
+        fit in the model's positions (else one DataError naming the record)."""
+        from lmcompose.errors import DataError
+        from lmcompose.metrics._multi_hop import load_protocol
+
+        protocol = load_protocol(self.config.multi_hop, ctx.data_dir)
+        limit = lm.max_positions
         for r in records:
-            mh = r.multi_hop
-            if mh is None:
-                out.append(None)
-                continue
-            answers = [a.lower() for a in [mh.new_answer, *mh.new_answer_aliases] if a]
-            gens = sc.generate([multi_hop_prompt(q) for q in mh.questions], [MULTI_HOP_TOKENS] * len(mh.questions))
-            texts = [sc.tok.decode(g, skip_special_tokens=True).strip().lower() for g in gens]
-            out.append(
-                1.0 if any(any(t.startswith(a) or a in t.split("\n")[0] for a in answers) for t in texts) else 0.0
-            )
-        return out
+            for k, q in enumerate(r.multi_hop.questions if r.multi_hop is not None else []):
+                length = len(lm.tokenizer(protocol.prompt(q)).input_ids) + protocol.max_new_tokens
+                if length > limit:
+                    raise DataError(
+                        f"edit request {r.case_id!r}: multi-hop question {k} asked with multi_hop: {protocol.name} "
+                        f"takes {length} tokens (prompt + {protocol.max_new_tokens} generated), beyond the model's "
+                        f"{limit} positions; use a model with more positions, or multi_hop: zero_shot"
+                    )
+        return protocol

@@ -10,6 +10,10 @@
   columns = criteria, one line per compressor and order with ± std bands; every curve
   begins at strength 0, the dense edited model (for edit→compress it is the edited model
   itself; for compress→edit an uncompressed model edited is the same model);
+* **Figure 3** (``plots/fig3_<compressor>.png``): per compressor paired with an editor, rows =
+  datasets, the top-30 next-token logits of one edit's prompt on the base, edited and
+  compressed models and after each order, at the strongest strength, the targets' first
+  tokens marked (from the rows' ``topk`` records; a folder without them says so);
 * **Figure 5** (``plots/fig5_nll.png``): the rise in edit NLL against the rise in general NLL
   from the dense edited model, per compressor, with the identity line (above it, edits
   decay faster than language modelling) and, beside it, its control: the rise in the NLL of
@@ -789,6 +793,151 @@ def plot_nll_decay(data: StudyData, path: Path) -> Path | None:
     return path
 
 
+#: what Figure 3 needs in a row's top-k record (lmcompose 0.4 on; older rows keep the top-k only)
+FIG3_FIELDS = ("top_logits", "targets")
+
+
+@dataclass
+class LogitPanel:
+    """One panel of Figure 3: a model state's label and its row's top-k record (None: no row
+    for that state, or a row without the top-30 logits)."""
+
+    label: str
+    record: dict[str, Any] | None
+
+
+def figure3_panels(data: StudyData, entry: str, ds: str) -> tuple[list[LogitPanel], Any, int] | None:
+    """The states Figure 3 compares for a paired entry on ``ds``, at its strongest strength
+    and first replicate: the base model, the edited model, the compressed model, and each
+    order's final model; with that strength and replicate (None for an entry without an
+    editor, or with no rows on ``ds``)."""
+    editor = _editor_step(data, entry)
+    sweep = data.sweeps.get((entry, ds))
+    if editor is None or sweep is None or not sweep.values or not sweep.replicates:
+        return None
+    value, rep = sweep.values[-1], sweep.replicates[0]
+
+    def record(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        tk = (row or {}).get("topk")
+        return tk if isinstance(tk, dict) and all(tk.get(f) is not None for f in FIG3_FIELDS) else None
+
+    def at(order: tuple[str, ...], position: int) -> Mapping[str, Any] | None:
+        return next((r for r in sweep.by_cell.get((order, value, rep), []) if r["position"] == position), None)
+
+    edit_first = [o for o in sweep.orders if o[0] == editor]
+    compress_first = [o for o in sweep.orders if o[0] != editor]
+    panels = [LogitPanel("base model", record(sweep.base.get(rep)))]
+    panels.append(LogitPanel(f"edited ({editor})", record(data.dense.get((ds, editor, rep)))))
+    if compress_first:
+        panels.append(LogitPanel(f"compressed ({compress_first[0][0]})", record(at(compress_first[0], 1))))
+    for order in edit_first + compress_first:
+        panels.append(LogitPanel(order_text(order), record(sweep.final.get((order, value, rep)))))
+    return panels, value, rep
+
+
+def figure3_notes(data: StudyData) -> list[str]:
+    """Why Figure 3 is not drawn, or drawn with empty panels: rows without a top-k record
+    (``topk: 0``), rows written before the records kept the top-30 logits and the targets'
+    ranks (an older lmcompose), states without such a row."""
+    if not any(isinstance(r.get("topk"), dict) for r in data.rows):
+        return [
+            "Figure 3 (top-30 next-token logits) is not drawn: the rows hold no top-k record (the study ran "
+            "with topk: 0); run the study with topk: 5 or more to record it"
+        ]
+    if not any(isinstance(r.get("topk"), dict) and r["topk"].get("top_logits") for r in data.rows):
+        return [
+            "Figure 3 (top-30 next-token logits) is not drawn: the rows' top-k records keep the top-k tokens "
+            "and probabilities only, not the top-30 logits and the targets' logit, probability and rank "
+            "(they were written by lmcompose before 0.4); run the study into a new folder to record them"
+        ]
+    notes = []
+    for entry in data.entries:
+        for ds in data.datasets:
+            got = figure3_panels(data, entry, ds)
+            if got is None:
+                continue
+            panels, value, rep = got
+            missing = [p.label for p in panels if p.record is None]
+            if missing:
+                notes.append(
+                    f"Figure 3 for {entry} on {ds} ({value}, replicate {rep}): no row with the top-30 logits for "
+                    f"{', '.join(missing)}; {'that panel is' if len(missing) == 1 else 'those panels are'} empty"
+                )
+    return notes
+
+
+def plot_logits(data: StudyData, entry: str, path: Path) -> Path | None:
+    """Figure 3 for one compressor: per dataset (rows), the top-30 next-token logits of the
+    chosen edit's prompt (``topk_edit``, default the first edit of the first replicate) on the
+    base, edited and compressed models and after each order, at the compressor's strongest
+    strength. Bars of the new target's first token are red, the true target's blue; a dashed
+    line of the same colour marks each target's logit (also when it is outside the top 30),
+    and each panel gives both ranks. None when no panel has the logits."""
+    import textwrap
+
+    from lmcompose.plots import _plt, _token_label, save_figure
+
+    grids = [(ds, figure3_panels(data, entry, ds)) for ds in data.datasets]
+    grids = [(ds, g) for ds, g in grids if g is not None and any(p.record is not None for p in g[0])]
+    if not grids:
+        return None
+    plt = _plt()
+    ncols = max(len(g[0]) for _ds, g in grids)
+    fig, axes = plt.subplots(len(grids), ncols, figsize=(3.3 * ncols, 6.4 * len(grids)), squeeze=False)
+    colours = {"target_new": "tab:red", "target_true": "tab:blue"}
+    for i, (ds, (panels, value, rep)) in enumerate(grids):
+        shown = next(p.record for p in panels if p.record is not None)
+        for j in range(ncols):
+            ax = axes[i][j]
+            if j >= len(panels):
+                ax.axis("off")
+                continue
+            panel = panels[j]
+            ax.set_title(panel.label, fontsize=9)
+            if panel.record is None:
+                ax.text(0.5, 0.5, "no row with\nthe top-30 logits", ha="center", va="center", fontsize=8)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            top, targets = panel.record["top_logits"], panel.record["targets"]
+            ids = {name: (t or {}).get("token_id") for name, t in targets.items()}
+            colour = [
+                next((colours[n] for n, tid in ids.items() if tid == tok and n in colours), "tab:gray")
+                for tok in top["token_ids"]
+            ]
+            ys = range(len(top["logits"]))[::-1]  # the highest logit at the top
+            ax.barh(list(ys), top["logits"], color=colour)
+            ax.set_yticks(list(ys), [_token_label(t) for t in top["tokens"]], fontsize=6)
+            lines = []
+            for name, t in targets.items():
+                if t is None or name not in colours:
+                    continue
+                ax.axvline(t["logit"], color=colours[name], linestyle="--", linewidth=1)
+                lines.append(
+                    f"{name.removeprefix('target_')} {_token_label(t['token'])}: rank {t['rank']}, p={t['prob']:.3f}"
+                )
+            lo = min([*top["logits"], *(t["logit"] for t in targets.values() if t)])
+            hi = max(top["logits"])
+            ax.set_xlim(min(0.0, lo - 0.05 * abs(lo)), hi + 0.05 * abs(hi))
+            ax.set_xlabel("next-token logit", fontsize=8)
+            ax.set_title("\n".join([panel.label, *lines]), fontsize=8)
+        prompt = "\n".join(textwrap.wrap(repr(shown["prompt"]), 40))
+        axes[i][0].set_ylabel(f"{ds} ({_vary_field(data, entry, ds)} = {value}, replicate {rep})\n{prompt}", fontsize=8)
+    fig.suptitle(
+        f"{data.model}: {entry} — top-30 next-token logits of one edit's prompt, strongest strength (Fig. 3); "
+        "red: new target's first token, blue: true target's",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
+def _vary_field(data: StudyData, entry: str, ds: str) -> str:
+    sweep = data.sweeps.get((entry, ds))
+    return sweep.vary.split(".")[-1] if sweep is not None and sweep.vary else "strength"
+
+
 # --------------------------------------------------------------------------------------
 # report.md
 # --------------------------------------------------------------------------------------
@@ -812,9 +961,33 @@ def write_study_report(run_dir: str | Path, plots: bool = True, axis: str | None
         p = plot_nll_decay(data, pdir / "fig5_nll.png")
         if p is not None:
             report.plots.append(p)
+        report.notes.extend(figure3_notes(data))
+        for entry in data.entries:
+            p = plot_logits(data, entry, pdir / f"fig3_{_slug(entry)}.png")
+            if p is not None:
+                report.plots.append(p)
     write_text_atomic(run_dir / REPORT_FILE, render_study_markdown(report, run_dir))
     report.path = run_dir / REPORT_FILE
     return report
+
+
+def _figure_caption(p: Path) -> str:
+    if p.name.startswith("fig5"):
+        return (
+            "Fig. 5: the rise in edit NLL against the rise in general NLL from the dense edited model; above "
+            "the identity line, edits decay faster than language modelling."
+        )
+    if p.name.startswith("fig3"):
+        return (
+            f"Fig. 3 ({p.stem.removeprefix('fig3_')}): the top-30 next-token logits of one edit's prompt per "
+            "dataset (`topk_edit`, default the first edit) on the base, edited and compressed models and after "
+            "each order, at the strongest strength; red: the new target's first token, blue: the true target's, "
+            "dashed lines at their logits, their ranks in each panel."
+        )
+    return (
+        f"Fig. 1–2 ({p.stem.removeprefix('fig1_')}): rows = datasets, columns = criteria; one line "
+        "per compressor and order, ± std over replicates; strength 0 is the dense edited model."
+    )
 
 
 def _slug(text: str) -> str:
@@ -883,12 +1056,7 @@ def render_study_markdown(report: StudyReport, run_dir: Path | None = None) -> s
         lines += ["## Figures", ""]
         for p in report.plots:
             rel = p.relative_to(run_dir) if run_dir is not None and p.is_relative_to(run_dir) else p
-            caption = (
-                _fig5_caption(d)
-                if p.name.startswith("fig5")
-                else f"Fig. 1–2 ({p.stem.removeprefix('fig1_')}): rows = datasets, columns = criteria; one line "
-                "per compressor and order, ± std over replicates; strength 0 is the dense edited model."
-            )
+            caption = _fig5_caption(d) if p.name.startswith("fig5") else _figure_caption(p)
             lines += [f"![{p.stem}]({rel.as_posix()})", "", caption, ""]
     lines += ["## Final models", ""]
     lines += [t.markdown() for t in report.tables if t.title.endswith("final model per order and strength")]

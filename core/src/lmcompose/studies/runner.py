@@ -105,7 +105,7 @@ class StudyWork:
         metrics = study_metrics(study)
         unedited = study_controls(study, ctx, edits, metrics)
         lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=ctx.progress)
-        kwargs = {"snapshots": study.snapshots, "topk": study.topk, "unedited": unedited}
+        kwargs = {"snapshots": study.snapshots, "topk": study.topk, "topk_edit": study.topk_edit, "unedited": unedited}
         return study.plan(), lm, ctx, metrics, edits, kwargs
 
     def inputs(
@@ -133,6 +133,19 @@ def study_context(study: Study, progress: Progress) -> Context:
     ctx.ppl_corpus = study.budgets.get("ppl_corpus")
     ctx.calibration_corpus = study.budgets.get("calibration_corpus")
     return ctx
+
+
+def _check_multi_hop_prompts(study: Study, edits: Mapping[Group, list[EditRecord]]) -> None:
+    """Edits with multi-hop questions (MQuAKE) and an edit metric that asks them after a
+    few-shot prompt file: the file is in the study's data folder (one DataError naming it)."""
+    if not any(r.multi_hop is not None for batch in edits.values() for r in batch):
+        return
+    from lmcompose.metrics._multi_hop import load_protocol
+
+    for metric in study_metrics(study):
+        protocol = getattr(getattr(metric, "config", None), "multi_hop", None)
+        if metric.requires_edits and isinstance(protocol, str):
+            load_protocol(protocol, study.data_dir)
 
 
 def study_metrics(study: Study) -> list[Metric]:
@@ -297,6 +310,11 @@ def run_study(
     folder.check()
     ctx = study_context(study, progress)
     edits = study.load_edits(ctx)
+    if study.topk > 0:
+        from lmcompose.engine.executor import check_topk_edit
+
+        check_topk_edit(study.topk_edit, edits)  # the edit the top-k record reads is in every batch
+    _check_multi_hop_prompts(study, edits)
     study.check_model()
     lm = None
     if executor == "local":
@@ -401,6 +419,7 @@ def _run_local(
             snapshots=study.snapshots,
             snapshot_dir=snapshot_dir,
             topk=study.topk,
+            topk_edit=study.topk_edit,
             save=save,
             unedited=unedited,
             references=folder.references(inputs["model_fingerprint"]),

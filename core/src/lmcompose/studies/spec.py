@@ -42,6 +42,7 @@ TOP_KEYS = (
     "policy",
     "snapshots",
     "topk",
+    "topk_edit",
     "device",
     "dtype",
     "skip_invalid",
@@ -292,6 +293,8 @@ class Study:
     #: where this machine keeps the data (run_study's ``data_dir``; None = LMCOMPOSE_DATA_DIR);
     #: not part of the study's identity
     data_dir: Path | None = None
+    #: which edit of each batch the top-k record (and Figure 3) reads: its index (0 = the first)
+    topk_edit: int = 0
 
     # -- reading ---------------------------------------------------------------------
     @classmethod
@@ -337,6 +340,11 @@ class Study:
         if snapshots not in ("memory", "disk"):
             raise _fail("snapshots", f"{describe_value(snapshots)} is not one of memory, disk")
         topk = _integer(data.get("topk", 5), "topk", 0, "5", MAX_TOPK)
+        topk_edit = _integer(data.get("topk_edit", 0), "topk_edit", 0, "0")
+        if topk_edit and not topk:
+            raise _fail("topk_edit", "picks the prompt of the top-k record, and topk is 0 (off); set topk: 5 or more")
+        if topk_edit and not editors:
+            raise _fail("topk_edit", "picks an edit's prompt, and the study has no editors (no edits)")
         device = _string(data.get("device", "cpu"), "device", "cpu")
         from lmcompose.models.loading import check_device_name
 
@@ -409,6 +417,7 @@ class Study:
             deterministic,
             data=dict(data),
         )
+        study.topk_edit = topk_edit
         if noise is not None:
             study.noise_cells()  # checks the selectors against the cells
         return study
@@ -561,6 +570,7 @@ class Study:
             "policy": self.policy,
             "snapshots": self.snapshots,
             "topk": self.topk,
+            **({"topk_edit": self.topk_edit} if self.topk_edit else {}),
             "device": self.device,
             "dtype": self.dtype,
             "skip_invalid": self.skip_invalid,

@@ -4,7 +4,9 @@ Mapping, per case: one EditRecord per element of ``requested_rewrite`` (prompt =
 template with the subject filled in, target_new/target_true from it, rephrases = [its
 ``question``]); locality = the case's single hops that no edit changes (cloze + answer);
 the first record carries ``multi_hop`` (the 3 questions, answer/new_answer and aliases),
-so multi-hop accuracy counts each case once. case_id is "<case>/<k>".
+so multi-hop accuracy counts each case once. case_id is "<case>/<k>". Multi-hop accuracy
+(core's edit metric) asks the questions after MQuAKE's few-shot prompts, which the data
+folder holds in ``mquake/prompts/`` (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -16,24 +18,48 @@ from typing import Any
 
 from lmcompose.api import EditRecord, LocalityPrompt, MultiHop
 from lmcompose.edit_data import JsonEditDataset, fill_template, need_list, need_str
-from lmcompose.errors import DataError
+from lmcompose.errors import DataError, describe_value
 
 URL = "https://raw.githubusercontent.com/princeton-nlp/MQuAKE/main/datasets/MQuAKE-CF-3k-v2.json"
 
 
 def _aliases(raw: Mapping[str, Any], key: str) -> list[str]:
-    return [a for a in raw.get(key) or [] if isinstance(a, str) and a.strip()]
+    """The aliases under ``key`` (absent or null: none); each must be a string (blank ones are
+    dropped), else one DataError naming the field."""
+    if raw.get(key) is None:
+        return []
+    out = []
+    for k, a in enumerate(need_list(raw, key)):
+        if not isinstance(a, str):
+            raise DataError(f"field '{key}[{k}]' must be a string, got {describe_value(a)}")
+        if a.strip():
+            out.append(a)
+    return out
+
+
+def _questions(raw: Mapping[str, Any]) -> list[str]:
+    """The case's multi-hop questions: a non-empty list of non-empty strings."""
+    questions = need_list(raw, "questions")
+    if not questions:
+        raise DataError("field 'questions' is empty; multi-hop accuracy asks these questions")
+    for k, q in enumerate(questions):
+        if not isinstance(q, str) or not q.strip():
+            raise DataError(f"field 'questions[{k}]' must be a non-empty string, got {describe_value(q)}")
+    return list(questions)
 
 
 class MQuAKE(JsonEditDataset):
     """MQuAKE cases: several edits each, with multi-hop questions."""
 
     name = "mquake"
+    #: the first that the data folder holds: MQuAKE-CF-3k (v2, then v1), the set MQuAKE's
+    #: published numbers use, then AKEW's subset of it, then MQuAKE-hard (4 edits a case, harder
+    #: and not comparable with CF-3k's numbers)
     data_files = (
         "mquake/MQuAKE-CF-3k-v2.json",
         "mquake/MQuAKE-CF-3k.json",
-        "mquake/MQuAKE-hard.json",
         "mquake/AKEW-MQuAKE-CF.json",
+        "mquake/MQuAKE-hard.json",
     )
     url = URL
     sample = Path(str(resources.files("lmcompose_mquake").joinpath("sample", "mquake_sample.json")))
@@ -44,11 +70,8 @@ class MQuAKE(JsonEditDataset):
         rewrites = need_list(raw, "requested_rewrite")
         if not rewrites:
             raise DataError("field 'requested_rewrite' is empty")
-        questions = [q for q in need_list(raw, "questions") if isinstance(q, str) and q.strip()]
-        if not questions:
-            raise DataError("field 'questions' holds no question")
         multi_hop = MultiHop(
-            questions=questions,
+            questions=_questions(raw),
             answer=need_str(raw, "answer"),
             new_answer=need_str(raw, "new_answer"),
             answer_aliases=_aliases(raw, "answer_alias"),
