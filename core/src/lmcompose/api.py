@@ -428,7 +428,9 @@ class NoConfig:
 class Intervention:
     """An operator Θ→Θ that changes a model in place.
 
-    Subclasses set ``name``, ``kind`` (``edit``, ``prune``, ``quantize``, ...), ``Config`` (a
+    Subclasses set ``name``, ``kind`` (``edit``, ``prune``, ``quantize``, ``unlearn``, ...; an
+    ``edit`` or ``unlearn`` step trains weights, so the ``recompress`` policy re-runs a
+    compressor that came before it), ``Config`` (a
     dataclass whose fields all have defaults and ``metadata={"help": ...}``) and ``strength``
     (a :class:`StrengthKnob`, or None), and implement ``apply``. Compressors also implement
     ``project`` to re-impose their constraint after later steps without recalibrating.
@@ -515,10 +517,11 @@ class Metric:
 
     def reference(self, lm: LM, ctx: Context) -> None:
         """Record on the base model what later evaluations compare against (kept in
-        ``ctx.state``). The engine calls it on the unmodified model, with ``ctx.edits`` set,
-        for every edit batch it will evaluate, before the first step: so a process that
-        resumes a run, or runs one part of a study, has the same references as one that
-        evaluated the base model itself. Default: nothing to record."""
+        ``ctx.state``). The engine calls it on the unmodified model before the first step:
+        an edit metric (``requires_edits``) with ``ctx.edits`` set, for every edit batch it
+        will evaluate; any other metric once. So a process that resumes a run, or runs one
+        part of a study, has the same references as one that evaluated the base model
+        itself. Default: nothing to record."""
 
 
 class EditDataset:

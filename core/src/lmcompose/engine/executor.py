@@ -6,8 +6,9 @@ before its first child and restored before each other child (in memory, or as sa
 disk with ``snapshots="disk"``). At a node, the edit-free metrics (perplexity, average bits,
 FLOPs) are evaluated once, the edit metrics once per group (dataset, replicate) with rows
 pending there. Before the first step, every edit metric records its base-model reference for
-every group the walk evaluates (:meth:`lmcompose.Metric.reference`), so a resumed run, or one
-task of a partitioned study, compares against the same base model as one uninterrupted walk.
+every group the walk evaluates, and every other metric once (:meth:`lmcompose.Metric.reference`),
+so a resumed run, or one task of a partitioned study, compares against the same base model
+as one uninterrupted walk.
 
 The executor writes nothing: the caller (a run folder, a Ray driver) stores the rows.
 """
@@ -442,6 +443,9 @@ class Executor:
             import copy
 
             self.ctx.base_model = copy.deepcopy(self.lm)  # before any step changes it
+        self.ctx.edits = []
+        for m in self.shared_metrics:  # e.g. the facts the unmodified model knows (unlearning)
+            m.reference(self.lm, self.ctx)
         for group in self.plan.groups(scope):
             self.ctx.edits = self.batch(group)
             if self.ctx.edits:
