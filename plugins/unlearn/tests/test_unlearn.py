@@ -269,16 +269,17 @@ def test_recompress_reruns_a_compressor_before_an_unlearner():
 
 
 def test_project_snaps_an_unlearner_back_onto_the_grid(facts_dir):
-    from lmcompose.plugins import get_interventions
-
-    lm = tiny_model("llama")
-    rows = compose(lm, ["rtn:bits=4", f"ga:epochs=2,lr=1e-2,{STEP_TAIL}"], ctx=ctx_for(facts_dir), metrics=[])
-    assert [r["position"] for r in rows] == [0, 1, 2]
-    rtn = get_interventions().get("rtn")
     name = "model.layers.1.mlp.down_proj"
-    w = lm.weight(name).detach().clone()
-    rtn.from_overrides({"bits": 4}).project(lm)  # already on the grid: nothing moves
-    assert torch.equal(w, lm.weight(name))
+    for policy, on_grid in (("project", True), ("none", False)):
+        lm = tiny_model("llama")
+        steps = ["rtn:bits=4", f"ga:epochs=2,lr=1e-2,{STEP_TAIL}"]
+        rows = compose(lm, steps, ctx=ctx_for(facts_dir), metrics=[], policy=policy)
+        assert [r["position"] for r in rows] == [0, 1, 2]
+        w = lm.weight(name).detach().clone()
+        snapped = w.clone()
+        lm.layer_state(name).quant.snap_(snapped)  # rtn's grid: a weight on it does not move
+        assert torch.equal(w, snapped) is on_grid, policy
+        assert rows[-1]["step_details"]["update_norm"] > 0
 
 
 # -- bad input: one message each ------------------------------------------------------------
