@@ -10,7 +10,7 @@ questions (WMDP's letter format, and the cloze scoring), free-form QA, perplexit
 budget of wikitext-2 test, the seconds the step took.
 
     .venv/bin/python benchmarks/unlearn_search.py [--model smollm2-135m] [--methods rmu,ga,gd,npo]
-        [--rmu-scales 1,2,4,8] [--rmu-epochs 1,4] [--epochs 1,3,5] [--npo-lrs 1e-5,5e-5] [--steps "ga:lr=1e-4;..."]
+        [--rmu-scales 0.5,1,2,4] [--rmu-epochs 10] [--epochs 1,3,5] [--npo-lrs 1e-5,5e-5] [--steps "ga:lr=1e-4;..."]
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--methods", default="rmu,ga,gd,npo")
-    ap.add_argument("--rmu-scales", default="1,2,4,8", help="c as multiples of the forget activation norm at l")
-    ap.add_argument("--rmu-epochs", default="1,4")
+    ap.add_argument("--rmu-scales", default="0.5,1,2,4", help="c as multiples of the forget activation norm at l")
+    ap.add_argument("--rmu-epochs", default="10", help="RMU epochs (10 x 8 batches = max_batches 80)")
     ap.add_argument("--epochs", default="1,3,5", help="GA and GD epochs")
     ap.add_argument("--npo-lrs", default="1e-5,5e-5")
     ap.add_argument("--steps", default="", help="extra steps to measure, ';'-separated")

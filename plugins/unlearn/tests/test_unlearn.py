@@ -316,3 +316,21 @@ def test_bad_inputs_are_one_message_each(facts_dir):
     assert report.details["stopped"] is not None and all(torch.isfinite(p).all() for p in lm.model.parameters()), (
         report.details
     )
+
+
+@pytest.mark.parametrize("order", [("rmu", "gptq"), ("gptq", "rmu")])
+def test_an_unlearner_composes_with_a_quantizer_in_either_order(order, facts_dir):
+    steps = {"rmu": f"rmu:layer=1,{STEP_TAIL}", "gptq": "gptq:bits=4,n_samples=4,seqlen=32"}
+    lm = tiny_model("llama")
+    rows = compose(
+        lm,
+        [steps[s] for s in order],
+        ctx=ctx_for(facts_dir),
+        metrics=["unlearn", "avg_bits"],
+        metric_options={"unlearn": TINY},
+    )
+    assert [r["position"] for r in rows] == [0, 1, 2]
+    assert [r["step"]["kind"] for r in rows[1:]] == ["unlearn" if s == "rmu" else "quantize" for s in order]
+    for r in rows:
+        assert 0.0 <= r["forget_accuracy"] <= 1.0 and 0.0 <= r["retain_accuracy"] <= 1.0
+    assert rows[-1]["avg_bits"] < 16

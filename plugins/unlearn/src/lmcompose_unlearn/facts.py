@@ -309,7 +309,7 @@ def _sample(items: list[Any], k: int, seed: str) -> list[Any]:
 
 
 def _topic_list(topics: dict[str, Topic], known: dict[str, list[Fact]]) -> str:
-    ranked = [t for t in sorted(known, key=lambda t: (-len(known[t]), t)) if known[t]][:8]
+    ranked = [t for t in sorted(known, key=lambda t: (-len(known[t]), t)) if known[t]][:8]  # as checked so far
     return ", ".join(f"{t} ({len(known[t])} facts, {len(topics[t].answers)} answers)" for t in ranked)
 
 
@@ -325,9 +325,10 @@ def build_benchmark(config: BenchmarkConfig, lm: LM | None, ctx: Context) -> Fac
 
     Topics are chosen in two stages, so that a model that knows few facts costs few checks:
     the first ``pool`` facts of every candidate topic (a seeded permutation) are checked and
-    the topics ranked by how many the model knows (ties by name); the chosen topics are then
-    checked further, in the same order, until ``max_facts`` known facts are found or the
-    topic is exhausted. Left to choose, only relation topics (CounterFact's P-ids) are
+    the topics ranked by the known facts they are expected to give (the share known times
+    the topic's size, capped at ``max_facts``; then the share; then the name); the chosen
+    topics are then checked further, in the same order, until ``max_facts`` known facts are
+    found or the topic is exhausted. Left to choose, only relation topics (CounterFact's P-ids) are
     candidates; a template topic is used when named."""
     topics, skipped = collect_topics(config.datasets, ctx)
     seed = config.facts_seed
@@ -367,7 +368,13 @@ def build_benchmark(config: BenchmarkConfig, lm: LM | None, ctx: Context) -> Fac
 
     stage1 = config.pool if config.pool > 0 else max(len(v) for v in order.values())
     check({k: stage1 for k in order})
-    ranked = sorted((k for k in known if k in (auto or eligible) and known[k]), key=lambda k: (-len(known[k]), k))
+    def rank(k: str) -> tuple[float, float, str]:
+        """Expected known facts (the checked share times the topic's size), capped at what a
+        topic contributes (max_facts); then the share; then the name."""
+        rate = len(known[k]) / max(1, checked[k])
+        return (-min(float(config.max_facts), rate * len(order[k])), -rate, k)
+
+    ranked = sorted((k for k in known if k in (auto or eligible) and known[k]), key=rank)
     forget = list(config.forget_topics) or ranked[:1]
     if not forget:
         raise DataError(
