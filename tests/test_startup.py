@@ -62,3 +62,22 @@ def test_the_engine_imports_no_command_module():
             )
             bad = [n for n in names if n.startswith(commands)]
             assert not bad, f"{path.name} imports {bad}"
+
+
+def test_validate_checks_the_files_a_study_names_without_torch(tmp_path):
+    model = tmp_path / "model"  # what validate looks at: config.json and a tokenizer file, never the weights
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    (model / "tokenizer.json").write_text("{}")
+    (tmp_path / "edits.json").write_text("[]")
+    (tmp_path / "own.txt").write_text("text")
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        f"model: {model}\ndatasets: [{{name: counterfact, source: {tmp_path / 'edits.json'}}}]\n"
+        "editors: [memit]\nedits: 2\ncompressors: [{step: magnitude, vary: {sparsity: [0.5]}}]\n"
+        f"budgets: {{ppl_corpus: {tmp_path / 'own.txt'}, calibration_corpus: hub:{tmp_path}}}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(args=["validate", str(study)])], capture_output=True, text=True, timeout=120
+    )
+    assert "ok:" in out.stdout and "TORCH_NOT_IMPORTED" in out.stdout, out.stdout + out.stderr

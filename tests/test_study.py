@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib
 import json
+import re
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -537,3 +539,50 @@ def test_per_edit_scores_reach_the_report_and_survive_shards_and_merge(tiny_fold
     parts = [run_study(study, out=tmp_path / f"s{i}", shard=f"{i}/2", threads=1).folder for i in (1, 2)]
     merge_studies(parts, tmp_path / "merged", plots=False)
     assert per_edit_scores(tmp_path / "merged") == scores
+
+
+def test_a_grid_over_the_cell_cap_is_refused_naming_its_key_and_file_before_a_step_is_built(
+    tiny_folder, tmp_path, monkeypatch
+):
+    import lmcompose.studies.spec as spec
+
+    def never(*args, **kwargs):
+        raise AssertionError("a value of a grid over the cap was built")
+
+    monkeypatch.setattr(spec, "make_vary", never)
+    values = [(i + 1) / 100_003 for i in range(100_001)]
+    big = quick(tiny_folder, compressors=[{"step": "magnitude", "vary": {"sparsity": values}}])
+    big["datasets"] = big["datasets"][:1]
+    file = tmp_path / "big.yaml"
+    file.write_text(json.dumps(big))  # JSON is YAML, and quick to write
+    res = CliRunner().invoke(app, ["validate", str(file)], env={"COLUMNS": "300"})
+    assert res.exit_code == 2, res.output
+    assert f"{file}: compressors[0].vary.sparsity: this asks for 200,002 cells, more than the 100,000" in res.output
+    assert "give fewer values" in res.output
+    nine = ["magnitude", "rtn", "wanda", "sparsegpt", "gptq", "awq", MEMIT, "magnitude:sparsity=0.1", "ft"]
+    cases = [
+        ({"replicates": 10**12}, "replicates: this asks for"),
+        ({"compressors": [{"steps": nine, "vary": {"rtn.bits": [8, 4]}}]}, "compressors[0].orders: this asks for"),
+    ]
+    for over, match in cases:
+        with pytest.raises(StudyError, match=re.escape(match)):
+            Study.from_mapping(quick(tiny_folder, **over))
+
+
+def test_planning_builds_each_distinct_step_once(tiny_folder, monkeypatch):
+    sweep_module = importlib.import_module("lmcompose.sweep")  # the package's `sweep` is the function
+    built: list[str] = []
+    real = sweep_module.build_intervention
+
+    def counting(spec):
+        built.append(str(spec))
+        return real(spec)
+
+    values = [round(0.01 * (i + 1), 2) for i in range(50)]
+    study = Study.from_mapping(quick(tiny_folder, compressors=[{"step": "magnitude", "vary": {"sparsity": values}}]))
+    monkeypatch.setattr(sweep_module, "build_intervention", counting)
+    cells = study.cells()
+    study.counts(cells=cells)
+    assert len(cells) == 50 * 2 * 2  # values x orders x datasets
+    # per dataset the sequence's two steps once; then the editor and each value once for the whole study
+    assert len(built) == 2 * 2 + 1 + 50, sorted(built)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 from dataclasses import dataclass, field
 
 import pytest
@@ -239,6 +240,23 @@ def test_bad_vary(text, error, match):
 def test_bad_orders(text, match):
     with pytest.raises(UsageError, match=match):
         parse_orders(text, [StepSpec("magnitude"), StepSpec("rtn")])
+
+
+def test_a_sweep_over_the_cell_cap_is_refused_from_its_sizes_before_a_value_is_built(monkeypatch):
+    sweep_module = importlib.import_module("lmcompose.sweep")  # the package's `sweep` is the function
+
+    def never(*args, **kwargs):
+        raise AssertionError("a value of a sweep over the cap was built")
+
+    monkeypatch.setattr(sweep_module, "make_vary", never)
+    nine = ["magnitude", "rtn", "wanda", "sparsegpt", "gptq", "awq", "memit", "alphaedit", "ft"]
+    with pytest.raises(ConfigError, match=r"^orders: this asks for 725,760 cells.*give fewer orders"):
+        sweep_module.SweepSettings(model="m", steps=nine, vary="rtn.bits=8,4").validate()
+    many = ",".join(str((i + 1) / 100_003) for i in range(100_001))
+    with pytest.raises(ConfigError, match=r"^vary: this asks for 200,002 cells.*give fewer values"):
+        sweep(tiny_model("llama"), ["magnitude", "rtn"], vary=f"magnitude.sparsity={many}")
+    # steps with one name are one order, found without walking the 12! permutations of their places
+    assert parse_orders("all", [StepSpec("magnitude")] * 12) == [tuple(range(12))]
 
 
 def test_public_api_names_are_functions_even_after_importing_their_modules():

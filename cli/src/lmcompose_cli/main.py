@@ -891,10 +891,15 @@ def report(
         for k, c in comps.items():
             out[k] = c.as_dict()
             if ivs.get(k):  # 95% bootstrap intervals of the edit criteria (from per_edit.jsonl)
-                out[k]["intervals"] = {
-                    name: {"A": list(iv.A), "P": list(iv.P), "resamples": len(iv.samples.A)}
-                    for name, iv in ivs[k].items()
-                }
+                out[k]["intervals"] = {}
+                for name, iv in ivs[k].items():
+                    per_width = iv.P_per_width(c.interval)  # P's interval on the paper's [0, 1] scale
+                    out[k]["intervals"][name] = {
+                        "A": list(iv.A),
+                        "P": list(iv.P),
+                        "P_normalized": list(per_width) if per_width else None,
+                        "resamples": len(iv.samples.A),
+                    }
         typer.echo(json.dumps(out, indent=2, default=str))
         return
     print_report(rep, tables=1 if study_folder else None)
@@ -924,11 +929,12 @@ def validate(
     from lmcompose.studies.spec import STUDY_MARKERS
 
     if STUDY_MARKERS & set(data):
-        _validate_study(config)
+        _validate_study(config, data)
         return
     is_sweep = bool(SWEEP_KEYS & set(data))
     settings = (SweepSettings if is_sweep else RunSettings).from_mapping(data, where=str(config)).with_protocol()
     steps, metrics = settings.validate()
+    settings.check_inputs()  # the files it names exist, as the run checks before it writes
     from lmcompose.models.loading import resolve_device
 
     resolve_device(settings.device)  # the device exists on this machine
@@ -940,15 +946,19 @@ def validate(
     )
 
 
-def _validate_study(path: Path) -> None:
-    from lmcompose.studies import load_study
+def _validate_study(path: Path, data: dict[str, Any]) -> None:
+    from lmcompose.studies import StudyError, load_study
 
-    study = load_study(path)
+    study = load_study(path, data)
+    try:
+        study.check_inputs()  # the files it names exist, as `study` checks before it writes
+    except StudyError as exc:
+        raise StudyError(f"{path}: {exc}") from None
     from lmcompose.models.loading import resolve_device
 
     resolve_device(study.device)
     cells = study.cells()
-    c = study.counts()
+    c = study.counts(cells=cells)
     console.print(
         f"[green]ok[/]: {path} — study {study.name!r} (id {study.id}): {len(cells)} cells over "
         f"{len(study.entries)} compressor entr{'y' if len(study.entries) == 1 else 'ies'} × {len(study.datasets)} "
@@ -1076,14 +1086,20 @@ def study(
 
     spec = load_study(study_file)
     parse_shard(shard)
-    if save_cells is not None:
-        from lmcompose.engine.saving import match_cells
+    if threads is not None:
+        from lmcompose.engine.threads import check_threads
 
-        match_cells(spec.cells(), save_cells)
-    if plan_only:
-        console.print(f"study {spec.name!r} (id {spec.id}): {len(spec.cells())} cells", highlight=False)
-        console.print(_counts_text(spec.counts()), highlight=False, soft_wrap=True)
-        return
+        check_threads(threads)  # the flag's own message, before the Python API's
+    if save_cells is not None or plan_only:
+        cells = spec.cells()
+        if save_cells is not None:
+            from lmcompose.engine.saving import match_cells
+
+            match_cells(cells, save_cells)
+        if plan_only:
+            console.print(f"study {spec.name!r} (id {spec.id}): {len(cells)} cells", highlight=False)
+            console.print(_counts_text(spec.counts(cells=cells)), highlight=False, soft_wrap=True)
+            return
     _quiet_transformers()
     progress = StudyProgress()
     with progress.rp:
@@ -1184,7 +1200,7 @@ def models(
     )
 
     table = Table(title="named models")
-    for col in ("name", "what", "status"):
+    for col in ("name", "what", "format", "status"):
         table.add_column(col)
     for name, nm in NAMED_MODELS.items():
         try:
@@ -1200,7 +1216,7 @@ def models(
             )
         except ModelLoadError as exc:
             status = f"[red]not available[/]: {exc}"
-        table.add_row(name, nm.description, status)
+        table.add_row(name, nm.description, nm.format, status)
     console.print(table)
 
 

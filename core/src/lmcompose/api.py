@@ -8,6 +8,7 @@ must stay cheap.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -279,6 +280,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=1024)
+def _field_types(config_cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints(config_cls)``, once per class: it evaluates every annotation
+    string again on each call (about 1 ms), and a large grid builds a config per cell."""
+    return typing.get_type_hints(config_cls)
+
+
 def build_config(config_cls: type, overrides: Mapping[str, Any], where: str) -> Any:
     """Make ``config_cls(**overrides)`` with values coerced from strings and checked.
 
@@ -287,7 +295,7 @@ def build_config(config_cls: type, overrides: Mapping[str, Any], where: str) -> 
     the dataclass's ``__post_init__`` become :class:`ConfigError` naming ``where``.
     """
     fields = config_fields(config_cls)
-    hints = typing.get_type_hints(config_cls)
+    hints = _field_types(config_cls)
     kwargs: dict[str, Any] = {}
     for key, raw in overrides.items():
         if key not in fields:

@@ -36,7 +36,10 @@ Over the x values and the set of orders O, with the trapezoid rule:
   spanning [0, 1] this is the paper's ``1 − ∫ max_o ℓ_o dx``;
 * per strength, ``OI = max_o ℓ_o − min_o ℓ_o`` and ``MCE = 1 − max_o ℓ_o``.
 
-Every result records the interval integrated over. A and P need two strengths: a grid of
+A and P are in units of x: at most the interval's width. ``P ÷ width``
+(:meth:`Composability.P_normalized`, :func:`per_width`) is P on the paper's [0, 1] scale
+(its Appendix B integrates over a strength γ in [0, 1]); the reports print it beside the raw
+area. Every result records the interval integrated over. A and P need two strengths: a grid of
 one gives OI and MCE only (never reported as A and P). :func:`common_interval` compares
 methods on different grids: each method's curves are interpolated linearly onto the interval
 where all of them have data, and A and P are integrated there. A and P are computed per
@@ -145,6 +148,20 @@ def normalized_criterion(name: str, row: Mapping[str, Any], base: Mapping[str, A
         return None
     v = min(1.0, max(0.0, float(v)))
     return v if higher_is_better(name) else 1.0 - v
+
+
+def per_width(area: float | None, interval: tuple[float, float]) -> float | None:
+    """An area (or its spread, or an end of its interval) over ``interval`` ÷ the interval's
+    width: the integrand's mean height. For P this is the paper's definition (Appendix B:
+    ``P = 1 − ∫ max_o ℓ_o dγ`` with the strength γ spanning [0, 1]) on the interval rescaled
+    to [0, 1], so it lies in [0, 1] whatever axis and grid the area was integrated on:
+    P = 0.37 over compression x in [0.234, 0.703] is 0.37 / 0.469 = 0.79, the better order
+    losing 79% of the criterion on average over that interval. None for a zero-width
+    interval (one strength: no area)."""
+    lo, hi = interval
+    if area is None or hi - lo <= 0:
+        return None
+    return area / (hi - lo)
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float | None, float | None]:
@@ -334,10 +351,24 @@ class Composability:
     def single(self) -> bool:
         return len(self.x) < 2
 
+    @property
+    def width(self) -> float:
+        """The width of the x interval A and P are integrated over."""
+        return self.interval[1] - self.interval[0]
+
+    def P_normalized(self, criterion: str) -> tuple[float | None, float | None]:
+        """P of ``criterion`` ÷ the interval's width, mean and sample std over replicates
+        (:func:`per_width`): the paper's P on [0, 1]."""
+        c = self.criteria.get(criterion)
+        if c is None:
+            return None, None
+        return per_width(c.P_mean, self.interval), per_width(c.P_std, self.interval)
+
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "x_axis": self.x_axis,
             "interval": list(self.interval),
+            "width": self.width,
             "values": self.values,
             "x": self.x,
             "orders": [list(o) for o in self.orders],
@@ -350,6 +381,8 @@ class Composability:
                 "A_std": c.A_std,
                 "P": c.P_mean,
                 "P_std": c.P_std,
+                "P_normalized": self.P_normalized(name)[0],
+                "P_normalized_std": self.P_normalized(name)[1],
                 "A_per_replicate": c.A,
                 "P_per_replicate": c.P,
                 "replicates": c.replicates,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ LOCAL_SETTINGS = frozenset({"out", "device", "data_dir", "device_map", "max_memo
 NUMERICS_SETTINGS = ("threads", "deterministic")
 #: Settings left out of config.yaml and the run id while unset, so runs from before they existed keep their ids.
 OPTIONAL_SETTINGS = ("ppl_corpus", "calibration_corpus", "device_map", "max_memory", "revision")
+STEPS_EXPECTED = "a list of steps, e.g. [magnitude:sparsity=0.5, rtn:bits=4] or [{magnitude: {sparsity: 0.5}}]"
 
 
 @dataclass
@@ -145,9 +147,7 @@ class RunSettings:
             or not isinstance(steps, list | str)
             or (isinstance(steps, list) and not all(isinstance(s, str | Mapping) for s in steps))
         ):
-            raise bad(
-                "steps", "a list of steps, e.g. [magnitude:sparsity=0.5, rtn:bits=4] or [{magnitude: {sparsity: 0.5}}]"
-            )
+            raise bad("steps", STEPS_EXPECTED)
         for key in ("out", "dataset", "dataset_source", "data_dir", "save_model"):
             optional_str(key)
         if not isinstance(self.overwrite, bool):
@@ -259,6 +259,27 @@ class RunSettings:
             check_apart_from_run(self.save_model, self.out, "--save-model", f"the run folder {self.out} (--out)")
         return steps, metrics
 
+    def check_inputs(self) -> None:
+        """The files these settings name, checked without reading or loading them (nor
+        importing torch): the model (a path that exists, a saved model's folder, a revision
+        only for a hub model), the data folder, the dataset's source and the corpora.
+        `validate` runs it, and every command before anything is written."""
+        from lmcompose.corpora import check_corpus_files
+        from lmcompose.models.loading import check_model
+        from lmcompose.paths import data_dir
+
+        check_model(self.model, self.revision)
+        if self.data_dir:
+            if not Path(self.data_dir).expanduser().is_dir():
+                raise ConfigError(
+                    f"data folder {self.data_dir!r} does not exist; name a folder laid out like shared/data"
+                )
+        else:
+            data_dir()  # LMCOMPOSE_DATA_DIR, when set, is a folder
+        if self.dataset_source is not None:
+            check_dataset_source(self.dataset or "records", self.dataset_source)
+        check_corpus_files(self.ppl_corpus, self.calibration_corpus)
+
     def resolved(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["steps"] = [str(parse_step(s)) for s in self.steps]
@@ -321,6 +342,73 @@ class RunSettings:
 
 
 # --------------------------------------------------------------------------------------
+# The Python API's arguments: checked by the settings' own shapes, so a wrong type gets the
+# message the CLI gives for the same setting (prefixed by the function's name)
+# --------------------------------------------------------------------------------------
+
+
+def check_arguments(where: str, settings: type[RunSettings] = RunSettings, **values: Any) -> None:
+    """``values`` (settings' fields; a folder or file may be a ``Path``) checked by
+    ``settings``'s :meth:`~RunSettings.check_shapes`: one ConfigError naming ``where`` and the key."""
+    paths = {"out", "save_model", "data_dir", "dataset_source"}
+    plain = {k: os.fspath(v) if k in paths and isinstance(v, os.PathLike) else v for k, v in values.items()}
+    settings(**plain).check_shapes(where)
+
+
+def step_list(steps: Any, where: str) -> list[Any]:
+    """The steps of a Python call as a list: a string is whitespace-separated steps (as
+    ``steps:`` in a config file, so ``"magnitude:sparsity=0.5"`` is one step, never its
+    characters); anything that is not a list of steps is one ConfigError."""
+    if isinstance(steps, str):
+        steps = steps.split()
+    if (
+        isinstance(steps, Mapping)
+        or not isinstance(steps, list | tuple)
+        or not all(isinstance(s, str | Mapping | StepSpec | Intervention) for s in steps)
+    ):
+        raise ConfigError(f"{where}: steps: expected {STEPS_EXPECTED}; got {describe_value(steps)}")
+    return list(steps)
+
+
+def check_lm(lm: Any, where: str) -> None:
+    """``lm`` is a loaded model (an :class:`~lmcompose.models.handle.LM`), not its name."""
+    from lmcompose.models.handle import LM
+
+    if not isinstance(lm, LM):
+        hint = f"lmcompose.load_model({lm!r})" if isinstance(lm, str | os.PathLike) else "lmcompose.load_model(NAME)"
+        raise ConfigError(f"{where}: lm: expected a loaded model ({hint}); got {describe_value(lm)}")
+
+
+def check_edit_records(edits: Any, where: str, nested: bool = False) -> None:
+    """``edits`` is None or a list of EditRecords (``nested``: or a list of such lists, one
+    per replicate), e.g. what :func:`load_edits` returns."""
+    if edits is None:
+        return
+    batches = (
+        edits
+        if nested and isinstance(edits, list | tuple) and edits and not isinstance(edits[0], EditRecord)
+        else [edits]
+    )
+    if not all(isinstance(b, list | tuple) and all(isinstance(e, EditRecord) for e in b) for b in batches):
+        raise ConfigError(
+            f"{where}: edits: expected a list of edit requests, as lmcompose.load_edits(DATASET, limit=N) returns; "
+            f"got {describe_value(edits)}"
+        )
+
+
+def check_context(ctx: Any, where: str) -> None:
+    if ctx is not None and not isinstance(ctx, Context):
+        raise ConfigError(f"{where}: ctx: expected an lmcompose.Context or None; got {describe_value(ctx)}")
+
+
+def metric_names(metrics: Any) -> Any:
+    """``metrics`` for the shape check: names as given, metric objects left out (they are built)."""
+    if isinstance(metrics, list | tuple) and metrics and all(isinstance(m, Metric) for m in metrics):
+        return None
+    return list(metrics) if isinstance(metrics, tuple) else metrics
+
+
+# --------------------------------------------------------------------------------------
 # Evaluation and composition
 # --------------------------------------------------------------------------------------
 
@@ -346,6 +434,9 @@ def compose(
 ) -> list[dict[str, Any]]:
     """Apply ``steps`` to ``lm`` in order, evaluating every metric on the base model and after
     each step; return the rows (also appended to ``out/results.jsonl`` when ``out`` is set).
+    ``steps`` and ``metrics`` read as in a config file (a string of steps is split on spaces,
+    of metrics on commas); an argument of the wrong type is one ConfigError, before anything
+    is written.
     ``save_model``: a folder for the final model (:mod:`lmcompose.engine.saving`; an existing,
     non-empty folder only with ``overwrite``).
 
@@ -358,6 +449,25 @@ def compose(
     ``deterministic``). ``deterministic``: ``torch.use_deterministic_algorithms(True)`` for
     the run (restored after); an op without a deterministic kernel is one UsageError naming it.
     """
+    where = "compose()"
+    check_lm(lm, where)
+    steps = step_list(steps, where)
+    check_edit_records(edits, where)
+    check_context(ctx, where)
+    check_arguments(
+        where,
+        out=out,
+        policy=policy,
+        metrics=metric_names(metrics),
+        metric_options=metric_options or {},
+        seed=seed,
+        save_model=save_model,
+        overwrite=overwrite,
+        threads=threads,
+        deterministic=deterministic,
+    )
+    if isinstance(replicate, bool) or not isinstance(replicate, int) or replicate < 0:
+        raise ConfigError(f"{where}: replicate: expected a whole number >= 0; got {describe_value(replicate)}")
     check_policy(policy)
     interventions = [s if isinstance(s, Intervention) else build_intervention(parse_step(s)) for s in steps]
     metric_objs = resolve_metrics(metrics, metric_options)
@@ -405,11 +515,11 @@ def compose(
             plan, plan.cells, {plan.cells[0].id: target}, overwrite=overwrite, extra={"model": lm.name}
         )
     folder = RunFolder(out, run_id, "run", config) if out is not None else None
+    inputs = run_inputs(lm, {group: list(ctx.edits)}, ctx) if folder is not None else {}
     rows: list[dict[str, Any]] = []
     with numerics_for(threads, deterministic, metric_objs, current_threads()) as numerics, folder or nullcontext():
         done = folder.done() if folder is not None else set()
         if folder is not None:
-            inputs = run_inputs(lm, {group: list(ctx.edits)}, ctx)
             folder.write_config(
                 inputs=inputs,
                 numerics=numerics,
@@ -438,7 +548,10 @@ def compose(
 def resolve_metrics(
     metrics: Sequence[str] | Sequence[Metric] | None, options: Mapping[str, Mapping[str, Any]] | None
 ) -> list[Metric]:
-    """Metric objects as given, or built by name with their options (None: every metric)."""
+    """Metric objects as given, or built by name with their options (None: every metric; a
+    string is comma-separated names, as ``metrics:`` in a config file)."""
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
     if metrics and all(isinstance(m, Metric) for m in metrics):
         return list(metrics)  # type: ignore[arg-type]
     return build_metrics(metrics, options)  # type: ignore[arg-type]
@@ -456,6 +569,28 @@ def load_edits(
     """Load edit requests from a registered edit dataset (``limit`` records, replicate
     ``replicate`` of a seeded permutation), from ``ctx.data_dir`` (else LMCOMPOSE_DATA_DIR).
     Notes (sample data used, records skipped) go to ``ctx`` when given."""
+    where = "load_edits()"
+
+    def whole(value: Any, key: str, minimum: int | None, optional: bool) -> None:
+        if optional and value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+            bound = f" >= {minimum}" if minimum is not None else ""
+            raise ConfigError(f"{where}: {key}: expected a whole number{bound}; got {describe_value(value)}")
+
+    if not isinstance(dataset, str) or not dataset.strip():
+        raise ConfigError(
+            f"{where}: dataset: expected an edit dataset's name (`lmcompose list datasets`); "
+            f"got {describe_value(dataset)}"
+        )
+    if source is not None and not isinstance(source, str | os.PathLike):
+        raise ConfigError(f"{where}: source: expected a file, URL, hub:ID or sample; got {describe_value(source)}")
+    whole(limit, "limit (the number of edit requests, --edits)", 1, optional=True)
+    whole(seed, "seed", None, optional=True)
+    whole(replicate, "replicate", 0, optional=False)
+    if not isinstance(skip_invalid, bool):
+        raise ConfigError(f"{where}: skip_invalid: expected true or false; got {describe_value(skip_invalid)}")
+    check_context(ctx, where)
     ds = edit_dataset_class(dataset)()
     if ctx is not None and ctx.data_dir is not None:
         ds.data_dir = ctx.data_dir
@@ -487,6 +622,17 @@ def edit_dataset_class(name: str) -> type[EditDataset]:
     )
 
 
+def check_dataset_source(name: str, source: str | Path | None) -> None:
+    """Refuse a ``source`` edit dataset ``name`` cannot read (a local file that is not there,
+    a folder, a malformed URL or hub spec), without reading it; a dataset that is not a
+    :class:`~lmcompose.edit_data.JsonEditDataset` reads its sources its own way, when it loads."""
+    from lmcompose.edit_data import JsonEditDataset
+
+    cls = edit_dataset_class(name)
+    if issubclass(cls, JsonEditDataset):
+        cls.check_source(source)
+
+
 _Settings = TypeVar("_Settings", bound=RunSettings)
 
 
@@ -499,11 +645,15 @@ def prepare(settings: _Settings) -> tuple[_Settings, tuple[list[Intervention], l
 
     settings = settings.with_protocol()
     checked = settings.validate()
-    if settings.data_dir:
-        if not Path(settings.data_dir).expanduser().is_dir():
-            raise ConfigError(
-                f"data folder {settings.data_dir!r} does not exist; name a folder laid out like shared/data"
-            )
+    if settings.save_model:
+        from lmcompose.engine.saving import check_save_folder
+
+        check_save_folder(settings.save_model, settings.overwrite)  # the target first: it needs no model
+    if getattr(settings, "save_cells", None) is not None and settings.out:
+        from lmcompose.engine.saving import models_folder
+
+        models_folder(settings.out)  # OUT/models must not lead back into the run folder
+    settings.check_inputs()
     resolve_device(settings.device)
     if settings.device_map is not None:
         resolve_device_map(settings.device_map)
@@ -516,13 +666,9 @@ def prepare(settings: _Settings) -> tuple[_Settings, tuple[list[Intervention], l
 def run(settings: RunSettings, progress: Progress | None = None) -> tuple[list[dict[str, Any]], Context]:
     """Validate, load the model and edits, and compose (the `lmcompose run` command)."""
     settings, (_steps, metrics) = prepare(settings)
-    if settings.save_model:
-        from lmcompose.engine.saving import check_save_folder
-
-        check_save_folder(settings.save_model, settings.overwrite)  # before anything is loaded
     run_id = settings.run_id()
     if settings.out:  # refuse a folder of another run, or a resume with other numerics, before loading anything
-        RunFolder(settings.out, run_id, "run", settings.resolved(), settings.numerics(metrics)).open().close()
+        RunFolder(settings.out, run_id, "run", settings.resolved(), settings.numerics(metrics)).check()
 
     ctx = settings.context(progress)
     edits = None

@@ -27,9 +27,20 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from lmcompose.errors import ConfigError, DataError, describe_value
-from lmcompose.paths import offline
+from lmcompose.paths import MISSING, not_a_file, offline, source_path
 
-__all__ = ["ROLES", "CorpusSpec", "check_corpora", "corpus_identity", "load_corpus", "parse_corpus", "read_text_file"]
+__all__ = [
+    "ROLES",
+    "CorpusSpec",
+    "check_corpora",
+    "check_corpus_files",
+    "check_hub_folder",
+    "corpus_identity",
+    "load_corpus",
+    "longer_text_advice",
+    "parse_corpus",
+    "read_text_file",
+]
 
 #: role -> (the setting that names its corpus, the wikitext-2 splits it reads, the hub split by default)
 ROLES = {
@@ -114,15 +125,27 @@ def parse_corpus(value: Any, key: str = "corpus") -> CorpusSpec:
             rows=int(rows) if rows else None,
             data_files=opts.get("data_files"),
         )
-    return CorpusSpec("file", str(Path(text).expanduser()))
+    if text.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{key} {value!r}: a corpus is read from this machine, not downloaded; download the file and give "
+            "its path, or name a Hugging Face dataset as hub:ID (URLs are for edit datasets' --dataset-source)"
+        )
+    return CorpusSpec("file", str(source_path(text)))
+
+
+def _check_text_file(path: Path, what: str) -> None:
+    why = not_a_file(path)
+    if why is not None:
+        raise DataError(
+            f"{what} {path}: {'no such file' if why == MISSING else why}; give the path of a UTF-8 text file"
+        )
 
 
 def read_text_file(path: str | Path, what: str) -> str:
     """A UTF-8 text file's contents; a missing, binary, undecodable or empty file is one
     DataError naming it."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{what} {p}: no such file; give the path of a UTF-8 text file")
+    _check_text_file(p, what)
     raw = p.read_bytes()
     if b"\x00" in raw[:8192]:
         raise DataError(f"{what} {p}: a binary file (it holds NUL bytes), not text; give a UTF-8 text file")
@@ -135,9 +158,34 @@ def read_text_file(path: str | Path, what: str) -> str:
     return text
 
 
+def _hub_local_path(spec: CorpusSpec) -> Path | None:
+    """The local folder a ``hub:`` spec names (``hub:/data/corpus``, ``hub:./corpus``,
+    ``hub:~/corpus``, or an id that is a folder here), else None (a hub id)."""
+    path = Path(spec.name).expanduser()
+    return path if spec.name.startswith(("/", ".", "~")) or path.is_dir() else None
+
+
+def check_hub_folder(spec: CorpusSpec, what: str) -> None:
+    """A ``hub:`` spec that names a local path must be a folder (in ``datasets``' layout):
+    a path that does not exist, or a file, is one DataError, not a question to the hub."""
+    path = _hub_local_path(spec)
+    if path is None:
+        return
+    if not path.exists():
+        raise DataError(
+            f"{what}: folder {path} does not exist (hub:PATH reads a local folder in the datasets library's "
+            "layout); check the path, or give a hub id such as hub:wikitext?config=wikitext-2-raw-v1"
+        )
+    if not path.is_dir():
+        raise DataError(
+            f"{what}: {path} is a file, and hub: reads a dataset id or a folder; for a file, give its path without hub:"
+        )
+
+
 def load_hub_dataset(spec: CorpusSpec, split: str, what: str) -> Any:
     """``datasets.load_dataset(spec.name, spec.config, split=split)``; anything that goes wrong
     (no such id, offline and not cached, a broken dataset) is one DataError naming ``what``."""
+    check_hub_folder(spec, what)
     try:
         import datasets
     except ImportError:  # pragma: no cover - a dependency of lmcompose
@@ -151,14 +199,15 @@ def load_hub_dataset(spec: CorpusSpec, split: str, what: str) -> Any:
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds for a missing, offline or broken dataset
-        hint = (
-            (
+        if _hub_local_path(spec) is not None:
+            hint = "the folder is not a dataset the datasets library reads; check its files, config and split"
+        elif offline():
+            hint = (
                 "this machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and the dataset is not in the datasets "
                 "cache: run once with network to cache it, or pass a local file"
             )
-            if offline()
-            else "check the id, config and split (or the network)"
-        )
+        else:
+            hint = "check the id, config and split (or the network)"
         first = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise DataError(f"{what}: cannot be loaded ({type(exc).__name__}: {first}); {hint}") from None
 
@@ -227,6 +276,33 @@ def load_corpus(spec: CorpusSpec, role: str, ctx: Any = None) -> tuple[str, str]
             f"--{'ppl' if role == 'test' else 'calibration'}-corpus, for real numbers)"
         )
     return sample_text(), "bundled:sample_text.txt"
+
+
+def longer_text_advice(where: str) -> str:
+    """What to do about a corpus too short for its role, by where its text came from (``where``
+    as :func:`load_corpus` returns it): a longer file, a larger split, or the real wikitext-2."""
+    if where.startswith("file:"):
+        return f"{where.removeprefix('file:')} is the whole text read; give a longer text file, or name another corpus"
+    if where.startswith("hub:"):
+        return "choose a split (split=) or a dataset with more text, or drop rows= if it is set"
+    return (
+        "point LMCOMPOSE_DATA_DIR (or --data-dir) at a folder with the real wikitext-2 splits, or name another corpus"
+    )
+
+
+def check_corpus_files(ppl: Any, calibration: Any) -> None:
+    """That each corpus asked for as a file is one, and each ``hub:`` folder is one, without
+    reading them or importing anything heavy (what `validate` checks; a run reads them all
+    with :func:`check_corpora`)."""
+    for role, value, key in (("test", ppl, "ppl_corpus"), ("calibration", calibration, "calibration_corpus")):
+        if value is None:
+            continue
+        spec = parse_corpus(value, key)
+        what = "perplexity corpus" if role == "test" else "calibration corpus"
+        if spec.kind == "file":
+            _check_text_file(Path(spec.name), what)
+        elif spec.kind == "hub":
+            check_hub_folder(spec, f"{what} {spec}")
 
 
 def check_corpora(ppl: Any, calibration: Any, ctx: Any = None) -> None:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from lmcompose._limits import MAX_NESTING
 from lmcompose.api import EditDataset, EditRecord, LocalityPrompt
 from lmcompose.errors import DataError, UsageError, describe_value
-from lmcompose.paths import cache_dir, data_dir, offline
+from lmcompose.paths import cache_dir, data_dir, not_a_file, offline, source_path
 from lmcompose.results import follow_umask, nesting_depth, too_deep
 
 __all__ = [
@@ -36,23 +36,27 @@ __all__ = [
 DOWNLOAD_TIMEOUT_S = 30
 
 
-def select_records(records: list[Any], limit: int | None, seed: int | None, replicate: int = 0) -> list[Any]:
+def select_records(
+    records: list[Any], limit: int | None, seed: int | None, replicate: int = 0, dataset: str | None = None
+) -> list[Any]:
     """Replicate ``replicate`` of size ``limit`` from a seeded permutation: replicate k never
-    overlaps replicate j. ``seed=None`` keeps file order."""
+    overlaps replicate j. ``seed=None`` keeps file order. ``dataset``: how a refusal names
+    the records (e.g. ``counterfact (data/cf.json)``)."""
+    where = f"{dataset}: " if dataset else ""
     order = list(range(len(records)))
     if seed is not None:
         random.Random(seed).shuffle(order)
     if limit is None:
         if replicate:
-            raise UsageError("replicates need a limit (the batch size)")
+            raise UsageError(f"{where}replicates need a limit (the batch size)")
         return [records[i] for i in order]
     if limit < 1:
-        raise UsageError(f"limit={limit}: ask for at least one record")
+        raise UsageError(f"{where}limit={limit}: ask for at least one record")
     start = replicate * limit
     if start + limit > len(records):
         raise UsageError(
-            f"replicate {replicate} of {limit} records needs {start + limit} records; the dataset has {len(records)}. "
-            "Use fewer edits or fewer replicates"
+            f"{where}replicate {replicate} of {limit} records needs {start + limit} records; the dataset has "
+            f"{len(records)}. Use fewer edits or fewer replicates"
         )
     return [records[i] for i in order[start : start + limit]]
 
@@ -180,6 +184,16 @@ def fetch(url: str, target: Path, sha256: str | None = None) -> Path:
     return target
 
 
+def local_source_file(text: str, dataset: str) -> Path:
+    """The local file a dataset source names (a path or a ``file://`` URL), checked to be a
+    regular file: a missing path, a folder or a device is one DataError naming it."""
+    path = source_path(text)
+    why = not_a_file(path)
+    if why is not None:
+        raise DataError(f"{dataset}: source file {path} {why}")
+    return path
+
+
 def hub_records_file(dataset: str, source: str) -> Path:
     """The rows of Hugging Face dataset ``source`` (``hub:ID[?config=NAME&split=SPLIT]``, split
     default ``train``; a local folder in datasets' layout works too), loaded with ``datasets``
@@ -301,14 +315,32 @@ class JsonEditDataset(EditDataset):
     def parse(self, raw: Mapping[str, Any], index: int) -> list[EditRecord]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @classmethod
+    def check_source(cls, source: str | Path | None) -> None:
+        """Refuse an explicit ``source`` that cannot be read, without reading or downloading
+        it (what `validate` checks, and every command before it writes): ``sample`` where the
+        dataset ships none, a malformed URL checksum or hub spec, a ``hub:`` folder or a local
+        file that is not there."""
+        if source is None:
+            return
+        text = str(source)
+        if text == "sample":
+            if cls.sample is None:
+                raise DataError(f"{cls.name}: source 'sample' asks for the bundled sample, and this dataset ships none")
+        elif text.startswith("hub:"):
+            from lmcompose.corpora import check_hub_folder, parse_corpus
+
+            check_hub_folder(parse_corpus(text, "--dataset-source"), f"{cls.name}: --dataset-source {text!r}")
+        elif text.startswith(("http://", "https://")):
+            split_checksum(text)
+        else:
+            local_source_file(text, cls.name)
+
     def resolve_source(self, source: str | Path | None) -> Path:
         if source is not None:
             text = str(source)
-            if text == "sample":
-                if self.sample is None:
-                    raise DataError(
-                        f"{self.name}: source 'sample' asks for the bundled sample, and this dataset ships none"
-                    )
+            self.check_source(text)
+            if text == "sample" and self.sample is not None:  # check_source refuses it where there is none
                 self.notes.append(
                     f"{self.name}: using the bundled sample ({self.sample.name}), as asked (source: sample)"
                 )
@@ -318,10 +350,7 @@ class JsonEditDataset(EditDataset):
             if text.startswith(("http://", "https://")):
                 url, checksum = split_checksum(text)
                 return fetch(url, download_cache_path(cache_dir() / "datasets" / self.name, url), checksum)
-            path = Path(text).expanduser()
-            if not path.is_file():
-                raise DataError(f"{self.name}: source file {path} does not exist")
-            return path
+            return local_source_file(text, self.name)
         dd = data_dir(self.data_dir)
         if dd is not None:
             for rel in self.data_files:
@@ -391,7 +420,8 @@ class JsonEditDataset(EditDataset):
             self.notes.append(f"{self.name}: skipped {len(self.skipped)} invalid record(s) of {len(items)} in {path}")
         if not groups:
             raise DataError(f"{path}: no valid {self.name} records")
-        chosen = [r for group in select_records(groups, limit, seed, replicate) for r in group]
+        groups_chosen = select_records(groups, limit, seed, replicate, dataset=f"{self.name} ({path})")
+        chosen = [r for group in groups_chosen for r in group]
         no_ops = [r for r in chosen if _no_op(r)]
         if no_ops:
             self.notes.append(

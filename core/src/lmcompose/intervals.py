@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from lmcompose.composability import Composability, SweepData, segment
+from lmcompose.composability import Composability, SweepData, per_width, segment
 from lmcompose.engine.run_folder import row_cell_id
 
 DEFAULT_RESAMPLES = 1000
@@ -110,6 +110,14 @@ class APInterval:
     A: tuple[float, float]
     P: tuple[float, float]
     samples: APSamples
+
+    def P_per_width(self, interval: tuple[float, float]) -> tuple[float, float] | None:
+        """The interval of P ÷ the width of the x ``interval`` P was integrated over (the
+        paper's [0, 1] scale; :func:`~lmcompose.composability.per_width`): each end divided,
+        which is the percentile interval of the divided samples since the width is one
+        positive number for every resample. None for a zero-width interval."""
+        lo, hi = per_width(self.P[0], interval), per_width(self.P[1], interval)
+        return None if lo is None or hi is None else (lo, hi)
 
 
 @dataclass

@@ -104,6 +104,51 @@ def interval_caption(resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEE
     )
 
 
+def p_width_caption(label: str = "P ÷ w") -> str:
+    """What the normalized P beside the raw one is (a table caption's sentence)."""
+    return (
+        f"{label}: P divided by the width w of the x interval, in [0, 1], the paper's scale (its Appendix B "
+        "integrates over a strength γ in [0, 1]): the share of the criterion the better order loses, on average "
+        "over the interval. A and P themselves are raw areas in units of x, at most w."
+    )
+
+
+def fmt_p_per_width(comp: Composability, name: str, n: int, digits: int, interval: APInterval | None) -> str:
+    """P ÷ the interval's width of criterion ``name`` (mean ± std over replicates), with its
+    bootstrap interval divided the same way when ``interval`` is given."""
+    mean, std = comp.P_normalized(name)
+    return fmt_with_interval(mean, std, n, digits, interval.P_per_width(comp.interval) if interval else None)
+
+
+def base_format_line(rows: Sequence[Mapping[str, Any]], model: str) -> str:
+    """The report header's line on the base checkpoint's storage format (rows' ``base_format``,
+    :mod:`lmcompose.models.formats`), and what a quantized one means for the "dense" numbers."""
+    from lmcompose.models.formats import is_quantized_format
+    from lmcompose.models.loading import NAMED_MODELS
+
+    found = list(dict.fromkeys(r["base_format"] for r in rows if r.get("base_format")))
+    if not found:
+        named = NAMED_MODELS.get(model)
+        known = (
+            f"; the named model `{model}` is loaded from a `{named.format}` checkpoint (docs/models.md)"
+            if named is not None and named.format
+            else ""
+        )
+        return f"- base checkpoint: not recorded in these rows (written before rows carried `base_format`){known}"
+    line = "- base checkpoint: " + ", ".join(f"`{f}`" for f in found)
+    if len(found) > 1:
+        line += " (the rows mix base checkpoints)"
+    older = sum(1 for r in rows if not r.get("base_format"))
+    if older:  # a folder resumed with a version that records it
+        line += f" (not recorded in {older} older row{'s' if older > 1 else ''})"
+    if any(is_quantized_format(f) for f in found):
+        line += (
+            " — a quantized checkpoint, dequantized to compute: the dense model (strength 0, avg_bits 16) is these "
+            "weights, not a full-precision model, and every compressor's bits are relative to them (docs/models.md)"
+        )
+    return line
+
+
 def _fmt_metric(key: str, v: float | None) -> str:
     if v is None:
         return "–"
@@ -136,6 +181,7 @@ def ap_table(comp: Composability, data: SweepData, intervals: dict[str, APInterv
                 name,
                 fmt_with_interval(c.A_mean, c.A_std, n, 4, iv.A if iv else None),
                 fmt_with_interval(c.P_mean, c.P_std, n, 4, iv.P if iv else None),
+                fmt_p_per_width(comp, name, n, 4, iv),
                 interval_text(comp),
                 str(n),
             ]
@@ -144,11 +190,12 @@ def ap_table(comp: Composability, data: SweepData, intervals: dict[str, APInterv
     spread = f"mean ± sample std over {k} replicates" if k > 1 else "one replicate"
     return Table(
         f"Composability A and P (x = {comp.x_axis})",
-        ["criterion", "A", "P", "x interval", "replicates"],
+        ["criterion", "A", "P", "P ÷ w", "x interval", "replicates"],
         rows,
         f"x = {AXIS_LABELS[comp.x_axis]}; integrated over the x interval; {len(comp.orders)} orders; {spread}. "
         "A: area between the best and the worst order (0 = order does not matter); "
-        "P: area between the best order and 1 (0 = nothing lost)."
+        "P: area between the best order and 1 (0 = nothing lost). "
+        + p_width_caption()
         + (" " + interval_caption() if intervals is not None else ""),
     )
 
@@ -340,6 +387,7 @@ def render_markdown(report: Report, run_dir: Path | None = None) -> str:
         f"# Sweep report: {d.model}",
         "",
         f"- run id: `{d.run_id}`",
+        base_format_line(d.rows, d.model),
         f"- orders: {'; '.join(order_text(o) for o in d.orders)}",
         f"- varied: `{d.vary}` = {', '.join(str(v) for v in d.values)}",
         f"- replicates: {len(d.replicates)}; edits per replicate: {len(first.get('edit_ids') or [])}",

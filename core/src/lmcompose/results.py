@@ -358,7 +358,12 @@ class _DuplicateKeyError(yaml.YAMLError):
         )
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+#: The safe loader (plain data only, never a Python object), libyaml's when installed: the
+#: pure-Python one takes seconds for a study with a grid of thousands of values.
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(_SAFE_LOADER):  # type: ignore[misc,valid-type]
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping. Keys a merge (``<<``)
     brings in may still be overridden: that is what a merge is for."""
 
@@ -384,6 +389,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     is one ConfigError naming the file."""
     from lmcompose.errors import ConfigError
 
+    if "\x00" in str(path):
+        raise ConfigError(f"config file {str(path)!r} is not a path (it holds a NUL character)")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError:
@@ -391,6 +398,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except _DuplicateKeyError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
     except yaml.YAMLError as exc:
+        if "maximum nesting depth" in str(exc):  # libyaml's own limit, reached before ours
+            raise ConfigError(too_deep(f"config file {path}")) from None
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None

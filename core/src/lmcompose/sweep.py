@@ -19,10 +19,10 @@ seed; the edit metrics' base-model references are recorded again before the firs
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +38,29 @@ from lmcompose.api import (
     config_fields,
     config_to_dict,
 )
-from lmcompose.compose import RunSettings, load_edits, prepare, resolve_metrics
+from lmcompose.compose import (
+    RunSettings,
+    check_arguments,
+    check_context,
+    check_edit_records,
+    check_lm,
+    load_edits,
+    metric_names,
+    prepare,
+    resolve_metrics,
+    step_list,
+)
 from lmcompose.engine.executor import SNAPSHOT_MODES, Executor, replicate_edits, topk_next_tokens
 from lmcompose.engine.numerics import numerics_for
-from lmcompose.engine.plan import MAX_CELLS, Cell, Group, Plan, canonical_key, check_cell_count
+from lmcompose.engine.plan import (
+    MAX_CELLS,
+    Cell,
+    GridFactor,
+    Group,
+    Plan,
+    canonical_key,
+    check_grid_size,
+)
 from lmcompose.engine.policy import EDIT_KIND, check_policy
 from lmcompose.engine.run_folder import RunFolder, edits_digest, run_inputs
 from lmcompose.engine.threads import current_threads
@@ -145,21 +164,14 @@ def parse_orders(orders: str | Sequence[Sequence[str]] | None, steps: Sequence[S
         raise ConfigError(
             f"--orders {describe_value(orders)}: give 'all', 'a,b;b,a' or a list of orders such as [[a, b], [b, a]]"
         )
-    if orders is None or (isinstance(orders, str) and orders.strip().lower() in {"all", ""}):
-        if math.factorial(n) > MAX_CELLS:  # refused before the permutations fill the memory
+    if _all_orders(orders):
+        count = count_orders(orders, names)
+        if count > MAX_CELLS:  # refused before the orders fill the memory
             raise ConfigError(
-                f"--orders all: {n} steps have {math.factorial(n):,} orders, more than the {MAX_CELLS:,} cells one "
+                f"--orders all: {n} steps have {count:,} orders, more than the {MAX_CELLS:,} cells one "
                 "plan holds; list the orders to run, e.g. 'a,b,c;c,b,a'"
             )
-        out = list(dict.fromkeys(itertools.permutations(range(n))))
-        # steps with the same name: permutations that only swap them are the same order
-        seen, unique = set(), []
-        for p in out:
-            key = tuple(names[i] for i in p)
-            if key not in seen:
-                seen.add(key)
-                unique.append(p)
-        return unique
+        return list(_distinct_orders(names))
     if isinstance(orders, str):
         parts = orders.split(";")
         if any(not g.strip() for g in parts):
@@ -195,6 +207,65 @@ def parse_orders(orders: str | Sequence[Sequence[str]] | None, steps: Sequence[S
             raise ConfigError(f"{where} is given twice")
         result.append(idx)
     return result
+
+
+def _all_orders(orders: Any) -> bool:
+    return orders is None or (isinstance(orders, str) and orders.strip().lower() in {"all", ""})
+
+
+def _distinct_orders(names: Sequence[str]) -> Iterator[tuple[int, ...]]:
+    """Every order of the steps ``names`` (as step indices, in lexicographic order), once:
+    two steps with the same name are the same step, so an order that only swaps them is
+    not another order (the first of them always comes first). Only distinct orders are
+    visited, so steps with repeated names do not cost n! permutations."""
+    pools: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        pools.setdefault(name, []).append(i)
+    used = dict.fromkeys(pools, 0)
+    prefix: list[int] = []
+
+    def walk() -> Iterator[tuple[int, ...]]:
+        if len(prefix) == len(names):
+            yield tuple(prefix)
+            return
+        for i in sorted(pool[used[name]] for name, pool in pools.items() if used[name] < len(pool)):
+            used[names[i]] += 1
+            prefix.append(i)
+            yield from walk()
+            prefix.pop()
+            used[names[i]] -= 1
+
+    return walk()
+
+
+def count_orders(orders: Any, names: Sequence[str]) -> int:
+    """How many orders ``orders`` asks for of the steps ``names``, from its shape alone (no
+    order is built): ``all`` gives the distinct permutations; a malformed value counts one
+    (:func:`parse_orders` says what is wrong with it)."""
+    if _all_orders(orders):
+        total = math.factorial(len(names))
+        for repeats in Counter(names).values():
+            total //= math.factorial(repeats)
+        return total
+    if isinstance(orders, str):
+        return len(orders.split(";"))
+    return len(orders) if isinstance(orders, list | tuple) and orders else 1
+
+
+def check_sweep_size(vary: Any, orders: Any, names: Sequence[str], replicates: Any) -> None:
+    """Refuse a sweep over the cell cap from the sizes of ``--vary``, ``--orders`` and
+    ``--replicates`` alone, before any value is built, naming the one that makes it large."""
+    values = vary.partition("=")[2].count(",") + 1 if isinstance(vary, str) else 1
+    reps = replicates if isinstance(replicates, int) and not isinstance(replicates, bool) and replicates > 0 else 1
+    check_grid_size(
+        [
+            [
+                GridFactor("vary", values, "values"),
+                GridFactor("orders", count_orders(orders, names), "orders"),
+                GridFactor("replicates", reps, "replicates"),
+            ]
+        ]
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -268,7 +339,7 @@ class SweepSettings(RunSettings):
 
     def validate(self) -> tuple[list[Intervention], list[Metric]]:  # type: ignore[override]
         steps, metrics = super().validate()
-        check_cell_count(self.cell_count(), "the sweep")
+        check_sweep_size(self.vary, self.orders, [s.name for s in steps], self.replicates)
         if self.snapshots not in SNAPSHOT_MODES:
             raise ConfigError(f"snapshots {self.snapshots!r} is not one of {', '.join(SNAPSHOT_MODES)}")
         if self.replicates > 1 and self.edits is None:
@@ -322,24 +393,34 @@ def sweep_cells(
     *,
     labels: Mapping[str, Any] | None = None,
     id_prefix: str = "",
+    keys_memo: dict[str, str] | None = None,
 ) -> list[Cell]:
     """The cells of one sweep: every order × varied value × group, each with its actions
     (resolved step configs, the policy's re-runs). Studies call this once per entry and
-    dataset, with ``labels`` and an ``id_prefix`` that keep their cells apart."""
+    dataset, with ``labels`` and an ``id_prefix`` that keep their cells apart, and one
+    ``keys_memo`` (resolved step keys by step text) for all of them: each distinct step is
+    built once, not once per cell (a large grid is planned in seconds)."""
     protos = [build_intervention(s) for s in specs]
     names = [s.name for s in specs]
     kinds = [p.kind for p in protos]
     has_project = [p.reruns_on_recompress() for p in protos]
     knob = protos[vary.index].strength if vary.is_strength else None
+    memo = keys_memo if keys_memo is not None else {}
+
+    def resolved_key(name: str, overrides: Mapping[str, Any]) -> str:
+        text = name + json.dumps(overrides, sort_keys=True, default=repr)
+        if text not in memo:
+            memo[text] = canonical_key(name, config_to_dict(build_intervention(StepSpec(name, dict(overrides))).config))
+        return memo[text]
+
+    per_value = []
+    for value in vary.values:
+        overrides = [dict(s.overrides) for s in specs]
+        overrides[vary.index] = {**overrides[vary.index], vary.field: value}
+        per_value.append((overrides, [resolved_key(n, ov) for n, ov in zip(names, overrides, strict=True)]))
     cells = []
     for o in orders:
-        for value in vary.values:
-            overrides = [dict(s.overrides) for s in specs]
-            overrides[vary.index] = {**overrides[vary.index], vary.field: value}
-            keys = [
-                canonical_key(n, config_to_dict(build_intervention(StepSpec(n, ov)).config))
-                for n, ov in zip(names, overrides, strict=True)
-            ]
+        for value, (overrides, keys) in zip(vary.values, per_value, strict=True):
             actions = Plan.actions(o, names, overrides, kinds, keys, has_project, policy)
             order_names = tuple(names[i] for i in o)
             for g in groups:
@@ -402,17 +483,41 @@ def sweep(
     numerics (``threads``, ``deterministic``, library versions, batch sizes) is refused.
     ``threads`` and ``deterministic`` as in :func:`~lmcompose.compose.compose`.
     """
+    where = "sweep()"
+    check_lm(lm, where)
+    steps = step_list(steps, where)
+    check_edit_records(edits, where, nested=True)
+    check_context(ctx, where)
+    check_arguments(
+        where,
+        SweepSettings,
+        vary=vary,
+        orders=[list(o) if isinstance(o, tuple) else o for o in orders] if isinstance(orders, list | tuple) else orders,
+        replicates=replicates,
+        out=out,
+        policy=policy,
+        metrics=metric_names(metrics),
+        metric_options=metric_options or {},
+        seed=seed,
+        snapshots=snapshots,
+        topk=topk,
+        save_cells=save_cells,
+        threads=threads,
+        deterministic=deterministic,
+    )
     check_policy(policy)
     if snapshots not in SNAPSHOT_MODES:
         raise ConfigError(f"snapshots {snapshots!r} is not one of {', '.join(SNAPSHOT_MODES)}")
     if not isinstance(replicates, int) or replicates < 1:
         raise ConfigError(f"replicates={replicates!r}: ask for at least 1 replicate")
+    if any(isinstance(s, Intervention) for s in steps):
+        raise ConfigError(f"{where}: steps: give each step by name (e.g. 'magnitude:sparsity=0.5'), not built")
     specs = [parse_step(s) for s in steps]
     if not specs:
         raise ConfigError("no steps given: a sweep needs at least one step")
+    check_sweep_size(vary, orders, [s.name for s in specs], replicates)
     v = parse_vary(vary, specs)
     order_list = parse_orders(orders, specs)
-    check_cell_count(replicates * len(v.values) * len(order_list), "the sweep")
     metric_objs = resolve_metrics(metrics, metric_options)
     if replicates > 1 and not edits:
         raise UsageError(
@@ -457,11 +562,11 @@ def sweep(
             raise UsageError("save_cells needs a run folder (out=...): the models go to OUT/models/")
         save = SaveTargets.for_study(plan, save_cells, out_dir / MODELS_FOLDER, extra={"model": lm.name})
     folder = RunFolder(out_dir, run_id, "sweep", config) if out_dir is not None else None
+    inputs = run_inputs(lm, edits_by_group, ctx) if folder is not None else {}
     rows: list[dict[str, Any]] = []
     with numerics_for(threads, deterministic, metric_objs, current_threads()) as numerics, folder or nullcontext():
         done: set[tuple[str, int]] = set()
         if folder is not None:
-            inputs = run_inputs(lm, edits_by_group, ctx)
             folder.write_config(
                 inputs=inputs,
                 numerics=numerics,
@@ -521,7 +626,7 @@ def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tupl
 
         models_folder(out)  # before loading
     # refuse another run's folder, or a resume with other numerics, before loading
-    RunFolder(out, run_id, "sweep", {**resolved, "out": out}, settings.numerics(metrics)).open().close()
+    RunFolder(out, run_id, "sweep", {**resolved, "out": out}, settings.numerics(metrics)).check()
 
     ctx = settings.context(progress)
     if settings.calibration_samples:

@@ -412,6 +412,7 @@ class Executor:
     ):
         self.plan = plan
         self.lm = lm
+        self.base_format = lm.checkpoint_format()  # every row records the base checkpoint's precision
         self.ctx = ctx
         self.shared_metrics = [m for m in metrics if not m.requires_edits]
         self.edit_metrics = [m for m in metrics if m.requires_edits]
@@ -600,6 +601,7 @@ class Executor:
             return {
                 "run_id": plan.run_id,
                 "model": self.lm.name,
+                "base_format": self.base_format,
                 "order": list(cell.names),
                 "replicate": cell.replicate,
                 "policy": plan.policy,
@@ -617,6 +619,7 @@ class Executor:
             "cell": cell.id,
             **cell.labels,
             "model": self.lm.name,
+            "base_format": self.base_format,
             "order": list(cell.names),
             "replicate": cell.replicate,
             "policy": plan.policy,

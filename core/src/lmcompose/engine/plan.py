@@ -41,9 +41,47 @@ def check_cell_count(count: int, where: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class GridFactor:
+    """One factor of a grid's size, by the setting that gives it: ``key`` (as the user
+    wrote it: ``replicates``, ``compressors[0].vary.sparsity``), how many, and of what."""
+
+    key: str
+    count: int
+    what: str
+
+
+def check_grid_size(parts: Sequence[Sequence[GridFactor]], prefix: str = "") -> int:
+    """The cells of a grid that is the sum of ``parts``, each the product of its factors
+    (a sweep is one part; a study one per compressor entry), counted from the settings'
+    sizes alone, before any cell or step is built. Over :data:`MAX_CELLS`, one ConfigError
+    that names the setting making it large (the largest factor of the largest part), the
+    product, and ``prefix`` (the file)."""
+    sizes = [_product(f.count for f in part) for part in parts]
+    total = sum(sizes)
+    if total <= MAX_CELLS:
+        return total
+    largest = max(range(len(parts)), key=lambda i: sizes[i])
+    blamed = max(parts[largest], key=lambda f: f.count)  # the first of equals: the order the caller lists
+    breakdown = " × ".join(f"{f.count:,} {f.what}" for f in parts[largest])
+    if len(parts) > 1:
+        breakdown = f"the largest of {len(parts)} parts: {breakdown} = {sizes[largest]:,}"
+    raise ConfigError(
+        f"{prefix}{blamed.key}: this asks for {total:,} cells, more than the {MAX_CELLS:,} one plan holds "
+        f"({breakdown}); give fewer {blamed.what}"
+    )
+
+
+def _product(counts: Iterable[int]) -> int:
+    out = 1
+    for c in counts:
+        out *= c
+    return out
+
+
 Group = tuple[str | None, int]  # (dataset, replicate); dataset None for runs and sweeps
 
-__all__ = ["Action", "Cell", "Group", "Node", "Plan", "PlanCounts", "Task", "canonical_key"]
+__all__ = ["Action", "Cell", "GridFactor", "Group", "Node", "Plan", "PlanCounts", "Task", "canonical_key"]
 
 
 def canonical_key(name: str, config: Mapping[str, Any]) -> str:

@@ -48,7 +48,7 @@ FORWARDED_ENV = (
 )
 CONNECT_TIMEOUT_S = 5.0
 
-__all__ = ["RayOutcome", "RayWork", "TaskFailure", "check_address", "check_task_resources", "run_on_ray"]
+__all__ = ["RayOutcome", "RayWork", "TaskFailure", "check_address", "check_ray", "check_task_resources", "run_on_ray"]
 
 
 class RayWork(Protocol):
@@ -102,11 +102,18 @@ def check_task_resources(cpus_per_task: float, gpus_per_task: float) -> None:
 
 
 def _ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise UsageError("--executor ray needs Ray: pip install 'lmcompose[ray]' (make install installs it)") from None
+    check_ray()
+    import ray
+
     return ray
+
+
+def check_ray() -> None:
+    """Refuse ``--executor ray`` where Ray is not installed (without importing it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError("--executor ray needs Ray: pip install 'lmcompose[ray]' (make install installs it)")
 
 
 def check_address(address: str) -> str:

@@ -26,6 +26,7 @@ Every command that writes results (run, sweep, study, merge) goes through a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -94,6 +95,10 @@ VOLATILE_KEYS = frozenset(
     }
 )
 
+# config.yaml keys a command writes from the settings (the steps in order, the edit batches):
+# a change shows as the setting it comes from, so these are never compared with a settings mapping
+DERIVED_KEYS = frozenset({"order", "steps_resolved", "edit_batches"})
+
 __all__ = ["RunFolder", "RunInfo", "describe_changes", "edits_digest", "row_cell_id", "run_inputs", "versions"]
 
 
@@ -156,9 +161,42 @@ def row_cell_id(row: Mapping[str, Any]) -> str:
     return str(cell) if cell is not None else f"run|r{row.get('replicate', 0)}"
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str, sort_keys=True)
-    return text if len(text) <= 80 else text[:77] + "..."
+SHOWN = 80  # characters of a changed value shown in a "what changed" line
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+def _shown_pair(old: Any, new: Any) -> tuple[str, str]:
+    """The two values as JSON, each cut to about :data:`SHOWN` characters around the first
+    place they differ (two long lists that differ near the end show their ends, never two
+    identical beginnings)."""
+    a, b = _json(old), _json(new)
+    if len(a) <= SHOWN and len(b) <= SHOWN:
+        return a, b
+    same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    start = max(0, same - SHOWN // 3)
+
+    def window(text: str) -> str:
+        piece = text[start : start + SHOWN]
+        return ("..." if start else "") + piece + ("..." if start + SHOWN < len(text) else "")
+
+    return window(a), window(b)
+
+
+def _describe_change(old: Any, new: Any, key: str, out: list[str]) -> None:
+    """Append ``key: old → new`` for each place the two values differ: mappings by their
+    dotted keys, lists of the same length by their indices (``compressors[0].vary``)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for k in sorted(set(old) | set(new), key=str):
+            _describe_change(old.get(k), new.get(k), f"{key}.{k}", out)
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            _describe_change(a, b, f"{key}[{i}]", out)
+    elif _json(old) != _json(new):
+        shown_old, shown_new = _shown_pair(old, new)
+        out.append(f"{key}: {shown_old} → {shown_new}")
 
 
 def comparable_versions(inputs: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,16 +214,14 @@ def describe_changes(
     old: Mapping[str, Any], new: Mapping[str, Any], ignore: frozenset[str] = VOLATILE_KEYS, prefix: str = ""
 ) -> list[str]:
     """``key: old → new`` for every setting that differs between two resolved configs
-    (nested mappings by their dotted key, ``corpora.test: ... → ...``)."""
-    out = []
+    (nested mappings by their dotted key, ``corpora.test: ... → ...``, lists of the same
+    length by index, ``compressors[0].vary: ... → ...``; a long value is shown around the
+    place where it differs)."""
+    out: list[str] = []
     for key in sorted(set(old) | set(new)):
         if key in ignore or key == "run_id":
             continue
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            out += describe_changes(a, b, frozenset(), f"{prefix}{key}.")
-        elif json.dumps(a, default=str, sort_keys=True) != json.dumps(b, default=str, sort_keys=True):
-            out.append(f"{prefix}{key}: {_short(a)} → {_short(b)}")
+        _describe_change(old.get(key), new.get(key), f"{prefix}{key}", out)
     return out
 
 
@@ -248,6 +284,53 @@ class RunFolder:
             raise
         return self
 
+    def check(self) -> None:
+        """What :meth:`open` would refuse (a folder that cannot be created or written, one in
+        use by another process, one holding another run or other numerics), checked without
+        creating or changing anything. A command calls it before it loads a model or data,
+        and opens the folder once everything that can refuse has been checked, so a refusal
+        leaves no folder behind."""
+        if not self.path.exists():
+            parent = next((p for p in self.path.absolute().parents if p.exists()), None)
+            if parent is not None and not parent.is_dir():
+                raise self._cannot_create(os.strerror(errno.ENOTDIR))
+            if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+                raise self._cannot_create(os.strerror(errno.EACCES))
+            return
+        if not self.path.is_dir():
+            raise self._cannot_create(os.strerror(errno.EEXIST))
+        if not os.access(self.path, os.W_OK):
+            raise UsageError(f"the run folder {self.path} is not writable; choose a writable --out")
+        for name in WRITTEN_ENTRIES:
+            refuse_link(self.path / name)  # before config.yaml is read through a link
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            fd = None  # no lock file (or not one to read): open() takes the lock or says why not
+        if fd is not None:
+            import fcntl
+
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # taken by another process's exclusive lock
+            except OSError:
+                raise self._in_use() from None
+            finally:
+                os.close(fd)  # closing releases the shared lock
+        self._check_other_run()
+
+    def _cannot_create(self, why: str) -> UsageError:
+        return UsageError(f"cannot create the run folder {self.path}: {why}; choose a writable --out")
+
+    def _in_use(self) -> UsageError:
+        try:
+            holder = (self.path / LOCK_FILE).read_text().strip() or "?"
+        except OSError:
+            holder = "?"
+        return UsageError(
+            f"{self.path} is in use by another lmcompose process (pid {holder}); "
+            "wait for it to finish, or choose another --out"
+        )
+
     def _lock(self) -> None:
         import fcntl
 
@@ -282,7 +365,7 @@ class RunFolder:
             existing = read_yaml(self.config_path)
             other = existing.get("run_id")
             if other != self.run_id:
-                changes = describe_changes(existing, self.config)
+                changes = describe_changes(existing, {**self.config, "kind": self.kind}, VOLATILE_KEYS | DERIVED_KEYS)
                 what = ("; what changed: " + "; ".join(changes)) if changes else ""
                 raise UsageError(
                     f"{self.path} already holds another run (run_id {other}, this one is {self.run_id}){what}. "

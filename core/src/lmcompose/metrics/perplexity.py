@@ -53,11 +53,12 @@ class Perplexity(Metric):
             text, where = corpus_text("test", ctx)
             ids = tokenize_corpus(lm.tokenizer, text, where)
             if ids.numel() < 2 * 8:
+                from lmcompose.corpora import longer_text_advice
                 from lmcompose.errors import DataError
 
                 raise DataError(
                     f"perplexity text {where} is too short ({ids.numel()} tokens; at least 16 are needed): "
-                    "point LMCOMPOSE_DATA_DIR at a folder with the real wikitext-2 test split"
+                    + longer_text_advice(where)
                 )
             if ids.numel() < seqlen:
                 seqlen = ids.numel()

