@@ -273,7 +273,7 @@ def test_project_snaps_an_unlearner_back_onto_the_grid(facts_dir):
     for policy, on_grid in (("project", True), ("none", False)):
         lm = tiny_model("llama")
         steps = ["rtn:bits=4", f"ga:epochs=2,lr=1e-2,{STEP_TAIL}"]
-        rows = compose(lm, steps, ctx=ctx_for(facts_dir), metrics=[], policy=policy)
+        rows = compose(lm, steps, ctx=ctx_for(facts_dir), metrics=["avg_bits"], policy=policy)
         assert [r["position"] for r in rows] == [0, 1, 2]
         w = lm.weight(name).detach().clone()
         snapped = w.clone()
