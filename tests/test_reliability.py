@@ -795,7 +795,11 @@ REFUSED_BEFORE_WRITING = [
     ("study edits", ["study", "{study:edits}"], "needs 1000 records"),
     ("study model", ["study", "{study:model}"], "does not exist"),
     ("ray cpus", ["study", "{study}", "--executor", "ray", "--cpus-per-task", "0"], "give a number of CPUs above 0"),
-    ("ray cpus nan", ["study", "{study}", "--executor", "ray", "--cpus-per-task", "nan"], "give a number of CPUs above 0"),
+    (
+        "ray cpus nan",
+        ["study", "{study}", "--executor", "ray", "--cpus-per-task", "nan"],
+        "give a number of CPUs above 0",
+    ),
     ("ray gpus", ["study", "{study}", "--executor", "ray", "--gpus-per-task", "-0.5"], "give a number of GPUs from 0"),
 ]
 
