@@ -524,7 +524,9 @@ class NoConfig:
 class Intervention:
     """An operator Θ→Θ that changes a model in place.
 
-    Subclasses set ``name``, ``kind`` (``edit``, ``prune``, ``quantize``, ...), ``Config`` (a
+    Subclasses set ``name``, ``kind`` (``edit``, ``prune``, ``quantize``, ``unlearn``, ...; an
+    ``edit`` or ``unlearn`` step trains weights, so the ``recompress`` policy re-runs a
+    compressor that came before it), ``Config`` (a
     dataclass whose fields all have defaults and ``metadata={"help": ...}``) and ``strength``
     (a :class:`StrengthKnob`, or None), and implement ``apply``. Compressors also implement
     ``project`` to re-impose their constraint after later steps without recalibrating.
@@ -610,13 +612,15 @@ class Metric:
         raise NotImplementedError
 
     def reference(self, lm: LM, ctx: Context) -> None:
-        """Record on the base model what later evaluations compare against, in
-        ``ctx.references`` (:class:`References`: kept in the run folder, so it is computed
-        once per edit batch for a whole run or study). The engine calls it on the unmodified
-        model, with ``ctx.edits`` set, for every edit batch it will evaluate, before the first
-        step: so a process that resumes a run, or runs one part of a study, compares against
-        the same references as one that evaluated the base model itself. A reference already
-        held (``ctx.references.get``) is not computed again. Default: nothing to record."""
+        """Record on the base model what later evaluations compare against. The engine calls
+        it on the unmodified model before the first step: an edit metric (``requires_edits``)
+        with ``ctx.edits`` set, for every edit batch it will evaluate, records in
+        ``ctx.references`` (:class:`References`: kept in the run folder, so it is computed once
+        per edit batch for a whole run or study; a reference already held,
+        ``ctx.references.get``, is not computed again); any other metric once, with
+        ``ctx.edits`` empty, in ``ctx.state``. So a process that resumes a run, or runs one
+        part of a study, compares against the same references as one that evaluated the base
+        model itself. Default: nothing to record."""
 
 
 class EditDataset:

@@ -8,6 +8,11 @@ of each cell (after every step of the order, and after recompress re-runs):
 * ``perplexity`` — ``exp(general_nll_base − general_nll)`` = base perplexity / perplexity,
   clipped to [0, 1], where the base is the unmodified model of the same replicate. 1 = no
   loss in language modelling; 0.5 = perplexity doubled; an infinite perplexity gives 0.
+* ``forget_accuracy``, ``retain_accuracy`` (the unlearn plugin's four-way questions) — in
+  [0, 1] and read in the direction their metric declares (``Metric.higher_is_better``):
+  retain accuracy as it is, forget accuracy as ``1 − forget_accuracy`` (lower is better),
+  so MCE = 1 − max over orders of ℓ is the lower order's forget accuracy and OI the two
+  orders' difference: the ICLR paper's E_OF and E_OS for WMDP.
 
 The x-axis (``x=``) is one declared scale:
 
@@ -53,7 +58,7 @@ from typing import Any
 
 from lmcompose.errors import DataError
 
-CRITERIA = ("edit_success", "generalization", "locality", "perplexity")
+CRITERIA = ("edit_success", "generalization", "locality", "perplexity", "forget_accuracy", "retain_accuracy")
 X_AXES = ("compression", "strength", "avg_bits", "paper")
 DEFAULT_AXIS = "compression"
 AXIS_LABELS = {
@@ -107,8 +112,25 @@ def interpolate(x: Sequence[float], y: Sequence[float], at: float) -> float:
     return float(y[i]) if t is None else float(y[i] + t * (y[i + 1] - y[i]))
 
 
+def higher_is_better(key: str) -> bool:
+    """The direction of result key ``key`` as the registered metric that returns it declares
+    (``Metric.higher_is_better``); True when no metric declares it lower-is-better."""
+    from lmcompose.plugins import get_metrics
+
+    registry = get_metrics()
+    for name in registry.names():
+        try:
+            cls = registry.get(name)
+        except Exception:  # noqa: BLE001 - a plugin that fails to import declares nothing
+            continue
+        if key in getattr(cls, "keys", ()):
+            return (getattr(cls, "higher_is_better", {}) or {}).get(key) is not False
+    return True
+
+
 def normalized_criterion(name: str, row: Mapping[str, Any], base: Mapping[str, Any] | None) -> float | None:
-    """Criterion ``name`` of ``row`` in [0, 1], higher = better (None when not measured)."""
+    """Criterion ``name`` of ``row`` in [0, 1], higher = better (None when not measured): a
+    value in [0, 1] whose metric declares lower-is-better enters as 1 − value."""
     if name == "perplexity":
         if base is None:
             return None
@@ -124,7 +146,8 @@ def normalized_criterion(name: str, row: Mapping[str, Any], base: Mapping[str, A
     v = row.get(name)
     if v is None:
         return None
-    return min(1.0, max(0.0, float(v)))
+    v = min(1.0, max(0.0, float(v)))
+    return v if higher_is_better(name) else 1.0 - v
 
 
 def per_width(area: float | None, interval: tuple[float, float]) -> float | None:

@@ -44,7 +44,9 @@ def register_interventions(register: Register) -> None:
     :param register: registrar; ``register(InterventionClass)`` or
         ``register("pkg.module:InterventionClass", name="x", summary="...")``. The class
         must subclass :class:`lmcompose.Intervention` (``name``, ``kind``, ``Config``,
-        ``strength``, ``apply``, optionally ``project``).
+        ``strength``, ``apply``, optionally ``project``). ``kind`` is ``edit``, ``prune``,
+        ``quantize``, ``unlearn`` or a kind of the plugin's own; ``edit`` and ``unlearn``
+        steps train weights (the ``recompress`` policy re-runs a compressor before them).
 
     The host collects every registration into ``get_interventions()``, a
     ``Registry[type[Intervention]]``; the composition engine looks steps up there by name.

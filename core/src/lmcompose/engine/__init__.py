@@ -15,12 +15,14 @@ Importing this package does not import torch.
 
 from lmcompose.engine.executor import Executor, StateResult, evaluate
 from lmcompose.engine.plan import Action, Cell, Node, Plan, PlanCounts, Task
-from lmcompose.engine.policy import EDIT_KIND, POLICIES
+from lmcompose.engine.policy import EDIT_KIND, POLICIES, TRAINING_KINDS, UNLEARN_KIND
 from lmcompose.engine.run_folder import RunFolder, RunInfo
 
 __all__ = [
     "EDIT_KIND",
     "POLICIES",
+    "TRAINING_KINDS",
+    "UNLEARN_KIND",
     "Action",
     "Cell",
     "Executor",

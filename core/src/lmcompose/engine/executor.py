@@ -9,9 +9,10 @@ pending there. Before the first step, every edit metric records its base-model r
 every group the walk evaluates (:meth:`lmcompose.Metric.reference`) in ``ctx.references``:
 held already (read from the run folder, or handed to a Ray task), it is not computed again,
 so a resumed run, or one task of a partitioned study, compares against the same base model
-as one uninterrupted walk without another pass of it. The control records of a group
-(``unedited``: records of its dataset no edit batch holds) are set on ``ctx.unedited`` while
-its edit metrics are evaluated.
+as one uninterrupted walk without another pass of it; every other metric records its own
+once (e.g. the facts an unlearning metric asks about, in ``ctx.state``). The control records
+of a group (``unedited``: records of its dataset no edit batch holds) are set on
+``ctx.unedited`` while its edit metrics are evaluated.
 
 The executor writes nothing: the caller (a run folder, a Ray driver) stores the rows.
 """
@@ -576,6 +577,9 @@ class Executor:
         if self.reference_store is not None:
             self.ctx.references = self.reference_store
         try:
+            self.ctx.edits = []
+            for m in self.shared_metrics:  # e.g. the facts the unmodified model knows (unlearning)
+                m.reference(self.lm, self.ctx)
             self.references += record_references(
                 self.lm, self.ctx, self.edit_metrics, [self.batch(g) for g in self.plan.groups(scope)]
             )

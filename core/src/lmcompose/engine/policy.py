@@ -4,7 +4,8 @@
 * ``project`` (default) — after every step, each earlier compressor's ``project()`` runs in
   order, so a pruned model stays pruned and a quantized model stays on its grid;
 * ``recompress`` — the paper's code: no projection in between; at the end, every compressor
-  that ran before an editor is run again (fresh calibration) and evaluated once more.
+  that ran before a training step (an editor, kind ``edit``, or an unlearner, kind
+  ``unlearn``) is run again (fresh calibration) and evaluated once more.
 
 :func:`rerun_after` says which steps of an order ``recompress`` runs again (the plan turns
 them into extra positions); :func:`project_earlier` is what ``project`` does after a step.
@@ -24,8 +25,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 POLICIES = ("none", "project", "recompress")
 EDIT_KIND = "edit"
+UNLEARN_KIND = "unlearn"
+#: the kinds whose steps train weights a compressor before them had fixed
+TRAINING_KINDS = (EDIT_KIND, UNLEARN_KIND)
 
-__all__ = ["EDIT_KIND", "POLICIES", "check_policy", "project_earlier", "rerun_after"]
+__all__ = ["EDIT_KIND", "POLICIES", "TRAINING_KINDS", "UNLEARN_KIND", "check_policy", "project_earlier", "rerun_after"]
 
 
 def check_policy(policy: object) -> str:
@@ -39,14 +43,15 @@ def rerun_after(kinds: Sequence[str], has_project: Sequence[bool], policy: str) 
     """Positions (indices into the order) of the steps ``policy`` runs again at the end.
 
     Under ``recompress`` that is every compressor (a step with a ``project()`` whose kind is
-    not ``edit``) followed later in the order by an edit step; under the other policies, none.
+    not a training kind) followed later in the order by a training step (an edit or an
+    unlearner, :data:`TRAINING_KINDS`); under the other policies, none.
     """
     if policy != "recompress":
         return []
     return [
         j
         for j, (kind, proj) in enumerate(zip(kinds, has_project, strict=True))
-        if proj and kind != EDIT_KIND and any(k == EDIT_KIND for k in kinds[j + 1 :])
+        if proj and kind not in TRAINING_KINDS and any(k in TRAINING_KINDS for k in kinds[j + 1 :])
     ]
 
 

@@ -1,0 +1,272 @@
+"""Settings of the unlearners and of the fact-unlearning metric.
+
+The benchmark's settings (``BenchmarkConfig``: which facts, which topics are forgotten and
+retained) are shared by every unlearner and by the ``unlearn`` metric, with the same
+defaults, so ``rmu`` and ``--metrics unlearn`` build the same benchmark unless told otherwise.
+Fields left at None take the model's preset (``presets.py``), else the reference's value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lmcompose.errors import ConfigError
+
+__all__ = [
+    "BenchmarkConfig",
+    "GAConfig",
+    "GDConfig",
+    "NPOConfig",
+    "RMUConfig",
+    "TrainConfig",
+    "UnlearnMetricsConfig",
+]
+
+
+@dataclass
+class BenchmarkConfig:
+    """Which facts make the forget and retain sets (docs/unlearning.md, the benchmark)."""
+
+    datasets: list[str] = field(
+        default_factory=lambda: ["counterfact"],
+        metadata={
+            "help": "edit datasets the facts come from, '+'-separated, each NAME or NAME:FILE (every file of the "
+            "dataset in the data folder); zsre has no relation ids, so each of its question templates is a topic "
+            "used only when named"
+        },
+    )
+    forget_topics: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "topics (relations, e.g. P103) to forget, '+'-separated (default: the relation with the most "
+            "facts the model knows)"
+        },
+    )
+    retain_topics: list[str] = field(
+        default_factory=list,
+        metadata={"help": "topics to retain, '+'-separated (default: the next n_retain_topics by known facts)"},
+    )
+    n_retain_topics: int = field(
+        default=3, metadata={"help": "retain topics chosen when retain_topics is not given", "range": (1, 1000)}
+    )
+    max_facts: int = field(
+        default=32, metadata={"help": "facts kept per topic (a seeded sample of the known ones)", "range": (1, 100000)}
+    )
+    pool: int = field(
+        default=40,
+        metadata={
+            "help": "facts per topic checked against the model to rank the topics (a seeded order; 0 = all); the "
+            "chosen topics are checked further until max_facts are known",
+            "range": (0, 10_000_000),
+        },
+    )
+    known_only: bool = field(
+        default=True,
+        metadata={
+            "help": "keep only the facts the unmodified model answers (every answer token its greedy next token); "
+            "false = every fact of the topic"
+        },
+    )
+    facts_seed: int = field(
+        default=0, metadata={"help": "seed of the fact samples and of the answer options", "range": (0, 2**31 - 1)}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.datasets:
+            raise ConfigError("datasets is empty: name at least one edit dataset, e.g. datasets=counterfact")
+        for key in ("forget_topics", "retain_topics"):
+            topics = getattr(self, key)
+            dup = sorted({t for t in topics if topics.count(t) > 1})
+            if dup:
+                raise ConfigError(f"{key}: topic {dup[0]!r} is given twice; name each topic once")
+        both = [t for t in self.forget_topics if t in self.retain_topics]
+        if both:
+            raise ConfigError(
+                f"topic {both[0]!r} is both in forget_topics and in retain_topics: the forget and retain sets "
+                "would overlap; drop it from retain_topics"
+            )
+
+    def benchmark_key(self) -> tuple:
+        """The fields that decide the benchmark (the cache key of a built one)."""
+        return (
+            tuple(self.datasets),
+            tuple(self.forget_topics),
+            tuple(self.retain_topics),
+            self.n_retain_topics,
+            self.max_facts,
+            self.pool,
+            self.known_only,
+            self.facts_seed,
+        )
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ConfigError(f"{name}={value} must be > 0")
+
+
+@dataclass
+class TrainConfig(BenchmarkConfig):
+    """What the loss-based unlearners (GA, GD, NPO) share: the optimiser, the batches, the
+    parameters trained, which tokens of a forget fact count."""
+
+    epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "passes over the forget facts (default: the preset, else the reference's); the strength knob",
+            "range": (1, 1000),
+        },
+    )
+    lr: float | None = field(
+        default=None, metadata={"help": "Adam(W) learning rate (default: the preset, else the reference's)"}
+    )
+    batch_size: int = field(default=4, metadata={"help": "forget facts per batch", "range": (1, 4096)})
+    grad_accum: int = field(
+        default=2, metadata={"help": "batches whose gradients are summed per optimiser step", "range": (1, 4096)}
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay (decoupled, AdamW) ; 0 = Adam"})
+    frozen_layers: int = field(
+        default=-1,
+        metadata={
+            "help": "decoder layers kept frozen from the bottom: -1 = half of them and the embeddings (the ICLR "
+            "code's 16 of 32); 0 = train every parameter, embeddings included",
+            "range": (-1, 100000),
+        },
+    )
+    target: Literal["sentence", "answer"] = field(
+        default="sentence",
+        metadata={
+            "help": "tokens of a forget fact the NLL counts: the whole sentence (a document, as the ICLR code "
+            "trains) or only the answer after the prompt (TOFU's labels)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("lr", self.lr)
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay={self.weight_decay} must be >= 0")
+
+
+@dataclass
+class GAConfig(TrainConfig):
+    """Gradient ascent: the ICLR code's GA (Adam lr 5e-5, batch 4, 2 accumulation steps, one epoch)."""
+
+
+@dataclass
+class _RetainFields:
+    retain_data: Literal["text", "facts", "both"] = field(
+        default="text",
+        metadata={
+            "help": "what the retain term trains on: general text (windows of the calibration corpus, wikitext-2 "
+            "train+validation), the retain topics' fact sentences, or both"
+        },
+    )
+    retain_seqlen: int = field(
+        default=128, metadata={"help": "tokens per general-text window of the retain term", "range": (8, 1 << 16)}
+    )
+
+
+@dataclass
+class GDConfig(TrainConfig, _RetainFields):
+    """Gradient difference: the ICLR code's GD (w 40, Adam lr 5e-5, batch 2, 2 accumulation steps, one epoch)."""
+
+    batch_size: int = field(default=2, metadata={"help": "forget facts per batch", "range": (1, 4096)})
+    retain_weight: float = field(
+        default=40.0, metadata={"help": "w in -NLL(forget) + w NLL(retain) (ICLR code 40; TOFU 1)"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.retain_weight < 0:
+            raise ConfigError(f"retain_weight={self.retain_weight} must be >= 0")
+
+
+@dataclass
+class NPOConfig(TrainConfig, _RetainFields):
+    """NPO as open-unlearning runs it (beta 0.1, retain NLL weight 1, lr 1e-5, batch 8 x 4
+    accumulation, 10 epochs, the whole model trained, the answer tokens counted)."""
+
+    batch_size: int = field(default=8, metadata={"help": "forget facts per batch", "range": (1, 4096)})
+    grad_accum: int = field(
+        default=4, metadata={"help": "batches whose gradients are summed per optimiser step", "range": (1, 4096)}
+    )
+    frozen_layers: int = field(
+        default=0,
+        metadata={
+            "help": "decoder layers kept frozen from the bottom: 0 = train every parameter (open-unlearning), -1 = "
+            "half of them and the embeddings",
+            "range": (-1, 100000),
+        },
+    )
+    target: Literal["sentence", "answer"] = field(
+        default="answer",
+        metadata={"help": "tokens of a forget fact the NLL counts: the answer after the prompt, or the whole sentence"},
+    )
+    beta: float = field(default=0.1, metadata={"help": "NPO's beta (inverse temperature)"})
+    retain_weight: float = field(
+        default=1.0, metadata={"help": "weight of the retain NLL term (open-unlearning alpha); 0 = NPO alone"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("beta", self.beta)
+        if self.retain_weight < 0:
+            raise ConfigError(f"retain_weight={self.retain_weight} must be >= 0")
+
+
+@dataclass
+class RMUConfig(BenchmarkConfig, _RetainFields):
+    """RMU as the WMDP code runs it (rmu/unlearn.py): AdamW lr 5e-5, batch 4, one pass of at
+    most ``max_batches`` batches, forget topics alternating; layer, c and alpha from the preset."""
+
+    layer: int | None = field(
+        default=None,
+        metadata={
+            "help": "decoder layer l whose output is steered; mlp down projections of l-2, l-1, l are trained "
+            "(default: the preset, else 7 of 32 scaled to the depth)"
+        },
+    )
+    steering_coeff: float | None = field(
+        default=None,
+        metadata={
+            "help": "c, the control vector's length (default: the preset, else the reference's 6.5); the strength knob"
+        },
+    )
+    alpha: float | None = field(
+        default=None, metadata={"help": "weight of the retain MSE (default: the preset, else the reference's 1200)"}
+    )
+    lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate"})
+    batch_size: int = field(default=4, metadata={"help": "texts per forget and per retain batch", "range": (1, 4096)})
+    max_batches: int = field(
+        default=80, metadata={"help": "most optimiser steps (the WMDP code's max_num_batches)", "range": (1, 1 << 20)}
+    )
+    epochs: int = field(
+        default=1,
+        metadata={"help": "times each topic's forget batches are repeated before max_batches cuts", "range": (1, 1000)},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("lr", self.lr)
+        _positive("steering_coeff", self.steering_coeff)
+        if self.alpha is not None and self.alpha < 0:
+            raise ConfigError(f"alpha={self.alpha} must be >= 0")
+        if self.layer is not None and self.layer < 0:
+            raise ConfigError(f"layer={self.layer} must be a decoder layer index, >= 0")
+
+
+@dataclass
+class UnlearnMetricsConfig(BenchmarkConfig):
+    """Forget and retain accuracy on the benchmark's four-way questions, and free-form QA."""
+
+    scoring: Literal["letter", "cloze"] = field(
+        default="letter",
+        metadata={
+            "help": "letter: WMDP's format, the log-likelihood of ' A'..' D' after 'Answer:'; cloze: of each "
+            "option's text after the fact's prompt (as small models are scored on MMLU)"
+        },
+    )
+    qa: bool = field(default=True, metadata={"help": "also score free-form QA (forget_qa, retain_qa)"})
+    batch_size: int = field(default=16, metadata={"help": "questions per forward pass", "range": (1, 4096)})

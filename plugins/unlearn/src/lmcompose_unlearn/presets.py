@@ -1,0 +1,54 @@
+"""Unlearning hyperparameters per model, matched by shape, and the rule for other models.
+
+A preset fills the config fields left at None; a field given in the step always wins.
+The rule for a model without a preset is the reference's values: RMU's c = 6.5 and
+α = 1200 (the WMDP code's Zephyr-7B run), its layer 7 of Zephyr's 32 scaled to the depth
+(round(7 L / 32)); GA and GD one epoch at lr 5e-5 (the ICLR code), NPO ten epochs at 1e-5
+(open-unlearning).
+
+SmolLM2-135M's presets come from the measured search recorded in docs/unlearning.md.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lmcompose.editing import Preset, match_preset
+
+if TYPE_CHECKING:
+    from lmcompose import LM
+
+__all__ = ["PRESETS", "REFERENCE", "REFERENCE_LAYERS", "preset_for", "rule_preset"]
+
+#: the references' values of the fields a preset may set (GA and GD: the ICLR code's
+#: conf/unlearn/{ga,gd}.yaml; NPO: open-unlearning's finetune.yaml)
+REFERENCE: dict[str, dict[str, Any]] = {
+    "ga": {"epochs": 1, "lr": 5e-5},
+    "gd": {"epochs": 1, "lr": 5e-5},
+    "npo": {"epochs": 10, "lr": 1e-5},
+}
+#: Zephyr-7B's decoder layers, the depth the WMDP code's l = 7 belongs to
+REFERENCE_LAYERS = 32
+
+PRESETS: dict[str, tuple[Preset, ...]] = {
+    "rmu": (),
+    "ga": (),
+    "gd": (),
+    "npo": (),
+}
+
+
+def rule_preset(method: str, num_layers: int) -> dict[str, Any]:
+    """The reference's values for a model without a preset."""
+    if method == "rmu":
+        return {
+            "layer": min(num_layers - 1, round(7 * num_layers / REFERENCE_LAYERS)),
+            "steering_coeff": 6.5,
+            "alpha": 1200.0,
+        }
+    return dict(REFERENCE[method])
+
+
+def preset_for(method: str, lm: LM) -> tuple[str, dict[str, Any]]:
+    """(where the values come from, the values) for ``method`` on this model."""
+    return match_preset(lm, PRESETS.get(method, ()), lambda layers, _type, _dff: rule_preset(method, layers))
