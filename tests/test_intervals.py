@@ -285,8 +285,9 @@ def test_an_old_folder_reports_as_before_plus_the_new_lines(tmp_path, name):
     """A committed run folder (no per_edit.jsonl, no base_format, rows of lmcompose 0.3): its
     report is the committed one plus one note on intervals, one header line on the base
     checkpoint, P ÷ w after each P of Table 1 with a caption saying so, a note that its
-    locality is the earlier score (against the neighbours' answers), and a Figure 5 caption
-    saying the figure has no control (no unedited_nll) (issue 42)."""
+    locality is the earlier score (against the neighbours' answers), a note that Figure 3
+    cannot be drawn from its top-k records, and a Figure 5 caption saying the figure has no
+    control (no unedited_nll) (issue 42)."""
     from lmcompose.studies.report import write_study_report
 
     src = ROOT / "docs" / "replication" / name
@@ -307,6 +308,10 @@ def test_an_old_folder_reports_as_before_plus_the_new_lines(tmp_path, name):
     locality = [ln for ln in rebuilt if ln.startswith("> note: rows scored locality with f1 (lmcompose before 0.4)")]
     assert len(locality) == 1
     i = rebuilt.index(locality[0])
+    rebuilt = rebuilt[:i] + rebuilt[i + 2 :]  # the note and the blank line after it
+    fig3 = [ln for ln in rebuilt if ln.startswith("> note: Figure 3 (top-30 next-token logits) is not drawn")]
+    assert len(fig3) == 1 and "written by lmcompose before 0.4" in fig3[0]
+    i = rebuilt.index(fig3[0])
     rebuilt = rebuilt[:i] + rebuilt[i + 2 :]  # the note and the blank line after it
     fig5 = [ln for ln in rebuilt if ln.startswith("Fig. 5:")]
     assert len(fig5) == 1 and "This figure has no control" in fig5[0]
