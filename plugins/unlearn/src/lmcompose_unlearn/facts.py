@@ -368,6 +368,7 @@ def build_benchmark(config: BenchmarkConfig, lm: LM | None, ctx: Context) -> Fac
 
     stage1 = config.pool if config.pool > 0 else max(len(v) for v in order.values())
     check({k: stage1 for k in order})
+
     def rank(k: str) -> tuple[float, float, str]:
         """Expected known facts (the checked share times the topic's size), capped at what a
         topic contributes (max_facts); then the share; then the name."""
