@@ -334,19 +334,26 @@ class RunSettings:
         threads = run_threads(self.threads, self.deterministic, current_threads())
         return record_numerics(threads, self.deterministic, metrics)
 
-    def identity(self, edits: Mapping[Group, Sequence[EditRecord]] | None = None) -> dict[str, Any]:
+    def identity(
+        self, edits: Mapping[Group, Sequence[EditRecord]] | None = None, digests: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         """What makes this run the run it is (its id is a hash of it, :func:`~lmcompose.engine.driver.run_id`):
         the resolved settings, with the edit requests given by their digests (``edits``: each
-        group's batch, as loaded) in place of the settings that load them (dataset, source,
-        count, skip_invalid) — so a run given its edits in Python is the run the CLI loads
-        them for. Without edits those settings are left unset."""
+        group's batch, as loaded; or ``digests``, as config.yaml's ``inputs.edits`` records
+        them) in place of the settings that load them (dataset, source, count, skip_invalid) —
+        so a run given its edits in Python is the run the CLI loads them for. Without edits
+        those settings are left unset."""
         d = self.resolved()
-        d.update(dataset=None, dataset_source=None, skip_invalid=False, edits=edit_digests(edits) if edits else None)
+        digests = edit_digests(edits) if edits else digests
+        d.update(dataset=None, dataset_source=None, skip_invalid=False, edits=dict(digests) if digests else None)
         return d
 
-    def run_id(self, edits: Mapping[Group, Sequence[EditRecord]] | None = None) -> str:
-        """The id of the run of these settings on ``edits`` (each group's edit requests)."""
-        return engine_run_id(self.identity(edits))
+    def run_id(
+        self, edits: Mapping[Group, Sequence[EditRecord]] | None = None, digests: Mapping[str, str] | None = None
+    ) -> str:
+        """The id of the run of these settings on ``edits`` (each group's edit requests) or on
+        the edits of ``digests``."""
+        return engine_run_id(self.identity(edits, digests))
 
     def load_edits(self, ctx: Context, replicates: int = 1) -> list[list[EditRecord]] | None:
         """The edit requests these settings ask for, one batch per replicate (None when no

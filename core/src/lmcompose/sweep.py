@@ -385,10 +385,12 @@ class SweepSettings(RunSettings):
             ctx.calibration_seqlen = self.calibration_seqlen
         return ctx
 
-    def identity(self, edits: Mapping[Group, Sequence[EditRecord]] | None = None) -> dict[str, Any]:
+    def identity(
+        self, edits: Mapping[Group, Sequence[EditRecord]] | None = None, digests: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         """:meth:`RunSettings.identity`, with a calibration budget equal to the context's
         default left unset (as a Python context holds it whether given or not)."""
-        d = super().identity(edits)
+        d = super().identity(edits, digests)
         for key in ("calibration_samples", "calibration_seqlen"):
             if d.get(key) == CONTEXT_DEFAULTS[key]:
                 d[key] = None

@@ -1,4 +1,6 @@
-"""Plots of a sweep, drawn from its rows alone (matplotlib, no display needed).
+"""The figures of both reports, drawn from the rows alone (matplotlib, no display needed).
+
+A sweep's:
 
 * ``curves.png`` — each metric of the final model against the varied strength, one line per
   order, mean ± standard deviation over replicates (the paper's Fig. 1–2);
@@ -9,16 +11,25 @@
 * ``nll.png`` — edit NLL and general (wikitext) NLL of the final model against strength (Fig. 5);
 * ``topk.png`` — the top-k next tokens of one prompt (the first edit's) before and after
   each step, at the strongest strength, replicate 0 (Fig. 3).
+
+A study's (:mod:`lmcompose.reports.study` says what each shows): ``fig1_<family>.png``
+(Figures 1–2), ``fig3_<compressor>.png`` (Figure 3) and ``fig5_nll.png`` (Figure 5).
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.composability import AXIS_LABELS, Composability, SweepData
+from lmcompose.reports.tables import order_text
 from lmcompose.results import replace_atomic
+
+if TYPE_CHECKING:
+    from lmcompose.reports.study import StudyData
 
 CURVE_METRICS = (
     ("edit_success", "edit success (0–1, higher is better)", False),
@@ -27,6 +38,13 @@ CURVE_METRICS = (
     ("perplexity", "perplexity (wikitext-2, log scale)", True),
     ("avg_bits", "average bits per weight", False),
 )
+FIGURE_METRICS = ("edit_success", "generalization", "locality", "perplexity")
+METRIC_LABELS = {
+    "edit_success": "edit success",
+    "generalization": "generalization",
+    "locality": "locality",
+    "perplexity": "perplexity (wikitext-2)",
+}
 CRITERION_LABELS = {
     "edit_success": "edit success",
     "generalization": "generalization",
@@ -270,3 +288,354 @@ def plot_topk(data: SweepData, path: Path) -> Path | None:
     fig.tight_layout()
     save_figure(fig, path)
     return path
+
+
+# -- a study's figures (Figures 1–2, 3 and 5 of the paper) ---------------------------------
+
+
+def _stat(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _curve(data: StudyData, entry: str, ds: str, order: tuple[str, ...], key: str) -> list[tuple[float, float, float]]:
+    """(x, mean, std) of ``key`` on the final model per strength, starting at strength 0 (the
+    dense edited model) for a paired entry."""
+    sweep = data.sweeps[(entry, ds)]
+    pts = []
+    for v in sweep.values:
+        got = [sweep.final[(order, v, r)].get(key) for r in sweep.replicates if (order, v, r) in sweep.final]
+        got = [g for g in got if g is not None]
+        if got:
+            pts.append((float(v), *_stat(got)))
+    editor = data.editor_step(entry)
+    if editor is not None and pts:
+        dense = [data.dense[(ds, editor, r)].get(key) for r in sweep.replicates if (ds, editor, r) in data.dense]
+        dense = [d for d in dense if d is not None]
+        if dense:
+            pts.insert(0, (_dense_x(sweep), *_stat(dense)))
+    return pts
+
+
+def _increasing(sweep: SweepData) -> bool:
+    """True if the varied value grows with strength (sparsity), False if it shrinks (bits)."""
+    norm = [
+        (float(r["strength"]), r.get("strength_normalized"))
+        for r in sweep.rows
+        if r.get("strength_normalized") is not None
+    ]
+    if len({v for v, _ in norm}) < 2:
+        return True
+    lo, hi = min(norm), max(norm)
+    return hi[1] >= lo[1]
+
+
+def _dense_x(sweep: SweepData) -> float:
+    """Where strength 0 sits on the value axis: 0 for a value that grows with strength
+    (sparsity), the dense model's average bits (16) for one that shrinks (bits)."""
+    if _increasing(sweep):
+        return 0.0
+    bits = [r.get("avg_bits") for r in sweep.base.values() if r.get("avg_bits") is not None]
+    return statistics.fmean(bits) if bits else 16.0
+
+
+def _scorer(data: StudyData, key: str) -> str:
+    field_name = "locality_scorer" if key == "locality" else "edit_scorer"
+    got = {r.get(field_name) for r in data.rows if r.get(field_name)}
+    return f" ({', '.join(sorted(got))} scorer)" if key != "perplexity" and got else ""
+
+
+def plot_family(data: StudyData, family: str, path: Path) -> Path | None:
+    entries = [e for e in data.entries if data.families.get(e) == family]
+    keys = [k for k in FIGURE_METRICS if any(r.get(k) is not None for r in data.rows)]
+    if not entries or not keys:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(
+        len(data.datasets), len(keys), figsize=(4.4 * len(keys), 3.4 * len(data.datasets)), squeeze=False
+    )
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":", "-."]
+    field_label = ""
+    for i, ds in enumerate(data.datasets):
+        for j, key in enumerate(keys):
+            ax = axes[i][j]
+            for k, entry in enumerate(entries):
+                if (entry, ds) not in data.sweeps:
+                    continue
+                sweep = data.sweeps[(entry, ds)]
+                field_label = sweep.vary.split(".")[-1]
+                for m, order in enumerate(sweep.orders):
+                    pts = _curve(data, entry, ds, order, key)
+                    if not pts:
+                        continue
+                    xs, ms, ss = zip(*pts, strict=True)
+                    ax.plot(
+                        xs,
+                        ms,
+                        marker="o",
+                        markersize=3,
+                        color=colors[k % len(colors)],
+                        linestyle=styles[m % len(styles)],
+                        label=f"{entry}: {order_text(order)}",
+                    )
+                    if len(sweep.replicates) > 1:
+                        ax.fill_between(
+                            xs,
+                            [a - b for a, b in zip(ms, ss, strict=True)],
+                            [a + b for a, b in zip(ms, ss, strict=True)],
+                            color=colors[k % len(colors)],
+                            alpha=0.12,
+                        )
+                if not _increasing(sweep) and not ax.xaxis_inverted():
+                    ax.invert_xaxis()
+            if key == "perplexity":
+                ax.set_yscale("log")
+            ax.set_title(f"{ds}: {METRIC_LABELS[key]}", fontsize=9)
+            ax.set_ylabel(METRIC_LABELS[key].split(" (")[0] + _scorer(data, key), fontsize=8)
+            ax.set_xlabel(f"{field_label} (strength 0 = dense edited model)", fontsize=8)
+            ax.grid(alpha=0.3)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle(f"{data.model}: {family} — final model after both orders (mean ± std over replicates)", fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
+#: Figure 5's series: the edits' NLL, and its control, the NLL of facts never edited
+NLL_SERIES = (("edit_nll", "edits"), ("unedited_nll", "unedited facts"))
+
+
+def has_unedited_control(data: StudyData) -> bool:
+    """Whether the rows measure the control of Figure 5 (``unedited_nll``, lmcompose 0.4 on)."""
+    return any(r.get("unedited_nll") is not None for r in data.rows)
+
+
+def _nll_rise(
+    data: StudyData, sweep: SweepData, ds: str, editor: str | None, order: Any, key: str
+) -> tuple[list[float], list[float]]:
+    """Per strength, the mean over replicates of (Δ general NLL, Δ ``key``) from the dense
+    edited model of the same replicate (strengths where a replicate lacks a value skip it)."""
+    xs, ys = [], []
+    for v in sweep.values:
+        dx, dy = [], []
+        for r in sweep.replicates:
+            row, dense = sweep.final.get((order, v, r)), data.dense.get((ds, editor, r))
+            if row is None or dense is None:
+                continue
+            if None in (row.get("general_nll"), row.get(key), dense.get("general_nll"), dense.get(key)):
+                continue
+            dx.append(row["general_nll"] - dense["general_nll"])
+            dy.append(row[key] - dense[key])
+        if dx:
+            xs.append(statistics.fmean(dx))
+            ys.append(statistics.fmean(dy))
+    return xs, ys
+
+
+def plot_nll_decay(data: StudyData, path: Path) -> Path | None:
+    """Figure 5: Δ edit NLL against Δ general NLL from the dense edited model, per compressor,
+    with its control beside it: Δ NLL of the true targets of facts no edit touched (dotted,
+    hollow markers; rows without ``unedited_nll`` draw none)."""
+    entries = [e for e in data.entries if data.editor_step(e) is not None]
+    if not entries or not any(r.get("edit_nll") is not None and r.get("general_nll") is not None for r in data.rows):
+        return None
+    plt = _plt()
+    cols = min(4, len(entries))
+    nrows = (len(entries) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.8 * nrows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = ["o", "s", "^", "D"]
+    control = has_unedited_control(data)
+    for ax, entry in zip(axes.flat, entries, strict=False):
+        editor = data.editor_step(entry)
+        lo, hi = 0.0, 0.0
+        k = 0
+        for ds in data.datasets:
+            if (entry, ds) not in data.sweeps:
+                continue
+            sweep = data.sweeps[(entry, ds)]
+            for m, order in enumerate(sweep.orders):
+                color = colors[k % len(colors)]
+                k += 1
+                for key, what in NLL_SERIES:
+                    xs, ys = _nll_rise(data, sweep, ds, editor, order, key)
+                    if not xs:
+                        continue
+                    edits = key == "edit_nll"
+                    ax.plot(
+                        xs,
+                        ys,
+                        marker=markers[m % len(markers)],
+                        color=color,
+                        markerfacecolor=color if edits else "none",
+                        linestyle="-" if edits else ":",
+                        label=f"{ds}: {order_text(order)} — {what}",
+                    )
+                    lo, hi = min(lo, *xs, *ys), max(hi, *xs, *ys)
+        hi = hi * 1.05 if hi > 0 else 1.0
+        ax.plot([min(lo, 0.0), hi], [min(lo, 0.0), hi], color="grey", linestyle="--", linewidth=1, label="identity")
+        ax.set_title(entry, fontsize=10)
+        ax.set_xlabel("Δ general NLL (wikitext-2)", fontsize=8)
+        ax.set_ylabel(
+            "Δ NLL: edits (solid), unedited facts (dotted)" if control else "Δ edit NLL (new targets)", fontsize=8
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=5)
+    for ax in list(axes.flat)[len(entries) :]:
+        ax.axis("off")
+    title = f"{data.model}: NLL rise from the dense edited model, one point per strength (Fig. 5)"
+    if not control:
+        title += "\nno control: the rows have no unedited_nll (written before lmcompose 0.4)"
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
+#: what Figure 3 needs in a row's top-k record (lmcompose 0.4 on; older rows keep the top-k only)
+FIG3_FIELDS = ("top_logits", "targets")
+
+
+@dataclass
+class LogitPanel:
+    """One panel of Figure 3: a model state's label and its row's top-k record (None: no row
+    for that state, or a row without the top-30 logits)."""
+
+    label: str
+    record: dict[str, Any] | None
+
+
+def figure3_panels(data: StudyData, entry: str, ds: str) -> tuple[list[LogitPanel], Any, int] | None:
+    """The states Figure 3 compares for a paired entry on ``ds``, at its strongest strength
+    and first replicate: the base model, the edited model, the compressed model, and each
+    order's final model; with that strength and replicate (None for an entry without an
+    editor, or with no rows on ``ds``)."""
+    editor = data.editor_step(entry)
+    sweep = data.sweeps.get((entry, ds))
+    if editor is None or sweep is None or not sweep.values or not sweep.replicates:
+        return None
+    value, rep = sweep.values[-1], sweep.replicates[0]
+
+    def record(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        tk = (row or {}).get("topk")
+        return tk if isinstance(tk, dict) and all(tk.get(f) is not None for f in FIG3_FIELDS) else None
+
+    def at(order: tuple[str, ...], position: int) -> Mapping[str, Any] | None:
+        return next((r for r in sweep.by_cell.get((order, value, rep), []) if r["position"] == position), None)
+
+    edit_first = [o for o in sweep.orders if o[0] == editor]
+    compress_first = [o for o in sweep.orders if o[0] != editor]
+    panels = [LogitPanel("base model", record(sweep.base.get(rep)))]
+    panels.append(LogitPanel(f"edited ({editor})", record(data.dense.get((ds, editor, rep)))))
+    if compress_first:
+        panels.append(LogitPanel(f"compressed ({compress_first[0][0]})", record(at(compress_first[0], 1))))
+    for order in edit_first + compress_first:
+        panels.append(LogitPanel(order_text(order), record(sweep.final.get((order, value, rep)))))
+    return panels, value, rep
+
+
+def figure3_notes(data: StudyData) -> list[str]:
+    """Why Figure 3 is not drawn, or drawn with empty panels: rows without a top-k record
+    (``topk: 0``), rows written before the records kept the top-30 logits and the targets'
+    ranks (an older lmcompose), states without such a row."""
+    if not any(isinstance(r.get("topk"), dict) for r in data.rows):
+        return [
+            "Figure 3 (top-30 next-token logits) is not drawn: the rows hold no top-k record (the study ran "
+            "with topk: 0); run the study with topk: 5 or more to record it"
+        ]
+    if not any(isinstance(r.get("topk"), dict) and r["topk"].get("top_logits") for r in data.rows):
+        return [
+            "Figure 3 (top-30 next-token logits) is not drawn: the rows' top-k records keep the top-k tokens "
+            "and probabilities only, not the top-30 logits and the targets' logit, probability and rank "
+            "(they were written by lmcompose before 0.4); run the study into a new folder to record them"
+        ]
+    notes = []
+    for entry in data.entries:
+        for ds in data.datasets:
+            got = figure3_panels(data, entry, ds)
+            if got is None:
+                continue
+            panels, value, rep = got
+            missing = [p.label for p in panels if p.record is None]
+            if missing:
+                notes.append(
+                    f"Figure 3 for {entry} on {ds} ({value}, replicate {rep}): no row with the top-30 logits for "
+                    f"{', '.join(missing)}; {'that panel is' if len(missing) == 1 else 'those panels are'} empty"
+                )
+    return notes
+
+
+def plot_logits(data: StudyData, entry: str, path: Path) -> Path | None:
+    """Figure 3 for one compressor: per dataset (rows), the top-30 next-token logits of the
+    chosen edit's prompt (``topk_edit``, default the first edit of the first replicate) on the
+    base, edited and compressed models and after each order, at the compressor's strongest
+    strength. Bars of the new target's first token are red, the true target's blue; a dashed
+    line of the same colour marks each target's logit (also when it is outside the top 30),
+    and each panel gives both ranks. None when no panel has the logits."""
+    import textwrap
+
+    grids = [(ds, figure3_panels(data, entry, ds)) for ds in data.datasets]
+    grids = [(ds, g) for ds, g in grids if g is not None and any(p.record is not None for p in g[0])]
+    if not grids:
+        return None
+    plt = _plt()
+    ncols = max(len(g[0]) for _ds, g in grids)
+    fig, axes = plt.subplots(len(grids), ncols, figsize=(3.3 * ncols, 6.4 * len(grids)), squeeze=False)
+    colours = {"target_new": "tab:red", "target_true": "tab:blue"}
+    for i, (ds, (panels, value, rep)) in enumerate(grids):
+        shown = next(p.record for p in panels if p.record is not None)
+        for j in range(ncols):
+            ax = axes[i][j]
+            if j >= len(panels):
+                ax.axis("off")
+                continue
+            panel = panels[j]
+            ax.set_title(panel.label, fontsize=9)
+            if panel.record is None:
+                ax.text(0.5, 0.5, "no row with\nthe top-30 logits", ha="center", va="center", fontsize=8)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            top, targets = panel.record["top_logits"], panel.record["targets"]
+            ids = {name: (t or {}).get("token_id") for name, t in targets.items()}
+            colour = [
+                next((colours[n] for n, tid in ids.items() if tid == tok and n in colours), "tab:gray")
+                for tok in top["token_ids"]
+            ]
+            ys = range(len(top["logits"]))[::-1]  # the highest logit at the top
+            ax.barh(list(ys), top["logits"], color=colour)
+            ax.set_yticks(list(ys), [_token_label(t) for t in top["tokens"]], fontsize=6)
+            lines = []
+            for name, t in targets.items():
+                if t is None or name not in colours:
+                    continue
+                ax.axvline(t["logit"], color=colours[name], linestyle="--", linewidth=1)
+                lines.append(
+                    f"{name.removeprefix('target_')} {_token_label(t['token'])}: rank {t['rank']}, p={t['prob']:.3f}"
+                )
+            lo = min([*top["logits"], *(t["logit"] for t in targets.values() if t)])
+            hi = max(top["logits"])
+            ax.set_xlim(min(0.0, lo - 0.05 * abs(lo)), hi + 0.05 * abs(hi))
+            ax.set_xlabel("next-token logit", fontsize=8)
+            ax.set_title("\n".join([panel.label, *lines]), fontsize=8)
+        prompt = "\n".join(textwrap.wrap(repr(shown["prompt"]), 40))
+        axes[i][0].set_ylabel(f"{ds} ({_vary_field(data, entry, ds)} = {value}, replicate {rep})\n{prompt}", fontsize=8)
+    fig.suptitle(
+        f"{data.model}: {entry} — top-30 next-token logits of one edit's prompt, strongest strength (Fig. 3); "
+        "red: new target's first token, blue: true target's",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
+def _vary_field(data: StudyData, entry: str, ds: str) -> str:
+    sweep = data.sweeps.get((entry, ds))
+    return sweep.vary.split(".")[-1] if sweep is not None and sweep.vary else "strength"
+
+
+# --------------------------------------------------------------------------------------
+# report.md
+# --------------------------------------------------------------------------------------

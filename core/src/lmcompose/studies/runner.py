@@ -308,7 +308,7 @@ def run_study(
         outcome.failures,
     )
     if report and not outcome.missing and shard_t is None:
-        from lmcompose.studies.report import write_study_report
+        from lmcompose.reports.study import write_study_report
 
         result.report = write_study_report(out_dir, plots=plots)
     return result
@@ -328,14 +328,18 @@ def _check_shard_counts(configs: Sequence[tuple[Path, Mapping[str, Any], Any]]) 
         )
 
 
+#: the kinds of run folder a ``--shard I/N`` writes, and ``merge`` combines
+MERGEABLE = ("study", "sweep")
+
+
 def merge_studies(
     sources: Sequence[str | Path], out: str | Path, *, report: bool = True, plots: bool = True
 ) -> tuple[int, list[str], Any]:
-    """Combine the shard folders of one study into ``out`` (created, or resumed if it holds
-    the same study), each row with its per-edit scores. Refuses folders of different studies
-    or inputs, a results.jsonl with a line that cannot be read as a row (before anything is
-    merged), and rows that disagree. Returns (rows added, cells still missing, the report or
-    None)."""
+    """Combine the shard folders of one study or sweep into ``out`` (created, or resumed if
+    it holds the same one), each row with its per-edit scores. Refuses folders of different
+    studies or sweeps or inputs, a results.jsonl with a line that cannot be read as a row
+    (before anything is merged), and rows that disagree. Returns (rows added, cells still
+    missing, the report or None)."""
     from lmcompose.results import read_per_edit, read_rows_checked, read_yaml
 
     if (
@@ -354,12 +358,14 @@ def merge_studies(
         cfg = path / "config.yaml"
         if not cfg.exists():
             raise DataError(
-                f"{path} is not a run folder (no config.yaml): give the --out folders of `lmcompose study --shard`"
+                f"{path} is not a run folder (no config.yaml): give the --out folders of `lmcompose study --shard` "
+                "(or `lmcompose sweep --shard`)"
             )
         data = read_yaml(cfg)
-        if data.get("kind") != "study":
+        if data.get("kind") not in MERGEABLE:
             raise DataError(
-                f"{path} holds a {data.get('kind', 'run')!r}, not a study: merge combines shards of one study"
+                f"{path} holds a {data.get('kind', 'run')!r}, not a study or sweep: merge combines the shards of "
+                "one study or sweep"
             )
         rows, problems = read_rows_checked(path / "results.jsonl")
         if problems:
@@ -369,56 +375,73 @@ def merge_studies(
             )
         configs.append((path, data, rows))
     first_path, first, _ = configs[0]
+    kind = str(first["kind"])
     for path, data, _ in configs[1:]:
         if data.get("run_id") != first.get("run_id"):
             changes = describe_changes(first, data)
             raise UsageError(
-                f"{path} holds study {data.get('name')!r} (id {data.get('run_id')}) and {first_path} holds "
-                f"{first.get('name')!r} (id {first.get('run_id')}): merge combines shards of one study"
+                f"{path} holds {data.get('kind')} {data.get('name', '')!r} (id {data.get('run_id')}) and {first_path} "
+                f"holds {first.get('name', '')!r} (id {first.get('run_id')}): merge combines shards of one {kind}"
                 + ("; they differ in " + "; ".join(changes) if changes else "")
             )
         changed = describe_changes(first.get("inputs") or {}, data.get("inputs") or {}, ignore=frozenset())
         if changed:
             raise UsageError(
                 f"{path} and {first_path} ran on different inputs ({'; '.join(changed)}): their rows cannot be one "
-                f"study"
+                f"{kind}"
             )
         _check_shard_numerics(first_path, first, path, data)
     _check_shard_counts(configs)
-    study = Study.from_mapping(_study_mapping(first), name=first.get("name"))
-    if study.id != first.get("run_id"):
-        raise DataError(f"{first_path}/config.yaml does not describe study {first.get('run_id')} (edited by hand?)")
+    plan = _recorded_plan(first_path, first)
     config = {k: v for k, v in first.items() if k not in {"run_id", "kind", "created", "shard", "inputs"}}
     config["merged_from"] = [str(p) for p, _, _ in configs]
-    folder = RunFolder(out, study.id, "study", config)
+    folder = RunFolder(out, plan.run_id, kind, config)
     added = 0
     with folder:
         folder.write_config(inputs=first.get("inputs"), numerics=first.get(NUMERICS_KEY))
         have = {(row_cell_id(r), int(r["position"])): r for r in folder.rows()}
         for path, _, rows in configs:
-            per_edit = read_per_edit(path, study.id)
+            per_edit = read_per_edit(path, plan.run_id)
             for row in rows:
-                if row.get("run_id") != study.id or "position" not in row:
+                if row.get("run_id") != plan.run_id or "position" not in row:
                     continue
                 key = (row_cell_id(row), int(row["position"]))
                 if key in have:
                     if row_numbers(have[key]) != row_numbers(row):
                         raise DataError(
                             f"{path}: cell {key[0]} position {key[1]} disagrees with another shard's row "
-                            "(the shards did not run the same study): nothing more was merged"
+                            f"(the shards did not run the same {kind}): nothing more was merged"
                         )
                     continue
                 folder.append(row, per_edit.get(key))
                 have[key] = row
                 added += 1
-        missing = missing_cells(study.plan(), set(have))
+        missing = missing_cells(plan, set(have))
         folder.status = "finished" if not missing else "incomplete"
     rep = None
     if report and not missing:
-        from lmcompose.studies.report import write_study_report
+        from lmcompose.reports import write_report
 
-        rep = write_study_report(out, plots=plots)
+        rep = write_report(out, plots=plots)
     return added, missing, rep
+
+
+def _recorded_plan(path: Path, config: Mapping[str, Any]) -> Plan:
+    """The plan of the study or sweep a config.yaml records, checked to have its run id."""
+    if config.get("kind") == "study":
+        study = Study.from_mapping(_study_mapping(config), name=config.get("name"))
+        if study.id != config.get("run_id"):
+            raise DataError(f"{path}/config.yaml does not describe study {config.get('run_id')} (edited by hand?)")
+        return study.plan()
+    from lmcompose.sweep import SweepSettings
+
+    fields = SweepSettings.__dataclass_fields__
+    settings = SweepSettings.from_mapping({k: v for k, v in config.items() if k in fields}, where=f"{path}/config.yaml")
+    inputs = config.get("inputs") or {}
+    run_id = settings.run_id(digests=inputs.get("edits"))
+    if run_id != config.get("run_id"):
+        raise DataError(f"{path}/config.yaml does not describe sweep {config.get('run_id')} (edited by hand?)")
+    return Plan(settings.cells(), run_id=run_id, policy=settings.policy)
 
 
 def _check_shard_numerics(first_path: Path, first: Mapping[str, Any], path: Path, data: Mapping[str, Any]) -> None:
