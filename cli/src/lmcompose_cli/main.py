@@ -782,6 +782,32 @@ def sweep(
             help="Save the final models of these cells into OUT/models/: all, or globs over cell ids (e.g. 'memit>*').",
         ),
     ] = None,
+    executor: Annotated[
+        str, typer.Option("--executor", help="local (this process) or ray (tasks on a Ray cluster).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="Ray cluster address (host:port, ray://host:10001 or auto); default: start a local cluster.",
+        ),
+    ] = None,
+    cpus_per_task: Annotated[
+        float | None,
+        typer.Option("--cpus-per-task", help="CPUs each Ray task asks for (default 1); also its torch threads."),
+    ] = None,
+    gpus_per_task: Annotated[
+        float | None,
+        typer.Option(
+            "--gpus-per-task", help="GPUs each Ray task asks for; fractions (0.25) share one GPU between tasks."
+        ),
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard", help="Run part I of N of the cells (I/N, e.g. 2/4); combine the folders with `lmcompose merge`."
+        ),
+    ] = None,
 ) -> None:
     """Run every order of STEPs at every strength of --vary for every replicate; write results.jsonl, report.md and plots."""  # noqa: E501 (the command's one-line help)
     from lmcompose.sweep import SweepSettings, run_sweep
@@ -823,7 +849,23 @@ def sweep(
     _quiet_transformers()
     progress = RichProgress()
     with progress.rp:
-        rows, _ctx = run_sweep(settings, progress)
+        rows, _ctx = run_sweep(
+            settings,
+            progress,
+            executor=executor,
+            ray_address=ray_address,
+            cpus_per_task=cpus_per_task,
+            gpus_per_task=gpus_per_task,
+            shard=shard,
+        )
+    if shard:
+        console.print(
+            f"results: {Path(settings.out) / 'results.jsonl'} ({len(rows)} new rows); this shard is done: combine "
+            "the shard folders with `lmcompose merge`",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
     if not rows:
         console.print("every cell of this sweep is already in its results.jsonl; rebuilding the report")
     from lmcompose.report import write_report
@@ -1156,22 +1198,23 @@ def merge(
         list[Path],
         typer.Argument(
             metavar="DIR...",
-            help="Shard folders of one study (`lmcompose study --shard I/N --out DIR`).",
+            help="Shard folders of one study or sweep (`lmcompose study --shard I/N --out DIR`).",
             show_default=False,
         ),
     ],
     out: Annotated[
         Path,
-        typer.Option("--out", "-o", help="Folder to write the merged study to (resumed if it holds the same study)."),
+        typer.Option("--out", "-o", help="Folder to write the merged study or sweep to (resumed if it holds it)."),
     ],
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")] = True,
 ) -> None:
-    """Combine the shard folders of one study into one folder (rows checked to agree) and write its report."""
+    """Combine the shard folders of one study or sweep into one folder (rows checked to agree) and write its report."""
+    from lmcompose.reports.study import StudyReport
     from lmcompose.studies.runner import merge_studies
 
     added, missing, rep = merge_studies(shards, out, plots=plots)
     if rep is not None:
-        print_report(rep, tables=1)
+        print_report(rep, tables=1 if isinstance(rep, StudyReport) else None)
     console.print(f"merged {added} new rows into {out / 'results.jsonl'}", highlight=False, soft_wrap=True)
     if missing:
         console.print(

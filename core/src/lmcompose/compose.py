@@ -32,7 +32,7 @@ from lmcompose.engine.executor import evaluate
 from lmcompose.engine.numerics import record_numerics, run_threads
 from lmcompose.engine.plan import Action, Cell, Group, Plan, PlannedStep
 from lmcompose.engine.policy import EDIT_KIND, POLICIES, check_policy
-from lmcompose.engine.run_folder import RunFolder, edit_digests, versions
+from lmcompose.engine.run_folder import RunFolder, edit_digests, edits_digest, versions
 from lmcompose.engine.threads import current_threads
 from lmcompose.errors import ConfigError, UnknownNameError, UsageError, describe_value
 from lmcompose.plugins import get_datasets, get_interventions
@@ -344,8 +344,11 @@ class RunSettings:
         so a run given its edits in Python is the run the CLI loads them for. Without edits
         those settings are left unset."""
         d = self.resolved()
-        digests = edit_digests(edits) if edits else digests
-        d.update(dataset=None, dataset_source=None, skip_invalid=False, edits=dict(digests) if digests else None)
+        if edits is not None:
+            digests = edit_digests(edits)
+        empty = edits_digest([])  # a group without edits (config.yaml records it too) is no edit
+        kept = {group: digest for group, digest in (digests or {}).items() if digest != empty}
+        d.update(dataset=None, dataset_source=None, skip_invalid=False, edits=kept or None)
         return d
 
     def run_id(
@@ -513,7 +516,7 @@ def compose(
     batches = {group: list(ctx.edits)} if ctx.edits else {}
     settings = RunSettings(
         model=lm.name,
-        steps=[step_text(s) for s in steps],
+        steps=[step_setting(s) for s in steps],
         out=os.fspath(out) if out is not None else None,
         seed=seed,
         policy=policy,
@@ -569,12 +572,12 @@ def compose(
     return outcome.rows
 
 
-def step_text(step: str | Mapping[str, Any] | StepSpec | Intervention) -> str:
-    """A step as the CLI writes it (``name:field=value``); a built intervention with its
-    whole config."""
+def step_setting(step: str | Mapping[str, Any] | StepSpec | Intervention) -> StepSpec:
+    """A step as the settings hold it (the CLI's ``name:field=value``); a built intervention
+    with its whole config."""
     if isinstance(step, Intervention):
-        return str(StepSpec(step.name, config_to_dict(step.config)))
-    return str(parse_step(step))
+        return StepSpec(step.name, config_to_dict(step.config))
+    return parse_step(step)
 
 
 def context_settings(ctx: Context) -> dict[str, Any]:
