@@ -381,21 +381,8 @@ class SnapshotStore:
         return path
 
     def restore(self, lm: LM, snap: Any) -> None:
-        from lmcompose.models.handle import LayerCompression
-        from lmcompose.quant import QuantGrid
-
-        if self.mode == "memory":
-            comp = {
-                k: LayerCompression(
-                    None if v.keep_mask is None else v.keep_mask.clone(),
-                    None
-                    if v.quant is None
-                    else QuantGrid(
-                        v.quant.bits, v.quant.group_size, v.quant.symmetric, v.quant.scale.clone(), v.quant.zero.clone()
-                    ),
-                )
-                for k, v in snap["compression"].items()
-            }
+        if self.mode == "memory":  # the snapshot stays as it is for the next child: restore a copy
+            comp = {k: v.clone() for k, v in snap["compression"].items()}
             lm.restore({"weights": snap["weights"], "compression": comp})
             return
         from safetensors.torch import load_model

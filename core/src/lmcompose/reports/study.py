@@ -88,7 +88,7 @@ from lmcompose.results import (
     replace_atomic,
     write_text_atomic,
 )
-from lmcompose.studies.noise import NoiseFloor, noise_floor_table, noise_floors, noise_sweeps
+from lmcompose.studies._noise import NoiseFloor, noise_floor_table, noise_floors, noise_sweeps
 
 REPORT_FILE = "report.md"
 TABLE_FILE = "rows.csv"
