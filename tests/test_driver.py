@@ -12,7 +12,7 @@ import pytest
 import yaml
 from lmcompose.compose import RunSettings, compose, load_edits
 from lmcompose.engine.driver import WHERE_KEYS, run_id
-from lmcompose.engine.schema import CELL_KEYS, ROW_KINDS, row_keys
+from lmcompose.engine.schema import CELL_KEYS, CELL_LAYOUT, LABELS, ROW_KINDS, RUN_LAYOUT, VALUES, row_keys
 from lmcompose.models.loading import load_model
 from lmcompose.models.tiny import tiny_model
 from lmcompose.results import read_rows, read_yaml
@@ -206,6 +206,11 @@ def test_the_docs_describe_the_row_schema():
     assert documented, "docs/sweeps.md has no table of row keys"
     for kind in ROW_KINDS:
         assert {k for k, kinds in documented.items() if kind in kinds} == set(row_keys(kind)), kind
+
+
+def test_the_key_order_of_each_row_shape_holds_its_types_keys():
+    assert set(RUN_LAYOUT) - {VALUES} | {"eval_s"} == row_keys("run", required=True)
+    assert set(CELL_LAYOUT) - {LABELS, VALUES} | {"eval_s"} == row_keys("sweep", required=True)
 
 
 def test_every_row_holds_its_schemas_keys(tmp_path):

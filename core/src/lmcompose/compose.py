@@ -514,15 +514,8 @@ def compose(
         raise UsageError("an edit step needs edit requests: pass --dataset NAME and --edits N (or edits= in Python)")
     group: Group = (None, replicate)
     batches = {group: list(ctx.edits)} if ctx.edits else {}
-    settings = RunSettings(
-        model=lm.name,
-        steps=[step_setting(s) for s in steps],
-        out=os.fspath(out) if out is not None else None,
-        seed=seed,
-        policy=policy,
-        metrics=[m.name for m in metric_objs] if metrics else None,
-        metric_options={k: dict(v) for k, v in (metric_options or {}).items()},
-        **context_settings(ctx),
+    settings = call_settings(
+        RunSettings, lm, steps, ctx, out, seed, policy, metric_objs if metrics else None, metric_options
     )
     identity = settings.identity(batches)
     if replicate:
@@ -580,16 +573,36 @@ def step_setting(step: str | Mapping[str, Any] | StepSpec | Intervention) -> Ste
     return parse_step(step)
 
 
-def context_settings(ctx: Context) -> dict[str, Any]:
-    """The settings a context carries that make a run what it is (device and data folder
-    only say where it runs): what :meth:`RunSettings.context` would give this context."""
-    return {
-        "device": ctx.device,
-        "dtype": ctx.dtype,
-        "ppl_corpus": ctx.ppl_corpus,
-        "calibration_corpus": ctx.calibration_corpus,
-        "data_dir": os.fspath(ctx.data_dir) if ctx.data_dir is not None else None,
-    }
+def call_settings(
+    cls: type[_Settings],
+    lm: LM,
+    steps: Sequence[str | Mapping[str, Any] | StepSpec | Intervention],
+    ctx: Context,
+    out: str | os.PathLike[str] | None,
+    seed: int,
+    policy: str,
+    metrics: Sequence[Metric] | None,
+    metric_options: Mapping[str, Mapping[str, Any]] | None,
+    **more: Any,
+) -> _Settings:
+    """The settings a Python call stands for: what the CLI resolves for the same run (so its
+    id is the CLI's), from the call's arguments and what its context carries (the corpora,
+    dtype, device and data folder :meth:`RunSettings.context` would give it)."""
+    return cls(
+        model=lm.name,
+        steps=[step_setting(s) for s in steps],
+        out=os.fspath(out) if out is not None else None,
+        seed=seed,
+        policy=policy,
+        metrics=[m.name for m in metrics] if metrics else None,
+        metric_options={k: dict(v) for k, v in (metric_options or {}).items()},
+        device=ctx.device,
+        dtype=ctx.dtype,
+        ppl_corpus=ctx.ppl_corpus,
+        calibration_corpus=ctx.calibration_corpus,
+        data_dir=os.fspath(ctx.data_dir) if ctx.data_dir is not None else None,
+        **more,
+    )
 
 
 def resolve_metrics(

@@ -2,60 +2,10 @@
 :mod:`lmcompose.reports.tables`, and :func:`lmcompose.reports.write_report` writes the report a
 folder's kind calls for. This module re-exports them under their old names."""
 
+from lmcompose.reports import sweep as _sweep
+from lmcompose.reports import tables as _tables
 from lmcompose.reports import write_report
-from lmcompose.reports.sweep import (
-    PLOT_CAPTIONS,
-    PLOTS_DIR,
-    REPORT_FILE,
-    Report,
-    build_report,
-    render_markdown,
-    write_sweep_report,
-)
-from lmcompose.reports.tables import (
-    METRIC_COLUMNS,
-    NO_PER_EDIT_NOTE,
-    Table,
-    ap_table,
-    base_format_line,
-    check_axes,
-    final_table,
-    fmt_mean_std,
-    fmt_p_per_width,
-    fmt_with_interval,
-    interval_caption,
-    interval_text,
-    locality_notes,
-    oi_table,
-    order_text,
-    p_width_caption,
-    step_table,
-)
+from lmcompose.reports.sweep import *  # noqa: F403 - the old module's names
+from lmcompose.reports.tables import *  # noqa: F403 - the old module's names
 
-__all__ = [
-    "METRIC_COLUMNS",
-    "NO_PER_EDIT_NOTE",
-    "PLOTS_DIR",
-    "PLOT_CAPTIONS",
-    "REPORT_FILE",
-    "Report",
-    "Table",
-    "ap_table",
-    "base_format_line",
-    "build_report",
-    "check_axes",
-    "final_table",
-    "fmt_mean_std",
-    "fmt_p_per_width",
-    "fmt_with_interval",
-    "interval_caption",
-    "interval_text",
-    "locality_notes",
-    "oi_table",
-    "order_text",
-    "p_width_caption",
-    "render_markdown",
-    "step_table",
-    "write_report",
-    "write_sweep_report",
-]
+__all__ = [*_sweep.__all__, *_tables.__all__, "write_report"]

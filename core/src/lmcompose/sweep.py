@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,11 +39,11 @@ from lmcompose.api import (
 )
 from lmcompose.compose import (
     RunSettings,
+    call_settings,
     check_arguments,
     check_context,
     check_edit_records,
     check_lm,
-    context_settings,
     metric_names,
     prepare,
     resolve_metrics,
@@ -559,14 +558,16 @@ def sweep(
     check_seed(ctx.seed, "seed")
     check_topk(topk, "topk")
     edits_by_group = {(None, r): batch for r, batch in enumerate(batches)}
-    settings = SweepSettings(
-        model=lm.name,
-        steps=[str(s) for s in specs],
-        out=os.fspath(out) if out is not None else None,
-        seed=seed,
-        policy=policy,
-        metrics=[m.name for m in metric_objs] if metrics else None,
-        metric_options={k: dict(v) for k, v in (metric_options or {}).items()},
+    settings = call_settings(
+        SweepSettings,
+        lm,
+        specs,
+        ctx,
+        out,
+        seed,
+        policy,
+        metric_objs if metrics else None,
+        metric_options,
         vary=vary,
         orders=[list(o) for o in orders] if isinstance(orders, list | tuple) else orders,
         replicates=replicates,
@@ -577,7 +578,6 @@ def sweep(
         save_cells=save_cells,
         threads=threads,
         deterministic=deterministic,
-        **context_settings(ctx),
     )
     run_id = run_id or settings.run_id(edits_by_group if any(batches) else None)
     plan = Plan(sweep_cells(specs, v, order_list, list(edits_by_group), policy), run_id=run_id, policy=policy)

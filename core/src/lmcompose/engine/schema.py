@@ -187,6 +187,20 @@ def step_column(step: Intervention | None, again: bool, own_strength: bool) -> S
     return column
 
 
+#: where a row's labels (a study cell's) and metric values go in its key order
+LABELS, VALUES = "<labels>", "<values>"
+#: the key order of a run row and of a cell row (rows are written in this order)
+RUN_LAYOUT = (
+    *("run_id", "model", "base_format", "order", "replicate", "policy", "position", "step", "strength"),
+    *("strength_field", "strength_normalized", "elapsed_s", "step_details", VALUES, "notes", "timestamp"),
+)
+CELL_LAYOUT = (
+    *("run_id", "sweep", "cell", LABELS, "model", "base_format", "order", "replicate", "policy", "position"),
+    *("last_position", "vary", "strength", "strength_field", "strength_normalized", "step", "elapsed_s"),
+    *("shared_by_cells", "step_details", VALUES, "edit_ids", "notes", "timestamp"),
+)
+
+
 def make_row(
     cell: Cell,
     position: int,
@@ -206,35 +220,15 @@ def make_row(
 ) -> RunRow | SweepRow:
     """The row of ``cell`` at ``position`` (``step``: the step that made it, None for the base
     model; ``values``: the metric values, ``eval_s`` and the flags of this evaluation). A cell
-    that varies nothing writes a :class:`RunRow`, a cell of a grid a :class:`SweepRow` with
-    its labels (the metric values are keys of their own: a plain dict, cast to its type)."""
-    if cell.vary_label is None:
-        knob = step.strength if step is not None else None
-        value = step.strength_value if step is not None else None
-        run: dict[str, Any] = {
-            "run_id": run_id,
-            "model": model,
-            "base_format": base_format,
-            "order": list(cell.names),
-            "replicate": cell.replicate,
-            "policy": policy,
-            "position": position,
-            "step": step_column(step, again, own_strength=False),
-            "strength": value,
-            "strength_field": knob.field if knob else None,
-            "strength_normalized": knob.normalize(value) if knob and value is not None else None,
-            "elapsed_s": elapsed,
-            "step_details": dict(details),
-            **values,
-            "notes": list(notes),
-            "timestamp": time.time(),
-        }
-        return cast("RunRow", run)
-    row: dict[str, Any] = {
+    that varies nothing writes a :class:`RunRow` (:data:`RUN_LAYOUT`), a cell of a grid a
+    :class:`SweepRow` with its labels (:data:`CELL_LAYOUT`)."""
+    of_grid = cell.vary_label is not None
+    knob = step.strength if step is not None else None
+    own = step.strength_value if step is not None else None
+    fields: dict[str, Any] = {
         "run_id": run_id,
         "sweep": True,
         "cell": cell.id,
-        **cell.labels,
         "model": model,
         "base_format": base_format,
         "order": list(cell.names),
@@ -243,16 +237,25 @@ def make_row(
         "position": position,
         "last_position": len(cell.actions),
         "vary": cell.vary_label,
-        "strength": cell.value,
-        "strength_field": cell.vary_field,
-        "strength_normalized": cell.strength_normalized,
-        "step": step_column(step, again, own_strength=True),
+        "strength": cell.value if of_grid else own,
+        "strength_field": cell.vary_field if of_grid else (knob.field if knob else None),
+        "strength_normalized": cell.strength_normalized
+        if of_grid
+        else (knob.normalize(own) if knob and own is not None else None),
+        "step": step_column(step, again, own_strength=of_grid),
         "elapsed_s": elapsed,
         "shared_by_cells": shared_by_cells,
         "step_details": dict(details),
-        **values,
         "edit_ids": list(edit_ids)[:EDIT_IDS_KEPT],
         "notes": list(notes),
         "timestamp": time.time(),
     }
-    return cast("SweepRow", row)
+    row: dict[str, Any] = {}
+    for key in CELL_LAYOUT if of_grid else RUN_LAYOUT:
+        if key == LABELS:
+            row.update(cell.labels)
+        elif key == VALUES:
+            row.update(values)
+        else:
+            row[key] = fields[key]
+    return cast("SweepRow", row) if of_grid else cast("RunRow", row)

@@ -94,13 +94,21 @@ REPORT_FILE = "report.md"
 TABLE_FILE = "rows.csv"
 
 __all__ = [
+    "REPORT_FILE",
+    "TABLE_FILE",
     "StudyData",
     "StudyReport",
     "build_study_report",
     "comparison_pairs",
-    "study_comparisons",
+    "comparisons_markdown",
+    "final_metrics_table",
     "is_study",
     "load_study_rows",
+    "render_study_markdown",
+    "single_strength_table",
+    "spreadsheet_cell",
+    "study_comparisons",
+    "table1",
     "write_flat_table",
     "write_study_report",
 ]

@@ -31,7 +31,15 @@ from lmcompose.results import read_per_edit, refuse_link, write_text_atomic
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
 
-__all__ = ["PLOTS_DIR", "REPORT_FILE", "Report", "build_report", "render_markdown", "write_sweep_report"]
+__all__ = [
+    "PLOTS_DIR",
+    "PLOT_CAPTIONS",
+    "REPORT_FILE",
+    "Report",
+    "build_report",
+    "render_markdown",
+    "write_sweep_report",
+]
 
 
 @dataclass

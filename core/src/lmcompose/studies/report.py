@@ -1,6 +1,7 @@
 """Moved: a study's report is :mod:`lmcompose.reports.study` and its figures are in
 :mod:`lmcompose.reports.figures`; this module re-exports them under their old names."""
 
+from lmcompose.reports import study as _study
 from lmcompose.reports.figures import (
     FIGURE_METRICS,
     METRIC_LABELS,
@@ -12,51 +13,17 @@ from lmcompose.reports.figures import (
     plot_logits,
     plot_nll_decay,
 )
-from lmcompose.reports.study import (
-    REPORT_FILE,
-    TABLE_FILE,
-    StudyData,
-    StudyReport,
-    build_study_report,
-    comparison_pairs,
-    comparisons_markdown,
-    final_metrics_table,
-    is_study,
-    load_study_rows,
-    render_study_markdown,
-    single_strength_table,
-    spreadsheet_cell,
-    study_comparisons,
-    table1,
-    write_flat_table,
-    write_study_report,
-)
+from lmcompose.reports.study import *  # noqa: F403 - the old module's names
 
 __all__ = [
+    *_study.__all__,
     "FIGURE_METRICS",
     "METRIC_LABELS",
-    "REPORT_FILE",
-    "TABLE_FILE",
     "LogitPanel",
-    "StudyData",
-    "StudyReport",
-    "build_study_report",
-    "comparison_pairs",
-    "comparisons_markdown",
     "figure3_notes",
     "figure3_panels",
-    "final_metrics_table",
     "has_unedited_control",
-    "is_study",
-    "load_study_rows",
     "plot_family",
     "plot_logits",
     "plot_nll_decay",
-    "render_study_markdown",
-    "single_strength_table",
-    "spreadsheet_cell",
-    "study_comparisons",
-    "table1",
-    "write_flat_table",
-    "write_study_report",
 ]
