@@ -209,20 +209,22 @@ def metric_names(text: str | None) -> list[str] | None:
     return names
 
 
+S = TypeVar("S", bound="Settings")
+
+
 class Settings(Protocol):
     """What :func:`settings_from_flags` needs of a settings class (RunSettings, SweepSettings)."""
 
     metric_options: dict[str, Any]
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Any: ...
+    def from_file(cls: type[S], path: str | Path) -> S: ...
 
-    def merged(self, **overrides: Any) -> Any: ...
+    def __init__(self) -> None: ...
 
-    def validate(self) -> Any: ...
+    def merged(self: S, **overrides: Any) -> S: ...
 
-
-S = TypeVar("S", bound=Settings)
+    def validate(self) -> object: ...
 
 
 def settings_from_flags(

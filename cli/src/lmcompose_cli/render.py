@@ -14,9 +14,11 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from lmcompose.engine.plan import PlanCounts
     from lmcompose.engine.progress import ProgressEvent
     from lmcompose.plugins import PluginInfo
     from lmcompose.registry import Entry, Registry
+    from rich.progress import TaskID
 
     from lmcompose_cli.registry_file import RegistryEntry
 
@@ -59,7 +61,7 @@ class StudyProgress(RichProgress):
     def __init__(self) -> None:
         super().__init__()
         self.tty = err_console.is_terminal
-        self._bar: Any = None
+        self._bar: TaskID | None = None
 
     def on_event(self, event: ProgressEvent) -> None:
         from lmcompose.engine.progress import format_duration
@@ -131,10 +133,10 @@ def print_report(report: Any, tables: int | None = None) -> None:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
 
 
-def counts_text(counts: Mapping[str, Any]) -> str:
+def counts_text(counts: Mapping[str, PlanCounts]) -> str:
     """A study's work counts: as planned, as separate sweeps, and with every cell on its own."""
 
-    def one(pc: Any) -> str:
+    def one(pc: PlanCounts) -> str:
         return f"{pc.edits} edits + {pc.compressions} compressions, {pc.evaluations} evaluations"
 
     return (
