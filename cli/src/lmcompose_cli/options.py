@@ -37,13 +37,14 @@ PluginNameArg = Annotated[
 ]
 
 
+@dataclass
 class FlagGroup:
     """A dataclass of options several commands share (each field ``Annotated`` with its
     ``typer.Option`` and defaulting to "not given"); see :func:`with_flag_groups`."""
 
     def given(self) -> dict[str, Any]:
         """The settings these flags override, by settings field (None: not given)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 @dataclass
@@ -209,22 +210,22 @@ def metric_names(text: str | None) -> list[str] | None:
     return names
 
 
-S = TypeVar("S", bound="Settings")
-
-
 class Settings(Protocol):
     """What :func:`settings_from_flags` needs of a settings class (RunSettings, SweepSettings)."""
 
     metric_options: dict[str, Any]
 
     @classmethod
-    def from_file(cls: type[S], path: str | Path) -> S: ...
+    def from_file(cls, path: str | Path) -> Settings: ...
 
     def __init__(self) -> None: ...
 
-    def merged(self: S, **overrides: Any) -> S: ...
+    def merged(self, **overrides: Any) -> Settings: ...
 
     def validate(self) -> object: ...
+
+
+S = TypeVar("S", bound=Settings)
 
 
 def settings_from_flags(
@@ -250,7 +251,7 @@ def settings_from_flags(
             merged[k] = {**merged.get(k, {}), **v}
         settings.metric_options = merged
     settings.validate()
-    return settings
+    return typing.cast(S, settings)  # merged() keeps the class: dataclasses.replace
 
 
 def _as_str(path: Path | None) -> str | None:

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from lmcompose import plugins as plugin_api
@@ -14,8 +15,11 @@ from lmcompose_cli.app import app, list_app
 from lmcompose_cli.options import DryRunOption, PluginNameArg
 from lmcompose_cli.render import console, err_console, print_available, print_plugins, print_registry
 
+if TYPE_CHECKING:
+    from lmcompose.registry import Registry
+
 #: what ``lmcompose list KIND`` lists, by KIND
-REGISTRIES = {
+REGISTRIES: dict[str, Callable[[], Registry[Any]]] = {
     "interventions": plugin_api.get_interventions,
     "metrics": plugin_api.get_metrics,
     "datasets": plugin_api.get_datasets,
