@@ -137,7 +137,7 @@ def test_sweep_shards_merge_into_the_sweep_one_run_writes(tiny_folder, tmp_path)
     lm = load_model(tiny_folder)
     kw = {"vary": VARY, "metrics": METRICS, "metric_options": FAST_OPTIONS, "threads": 1}
     rows = sweep(lm, ["magnitude", "rtn"], out=tmp_path / "py1", shard="1/2", **kw)
-    assert {key(r) for r in rows} == one
+    assert {key(r) for r in rows} == one and read_yaml(tmp_path / "py1" / "config.yaml")["shard"] == "1/2"
 
 
 def test_a_sweep_on_ray_gives_the_rows_of_the_local_executor(tiny_folder, tmp_path):

@@ -583,7 +583,9 @@ def sweep(
     plan = Plan(sweep_cells(specs, v, order_list, list(edits_by_group), policy), run_id=run_id, policy=policy)
     if save_cells is not None and out is None:
         raise UsageError("save_cells needs a run folder (out=...): the models go to OUT/models/")
-    folder = RunFolder(out, run_id, "sweep", settings.resolved() if config is None else config) if out else None
+    if config is None:
+        config = {**settings.resolved(), **({"shard": f"{shard_t[0]}/{shard_t[1]}"} if shard_t else {})}
+    folder = RunFolder(out, run_id, "sweep", config) if out else None
     outcome = _execute_sweep(plan, settings, folder, metric_objs, batches, Loaded(lm, ctx, edits_by_group), shard_t)
     return outcome.rows
 
