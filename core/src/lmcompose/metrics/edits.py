@@ -152,6 +152,12 @@ class Scorer:
         encoded = [self.encode(p, t) for p, t in pairs]
         if not encoded:
             return []
+        empty = next((prompt for (prompt, _t), (p, _ids) in zip(pairs, encoded, strict=True) if not p), None)
+        if empty is not None:
+            raise ValueError(
+                f"prompt {empty!r} has no tokens (and the tokenizer adds no BOS token), so no position predicts "
+                "its target's first token; give every edit and locality record a prompt"
+            )
         if self.per_pair:
             return self._teacher_forced_per_pair(encoded, wants)
         layout = _packed_layout(self._head_above().decoder.config) if self.packed else None
@@ -188,7 +194,7 @@ class Scorer:
         batch ``batch_size`` times its length."""
         longest = max(len(p) + max(len(t) - 1, 0) for p, t in encoded)
         budget = self.batch_size * longest
-        rows = sorted(_pack_rows(encoded, _ROW_PAIRS * longest), key=lambda r: r.length)
+        rows = sorted(_pack_rows(encoded, min(_ROW_PAIRS, self.batch_size) * longest), key=lambda r: r.length)
         scored: dict[int, dict[str, Any]] = {}
         batch: list[_Row] = []
         for row in rows:
@@ -219,8 +225,8 @@ class Scorer:
         cols: list[tuple[int, int]] = []  # (row, column) of each position the head runs at
         reads: list[int] = []  # for each target token, the index in ``cols`` that predicts it
         tokens: list[int] = []
-        scoring: list[tuple[int, int, list[int]]] = []  # (target length, prompt's last in cols, pairs)
-        prompt_argmax: list[tuple[int, int]] = []  # per target: its prompt's positions in cols
+        scoring: list[tuple[int, list[int]]] = []  # per target: its length, the pairs it scores
+        prompts: list[tuple[int, int]] = []  # per target: its prompt's first and last position in cols
         for i, row in enumerate(rows):
             n = len(row.prompt)
             ids[i][:n], pos[i][:n], seg[i][:n] = row.prompt, range(n), [0] * n
@@ -239,8 +245,8 @@ class Scorer:
                     tokens += t
                 cols += [(i, c) for c in range(at, at + len(cont))]
                 at += len(cont)
-                scoring.append((len(t), last, js))
-                prompt_argmax.append((first, last))
+                scoring.append((len(t), js))
+                prompts.append((first, last))
         dev = self.lm.device
         positions = torch.tensor(pos)
         mask = _packed_mask(torch.tensor(seg, device=dev), positions.to(dev), layout, head.dtype)
@@ -253,14 +259,14 @@ class Scorer:
         token_logp = logits[read, target] - torch.logsumexp(logits[read], -1)
         hits = argmax[read] == target
         # per target: the NLL summed in float64, the accuracy as a float32 mean (as before)
-        lengths = torch.tensor([length for length, _last, _js in scoring], device=logits.device)
+        lengths = torch.tensor([length for length, _js in scoring], device=logits.device)
         owner = torch.repeat_interleave(torch.arange(len(scoring), device=logits.device), lengths)
         zeros = torch.zeros(len(scoring), dtype=torch.float64, device=logits.device)
         nll = (-zeros.index_add(0, owner, token_logp.double()) / lengths).tolist()
         accuracy = (zeros.float().index_add(0, owner, hits.float()) / lengths.float()).tolist()
         read_argmax, every_argmax = argmax[read].tolist(), argmax.tolist()
         at = 0
-        for k, ((length, _last, js), (first, last)) in enumerate(zip(scoring, prompt_argmax, strict=True)):
+        for k, ((length, js), (first, last)) in enumerate(zip(scoring, prompts, strict=True)):
             got = read_argmax[at : at + length]
             at += length
             for j in js:
@@ -674,7 +680,7 @@ class _Row:
     length: int
 
 
-def _pack_rows(encoded: list[tuple[list[int], list[int]]], cap: int) -> list[_Row]:
+def _pack_rows(encoded: list[tuple[list[int], list[int]]], cap: float) -> list[_Row]:
     """The rows of a packed teacher-forced pass: each distinct prompt followed by each of its
     distinct targets' tokens but the last, in the order they first come, a new row (the
     prompt again) where the next target would take the row past ``cap`` tokens."""
