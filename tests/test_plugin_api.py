@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import re
 from pathlib import Path
 
@@ -73,6 +74,6 @@ def test_paths_is_a_leaf_module():
         a.name for n in top if isinstance(n, ast.Import) for a in n.names
     ]
     assert names and not [n for n in names if n and n.startswith("lmcompose")]
-    for module in ("lmcompose.data", "lmcompose.edit_data", "lmcompose.models.loading"):
-        source = (ROOT / "core" / "src" / Path(*module.split("."))).with_suffix(".py").read_text(encoding="utf-8")
+    for module in ("lmcompose.data", "lmcompose.data.edits", "lmcompose.models.loading"):
+        source = Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8")  # a package: __init__
         assert "from lmcompose.paths import cache_dir" in source, module

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmcompose.api import Metric
+from lmcompose.api import Context, Metric
 from lmcompose.errors import UsageError
 
 if TYPE_CHECKING:
@@ -290,7 +290,7 @@ class _NoMetrics(Metric):
 
     name = "none"
 
-    def compute(self, lm: LM, ctx: Any) -> dict[str, Any]:
+    def compute(self, lm: LM, ctx: Context) -> dict[str, float | None]:
         return {}
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from lmcompose.api import EditRecord
 from lmcompose.data import sample_path
-from lmcompose.edit_data import JsonEditDataset
+from lmcompose.data.edits import JsonEditDataset
 from lmcompose.errors import DataError
 
 

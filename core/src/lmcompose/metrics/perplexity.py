@@ -45,7 +45,8 @@ class Perplexity(Metric):
     def windows(self, lm: LM, ctx: Context):
         import torch
 
-        from lmcompose.data import corpus_text, tokenize_corpus
+        from lmcompose.data.corpora import corpus_text
+        from lmcompose.data.windows import tokenize_corpus
 
         seqlen = min(self.config.seqlen, lm.max_positions)
         key = ("ppl_windows", id(lm.tokenizer), seqlen, self.config.max_tokens)
@@ -53,7 +54,7 @@ class Perplexity(Metric):
             text, where = corpus_text("test", ctx)
             ids = tokenize_corpus(lm.tokenizer, text, where)
             if ids.numel() < 2 * 8:
-                from lmcompose.corpora import longer_text_advice
+                from lmcompose.data.corpora import longer_text_advice
                 from lmcompose.errors import DataError
 
                 raise DataError(

@@ -1,0 +1,85 @@
+"""Reports: ``report`` rebuilds a sweep's or study's tables, report.md and plots from its
+run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lmcompose_cli.app import app
+from lmcompose_cli.options import PlotsOption
+from lmcompose_cli.render import print_line, print_report
+
+
+@app.command(
+    epilog="Examples: lmcompose report runs/sweep-1a2b3c; lmcompose report runs/study-paper-0a1b2c; "
+    "lmcompose report runs/x --json; lmcompose report runs/x --no-plots"
+)
+def report(
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN", help="A sweep's or study's run folder (the one holding results.jsonl).", show_default=False
+        ),
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print A, P, OI and MCE (and A/P intervals) as JSON instead of tables.")
+    ] = False,
+    plots: PlotsOption = True,
+    axes: Annotated[
+        str | None,
+        typer.Option(
+            "--axes",
+            help="x axes of A and P, comma-separated: compression (1 − avg_bits/base_bits), strength, avg_bits, "
+            "paper (raw average bits, as the paper's notebook); default compression,strength (a study: its "
+            "first).",
+        ),
+    ] = None,
+) -> None:
+    """Rebuild a sweep's or study's tables, report.md and plots (and a study's rows.csv) from its results.jsonl and per_edit.jsonl."""  # noqa: E501 (the command's one-line help)
+    from lmcompose.errors import DataError
+    from lmcompose.report import check_axes, write_report
+    from lmcompose.studies.report import is_study, write_study_report
+
+    if not run_dir.is_dir():
+        raise DataError(
+            f"run folder {run_dir} does not exist: give the --out folder of an `lmcompose sweep` or `lmcompose study`"
+        )
+    study_folder = is_study(run_dir)
+    chosen = check_axes([a.strip() for a in axes.split(",") if a.strip()] if axes is not None else None)
+    rep = (
+        write_study_report(run_dir, plots=plots, axis=chosen[0] if chosen else None)
+        if study_folder
+        else write_report(run_dir, plots=plots, axes=chosen)
+    )
+    if as_json:
+        typer.echo(json.dumps(_as_json(rep, study_folder), indent=2, default=str))
+        return
+    print_report(rep, tables=1 if study_folder else None)
+    extra = f"; all rows: {rep.table_path}" if study_folder else ""
+    figures = f" (+ {len(rep.plots)} plots in {run_dir / 'plots'})" if rep.plots else ""
+    print_line(f"report: {rep.path}{extra}{figures}")
+
+
+def _as_json(rep: Any, study_folder: bool) -> dict[str, Any]:
+    """A, P, OI and MCE of every pair (a study's keyed ``editor|dataset``), with the 95%
+    bootstrap intervals of the edit criteria (from per_edit.jsonl) where there are some."""
+    comps = {f"{e}|{d}": c for (e, d), c in rep.composability.items()} if study_folder else rep.composability
+    ivs = {f"{e}|{d}": v for (e, d), v in rep.intervals.items()} if study_folder else rep.intervals
+    out = {}
+    for k, c in comps.items():
+        out[k] = c.as_dict()
+        if ivs.get(k):
+            out[k]["intervals"] = {}
+            for name, iv in ivs[k].items():
+                per_width = iv.P_per_width(c.interval)  # P's interval on the paper's [0, 1] scale
+                out[k]["intervals"][name] = {
+                    "A": list(iv.A),
+                    "P": list(iv.P),
+                    "P_normalized": list(per_width) if per_width else None,
+                    "resamples": len(iv.samples.A),
+                }
+    return out
