@@ -1,20 +1,26 @@
-"""What one evaluation of the edit metrics costs: the per-pair path against the branched one,
-and both against the floor, measured in one run.
+"""What one evaluation of the edit metrics costs: the per-pair path against the packed one
+(the default), and both against the floor, measured in one run.
 
 For each dataset (50 CounterFact and 50 zsRE edits by default, from LMCOMPOSE_DATA_DIR) on
 SmolLM2-135M, timed after a warm-up, the best of ``--repeat``:
 
 - ``per pair``: the earlier teacher forcing, every (prompt, target) its own sequence and the
-  LM head over every position (``EditMetrics._per_pair``);
-- ``branched``: each distinct prompt once, its targets after its cached keys and values, the
-  head only where a score reads it (the default);
+  LM head over every position, and greedy generation through ``model.generate``
+  (``EditMetrics._per_pair``);
+- ``branched`` (teacher forcing only): each distinct prompt once, its targets after its
+  cached keys and values in a second forward, the head only where a score reads it (the
+  fallback for attention a 4D mask cannot stand for; ``Scorer(packed=False)``);
+- ``packed``: each distinct prompt and its targets one row under a block mask, rows batched
+  by a token budget, the head only where a score reads it, and greedy generation by the
+  greedy loop (the default);
 - ``floor``: one no-grad forward over each distinct prompt followed by all its targets, the
   head only at the target positions: what teacher forcing cannot go below.
 
-Each path is timed twice: teacher forcing alone (every pair an evaluation forces, once) and
-the whole ``EditMetrics.compute`` (which adds greedy generation for the f1 scorer and
-multi-hop; the floor has no such row). ``tokens`` counts the token ids the embeddings see
-(padding and generated tokens included), ``head`` the positions the LM head runs on.
+Teacher forcing alone (every pair an evaluation forces, once) is timed on each path, the
+whole ``EditMetrics.compute`` (which adds greedy generation for the f1 scorer and multi-hop;
+the floor has no such row) on per pair and packed. ``tokens`` counts the token ids the
+embeddings see (padding and generated tokens included), ``head`` the positions the LM head
+runs on.
 
     .venv/bin/python benchmarks/eval_cost.py [--edits 50] [--threads 2] [--repeat 3]
 """
@@ -129,21 +135,23 @@ def main() -> None:
         edits = load_edits(dataset, limit=args.edits)
         pairs = _forced_pairs(edits)
 
-        def forcing(per_pair: bool, pairs=pairs) -> Callable[[], Any]:
-            return lambda: Scorer(lm, args.batch_size, per_pair=per_pair).teacher_forced(pairs, False)
+        def forcing(path: str, pairs=pairs) -> Callable[[], Any]:
+            per_pair, packed = path == "per pair", path == "packed"
+            return lambda: Scorer(lm, args.batch_size, per_pair=per_pair, packed=packed).teacher_forced(pairs, False)
 
-        def evaluation(per_pair: bool, edits=edits) -> Callable[[], Any]:
+        def evaluation(path: str, edits=edits) -> Callable[[], Any]:
             metric = EditMetrics.from_overrides({"batch_size": args.batch_size})
-            metric._per_pair = per_pair
+            metric._per_pair = path == "per pair"
             return lambda: metric.compute(lm, Context(edits=edits))
 
         with torch.inference_mode():
             low = measure(lm, lambda pairs=pairs: floor(lm, pairs, args.batch_size), args.repeat)
             rows = [("floor", "teacher forcing", low)]
-            for part, make in (("teacher forcing", forcing), ("evaluation", evaluation)):
-                old = measure(lm, make(True), args.repeat)
-                new = measure(lm, make(False), args.repeat)
-                rows += [("per pair", part, old), ("branched", part, new)]
+            for part, make, paths in (
+                ("teacher forcing", forcing, ("per pair", "branched", "packed")),
+                ("evaluation", evaluation, ("per pair", "packed")),
+            ):
+                rows += [(path, part, measure(lm, make(path), args.repeat)) for path in paths]
         base = {part: cost for path, part, cost in rows if path == "per pair"}
         for path, part, cost in rows:
             per_pair = base.get(part)

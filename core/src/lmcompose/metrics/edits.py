@@ -99,12 +99,24 @@ def target_text(prompt: str, target: str) -> str:
 class Scorer:
     """Batched teacher forcing and greedy generation on one LM.
 
-    Teacher forcing runs each distinct prompt once and branches every target scored after it
-    from the prompt's cached keys and values; the LM head runs only at the positions a score
-    reads (``per_pair=True``: the earlier path, every pair a sequence of its own with the head
-    at every position, kept to check the branched one against)."""
+    Teacher forcing packs each distinct prompt and every target scored after it into one row:
+    the prompt, then each target's tokens but its last, under a block mask in which every
+    target sees the whole prompt and its own earlier tokens only, position ids continuing the
+    prompt's for each target; one decoder forward per batch of rows, the LM head only at the
+    positions a score reads. Where a custom 4D mask cannot stand for the model's attention
+    (flash attention, layer kinds other than full and sliding-window: :func:`_packed_layout`),
+    or with ``packed=False``, each distinct prompt runs once and every target branches from
+    its cached keys and values in a second forward (``_branched``). ``per_pair=True``: the
+    earlier path, every pair a sequence of its own with the head at every position, and
+    generation through ``model.generate``, kept to check the others against.
 
-    def __init__(self, lm: LM, batch_size: int, per_pair: bool = False):
+    Greedy generation is a loop of our own over the decoder and a key-value cache (rows
+    sorted by length, left-padded, a row leaving the batch when it is done; the head at the
+    last position only); a model whose generation config asks ``generate`` for more than
+    greedy decoding (a repetition penalty, beams, suppressed tokens: :func:`_plain_greedy`)
+    is generated on by ``model.generate``."""
+
+    def __init__(self, lm: LM, batch_size: int, per_pair: bool = False, packed: bool = True):
         import torch
 
         self.torch = torch
@@ -112,6 +124,7 @@ class Scorer:
         self.tok = lm.tokenizer
         self.batch_size = batch_size
         self.per_pair = per_pair
+        self.packed = packed
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         self.special = set(self.tok.all_special_ids)
         self._excluded: dict[int, bool] = {}
@@ -132,22 +145,135 @@ class Scorer:
         (``target_argmax``) and, where ``full_argmax`` asks (one flag, or one per pair), the
         argmax at every predicted position of prompt+target (``argmax``).
 
-        Distinct prompts are batched shortest first (results in the order given): CounterFact's
-        prompts vary in length, and batching them as they come pads a third of the tokens."""
+        Rows (packed or branched) are batched shortest first (results in the order given):
+        CounterFact's prompts vary in length, and batching them as they come pads a third of
+        the tokens."""
         wants = [full_argmax] * len(pairs) if isinstance(full_argmax, bool) else list(full_argmax)
         encoded = [self.encode(p, t) for p, t in pairs]
+        if not encoded:
+            return []
+        empty = next((prompt for (prompt, _t), (p, _ids) in zip(pairs, encoded, strict=True) if not p), None)
+        if empty is not None:
+            raise ValueError(
+                f"prompt {empty!r} has no tokens (and the tokenizer adds no BOS token), so no position predicts "
+                "its target's first token; give every edit and locality record a prompt"
+            )
         if self.per_pair:
             return self._teacher_forced_per_pair(encoded, wants)
-        by_prompt: dict[tuple[int, ...], list[int]] = {}
-        for j, (p, _t) in enumerate(encoded):
-            by_prompt.setdefault(tuple(p), []).append(j)
-        prompts = sorted(by_prompt, key=len)
-        scored: dict[int, dict[str, Any]] = {}
+        layout = _packed_layout(self._head_above().decoder.config) if self.packed else None
         with self.torch.no_grad():
+            if layout is not None:
+                return self._teacher_forced_packed(encoded, wants, layout)
+            by_prompt: dict[tuple[int, ...], list[int]] = {}
+            for j, (p, _t) in enumerate(encoded):
+                by_prompt.setdefault(tuple(p), []).append(j)
+            prompts = sorted(by_prompt, key=len)
+            scored: dict[int, dict[str, Any]] = {}
             for start in range(0, len(prompts), self.batch_size):
                 chunk = prompts[start : start + self.batch_size]
                 self._branched(chunk, [by_prompt[p] for p in chunk], encoded, wants, scored)
         return [scored[j] for j in range(len(encoded))]
+
+    def _head_above(self) -> _HeadAbove:
+        if self._head is None:
+            self._head = _HeadAbove(self.lm)
+        return self._head
+
+    def _teacher_forced_packed(
+        self,
+        encoded: list[tuple[list[int], list[int]]],
+        wants: list[bool],
+        layout: tuple[frozenset[str], int | None],
+    ) -> list[dict[str, Any]]:
+        """Each distinct prompt and its distinct targets packed into rows (:func:`_pack_rows`),
+        rows sorted by length and batched by a token budget: a forward holds at most
+        ``batch_size`` times the longest (prompt + target) of the call, padding included,
+        which is the most the per-pair path's widest batch holds. A budget rather than a count
+        of rows: rows of few tokens (CounterFact's, a prompt and one-token targets) then fill
+        wide forwards, which cost less per token, and a row of many targets never makes a
+        batch ``batch_size`` times its length."""
+        longest = max(len(p) + max(len(t) - 1, 0) for p, t in encoded)
+        budget = self.batch_size * longest
+        rows = sorted(_pack_rows(encoded, min(_ROW_PAIRS, self.batch_size) * longest), key=lambda r: r.length)
+        scored: dict[int, dict[str, Any]] = {}
+        batch: list[_Row] = []
+        for row in rows:
+            if batch and (len(batch) + 1) * row.length > budget:
+                self._score_packed(batch, wants, layout, scored)
+                batch = []
+            batch.append(row)
+        self._score_packed(batch, wants, layout, scored)
+        return [scored[j] for j in range(len(encoded))]
+
+    def _score_packed(
+        self,
+        rows: list[_Row],
+        wants: list[bool],
+        layout: tuple[frozenset[str], int | None],
+        scored: dict[int, dict[str, Any]],
+    ) -> None:
+        """One decoder forward over ``rows`` (right-padded), the LM head at each prompt's last
+        position (it predicts every target's first token), at every target position (each
+        predicts the target's next token), and at a prompt's other positions only where a
+        pair of the row asks for every argmax; each pair scored into ``scored``."""
+        torch = self.torch
+        head = self._head_above()
+        width = max(r.length for r in rows)
+        ids = [[self.pad] * width for _ in rows]
+        pos = [[0] * width for _ in rows]
+        seg = [[-1] * width for _ in rows]  # 0: the prompt, k: the row's k-th target, -1: padding
+        cols: list[tuple[int, int]] = []  # (row, column) of each position the head runs at
+        reads: list[int] = []  # for each target token, the index in ``cols`` that predicts it
+        tokens: list[int] = []
+        scoring: list[tuple[int, list[int]]] = []  # per target: its length, the pairs it scores
+        prompts: list[tuple[int, int]] = []  # per target: its prompt's first and last position in cols
+        for i, row in enumerate(rows):
+            n = len(row.prompt)
+            ids[i][:n], pos[i][:n], seg[i][:n] = row.prompt, range(n), [0] * n
+            full = any(wants[j] for _t, js in row.targets for j in js)
+            first = len(cols) + (0 if full else n - 1)
+            cols += [(i, c) for c in range(0 if full else n - 1, n)]
+            last = len(cols) - 1
+            at = n
+            for k, (t, js) in enumerate(row.targets, 1):
+                cont = t[:-1]
+                ids[i][at : at + len(cont)] = cont
+                pos[i][at : at + len(cont)] = range(n, n + len(cont))
+                seg[i][at : at + len(cont)] = [k] * len(cont)
+                if t:
+                    reads += [last, *range(len(cols), len(cols) + len(cont))]
+                    tokens += t
+                cols += [(i, c) for c in range(at, at + len(cont))]
+                at += len(cont)
+                scoring.append((len(t), js))
+                prompts.append((first, last))
+        dev = self.lm.device
+        positions = torch.tensor(pos)
+        mask = _packed_mask(torch.tensor(seg, device=dev), positions.to(dev), layout, head.dtype)
+        h = head.hidden(torch.tensor(ids), mask, positions, None)
+        where = torch.tensor(cols, device=h.device)
+        logits = head.logits(h[where[:, 0], where[:, 1]])
+        argmax = logits.argmax(-1)
+        read = torch.tensor(reads, dtype=torch.long, device=logits.device)
+        target = torch.tensor(tokens, dtype=torch.long, device=logits.device)
+        token_logp = logits[read, target] - torch.logsumexp(logits[read], -1)
+        hits = argmax[read] == target
+        # per target: the NLL summed in float64, the accuracy as a float32 mean (as before)
+        lengths = torch.tensor([length for length, _js in scoring], device=logits.device)
+        owner = torch.repeat_interleave(torch.arange(len(scoring), device=logits.device), lengths)
+        zeros = torch.zeros(len(scoring), dtype=torch.float64, device=logits.device)
+        nll = (-zeros.index_add(0, owner, token_logp.double()) / lengths).tolist()
+        accuracy = (zeros.float().index_add(0, owner, hits.float()) / lengths.float()).tolist()
+        read_argmax, every_argmax = argmax[read].tolist(), argmax.tolist()
+        at = 0
+        for k, ((length, js), (first, last)) in enumerate(zip(scoring, prompts, strict=True)):
+            got = read_argmax[at : at + length]
+            at += length
+            for j in js:
+                out = {"nll": nll[k], "accuracy": accuracy[k], "target_argmax": list(got)}
+                if wants[j]:
+                    out["argmax"] = every_argmax[first:last] + got
+                scored[j] = out
 
     def _branched(
         self,
@@ -162,9 +288,7 @@ class Scorer:
         its target), then every pair's target but its last token after its prompt's keys and
         values, position ids continuing the prompt's."""
         torch = self.torch
-        if self._head is None:
-            self._head = _HeadAbove(self.lm)
-        head, dev = self._head, self.lm.device
+        head, dev = self._head_above(), self.lm.device
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -263,8 +387,70 @@ class Scorer:
         return self.generate_ids([self.tok(p, add_special_tokens=True).input_ids for p in prompts], lengths)
 
     def generate_ids(self, prompts: list[list[int]], lengths: list[int]) -> list[list[int]]:
-        """Greedy continuation of each token-id prompt, ``lengths[i]`` new tokens."""
+        """Greedy continuation of each token-id prompt, ``lengths[i]`` new tokens, or fewer where
+        an end-of-sequence token of the model's generation config comes first (it ends the
+        list; ``model.generate`` would pad after it, padding every score leaves out).
+
+        The greedy loop (:meth:`_greedy`); ``per_pair=True``, or a generation config that asks
+        for more than greedy decoding (:func:`_plain_greedy`): ``model.generate``."""
+        with self.torch.no_grad():
+            if self.per_pair or not _plain_greedy(self.lm.model.generation_config):
+                return self._generate_ids_whole(prompts, lengths)
+            return self._greedy(prompts, lengths)
+
+    def _generation_eos(self) -> set[int]:
+        """The tokens ``model.generate`` stops a row at: its generation config's end of sequence."""
+        ids = getattr(self.lm.model.generation_config, "eos_token_id", None)
+        return {int(i) for i in (ids if isinstance(ids, list | tuple) else [] if ids is None else [ids])}
+
+    def _greedy(self, prompts: list[list[int]], lengths: list[int]) -> list[list[int]]:
+        """The greedy loop: prompts sorted by length, ``batch_size`` a batch, left-padded (a
+        sliding window then sees no padding between a row's tokens), position ids from each
+        row's first token; each step runs the last token of the rows still going after the
+        cached keys and values, the LM head at that position only, and a row that has its
+        tokens or an end-of-sequence token leaves the batch (its cache rows with it)."""
         torch = self.torch
+        head, dev = self._head_above(), self.lm.device
+        stop = self._generation_eos()
+        outs: list[list[int]] = [[] for _ in prompts]
+        order = sorted((j for j in range(len(prompts)) if lengths[j] > 0), key=lambda j: len(prompts[j]))
+        for start in range(0, len(order), self.batch_size):
+            live = order[start : start + self.batch_size]
+            width = max(len(prompts[j]) for j in live)
+            ids = torch.full((len(live), width), self.pad, dtype=torch.long)
+            mask = torch.zeros((len(live), width), dtype=torch.long)
+            for i, j in enumerate(live):
+                ids[i, width - len(prompts[j]) :] = torch.tensor(prompts[j], dtype=torch.long)
+                mask[i, width - len(prompts[j]) :] = 1
+            cache = head.new_cache()
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            h = head.hidden(ids, mask, positions, cache)
+            nxt = head.logits(h[:, -1]).argmax(-1).cpu()
+            last = positions[:, -1:]
+            while True:
+                keep = []
+                for i, j in enumerate(live):
+                    t = int(nxt[i])
+                    outs[j].append(t)
+                    if t not in stop and len(outs[j]) < lengths[j]:
+                        keep.append(i)
+                if not keep:
+                    break
+                if len(keep) < len(live):
+                    sel = torch.tensor(keep)
+                    cache.batch_select_indices(sel.to(dev))
+                    mask, last, nxt = mask[sel], last[sel], nxt[sel]
+                    live = [live[i] for i in keep]
+                mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], 1)
+                last = last + 1
+                h = head.hidden(nxt[:, None], mask, last, cache)
+                nxt = head.logits(h[:, -1]).argmax(-1).cpu()
+        return outs
+
+    def _generate_ids_whole(self, prompts: list[list[int]], lengths: list[int]) -> list[list[int]]:
+        """``generate_ids`` through ``model.generate`` (batches in the order given, left-padded)."""
+        torch = self.torch
+        stop = self._generation_eos()
         outs: list[list[int]] = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
@@ -282,7 +468,10 @@ class Scorer:
                 do_sample=False,
                 pad_token_id=self.pad,
             )[:, width:].cpu()
-            outs.extend(gen[i, :n].tolist() for i, n in enumerate(want))
+            for i, n in enumerate(want):
+                row = gen[i, :n].tolist()
+                ends = [k for k, t in enumerate(row) if t in stop]
+                outs.append(row[: ends[0] + 1] if ends else row)
         return outs
 
     def generate_until(self, prompts: list[str], max_new_tokens: int, finished: Callable[[str], bool]) -> list[str]:
@@ -366,9 +555,7 @@ class Scorer:
         import copy
 
         torch = self.torch
-        if self._head is None:
-            self._head = _HeadAbove(self.lm)
-        head = self._head
+        head = self._head_above()
         prefix = torch.tensor([encoded[0][:shared]], dtype=torch.long)
         common = head.new_cache()
         head.hidden(prefix, torch.ones_like(prefix), torch.arange(shared)[None], common)
@@ -476,6 +663,122 @@ def _shared_length(encoded: list[list[int]]) -> int:
     return max(n, 0)
 
 
+#: a packed row holds at most this many times the longest (prompt + target) of a call; a
+#: prompt with more targets than that takes several rows (each with the prompt)
+_ROW_PAIRS = 4
+#: the layer kinds (transformers' ``layer_types`` names) a packed row's mask is built for
+_PACKABLE_KINDS = frozenset({"full_attention", "sliding_attention"})
+
+
+@dataclass
+class _Row:
+    """A packed row: a prompt's tokens and the targets scored after it (each with the pairs,
+    indices into the call's pairs, that score it), ``length`` tokens in all."""
+
+    prompt: list[int]
+    targets: list[tuple[list[int], list[int]]]
+    length: int
+
+
+def _pack_rows(encoded: list[tuple[list[int], list[int]]], cap: float) -> list[_Row]:
+    """The rows of a packed teacher-forced pass: each distinct prompt followed by each of its
+    distinct targets' tokens but the last, in the order they first come, a new row (the
+    prompt again) where the next target would take the row past ``cap`` tokens."""
+    groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]] = {}
+    for j, (p, t) in enumerate(encoded):
+        groups.setdefault(tuple(p), {}).setdefault(tuple(t), []).append(j)
+    rows: list[_Row] = []
+    for p, targets in groups.items():
+        row = _Row(list(p), [], len(p))
+        for t, js in targets.items():
+            extra = max(len(t) - 1, 0)
+            if row.targets and row.length + extra > cap:
+                rows.append(row)
+                row = _Row(list(p), [], len(p))
+            row.targets.append((list(t), js))
+            row.length += extra
+        rows.append(row)
+    return rows
+
+
+def _packed_layout(config: Any) -> tuple[frozenset[str], int | None] | None:
+    """The attention kinds of a decoder's layers and its sliding window, where a packed row's
+    4D mask can stand for its attention: eager or sdpa attention (both take an additive 4D
+    mask as it is; flash attention takes none), causal, and every layer full or sliding-window
+    (``layer_types``, or all sliding where the config has a ``sliding_window`` and no layer
+    types, as Mistral's). Every built-in architecture qualifies (llama, mistral, qwen2, qwen3,
+    gemma3, gpt_neox, gpt2, gptj, opt); None sends teacher forcing to the two-pass branched
+    path (a chunked-attention layer, a bidirectional gemma, flash attention)."""
+    if getattr(config, "_attn_implementation", None) not in ("eager", "sdpa"):
+        return None
+    if not getattr(config, "is_causal", True) or getattr(config, "use_bidirectional_attention", False):
+        return None
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    kinds = frozenset(types) if types else frozenset({"sliding_attention" if window else "full_attention"})
+    if not kinds <= _PACKABLE_KINDS or ("sliding_attention" in kinds and not window):
+        return None
+    return kinds, window
+
+
+def _packed_mask(seg: Any, pos: Any, layout: tuple[frozenset[str], int | None], dtype: Any) -> Any:
+    """The additive 4D attention mask (rows, 1, width, width; 0 where a query may attend, the
+    dtype's minimum elsewhere) of packed rows whose tokens belong to segment ``seg`` (0 the
+    prompt, k its k-th target, -1 padding) at position ``pos``: the prompt is causal, a target
+    sees the whole prompt and its own earlier tokens, never another target or padding.
+    Padding sees the prompt and earlier padding, so no query row is empty (its output is never
+    read). Sliding-window layers see only keys fewer than the window positions back (what the
+    window is on one unpacked sequence); a model with both kinds gets the mapping of layer kind
+    to mask that transformers' decoders read (``attention_mask[layer_type]``)."""
+    import torch
+
+    kinds, window = layout
+    idx = torch.arange(seg.shape[1], device=seg.device)
+    allowed = (idx[None, :] <= idx[:, None])[None] & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))
+
+    def additive(ok: Any) -> Any:
+        return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, torch.finfo(dtype).min)[:, None]
+
+    masks = {}
+    if "full_attention" in kinds:
+        masks["full_attention"] = additive(allowed)
+    if "sliding_attention" in kinds:
+        masks["sliding_attention"] = additive(allowed & (pos[:, :, None] - pos[:, None, :] < window))
+    return masks if len(masks) > 1 else next(iter(masks.values()))
+
+
+#: generation settings under which ``model.generate(do_sample=False)`` is more than plain
+#: greedy decoding, with the values (besides None) that leave it plain
+_GENERATE_SETTINGS: dict[str, tuple[Any, ...]] = {
+    "num_beams": (1,),
+    "penalty_alpha": (0, 0.0),
+    "dola_layers": (),
+    "repetition_penalty": (1.0,),
+    "encoder_repetition_penalty": (1.0,),
+    "no_repeat_ngram_size": (0,),
+    "encoder_no_repeat_ngram_size": (0,),
+    "bad_words_ids": ([],),
+    "suppress_tokens": ([],),
+    "begin_suppress_tokens": ([],),
+    "forced_bos_token_id": (),
+    "forced_eos_token_id": (),
+    "min_length": (0,),
+    "min_new_tokens": (0,),
+    "sequence_bias": ({},),
+    "exponential_decay_length_penalty": (),
+    "guidance_scale": (1.0,),
+    "watermarking_config": (),
+    "stop_strings": ([], ""),
+    "remove_invalid_values": (False,),
+}
+
+
+def _plain_greedy(generation_config: Any) -> bool:
+    """Whether ``model.generate(do_sample=False)`` is plain greedy decoding under this
+    generation config (else the greedy loop would not give what ``generate`` gives)."""
+    return all(getattr(generation_config, name, None) in (None, *plain) for name, plain in _GENERATE_SETTINGS.items())
+
+
 class _HeadAbove:
     """The decoder (embeddings, layers, final norm, OPT's project_out) and, apart, the LM head
     with gemma's final-logit softcapping: the head runs only on the hidden states given
@@ -496,6 +799,7 @@ class _HeadAbove:
         self.cache_argument = _cache_argument(self.decoder)
         self.head = lm.model.get_output_embeddings()
         self.softcap = getattr(lm.model.config, "final_logit_softcapping", None)
+        self.dtype = lm.model.get_input_embeddings().weight.dtype  # what the decoder computes in
 
     def new_cache(self) -> Any:
         from transformers import DynamicCache
@@ -504,11 +808,12 @@ class _HeadAbove:
 
     def hidden(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
         """The decoder's last hidden states for ``ids`` (rows, width) after whatever ``cache``
-        holds (None: no cache), ``mask`` covering the cached tokens and ``ids``."""
+        holds (None: no cache), ``mask`` covering the cached tokens and ``ids`` (2D: padding;
+        or a prepared 4D mask, or a mapping of layer kind to one: :func:`_packed_mask`)."""
         dev = self.lm.device
         out = self.decoder(
             input_ids=ids.to(dev),
-            attention_mask=mask.to(dev),
+            attention_mask={k: m.to(dev) for k, m in mask.items()} if isinstance(mask, dict) else mask.to(dev),
             position_ids=positions.to(dev),
             use_cache=cache is not None,
             **({self.cache_argument: cache} if cache is not None else {}),
