@@ -25,7 +25,7 @@ from pathlib import Path
 from lmcompose.api import Context
 from lmcompose.compose import build_intervention, build_metrics, load_edits, parse_step
 from lmcompose.data import calibration_windows, corpus_text, tokenize_corpus
-from lmcompose.editing.vstar import context_templates, optimize_vstar
+from lmcompose.editing import context_templates, optimize_vstar
 from lmcompose.engine.executor import evaluate, replicate_edits
 from lmcompose.models.loading import load_model
 from lmcompose.stats import second_moments

@@ -32,6 +32,21 @@ ModelArg = Annotated[
 ]
 PlotsOption = Annotated[bool, typer.Option("--plots/--no-plots", help="Write plots/*.png with report.md.")]
 DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print the pip command without running it.")]
+# how a sweep or a study runs its plan (lmcompose.engine.driver): here, or as Ray tasks
+ExecutorOption = Annotated[
+    str, typer.Option("--executor", help="local (this process) or ray (tasks on a Ray cluster).")
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="Ray cluster address (host:port, ray://host:10001 or auto); default: start a local cluster.",
+    ),
+]
+GpusPerTaskOption = Annotated[
+    float | None,
+    typer.Option("--gpus-per-task", help="GPUs each Ray task asks for; fractions (0.25) share one GPU between tasks."),
+]
 PluginNameArg = Annotated[
     str | None, typer.Argument(help="Short name of a plugin in registry.yaml.", show_default=False)
 ]

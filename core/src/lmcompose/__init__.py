@@ -48,7 +48,7 @@ _LAZY = {
     "RunSettings": "lmcompose.compose",
     "parse_step": "lmcompose.compose",
     "SweepSettings": "lmcompose.sweep",
-    "write_report": "lmcompose.report",
+    "write_report": "lmcompose.reports",
     "load_study": "lmcompose.studies.spec",
     "run_study": "lmcompose.studies.runner",
     "merge_studies": "lmcompose.studies.runner",

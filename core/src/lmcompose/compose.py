@@ -10,11 +10,8 @@ that writes its rows. The constraint policies (``--keep-compressed``: ``none``, 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,11 +26,13 @@ from lmcompose.api import (
     Progress,
     config_to_dict,
 )
-from lmcompose.engine.executor import Executor, evaluate
-from lmcompose.engine.numerics import numerics_for, record_numerics, run_threads
-from lmcompose.engine.plan import Action, Cell, Plan
+from lmcompose.engine.driver import Loaded, execute
+from lmcompose.engine.driver import run_id as engine_run_id
+from lmcompose.engine.executor import evaluate
+from lmcompose.engine.numerics import record_numerics, run_threads
+from lmcompose.engine.plan import Action, Cell, Group, Plan, PlannedStep
 from lmcompose.engine.policy import EDIT_KIND, POLICIES, check_policy
-from lmcompose.engine.run_folder import RunFolder, run_inputs, versions
+from lmcompose.engine.run_folder import RunFolder, edit_digests, edits_digest, versions
 from lmcompose.engine.threads import current_threads
 from lmcompose.errors import ConfigError, UnknownNameError, UsageError, describe_value
 from lmcompose.plugins import get_datasets, get_interventions
@@ -65,8 +64,6 @@ __all__ = [
 # Run settings (what `lmcompose run` and config.yaml hold)
 # --------------------------------------------------------------------------------------
 
-#: Settings that say where things happen, not what is computed: not part of a run's id.
-LOCAL_SETTINGS = frozenset({"out", "device", "data_dir", "device_map", "max_memory"})
 #: Settings that change the last digits, not what is computed: config.yaml's ``numerics:``
 #: records them (lmcompose.engine.numerics) and a resume must match; not part of the run id.
 NUMERICS_SETTINGS = ("threads", "deterministic")
@@ -337,9 +334,46 @@ class RunSettings:
         threads = run_threads(self.threads, self.deterministic, current_threads())
         return record_numerics(threads, self.deterministic, metrics)
 
-    def run_id(self) -> str:
-        key = {k: v for k, v in self.resolved().items() if k not in LOCAL_SETTINGS}
-        return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    def identity(
+        self, edits: Mapping[Group, Sequence[EditRecord]] | None = None, digests: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """What makes this run the run it is (its id is a hash of it, :func:`~lmcompose.engine.driver.run_id`):
+        the resolved settings, with the edit requests given by their digests (``edits``: each
+        group's batch, as loaded; or ``digests``, as config.yaml's ``inputs.edits`` records
+        them) in place of the settings that load them (dataset, source, count, skip_invalid) —
+        so a run given its edits in Python is the run the CLI loads them for. Without edits
+        those settings are left unset."""
+        d = self.resolved()
+        if edits is not None:
+            digests = edit_digests(edits)
+        empty = edits_digest([])  # a group without edits (config.yaml records it too) is no edit
+        kept = {group: digest for group, digest in (digests or {}).items() if digest != empty}
+        d.update(dataset=None, dataset_source=None, skip_invalid=False, edits=kept or None)
+        return d
+
+    def run_id(
+        self, edits: Mapping[Group, Sequence[EditRecord]] | None = None, digests: Mapping[str, str] | None = None
+    ) -> str:
+        """The id of the run of these settings on ``edits`` (each group's edit requests) or on
+        the edits of ``digests``."""
+        return engine_run_id(self.identity(edits, digests))
+
+    def load_edits(self, ctx: Context, replicates: int = 1) -> list[list[EditRecord]] | None:
+        """The edit requests these settings ask for, one batch per replicate (None when no
+        dataset is named and no step edits: then none are loaded); the bundled sample when a
+        step edits and no dataset is named, with a note."""
+        needs_edits = any(get_interventions().get(parse_step(s).name).kind == EDIT_KIND for s in self.steps)
+        if not (self.dataset or self.edits or needs_edits):
+            return None
+        name = self.dataset or "records"
+        if self.dataset is None:
+            ctx.note("no --dataset given: using the bundled sample edits (dataset 'records')")
+        return [
+            load_edits(
+                name, self.dataset_source, self.edits, self.seed, replicate=r, skip_invalid=self.skip_invalid, ctx=ctx
+            )
+            for r in range(replicates)
+        ]
 
 
 # --------------------------------------------------------------------------------------
@@ -478,28 +512,21 @@ def compose(
         ctx.edits = list(edits)
     if any(s.kind == EDIT_KIND for s in interventions) and not ctx.edits:
         raise UsageError("an edit step needs edit requests: pass --dataset NAME and --edits N (or edits= in Python)")
+    group: Group = (None, replicate)
+    batches = {group: list(ctx.edits)} if ctx.edits else {}
+    settings = call_settings(
+        RunSettings, lm, steps, ctx, out, seed, policy, metric_objs if metrics else None, metric_options
+    )
+    identity = settings.identity(batches)
+    if replicate:
+        identity["replicate"] = replicate  # another cell of the same settings
+    run_id = run_id or engine_run_id(identity)
+    planned = [
+        PlannedStep(s.name, {}, s.kind, f"{i}:{s.name}", s.reruns_on_recompress()) for i, s in enumerate(interventions)
+    ]
+    actions = Plan.actions(range(len(planned)), planned, policy)
     order = [s.name for s in interventions]
-    run_id = (
-        run_id
-        or hashlib.sha1(
-            json.dumps([order, [config_to_dict(s.config) for s in interventions], seed, policy], default=str).encode()
-        ).hexdigest()[:12]
-    )
-    names = [s.name for s in interventions]
-    keys = [f"{i}:{s.name}" for i, s in enumerate(interventions)]
-    actions = Plan.actions(
-        range(len(interventions)),
-        names,
-        [{}] * len(names),
-        [s.kind for s in interventions],
-        keys,
-        [s.reruns_on_recompress() for s in interventions],
-        policy,
-    )
-    group = (None, replicate)
-    plan = Plan(
-        [Cell(f"run|r{replicate}", tuple(order), None, group, actions)], run_id=run_id, policy=policy, style="run"
-    )
+    plan = Plan([Cell(f"run|r{replicate}", tuple(order), None, group, actions)], run_id=run_id, policy=policy)
 
     def build(action: Action) -> Intervention:
         step = interventions[action.index]
@@ -515,39 +542,67 @@ def compose(
         save = SaveTargets.for_cells(
             plan, plan.cells, {plan.cells[0].id: target}, overwrite=overwrite, extra={"model": lm.name}
         )
-    folder = RunFolder(out, run_id, "run", config) if out is not None else None
-    inputs = run_inputs(lm, {group: list(ctx.edits)}, ctx) if folder is not None else {}
-    rows: list[dict[str, Any]] = []
-    with numerics_for(threads, deterministic, metric_objs, current_threads()) as numerics, folder or nullcontext():
-        done = folder.done() if folder is not None else set()
-        references = None
-        if folder is not None:
-            references = folder.references(inputs["model_fingerprint"])
-            folder.write_config(
-                inputs=inputs,
-                numerics=numerics,
-                order=order,
-                steps_resolved=[
-                    {"name": s.name, "kind": s.kind, "config": config_to_dict(s.config)} for s in interventions
-                ],
-                policy=policy,
-                seed=seed,
-                model_fingerprint=inputs["model_fingerprint"],
-                model_source=lm.source,
-                versions=inputs["versions"],
-                notes=ctx.notes,
-            )
-        if not plan.mark_needed(done, force=save.missing() if save is not None else None):
-            return rows
-        executor = Executor(
-            plan, lm, ctx, metric_objs, {group: list(ctx.edits)}, build=build, save=save, references=references
-        )
-        for state in executor.run():
-            for row, per_edit in state.rows_with_scores():
-                if folder is not None:
-                    folder.append(row, per_edit)
-                rows.append(row)
-    return rows
+    folder = RunFolder(out, run_id, "run", settings.resolved() if config is None else config) if out else None
+    record = {
+        "order": order,
+        "steps_resolved": [{"name": s.name, "kind": s.kind, "config": config_to_dict(s.config)} for s in interventions],
+        "policy": policy,
+        "seed": seed,
+        "notes": ctx.notes,
+    }
+    outcome = execute(
+        plan,
+        folder,
+        metric_objs,
+        Loaded(lm, ctx, {group: list(ctx.edits)}),
+        threads=threads,
+        deterministic=deterministic,
+        default_threads=current_threads(),
+        build=build,
+        save=save,
+        record=record,
+    )
+    return outcome.rows
+
+
+def step_setting(step: str | Mapping[str, Any] | StepSpec | Intervention) -> StepSpec:
+    """A step as the settings hold it (the CLI's ``name:field=value``); a built intervention
+    with its whole config."""
+    if isinstance(step, Intervention):
+        return StepSpec(step.name, config_to_dict(step.config))
+    return parse_step(step)
+
+
+def call_settings(
+    cls: type[_Settings],
+    lm: LM,
+    steps: Sequence[str | Mapping[str, Any] | StepSpec | Intervention],
+    ctx: Context,
+    out: str | os.PathLike[str] | None,
+    seed: int,
+    policy: str,
+    metrics: Sequence[Metric] | None,
+    metric_options: Mapping[str, Mapping[str, Any]] | None,
+    **more: Any,
+) -> _Settings:
+    """The settings a Python call stands for: what the CLI resolves for the same run (so its
+    id is the CLI's), from the call's arguments and what its context carries (the corpora,
+    dtype, device and data folder :meth:`RunSettings.context` would give it)."""
+    return cls(
+        model=lm.name,
+        steps=[step_setting(s) for s in steps],
+        out=os.fspath(out) if out is not None else None,
+        seed=seed,
+        policy=policy,
+        metrics=[m.name for m in metrics] if metrics else None,
+        metric_options={k: dict(v) for k, v in (metric_options or {}).items()},
+        device=ctx.device,
+        dtype=ctx.dtype,
+        ppl_corpus=ctx.ppl_corpus,
+        calibration_corpus=ctx.calibration_corpus,
+        data_dir=os.fspath(ctx.data_dir) if ctx.data_dir is not None else None,
+        **more,
+    )
 
 
 def resolve_metrics(
@@ -712,22 +767,15 @@ def prepare(settings: _Settings) -> tuple[_Settings, tuple[list[Intervention], l
 
 
 def run(settings: RunSettings, progress: Progress | None = None) -> tuple[list[dict[str, Any]], Context]:
-    """Validate, load the model and edits, and compose (the `lmcompose run` command)."""
+    """Validate, load the edits, check the run folder, load the model, and compose (the
+    `lmcompose run` command)."""
     settings, (_steps, metrics) = prepare(settings)
-    run_id = settings.run_id()
-    if settings.out:  # refuse a folder of another run, or a resume with other numerics, before loading anything
-        RunFolder(settings.out, run_id, "run", settings.resolved(), settings.numerics(metrics)).check()
-
     ctx = settings.context(progress)
-    edits = None
-    needs_edits = any(get_interventions().get(parse_step(s).name).kind == EDIT_KIND for s in settings.steps)
-    if settings.dataset or settings.edits or needs_edits:
-        name = settings.dataset or "records"
-        if settings.dataset is None:
-            ctx.note("no --dataset given: using the bundled sample edits (dataset 'records')")
-        edits = load_edits(
-            name, settings.dataset_source, settings.edits, settings.seed, skip_invalid=settings.skip_invalid, ctx=ctx
-        )
+    batches = settings.load_edits(ctx)
+    edits = batches[0] if batches is not None else None
+    run_id = settings.run_id({(None, 0): edits} if edits else None)
+    if settings.out:  # refuse a folder of another run, or a resume with other numerics, before loading the model
+        RunFolder(settings.out, run_id, "run", settings.resolved(), settings.numerics(metrics)).check()
     lm = settings.load_model(ctx.progress)
     rows = compose(
         lm,

@@ -304,11 +304,10 @@ def load_for_export(source: str | Path, progress: Any = None, data_dir: str | Pa
     (calibration is seeded, so the result is the run's model). The base model's fingerprint
     must match the one the run recorded.
     """
-    from lmcompose.compose import EDIT_KIND, RunSettings, compose, load_edits, parse_step
+    from lmcompose.compose import RunSettings, compose
     from lmcompose.engine.saving import PROVENANCE_FILE
     from lmcompose.models.handle import COMPRESSION_META
     from lmcompose.models.loading import load_model
-    from lmcompose.plugins import get_interventions
     from lmcompose.results import read_yaml
 
     folder = Path(source)
@@ -341,17 +340,8 @@ def load_for_export(source: str | Path, progress: Any = None, data_dir: str | Pa
             f"{settings.model}: the model's weights differ from those run {folder} started from "
             f"(fingerprint {lm.fingerprint()} != {recorded}); the run cannot be replayed"
         )
-    edits = None
-    needs_edits = any(get_interventions().get(parse_step(s).name).kind == EDIT_KIND for s in settings.steps)
-    if settings.dataset or settings.edits or needs_edits:
-        edits = load_edits(
-            settings.dataset or "records",
-            settings.dataset_source,
-            settings.edits,
-            settings.seed,
-            skip_invalid=settings.skip_invalid,
-            ctx=ctx,
-        )
+    batches = settings.load_edits(ctx)
+    edits = batches[0] if batches is not None else None
     compose(
         lm, settings.steps, edits=edits, policy=settings.policy, metrics=[_NoMetrics()], seed=settings.seed, ctx=ctx
     )

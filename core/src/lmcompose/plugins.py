@@ -272,13 +272,21 @@ _KINDS = {
         "A plugin can add one with the register_architectures hook.",
     ),
 }
+#: what each registry's entries are (checked when registered, or when a lazy one is loaded)
+_BASES = {
+    "interventions": ("lmcompose.api:Intervention", False),
+    "metrics": ("lmcompose.api:Metric", False),
+    "datasets": ("lmcompose.api:EditDataset|TextCorpus", False),
+    "architectures": ("lmcompose.models.arch:ArchSpec", True),
+}
 
 
 def _registry(kind: str) -> Registry[Any]:
     state = _state()
     if kind not in state.registries:
         hook_name, singular, hint = _KINDS[kind]
-        state.registries[kind] = state.collect(hook_name, Registry(singular, hint))
+        base, instances = _BASES[kind]
+        state.registries[kind] = state.collect(hook_name, Registry(singular, hint, base, instances))
     return state.registries[kind]
 
 

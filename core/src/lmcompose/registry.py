@@ -2,7 +2,10 @@
 
 Plugins never touch the registry directly: the host hands each ``register_*`` hook a
 registrar bound to the plugin's distribution, so a duplicate name can say who registered
-both copies.
+both copies. A registry with a ``base`` checks what it hands out, as lm-eval's registry does:
+a thing registered as an object is checked when it is registered, a lazy entry when it is
+first loaded, and one that is not a ``base`` (a subclass, or an instance with ``instances``)
+is one error naming the entry, its distribution and the fix.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from lmcompose.errors import DuplicateNameError, UnknownNameError
+from lmcompose.errors import DuplicateNameError, PluginLoadError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -48,10 +51,38 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """Name -> thing, for one kind ("intervention", "metric", "dataset", "architecture")."""
 
-    def __init__(self, kind: str, hint: str = ""):
+    def __init__(self, kind: str, hint: str = "", base: str | None = None, instances: bool = False):
+        """``base``: what every entry must be, as ``"module:Class"`` or ``"module:A|B"`` (imported
+        when first needed); ``instances``: entries are instances of it, not subclasses."""
         self.kind = kind
         self.hint = hint
+        self.base = base
+        self.instances = instances
         self._entries: dict[str, Entry[T]] = {}
+
+    def wrong_base(self, obj: Any) -> str | None:
+        """Why ``obj`` cannot be an entry of this registry (None when it can)."""
+        if self.base is None:
+            return None
+        module_name, _, attrs = self.base.partition(":")
+        module = importlib.import_module(module_name)
+        bases = tuple(getattr(module, a) for a in attrs.split("|"))
+        if self.instances:
+            ok = isinstance(obj, bases)
+        else:
+            ok = isinstance(obj, type) and issubclass(obj, bases)
+        if ok:
+            return None
+        names = " or ".join(f"lmcompose.{a}" for a in attrs.split("|"))
+        what = f"an instance of {names}" if self.instances else f"a subclass of {names}"
+        shown = obj.__qualname__ if isinstance(obj, type) else repr(obj)[:80]
+        return f"is {shown}, not {what}"
+
+    def _refuse(self, name: str, distribution: str, why: str) -> str:
+        return (
+            f"{self.kind} {name!r} from {distribution} {why}: the plugin must register one "
+            f"(docs/plugins.md). Fix the plugin, or skip it with LMCOMPOSE_BLOCK_PLUGINS"
+        )
 
     def add(
         self,
@@ -77,6 +108,10 @@ class Registry(Generic[T]):
                 f"{distribution}. Uninstall one of them, or block one with "
                 f"LMCOMPOSE_BLOCK_PLUGINS."
             )
+        if not isinstance(target, str):
+            why = self.wrong_base(target)
+            if why is not None:  # when the plugin registers it: the plugin is reported as failed
+                raise TypeError(self._refuse(name, distribution, why))
         if summary is None:
             summary = "" if isinstance(target, str) else _first_line(getattr(target, "__doc__", ""))
         entry: Entry[T] = Entry(name, target, distribution, summary, dict(extra))
@@ -98,7 +133,15 @@ class Registry(Generic[T]):
             raise UnknownNameError(self.kind, name, self._entries, self.hint) from None
 
     def get(self, name: str) -> T:
-        return self.entry(name).load()
+        entry = self.entry(name)
+        was_lazy = entry.is_lazy
+        obj = entry.load()
+        if was_lazy:
+            why = self.wrong_base(obj)
+            if why is not None:
+                entry._loaded = None  # asked again, it is refused again
+                raise PluginLoadError(self._refuse(name, entry.distribution, why))
+        return obj
 
     def __getitem__(self, name: str) -> T:
         return self.get(name)

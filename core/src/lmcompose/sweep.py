@@ -18,12 +18,11 @@ seed; the edit metrics' base-model references are recorded again before the firs
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import math
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,37 +39,40 @@ from lmcompose.api import (
 )
 from lmcompose.compose import (
     RunSettings,
+    call_settings,
     check_arguments,
     check_context,
     check_edit_records,
     check_lm,
-    load_edits,
     metric_names,
     prepare,
     resolve_metrics,
     step_list,
 )
-from lmcompose.engine.executor import SNAPSHOT_MODES, Executor, replicate_edits, topk_next_tokens
-from lmcompose.engine.numerics import numerics_for
+from lmcompose.engine.driver import Loaded, Outcome, RayOptions, check_executor, execute, parse_shard
+from lmcompose.engine.executor import SNAPSHOT_MODES, replicate_edits, topk_next_tokens
 from lmcompose.engine.plan import (
     MAX_CELLS,
     Cell,
     GridFactor,
     Group,
     Plan,
+    PlannedStep,
     canonical_key,
     check_grid_size,
 )
 from lmcompose.engine.policy import EDIT_KIND, check_policy
 from lmcompose.engine.run_folder import RunFolder, edits_digest, run_inputs
 from lmcompose.engine.threads import current_threads
-from lmcompose.errors import ConfigError, UnknownNameError, UsageError, describe_value
+from lmcompose.errors import ConfigError, StepFailedError, UnknownNameError, UsageError, describe_value
 from lmcompose.plugins import get_interventions
 from lmcompose.steps import StepSpec, build_intervention, parse_step
 
 if TYPE_CHECKING:
     from lmcompose.models.handle import LM
 
+#: the context's own values (a budget equal to its default is one not given)
+CONTEXT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Context)}
 SWEEP_KEYS = frozenset(
     {"vary", "orders", "replicates", "snapshots", "topk", "calibration_samples", "calibration_seqlen"}
 )
@@ -337,7 +339,7 @@ class SweepSettings(RunSettings):
         if not isinstance(self.snapshots, str):
             raise ConfigError(f"{where}: snapshots: expected memory or disk; got {describe_value(self.snapshots)}")
 
-    def validate(self) -> tuple[list[Intervention], list[Metric]]:  # type: ignore[override]
+    def validate(self) -> tuple[list[Intervention], list[Metric]]:
         steps, metrics = super().validate()
         check_sweep_size(self.vary, self.orders, [s.name for s in steps], self.replicates)
         if self.snapshots not in SNAPSHOT_MODES:
@@ -350,9 +352,7 @@ class SweepSettings(RunSettings):
         if self.save_cells is not None:
             from lmcompose.engine.saving import match_cells
 
-            specs, vary, orders = self.plan()
-            groups: list[Group] = [(None, r) for r in range(self.replicates)]
-            match_cells(sweep_cells(specs, vary, orders, groups, self.policy), self.save_cells)
+            match_cells(self.cells(), self.save_cells)
         return steps, metrics
 
     def varied_fields(self) -> list[tuple[str, str]]:
@@ -369,6 +369,31 @@ class SweepSettings(RunSettings):
     def cell_count(self) -> int:
         _specs, vary, orders = self.plan()
         return len(orders) * len(vary.values) * self.replicates
+
+    def cells(self) -> list[Cell]:
+        """The sweep's cells: every order × varied value × replicate."""
+        specs, vary, orders = self.plan()
+        return sweep_cells(specs, vary, orders, [(None, r) for r in range(self.replicates)], self.policy)
+
+    def context(self, progress: Progress | None = None) -> Context:
+        """The run's context with the sweep's calibration budget (where given)."""
+        ctx = super().context(progress)
+        if self.calibration_samples:
+            ctx.calibration_samples = self.calibration_samples
+        if self.calibration_seqlen:
+            ctx.calibration_seqlen = self.calibration_seqlen
+        return ctx
+
+    def identity(
+        self, edits: Mapping[Group, Sequence[EditRecord]] | None = None, digests: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """:meth:`RunSettings.identity`, with a calibration budget equal to the context's
+        default left unset (as a Python context holds it whether given or not)."""
+        d = super().identity(edits, digests)
+        for key in ("calibration_samples", "calibration_seqlen"):
+            if d.get(key) == CONTEXT_DEFAULTS[key]:
+                d[key] = None
+        return d
 
     def resolved(self) -> dict[str, Any]:
         d = super().resolved()
@@ -402,8 +427,6 @@ def sweep_cells(
     built once, not once per cell (a large grid is planned in seconds)."""
     protos = [build_intervention(s) for s in specs]
     names = [s.name for s in specs]
-    kinds = [p.kind for p in protos]
-    has_project = [p.reruns_on_recompress() for p in protos]
     knob = protos[vary.index].strength if vary.is_strength else None
     memo = keys_memo if keys_memo is not None else {}
 
@@ -417,11 +440,16 @@ def sweep_cells(
     for value in vary.values:
         overrides = [dict(s.overrides) for s in specs]
         overrides[vary.index] = {**overrides[vary.index], vary.field: value}
-        per_value.append((overrides, [resolved_key(n, ov) for n, ov in zip(names, overrides, strict=True)]))
+        per_value.append(
+            [
+                PlannedStep(n, ov, p.kind, resolved_key(n, ov), p.reruns_on_recompress())
+                for n, ov, p in zip(names, overrides, protos, strict=True)
+            ]
+        )
     cells = []
     for o in orders:
-        for value, (overrides, keys) in zip(vary.values, per_value, strict=True):
-            actions = Plan.actions(o, names, overrides, kinds, keys, has_project, policy)
+        for value, planned in zip(vary.values, per_value, strict=True):
+            actions = Plan.actions(o, planned, policy)
             order_names = tuple(names[i] for i in o)
             for g in groups:
                 cells.append(
@@ -445,11 +473,6 @@ def sweep_cells(
 # --------------------------------------------------------------------------------------
 
 
-def sweep_id(resolved: Mapping[str, Any]) -> str:
-    key = {k: v for k, v in resolved.items() if k not in {"out", "device", "data_dir", "snapshots"}}
-    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def sweep(
     lm: LM,
     steps: Sequence[str | Mapping[str, Any] | StepSpec],
@@ -471,11 +494,14 @@ def sweep(
     save_cells: str | None = None,
     threads: int | None = None,
     deterministic: bool = False,
+    shard: str | tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every order of ``steps`` at every value of ``vary`` (``"STEP.FIELD=v1,v2,..."``)
     for every replicate; return the new rows (also appended to ``out/results.jsonl``).
     ``save_cells`` (``all`` or globs over cell ids) saves those cells' final models into
-    ``out/models/`` (:mod:`lmcompose.engine.saving`).
+    ``out/models/`` (:mod:`lmcompose.engine.saving`). ``shard`` (``"I/N"``): only part I of N
+    of the cells (whole first-step subtrees, as a study's; ``lmcompose merge`` combines the
+    shard folders).
 
     ``edits``: a flat list, split into ``replicates`` disjoint equal batches, or one list per
     replicate. ``orders``: ``"all"``, ``"a,b;b,a"`` or a list of name lists. Rows already in
@@ -506,6 +532,7 @@ def sweep(
         deterministic=deterministic,
     )
     check_policy(policy)
+    shard_t = parse_shard(shard)
     if snapshots not in SNAPSHOT_MODES:
         raise ConfigError(f"snapshots {snapshots!r} is not one of {', '.join(SNAPSHOT_MODES)}")
     if not isinstance(replicates, int) or replicates < 1:
@@ -530,130 +557,174 @@ def sweep(
     ctx = ctx or Context(seed=seed)
     check_seed(ctx.seed, "seed")
     check_topk(topk, "topk")
-    names = [s.name for s in specs]
-    edit_batches = [[e.case_id for e in b] for b in batches]
-    run_id = (
-        run_id
-        or hashlib.sha1(
-            json.dumps(
-                [
-                    [str(s) for s in specs],
-                    str(v),
-                    [list(o) for o in order_list],
-                    replicates,
-                    seed,
-                    policy,
-                    edit_batches,
-                ],
-                default=str,
-            ).encode()
-        ).hexdigest()[:12]
+    edits_by_group = {(None, r): batch for r, batch in enumerate(batches)}
+    settings = call_settings(
+        SweepSettings,
+        lm,
+        specs,
+        ctx,
+        out,
+        seed,
+        policy,
+        metric_objs if metrics else None,
+        metric_options,
+        vary=vary,
+        orders=[list(o) for o in orders] if isinstance(orders, list | tuple) else orders,
+        replicates=replicates,
+        snapshots=snapshots,
+        topk=topk,
+        calibration_samples=ctx.calibration_samples,
+        calibration_seqlen=ctx.calibration_seqlen,
+        save_cells=save_cells,
+        threads=threads,
+        deterministic=deterministic,
     )
-    groups: list[Group] = [(None, r) for r in range(replicates)]
-    plan = Plan(sweep_cells(specs, v, order_list, groups, policy), run_id=run_id, policy=policy)
-    edits_by_group = {g: batches[g[1]] for g in groups}
+    run_id = run_id or settings.run_id(edits_by_group if any(batches) else None)
+    plan = Plan(sweep_cells(specs, v, order_list, list(edits_by_group), policy), run_id=run_id, policy=policy)
+    if save_cells is not None and out is None:
+        raise UsageError("save_cells needs a run folder (out=...): the models go to OUT/models/")
+    if config is None:
+        config = {**settings.resolved(), **({"shard": f"{shard_t[0]}/{shard_t[1]}"} if shard_t else {})}
+    folder = RunFolder(out, run_id, "sweep", config) if out else None
+    outcome = _execute_sweep(plan, settings, folder, metric_objs, batches, Loaded(lm, ctx, edits_by_group), shard_t)
+    return outcome.rows
 
-    out_dir = Path(out) if out is not None else None
+
+def _execute_sweep(
+    plan: Plan,
+    settings: SweepSettings,
+    folder: RunFolder | None,
+    metrics: list[Metric],
+    batches: Sequence[Sequence[EditRecord]],
+    loaded: Loaded | None,
+    shard: tuple[int, int] | None,
+    ray: RayOptions | None = None,
+) -> Outcome:
+    """The sweep's plan handed to the driver, in this process (``loaded``) or on Ray."""
+    only = plan.shard_cells(shard[0] - 1, shard[1]) if shard else None
     save = None
-    if save_cells is not None:
+    if settings.save_cells is not None and folder is not None:
         from lmcompose.engine.saving import MODELS_FOLDER, SaveTargets
 
-        if out_dir is None:
-            raise UsageError("save_cells needs a run folder (out=...): the models go to OUT/models/")
-        save = SaveTargets.for_study(plan, save_cells, out_dir / MODELS_FOLDER, extra={"model": lm.name})
-    folder = RunFolder(out_dir, run_id, "sweep", config) if out_dir is not None else None
-    inputs = run_inputs(lm, edits_by_group, ctx) if folder is not None else {}
-    rows: list[dict[str, Any]] = []
-    with numerics_for(threads, deterministic, metric_objs, current_threads()) as numerics, folder or nullcontext():
-        done: set[tuple[str, int]] = set()
-        references = None
-        if folder is not None:
-            references = folder.references(inputs["model_fingerprint"])
-            folder.write_config(
-                inputs=inputs,
-                numerics=numerics,
-                steps_resolved=[str(s) for s in specs],
-                vary=str(v),
-                orders=[[names[i] for i in o] for o in order_list],
-                replicates=replicates,
-                policy=policy,
-                seed=seed,
-                snapshots=snapshots,
-                cells=len(plan.cells),
-                edit_batches=edit_batches,
-                model_fingerprint=inputs["model_fingerprint"],
-                model_source=lm.source,
-                versions=inputs["versions"],
-            )
-            done = folder.done()
-        if save is not None:
-            save.clean_stale()
-        if not plan.mark_needed(done, force=save.missing() if save is not None else None):
-            return []
-        n_eval = sum(1 for n in plan.root.walk() if n.pending)
-        snapshot_dir = None
-        if out_dir is not None and snapshots == "disk":
-            snapshot_dir = out_dir / ".snapshots"
-            snapshot_dir.mkdir(exist_ok=True)
-        executor = Executor(
-            plan,
-            lm,
-            ctx,
-            metric_objs,
-            edits_by_group,
-            snapshots=snapshots,
-            snapshot_dir=snapshot_dir,
-            topk=topk,
-            save=save,
-            references=references,
-        )
-        with ctx.progress.task(f"sweep: {len(plan.cells)} cells", n_eval) as advance:
-            for state in executor.run():
-                for row, per_edit in state.rows_with_scores():
-                    if folder is not None:
-                        folder.append(row, per_edit)
-                    rows.append(row)
-                if state.rows:
-                    advance(1)
-    return rows
+        root = folder.path / MODELS_FOLDER
+        save = SaveTargets.for_study(plan, settings.save_cells, root, extra={"model": settings.model}, only=only)
+    return execute(
+        plan,
+        folder,
+        metrics,
+        loaded,
+        ray=ray,
+        threads=settings.threads,
+        deterministic=settings.deterministic,
+        default_threads=current_threads(),
+        snapshots=settings.snapshots,
+        topk=settings.topk,
+        save=save,
+        only=only,
+        record=sweep_record(plan, settings, batches),
+        bar=f"sweep: {len(plan.cells)} cells",
+    )
 
 
-def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tuple[list[dict[str, Any]], Context]:
-    """Validate, load the model and each replicate's edits, and sweep (`lmcompose sweep`)."""
-    settings, (steps, metrics) = prepare(settings)
-    resolved = settings.resolved()
-    run_id = sweep_id(resolved)
+def sweep_record(plan: Plan, settings: SweepSettings, batches: Sequence[Sequence[EditRecord]]) -> dict[str, Any]:
+    """What a sweep's config.yaml holds beside its settings, inputs and numerics."""
+    specs, vary, orders = settings.plan()
+    return {
+        "steps_resolved": [str(s) for s in specs],
+        "vary": str(vary),
+        "orders": [[specs[i].name for i in o] for o in orders],
+        "replicates": settings.replicates,
+        "policy": settings.policy,
+        "seed": settings.seed,
+        "snapshots": settings.snapshots,
+        "cells": len(plan.cells),
+        "edit_batches": [[e.case_id for e in b] for b in batches],
+    }
+
+
+@dataclass
+class SweepWork:
+    """A sweep's work as a Ray worker rebuilds it from the settings (they pickle; the model and
+    the edits are loaded in the worker)."""
+
+    settings: SweepSettings
+    run_id: str
+
+    def prepare(
+        self, threads: int, deterministic: bool = False
+    ) -> tuple[Plan, LM, Context, list[Metric], dict[Group, list[EditRecord]], dict[str, Any]]:
+        from lmcompose.engine.numerics import set_deterministic
+        from lmcompose.engine.threads import set_threads
+
+        set_threads(threads)
+        set_deterministic(deterministic)
+        settings = self.settings
+        ctx = settings.context(Progress())
+        batches = settings.load_edits(ctx, settings.replicates) or [[] for _ in range(settings.replicates)]
+        lm = settings.load_model(ctx.progress)
+        plan = Plan(settings.cells(), run_id=self.run_id, policy=settings.policy)
+        edits = {(None, r): list(b) for r, b in enumerate(batches)}
+        return plan, lm, ctx, self.metrics(), edits, {"snapshots": settings.snapshots, "topk": settings.topk}
+
+    def metrics(self) -> list[Metric]:
+        from lmcompose.steps import build_metrics
+
+        return build_metrics(self.settings.metrics, self.settings.metric_options)
+
+    def inputs(
+        self, lm: LM, edits: Mapping[Group, list[EditRecord]], unedited: Mapping[Group, list[EditRecord]] | None = None
+    ) -> dict[str, Any]:
+        return run_inputs(lm, edits, self.settings.context(Progress()), unedited)
+
+    def numerics(self, threads: int, deterministic: bool) -> dict[str, Any]:
+        from lmcompose.engine.numerics import record_numerics
+
+        return record_numerics(threads, deterministic, self.metrics())
+
+
+def run_sweep(
+    settings: SweepSettings,
+    progress: Progress | None = None,
+    *,
+    executor: str = "local",
+    ray_address: str | None = None,
+    cpus_per_task: float | None = None,
+    gpus_per_task: float | None = None,
+    shard: str | tuple[int, int] | None = None,
+) -> tuple[list[dict[str, Any]], Context]:
+    """Validate, load each replicate's edits, check the run folder, load the model and sweep
+    (`lmcompose sweep`). ``executor``, ``ray_address``, ``cpus_per_task``, ``gpus_per_task`` and
+    ``shard`` as for a study (:func:`lmcompose.studies.runner.run_study`): with ``ray`` the
+    model is loaded by each task, not here; a shard runs part I of N of the cells
+    (``lmcompose merge`` combines the shard folders)."""
+    shard_t = parse_shard(shard)
+    cpus, gpus = check_executor(executor, ray_address, cpus_per_task, gpus_per_task, settings.device, what="sweep")
+    settings, (_steps, metrics) = prepare(settings)
+    ctx = settings.context(progress)
+    batches = settings.load_edits(ctx, settings.replicates)
+    edits_by_group = {(None, r): list(b) for r, b in enumerate(batches or [])}
+    run_id = settings.run_id(edits_by_group if batches else None)
     out = settings.out or f"runs/sweep-{run_id}"
     if settings.save_cells is not None:
         from lmcompose.engine.saving import models_folder
 
         models_folder(out)  # before loading
+    config = {**settings.resolved(), "out": out}
+    if shard_t is not None or executor != "local":  # recorded only when used, so other sweeps keep their config
+        config.update(shard=f"{shard_t[0]}/{shard_t[1]}" if shard_t else None, executor=executor)
+    numerics = settings.numerics(metrics) if executor == "local" else None
     # refuse another run's folder, or a resume with other numerics, before loading
-    RunFolder(out, run_id, "sweep", {**resolved, "out": out}, settings.numerics(metrics)).check()
-
-    ctx = settings.context(progress)
-    if settings.calibration_samples:
-        ctx.calibration_samples = settings.calibration_samples
-    if settings.calibration_seqlen:
-        ctx.calibration_seqlen = settings.calibration_seqlen
-    needs_edits = any(s.kind == EDIT_KIND for s in steps)
-    batches: list[list[EditRecord]] | None = None
-    if settings.dataset or settings.edits or needs_edits:
-        name = settings.dataset or "records"
-        if settings.dataset is None:
-            ctx.note("no --dataset given: using the bundled sample edits (dataset 'records')")
-        batches = [
-            load_edits(
-                name,
-                settings.dataset_source,
-                settings.edits,
-                settings.seed,
-                replicate=r,
-                skip_invalid=settings.skip_invalid,
-                ctx=ctx,
-            )
-            for r in range(settings.replicates)
-        ]
+    RunFolder(out, run_id, "sweep", config, numerics).check()
+    settings.out = out
+    if executor == "ray":
+        folder = RunFolder(out, run_id, "sweep", config)
+        plan = Plan(settings.cells(), run_id=run_id, policy=settings.policy)
+        ray = RayOptions(SweepWork(settings, run_id), ray_address, cpus, gpus)
+        replicates = batches or [[] for _ in range(settings.replicates)]
+        outcome = _execute_sweep(plan, settings, folder, metrics, replicates, None, shard_t, ray)
+        if outcome.failures:
+            raise StepFailedError("; ".join(f.line() for f in outcome.failures))
+        return outcome.rows, ctx
     lm = settings.load_model(ctx.progress)
     rows = sweep(
         lm,
@@ -671,12 +742,12 @@ def run_sweep(settings: SweepSettings, progress: Progress | None = None) -> tupl
         snapshots=settings.snapshots,
         topk=settings.topk,
         run_id=run_id,
-        config={**resolved, "out": out},
+        config=config,
         save_cells=settings.save_cells,
         threads=settings.threads,
         deterministic=settings.deterministic,
+        shard=shard_t,
     )
-    settings.out = out
     return rows, ctx
 
 
@@ -684,6 +755,7 @@ __all__ = [
     "Cell",
     "StepSpec",
     "SweepSettings",
+    "SweepWork",
     "Vary",
     "edits_digest",
     "make_vary",
@@ -693,6 +765,5 @@ __all__ = [
     "run_sweep",
     "sweep",
     "sweep_cells",
-    "sweep_id",
     "topk_next_tokens",
 ]

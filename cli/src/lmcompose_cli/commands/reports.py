@@ -41,20 +41,16 @@ def report(
 ) -> None:
     """Rebuild a sweep's or study's tables, report.md and plots (and a study's rows.csv) from its results.jsonl and per_edit.jsonl."""  # noqa: E501 (the command's one-line help)
     from lmcompose.errors import DataError
-    from lmcompose.report import check_axes, write_report
-    from lmcompose.studies.report import is_study, write_study_report
+    from lmcompose.reports import folder_kind, write_report
+    from lmcompose.reports.tables import check_axes
 
     if not run_dir.is_dir():
         raise DataError(
             f"run folder {run_dir} does not exist: give the --out folder of an `lmcompose sweep` or `lmcompose study`"
         )
-    study_folder = is_study(run_dir)
+    study_folder = folder_kind(run_dir) == "study"
     chosen = check_axes([a.strip() for a in axes.split(",") if a.strip()] if axes is not None else None)
-    rep = (
-        write_study_report(run_dir, plots=plots, axis=chosen[0] if chosen else None)
-        if study_folder
-        else write_report(run_dir, plots=plots, axes=chosen)
-    )
+    rep = write_report(run_dir, plots=plots, axes=chosen)
     if as_json:
         typer.echo(json.dumps(_as_json(rep, study_folder), indent=2, default=str))
         return

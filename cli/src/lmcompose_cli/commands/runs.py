@@ -9,7 +9,17 @@ from typing import Annotated, Any
 import typer
 
 from lmcompose_cli.app import app
-from lmcompose_cli.options import ModelArg, ModelFlags, PlotsOption, RunFlags, settings_from_flags, with_flag_groups
+from lmcompose_cli.options import (
+    ExecutorOption,
+    GpusPerTaskOption,
+    ModelArg,
+    ModelFlags,
+    PlotsOption,
+    RayAddressOption,
+    RunFlags,
+    settings_from_flags,
+    with_flag_groups,
+)
 from lmcompose_cli.render import (
     RichProgress,
     console,
@@ -186,6 +196,19 @@ def sweep(
             help="Save the final models of these cells into OUT/models/: all, or globs over cell ids (e.g. 'memit>*').",
         ),
     ] = None,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    cpus_per_task: Annotated[
+        float | None,
+        typer.Option("--cpus-per-task", help="CPUs each Ray task asks for (default 1); also its torch threads."),
+    ] = None,
+    gpus_per_task: GpusPerTaskOption = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard", help="Run part I of N of the cells (I/N, e.g. 2/4); combine the folders with `lmcompose merge`."
+        ),
+    ] = None,
 ) -> None:
     """Run every order of STEPs at every strength of --vary for every replicate; write results.jsonl, report.md and plots."""  # noqa: E501 (the command's one-line help)
     from lmcompose.sweep import SweepSettings, run_sweep
@@ -215,10 +238,24 @@ def sweep(
     quiet_transformers()
     progress = RichProgress()
     with progress.rp:
-        rows, _ctx = run_sweep(settings, progress)
+        rows, _ctx = run_sweep(
+            settings,
+            progress,
+            executor=executor,
+            ray_address=ray_address,
+            cpus_per_task=cpus_per_task,
+            gpus_per_task=gpus_per_task,
+            shard=shard,
+        )
+    if shard:
+        print_line(
+            f"results: {Path(settings.out) / 'results.jsonl'} ({len(rows)} new rows); this shard is done: combine "
+            "the shard folders with `lmcompose merge`"
+        )
+        return
     if not rows:
         console.print("every cell of this sweep is already in its results.jsonl; rebuilding the report")
-    from lmcompose.report import write_report
+    from lmcompose.reports import write_report
 
     report = write_report(settings.out, plots=plots)
     print_report(report)

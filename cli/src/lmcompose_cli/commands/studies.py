@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from lmcompose_cli.app import app, data_dir_of
-from lmcompose_cli.options import PlotsOption
+from lmcompose_cli.options import ExecutorOption, GpusPerTaskOption, PlotsOption, RayAddressOption
 from lmcompose_cli.render import StudyProgress, counts_text, err_console, print_line, print_report, quiet_transformers
 
 
@@ -30,16 +30,8 @@ def study(
             "--out", "-o", help="Run folder (default runs/study-<name>-<id>); rerun the same command to resume."
         ),
     ] = None,
-    executor: Annotated[
-        str, typer.Option("--executor", help="local (this process) or ray (tasks on a Ray cluster).")
-    ] = "local",
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            "--ray-address",
-            help="Ray cluster address (host:port, ray://host:10001 or auto); default: start a local cluster.",
-        ),
-    ] = None,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
     cpus_per_task: Annotated[
         float | None,
         typer.Option(
@@ -47,12 +39,7 @@ def study(
             help="CPUs each Ray task asks for (default: the study's resources, else 1); also its torch threads.",
         ),
     ] = None,
-    gpus_per_task: Annotated[
-        float | None,
-        typer.Option(
-            "--gpus-per-task", help="GPUs each Ray task asks for; fractions (0.25) share one GPU between tasks."
-        ),
-    ] = None,
+    gpus_per_task: GpusPerTaskOption = None,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -161,22 +148,23 @@ def merge(
         list[Path],
         typer.Argument(
             metavar="DIR...",
-            help="Shard folders of one study (`lmcompose study --shard I/N --out DIR`).",
+            help="Shard folders of one study or sweep (`lmcompose study --shard I/N --out DIR`).",
             show_default=False,
         ),
     ],
     out: Annotated[
         Path,
-        typer.Option("--out", "-o", help="Folder to write the merged study to (resumed if it holds the same study)."),
+        typer.Option("--out", "-o", help="Folder to write the merged study or sweep to (resumed if it holds it)."),
     ],
     plots: PlotsOption = True,
 ) -> None:
-    """Combine the shard folders of one study into one folder (rows checked to agree) and write its report."""
+    """Combine the shard folders of one study or sweep into one folder (rows checked to agree) and write its report."""
+    from lmcompose.reports.study import StudyReport
     from lmcompose.studies.runner import merge_studies
 
     added, missing, rep = merge_studies(shards, out, plots=plots)
     if rep is not None:
-        print_report(rep, tables=1)
+        print_report(rep, tables=1 if isinstance(rep, StudyReport) else None)
     print_line(f"merged {added} new rows into {out / 'results.jsonl'}")
     if missing:
         print_line(

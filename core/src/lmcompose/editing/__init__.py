@@ -97,7 +97,7 @@ def __getattr__(name: str) -> Any:
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module 'lmcompose.editing' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"lmcompose.editing.{where}"), name)
+    value = getattr(importlib.import_module(f"lmcompose.editing._{where}"), name)
     globals()[name] = value
     return value
 

@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmcompose.api import PER_EDIT_KEY, Context, EditRecord, Intervention, Metric, References, config_to_dict
+from lmcompose.api import PER_EDIT_KEY, Context, EditRecord, Intervention, Metric, References
 from lmcompose.engine.numerics import nondeterministic_error
 from lmcompose.engine.plan import Action, Cell, Group, Node, Plan, PlanCounts
 from lmcompose.engine.policy import project_earlier
+from lmcompose.engine.schema import PerEditLine, RunRow, SweepRow, make_row
 from lmcompose.engine.threads import threads_for
 from lmcompose.errors import LMComposeError, StepFailedError
 from lmcompose.results import refuse_link
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
 TOPK_PROMPT = "The capital of France is"  # the top-k record's prompt when a cell has no edits
 TOP_LOGITS = 30  # the highest logits the top-k record keeps for Figure 3
 SNAPSHOT_MODES = ("memory", "disk")
+Row = RunRow | SweepRow  # a row of results.jsonl (lmcompose.engine.schema)
 
 __all__ = [
     "Evaluation",
@@ -379,21 +381,8 @@ class SnapshotStore:
         return path
 
     def restore(self, lm: LM, snap: Any) -> None:
-        from lmcompose.models.handle import LayerCompression
-        from lmcompose.quant import QuantGrid
-
-        if self.mode == "memory":
-            comp = {
-                k: LayerCompression(
-                    None if v.keep_mask is None else v.keep_mask.clone(),
-                    None
-                    if v.quant is None
-                    else QuantGrid(
-                        v.quant.bits, v.quant.group_size, v.quant.symmetric, v.quant.scale.clone(), v.quant.zero.clone()
-                    ),
-                )
-                for k, v in snap["compression"].items()
-            }
+        if self.mode == "memory":  # the snapshot stays as it is for the next child: restore a copy
+            comp = {k: v.clone() for k, v in snap["compression"].items()}
             lm.restore({"weights": snap["weights"], "compression": comp})
             return
         from safetensors.torch import load_model
@@ -437,53 +426,18 @@ class StateResult:
     row's group, :meth:`Executor.per_edit_line`), or None where no metric scored edits."""
 
     node: Node
-    rows: list[dict[str, Any]]
+    rows: list[Row]
     seconds: float
     computed: bool = True
-    per_edit: list[dict[str, Any] | None] = field(default_factory=list)
+    per_edit: list[PerEditLine | None] = field(default_factory=list)
 
-    def rows_with_scores(self) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+    def rows_with_scores(self) -> Iterator[tuple[Row, PerEditLine | None]]:
         """Each row with its per-edit line (None where it has none)."""
         return zip(self.rows, self.per_edit or [None] * len(self.rows), strict=True)
 
 
 def _scalar_details(details: Mapping[str, Any]) -> dict[str, Any]:
     return {k: x for k, x in details.items() if isinstance(x, int | float | str | bool) or x is None}
-
-
-def _run_step_fields(step: Intervention | None, again: bool) -> dict[str, Any]:
-    """The step columns of a ``run`` row: the step, its own strength at the top level."""
-    if step is None:
-        return {"step": None, "strength": None, "strength_field": None, "strength_normalized": None}
-    knob = step.strength
-    value = step.strength_value
-    fields: dict[str, Any] = {
-        "step": {"name": step.name, "kind": step.kind, "config": config_to_dict(step.config)},
-        "strength": value,
-        "strength_field": knob.field if knob else None,
-        "strength_normalized": knob.normalize(value) if knob and value is not None else None,
-    }
-    if again:
-        fields["step"]["recompress"] = True
-    return fields
-
-
-def _sweep_step_fields(step: Intervention | None, again: bool) -> dict[str, Any] | None:
-    """The ``step`` column of a sweep row: the step with its own strength (the row's
-    ``strength`` is the cell's varied value)."""
-    if step is None:
-        return None
-    knob = step.strength
-    fields = {
-        "name": step.name,
-        "kind": step.kind,
-        "config": config_to_dict(step.config),
-        "strength": step.strength_value,
-        "strength_field": knob.field if knob else None,
-    }
-    if again:
-        fields["recompress"] = True
-    return fields
 
 
 @contextmanager
@@ -673,7 +627,7 @@ class Executor:
         details: dict[str, Any],
         again: bool,
         warnings: list[str],
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any] | None]]:
+    ) -> tuple[list[Row], list[PerEditLine | None]]:
         """The rows of ``node``'s pending cells and, beside each, its per-edit line."""
         if not shown:
             where = "on the base model"
@@ -697,10 +651,9 @@ class Executor:
                 values, scores[g] = measured.values, measured.per_edit
                 self.evaluations += 1
             values["eval_s"] = shared.get("eval_s", 0.0) + values.get("eval_s", 0.0)
-            if self.plan.style == "sweep":
-                tk = self._topk(g)
-                if tk is not None:
-                    values["topk"] = tk
+            tk = self._topk(g)
+            if tk is not None:
+                values["topk"] = tk
             per_group[g] = values
         last = shown[-1] if shown else None
         shared = {k: x for k, x in shared.items() if k != "eval_s"}
@@ -713,11 +666,28 @@ class Executor:
                 values["nonfinite"] = flags
             if warnings:
                 values["warnings"] = list(warnings)
-            rows.append(self._row(cell, node, last, again, elapsed, _scalar_details(details), values))
+            rows.append(
+                make_row(
+                    cell,
+                    node.depth,
+                    last,
+                    again,
+                    run_id=self.plan.run_id,
+                    model=self.lm.name,
+                    base_format=self.base_format,
+                    policy=self.plan.policy,
+                    elapsed=elapsed,
+                    details=_scalar_details(details),
+                    values=values,
+                    shared_by_cells=len(node.cells),
+                    edit_ids=[e.case_id for e in self.batch(cell.group)],
+                    notes=self.ctx.notes,
+                )
+            )
             per_edit.append(self.per_edit_line(cell, node, scores[cell.group]) if scores.get(cell.group) else None)
         return rows, per_edit
 
-    def per_edit_line(self, cell: Cell, node: Node, scores: Mapping[str, list[float | None]]) -> dict[str, Any]:
+    def per_edit_line(self, cell: Cell, node: Node, scores: Mapping[str, list[float | None]]) -> PerEditLine:
         """The per_edit.jsonl line of ``cell``'s row at ``node``: keyed as the row is (run id,
         cell, position), with its dataset, replicate and the case id of each edit; edit i is
         (i, ``case_ids[i]``), and ``scores[key][i]`` is its score."""
@@ -729,59 +699,6 @@ class Executor:
             "replicate": cell.replicate,
             "case_ids": [e.case_id for e in self.batch(cell.group)],
             "scores": dict(scores),
-        }
-
-    def _row(
-        self,
-        cell: Cell,
-        node: Node,
-        step: Intervention | None,
-        again: bool,
-        elapsed: float,
-        details: dict[str, Any],
-        values: dict[str, Any],
-    ) -> dict[str, Any]:
-        plan = self.plan
-        if plan.style == "run":
-            return {
-                "run_id": plan.run_id,
-                "model": self.lm.name,
-                "base_format": self.base_format,
-                "order": list(cell.names),
-                "replicate": cell.replicate,
-                "policy": plan.policy,
-                "position": node.depth,
-                **_run_step_fields(step, again),
-                "elapsed_s": elapsed,
-                "step_details": details,
-                **values,
-                "notes": list(self.ctx.notes),
-                "timestamp": time.time(),
-            }
-        return {
-            "run_id": plan.run_id,
-            "sweep": True,
-            "cell": cell.id,
-            **cell.labels,
-            "model": self.lm.name,
-            "base_format": self.base_format,
-            "order": list(cell.names),
-            "replicate": cell.replicate,
-            "policy": plan.policy,
-            "position": node.depth,
-            "last_position": len(cell.actions),
-            "vary": cell.vary_label,
-            "strength": cell.value,
-            "strength_field": cell.vary_field,
-            "strength_normalized": cell.strength_normalized,
-            "step": _sweep_step_fields(step, again),
-            "elapsed_s": elapsed,
-            "shared_by_cells": len(node.cells),
-            "step_details": details,
-            **values,
-            "edit_ids": [e.case_id for e in self.batch(cell.group)][:50],
-            "notes": list(self.ctx.notes),
-            "timestamp": time.time(),
         }
 
 

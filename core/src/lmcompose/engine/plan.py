@@ -81,7 +81,18 @@ def _product(counts: Iterable[int]) -> int:
 
 Group = tuple[str | None, int]  # (dataset, replicate); dataset None for runs and sweeps
 
-__all__ = ["Action", "Cell", "GridFactor", "Group", "Node", "Plan", "PlanCounts", "Task", "canonical_key"]
+__all__ = [
+    "Action",
+    "Cell",
+    "GridFactor",
+    "Group",
+    "Node",
+    "Plan",
+    "PlanCounts",
+    "PlannedStep",
+    "Task",
+    "canonical_key",
+]
 
 
 def canonical_key(name: str, config: Mapping[str, Any]) -> str:
@@ -118,6 +129,19 @@ class Action:
         """This action under ``variant`` (merged over its own; None values are dropped)."""
         merged = {**dict(self.variant), **variant}
         return replace(self, variant=tuple(sorted((k, v) for k, v in merged.items() if v is not None)))
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """One step of a sequence as a plan needs it: its name, the fields it sets (``overrides``),
+    its kind, its canonical identity (``key``, :func:`canonical_key`) and whether the
+    ``recompress`` policy re-runs it (:meth:`lmcompose.Intervention.reruns_on_recompress`)."""
+
+    name: str
+    overrides: Mapping[str, Any]
+    kind: str
+    key: str
+    reruns_on_recompress: bool
 
 
 @dataclass(eq=False)
@@ -208,12 +232,10 @@ class Task:
 
 
 class Plan:
-    """The cells of a run, sweep or study and their prefix tree.
+    """The cells of a run, sweep or study and their prefix tree (the shape of each cell's
+    rows is the row schema's, :func:`lmcompose.engine.schema.make_row`)."""
 
-    ``style`` (``run`` or ``sweep``) selects the row layout; studies use ``sweep`` rows
-    with their labels."""
-
-    def __init__(self, cells: Sequence[Cell], *, run_id: str, policy: str, style: str = "sweep"):
+    def __init__(self, cells: Sequence[Cell], *, run_id: str, policy: str):
         ids = [c.id for c in cells]
         if len(set(ids)) != len(ids):
             dup = next(i for i, n in Counter(ids).items() if n > 1)
@@ -221,31 +243,17 @@ class Plan:
         self.cells = list(cells)
         self.run_id = run_id
         self.policy = policy
-        self.style = style
         self.root = _build_tree(self.cells)
         self._nodes = {n.id: n for n in self.root.walk()}
 
     # -- building --------------------------------------------------------------------
     @staticmethod
-    def actions(
-        order: Sequence[int],
-        names: Sequence[str],
-        overrides: Sequence[Mapping[str, Any]],
-        kinds: Sequence[str],
-        keys: Sequence[str],
-        has_project: Sequence[bool],
-        policy: str,
-    ) -> tuple[Action, ...]:
-        """A cell's actions: the steps in ``order`` (indices into the sequence), then the
-        re-runs the policy asks for."""
-        acts = [Action(names[i], overrides[i], kinds[i], keys[i], i) for i in order]
-        again = rerun_after([kinds[i] for i in order], [has_project[i] for i in order], policy)
-        return tuple(
-            [
-                *acts,
-                *(Action(a.name, a.overrides, a.kind, a.key, a.index, again=True) for a in (acts[j] for j in again)),
-            ]
-        )
+    def actions(order: Sequence[int], steps: Sequence[PlannedStep], policy: str) -> tuple[Action, ...]:
+        """A cell's actions: the ``steps`` of its sequence in ``order`` (indices into
+        ``steps``), then the re-runs the policy asks for."""
+        acts = [Action(steps[i].name, steps[i].overrides, steps[i].kind, steps[i].key, i) for i in order]
+        again = rerun_after([steps[i].kind for i in order], [steps[i].reruns_on_recompress for i in order], policy)
+        return (*acts, *(replace(acts[j], again=True) for j in again))
 
     # -- resume ----------------------------------------------------------------------
     def mark_needed(

@@ -112,6 +112,7 @@ __all__ = [
     "RunFolder",
     "RunInfo",
     "describe_changes",
+    "edit_digests",
     "edits_digest",
     "row_cell_id",
     "run_inputs",
@@ -151,6 +152,17 @@ def edits_digest(batch: Sequence[Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def edit_digests(batches: Mapping[Any, Sequence[Any]]) -> dict[str, str]:
+    """Each group's (dataset, replicate) batch of edit requests by its :func:`edits_digest`,
+    labelled ``r0`` (a run or sweep) or ``counterfact/r0`` (a study), in order."""
+
+    def label(group: Any) -> str:
+        return ("" if group[0] is None else f"{group[0]}/") + f"r{group[1]}"
+
+    ordered = sorted(batches.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
+    return {label(g): edits_digest(b) for g, b in ordered}
+
+
 def run_inputs(
     lm: LM,
     edits: Mapping[Any, Sequence[Any]],
@@ -163,20 +175,12 @@ def run_inputs(
     them changed (:meth:`RunFolder.write_config` compares them)."""
     from lmcompose.data import corpus_identity
 
-    def label(group: Any) -> str:
-        return ("" if group[0] is None else f"{group[0]}/") + f"r{group[1]}"
-
-    def digests(batches: Mapping[Any, Sequence[Any]]) -> dict[str, str]:
-        return {
-            label(g): edits_digest(b) for g, b in sorted(batches.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
-        }
-
     revision = {"model_revision": lm.revision} if getattr(lm, "revision", None) else {}
-    controls = {"unedited": digests(unedited)} if unedited else {}
+    controls = {"unedited": edit_digests(unedited)} if unedited else {}
     return {
         **revision,
         "model_fingerprint": lm.fingerprint(),
-        "edits": digests(edits),
+        "edits": edit_digests(edits),
         **controls,
         "corpora": corpus_identity(ctx),
         "versions": versions(),

@@ -782,10 +782,10 @@ def _plain_greedy(generation_config: Any) -> bool:
 class _HeadAbove:
     """The decoder (embeddings, layers, final norm, OPT's project_out) and, apart, the LM head
     with gemma's final-logit softcapping: the head runs only on the hidden states given
-    (as :class:`lmcompose.editing.forward.Tail` does above a layer)."""
+    (as :class:`lmcompose.editing._forward.Tail` does above a layer)."""
 
     def __init__(self, lm: LM):
-        from lmcompose.editing.forward import _cache_argument
+        from lmcompose.editing._forward import _cache_argument
         from lmcompose.models.arch import get_path
 
         self.lm = lm

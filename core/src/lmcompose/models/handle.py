@@ -30,6 +30,16 @@ class LayerCompression:
     keep_mask: torch.Tensor | None = None
     quant: QuantGrid | None = None
 
+    def clone(self) -> LayerCompression:
+        """A copy that shares no tensor with this one (a snapshot a later step cannot change)."""
+        quant = self.quant
+        return LayerCompression(
+            None if self.keep_mask is None else self.keep_mask.clone(),
+            None
+            if quant is None
+            else QuantGrid(quant.bits, quant.group_size, quant.symmetric, quant.scale.clone(), quant.zero.clone()),
+        )
+
 
 @dataclass
 class LM:
@@ -180,18 +190,7 @@ class LM:
         else:
             # on the CPU whatever the model's device: a GPU holds the model, not its snapshots
             weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        comp = {
-            k: LayerCompression(
-                None if v.keep_mask is None else v.keep_mask.clone(),
-                None
-                if v.quant is None
-                else QuantGrid(
-                    v.quant.bits, v.quant.group_size, v.quant.symmetric, v.quant.scale.clone(), v.quant.zero.clone()
-                ),
-            )
-            for k, v in self.compression.items()
-        }
-        return {"weights": weights, "compression": comp}
+        return {"weights": weights, "compression": {k: v.clone() for k, v in self.compression.items()}}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         if self.offloaded:

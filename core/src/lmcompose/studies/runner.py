@@ -1,8 +1,9 @@
 """Running a study: on this machine, on a Ray cluster, or as one shard of N; merging shards.
 
-All three write through one :class:`~lmcompose.engine.RunFolder` (results.jsonl, config.yaml,
-a lock) and walk one plan (:meth:`Study.plan`), so a study resumes exactly after a kill
-whichever way it ran, and a merge of shard folders is the study a single run would write.
+A study turns its file into one plan (:meth:`Study.plan`) and hands it to the driver
+(:func:`lmcompose.engine.driver.execute`), as a run and a sweep do: one run folder writes its
+rows whichever way it ran, so a study resumes exactly after a kill, and a merge of shard
+folders (of a study or a sweep) is what a single run would write.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context, EditRecord, Metric, Progress
 from lmcompose.composability import row_numbers
-from lmcompose.engine.plan import MAX_CELLS, Group, Plan, PlanCounts
-from lmcompose.engine.progress import ProgressEvent, StateProgress
-from lmcompose.engine.ray_executor import TaskFailure, check_task_resources
+from lmcompose.engine.driver import EXECUTORS, Loaded, RayOptions, check_executor, execute, missing_cells, parse_shard
+from lmcompose.engine.plan import Group, Plan, PlanCounts
+from lmcompose.engine.progress import ProgressEvent
+from lmcompose.engine.ray_executor import TaskFailure
 from lmcompose.engine.run_folder import NUMERICS_KEY, RunFolder, describe_changes, row_cell_id
-from lmcompose.engine.saving import SaveTargets
 from lmcompose.engine.threads import check_threads
 from lmcompose.errors import ConfigError, DataError, UsageError, describe_value
 from lmcompose.studies.spec import Study, folder_slug, load_study
@@ -28,30 +29,7 @@ from lmcompose.studies.spec import Study, folder_slug, load_study
 if TYPE_CHECKING:
     from lmcompose.models.handle import LM
 
-EXECUTORS = ("local", "ray")
-
 __all__ = ["EXECUTORS", "StudyResult", "StudyWork", "merge_studies", "parse_shard", "run_study"]
-
-
-def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
-    """``"I/N"`` or ``(I, N)`` (1-based: shard 1/2 and 2/2 together are the study) as (I, N),
-    checked: 1 <= I <= N, and N no more than the cells a plan holds."""
-    if text is None:
-        return None
-    if isinstance(text, tuple | list):
-        if len(text) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in text):
-            raise UsageError(f"--shard {text!r}: give I/N, e.g. '1/4' or (1, 4) (the first of four shards)")
-        i, n = text
-    else:
-        left, slash, right = str(text).partition("/")
-        if not slash or not left.strip().isdigit() or not right.strip().isdigit():
-            raise UsageError(f"--shard {text!r}: write I/N, e.g. 1/4 (the first of four shards)")
-        i, n = int(left), int(right)
-    if not 1 <= n <= MAX_CELLS:
-        raise UsageError(f"--shard {text!r}: N must be from 1 to {MAX_CELLS:,}, the most cells a plan holds (got {n})")
-    if not 1 <= i <= n:
-        raise UsageError(f"--shard {text!r}: I must be between 1 and N (got {i} of {n})")
-    return i, n
 
 
 @dataclass
@@ -169,12 +147,6 @@ def default_out(study: Study) -> Path:
     return Path("runs") / f"study-{folder_slug(study.name)}-{study.id}"
 
 
-def _missing(plan: Plan, done: set[tuple[str, int]], only: set[str] | None) -> list[str]:
-    return [
-        c.id for c in plan.cells if (only is None or c.id in only) and any((c.id, p) not in done for p in c.positions)
-    ]
-
-
 def run_study(
     study: Study | str | Path,
     *,
@@ -254,23 +226,9 @@ def run_study(
     shard_t = parse_shard(shard)
     if threads is not None:
         check_threads(threads)  # on every executor, before a cluster starts or a folder is written
-    cpus = cpus_per_task if cpus_per_task is not None else study.resources.get("cpus_per_task", 1.0)
-    gpus = gpus_per_task if gpus_per_task is not None else study.resources.get("gpus_per_task", 0.0)
-    check_task_resources(cpus, gpus)
-    if executor == "local" and (cpus_per_task is not None or gpus_per_task is not None or ray_address is not None):
-        raise UsageError("--cpus-per-task, --gpus-per-task and --ray-address are for --executor ray")
-    if executor == "ray":
-        from lmcompose.engine.ray_executor import check_address, check_ray
-
-        check_ray()  # before anything is written
-        if ray_address:
-            check_address(ray_address)
+    cpus, gpus = check_executor(executor, ray_address, cpus_per_task, gpus_per_task, study.device, study.resources)
     study.check_inputs(model=False)  # the datasets' sources, the corpora: as `validate` does
-    if gpus > 0 and not str(study.device).startswith("cuda"):
-        raise UsageError(
-            f"--gpus-per-task {gpus:g} asks for GPUs but the study runs on device {study.device!r}; "
-            "set device: cuda (or --device cuda)"
-        )
+    metrics = study_metrics(study)
     numerics = None
     if executor == "local":
         from lmcompose.engine.numerics import record_numerics, run_threads
@@ -278,7 +236,7 @@ def run_study(
 
         resolve_device(study.device)  # before anything is written
         threads = run_threads(threads, deterministic, None)
-        numerics = record_numerics(threads, deterministic, study_metrics(study))  # checked before loading
+        numerics = record_numerics(threads, deterministic, metrics)  # checked before loading
     from lmcompose.corpora import check_corpora
 
     check_corpora(
@@ -288,9 +246,8 @@ def run_study(
     out_dir = Path(out) if out is not None else default_out(study)
     plan = study.plan()
     counts = study.counts(cells=plan.cells)
-    resolved = study.resolved()
     config = {
-        **resolved,
+        **study.resolved(),
         "study": study.data,
         "shard": f"{shard_t[0]}/{shard_t[1]}" if shard_t else None,
         "executor": executor,
@@ -302,8 +259,7 @@ def run_study(
 
         save = SaveTargets.for_study(plan, save_cells, out_dir / MODELS_FOLDER, extra={"model": study.model}, only=only)
     start = time.perf_counter()
-    extra = {"cells": len(plan.cells), "counts": {k: v.as_dict() for k, v in counts.items()}, "versions": versions()}
-    outcome = _Outcome()
+    record = {"cells": len(plan.cells), "counts": {k: v.as_dict() for k, v in counts.items()}, "versions": versions()}
     folder = RunFolder(out_dir, study.id, "study", config, numerics)
     # everything that can refuse is checked before the folder is written: the folder itself,
     # then the edits and (on this machine) the model; Ray's workers load them as the driver did
@@ -316,169 +272,46 @@ def run_study(
         check_topk_edit(study.topk_edit, edits)  # the edit the top-k record reads is in every batch
     _check_multi_hop_prompts(study, edits)
     study.check_model()
-    lm = None
+    loaded = None
     if executor == "local":
         from lmcompose.models.loading import load_model
 
         lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=progress)
-    with folder:
-        if save is not None:
-            save.clean_stale()
-        if executor == "local":
-            _run_local(
-                study, plan, folder, only, threads, deterministic, (ctx, edits, lm), on_progress, extra, outcome, save
-            )
-        else:
-            _run_ray(
-                study,
-                plan,
-                folder,
-                only,
-                ray_address,
-                cpus,
-                gpus,
-                threads,
-                deterministic,
-                on_progress,
-                extra,
-                outcome,
-                save,
-            )
-        missing = _missing(plan, folder.done(), only)
-        folder.status = "finished" if not missing else "incomplete"
+        loaded = Loaded(lm, ctx, edits, study_controls(study, ctx, edits, metrics))
+    work = StudyWork(study.data, study.name, study.device, study.data_dir)
+    outcome = execute(
+        plan,
+        folder,
+        metrics,
+        loaded,
+        ray=RayOptions(work, ray_address, cpus, gpus) if executor == "ray" else None,
+        threads=threads,
+        deterministic=deterministic,
+        snapshots=study.snapshots,
+        topk=study.topk,
+        topk_edit=study.topk_edit,
+        save=save,
+        only=only,
+        record=record,
+        on_progress=on_progress,
+        keep_rows=False,
+    )
     result = StudyResult(
         out_dir,
         study,
-        outcome.rows,
+        outcome.written,
         counts,
         outcome.executed,
         outcome.references,
         time.perf_counter() - start,
-        missing,
+        outcome.missing,
         outcome.failures,
     )
-    if report and not missing and shard_t is None:
-        from lmcompose.studies.report import write_study_report
+    if report and not outcome.missing and shard_t is None:
+        from lmcompose.reports.study import write_study_report
 
         result.report = write_study_report(out_dir, plots=plots)
     return result
-
-
-@dataclass
-class _Outcome:
-    rows: int = 0
-    executed: PlanCounts = field(default_factory=lambda: PlanCounts({}, 0))
-    references: int = 0
-    failures: list[TaskFailure] = field(default_factory=list)
-
-
-def _run_local(
-    study: Study,
-    plan: Plan,
-    folder: RunFolder,
-    only: set[str] | None,
-    threads: int | None,
-    deterministic: bool,
-    loaded: tuple[Context, dict[Group, list[EditRecord]], LM],
-    on_progress: Callable[[ProgressEvent], None] | None,
-    extra: dict[str, Any],
-    outcome: _Outcome,
-    save: SaveTargets | None = None,
-) -> None:
-    """This process: record the inputs of the ``loaded`` (context, edits, model), walk the
-    needed part of the plan."""
-    from lmcompose.engine.executor import Executor
-    from lmcompose.engine.numerics import numerics_for
-    from lmcompose.engine.run_folder import run_inputs
-
-    metrics = study_metrics(study)
-    ctx, edits, lm = loaded
-    with numerics_for(threads, deterministic, metrics) as numerics:
-        unedited = study_controls(study, ctx, edits, metrics)
-        inputs = run_inputs(lm, edits, ctx, unedited)
-        folder.write_config(
-            inputs=inputs,
-            numerics=numerics,
-            model_fingerprint=inputs["model_fingerprint"],
-            model_source=lm.source,
-            **extra,
-        )
-        if not plan.mark_needed(folder.done(), only, force=save.missing() if save is not None else None):
-            return
-        tracker = StateProgress(plan, on_progress)
-        snapshot_dir = None
-        if study.snapshots == "disk":
-            snapshot_dir = folder.path / ".snapshots"
-            snapshot_dir.mkdir(exist_ok=True)
-        ex = Executor(
-            plan,
-            lm,
-            ctx,
-            metrics,
-            edits,
-            snapshots=study.snapshots,
-            snapshot_dir=snapshot_dir,
-            topk=study.topk,
-            topk_edit=study.topk_edit,
-            save=save,
-            unedited=unedited,
-            references=folder.references(inputs["model_fingerprint"]),
-        )
-        for state in ex.run():
-            for row, per_edit in state.rows_with_scores():
-                folder.append(row, per_edit)
-            outcome.rows += len(state.rows)
-            tracker.update(state.node, state.seconds, len(state.rows))
-        outcome.executed, outcome.references = ex.counts, ex.references
-
-
-def _run_ray(
-    study: Study,
-    plan: Plan,
-    folder: RunFolder,
-    only: set[str] | None,
-    address: str | None,
-    cpus: float,
-    gpus: float,
-    threads: int | None,
-    deterministic: bool,
-    on_progress: Callable[[ProgressEvent], None] | None,
-    extra: dict[str, Any],
-    outcome: _Outcome,
-    save: SaveTargets | None = None,
-) -> None:
-    """Ray tasks: a probe reads the inputs and numerics on a worker, then the subtrees run as tasks."""
-    from lmcompose.engine.ray_executor import run_on_ray
-
-    trackers: list[StateProgress] = []
-
-    def write_config(inputs: dict[str, Any], numerics: dict[str, Any]) -> None:
-        folder.write_config(inputs=inputs, numerics=numerics, model_fingerprint=inputs["model_fingerprint"], **extra)
-
-    def on_state(node: Any, item: dict[str, Any]) -> None:
-        if not trackers:  # the plan is marked (done rows known) only once the probe has run
-            trackers.append(StateProgress(plan, on_progress))
-        outcome.rows += len(item["rows"])
-        trackers[0].update(node, item["seconds"], len(item["rows"]))
-
-    work = StudyWork(study.data, study.name, study.device, study.data_dir)
-    ray_outcome = run_on_ray(
-        work,
-        plan,
-        folder,
-        address=address,
-        cpus_per_task=cpus,
-        gpus_per_task=gpus,
-        threads=threads,
-        deterministic=deterministic,
-        only=only,
-        on_state=on_state,
-        write_config=write_config,
-        save=save,
-    )
-    outcome.failures = ray_outcome.failures
-    outcome.executed = PlanCounts(ray_outcome.states, ray_outcome.evaluations)
-    outcome.references = ray_outcome.references
 
 
 def _check_shard_counts(configs: Sequence[tuple[Path, Mapping[str, Any], Any]]) -> None:
@@ -495,14 +328,18 @@ def _check_shard_counts(configs: Sequence[tuple[Path, Mapping[str, Any], Any]]) 
         )
 
 
+#: the kinds of run folder a ``--shard I/N`` writes, and ``merge`` combines
+MERGEABLE = ("study", "sweep")
+
+
 def merge_studies(
     sources: Sequence[str | Path], out: str | Path, *, report: bool = True, plots: bool = True
 ) -> tuple[int, list[str], Any]:
-    """Combine the shard folders of one study into ``out`` (created, or resumed if it holds
-    the same study), each row with its per-edit scores. Refuses folders of different studies
-    or inputs, a results.jsonl with a line that cannot be read as a row (before anything is
-    merged), and rows that disagree. Returns (rows added, cells still missing, the report or
-    None)."""
+    """Combine the shard folders of one study or sweep into ``out`` (created, or resumed if
+    it holds the same one), each row with its per-edit scores. Refuses folders of different
+    studies or sweeps or inputs, a results.jsonl with a line that cannot be read as a row
+    (before anything is merged), and rows that disagree. Returns (rows added, cells still
+    missing, the report or None)."""
     from lmcompose.results import read_per_edit, read_rows_checked, read_yaml
 
     if (
@@ -521,12 +358,14 @@ def merge_studies(
         cfg = path / "config.yaml"
         if not cfg.exists():
             raise DataError(
-                f"{path} is not a run folder (no config.yaml): give the --out folders of `lmcompose study --shard`"
+                f"{path} is not a run folder (no config.yaml): give the --out folders of `lmcompose study --shard` "
+                "(or `lmcompose sweep --shard`)"
             )
         data = read_yaml(cfg)
-        if data.get("kind") != "study":
+        if data.get("kind") not in MERGEABLE:
             raise DataError(
-                f"{path} holds a {data.get('kind', 'run')!r}, not a study: merge combines shards of one study"
+                f"{path} holds a {data.get('kind', 'run')!r}, not a study or sweep: merge combines the shards of "
+                "one study or sweep"
             )
         rows, problems = read_rows_checked(path / "results.jsonl")
         if problems:
@@ -536,56 +375,73 @@ def merge_studies(
             )
         configs.append((path, data, rows))
     first_path, first, _ = configs[0]
+    kind = str(first["kind"])
     for path, data, _ in configs[1:]:
         if data.get("run_id") != first.get("run_id"):
             changes = describe_changes(first, data)
             raise UsageError(
-                f"{path} holds study {data.get('name')!r} (id {data.get('run_id')}) and {first_path} holds "
-                f"{first.get('name')!r} (id {first.get('run_id')}): merge combines shards of one study"
+                f"{path} holds {data.get('kind')} {data.get('name', '')!r} (id {data.get('run_id')}) and {first_path} "
+                f"holds {first.get('name', '')!r} (id {first.get('run_id')}): merge combines shards of one {kind}"
                 + ("; they differ in " + "; ".join(changes) if changes else "")
             )
         changed = describe_changes(first.get("inputs") or {}, data.get("inputs") or {}, ignore=frozenset())
         if changed:
             raise UsageError(
                 f"{path} and {first_path} ran on different inputs ({'; '.join(changed)}): their rows cannot be one "
-                f"study"
+                f"{kind}"
             )
         _check_shard_numerics(first_path, first, path, data)
     _check_shard_counts(configs)
-    study = Study.from_mapping(_study_mapping(first), name=first.get("name"))
-    if study.id != first.get("run_id"):
-        raise DataError(f"{first_path}/config.yaml does not describe study {first.get('run_id')} (edited by hand?)")
+    plan = _recorded_plan(first_path, first)
     config = {k: v for k, v in first.items() if k not in {"run_id", "kind", "created", "shard", "inputs"}}
     config["merged_from"] = [str(p) for p, _, _ in configs]
-    folder = RunFolder(out, study.id, "study", config)
+    folder = RunFolder(out, plan.run_id, kind, config)
     added = 0
     with folder:
         folder.write_config(inputs=first.get("inputs"), numerics=first.get(NUMERICS_KEY))
         have = {(row_cell_id(r), int(r["position"])): r for r in folder.rows()}
         for path, _, rows in configs:
-            per_edit = read_per_edit(path, study.id)
+            per_edit = read_per_edit(path, plan.run_id)
             for row in rows:
-                if row.get("run_id") != study.id or "position" not in row:
+                if row.get("run_id") != plan.run_id or "position" not in row:
                     continue
                 key = (row_cell_id(row), int(row["position"]))
                 if key in have:
                     if row_numbers(have[key]) != row_numbers(row):
                         raise DataError(
                             f"{path}: cell {key[0]} position {key[1]} disagrees with another shard's row "
-                            "(the shards did not run the same study): nothing more was merged"
+                            f"(the shards did not run the same {kind}): nothing more was merged"
                         )
                     continue
                 folder.append(row, per_edit.get(key))
                 have[key] = row
                 added += 1
-        missing = _missing(study.plan(), set(have), None)
+        missing = missing_cells(plan, set(have))
         folder.status = "finished" if not missing else "incomplete"
     rep = None
     if report and not missing:
-        from lmcompose.studies.report import write_study_report
+        from lmcompose.reports import write_report
 
-        rep = write_study_report(out, plots=plots)
+        rep = write_report(out, plots=plots)
     return added, missing, rep
+
+
+def _recorded_plan(path: Path, config: Mapping[str, Any]) -> Plan:
+    """The plan of the study or sweep a config.yaml records, checked to have its run id."""
+    if config.get("kind") == "study":
+        study = Study.from_mapping(_study_mapping(config), name=config.get("name"))
+        if study.id != config.get("run_id"):
+            raise DataError(f"{path}/config.yaml does not describe study {config.get('run_id')} (edited by hand?)")
+        return study.plan()
+    from lmcompose.sweep import SweepSettings
+
+    fields = SweepSettings.__dataclass_fields__
+    settings = SweepSettings.from_mapping({k: v for k, v in config.items() if k in fields}, where=f"{path}/config.yaml")
+    inputs = config.get("inputs") or {}
+    run_id = settings.run_id(digests=inputs.get("edits"))
+    if run_id != config.get("run_id"):
+        raise DataError(f"{path}/config.yaml does not describe sweep {config.get('run_id')} (edited by hand?)")
+    return Plan(settings.cells(), run_id=run_id, policy=settings.policy)
 
 
 def _check_shard_numerics(first_path: Path, first: Mapping[str, Any], path: Path, data: Mapping[str, Any]) -> None:

@@ -10,8 +10,6 @@ with the key path (``compressors[2].vary: unknown field 'sparsty' (did you mean
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -68,8 +66,6 @@ NOISE_KEYS = ("cells", "seeds", "threads")
 RESEED = ("none", "calibration")
 ROLES = ("editor", "compressor")
 STUDY_MARKERS = frozenset({"compressors", "editors", "datasets"})  # keys that make a YAML file a study file
-# keys that say where or how a study runs, not what it computes: not part of its id
-RUN_ONLY_KEYS = frozenset({"device", "snapshots", "resources"})
 #: a study's name is part of its folder's name (runs/study-NAME-ID): one path component
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
@@ -583,8 +579,9 @@ class Study:
 
     @property
     def id(self) -> str:
-        key = {k: v for k, v in self.resolved().items() if k not in RUN_ONLY_KEYS}
-        return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        from lmcompose.engine.driver import run_id
+
+        return run_id(self.resolved())  # without device, snapshots and resources: where it runs
 
     # -- data ------------------------------------------------------------------------
     def check_inputs(self, model: bool = True) -> None:

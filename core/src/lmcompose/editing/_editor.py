@@ -1,6 +1,6 @@
 """``LocateThenEdit``, the base intervention of locate-then-edit editors. Importing it needs
 no torch (the engine loads intervention classes to validate configs); the work is in
-``lmcompose.editing.locate`` and ``lmcompose.editing.vstar``, imported when a step runs."""
+``lmcompose.editing._locate`` and ``lmcompose.editing._vstar``, imported when a step runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
-from lmcompose.editing.config import EditHParams, check_layers_exist, select_edits
+from lmcompose.editing._config import EditHParams, check_layers_exist, select_edits
 
 if TYPE_CHECKING:
     import torch
@@ -67,8 +67,8 @@ class LocateThenEdit(Intervention):
 
     def apply(self, lm: LM, ctx: Context) -> StepReport:
         from lmcompose.data import calibration_windows
-        from lmcompose.editing.locate import iter_batches
-        from lmcompose.editing.vstar import context_templates, optimize_vstar
+        from lmcompose.editing._locate import iter_batches
+        from lmcompose.editing._vstar import context_templates, optimize_vstar
         from lmcompose.stats import second_moments
 
         c = self.config
@@ -170,7 +170,7 @@ class LocateThenEdit(Intervention):
         self, lm: LM, batch: Sequence[Any], targets: torch.Tensor, templates: Sequence[str], layers: Sequence[int]
     ) -> dict[str, float]:
         """Spread one batch's v* targets over ``layers`` with this method's ``solve``."""
-        from lmcompose.editing.locate import spread_residual
+        from lmcompose.editing._locate import spread_residual
 
         c = self.config
         return spread_residual(lm, batch, targets, templates, layers, self.solve, c.max_batch_tokens, c.compute_dtype)

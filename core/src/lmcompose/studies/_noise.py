@@ -25,7 +25,7 @@ from lmcompose.composability import (
     normalized_criterion,
 )
 from lmcompose.errors import DataError
-from lmcompose.report import Table
+from lmcompose.reports.tables import Table
 
 __all__ = ["NoiseFloor", "noise_floor_table", "noise_floors", "noise_sweeps"]
 

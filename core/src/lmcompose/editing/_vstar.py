@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lmcompose.api import EditRecord
-from lmcompose.editing.config import VStarSettings
-from lmcompose.editing.forward import Tail, compute_context, split_forward
-from lmcompose.editing.rows import pad_id, pad_right, prefix_groups, rewrite_rows, target_ids
+from lmcompose.editing._config import VStarSettings
+from lmcompose.editing._forward import Tail, compute_context, split_forward
+from lmcompose.editing._rows import pad_id, pad_right, prefix_groups, rewrite_rows, target_ids
 
 if TYPE_CHECKING:
     from lmcompose.models.handle import LM

@@ -1,7 +1,7 @@
 """The locate-then-edit core: what MEMIT, AlphaEdit and their kin share.
 
 An editor of this family, for each batch of edits: optimises every edit's target hidden
-state v* at the last edit layer (``lmcompose.editing.vstar``), computes each edit layer's
+state v* at the last edit layer (``lmcompose.editing._vstar``), computes each edit layer's
 keys (the MLP output projection's input at the subject's last token, averaged over the
 context templates), and spreads the residual v* − h over the edit layers, one layer at a
 time from the bottom, each layer taking 1/(layers left) of what is still missing. How a
@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lmcompose.editing.config import Preset
-from lmcompose.editing.forward import module_values_at
-from lmcompose.editing.rows import Row, key_rows, subject_last_index
+from lmcompose.editing._config import Preset
+from lmcompose.editing._forward import module_values_at
+from lmcompose.editing._rows import Row, key_rows, subject_last_index
 
 if TYPE_CHECKING:
     from lmcompose.models.handle import LM

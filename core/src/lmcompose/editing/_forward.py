@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lmcompose.calibration import StopForward, call_layer, layer_call_arguments
-from lmcompose.editing.rows import Row, length_groups, pad_id, pad_right
+from lmcompose.editing._rows import Row, length_groups, pad_id, pad_right
 from lmcompose.models.arch import decoder_layers, get_path
 
 if TYPE_CHECKING:
