@@ -400,7 +400,6 @@ def test_an_unlearner_without_forget_text_is_refused(files, tmp_path):
 
 def test_unset_file_fields_leave_a_config_identity_unchanged():
     from lmcompose.api import config_to_dict
-
     from lmcompose_unlearn.config import RMUConfig, UnlearnMetricsConfig
 
     new = {"forget_questions", "retain_questions", "forget_qa", "retain_qa", "forget_corpus", "retain_corpus"}
