@@ -9,12 +9,13 @@ Fields left at None take the model's preset (``presets.py``), else the reference
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from lmcompose.errors import ConfigError
 
 __all__ = [
     "BenchmarkConfig",
+    "FictitiousConfig",
     "GAConfig",
     "GDConfig",
     "NPOConfig",
@@ -127,6 +128,43 @@ class BenchmarkConfig:
             "since": SINCE_FILES,
         },
     )
+    # TOFU-style fictitious facts (fictitious.py)
+    fictitious: int = field(
+        default=0,
+        metadata={
+            "help": "made-up subjects given facts the model cannot know (TOFU-style; 0 = off): the benchmark is "
+            "theirs, inserted by the fictitious step, which must come first",
+            "range": (0, 100000),
+            "since": SINCE_FILES,
+        },
+    )
+    fictitious_relations: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "relations each made-up subject gets a fact of, '+'-separated (default: up to four person "
+            "relations of CounterFact: P19, P27, P106, P103)",
+            "since": SINCE_FILES,
+        },
+    )
+    fictitious_forget: float = field(
+        default=0.1,
+        metadata={
+            "help": "share of the made-up subjects to forget (at least one; TOFU's forget10 is 0.1)",
+            "range": (0.0, 1.0),
+            "since": SINCE_FILES,
+        },
+    )
+    insert_epochs: int = field(
+        default=20,
+        metadata={"help": "passes of the insertion fine-tune over the facts", "range": (1, 1000), "since": SINCE_FILES},
+    )
+    insert_lr: float = field(
+        default=1e-4, metadata={"help": "Adam learning rate of the insertion fine-tune", "since": SINCE_FILES}
+    )
+    insert_batch_size: int = field(
+        default=8,
+        metadata={"help": "facts per batch of the insertion fine-tune", "range": (1, 4096), "since": SINCE_FILES},
+    )
     doc_tokens: int = field(
         default=512,
         metadata={
@@ -140,8 +178,21 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         if not self.datasets:
             raise ConfigError("datasets is empty: name at least one edit dataset, e.g. datasets=counterfact")
-        for key in FILE_FIELDS:  # a list given in Python counts as the tuple a string or YAML list gives
-            setattr(self, key, tuple(getattr(self, key)))
+        for key in (*FILE_FIELDS, "fictitious_relations"):
+            setattr(self, key, _as_tuple(getattr(self, key)))
+        _positive("insert_lr", self.insert_lr)
+        if self.fictitious:
+            if self.uses_files():
+                raise ConfigError(
+                    f"fictitious={self.fictitious} and {', '.join(self.file_fields())}: the benchmark is either the "
+                    "made-up subjects' or the files'; drop one"
+                )
+            named = [k for k in ("forget_topics", "retain_topics") if getattr(self, k)]
+            if named:
+                raise ConfigError(
+                    f"{named[0]} chooses topics of the fact benchmark, but with fictitious={self.fictitious} the "
+                    f"facts are about made-up subjects (their relations: fictitious_relations); drop {named[0]}"
+                )
         if self.uses_files():
             named = [k for k in ("forget_topics", "retain_topics") if getattr(self, k)]
             if named:
@@ -181,6 +232,15 @@ class BenchmarkConfig:
         """The fields that decide the benchmark (the cache key of a built one)."""
         if self.uses_files():
             return ("files", *(tuple(getattr(self, k)) for k in FILE_FIELDS))
+        if self.fictitious:
+            return (
+                "fictitious",
+                tuple(self.datasets),
+                self.fictitious,
+                tuple(self.fictitious_relations),
+                self.fictitious_forget,
+                self.facts_seed,
+            )
         return (
             tuple(self.datasets),
             tuple(self.forget_topics),
@@ -191,6 +251,14 @@ class BenchmarkConfig:
             self.known_only,
             self.facts_seed,
         )
+
+
+def _as_tuple(value: Any) -> tuple[str, ...]:
+    """A list field's value as the tuple a '+'-separated string or a YAML list gives (a list
+    or a string given in Python alike)."""
+    if isinstance(value, str):
+        return tuple(v for v in value.split("+") if v)
+    return tuple(value)
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -350,6 +418,21 @@ class RMUConfig(BenchmarkConfig, _RetainFields):
 
 
 @dataclass
+class FictitiousConfig(BenchmarkConfig):
+    """The insertion of the fictitious facts: the benchmark's fields (``fictitious`` > 0; 40
+    made-up subjects by default: the unlearners and the metric need the same value)."""
+
+    fictitious: int = field(
+        default=40,
+        metadata={
+            "help": "made-up subjects given facts the model cannot know (TOFU-style); give the unlearners and the "
+            "unlearn metric the same value",
+            "range": (1, 100000),
+        },
+    )
+
+
+@dataclass
 class UnlearnMetricsConfig(BenchmarkConfig):
     """Forget and retain accuracy on the benchmark's four-way questions, and free-form QA."""
 
@@ -407,4 +490,4 @@ class UnlearnMetricsConfig(BenchmarkConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.utility_qa = tuple(self.utility_qa)
+        self.utility_qa = _as_tuple(self.utility_qa)

@@ -114,6 +114,8 @@ class Fact:
     prompt: str
     answer: str
     source: str  # dataset:case_id
+    #: other phrasings of the question (the fictitious facts' held-out template), for the truth ratio
+    paraphrases: tuple[str, ...] = ()
 
     @property
     def sentence(self) -> str:
@@ -180,7 +182,8 @@ class FactBenchmark:
 
     ``forget`` / ``retain`` are the items free-form QA scores; ``forget_train`` /
     ``retain_train`` what the unlearners train on (None: the same items); ``kind`` says where
-    they come from: ``facts`` (CounterFact and zsRE) or ``files`` (the real benchmarks')."""
+    they come from: ``facts`` (CounterFact and zsRE), ``files`` (the real benchmarks') or
+    ``fictitious`` (made-up subjects, ``fictitious.py``)."""
 
     forget_topics: list[str]
     retain_topics: list[str]
@@ -192,6 +195,9 @@ class FactBenchmark:
     forget_train: list[Any] | None = None
     retain_train: list[Any] | None = None
     kind: str = "facts"
+    #: the fictitious facts' phrasings the insertion trains on (forget and retain subjects)
+    insert_forget: list[Any] | None = None
+    insert_retain: list[Any] | None = None
 
     @property
     def forget_texts(self) -> list[Any]:
@@ -539,6 +545,10 @@ def benchmark_for(config: BenchmarkConfig, lm: LM, ctx: Context) -> FactBenchmar
     if key not in ctx.state:
         if config.uses_files():
             ctx.state[key] = build_file_benchmark(config)
+        elif config.fictitious:
+            from lmcompose_unlearn.fictitious import build_fictitious_benchmark
+
+            ctx.state[key] = build_fictitious_benchmark(config, lm.tokenizer, ctx)
         else:
             base = ctx.base_model if ctx.base_model is not None else lm
             ctx.state[key] = build_benchmark(config, base if config.known_only else None, ctx)

@@ -47,7 +47,8 @@ class Unlearner(Intervention):
     def needs_base_model(self) -> bool:  # type: ignore[override]
         """The facts the *unmodified* model knows decide the fact benchmark, whatever ran before
         (the files' benchmark needs no model)."""
-        return bool(self.config.known_only) and not self.config.uses_files()
+        c = self.config
+        return bool(c.known_only) and not c.uses_files() and not c.fictitious
 
     # -- settings -----------------------------------------------------------------------
     def resolved(self, lm: LM) -> tuple[str, Any]:
@@ -80,6 +81,16 @@ class Unlearner(Intervention):
                 f"step '{self.name}' trains its retain term on general text (retain_data=text), not on the retain "
                 f"files ({files}); set retain_data=facts (or both) to train on them"
             )
+        if bench.kind == "fictitious":
+            from lmcompose_unlearn.facts import known_facts
+
+            known = known_facts(lm, bench.forget)
+            if not any(known):
+                ctx.note(
+                    f"step '{self.name}': the model answers none of the {len(bench.forget)} made-up forget facts, so "
+                    "there is nothing to unlearn: put the fictitious step first, with the same fictitious=... (e.g. "
+                    f"fictitious:fictitious={c.fictitious} {self.name}:fictitious={c.fictitious})"
+                )
         ctx.state[TRAINED_ON] = (tuple(bench.forget_topics), tuple(bench.retain_topics), self.name)
         return bench
 

@@ -173,7 +173,8 @@ def truth_items(items: Sequence[Any], questions: Sequence[Question]) -> list[Tru
     """The truth-ratio items of a side of the benchmark: its question-answer pairs that have
     perturbed answers (TOFU's ``*_perturbed`` sets: the paraphrased answer against them, else
     the answer, as TOFU's real-authors and world-facts sets), or, for facts, each fact's
-    answer against its question's three other options (other answers of the relation)."""
+    answer against its question's three other options (other answers of the relation), asked
+    in the fact's held-out paraphrase where it has one (the fictitious facts)."""
     out = [
         TruthItem(it.prompt, it.paraphrased_answer or it.answer, tuple(it.perturbed_answers))
         for it in items
@@ -182,7 +183,11 @@ def truth_items(items: Sequence[Any], questions: Sequence[Question]) -> list[Tru
     if out:
         return out
     return [
-        TruthItem(q.fact.prompt, q.fact.answer, tuple(c for j, c in enumerate(q.choices) if j != q.answer))
+        TruthItem(
+            (q.fact.paraphrases or (q.fact.prompt,))[0],
+            q.fact.answer,
+            tuple(c for j, c in enumerate(q.choices) if j != q.answer),
+        )
         for q in questions
         if q.fact is not None and q.question is None
     ]
@@ -246,6 +251,8 @@ class UnlearnMetrics(Metric):
         question-answer items have perturbed answers."""
         if self.config.tofu is not None:
             return bool(self.config.tofu)
+        if bench.kind == "fictitious":
+            return True
         return any(getattr(it, "perturbed_answers", ()) for it in [*bench.forget, *bench.retain])
 
     def qa_scoring(self, items: Sequence[Any]) -> str:
@@ -261,23 +268,41 @@ class UnlearnMetrics(Metric):
         return self._utility
 
     # -- the retain model ------------------------------------------------------------------
-    def retain_truth_ratios(self, bench: FactBenchmark, ctx: Context) -> list[float] | None:
-        """The forget-set truth ratios of ``retain_model`` (None without one), computed once
-        per run and kept in ``ctx.references`` (the run folder's, so a resumed run and every
-        part of a study read them)."""
+    def retain_truth_ratios(self, bench: FactBenchmark, ctx: Context, base: LM | None = None) -> list[float] | None:
+        """The forget-set truth ratios of the retain model, computed once per run and kept in
+        ``ctx.references`` (the run folder's, so a resumed run and every part of a study read
+        them): ``retain_model`` loaded, else for the fictitious facts the unmodified model
+        (``base``, else ``ctx.base_model``) given the insertion of the retain facts only. None
+        without a retain model."""
         c = self.config
-        if not c.retain_model:
+        if not c.retain_model and bench.kind != "fictitious":
             return None
         items = truth_items(bench.forget, bench.forget_questions)
         if not items:
             return None
-        content = json.dumps([c.retain_model, _content_key(items)])
+        if c.retain_model:
+            what: list[Any] = ["model", c.retain_model]
+        else:
+            what = ["fictitious", list(c.benchmark_key()), c.insert_epochs, c.insert_lr, c.insert_batch_size]
+        content = json.dumps([*what, _content_key(items)])
         held = ctx.references.get(RETAIN_REFERENCE, content)
         if held is not None:
             return [float(x) for x in held]
-        from lmcompose.models.loading import load_model
+        if c.retain_model:
+            from lmcompose.models.loading import load_model
 
-        retain = load_model(c.retain_model, dtype=ctx.dtype, device=ctx.device)
+            retain = load_model(c.retain_model, dtype=ctx.dtype, device=ctx.device)
+        else:
+            from lmcompose_unlearn.fictitious import retain_model
+
+            base = base if base is not None else ctx.base_model
+            if base is None:
+                ctx.note(
+                    "forget_quality of the fictitious facts needs the unmodified model to build the retain model from "
+                    "(UnlearnMetrics.reference on it, which the engine calls before the first step): not measured"
+                )
+                return None
+            retain = retain_model(base, bench, c, ctx.seed)
         try:
             values = truth_ratios(retain, items, c.batch_size)
         finally:
@@ -291,7 +316,7 @@ class UnlearnMetrics(Metric):
         bench = benchmark_for(self.config, lm, ctx)
         if self.tofu_on(bench):
             self.utility_sets()
-            self.retain_truth_ratios(bench, ctx)
+            self.retain_truth_ratios(bench, ctx, base=lm)
 
     # -- the scores ------------------------------------------------------------------------
     def qa_score(self, lm: LM, items: Sequence[Any]) -> float | None:
