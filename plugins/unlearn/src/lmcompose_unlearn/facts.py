@@ -22,6 +22,9 @@ facts from the edit datasets (CounterFact, zsRE):
   sentences ("prompt answer.") are the corpora the unlearners train on.
 
 Everything is deterministic from ``facts_seed`` (Python's ``random`` seeded by strings).
+
+The real benchmarks' files (``sources.py``) and the fictitious facts (``fictitious.py``)
+replace these facts when their fields are given (:func:`benchmark_for`).
 """
 
 from __future__ import annotations

@@ -1,15 +1,24 @@
-"""The ``unlearn`` metric: forget and retain accuracy on the fact-unlearning benchmark's
-four-way questions (WMDP's format, chance 0.25), and free-form QA accuracy.
+"""The ``unlearn`` metric: forget and retain accuracy on the benchmark's four-way questions
+(WMDP's format, chance 0.25), free-form QA, and TOFU's truth ratios, forget quality and
+model utility.
 
-* ``forget_accuracy`` — share of the forget topics' questions whose answer letter is the
-  most likely of `` A`` .. `` D`` after ``Answer:`` (lower is better: the unlearned
-  knowledge is gone at 0.25, chance);
-* ``retain_accuracy`` — the same on the retain topics (higher is better: the MMLU role);
-* ``forget_qa`` / ``retain_qa`` — share of the facts whose answer the model still produces
-  greedily after the prompt (every answer token its argmax); with ``known_only`` both are 1
-  on the unmodified model by construction.
+* ``forget_accuracy`` — share of the forget questions whose answer letter is the most likely
+  of `` A`` .. `` D`` after ``Answer:`` (lower is better: the unlearned knowledge is gone at
+  0.25, chance);
+* ``retain_accuracy`` — the same on the retain questions (higher is better: the MMLU role);
+* ``forget_qa`` / ``retain_qa`` — free-form QA: the share of the facts whose answer the model
+  still produces greedily after the prompt (every answer token its argmax; with
+  ``known_only`` both are 1 on the unmodified model by construction), or, for question-answer
+  files, the mean ROUGE-L recall of the greedy answer (TOFU's; ``qa_scoring``);
+* ``forget_truth_ratio``, ``retain_truth_ratio``, ``forget_quality``, ``model_utility`` —
+  TOFU's (``scores.py``), where the benchmark has perturbed answers (``tofu``): the truth
+  ratio R per question, reported as mean min(R, 1/R) on the forget set and mean
+  max(0, 1 − R) on the retain set; the KS-test p-value of the forget truth ratios against a
+  retain model's (``retain_model``, or the fictitious facts' own), computed once per run
+  and kept in ``ctx.references``; the harmonic mean of the retain set's (and the
+  ``utility_qa`` files') probability, ROUGE-L recall and truth ratio.
 
-``scoring=cloze`` scores each option's text after the fact's prompt instead of the letters
+``scoring=cloze`` scores each option's text after the question instead of the letters
 (lm-eval's ``acc``: summed log-likelihood), as small models are scored on MMLU.
 """
 
