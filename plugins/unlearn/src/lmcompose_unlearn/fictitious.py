@@ -118,6 +118,11 @@ def _relations(config: BenchmarkConfig, topics: dict[str, Topic]) -> list[str]:
                     f"relations such as {', '.join(sorted(eligible)[:8])}"
                 )
             make_questions([], topics[r], config.facts_seed)  # fewer than four answers: one message
+            if not relation_templates(topics[r]):
+                raise ConfigError(
+                    f"fictitious_relations: {r!r} has no prompt that names its subject, so no template to give a "
+                    "made-up subject the fact in; name another relation"
+                )
         return list(config.fictitious_relations)
     chosen = [r for r in PERSON_RELATIONS if r in eligible][:DEFAULT_RELATIONS]
     if not chosen:
