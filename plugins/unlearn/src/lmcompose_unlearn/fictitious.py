@@ -151,10 +151,11 @@ def build_fictitious_benchmark(config: BenchmarkConfig, tokenizer: Any, ctx: Con
     facts: dict[str, list[Fact]] = {"forget": [], "retain": []}
     inserted: dict[str, list[Fact]] = {"forget": [], "retain": []}
     pools = {r: Topic(r, topics[r].label, list(topics[r].facts)) for r in relations}
+    phrasings = {r: relation_templates(topics[r]) for r in relations}
     for i, name in enumerate(names):
         side = "forget" if i < n_forget else "retain"
         for r in relations:
-            templates = relation_templates(topics[r])
+            templates = phrasings[r]
             answer = rng.choice(pools[r].answers)
             held_out = templates[1:2]
             fact = Fact(
