@@ -12,7 +12,7 @@ from conftest import write_facts
 from lmcompose.api import Context
 from lmcompose.models.tiny import tiny_model
 from lmcompose_unlearn.facts import benchmark_for
-from lmcompose_unlearn.metric import RETAIN_REFERENCE, UnlearnMetrics, greedy_answers, truth_items
+from lmcompose_unlearn.metric import RETAIN_REFERENCE, UnlearnMetrics, greedy_answers, rouge_recalls, truth_items
 from lmcompose_unlearn.scores import (
     forget_quality,
     forget_truth_ratio,
@@ -187,3 +187,11 @@ def test_tofu_metrics_on_the_fact_benchmark_when_asked(tmp_path):
         rs.append(math.exp(para - sum(answer_nll(lm, it.prompt, p) for p in it.perturbed) / 3))
     assert values["forget_truth_ratio"] == pytest.approx(forget_truth_ratio(rs), rel=1e-4)
     assert 0.0 <= values["model_utility"] <= 1.0 and values["forget_quality"] is None
+    # a fact's greedy answer for ROUGE-L is clipped to the answer's token length
+    tok = lm.tokenizer
+    f = bench.retain[0]
+    n = len(tok(" " + f.answer, add_special_tokens=False).input_ids)
+    with torch.no_grad():
+        out = lm.model.generate(torch.tensor([tok(f.prompt).input_ids]), max_new_tokens=n, do_sample=False)
+    text = tok.decode(out[0, len(tok(f.prompt).input_ids) :], skip_special_tokens=True)
+    assert rouge_recalls(lm, [f], 64, 4) == [pytest.approx(rouge_l_recall(f.answer, text))]

@@ -163,9 +163,31 @@ def greedy_answers(lm: LM, prompts: Sequence[str], max_new_tokens: int, batch_si
 
 
 def rouge_recalls(lm: LM, items: Sequence[Any], max_new_tokens: int, batch_size: int) -> list[float]:
-    """ROUGE-L recall of each item's greedy answer against its answer (TOFU's ``rougeL_recall``)."""
-    gens = greedy_answers(lm, [it.prompt for it in items], max_new_tokens, batch_size)
-    return [rouge_l_recall(it.answer, g) for it, g in zip(items, gens, strict=True)]
+    """ROUGE-L recall of each item's greedy answer against its answer (TOFU's ``rougeL_recall``).
+    A question-answer pair's answer is generated up to its first newline or ``max_new_tokens``;
+    a fact's is clipped to its answer's token length (as the edit metrics clip theirs), so a
+    one-word answer is not found anywhere in a long continuation."""
+    from lmcompose.metrics.edits import Scorer
+
+    qa = [j for j, it in enumerate(items) if isinstance(it, QAItem)]
+    facts = [j for j, it in enumerate(items) if not isinstance(it, QAItem)]
+    gens: dict[int, str] = {}
+    for j, g in zip(qa, greedy_answers(lm, [items[j].prompt for j in qa], max_new_tokens, batch_size), strict=True):
+        gens[j] = g
+    if facts:
+        sc = Scorer(lm, batch_size)
+        lengths = [len(sc.encode(items[j].prompt, items[j].answer)[1]) for j in facts]
+        with _no_grad():
+            ids = sc.generate([items[j].prompt for j in facts], lengths)
+        for j, row in zip(facts, ids, strict=True):
+            gens[j] = lm.tokenizer.decode(row, skip_special_tokens=True)
+    return [rouge_l_recall(it.answer, gens[j]) for j, it in enumerate(items)]
+
+
+def _no_grad() -> Any:
+    import torch
+
+    return torch.no_grad()
 
 
 @dataclass(frozen=True)
