@@ -9,12 +9,13 @@ Fields left at None take the model's preset (``presets.py``), else the reference
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from lmcompose.errors import ConfigError
 
 __all__ = [
     "BenchmarkConfig",
+    "FictitiousConfig",
     "GAConfig",
     "GDConfig",
     "NPOConfig",
@@ -22,6 +23,13 @@ __all__ = [
     "TrainConfig",
     "UnlearnMetricsConfig",
 ]
+
+
+#: the plugin version that added the real benchmarks' file fields (left out of a config's
+#: identity while unset, so runs recorded before keep their ids)
+SINCE_FILES = "0.2.0"
+#: the fields that name the real benchmarks' files
+FILE_FIELDS = ("forget_questions", "retain_questions", "forget_qa", "retain_qa", "forget_corpus", "retain_corpus")
 
 
 @dataclass
@@ -71,10 +79,135 @@ class BenchmarkConfig:
     facts_seed: int = field(
         default=0, metadata={"help": "seed of the fact samples and of the answer options", "range": (0, 2**31 - 1)}
     )
+    # the real benchmarks' files (sources.py): any of them makes the benchmark the files'
+    forget_questions: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "four-way question files scored for forget accuracy (WMDP's: question, choices, answer), "
+            "'+'-separated, each a path (.parquet, .json, .jsonl) or hub:ID[:CONFIG][@SPLIT] from the datasets "
+            "cache, e.g. hub:cais/wmdp:wmdp-bio@test",
+            "since": SINCE_FILES,
+        },
+    )
+    retain_questions: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "four-way question files scored for retain accuracy (e.g. MMLU, hub:cais/mmlu:all@test)",
+            "since": SINCE_FILES,
+        },
+    )
+    forget_qa: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "question-answer files to forget (TOFU's forget01/05/10 or *_perturbed, MUSE's knowmem "
+            "forget_qa): trained on as 'Question: ...\\nAnswer: ...' and scored as forget_qa",
+            "since": SINCE_FILES,
+        },
+    )
+    retain_qa: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "question-answer files to keep (TOFU's retain90/95/99 or retain_perturbed, MUSE's retain_qa): the "
+            "retain term's texts (retain_data=facts) and retain_qa",
+            "since": SINCE_FILES,
+        },
+    )
+    forget_corpus: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "text corpora to forget (WMDP's bio-forget-corpus.jsonl, cyber-forget-corpus.jsonl; MUSE's raw "
+            "forget): records with text, or a .txt file; each file a topic (RMU: one control vector each)",
+            "since": SINCE_FILES,
+        },
+    )
+    retain_corpus: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "text corpora to keep (WMDP's *-retain-corpus, MUSE's raw retain1): the retain term's texts "
+            "with retain_data=facts",
+            "since": SINCE_FILES,
+        },
+    )
+    # TOFU-style fictitious facts (fictitious.py)
+    fictitious: int = field(
+        default=0,
+        metadata={
+            "help": "made-up subjects given facts the model cannot know (TOFU-style; 0 = off): the benchmark is "
+            "theirs, inserted by the fictitious step, which must come first",
+            "range": (0, 100000),
+            "since": SINCE_FILES,
+        },
+    )
+    fictitious_relations: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "relations each made-up subject gets a fact of, '+'-separated (default: up to four person "
+            "relations of CounterFact: P19, P27, P106, P103)",
+            "since": SINCE_FILES,
+        },
+    )
+    fictitious_forget: float = field(
+        default=0.1,
+        metadata={
+            "help": "share of the made-up subjects to forget (at least one; TOFU's forget10 is 0.1)",
+            "range": (0.0, 1.0),
+            "since": SINCE_FILES,
+        },
+    )
+    insert_epochs: int = field(
+        default=20,
+        metadata={"help": "passes of the insertion fine-tune over the facts", "range": (1, 1000), "since": SINCE_FILES},
+    )
+    insert_lr: float = field(
+        default=1e-4, metadata={"help": "Adam learning rate of the insertion fine-tune", "since": SINCE_FILES}
+    )
+    insert_batch_size: int = field(
+        default=8,
+        metadata={"help": "facts per batch of the insertion fine-tune", "range": (1, 4096), "since": SINCE_FILES},
+    )
+    doc_tokens: int = field(
+        default=512,
+        metadata={
+            "help": "tokens per training window of a corpus document (longer documents are cut into consecutive "
+            "windows; the WMDP code truncates at 512)",
+            "range": (8, 1 << 20),
+            "since": SINCE_FILES,
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.datasets:
             raise ConfigError("datasets is empty: name at least one edit dataset, e.g. datasets=counterfact")
+        for key in (*FILE_FIELDS, "fictitious_relations"):
+            setattr(self, key, _as_tuple(getattr(self, key)))
+        _positive("insert_lr", self.insert_lr)
+        if self.fictitious:
+            if self.uses_files():
+                raise ConfigError(
+                    f"fictitious={self.fictitious} and {', '.join(self.file_fields())}: the benchmark is either the "
+                    "made-up subjects' or the files'; drop one"
+                )
+            named = [k for k in ("forget_topics", "retain_topics") if getattr(self, k)]
+            if named:
+                raise ConfigError(
+                    f"{named[0]} chooses topics of the fact benchmark, but with fictitious={self.fictitious} the "
+                    f"facts are about made-up subjects (their relations: fictitious_relations); drop {named[0]}"
+                )
+        if self.uses_files():
+            named = [k for k in ("forget_topics", "retain_topics") if getattr(self, k)]
+            if named:
+                raise ConfigError(
+                    f"{named[0]} chooses topics of the fact benchmark, but the benchmark is the files' "
+                    f"({', '.join(self.file_fields())}), whose topics are the files: drop {named[0]}"
+                )
+            for kind in ("questions", "qa", "corpus"):
+                forget, retain = getattr(self, f"forget_{kind}"), getattr(self, f"retain_{kind}")
+                both = [s for s in forget if s in retain]
+                if both:
+                    raise ConfigError(
+                        f"{both[0]!r} is both in forget_{kind} and in retain_{kind}: the forget and retain sets would "
+                        f"overlap; drop it from retain_{kind}"
+                    )
         for key in ("forget_topics", "retain_topics"):
             topics = getattr(self, key)
             dup = sorted({t for t in topics if topics.count(t) > 1})
@@ -87,8 +220,27 @@ class BenchmarkConfig:
                 "would overlap; drop it from retain_topics"
             )
 
+    def file_fields(self) -> list[str]:
+        """The real-benchmark file fields given."""
+        return [k for k in FILE_FIELDS if getattr(self, k)]
+
+    def uses_files(self) -> bool:
+        """Whether the benchmark is the files' (any file field given) rather than the facts'."""
+        return bool(self.file_fields())
+
     def benchmark_key(self) -> tuple:
         """The fields that decide the benchmark (the cache key of a built one)."""
+        if self.uses_files():
+            return ("files", *(tuple(getattr(self, k)) for k in FILE_FIELDS))
+        if self.fictitious:
+            return (
+                "fictitious",
+                tuple(self.datasets),
+                self.fictitious,
+                tuple(self.fictitious_relations),
+                self.fictitious_forget,
+                self.facts_seed,
+            )
         return (
             tuple(self.datasets),
             tuple(self.forget_topics),
@@ -99,6 +251,14 @@ class BenchmarkConfig:
             self.known_only,
             self.facts_seed,
         )
+
+
+def _as_tuple(value: Any) -> tuple[str, ...]:
+    """A list field's value as the tuple a '+'-separated string or a YAML list gives (a list
+    or a string given in Python alike)."""
+    if isinstance(value, str):
+        return tuple(v for v in value.split("+") if v)
+    return tuple(value)
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -258,6 +418,21 @@ class RMUConfig(BenchmarkConfig, _RetainFields):
 
 
 @dataclass
+class FictitiousConfig(BenchmarkConfig):
+    """The insertion of the fictitious facts: the benchmark's fields (``fictitious`` > 0; 40
+    made-up subjects by default: the unlearners and the metric need the same value)."""
+
+    fictitious: int = field(
+        default=40,
+        metadata={
+            "help": "made-up subjects given facts the model cannot know (TOFU-style); give the unlearners and the "
+            "unlearn metric the same value",
+            "range": (1, 100000),
+        },
+    )
+
+
+@dataclass
 class UnlearnMetricsConfig(BenchmarkConfig):
     """Forget and retain accuracy on the benchmark's four-way questions, and free-form QA."""
 
@@ -270,3 +445,49 @@ class UnlearnMetricsConfig(BenchmarkConfig):
     )
     qa: bool = field(default=True, metadata={"help": "also score free-form QA (forget_qa, retain_qa)"})
     batch_size: int = field(default=16, metadata={"help": "questions per forward pass", "range": (1, 4096)})
+    qa_scoring: Literal["auto", "exact", "rouge"] = field(
+        default="auto",
+        metadata={
+            "help": "free-form QA: exact = the share of answers the model completes greedily (every answer token its "
+            "argmax); rouge = the mean ROUGE-L recall of the greedy answer (TOFU's, for long answers); auto = exact "
+            "on facts, rouge on QA files",
+            "since": SINCE_FILES,
+        },
+    )
+    max_new_tokens: int = field(
+        default=64,
+        metadata={
+            "help": "most tokens of a greedy answer scored by ROUGE-L (it also stops at the first newline)",
+            "range": (1, 4096),
+            "since": SINCE_FILES,
+        },
+    )
+    tofu: bool | None = field(
+        default=None,
+        metadata={
+            "help": "TOFU's metrics: truth ratios, forget quality, model utility. Default (none): when the benchmark "
+            "has paraphrased and perturbed answers (TOFU's *_perturbed files, the fictitious facts); true: also on "
+            "the fact benchmark (perturbed answers: the question's other options); false: never",
+            "since": SINCE_FILES,
+        },
+    )
+    retain_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "a model never trained on the forget set (named default, folder or hub id, as lmcompose loads "
+            "models), whose forget-set truth ratios forget_quality compares against; computed once per run",
+            "since": SINCE_FILES,
+        },
+    )
+    utility_qa: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "question-answer files whose answers the model should keep, scored into model_utility as TOFU "
+            "scores its real-authors and world-facts sets (real_authors_perturbed.json, world_facts_perturbed.json)",
+            "since": SINCE_FILES,
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.utility_qa = _as_tuple(self.utility_qa)

@@ -22,6 +22,9 @@ facts from the edit datasets (CounterFact, zsRE):
   sentences ("prompt answer.") are the corpora the unlearners train on.
 
 Everything is deterministic from ``facts_seed`` (Python's ``random`` seeded by strings).
+
+The real benchmarks' files (``sources.py``) and the fictitious facts (``fictitious.py``)
+replace these facts when their fields are given (:func:`benchmark_for`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from lmcompose.data import data_dir
 from lmcompose.errors import ConfigError, DataError
 from lmcompose.metrics.edits import target_text
 
+from lmcompose_unlearn.config import FILE_FIELDS
+
 if TYPE_CHECKING:
     from lmcompose import LM, Context
 
@@ -51,6 +56,7 @@ __all__ = [
     "Topic",
     "benchmark_for",
     "build_benchmark",
+    "build_file_benchmark",
     "collect_topics",
     "known_facts",
     "known_facts_cached",
@@ -111,6 +117,8 @@ class Fact:
     prompt: str
     answer: str
     source: str  # dataset:case_id
+    #: other phrasings of the question (the fictitious facts' held-out template), for the truth ratio
+    paraphrases: tuple[str, ...] = ()
 
     @property
     def sentence(self) -> str:
@@ -120,17 +128,38 @@ class Fact:
 
 @dataclass(frozen=True)
 class Question:
-    """A four-way question about ``fact``: ``choices[answer]`` is the fact's answer."""
+    """A four-way question: about ``fact`` (the fact benchmark), or read from a question file
+    (``question`` its text, ``fact`` None); ``choices[answer]`` is the right option."""
 
-    fact: Fact
+    fact: Fact | None
     choices: tuple[str, ...]
     answer: int
     label: str
+    question: str | None = None
+    topic: str = ""
+    source: str = ""
+
+    @property
+    def stem(self) -> str:
+        """The question's text: the fact's prompt, or the file's question."""
+        if self.question is not None:
+            return self.question.strip()
+        assert self.fact is not None
+        return self.fact.prompt.strip()
 
     def text(self) -> str:
         """WMDP's prompt: description, question, the options A-D, ``Answer:``."""
         options = "".join(f"\n{letter}. {choice}" for letter, choice in zip(LETTERS, self.choices, strict=True))
-        return DESCRIPTION.format(self.label) + self.fact.prompt.strip() + options + "\nAnswer:"
+        return DESCRIPTION.format(self.label) + self.stem + options + "\nAnswer:"
+
+    def cloze(self) -> tuple[str, list[str]]:
+        """(context, one continuation per option) for scoring the options' text: a fact's
+        prompt completed by each answer; a file's question as ``question\nAnswer:`` followed
+        by each option."""
+        if self.fact is not None and self.question is None:
+            return self.fact.prompt, [target_text(self.fact.prompt, c) for c in self.choices]
+        context = self.stem + "\nAnswer:"
+        return context, [target_text(context, c) for c in self.choices]
 
 
 @dataclass
@@ -151,20 +180,42 @@ class Topic:
 
 @dataclass
 class FactBenchmark:
-    """The built benchmark: forget and retain facts and their questions, and how it was built."""
+    """The built benchmark: the forget and retain items (facts, or a file's question-answer
+    pairs) with their four-way questions, what the unlearners train on, and how it was built.
+
+    ``forget`` / ``retain`` are the items free-form QA scores; ``forget_train`` /
+    ``retain_train`` what the unlearners train on (None: the same items); ``kind`` says where
+    they come from: ``facts`` (CounterFact and zsRE), ``files`` (the real benchmarks') or
+    ``fictitious`` (made-up subjects, ``fictitious.py``)."""
 
     forget_topics: list[str]
     retain_topics: list[str]
-    forget: list[Fact]
-    retain: list[Fact]
+    forget: list[Any]
+    retain: list[Any]
     forget_questions: list[Question]
     retain_questions: list[Question]
     summary: dict[str, Any]
+    forget_train: list[Any] | None = None
+    retain_train: list[Any] | None = None
+    kind: str = "facts"
+    #: the fictitious facts' phrasings the insertion trains on (forget and retain subjects)
+    insert_forget: list[Any] | None = None
+    insert_retain: list[Any] | None = None
 
-    def topics_of(self, facts: Sequence[Fact]) -> list[list[Fact]]:
-        """``facts`` grouped by topic, in the order of the topics' first fact."""
-        groups: dict[str, list[Fact]] = {}
-        for f in facts:
+    @property
+    def forget_texts(self) -> list[Any]:
+        """What an unlearner trains on: the forget corpus's documents and QA pairs, else the forget facts."""
+        return self.forget if self.forget_train is None else self.forget_train
+
+    @property
+    def retain_texts(self) -> list[Any]:
+        """The retain set's texts (``retain_data=facts``): retain corpus and QA pairs, else the retain facts."""
+        return self.retain if self.retain_train is None else self.retain_train
+
+    def topics_of(self, items: Sequence[Any]) -> list[list[Any]]:
+        """``items`` grouped by topic, in the order of the topics' first item."""
+        groups: dict[str, list[Any]] = {}
+        for f in items:
             groups.setdefault(f.topic, []).append(f)
         return list(groups.values())
 
@@ -434,12 +485,74 @@ def build_benchmark(config: BenchmarkConfig, lm: LM | None, ctx: Context) -> Fac
     )
 
 
+def _file_questions(specs: Sequence[str], what: str) -> tuple[list[str], list[Question]]:
+    from lmcompose_unlearn.sources import load_mcq_source
+
+    topics, questions = [], []
+    for spec in specs:
+        topic, records = load_mcq_source(spec, what)
+        topics.append(topic)
+        questions += [
+            Question(None, r["choices"], r["answer"], r["label"], r["question"], topic, r["source"]) for r in records
+        ]
+    return topics, questions
+
+
+def build_file_benchmark(config: BenchmarkConfig) -> FactBenchmark:
+    """The benchmark of the real benchmarks' files the config names (``sources.py``): each
+    part from its files, a part without files left out (its metric keys None). The topics
+    are the files; the unlearners train on the forget corpora's documents and the forget QA
+    pairs (retain likewise, with ``retain_data=facts``). Forget and retain files that share a
+    question or a document are refused."""
+    from lmcompose_unlearn.sources import check_overlap, load_corpus_source, load_qa_source
+
+    f_topics, f_questions = _file_questions(config.forget_questions, "forget_questions")
+    r_topics, r_questions = _file_questions(config.retain_questions, "retain_questions")
+    f_qa = [q for spec in config.forget_qa for q in load_qa_source(spec, "forget_qa")]
+    r_qa = [q for spec in config.retain_qa for q in load_qa_source(spec, "retain_qa")]
+    f_docs = [d for spec in config.forget_corpus for d in load_corpus_source(spec, "forget_corpus")]
+    r_docs = [d for spec in config.retain_corpus for d in load_corpus_source(spec, "retain_corpus")]
+    check_overlap([(q.stem, q.source) for q in f_questions], [(q.stem, q.source) for q in r_questions], "question")
+    check_overlap([(q.question, q.source) for q in f_qa], [(q.question, q.source) for q in r_qa], "question")
+    check_overlap([(d.text, d.source) for d in f_docs], [(d.text, d.source) for d in r_docs], "document")
+    forget_train = [*f_docs, *f_qa]
+    retain_train = [*r_docs, *r_qa]
+
+    def topics(*groups: Sequence[Any]) -> list[str]:
+        return list(dict.fromkeys(x.topic for g in groups for x in g))
+
+    summary = {
+        "benchmark": "files",
+        **{k: list(getattr(config, k)) for k in FILE_FIELDS if getattr(config, k)},
+        "n_forget_questions": len(f_questions),
+        "n_retain_questions": len(r_questions),
+        "n_forget_qa": len(f_qa),
+        "n_retain_qa": len(r_qa),
+        "n_forget_documents": len(f_docs),
+        "n_retain_documents": len(r_docs),
+    }
+    forget_topics = topics(forget_train) or list(dict.fromkeys(f_topics))
+    retain_topics = topics(retain_train) or list(dict.fromkeys(r_topics))
+    summary.update(forget_topics=forget_topics, retain_topics=retain_topics, n_forget=len(forget_train))
+    summary["n_retain"] = len(retain_train)
+    return FactBenchmark(
+        forget_topics, retain_topics, f_qa, r_qa, f_questions, r_questions, summary, forget_train, retain_train, "files"
+    )
+
+
 def benchmark_for(config: BenchmarkConfig, lm: LM, ctx: Context) -> FactBenchmark:
     """The benchmark of ``config`` for this run, built once and kept in ``ctx.state``: on
     ``ctx.base_model`` when the engine keeps one (the facts the unmodified model knows, for
     every step and metric alike), else on ``lm``."""
     key = ("unlearn-benchmark", getattr(lm, "name", ""), str(ctx.data_dir), config.benchmark_key())
     if key not in ctx.state:
-        base = ctx.base_model if ctx.base_model is not None else lm
-        ctx.state[key] = build_benchmark(config, base if config.known_only else None, ctx)
+        if config.uses_files():
+            ctx.state[key] = build_file_benchmark(config)
+        elif config.fictitious:
+            from lmcompose_unlearn.fictitious import build_fictitious_benchmark
+
+            ctx.state[key] = build_fictitious_benchmark(config, lm.tokenizer, ctx)
+        else:
+            base = ctx.base_model if ctx.base_model is not None else lm
+            ctx.state[key] = build_benchmark(config, base if config.known_only else None, ctx)
     return ctx.state[key]

@@ -22,7 +22,7 @@ from lmcompose.metrics.edits import target_text
 from lmcompose.models.arch import decoder_layers
 
 from lmcompose_unlearn.config import GAConfig, GDConfig, NPOConfig, RMUConfig
-from lmcompose_unlearn.facts import Fact, FactBenchmark, benchmark_for
+from lmcompose_unlearn.facts import FactBenchmark, benchmark_for
 
 if TYPE_CHECKING:
     import torch
@@ -45,8 +45,10 @@ class Unlearner(Intervention):
 
     @property
     def needs_base_model(self) -> bool:  # type: ignore[override]
-        """The facts the *unmodified* model knows decide the benchmark, whatever ran before."""
-        return bool(self.config.known_only)
+        """The facts the *unmodified* model knows decide the fact benchmark, whatever ran before
+        (the files' benchmark needs no model)."""
+        c = self.config
+        return bool(c.known_only) and not c.uses_files() and not c.fictitious
 
     # -- settings -----------------------------------------------------------------------
     def resolved(self, lm: LM) -> tuple[str, Any]:
@@ -65,18 +67,49 @@ class Unlearner(Intervention):
             )
 
     def benchmark(self, lm: LM, ctx: Context) -> FactBenchmark:
-        bench = benchmark_for(self.config, lm, ctx)  # refuses a forget topic without facts (facts.py)
+        c = self.config
+        bench = benchmark_for(c, lm, ctx)  # refuses a forget topic without facts (facts.py)
+        if not bench.forget_texts:
+            raise DataError(
+                f"step '{self.name}' has no forget data: the benchmark's files give questions to score "
+                f"({', '.join(c.file_fields())}) but no text to train on; add forget_corpus=FILE (documents) or "
+                "forget_qa=FILE (question-answer pairs)"
+            )
+        if bench.retain_train and getattr(c, "retain_data", None) == "text":
+            files = ", ".join(k for k in ("retain_corpus", "retain_qa") if getattr(c, k))
+            ctx.note(
+                f"step '{self.name}' trains its retain term on general text (retain_data=text), not on the retain "
+                f"files ({files}); set retain_data=facts (or both) to train on them"
+            )
+        if bench.kind == "fictitious":
+            from lmcompose_unlearn.facts import known_facts
+
+            known = known_facts(lm, bench.forget)
+            if not any(known):
+                ctx.note(
+                    f"step '{self.name}': the model answers none of the {len(bench.forget)} made-up forget facts, so "
+                    "there is nothing to unlearn: put the fictitious step first, with the same fictitious=... (e.g. "
+                    f"fictitious:fictitious={c.fictitious} {self.name}:fictitious={c.fictitious})"
+                )
         ctx.state[TRAINED_ON] = (tuple(bench.forget_topics), tuple(bench.retain_topics), self.name)
         return bench
 
     # -- examples -----------------------------------------------------------------------
-    def fact_examples(self, lm: LM, facts: list[Fact], target: str = "sentence") -> list[Example]:
-        """Token ids of each fact and where its labels start: the whole sentence (from the
-        second token), or only the answer after the prompt."""
+    def fact_examples(self, lm: LM, facts: list[Any], target: str = "sentence") -> list[Example]:
+        """Token ids of each training item and where its labels start. A fact or a
+        question-answer pair: the whole sentence (from the second token), or only the answer
+        after the prompt (``target``). A corpus document: consecutive windows of ``doc_tokens``
+        tokens (at most the model's positions), every token a label."""
+        from lmcompose_unlearn.sources import Document
+
         tok = lm.tokenizer
-        out = []
+        out: list[Example] = []
         for f in facts:
-            if target == "answer":
+            if isinstance(f, Document):
+                ids = list(tok(f.text, add_special_tokens=True).input_ids)
+                width = min(self.config.doc_tokens, lm.max_positions)
+                out += [(ids[i : i + width], 1) for i in range(0, len(ids), width) if len(ids[i : i + width]) > 1]
+            elif target == "answer":
                 p = list(tok(f.prompt, add_special_tokens=True).input_ids)
                 a = list(tok(target_text(f.prompt, f.answer), add_special_tokens=False).input_ids)
                 out.append((p + a, len(p)))
@@ -97,11 +130,12 @@ class Unlearner(Intervention):
             windows = ctx.calibration_batches(lm, n, min(c.retain_seqlen, lm.max_positions))
             text = [(row.tolist(), 1) for row in windows]
         if c.retain_data in ("facts", "both"):
-            if not bench.retain:
+            if not bench.retain_texts:
                 raise DataError(
-                    f"step '{self.name}': retain_data={c.retain_data} but the benchmark has no retain facts"
+                    f"step '{self.name}': retain_data={c.retain_data} but the benchmark has no retain texts (retain "
+                    "facts, or retain_corpus / retain_qa files); give retain files or set retain_data=text"
                 )
-            pool = self.fact_examples(lm, bench.retain)
+            pool = self.fact_examples(lm, bench.retain_texts)
             random.Random(f"{seed}|retain").shuffle(pool)
             facts = [pool[i % len(pool)] for i in range(n)]
         if c.retain_data == "text":
@@ -158,8 +192,8 @@ class Unlearner(Intervention):
         rep = self.report(
             forget_topics=list(bench.forget_topics),
             retain_topics=list(bench.retain_topics),
-            n_forget=len(bench.forget),
-            n_retain=len(bench.retain),
+            n_forget=len(bench.forget_texts),
+            n_retain=len(bench.retain_texts),
             steps=log.steps,
             batches=log.batches,
             loss_first=log.loss_first,
@@ -210,7 +244,7 @@ class _LossUnlearner(Unlearner):
         self.check_offload(lm)
         source, c = self.resolved(lm)
         bench = self.benchmark(lm, ctx)
-        forget = _chunks(self.fact_examples(lm, bench.forget, c.target), c.batch_size)
+        forget = _chunks(self.fact_examples(lm, bench.forget_texts, c.target), c.batch_size)
         refs = self.reference_nll(lm, forget)
         retain: list[list[Example] | None] = [None] * len(forget)
         if self.uses_retain:
@@ -225,7 +259,7 @@ class _LossUnlearner(Unlearner):
         ]
         params = self.upper_parameters(lm, c.frozen_layers)
         before = {n: p.detach().clone() for n, p in params}
-        with ctx.progress.task(f"{self.name} ({len(bench.forget)} forget facts)", len(batches)) as advance:
+        with ctx.progress.task(f"{self.name} ({len(bench.forget_texts)} forget texts)", len(batches)) as advance:
             log = train(
                 lm,
                 params,
@@ -387,7 +421,7 @@ class RMU(Unlearner):
         params = self.trained(lm, c.layer)
         bench = self.benchmark(lm, ctx)
         pad = pad_id(lm.tokenizer)
-        topics = bench.topics_of(bench.forget)
+        topics = bench.topics_of(bench.forget_texts)
         forget = [_chunks(self.fact_examples(lm, facts), c.batch_size) * c.epochs for facts in topics]
         n_batches = min(c.max_batches, min(len(f) for f in forget))
         n_retain_batches = (n_batches - 1) // len(topics) + 1
@@ -419,7 +453,8 @@ class RMU(Unlearner):
             return total
 
         before = {n: p.detach().clone() for n, p in params}
-        with ctx.progress.task(f"rmu ({len(bench.forget)} forget facts, layer {c.layer})", len(batches)) as advance:
+        what = f"rmu ({len(bench.forget_texts)} forget texts, layer {c.layer})"
+        with ctx.progress.task(what, len(batches)) as advance:
             log = train(lm, params, batches, loss_of, lr=c.lr, grad_accum=1, adamw=True, advance=advance)
         return self.finish(
             lm,

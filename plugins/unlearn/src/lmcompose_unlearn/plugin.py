@@ -19,6 +19,12 @@ def register_interventions(register):
         summary="NPO: negative preference optimisation against the model before it, retain NLL term (kind unlearn)",
     )
     register(
+        "lmcompose_unlearn.fictitious:InsertFictitious",
+        name="fictitious",
+        summary="insert TOFU-style facts about made-up subjects by a short fine-tune, before unlearning them "
+        "(kind insert)",
+    )
+    register(
         "lmcompose_unlearn.intervention:RMU",
         name="rmu",
         summary="RMU: steer layer l's residual on forget text to a random vector, MLP down projections of l-2..l "
@@ -32,6 +38,6 @@ def register_metrics(register):
         "lmcompose_unlearn.metric:UnlearnMetrics",
         name="unlearn",
         default=False,
-        summary="forget accuracy (lower is better) and retain accuracy on four-way fact questions (WMDP format), "
-        "free-form QA; opt-in: --metrics ...,unlearn",
+        summary="forget accuracy (lower is better) and retain accuracy on four-way questions (WMDP format), free-form "
+        "QA, TOFU's truth ratios, forget quality and model utility; opt-in: --metrics ...,unlearn",
     )
