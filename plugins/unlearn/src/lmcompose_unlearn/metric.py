@@ -320,7 +320,7 @@ class UnlearnMetrics(Metric):
         if held is not None:
             return [float(x) for x in held]
         if c.retain_model:
-            from lmcompose.models.loading import load_model
+            from lmcompose import load_model
 
             retain = load_model(c.retain_model, dtype=ctx.dtype, device=ctx.device)
         else:
