@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from conftest import write_facts
 from lmcompose.api import Context
 from lmcompose.compose import build_intervention, parse_step
 from lmcompose.errors import ConfigError
@@ -17,6 +16,7 @@ from lmcompose_unlearn.config import BenchmarkConfig
 from lmcompose_unlearn.facts import benchmark_for, collect_topics, known_facts
 from lmcompose_unlearn.fictitious import made_up_names, relation_templates, retain_model
 from lmcompose_unlearn.metric import RETAIN_REFERENCE, UnlearnMetrics, truth_items, truth_ratios
+from unlearn_fixtures import write_facts
 
 RELATIONS = "P103+P30+P176"
 FICT = {"fictitious": 10, "fictitious_relations": RELATIONS, "insert_epochs": 20, "insert_lr": 1e-3}

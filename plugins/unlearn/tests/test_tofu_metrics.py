@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from conftest import write_facts
 from lmcompose.api import Context
 from lmcompose.models.tiny import tiny_model
 from lmcompose_unlearn.facts import benchmark_for
@@ -23,6 +22,7 @@ from lmcompose_unlearn.scores import (
 )
 from lmcompose_unlearn.sources import load_qa_source
 from test_sources import TOFU_FORGET, TOFU_RETAIN, write_jsonl
+from unlearn_fixtures import write_facts
 
 WORLD = [
     {"question": "What is the capital of France?", "answer": "Paris", "perturbed_answer": ["Rome", "Madrid", "Lima"]},

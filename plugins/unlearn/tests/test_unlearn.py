@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from conftest import write_facts
 from lmcompose.api import Context
 from lmcompose.composability import area_metrics, higher_is_better, normalized_criterion
 from lmcompose.compose import build_intervention, compose, parse_step
@@ -26,6 +25,7 @@ from lmcompose_unlearn.losses import (
     sequence_nll,
 )
 from lmcompose_unlearn.metric import UnlearnMetrics, multiple_choice
+from unlearn_fixtures import write_facts
 
 TINY = {"datasets": ["counterfact"], "known_only": False}
 STEP_TAIL = "datasets=counterfact,known_only=false"
