@@ -3,18 +3,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from lmcompose.models.tiny import tiny_model
 from lmcompose_cli.main import app
 from typer.testing import CliRunner
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "llama"
-    tiny_model("llama").save(path)
-    return str(path)
 
 
 FAST = ["--ppl-tokens", "128", "--ppl-seqlen", "64"]

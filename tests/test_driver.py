@@ -51,13 +51,6 @@ def drop_last_row(folder: Path) -> dict:
     return json.loads(lines[-1])
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny") / "llama"
-    tiny_model("llama").save(path)
-    return str(path)
-
-
 def test_one_recipe_leaves_out_where_a_run_happens():
     settings = RunSettings(model="m", steps=["magnitude"])
     assert settings.run_id() == run_id(settings.identity())

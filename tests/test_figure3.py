@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from importlib import resources
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ from lmcompose.results import read_rows
 from lmcompose.studies import Study, StudyError
 from lmcompose.studies.report import write_study_report
 from lmcompose.studies.runner import run_study
+from lmcompose.testing import sample_file as sample
 
 MEMIT = "memit:layers=0+1,context_templates=0,stats_samples=8,stats_seqlen=64,v_num_grad_steps=5"
 STANDARD = "Q: What is the capital of France? A: Paris\nQ: Who wrote Hamlet? A: William Shakespeare"
@@ -50,17 +50,6 @@ def test_an_index_beyond_the_edits_is_one_message():
     check_topk_edit(2, {("counterfact", 0): recs, ("zsre", 0): []})  # a batch without edits needs none
     with pytest.raises(UsageError, match=r"topk_edit 3: counterfact replicate 1 has 3 edits \(indices 0 to 2\)"):
         check_topk_edit(3, {("counterfact", 0): recs + recs, ("counterfact", 1): recs})
-
-
-def sample(plugin: str, name: str) -> str:
-    return str(resources.files(f"lmcompose_{plugin}").joinpath("sample", name))
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny") / "llama"
-    tiny_model("llama").save(path)
-    return str(path)
 
 
 def spec(model: str, **over) -> dict:

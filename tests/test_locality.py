@@ -181,13 +181,6 @@ def small(model: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny") / "llama"
-    tiny_model("llama").save(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def first(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("loc") / "study"
     result = run_study(Study.from_mapping(small(tiny_folder)), out=out, threads=1)

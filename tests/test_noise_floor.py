@@ -5,8 +5,6 @@ kept out of the main tables."""
 
 from __future__ import annotations
 
-from importlib import resources
-
 import pytest
 import torch
 from lmcompose.api import Context
@@ -15,17 +13,7 @@ from lmcompose.engine.plan import Action
 from lmcompose.models.tiny import tiny_model
 from lmcompose.studies import Study, StudyError
 from lmcompose.studies.runner import run_study
-
-
-def sample(plugin: str, name: str) -> str:
-    return str(resources.files(f"lmcompose_{plugin}").joinpath("sample", name))
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny") / "llama"
-    tiny_model("llama").save(path)
-    return str(path)
+from lmcompose.testing import sample_file as sample
 
 
 def study(model: str, **over) -> dict:

@@ -54,13 +54,6 @@ def one_message(res, code=2):
     return res.output
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "llama"
-    tiny_model("llama").save(path)
-    return path
-
-
 # --------------------------------------------------------------------------------------
 # silent wrong data
 # --------------------------------------------------------------------------------------
@@ -678,8 +671,8 @@ def test_the_report_notes_conflicting_duplicates_bad_lines_and_nan(tiny_folder, 
 # --------------------------------------------------------------------------------------
 
 
-def _corrupt(folder: Path, how: str) -> Path:
-    target = folder.parent / f"model-{how}"
+def _corrupt(folder: str | Path, how: str) -> Path:
+    target = Path(folder).parent / f"model-{how}"
     shutil.copytree(folder, target)
     weights = target / "model.safetensors"
     data = weights.read_bytes()

@@ -8,7 +8,6 @@ import re
 import shutil
 
 import pytest
-from lmcompose.models.tiny import tiny_model
 from lmcompose.report import build_report
 from lmcompose_cli.main import app
 from typer.testing import CliRunner
@@ -20,13 +19,6 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "160"})
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "llama"
-    tiny_model("llama").save(path)
-    return str(path)
 
 
 def sweep_into(tiny_folder, out):

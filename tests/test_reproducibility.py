@@ -30,13 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--ppl-tokens", "128", "--ppl-seqlen", "64", "--metrics", "perplexity,avg_bits"]
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny") / "llama"
-    tiny_model("llama").save(path)
-    return str(path)
-
-
 @pytest.fixture(autouse=True)
 def _numerics_restored():
     """Every test leaves torch's thread count and deterministic mode as it found them."""

@@ -9,18 +9,17 @@ import importlib
 import json
 import re
 import shutil
-from importlib import resources
 from pathlib import Path
 
 import pytest
 import yaml
 from lmcompose.compose import load_edits
 from lmcompose.errors import ConfigError, UsageError
-from lmcompose.models.tiny import tiny_model
 from lmcompose.results import read_rows
 from lmcompose.studies import Study, StudyError
 from lmcompose.studies.runner import merge_studies, run_study
 from lmcompose.sweep import sweep
+from lmcompose.testing import sample_file as sample
 from lmcompose_cli.main import app
 from typer.testing import CliRunner
 
@@ -37,17 +36,6 @@ NUMBERS = (
     "edit_nll",
     "topk",
 )
-
-
-def sample(plugin: str, name: str) -> str:
-    return str(resources.files(f"lmcompose_{plugin}").joinpath("sample", name))
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny") / "llama"
-    tiny_model("llama").save(path)
-    return str(path)
 
 
 def quick(model: str, **over) -> dict:

@@ -62,15 +62,6 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> str:
-    from lmcompose.models.tiny import tiny_model
-
-    path = tmp_path_factory.mktemp("tiny") / "llama"
-    tiny_model("llama").save(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def local(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "run"
     run_study(Study.from_mapping(quick(tiny_folder)), out=out, threads=1, plots=False)

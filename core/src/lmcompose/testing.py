@@ -15,7 +15,7 @@ compression state), and its ``project()`` is idempotent and restores the constra
 the weights are disturbed.
 
 The module is registered under the ``pytest11`` entry point, so its fixtures
-(``tiny_lm``, ``tiny_edits``, ``shared_data``, ``offline_without_data``) are available in
+(``tiny_lm``, ``tiny_folder``, ``tiny_edits``, ``shared_data``, ``offline_without_data``) are available in
 any test once lmcompose is installed. It imports torch only inside tests.
 """
 
@@ -52,6 +52,25 @@ def tiny_lm(request: pytest.FixtureRequest) -> Any:
     from lmcompose.models.tiny import tiny_model
 
     return tiny_model(getattr(request, "param", "llama"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random llama saved as a model folder (its path), once per test module: what a
+    study or a CLI command loads by path."""
+    from lmcompose.models.tiny import tiny_model
+
+    path = tmp_path_factory.mktemp("tiny") / "llama"
+    tiny_model("llama").save(path)
+    return str(path)
+
+
+def sample_file(plugin: str, name: str) -> str:
+    """The path of a file a dataset plugin bundles (``sample_file("counterfact",
+    "counterfact_sample.json")``)."""
+    from importlib import resources
+
+    return str(resources.files(f"lmcompose_{plugin}").joinpath("sample", name))
 
 
 @pytest.fixture

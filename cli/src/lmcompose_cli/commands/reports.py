@@ -38,9 +38,17 @@ def report(
             "first).",
         ),
     ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            help="A study's order-effect tables (E_OF, E_OS) at these strengths of the varied fields, e.g. "
+            "bits=4,sparsity=0.45; default: each entry's middle value.",
+        ),
+    ] = None,
 ) -> None:
     """Rebuild a sweep's or study's tables, report.md and plots (and a study's rows.csv) from its results.jsonl and per_edit.jsonl."""  # noqa: E501 (the command's one-line help)
-    from lmcompose.errors import DataError
+    from lmcompose.errors import DataError, UsageError
     from lmcompose.reports import folder_kind, write_report
     from lmcompose.reports.tables import check_axes
 
@@ -50,7 +58,10 @@ def report(
         )
     study_folder = folder_kind(run_dir) == "study"
     chosen = check_axes([a.strip() for a in axes.split(",") if a.strip()] if axes is not None else None)
-    rep = write_report(run_dir, plots=plots, axes=chosen)
+    strengths = _strengths(at) if at is not None else None
+    if strengths and not study_folder:
+        raise UsageError("--at picks a study's order-effect strengths; a sweep's report has no such table: drop --at")
+    rep = write_report(run_dir, plots=plots, axes=chosen, at=strengths)
     if as_json:
         typer.echo(json.dumps(_as_json(rep, study_folder), indent=2, default=str))
         return
@@ -58,6 +69,22 @@ def report(
     extra = f"; all rows: {rep.table_path}" if study_folder else ""
     figures = f" (+ {len(rep.plots)} plots in {run_dir / 'plots'})" if rep.plots else ""
     print_line(f"report: {rep.path}{extra}{figures}")
+
+
+def _strengths(text: str) -> dict[str, float | str]:
+    """``bits=4,sparsity=0.45`` as {field: value}; one UsageError naming a bad item."""
+    from lmcompose.errors import UsageError
+
+    out: dict[str, float | str] = {}
+    for item in (t.strip() for t in text.split(",")):
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip() or not value.strip():
+            raise UsageError(f"--at: {item!r} is not FIELD=VALUE; give e.g. --at bits=4,sparsity=0.45")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            out[name.strip()] = value.strip()
+    return out
 
 
 def _as_json(rep: Any, study_folder: bool) -> dict[str, Any]:

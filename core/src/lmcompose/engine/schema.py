@@ -137,9 +137,10 @@ class _StudyLabelKeys(TypedDict):
 
 class StudyLabels(_StudyLabelKeys, total=False):
     """The constant fields of a study's cell (docs/studies.md); ``noise`` on the noise
-    floor's repetitions."""
+    floor's repetitions; ``unlearner`` on the cells of an unlearner's entries."""
 
     noise: str
+    unlearner: str
 
 
 class StudyRow(SweepRow, StudyLabels):

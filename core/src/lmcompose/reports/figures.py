@@ -38,12 +38,14 @@ CURVE_METRICS = (
     ("perplexity", "perplexity (wikitext-2, log scale)", True),
     ("avg_bits", "average bits per weight", False),
 )
-FIGURE_METRICS = ("edit_success", "generalization", "locality", "perplexity")
+FIGURE_METRICS = ("edit_success", "generalization", "locality", "perplexity", "forget_accuracy", "retain_accuracy")
 METRIC_LABELS = {
     "edit_success": "edit success",
     "generalization": "generalization",
     "locality": "locality",
     "perplexity": "perplexity (wikitext-2)",
+    "forget_accuracy": "forget accuracy (lower is better)",
+    "retain_accuracy": "retain accuracy",
 }
 CRITERION_LABELS = {
     "edit_success": "edit success",
@@ -341,7 +343,8 @@ def _dense_x(sweep: SweepData) -> float:
 def _scorer(data: StudyData, key: str) -> str:
     field_name = "locality_scorer" if key == "locality" else "edit_scorer"
     got = {r.get(field_name) for r in data.rows if r.get(field_name)}
-    return f" ({', '.join(sorted(got))} scorer)" if key != "perplexity" and got else ""
+    edit_key = key in ("edit_success", "generalization", "locality")
+    return f" ({', '.join(sorted(got))} scorer)" if edit_key and got else ""
 
 
 def plot_family(data: StudyData, family: str, path: Path) -> Path | None:

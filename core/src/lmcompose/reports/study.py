@@ -64,6 +64,7 @@ from lmcompose.reports.figures import (
     plot_logits,
     plot_nll_decay,
 )
+from lmcompose.reports.order_effects import PairCell, order_effect_cells, order_effect_tables, plot_order_effects
 from lmcompose.reports.tables import (
     NO_PER_EDIT_NOTE,
     Table,
@@ -159,6 +160,8 @@ class StudyReport:
     comparisons: list[Difference] = field(default_factory=list)
     per_edit: bool = False  # the folder has per-edit scores (intervals and comparisons come from them)
     resamples: int = DEFAULT_RESAMPLES
+    #: E_OF and E_OS of every method pair of two categories at one strength (the ICLR paper's)
+    order_effects: list[PairCell] = field(default_factory=list)
 
 
 def is_study(run_dir: str | Path) -> bool:
@@ -346,11 +349,14 @@ def build_study_report(
     per_edit: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
+    at: Mapping[str, Any] | None = None,
 ) -> StudyReport:
     """Table 1 and the rest on ``axis`` (default: compression where average bits change,
-    else strength, per compressor). ``per_edit`` (read from the folder's per_edit.jsonl
-    when ``run_dir`` is a folder) gives the bootstrap intervals (``resamples``, ``seed``)
-    and the comparisons; without it, the report says it has none."""
+    else strength, per compressor); the order-effect tables (E_OF, E_OS) at the strength
+    ``at`` gives per varied field (default: each entry's middle value). ``per_edit`` (read
+    from the folder's per_edit.jsonl when ``run_dir`` is a folder) gives the bootstrap
+    intervals (``resamples``, ``seed``) and the comparisons; without it, the report says it
+    has none."""
     from lmcompose.reports.tables import check_axes
 
     check_axes([axis] if axis else None)
@@ -411,6 +417,8 @@ def build_study_report(
     single = {k: c for k, c in comps.items() if c.single}
     if single:
         tables.append(single_strength_table(data, single))
+    effects = order_effect_cells(data, comps, at)
+    tables += order_effect_tables(effects)
     tables += [final_metrics_table(data, e, d) for (e, d) in data.sweeps]
     comparisons: list[Difference] = []
     if per_edit:
@@ -427,6 +435,7 @@ def build_study_report(
         comparisons=comparisons,
         per_edit=bool(per_edit),
         resamples=resamples,
+        order_effects=effects,
     )
 
 
@@ -440,7 +449,8 @@ def comparison_pairs(data: StudyData) -> list[tuple[str, str, str, str]]:
     for kind, by in (("compressors", data.editors), ("editors", compressors)):
         groups: dict[str, list[str]] = {}
         for e in data.entries:
-            if by.get(e) is not None and data.editors.get(e) is not None:
+            # an editor paired with an unlearner (no compressor) is not compared here
+            if by.get(e) is not None and data.editors.get(e) is not None and compressors.get(e) is not None:
                 groups.setdefault(str(by[e]), []).append(e)
         for shared, members in groups.items():
             for i, a in enumerate(members):
@@ -597,11 +607,13 @@ def write_flat_table(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
 # --------------------------------------------------------------------------------------
 
 
-def write_study_report(run_dir: str | Path, plots: bool = True, axis: str | None = None) -> StudyReport:
+def write_study_report(
+    run_dir: str | Path, plots: bool = True, axis: str | None = None, at: Mapping[str, Any] | None = None
+) -> StudyReport:
     """Build the study's report from ``run_dir/results.jsonl`` and write report.md,
-    rows.csv and plots/ there."""
+    rows.csv and plots/ there (``at``: the order-effect strengths, :func:`build_study_report`)."""
     run_dir = Path(run_dir)
-    report = build_study_report(run_dir, axis)
+    report = build_study_report(run_dir, axis, at=at)
     data = report.data
     report.table_path = write_flat_table(data.rows, run_dir / TABLE_FILE)
     if plots:
@@ -620,12 +632,21 @@ def write_study_report(run_dir: str | Path, plots: bool = True, axis: str | None
             p = plot_logits(data, entry, pdir / f"fig3_{_slug(entry)}.png")
             if p is not None:
                 report.plots.append(p)
+        report.plots += plot_order_effects(
+            report.order_effects, data.model, lambda title, ds: pdir / f"order_{_slug(title)}_{_slug(ds)}.png"
+        )
     write_text_atomic(run_dir / REPORT_FILE, render_study_markdown(report, run_dir))
     report.path = run_dir / REPORT_FILE
     return report
 
 
 def _figure_caption(p: Path) -> str:
+    if p.name.startswith("order_"):
+        return (
+            f"Order effects ({p.stem.removeprefix('order_')}): per method pair at one strength, E_OF (top: 1 − the "
+            "better order's normalized criterion) and E_OS (bottom: the orders' difference), mean over replicates; "
+            "0 is best; the table of the same name gives each cell's strength and spread."
+        )
     if p.name.startswith("fig5"):
         return (
             "Fig. 5: the rise in edit NLL against the rise in general NLL from the dense edited model; above "

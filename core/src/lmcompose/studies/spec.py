@@ -19,7 +19,7 @@ from typing import Any
 from lmcompose._limits import MAX_GPUS_PER_TASK, MAX_SEED, MAX_THREADS, MAX_TOPK
 from lmcompose.api import EditRecord, config_fields
 from lmcompose.engine.plan import Cell, GridFactor, Group, Plan, PlanCounts, check_grid_size
-from lmcompose.engine.policy import EDIT_KIND, POLICIES
+from lmcompose.engine.policy import EDIT_KIND, POLICIES, UNLEARN_KIND
 from lmcompose.errors import ConfigError, UsageError, describe_value
 from lmcompose.steps import StepSpec, build_intervention, build_metrics, parse_step
 from lmcompose.sweep import Vary, count_orders, make_vary, parse_orders, sweep_cells
@@ -29,6 +29,7 @@ TOP_KEYS = (
     "model",
     "datasets",
     "editors",
+    "unlearners",
     "compressors",
     "orders",
     "replicates",
@@ -53,6 +54,7 @@ TOP_KEYS = (
 ENTRY_KEYS = ("name", "step", "steps", "vary", "orders", "family")
 DATASET_KEYS = ("name", "source")
 EDITOR_KEYS = ("name", "step")
+UNLEARNER_KEYS = ("name", "step", "vary")
 BUDGET_KEYS = (
     "ppl_tokens",
     "ppl_seqlen",
@@ -64,12 +66,14 @@ BUDGET_KEYS = (
 RESOURCE_KEYS = ("cpus_per_task", "gpus_per_task")
 NOISE_KEYS = ("cells", "seeds", "threads")
 RESEED = ("none", "calibration")
-ROLES = ("editor", "compressor")
-STUDY_MARKERS = frozenset({"compressors", "editors", "datasets"})  # keys that make a YAML file a study file
+ROLES = ("editor", "compressor", "unlearner")
+STUDY_MARKERS = frozenset(
+    {"compressors", "editors", "unlearners", "datasets"}
+)  # keys that make a YAML file a study file
 #: a study's name is part of its folder's name (runs/study-NAME-ID): one path component
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
-__all__ = ["DatasetSpec", "EditorSpec", "Entry", "Study", "StudyError", "load_study"]
+__all__ = ["DatasetSpec", "EditorSpec", "Entry", "Study", "StudyError", "UnlearnerSpec", "load_study"]
 
 
 class StudyError(ConfigError):
@@ -214,6 +218,17 @@ class EditorSpec:
     step: StepSpec
 
 
+@dataclass
+class UnlearnerSpec:
+    """An unlearner of the study: paired with every compressor at its own fields and, where
+    ``vary`` gives its strength grid, with every editor over that grid (``vary`` as written;
+    checked when the entries are built)."""
+
+    label: str
+    step: StepSpec
+    vary: Mapping[str, Any] | None = None
+
+
 @dataclass(frozen=True)
 class NoiseFloor:
     """Cells repeated under other numerical conditions, so a report can say how far A and P
@@ -240,7 +255,9 @@ class NoiseFloor:
 @dataclass
 class Entry:
     """One sweep of the study, run on every dataset: a compressor paired with an editor
-    (``editor`` and ``compressor`` set), or several steps composed at once."""
+    (``editor`` and ``compressor`` set) or with an unlearner (``unlearner`` and
+    ``compressor``), an editor paired with an unlearner over the unlearner's grid (``editor``
+    and ``unlearner``), or several steps composed at once."""
 
     label: str
     steps: list[StepSpec]
@@ -249,10 +266,14 @@ class Entry:
     editor: str | None = None
     compressor: str | None = None
     family: str | None = None
+    unlearner: str | None = None
 
     @property
     def labels(self) -> dict[str, Any]:
-        return {"entry": self.label, "editor": self.editor, "compressor": self.compressor, "family": self.family}
+        out = {"entry": self.label, "editor": self.editor, "compressor": self.compressor, "family": self.family}
+        if self.unlearner is not None:  # rows of two-category studies keep the keys they had
+            out["unlearner"] = self.unlearner
+        return out
 
 
 @dataclass
@@ -291,6 +312,7 @@ class Study:
     data_dir: Path | None = None
     #: which edit of each batch the top-k record (and Figure 3) reads: its index (0 = the first)
     topk_edit: int = 0
+    unlearners: list[UnlearnerSpec] = field(default_factory=list)
 
     # -- reading ---------------------------------------------------------------------
     @classmethod
@@ -308,7 +330,8 @@ class Study:
         model = _string(data["model"], "model", "smollm2-135m")
         datasets = _datasets(data["datasets"])
         editors = _editors(data.get("editors", []))
-        entries = _entries(data["compressors"], editors, data.get("orders", "all"))
+        unlearners = _unlearners(data.get("unlearners", []))
+        entries = _entries(data["compressors"], editors, unlearners, data.get("orders", "all"))
         replicates = _integer(data.get("replicates", 1), "replicates", 1, "2")
         edits = None if data.get("edits") is None else _integer(data["edits"], "edits", 1, "50")
         if edits is None and editors:
@@ -378,6 +401,7 @@ class Study:
             raise _fail("protocol", str(exc)) from None
         if protocol.name != "default":  # the protocol's fields fill what the file leaves unset
             editors = [EditorSpec(e.label, protocol.steps([e.step])[0]) for e in editors]
+            unlearners = [UnlearnerSpec(u.label, protocol.steps([u.step])[0], u.vary) for u in unlearners]
             for entry in entries:
                 entry.steps = protocol.steps(entry.steps, [(entry.vary.step, entry.vary.field)])
                 for spec in entry.steps:  # a filled field the installed plugin does not know is named here
@@ -414,6 +438,7 @@ class Study:
             data=dict(data),
         )
         study.topk_edit = topk_edit
+        study.unlearners = unlearners
         if noise is not None:
             study.noise_cells()  # checks the selectors against the cells
         return study
@@ -545,6 +570,12 @@ class Study:
             "model": self.model,
             "datasets": [{"name": d.name, "source": d.source} for d in self.datasets],
             "editors": [{"name": e.label, "step": str(e.step)} for e in self.editors],
+            # a study without unlearners resolves as before: its id does not change
+            **(
+                {"unlearners": [{"name": u.label, "step": str(u.step)} for u in self.unlearners]}
+                if self.unlearners
+                else {}
+            ),
             "compressors": [
                 {
                     "name": e.label,
@@ -554,6 +585,7 @@ class Study:
                     "editor": e.editor,
                     "compressor": e.compressor,
                     "family": e.family,
+                    **({"unlearner": e.unlearner} if e.unlearner is not None else {}),
                 }
                 for e in self.entries
             ],
@@ -816,10 +848,24 @@ def _check_size(data: Mapping[str, Any]) -> None:
             factors.append(GridFactor(f"{path}.orders", count_orders(raw.get("orders", "all"), names), "orders"))
         else:
             orders = 2 if top_orders == "all" else length(top_orders)
+            partners = length(data.get("editors"), 0) + length(data.get("unlearners"), 0)
             factors += [
                 GridFactor("orders", orders, "orders"),
-                GridFactor("editors", length(data.get("editors"), 0), "editors"),
+                GridFactor("editors", partners, "editors and unlearners"),
             ]
+        parts.append(factors + shared)
+    unlearners = data.get("unlearners")
+    for i, raw in enumerate(unlearners if isinstance(unlearners, list) else []):
+        vary = raw.get("vary") if isinstance(raw, Mapping) else None
+        if not isinstance(vary, Mapping) or len(vary) != 1:
+            continue
+        values = next(iter(vary.values()))
+        orders = 2 if top_orders == "all" else length(top_orders)
+        factors = [
+            GridFactor(f"unlearners[{i}].vary", length(values), "values"),
+            GridFactor("orders", orders, "orders"),
+            GridFactor("editors", length(data.get("editors"), 0), "editors"),
+        ]
         parts.append(factors + shared)
     noise = data.get("noise_floor")
     if isinstance(noise, Mapping) and isinstance(noise.get("seeds"), list):  # each seed repeats a cell at least
@@ -830,28 +876,77 @@ def _check_size(data: Mapping[str, Any]) -> None:
         raise StudyError(str(exc)) from None
 
 
-def _role_orders(value: Any, path: str) -> list[tuple[int, ...]]:
-    """Orders of a pair, by role: ``all`` or e.g. ``[[editor, compressor]]``."""
+def _unlearners(value: Any) -> list[UnlearnerSpec]:
+    out: list[UnlearnerSpec] = []
+    for i, item in enumerate(_list(value, "unlearners", "[rmu]", nonempty=False)):
+        path = f"unlearners[{i}]"
+        label, vary = None, None
+        if isinstance(item, Mapping) and "step" in item:
+            _keys(item, path, UNLEARNER_KEYS)
+            spec = _step(item["step"], f"{path}.step")
+            if "name" in item:
+                label = _string(item["name"], f"{path}.name", "rmu-strong")
+            if "vary" in item:
+                vary = _mapping(item["vary"], f"{path}.vary", "{alpha: [100, 1200]}")
+        else:
+            spec = _step(item, path)
+        kind = build_intervention(spec).kind
+        if kind != UNLEARN_KIND:
+            where = "editors" if kind == EDIT_KIND else "compressors"
+            raise _fail(
+                path, f"{spec.name!r} is {_article(kind)} step, not an unlearner (kind unlearn); list it under {where}"
+            )
+        label = label or spec.name
+        if any(u.label == label for u in out):
+            raise _fail(
+                path, f"two unlearners are named {label!r}; give each its own name: {{step: {spec}, name: LABEL}}"
+            )
+        out.append(UnlearnerSpec(label, spec, vary))
+    return out
+
+
+def _role_orders(value: Any, path: str) -> list[tuple[str, str]] | None:
+    """Orders of a pair, by role: ``all`` (None: both orders of every pair) or e.g.
+    ``[[editor, compressor], [compressor, unlearner]]``."""
     if value == "all":
-        return [(0, 1), (1, 0)]
-    out: list[tuple[int, ...]] = []
+        return None
+    out: list[tuple[str, str]] = []
     for i, order in enumerate(_list(value, path, "all, or [[editor, compressor], [compressor, editor]]")):
         opath = f"{path}[{i}]"
         items = _list(order, opath, "[editor, compressor]")
         for x in items:
             if x not in ROLES:
                 raise _unknown(opath, "role", x, ROLES)
-        if sorted(items) != sorted(ROLES):
-            raise _fail(opath, "an order lists editor and compressor once each, e.g. [compressor, editor]")
-        idx = tuple(ROLES.index(x) for x in items)
-        if idx in out:
+        if len(items) != 2 or items[0] == items[1]:
+            raise _fail(
+                opath,
+                "an order lists editor and compressor once each (or an unlearner with either), "
+                "e.g. [compressor, editor]",
+            )
+        pair = (str(items[0]), str(items[1]))
+        if pair in out:
             raise _fail(opath, "this order is given twice")
-        out.append(idx)
+        out.append(pair)
     return out
 
 
-def _entries(value: Any, editors: list[EditorSpec], orders: Any) -> list[Entry]:
-    pair_orders = _role_orders(orders, "orders")
+def _pair_orders(orders: list[tuple[str, str]] | None, roles: tuple[str, str]) -> list[tuple[int, ...]]:
+    """The orders of a pair whose steps are ``roles`` (in that order), as step indices."""
+    if orders is None:
+        return [(0, 1), (1, 0)]
+    got = [tuple(roles.index(x) for x in o) for o in orders if set(o) == set(roles)]
+    if not got:
+        a, b = roles
+        raise _fail(
+            "orders",
+            f"no order for the {a}-{b} pairs; add [{a}, {b}], [{b}, {a}] or both, or give orders: all",
+        )
+    return got
+
+
+def _entries(value: Any, editors: list[EditorSpec], unlearners: list[UnlearnerSpec], orders: Any) -> list[Entry]:
+    role_orders = _role_orders(orders, "orders")
+    partners = [(e.label, e.step, "editor") for e in editors] + [(u.label, u.step, "unlearner") for u in unlearners]
     out: list[Entry] = []
     for i, item in enumerate(_list(value, "compressors", "[{step: wanda, vary: {sparsity: [0.25, 0.5]}}]")):
         path = f"compressors[{i}]"
@@ -871,22 +966,27 @@ def _entries(value: Any, editors: list[EditorSpec], orders: Any) -> list[Entry]:
             kind = build_intervention(spec).kind
             if kind == EDIT_KIND:
                 raise _fail(f"{path}.step", f"{spec.name!r} is an editor (kind edit); list it under editors")
-            if not editors:
+            if kind == UNLEARN_KIND:
+                raise _fail(f"{path}.step", f"{spec.name!r} is an unlearner (kind unlearn); list it under unlearners")
+            if not partners:
                 raise _fail(
                     path,
-                    "a compressor entry is paired with every editor, and editors is empty; "
-                    "add editors: [memit], or compose a sequence with steps: [...]",
+                    "a compressor entry is paired with every editor and unlearner, and editors is empty; "
+                    "add editors: [memit] (or unlearners: [rmu]), or compose a sequence with steps: [...]",
                 )
             if "orders" in raw:
                 raise _fail(
                     f"{path}.orders", "orders of a paired compressor are the study's orders (top-level orders:)"
                 )
             label = _string(raw.get("name", spec.name), f"{path}.name", "sparsegpt")
-            for ed in editors:
-                steps = [ed.step, spec]
+            for p_label, p_step, role in partners:
+                steps = [p_step, spec]
                 vary = _vary_one(raw["vary"], f"{path}.vary", steps, composite=False)
-                entry_label = label if len(editors) == 1 else f"{ed.label}+{label}"
-                out.append(Entry(entry_label, steps, vary, list(pair_orders), ed.label, label, family or kind))
+                entry_label = label if len(partners) == 1 else f"{p_label}+{label}"
+                pair_orders = _pair_orders(role_orders, (role, "compressor"))
+                editor = p_label if role == "editor" else None
+                unlearner = p_label if role == "unlearner" else None
+                out.append(Entry(entry_label, steps, vary, pair_orders, editor, label, family or kind, unlearner))
         else:
             steps = [
                 _step(s, f"{path}.steps[{j}]")
@@ -900,10 +1000,42 @@ def _entries(value: Any, editors: list[EditorSpec], orders: Any) -> list[Entry]:
             label = _string(raw.get("name", "+".join(s.name for s in steps)), f"{path}.name", "memit+wanda+gptq")
             kinds = [build_intervention(s).kind for s in steps]
             out.append(Entry(label, steps, vary, entry_orders, None, None, family or "+".join(dict.fromkeys(kinds))))
-        for e in out[:-1]:
-            if e.label == out[-1].label:
-                raise _fail(path, f"two entries are named {e.label!r}; give this one its own name: NAME")
+        _check_unique(out, path)
+    for i, u in enumerate(unlearners):  # an unlearner with a grid: paired with every editor over it
+        if u.vary is None:
+            continue
+        path = f"unlearners[{i}]"
+        if not editors:
+            raise _fail(
+                f"{path}.vary",
+                "varies the unlearner paired with every editor, and editors is empty; add editors: [memit], "
+                "or remove vary (an unlearner is paired with every compressor at its own fields)",
+            )
+        for ed in editors:
+            steps = [ed.step, u.step]
+            vary = _vary_one(u.vary, f"{path}.vary", steps, composite=False)
+            pair_orders = _pair_orders(role_orders, ("editor", "unlearner"))
+            out.append(Entry(f"{ed.label}+{u.label}", steps, vary, pair_orders, ed.label, None, UNLEARN_KIND, u.label))
+            _check_unique(out, path)
+    for i, order in enumerate(role_orders or []):
+        roles = [{"editor": e.editor, "compressor": e.compressor, "unlearner": e.unlearner} for e in out]
+        if "unlearner" in order and not any(all(r[x] is not None for x in order) for r in roles):
+            raise _fail(
+                f"orders[{i}]", f"no entry pairs {_article(order[0])} with {_article(order[1])}; remove this order"
+            )
     return out
+
+
+def _article(role: str) -> str:
+    return ("an " if role[0] in "aeiou" else "a ") + role
+
+
+def _check_unique(entries: list[Entry], path: str) -> None:
+    seen: set[str] = set()
+    for e in entries:
+        if e.label in seen:
+            raise _fail(path, f"two entries are named {e.label!r}; give this one its own name: NAME")
+        seen.add(e.label)
 
 
 def load_study(path: str | Path, data: Mapping[str, Any] | None = None) -> Study:

@@ -1,0 +1,197 @@
+"""The ICLR extension's per-pair summary of a study: order-free error and order sensitivity
+of every method pair at one strength, per pair of categories, as tables and heatmaps.
+
+*Composable Interventions for Language Models* (ICLR 2025) summarises each pair of methods
+from two categories (editing × compression, unlearning × compression, editing × unlearning)
+at one strength by
+
+* **E_OF** (order-free error) = 1 − the better order's criterion: for an accuracy, 1 − the
+  best order's accuracy; for WMDP (forget accuracy, lower is better) the lower order's
+  accuracy itself;
+* **E_OS** (order sensitivity) = |m(A→B) − m(B→A)|, the orders' difference.
+
+On the normalized criteria of :mod:`lmcompose.composability` (each in [0, 1], higher is
+better; forget accuracy entering as 1 − accuracy) these are MCE and OI at that strength
+(mean ± sample std over replicates), so this module reads them from the study's
+:class:`~lmcompose.composability.Composability` results. The strength of each entry is the
+middle value of its grid (the second of three: sparsity 0.45 of [0.25, 0.45, 0.65], 4 bits
+of [8, 4, 3]) unless ``at`` names the value of the varied field
+(``{"sparsity": 0.45, "bits": 4}``); an entry whose grid lacks that value falls back to
+its middle value, and the table says which strength each cell read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lmcompose.composability import CRITERIA, Composability
+from lmcompose.reports.tables import Table, fmt_mean_std
+
+if TYPE_CHECKING:
+    from lmcompose.reports.study import StudyData
+
+#: the category pairs, as (row role, column role, title), in the ICLR paper's order
+CATEGORY_PAIRS = (
+    ("editor", "compressor", "editing × compression"),
+    ("unlearner", "compressor", "unlearning × compression"),
+    ("editor", "unlearner", "editing × unlearning"),
+)
+MEASURES = (("E_OF", "MCE"), ("E_OS", "OI"))
+CRITERION_NAMES = {
+    "edit_success": "edit success",
+    "generalization": "generalization",
+    "locality": "locality",
+    "perplexity": "perplexity (base ppl / ppl)",
+    "forget_accuracy": "forget accuracy (WMDP's role)",
+    "retain_accuracy": "retain accuracy (MMLU's role)",
+}
+
+__all__ = ["CATEGORY_PAIRS", "PairCell", "order_effect_cells", "order_effect_tables", "plot_order_effects"]
+
+
+@dataclass
+class PairCell:
+    """One method pair's E_OF and E_OS per criterion at one strength, on one dataset."""
+
+    pair: str  # the category pair's title
+    dataset: str
+    entry: str
+    row: str  # the method of the row role (editor or unlearner)
+    column: str  # the method of the column role (compressor or unlearner)
+    field: str  # the varied field
+    value: Any  # the strength read
+    replicates: int
+    measures: dict[str, dict[str, tuple[float | None, float | None]]]  # criterion -> E_OF/E_OS -> (mean, std)
+
+
+def _roles(data: StudyData, entry: str) -> dict[str, str | None]:
+    for r in data.rows:
+        if r["entry"] == entry:
+            return {"editor": r.get("editor"), "compressor": r.get("compressor"), "unlearner": r.get("unlearner")}
+    return {"editor": None, "compressor": None, "unlearner": None}
+
+
+def _strength_index(comp: Composability, field: str, at: Mapping[str, Any] | None) -> int:
+    if at and field in at:
+        for j, v in enumerate(comp.values):
+            if v == at[field] or (isinstance(v, int | float) and math.isclose(float(v), float(at[field]))):
+                return j
+    return (len(comp.values) - 1) // 2
+
+
+def order_effect_cells(
+    data: StudyData, comps: Mapping[tuple[str, str], Composability], at: Mapping[str, Any] | None = None
+) -> list[PairCell]:
+    """E_OF and E_OS of every paired entry (an entry of two categories run in two orders)."""
+    out = []
+    for (entry, ds), comp in comps.items():
+        roles = _roles(data, entry)
+        sweep = data.sweeps.get((entry, ds))
+        if sweep is None or len(comp.orders) < 2:
+            continue
+        for row_role, col_role, title in CATEGORY_PAIRS:
+            other = ({"editor", "compressor", "unlearner"} - {row_role, col_role}).pop()
+            if roles[row_role] is None or roles[col_role] is None or roles[other] is not None:
+                continue
+            field = sweep.vary.split(".")[-1]
+            j = _strength_index(comp, field, at)
+            measures: dict[str, dict[str, tuple[float | None, float | None]]] = {}
+            n = 0
+            for name in CRITERIA:
+                c = comp.criteria.get(name)
+                if c is None:
+                    continue
+                n = max(n, len(c.replicates))
+                measures[name] = {label: c.per_strength(j, what) for label, what in MEASURES}
+            out.append(
+                PairCell(
+                    title, ds, entry, str(roles[row_role]), str(roles[col_role]), field, comp.values[j], n, measures
+                )
+            )
+    return out
+
+
+def order_effect_tables(cells: Sequence[PairCell]) -> list[Table]:
+    """One table per category pair and dataset: a row per method pair, each criterion's
+    E_OF / E_OS (mean ± std over replicates)."""
+    tables = []
+    for _, _, title in CATEGORY_PAIRS:
+        for ds in dict.fromkeys(c.dataset for c in cells):
+            part = [c for c in cells if c.pair == title and c.dataset == ds]
+            if not part:
+                continue
+            names = [n for n in CRITERIA if any(n in c.measures for c in part)]
+            rows = []
+            for c in part:
+                cols = [c.row, c.column, f"{c.field}={c.value}"]
+                for n in names:
+                    m = c.measures.get(n)
+                    if m is None:
+                        cols.append("–")
+                        continue
+                    (of, of_s), (os_, os_s) = m["E_OF"], m["E_OS"]
+                    cols.append(
+                        f"{fmt_mean_std(of, of_s, c.replicates, 3)} / {fmt_mean_std(os_, os_s, c.replicates, 3)}"
+                    )
+                rows.append(cols)
+            first, second = title.split(" × ")
+            tables.append(
+                Table(
+                    f"Order effects at one strength, {title}: {ds}",
+                    [first, second, "strength", *[CRITERION_NAMES.get(n, n) for n in names]],
+                    rows,
+                    "Each cell: E_OF / E_OS (the ICLR paper's order-free error and order sensitivity), mean ± "
+                    "std over replicates, on the normalized criterion (higher is better; forget accuracy enters as "
+                    "1 − accuracy, so its E_OF is the lower order's forget accuracy). E_OF = 1 − the better "
+                    "order's criterion; E_OS = the two orders' difference. The strength is each entry's middle "
+                    "value unless the report was asked for another.",
+                )
+            )
+    return tables
+
+
+def plot_order_effects(cells: Sequence[PairCell], model: str, path_for: Any) -> list[Path]:
+    """Heatmaps, one figure per category pair and dataset (``path_for(title, dataset)`` gives
+    its path): rows of panels E_OF and E_OS, a column per criterion, each panel the row
+    methods × the column methods."""
+    from lmcompose.reports.figures import _plt, save_figure
+
+    out = []
+    for _, _, title in CATEGORY_PAIRS:
+        for ds in dict.fromkeys(c.dataset for c in cells):
+            part = [c for c in cells if c.pair == title and c.dataset == ds]
+            if not part:
+                continue
+            names = [n for n in CRITERIA if any(n in c.measures for c in part)]
+            row_methods = list(dict.fromkeys(c.row for c in part))
+            col_methods = list(dict.fromkeys(c.column for c in part))
+            plt = _plt()
+            w = max(3.2, 0.9 * len(col_methods) + 1.6)
+            h = max(2.4, 0.55 * len(row_methods) + 1.4)
+            fig, axes = plt.subplots(2, len(names), figsize=(w * len(names), h * 2), squeeze=False)
+            for i, (label, _) in enumerate(MEASURES):
+                for k, name in enumerate(names):
+                    ax = axes[i][k]
+                    grid = [[math.nan] * len(col_methods) for _ in row_methods]
+                    for c in part:
+                        mean = (c.measures.get(name) or {}).get(label, (None, None))[0]
+                        if mean is not None:
+                            grid[row_methods.index(c.row)][col_methods.index(c.column)] = mean
+                    ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis_r" if label == "E_OF" else "magma_r")
+                    for a, row in enumerate(grid):
+                        for b, v in enumerate(row):
+                            text = "–" if math.isnan(v) else f"{v:.2f}"
+                            ax.text(
+                                b, a, text, ha="center", va="center", fontsize=8, color="white" if v > 0.5 else "black"
+                            )
+                    ax.set_xticks(range(len(col_methods)), col_methods, fontsize=8, rotation=30)
+                    ax.set_yticks(range(len(row_methods)), row_methods, fontsize=8)
+                    ax.set_title(f"{label}: {CRITERION_NAMES.get(name, name)}", fontsize=9)
+            fig.suptitle(f"{model}: {title} on {ds}, one strength per pair (0 = best)", fontsize=10)
+            fig.tight_layout()
+            out.append(save_figure(fig, path_for(title, ds)))
+    return out
