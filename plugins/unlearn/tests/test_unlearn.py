@@ -339,3 +339,16 @@ def test_an_unlearner_composes_with_a_quantizer_in_either_order(order, facts_dir
     for r in rows:
         assert 0.0 <= r["forget_accuracy"] <= 1.0 and 0.0 <= r["retain_accuracy"] <= 1.0
     assert rows[-1]["avg_bits"] < 16
+
+
+def test_presets_fill_only_the_fields_a_step_leaves_unset():
+    from lmcompose_unlearn.presets import PRESETS, rule_preset
+
+    assert rule_preset("rmu", 32) == {"layer": 7, "steering_coeff": 6.5, "alpha": 1200.0, "lr": 5e-5}
+    (smol,) = PRESETS["rmu"]
+    assert (smol.model_type, smol.num_layers, smol.hidden_size) == ("llama", 30, 576)
+    assert set(smol.values) == set(rule_preset("rmu", 30))  # a preset sets every field the rule does
+    lm = tiny_model("llama")
+    _, own = build_intervention(parse_step(f"rmu:lr=2e-4,{STEP_TAIL}")).resolved(lm)
+    _, rule = build_intervention(parse_step(f"rmu:{STEP_TAIL}")).resolved(lm)
+    assert (own.lr, rule.lr, rule.alpha) == (2e-4, 5e-5, 1200.0)

@@ -397,7 +397,9 @@ class RMUConfig(BenchmarkConfig, _RetainFields):
     alpha: float | None = field(
         default=None, metadata={"help": "weight of the retain MSE (default: the preset, else the reference's 1200)"}
     )
-    lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate"})
+    lr: float | None = field(
+        default=None, metadata={"help": "AdamW learning rate (default: the preset, else the reference's 5e-5)"}
+    )
     batch_size: int = field(default=4, metadata={"help": "texts per forget and per retain batch", "range": (1, 4096)})
     max_batches: int = field(
         default=80, metadata={"help": "most optimiser steps (the WMDP code's max_num_batches)", "range": (1, 1 << 20)}

@@ -30,10 +30,16 @@ REFERENCE: dict[str, dict[str, Any]] = {
 #: Zephyr-7B's decoder layers, the depth the WMDP code's l = 7 belongs to
 REFERENCE_LAYERS = 32
 
+#: SmolLM2-135M (llama, 30 layers, width 576): benchmarks/unlearn_search.py, docs/unlearning.md.
+#: RMU: layer 5, c = 323 (twice the forget activations' mean norm at layer 7, 161.5), lr 1e-3
+#: (the reference's 5e-5 moves the three down projections by a norm of 2-3 in 80 steps and
+#: leaves the cloze answers as they were); GA 3 epochs and GD 5 at the reference's lr 5e-5;
+#: NPO keeps the reference's values.
+SMOLLM2 = ("smollm2-135m", "llama", 30, 576)
 PRESETS: dict[str, tuple[Preset, ...]] = {
-    "rmu": (),
-    "ga": (),
-    "gd": (),
+    "rmu": (Preset(*SMOLLM2, {"layer": 5, "steering_coeff": 323.0, "alpha": 1200.0, "lr": 1e-3}),),
+    "ga": (Preset(*SMOLLM2, {"epochs": 3, "lr": 5e-5}),),
+    "gd": (Preset(*SMOLLM2, {"epochs": 5, "lr": 5e-5}),),
     "npo": (),
 }
 
@@ -45,6 +51,7 @@ def rule_preset(method: str, num_layers: int) -> dict[str, Any]:
             "layer": min(num_layers - 1, round(7 * num_layers / REFERENCE_LAYERS)),
             "steering_coeff": 6.5,
             "alpha": 1200.0,
+            "lr": 5e-5,
         }
     return dict(REFERENCE[method])
 
