@@ -114,6 +114,28 @@ def test_a_plugin_installed_since_does_not_refuse_a_resume_but_a_changed_version
         folder.write_config(inputs=changed)
 
 
+def test_a_run_records_and_checks_only_the_plugins_it_uses(tiny_folder, tmp_path):
+    """Upgrading a plugin the run never calls (here the unlearn plugin, under a sweep of
+    magnitude pruning) leaves a resume alone; the versions recorded are the core's and
+    those of the steps', metrics' and datasets' distributions."""
+    import yaml
+
+    def swept(model, out):
+        return invoke("sweep", model, "magnitude", "--vary", "magnitude.sparsity=0.25,0.5", "--out", out, *FAST)
+
+    out = tmp_path / "run"
+    assert swept(tiny_folder, out).exit_code == 0
+    cfg_path = out / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    recorded = cfg["inputs"]["versions"]
+    assert {"python", "torch", "transformers", "pluggy", "lmcompose"} <= set(recorded)
+    assert "lmcompose-unlearn" not in recorded and "lmcompose-memit" not in recorded
+    # a folder written before: every installed plugin recorded, an unused one since upgraded
+    cfg["inputs"]["versions"] = {**recorded, "lmcompose-unlearn": "0.0.1"}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    assert swept(tiny_folder, out).exit_code == 0
+
+
 def test_a_second_process_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path):
     holder = subprocess.Popen(
         [

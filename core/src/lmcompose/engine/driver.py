@@ -210,7 +210,7 @@ def execute(
             if folder is None:
                 raise UsageError("--executor ray needs a run folder (--out) for the tasks' rows")
             show = (None, on_progress, keep_rows)
-            _execute_on_ray(plan, folder, ray, (threads, deterministic), save, only, record, show, outcome)
+            _execute_on_ray(plan, folder, ray, (threads, deterministic), save, only, record, show, outcome, metrics)
         elif loaded is None:
             raise ValueError("execute() needs the loaded model and data, or Ray options")
         else:
@@ -257,7 +257,7 @@ def _execute_here(
         references = None
         done: set[tuple[str, int]] = set()
         if folder is not None:
-            inputs = run_inputs(lm, loaded.edits, ctx, loaded.unedited)
+            inputs = _used(run_inputs(lm, loaded.edits, ctx, loaded.unedited), plan, metrics)
             references = folder.references(inputs["model_fingerprint"])
             folder.write_config(
                 inputs=inputs,
@@ -300,6 +300,19 @@ def _execute_here(
         outcome.executed, outcome.references = executor.counts, executor.references
 
 
+def _used(inputs: dict[str, Any], plan: Plan, metrics: Sequence[Any]) -> dict[str, Any]:
+    """``inputs`` with its versions cut to the distributions ``plan`` and ``metrics`` use
+    (:func:`lmcompose.engine.run_folder.used_versions`)."""
+    from lmcompose.engine.run_folder import used_versions
+
+    if not isinstance(inputs.get("versions"), Mapping):
+        return inputs
+    steps = {a.name for c in plan.cells for a in c.actions}
+    names = [m if isinstance(m, str) else m.name for m in metrics]
+    datasets = {c.group[0] for c in plan.cells}
+    return {**inputs, "versions": used_versions(inputs["versions"], steps, names, datasets)}
+
+
 def _execute_on_ray(
     plan: Plan,
     folder: RunFolder,
@@ -310,6 +323,7 @@ def _execute_on_ray(
     record: dict[str, Any],
     show: tuple[str | None, Callable[[ProgressEvent], None] | None, bool],
     outcome: Outcome,
+    metrics: Sequence[Any] = (),
 ) -> None:
     """Ray tasks: a probe reads the inputs and numerics on a worker, then the subtrees run as tasks."""
     from lmcompose.engine.progress import StateProgress
@@ -319,6 +333,7 @@ def _execute_on_ray(
     trackers: list[StateProgress] = []
 
     def write_config(inputs: dict[str, Any], numerics: dict[str, Any]) -> None:
+        inputs = _used(inputs, plan, metrics)
         folder.write_config(
             inputs=inputs,
             numerics=numerics,

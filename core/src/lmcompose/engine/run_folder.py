@@ -36,7 +36,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import References
 from lmcompose.engine.numerics import check_numerics
-from lmcompose.errors import UsageError
+from lmcompose.errors import LMComposeError, UsageError
 from lmcompose.results import (
     CONFIG_FILE,
     PER_EDIT_FILE,
@@ -144,6 +144,31 @@ def versions() -> dict[str, str]:
         if not info.builtin and info.error is None:
             out[info.distribution] = info.version
     return out
+
+
+#: the versions every run depends on, whichever plugins it uses
+CORE_VERSIONS = frozenset({"python", "torch", "transformers", "pluggy", "lmcompose"})
+
+
+def used_versions(
+    recorded: Mapping[str, str], steps: Iterable[str], metrics: Iterable[str], datasets: Iterable[str | None]
+) -> dict[str, str]:
+    """``recorded`` (:func:`versions`) cut to the core and the distributions that provide the
+    run's steps, metrics and edit datasets: a plugin the run never calls changes none of its
+    numbers, so its version is neither recorded nor checked on resume (installing or
+    upgrading an unrelated plugin does not refuse a running study)."""
+    from lmcompose.plugins import get_datasets, get_interventions, get_metrics
+
+    used: set[str] = set()
+    for registry, names in ((get_interventions(), steps), (get_metrics(), metrics), (get_datasets(), datasets)):
+        for name in set(names):
+            if name is None:
+                continue
+            try:
+                used.add(registry.entry(name).distribution)
+            except LMComposeError:  # not registered: its build fails elsewhere, with its own message
+                continue
+    return {k: v for k, v in recorded.items() if k in CORE_VERSIONS or k in used}
 
 
 def edits_digest(batch: Sequence[Any]) -> str:
