@@ -280,6 +280,27 @@ def without_p_per_width(line: str) -> str:
     return " | ".join(cell.rsplit(" / ", 1)[0] if cell.count(" / ") == 2 else cell for cell in line.split(" | "))
 
 
+def drop_order_effects(lines: list[str]) -> list[str]:
+    """``lines`` of a study report without its order-effect tables (each from its heading to
+    the next heading) and heatmaps (the image, its caption and their blank lines)."""
+    out: list[str] = []
+    skipping = False
+    i = 0
+    while i < len(lines):
+        ln = lines[i]
+        if ln.startswith("### Order effects at one strength, "):
+            skipping = True
+        elif skipping and ln.startswith("#"):
+            skipping = False
+        if ln.startswith("![order_"):
+            i += 4  # the image, a blank line, the caption, a blank line
+            continue
+        if not skipping:
+            out.append(ln)
+        i += 1
+    return out
+
+
 @pytest.mark.parametrize("name", ["protocol-run", "run", "editors-run"])
 def test_an_old_folder_reports_as_before_plus_the_new_lines(tmp_path, name):
     """A committed run folder (no per_edit.jsonl, no base_format, rows of lmcompose 0.3): its
@@ -287,14 +308,17 @@ def test_an_old_folder_reports_as_before_plus_the_new_lines(tmp_path, name):
     checkpoint, P ÷ w after each P of Table 1 with a caption saying so, a note that its
     locality is the earlier score (against the neighbours' answers), a note that Figure 3
     cannot be drawn from its top-k records, and a Figure 5 caption saying the figure has no
-    control (no unedited_nll) (issue 42)."""
+    control (no unedited_nll) (issue 42); and the order-effect tables and heatmaps of its
+    editor-compressor pairs (E_OF / E_OS at one strength, issue 43)."""
     from lmcompose.studies.report import write_study_report
 
     src = ROOT / "docs" / "replication" / name
     shutil.copytree(src, tmp_path / "run")
     write_study_report(tmp_path / "run")
     committed = (src / "report.md").read_text().splitlines()
-    rebuilt = (tmp_path / "run" / "report.md").read_text().splitlines()
+    raw = (tmp_path / "run" / "report.md").read_text().splitlines()
+    assert "### Order effects at one strength, editing × compression: counterfact" in raw
+    rebuilt = drop_order_effects(raw)
     header = [ln for ln in rebuilt if ln.startswith("- base checkpoint:")]
     assert header == [
         "- base checkpoint: not recorded in these rows (written before rows carried `base_format`); the named model "
