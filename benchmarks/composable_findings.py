@@ -99,8 +99,10 @@ def main() -> None:
     unlearners = list(dict.fromkeys(r["unlearner"] for r in rows if r.get("unlearner")))
     base = next((r for r in rows if r["position"] == 0), None)
     print(f"{args.folder}: {len(rows)} rows; forget questions n = {n}")
-    print(f"base model: forget accuracy {acc_text(value(base, 'forget_accuracy'), n)}, "
-          f"perplexity {value(base, 'perplexity') or float('nan'):.2f}\n")
+    print(
+        f"base model: forget accuracy {acc_text(value(base, 'forget_accuracy'), n)}, "
+        f"perplexity {value(base, 'perplexity') or float('nan'):.2f}\n"
+    )
 
     print("(a) forget accuracy after unlearning, then after quantizing (unlearn -> quantize)\n")
     print("| unlearner | quantizer | bits | after unlearning | after quantizing | change | perplexity after |")

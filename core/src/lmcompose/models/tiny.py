@@ -54,7 +54,7 @@ def tiny_tokenizer() -> Any:
 def tiny_config(arch: str, vocab_size: int, special_id: int) -> Any:
     import transformers as tf
 
-    common = {
+    common: dict[str, Any] = {  # every config takes these ids (typed Any: each config's own field types)
         "vocab_size": vocab_size,
         "bos_token_id": special_id,
         "eos_token_id": special_id,

@@ -115,42 +115,46 @@ def order_effect_cells(
     return out
 
 
+def _by_pair(cells: Sequence[PairCell]) -> list[tuple[str, str, list[PairCell], list[str]]]:
+    """(category pair, dataset, its cells, the criteria they measure), pairs in the paper's order."""
+    out = []
+    for _, _, title in CATEGORY_PAIRS:
+        for ds in dict.fromkeys(c.dataset for c in cells):
+            part = [c for c in cells if c.pair == title and c.dataset == ds]
+            if part:
+                out.append((title, ds, part, [n for n in CRITERIA if any(n in c.measures for c in part)]))
+    return out
+
+
 def order_effect_tables(cells: Sequence[PairCell]) -> list[Table]:
     """One table per category pair and dataset: a row per method pair, each criterion's
     E_OF / E_OS (mean ± std over replicates)."""
     tables = []
-    for _, _, title in CATEGORY_PAIRS:
-        for ds in dict.fromkeys(c.dataset for c in cells):
-            part = [c for c in cells if c.pair == title and c.dataset == ds]
-            if not part:
-                continue
-            names = [n for n in CRITERIA if any(n in c.measures for c in part)]
-            rows = []
-            for c in part:
-                cols = [c.row, c.column, f"{c.field}={c.value}"]
-                for n in names:
-                    m = c.measures.get(n)
-                    if m is None:
-                        cols.append("–")
-                        continue
-                    (of, of_s), (os_, os_s) = m["E_OF"], m["E_OS"]
-                    cols.append(
-                        f"{fmt_mean_std(of, of_s, c.replicates, 3)} / {fmt_mean_std(os_, os_s, c.replicates, 3)}"
-                    )
-                rows.append(cols)
-            first, second = title.split(" × ")
-            tables.append(
-                Table(
-                    f"Order effects at one strength, {title}: {ds}",
-                    [first, second, "strength", *[CRITERION_NAMES.get(n, n) for n in names]],
-                    rows,
-                    "Each cell: E_OF / E_OS (the ICLR paper's order-free error and order sensitivity), mean ± "
-                    "std over replicates, on the normalized criterion (higher is better; forget accuracy enters as "
-                    "1 − accuracy, so its E_OF is the lower order's forget accuracy). E_OF = 1 − the better "
-                    "order's criterion; E_OS = the two orders' difference. The strength is each entry's middle "
-                    "value unless the report was asked for another.",
-                )
+    for title, ds, part, names in _by_pair(cells):
+        rows = []
+        for c in part:
+            cols = [c.row, c.column, f"{c.field}={c.value}"]
+            for n in names:
+                m = c.measures.get(n)
+                if m is None:
+                    cols.append("–")
+                    continue
+                (of, of_s), (os_, os_s) = m["E_OF"], m["E_OS"]
+                cols.append(f"{fmt_mean_std(of, of_s, c.replicates, 3)} / {fmt_mean_std(os_, os_s, c.replicates, 3)}")
+            rows.append(cols)
+        first, second = title.split(" × ")
+        tables.append(
+            Table(
+                f"Order effects at one strength, {title}: {ds}",
+                [first, second, "strength", *[CRITERION_NAMES.get(n, n) for n in names]],
+                rows,
+                "Each cell: E_OF / E_OS (the ICLR paper's order-free error and order sensitivity), mean ± "
+                "std over replicates, on the normalized criterion (higher is better; forget accuracy enters as "
+                "1 − accuracy, so its E_OF is the lower order's forget accuracy). E_OF = 1 − the better "
+                "order's criterion; E_OS = the two orders' difference. The strength is each entry's middle "
+                "value unless the report was asked for another.",
             )
+        )
     return tables
 
 
@@ -161,37 +165,30 @@ def plot_order_effects(cells: Sequence[PairCell], model: str, path_for: Any) -> 
     from lmcompose.reports.figures import _plt, save_figure
 
     out = []
-    for _, _, title in CATEGORY_PAIRS:
-        for ds in dict.fromkeys(c.dataset for c in cells):
-            part = [c for c in cells if c.pair == title and c.dataset == ds]
-            if not part:
-                continue
-            names = [n for n in CRITERIA if any(n in c.measures for c in part)]
-            row_methods = list(dict.fromkeys(c.row for c in part))
-            col_methods = list(dict.fromkeys(c.column for c in part))
-            plt = _plt()
-            w = max(3.2, 0.9 * len(col_methods) + 1.6)
-            h = max(2.4, 0.55 * len(row_methods) + 1.4)
-            fig, axes = plt.subplots(2, len(names), figsize=(w * len(names), h * 2), squeeze=False)
-            for i, (label, _) in enumerate(MEASURES):
-                for k, name in enumerate(names):
-                    ax = axes[i][k]
-                    grid = [[math.nan] * len(col_methods) for _ in row_methods]
-                    for c in part:
-                        mean = (c.measures.get(name) or {}).get(label, (None, None))[0]
-                        if mean is not None:
-                            grid[row_methods.index(c.row)][col_methods.index(c.column)] = mean
-                    ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis_r" if label == "E_OF" else "magma_r")
-                    for a, row in enumerate(grid):
-                        for b, v in enumerate(row):
-                            text = "–" if math.isnan(v) else f"{v:.2f}"
-                            ax.text(
-                                b, a, text, ha="center", va="center", fontsize=8, color="white" if v > 0.5 else "black"
-                            )
-                    ax.set_xticks(range(len(col_methods)), col_methods, fontsize=8, rotation=30)
-                    ax.set_yticks(range(len(row_methods)), row_methods, fontsize=8)
-                    ax.set_title(f"{label}: {CRITERION_NAMES.get(name, name)}", fontsize=9)
-            fig.suptitle(f"{model}: {title} on {ds}, one strength per pair (0 = best)", fontsize=10)
-            fig.tight_layout()
-            out.append(save_figure(fig, path_for(title, ds)))
+    for title, ds, part, names in _by_pair(cells):
+        row_methods = list(dict.fromkeys(c.row for c in part))
+        col_methods = list(dict.fromkeys(c.column for c in part))
+        plt = _plt()
+        w = max(3.2, 0.9 * len(col_methods) + 1.6)
+        h = max(2.4, 0.55 * len(row_methods) + 1.4)
+        fig, axes = plt.subplots(2, len(names), figsize=(w * len(names), h * 2), squeeze=False)
+        for i, (label, _) in enumerate(MEASURES):
+            for k, name in enumerate(names):
+                ax = axes[i][k]
+                grid = [[math.nan] * len(col_methods) for _ in row_methods]
+                for c in part:
+                    mean = (c.measures.get(name) or {}).get(label, (None, None))[0]
+                    if mean is not None:
+                        grid[row_methods.index(c.row)][col_methods.index(c.column)] = mean
+                ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis_r" if label == "E_OF" else "magma_r")
+                for a, row in enumerate(grid):
+                    for b, v in enumerate(row):
+                        text = "–" if math.isnan(v) else f"{v:.2f}"
+                        ax.text(b, a, text, ha="center", va="center", fontsize=8, color="white" if v > 0.5 else "black")
+                ax.set_xticks(range(len(col_methods)), col_methods, fontsize=8, rotation=30)
+                ax.set_yticks(range(len(row_methods)), row_methods, fontsize=8)
+                ax.set_title(f"{label}: {CRITERION_NAMES.get(name, name)}", fontsize=9)
+        fig.suptitle(f"{model}: {title} on {ds}, one strength per pair (0 = best)", fontsize=10)
+        fig.tight_layout()
+        out.append(save_figure(fig, path_for(title, ds)))
     return out

@@ -753,18 +753,23 @@ def _datasets(value: Any) -> list[DatasetSpec]:
     return out
 
 
+def _step_item(
+    item: Any, path: str, keys: Sequence[str], example: str
+) -> tuple[StepSpec, str | None, Mapping[str, Any]]:
+    """An editor's or unlearner's item: a step, or ``{step: ..., name: ...}`` with ``keys``;
+    (the step, its name or None, the item's mapping or an empty one)."""
+    if isinstance(item, Mapping) and "step" in item:
+        _keys(item, path, keys)
+        spec = _step(item["step"], f"{path}.step")
+        return spec, (_string(item["name"], f"{path}.name", example) if "name" in item else None), item
+    return _step(item, path), None, {}
+
+
 def _editors(value: Any) -> list[EditorSpec]:
     out: list[EditorSpec] = []
     for i, item in enumerate(_list(value, "editors", "[memit]", nonempty=False)):
         path = f"editors[{i}]"
-        label = None
-        if isinstance(item, Mapping) and "step" in item:
-            _keys(item, path, EDITOR_KEYS)
-            spec = _step(item["step"], f"{path}.step")
-            if "name" in item:
-                label = _string(item["name"], f"{path}.name", "memit-small")
-        else:
-            spec = _step(item, path)
+        spec, label, _ = _step_item(item, path, EDITOR_KEYS, "memit-small")
         kind = build_intervention(spec).kind
         if kind != EDIT_KIND:
             raise _fail(path, f"{spec.name!r} is a {kind} step, not an editor (kind edit); list it under compressors")
@@ -880,16 +885,8 @@ def _unlearners(value: Any) -> list[UnlearnerSpec]:
     out: list[UnlearnerSpec] = []
     for i, item in enumerate(_list(value, "unlearners", "[rmu]", nonempty=False)):
         path = f"unlearners[{i}]"
-        label, vary = None, None
-        if isinstance(item, Mapping) and "step" in item:
-            _keys(item, path, UNLEARNER_KEYS)
-            spec = _step(item["step"], f"{path}.step")
-            if "name" in item:
-                label = _string(item["name"], f"{path}.name", "rmu-strong")
-            if "vary" in item:
-                vary = _mapping(item["vary"], f"{path}.vary", "{alpha: [100, 1200]}")
-        else:
-            spec = _step(item, path)
+        spec, label, raw = _step_item(item, path, UNLEARNER_KEYS, "rmu-strong")
+        vary = _mapping(raw["vary"], f"{path}.vary", "{alpha: [100, 1200]}") if "vary" in raw else None
         kind = build_intervention(spec).kind
         if kind != UNLEARN_KIND:
             where = "editors" if kind == EDIT_KIND else "compressors"
