@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from lmcompose._limits import MAX_SEED, MAX_THREADS, check_seed
 from lmcompose.api import (
@@ -105,7 +105,7 @@ class RunSettings:
     deterministic: bool = False
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], where: str = "config") -> RunSettings:
+    def from_mapping(cls, data: Mapping[str, Any], where: str = "config") -> Self:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if key not in names:
@@ -192,10 +192,10 @@ class RunSettings:
             raise bad("deterministic", "true or false")
 
     @classmethod
-    def from_file(cls, path: str | Path) -> RunSettings:
+    def from_file(cls, path: str | Path) -> Self:
         return cls.from_mapping(read_yaml(Path(path)), where=str(path))
 
-    def merged(self, **overrides: Any) -> RunSettings:
+    def merged(self, **overrides: Any) -> Self:
         """A copy with every override that is not None applied (CLI flags over the file)."""
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -203,7 +203,7 @@ class RunSettings:
         """(step, field) pairs a sweep varies (a protocol leaves them alone); none in a run."""
         return []
 
-    def with_protocol(self) -> RunSettings:
+    def with_protocol(self) -> Self:
         """These settings with their protocol applied (lmcompose.protocols): its step fields
         where a step does not set them, its policy, its metric options where not given."""
         from lmcompose.protocols import get_protocol

@@ -293,7 +293,7 @@ def validate(
     steps, metrics = settings.validate()
     settings.check_inputs()  # the files it names exist, as the run checks before it writes
     resolve_device(settings.device)  # the device exists on this machine
-    cells = settings.cell_count() if is_sweep else 0
+    cells = settings.cell_count() if isinstance(settings, SweepSettings) else 0
     what = f"sweep of {cells} cells over " if is_sweep else ""
     console.print(
         f"[green]ok[/]: {config} — {what}{len(steps)} step(s): {', '.join(s.name for s in steps)}; metrics: "

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from lmcompose.api import PER_EDIT_KEY, Context, EditRecord, Metric
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from lmcompose.metrics._multi_hop import MultiHopProtocol
     from lmcompose.models.handle import LM
 
@@ -302,14 +304,15 @@ class Scorer:
         # the prompt's last position predicts every target's first token; the prompt's own
         # positions only where a pair asks for every argmax (locality drift)
         full = [any(wants[j] for j in js) for js in members]
-        rows, cols = [], []
+        rows: list[int] = []
+        cols: list[int] = []
         for i, p in enumerate(prompts):
             first = width - len(p) if full[i] else width - 1
             rows += [i] * (width - first)
             cols += range(first, width)
         logits = head.logits(h[torch.tensor(rows, device=h.device), torch.tensor(cols, device=h.device)])
         argmax = logits.argmax(-1).tolist()
-        last: list[torch.Tensor] = []
+        last: list[Tensor] = []
         prompt_argmax: list[list[int]] = []
         at = 0
         for i, p in enumerate(prompts):
@@ -317,7 +320,7 @@ class Scorer:
             last.append(logits[at + n - 1])
             prompt_argmax.append(argmax[at : at + n - 1])
             at += n
-        after: tuple[torch.Tensor, ...] = ()
+        after: tuple[Tensor, ...] = ()
         if branch > 0:
             sel = torch.tensor([i for i, _j in pairs])
             cache.batch_select_indices(sel.to(dev))
