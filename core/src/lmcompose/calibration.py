@@ -272,7 +272,7 @@ def _observe_group(
     lm: LM,
     layer: Any,
     hidden: torch.Tensor,
-    kwargs: dict[str, Any],
+    kwargs: tuple[tuple[Any, ...], dict[str, Any]],  # the layer's call: (positional, keyword) arguments
     i: int,
     names: list[str],
     observe: Callable[[int, str, torch.Tensor], None],
