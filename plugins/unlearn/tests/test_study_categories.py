@@ -152,6 +152,11 @@ def test_a_three_category_study_runs_and_reports_order_effects(tiny_folder, fact
     assert ga.measures["forget_accuracy"]["E_OF"][0] == pytest.approx(min(accs))
     assert ga.measures["forget_accuracy"]["E_OS"][0] == pytest.approx(max(accs) - min(accs))
     assert order_effect_cells(report.data, report.composability, {"bits": 8})[1].value == 8
+    # each category's own criterion only on the pairs that hold it
+    assert "edit_success" not in ga.measures and "forget_accuracy" in ga.measures
+    edit_rtn = cells[("editing × compression", "memit", "rtn")]
+    assert "edit_success" in edit_rtn.measures and "forget_accuracy" not in edit_rtn.measures
+    assert {"perplexity", "retain_accuracy"} <= set(edit_rtn.measures) & set(ga.measures)
     md = (result.folder / "report.md").read_text()
     for title in ("editing × compression", "unlearning × compression", "editing × unlearning"):
         assert f"### Order effects at one strength, {title}: counterfact" in md

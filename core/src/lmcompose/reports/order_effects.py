@@ -75,6 +75,21 @@ def _roles(data: StudyData, entry: str) -> dict[str, str | None]:
     return {"editor": None, "compressor": None, "unlearner": None}
 
 
+#: criteria that measure one category's own goal: read only on the pairs that hold it
+#: (edit success on a pair without an editor scores edits never made); the rest (perplexity,
+#: retain accuracy) measure what every intervention should keep
+OWN_CRITERIA = {
+    "edit_success": "editor",
+    "generalization": "editor",
+    "locality": "editor",
+    "forget_accuracy": "unlearner",
+}
+
+
+def _applies(criterion: str, roles: tuple[str, str]) -> bool:
+    return criterion not in OWN_CRITERIA or OWN_CRITERIA[criterion] in roles
+
+
 def _strength_index(comp: Composability, field: str, at: Mapping[str, Any] | None) -> int:
     if at and field in at:
         for j, v in enumerate(comp.values):
@@ -103,7 +118,7 @@ def order_effect_cells(
             n = 0
             for name in CRITERIA:
                 c = comp.criteria.get(name)
-                if c is None:
+                if c is None or not _applies(name, (row_role, col_role)):
                     continue
                 n = max(n, len(c.replicates))
                 measures[name] = {label: c.per_strength(j, what) for label, what in MEASURES}
