@@ -187,3 +187,31 @@ def test_a_folder_without_per_edit_scores_reports_without_intervals_and_says_so(
     lo, hi = data["strength"]["intervals"]["edit_success"]["A"]
     assert lo <= hi and data["strength"]["intervals"]["edit_success"]["resamples"] == 1000
     assert "perplexity" not in data["strength"]["intervals"]  # not scored per edit
+
+
+def test_report_at_picks_the_order_effect_strength_and_refuses_bad_input(swept, tmp_path):
+    """``--at`` sets the strength of a study's E_OF / E_OS tables; a field no paired entry
+    varies, an item that is not FIELD=VALUE, and ``--at`` on a sweep are one message each,
+    and none writes a report."""
+    from pathlib import Path
+
+    study = tmp_path / "study"
+    shutil.copytree(Path(__file__).parent.parent / "docs" / "replication" / "run", study)
+    (study / "report.md").unlink()
+    res = invoke("report", study, "--at", "sparsity=0.65", "--no-plots")
+    assert res.exit_code == 0, res.output
+    md = (study / "report.md").read_text()
+    section = md.split("### Order effects at one strength, editing × compression: counterfact")[1].split("###")[0]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| memit |")]
+    strengths = {ln.split(" | ")[2] for ln in rows}
+    assert "sparsity=0.65" in strengths and "bits=4" in strengths  # GPTQ/AWQ keep their middle value
+    (study / "report.md").unlink()
+    for args, match in (
+        (["--at", "sparsty=0.65"], "at: no entry paired in both orders varies 'sparsty'; give one of bits, sparsity"),
+        (["--at", "sparsity"], "--at: 'sparsity' is not FIELD=VALUE"),
+    ):
+        res = invoke("report", study, *args, "--no-plots")
+        assert res.exit_code == 2 and match in res.output and "Traceback" not in res.output, res.output
+        assert not (study / "report.md").exists()
+    res = invoke("report", swept[0], "--at", "bits=8", "--no-plots")
+    assert res.exit_code == 2 and "a sweep's report has no such table" in res.output, res.output

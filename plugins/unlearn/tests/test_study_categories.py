@@ -9,15 +9,9 @@ from lmcompose.reports.study import build_study_report
 from lmcompose.results import read_rows
 from lmcompose.studies import Study, StudyError
 from lmcompose.studies.runner import run_study
-from unlearn_fixtures import write_facts
 
 MEMIT = "memit:layers=0+1,context_templates=0,stats_samples=8,stats_seqlen=64,v_num_grad_steps=5"
 TAIL = "datasets=counterfact,known_only=false"
-
-
-@pytest.fixture(scope="module")
-def facts_dir(tmp_path_factory):
-    return write_facts(tmp_path_factory.mktemp("facts"))
 
 
 def three(model: str, facts_dir, **over) -> dict:

@@ -300,7 +300,7 @@ def _execute_here(
         outcome.executed, outcome.references = executor.counts, executor.references
 
 
-def _used(inputs: dict[str, Any], plan: Plan, metrics: Sequence[Any]) -> dict[str, Any]:
+def _used(inputs: dict[str, Any], plan: Plan, metrics: Sequence[Metric]) -> dict[str, Any]:
     """``inputs`` with its versions cut to the distributions ``plan`` and ``metrics`` use
     (:func:`lmcompose.engine.run_folder.used_versions`)."""
     from lmcompose.engine.run_folder import used_versions
@@ -308,9 +308,8 @@ def _used(inputs: dict[str, Any], plan: Plan, metrics: Sequence[Any]) -> dict[st
     if not isinstance(inputs.get("versions"), Mapping):
         return inputs
     steps = {a.name for c in plan.cells for a in c.actions}
-    names = [m if isinstance(m, str) else m.name for m in metrics]
     datasets = {c.group[0] for c in plan.cells}
-    return {**inputs, "versions": used_versions(inputs["versions"], steps, names, datasets)}
+    return {**inputs, "versions": used_versions(inputs["versions"], steps, [m.name for m in metrics], datasets)}
 
 
 def _execute_on_ray(
@@ -323,7 +322,7 @@ def _execute_on_ray(
     record: dict[str, Any],
     show: tuple[str | None, Callable[[ProgressEvent], None] | None, bool],
     outcome: Outcome,
-    metrics: Sequence[Any] = (),
+    metrics: Sequence[Metric],
 ) -> None:
     """Ray tasks: a probe reads the inputs and numerics on a worker, then the subtrees run as tasks."""
     from lmcompose.engine.progress import StateProgress

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmcompose.composability import CRITERIA, Composability
+from lmcompose.errors import UsageError
 from lmcompose.reports.tables import Table, fmt_mean_std
 
 if TYPE_CHECKING:
@@ -68,13 +69,6 @@ class PairCell:
     measures: dict[str, dict[str, tuple[float | None, float | None]]]  # criterion -> E_OF/E_OS -> (mean, std)
 
 
-def _roles(data: StudyData, entry: str) -> dict[str, str | None]:
-    for r in data.rows:
-        if r["entry"] == entry:
-            return {"editor": r.get("editor"), "compressor": r.get("compressor"), "unlearner": r.get("unlearner")}
-    return {"editor": None, "compressor": None, "unlearner": None}
-
-
 #: criteria that measure one category's own goal: read only on the pairs that hold it
 #: (edit success on a pair without an editor scores edits never made); the rest (perplexity,
 #: retain accuracy) measure what every intervention should keep
@@ -91,9 +85,12 @@ def _applies(criterion: str, roles: tuple[str, str]) -> bool:
 
 
 def _strength_index(comp: Composability, field: str, at: Mapping[str, Any] | None) -> int:
+    """The index of ``at[field]`` in the entry's grid, else its middle value's."""
     if at and field in at:
+        want = at[field]
         for j, v in enumerate(comp.values):
-            if v == at[field] or (isinstance(v, int | float) and math.isclose(float(v), float(at[field]))):
+            numbers = isinstance(v, int | float) and isinstance(want, int | float)
+            if v == want or (numbers and math.isclose(float(v), float(want))):
                 return j
     return (len(comp.values) - 1) // 2
 
@@ -101,10 +98,11 @@ def _strength_index(comp: Composability, field: str, at: Mapping[str, Any] | Non
 def order_effect_cells(
     data: StudyData, comps: Mapping[tuple[str, str], Composability], at: Mapping[str, Any] | None = None
 ) -> list[PairCell]:
-    """E_OF and E_OS of every paired entry (an entry of two categories run in two orders)."""
+    """E_OF and E_OS of every paired entry (an entry of two categories run in two orders);
+    a field of ``at`` that no such entry varies is one UsageError naming the fields they do."""
     out = []
     for (entry, ds), comp in comps.items():
-        roles = _roles(data, entry)
+        roles = data.roles(entry)
         sweep = data.sweeps.get((entry, ds))
         if sweep is None or len(comp.orders) < 2:
             continue
@@ -126,6 +124,13 @@ def order_effect_cells(
                 PairCell(
                     title, ds, entry, str(roles[row_role]), str(roles[col_role]), field, comp.values[j], n, measures
                 )
+            )
+    varied = sorted({c.field for c in out})
+    for name in at or {}:
+        if name not in varied:
+            raise UsageError(
+                f"at: no entry paired in both orders varies {name!r}; give one of {', '.join(varied) or 'none'} "
+                "(lmcompose report DIR --at FIELD=VALUE)"
             )
     return out
 

@@ -132,6 +132,16 @@ class StudyData:
     notes: list[str] = field(default_factory=list)  # lines skipped, conflicting duplicates, NaN metrics
     #: the noise floor's repetitions: (entry, dataset, label) -> their sweep (kept out of ``sweeps``)
     noise: dict[tuple[str, str, str], SweepData] = field(default_factory=dict)
+    compressors: dict[str, str | None] = field(default_factory=dict)  # entry -> compressor label
+    unlearners: dict[str, str | None] = field(default_factory=dict)  # entry -> unlearner label
+
+    def roles(self, entry: str) -> dict[str, str | None]:
+        """The entry's editor, compressor and unlearner labels (None where it has none)."""
+        return {
+            "editor": self.editors.get(entry),
+            "compressor": self.compressors.get(entry),
+            "unlearner": self.unlearners.get(entry),
+        }
 
     def editor_step(self, entry: str) -> str | None:
         """The editor step's name of a paired entry (None for a composed sequence)."""
@@ -209,6 +219,8 @@ def load_study_rows(source: str | Path | Sequence[Mapping[str, Any]]) -> StudyDa
             dense.setdefault((r["dataset"], step.get("name"), int(r["replicate"])), r)
     families = {r["entry"]: r.get("family") or "other" for r in rows}
     editors = {r["entry"]: r.get("editor") for r in rows}
+    compressors = {r["entry"]: r.get("compressor") for r in rows}
+    unlearners = {r["entry"]: r.get("unlearner") for r in rows}
     notes = problems + [f"{e} on {d}: {n}" for (e, d), sw in sweeps.items() for n in sw.notes]
     return StudyData(
         rows,
@@ -223,6 +235,8 @@ def load_study_rows(source: str | Path | Sequence[Mapping[str, Any]]) -> StudyDa
         dense,
         notes,
         noise,
+        compressors,
+        unlearners,
     )
 
 
@@ -443,7 +457,7 @@ def comparison_pairs(data: StudyData) -> list[tuple[str, str, str, str]]:
     """(kind, shared method, first entry, second entry) of every pair compared: two
     compressors run with one editor, and two editors run with one compressor (entries in
     the study's order; composed entries, with no editor, are left out)."""
-    compressors = {r["entry"]: r.get("compressor") for r in data.rows}
+    compressors = data.compressors
     out = []
     seen: set[tuple[str, str]] = set()  # two entries with one editor and one compressor: compared once
     for kind, by in (("compressors", data.editors), ("editors", compressors)):

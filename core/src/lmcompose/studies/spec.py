@@ -968,7 +968,8 @@ def _entries(value: Any, editors: list[EditorSpec], unlearners: list[UnlearnerSp
             if not partners:
                 raise _fail(
                     path,
-                    "a compressor entry is paired with every editor and unlearner, and editors is empty; "
+                    "a compressor entry is paired with every editor and unlearner, and editors is empty "
+                    "(and there are no unlearners); "
                     "add editors: [memit] (or unlearners: [rmu]), or compose a sequence with steps: [...]",
                 )
             if "orders" in raw:
@@ -1014,8 +1015,8 @@ def _entries(value: Any, editors: list[EditorSpec], unlearners: list[UnlearnerSp
             pair_orders = _pair_orders(role_orders, ("editor", "unlearner"))
             out.append(Entry(f"{ed.label}+{u.label}", steps, vary, pair_orders, ed.label, None, UNLEARN_KIND, u.label))
             _check_unique(out, path)
+    roles = [{"editor": e.editor, "compressor": e.compressor, "unlearner": e.unlearner} for e in out]
     for i, order in enumerate(role_orders or []):
-        roles = [{"editor": e.editor, "compressor": e.compressor, "unlearner": e.unlearner} for e in out]
         if "unlearner" in order and not any(all(r[x] is not None for x in order) for r in roles):
             raise _fail(
                 f"orders[{i}]", f"no entry pairs {_article(order[0])} with {_article(order[1])}; remove this order"
