@@ -8,8 +8,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import yaml
 
@@ -31,7 +32,14 @@ PER_EDIT_FILE = "per_edit.jsonl"  # each row's per-edit scores, beside results.j
 CONFIG_FILE = "config.yaml"
 
 
-def _clean(value: Any) -> Any:
+@runtime_checkable
+class _Scalar(Protocol):
+    """A 0-d tensor or a numpy scalar: ``item()`` gives its Python number."""
+
+    def item(self) -> object: ...
+
+
+def _clean(value: object) -> object:
     """JSON-safe: non-finite floats become None (JSON has no NaN), tuples become lists."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -39,7 +47,7 @@ def _clean(value: Any) -> Any:
         return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # 0-d tensors / numpy scalars
+    if isinstance(value, _Scalar) and callable(value.item):  # 0-d tensors / numpy scalars
         return _clean(value.item())
     return value
 
@@ -74,7 +82,7 @@ def open_no_link(path: Path, flags: int) -> int:
         raise
 
 
-def append_row(path: Path, row: dict[str, Any]) -> None:
+def append_row(path: Path, row: Mapping[str, object]) -> None:
     """Append one row with a single write on an O_APPEND descriptor, then fsync: a killed run
     leaves whole rows (at worst one torn last line, which read_rows skips). A link at
     ``path`` is refused, never appended to."""
@@ -91,13 +99,14 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def flag_nonfinite(row: dict[str, Any]) -> list[str]:
+def flag_nonfinite(row: dict[str, object]) -> list[str]:
     """Make ``row`` what the writer writes: a top-level value that is NaN or ±Infinity (a
     results file written by hand or by another tool; JSON readers accept both) becomes null and
     is flagged under ``nonfinite`` (``nan``, ``inf``, ``-inf``), as the engine flags a metric,
     so no average takes it in; one nested deeper becomes null. Returns the keys flagged that
     were not flagged already."""
-    flags = dict(row["nonfinite"]) if isinstance(row.get("nonfinite"), dict) else {}
+    held = row.get("nonfinite")
+    flags: dict[object, object] = dict(held) if isinstance(held, dict) else {}
     new = []
     for key, value in list(row.items()):
         if isinstance(value, float) and not math.isfinite(value):
@@ -120,7 +129,7 @@ def nonfinite_note(where: str, keys: list[str]) -> str:
     )
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
+def read_rows(path: Path) -> list[dict[str, object]]:
     """Every complete row of a results file (torn lines from an interrupted write, and lines
     that are not JSON objects, skipped; :func:`read_rows_checked` says which)."""
     return read_rows_checked(path)[0]
@@ -129,7 +138,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 _TOO_DEEP = object()  # a line json.loads gave up on (RecursionError)
 
 
-def read_rows_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+def read_rows_checked(path: Path) -> tuple[list[dict[str, object]], list[str]]:
     """The rows of a results file and a note for every line skipped other than a torn last
     line (which a kill during a write leaves, and a resume rewrites): a line that is not a
     JSON object, nests deeper than MAX_NESTING, or has a ``position`` that is not a whole
@@ -137,7 +146,7 @@ def read_rows_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     Infinity (flagged as the writer flags them: :func:`flag_nonfinite`)."""
     if not path.exists():
         return [], []
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, object]] = []
     problems: list[str] = []
     try:
         lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
@@ -176,7 +185,7 @@ def read_rows_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, problems
 
 
-def read_per_edit(path: Path, run_id: str | None = None) -> dict[tuple[str, int], dict[str, Any]]:
+def read_per_edit(path: Path, run_id: str | None = None) -> dict[tuple[str, int], dict[str, object]]:
     """The per-edit lines of a run folder (or a per_edit.jsonl path) by the key of their
     row, (cell id, position); the last line of a key wins (a run killed between a per-edit
     line and its row writes both again on resume). ``run_id``: that run's lines only. A
@@ -184,17 +193,20 @@ def read_per_edit(path: Path, run_id: str | None = None) -> dict[tuple[str, int]
     path = Path(path)
     if path.is_dir():
         path = path / PER_EDIT_FILE
-    out: dict[tuple[str, int], dict[str, Any]] = {}
+    out: dict[tuple[str, int], dict[str, object]] = {}
     for line in read_rows(path):
         if (run_id is not None and line.get("run_id") != run_id) or "position" not in line:
             continue
         cell = line.get("cell")
-        key = (str(cell) if cell is not None else f"run|r{line.get('replicate', 0)}", int(line["position"]))
+        position = line["position"]
+        if not isinstance(position, int):  # pragma: no cover - read_rows skips such a line
+            continue
+        key = (str(cell) if cell is not None else f"run|r{line.get('replicate', 0)}", position)
         out[key] = line
     return out
 
 
-def replace_atomic(path: Path, write: Any) -> Path:
+def replace_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     """Write ``path`` through a temporary file beside it and rename it into place, so a kill
     leaves the old file or the new one, never half of one. ``write(tmp_path)`` writes. The
     temporary file has a name no one can guess (created with O_EXCL) and the file gets the
@@ -270,21 +282,21 @@ def follow_umask(path: Path) -> Path:
     return path
 
 
-def write_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_yaml_atomic(path: Path, data: Mapping[str, object]) -> None:
     write_text_atomic(path, yaml.safe_dump(_clean(data), sort_keys=False))
 
 
 MAX_YAML_NODES = 1_000_000
 
 
-def nesting_depth(data: Any, limit: int = MAX_NESTING) -> int | None:
+def nesting_depth(data: object, limit: int = MAX_NESTING) -> int | None:
     """How many levels of lists and mappings ``data`` nests (a scalar is 0), counted without
     recursion and only up to ``limit + 1``; None for a structure that contains itself (a YAML
     alias inside its own anchor). Every reader of a user's YAML or JSON checks it, so nothing
     recursive (the alias count, row cleaning, a digest) meets a file nested thousands deep."""
     depth: dict[int, int] = {}
     active: set[int] = set()
-    stack: list[tuple[Any, bool]] = [(data, False)]
+    stack: list[tuple[object, bool]] = [(data, False)]
     while stack:
         obj, finished = stack.pop()
         if not isinstance(obj, dict | list):
@@ -315,14 +327,14 @@ def too_deep(what: str) -> str:
     )
 
 
-def expanded_size(data: Any, limit: int = MAX_YAML_NODES) -> int | None:
+def expanded_size(data: object, limit: int = MAX_YAML_NODES) -> int | None:
     """How many values ``data`` holds once YAML aliases are expanded (each alias counts as a
     full copy of what it names), computed without expanding: a repeated object is sized
     once. Stops counting past ``limit``; None for a structure that contains itself."""
     sizes: dict[int, int] = {}
     active: set[int] = set()
 
-    def size(obj: Any) -> int | None:
+    def size(obj: object) -> int | None:
         if not isinstance(obj, dict | list):
             return 1
         key = id(obj)
@@ -347,7 +359,7 @@ def expanded_size(data: Any, limit: int = MAX_YAML_NODES) -> int | None:
 class _DuplicateKeyError(yaml.YAMLError):
     """A mapping that gives one key twice (PyYAML would keep the last value without a word)."""
 
-    def __init__(self, key: Any, first_line: int, line: int):
+    def __init__(self, key: object, first_line: int, line: int):
         super().__init__(key, first_line, line)
         self.key, self.first_line, self.line = key, first_line, line
 
@@ -360,16 +372,19 @@ class _DuplicateKeyError(yaml.YAMLError):
 
 #: The safe loader (plain data only, never a Python object), libyaml's when installed: the
 #: pure-Python one takes seconds for a study with a grid of thousands of values.
-_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+if TYPE_CHECKING:
+    from yaml import SafeLoader as _SafeLoader
+else:
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _UniqueKeyLoader(_SAFE_LOADER):  # type: ignore[misc,valid-type]
+class _UniqueKeyLoader(_SafeLoader):
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping. Keys a merge (``<<``)
     brings in may still be overridden: that is what a merge is for."""
 
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[object, object]:
         if isinstance(node, yaml.MappingNode):
-            first: dict[Any, int] = {}
+            first: dict[object, int] = {}
             for key_node, _value in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
@@ -384,7 +399,7 @@ class _UniqueKeyLoader(_SAFE_LOADER):  # type: ignore[misc,valid-type]
         return super().construct_mapping(node, deep=deep)
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, object]:
     """The mapping in YAML file ``path`` (safe_load, a key given twice refused); every problem
     is one ConfigError naming the file."""
     from lmcompose.errors import ConfigError
@@ -392,7 +407,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if "\x00" in str(path):
         raise ConfigError(f"config file {str(path)!r} is not a path (it holds a NUL character)")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
+        data: object = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except _DuplicateKeyError as exc:

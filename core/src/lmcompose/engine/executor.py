@@ -28,19 +28,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 from lmcompose.api import PER_EDIT_KEY, Context, EditRecord, Intervention, Metric, References
 from lmcompose.engine.numerics import nondeterministic_error
 from lmcompose.engine.plan import Action, Cell, Group, Node, Plan, PlanCounts
 from lmcompose.engine.policy import project_earlier
-from lmcompose.engine.schema import PerEditLine, RunRow, SweepRow, make_row
+from lmcompose.engine.schema import PerEditLine, RunRow, Scalar, SweepRow, TargetToken, TopK, make_row
 from lmcompose.engine.threads import threads_for
 from lmcompose.errors import LMComposeError, StepFailedError
 from lmcompose.results import refuse_link
 from lmcompose.steps import StepSpec, build_intervention
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from lmcompose.engine.saving import SaveTargets
     from lmcompose.models.handle import LM
 
@@ -48,6 +50,8 @@ TOPK_PROMPT = "The capital of France is"  # the top-k record's prompt when a cel
 TOP_LOGITS = 30  # the highest logits the top-k record keeps for Figure 3
 SNAPSHOT_MODES = ("memory", "disk")
 Row = RunRow | SweepRow  # a row of results.jsonl (lmcompose.engine.schema)
+#: a model state to come back to: a state-dict copy (LM.state_copy) or a safetensors folder
+Snapshot = Mapping[str, object] | Path
 
 __all__ = [
     "Evaluation",
@@ -94,7 +98,7 @@ class Evaluation:
     (``per_edit``: score key -> one value per record of ``ctx.edits``; empty when no metric
     scored edits one by one)."""
 
-    values: dict[str, Any]
+    values: dict[str, object]
     per_edit: dict[str, list[float | None]]
 
 
@@ -105,7 +109,7 @@ def evaluate_metrics(lm: LM, metrics: Sequence[Metric], ctx: Context, where: str
     ``-inf`` (a diverged model: JSON has no infinity, the flag keeps the direction). A metric
     that raises is a :class:`StepFailedError` naming it and its distribution. Per-record
     scores a metric returns under ``PER_EDIT_KEY`` go to ``per_edit``, never to the values."""
-    values: dict[str, Any] = {}
+    values: dict[str, object] = {}
     per_edit: dict[str, list[float | None]] = {}
     nonfinite: dict[str, str] = {}
     start = time.perf_counter()
@@ -133,12 +137,12 @@ def evaluate_metrics(lm: LM, metrics: Sequence[Metric], ctx: Context, where: str
     return Evaluation(values, per_edit)
 
 
-def evaluate(lm: LM, metrics: Sequence[Metric], ctx: Context, where: str) -> dict[str, Any]:
+def evaluate(lm: LM, metrics: Sequence[Metric], ctx: Context, where: str) -> dict[str, object]:
     """The row values of :func:`evaluate_metrics` (per-edit scores left out)."""
     return evaluate_metrics(lm, metrics, ctx, where).values
 
 
-def _per_edit_scores(metric: str, scores: Any, n: int) -> dict[str, list[float | None]]:
+def _per_edit_scores(metric: str, scores: object, n: int) -> dict[str, list[float | None]]:
     """A metric's per-record scores, checked: one list of numbers (or None) per key, one
     value per edit record."""
     if not isinstance(scores, Mapping):
@@ -158,7 +162,7 @@ def _per_edit_scores(metric: str, scores: Any, n: int) -> dict[str, list[float |
     return out
 
 
-def step_warnings(name: str, lm: LM, details: Mapping[str, Any]) -> list[str]:
+def step_warnings(name: str, lm: LM, details: Mapping[str, object]) -> list[str]:
     """What a finished step left that makes later numbers meaningless: non-finite weights,
     non-finite values in its report (e.g. MEMIT's v* loss)."""
     out = []
@@ -177,7 +181,7 @@ def topk_next_tokens(
     k: int,
     targets: Mapping[str, str | None] | None = None,
     top_logits: int = 0,
-) -> dict[str, Any]:
+) -> TopK:
     """The ``k`` most likely next tokens after ``prompt`` and their probabilities (every
     token when the vocabulary has fewer than ``k``).
 
@@ -194,7 +198,7 @@ def topk_next_tokens(
         logits = lm.model(ids).logits[0, -1].float()
     probs = torch.softmax(logits, -1)
     top = torch.topk(probs, min(k, probs.shape[-1]))
-    record: dict[str, Any] = {
+    record: TopK = {
         "prompt": prompt,
         "tokens": [lm.tokenizer.decode([int(i)]) for i in top.indices],
         "token_ids": [int(i) for i in top.indices],
@@ -216,7 +220,7 @@ def topk_next_tokens(
     return record
 
 
-def _target_token(lm: LM, prompt: str, text: str, logits: Any, probs: Any) -> dict[str, Any] | None:
+def _target_token(lm: LM, prompt: str, text: str, logits: torch.Tensor, probs: torch.Tensor) -> TargetToken | None:
     """The first token of ``text`` after ``prompt``: id, token, logit, probability and rank
     among the next-token logits (None for a target that tokenizes to nothing)."""
     from lmcompose.metrics.edits import target_text
@@ -345,7 +349,7 @@ class SnapshotStore:
             for stale in folder.glob("snapshot-*"):
                 shutil.rmtree(stale, ignore_errors=True)
 
-    def save(self, lm: LM) -> Any:
+    def save(self, lm: LM) -> Snapshot:
         if self.mode == "memory":
             return lm.state_copy()
         from safetensors.torch import save_model
@@ -380,9 +384,14 @@ class SnapshotStore:
             ) from None
         return path
 
-    def restore(self, lm: LM, snap: Any) -> None:
-        if self.mode == "memory":  # the snapshot stays as it is for the next child: restore a copy
-            comp = {k: v.clone() for k, v in snap["compression"].items()}
+    def restore(self, lm: LM, snap: Snapshot | None) -> None:
+        if snap is None:  # pragma: no cover - a node with several children always has one
+            raise ValueError("no snapshot to restore")
+        if not isinstance(snap, Path):  # the snapshot stays as it is for the next child: restore a copy
+            held = snap["compression"]
+            if not isinstance(held, Mapping):  # pragma: no cover - LM.state_copy keeps it by layer
+                raise TypeError(f"a memory snapshot's compression is {type(held).__name__}, not a mapping")
+            comp = {k: v.clone() for k, v in held.items()}
             lm.restore({"weights": snap["weights"], "compression": comp})
             return
         from safetensors.torch import load_model
@@ -399,8 +408,8 @@ class SnapshotStore:
             load_model(lm.model, str(snap / "model.safetensors"))
         lm.compression = load_compression(snap)
 
-    def drop(self, snap: Any) -> None:
-        if self.mode == "disk" and snap is not None:
+    def drop(self, snap: Snapshot | None) -> None:
+        if isinstance(snap, Path):
             shutil.rmtree(snap, ignore_errors=True)
             if snap in self._made:
                 self._made.remove(snap)
@@ -436,18 +445,31 @@ class StateResult:
         return zip(self.rows, self.per_edit or [None] * len(self.rows), strict=True)
 
 
-def _scalar_details(details: Mapping[str, Any]) -> dict[str, Any]:
+def _seconds(values: Mapping[str, object]) -> float:
+    """The ``eval_s`` of an evaluation's values (0 when it evaluated nothing)."""
+    seconds = values.get("eval_s", 0.0)
+    return float(seconds) if isinstance(seconds, int | float) else 0.0
+
+
+def _flags(values: Mapping[str, object]) -> dict[str, str]:
+    """The ``nonfinite`` flags of an evaluation's values."""
+    flags = values.get("nonfinite")
+    return {str(k): str(v) for k, v in flags.items()} if isinstance(flags, Mapping) else {}
+
+
+def _scalar_details(details: Mapping[str, object]) -> dict[str, Scalar]:
     return {k: x for k, x in details.items() if isinstance(x, int | float | str | bool) or x is None}
 
 
 @contextmanager
-def under_variant(ctx: Context, variant: Sequence[tuple[str, Any]]) -> Iterator[None]:
+def under_variant(ctx: Context, variant: Sequence[tuple[str, int]]) -> Iterator[None]:
     """Apply an action's variant (:attr:`Action.variant`) for a block: its calibration seed
     on ``ctx`` and its thread count on torch's pool, both restored after."""
     values = dict(variant)
     before = ctx.calibration_seed
-    if values.get("calibration_seed") is not None:
-        ctx.calibration_seed = int(values["calibration_seed"])
+    seed = values.get("calibration_seed")
+    if seed is not None:
+        ctx.calibration_seed = int(seed)
     threads = values.get("threads")
     try:
         with threads_for(int(threads)) if threads is not None else nullcontext():
@@ -595,7 +617,7 @@ class Executor:
         if snap is not None:
             self.store.drop(snap)
 
-    def _topk(self, group: Group) -> dict[str, Any] | None:
+    def _topk(self, group: Group) -> TopK | None:
         if self.topk <= 0:
             return None
         batch = self.batch(group)
@@ -609,14 +631,10 @@ class Executor:
             targets={"target_new": chosen.target_new, "target_true": chosen.target_true},
             top_logits=TOP_LOGITS,
         )
-        record.update(
-            {
-                "target_new": chosen.target_new,
-                "target_true": chosen.target_true,
-                "edit_index": self.topk_edit,
-                "case_id": chosen.case_id,
-            }
-        )
+        record["target_new"] = chosen.target_new
+        record["target_true"] = chosen.target_true
+        record["edit_index"] = self.topk_edit
+        record["case_id"] = chosen.case_id
         return record
 
     def _evaluate(
@@ -624,7 +642,7 @@ class Executor:
         node: Node,
         shown: list[Intervention],
         elapsed: float,
-        details: dict[str, Any],
+        details: Mapping[str, object],
         again: bool,
         warnings: list[str],
     ) -> tuple[list[Row], list[PerEditLine | None]]:
@@ -640,27 +658,28 @@ class Executor:
         ctx.edits = self.batch(groups[0])
         shared = evaluate(self.lm, self.shared_metrics, ctx, where)
         self.evaluations += 1
-        per_group: dict[Group, dict[str, Any]] = {}
+        per_group: dict[Group, dict[str, object]] = {}
         scores: dict[Group, dict[str, list[float | None]]] = {}
         for g in groups:
             ctx.edits = self.batch(g)
             ctx.unedited = list(self.unedited.get(g, []))
-            values = {}
+            values: dict[str, object] = {}
             if self.edit_metrics and ctx.edits:
                 measured = evaluate_metrics(self.lm, self.edit_metrics, ctx, where)
                 values, scores[g] = measured.values, measured.per_edit
                 self.evaluations += 1
-            values["eval_s"] = shared.get("eval_s", 0.0) + values.get("eval_s", 0.0)
+            values["eval_s"] = _seconds(shared) + _seconds(values)
             tk = self._topk(g)
             if tk is not None:
                 values["topk"] = tk
             per_group[g] = values
         last = shown[-1] if shown else None
         shared = {k: x for k, x in shared.items() if k != "eval_s"}
-        rows, per_edit = [], []
+        rows: list[Row] = []
+        per_edit: list[PerEditLine | None] = []
         for cell in node.pending:
             values = {**shared, **per_group[cell.group]}
-            flags = {**shared.get("nonfinite", {}), **per_group[cell.group].get("nonfinite", {})}
+            flags = {**_flags(shared), **_flags(per_group[cell.group])}
             values.pop("nonfinite", None)
             if flags:
                 values["nonfinite"] = flags
@@ -702,7 +721,9 @@ class Executor:
         }
 
 
-def replicate_edits(edits: Sequence[Any] | None, replicates: int) -> list[list[EditRecord]]:
+def replicate_edits(
+    edits: Sequence[EditRecord] | Sequence[Sequence[EditRecord]] | None, replicates: int
+) -> list[list[EditRecord]]:
     """``edits`` as one batch per replicate: a flat list split into ``replicates`` disjoint
     equal batches, or already one list per replicate."""
     from lmcompose.errors import UsageError
@@ -714,10 +735,11 @@ def replicate_edits(edits: Sequence[Any] | None, replicates: int) -> list[list[E
             raise UsageError(
                 f"{len(edits)} edit batches given for {replicates} replicates; give one batch per replicate"
             )
-        return [list(e) for e in edits]
+        return [list(cast("Sequence[EditRecord]", e)) for e in edits]
+    flat = cast("Sequence[EditRecord]", edits)
     size = len(edits) // replicates
     if size < 1:
         raise UsageError(
             f"{len(edits)} edits cannot make {replicates} disjoint replicates; give more edits or fewer replicates"
         )
-    return [list(edits[r * size : (r + 1) * size]) for r in range(replicates)]
+    return [list(flat[r * size : (r + 1) * size]) for r in range(replicates)]

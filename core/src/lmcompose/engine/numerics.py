@@ -24,9 +24,12 @@ import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 from lmcompose.errors import UsageError
+
+if TYPE_CHECKING:
+    from lmcompose.api import Metric
 
 __all__ = [
     "NONDETERMINISTIC_MARK",
@@ -66,7 +69,7 @@ def blas_backend(config: str | None = None) -> dict[str, str]:
     return out
 
 
-def _batch_sizes(metrics: Sequence[Any]) -> dict[str, int]:
+def _batch_sizes(metrics: Sequence[Metric]) -> dict[str, int]:
     sizes = {}
     for metric in metrics:
         size = getattr(getattr(metric, "config", None), "batch_size", None)
@@ -75,13 +78,13 @@ def _batch_sizes(metrics: Sequence[Any]) -> dict[str, int]:
     return sizes
 
 
-def record_numerics(threads: int, deterministic: bool, metrics: Sequence[Any]) -> dict[str, Any]:
+def record_numerics(threads: int, deterministic: bool, metrics: Sequence[Metric]) -> dict[str, object]:
     """The ``numerics:`` of config.yaml for a computation in this process with ``threads``
     torch threads, deterministic mode asked for or not (on also when torch already has it
     on), evaluating ``metrics``."""
     import torch
 
-    out: dict[str, Any] = {
+    out: dict[str, object] = {
         "threads": threads,
         "deterministic": bool(deterministic or torch.are_deterministic_algorithms_enabled()),
         "torch": str(torch.__version__),
@@ -107,8 +110,8 @@ def run_threads(threads: int | None, deterministic: bool, default: int | None) -
 
 @contextmanager
 def numerics_for(
-    threads: int | None, deterministic: bool, metrics: Sequence[Any], default: int | None = None
-) -> Iterator[dict[str, Any]]:
+    threads: int | None, deterministic: bool, metrics: Sequence[Metric], default: int | None = None
+) -> Iterator[dict[str, object]]:
     """Run a block with the thread count of :func:`run_threads` and deterministic mode as asked
     (:func:`deterministic_mode`), both restored after; yields the block's ``numerics:`` record."""
     from lmcompose.engine.threads import threads_for
@@ -117,7 +120,7 @@ def numerics_for(
         yield record_numerics(n, deterministic, metrics)
 
 
-def numerics_changes(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+def numerics_changes(recorded: Mapping[str, object], current: Mapping[str, object]) -> list[tuple[str, object, object]]:
     """(key, recorded value, current value) for every value ``recorded`` holds that
     ``current`` does not match (``batch_sizes.edit`` for a nested one). A value only
     ``current`` has is no change: the run was written before it was recorded."""
@@ -131,7 +134,7 @@ def numerics_changes(recorded: Mapping[str, Any], current: Mapping[str, Any]) ->
     return out
 
 
-def _fix(key: str, old: Any) -> str:
+def _fix(key: str, old: object) -> str:
     if key == "threads":
         return f"--threads {old}"
     if key == "deterministic":
@@ -141,7 +144,7 @@ def _fix(key: str, old: Any) -> str:
     return f"{key} {old}"
 
 
-def check_numerics(recorded: Any, current: Mapping[str, Any] | None, where: str, run_id: str) -> None:
+def check_numerics(recorded: object, current: Mapping[str, object] | None, where: str, run_id: str) -> None:
     """Refuse a resume whose numerics differ from the ``recorded`` ones: one UsageError naming
     each setting, its recorded and current value, and the fix."""
     if not isinstance(recorded, Mapping) or not current:
@@ -150,7 +153,7 @@ def check_numerics(recorded: Any, current: Mapping[str, Any] | None, where: str,
     if not changes:
         return
 
-    def show(value: Any) -> str:
+    def show(value: object) -> str:
         return json.dumps(value, default=str) if value is not None else "none"
 
     what = "; ".join(f"{key}: {show(old)} recorded, {show(new)} now" for key, old, new in changes)

@@ -23,7 +23,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TypedDict
 
 from lmcompose.engine.policy import EDIT_KIND, rerun_after
 from lmcompose.errors import ConfigError
@@ -80,6 +80,8 @@ def _product(counts: Iterable[int]) -> int:
 
 
 Group = tuple[str | None, int]  # (dataset, replicate); dataset None for runs and sweeps
+#: a node's key: (its group, the tree keys of its actions), or ``("root",)`` for the base model
+NodeKey = tuple[Group | None, tuple[str, ...]] | tuple[str]
 
 __all__ = [
     "Action",
@@ -95,7 +97,7 @@ __all__ = [
 ]
 
 
-def canonical_key(name: str, config: Mapping[str, Any]) -> str:
+def canonical_key(name: str, config: Mapping[str, object]) -> str:
     """A step's identity in the tree: its name and fully resolved config (so ``wanda`` and
     ``wanda:structure=unstructured`` are the same state)."""
     return name + json.dumps(dict(config), sort_keys=True, default=str)
@@ -113,19 +115,19 @@ class Action:
     state of its own in the tree (empty: the plain step, with the ids it always had)."""
 
     name: str
-    overrides: Mapping[str, Any]
+    overrides: Mapping[str, object]
     kind: str
     key: str
     index: int
     again: bool = False
-    variant: tuple[tuple[str, Any], ...] = ()
+    variant: tuple[tuple[str, int], ...] = ()
 
     @property
     def tree_key(self) -> str:
         text = ("again:" if self.again else "") + self.key
         return text + ("@" + json.dumps(dict(self.variant), sort_keys=True) if self.variant else "")
 
-    def varied(self, **variant: Any) -> Action:
+    def varied(self, **variant: int | None) -> Action:
         """This action under ``variant`` (merged over its own; None values are dropped)."""
         merged = {**dict(self.variant), **variant}
         return replace(self, variant=tuple(sorted((k, v) for k, v in merged.items() if v is not None)))
@@ -138,7 +140,7 @@ class PlannedStep:
     ``recompress`` policy re-runs it (:meth:`lmcompose.Intervention.reruns_on_recompress`)."""
 
     name: str
-    overrides: Mapping[str, Any]
+    overrides: Mapping[str, object]
     kind: str
     key: str
     reruns_on_recompress: bool
@@ -152,10 +154,10 @@ class Cell:
 
     id: str
     names: tuple[str, ...]
-    value: Any
+    value: object
     group: Group
     actions: tuple[Action, ...]
-    labels: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str | None] = field(default_factory=dict)
     vary_label: str | None = None
     vary_field: str | None = None
     strength_normalized: float | None = None
@@ -171,11 +173,11 @@ class Cell:
 
 @dataclass(eq=False)
 class Node:
-    key: tuple[Any, ...]
+    key: NodeKey
     action: Action | None
     depth: int
     group: Group | None  # the group this state depends on; None = shared by every group
-    children: dict[tuple[Any, ...], Node] = field(default_factory=dict)
+    children: dict[NodeKey, Node] = field(default_factory=dict)
     cells: list[Cell] = field(default_factory=list)
     pending: list[Cell] = field(default_factory=list)
     needed: bool = False
@@ -184,14 +186,26 @@ class Node:
     @property
     def id(self) -> str:
         """A stable name of this state (the same in every process that builds the plan)."""
-        group, prefix = self.key if self.action is not None else (None, ())
+        key = self.key
+        if self.action is None or len(key) != 2:  # the root: ("root",)
+            return "root"
+        group, prefix = key
         text = json.dumps([list(group) if group else None, list(prefix)], default=str)
-        return "root" if self.action is None else hashlib.sha1(text.encode()).hexdigest()[:16]
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     def walk(self) -> Iterator[Node]:
         yield self
         for c in self.children.values():
             yield from c.walk()
+
+
+class CountsRecord(TypedDict):
+    """:class:`PlanCounts` as config.yaml and reports hold it."""
+
+    states: dict[str, int]
+    edits: int
+    compressions: int
+    evaluations: int
 
 
 @dataclass(frozen=True)
@@ -209,7 +223,7 @@ class PlanCounts:
     def compressions(self) -> int:
         return sum(n for k, n in self.states.items() if k != EDIT_KIND)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> CountsRecord:
         return {
             "states": dict(self.states),
             "edits": self.edits,
@@ -332,12 +346,14 @@ class Plan:
 def _build_tree(cells: Sequence[Cell]) -> Node:
     root = Node(("root",), None, 0, None, cells=list(cells))
     for cell in cells:
-        node, prefix, group = root, (), None
+        node: Node = root
+        prefix: tuple[str, ...] = ()
+        group: Group | None = None
         for depth, action in enumerate(cell.actions, start=1):
             prefix = (*prefix, action.tree_key)
             if action.kind == EDIT_KIND:
                 group = cell.group
-            key = (group, prefix)
+            key: NodeKey = (group, prefix)
             if key not in node.children:
                 step = _step_text(action)
                 label = step if node.action is None else f"{node.label.split(' [')[0]} → {step}"

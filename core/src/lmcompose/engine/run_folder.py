@@ -40,11 +40,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 from lmcompose.api import References
 from lmcompose.engine.numerics import check_numerics
-from lmcompose.errors import LMComposeError, UsageError
+from lmcompose.errors import LMComposeError, UsageError, describe_value
 from lmcompose.results import (
     CONFIG_FILE,
     PER_EDIT_FILE,
@@ -59,6 +59,8 @@ from lmcompose.results import (
 )
 
 if TYPE_CHECKING:
+    from lmcompose.api import Context, EditRecord
+    from lmcompose.engine.plan import Group
     from lmcompose.models.handle import LM
 
 LOCK_FILE = ".lock"
@@ -111,6 +113,7 @@ __all__ = [
     "FolderReferences",
     "RunFolder",
     "RunInfo",
+    "RunInputs",
     "describe_changes",
     "edit_digests",
     "edits_digest",
@@ -127,7 +130,7 @@ class RunInfo:
     folder: Path
     run_id: str
     kind: str
-    config: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, object] = field(default_factory=dict)
 
 
 def versions() -> dict[str, str]:
@@ -171,37 +174,57 @@ def used_versions(
     return {k: v for k, v in recorded.items() if k in CORE_VERSIONS or k in used}
 
 
-def edits_digest(batch: Sequence[Any]) -> str:
+def edits_digest(batch: Sequence[EditRecord]) -> str:
     """A checksum of a batch of edit requests (every field, so a changed record is seen)."""
     text = json.dumps([e.to_dict() for e in batch], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def edit_digests(batches: Mapping[Any, Sequence[Any]]) -> dict[str, str]:
+def edit_digests(batches: Mapping[Group, Sequence[EditRecord]]) -> dict[str, str]:
     """Each group's (dataset, replicate) batch of edit requests by its :func:`edits_digest`,
     labelled ``r0`` (a run or sweep) or ``counterfact/r0`` (a study), in order."""
 
-    def label(group: Any) -> str:
+    def label(group: Group) -> str:
         return ("" if group[0] is None else f"{group[0]}/") + f"r{group[1]}"
 
     ordered = sorted(batches.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
     return {label(g): edits_digest(b) for g, b in ordered}
 
 
+class _RunInputKeys(TypedDict):
+    model_fingerprint: str
+    edits: dict[str, str]
+    corpora: dict[str, str]
+    versions: dict[str, str]
+
+
+class _Revision(TypedDict, total=False):
+    model_revision: str | None
+
+
+class _Controls(TypedDict, total=False):
+    unedited: dict[str, str]
+
+
+class RunInputs(_RunInputKeys, _Revision, _Controls):
+    """``inputs:`` of config.yaml (:func:`run_inputs`): what a run's numbers depend on beyond
+    its settings; ``model_revision`` for a hub model, ``unedited`` when the run has control records."""
+
+
 def run_inputs(
     lm: LM,
-    edits: Mapping[Any, Sequence[Any]],
-    ctx: Any = None,
-    unedited: Mapping[Any, Sequence[Any]] | None = None,
-) -> dict[str, Any]:
+    edits: Mapping[Group, Sequence[EditRecord]],
+    ctx: Context | None = None,
+    unedited: Mapping[Group, Sequence[EditRecord]] | None = None,
+) -> RunInputs:
     """What a run's numbers depend on beyond its settings: the base model's weights, the edit
     requests of every group (dataset, replicate) and its control records (``unedited``, when
     the run has them), the text corpora and the software. A resume is refused when any of
     them changed (:meth:`RunFolder.write_config` compares them)."""
     from lmcompose.data import corpus_identity
 
-    revision = {"model_revision": lm.revision} if getattr(lm, "revision", None) else {}
-    controls = {"unedited": edit_digests(unedited)} if unedited else {}
+    revision: _Revision = {"model_revision": lm.revision} if getattr(lm, "revision", None) else {}
+    controls: _Controls = {"unedited": edit_digests(unedited)} if unedited else {}
     return {
         **revision,
         "model_fingerprint": lm.fingerprint(),
@@ -225,15 +248,15 @@ class FolderReferences(References):
     def _path(self, key: str) -> Path:
         return self.folder / f"{key}.json"
 
-    def _read(self, key: str) -> dict[str, Any] | None:
+    def _read(self, key: str) -> dict[str, object] | None:
         return _read_reference(self._path(key))
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _write(self, record: dict[str, object]) -> None:
         refuse_link(self.folder)
-        write_text_atomic(self._path(record["key"]), json.dumps(record, separators=(",", ":")) + "\n")
+        write_text_atomic(self._path(str(record["key"])), json.dumps(record, separators=(",", ":")) + "\n")
 
 
-def _read_reference(path: Path) -> dict[str, Any] | None:
+def _read_reference(path: Path) -> dict[str, object] | None:
     """A stored reference (opened with O_NOFOLLOW), or None if absent, unreadable or not one."""
     try:
         fd = open_no_link(path, os.O_RDONLY)
@@ -252,7 +275,7 @@ def _read_reference(path: Path) -> dict[str, Any] | None:
     return data if ok else None
 
 
-def row_cell_id(row: Mapping[str, Any]) -> str:
+def row_cell_id(row: Mapping[str, object]) -> str:
     """The cell a row belongs to: its ``cell`` (sweeps, studies), or the replicate of a run."""
     cell = row.get("cell")
     return str(cell) if cell is not None else f"run|r{row.get('replicate', 0)}"
@@ -261,11 +284,11 @@ def row_cell_id(row: Mapping[str, Any]) -> str:
 SHOWN = 80  # characters of a changed value shown in a "what changed" line
 
 
-def _json(value: Any) -> str:
+def _json(value: object) -> str:
     return json.dumps(value, default=str, sort_keys=True)
 
 
-def _shown_pair(old: Any, new: Any) -> tuple[str, str]:
+def _shown_pair(old: object, new: object) -> tuple[str, str]:
     """The two values as JSON, each cut to about :data:`SHOWN` characters around the first
     place they differ (two long lists that differ near the end show their ends, never two
     identical beginnings)."""
@@ -282,7 +305,7 @@ def _shown_pair(old: Any, new: Any) -> tuple[str, str]:
     return window(a), window(b)
 
 
-def _describe_change(old: Any, new: Any, key: str, out: list[str]) -> None:
+def _describe_change(old: object, new: object, key: str, out: list[str]) -> None:
     """Append ``key: old → new`` for each place the two values differ: mappings by their
     dotted keys, lists of the same length by their indices (``compressors[0].vary``)."""
     if isinstance(old, Mapping) and isinstance(new, Mapping):
@@ -296,7 +319,7 @@ def _describe_change(old: Any, new: Any, key: str, out: list[str]) -> None:
         out.append(f"{key}: {shown_old} → {shown_new}")
 
 
-def comparable_versions(inputs: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
+def comparable_versions(inputs: Mapping[str, object], other: Mapping[str, object]) -> dict[str, object]:
     """``inputs`` with its ``versions`` cut to the distributions ``other`` records too: a
     plugin installed (or removed) since the run started changes no number of it — a plugin
     the run uses cannot go missing without its steps failing to build — so only a version
@@ -308,7 +331,7 @@ def comparable_versions(inputs: Mapping[str, Any], other: Mapping[str, Any]) -> 
 
 
 def describe_changes(
-    old: Mapping[str, Any], new: Mapping[str, Any], ignore: frozenset[str] = VOLATILE_KEYS, prefix: str = ""
+    old: Mapping[str, object], new: Mapping[str, object], ignore: frozenset[str] = VOLATILE_KEYS, prefix: str = ""
 ) -> list[str]:
     """``key: old → new`` for every setting that differs between two resolved configs
     (nested mappings by their dotted key, ``corpora.test: ... → ...``, lists of the same
@@ -330,8 +353,8 @@ class RunFolder:
         path: str | Path,
         run_id: str,
         kind: str,
-        config: Mapping[str, Any] | None = None,
-        numerics: Mapping[str, Any] | None = None,
+        config: Mapping[str, object] | None = None,
+        numerics: Mapping[str, object] | None = None,
     ):
         self.path = Path(path)
         self.run_id = run_id
@@ -478,7 +501,7 @@ class RunFolder:
 
     # -- config and inputs -----------------------------------------------------------
     def write_config(
-        self, inputs: Mapping[str, Any] | None = None, numerics: Mapping[str, Any] | None = None, **extra: Any
+        self, inputs: Mapping[str, object] | None = None, numerics: Mapping[str, object] | None = None, **extra: object
     ) -> None:
         """Write config.yaml (the resolved settings, ``numerics``, ``inputs`` and ``extra``), or,
         when the folder already has one, check that the numerics this run computes with and the
@@ -493,6 +516,11 @@ class RunFolder:
             check_numerics(existing.get(NUMERICS_KEY), numerics, str(self.path), self.run_id)
             recorded = existing.get("inputs")
             if recorded is not None:
+                if not isinstance(recorded, Mapping):
+                    raise UsageError(
+                        f"{self.config_path}: inputs is {describe_value(recorded)}, not the mapping a run records "
+                        "(edited by hand?); restore it, or start a new run in another --out"
+                    )
                 changed = describe_changes(
                     comparable_versions(recorded, inputs), comparable_versions(inputs, recorded), ignore=frozenset()
                 )
@@ -502,7 +530,7 @@ class RunFolder:
                         f"would mix data: {'; '.join(changed)}. Restore them, or start a new run in another --out"
                     )
             return
-        data = {**self.config, "run_id": self.run_id, "kind": self.kind, **extra}
+        data: dict[str, object] = {**self.config, "run_id": self.run_id, "kind": self.kind, **extra}
         if numerics:
             data[NUMERICS_KEY] = numerics
         if inputs:
@@ -517,7 +545,7 @@ class RunFolder:
         read from and written to ``references/``."""
         return FolderReferences(self.path / REFERENCES_FOLDER, model)
 
-    def reference_records(self) -> dict[str, dict[str, Any]]:
+    def reference_records(self) -> dict[str, dict[str, object]]:
         """Every reference stored here, by key (what a Ray driver hands its tasks)."""
         folder = self.path / REFERENCES_FOLDER
         refuse_link(folder)
@@ -527,17 +555,20 @@ class RunFolder:
         for path in sorted(folder.glob("*.json")):
             record = _read_reference(path)
             if record is not None:
-                out[record["key"]] = record
+                out[str(record["key"])] = record
         return out
 
-    def write_references(self, records: Mapping[str, Mapping[str, Any]]) -> int:
+    def write_references(self, records: Mapping[str, Mapping[str, object]]) -> int:
         """Store references computed elsewhere (by a Ray task), each under its own key;
         returns how many were new here."""
         store = self.references(None)
         held = self.reference_records()
         new = 0
         for key, record in records.items():
-            named = References(record.get("model")).key(str(record.get("kind")), str(record.get("content")))
+            model = record.get("model")
+            named = References(model if isinstance(model, str) else None).key(
+                str(record.get("kind")), str(record.get("content"))
+            )
             if key != record.get("key") or key != named:
                 raise ValueError(f"reference record {key!r} is not what its key names (kind, content, model)")
             if key not in held:
@@ -546,18 +577,18 @@ class RunFolder:
         return new
 
     # -- rows ------------------------------------------------------------------------
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[dict[str, object]]:
         return [r for r in read_rows(self.results) if r.get("run_id") == self.run_id]
 
     def done(self) -> set[tuple[str, int]]:
         """(cell id, position) of every row of this run already written."""
-        return {(row_cell_id(r), int(r["position"])) for r in self.rows() if "position" in r}
+        return {(row_cell_id(r), p) for r in self.rows() if isinstance(p := r.get("position"), int)}
 
     @property
     def info(self) -> RunInfo:
         return RunInfo(self.path, self.run_id, self.kind, self.config)
 
-    def append(self, row: dict[str, Any], per_edit: Mapping[str, Any] | None = None) -> None:
+    def append(self, row: Mapping[str, object], per_edit: Mapping[str, object] | None = None) -> None:
         """Append one row (a single write, fsynced) and call the ``row_written`` hook; its
         per-edit line first, when given (:meth:`append_per_edit`)."""
         from lmcompose.plugins import notify_row_written
@@ -574,7 +605,7 @@ class RunFolder:
         append_row(self.results, row)
         notify_row_written(row, self.info)
 
-    def append_per_edit(self, line: Mapping[str, Any]) -> None:
+    def append_per_edit(self, line: Mapping[str, object]) -> None:
         """Append one line of per-edit scores to per_edit.jsonl (a single write, fsynced):
         keyed as its row is (run id, cell, position), with the dataset, replicate, the case
         id of each edit (edit i is ``(i, case_ids[i])``, so duplicate or missing case ids

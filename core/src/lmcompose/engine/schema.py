@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
+from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, cast
 
 from lmcompose.api import config_to_dict
 
@@ -35,7 +35,9 @@ __all__ = [
     "StudyLabels",
     "StudyRow",
     "SweepRow",
+    "TargetToken",
     "TopK",
+    "TopLogits",
     "make_row",
     "row_keys",
     "step_column",
@@ -45,10 +47,14 @@ __all__ = [
 EDIT_IDS_KEPT = 50
 
 
+#: a value a row keeps from a step's report (``step_details``): scalars only
+Scalar = int | float | str | bool | None
+
+
 class _StepKeys(TypedDict):
     name: str
     kind: str
-    config: dict[str, Any]
+    config: dict[str, object]
 
 
 class StepColumn(_StepKeys, total=False):
@@ -56,7 +62,7 @@ class StepColumn(_StepKeys, total=False):
     model): its name, kind and resolved config; in cell rows also its own ``strength`` and
     ``strength_field``; ``recompress`` (true) on a compressor's re-run under ``recompress``."""
 
-    strength: Any
+    strength: object
     strength_field: str | None
     recompress: bool
 
@@ -69,11 +75,30 @@ class _TopKKeys(TypedDict):
     logits: list[float]
 
 
+class TargetToken(TypedDict):
+    """The first token of a target after the prompt, among the next-token logits."""
+
+    text: str
+    token_id: int
+    token: str
+    logit: float
+    prob: float
+    rank: int
+
+
+class TopLogits(TypedDict):
+    """The highest next-token logits (Figure 3 of the paper draws 30)."""
+
+    token_ids: list[int]
+    tokens: list[str]
+    logits: list[float]
+
+
 class TopK(_TopKKeys, total=False):
     """``topk``: the top-k next tokens of one prompt of the cell's batch (docs/sweeps.md)."""
 
-    targets: dict[str, Any]
-    top_logits: dict[str, Any]
+    targets: dict[str, TargetToken | None]
+    top_logits: TopLogits
     target_new: str
     target_true: str | None
     edit_index: int
@@ -89,11 +114,11 @@ class _RowKeys(TypedDict):
     policy: str
     position: int
     step: StepColumn | None
-    strength: Any
+    strength: object
     strength_field: str | None
     strength_normalized: float | None
     elapsed_s: float
-    step_details: dict[str, Any]
+    step_details: dict[str, Scalar]
     eval_s: float
     notes: list[str]
     timestamp: float
@@ -159,8 +184,15 @@ class PerEditLine(TypedDict):
     scores: dict[str, list[float | None]]
 
 
+class _RowType(Protocol):
+    """A row's TypedDict class, as :func:`row_keys` reads it."""
+
+    __required_keys__: frozenset[str]
+    __optional_keys__: frozenset[str]
+
+
 #: the row types by the kind of run folder that writes them
-ROW_KINDS: dict[str, type] = {"run": RunRow, "sweep": SweepRow, "study": StudyRow}
+ROW_KINDS: dict[str, _RowType] = {"run": RunRow, "sweep": SweepRow, "study": StudyRow}
 #: the keys of a cell row that a run row does not have
 CELL_KEYS = frozenset(_CellKeys.__required_keys__) | {"topk"}
 
@@ -213,8 +245,8 @@ def make_row(
     base_format: str,
     policy: str,
     elapsed: float,
-    details: Mapping[str, Any],
-    values: Mapping[str, Any],
+    details: Mapping[str, Scalar],
+    values: Mapping[str, object],
     shared_by_cells: int,
     edit_ids: Sequence[str],
     notes: Sequence[str],
@@ -226,7 +258,7 @@ def make_row(
     of_grid = cell.vary_label is not None
     knob = step.strength if step is not None else None
     own = step.strength_value if step is not None else None
-    fields: dict[str, Any] = {
+    fields: dict[str, object] = {
         "run_id": run_id,
         "sweep": True,
         "cell": cell.id,
@@ -251,7 +283,7 @@ def make_row(
         "notes": list(notes),
         "timestamp": time.time(),
     }
-    row: dict[str, Any] = {}
+    row: dict[str, object] = {}
     for key in CELL_LAYOUT if of_grid else RUN_LAYOUT:
         if key == LABELS:
             row.update(cell.labels)
