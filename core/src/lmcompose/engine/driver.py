@@ -26,7 +26,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 from lmcompose.engine.plan import MAX_CELLS, Group, Plan, PlanCounts
 from lmcompose.errors import ConfigError, UsageError
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from lmcompose.engine.executor import Row
     from lmcompose.engine.plan import Action, Node
     from lmcompose.engine.progress import ProgressEvent
-    from lmcompose.engine.ray_executor import RayWork, TaskFailure
-    from lmcompose.engine.run_folder import RunFolder
+    from lmcompose.engine.ray_executor import RayWork, StateItem, TaskFailure
+    from lmcompose.engine.run_folder import RunFolder, RunInputs
     from lmcompose.engine.saving import SaveTargets
     from lmcompose.models.handle import LM
 
@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 
-def run_id(identity: Mapping[str, Any]) -> str:
+def run_id(identity: Mapping[str, object]) -> str:
     """The id of the run whose resolved settings are ``identity``: the first 12 hex digits
     of the SHA-1 of its JSON (sorted keys), leaving out :data:`WHERE_KEYS`. The one recipe
     of every run, sweep and study id."""
@@ -162,6 +162,16 @@ class Outcome:
     missing: list[str] = field(default_factory=list)
 
 
+class _ExecutorArgs(TypedDict):
+    """What :func:`execute` hands the executor of this process."""
+
+    snapshots: str
+    topk: int
+    topk_edit: int
+    build: Callable[[Action], Intervention] | None
+    save: SaveTargets | None
+
+
 def missing_cells(plan: Plan, done: set[tuple[str, int]], only: set[str] | None = None) -> list[str]:
     """The ids of the cells (in ``only``, when given) with a row not in ``done``."""
     return [
@@ -185,7 +195,7 @@ def execute(
     build: Callable[[Action], Intervention] | None = None,
     save: SaveTargets | None = None,
     only: set[str] | None = None,
-    record: Mapping[str, Any] | None = None,
+    record: Mapping[str, object] | None = None,
     bar: str | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
     keep_rows: bool = True,
@@ -238,9 +248,9 @@ def _execute_here(
     metrics: Sequence[Metric],
     loaded: Loaded,
     numerics_args: tuple[int | None, bool, int | None],
-    executor_args: dict[str, Any],
+    executor_args: _ExecutorArgs,
     only: set[str] | None,
-    record: dict[str, Any],
+    record: dict[str, object],
     show: tuple[str | None, Callable[[ProgressEvent], None] | None, bool],
     outcome: Outcome,
 ) -> None:
@@ -300,7 +310,7 @@ def _execute_here(
         outcome.executed, outcome.references = executor.counts, executor.references
 
 
-def _used(inputs: dict[str, Any], plan: Plan, metrics: Sequence[Metric]) -> dict[str, Any]:
+def _used(inputs: RunInputs, plan: Plan, metrics: Sequence[Metric]) -> RunInputs:
     """``inputs`` with its versions cut to the distributions ``plan`` and ``metrics`` use
     (:func:`lmcompose.engine.run_folder.used_versions`)."""
     from lmcompose.engine.run_folder import used_versions
@@ -319,7 +329,7 @@ def _execute_on_ray(
     numerics_args: tuple[int | None, bool],
     save: SaveTargets | None,
     only: set[str] | None,
-    record: dict[str, Any],
+    record: dict[str, object],
     show: tuple[str | None, Callable[[ProgressEvent], None] | None, bool],
     outcome: Outcome,
     metrics: Sequence[Metric],
@@ -331,7 +341,7 @@ def _execute_on_ray(
     _bar, on_progress, keep_rows = show
     trackers: list[StateProgress] = []
 
-    def write_config(inputs: dict[str, Any], numerics: dict[str, Any]) -> None:
+    def write_config(inputs: RunInputs, numerics: dict[str, object]) -> None:
         inputs = _used(inputs, plan, metrics)
         folder.write_config(
             inputs=inputs,
@@ -340,7 +350,7 @@ def _execute_on_ray(
             **{"versions": inputs["versions"], **record},
         )
 
-    def on_state(node: Node, item: dict[str, Any]) -> None:
+    def on_state(node: Node, item: StateItem) -> None:
         if not trackers:  # the plan is marked (done rows known) only once the probe has run
             trackers.append(StateProgress(plan, on_progress))
         outcome.written += len(item["rows"])

@@ -8,7 +8,7 @@ seconds per wall second), so it also holds when Ray tasks run side by side.
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,7 +59,7 @@ class StateProgress:
         )
         self.total = sum(self.left.values())
         self.done = 0
-        self.spent: Counter[str] = Counter()
+        self.spent: defaultdict[str, float] = defaultdict(float)  # seconds by kind
         self.count: Counter[str] = Counter()
         self.start = time.perf_counter()
         self.callback = callback

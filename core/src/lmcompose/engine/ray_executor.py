@@ -26,16 +26,20 @@ import os
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from lmcompose._limits import MAX_GPUS_PER_TASK, MAX_THREADS
 from lmcompose.engine.numerics import run_threads
-from lmcompose.engine.plan import Plan, Task
-from lmcompose.engine.run_folder import RunFolder
+from lmcompose.engine.plan import Group, Node, Plan, Task
+from lmcompose.engine.run_folder import RunFolder, RunInputs
 from lmcompose.engine.saving import SaveTargets
 from lmcompose.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
+    from lmcompose.api import Context, EditRecord, Metric
+    from lmcompose.engine.executor import Row
+    from lmcompose.engine.schema import PerEditLine
     from lmcompose.models.handle import LM
 
 # environment a worker needs to find the same data, caches and plugins as the driver
@@ -51,21 +55,65 @@ FORWARDED_ENV = (
 )
 CONNECT_TIMEOUT_S = 5.0
 
-__all__ = ["RayOutcome", "RayWork", "TaskFailure", "check_address", "check_ray", "check_task_resources", "run_on_ray"]
+__all__ = [
+    "ExecutorOptions",
+    "Prepared",
+    "RayOutcome",
+    "RayWork",
+    "StateItem",
+    "TaskFailure",
+    "check_address",
+    "check_ray",
+    "check_task_resources",
+    "run_on_ray",
+]
+
+
+class ExecutorOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`~lmcompose.engine.executor.Executor` a worker's
+    :meth:`RayWork.prepare` gives (``unedited``: the control records of each group)."""
+
+    snapshots: str
+    topk: int
+    topk_edit: int
+    unedited: Mapping[Group, list[EditRecord]] | None
+
+
+#: what :meth:`RayWork.prepare` rebuilds in a worker
+Prepared = tuple["Plan", "LM", "Context", "list[Metric]", "dict[Group, list[EditRecord]]", ExecutorOptions]
+
+
+class StateItem(TypedDict):
+    """What a task yields per model state it reached: the node's id, its rows and their
+    per-edit lines, the seconds it took, the kind of step computed there (None where nothing
+    was computed), the evaluations made since the last item and the references computed so far."""
+
+    node: str
+    rows: list[Row]
+    per_edit: list[PerEditLine | None]
+    seconds: float
+    kind: str | None
+    evaluations: int
+    references: int
 
 
 class RayWork(Protocol):
     """What a worker needs to rebuild its part of the run (must pickle)."""
 
-    def prepare(self, threads: int, deterministic: bool = False) -> tuple[Any, ...]:
+    def prepare(self, threads: int, deterministic: bool = False) -> Prepared:
         """(plan, lm, ctx, metrics, edits, executor keyword arguments), in the worker, with
         torch's thread count and deterministic mode set for the task."""
 
-    def inputs(self, lm: LM, edits: Mapping[Any, Any], unedited: Mapping[Any, Any] | None = None) -> dict[str, Any]:
+    def inputs(
+        self,
+        lm: LM,
+        edits: Mapping[Group, list[EditRecord]],
+        unedited: Mapping[Group, list[EditRecord]] | None = None,
+    ) -> RunInputs:
         """What the run's numbers depend on (checked by the run folder); ``unedited``: the
         control records ``prepare`` gave (its keyword arguments' ``unedited``)."""
 
-    def numerics(self, threads: int, deterministic: bool) -> dict[str, Any]:
+    def numerics(self, threads: int, deterministic: bool) -> dict[str, object]:
         """The ``numerics:`` record of a task in this worker (checked by the run folder)."""
 
 
@@ -105,7 +153,7 @@ def check_task_resources(cpus_per_task: float, gpus_per_task: float) -> None:
             raise ConfigError(f"{flag} {value!r}: give {what} to {high:g}")
 
 
-def _ray() -> Any:
+def _ray() -> ModuleType:
     check_ray()
     import ray
 
@@ -141,13 +189,13 @@ def check_address(address: str) -> str:
     return address
 
 
-def _init(ray: Any, address: str | None) -> bool:
+def _init(ray: ModuleType, address: str | None) -> bool:
     """Connect (or start a local cluster); True if this call started Ray."""
     if address:
         address = check_address(address)
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    kwargs: dict[str, object] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address:
         kwargs["address"] = address
     try:
@@ -161,7 +209,9 @@ def _worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
-def _probe(work: RayWork, threads: int, deterministic: bool, env: dict[str, str]) -> tuple[dict[str, Any], ...]:
+def _probe(
+    work: RayWork, threads: int, deterministic: bool, env: dict[str, str]
+) -> tuple[RunInputs, dict[str, object]]:
     """(inputs, numerics) as a worker sees them."""
     os.environ.update(env)
     _plan, lm, _ctx, _metrics, edits, kw = work.prepare(threads, deterministic)
@@ -175,8 +225,8 @@ def _probe_and_reference(
     env: dict[str, str],
     done: set[tuple[str, int]],
     only: set[str] | None,
-    stored: Mapping[str, Mapping[str, Any]],
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
+    stored: Mapping[str, Mapping[str, object]],
+) -> tuple[RunInputs, dict[str, object], dict[str, dict[str, object]]]:
     """(inputs, numerics, references) as a worker sees them: the references are the base-model
     references (:meth:`lmcompose.Metric.reference`) of every edit batch with rows pending
     (``done``, ``only``) that ``stored`` (the run folder's) does not hold, computed here on the
@@ -204,8 +254,8 @@ def _task(
     fingerprint: str | None,
     env: dict[str, str],
     save: SaveTargets | None = None,
-    references: Mapping[str, Mapping[str, Any]] | None = None,
-) -> Iterator[dict[str, Any]]:
+    references: Mapping[str, Mapping[str, object]] | None = None,
+) -> Iterator[StateItem]:
     os.environ.update(env)
     from lmcompose.api import References
     from lmcompose.engine.executor import Executor
@@ -246,8 +296,8 @@ def run_on_ray(
     threads: int | None = None,
     deterministic: bool = False,
     only: set[str] | None = None,
-    on_state: Callable[[Any, dict[str, Any]], None] | None = None,
-    write_config: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+    on_state: Callable[[Node, StateItem], None] | None = None,
+    write_config: Callable[[RunInputs, dict[str, object]], None] | None = None,
     save: SaveTargets | None = None,
 ) -> RayOutcome:
     """Run the needed part of ``plan`` as Ray tasks; the rows go to ``folder`` (this process
@@ -279,23 +329,23 @@ def run_on_ray(
         plan.mark_needed(folder.done(), only, force=save.missing() if save is not None else None)
         remote = ray.remote(_task).options(**opts)
 
-        def submit(task: Task) -> Any:
+        def submit(task: Task) -> object:  # a Ray ObjectRefGenerator
             fingerprint = inputs.get("model_fingerprint")
             return remote.remote(
                 work, task, folder.done(), only, n_threads, deterministic, fingerprint, env, save, held
             )
 
-        running: dict[Any, tuple[Task, int]] = {submit(t): (t, 0) for t in plan.tasks()}
+        running: dict[object, tuple[Task, int]] = {submit(t): (t, 0) for t in plan.tasks()}
         failures: list[TaskFailure] = []
         states: dict[str, int] = {}
         evaluations = 0
-        references: dict[Any, int] = {}
+        references: dict[object, int] = {}
         while running:
             ready, _ = ray.wait(list(running), num_returns=1)
             gen = ready[0]
             task, attempt = running[gen]
             try:
-                item = ray.get(next(gen))
+                item: StateItem = ray.get(next(gen))
             except StopIteration:
                 del running[gen]
                 continue

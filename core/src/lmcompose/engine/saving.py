@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lmcompose.errors import ConfigError, UsageError
 from lmcompose.results import follow_umask, refuse_link
@@ -163,7 +163,7 @@ def atomic_folder(target: Path, what: str = "the model") -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_model_folder(lm: LM, target: Path, provenance: Mapping[str, Any]) -> Path:
+def write_model_folder(lm: LM, target: Path, provenance: Mapping[str, object]) -> Path:
     """Write ``lm`` (weights, tokenizer, compression sidecar) and ``provenance`` to ``target``
     (replacing what is there): into a temporary folder beside it, renamed into place when
     complete."""
@@ -206,7 +206,7 @@ class SaveTargets:
     model it is; a state shared by several chosen cells is written once per cell folder)."""
 
     by_node: dict[str, list[Path]] = field(default_factory=dict)
-    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)  # folder -> its lmcompose_model.json
+    provenance: dict[str, dict[str, object]] = field(default_factory=dict)  # folder -> its lmcompose_model.json
     overwrite: bool = False
 
     @classmethod
@@ -217,7 +217,7 @@ class SaveTargets:
         folder_of: Mapping[str, Path],
         *,
         overwrite: bool = False,
-        extra: Mapping[str, Any] | None = None,
+        extra: Mapping[str, object] | None = None,
     ) -> SaveTargets:
         """Each cell's final model (the node after its last action) to ``folder_of[cell.id]``."""
         targets = cls(overwrite=overwrite)
@@ -239,7 +239,12 @@ class SaveTargets:
 
     @classmethod
     def for_study(
-        cls, plan: Plan, pattern: str, root: Path, extra: Mapping[str, Any] | None = None, only: set[str] | None = None
+        cls,
+        plan: Plan,
+        pattern: str,
+        root: Path,
+        extra: Mapping[str, object] | None = None,
+        only: set[str] | None = None,
     ) -> SaveTargets:
         """The cells matching ``pattern`` (and in ``only``, a shard's cells, when given), each in
         ``root/<cell folder name>`` (``root``: the run folder's :func:`models_folder`)."""
