@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 from lmcompose._limits import MAX_SEED, MAX_THREADS, check_seed
 from lmcompose.api import (
@@ -40,6 +40,9 @@ from lmcompose.results import read_yaml
 from lmcompose.steps import StepSpec, build_intervention, build_metrics, parse_step
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from lmcompose.engine.executor import Row
     from lmcompose.models.handle import LM
 
 __all__ = [
@@ -69,6 +72,10 @@ __all__ = [
 NUMERICS_SETTINGS = ("threads", "deterministic")
 #: Settings left out of config.yaml and the run id while unset, so runs from before they existed keep their ids.
 OPTIONAL_SETTINGS = ("ppl_corpus", "calibration_corpus", "device_map", "max_memory", "revision")
+#: a step as settings hold it: ``name:field=value`` text, a mapping, or a parsed StepSpec
+StepSetting = str | Mapping[str, object] | StepSpec
+#: a step as the Python API takes it: a setting, or an intervention already built
+StepInput = StepSetting | Intervention
 STEPS_EXPECTED = "a list of steps, e.g. [magnitude:sparsity=0.5, rtn:bits=4] or [{magnitude: {sparsity: 0.5}}]"
 
 
@@ -77,7 +84,7 @@ class RunSettings:
     """Everything that defines a run. ``-c config.yaml`` holds these keys; flags override."""
 
     model: str = ""
-    steps: list[Any] = field(default_factory=list)
+    steps: list[StepSetting] = field(default_factory=list)
     out: str | None = None
     dataset: str | None = None
     dataset_source: str | None = None
@@ -86,7 +93,7 @@ class RunSettings:
     seed: int = 0
     policy: str = "project"
     metrics: list[str] | None = None
-    metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metric_options: dict[str, dict[str, object]] = field(default_factory=dict)
     device: str = "cpu"
     dtype: str | None = None  # None: lmcompose.models.loading.default_dtype(device)
     data_dir: str | None = None
@@ -105,12 +112,14 @@ class RunSettings:
     deterministic: bool = False
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], where: str = "config") -> Self:
+    def from_mapping(cls, data: Mapping[str, object], where: str = "config") -> Self:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if key not in names:
                 raise UnknownNameError(f"setting in {where}", key, names)
-        settings = cls(**{k: v for k, v in data.items()})
+        # a file's values, any shape: check_shapes names each one that is not what its field says
+        unchecked: dict[str, Any] = dict(data)
+        settings = cls(**unchecked)
         settings.check_shapes(where)
         if isinstance(settings.steps, str):
             settings.steps = settings.steps.split()
@@ -278,8 +287,8 @@ class RunSettings:
             check_dataset_source(self.dataset or "records", self.dataset_source)
         check_corpus_files(self.ppl_corpus, self.calibration_corpus)
 
-    def resolved(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+    def resolved(self) -> dict[str, object]:
+        d: dict[str, object] = dataclasses.asdict(self)
         d["steps"] = [str(parse_step(s)) for s in self.steps]
         if d["protocol"] == "default":
             del d["protocol"]  # so run ids written before protocols existed stay the same
@@ -303,7 +312,7 @@ class RunSettings:
 
         return self.dtype or default_dtype(self.device)
 
-    def load_model(self, progress: Progress | None = None) -> Any:
+    def load_model(self, progress: Progress | None = None) -> LM:
         """The model these settings name, loaded with their dtype, device and placement."""
         from lmcompose.models.loading import load_model
 
@@ -329,14 +338,14 @@ class RunSettings:
             data_dir=Path(self.data_dir).expanduser().resolve() if self.data_dir else None,
         )
 
-    def numerics(self, metrics: Sequence[Metric]) -> dict[str, Any]:
+    def numerics(self, metrics: Sequence[Metric]) -> dict[str, object]:
         """The ``numerics:`` a run of these settings evaluating ``metrics`` records in this process."""
         threads = run_threads(self.threads, self.deterministic, current_threads())
         return record_numerics(threads, self.deterministic, metrics)
 
     def identity(
         self, edits: Mapping[Group, Sequence[EditRecord]] | None = None, digests: Mapping[str, str] | None = None
-    ) -> dict[str, Any]:
+    ) -> dict[str, object]:
         """What makes this run the run it is (its id is a hash of it, :func:`~lmcompose.engine.driver.run_id`):
         the resolved settings, with the edit requests given by their digests (``edits``: each
         group's batch, as loaded; or ``digests``, as config.yaml's ``inputs.edits`` records
@@ -390,7 +399,7 @@ def check_arguments(where: str, settings: type[RunSettings] = RunSettings, **val
     settings(**plain).check_shapes(where)
 
 
-def step_list(steps: Any, where: str) -> list[Any]:
+def step_list(steps: object, where: str) -> list[StepInput]:
     """The steps of a Python call as a list: a string is whitespace-separated steps (as
     ``steps:`` in a config file, so ``"magnitude:sparsity=0.5"`` is one step, never its
     characters); anything that is not a list of steps is one ConfigError."""
@@ -402,10 +411,10 @@ def step_list(steps: Any, where: str) -> list[Any]:
         or not all(isinstance(s, str | Mapping | StepSpec | Intervention) for s in steps)
     ):
         raise ConfigError(f"{where}: steps: expected {STEPS_EXPECTED}; got {describe_value(steps)}")
-    return list(steps)
+    return list(cast("list[StepInput] | tuple[StepInput, ...]", steps))
 
 
-def check_lm(lm: Any, where: str) -> None:
+def check_lm(lm: object, where: str) -> None:
     """``lm`` is a loaded model (an :class:`~lmcompose.models.handle.LM`), not its name."""
     from lmcompose.models.handle import LM
 
@@ -414,7 +423,7 @@ def check_lm(lm: Any, where: str) -> None:
         raise ConfigError(f"{where}: lm: expected a loaded model ({hint}); got {describe_value(lm)}")
 
 
-def check_edit_records(edits: Any, where: str, nested: bool = False) -> None:
+def check_edit_records(edits: object, where: str, nested: bool = False) -> None:
     """``edits`` is None or a list of EditRecords (``nested``: or a list of such lists, one
     per replicate), e.g. what :func:`load_edits` returns."""
     if edits is None:
@@ -431,12 +440,12 @@ def check_edit_records(edits: Any, where: str, nested: bool = False) -> None:
         )
 
 
-def check_context(ctx: Any, where: str) -> None:
+def check_context(ctx: object, where: str) -> None:
     if ctx is not None and not isinstance(ctx, Context):
         raise ConfigError(f"{where}: ctx: expected an lmcompose.Context or None; got {describe_value(ctx)}")
 
 
-def metric_names(metrics: Any) -> Any:
+def metric_names(metrics: object) -> object:
     """``metrics`` for the shape check: names as given, metric objects left out (they are built)."""
     if isinstance(metrics, list | tuple) and metrics and all(isinstance(m, Metric) for m in metrics):
         return None
@@ -450,23 +459,23 @@ def metric_names(metrics: Any) -> Any:
 
 def compose(
     lm: LM,
-    steps: Sequence[str | Mapping[str, Any] | StepSpec | Intervention],
+    steps: Sequence[StepInput],
     *,
     edits: Sequence[EditRecord] | None = None,
     out: str | Path | None = None,
     policy: str = "project",
     metrics: Sequence[str] | Sequence[Metric] | None = None,
-    metric_options: Mapping[str, Mapping[str, Any]] | None = None,
+    metric_options: Mapping[str, Mapping[str, object]] | None = None,
     seed: int = 0,
     ctx: Context | None = None,
     run_id: str | None = None,
     replicate: int = 0,
-    config: Mapping[str, Any] | None = None,
+    config: Mapping[str, object] | None = None,
     save_model: str | Path | None = None,
     overwrite: bool = False,
     threads: int | None = None,
     deterministic: bool = False,
-) -> list[dict[str, Any]]:
+) -> list[Row]:
     """Apply ``steps`` to ``lm`` in order, evaluating every metric on the base model and after
     each step; return the rows (also appended to ``out/results.jsonl`` when ``out`` is set).
     ``steps`` and ``metrics`` read as in a config file (a string of steps is split on spaces,
@@ -565,7 +574,7 @@ def compose(
     return outcome.rows
 
 
-def step_setting(step: str | Mapping[str, Any] | StepSpec | Intervention) -> StepSpec:
+def step_setting(step: StepInput) -> StepSpec:
     """A step as the settings hold it (the CLI's ``name:field=value``); a built intervention
     with its whole config."""
     if isinstance(step, Intervention):
@@ -576,14 +585,14 @@ def step_setting(step: str | Mapping[str, Any] | StepSpec | Intervention) -> Ste
 def call_settings(
     cls: type[_Settings],
     lm: LM,
-    steps: Sequence[str | Mapping[str, Any] | StepSpec | Intervention],
+    steps: Sequence[StepInput],
     ctx: Context,
     out: str | os.PathLike[str] | None,
     seed: int,
     policy: str,
     metrics: Sequence[Metric] | None,
-    metric_options: Mapping[str, Mapping[str, Any]] | None,
-    **more: Any,
+    metric_options: Mapping[str, Mapping[str, object]] | None,
+    **more: Any,  # the settings' own fields (a sweep's vary, orders, ...), checked by their check_shapes
 ) -> _Settings:
     """The settings a Python call stands for: what the CLI resolves for the same run (so its
     id is the CLI's), from the call's arguments and what its context carries (the corpora,
@@ -606,7 +615,7 @@ def call_settings(
 
 
 def resolve_metrics(
-    metrics: Sequence[str] | Sequence[Metric] | None, options: Mapping[str, Mapping[str, Any]] | None
+    metrics: Sequence[str] | Sequence[Metric] | None, options: Mapping[str, Mapping[str, object]] | None
 ) -> list[Metric]:
     """Metric objects as given, or built by name with their options (None: every metric; a
     string is comma-separated names, as ``metrics:`` in a config file)."""
@@ -615,6 +624,17 @@ def resolve_metrics(
     if metrics and all(isinstance(m, Metric) for m in metrics):
         return list(metrics)  # type: ignore[arg-type]
     return build_metrics(metrics, options)  # type: ignore[arg-type]
+
+
+class _LoadArguments(TypedDict, total=False):
+    """The arguments of :meth:`EditDataset.load` a call passes (``replicate`` and
+    ``skip_invalid`` only when set, so a dataset written before them still loads)."""
+
+    source: str | Path | None
+    limit: int | None
+    seed: int | None
+    replicate: int
+    skip_invalid: bool
 
 
 def load_edits(
@@ -631,7 +651,7 @@ def load_edits(
     Notes (sample data used, records skipped) go to ``ctx`` when given."""
     where = "load_edits()"
 
-    def whole(value: Any, key: str, minimum: int | None, optional: bool) -> None:
+    def whole(value: object, key: str, minimum: int | None, optional: bool) -> None:
         if optional and value is None:
             return
         if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
@@ -654,7 +674,7 @@ def load_edits(
     ds = edit_dataset_class(dataset)()
     if ctx is not None and ctx.data_dir is not None:
         ds.data_dir = ctx.data_dir
-    kwargs: dict[str, Any] = {"source": source, "limit": limit, "seed": seed}
+    kwargs: _LoadArguments = {"source": source, "limit": limit, "seed": seed}
     if replicate:
         kwargs["replicate"] = replicate
     if skip_invalid:
@@ -684,7 +704,7 @@ def load_unedited(
     ds = edit_dataset_class(dataset)()
     if ctx is not None and ctx.data_dir is not None:
         ds.data_dir = ctx.data_dir
-    kwargs: dict[str, Any] = {"source": source, "limit": None, "seed": seed}
+    kwargs: _LoadArguments = {"source": source, "limit": None, "seed": seed}
     if skip_invalid:
         kwargs["skip_invalid"] = True
     everything = ds.load(**kwargs)
@@ -766,7 +786,7 @@ def prepare(settings: _Settings) -> tuple[_Settings, tuple[list[Intervention], l
     return settings, checked
 
 
-def run(settings: RunSettings, progress: Progress | None = None) -> tuple[list[dict[str, Any]], Context]:
+def run(settings: RunSettings, progress: Progress | None = None) -> tuple[list[Row], Context]:
     """Validate, load the edits, check the run folder, load the model, and compose (the
     `lmcompose run` command)."""
     settings, (_steps, metrics) = prepare(settings)

@@ -10,7 +10,7 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import yaml
 
@@ -27,6 +27,9 @@ __all__ = [
     "read_yaml",
 ]
 
+# The readers (read_rows, read_per_edit, read_yaml) give the files' JSON and YAML as dict[str, Any]:
+# their values are whatever a file holds, and the reports, composability and CLI that read them
+# check each value where they use it; everything this package writes is typed (engine.schema).
 RESULTS_FILE = "results.jsonl"
 PER_EDIT_FILE = "per_edit.jsonl"  # each row's per-edit scores, beside results.jsonl
 CONFIG_FILE = "config.yaml"
@@ -129,7 +132,7 @@ def nonfinite_note(where: str, keys: list[str]) -> str:
     )
 
 
-def read_rows(path: Path) -> list[dict[str, object]]:
+def read_rows(path: Path) -> list[dict[str, Any]]:
     """Every complete row of a results file (torn lines from an interrupted write, and lines
     that are not JSON objects, skipped; :func:`read_rows_checked` says which)."""
     return read_rows_checked(path)[0]
@@ -138,7 +141,7 @@ def read_rows(path: Path) -> list[dict[str, object]]:
 _TOO_DEEP = object()  # a line json.loads gave up on (RecursionError)
 
 
-def read_rows_checked(path: Path) -> tuple[list[dict[str, object]], list[str]]:
+def read_rows_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows of a results file and a note for every line skipped other than a torn last
     line (which a kill during a write leaves, and a resume rewrites): a line that is not a
     JSON object, nests deeper than MAX_NESTING, or has a ``position`` that is not a whole
@@ -146,7 +149,7 @@ def read_rows_checked(path: Path) -> tuple[list[dict[str, object]], list[str]]:
     Infinity (flagged as the writer flags them: :func:`flag_nonfinite`)."""
     if not path.exists():
         return [], []
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     problems: list[str] = []
     try:
         lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
@@ -185,7 +188,7 @@ def read_rows_checked(path: Path) -> tuple[list[dict[str, object]], list[str]]:
     return rows, problems
 
 
-def read_per_edit(path: Path, run_id: str | None = None) -> dict[tuple[str, int], dict[str, object]]:
+def read_per_edit(path: Path, run_id: str | None = None) -> dict[tuple[str, int], dict[str, Any]]:
     """The per-edit lines of a run folder (or a per_edit.jsonl path) by the key of their
     row, (cell id, position); the last line of a key wins (a run killed between a per-edit
     line and its row writes both again on resume). ``run_id``: that run's lines only. A
@@ -193,7 +196,7 @@ def read_per_edit(path: Path, run_id: str | None = None) -> dict[tuple[str, int]
     path = Path(path)
     if path.is_dir():
         path = path / PER_EDIT_FILE
-    out: dict[tuple[str, int], dict[str, object]] = {}
+    out: dict[tuple[str, int], dict[str, Any]] = {}
     for line in read_rows(path):
         if (run_id is not None and line.get("run_id") != run_id) or "position" not in line:
             continue
@@ -399,7 +402,7 @@ class _UniqueKeyLoader(_SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def read_yaml(path: Path) -> dict[str, object]:
+def read_yaml(path: Path) -> dict[str, Any]:
     """The mapping in YAML file ``path`` (safe_load, a key given twice refused); every problem
     is one ConfigError naming the file."""
     from lmcompose.errors import ConfigError

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lmcompose._limits import MAX_TOPK, check_seed, check_topk
 from lmcompose.api import (
@@ -39,6 +39,7 @@ from lmcompose.api import (
 )
 from lmcompose.compose import (
     RunSettings,
+    StepSetting,
     call_settings,
     check_arguments,
     check_context,
@@ -62,14 +63,20 @@ from lmcompose.engine.plan import (
     check_grid_size,
 )
 from lmcompose.engine.policy import EDIT_KIND, check_policy
-from lmcompose.engine.run_folder import RunFolder, edits_digest, run_inputs
+from lmcompose.engine.run_folder import RunFolder, RunInputs, edits_digest, run_inputs
+from lmcompose.engine.schema import normalized_strength
 from lmcompose.engine.threads import current_threads
 from lmcompose.errors import ConfigError, StepFailedError, UnknownNameError, UsageError, describe_value
 from lmcompose.plugins import get_interventions
 from lmcompose.steps import StepSpec, build_intervention, parse_step
 
 if TYPE_CHECKING:
+    from lmcompose.engine.executor import Row
+    from lmcompose.engine.ray_executor import Prepared
     from lmcompose.models.handle import LM
+
+#: ``--orders``: all (None or "all"), ``"a,b;b,a"``, or a list of orders (each a list of step names or ``"a,b"``)
+Orders = str | Sequence[Sequence[str]] | None
 
 #: the context's own values (a budget equal to its default is one not given)
 CONTEXT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Context)}
@@ -89,7 +96,7 @@ class Vary:
     step: str
     index: int
     field: str
-    values: tuple[Any, ...]
+    values: tuple[object, ...]
     is_strength: bool
 
     def __str__(self) -> str:
@@ -129,7 +136,7 @@ def parse_vary(text: str, steps: Sequence[StepSpec]) -> Vary:
     return make_vary(steps, index, field_name, raw, f"--vary {text!r}")
 
 
-def make_vary(steps: Sequence[StepSpec], index: int, field_name: str, raw: Sequence[Any], where: str) -> Vary:
+def make_vary(steps: Sequence[StepSpec], index: int, field_name: str, raw: Sequence[object], where: str) -> Vary:
     """The :class:`Vary` of ``field_name`` of ``steps[index]`` over the ``raw`` values: each
     value is checked by building the step with it (wrong type, out of range), none may repeat,
     and a field that is not the step's strength must be numeric (it becomes the x-axis). A
@@ -157,16 +164,17 @@ def make_vary(steps: Sequence[StepSpec], index: int, field_name: str, raw: Seque
     return Vary(step_name, index, field_name, tuple(values), is_strength)
 
 
-def parse_orders(orders: str | Sequence[Sequence[str]] | None, steps: Sequence[StepSpec]) -> list[tuple[int, ...]]:
-    """``all`` (every permutation of the sequence), or ``"a,b;b,a"`` / a list of name lists.
-    Each order is a permutation of the sequence's step names; returns step indices."""
+def parse_orders(orders: object, steps: Sequence[StepSpec]) -> list[tuple[int, ...]]:
+    """``all`` (every permutation of the sequence), or ``"a,b;b,a"`` / a list of name lists
+    (:data:`Orders`; anything else is one ConfigError). Each order is a permutation of the
+    sequence's step names; returns step indices."""
     names = [s.name for s in steps]
     n = len(names)
     if orders is not None and not isinstance(orders, str | list | tuple):
         raise ConfigError(
             f"--orders {describe_value(orders)}: give 'all', 'a,b;b,a' or a list of orders such as [[a, b], [b, a]]"
         )
-    if _all_orders(orders):
+    if orders is None or _all_orders(orders):
         count = count_orders(orders, names)
         if count > MAX_CELLS:  # refused before the orders fill the memory
             raise ConfigError(
@@ -211,7 +219,7 @@ def parse_orders(orders: str | Sequence[Sequence[str]] | None, steps: Sequence[S
     return result
 
 
-def _all_orders(orders: Any) -> bool:
+def _all_orders(orders: object) -> bool:
     return orders is None or (isinstance(orders, str) and orders.strip().lower() in {"all", ""})
 
 
@@ -240,7 +248,7 @@ def _distinct_orders(names: Sequence[str]) -> Iterator[tuple[int, ...]]:
     return walk()
 
 
-def count_orders(orders: Any, names: Sequence[str]) -> int:
+def count_orders(orders: object, names: Sequence[str]) -> int:
     """How many orders ``orders`` asks for of the steps ``names``, from its shape alone (no
     order is built): ``all`` gives the distinct permutations; a malformed value counts one
     (:func:`parse_orders` says what is wrong with it)."""
@@ -254,7 +262,7 @@ def count_orders(orders: Any, names: Sequence[str]) -> int:
     return len(orders) if isinstance(orders, list | tuple) and orders else 1
 
 
-def check_sweep_size(vary: Any, orders: Any, names: Sequence[str], replicates: Any) -> None:
+def check_sweep_size(vary: object, orders: object, names: Sequence[str], replicates: object) -> None:
     """Refuse a sweep over the cell cap from the sizes of ``--vary``, ``--orders`` and
     ``--replicates`` alone, before any value is built, naming the one that makes it large."""
     values = vary.partition("=")[2].count(",") + 1 if isinstance(vary, str) else 1
@@ -280,7 +288,7 @@ class SweepSettings(RunSettings):
     """A run's settings plus the sweep's. ``edits`` is the batch size of each replicate."""
 
     vary: str | None = None
-    orders: Any = "all"
+    orders: Orders = "all"
     replicates: int = 1
     snapshots: str = "memory"
     topk: int = 5
@@ -386,7 +394,7 @@ class SweepSettings(RunSettings):
 
     def identity(
         self, edits: Mapping[Group, Sequence[EditRecord]] | None = None, digests: Mapping[str, str] | None = None
-    ) -> dict[str, Any]:
+    ) -> dict[str, object]:
         """:meth:`RunSettings.identity`, with a calibration budget equal to the context's
         default left unset (as a Python context holds it whether given or not)."""
         d = super().identity(edits, digests)
@@ -395,7 +403,7 @@ class SweepSettings(RunSettings):
                 d[key] = None
         return d
 
-    def resolved(self) -> dict[str, Any]:
+    def resolved(self) -> dict[str, object]:
         d = super().resolved()
         d.pop("save_cells", None)
         specs, vary, orders = self.plan()
@@ -416,7 +424,7 @@ def sweep_cells(
     groups: Sequence[Group],
     policy: str,
     *,
-    labels: Mapping[str, Any] | None = None,
+    labels: Mapping[str, str | None] | None = None,
     id_prefix: str = "",
     keys_memo: dict[str, str] | None = None,
 ) -> list[Cell]:
@@ -430,7 +438,7 @@ def sweep_cells(
     knob = protos[vary.index].strength if vary.is_strength else None
     memo = keys_memo if keys_memo is not None else {}
 
-    def resolved_key(name: str, overrides: Mapping[str, Any]) -> str:
+    def resolved_key(name: str, overrides: Mapping[str, object]) -> str:
         text = name + json.dumps(overrides, sort_keys=True, default=repr)
         if text not in memo:
             memo[text] = canonical_key(name, config_to_dict(build_intervention(StepSpec(name, dict(overrides))).config))
@@ -462,7 +470,7 @@ def sweep_cells(
                         dict(labels or {}),
                         vary.label,
                         vary.field,
-                        knob.normalize(value) if knob is not None else None,
+                        normalized_strength(knob, value),
                     )
                 )
     return cells
@@ -475,27 +483,27 @@ def sweep_cells(
 
 def sweep(
     lm: LM,
-    steps: Sequence[str | Mapping[str, Any] | StepSpec],
+    steps: Sequence[StepSetting],
     *,
     vary: str,
-    orders: str | Sequence[Sequence[str]] | None = "all",
-    edits: Sequence[Any] | None = None,
+    orders: Orders = "all",
+    edits: Sequence[EditRecord] | Sequence[Sequence[EditRecord]] | None = None,
     replicates: int = 1,
     out: str | Path | None = None,
     policy: str = "project",
     metrics: Sequence[str] | Sequence[Metric] | None = None,
-    metric_options: Mapping[str, Mapping[str, Any]] | None = None,
+    metric_options: Mapping[str, Mapping[str, object]] | None = None,
     seed: int = 0,
     ctx: Context | None = None,
     snapshots: str = "memory",
     topk: int = 5,
     run_id: str | None = None,
-    config: Mapping[str, Any] | None = None,
+    config: Mapping[str, object] | None = None,
     save_cells: str | None = None,
     threads: int | None = None,
     deterministic: bool = False,
     shard: str | tuple[int, int] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Row]:
     """Run every order of ``steps`` at every value of ``vary`` (``"STEP.FIELD=v1,v2,..."``)
     for every replicate; return the new rows (also appended to ``out/results.jsonl``).
     ``save_cells`` (``all`` or globs over cell ids) saves those cells' final models into
@@ -511,7 +519,7 @@ def sweep(
     """
     where = "sweep()"
     check_lm(lm, where)
-    steps = step_list(steps, where)
+    given = step_list(steps, where)
     check_edit_records(edits, where, nested=True)
     check_context(ctx, where)
     check_arguments(
@@ -537,9 +545,9 @@ def sweep(
         raise ConfigError(f"snapshots {snapshots!r} is not one of {', '.join(SNAPSHOT_MODES)}")
     if not isinstance(replicates, int) or replicates < 1:
         raise ConfigError(f"replicates={replicates!r}: ask for at least 1 replicate")
-    if any(isinstance(s, Intervention) for s in steps):
+    if any(isinstance(s, Intervention) for s in given):
         raise ConfigError(f"{where}: steps: give each step by name (e.g. 'magnitude:sparsity=0.5'), not built")
-    specs = [parse_step(s) for s in steps]
+    specs = [parse_step(s) for s in given if not isinstance(s, Intervention)]
     if not specs:
         raise ConfigError("no steps given: a sweep needs at least one step")
     check_sweep_size(vary, orders, [s.name for s in specs], replicates)
@@ -557,7 +565,7 @@ def sweep(
     ctx = ctx or Context(seed=seed)
     check_seed(ctx.seed, "seed")
     check_topk(topk, "topk")
-    edits_by_group = {(None, r): batch for r, batch in enumerate(batches)}
+    edits_by_group: dict[Group, list[EditRecord]] = {(None, r): batch for r, batch in enumerate(batches)}
     settings = call_settings(
         SweepSettings,
         lm,
@@ -626,7 +634,7 @@ def _execute_sweep(
     )
 
 
-def sweep_record(plan: Plan, settings: SweepSettings, batches: Sequence[Sequence[EditRecord]]) -> dict[str, Any]:
+def sweep_record(plan: Plan, settings: SweepSettings, batches: Sequence[Sequence[EditRecord]]) -> dict[str, object]:
     """What a sweep's config.yaml holds beside its settings, inputs and numerics."""
     specs, vary, orders = settings.plan()
     return {
@@ -650,9 +658,7 @@ class SweepWork:
     settings: SweepSettings
     run_id: str
 
-    def prepare(
-        self, threads: int, deterministic: bool = False
-    ) -> tuple[Plan, LM, Context, list[Metric], dict[Group, list[EditRecord]], dict[str, Any]]:
+    def prepare(self, threads: int, deterministic: bool = False) -> Prepared:
         from lmcompose.engine.numerics import set_deterministic
         from lmcompose.engine.threads import set_threads
 
@@ -663,7 +669,7 @@ class SweepWork:
         batches = settings.load_edits(ctx, settings.replicates) or [[] for _ in range(settings.replicates)]
         lm = settings.load_model(ctx.progress)
         plan = Plan(settings.cells(), run_id=self.run_id, policy=settings.policy)
-        edits = {(None, r): list(b) for r, b in enumerate(batches)}
+        edits: dict[Group, list[EditRecord]] = {(None, r): list(b) for r, b in enumerate(batches)}
         return plan, lm, ctx, self.metrics(), edits, {"snapshots": settings.snapshots, "topk": settings.topk}
 
     def metrics(self) -> list[Metric]:
@@ -673,10 +679,10 @@ class SweepWork:
 
     def inputs(
         self, lm: LM, edits: Mapping[Group, list[EditRecord]], unedited: Mapping[Group, list[EditRecord]] | None = None
-    ) -> dict[str, Any]:
+    ) -> RunInputs:
         return run_inputs(lm, edits, self.settings.context(Progress()), unedited)
 
-    def numerics(self, threads: int, deterministic: bool) -> dict[str, Any]:
+    def numerics(self, threads: int, deterministic: bool) -> dict[str, object]:
         from lmcompose.engine.numerics import record_numerics
 
         return record_numerics(threads, deterministic, self.metrics())
@@ -691,7 +697,7 @@ def run_sweep(
     cpus_per_task: float | None = None,
     gpus_per_task: float | None = None,
     shard: str | tuple[int, int] | None = None,
-) -> tuple[list[dict[str, Any]], Context]:
+) -> tuple[list[Row], Context]:
     """Validate, load each replicate's edits, check the run folder, load the model and sweep
     (`lmcompose sweep`). ``executor``, ``ray_address``, ``cpus_per_task``, ``gpus_per_task`` and
     ``shard`` as for a study (:func:`lmcompose.studies.runner.run_study`): with ``ray`` the
@@ -702,7 +708,7 @@ def run_sweep(
     settings, (_steps, metrics) = prepare(settings)
     ctx = settings.context(progress)
     batches = settings.load_edits(ctx, settings.replicates)
-    edits_by_group = {(None, r): list(b) for r, b in enumerate(batches or [])}
+    edits_by_group: dict[Group, list[EditRecord]] = {(None, r): list(b) for r, b in enumerate(batches or [])}
     run_id = settings.run_id(edits_by_group if batches else None)
     out = settings.out or f"runs/sweep-{run_id}"
     if settings.save_cells is not None:

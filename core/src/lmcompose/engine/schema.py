@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, cast
+from typing import TYPE_CHECKING, Literal, Protocol, SupportsFloat, TypedDict, cast
 
 from lmcompose.api import config_to_dict
 
 if TYPE_CHECKING:
-    from lmcompose.api import Intervention
+    from lmcompose.api import Intervention, StrengthKnob
     from lmcompose.engine.plan import Cell
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "TopK",
     "TopLogits",
     "make_row",
+    "normalized_strength",
     "row_keys",
     "step_column",
 ]
@@ -205,6 +206,15 @@ def row_keys(kind: str, required: bool = False) -> frozenset[str]:
     return frozenset(keys if required else keys | cls.__optional_keys__)
 
 
+def normalized_strength(knob: StrengthKnob | None, value: object) -> float | None:
+    """``value`` of a strength field on its knob's 0-1 scale (None without a knob or a value)."""
+    if knob is None or value is None:
+        return None
+    if not isinstance(value, str | SupportsFloat):
+        raise TypeError(f"strength {value!r} of field {knob.field!r} is not a number")
+    return knob.normalize(float(value))
+
+
 def step_column(step: Intervention | None, again: bool, own_strength: bool) -> StepColumn | None:
     """The ``step`` of a row: name, kind and resolved config (``own_strength``: with the
     step's own strength, as cell rows hold it); ``recompress`` on a re-run."""
@@ -272,9 +282,7 @@ def make_row(
         "vary": cell.vary_label,
         "strength": cell.value if of_grid else own,
         "strength_field": cell.vary_field if of_grid else (knob.field if knob else None),
-        "strength_normalized": cell.strength_normalized
-        if of_grid
-        else (knob.normalize(own) if knob and own is not None else None),
+        "strength_normalized": cell.strength_normalized if of_grid else normalized_strength(knob, own),
         "step": step_column(step, again, own_strength=of_grid),
         "elapsed_s": elapsed,
         "shared_by_cells": shared_by_cells,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from lmcompose.composability import (
     CRITERIA,
@@ -45,10 +44,10 @@ class NoiseFloor:
     d_cell: float | None
 
 
-def noise_sweeps(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], SweepData]:
+def noise_sweeps(rows: Sequence[Mapping[str, object]]) -> dict[tuple[str, str, str], SweepData]:
     """The repeated rows as one sweep per (entry, dataset, repetition label)."""
     out: dict[tuple[str, str, str], SweepData] = {}
-    keys = dict.fromkeys((r["entry"], r["dataset"], r["noise"]) for r in rows if r.get("noise"))
+    keys = dict.fromkeys((str(r["entry"]), str(r["dataset"]), str(r["noise"])) for r in rows if r.get("noise"))
     for e, d, label in keys:
         part = [r for r in rows if r.get("noise") == label and r["entry"] == e and r["dataset"] == d]
         out[(e, d, label)] = load_sweep(part)

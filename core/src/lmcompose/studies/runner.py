@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lmcompose.api import Context, EditRecord, Metric, Progress
 from lmcompose.composability import row_numbers
@@ -27,7 +27,10 @@ from lmcompose.errors import ConfigError, DataError, UsageError, describe_value
 from lmcompose.studies.spec import Study, folder_slug, load_study
 
 if TYPE_CHECKING:
+    from lmcompose.engine.ray_executor import ExecutorOptions, Prepared
+    from lmcompose.engine.run_folder import RunInputs
     from lmcompose.models.handle import LM
+    from lmcompose.reports import Report, StudyReport
 
 __all__ = ["EXECUTORS", "StudyResult", "StudyWork", "merge_studies", "parse_shard", "run_study"]
 
@@ -45,7 +48,7 @@ class StudyResult:
     seconds: float = 0.0
     missing: list[str] = field(default_factory=list)
     failures: list[TaskFailure] = field(default_factory=list)
-    report: Any = None
+    report: StudyReport | None = None
 
     @property
     def complete(self) -> bool:
@@ -57,7 +60,7 @@ class StudyWork:
     """A study's work as a Ray worker rebuilds it: the validated file's mapping and where
     to run (pickles; everything else is loaded in the worker)."""
 
-    data: dict[str, Any]
+    data: dict[str, object]
     name: str
     device: str
     data_dir: Path | None = None
@@ -68,9 +71,7 @@ class StudyWork:
         study.data_dir = self.data_dir
         return study
 
-    def prepare(
-        self, threads: int, deterministic: bool = False
-    ) -> tuple[Plan, Any, Context, list[Metric], dict[Group, list[EditRecord]], dict[str, Any]]:
+    def prepare(self, threads: int, deterministic: bool = False) -> Prepared:
         from lmcompose.engine.numerics import set_deterministic
         from lmcompose.engine.threads import set_threads
         from lmcompose.models.loading import load_model
@@ -83,7 +84,12 @@ class StudyWork:
         metrics = study_metrics(study)
         unedited = study_controls(study, ctx, edits, metrics)
         lm = load_model(study.model, dtype=study.dtype, device=study.device, progress=ctx.progress)
-        kwargs = {"snapshots": study.snapshots, "topk": study.topk, "topk_edit": study.topk_edit, "unedited": unedited}
+        kwargs: ExecutorOptions = {
+            "snapshots": study.snapshots,
+            "topk": study.topk,
+            "topk_edit": study.topk_edit,
+            "unedited": unedited,
+        }
         return study.plan(), lm, ctx, metrics, edits, kwargs
 
     def inputs(
@@ -91,12 +97,12 @@ class StudyWork:
         lm: LM,
         edits: Mapping[Group, list[EditRecord]],
         unedited: Mapping[Group, list[EditRecord]] | None = None,
-    ) -> dict[str, Any]:
+    ) -> RunInputs:
         from lmcompose.engine.run_folder import run_inputs
 
         return run_inputs(lm, edits, study_context(self.study(), Progress()), unedited)
 
-    def numerics(self, threads: int, deterministic: bool) -> dict[str, Any]:
+    def numerics(self, threads: int, deterministic: bool) -> dict[str, object]:
         from lmcompose.engine.numerics import record_numerics
 
         return record_numerics(threads, deterministic, study_metrics(self.study()))
@@ -314,7 +320,7 @@ def run_study(
     return result
 
 
-def _check_shard_counts(configs: Sequence[tuple[Path, Mapping[str, Any], Any]]) -> None:
+def _check_shard_counts(configs: Sequence[tuple[Path, Mapping[str, object], object]]) -> None:
     """Shard folders to merge were cut with one ``--shard I/N`` count: parts of two splits
     overlap in some cells and leave others to neither, so merging them hides the gaps. A
     folder of the whole study (no shard) goes with any."""
@@ -334,7 +340,7 @@ MERGEABLE = ("study", "sweep")
 
 def merge_studies(
     sources: Sequence[str | Path], out: str | Path, *, report: bool = True, plots: bool = True
-) -> tuple[int, list[str], Any]:
+) -> tuple[int, list[str], Report | StudyReport | None]:
     """Combine the shard folders of one study or sweep into ``out`` (created, or resumed if
     it holds the same one), each row with its per-edit scores. Refuses folders of different
     studies or sweeps or inputs, a results.jsonl with a line that cannot be read as a row
@@ -384,7 +390,9 @@ def merge_studies(
                 f"holds {first.get('name', '')!r} (id {first.get('run_id')}): merge combines shards of one {kind}"
                 + ("; they differ in " + "; ".join(changes) if changes else "")
             )
-        changed = describe_changes(first.get("inputs") or {}, data.get("inputs") or {}, ignore=frozenset())
+        changed = describe_changes(
+            _recorded(first, "inputs", first_path), _recorded(data, "inputs", path), ignore=frozenset()
+        )
         if changed:
             raise UsageError(
                 f"{path} and {first_path} ran on different inputs ({'; '.join(changed)}): their rows cannot be one "
@@ -398,14 +406,16 @@ def merge_studies(
     folder = RunFolder(out, plan.run_id, kind, config)
     added = 0
     with folder:
-        folder.write_config(inputs=first.get("inputs"), numerics=first.get(NUMERICS_KEY))
-        have = {(row_cell_id(r), int(r["position"])): r for r in folder.rows()}
+        folder.write_config(
+            inputs=_recorded(first, "inputs", first_path), numerics=_recorded(first, NUMERICS_KEY, first_path)
+        )
+        have = {(row_cell_id(r), _position(r)): r for r in folder.rows()}
         for path, _, rows in configs:
             per_edit = read_per_edit(path, plan.run_id)
             for row in rows:
                 if row.get("run_id") != plan.run_id or "position" not in row:
                     continue
-                key = (row_cell_id(row), int(row["position"]))
+                key = (row_cell_id(row), _position(row))
                 if key in have:
                     if row_numbers(have[key]) != row_numbers(row):
                         raise DataError(
@@ -426,10 +436,11 @@ def merge_studies(
     return added, missing, rep
 
 
-def _recorded_plan(path: Path, config: Mapping[str, Any]) -> Plan:
+def _recorded_plan(path: Path, config: Mapping[str, object]) -> Plan:
     """The plan of the study or sweep a config.yaml records, checked to have its run id."""
     if config.get("kind") == "study":
-        study = Study.from_mapping(_study_mapping(config), name=config.get("name"))
+        name = config.get("name")
+        study = Study.from_mapping(_study_mapping(config), name=name if isinstance(name, str) else None)
         if study.id != config.get("run_id"):
             raise DataError(f"{path}/config.yaml does not describe study {config.get('run_id')} (edited by hand?)")
         return study.plan()
@@ -437,14 +448,16 @@ def _recorded_plan(path: Path, config: Mapping[str, Any]) -> Plan:
 
     fields = SweepSettings.__dataclass_fields__
     settings = SweepSettings.from_mapping({k: v for k, v in config.items() if k in fields}, where=f"{path}/config.yaml")
-    inputs = config.get("inputs") or {}
-    run_id = settings.run_id(digests=inputs.get("edits"))
+    digests = _recorded(config, "inputs", path).get("edits")
+    run_id = settings.run_id(digests=digests if isinstance(digests, Mapping) else None)
     if run_id != config.get("run_id"):
         raise DataError(f"{path}/config.yaml does not describe sweep {config.get('run_id')} (edited by hand?)")
     return Plan(settings.cells(), run_id=run_id, policy=settings.policy)
 
 
-def _check_shard_numerics(first_path: Path, first: Mapping[str, Any], path: Path, data: Mapping[str, Any]) -> None:
+def _check_shard_numerics(
+    first_path: Path, first: Mapping[str, object], path: Path, data: Mapping[str, object]
+) -> None:
     """Refuse shards computed with other numerics (each value both record): their rows differ
     in the last digits, so together they are not the study one run would write."""
     from lmcompose.engine.numerics import numerics_changes
@@ -461,7 +474,23 @@ def _check_shard_numerics(first_path: Path, first: Mapping[str, Any], path: Path
         )
 
 
-def _study_mapping(config: Mapping[str, Any]) -> dict[str, Any]:
+def _recorded(config: Mapping[str, object], key: str, path: Path) -> Mapping[str, object]:
+    """The mapping a config.yaml records under ``key`` (inputs, numerics; {} when absent)."""
+    value = config.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise DataError(f"{path}/config.yaml: {key} is {describe_value(value)}, not a mapping (edited by hand?)")
+    return value
+
+
+def _position(row: Mapping[str, object]) -> int:
+    """A row's position (read_rows keeps only rows whose position is a whole number)."""
+    position = row["position"]
+    if not isinstance(position, int):  # pragma: no cover - read_rows skips such a row
+        raise DataError(f"a row of cell {row_cell_id(row)} has position {position!r}, not a whole number")
+    return position
+
+
+def _study_mapping(config: Mapping[str, object]) -> dict[str, object]:
     """The study file's mapping back from a config.yaml (the ``study`` key holds it)."""
     data = config.get("study")
     if not isinstance(data, Mapping):

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from lmcompose._limits import MAX_GPUS_PER_TASK, MAX_SEED, MAX_THREADS, MAX_TOPK
 from lmcompose.api import EditRecord, config_fields
@@ -23,6 +23,12 @@ from lmcompose.engine.policy import EDIT_KIND, POLICIES, UNLEARN_KIND
 from lmcompose.errors import ConfigError, UsageError, describe_value
 from lmcompose.steps import StepSpec, build_intervention, build_metrics, parse_step
 from lmcompose.sweep import Vary, count_orders, make_vary, parse_orders, sweep_cells
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from lmcompose.api import Context, EditDataset, TextCorpus
+    from lmcompose.registry import Entry as RegistryEntry
 
 TOP_KEYS = (
     "name",
@@ -73,7 +79,7 @@ STUDY_MARKERS = frozenset(
 #: a study's name is part of its folder's name (runs/study-NAME-ID): one path component
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
-__all__ = ["DatasetSpec", "EditorSpec", "Entry", "Study", "StudyError", "UnlearnerSpec", "load_study"]
+__all__ = ["Budgets", "DatasetSpec", "EditorSpec", "Entry", "Study", "StudyError", "UnlearnerSpec", "load_study"]
 
 
 class StudyError(ConfigError):
@@ -84,14 +90,14 @@ def _fail(path: str, message: str) -> StudyError:
     return StudyError(f"{path}: {message}" if path else message)
 
 
-def _unknown(path: str, what: str, name: Any, choices: Sequence[str], owner: str = "") -> StudyError:
+def _unknown(path: str, what: str, name: object, choices: Sequence[str], owner: str = "") -> StudyError:
     close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     valid = f"{owner}'s {what}s" if owner else "valid"
     return _fail(path, f"unknown {what} {name!r}{hint}; {valid}: {', '.join(choices)}")
 
 
-def _mapping(value: Any, path: str, example: str) -> Mapping[str, Any]:
+def _mapping(value: object, path: str, example: str) -> Mapping[str, object]:
     if not isinstance(value, Mapping):
         raise _fail(path, f"expected a mapping, e.g. {example}; got {describe_value(value)}")
     for k in value:
@@ -100,13 +106,13 @@ def _mapping(value: Any, path: str, example: str) -> Mapping[str, Any]:
     return value
 
 
-def _keys(value: Mapping[str, Any], path: str, allowed: Sequence[str]) -> None:
+def _keys(value: Mapping[str, object], path: str, allowed: Sequence[str]) -> None:
     for k in value:
         if k not in allowed:
             raise _unknown(path, "key", k, allowed)
 
 
-def _list(value: Any, path: str, example: str, nonempty: bool = True) -> list[Any]:
+def _list(value: object, path: str, example: str, nonempty: bool = True) -> list[object]:
     if not isinstance(value, list):
         raise _fail(path, f"expected a list, e.g. {example}; got {describe_value(value)}")
     if nonempty and not value:
@@ -114,7 +120,7 @@ def _list(value: Any, path: str, example: str, nonempty: bool = True) -> list[An
     return value
 
 
-def _string(value: Any, path: str, example: str) -> str:
+def _string(value: object, path: str, example: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _fail(path, f"expected a name, e.g. {example}; got {describe_value(value)}")
     if "\x00" in value:  # no file, folder or model name holds one; os calls raise deep inside
@@ -122,7 +128,7 @@ def _string(value: Any, path: str, example: str) -> str:
     return value.strip()
 
 
-def _study_name(value: Any, path: str) -> str:
+def _study_name(value: object, path: str) -> str:
     """A study's name: one safe path component (it names the default run folder), so a
     ``/``, a ``..``, a NUL or a control character never reaches a path."""
     if isinstance(value, str) and value.strip() and NAME_PATTERN.fullmatch(value.strip()) is None:
@@ -141,7 +147,7 @@ def folder_slug(name: str) -> str:
     return re.sub(r"[/\\\x00-\x1f\x7f]+", "-", name)[:200] or "study"
 
 
-def _integer(value: Any, path: str, minimum: int, example: str, maximum: int | None = None) -> int:
+def _integer(value: object, path: str, minimum: int, example: str, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(path, f"expected a whole number >= {minimum}, e.g. {example}; got {describe_value(value)}")
     if value < minimum:
@@ -154,7 +160,7 @@ def _integer(value: Any, path: str, minimum: int, example: str, maximum: int | N
 
 
 def _number(
-    value: Any, path: str, minimum: float, example: str, strict: bool = False, maximum: float | None = None
+    value: object, path: str, minimum: float, example: str, strict: bool = False, maximum: float | None = None
 ) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise _fail(path, f"expected a number, e.g. {example}; got {describe_value(value)}")
@@ -166,7 +172,7 @@ def _number(
     return float(value)
 
 
-def _noise_floor(value: Any, seed: int) -> NoiseFloor:
+def _noise_floor(value: object, seed: int) -> NoiseFloor:
     example = "{cells: [gptq], seeds: [1, 2]}"
     raw = _mapping(value, "noise_floor", example)
     _keys(raw, "noise_floor", NOISE_KEYS)
@@ -194,10 +200,12 @@ def _noise_floor(value: Any, seed: int) -> NoiseFloor:
     return NoiseFloor(cells, seeds, threads)
 
 
-def _step(value: Any, path: str) -> StepSpec:
+def _step(value: object, path: str) -> StepSpec:
     """A step as in a sweep (``name:field=value`` or a mapping), built to check it."""
     if isinstance(value, list | tuple):
         raise _fail(path, f"expected one step, e.g. 'wanda:sparsity=0.5'; got {describe_value(value)}")
+    if not isinstance(value, str | Mapping | StepSpec):  # what parse_step says of any other value
+        raise _fail(path, f"step {value!r}: expected 'name[:field=value,...]'")
     try:
         spec = parse_step(value)
         build_intervention(spec)
@@ -226,7 +234,7 @@ class UnlearnerSpec:
 
     label: str
     step: StepSpec
-    vary: Mapping[str, Any] | None = None
+    vary: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -241,14 +249,14 @@ class NoiseFloor:
     seeds: tuple[int, ...] = ()
     threads: int | None = None
 
-    def variants(self) -> list[tuple[str, dict[str, Any]]]:
+    def variants(self) -> list[tuple[str, dict[str, int]]]:
         """(label, variant) per repetition: ``seed=S`` for each seed, ``threads=T``."""
-        out: list[tuple[str, dict[str, Any]]] = [(f"seed={s}", {"calibration_seed": s}) for s in self.seeds]
+        out: list[tuple[str, dict[str, int]]] = [(f"seed={s}", {"calibration_seed": s}) for s in self.seeds]
         if self.threads is not None:
             out.append((f"threads={self.threads}", {"threads": self.threads}))
         return out
 
-    def resolved(self) -> dict[str, Any]:
+    def resolved(self) -> dict[str, object]:
         return {"cells": list(self.cells), "seeds": list(self.seeds), "threads": self.threads}
 
 
@@ -269,8 +277,13 @@ class Entry:
     unlearner: str | None = None
 
     @property
-    def labels(self) -> dict[str, Any]:
-        out = {"entry": self.label, "editor": self.editor, "compressor": self.compressor, "family": self.family}
+    def labels(self) -> dict[str, str | None]:
+        out: dict[str, str | None] = {
+            "entry": self.label,
+            "editor": self.editor,
+            "compressor": self.compressor,
+            "family": self.family,
+        }
         if self.unlearner is not None:  # rows of two-category studies keep the keys they had
             out["unlearner"] = self.unlearner
         return out
@@ -289,8 +302,8 @@ class Study:
     edits: int | None = None
     seed: int = 0
     metrics: list[str] | None = None
-    metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    budgets: dict[str, Any] = field(default_factory=dict)
+    metric_options: dict[str, dict[str, object]] = field(default_factory=dict)
+    budgets: Budgets = field(default_factory=lambda: Budgets())
     policy: str = "project"
     snapshots: str = "memory"
     topk: int = 5
@@ -306,7 +319,9 @@ class Study:
     #: torch.use_deterministic_algorithms(True) and one thread unless --threads says otherwise;
     #: recorded under config.yaml's numerics: and checked on resume, not part of the study's id
     deterministic: bool = False
-    data: dict[str, Any] = field(default_factory=dict)  # the file's mapping, as validated (Ray workers rebuild from it)
+    data: dict[str, object] = field(
+        default_factory=dict
+    )  # the file's mapping, as validated (Ray workers rebuild from it)
     #: where this machine keeps the data (run_study's ``data_dir``; None = LMCOMPOSE_DATA_DIR);
     #: not part of the study's identity
     data_dir: Path | None = None
@@ -316,7 +331,7 @@ class Study:
 
     # -- reading ---------------------------------------------------------------------
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], where: str = "study", name: str | None = None) -> Study:
+    def from_mapping(cls, data: Mapping[str, object], where: str = "study", name: str | None = None) -> Study:
         """Validate ``data`` (a study file's mapping); every mistake is one StudyError."""
         data = _mapping(data, "", "{model: smollm2-135m, datasets: [counterfact], ...}")
         _keys(data, "(top level)", TOP_KEYS)
@@ -343,7 +358,7 @@ class Study:
                 _string(m, f"metrics[{i}]", "perplexity")
                 for i, m in enumerate(_list(data["metrics"], "metrics", "[edit, perplexity, avg_bits]"))
             ]
-        options = {}
+        options: dict[str, dict[str, object]] = {}
         for key, value in _mapping(data.get("metric_options", {}), "metric_options", "{edit: {scorer: prob}}").items():
             options[key] = dict(_mapping(value, f"metric_options.{key}", "{scorer: prob}"))
         budgets = _budgets(data.get("budgets", {}))
@@ -382,7 +397,7 @@ class Study:
         deterministic = data.get("deterministic", False)
         if not isinstance(deterministic, bool):
             raise _fail("deterministic", f"expected true or false; got {describe_value(deterministic)}")
-        resources = {}
+        resources: dict[str, float] = {}
         raw_res = _mapping(data.get("resources", {}), "resources", "{cpus_per_task: 1, gpus_per_task: 0.25}")
         _keys(raw_res, "resources", RESOURCE_KEYS)
         if "cpus_per_task" in raw_res:
@@ -449,7 +464,7 @@ class Study:
         return [(d.name, r) for d in self.datasets for r in range(self.replicates)]
 
     @property
-    def resolved_metric_options(self) -> dict[str, dict[str, Any]]:
+    def resolved_metric_options(self) -> dict[str, dict[str, object]]:
         return _merge_budgets(self.metric_options, self.budgets)
 
     def cells(self) -> list[Cell]:
@@ -492,7 +507,7 @@ class Study:
         if self.noise_floor is None:
             return []
         main = self._main_cells() if main is None else main
-        by_selector: dict[Any, list[Cell]] = {}
+        by_selector: dict[str | None, list[Cell]] = {}
         for c in main:
             for key in {c.id, c.labels.get("entry"), f"{c.labels.get('dataset')}|{c.labels.get('entry')}"}:
                 by_selector.setdefault(key, []).append(c)
@@ -547,7 +562,7 @@ class Study:
             edit_metrics = self.edits is not None and any(get_metrics().get(n).requires_edits for n in names)
         cells = list(self.cells() if cells is None else cells)
         study = Plan(cells, run_id=self.id, policy=self.policy).counts(edit_metrics)
-        by_sweep: dict[tuple[str, str], list[Cell]] = {}
+        by_sweep: dict[tuple[str | None, str | None], list[Cell]] = {}
         for c in cells:
             by_sweep.setdefault((c.labels["entry"], c.labels["dataset"]), []).append(c)
         states: dict[str, int] = {}
@@ -563,7 +578,7 @@ class Study:
             "independent_cells": Plan.independent_counts(cells, edit_metrics),
         }
 
-    def resolved(self) -> dict[str, Any]:
+    def resolved(self) -> dict[str, object]:
         """The study in canonical form (config.yaml; its id is a hash of this)."""
         return {
             "name": self.name,
@@ -627,7 +642,7 @@ class Study:
         from lmcompose.models.loading import check_model
         from lmcompose.paths import data_dir
 
-        checks: list[tuple[str, Any]] = [
+        checks: list[tuple[str, Callable[[], object]]] = [
             *([("model", lambda: check_model(self.model))] if model else []),
             ("", lambda: data_dir(self.data_dir)),
             *(
@@ -655,7 +670,7 @@ class Study:
         except UsageError as exc:
             raise _fail("model", str(exc)) from None
 
-    def load_edits(self, ctx: Any = None) -> dict[Group, list[EditRecord]]:
+    def load_edits(self, ctx: Context | None = None) -> dict[Group, list[EditRecord]]:
         """Every group's edit requests (seeded, disjoint replicates of each dataset)."""
         from lmcompose.compose import load_edits
 
@@ -671,7 +686,9 @@ class Study:
                 )
         return out
 
-    def load_unedited(self, ctx: Any, edits: Mapping[Group, list[EditRecord]]) -> dict[Group, list[EditRecord]]:
+    def load_unedited(
+        self, ctx: Context | None, edits: Mapping[Group, list[EditRecord]]
+    ) -> dict[Group, list[EditRecord]]:
         """Every group's control records (:func:`lmcompose.compose.load_unedited`): records of
         its dataset that no replicate edits, as many as its edits, chosen from the seed."""
         from lmcompose.compose import load_unedited
@@ -686,9 +703,9 @@ class Study:
         return out
 
 
-def _merge_budgets(options: Mapping[str, Mapping[str, Any]], budgets: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def _merge_budgets(options: Mapping[str, Mapping[str, object]], budgets: Budgets) -> dict[str, dict[str, object]]:
     merged = {k: dict(v) for k, v in options.items()}
-    ppl = {}
+    ppl: dict[str, object] = {}
     if "ppl_tokens" in budgets:
         ppl["max_tokens"] = 0 if budgets["ppl_tokens"] == "all" else budgets["ppl_tokens"]
     if "ppl_seqlen" in budgets:
@@ -698,27 +715,40 @@ def _merge_budgets(options: Mapping[str, Mapping[str, Any]], budgets: Mapping[st
     return merged
 
 
-def _budgets(value: Any) -> dict[str, Any]:
+class Budgets(TypedDict, total=False):
+    """A study's ``budgets:`` as validated (docs/studies.md): ``ppl_tokens`` a count or ``all``."""
+
+    ppl_tokens: int | str
+    ppl_seqlen: int
+    calibration_samples: int
+    calibration_seqlen: int
+    ppl_corpus: str
+    calibration_corpus: str
+
+
+def _budgets(value: object) -> Budgets:
     raw = _mapping(value, "budgets", "{ppl_tokens: 4096, calibration_samples: 32}")
     _keys(raw, "budgets", BUDGET_KEYS)
-    out: dict[str, Any] = {}
+    out: Budgets = {}
     if "ppl_tokens" in raw:
         v = raw["ppl_tokens"]
         out["ppl_tokens"] = "all" if v == "all" else _integer(v, "budgets.ppl_tokens", 1, "4096 (or all)")
     if "ppl_seqlen" in raw:
         out["ppl_seqlen"] = _integer(raw["ppl_seqlen"], "budgets.ppl_seqlen", 8, "1024")
-    for key in ("calibration_samples", "calibration_seqlen"):
-        if key in raw:
-            out[key] = _integer(raw[key], f"budgets.{key}", 1, "32" if key.endswith("samples") else "512")
+    if "calibration_samples" in raw:
+        out["calibration_samples"] = _integer(raw["calibration_samples"], "budgets.calibration_samples", 1, "32")
+    if "calibration_seqlen" in raw:
+        out["calibration_seqlen"] = _integer(raw["calibration_seqlen"], "budgets.calibration_seqlen", 1, "512")
     from lmcompose.corpora import parse_corpus
 
-    for key in ("ppl_corpus", "calibration_corpus"):
-        if key in raw:
-            out[key] = str(parse_corpus(raw[key], f"budgets.{key}"))
+    if "ppl_corpus" in raw:
+        out["ppl_corpus"] = str(parse_corpus(raw["ppl_corpus"], "budgets.ppl_corpus"))
+    if "calibration_corpus" in raw:
+        out["calibration_corpus"] = str(parse_corpus(raw["calibration_corpus"], "budgets.calibration_corpus"))
     return out
 
 
-def _is_edit_dataset(entry: Any) -> bool:
+def _is_edit_dataset(entry: RegistryEntry[type[EditDataset] | type[TextCorpus]]) -> bool:
     """Whether a registry entry loads an EditDataset subclass (what it is, not its registration's kind)."""
     from lmcompose.api import EditDataset
 
@@ -729,7 +759,7 @@ def _is_edit_dataset(entry: Any) -> bool:
     return isinstance(cls, type) and issubclass(cls, EditDataset)
 
 
-def _datasets(value: Any) -> list[DatasetSpec]:
+def _datasets(value: object) -> list[DatasetSpec]:
     from lmcompose.plugins import get_datasets
 
     registry = get_datasets()
@@ -754,8 +784,8 @@ def _datasets(value: Any) -> list[DatasetSpec]:
 
 
 def _step_item(
-    item: Any, path: str, keys: Sequence[str], example: str
-) -> tuple[StepSpec, str | None, Mapping[str, Any]]:
+    item: object, path: str, keys: Sequence[str], example: str
+) -> tuple[StepSpec, str | None, Mapping[str, object]]:
     """An editor's or unlearner's item: a step, or ``{step: ..., name: ...}`` with ``keys``;
     (the step, its name or None, the item's mapping or an empty one)."""
     if isinstance(item, Mapping) and "step" in item:
@@ -765,7 +795,7 @@ def _step_item(
     return _step(item, path), None, {}
 
 
-def _editors(value: Any) -> list[EditorSpec]:
+def _editors(value: object) -> list[EditorSpec]:
     out: list[EditorSpec] = []
     for i, item in enumerate(_list(value, "editors", "[memit]", nonempty=False)):
         path = f"editors[{i}]"
@@ -780,7 +810,7 @@ def _editors(value: Any) -> list[EditorSpec]:
     return out
 
 
-def _vary_one(value: Any, path: str, steps: list[StepSpec], composite: bool) -> Vary:
+def _vary_one(value: object, path: str, steps: list[StepSpec], composite: bool) -> Vary:
     example = "{wanda.sparsity: [0.25, 0.5]}" if composite else "{sparsity: [0.25, 0.5, 0.75]}"
     raw = _mapping(value, path, example)
     if len(raw) != 1:
@@ -817,12 +847,12 @@ def _vary_one(value: Any, path: str, steps: list[StepSpec], composite: bool) -> 
         raise (StudyError(msg) if msg.startswith(vpath) else _fail(vpath, msg)) from None
 
 
-def _check_size(data: Mapping[str, Any]) -> None:
+def _check_size(data: Mapping[str, object]) -> None:
     """Refuse a study over the cell cap from its lists' lengths alone (a grid of 100,000
     values would otherwise build 100,000 steps first), naming the key that makes it large.
     A key of the wrong shape counts as one here: its own check says what is wrong with it."""
 
-    def length(value: Any, default: int = 1) -> int:
+    def length(value: object, default: int = 1) -> int:
         return len(value) if isinstance(value, list) and value else default
 
     replicates = data.get("replicates", 1)
@@ -847,7 +877,7 @@ def _check_size(data: Mapping[str, Any]) -> None:
             names = []
             for j, step in enumerate(steps):
                 try:
-                    names.append(parse_step(step).name)
+                    names.append(parse_step(step).name if isinstance(step, str | Mapping | StepSpec) else f"#{j}")
                 except (UsageError, TypeError, ValueError):
                     names.append(f"#{j}")
             factors.append(GridFactor(f"{path}.orders", count_orders(raw.get("orders", "all"), names), "orders"))
@@ -881,7 +911,7 @@ def _check_size(data: Mapping[str, Any]) -> None:
         raise StudyError(str(exc)) from None
 
 
-def _unlearners(value: Any) -> list[UnlearnerSpec]:
+def _unlearners(value: object) -> list[UnlearnerSpec]:
     out: list[UnlearnerSpec] = []
     for i, item in enumerate(_list(value, "unlearners", "[rmu]", nonempty=False)):
         path = f"unlearners[{i}]"
@@ -902,7 +932,7 @@ def _unlearners(value: Any) -> list[UnlearnerSpec]:
     return out
 
 
-def _role_orders(value: Any, path: str) -> list[tuple[str, str]] | None:
+def _role_orders(value: object, path: str) -> list[tuple[str, str]] | None:
     """Orders of a pair, by role: ``all`` (None: both orders of every pair) or e.g.
     ``[[editor, compressor], [compressor, unlearner]]``."""
     if value == "all":
@@ -941,7 +971,7 @@ def _pair_orders(orders: list[tuple[str, str]] | None, roles: tuple[str, str]) -
     return got
 
 
-def _entries(value: Any, editors: list[EditorSpec], unlearners: list[UnlearnerSpec], orders: Any) -> list[Entry]:
+def _entries(value: object, editors: list[EditorSpec], unlearners: list[UnlearnerSpec], orders: object) -> list[Entry]:
     role_orders = _role_orders(orders, "orders")
     partners = [(e.label, e.step, "editor") for e in editors] + [(u.label, u.step, "unlearner") for u in unlearners]
     out: list[Entry] = []
@@ -1036,7 +1066,7 @@ def _check_unique(entries: list[Entry], path: str) -> None:
         seen.add(e.label)
 
 
-def load_study(path: str | Path, data: Mapping[str, Any] | None = None) -> Study:
+def load_study(path: str | Path, data: Mapping[str, object] | None = None) -> Study:
     """Read and validate a study file (no model, no data, no torch); ``data``: its mapping,
     when the caller has already read it."""
     from lmcompose.results import read_yaml
