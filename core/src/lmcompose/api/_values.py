@@ -1,0 +1,22 @@
+"""Narrowing helpers for values read from JSON, YAML or a config, typed ``object`` until used."""
+
+from __future__ import annotations
+
+from typing import SupportsFloat, SupportsIndex
+
+__all__ = ["number_or_none", "to_float"]
+
+_FLOATABLE = (str, bytes, bytearray, SupportsFloat, SupportsIndex)
+
+
+def to_float(value: object) -> float:
+    """``float(value)`` for a value typed ``object``: the same result, or the same TypeError
+    or ValueError that ``float`` raises."""
+    if isinstance(value, _FLOATABLE):
+        return float(value)
+    raise TypeError(f"float() argument must be a string or a real number, not {type(value).__name__!r}")
+
+
+def number_or_none(value: object) -> float | None:
+    """``value`` as a float, None for None (a metric not measured, or not finite when written)."""
+    return None if value is None else to_float(value)
