@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict, TypeVar
@@ -190,8 +190,11 @@ def per_width(area: float | None, interval: tuple[float, float]) -> float | None
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float | None, float | None]:
-    if not xs:
-        return None, None
+    return _spread(xs) if xs else (None, None)
+
+
+def _spread(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for one value) of values ``xs`` (at least one)."""
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
@@ -270,6 +273,20 @@ def row_position(row: Row) -> int:
     return position
 
 
+def row_step(row: Row) -> Mapping[str, object] | None:
+    """The row's ``step`` column (name, kind, config, ...); None for the base model."""
+    step = row.get("step")
+    if step is None or isinstance(step, Mapping):
+        return step or None
+    raise DataError(f"a row's step is {step!r}, not a mapping of the step's name, kind and config")
+
+
+def measured(rows: Iterable[Row], key: str) -> list[float]:
+    """``key`` of each of ``rows`` that measured it (not None)."""
+    values = (number_or_none(r.get(key)) for r in rows)
+    return [v for v in values if v is not None]
+
+
 def row_strength(row: Row) -> Hashable:
     """The row's ``strength`` as a dict key (a list, e.g. ``[2, 4]``, becomes a tuple)."""
     return _hashable(row["strength"])
@@ -280,6 +297,7 @@ def load_sweep(source: str | Path | Sequence[Row]) -> SweepData:
     from lmcompose.results import RESULTS_FILE, read_rows_checked
 
     notes: list[str] = []
+    rows: list[dict[str, object]]
     if isinstance(source, str | Path):
         path = Path(source)
         if path.is_dir():
@@ -406,7 +424,7 @@ class Composability:
     x: list[float]
     orders: list[tuple[str, ...]]
     criteria: dict[str, CriterionResult]
-    curves: dict[str, dict[tuple[str, ...], list[tuple[float | None, float | None]]]]  # mean, std per x
+    curves: dict[str, dict[tuple[str, ...], list[tuple[float, float]]]]  # mean, std per x
     notes: list[str] = field(default_factory=list)
     interval: tuple[float, float] = (0.0, 0.0)
 
@@ -529,7 +547,7 @@ def composability(
     if len(values) == 1:
         notes.append("one strength only: OI and MCE at that strength; A and P need two strengths or more")
     result: dict[str, CriterionResult] = {}
-    curves: dict[str, dict[tuple[str, ...], list[tuple[float | None, float | None]]]] = {}
+    curves: dict[str, dict[tuple[str, ...], list[tuple[float, float]]]] = {}
     for name in criteria:
         cr = CriterionResult(name)
         for r in data.replicates:
@@ -574,8 +592,9 @@ def _add_replicate(cr: CriterionResult, r: int, x: Sequence[float], cur: dict[tu
 
 def _mean_curves(
     cr: CriterionResult, orders: Sequence[tuple[str, ...]], n: int
-) -> dict[tuple[str, ...], list[tuple[float | None, float | None]]]:
-    return {o: [_mean_std([cr.curves[r][o][j] for r in cr.replicates]) for j in range(n)] for o in orders}
+) -> dict[tuple[str, ...], list[tuple[float, float]]]:
+    # every criterion kept has a replicate (composability() leaves out one without)
+    return {o: [_spread([cr.curves[r][o][j] for r in cr.replicates]) for j in range(n)] for o in orders}
 
 
 def common_interval(comps: Mapping[K, Composability]) -> tuple[dict[K, Composability], tuple[float, float] | None]:
