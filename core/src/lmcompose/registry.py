@@ -18,10 +18,11 @@ from typing import Generic, Protocol, TypeVar, cast
 from lmcompose.errors import DuplicateNameError, PluginLoadError, UnknownNameError
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
 @dataclass
-class Entry(Generic[T]):
+class Entry(Generic[T_co]):
     """One registered thing. ``target`` is the object or a lazy ``"module:attr"`` string."""
 
     name: str
@@ -35,7 +36,7 @@ class Entry(Generic[T]):
     def is_lazy(self) -> bool:
         return isinstance(self.target, str) and self._loaded is None
 
-    def load(self) -> T:
+    def load(self) -> T_co:
         """The registered thing, imported on first use when lazy. Its type is what the
         registry's ``base`` says: :meth:`Registry.add` and :meth:`Registry.get` check it."""
         if self._loaded is None:
@@ -47,17 +48,17 @@ class Entry(Generic[T]):
                 self._loaded = obj
             else:
                 self._loaded = self.target
-        return cast(T, self._loaded)
+        return cast(T_co, self._loaded)
 
 
-class Registrar(Protocol[T]):
+class Registrar(Protocol[T_co]):
     """``register(target, name=None, summary=None, **extra)``: what a ``register_*`` hook
     receives (:data:`lmcompose.hookspecs.Register`); returns the new entry (None where the
     host skipped a duplicate)."""
 
     def __call__(
         self, target: object, name: str | None = None, *, summary: str | None = None, **extra: object
-    ) -> Entry[T] | None: ...
+    ) -> Entry[T_co] | None: ...
 
 
 class Registry(Generic[T]):
