@@ -208,9 +208,10 @@ def with_flag_groups(command: F) -> F:
             kwargs[name] = group(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(group)})
         return command(**kwargs)
 
+    # typer reads the options from the signature (inspect honours __signature__); functions do not declare it
     with_groups.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     with_groups.__annotations__ = {p.name: p.annotation for p in params}
-    return with_groups  # type: ignore[return-value]
+    return with_groups  # type: ignore[return-value]  # called as `command` is, the groups filled in
 
 
 def metric_names(text: str | None) -> list[str] | None:
