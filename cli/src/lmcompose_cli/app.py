@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from lmcompose.errors import DuplicateNameError, LMComposeError, PluginLoadError, UsageError
@@ -71,11 +71,13 @@ class CommandGroup(TyperGroup):
     """The one top-level handler: every command's failure becomes one message and an exit
     code (describe_failure); ``--debug`` (or LMCOMPOSE_DEBUG=1) prints the traceback too."""
 
-    def list_commands(self, ctx: typer.Context) -> list[str]:
+    # typer hands its commands a typer.Context (the group's context_class); the base class
+    # declares the click Context that typer vendors
+    def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
         rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
         return sorted(super().list_commands(ctx), key=lambda name: rank.get(name, len(rank)))
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):

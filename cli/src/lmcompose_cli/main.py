@@ -38,7 +38,7 @@ def main() -> None:
     from lmcompose.plugins import PluginLoadWarning
 
     warnings.simplefilter("default", PluginLoadWarning)
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"  # type: ignore[assignment]
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     _install_plugin_commands()
     app()
 

@@ -17,7 +17,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import Annotated, Protocol, TypeVar
 
 import typer
 from lmcompose.errors import UsageError
@@ -57,7 +57,7 @@ class FlagGroup:
     """A dataclass of options several commands share (each field ``Annotated`` with its
     ``typer.Option`` and defaulting to "not given"); see :func:`with_flag_groups`."""
 
-    def given(self) -> dict[str, Any]:
+    def given(self) -> dict[str, object]:
         """The settings these flags override, by settings field (None: not given)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
@@ -101,26 +101,27 @@ class RunFlags(FlagGroup):
         ),
     ] = None
 
-    def given(self) -> dict[str, Any]:
+    def given(self) -> dict[str, object]:
         """--metrics as a list; --ppl-tokens and --ppl-seqlen are metric options
         (:meth:`metric_options`), not settings."""
         out = super().given()
-        out["metrics"] = metric_names(out["metrics"])
+        out["metrics"] = metric_names(self.metrics)
         del out["ppl_tokens"], out["ppl_seqlen"]
         return out
 
-    def metric_options(self) -> dict[str, dict[str, Any]]:
+    def metric_options(self) -> dict[str, dict[str, object]]:
         """--ppl-tokens and --ppl-seqlen as the perplexity metric's options ({} when neither)."""
-        opts: dict[str, Any] = {}
+        opts: dict[str, object] = {}
         if self.ppl_tokens is not None:
             if self.ppl_tokens == "all":
                 opts["max_tokens"] = 0
             else:
                 try:
-                    opts["max_tokens"] = int(self.ppl_tokens)
+                    max_tokens = int(self.ppl_tokens)
                 except ValueError:
                     raise UsageError(f"--ppl-tokens {self.ppl_tokens!r}: give a number of tokens or 'all'") from None
-                if opts["max_tokens"] < 1:
+                opts["max_tokens"] = max_tokens
+                if max_tokens < 1:
                     raise UsageError(
                         f"--ppl-tokens {self.ppl_tokens}: give a positive number of tokens, or 'all' for the whole "
                         "test split"
@@ -178,7 +179,7 @@ class ModelFlags(FlagGroup):
     ] = False
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+F = TypeVar("F", bound=Callable[..., object])
 
 
 def with_flag_groups(command: F) -> F:
@@ -202,14 +203,15 @@ def with_flag_groups(command: F) -> F:
         raise TypeError(f"{command.__name__}: option(s) {duplicated} are both its own and a flag group's")
 
     @functools.wraps(command)
-    def with_groups(**kwargs: Any) -> Any:
+    def with_groups(**kwargs: object) -> object:
         for name, group in groups.items():
             kwargs[name] = group(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(group)})
         return command(**kwargs)
 
+    # typer reads the options from the signature (inspect honours __signature__); functions do not declare it
     with_groups.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     with_groups.__annotations__ = {p.name: p.annotation for p in params}
-    return with_groups  # type: ignore[return-value]
+    return with_groups  # type: ignore[return-value]  # called as `command` is, the groups filled in
 
 
 def metric_names(text: str | None) -> list[str] | None:
@@ -228,14 +230,14 @@ def metric_names(text: str | None) -> list[str] | None:
 class Settings(Protocol):
     """What :func:`settings_from_flags` needs of a settings class (RunSettings, SweepSettings)."""
 
-    metric_options: dict[str, Any]
+    metric_options: dict[str, dict[str, object]]
 
     @classmethod
     def from_file(cls, path: str | Path) -> Settings: ...
 
     def __init__(self) -> None: ...
 
-    def merged(self, **overrides: Any) -> Settings: ...
+    def merged(self, **overrides: object) -> Settings: ...
 
     def validate(self) -> object: ...
 
@@ -249,7 +251,7 @@ def settings_from_flags(
     config: Path | None,
     run_flags: RunFlags,
     model_flags: ModelFlags,
-    **own: Any,
+    **own: object,
 ) -> S:
     """A command's settings, validated: the ``--config`` file's (else the defaults) with every
     flag given over it (the shared groups' and the command's ``own``, by settings field).

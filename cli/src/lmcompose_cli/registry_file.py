@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from lmcompose.errors import ConfigError, UsageError
 
@@ -50,11 +50,12 @@ def read_registry(path: Path | None = None) -> list[RegistryEntry]:
     from lmcompose.results import read_yaml
 
     path = path or find_registry()
-    data: Any = read_yaml(path)  # safe_load, a key given twice refused
-    if not isinstance(data.get("plugins"), list):
+    data: Mapping[str, object] = read_yaml(path)  # safe_load, a key given twice refused
+    plugins = data.get("plugins")
+    if not isinstance(plugins, list):
         raise ConfigError(f"{path}: expected a mapping with a 'plugins' list")
     out = []
-    for i, item in enumerate(data["plugins"]):
+    for i, item in enumerate(plugins):
         if not isinstance(item, dict) or not all(item.get(k) for k in ("name", "kind", "distribution")):
             raise ConfigError(f"{path}: plugin entry {i} needs name, kind and distribution")
         local = path.parent / item["path"] if item.get("path") else None

@@ -6,9 +6,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from lmcompose.api import Progress, config_fields, field_help
+from lmcompose.composability import row_step
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -17,7 +18,9 @@ if TYPE_CHECKING:
     from lmcompose.engine.plan import PlanCounts
     from lmcompose.engine.progress import ProgressEvent
     from lmcompose.plugins import PluginInfo
-    from lmcompose.registry import Entry, Registry
+    from lmcompose.registry import Entry
+    from lmcompose.reports.study import StudyReport
+    from lmcompose.reports.sweep import Report
     from rich.progress import TaskID
 
     from lmcompose_cli.registry_file import RegistryEntry
@@ -45,8 +48,12 @@ class RichProgress(Progress):
     @contextmanager
     def task(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
         task_id = self.rp.add_task(description, total=total)
+
+        def advance(n: int = 1) -> None:
+            self.rp.advance(task_id, n)
+
         try:
-            yield lambda n=1: self.rp.advance(task_id, n)
+            yield advance
         finally:
             self.rp.remove_task(task_id)
 
@@ -98,7 +105,7 @@ def print_line(text: str) -> None:
 RESULT_COLUMNS = ("perplexity", "avg_bits", "sparsity", "edit_success", "generalization", "locality", "flops")
 
 
-def print_rows(rows: list[dict[str, Any]]) -> None:
+def print_rows(rows: Sequence[Mapping[str, object]]) -> None:
     table = Table(title="results")
     table.add_column("pos", justify="right")
     table.add_column("step")
@@ -108,7 +115,8 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
         table.add_column(c, justify="right")
     table.add_column("step s", justify="right")
     for r in rows:
-        step = r["step"]["name"] + (" (again)" if r["step"].get("recompress") else "") if r.get("step") else "base"
+        column = row_step(r)
+        step = f"{column['name']}" + (" (again)" if column.get("recompress") else "") if column else "base"
         cells = [str(r["position"]), step, "" if r.get("strength") is None else str(r["strength"])]
         for c in present:
             v = r.get(c)
@@ -118,7 +126,7 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
-def print_report(report: Any, tables: int | None = None) -> None:
+def print_report(report: Report | StudyReport, tables: int | None = None) -> None:
     """The report's tables (the same strings as in report.md) as rich tables (the first
     ``tables`` of them when given: a study's Table 1)."""
     for t in report.tables[:tables]:
@@ -177,28 +185,47 @@ def print_available(entries: Sequence[RegistryEntry]) -> None:
     console.print(table)
 
 
-def _entry_details(kind: str, entry: Entry[Any]) -> list[str]:
-    """The ``fields`` cell of ``lmcompose list KIND``: what the loaded class declares."""
+def _default(config_cls: type, name: str, f: dataclasses.Field[object]) -> object:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"field {name} of {config_cls.__name__} has no default; a method's config needs one")
+
+
+def _entry_details(kind: str, entry: Entry[object]) -> list[str]:
+    """The ``fields`` cell of ``lmcompose list KIND``: what the loaded class declares (the
+    registry checked that it is one of KIND's: an Intervention or Metric subclass, an ArchSpec)."""
+    from lmcompose.api import Intervention, Metric
+    from lmcompose.models.arch import ArchSpec
+
     obj = entry.load()
     detail = []
-    if kind == "interventions":
+    if kind == "interventions" and isinstance(obj, type) and issubclass(obj, Intervention):
         knob = obj.strength
         detail.append(f"kind: {obj.kind}; strength: {knob.field} in {knob.describe()}" if knob else f"kind: {obj.kind}")
-    if kind == "architectures":
+    if kind == "architectures" and isinstance(obj, ArchSpec):
         detail.append(f"layers: {obj.layers}; mlp out: {obj.mlp_out}")
-    config_cls = getattr(obj, "Config", None)
+    config_cls = getattr(obj, "Config", None)  # Intervention.Config, Metric.Config
     if config_cls is not None and kind in ("interventions", "metrics"):
+        if not isinstance(config_cls, type):
+            raise TypeError(f"{kind} {entry.name!r}: Config is {config_cls!r}, not a dataclass")
         for name, f in config_fields(config_cls).items():
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-            detail.append(f"{name}={default!r}: {field_help(f)}")
-    if kind == "metrics":
+            detail.append(f"{name}={_default(config_cls, name, f)!r}: {field_help(f)}")
+    if kind == "metrics" and isinstance(obj, type) and issubclass(obj, Metric):
         detail.insert(0, "keys: " + ", ".join(obj.keys))
     if kind == "datasets":
         detail.append(f"kind: {entry.extra.get('kind', getattr(obj, 'kind', 'edits'))}")
     return detail
 
 
-def print_registry(kind: str, registry: Registry[Any]) -> None:
+class Listing(Protocol):
+    """A registry as ``lmcompose list`` reads it: its entries."""
+
+    def entries(self) -> Sequence[Entry[object]]: ...
+
+
+def print_registry(kind: str, registry: Listing) -> None:
     table = Table(title=kind)
     table.add_column("name", style="bold")
     table.add_column("from")

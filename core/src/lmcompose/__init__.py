@@ -14,7 +14,7 @@ The public API (importing this package does not import torch)::
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
 from lmcompose.api import (
     Context,
@@ -40,6 +40,20 @@ from lmcompose.plugins import get_architectures, get_datasets, get_interventions
 from lmcompose.sweep import sweep
 
 __version__ = "0.4.0"
+
+if TYPE_CHECKING:  # what __getattr__ imports on first use, for the type checker
+    from lmcompose.compose import RunSettings as RunSettings
+    from lmcompose.compose import load_edits as load_edits
+    from lmcompose.compose import parse_step as parse_step
+    from lmcompose.models.arch import ArchSpec as ArchSpec
+    from lmcompose.models.handle import LM as LM
+    from lmcompose.models.loading import load_model as load_model
+    from lmcompose.models.tiny import tiny_model as tiny_model
+    from lmcompose.reports import write_report as write_report
+    from lmcompose.studies.runner import merge_studies as merge_studies
+    from lmcompose.studies.runner import run_study as run_study
+    from lmcompose.studies.spec import load_study as load_study
+    from lmcompose.sweep import SweepSettings as SweepSettings
 
 _LAZY = {
     "load_model": "lmcompose.models.loading",
@@ -84,7 +98,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'lmcompose' has no attribute {name!r}")

@@ -51,12 +51,20 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, TypeVar
 
+from lmcompose.api._values import number_or_none, to_float, to_int
 from lmcompose.errors import DataError
+
+#: A row of results.jsonl as read back (JSON data: its declared keys are
+#: :mod:`lmcompose.engine.schema`'s, plus one key per metric value).
+Row = Mapping[str, object]
+#: A cell of a sweep: (order, varied value, replicate).
+CellKey = tuple[tuple[str, ...], Hashable, int]
+K = TypeVar("K", bound=Hashable)
 
 CRITERIA = ("edit_success", "generalization", "locality", "perplexity", "forget_accuracy", "retain_accuracy")
 X_AXES = ("compression", "strength", "avg_bits", "paper")
@@ -78,7 +86,16 @@ def trapezoid(x: Sequence[float], y: Sequence[float]) -> float:
     return float(sum((x[i + 1] - x[i]) * (y[i] + y[i + 1]) / 2 for i in range(len(x) - 1)))
 
 
-def area_metrics(x: Sequence[float], curves: Mapping[Any, Sequence[float]]) -> dict[str, Any]:
+class AreaMetrics(TypedDict):
+    """What :func:`area_metrics` returns: A and P (None with one point), OI and MCE per x."""
+
+    A: float | None
+    P: float | None
+    OI: list[float]
+    MCE: list[float]
+
+
+def area_metrics(x: Sequence[float], curves: Mapping[tuple[str, ...], Sequence[float]]) -> AreaMetrics:
     """A, P, and per-point OI and MCE for criterion curves ``{order: [ℓ at each x]}``.
 
     ``x`` must be ascending; every curve has one value per x. With one point, A and P are
@@ -128,25 +145,33 @@ def higher_is_better(key: str) -> bool:
     return True
 
 
-def normalized_criterion(name: str, row: Mapping[str, Any], base: Mapping[str, Any] | None) -> float | None:
+def nonfinite_flags(row: Row) -> Mapping[str, object]:
+    """The row's ``nonfinite`` flags (metric key -> ``nan``, ``inf`` or ``-inf``); empty when none."""
+    flags = row.get("nonfinite") or {}
+    if not isinstance(flags, Mapping):
+        raise DataError(f"a row's nonfinite field is {flags!r}, not a mapping of metric key to nan/inf/-inf")
+    return flags
+
+
+def normalized_criterion(name: str, row: Row, base: Row | None) -> float | None:
     """Criterion ``name`` of ``row`` in [0, 1], higher = better (None when not measured): a
     value in [0, 1] whose metric declares lower-is-better enters as 1 − value."""
     if name == "perplexity":
         if base is None:
             return None
-        nll, nll0 = row.get("general_nll"), base.get("general_nll")
+        nll, nll0 = number_or_none(row.get("general_nll")), number_or_none(base.get("general_nll"))
         if nll0 is not None and "general_nll" in row:
             if nll is None:  # not finite when written (JSON has no inf): infinite is the worst, NaN is unknown
-                return None if (row.get("nonfinite") or {}).get("general_nll") == "nan" else 0.0
+                return None if nonfinite_flags(row).get("general_nll") == "nan" else 0.0
             return math.exp(min(0.0, nll0 - nll))
-        ppl, ppl0 = row.get("perplexity"), base.get("perplexity")
+        ppl, ppl0 = number_or_none(row.get("perplexity")), number_or_none(base.get("perplexity"))
         if ppl0 is None or ppl is None:
             return None
         return min(1.0, max(0.0, ppl0 / ppl)) if ppl > 0 else None
-    v = row.get(name)
-    if v is None:
+    value = number_or_none(row.get(name))
+    if value is None:
         return None
-    v = min(1.0, max(0.0, float(v)))
+    v = min(1.0, max(0.0, value))
     return v if higher_is_better(name) else 1.0 - v
 
 
@@ -165,8 +190,11 @@ def per_width(area: float | None, interval: tuple[float, float]) -> float | None
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float | None, float | None]:
-    if not xs:
-        return None, None
+    return _spread(xs) if xs else (None, None)
+
+
+def _spread(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for one value) of values ``xs`` (at least one)."""
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
@@ -197,22 +225,24 @@ class CriterionResult:
         return _mean_std(self.P)[1]
 
     def per_strength(self, j: int, what: str) -> tuple[float | None, float | None]:
-        return _mean_std([r[j] for r in getattr(self, what)])
+        """Mean and std over replicates of ``what`` (``OI`` or ``MCE``) at strength ``j``."""
+        per_replicate = {"OI": self.OI, "MCE": self.MCE}[what]
+        return _mean_std([r[j] for r in per_replicate])
 
 
 @dataclass
 class SweepData:
     """The sweep rows of one run folder, indexed: cells, final rows, base rows."""
 
-    rows: list[dict[str, Any]]
+    rows: list[dict[str, object]]
     run_id: str
     vary: str
     orders: list[tuple[str, ...]]
-    values: list[Any]  # sorted by normalized strength (weakest first)
+    values: list[Hashable]  # sorted by normalized strength (weakest first)
     replicates: list[int]
-    final: dict[tuple[tuple[str, ...], Any, int], dict[str, Any]]
-    base: dict[int, dict[str, Any]]
-    by_cell: dict[tuple[tuple[str, ...], Any, int], list[dict[str, Any]]]
+    final: dict[CellKey, dict[str, object]]
+    base: dict[int, dict[str, object]]
+    by_cell: dict[CellKey, list[dict[str, object]]]
     model: str = ""
     policy: str = ""
     notes: list[str] = field(default_factory=list)  # lines skipped, conflicting duplicates, NaN metrics
@@ -222,11 +252,52 @@ class SweepData:
         return all((o, v, r) in self.final for o in self.orders for v in self.values for r in self.replicates)
 
 
-def load_sweep(source: str | Path | Sequence[Mapping[str, Any]]) -> SweepData:
+def _text(value: object) -> str:
+    """A row's label (``vary``, ``model``, ``policy``); "" where it has none."""
+    return value if isinstance(value, str) else ""
+
+
+def row_order(row: Row) -> tuple[str, ...]:
+    """The row's ``order`` (its steps' names) as a tuple."""
+    order = row["order"]
+    if not isinstance(order, list | tuple) or not all(isinstance(name, str) for name in order):
+        raise DataError(f"a row's order is {order!r}, not a list of step names")
+    return tuple(order)
+
+
+def row_position(row: Row) -> int:
+    """The row's ``position`` (0 = the base model)."""
+    position = row["position"]
+    if not isinstance(position, int):
+        raise DataError(f"a row's position is {position!r}, not a whole number")
+    return position
+
+
+def row_step(row: Row) -> Mapping[str, object] | None:
+    """The row's ``step`` column (name, kind, config, ...); None for the base model."""
+    step = row.get("step")
+    if step is None or isinstance(step, Mapping):
+        return step or None
+    raise DataError(f"a row's step is {step!r}, not a mapping of the step's name, kind and config")
+
+
+def measured(rows: Iterable[Row], key: str) -> list[float]:
+    """``key`` of each of ``rows`` that measured it (not None)."""
+    values = (number_or_none(r.get(key)) for r in rows)
+    return [v for v in values if v is not None]
+
+
+def row_strength(row: Row) -> Hashable:
+    """The row's ``strength`` as a dict key (a list, e.g. ``[2, 4]``, becomes a tuple)."""
+    return _hashable(row["strength"])
+
+
+def load_sweep(source: str | Path | Sequence[Row]) -> SweepData:
     """Sweep rows from a run folder, a results.jsonl path, or a list of rows."""
     from lmcompose.results import RESULTS_FILE, read_rows_checked
 
     notes: list[str] = []
+    rows: list[dict[str, object]]
     if isinstance(source, str | Path):
         path = Path(source)
         if path.is_dir():
@@ -247,18 +318,23 @@ def load_sweep(source: str | Path | Sequence[Mapping[str, Any]]) -> SweepData:
     rows = [r for r in rows if r.get("sweep")]
     if not rows:
         raise DataError(f"{where} holds no sweep rows: `lmcompose report` needs the folder of an `lmcompose sweep`")
-    ids = list(dict.fromkeys(r["run_id"] for r in rows))
+    ids = list(dict.fromkeys(str(r["run_id"]) for r in rows))
     if len(ids) > 1:
         raise DataError(f"{where} mixes sweeps {', '.join(ids)}; keep one sweep per folder")
-    orders = list(dict.fromkeys(tuple(r["order"]) for r in rows))
-    raw_values = list(dict.fromkeys(_hashable(r["strength"]) for r in rows))
-    norm = {}
+    orders = list(dict.fromkeys(row_order(r) for r in rows))
+    raw_values = list(dict.fromkeys(row_strength(r) for r in rows))
+    norm: dict[Hashable, float | None] = {}
     for r in rows:
-        norm[_hashable(r["strength"])] = r.get("strength_normalized")
-    values = sorted(raw_values, key=lambda v: norm[v] if norm[v] is not None else _as_float(v))
-    replicates = sorted({int(r["replicate"]) for r in rows})
-    by_cell: dict[tuple[tuple[str, ...], Any, int], list[dict[str, Any]]] = {}
-    seen: dict[tuple[str, int], dict[str, Any]] = {}
+        norm[row_strength(r)] = number_or_none(r.get("strength_normalized"))
+
+    def weakest_first(v: Hashable) -> float:
+        n = norm[v]
+        return n if n is not None else _as_float(v)
+
+    values = sorted(raw_values, key=weakest_first)
+    replicates = sorted({to_int(r["replicate"]) for r in rows})
+    by_cell: dict[CellKey, list[dict[str, object]]] = {}
+    seen: dict[tuple[object, object], dict[str, object]] = {}
     for r in rows:
         key = (r["cell"], r["position"])
         if key in seen:  # a duplicate can only come from copying files by hand; keep the first
@@ -266,30 +342,31 @@ def load_sweep(source: str | Path | Sequence[Mapping[str, Any]]) -> SweepData:
                 notes.append(f"cell {key[0]} position {key[1]} has two rows that disagree; the first is used")
             continue
         seen[key] = r
-        nan = sorted(k for k, v in (r.get("nonfinite") or {}).items() if v == "nan")
+        nan = sorted(k for k, v in nonfinite_flags(r).items() if v == "nan")
         if nan:
             notes.append(f"cell {key[0]} position {key[1]}: {', '.join(nan)} NaN (flagged, not averaged in)")
-        by_cell.setdefault((tuple(r["order"]), _hashable(r["strength"]), int(r["replicate"])), []).append(r)
-    final, base = {}, {}
-    for key, cell_rows in by_cell.items():
-        cell_rows.sort(key=lambda r: r["position"])
+        by_cell.setdefault((row_order(r), row_strength(r), to_int(r["replicate"])), []).append(r)
+    final: dict[CellKey, dict[str, object]] = {}
+    base: dict[int, dict[str, object]] = {}
+    for cell, cell_rows in by_cell.items():
+        cell_rows.sort(key=row_position)
         last = cell_rows[-1]
         if last["position"] == last.get("last_position", last["position"]):
-            final[key] = last
+            final[cell] = last
         if cell_rows[0]["position"] == 0:
-            base.setdefault(key[2], cell_rows[0])
+            base.setdefault(cell[2], cell_rows[0])
     return SweepData(
         rows,
         ids[0],
-        rows[0].get("vary", ""),
+        _text(rows[0].get("vary", "")),
         orders,
         values,
         replicates,
         final,
         base,
         by_cell,
-        rows[0].get("model", ""),
-        rows[0].get("policy", ""),
+        _text(rows[0].get("model", "")),
+        _text(rows[0].get("policy", "")),
         notes,
     )
 
@@ -297,7 +374,7 @@ def load_sweep(source: str | Path | Sequence[Mapping[str, Any]]) -> SweepData:
 _NOT_NUMBERS = frozenset({"timestamp", "notes", "shared_by_cells", "seconds", "elapsed", "cached"})
 
 
-def _bookkeeping(key: Any) -> bool:
+def _bookkeeping(key: object) -> bool:
     """Whether a row field (at any depth) records how or when a number was computed rather
     than a number: a duration (``*_s``: eval_s, MEMIT's stats_s/vstar_s/update_s; seconds,
     elapsed), whether a cache served it (``*cached``), when (``*timestamp*``), the notes
@@ -308,7 +385,7 @@ def _bookkeeping(key: Any) -> bool:
     )
 
 
-def _numbers(value: Any) -> Any:
+def _numbers(value: object) -> object:
     if isinstance(value, Mapping):
         return {k: _numbers(v) for k, v in value.items() if not _bookkeeping(k)}
     if isinstance(value, list):
@@ -316,19 +393,23 @@ def _numbers(value: Any) -> Any:
     return value
 
 
-def row_numbers(row: Mapping[str, Any]) -> dict[str, Any]:
+def row_numbers(row: Row) -> dict[str, object]:
     """A row without the fields that differ between two computations of the same numbers
     (:func:`_bookkeeping`, at every depth: ``step_details`` holds a step's own timings)."""
-    return _numbers(row)
+    return {k: _numbers(v) for k, v in row.items() if not _bookkeeping(k)}
 
 
-def _hashable(v: Any) -> Any:
-    return tuple(v) if isinstance(v, list) else v
+def _hashable(v: object) -> Hashable:
+    if isinstance(v, list):
+        return tuple(v)
+    if not isinstance(v, Hashable):
+        raise DataError(f"a row's strength is {v!r}: give a number, a string or a list")
+    return v
 
 
-def _as_float(v: Any) -> float:
+def _as_float(v: object) -> float:
     try:
-        return float(v)
+        return to_float(v)
     except (TypeError, ValueError):
         return 0.0
 
@@ -339,11 +420,11 @@ class Composability:
     axis ``x_axis`` over ``interval``; ``single`` when the grid has one strength (no A, P)."""
 
     x_axis: str
-    values: list[Any]
+    values: list[Hashable]
     x: list[float]
     orders: list[tuple[str, ...]]
     criteria: dict[str, CriterionResult]
-    curves: dict[str, dict[tuple[str, ...], list[tuple[float | None, float | None]]]]  # mean, std per x
+    curves: dict[str, dict[tuple[str, ...], list[tuple[float, float]]]]  # mean, std per x
     notes: list[str] = field(default_factory=list)
     interval: tuple[float, float] = (0.0, 0.0)
 
@@ -364,19 +445,20 @@ class Composability:
             return None, None
         return per_width(c.P_mean, self.interval), per_width(c.P_std, self.interval)
 
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def as_dict(self) -> dict[str, object]:
+        criteria: dict[str, dict[str, object]] = {}
+        out: dict[str, object] = {
             "x_axis": self.x_axis,
             "interval": list(self.interval),
             "width": self.width,
             "values": self.values,
             "x": self.x,
             "orders": [list(o) for o in self.orders],
-            "criteria": {},
+            "criteria": criteria,
             "notes": self.notes,
         }
         for name, c in self.criteria.items():
-            out["criteria"][name] = {
+            criteria[name] = {
                 "A": c.A_mean,
                 "A_std": c.A_std,
                 "P": c.P_mean,
@@ -398,8 +480,8 @@ def _final_bits(data: SweepData) -> list[float] | None:
     """Mean average bits of the final models at each value (None if any is missing)."""
     bits = []
     for v in data.values:
-        got = [row.get("avg_bits") for (o, val, _r), row in data.final.items() if val == v]
-        got = [b for b in got if b is not None]
+        measured = [number_or_none(row.get("avg_bits")) for (o, val, _r), row in data.final.items() if val == v]
+        got = [b for b in measured if b is not None]
         if not got:
             return None
         bits.append(statistics.fmean(got))
@@ -413,8 +495,8 @@ def x_positions(data: SweepData, x_axis: str = DEFAULT_AXIS) -> list[float] | No
     if x_axis == "strength":
         raw = []
         for v in data.values:
-            n = next((r.get("strength_normalized") for r in data.rows if _hashable(r["strength"]) == v), None)
-            raw.append(float(n) if n is not None else _as_float(v))
+            n = next((r.get("strength_normalized") for r in data.rows if row_strength(r) == v), None)
+            raw.append(to_float(n) if n is not None else _as_float(v))
         lo, hi = min(raw), max(raw)
         return [(r - lo) / (hi - lo) if hi > lo else 0.0 for r in raw]
     bits = _final_bits(data)
@@ -427,7 +509,7 @@ def x_positions(data: SweepData, x_axis: str = DEFAULT_AXIS) -> list[float] | No
     if x_axis == "paper":
         return bits
     if x_axis == "compression":
-        base = [r.get("avg_bits") for r in data.base.values() if r.get("avg_bits") is not None]
+        base = [b for b in (number_or_none(r.get("avg_bits")) for r in data.base.values()) if b is not None]
         if not base:
             return None
         b0 = statistics.fmean(base)
@@ -441,7 +523,7 @@ def available_axes(data: SweepData) -> list[str]:
 
 
 def composability(
-    source: str | Path | Sequence[Mapping[str, Any]] | SweepData,
+    source: str | Path | Sequence[Row] | SweepData,
     x: str | None = None,
     criteria: Sequence[str] = CRITERIA,
 ) -> Composability:
@@ -465,7 +547,7 @@ def composability(
     if len(values) == 1:
         notes.append("one strength only: OI and MCE at that strength; A and P need two strengths or more")
     result: dict[str, CriterionResult] = {}
-    curves: dict[str, dict[tuple[str, ...], list[tuple[float | None, float | None]]]] = {}
+    curves: dict[str, dict[tuple[str, ...], list[tuple[float, float]]]] = {}
     for name in criteria:
         cr = CriterionResult(name)
         for r in data.replicates:
@@ -499,7 +581,7 @@ def composability(
 
 def _add_replicate(cr: CriterionResult, r: int, x: Sequence[float], cur: dict[tuple[str, ...], list[float]]) -> None:
     m = area_metrics(x, cur)
-    if m["A"] is not None:
+    if m["A"] is not None and m["P"] is not None:  # both, or neither (one strength)
         cr.A.append(m["A"])
         cr.P.append(m["P"])
     cr.OI.append(m["OI"])
@@ -510,11 +592,12 @@ def _add_replicate(cr: CriterionResult, r: int, x: Sequence[float], cur: dict[tu
 
 def _mean_curves(
     cr: CriterionResult, orders: Sequence[tuple[str, ...]], n: int
-) -> dict[tuple[str, ...], list[tuple[float | None, float | None]]]:
-    return {o: [_mean_std([cr.curves[r][o][j] for r in cr.replicates]) for j in range(n)] for o in orders}
+) -> dict[tuple[str, ...], list[tuple[float, float]]]:
+    # every criterion kept has a replicate (composability() leaves out one without)
+    return {o: [_spread([cr.curves[r][o][j] for r in cr.replicates]) for j in range(n)] for o in orders}
 
 
-def common_interval(comps: Mapping[Any, Composability]) -> tuple[dict[Any, Composability], tuple[float, float] | None]:
+def common_interval(comps: Mapping[K, Composability]) -> tuple[dict[K, Composability], tuple[float, float] | None]:
     """The same A and P, each method on the interval where every one of ``comps`` (methods on
     one axis, e.g. the compressors of a study on one dataset) has data: each replicate's
     curves are interpolated linearly onto the union of the methods' x values inside it.
@@ -528,7 +611,7 @@ def common_interval(comps: Mapping[Any, Composability]) -> tuple[dict[Any, Compo
     if hi - lo <= 1e-12:
         return {}, None
     grid = sorted({lo, hi, *(x for c in usable.values() for x in c.x if lo < x < hi)})
-    out: dict[Any, Composability] = {}
+    out: dict[K, Composability] = {}
     for key, c in usable.items():
         criteria: dict[str, CriterionResult] = {}
         curves = {}

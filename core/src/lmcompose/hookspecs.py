@@ -24,17 +24,24 @@ ignores them, see pluggy#442), and must not import torch at module import time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import pluggy
+
+from lmcompose.registry import Registrar
+
+if TYPE_CHECKING:
+    from lmcompose.engine.run_folder import RunInfo
 
 PROJECT_NAME = "lmcompose"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-Register = Callable[..., Any]
+#: The registrar a ``register_*`` hook receives: ``register(target, name=None, summary=None,
+#: **extra)`` (:class:`lmcompose.registry.Registrar`); what it returns is the new entry.
+Register = Registrar[object]
 
 
 @hookspec
@@ -96,7 +103,7 @@ def register_architectures(register: Register) -> None:
 
 
 @hookspec
-def register_commands(app: Any) -> None:
+def register_commands(app: object) -> None:
     """Add commands to the ``lmcompose`` command line.
 
     :param app: the root ``typer.Typer`` application (typed loosely so that core does not
@@ -109,7 +116,7 @@ def register_commands(app: Any) -> None:
 
 
 @hookspec
-def row_written(row: dict[str, Any], run: Any) -> None:
+def row_written(row: Mapping[str, object], run: RunInfo) -> None:
     """Called after every row is appended to a run folder's ``results.jsonl`` (runs, sweeps,
     studies, merges): the hook a tracker (MLflow, W&B, a dashboard) builds on.
 
@@ -125,7 +132,7 @@ def row_written(row: dict[str, Any], run: Any) -> None:
 
 
 @hookspec
-def run_closed(run: Any, status: str) -> None:
+def run_closed(run: RunInfo, status: str) -> None:
     """Called once when a command stops writing a run folder.
 
     :param run: the :class:`lmcompose.engine.RunInfo` that ``row_written`` received.

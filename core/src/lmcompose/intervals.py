@@ -31,12 +31,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
-from lmcompose.composability import Composability, SweepData, per_width, segment
+from lmcompose.api._values import to_float
+from lmcompose.composability import Composability, SweepData, per_width, row_position, segment
 from lmcompose.engine.run_folder import row_cell_id
+from lmcompose.errors import DataError
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 0
@@ -44,7 +46,7 @@ LEVEL = 0.95
 EDIT_CRITERIA = ("edit_success", "generalization", "locality")
 
 Order = tuple[str, ...]
-EditKey = tuple[int, Any]  # (record index, case id): unique even where case ids repeat or are null
+EditKey = tuple[int, object]  # (record index, case id): unique even where case ids repeat or are null
 
 __all__ = [
     "DEFAULT_RESAMPLES",
@@ -120,6 +122,16 @@ class APInterval:
         return None if lo is None or hi is None else (lo, hi)
 
 
+class ComparisonContext(TypedDict, total=False):
+    """What a :class:`Difference` compared: the dataset, the kind of pair (``compressor``
+    or ``editor``), the method both share and the common x interval."""
+
+    dataset: str
+    kind: str
+    shared: str
+    interval: tuple[float, float]
+
+
 @dataclass
 class Difference:
     """A paired comparison of two methods on the same edits: ``first − second`` of ``what``
@@ -133,7 +145,7 @@ class Difference:
     interval: tuple[float, float]
     p_value: float
     resamples: int
-    context: dict[str, Any] = field(default_factory=dict)
+    context: ComparisonContext = field(default_factory=lambda: ComparisonContext())
 
     @property
     def distinguishable(self) -> bool:
@@ -204,8 +216,8 @@ def area_samples(x: Sequence[float], curves: Mapping[Order, np.ndarray]) -> tupl
     stack = np.stack(list(curves.values()))
     hi, lo = stack.max(axis=0), stack.min(axis=0)
     oi, mce = hi - lo, 1.0 - hi
-    a: Any = 0
-    p: Any = 0
+    a: np.ndarray | int = 0
+    p: np.ndarray | int = 0
     for i in range(len(x) - 1):
         a = a + (x[i + 1] - x[i]) * (oi[i] + oi[i + 1]) / 2
         p = p + (x[i + 1] - x[i]) * (mce[i] + mce[i + 1]) / 2
@@ -268,7 +280,7 @@ def compare(
     b: APSamples,
     point: Mapping[str, tuple[float, float]],
     level: float = LEVEL,
-    context: Mapping[str, Any] | None = None,
+    context: ComparisonContext | None = None,
 ) -> list[Difference]:
     """The paired differences ``first − second`` of A and of P from two methods' bootstrap
     samples drawn with the same edit indices; ``point`` maps A and P to the two methods'
@@ -286,7 +298,7 @@ def compare(
                 percentile_interval(diff, level),
                 bootstrap_p_value(diff),
                 int(np.sum(~np.isnan(diff))),
-                dict(context or {}),
+                context.copy() if context else ComparisonContext(),
             )
         )
     return out
@@ -300,7 +312,7 @@ def compare(
 def method_scores(
     data: SweepData,
     comp: Composability,
-    per_edit: Mapping[tuple[str, int], Mapping[str, Any]],
+    per_edit: Mapping[tuple[str, int], Mapping[str, object]],
     criterion: str,
 ) -> tuple[MethodScores | None, str | None]:
     """The per-edit scores behind ``comp``'s curves of ``criterion`` (an edit criterion):
@@ -319,15 +331,21 @@ def method_scores(
             matrix = []
             for v in comp.values:
                 row = data.final.get((o, v, r))
-                line = per_edit.get((row_cell_id(row), int(row["position"]))) if row is not None else None
-                if line is None:
+                line = per_edit.get((row_cell_id(row), row_position(row))) if row is not None else None
+                if row is None or line is None:
                     return (
                         None,
                         f"{criterion}: no per-edit scores for the final model of {' → '.join(o)} at {v}, replicate {r}",
                     )
-                got = (line.get("scores") or {}).get(criterion)
-                keys = [(i, c) for i, c in enumerate(line.get("case_ids") or [])]
-                if got is None or len(got) != len(keys) or not keys:
+                scores, case_ids = line.get("scores") or {}, line.get("case_ids") or []
+                if not isinstance(scores, Mapping) or not isinstance(case_ids, list):
+                    raise DataError(
+                        f"the per-edit line of {row_cell_id(row)} position {row['position']}: scores must be a "
+                        "mapping of criterion to scores and case_ids a list"
+                    )
+                got = scores.get(criterion)
+                keys: list[EditKey] = list(enumerate(case_ids))
+                if not isinstance(got, list) or len(got) != len(keys) or not keys:
                     return (
                         None,
                         f"{criterion}: the per-edit line of {row_cell_id(row)} position {row['position']} "
@@ -337,7 +355,7 @@ def method_scores(
                     edits = keys
                 elif keys != edits:
                     return None, f"{criterion}: replicate {r}'s states were scored on different edits"
-                matrix.append([np.nan if s is None else float(s) for s in got])
+                matrix.append([np.nan if s is None else to_float(s) for s in got])
             orders[o] = np.asarray(matrix, dtype=float)
         assert edits is not None
         replicates[r] = ReplicateScores(edits, orders)
@@ -355,7 +373,7 @@ def same_edits(a: MethodScores, b: MethodScores) -> bool:
 def intervals_for(
     data: SweepData,
     comp: Composability,
-    per_edit: Mapping[tuple[str, int], Mapping[str, Any]],
+    per_edit: Mapping[tuple[str, int], Mapping[str, object]],
     grid: Sequence[float] | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,

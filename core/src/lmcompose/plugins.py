@@ -19,18 +19,20 @@ import os
 import sys
 import traceback
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 import pluggy
 
 from lmcompose import hookspecs
 from lmcompose.errors import DuplicateNameError, PluginLoadError
-from lmcompose.registry import Registry
+from lmcompose.registry import Entry, Registrar, Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from lmcompose.api import EditDataset, Intervention, Metric, TextCorpus
+    from lmcompose.engine.run_folder import RunInfo
     from lmcompose.models.arch import ArchSpec
 
 ENTRY_POINT_GROUP = "lmcompose"
@@ -68,7 +70,7 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         return {
             "name": self.name,
             "distribution": self.distribution,
@@ -86,7 +88,8 @@ class _State:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
-        self.registries: dict[str, Registry[Any]] = {}
+        #: every kind's registry, its entries checked against the kind's base (``_BASES``)
+        self.registries: dict[str, Registry[object]] = {}
 
     # -- loading ---------------------------------------------------------------------
     def load(self) -> None:
@@ -119,7 +122,7 @@ class _State:
                 continue
             self.add(plugin, ep.name, dist, dist_version, builtin=False)
 
-    def add(self, plugin: Any, name: str, dist: str, version: str, builtin: bool) -> None:
+    def add(self, plugin: object, name: str, dist: str, version: str, builtin: bool) -> None:
         module = getattr(plugin, "__name__", type(plugin).__name__)
         info = PluginInfo(name, dist, version, module, builtin)
         try:
@@ -156,7 +159,7 @@ class _State:
         warnings.warn(message, PluginLoadWarning, stacklevel=3)
 
     # -- typed hook calls ------------------------------------------------------------
-    def collect(self, hook_name: str, registry: Registry[Any]) -> Registry[Any]:
+    def collect(self, hook_name: str, registry: Registry[object]) -> Registry[object]:
         caller = getattr(self.pm.hook, hook_name)
         # get_hookimpls() is in registration order: built-ins first.
         for impl in caller.get_hookimpls():
@@ -173,15 +176,17 @@ class _State:
                 self.fail(info, f"{hook_name} raised {_describe(exc)}")
         return registry
 
-    def _registrar(self, registry: Registry[Any], dist: str, info: PluginInfo | None) -> Any:
+    def _registrar(self, registry: Registry[object], dist: str, info: PluginInfo | None) -> Registrar[object]:
         """``register`` for one plugin: a name that is already registered keeps its first
         registration; the later one (a third-party plugin's) is reported as failed, naming
         both distributions, and everything else keeps working (fatal with --strict)."""
         base = registry.registrar(dist)
 
-        def register(target: Any, name: str | None = None, **kw: Any) -> Any:
+        def register(
+            target: object, name: str | None = None, *, summary: str | None = None, **extra: object
+        ) -> Entry[object] | None:
             try:
-                return base(target, name=name, **kw)
+                return base(target, name=name, summary=summary, **extra)
             except DuplicateNameError as exc:
                 if info is None or info.builtin:
                     raise
@@ -251,7 +256,7 @@ def plugin_infos() -> list[PluginInfo]:
     return sorted(state.infos.values(), key=lambda i: (not i.builtin, i.name))
 
 
-def register_plugin(plugin: Any, name: str, distribution: str = "test-plugin") -> None:
+def register_plugin(plugin: object, name: str, distribution: str = "test-plugin") -> None:
     """Register an in-process plugin object (tests, notebooks). Undo with unregister_plugin."""
     _state().add(plugin, name, distribution, "0", builtin=False)
     if _STATE is not None and _STATE.infos[name].error:
@@ -281,7 +286,7 @@ _BASES = {
 }
 
 
-def _registry(kind: str) -> Registry[Any]:
+def _registry(kind: str) -> Registry[object]:
     state = _state()
     if kind not in state.registries:
         hook_name, singular, hint = _KINDS[kind]
@@ -290,23 +295,25 @@ def _registry(kind: str) -> Registry[Any]:
     return state.registries[kind]
 
 
+# Each registry hands out only what its base admits (Registry.add and Registry.get check it):
+# the casts say which base that is.
 def get_interventions() -> Registry[type[Intervention]]:
-    return _registry("interventions")
+    return cast("Registry[type[Intervention]]", _registry("interventions"))
 
 
 def get_metrics() -> Registry[type[Metric]]:
-    return _registry("metrics")
+    return cast("Registry[type[Metric]]", _registry("metrics"))
 
 
 def get_datasets() -> Registry[type[EditDataset] | type[TextCorpus]]:
-    return _registry("datasets")
+    return cast("Registry[type[EditDataset] | type[TextCorpus]]", _registry("datasets"))
 
 
 def get_architectures() -> Registry[ArchSpec]:
-    return _registry("architectures")
+    return cast("Registry[ArchSpec]", _registry("architectures"))
 
 
-def register_cli_commands(app: Any) -> None:
+def register_cli_commands(app: object) -> None:
     """Let plugins add commands to the CLI app (the register_commands hook)."""
     state = _state()
     for impl in state.pm.hook.register_commands.get_hookimpls():
@@ -324,7 +331,7 @@ def torch_imported() -> bool:
     return "torch" in sys.modules
 
 
-def _notify(hook_name: str, **kwargs: Any) -> None:
+def _notify(hook_name: str, **kwargs: object) -> None:
     """Call an event hook on every plugin; a plugin whose hook raises is reported once
     (a warning naming it and its distribution, fatal with --strict) and not called again
     in this process. Events come after the data is written, so nothing is lost."""
@@ -342,11 +349,11 @@ def _notify(hook_name: str, **kwargs: Any) -> None:
             state.fail(info, f"{hook_name} raised {_describe(exc)}")
 
 
-def notify_row_written(row: dict[str, Any], run: Any) -> None:
+def notify_row_written(row: Mapping[str, object], run: RunInfo) -> None:
     """Tell plugins that ``row`` was appended to ``run``'s results.jsonl (row_written hook)."""
     _notify("row_written", row=row, run=run)
 
 
-def notify_run_closed(run: Any, status: str) -> None:
+def notify_run_closed(run: RunInfo, status: str) -> None:
     """Tell plugins that a command stopped writing ``run`` (run_closed hook)."""
     _notify("run_closed", run=run, status=status)

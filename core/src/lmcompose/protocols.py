@@ -26,9 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, overload
 
 from lmcompose.errors import UnknownNameError
+
+if TYPE_CHECKING:
+    from lmcompose.steps import StepLike, StepSpec
 
 __all__ = ["PROTOCOLS", "Protocol", "get_protocol"]
 
@@ -40,16 +43,25 @@ MODEL_SEQLEN = 1 << 20
 class Protocol:
     name: str
     summary: str
-    step_fields: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    step_fields: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     policy: str | None = None
-    metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    metric_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
-    def steps(self, steps: Sequence[Any], varied: Sequence[tuple[str, str]] = ()) -> list[Any]:
+    @overload
+    def steps(self, steps: Sequence[StepSpec], varied: Sequence[tuple[str, str]] = ()) -> list[StepSpec]: ...
+
+    @overload
+    def steps(self, steps: Sequence[StepLike], varied: Sequence[tuple[str, str]] = ()) -> list[StepLike]: ...
+
+    def steps(
+        self, steps: Sequence[StepLike], varied: Sequence[tuple[str, str]] = ()
+    ) -> list[StepSpec] | list[StepLike]:
         """``steps`` (as written: text, mappings or StepSpecs) with the protocol's fields filled
-        in where the step does not set them and a sweep does not vary them."""
+        in where the step does not set them and a sweep does not vary them: each as given (a
+        StepSpec stays one; text or a mapping the protocol fills becomes text)."""
         from lmcompose.steps import parse_step
 
-        out = []
+        out: list[StepLike] = []
         for step in steps:
             spec = parse_step(step)
             extra = {
@@ -64,7 +76,7 @@ class Protocol:
             out.append(filled if step is spec else str(filled))  # as given: a StepSpec, or its text
         return out
 
-    def options(self, metric_options: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    def options(self, metric_options: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, object]]:
         """Metric options with the protocol's filled in where not given."""
         out = {k: dict(v) for k, v in metric_options.items()}
         for metric, fields in self.metric_options.items():
@@ -93,7 +105,7 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-def get_protocol(name: Any, where: str = "protocol") -> Protocol:
+def get_protocol(name: object, where: str = "protocol") -> Protocol:
     if not isinstance(name, str) or name not in PROTOCOLS:
         raise UnknownNameError(where, str(name), list(PROTOCOLS))
     return PROTOCOLS[name]

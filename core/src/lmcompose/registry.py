@@ -11,41 +11,54 @@ is one error naming the entry, its distribution and the fix.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, Protocol, TypeVar, cast
 
 from lmcompose.errors import DuplicateNameError, PluginLoadError, UnknownNameError
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
 @dataclass
-class Entry(Generic[T]):
+class Entry(Generic[T_co]):
     """One registered thing. ``target`` is the object or a lazy ``"module:attr"`` string."""
 
     name: str
-    target: Any
+    target: object
     distribution: str
     summary: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-    _loaded: Any = None
+    extra: dict[str, object] = field(default_factory=dict)
+    _loaded: object = None
 
     @property
     def is_lazy(self) -> bool:
         return isinstance(self.target, str) and self._loaded is None
 
-    def load(self) -> T:
+    def load(self) -> T_co:
+        """The registered thing, imported on first use when lazy. Its type is what the
+        registry's ``base`` says: :meth:`Registry.add` and :meth:`Registry.get` check it."""
         if self._loaded is None:
             if isinstance(self.target, str):
                 module_name, _, attr = self.target.partition(":")
-                obj: Any = importlib.import_module(module_name)
+                obj: object = importlib.import_module(module_name)
                 for part in attr.split(".") if attr else []:
                     obj = getattr(obj, part)
                 self._loaded = obj
             else:
                 self._loaded = self.target
-        return self._loaded
+        return cast(T_co, self._loaded)
+
+
+class Registrar(Protocol[T_co]):
+    """``register(target, name=None, summary=None, **extra)``: what a ``register_*`` hook
+    receives (:data:`lmcompose.hookspecs.Register`); returns the new entry (None where the
+    host skipped a duplicate)."""
+
+    def __call__(
+        self, target: object, name: str | None = None, *, summary: str | None = None, **extra: object
+    ) -> Entry[T_co] | None: ...
 
 
 class Registry(Generic[T]):
@@ -60,7 +73,7 @@ class Registry(Generic[T]):
         self.instances = instances
         self._entries: dict[str, Entry[T]] = {}
 
-    def wrong_base(self, obj: Any) -> str | None:
+    def wrong_base(self, obj: object) -> str | None:
         """Why ``obj`` cannot be an entry of this registry (None when it can)."""
         if self.base is None:
             return None
@@ -86,17 +99,17 @@ class Registry(Generic[T]):
 
     def add(
         self,
-        target: Any,
+        target: object,
         *,
         name: str | None = None,
         distribution: str = "?",
         summary: str | None = None,
-        **extra: Any,
+        **extra: object,
     ) -> Entry[T]:
         if name is None:
             if isinstance(target, str):
                 raise TypeError(f"a lazy {self.kind} entry {target!r} needs name=")
-            name = getattr(target, "name", None)
+            name = getattr(target, "name", None)  # a class's ``name`` ClassVar
             if not name:
                 raise TypeError(f"{self.kind} {target!r} has no `name` attribute; pass name=")
         if not isinstance(name, str) or not name:
@@ -118,11 +131,13 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
-    def registrar(self, distribution: str) -> Callable[..., Entry[T]]:
+    def registrar(self, distribution: str) -> Registrar[T]:
         """The ``register`` callable handed to one plugin's hook."""
 
-        def register(target: Any, name: str | None = None, **kwargs: Any) -> Entry[T]:
-            return self.add(target, name=name, distribution=distribution, **kwargs)
+        def register(
+            target: object, name: str | None = None, *, summary: str | None = None, **extra: object
+        ) -> Entry[T]:
+            return self.add(target, name=name, distribution=distribution, summary=summary, **extra)
 
         return register
 

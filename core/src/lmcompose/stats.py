@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
@@ -23,6 +23,7 @@ from lmcompose.calibration import StopForward
 from lmcompose.results import follow_umask
 
 if TYPE_CHECKING:
+    from lmcompose.api.context import Progress
     from lmcompose.models.handle import LM
 
 __all__ = ["input_fingerprint", "second_moments"]
@@ -42,8 +43,7 @@ def execution_order(lm: LM) -> list[str]:
     finally:
         for h in handles:
             h.remove()
-    seen: set[str] = set()
-    return [n for n in order if not (n in seen or seen.add(n))]
+    return list(dict.fromkeys(order))  # a module called twice runs first where it first runs
 
 
 def producing_parameters(
@@ -81,7 +81,8 @@ def tensors_fingerprint(tensors: Sequence[tuple[str, torch.Tensor]]) -> str:
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         if t.numel():
-            h.update(t.view(torch.uint8).numpy() if t.dtype != torch.bool else t.numpy().tobytes())
+            # an ndarray is a buffer: numpy's stubs do not say so (no __buffer__ before Python 3.12)
+            h.update(t.view(torch.uint8).numpy() if t.dtype != torch.bool else t.numpy().tobytes())  # type: ignore[arg-type]
     return h.hexdigest()
 
 
@@ -95,6 +96,22 @@ def _cache_file(folder: Path, module_name: str, weights_fp: str, windows_fp: str
     return folder / f"mom2-{module_name.replace('.', '_')}-{key}.safetensors"
 
 
+class _SecondMomentKeys(TypedDict):
+    mom2: torch.Tensor
+    tokens: int
+    cached: bool
+    fingerprint: str
+    file: str | None
+
+
+class SecondMoment(_SecondMomentKeys, total=False):
+    """One module's input statistics (:func:`second_moments`): E[x xᵀ] (float64, d x d), the
+    tokens it is over, whether the cache served it, the producing weights' fingerprint, its
+    cache file, and the seconds computing it took (when computed here)."""
+
+    elapsed_s: float
+
+
 def _decoder_index(lm: LM, module_name: str) -> int:
     prefix = lm.arch.layers + "."
     return int(module_name[len(prefix) :].split(".", 1)[0])
@@ -106,9 +123,9 @@ def second_moments(
     windows: torch.Tensor,
     cache_dir: Path | None = None,
     batch_size: int = 8,
-    progress: Any = None,
+    progress: Progress | None = None,
     description: str = "input statistics",
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, SecondMoment]:
     """E[x xᵀ] (float64, d x d) of the inputs x of each named module, over every token of
     ``windows`` (n x seqlen token ids), with the token count and whether it came from the cache.
 
@@ -120,7 +137,7 @@ def second_moments(
 
     windows_fp = hashlib.sha1(windows.cpu().numpy().tobytes()).hexdigest()
     order = execution_order(lm)
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, SecondMoment] = {}
     missing: list[str] = []
     files: dict[str, Path] = {}
     fps: dict[str, str] = {}

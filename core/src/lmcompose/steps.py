@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeAlias
 
 from lmcompose.api import Intervention, Metric
 from lmcompose.errors import ConfigError, UnknownNameError
 from lmcompose.plugins import get_interventions, get_metrics
 
-__all__ = ["StepSpec", "build_intervention", "build_metrics", "parse_step"]
+__all__ = ["StepLike", "StepSpec", "build_intervention", "build_metrics", "parse_step"]
 
 
 @dataclass
@@ -23,7 +23,7 @@ class StepSpec:
     """One step of a sequence: an intervention name and field overrides."""
 
     name: str
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, object] = field(default_factory=dict)
 
     def __str__(self) -> str:
         if not self.overrides:
@@ -31,13 +31,17 @@ class StepSpec:
         return self.name + ":" + ",".join(f"{k}={_fmt(v)}" for k, v in self.overrides.items())
 
 
-def _fmt(v: Any) -> str:
+#: A step as written: ``"name:field=value,..."``, a YAML mapping, or a parsed :class:`StepSpec`.
+StepLike: TypeAlias = str | Mapping[str, object] | StepSpec
+
+
+def _fmt(v: object) -> str:
     if isinstance(v, list | tuple):
         return "+".join(map(str, v))
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def parse_step(step: str | Mapping[str, Any] | StepSpec) -> StepSpec:
+def parse_step(step: StepLike) -> StepSpec:
     """``"name:field=value,field=value"`` (split on the first colon only, so ``structure=2:4``
     works) or a YAML mapping ``{name: ..., field: value}`` / ``{name: {field: value}}``."""
     if isinstance(step, StepSpec):
@@ -56,7 +60,7 @@ def parse_step(step: str | Mapping[str, Any] | StepSpec) -> StepSpec:
     if not isinstance(step, str) or not step.strip():
         raise ConfigError(f"step {step!r}: expected 'name[:field=value,...]'")
     name, sep, rest = step.strip().partition(":")
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, object] = {}
     if sep and rest.strip():
         for part in rest.split(","):
             key, eq, value = part.partition("=")
@@ -75,7 +79,7 @@ def build_intervention(spec: StepSpec) -> Intervention:
     return cls.from_overrides(spec.overrides)
 
 
-def build_metrics(names: Sequence[str] | None, options: Mapping[str, Mapping[str, Any]] | None) -> list[Metric]:
+def build_metrics(names: Sequence[str] | None, options: Mapping[str, Mapping[str, object]] | None) -> list[Metric]:
     registry = get_metrics()
     options = dict(options or {})
     for key in options:

@@ -23,30 +23,38 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import pytest
 
-from lmcompose.api import Context, Intervention, StepReport
+from lmcompose.api import Context, EditRecord, Intervention, StepReport
+from lmcompose.api._values import to_float
 from lmcompose.errors import ConfigError
 from lmcompose.models.tiny import TINY_ARCHITECTURES
 
 if TYPE_CHECKING:
+    import torch
+
     from lmcompose.models.handle import LM
 
+    #: what a forward hook hands ``_record``'s ``take``: the module's positional inputs and its output
+    Take = Callable[[tuple[torch.Tensor, ...], torch.Tensor | tuple[torch.Tensor, ...]], torch.Tensor]
 
-def _state(lm: LM) -> dict[str, Any]:
+
+def _state(lm: LM) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
 
 
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     import torch
 
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture
-def tiny_lm(request: pytest.FixtureRequest) -> Any:
+def tiny_lm(request: pytest.FixtureRequest) -> LM:
     """A tiny random llama LM (``@pytest.mark.parametrize('tiny_lm', ['gpt2'], indirect=True)``
     picks another architecture)."""
     from lmcompose.models.tiny import tiny_model
@@ -70,23 +78,21 @@ def sample_file(plugin: str, name: str) -> str:
     "counterfact_sample.json")``)."""
     from importlib import resources
 
-    return str(resources.files(f"lmcompose_{plugin}").joinpath("sample", name))
+    return str(resources.files(f"lmcompose_{plugin}").joinpath("sample").joinpath(name))
 
 
 @pytest.fixture
-def tiny_edits() -> list[Any]:
+def tiny_edits() -> list[EditRecord]:
     """Four edit requests from the bundled sample."""
     from lmcompose.compose import load_edits
 
     return load_edits("records", limit=4, seed=0)
 
 
-def subject_final_edits() -> list[Any]:
+def subject_final_edits() -> list[EditRecord]:
     """Edits whose prompt ends with the subject and whose target is one token of the tiny
     tokenizer: on a random model the residual at the subject's last token then decides the
     first target token directly, so an editor can make it the argmax (attention cannot carry it)."""
-    from lmcompose.api import EditRecord
-
     pairs = [("The river town", "city"), ("Danny Glover", "country"), ("the Eiffel Tower", "water"), ("Berlin", "work")]
     return [
         EditRecord(case_id=str(i), subject=s, prompt=f"What everyone says about {s}", target_new=t)
@@ -94,7 +100,7 @@ def subject_final_edits() -> list[Any]:
     ]
 
 
-def argmax_hits(lm: LM, records: list[Any]) -> list[bool]:
+def argmax_hits(lm: LM, records: list[EditRecord]) -> list[bool]:
     """Per edit: whether every target token is the greedy next token after the prompt."""
     import torch
 
@@ -110,14 +116,14 @@ def argmax_hits(lm: LM, records: list[Any]) -> list[bool]:
     return hits
 
 
-def capture_inputs(lm: LM, name: str, windows: Any) -> Any:
+def capture_inputs(lm: LM, name: str, windows: torch.Tensor) -> torch.Tensor:
     """The inputs (tokens, in_features) that projection ``name`` sees when ``lm`` runs on
     ``windows`` one by one: for a layer-0 projection, exactly what a layer-sequential
     method calibrates on."""
     return _record(lm, lm.model.get_submodule(name), windows, lambda args, _out: args[0].reshape(-1, args[0].shape[-1]))
 
 
-def _record(lm: LM, module: Any, windows: Any, take: Any) -> Any:
+def _record(lm: LM, module: torch.nn.Module, windows: Iterable[torch.Tensor], take: Take) -> torch.Tensor:
     """Run ``lm`` on ``windows`` one by one and concatenate ``take(args, out)`` of every call of ``module``."""
     import torch
 
@@ -132,7 +138,7 @@ def _record(lm: LM, module: Any, windows: Any, take: Any) -> Any:
     return torch.cat(seen)
 
 
-def layer_outputs(lm: LM, windows: Any, index: int = 0) -> Any:
+def layer_outputs(lm: LM, windows: torch.Tensor, index: int = 0) -> torch.Tensor:
     """The outputs of decoder layer ``index`` when ``lm`` runs on ``windows`` one by one,
     concatenated along the sequence; for layer 0 the inputs (the embeddings) do not depend on
     any compressor, so two models' outputs compare a layer's error on the same inputs."""
@@ -142,7 +148,7 @@ def layer_outputs(lm: LM, windows: Any, index: int = 0) -> Any:
     return _record(lm, layer, windows, lambda _args, out: out[0] if isinstance(out, tuple) else out)
 
 
-def with_outlier_features(lm: LM, seed: int = 0, spread: float = 1.5) -> Any:
+def with_outlier_features(lm: LM, seed: int = 0, spread: float = 1.5) -> LM:
     """Give ``lm``'s layer-0 norms seeded log-normal gains exp(N(0, spread²)), so a few input
     features of its projections have much larger norms, as in real LLMs (what Wanda and AWQ
     exploit); a random tiny model has none. Returns ``lm``."""
@@ -161,11 +167,10 @@ def with_outlier_features(lm: LM, seed: int = 0, spread: float = 1.5) -> Any:
 
 
 @pytest.fixture
-def shared_data() -> Any:
+def shared_data() -> Path:
     """The data folder named by LMCOMPOSE_DATA_DIR (laid out like shared/data); skips the
     test when it is not set or not there."""
     import os
-    from pathlib import Path
 
     raw = os.environ.get("LMCOMPOSE_DATA_DIR")
     if not raw or not Path(raw).is_dir():
@@ -174,7 +179,7 @@ def shared_data() -> Any:
 
 
 @pytest.fixture
-def offline_without_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+def offline_without_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No data folder, no network, an empty cache: datasets fall back to their samples."""
     monkeypatch.delenv("LMCOMPOSE_DATA_DIR", raising=False)
     monkeypatch.setenv("LMCOMPOSE_OFFLINE", "1")
@@ -185,7 +190,7 @@ class InterventionConformance:
     """Subclass, set ``intervention`` (and ``config``), and pytest runs the suite."""
 
     intervention: ClassVar[str] = ""
-    config: ClassVar[dict[str, Any]] = {}
+    config: ClassVar[dict[str, object]] = {}
     architectures: ClassVar[tuple[str, ...]] = TINY_ARCHITECTURES
     n_edits: ClassVar[int] = 4
     calibration_samples: ClassVar[int] = 4
@@ -201,16 +206,18 @@ class InterventionConformance:
 
         return get_interventions().get(self.intervention)
 
-    def make(self, **overrides: Any) -> Intervention:
+    def make(self, **overrides: object) -> Intervention:
         return self.intervention_class().from_overrides({**self.config, **overrides})
 
-    def make_with_strength(self, value: Any) -> Intervention:
+    def make_with_strength(self, value: object) -> Intervention:
         """The intervention at its default config with only the strength set."""
         cls = self.intervention_class()
+        if cls.strength is None:
+            raise TypeError(f"{cls.name} has no strength knob")
         return cls.from_overrides({cls.strength.field: value})
 
     def context(self, seed: int = 0) -> Context:
-        edits = []
+        edits: list[EditRecord] = []
         if self.intervention_class().kind == "edit":
             from lmcompose.compose import load_edits
 
@@ -222,12 +229,12 @@ class InterventionConformance:
             calibration_seqlen=self.calibration_seqlen,
         )
 
-    def model(self, arch: str, seed: int = 0) -> Any:
+    def model(self, arch: str, seed: int = 0) -> LM:
         from lmcompose.models.tiny import tiny_model
 
         return tiny_model(arch, seed=seed)
 
-    def logits(self, lm: LM) -> Any:
+    def logits(self, lm: LM) -> torch.Tensor:
         import torch
 
         ids = lm.tokenizer("The river town grew up around a crossing", return_tensors="pt").input_ids
@@ -285,13 +292,13 @@ class InterventionConformance:
         for v in valid:
             v = int(round(v)) if knob.integer else v
             step = self.make_with_strength(v)
-            assert math.isclose(float(step.strength_value), float(v))
+            assert math.isclose(to_float(step.strength_value), float(v))
             assert 0.0 <= knob.normalize(v) <= 1.0
         for v in invalid:
             with pytest.raises(ConfigError):
                 self.make_with_strength(v)
 
-    def test_model_stays_saveable_and_loadable(self, conformance_arch: str, tmp_path: Any) -> None:
+    def test_model_stays_saveable_and_loadable(self, conformance_arch: str, tmp_path: Path) -> None:
         import torch
 
         from lmcompose.models.loading import load_model

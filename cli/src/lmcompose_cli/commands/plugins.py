@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from lmcompose import plugins as plugin_api
@@ -16,10 +16,10 @@ from lmcompose_cli.options import DryRunOption, PluginNameArg
 from lmcompose_cli.render import console, err_console, print_available, print_plugins, print_registry
 
 if TYPE_CHECKING:
-    from lmcompose.registry import Registry
+    from lmcompose_cli.render import Listing
 
 #: what ``lmcompose list KIND`` lists, by KIND
-REGISTRIES: dict[str, Callable[[], Registry[Any]]] = {
+REGISTRIES: dict[str, Callable[[], Listing]] = {
     "interventions": plugin_api.get_interventions,
     "metrics": plugin_api.get_metrics,
     "datasets": plugin_api.get_datasets,

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lmcompose_cli.app import app
 from lmcompose_cli.options import PlotsOption
 from lmcompose_cli.render import print_line, print_report
+
+if TYPE_CHECKING:
+    from lmcompose.composability import Composability
+    from lmcompose.intervals import APInterval
+    from lmcompose.reports.study import StudyReport
+    from lmcompose.reports.sweep import Report
 
 
 @app.command(
@@ -50,6 +56,7 @@ def report(
     """Rebuild a sweep's or study's tables, report.md and plots (and a study's rows.csv) from its results.jsonl and per_edit.jsonl."""  # noqa: E501 (the command's one-line help)
     from lmcompose.errors import DataError, UsageError
     from lmcompose.reports import folder_kind, write_report
+    from lmcompose.reports.study import StudyReport
     from lmcompose.reports.tables import check_axes
 
     if not run_dir.is_dir():
@@ -63,10 +70,10 @@ def report(
         raise UsageError("--at picks a study's order-effect strengths; a sweep's report has no such table: drop --at")
     rep = write_report(run_dir, plots=plots, axes=chosen, at=strengths)
     if as_json:
-        typer.echo(json.dumps(_as_json(rep, study_folder), indent=2, default=str))
+        typer.echo(json.dumps(_as_json(rep), indent=2, default=str))
         return
     print_report(rep, tables=1 if study_folder else None)
-    extra = f"; all rows: {rep.table_path}" if study_folder else ""
+    extra = f"; all rows: {rep.table_path}" if isinstance(rep, StudyReport) else ""
     figures = f" (+ {len(rep.plots)} plots in {run_dir / 'plots'})" if rep.plots else ""
     print_line(f"report: {rep.path}{extra}{figures}")
 
@@ -87,19 +94,27 @@ def _strengths(text: str) -> dict[str, float | str]:
     return out
 
 
-def _as_json(rep: Any, study_folder: bool) -> dict[str, Any]:
+def _as_json(rep: Report | StudyReport) -> dict[str, dict[str, object]]:
     """A, P, OI and MCE of every pair (a study's keyed ``editor|dataset``), with the 95%
     bootstrap intervals of the edit criteria (from per_edit.jsonl) where there are some."""
-    comps = {f"{e}|{d}": c for (e, d), c in rep.composability.items()} if study_folder else rep.composability
-    ivs = {f"{e}|{d}": v for (e, d), v in rep.intervals.items()} if study_folder else rep.intervals
-    out = {}
+    from lmcompose.reports.study import StudyReport
+
+    comps: dict[str, Composability]
+    ivs: dict[str, dict[str, APInterval]]
+    if isinstance(rep, StudyReport):
+        comps = {f"{e}|{d}": c for (e, d), c in rep.composability.items()}
+        ivs = {f"{e}|{d}": v for (e, d), v in rep.intervals.items()}
+    else:
+        comps, ivs = rep.composability, rep.intervals
+    out: dict[str, dict[str, object]] = {}
     for k, c in comps.items():
         out[k] = c.as_dict()
         if ivs.get(k):
-            out[k]["intervals"] = {}
+            intervals: dict[str, object] = {}
+            out[k]["intervals"] = intervals
             for name, iv in ivs[k].items():
                 per_width = iv.P_per_width(c.interval)  # P's interval on the paper's [0, 1] scale
-                out[k]["intervals"][name] = {
+                intervals[name] = {
                     "A": list(iv.A),
                     "P": list(iv.P),
                     "P_normalized": list(per_width) if per_width else None,

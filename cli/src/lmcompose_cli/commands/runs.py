@@ -3,8 +3,9 @@ strength) and ``validate`` (a run or sweep config, or a study file, checked with
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -247,9 +248,12 @@ def sweep(
             gpus_per_task=gpus_per_task,
             shard=shard,
         )
+    if settings.out is None:  # run_sweep names the folder it writes (runs/sweep-<id> when not given)
+        raise RuntimeError("run_sweep returned without naming its run folder (settings.out)")
+    out_dir = Path(settings.out)
     if shard:
         print_line(
-            f"results: {Path(settings.out) / 'results.jsonl'} ({len(rows)} new rows); this shard is done: combine "
+            f"results: {out_dir / 'results.jsonl'} ({len(rows)} new rows); this shard is done: combine "
             "the shard folders with `lmcompose merge`"
         )
         return
@@ -257,15 +261,15 @@ def sweep(
         console.print("every cell of this sweep is already in its results.jsonl; rebuilding the report")
     from lmcompose.reports import write_report
 
-    report = write_report(settings.out, plots=plots)
+    report = write_report(out_dir, plots=plots)
     print_report(report)
-    print_line(f"results: {Path(settings.out) / 'results.jsonl'}")
+    print_line(f"results: {out_dir / 'results.jsonl'}")
     print_line(
         f"report: {report.path}"
-        + (f" (+ {len(report.plots)} plots in {report.path.parent / 'plots'})" if report.plots else "")
+        + (f" (+ {len(report.plots)} plots in {report.path.parent / 'plots'})" if report.plots and report.path else "")
     )
     if settings.save_cells:
-        print_line(f"models: {Path(settings.out) / 'models'}")
+        print_line(f"models: {out_dir / 'models'}")
 
 
 @app.command(epilog="Example: lmcompose validate experiment.yaml")
@@ -301,7 +305,7 @@ def validate(
     )
 
 
-def _validate_study(path: Path, data: dict[str, Any]) -> None:
+def _validate_study(path: Path, data: Mapping[str, object]) -> None:
     from lmcompose.models.loading import resolve_device
     from lmcompose.studies import StudyError, load_study
 

@@ -11,9 +11,16 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
+from lmcompose.api._values import to_float
 from lmcompose.errors import ConfigError, UnknownNameError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+#: a config class (a dataclass)
+C = TypeVar("C")
 
 __all__ = ["StrengthKnob", "build_config", "config_fields", "config_to_dict", "field_help"]
 
@@ -34,11 +41,11 @@ class StrengthKnob:
     increasing: bool = True
     integer: bool = False
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: object, where: str) -> None:
         if value is None:
             return
         try:
-            v = float(value)
+            v = to_float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: {self.field}={value!r} is not a number") from None
         lo_ok = v >= self.low if self.low_inclusive else v > self.low
@@ -54,22 +61,25 @@ class StrengthKnob:
         fmt = (lambda x: str(int(x))) if self.integer else (lambda x: f"{x:g}")
         return f"{lo}{fmt(self.low)}, {fmt(self.high)}{hi}"
 
-    def normalize(self, value: float) -> float:
+    def normalize(self, value: object) -> float:
         span = self.high - self.low
-        t = (float(value) - self.low) / span if span else 0.0
+        t = (to_float(value) - self.low) / span if span else 0.0
         t = min(1.0, max(0.0, t))
         return t if self.increasing else 1.0 - t
 
 
-def config_fields(config_cls: type) -> dict[str, dataclasses.Field]:
+def config_fields(config_cls: type) -> dict[str, dataclasses.Field[object]]:
+    """The fields of config class ``config_cls`` (a dataclass) that its constructor takes."""
     return {f.name: f for f in dataclasses.fields(config_cls) if f.init}
 
 
-def field_help(f: dataclasses.Field) -> str:
+def field_help(f: dataclasses.Field[object]) -> str:
     return str(f.metadata.get("help", ""))
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def _coerce(value: object, tp: object, where: str) -> object:
+    """``value`` as annotation ``tp`` asks; an annotation it does not know (``object``,
+    ``Any``, a class) takes the value as it is."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -91,8 +101,6 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if value == c or (isinstance(value, str) and str(c) == value):
                 return c
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
-    if tp is Any:
-        return value
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -105,7 +113,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: {value!r} is not an integer")
         try:
-            f = float(value)
+            f = to_float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: {value!r} is not an integer") from None
         if not math.isfinite(f) or f != int(f):
@@ -115,7 +123,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: {value!r} is not a number")
         try:
-            f = float(value)
+            f = to_float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: {value!r} is not a number") from None
         if math.isnan(f):
@@ -131,34 +139,35 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             items = [v for v in value.split("+") if v]
         if not isinstance(items, list | tuple):
             raise ConfigError(f"{where}: {value!r} is not a list")
-        inner = args[0] if args else Any
+        inner = args[0] if args else object
         out = [_coerce(v, inner, where) for v in items]
         return tuple(out) if (origin is tuple or tp is tuple) else out
     return value
 
 
 @functools.lru_cache(maxsize=1024)
-def _field_types(config_cls: type) -> dict[str, Any]:
+def _field_types(config_cls: type) -> dict[str, object]:
     """``typing.get_type_hints(config_cls)``, once per class: it evaluates every annotation
     string again on each call (about 1 ms), and a large grid builds a config per cell."""
     return typing.get_type_hints(config_cls)
 
 
-def build_config(config_cls: type, overrides: Mapping[str, Any], where: str) -> Any:
+def build_config(config_cls: type[C], overrides: Mapping[str, object], where: str) -> C:
     """Make ``config_cls(**overrides)`` with values coerced from strings and checked.
 
     Unknown fields get "did you mean"; values are coerced by the field's annotation;
     ``metadata={"range": (lo, hi)}`` or ``{"choices": [...]}`` are enforced; errors raised by
     the dataclass's ``__post_init__`` become :class:`ConfigError` naming ``where``.
     """
-    fields = config_fields(config_cls)
-    hints = _field_types(config_cls)
-    kwargs: dict[str, Any] = {}
+    cls: type = config_cls
+    fields = config_fields(cls)
+    hints = _field_types(cls)
+    kwargs: dict[str, object] = {}
     for key, raw in overrides.items():
         if key not in fields:
             raise UnknownNameError(f"field of {where}", key, fields, "")
         loc = f"{where}: field {key!r}"
-        value = _coerce(raw, hints.get(key, Any), loc)
+        value = _coerce(raw, hints.get(key, object), loc)
         meta = fields[key].metadata
         if "choices" in meta and value not in meta["choices"]:
             raise ConfigError(f"{loc}: {value!r} is not one of {', '.join(map(str, meta['choices']))}")
@@ -175,11 +184,11 @@ def build_config(config_cls: type, overrides: Mapping[str, Any], where: str) -> 
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def config_to_dict(config: Any) -> dict[str, Any]:
+def config_to_dict(config: DataclassInstance) -> dict[str, object]:
     """A config's identity (run ids, state keys, reports): every field, except a field added
     to an existing method (``metadata={"since": version}``) while it holds its default, so
     the results recorded before the field existed keep their identity (and their resume)."""
-    out = {}
+    out: dict[str, object] = {}
     for f in dataclasses.fields(config):
         v = getattr(config, f.name)
         if "since" in f.metadata and f.default is not dataclasses.MISSING and v == f.default:

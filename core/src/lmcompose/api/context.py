@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +26,15 @@ class Progress:
 
     @contextmanager
     def task(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
-        yield lambda n=1: None
+        """A task of ``total`` units; the callable it yields advances it (by 1 unless told)."""
+        yield _advance_nothing
 
     def note(self, message: str) -> None:
         pass
+
+
+def _advance_nothing(n: int = 1) -> None:
+    """What :meth:`Progress.task` yields when nothing draws progress."""
 
 
 class References:
@@ -43,9 +48,9 @@ class References:
     folder, so a resumed run and every Ray task of a study read it instead of computing it
     again. Values must be JSON data (lists, numbers, strings)."""
 
-    def __init__(self, model: str | None = None, records: Mapping[str, Mapping[str, Any]] | None = None):
+    def __init__(self, model: str | None = None, records: Mapping[str, Mapping[str, object]] | None = None):
         self.model = model
-        self._records: dict[str, dict[str, Any]] = {}
+        self._records: dict[str, dict[str, object]] = {}
         self.computed = 0  # references put here by this process (passes of the base model it made)
         for record in (records or {}).values():
             self.adopt(record)
@@ -55,37 +60,40 @@ class References:
         text = json.dumps([kind, content, self.model])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
-    def record(self, kind: str, content: str, value: Any) -> dict[str, Any]:
+    def record(self, kind: str, content: str, value: object) -> dict[str, object]:
         return {"key": self.key(kind, content), "kind": kind, "content": content, "model": self.model, "value": value}
 
-    def get(self, kind: str, content: str) -> Any | None:
-        """The reference of ``kind`` computed from ``content`` on this base model, or None."""
+    def get(self, kind: str, content: str) -> Any:
+        """The reference of ``kind`` computed from ``content`` on this base model, or None.
+
+        It is the JSON data the metric put (its own shape: the metric that asks knows it)."""
         got = self._records.get(self.key(kind, content)) or self._read(self.key(kind, content))
         if got is None or (got.get("kind"), got.get("content"), got.get("model")) != (kind, content, self.model):
             return None
-        self._records[got["key"]] = got
+        self._records[str(got["key"])] = got
         return got["value"]
 
-    def put(self, kind: str, content: str, value: Any) -> None:
+    def put(self, kind: str, content: str, value: object) -> None:
         """Keep a reference just computed on the base model."""
         record = self.record(kind, content, value)
-        self._records[record["key"]] = record
+        self._records[self.key(kind, content)] = record
         self.computed += 1
         self._write(record)
 
-    def adopt(self, record: Mapping[str, Any]) -> None:
+    def adopt(self, record: Mapping[str, object]) -> None:
         """Hold a reference computed elsewhere (another process, a stored file), as it is."""
-        if isinstance(record, Mapping) and isinstance(record.get("key"), str) and "value" in record:
-            self._records[record["key"]] = dict(record)
+        key = record.get("key") if isinstance(record, Mapping) else None
+        if isinstance(key, str) and "value" in record:
+            self._records[key] = dict(record)
 
-    def records(self) -> dict[str, dict[str, Any]]:
+    def records(self) -> dict[str, dict[str, object]]:
         """Every reference held, by key (to hand to another process)."""
         return dict(self._records)
 
-    def _read(self, key: str) -> dict[str, Any] | None:
+    def _read(self, key: str) -> dict[str, object] | None:
         return None
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _write(self, record: dict[str, object]) -> None:
         pass
 
 
@@ -116,10 +124,11 @@ class Context:
     #: Corpus specs (:mod:`lmcompose.data.corpora`): None = wikitext-2, or the bundled sample with a note.
     ppl_corpus: str | None = None
     calibration_corpus: str | None = None
-    metric_options: dict[str, Any] = field(default_factory=dict)
+    metric_options: dict[str, dict[str, object]] = field(default_factory=dict)
     progress: Progress = field(default_factory=Progress)
     references: References = field(default_factory=References)
-    state: dict[str, Any] = field(default_factory=dict)
+    #: each entry is whatever the step or metric that keeps it put there
+    state: dict[Hashable, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     #: The unmodified base model (an LM), kept by the engine when a step of the plan sets
     #: ``Intervention.needs_base_model``; None otherwise.

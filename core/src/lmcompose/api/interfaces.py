@@ -6,16 +6,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from lmcompose.api.config import StrengthKnob, build_config, config_to_dict
 from lmcompose.api.context import Context
 from lmcompose.api.records import EditRecord
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+    from typing_extensions import Self
+
     from lmcompose.models.handle import LM
 
 __all__ = ["PER_EDIT_KEY", "EditDataset", "Intervention", "Metric", "NoConfig", "StepReport", "TextCorpus"]
+
+
+#: A method's config class: a dataclass (``Intervention.Config``, ``Metric.Config``).
+ConfigT = TypeVar("ConfigT", bound="DataclassInstance")
 
 
 @dataclass
@@ -23,10 +30,10 @@ class StepReport:
     """What one ``apply`` did: time, memory, and method-specific details."""
 
     name: str
-    config: dict[str, Any]
+    config: dict[str, object]
     elapsed_s: float = 0.0
     peak_memory_bytes: int | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
 
 
@@ -35,7 +42,7 @@ class NoConfig:
     """An empty config."""
 
 
-class Intervention:
+class Intervention(Generic[ConfigT]):
     """An operator Θ→Θ that changes a model in place.
 
     Subclasses set ``name``, ``kind`` (``edit``, ``prune``, ``quantize``, ``unlearn``, ...; an
@@ -46,7 +53,8 @@ class Intervention:
     ``project`` to re-impose their constraint after later steps without recalibrating.
     A step that needs the unmodified base model (e.g. statistics computed on it, whatever
     came before) sets ``needs_base_model``; the engine then keeps a copy in
-    ``ctx.base_model``.
+    ``ctx.base_model``. A subclass names its config class for the type checker too:
+    ``class GPTQ(Intervention[GPTQConfig])`` types ``self.config``.
     """
 
     name: ClassVar[str] = ""
@@ -54,8 +62,9 @@ class Intervention:
     Config: ClassVar[type] = NoConfig
     strength: ClassVar[StrengthKnob | None] = None
     needs_base_model: bool = False
+    config: ConfigT
 
-    def __init__(self, config: Any = None):
+    def __init__(self, config: ConfigT | None = None):
         self.config = config if config is not None else self.Config()
         where = f"step {self.name!r}"
         if self.strength is not None:
@@ -66,11 +75,11 @@ class Intervention:
         """Cross-field checks; raise ConfigError. Called on construction."""
 
     @classmethod
-    def from_overrides(cls, overrides: Mapping[str, Any]) -> Intervention:
+    def from_overrides(cls, overrides: Mapping[str, object]) -> Self:
         return cls(build_config(cls.Config, overrides, f"step {cls.name!r}"))
 
     @property
-    def strength_value(self) -> Any:
+    def strength_value(self) -> object:
         return getattr(self.config, self.strength.field) if self.strength else None
 
     def apply(self, lm: LM, ctx: Context) -> StepReport:  # pragma: no cover - abstract
@@ -89,14 +98,14 @@ class Intervention:
         ``recompress=false``, the paper's code)."""
         return self.has_project()
 
-    def report(self, **details: Any) -> StepReport:
+    def report(self, **details: object) -> StepReport:
         return StepReport(self.name, config_to_dict(self.config), details=details)
 
 
 PER_EDIT_KEY = "per_edit"
 
 
-class Metric:
+class Metric(Generic[ConfigT]):
     """A measurement taken on the base model and after every step.
 
     ``keys`` lists the result keys ``compute`` returns (all floats; None where not
@@ -114,12 +123,13 @@ class Metric:
     higher_is_better: ClassVar[Mapping[str, bool | None]] = {}
     requires_edits: ClassVar[bool] = False
     Config: ClassVar[type] = NoConfig
+    config: ConfigT
 
-    def __init__(self, config: Any = None):
+    def __init__(self, config: ConfigT | None = None):
         self.config = config if config is not None else self.Config()
 
     @classmethod
-    def from_overrides(cls, overrides: Mapping[str, Any]) -> Metric:
+    def from_overrides(cls, overrides: Mapping[str, object]) -> Self:
         return cls(build_config(cls.Config, overrides, f"metric {cls.name!r}"))
 
     def compute(self, lm: LM, ctx: Context) -> dict[str, float | None]:  # pragma: no cover

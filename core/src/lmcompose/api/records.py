@@ -69,8 +69,8 @@ class EditRecord:
     rephrases: list[str] = field(default_factory=list)
     locality: list[LocalityPrompt] = field(default_factory=list)
     multi_hop: MultiHop | None = None
-    source: dict[str, Any] = field(default_factory=dict)
-    raw: dict[str, Any] | None = None
+    source: dict[str, object] = field(default_factory=dict)
+    raw: dict[str, object] | None = None
 
     def __post_init__(self) -> None:
         where = f"edit record {self.case_id!r}"
@@ -124,14 +124,15 @@ class EditRecord:
         ]
         return escaped[0] + "{}" + escaped[1]
 
-    def to_dict(self, with_raw: bool = False) -> dict[str, Any]:
+    def to_dict(self, with_raw: bool = False) -> dict[str, object]:
         d = dataclasses.asdict(self)
         if not with_raw:
             d.pop("raw")
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EditRecord:
+    def from_dict(cls, d: Mapping[str, object]) -> EditRecord:
+        """The record of mapping ``d`` (JSON data; each field is checked on construction)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -139,6 +140,7 @@ class EditRecord:
         missing = {"case_id", "subject", "prompt", "target_new"} - set(d)
         if missing:
             raise DataError(f"edit record {d.get('case_id', '?')!r} is missing {sorted(missing)}")
-        d = dict(d)
-        d["case_id"] = str(d["case_id"])
-        return cls(**d)
+        # each field's type is checked by __post_init__, one DataError naming the field
+        fields: dict[str, Any] = dict(d)
+        fields["case_id"] = str(fields["case_id"])
+        return cls(**fields)

@@ -1,8 +1,10 @@
-from lmcompose.hookspecs import hookimpl
+from __future__ import annotations
+
+from lmcompose.hookspecs import Register, hookimpl
 
 
 @hookimpl
-def register_architectures(register):
+def register_architectures(register: Register) -> None:
     from lmcompose.models.arch import ARCHITECTURES
 
     for spec in ARCHITECTURES:

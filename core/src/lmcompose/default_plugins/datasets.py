@@ -1,8 +1,10 @@
-from lmcompose.hookspecs import hookimpl
+from __future__ import annotations
+
+from lmcompose.hookspecs import Register, hookimpl
 
 
 @hookimpl
-def register_datasets(register):
+def register_datasets(register: Register) -> None:
     register(
         "lmcompose.datasets.records:Records",
         name="records",

@@ -1,8 +1,10 @@
-from lmcompose.hookspecs import hookimpl
+from __future__ import annotations
+
+from lmcompose.hookspecs import Register, hookimpl
 
 
 @hookimpl
-def register_interventions(register):
+def register_interventions(register: Register) -> None:
     register(
         "lmcompose.interventions.magnitude.intervention:Magnitude",
         name="magnitude",

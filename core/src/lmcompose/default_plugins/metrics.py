@@ -1,8 +1,10 @@
-from lmcompose.hookspecs import hookimpl
+from __future__ import annotations
+
+from lmcompose.hookspecs import Register, hookimpl
 
 
 @hookimpl
-def register_metrics(register):
+def register_metrics(register: Register) -> None:
     register(
         "lmcompose.metrics.perplexity:Perplexity",
         name="perplexity",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lmcompose.reports.study import StudyReport
@@ -32,7 +32,7 @@ def folder_kind(run_dir: str | Path) -> str:
 
 
 def write_report(
-    run_dir: str | Path, plots: bool = True, axes: Sequence[str] | None = None, at: Mapping[str, Any] | None = None
+    run_dir: str | Path, plots: bool = True, axes: Sequence[str] | None = None, at: Mapping[str, object] | None = None
 ) -> Report | StudyReport:
     """Rebuild the report of the folder ``run_dir`` (report.md, plots/*.png; a study's
     rows.csv too) for its kind (:func:`folder_kind`): a study's Table 1 and figures, or a

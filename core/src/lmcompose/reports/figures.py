@@ -19,16 +19,19 @@ A study's (:mod:`lmcompose.reports.study` says what each shows): ``fig1_<family>
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, cast
 
-from lmcompose.composability import AXIS_LABELS, Composability, SweepData
+from lmcompose.api._values import number_or_none, to_float
+from lmcompose.composability import AXIS_LABELS, Composability, Row, SweepData, measured, row_position, row_step
 from lmcompose.reports.tables import order_text
 from lmcompose.results import replace_atomic
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from lmcompose.reports.study import StudyData
 
 CURVE_METRICS = (
@@ -55,20 +58,60 @@ CRITERION_LABELS = {
 }
 
 
-def save_figure(fig: Any, path: Path) -> Path:
-    """Write ``fig`` as a PNG atomically (a kill leaves the old plot or the new one) and free it."""
-    replace_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    _plt().close(fig)
-    return path
+class TargetToken(TypedDict):
+    """A target's first token among the next-token logits of a top-k record."""
+
+    text: str
+    token_id: int
+    token: str
+    logit: float
+    prob: float
+    rank: int
 
 
-def _plt() -> Any:
+class TopLogits(TypedDict):
+    """The top-30 next-token logits of a top-k record (lmcompose 0.4 on)."""
+
+    token_ids: list[int]
+    tokens: list[str]
+    logits: list[float]
+
+
+class TopKRecord(TypedDict, total=False):
+    """A row's ``topk`` as the executor writes it (``topk_next_tokens``; docs/sweeps.md), read back."""
+
+    prompt: str
+    tokens: list[str]
+    token_ids: list[int]
+    probs: list[float]
+    logits: list[float]
+    targets: dict[str, TargetToken | None]
+    top_logits: TopLogits
+    target_new: str
+    target_true: str | None
+
+
+def topk_record(row: Row | None) -> TopKRecord | None:
+    """The top-k record of ``row`` (a JSON object the executor wrote in that shape); None without one."""
+    tk = (row or {}).get("topk")
+    return cast(TopKRecord, tk) if isinstance(tk, dict) else None
+
+
+def use_agg() -> None:
+    """Draw without a display (matplotlib's Agg backend), before pyplot is imported."""
     import matplotlib
 
     matplotlib.use("Agg")
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically (a kill leaves the old plot or the new one) and free it."""
+    use_agg()
     import matplotlib.pyplot as plt
 
-    return plt
+    replace_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
 
 
 def order_label(order: tuple[str, ...] | list[str]) -> str:
@@ -83,22 +126,23 @@ def _x_numeric(data: SweepData) -> list[float]:
     out = []
     for v in data.values:
         try:
-            out.append(float(v))
+            out.append(to_float(v))
         except (TypeError, ValueError):
             out.append(float(data.values.index(v)))
     return out
 
 
-def _final_stat(data: SweepData, order: tuple[str, ...], value: Any, key: str) -> tuple[float | None, float]:
-    got = [data.final[(order, value, r)].get(key) for r in data.replicates if (order, value, r) in data.final]
-    got = [g for g in got if g is not None]
+def _final_stat(data: SweepData, order: tuple[str, ...], value: Hashable, key: str) -> tuple[float | None, float]:
+    got = measured([data.final[(order, value, r)] for r in data.replicates if (order, value, r) in data.final], key)
     if not got:
         return None, 0.0
     return statistics.fmean(got), (statistics.stdev(got) if len(got) > 1 else 0.0)
 
 
 def plot_curves(data: SweepData, path: Path) -> Path | None:
-    plt = _plt()
+    use_agg()
+    import matplotlib.pyplot as plt
+
     present = [m for m in CURVE_METRICS if any(r.get(m[0]) is not None for r in data.final.values())]
     if not present:
         return None
@@ -122,7 +166,7 @@ def plot_curves(data: SweepData, path: Path) -> Path | None:
                     color=line.get_color(),
                     alpha=0.15,
                 )
-        base = [r.get(key) for r in data.base.values() if r.get(key) is not None]
+        base = measured(data.base.values(), key)
         if base:
             ax.axhline(statistics.fmean(base), color="grey", linestyle=":", linewidth=1, label="base model")
         if log:
@@ -145,7 +189,9 @@ def plot_composability(comp: Composability, data: SweepData, path: Path) -> Path
     names = list(comp.criteria)
     if not names or comp.single:  # one strength: no area to draw
         return None
-    plt = _plt()
+    use_agg()
+    import matplotlib.pyplot as plt
+
     cols = min(2, len(names))
     rows = (len(names) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.0 * rows), squeeze=False)
@@ -184,7 +230,9 @@ def plot_composability(comp: Composability, data: SweepData, path: Path) -> Path
 
 
 def plot_nll(data: SweepData, path: Path) -> Path | None:
-    plt = _plt()
+    use_agg()
+    import matplotlib.pyplot as plt
+
     keys = [k for k in ("edit_nll", "general_nll") if any(r.get(k) is not None for r in data.final.values())]
     if not keys:
         return None
@@ -205,7 +253,7 @@ def plot_nll(data: SweepData, path: Path) -> Path | None:
                     capsize=3,
                     label=order_label(order),
                 )
-        base = [r.get(key) for r in data.base.values() if r.get(key) is not None]
+        base = measured(data.base.values(), key)
         if base:
             ax.axhline(statistics.fmean(base), color="grey", linestyle=":", linewidth=1, label="base model (unedited)")
         ax.set_title(titles[key])
@@ -223,13 +271,14 @@ def _token_label(tok: str) -> str:
     return repr(tok)[1:-1].replace(" ", "␣") or "∅"
 
 
-def _token_color(token: str, record: dict[str, Any]) -> str:
+def _token_color(token: str, record: TopKRecord) -> str:
     """Red for the start of the edit's new target, blue for the true one, grey otherwise."""
     t = token.strip().lower()
     if t:
-        if record.get("target_new") and record["target_new"].strip().lower().startswith(t):
+        new, true = record.get("target_new"), record.get("target_true")
+        if new and new.strip().lower().startswith(t):
             return "tab:red"
-        if record.get("target_true") and record["target_true"].strip().lower().startswith(t):
+        if true and true.strip().lower().startswith(t):
             return "tab:blue"
     return "tab:gray"
 
@@ -238,16 +287,21 @@ def plot_topk(data: SweepData, path: Path) -> Path | None:
     if not data.values or not data.replicates:
         return None
     value, rep = data.values[-1], data.replicates[0]
-    cells = [(o, data.by_cell.get((o, value, rep), [])) for o in data.orders]
-    cells = [(o, [r for r in rows if r.get("topk")]) for o, rows in cells]
-    cells = [(o, rows) for o, rows in cells if rows]
+    cells: list[tuple[tuple[str, ...], list[tuple[dict[str, object], TopKRecord]]]] = []
+    for o in data.orders:
+        recorded = [(r, tk) for r in data.by_cell.get((o, value, rep), []) if (tk := topk_record(r))]
+        if recorded:
+            cells.append((o, recorded))
     if not cells:
         return None
-    plt = _plt()
+    use_agg()
+    import matplotlib.pyplot as plt
+
     ncols = max(len(rows) for _, rows in cells)
     fig, axes = plt.subplots(len(cells), ncols, figsize=(3.6 * ncols, 2.6 * len(cells)), squeeze=False)
-    prompt = cells[0][1][0]["topk"]["prompt"]
-    pmax = max(p for _, rows in cells for r in rows for p in r["topk"]["probs"])
+    first = cells[0][1][0][1]
+    prompt = first["prompt"]
+    pmax = max(p for _, rows in cells for _, tk in rows for p in tk["probs"])
     xmax = min(1.0, pmax * 1.25) if pmax > 0 else 1.0
     for i, (order, rows) in enumerate(cells):
         for j in range(ncols):
@@ -255,7 +309,7 @@ def plot_topk(data: SweepData, path: Path) -> Path | None:
             if j >= len(rows):
                 ax.axis("off")
                 continue
-            tk = rows[j]["topk"]
+            row, tk = rows[j]
             labels = [_token_label(t) for t in tk["tokens"]][::-1]
             probs = tk["probs"][::-1]
             colors = [_token_color(t, tk) for t in tk["tokens"]][::-1]
@@ -264,7 +318,7 @@ def plot_topk(data: SweepData, path: Path) -> Path | None:
                 ax.text(p, y, f" {p:.3f}", va="center", fontsize=7)
             ax.set_yticks(range(len(labels)), labels, fontsize=8)
             ax.set_xlim(0, xmax)
-            pos = rows[j]["position"]
+            pos = row_position(row)
             title = (
                 "base model"
                 if pos == 0
@@ -272,11 +326,11 @@ def plot_topk(data: SweepData, path: Path) -> Path | None:
                 if pos <= len(order)
                 else "after re-run"
             )
-            if rows[j].get("step") and rows[j]["step"].get("recompress"):
-                title = f"after re-running {rows[j]['step']['name']}"
+            step = row_step(row)
+            if step is not None and step.get("recompress"):
+                title = f"after re-running {step['name']}"
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("next-token probability")
-    first = cells[0][1][0]["topk"]
     targets = ""
     if first.get("target_new"):
         targets = f"; red: new target {first['target_new']!r}" + (
@@ -305,14 +359,12 @@ def _curve(data: StudyData, entry: str, ds: str, order: tuple[str, ...], key: st
     sweep = data.sweeps[(entry, ds)]
     pts = []
     for v in sweep.values:
-        got = [sweep.final[(order, v, r)].get(key) for r in sweep.replicates if (order, v, r) in sweep.final]
-        got = [g for g in got if g is not None]
+        got = measured([sweep.final[(order, v, r)] for r in sweep.replicates if (order, v, r) in sweep.final], key)
         if got:
-            pts.append((float(v), *_stat(got)))
+            pts.append((to_float(v), *_stat(got)))
     editor = data.editor_step(entry)
     if editor is not None and pts:
-        dense = [data.dense[(ds, editor, r)].get(key) for r in sweep.replicates if (ds, editor, r) in data.dense]
-        dense = [d for d in dense if d is not None]
+        dense = measured([data.dense[(ds, editor, r)] for r in sweep.replicates if (ds, editor, r) in data.dense], key)
         if dense:
             pts.insert(0, (_dense_x(sweep), *_stat(dense)))
     return pts
@@ -321,7 +373,7 @@ def _curve(data: StudyData, entry: str, ds: str, order: tuple[str, ...], key: st
 def _increasing(sweep: SweepData) -> bool:
     """True if the varied value grows with strength (sparsity), False if it shrinks (bits)."""
     norm = [
-        (float(r["strength"]), r.get("strength_normalized"))
+        (to_float(r["strength"]), to_float(r["strength_normalized"]))
         for r in sweep.rows
         if r.get("strength_normalized") is not None
     ]
@@ -336,13 +388,13 @@ def _dense_x(sweep: SweepData) -> float:
     (sparsity), the dense model's average bits (16) for one that shrinks (bits)."""
     if _increasing(sweep):
         return 0.0
-    bits = [r.get("avg_bits") for r in sweep.base.values() if r.get("avg_bits") is not None]
+    bits = measured(sweep.base.values(), "avg_bits")
     return statistics.fmean(bits) if bits else 16.0
 
 
 def _scorer(data: StudyData, key: str) -> str:
     field_name = "locality_scorer" if key == "locality" else "edit_scorer"
-    got = {r.get(field_name) for r in data.rows if r.get(field_name)}
+    got = {str(r.get(field_name)) for r in data.rows if r.get(field_name)}
     edit_key = key in ("edit_success", "generalization", "locality")
     return f" ({', '.join(sorted(got))} scorer)" if edit_key and got else ""
 
@@ -352,7 +404,9 @@ def plot_family(data: StudyData, family: str, path: Path) -> Path | None:
     keys = [k for k in FIGURE_METRICS if any(r.get(k) is not None for r in data.rows)]
     if not entries or not keys:
         return None
-    plt = _plt()
+    use_agg()
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(
         len(data.datasets), len(keys), figsize=(4.4 * len(keys), 3.4 * len(data.datasets)), squeeze=False
     )
@@ -415,7 +469,7 @@ def has_unedited_control(data: StudyData) -> bool:
 
 
 def _nll_rise(
-    data: StudyData, sweep: SweepData, ds: str, editor: str | None, order: Any, key: str
+    data: StudyData, sweep: SweepData, ds: str, editor: str | None, order: tuple[str, ...], key: str
 ) -> tuple[list[float], list[float]]:
     """Per strength, the mean over replicates of (Δ general NLL, Δ ``key``) from the dense
     edited model of the same replicate (strengths where a replicate lacks a value skip it)."""
@@ -426,10 +480,12 @@ def _nll_rise(
             row, dense = sweep.final.get((order, v, r)), data.dense.get((ds, editor, r))
             if row is None or dense is None:
                 continue
-            if None in (row.get("general_nll"), row.get(key), dense.get("general_nll"), dense.get(key)):
+            nll, y = number_or_none(row.get("general_nll")), number_or_none(row.get(key))
+            nll0, y0 = number_or_none(dense.get("general_nll")), number_or_none(dense.get(key))
+            if nll is None or y is None or nll0 is None or y0 is None:
                 continue
-            dx.append(row["general_nll"] - dense["general_nll"])
-            dy.append(row[key] - dense[key])
+            dx.append(nll - nll0)
+            dy.append(y - y0)
         if dx:
             xs.append(statistics.fmean(dx))
             ys.append(statistics.fmean(dy))
@@ -443,7 +499,9 @@ def plot_nll_decay(data: StudyData, path: Path) -> Path | None:
     entries = [e for e in data.entries if data.editor_step(e) is not None]
     if not entries or not any(r.get("edit_nll") is not None and r.get("general_nll") is not None for r in data.rows):
         return None
-    plt = _plt()
+    use_agg()
+    import matplotlib.pyplot as plt
+
     cols = min(4, len(entries))
     nrows = (len(entries) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.8 * nrows), squeeze=False)
@@ -506,10 +564,10 @@ class LogitPanel:
     for that state, or a row without the top-30 logits)."""
 
     label: str
-    record: dict[str, Any] | None
+    record: TopKRecord | None
 
 
-def figure3_panels(data: StudyData, entry: str, ds: str) -> tuple[list[LogitPanel], Any, int] | None:
+def figure3_panels(data: StudyData, entry: str, ds: str) -> tuple[list[LogitPanel], Hashable, int] | None:
     """The states Figure 3 compares for a paired entry on ``ds``, at its strongest strength
     and first replicate: the base model, the edited model, the compressed model, and each
     order's final model; with that strength and replicate (None for an entry without an
@@ -520,11 +578,11 @@ def figure3_panels(data: StudyData, entry: str, ds: str) -> tuple[list[LogitPane
         return None
     value, rep = sweep.values[-1], sweep.replicates[0]
 
-    def record(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        tk = (row or {}).get("topk")
-        return tk if isinstance(tk, dict) and all(tk.get(f) is not None for f in FIG3_FIELDS) else None
+    def record(row: Row | None) -> TopKRecord | None:
+        tk = topk_record(row)
+        return tk if tk is not None and all(tk.get(f) is not None for f in FIG3_FIELDS) else None
 
-    def at(order: tuple[str, ...], position: int) -> Mapping[str, Any] | None:
+    def at(order: tuple[str, ...], position: int) -> Mapping[str, object] | None:
         return next((r for r in sweep.by_cell.get((order, value, rep), []) if r["position"] == position), None)
 
     edit_first = [o for o in sweep.orders if o[0] == editor]
@@ -547,7 +605,7 @@ def figure3_notes(data: StudyData) -> list[str]:
             "Figure 3 (top-30 next-token logits) is not drawn: the rows hold no top-k record (the study ran "
             "with topk: 0); run the study with topk: 5 or more to record it"
         ]
-    if not any(isinstance(r.get("topk"), dict) and r["topk"].get("top_logits") for r in data.rows):
+    if not any((tk := topk_record(r)) is not None and tk.get("top_logits") for r in data.rows):
         return [
             "Figure 3 (top-30 next-token logits) is not drawn: the rows' top-k records keep the top-k tokens "
             "and probabilities only, not the top-30 logits and the targets' logit, probability and rank "
@@ -578,11 +636,16 @@ def plot_logits(data: StudyData, entry: str, path: Path) -> Path | None:
     and each panel gives both ranks. None when no panel has the logits."""
     import textwrap
 
-    grids = [(ds, figure3_panels(data, entry, ds)) for ds in data.datasets]
-    grids = [(ds, g) for ds, g in grids if g is not None and any(p.record is not None for p in g[0])]
+    grids = [
+        (ds, g)
+        for ds in data.datasets
+        if (g := figure3_panels(data, entry, ds)) is not None and any(p.record is not None for p in g[0])
+    ]
     if not grids:
         return None
-    plt = _plt()
+    use_agg()
+    import matplotlib.pyplot as plt
+
     ncols = max(len(g[0]) for _ds, g in grids)
     fig, axes = plt.subplots(len(grids), ncols, figsize=(3.3 * ncols, 6.4 * len(grids)), squeeze=False)
     colours = {"target_new": "tab:red", "target_true": "tab:blue"}
@@ -601,7 +664,7 @@ def plot_logits(data: StudyData, entry: str, path: Path) -> Path | None:
                 ax.set_yticks([])
                 continue
             top, targets = panel.record["top_logits"], panel.record["targets"]
-            ids = {name: (t or {}).get("token_id") for name, t in targets.items()}
+            ids = {name: t.get("token_id") if t else None for name, t in targets.items()}
             colour = [
                 next((colours[n] for n, tid in ids.items() if tid == tok and n in colours), "tab:gray")
                 for tok in top["token_ids"]

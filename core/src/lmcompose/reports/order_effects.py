@@ -23,11 +23,12 @@ its middle value, and the table says which strength each cell read.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from lmcompose.api._values import to_float
 from lmcompose.composability import CRITERIA, Composability
 from lmcompose.errors import UsageError
 from lmcompose.reports.tables import Table, fmt_mean_std
@@ -64,7 +65,7 @@ class PairCell:
     row: str  # the method of the row role (editor or unlearner)
     column: str  # the method of the column role (compressor or unlearner)
     field: str  # the varied field
-    value: Any  # the strength read
+    value: Hashable  # the strength read
     replicates: int
     measures: dict[str, dict[str, tuple[float | None, float | None]]]  # criterion -> E_OF/E_OS -> (mean, std)
 
@@ -84,19 +85,19 @@ def _applies(criterion: str, roles: tuple[str, str]) -> bool:
     return criterion not in OWN_CRITERIA or OWN_CRITERIA[criterion] in roles
 
 
-def _strength_index(comp: Composability, field: str, at: Mapping[str, Any] | None) -> int:
+def _strength_index(comp: Composability, field: str, at: Mapping[str, object] | None) -> int:
     """The index of ``at[field]`` in the entry's grid, else its middle value's."""
     if at and field in at:
         want = at[field]
         for j, v in enumerate(comp.values):
             numbers = isinstance(v, int | float) and isinstance(want, int | float)
-            if v == want or (numbers and math.isclose(float(v), float(want))):
+            if v == want or (numbers and math.isclose(to_float(v), to_float(want))):
                 return j
     return (len(comp.values) - 1) // 2
 
 
 def order_effect_cells(
-    data: StudyData, comps: Mapping[tuple[str, str], Composability], at: Mapping[str, Any] | None = None
+    data: StudyData, comps: Mapping[tuple[str, str], Composability], at: Mapping[str, object] | None = None
 ) -> list[PairCell]:
     """E_OF and E_OS of every paired entry (an entry of two categories run in two orders);
     a field of ``at`` that no such entry varies is one UsageError naming the fields they do."""
@@ -178,17 +179,19 @@ def order_effect_tables(cells: Sequence[PairCell]) -> list[Table]:
     return tables
 
 
-def plot_order_effects(cells: Sequence[PairCell], model: str, path_for: Any) -> list[Path]:
+def plot_order_effects(cells: Sequence[PairCell], model: str, path_for: Callable[[str, str], Path]) -> list[Path]:
     """Heatmaps, one figure per category pair and dataset (``path_for(title, dataset)`` gives
     its path): rows of panels E_OF and E_OS, a column per criterion, each panel the row
     methods × the column methods."""
-    from lmcompose.reports.figures import _plt, save_figure
+    from lmcompose.reports.figures import save_figure, use_agg
 
     out = []
     for title, ds, part, names in _by_pair(cells):
         row_methods = list(dict.fromkeys(c.row for c in part))
         col_methods = list(dict.fromkeys(c.column for c in part))
-        plt = _plt()
+        use_agg()
+        import matplotlib.pyplot as plt
+
         w = max(3.2, 0.9 * len(col_methods) + 1.6)
         h = max(2.4, 0.55 * len(row_methods) + 1.4)
         fig, axes = plt.subplots(2, len(names), figsize=(w * len(names), h * 2), squeeze=False)

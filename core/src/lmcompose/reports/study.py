@@ -32,8 +32,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from lmcompose.api._values import to_int
 from lmcompose.composability import (
     AXIS_LABELS,
     CRITERIA,
@@ -42,6 +42,9 @@ from lmcompose.composability import (
     common_interval,
     composability,
     load_sweep,
+    measured,
+    row_order,
+    row_step,
 )
 from lmcompose.errors import DataError
 from lmcompose.intervals import (
@@ -49,6 +52,7 @@ from lmcompose.intervals import (
     DEFAULT_SEED,
     EDIT_CRITERIA,
     APInterval,
+    ComparisonContext,
     Difference,
     bootstrap_ap,
     compare,
@@ -119,7 +123,7 @@ __all__ = [
 class StudyData:
     """A study's rows, split into one sweep per (entry, dataset)."""
 
-    rows: list[dict[str, Any]]
+    rows: list[dict[str, object]]
     run_id: str
     name: str
     model: str
@@ -128,7 +132,9 @@ class StudyData:
     sweeps: dict[tuple[str, str], SweepData]
     families: dict[str, str]  # entry -> family
     editors: dict[str, str | None]  # entry -> editor label
-    dense: dict[tuple[str, str | None, int], dict[str, Any]]  # (dataset, editor step name, replicate) -> dense edit row
+    dense: dict[
+        tuple[str, str | None, int], dict[str, object]
+    ]  # (dataset, editor step name, replicate) -> dense edit row
     notes: list[str] = field(default_factory=list)  # lines skipped, conflicting duplicates, NaN metrics
     #: the noise floor's repetitions: (entry, dataset, label) -> their sweep (kept out of ``sweeps``)
     noise: dict[tuple[str, str, str], SweepData] = field(default_factory=dict)
@@ -148,9 +154,9 @@ class StudyData:
         if self.editors.get(entry) is None:
             return None
         for r in self.rows:
-            step = r.get("step") or {}
+            step = row_step(r) or {}
             if r["entry"] == entry and step.get("kind") == "edit":
-                return step.get("name")
+                return _label_or_none(step.get("name"))
         return None
 
 
@@ -180,7 +186,14 @@ def is_study(run_dir: str | Path) -> bool:
     return path.exists() and any("study" in r for r in read_rows(path)[:1])
 
 
-def load_study_rows(source: str | Path | Sequence[Mapping[str, Any]]) -> StudyData:
+def _label_or_none(value: object) -> str | None:
+    """A row's label (an editor, a compressor, a step's name) as text; None where it has none."""
+    return None if value is None else str(value)
+
+
+def load_study_rows(source: str | Path | Sequence[Mapping[str, object]]) -> StudyData:
+    rows: list[dict[str, object]]
+    problems: list[str]
     if isinstance(source, str | Path):
         path = Path(source)
         path = path / RESULTS_FILE if path.is_dir() else path
@@ -197,36 +210,37 @@ def load_study_rows(source: str | Path | Sequence[Mapping[str, Any]]) -> StudyDa
     rows = [r for r in rows if r.get("study") is not None]
     if not rows:
         raise DataError(f"{where} holds no study rows: give the --out folder of `lmcompose study`")
-    ids = list(dict.fromkeys(r["run_id"] for r in rows))
+    ids = list(dict.fromkeys(str(r["run_id"]) for r in rows))
     if len(ids) > 1:
         raise DataError(
             f"{where} mixes studies {', '.join(ids)}; keep one study per folder (merge combines shards of one)"
         )
     noise = noise_sweeps(rows)  # repetitions under another seed or thread count: not the study's cells
     rows = [r for r in rows if not r.get("noise")]
-    entries = list(dict.fromkeys(r["entry"] for r in rows))
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    sweeps = {}
+    entries = list(dict.fromkeys(str(r["entry"]) for r in rows))
+    datasets = list(dict.fromkeys(str(r["dataset"]) for r in rows))
+    sweeps: dict[tuple[str, str], SweepData] = {}
     for e in entries:
         for d in datasets:
             part = [r for r in rows if r["entry"] == e and r["dataset"] == d]
             if part:
                 sweeps[(e, d)] = load_sweep(part)
-    dense: dict[tuple[str, str | None, int], dict[str, Any]] = {}
+    dense: dict[tuple[str, str | None, int], dict[str, object]] = {}
     for r in rows:
-        step = r.get("step") or {}
-        if r["position"] == 1 and step.get("kind") == "edit" and r["order"] and r["order"][0] == step.get("name"):
-            dense.setdefault((r["dataset"], step.get("name"), int(r["replicate"])), r)
-    families = {r["entry"]: r.get("family") or "other" for r in rows}
-    editors = {r["entry"]: r.get("editor") for r in rows}
-    compressors = {r["entry"]: r.get("compressor") for r in rows}
-    unlearners = {r["entry"]: r.get("unlearner") for r in rows}
+        step = row_step(r) or {}
+        order = row_order(r)
+        if r["position"] == 1 and step.get("kind") == "edit" and order and order[0] == step.get("name"):
+            dense.setdefault((str(r["dataset"]), _label_or_none(step.get("name")), to_int(r["replicate"])), r)
+    families = {str(r["entry"]): str(r.get("family") or "other") for r in rows}
+    editors = {str(r["entry"]): _label_or_none(r.get("editor")) for r in rows}
+    compressors = {str(r["entry"]): _label_or_none(r.get("compressor")) for r in rows}
+    unlearners = {str(r["entry"]): _label_or_none(r.get("unlearner")) for r in rows}
     notes = problems + [f"{e} on {d}: {n}" for (e, d), sw in sweeps.items() for n in sw.notes]
     return StudyData(
         rows,
         ids[0],
-        rows[0]["study"],
-        rows[0].get("model", ""),
+        str(rows[0]["study"]),
+        str(rows[0].get("model", "")),
         entries,
         datasets,
         sweeps,
@@ -349,8 +363,8 @@ def final_metrics_table(data: StudyData, entry: str, ds: str) -> Table:
     )
 
 
-def _mean_text(rows: Sequence[Mapping[str, Any]], key: str) -> str:
-    got = [r.get(key) for r in rows if r.get(key) is not None]
+def _mean_text(rows: Sequence[Mapping[str, object]], key: str) -> str:
+    got = measured(rows, key)
     if not got:
         return "–"
     m = statistics.fmean(got)
@@ -360,10 +374,10 @@ def _mean_text(rows: Sequence[Mapping[str, Any]], key: str) -> str:
 def build_study_report(
     run_dir: str | Path | StudyData,
     axis: str | None = None,
-    per_edit: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
+    per_edit: Mapping[tuple[str, int], Mapping[str, object]] | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
-    at: Mapping[str, Any] | None = None,
+    at: Mapping[str, object] | None = None,
 ) -> StudyReport:
     """Table 1 and the rest on ``axis`` (default: compression where average bits change,
     else strength, per compressor); the order-effect tables (E_OF, E_OS) at the strength
@@ -478,7 +492,7 @@ def comparison_pairs(data: StudyData) -> list[tuple[str, str, str, str]]:
 def study_comparisons(
     data: StudyData,
     comps: Mapping[tuple[str, str], Composability],
-    per_edit: Mapping[tuple[str, int], Mapping[str, Any]],
+    per_edit: Mapping[tuple[str, int], Mapping[str, object]],
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
 ) -> tuple[list[Difference], list[str]]:
@@ -507,11 +521,12 @@ def study_comparisons(
                     notes.append(f"{first} vs {second} on {ds}: not scored on the same edits, not compared")
                     break
                 ca, cb = shared[a].criteria[criterion], shared[b].criteria[criterion]
-                if None in (ca.A_mean, cb.A_mean, ca.P_mean, cb.P_mean):
+                a_first, a_second, p_first, p_second = ca.A_mean, cb.A_mean, ca.P_mean, cb.P_mean
+                if a_first is None or a_second is None or p_first is None or p_second is None:
                     continue
-                point = {"A": (ca.A_mean, cb.A_mean), "P": (ca.P_mean, cb.P_mean)}
+                point = {"A": (a_first, a_second), "P": (p_first, p_second)}
                 grid = shared[a].x
-                context = {"dataset": ds, "kind": kind, "shared": shared_method, "interval": interval}
+                context = ComparisonContext(dataset=ds, kind=kind, shared=shared_method, interval=interval)
                 # an entry run in one order has no A (Table 1 shows –): compare P only
                 one_order = len(data.sweeps[a].orders) < 2 or len(data.sweeps[b].orders) < 2
                 out += [
@@ -544,7 +559,7 @@ def comparisons_markdown(comparisons: Sequence[Difference], resamples: int = DEF
         "",
     ]
     heading = None
-    by_line: dict[tuple[Any, ...], list[Difference]] = {}
+    by_line: dict[tuple[str, str, str, str, str, str], list[Difference]] = {}
     for d in comparisons:
         by_line.setdefault(
             (d.context["kind"], d.context["shared"], d.context["dataset"], d.first, d.second, d.criterion), []
@@ -567,18 +582,18 @@ def comparisons_markdown(comparisons: Sequence[Difference], resamples: int = DEF
 # --------------------------------------------------------------------------------------
 
 
-def _flat(row: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _flat(row: Mapping[str, object]) -> dict[str, object]:
+    out: dict[str, object] = {}
     for k, v in row.items():
         if k == "step":
-            step = v or {}
+            step = row_step(row) or {}
             out["step_name"] = step.get("name")
             out["step_kind"] = step.get("kind")
             out["step_strength"] = step.get("strength")
             out["step_recompress"] = bool(step.get("recompress", False))
             out["step_config"] = json.dumps(step.get("config"), sort_keys=True) if step else None
         elif k == "order":
-            out["order"] = " > ".join(v)
+            out["order"] = " > ".join(row_order(row))
         elif isinstance(v, dict | list):
             out[k] = json.dumps(v, sort_keys=True)
         else:
@@ -591,7 +606,7 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
 
-def spreadsheet_cell(value: Any) -> Any:
+def spreadsheet_cell(value: object) -> object:
     """``value`` as a CSV cell a spreadsheet shows as text: a string that starts like a
     formula (``=``, ``+``, ``-``, ``@``, a tab or a CR) gets a leading ``'`` — a study's,
     entry's or plugin's name is written by whoever wrote the study file — except a plain
@@ -601,7 +616,7 @@ def spreadsheet_cell(value: Any) -> Any:
     return value
 
 
-def write_flat_table(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+def write_flat_table(rows: Sequence[Mapping[str, object]], path: Path) -> Path:
     """Every row as one CSV line (nested fields as JSON text), columns in first-seen order;
     every header and text cell through :func:`spreadsheet_cell`."""
     flat = [_flat(r) for r in rows]
@@ -622,7 +637,7 @@ def write_flat_table(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 
 def write_study_report(
-    run_dir: str | Path, plots: bool = True, axis: str | None = None, at: Mapping[str, Any] | None = None
+    run_dir: str | Path, plots: bool = True, axis: str | None = None, at: Mapping[str, object] | None = None
 ) -> StudyReport:
     """Build the study's report from ``run_dir/results.jsonl`` and write report.md,
     rows.csv and plots/ there (``at``: the order-effect strengths, :func:`build_study_report`)."""
@@ -683,17 +698,27 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_") or "other"
 
 
+def _mapping(value: object, what: str) -> Mapping[str, object]:
+    """``value`` (``what`` of a run folder's config.yaml) as the mapping it must be."""
+    if not isinstance(value, Mapping):
+        raise DataError(f"config.yaml: {what} is {value!r}, not a mapping; the run folder was edited by hand?")
+    return value
+
+
 def _counts_lines(run_dir: Path | None) -> list[str]:
     if run_dir is None or not (run_dir / "config.yaml").exists():
         return []
     from lmcompose.results import read_yaml
 
-    counts = read_yaml(run_dir / "config.yaml").get("counts") or {}
+    config: Mapping[str, object] = read_yaml(run_dir / "config.yaml")
+    counts = _mapping(config.get("counts") or {}, "counts")
     if not counts.get("study"):
         return []
-    s, sep, ind = counts["study"], counts.get("separate_sweeps") or {}, counts.get("independent_cells") or {}
+    s = _mapping(counts["study"], "counts.study")
+    sep = _mapping(counts.get("separate_sweeps") or {}, "counts.separate_sweeps")
+    ind = _mapping(counts.get("independent_cells") or {}, "counts.independent_cells")
 
-    def fmt(c: Mapping[str, Any]) -> str:
+    def fmt(c: Mapping[str, object]) -> str:
         edits, compressions, evaluations = c.get("edits", 0), c.get("compressions", 0), c.get("evaluations", 0)
         return f"{edits} edits + {compressions} compressions, {evaluations} evaluations"
 
@@ -725,7 +750,7 @@ def _fig5_caption(data: StudyData) -> str:
 
 def render_study_markdown(report: StudyReport, run_dir: Path | None = None) -> str:
     d = report.data
-    reps = sorted({int(r["replicate"]) for r in d.rows})
+    reps = sorted({to_int(r["replicate"]) for r in d.rows})
     lines = [
         f"# Study report: {d.name}",
         "",

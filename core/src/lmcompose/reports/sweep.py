@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from lmcompose.composability import Composability, SweepData, available_axes, composability, load_sweep
 from lmcompose.errors import DataError
@@ -57,7 +56,7 @@ class Report:
 def build_report(
     run: str | Path | SweepData,
     axes: Sequence[str] | None = None,
-    per_edit: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
+    per_edit: Mapping[tuple[str, int], Mapping[str, object]] | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
 ) -> Report:
@@ -144,6 +143,11 @@ PLOT_CAPTIONS = {
 }
 
 
+def _count(value: object) -> int:
+    """How many items a row's list field holds (0 where it has none)."""
+    return len(value) if isinstance(value, list | tuple) else 0
+
+
 def render_markdown(report: Report, run_dir: Path | None = None) -> str:
     d = report.data
     first = d.rows[0]
@@ -154,7 +158,7 @@ def render_markdown(report: Report, run_dir: Path | None = None) -> str:
         base_format_line(d.rows, d.model),
         f"- orders: {'; '.join(order_text(o) for o in d.orders)}",
         f"- varied: `{d.vary}` = {', '.join(str(v) for v in d.values)}",
-        f"- replicates: {len(d.replicates)}; edits per replicate: {len(first.get('edit_ids') or [])}",
+        f"- replicates: {len(d.replicates)}; edits per replicate: {_count(first.get('edit_ids'))}",
         f"- constraint policy: {d.policy}",
         f"- rows: {len(d.rows)} (rebuilt from results.jsonl)",
         "",

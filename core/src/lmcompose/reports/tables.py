@@ -10,9 +10,17 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from lmcompose.composability import AXIS_LABELS, CRITERIA, X_AXES, Composability, SweepData
+from lmcompose.composability import (
+    AXIS_LABELS,
+    CRITERIA,
+    X_AXES,
+    Composability,
+    SweepData,
+    measured,
+    row_position,
+    row_step,
+)
 from lmcompose.errors import DataError
 from lmcompose.intervals import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL, APInterval, contains_zero
 
@@ -43,7 +51,7 @@ __all__ = [
 ]
 
 
-def locality_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def locality_notes(rows: Sequence[Mapping[str, object]]) -> list[str]:
     """What ``locality`` means in ``rows``, where it is not the default (preservation of the
     unedited model's answers): the paper's score (protocol paper), or rows of an lmcompose
     before 0.4, whose default scored the neighbours' ground-truth answers."""
@@ -131,13 +139,13 @@ def fmt_p_per_width(comp: Composability, name: str, n: int, digits: int, interva
     return fmt_with_interval(mean, std, n, digits, interval.P_per_width(comp.interval) if interval else None)
 
 
-def base_format_line(rows: Sequence[Mapping[str, Any]], model: str) -> str:
+def base_format_line(rows: Sequence[Mapping[str, object]], model: str) -> str:
     """The report header's line on the base checkpoint's storage format (rows' ``base_format``,
     :mod:`lmcompose.models.formats`), and what a quantized one means for the "dense" numbers."""
     from lmcompose.models.formats import is_quantized_format
     from lmcompose.models.loading import NAMED_MODELS
 
-    found = list(dict.fromkeys(r["base_format"] for r in rows if r.get("base_format")))
+    found = list(dict.fromkeys(str(r["base_format"]) for r in rows if r.get("base_format")))
     if not found:
         named = NAMED_MODELS.get(model)
         known = (
@@ -230,8 +238,8 @@ def oi_table(comp: Composability, data: SweepData) -> Table:
     )
 
 
-def _mean(rows: list[dict[str, Any]], key: str) -> tuple[float | None, float | None, int]:
-    got = [r.get(key) for r in rows if r.get(key) is not None]
+def _mean(rows: list[dict[str, object]], key: str) -> tuple[float | None, float | None, int]:
+    got = measured(rows, key)
     if not got:
         return None, None, 0
     return statistics.fmean(got), (statistics.stdev(got) if len(got) > 1 else 0.0), len(got)
@@ -263,16 +271,14 @@ def step_table(data: SweepData) -> Table:
     rows = []
     for o in data.orders:
         for v in data.values:
-            per_pos: dict[int, list[dict[str, Any]]] = {}
+            per_pos: dict[int, list[dict[str, object]]] = {}
             for r in data.replicates:
                 for row in data.by_cell.get((o, v, r), []):
-                    per_pos.setdefault(row["position"], []).append(row)
+                    per_pos.setdefault(row_position(row), []).append(row)
             for pos in sorted(per_pos):
-                first = per_pos[pos][0]
+                column = row_step(per_pos[pos][0])
                 step = (
-                    "base"
-                    if not first.get("step")
-                    else first["step"]["name"] + (" (again)" if first["step"].get("recompress") else "")
+                    "base" if column is None else f"{column['name']}" + (" (again)" if column.get("recompress") else "")
                 )
                 rows.append(
                     [

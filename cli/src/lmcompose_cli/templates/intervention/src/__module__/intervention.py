@@ -8,15 +8,20 @@ pruning); ``project()`` re-zeros them after later steps.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from lmcompose import Context, Intervention, StepReport, StrengthKnob
 from lmcompose.errors import ConfigError
 
 from {{module}}.config import {{Class}}Config
 
+if TYPE_CHECKING:  # types only: importing the plugin must not import torch
+    import torch
 
-class {{Class}}(Intervention):
+    from lmcompose import LM
+
+
+class {{Class}}(Intervention[{{Class}}Config]):
     """Add Gaussian noise (std = scale x weight std) to nonzero decoder weights."""
 
     name = "{{name}}"
@@ -24,11 +29,11 @@ class {{Class}}(Intervention):
     Config = {{Class}}Config
     strength = StrengthKnob("scale", 0.0, 1.0)
 
-    def __init__(self, config: Any = None):
+    def __init__(self, config: {{Class}}Config | None = None):
         super().__init__(config)
-        self.zero_masks: dict[str, Any] = {}
+        self.zero_masks: dict[str, torch.Tensor] = {}
 
-    def apply(self, lm: Any, ctx: Context) -> StepReport:
+    def apply(self, lm: LM, ctx: Context) -> StepReport:
         import torch  # inside apply: importing the plugin must not import torch
 
         start = time.perf_counter()
@@ -48,6 +53,6 @@ class {{Class}}(Intervention):
         report.elapsed_s = time.perf_counter() - start
         return report
 
-    def project(self, lm: Any) -> None:
+    def project(self, lm: LM) -> None:
         for name, zero in self.zero_masks.items():
             lm.weight(name).masked_fill_(zero, 0)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from lmcompose import Context, Metric
+
+if TYPE_CHECKING:
+    from lmcompose import LM
 
 
 class {{Class}}(Metric):
@@ -14,7 +17,7 @@ class {{Class}}(Metric):
     keys = ("{{name}}",)
     higher_is_better = {"{{name}}": None}
 
-    def compute(self, lm: Any, ctx: Context) -> dict[str, float]:
+    def compute(self, lm: LM, ctx: Context) -> dict[str, float | None]:
         total, count = 0.0, 0
         for name, _module in lm.linear_layers():
             w = lm.weight(name)
