@@ -133,7 +133,9 @@ class LM:
         """(name, module) of the decoder's projections, the default target of compressors."""
         return linear_modules(self.model, self.arch)
 
-    def target_layers(self, targets: Sequence[str] = (), ignore: Sequence[str] = ()) -> list[tuple[str, torch.nn.Module]]:
+    def target_layers(
+        self, targets: Sequence[str] = (), ignore: Sequence[str] = ()
+    ) -> list[tuple[str, torch.nn.Module]]:
         """Decoder projections selected by name patterns.
 
         A pattern matches a layer whose qualified name equals it, ends with ``.pattern``

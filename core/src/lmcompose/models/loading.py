@@ -399,7 +399,9 @@ def resolve_model_source(spec: str, cache: Path | None = None, progress: Notes |
     return source, kind
 
 
-def _resolve(spec: str, cache: Path | None = None, progress: Notes | None = None) -> tuple[Path | str, str, Path | None]:
+def _resolve(
+    spec: str, cache: Path | None = None, progress: Notes | None = None
+) -> tuple[Path | str, str, Path | None]:
     """:func:`resolve_model_source`, and the GGUF file a named or .gguf model comes from."""
     cache = cache or cache_dir()
     source, kind = classify_model(spec)
