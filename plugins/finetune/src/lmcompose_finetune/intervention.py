@@ -182,7 +182,7 @@ def attach_lora(lm: LM, config: LoRAConfig, names: Sequence[str]) -> Any:
     conv1d = is_conv1d(lm.model.get_submodule(names[0]))
     cfg = LoraConfig(
         r=config.rank,
-        lora_alpha=config.alpha,
+        lora_alpha=config.alpha,  # type: ignore[arg-type]  # peft declares an int; the scale alpha / r takes a float
         target_modules=list(names),
         lora_dropout=0.0,
         bias="none",

@@ -87,10 +87,10 @@ def choice_loglik(lm: LM, items: Sequence[tuple[list[int], list[list[int]]]], ba
                 out[i] = [float(logp[k, c[0]]) for c in items[i][1]]
         scores: dict[tuple[int, int], float] = {}
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            ids, attn = _right_padded([r[2] for r in chunk], pad, lm.device)
+            batch_rows = rows[start : start + batch_size]
+            ids, attn = _right_padded([r[2] for r in batch_rows], pad, lm.device)
             logp = torch.log_softmax(lm.model(input_ids=ids, attention_mask=attn, use_cache=False).logits.float(), -1)
-            for k, (i, j, seq, n_ctx) in enumerate(chunk):
+            for k, (i, j, seq, n_ctx) in enumerate(batch_rows):
                 pos = torch.arange(n_ctx - 1, len(seq) - 1, device=logp.device)
                 tgt = torch.tensor(seq[n_ctx:], device=logp.device)
                 scores[(i, j)] = float(logp[k, pos, tgt].sum())
@@ -373,10 +373,10 @@ class UnlearnMetrics(Metric):
                 parts.append(retain_truth_ratio(retain_rs) or 0.0)
         for items in self.utility_sets():
             pairs = [(it.prompt, a) for it in items for a in (it.answer, *it.perturbed_answers)]
-            nlls = iter(answer_nlls(lm, pairs, c.batch_size))
+            pair_nlls = iter(answer_nlls(lm, pairs, c.batch_size))
             probs = []
             for it in items:
-                p = [math.exp(-next(nlls)) for _ in range(1 + len(it.perturbed_answers))]
+                p = [math.exp(-next(pair_nlls)) for _ in range(1 + len(it.perturbed_answers))]
                 probs.append(p[0] / sum(p))
             parts.append(sum(probs) / len(probs))
             parts.append(sum(rouge_recalls(lm, items, c.max_new_tokens, c.batch_size)) / len(items))
