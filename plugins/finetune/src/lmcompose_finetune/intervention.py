@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
 from lmcompose.editing import check_layers_exist, rule_layers, select_edits
@@ -141,7 +141,7 @@ class FineTune(TrainedEdit):
         return names
 
     def begin(self, lm: LM, names: list[str]) -> list[torch.nn.Parameter]:
-        params = [lm.model.get_submodule(n).weight for n in names]
+        params = [cast("torch.nn.Parameter", lm.model.get_submodule(n).weight) for n in names]
         self._clamp = [(p, p.detach().clone()) for p in params] if self.config.norm_constraint > 0 else []
         return params
 

@@ -29,7 +29,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lmcompose.api import Context, Metric
 
@@ -180,7 +180,7 @@ def rouge_recalls(lm: LM, items: Sequence[Any], max_new_tokens: int, batch_size:
         with _no_grad():
             ids = sc.generate([items[j].prompt for j in facts], lengths)
         for j, row in zip(facts, ids, strict=True):
-            gens[j] = lm.tokenizer.decode(row, skip_special_tokens=True)
+            gens[j] = cast(str, lm.tokenizer.decode(row, skip_special_tokens=True))  # one sequence: one text
     return [rouge_l_recall(it.answer, gens[j]) for j, it in enumerate(items)]
 
 
