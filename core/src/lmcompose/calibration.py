@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Gram",
-    "LayerCall",
     "StopForward",
     "call_layer",
     "capture_layer_calls",

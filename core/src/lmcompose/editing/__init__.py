@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the names as the type checker sees them (they load on first
     from lmcompose.editing._config import LLAMA_LIKE as LLAMA_LIKE
     from lmcompose.editing._config import VSTAR_HPARAMS as VSTAR_HPARAMS
     from lmcompose.editing._config import EditHParams as EditHParams
-    from lmcompose.editing._config import HParamValue as HParamValue
+    from lmcompose.editing._config import HParamValue as HParamValue  # a type only: no runtime name
     from lmcompose.editing._config import LocateEditConfig as LocateEditConfig
     from lmcompose.editing._config import Preset as Preset
     from lmcompose.editing._config import VStarSettings as VStarSettings
@@ -79,7 +79,6 @@ _WHERE = {
     **dict.fromkeys(
         [
             "EditHParams",
-            "HParamValue",
             "LLAMA_LIKE",
             "VSTAR_HPARAMS",
             "LocateEditConfig",

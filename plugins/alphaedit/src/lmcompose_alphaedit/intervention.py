@@ -6,13 +6,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lmcompose.api import Context, EditRecord
-from lmcompose.editing import EditHParams, HParamValue, LocateThenEdit
+from lmcompose.editing import EditHParams, LocateThenEdit
 
 from lmcompose_alphaedit.config import AlphaEditConfig, AlphaEditHParams
 
 if TYPE_CHECKING:
     import torch
     from lmcompose import LM
+    from lmcompose.editing import HParamValue
 
 
 class AlphaEdit(LocateThenEdit):

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lmcompose.editing import LLAMA_LIKE, HParamValue, Preset, match_preset, rule_layers
+from lmcompose.editing import LLAMA_LIKE, Preset, match_preset, rule_layers
 
 if TYPE_CHECKING:
     from lmcompose import LM
+    from lmcompose.editing import HParamValue
 
 __all__ = ["PRESETS", "RELATIVE_THRESHOLD", "preset_for", "rule_preset"]
 

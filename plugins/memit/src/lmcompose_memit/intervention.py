@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lmcompose.api import Context, EditRecord
-from lmcompose.editing import EditHParams, HParamValue, LocateThenEdit
+from lmcompose.editing import EditHParams, LocateThenEdit
 
 if TYPE_CHECKING:
     import torch
     from lmcompose import LM
+    from lmcompose.editing import HParamValue
 
 from lmcompose_memit.config import MEMITConfig, MEMITHParams
 
