@@ -46,6 +46,7 @@ from lmcompose_unlearn.scores import (
 from lmcompose_unlearn.sources import QAItem, load_qa_source
 
 if TYPE_CHECKING:
+    import torch
     from lmcompose import LM
 
 __all__ = [
@@ -100,7 +101,7 @@ def choice_loglik(lm: LM, items: Sequence[tuple[list[int], list[list[int]]]], ba
     return [o for o in out if o is not None]
 
 
-def _right_padded(seqs: Sequence[list[int]], pad: int, device: Any) -> tuple[Any, Any]:
+def _right_padded(seqs: Sequence[list[int]], pad: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
     width = max(len(s) for s in seqs)
@@ -184,7 +185,7 @@ def rouge_recalls(lm: LM, items: Sequence[Any], max_new_tokens: int, batch_size:
     return [rouge_l_recall(it.answer, gens[j]) for j, it in enumerate(items)]
 
 
-def _no_grad() -> Any:
+def _no_grad() -> torch.no_grad:
     import torch
 
     return torch.no_grad()
