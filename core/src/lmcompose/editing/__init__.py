@@ -33,7 +33,6 @@ if TYPE_CHECKING:  # the names as the type checker sees them (they load on first
     from lmcompose.editing._config import LLAMA_LIKE as LLAMA_LIKE
     from lmcompose.editing._config import VSTAR_HPARAMS as VSTAR_HPARAMS
     from lmcompose.editing._config import EditHParams as EditHParams
-    from lmcompose.editing._config import HParamValue as HParamValue  # a type only: no runtime name
     from lmcompose.editing._config import LocateEditConfig as LocateEditConfig
     from lmcompose.editing._config import Preset as Preset
     from lmcompose.editing._config import VStarSettings as VStarSettings

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context, EditRecord
 from lmcompose.editing import EditHParams, LocateThenEdit
@@ -13,7 +13,6 @@ from lmcompose_alphaedit.config import AlphaEditConfig, AlphaEditHParams
 if TYPE_CHECKING:
     import torch
     from lmcompose import LM
-    from lmcompose.editing import HParamValue
 
 
 class AlphaEdit(LocateThenEdit):
@@ -35,7 +34,7 @@ class AlphaEdit(LocateThenEdit):
     Config = AlphaEditConfig
     HParams = AlphaEditHParams
 
-    def preset_for(self, lm: LM) -> tuple[str, dict[str, HParamValue]]:
+    def preset_for(self, lm: LM) -> tuple[str, dict[str, Any]]:
         from lmcompose_alphaedit.presets import preset_for
 
         return preset_for(lm)

@@ -13,31 +13,18 @@ reference's 2e-2 is an absolute value, and the spectrum's scale differs from mod
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.editing import LLAMA_LIKE, Preset, match_preset, rule_layers
 
 if TYPE_CHECKING:
     from lmcompose import LM
-    from lmcompose.editing import HParamValue
 
 __all__ = ["PRESETS", "RELATIVE_THRESHOLD", "preset_for", "rule_preset"]
 
-GPTJ_V: dict[str, HParamValue] = {
-    "v_num_grad_steps": 25,
-    "v_lr": 0.5,
-    "v_weight_decay": 0.5,
-    "clamp_norm_factor": 0.75,
-    "kl_factor": 0.0625,
-}
-LLAMA_V: dict[str, HParamValue] = {
-    "v_num_grad_steps": 25,
-    "v_lr": 0.5,
-    "v_weight_decay": 1e-3,
-    "clamp_norm_factor": 4.0,
-    "kl_factor": 0.0625,
-}
-REFERENCE: dict[str, HParamValue] = {"nullspace_threshold": 2e-2, "l2": 10.0}
+GPTJ_V = {"v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 0.5, "clamp_norm_factor": 0.75, "kl_factor": 0.0625}
+LLAMA_V = {"v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 1e-3, "clamp_norm_factor": 4.0, "kl_factor": 0.0625}
+REFERENCE = {"nullspace_threshold": 2e-2, "l2": 10.0}
 
 #: the rule's threshold, as a fraction of the mean eigenvalue of the key covariance
 RELATIVE_THRESHOLD = 1.0
@@ -71,12 +58,12 @@ PRESETS: tuple[Preset, ...] = (
 )
 
 
-def rule_preset(num_layers: int, model_type: str, d_ff: int) -> dict[str, HParamValue]:
+def rule_preset(num_layers: int, model_type: str, d_ff: int) -> dict[str, Any]:
     """No ``nullspace_threshold``: the intervention derives it from the covariance."""
     v = LLAMA_V if model_type in LLAMA_LIKE else GPTJ_V
     return {"layers": rule_layers(num_layers), **v, "l2": 10.0}
 
 
-def preset_for(lm: LM) -> tuple[str, dict[str, HParamValue]]:
+def preset_for(lm: LM) -> tuple[str, dict[str, Any]]:
     """(where the values come from, the values) for this model."""
     return match_preset(lm, PRESETS, rule_preset)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.api import Context, EditRecord
 from lmcompose.editing import EditHParams, LocateThenEdit
@@ -11,7 +11,6 @@ from lmcompose.editing import EditHParams, LocateThenEdit
 if TYPE_CHECKING:
     import torch
     from lmcompose import LM
-    from lmcompose.editing import HParamValue
 
 from lmcompose_memit.config import MEMITConfig, MEMITHParams
 
@@ -35,7 +34,7 @@ class MEMIT(LocateThenEdit):
     Config = MEMITConfig
     HParams = MEMITHParams
 
-    def preset_for(self, lm: LM) -> tuple[str, dict[str, HParamValue]]:
+    def preset_for(self, lm: LM) -> tuple[str, dict[str, Any]]:
         from lmcompose_memit.presets import preset_for
 
         return preset_for(lm)

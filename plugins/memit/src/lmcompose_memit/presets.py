@@ -15,30 +15,17 @@ are GPT-J's, except for llama-like families where EasyEdit's (clamp 4, weight de
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lmcompose.editing import LLAMA_LIKE, Preset, match_preset, rule_layers
 
 if TYPE_CHECKING:
     from lmcompose import LM
-    from lmcompose.editing import HParamValue
 
 __all__ = ["GPTJ_V", "LLAMA_V", "PRESETS", "preset_for", "rule_preset"]
 
-GPTJ_V: dict[str, HParamValue] = {
-    "v_num_grad_steps": 25,
-    "v_lr": 0.5,
-    "v_weight_decay": 0.5,
-    "clamp_norm_factor": 0.75,
-    "kl_factor": 0.0625,
-}
-LLAMA_V: dict[str, HParamValue] = {
-    "v_num_grad_steps": 25,
-    "v_lr": 0.5,
-    "v_weight_decay": 1e-3,
-    "clamp_norm_factor": 4.0,
-    "kl_factor": 0.0625,
-}
+GPTJ_V = {"v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 0.5, "clamp_norm_factor": 0.75, "kl_factor": 0.0625}
+LLAMA_V = {"v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 1e-3, "clamp_norm_factor": 4.0, "kl_factor": 0.0625}
 
 PRESETS: tuple[Preset, ...] = (
     Preset("gpt-j-6b", "gptj", 28, 4096, {"layers": [3, 4, 5, 6, 7, 8], "mom2_update_weight": 15000.0, **GPTJ_V}),
@@ -59,11 +46,11 @@ PRESETS: tuple[Preset, ...] = (
 )
 
 
-def rule_preset(num_layers: int, model_type: str, d_ff: int) -> dict[str, HParamValue]:
+def rule_preset(num_layers: int, model_type: str, d_ff: int) -> dict[str, Any]:
     v = LLAMA_V if model_type in LLAMA_LIKE else GPTJ_V
     return {"layers": rule_layers(num_layers), "mom2_update_weight": float(d_ff), **v}
 
 
-def preset_for(lm: LM) -> tuple[str, dict[str, HParamValue]]:
+def preset_for(lm: LM) -> tuple[str, dict[str, Any]]:
     """(where the values come from, the values) for this model."""
     return match_preset(lm, PRESETS, rule_preset)

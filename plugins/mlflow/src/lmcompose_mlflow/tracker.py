@@ -14,10 +14,8 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from lmcompose.engine import RunInfo
+from pathlib import Path
+from typing import Any, Protocol
 
 ENV_URI = "LMCOMPOSE_MLFLOW"
 ENV_EXPERIMENT = "LMCOMPOSE_MLFLOW_EXPERIMENT"
@@ -38,6 +36,23 @@ STATUS = {"finished": "FINISHED", "incomplete": "KILLED", "failed": "FAILED"}
 MAX_PARAM = 500  # MLflow's limit on a parameter's value
 
 __all__ = ["MLflowTracker", "tracking_uri"]
+
+
+class RunInfo(Protocol):
+    """What the ``row_written`` and ``run_closed`` hooks tell a tracker about the run folder
+    (a ``lmcompose.engine.RunInfo``)."""
+
+    @property
+    def folder(self) -> Path: ...
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def config(self) -> Mapping[str, object]: ...
 
 
 def tracking_uri() -> str | None:
