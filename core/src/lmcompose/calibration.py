@@ -25,13 +25,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from lmcompose.models.arch import decoder_layers
 
 if TYPE_CHECKING:
+    from lmcompose.api import Progress
     from lmcompose.models.handle import LM
 
 __all__ = [
@@ -45,6 +46,10 @@ __all__ = [
     "run_layer_sequential",
     "true_sequential_stages",
 ]
+
+
+#: how the model calls a decoder layer after its hidden states: (positional, keyword) arguments
+LayerCall = tuple[tuple[object, ...], dict[str, object]]
 
 
 class StopForward(Exception):
@@ -71,7 +76,7 @@ class Gram:
     devices, where small products are launch-bound, one full product is kept.
     """
 
-    def __init__(self, d: int, device: Any = None, stripe: int = 256):
+    def __init__(self, d: int, device: torch.device | str | None = None, stripe: int = 256):
         device = torch.device(device) if device is not None else torch.device("cpu")
         k = max(1, -(-d // stripe)) if device.type == "cpu" else 1
         self.d = d
@@ -149,14 +154,12 @@ def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _layer_output(out: Any) -> torch.Tensor:
+def _layer_output(out: torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]) -> torch.Tensor:
     return out[0] if isinstance(out, tuple | list) else out
 
 
 @torch.no_grad()
-def capture_layer_calls(
-    lm: LM, windows: torch.Tensor
-) -> tuple[torch.Tensor, list[tuple[tuple[Any, ...], dict[str, Any]]]]:
+def capture_layer_calls(lm: LM, windows: torch.Tensor) -> tuple[torch.Tensor, list[LayerCall]]:
     """Inputs of decoder layer 0 for every window (n, seqlen, hidden), and the other
     arguments (positional, keyword) the model passes each layer, from one window: they
     depend only on the window length."""
@@ -165,7 +168,7 @@ def capture_layer_calls(
     per_layer = layer_call_arguments(lm, windows[:1])
     inputs: list[torch.Tensor] = []
 
-    def grab(_module, args, kwargs):
+    def grab(_module: torch.nn.Module, args: tuple[torch.Tensor, ...], kwargs: dict[str, torch.Tensor]) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
         inputs.append(hidden.detach())
         raise StopForward
@@ -183,16 +186,16 @@ def capture_layer_calls(
 
 
 @torch.no_grad()
-def layer_call_arguments(lm: LM, ids: torch.Tensor) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+def layer_call_arguments(lm: LM, ids: torch.Tensor) -> list[LayerCall]:
     """The arguments (positional after the hidden states, keyword) the model passes each
     decoder layer for a batch of token ids ``ids`` (1 x seqlen): masks, positions, rotary
     embeddings. Without padding they depend only on the length, and broadcast over a batch."""
     layers = decoder_layers(lm.model, lm.arch)
-    per_layer: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((), {}) for _ in layers]
-    handles = []
+    per_layer: list[LayerCall] = [((), {}) for _ in layers]
+    handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def keep_kwargs(i: int):
-        def hook(_module, args, kwargs):
+    def keep_kwargs(i: int) -> Callable[[torch.nn.Module, tuple[object, ...], dict[str, object]], None]:
+        def hook(_module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
             dropped = {"past_key_values", "past_key_value", "layer_past", "cache", "use_cache"}
             per_layer[i] = (
                 tuple(args[1:]),
@@ -211,7 +214,7 @@ def layer_call_arguments(lm: LM, ids: torch.Tensor) -> list[tuple[tuple[Any, ...
     return per_layer
 
 
-def call_layer(layer: Any, hidden: torch.Tensor, call: tuple[tuple[Any, ...], dict[str, Any]]) -> torch.Tensor:
+def call_layer(layer: torch.nn.Module, hidden: torch.Tensor, call: LayerCall) -> torch.Tensor:
     args, kwargs = call
     return _layer_output(layer(hidden, *args, **kwargs))
 
@@ -223,7 +226,7 @@ def run_layer_sequential(
     module_names: Callable[[int], list[str]],
     observe: Callable[[int, str, torch.Tensor], None],
     modify: Callable[[int, list[str]], None],
-    progress: Any = None,
+    progress: Progress | None = None,
     description: str = "calibrating",
     stages: Callable[[int, list[str]], list[list[str]]] | None = None,
     next_inputs: str = "modified",
@@ -244,7 +247,7 @@ def run_layer_sequential(
     layers = decoder_layers(lm.model, lm.arch)
     hidden, kwargs_per_layer = capture_layer_calls(lm, windows)
     ctx_task = progress.task(description, len(layers)) if progress is not None else None
-    advance = ctx_task.__enter__() if ctx_task is not None else (lambda n=1: None)
+    advance: Callable[[int], None] = ctx_task.__enter__() if ctx_task is not None else _advance_nothing
     try:
         for i, layer in enumerate(layers):
             kwargs = kwargs_per_layer[i]
@@ -268,20 +271,24 @@ def run_layer_sequential(
             ctx_task.__exit__(None, None, None)
 
 
+def _advance_nothing(n: int = 1) -> None:
+    """What advances no progress bar (``run_layer_sequential`` without ``progress``)."""
+
+
 def _observe_group(
     lm: LM,
-    layer: Any,
+    layer: torch.nn.Module,
     hidden: torch.Tensor,
-    kwargs: tuple[tuple[Any, ...], dict[str, Any]],  # the layer's call: (positional, keyword) arguments
+    kwargs: LayerCall,
     i: int,
     names: list[str],
     observe: Callable[[int, str, torch.Tensor], None],
 ) -> None:
     """Run every window through ``layer`` with ``names`` watched (stopping after the last
     watched call: the rest of the output is not needed)."""
-    calls = {"n": 0, "stop_after": None}  # watched-module calls this window; when to stop
+    calls = {"n": 0, "stop_after": 0}  # watched-module calls this window; when to stop (0: not known yet)
 
-    def hook(_m, args, name):
+    def hook(_m: torch.nn.Module, args: tuple[torch.Tensor, ...], name: str) -> None:
         x = args[0]
         observe(i, name, x.reshape(-1, x.shape[-1]))
         calls["n"] += 1
@@ -297,7 +304,7 @@ def _observe_group(
             except StopForward:
                 pass
             # window 0 runs whole and counts the watched calls; the others stop after the last
-            calls["stop_after"] = calls["stop_after"] or calls["n"] or None
+            calls["stop_after"] = calls["stop_after"] or calls["n"]
     finally:
         for h in handles:
             h.remove()
@@ -319,7 +326,7 @@ def true_sequential_stages(lm: LM) -> Callable[[int, list[str]], list[list[str]]
     return stages
 
 
-def layer_module_names(lm: LM, selected: list[tuple[str, Any]]) -> Callable[[int], list[str]]:
+def layer_module_names(lm: LM, selected: list[tuple[str, torch.nn.Module]]) -> Callable[[int], list[str]]:
     """Group selected (name, module) pairs by decoder layer index."""
     prefix = lm.arch.layers + "."
     by_layer: dict[int, list[str]] = {}

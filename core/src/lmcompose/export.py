@@ -27,16 +27,21 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, cast
 
-from lmcompose.api import Context, Metric
+from lmcompose.api import Context, Metric, Progress
 from lmcompose.errors import UsageError
 
 if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
     from lmcompose.models.handle import LM
+    from lmcompose.quant import QuantGrid
 
 FORMATS = ("compressed-tensors",)
 
@@ -49,7 +54,7 @@ class ExportWarning(UserWarning):
     """A checkpoint written as asked that a plain loader cannot read as is."""
 
 
-def _warn(progress: Any, message: str) -> None:
+def _warn(progress: Progress | None, message: str) -> None:
     """``message`` as a note of ``progress`` (the CLI prints it), else as an ExportWarning."""
     if progress is not None:
         progress.note(message)
@@ -59,7 +64,7 @@ def _warn(progress: Any, message: str) -> None:
         warnings.warn(message, ExportWarning, stacklevel=3)
 
 
-def _require_compressed_tensors() -> Any:
+def _require_compressed_tensors() -> ModuleType:
     try:
         import compressed_tensors
     except ImportError:
@@ -70,13 +75,13 @@ def _require_compressed_tensors() -> Any:
     return compressed_tensors
 
 
-def quantized_layers(lm: LM) -> dict[str, Any]:
+def quantized_layers(lm: LM) -> dict[str, QuantGrid]:
     """name -> QuantGrid of every projection whose weights lie on their stored grid; raises
     for a grid the weights left (a later step moved them and nothing projected them back)."""
-    out = {}
+    out: dict[str, QuantGrid] = {}
     for name, _module in lm.linear_layers():
         state = lm.compression.get(name)
-        grid = getattr(state, "quant", None)
+        grid = state.quant if state is not None else None
         if grid is None:
             continue
         if not grid.on_grid(lm.weight(name)):
@@ -91,13 +96,13 @@ def quantized_layers(lm: LM) -> dict[str, Any]:
 QUANTIZATION_FORMATS = ("auto", "pack-quantized", "int-quantized")
 
 
-def pruned_layers(lm: LM) -> dict[str, Any]:
+def pruned_layers(lm: LM) -> dict[str, torch.Tensor]:
     """name -> keep mask of every projection a pruner recorded; raises for a layer whose pruned
     weights are no longer zero (a later step moved them and nothing projected them back)."""
-    out = {}
+    out: dict[str, torch.Tensor] = {}
     for name, _module in lm.linear_layers():
         state = lm.compression.get(name)
-        keep = getattr(state, "keep_mask", None)
+        keep = state.keep_mask if state is not None else None
         if keep is None:
             continue
         w = lm.weight(name)
@@ -110,7 +115,7 @@ def pruned_layers(lm: LM) -> dict[str, Any]:
     return out
 
 
-def sparsity_structure(lm: LM, masks: dict[str, Any]) -> str:
+def sparsity_structure(lm: LM, masks: Mapping[str, torch.Tensor]) -> str:
     """``2:4`` when every pruned layer has at least two zeros in each run of four inputs, else
     ``unstructured`` (the structures compressed-tensors' sparsity config names)."""
     for name in masks:
@@ -122,7 +127,7 @@ def sparsity_structure(lm: LM, masks: dict[str, Any]) -> str:
     return "2:4"
 
 
-def sparsity_config(lm: LM, masks: dict[str, Any]) -> dict[str, Any]:
+def sparsity_config(lm: LM, masks: Mapping[str, torch.Tensor]) -> dict[str, object]:
     """compressed-tensors' sparsity config for ``masks`` (weights stored dense: every loader
     reads them; the config declares the structure for runtimes with sparse kernels)."""
     zeros = sum(int((lm.weight(n) == 0).sum()) for n in masks)
@@ -137,7 +142,11 @@ def sparsity_config(lm: LM, masks: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_compressed_tensors(
-    lm: LM, out: str | Path, quantization_format: str = "auto", overwrite: bool = False, progress: Any = None
+    lm: LM,
+    out: str | Path,
+    quantization_format: str = "auto",
+    overwrite: bool = False,
+    progress: Progress | None = None,
 ) -> Path:
     """Write ``lm`` (unchanged) to ``out`` in compressed-tensors' format: quantized layers as
     integer codes with their scales (``pack-quantized``: b-bit codes packed into int32 words;
@@ -214,7 +223,9 @@ def export_compressed_tensors(
     return target
 
 
-def _quantized_copy(lm: LM, grids: dict[str, Any], groups: dict[tuple[int, int | None, bool], list[str]]) -> Any:
+def _quantized_copy(
+    lm: LM, grids: dict[str, QuantGrid], groups: dict[tuple[int, int | None, bool], list[str]]
+) -> PreTrainedModel:
     """A copy of the model with compressed-tensors' quantization config applied and each
     layer's scale and zero point set from its lmcompose grid (codes q − 2^(b−1))."""
     import torch
@@ -226,7 +237,7 @@ def _quantized_copy(lm: LM, grids: dict[str, Any], groups: dict[tuple[int, int |
         apply_quantization_config,
     )
 
-    config_groups = {}
+    config_groups: dict[str, QuantizationScheme] = {}
     for k, ((bits, g, symmetric), names) in enumerate(
         sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2]))
     ):
@@ -240,17 +251,18 @@ def _quantized_copy(lm: LM, grids: dict[str, Any], groups: dict[tuple[int, int |
     with torch.no_grad():
         for name, grid in grids.items():
             module = model.get_submodule(name)
+            # the parameters apply_quantization_config added to the layer
+            weight_scale = cast(torch.Tensor, module.weight_scale)
+            weight_zero_point = cast(torch.Tensor, module.weight_zero_point)
             half = 2 ** (grid.bits - 1)
-            scale = grid.scale if module.weight_scale.shape[-1] != 1 or grid.scale.shape[-1] == 1 else grid.scale[:, :1]
-            module.weight_scale.data = scale.to(module.weight.dtype).reshape(module.weight_scale.shape).clone()
+            scale = grid.scale if weight_scale.shape[-1] != 1 or grid.scale.shape[-1] == 1 else grid.scale[:, :1]
+            weight_scale.data = scale.to(cast(torch.Tensor, module.weight).dtype).reshape(weight_scale.shape).clone()
             zero = (grid.zero - half).round().to(torch.int8)
-            module.weight_zero_point.data = (
-                zero.reshape(module.weight_scale.shape).to(module.weight_zero_point.dtype).clone()
-            )
+            weight_zero_point.data = zero.reshape(weight_scale.shape).to(weight_zero_point.dtype).clone()
     return model
 
 
-def _declare_sparsity(config_path: Path, sparsity: dict[str, Any] | None) -> None:
+def _declare_sparsity(config_path: Path, sparsity: Mapping[str, object] | None) -> None:
     """Put the sparsity config into config.json's quantization_config (creating a
     compressed-tensors config with no quantization groups for a pruned-only model)."""
     if sparsity is None:
@@ -294,7 +306,7 @@ class _NoMetrics(Metric):
         return {}
 
 
-def load_for_export(source: str | Path, progress: Any = None, data_dir: str | Path | None = None) -> Any:
+def load_for_export(source: str | Path, progress: Progress | None = None, data_dir: str | Path | None = None) -> LM:
     """The model a run ended with, or a saved model folder.
 
     ``source`` is a folder written by ``LM.save``, ``--save-model`` or ``--save-cells``
@@ -330,8 +342,6 @@ def load_for_export(source: str | Path, progress: Any = None, data_dir: str | Pa
     settings = RunSettings.from_mapping({k: v for k, v in data.items() if k in known}, where=str(cfg))
     settings = settings.merged(data_dir=str(data_dir) if data_dir is not None else None)
     settings.validate()
-    from lmcompose.api import Progress
-
     ctx = settings.context(progress or Progress())
     lm = settings.load_model(ctx.progress)
     recorded = data.get("model_fingerprint")
@@ -352,7 +362,7 @@ def export(
     source: str | Path,
     out: str | Path,
     fmt: str = "compressed-tensors",
-    progress: Any = None,
+    progress: Progress | None = None,
     *,
     quantization_format: str = "auto",
     overwrite: bool = False,

@@ -8,8 +8,12 @@ row, so 2:4 zeroes half the weights.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from lmcompose.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "keep_lowest_pruned",
@@ -51,7 +55,7 @@ def resolve_sparsity(sparsity: float | None, structure: str, default: float = 0.
     return implied
 
 
-def keep_lowest_pruned(scores, sparsity: float):
+def keep_lowest_pruned(scores: Tensor, sparsity: float) -> Tensor:
     """Keep mask zeroing exactly round(sparsity * numel) lowest-scoring entries of the matrix."""
     import torch
 
@@ -63,7 +67,7 @@ def keep_lowest_pruned(scores, sparsity: float):
     return keep
 
 
-def keep_lowest_pruned_per_row(scores, sparsity: float):
+def keep_lowest_pruned_per_row(scores: Tensor, sparsity: float) -> Tensor:
     """Keep mask zeroing the round(sparsity * cols) lowest scores of every row (Wanda)."""
     import torch
 
@@ -75,7 +79,7 @@ def keep_lowest_pruned_per_row(scores, sparsity: float):
     return keep
 
 
-def keep_n_of_m(scores, n: int, m: int, where: str = "layer"):
+def keep_n_of_m(scores: Tensor, n: int, m: int, where: str = "layer") -> Tensor:
     """Keep mask with the n highest scores of every m consecutive input columns."""
     import torch
 
@@ -89,7 +93,7 @@ def keep_n_of_m(scores, n: int, m: int, where: str = "layer"):
     return keep.reshape(rows, cols)
 
 
-def satisfies_n_of_m(w, n: int, m: int) -> bool:
+def satisfies_n_of_m(w: Tensor, n: int, m: int) -> bool:
     rows, cols = w.shape
     nonzero = (w.reshape(rows, cols // m, m) != 0).sum(dim=2)
     return bool((nonzero <= n).all())

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from lmcompose.data.files import check_text_file, read_text_file, sample_text, sha256_file
@@ -91,7 +91,7 @@ class CorpusSpec:
         return f"hub:{self.name}" + (f"?{opts}" if opts else "")
 
 
-def parse_corpus(value: Any, key: str = "corpus") -> CorpusSpec:
+def parse_corpus(value: object, key: str = "corpus") -> CorpusSpec:
     """``value`` (a spec string, or None for the default) as a CorpusSpec; checks its shape
     only (no file is read, nothing is downloaded)."""
     if value is None:
@@ -272,7 +272,7 @@ def longer_text_advice(where: str) -> str:
     )
 
 
-def check_corpus_files(ppl: Any, calibration: Any) -> None:
+def check_corpus_files(ppl: object, calibration: object) -> None:
     """That each corpus asked for as a file is one, and each ``hub:`` folder is one, without
     reading them or importing anything heavy (what `validate` checks; a run reads them all
     with :func:`check_corpora`)."""
@@ -287,7 +287,7 @@ def check_corpus_files(ppl: Any, calibration: Any) -> None:
             check_hub_folder(spec, f"{what} {spec}")
 
 
-def check_corpora(ppl: Any, calibration: Any, ctx: Context | None = None) -> None:
+def check_corpora(ppl: object, calibration: object, ctx: Context | None = None) -> None:
     """Load each corpus that was asked for (not the default) once, so a missing file, a binary
     one or an uncached hub id stops the command before anything is written (wikitext-2 in
     ``ctx.data_dir`` when given)."""

@@ -12,7 +12,7 @@ import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from lmcompose._limits import MAX_NESTING
 from lmcompose.api import EditDataset, EditRecord, LocalityPrompt
@@ -22,6 +22,8 @@ from lmcompose.data.files import local_source_file
 from lmcompose.errors import DataError, UsageError, describe_value
 from lmcompose.paths import cache_dir, data_dir, offline
 from lmcompose.results import nesting_depth, too_deep
+
+T = TypeVar("T")
 
 __all__ = [
     "JsonEditDataset",
@@ -35,8 +37,8 @@ __all__ = [
 
 
 def select_records(
-    records: list[Any], limit: int | None, seed: int | None, replicate: int = 0, dataset: str | None = None
-) -> list[Any]:
+    records: list[T], limit: int | None, seed: int | None, replicate: int = 0, dataset: str | None = None
+) -> list[T]:
     """Replicate ``replicate`` of size ``limit`` from a seeded permutation: replicate k never
     overlaps replicate j. ``seed=None`` keeps file order. ``dataset``: how a refusal names
     the records (e.g. ``counterfact (data/cf.json)``)."""
@@ -59,8 +61,9 @@ def select_records(
     return [records[i] for i in order[start : start + limit]]
 
 
-def read_json_records(path: Path) -> list[dict[str, Any]]:
-    """Records from a .json array or a .jsonl file, with errors naming file and line/record."""
+def read_json_records(path: Path) -> list[object]:
+    """Records from a .json array or a .jsonl file, with errors naming file and line/record
+    (each a JSON value: the caller checks it is an object)."""
     if not path.exists():
         raise DataError(f"dataset file {path} does not exist")
     try:
@@ -74,7 +77,7 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
     if not text.strip():
         raise DataError(f"dataset file {path} is empty")
     if path.suffix == ".jsonl":
-        out = []
+        out: list[object] = []
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
@@ -126,7 +129,7 @@ def hub_records_file(dataset: str, source: str) -> Path:
     return target
 
 
-def need_str(raw: Mapping[str, Any], key: str, where: str = "") -> str:
+def need_str(raw: Mapping[str, object], key: str, where: str = "") -> str:
     """``raw[key]`` as a non-empty string, else a DataError naming the field."""
     name = f"{where}{key}"
     if key not in raw:
@@ -139,7 +142,8 @@ def need_str(raw: Mapping[str, Any], key: str, where: str = "") -> str:
     return value
 
 
-def need_list(raw: Mapping[str, Any], key: str, where: str = "", allow_missing: bool = False) -> list[Any]:
+def need_list(raw: Mapping[str, object], key: str, where: str = "", allow_missing: bool = False) -> list[Any]:
+    """``raw[key]`` as a list (its items JSON values the caller checks), else a DataError naming the field."""
     name = f"{where}{key}"
     if key not in raw:
         if allow_missing:
@@ -161,7 +165,7 @@ def fill_template(template: str, subject: str, where: str = "prompt") -> str:
     return template.replace("{}", subject)
 
 
-def parse_easyedit_flat(raw: Mapping[str, Any], dataset: str, index: int) -> EditRecord:
+def parse_easyedit_flat(raw: Mapping[str, object], dataset: str, index: int) -> EditRecord:
     """EasyEdit's flat edit schema (CounterFact/zsRE ``*-edit.json``): prompt, subject,
     target_new, ground_truth, rephrase_prompt, locality_prompt, locality_ground_truth."""
     prompt = need_str(raw, "prompt")
@@ -170,11 +174,9 @@ def parse_easyedit_flat(raw: Mapping[str, Any], dataset: str, index: int) -> Edi
     truth = raw.get("ground_truth")
     if isinstance(truth, list):
         truth = truth[0] if truth else None
-    rephrases = (
-        [raw["rephrase_prompt"]]
-        if isinstance(raw.get("rephrase_prompt"), str)
-        else list(raw.get("rephrase_prompt") or [])
-    )
+    given = raw.get("rephrase_prompt")
+    # EditRecord checks each rephrase is a non-empty string
+    rephrases = [given] if isinstance(given, str) else list(cast("list[str]", given or []))
     locality = []
     if raw.get("locality_prompt"):
         answer = raw.get("locality_ground_truth")
@@ -182,7 +184,7 @@ def parse_easyedit_flat(raw: Mapping[str, Any], dataset: str, index: int) -> Edi
             answer = answer[0] if answer else None
         if not isinstance(answer, str) or not answer.strip():
             raise DataError("field 'locality_ground_truth' is missing or empty while 'locality_prompt' is set")
-        locality.append(LocalityPrompt(raw["locality_prompt"], answer))
+        locality.append(LocalityPrompt(cast(str, raw["locality_prompt"]), answer))  # EditRecord checks it
     return EditRecord(
         case_id=str(raw.get("case_id", index)),
         subject=subject,
@@ -219,7 +221,7 @@ class JsonEditDataset(EditDataset):
         self.source_used: str = ""
         self.notes: list[str] = []
 
-    def parse(self, raw: Mapping[str, Any], index: int) -> list[EditRecord]:  # pragma: no cover - abstract
+    def parse(self, raw: Mapping[str, object], index: int) -> list[EditRecord]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @classmethod
@@ -337,7 +339,7 @@ class JsonEditDataset(EditDataset):
         return chosen
 
 
-def _check_case_id(item: Mapping[str, Any]) -> None:
+def _check_case_id(item: Mapping[str, object]) -> None:
     """A record's ``case_id``, when it has one, is a non-empty string or a whole number (a null
     would become the id "None", shared by every such record)."""
     if "case_id" not in item:

@@ -14,7 +14,7 @@ __all__ = ["check_text_file", "local_source_file", "read_text_file", "sample_pat
 
 
 def sample_path(name: str) -> Path:
-    return Path(str(resources.files("lmcompose").joinpath("sample_data", name)))
+    return Path(str(resources.files("lmcompose").joinpath("sample_data").joinpath(name)))
 
 
 def sample_text() -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from lmcompose.api import EditRecord
 from lmcompose.data import sample_path
@@ -20,7 +20,7 @@ class Records(JsonEditDataset):
     def resolve_source(self, source: str | Path | None) -> Path:
         return super().resolve_source(source) if source is not None else sample_path("sample_edits.jsonl")
 
-    def parse(self, raw: Any, index: int) -> list[EditRecord]:
+    def parse(self, raw: Mapping[str, object], index: int) -> list[EditRecord]:
         try:
             return [EditRecord.from_dict(raw)]
         except TypeError as exc:

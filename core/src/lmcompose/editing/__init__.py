@@ -27,7 +27,52 @@ import without torch, so a study using an editor is validated without loading it
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the names as the type checker sees them (they load on first use)
+    from lmcompose.editing._config import LLAMA_LIKE as LLAMA_LIKE
+    from lmcompose.editing._config import VSTAR_HPARAMS as VSTAR_HPARAMS
+    from lmcompose.editing._config import EditHParams as EditHParams
+    from lmcompose.editing._config import LocateEditConfig as LocateEditConfig
+    from lmcompose.editing._config import Preset as Preset
+    from lmcompose.editing._config import VStarSettings as VStarSettings
+    from lmcompose.editing._config import check_edit_selection as check_edit_selection
+    from lmcompose.editing._config import check_layers_exist as check_layers_exist
+    from lmcompose.editing._config import rule_layers as rule_layers
+    from lmcompose.editing._config import select_edits as select_edits
+    from lmcompose.editing._editor import LocateThenEdit as LocateThenEdit
+    from lmcompose.editing._forward import PrefixKV as PrefixKV
+    from lmcompose.editing._forward import SplitGroup as SplitGroup
+    from lmcompose.editing._forward import Tail as Tail
+    from lmcompose.editing._forward import compute_context as compute_context
+    from lmcompose.editing._forward import module_io as module_io
+    from lmcompose.editing._forward import module_values_at as module_values_at
+    from lmcompose.editing._forward import residual_after as residual_after
+    from lmcompose.editing._forward import residual_entering as residual_entering
+    from lmcompose.editing._forward import split_forward as split_forward
+    from lmcompose.editing._locate import bare_rows as bare_rows
+    from lmcompose.editing._locate import edit_keys as edit_keys
+    from lmcompose.editing._locate import iter_batches as iter_batches
+    from lmcompose.editing._locate import match_preset as match_preset
+    from lmcompose.editing._locate import model_shape as model_shape
+    from lmcompose.editing._locate import spread_residual as spread_residual
+    from lmcompose.editing._locate import template_key_mean as template_key_mean
+    from lmcompose.editing._locate import through_post_norm as through_post_norm
+    from lmcompose.editing._rows import Row as Row
+    from lmcompose.editing._rows import key_rows as key_rows
+    from lmcompose.editing._rows import length_groups as length_groups
+    from lmcompose.editing._rows import pad_id as pad_id
+    from lmcompose.editing._rows import pad_right as pad_right
+    from lmcompose.editing._rows import prefix_groups as prefix_groups
+    from lmcompose.editing._rows import rewrite_rows as rewrite_rows
+    from lmcompose.editing._rows import subject_last_index as subject_last_index
+    from lmcompose.editing._rows import target_ids as target_ids
+    from lmcompose.editing._vstar import STARTERS as STARTERS
+    from lmcompose.editing._vstar import VStarResult as VStarResult
+    from lmcompose.editing._vstar import context_templates as context_templates
+    from lmcompose.editing._vstar import kl_term as kl_term
+    from lmcompose.editing._vstar import optimize_vstar as optimize_vstar
+    from lmcompose.editing._vstar import row_adam as row_adam
 
 _WHERE = {
     **dict.fromkeys(
@@ -93,7 +138,7 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module 'lmcompose.editing' has no attribute {name!r}")

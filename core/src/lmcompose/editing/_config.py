@@ -3,11 +3,15 @@ for a model without one. Imports no torch: a study is validated without it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar, Union
 
 from lmcompose.errors import ConfigError, DataError
+
+#: a hyperparameter's value in a preset or a config (``layers``: a list of layer indices)
+HParamValue = Union[int, float, str, bool, list[int], tuple[int, ...], None]
+T = TypeVar("T")
 
 
 def check_edit_selection(n_edits: int | None, layers: list[int] | None) -> None:
@@ -29,7 +33,7 @@ def check_layers_exist(step: str, layers: list[int], n_layers: int) -> None:
         raise ConfigError(f"step '{step}': layers {bad} do not exist; this model has decoder layers 0-{n_layers - 1}")
 
 
-def select_edits(step: str, edits: list[Any], n_edits: int | None, batches: int) -> list[Any]:
+def select_edits(step: str, edits: Sequence[T], n_edits: int | None, batches: int) -> list[T]:
     """The first ``n_edits`` of the run's edits (all when None), refusing none at all, more
     than the run has, or more ``batches`` than edits."""
     records = list(edits)
@@ -62,7 +66,7 @@ class VStarSettings:
     kl_factor: float
 
     @classmethod
-    def of(cls, values: VStarSettings | Mapping[str, Any]) -> VStarSettings:
+    def of(cls, values: VStarSettings | Mapping[str, HParamValue]) -> VStarSettings:
         """These settings from resolved hyperparameters or a mapping with (at least) their names."""
         if isinstance(values, VStarSettings):
             return values
@@ -71,7 +75,7 @@ class VStarSettings:
             raise ConfigError(
                 f"v* settings lack {', '.join(missing)}: give every one of {', '.join(f.name for f in fields(cls))}"
             )
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
+        return cls(**{f.name: values[f.name] for f in fields(cls)})  # type: ignore[arg-type]  # as given
 
 
 H = TypeVar("H", bound="EditHParams")
@@ -91,7 +95,7 @@ class EditHParams(VStarSettings):
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def from_values(cls: type[H], values: Mapping[str, Any], where: str) -> H:
+    def from_values(cls: type[H], values: Mapping[str, HParamValue], where: str) -> H:
         """Resolved hyperparameters from a preset's values merged with the config's; ``where``
         names their source in the message for a missing or unknown one."""
         names = cls.names()
@@ -102,22 +106,26 @@ class EditHParams(VStarSettings):
         missing = [n for n in names if values.get(n) is None and n not in optional]
         if missing:
             raise ConfigError(f"{where}: no value for {', '.join(missing)}; set it in the step's config")
-        out: dict[str, Any] = {}
+        out: dict[str, HParamValue] = {}
         for f in fields(cls):
             v = values.get(f.name)
             if f.name == "layers":
+                if not isinstance(v, list | tuple):
+                    raise ConfigError(f"{where}: layers={v!r} must be a list of decoder layer indices")
                 out[f.name] = tuple(sorted(int(i) for i in v))
             elif v is None:
                 out[f.name] = None
+            elif isinstance(v, list | tuple):
+                raise ConfigError(f"{where}: {f.name}={v!r} must be a single value, not a list")
             elif str(f.type).startswith("int"):
                 out[f.name] = int(v)
             elif str(f.type).startswith("float"):
                 out[f.name] = float(v)
             else:
                 out[f.name] = v
-        return cls(**out)
+        return cls(**out)  # type: ignore[arg-type]  # each value converted to its field's type above
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         """Plain values for a report (layers as a list)."""
         d = asdict(self)
         d["layers"] = list(self.layers)
@@ -242,7 +250,7 @@ class Preset:
     model_type: str
     num_layers: int
     hidden_size: int
-    values: dict[str, Any]
+    values: dict[str, HParamValue]
 
 
 #: families whose optimisation settings follow EasyEdit's Llama values (clamp 4, decay 1e-3)

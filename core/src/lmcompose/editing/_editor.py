@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
-from lmcompose.editing._config import EditHParams, check_layers_exist, select_edits
+from lmcompose.api import Context, EditRecord, Intervention, StepReport, StrengthKnob
+from lmcompose.editing._config import EditHParams, HParamValue, check_layers_exist, select_edits
 
 if TYPE_CHECKING:
     import torch
@@ -37,10 +37,10 @@ class LocateThenEdit(Intervention):
         return self.config.stats_from == "base"
 
     # ------------------------------------------------------------------ method-specific
-    def preset_for(self, lm: LM) -> tuple[str, dict[str, Any]]:
+    def preset_for(self, lm: LM) -> tuple[str, dict[str, HParamValue]]:
         raise NotImplementedError
 
-    def begin(self, lm: LM, hp: EditHParams, covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
+    def begin(self, lm: LM, hp: EditHParams, covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, object]:
         """Prepare the method's state for this step (covariances by layer); returns details for the report."""
         return {}
 
@@ -48,7 +48,7 @@ class LocateThenEdit(Intervention):
         """The (d_out, d_in) change of ``layer``'s projection for keys (d_in, n) and residuals (d_out, n)."""
         raise NotImplementedError
 
-    def end_batch(self, lm: LM, batch: Sequence[Any], templates: Sequence[str], layers: Sequence[int]) -> None:
+    def end_batch(self, lm: LM, batch: Sequence[EditRecord], templates: Sequence[str], layers: Sequence[int]) -> None:
         """After a batch is written (the weights hold it)."""
 
     # ------------------------------------------------------------------ shared
@@ -167,7 +167,12 @@ class LocateThenEdit(Intervention):
         return rep
 
     def write(
-        self, lm: LM, batch: Sequence[Any], targets: torch.Tensor, templates: Sequence[str], layers: Sequence[int]
+        self,
+        lm: LM,
+        batch: Sequence[EditRecord],
+        targets: torch.Tensor,
+        templates: Sequence[str],
+        layers: Sequence[int],
     ) -> dict[str, float]:
         """Spread one batch's v* targets over ``layers`` with this method's ``solve``."""
         from lmcompose.editing._locate import spread_residual

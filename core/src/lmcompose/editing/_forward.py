@@ -5,21 +5,26 @@ sequence split at the subject's last token so the prefix runs once (``split_forw
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 import torch
 
-from lmcompose.calibration import StopForward, call_layer, layer_call_arguments
+from lmcompose.calibration import LayerCall, StopForward, call_layer, layer_call_arguments
 from lmcompose.editing._rows import Row, length_groups, pad_id, pad_right
 from lmcompose.models.arch import decoder_layers, get_path
 
 if TYPE_CHECKING:
+    from transformers import DynamicCache
+
     from lmcompose.models.handle import LM
 
+#: a forward pre-hook that takes keyword arguments (``register_forward_pre_hook(..., with_kwargs=True)``)
+KwargsPreHook = Callable[[torch.nn.Module, tuple[object, ...], dict[str, object]], None]
 
-def compute_context(lm: LM, compute_dtype: str) -> contextlib.AbstractContextManager:
+
+def compute_context(lm: LM, compute_dtype: str) -> contextlib.AbstractContextManager[object]:
     """Autocast for the forward passes: bfloat16 on GPU by default, else none."""
     dev = lm.device.type
     if compute_dtype == "bfloat16" or (compute_dtype == "auto" and dev == "cuda"):
@@ -29,17 +34,19 @@ def compute_context(lm: LM, compute_dtype: str) -> contextlib.AbstractContextMan
 
 @torch.no_grad()
 def module_io(
-    lm: LM, module: Any, ids: torch.Tensor, which: str, compute_dtype: str = "auto", **forward: Any
+    lm: LM, module: torch.nn.Module, ids: torch.Tensor, which: str, compute_dtype: str = "auto", **forward: object
 ) -> torch.Tensor:
     """The input (``which='input'``) or output of ``module`` for a forward of ``ids``,
     stopped right there; ``forward`` goes to the model (default ``use_cache=False``)."""
     got: dict[str, torch.Tensor] = {}
 
-    def grab_input(_m, args, kwargs):
+    def grab_input(_m: torch.nn.Module, args: tuple[torch.Tensor, ...], kwargs: dict[str, torch.Tensor]) -> None:
         got["x"] = args[0] if args else kwargs["hidden_states"]
         raise StopForward
 
-    def grab_output(_m, _args, output):
+    def grab_output(
+        _m: torch.nn.Module, _args: tuple[object, ...], output: torch.Tensor | tuple[torch.Tensor, ...]
+    ) -> None:
         got["x"] = output[0] if isinstance(output, tuple | list) else output
         raise StopForward
 
@@ -93,13 +100,13 @@ class Tail:
         self.softcap = getattr(lm.model.config, "final_logit_softcapping", None)
         # the model's own dtype: the optimisation keeps its residual (and v*) in float32, and a
         # bf16 or fp16 model's layers and head take their inputs in their dtype
-        self.dtype = self.head.weight.dtype
-        self._calls: dict[int, list[Any]] = {}
+        self.dtype = cast(torch.Tensor, self.head.weight).dtype
+        self._calls: dict[int, list[LayerCall]] = {}
         # offloaded (accelerate onloads each layer per call): recompute each layer in the backward
         # pass instead of keeping its onloaded weights alive for it, so v* holds one layer at a time
         self.recompute = bool(getattr(lm, "offloaded", False))
 
-    def run_layer(self, layer: Any, h: torch.Tensor, call: Any) -> torch.Tensor:
+    def run_layer(self, layer: torch.nn.Module, h: torch.Tensor, call: LayerCall) -> torch.Tensor:
         h = h.to(self.dtype)
         if self.recompute and torch.is_grad_enabled() and h.requires_grad:
             from torch.utils.checkpoint import checkpoint
@@ -107,7 +114,7 @@ class Tail:
             return checkpoint(call_layer, layer, h, call, use_reentrant=False)
         return call_layer(layer, h, call)
 
-    def calls(self, width: int) -> list[Any]:
+    def calls(self, width: int) -> list[LayerCall]:
         if width not in self._calls:
             ids = torch.full((1, width), pad_id(self.lm.tokenizer), dtype=torch.long)
             self._calls[width] = layer_call_arguments(self.lm, ids)[self.z + 1 :]
@@ -130,7 +137,7 @@ class Tail:
         else:
             kv = PrefixKV(split.prefix_kv, sel)
 
-            def put(v: Any) -> Any:
+            def put(v: object) -> object:
                 return kv if v is CACHE else v
 
             for layer, (args, kwargs) in zip(self.layers, split.calls, strict=True):
@@ -153,7 +160,9 @@ class PrefixKV:
         self.prefix_kv = prefix_kv
         self.sel = sel
 
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *_args: Any, **_kwargs: Any):
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *_args: object, **_kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if layer_idx not in self.prefix_kv:  # no prefix: attention sees the suffix only
             return key, value
         pk, pv = self.prefix_kv[layer_idx]
@@ -169,20 +178,20 @@ class SplitGroup:
 
     h0: torch.Tensor  # (rows, suffix width, hidden)
     prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]]
-    calls: list[tuple[tuple[Any, ...], dict[str, Any]]]  # for layers z+1.., the cache as CACHE
+    calls: list[LayerCall]  # for layers z+1.., the cache as CACHE
 
 
 CACHE = object()  # where a layer's call takes the cache
 
 
-def _cache_argument(model: Any) -> str:
+def _cache_argument(model: torch.nn.Module) -> str:
     import inspect
 
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _is_cache(value: Any) -> bool:
+def _is_cache(value: object) -> bool:
     from transformers.cache_utils import Cache
 
     return isinstance(value, Cache)
@@ -196,12 +205,13 @@ def split_forward(
     output of decoder layer ``z``; keep the prefix keys and values of the layers above z
     and the layer arguments of one row's suffix."""
     from transformers import DynamicCache
+    from transformers.cache_utils import CacheLayerMixin
 
     layers = decoder_layers(lm.model, lm.arch)
     dev = lm.device
     name = _cache_argument(lm.model)
 
-    def prefilled(ids: torch.Tensor) -> Any:
+    def prefilled(ids: torch.Tensor) -> DynamicCache:
         cache = DynamicCache(config=lm.model.config)
         if ids.shape[1]:
             lm.model(ids.to(dev), use_cache=True, **{name: cache})
@@ -213,13 +223,18 @@ def split_forward(
         if prefix.shape[1]:
             for i in range(z + 1, len(layers)):
                 cl = cache.layers[i]
+                if not isinstance(cl, CacheLayerMixin) or cl.keys is None or cl.values is None:
+                    raise ValueError(
+                        f"decoder layer {i} of {lm.arch.name!r} keeps no keys and values in the cache (not an "
+                        "attention layer); split_forward needs attention layers above the edited one"
+                    )
                 kv[i] = (cl.keys, cl.values)
         h0 = module_io(lm, layers[z], suffix, "output", compute_dtype, use_cache=True, **{name: cache})
 
-        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((), {}) for _ in layers[z + 1 :]]
+        calls: list[LayerCall] = [((), {}) for _ in layers[z + 1 :]]
 
-        def keep(j: int):
-            def hook(_module, args, kwargs):
+        def keep(j: int) -> KwargsPreHook:
+            def hook(_module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
                 kept = {k: CACHE if _is_cache(v) else v for k, v in kwargs.items() if k != "hidden_states"}
                 calls[j] = (tuple(CACHE if _is_cache(a) else a for a in args[1:]), kept)
 

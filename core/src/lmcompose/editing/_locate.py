@@ -13,15 +13,18 @@ statistics service (``lmcompose.stats``), of the model being edited or of the ba
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 import torch
 
-from lmcompose.editing._config import Preset
+from lmcompose.api import EditRecord
+from lmcompose.editing._config import HParamValue, Preset
 from lmcompose.editing._forward import module_values_at
 from lmcompose.editing._rows import Row, key_rows, subject_last_index
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from lmcompose.models.handle import LM
 
 
@@ -36,7 +39,7 @@ def template_key_mean(k_all: torch.Tensor, n_edits: int, n_templates: int) -> to
 
 
 @torch.no_grad()
-def through_post_norm(norm: Any, offset: float, out: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+def through_post_norm(norm: torch.nn.Module, offset: float, out: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
     """The change of ``out`` (rows, hidden), the input of an RMS norm ``x / rms(x) * (offset
     + weight)``, that moves the norm's output as close as it can go to ``norm(out) + change``.
 
@@ -52,10 +55,11 @@ def through_post_norm(norm: Any, offset: float, out: torch.Tensor, change: torch
     (Before lmcompose 0.3 this divided y by g and rescaled, y / rms(y / g): exact for an
     output the norm can give, but for a large change on Gemma-3-270M, whose g has entries
     near 0, those few coordinates took all of v and the MLP's other output was erased.)"""
-    dev = norm.weight.device
+    weight = cast(torch.Tensor, norm.weight)
+    dev = weight.device
     x = out.to(dev).double()
-    g = (offset + norm.weight.detach().double()).expand_as(x)
-    y = norm(x.to(norm.weight.dtype)).double() + change.to(dev).double()
+    g = (offset + weight.detach().double()).expand_as(x)
+    y = norm(x.to(weight.dtype)).double() + change.to(dev).double()
     d = x.shape[-1]
 
     def v_of(mu: torch.Tensor) -> torch.Tensor:
@@ -99,7 +103,7 @@ def iter_batches(n: int, size: int, count: int = 0) -> Iterator[range]:
         yield range(s, min(n, s + size))
 
 
-def bare_rows(tok: Any, records: Sequence[Any]) -> list[Row]:
+def bare_rows(tok: PreTrainedTokenizerBase, records: Sequence[EditRecord]) -> list[Row]:
     """One row per edit: its prompt, looked up at the subject's last token."""
     return [
         Row(*subject_last_index(tok, r.prompt, r.prompt.index(r.subject) + len(r.subject)), e)
@@ -109,7 +113,7 @@ def bare_rows(tok: Any, records: Sequence[Any]) -> list[Row]:
 
 def edit_keys(
     lm: LM,
-    records: Sequence[Any],
+    records: Sequence[EditRecord],
     templates: Sequence[str],
     module_name: str,
     max_tokens: int,
@@ -125,7 +129,7 @@ def edit_keys(
 
 def spread_residual(
     lm: LM,
-    batch: Sequence[Any],
+    batch: Sequence[EditRecord],
     targets: torch.Tensor,
     templates: Sequence[str],
     layers: Sequence[int],
@@ -171,13 +175,18 @@ def model_shape(lm: LM) -> tuple[str, int, int, int]:
     cfg = lm.model.config
     layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
     hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
+    if layers is None or hidden is None:
+        raise ValueError(
+            f"{cfg.model_type}: its config gives no layer count (num_hidden_layers, n_layer) or hidden size "
+            "(hidden_size, n_embd); the editors' presets are matched by them"
+        )
     d_ff = weight_matrix(lm.model.get_submodule(f"{lm.arch.layers}.0.{lm.arch.mlp_out}")).shape[1]
     return str(cfg.model_type), int(layers), int(hidden), int(d_ff)
 
 
 def match_preset(
-    lm: LM, presets: Sequence[Preset], rule: Callable[[int, str, int], dict[str, Any]]
-) -> tuple[str, dict[str, Any]]:
+    lm: LM, presets: Sequence[Preset], rule: Callable[[int, str, int], dict[str, HParamValue]]
+) -> tuple[str, dict[str, HParamValue]]:
     """(where the values come from, the values) for ``lm``: the preset of its shape, else
     ``rule(num_layers, model_type, d_ff)``."""
     model_type, layers, hidden, d_ff = model_shape(lm)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from lmcompose.api import EditRecord
 from lmcompose.metrics.edits import target_text
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
-def subject_last_index(tok: Any, text: str, subject_end: int) -> tuple[list[int], int]:
+
+def subject_last_index(tok: PreTrainedTokenizerBase, text: str, subject_end: int) -> tuple[list[int], int]:
     """Token ids of ``text`` (with the tokenizer's special tokens) and the index of the token
     holding the subject's last character (``subject_end`` is a character offset)."""
     if getattr(tok, "is_fast", False):
@@ -40,14 +43,14 @@ class Row:
     target_ids: list[int] = field(default_factory=list)
 
 
-def target_ids(tok: Any, record: EditRecord) -> list[int]:
+def target_ids(tok: PreTrainedTokenizerBase, record: EditRecord) -> list[int]:
     ids = tok(target_text(record.prompt, record.target_new), add_special_tokens=False).input_ids
     if not ids:
         raise ValueError(f"edit {record.case_id!r}: target {record.target_new!r} tokenizes to nothing")
     return list(ids)
 
 
-def rewrite_rows(tok: Any, records: Sequence[EditRecord], templates: Sequence[str]) -> list[Row]:
+def rewrite_rows(tok: PreTrainedTokenizerBase, records: Sequence[EditRecord], templates: Sequence[str]) -> list[Row]:
     """Every (edit, context template) with the target's first tokens appended, then one
     '{subject} is a' row per edit for the KL term (MEMIT compute_z)."""
     rows: list[Row] = []
@@ -66,7 +69,7 @@ def rewrite_rows(tok: Any, records: Sequence[EditRecord], templates: Sequence[st
     return rows
 
 
-def key_rows(tok: Any, records: Sequence[EditRecord], templates: Sequence[str]) -> list[Row]:
+def key_rows(tok: PreTrainedTokenizerBase, records: Sequence[EditRecord], templates: Sequence[str]) -> list[Row]:
     """Every (edit, context template) prompt without the target (MEMIT compute_ks)."""
     rows = []
     for e, r in enumerate(records):
@@ -115,7 +118,7 @@ def pad_right(seqs: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
     return out
 
 
-def pad_id(tok: Any) -> int:
+def pad_id(tok: PreTrainedTokenizerBase) -> int:
     for v in (tok.pad_token_id, tok.eos_token_id, 0):
         if v is not None:
             return int(v)

@@ -22,13 +22,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
 from lmcompose.interventions.common import selected_layers
 
 if TYPE_CHECKING:
+    import torch
+
     from lmcompose.models.handle import LM
+    from lmcompose.quant import QuantGrid
+
+#: a method's statistics of one projection's calibration inputs (a Gram matrix, input norms)
+S = TypeVar("S")
 
 __all__ = [
     "LayerwiseCalibrated",
@@ -41,23 +47,26 @@ __all__ = [
 ]
 
 
-class LayerwiseCalibrated(Intervention):
-    """Run the layer-sequential pipeline; subclasses change each layer in ``process_layer``."""
+class LayerwiseCalibrated(Intervention, Generic[S]):
+    """Run the layer-sequential pipeline; subclasses change each layer in ``process_layer``
+    (``S``: the type of their statistics, what ``new_stats`` makes)."""
 
-    def new_stats(self, name: str, module: Any, in_features: int) -> Any:  # pragma: no cover
+    def new_stats(self, name: str, module: torch.nn.Module, in_features: int) -> S:  # pragma: no cover
         raise NotImplementedError
 
-    def observe(self, stats: Any, x: Any) -> None:  # pragma: no cover
+    def observe(self, stats: S, x: torch.Tensor) -> None:  # pragma: no cover
         raise NotImplementedError
 
     def process_layer(
-        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]
+        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], S], messages: list[str]
     ) -> None:  # pragma: no cover
         """Change the projections ``names`` of decoder layer ``index``; ``stats_of(name)`` gives
         the statistics of a projection's inputs (shared between projections fed one tensor)."""
         raise NotImplementedError
 
-    def calibrate(self, lm: LM, ctx: Context, layers: list[tuple[str, Any]], description: str) -> tuple[Any, list[str]]:
+    def calibrate(
+        self, lm: LM, ctx: Context, layers: list[tuple[str, torch.nn.Module]], description: str
+    ) -> tuple[torch.Tensor, list[str]]:
         """Run the pipeline over ``layers``; return the calibration windows and the messages."""
         from lmcompose.calibration import (
             layer_module_names,
@@ -66,26 +75,27 @@ class LayerwiseCalibrated(Intervention):
         )
 
         windows = ctx.calibration_batches(lm, self.config.n_samples, self.config.seqlen)
-        stats: dict[str, Any] = {}
+        stats: dict[str, S] = {}
         owner: dict[str, str] = {}  # projections fed the very same tensor share statistics
-        previous: dict[str, Any] = {}
+        previous: list[tuple[str, torch.Tensor]] = []  # the last input seen, and whose it was
         messages: list[str] = []
         names_of = layer_module_names(lm, layers)
 
-        def observe(_i: int, name: str, x: Any) -> None:
+        def observe(_i: int, name: str, x: torch.Tensor) -> None:
             if name not in owner:
-                prev = previous.get("x")
+                prev = previous[0] if previous else None
                 # `previous` keeps the last input alive, so an equal pointer means the same storage
-                same = (
+                if (
                     prev is not None
-                    and x.data_ptr() == prev.data_ptr()
-                    and x.shape == prev.shape
-                    and x.stride() == prev.stride()
-                )
-                owner[name] = owner[previous["name"]] if same else name
-                if not same:
+                    and x.data_ptr() == prev[1].data_ptr()
+                    and x.shape == prev[1].shape
+                    and x.stride() == prev[1].stride()
+                ):
+                    owner[name] = owner[prev[0]]
+                else:
+                    owner[name] = name
                     stats[name] = self.new_stats(name, lm.model.get_submodule(name), x.shape[-1])
-            previous["x"], previous["name"] = x, name
+            previous[:] = [(name, x)]
             if owner[name] == name:
                 self.observe(stats[name], x)
 
@@ -106,28 +116,30 @@ class LayerwiseCalibrated(Intervention):
         return windows, messages
 
 
-class LayerwisePruner(LayerwiseCalibrated):
+class LayerwisePruner(LayerwiseCalibrated[S]):
     """Prune each selected projection from statistics of its calibration inputs."""
 
     kind = "prune"
     strength = StrengthKnob("sparsity", 0.0, 1.0, high_inclusive=False)
 
-    def __init__(self, config: Any = None):
+    def __init__(self, config: object = None):
         super().__init__(config)
-        self.masks: dict[str, Any] = {}
+        self.masks: dict[str, torch.Tensor] = {}
         self._per_layer: dict[str, float] = {}
 
-    def prune_weight(self, name: str, w: Any, stats: Any, messages: list[str]) -> Any:  # pragma: no cover
+    def prune_weight(
+        self, name: str, w: torch.Tensor, stats: S, messages: list[str]
+    ) -> torch.Tensor:  # pragma: no cover
         """Prune ``w`` (out, in; a view into the model) in place; return the keep mask."""
         raise NotImplementedError
 
     def process_layer(
-        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]
+        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], S], messages: list[str]
     ) -> None:
         for name in names:
             self.record_mask(lm, name, self.prune_weight(name, lm.weight(name), stats_of(name), messages))
 
-    def record_mask(self, lm: LM, name: str, keep: Any) -> None:
+    def record_mask(self, lm: LM, name: str, keep: torch.Tensor) -> None:
         """Keep ``keep`` (True = kept) as ``name``'s mask for project() and the report."""
         self.masks[name] = keep
         lm.record_keep_mask(name, keep)
@@ -155,7 +167,7 @@ class LayerwisePruner(LayerwiseCalibrated):
         lm.rezero(self.masks)
 
 
-class LayerwiseQuantizer(LayerwiseCalibrated):
+class LayerwiseQuantizer(LayerwiseCalibrated[S]):
     """Quantize the selected projections layer by layer from statistics of their inputs.
 
     Subclasses implement ``quantize_layer``: change the weights of one decoder layer's
@@ -167,23 +179,23 @@ class LayerwiseQuantizer(LayerwiseCalibrated):
     kind = "quantize"
     strength = StrengthKnob("bits", 2, 8, increasing=False, integer=True)
 
-    def __init__(self, config: Any = None):
+    def __init__(self, config: object = None):
         super().__init__(config)
-        self.grids: dict[str, Any] = {}
+        self.grids: dict[str, QuantGrid] = {}
 
     def quantize_layer(
-        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]
-    ) -> dict[str, Any]:  # pragma: no cover
+        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], S], messages: list[str]
+    ) -> dict[str, QuantGrid]:  # pragma: no cover
         raise NotImplementedError
 
     def process_layer(
-        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]
+        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], S], messages: list[str]
     ) -> None:
         for name, grid in self.quantize_layer(lm, index, names, stats_of, messages).items():
             self.grids[name] = grid
             lm.layer_state(name).quant = grid
 
-    def details(self) -> dict[str, Any]:
+    def details(self) -> dict[str, object]:
         """Method-specific report fields (beside bits, group size, layers, calibration)."""
         return {}
 
@@ -211,7 +223,7 @@ class LayerwiseQuantizer(LayerwiseCalibrated):
 
 
 # -- config fields shared by the layer-wise quantizers (same meaning as rtn's) ------------
-def groups_sharing_stats(names: list[str], stats_of: Callable[[str], Any]) -> list[list[str]]:
+def groups_sharing_stats(names: list[str], stats_of: Callable[[str], object]) -> list[list[str]]:
     """``names`` grouped by their statistics object, in order: projections fed the same
     tensor (q/k/v, gate/up) share one, so a solver that treats rows alone given H can stack
     a group into one sweep (GPTQ, SparseGPT)."""
@@ -221,13 +233,13 @@ def groups_sharing_stats(names: list[str], stats_of: Callable[[str], Any]) -> li
     return list(shared.values())
 
 
-def bits_field(default: int = 4) -> Any:
+def bits_field(default: int = 4) -> int:
     from dataclasses import field
 
     return field(default=default, metadata={"help": "bits per weight, 2 to 8"})
 
 
-def group_size_field(default: int = 128) -> Any:
+def group_size_field(default: int = 128) -> int:
     from dataclasses import field
 
     return field(
@@ -239,7 +251,7 @@ def group_size_field(default: int = 128) -> Any:
     )
 
 
-def symmetric_field(default: bool = False) -> Any:
+def symmetric_field(default: bool = False) -> bool:
     from dataclasses import field
 
     return field(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from lmcompose.errors import ConfigError
 
 if TYPE_CHECKING:
+    from torch.nn import Module
+
     from lmcompose.models.handle import LM
 
 __all__ = [
@@ -23,7 +26,7 @@ __all__ = [
 ]
 
 
-def targets_field() -> Any:
+def targets_field() -> list[str]:
     return field(
         default_factory=list,
         metadata={
@@ -33,11 +36,21 @@ def targets_field() -> Any:
     )
 
 
-def ignore_field() -> Any:
+def ignore_field() -> list[str]:
     return field(default_factory=list, metadata={"help": "projections to leave alone (same patterns as targets)"})
 
 
-def selected_layers(lm: LM, config: Any, step: str) -> list[tuple[str, Any]]:
+class TargetedConfig(Protocol):
+    """A compressor config that picks projections by name (``targets_field``, ``ignore_field``)."""
+
+    @property
+    def targets(self) -> Sequence[str]: ...
+
+    @property
+    def ignore(self) -> Sequence[str]: ...
+
+
+def selected_layers(lm: LM, config: TargetedConfig, step: str) -> list[tuple[str, Module]]:
     layers = lm.target_layers(config.targets, config.ignore)
     if not layers:
         raise ConfigError(
@@ -52,24 +65,24 @@ class Timer:
         self.start = time.perf_counter()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.elapsed = time.perf_counter() - self.start
 
 
-def n_samples_field() -> Any:
+def n_samples_field() -> int | None:
     return field(
         default=None, metadata={"help": "calibration windows (default: the run's, 128)", "range": (1, 1 << 20)}
     )
 
 
-def seqlen_field() -> Any:
+def seqlen_field() -> int | None:
     return field(
         default=None,
         metadata={"help": "tokens per calibration window (default: the run's, 512)", "range": (2, 1 << 20)},
     )
 
 
-def sparsity_field() -> Any:
+def sparsity_field() -> float | None:
     return field(
         default=None,
         metadata={
@@ -79,7 +92,7 @@ def sparsity_field() -> Any:
     )
 
 
-def structure_field() -> Any:
+def structure_field() -> str:
     return field(
         default="unstructured",
         metadata={

@@ -18,33 +18,47 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from lmcompose.api import Context, Metric
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from lmcompose.models.handle import LM
+    from lmcompose.quant import QuantGrid
 
 DENSE_BITS = 16
 
 
-def pruned_count(w: Any, state: Any) -> int:
+class CompressionState(Protocol):
+    """What compressors recorded for a weight matrix (a :class:`lmcompose.models.handle.LayerCompression`)."""
+
+    @property
+    def keep_mask(self) -> Tensor | None: ...
+
+    @property
+    def quant(self) -> QuantGrid | None: ...
+
+
+def pruned_count(w: Tensor, state: CompressionState | None) -> int:
     """Weights a pruner removed: where the layer's keep-mask is False and the weight is still
     0. Without a mask, every exact zero of an unquantized layer (a pruned checkpoint loaded
     as it is) and none of a quantized one (its zeros are grid values a quantizer rounded to)."""
-    mask = getattr(state, "keep_mask", None)
+    mask = state.keep_mask if state is not None else None
     if mask is not None:
         return int(((~mask) & (w == 0)).sum())
-    if getattr(state, "quant", None) is None:
+    if state is None or state.quant is None:
         return int((w == 0).sum())
     return 0
 
 
-def layer_bits(w: Any, state: Any) -> tuple[float, int, int]:
+def layer_bits(w: Tensor, state: CompressionState | None) -> tuple[float, int, int]:
     """(storage bits, pruned weights, numel) of one weight matrix under the rules above."""
     n = w.numel()
     pruned = pruned_count(w, state)
-    quant = getattr(state, "quant", None)
+    quant = state.quant if state is not None else None
+    value_bits: float
     if quant is not None and quant.on_grid(w):
         value_bits, overhead = quant.bits, quant.overhead_bits
     else:
@@ -55,7 +69,7 @@ def layer_bits(w: Any, state: Any) -> tuple[float, int, int]:
 def compression_summary(lm: LM) -> dict[str, float]:
     total_bits = 0.0
     zeros = numel = 0
-    linear_names = set()
+    linear_names: set[str] = set()
     for name, _module in lm.linear_layers():
         with lm.onloaded(name, write=False):
             b, pruned, n = layer_bits(lm.weight(name), lm.compression.get(name))
@@ -82,11 +96,11 @@ class AverageBits(Metric):
     keys = ("avg_bits", "sparsity", "param_bytes")
     higher_is_better = {"avg_bits": False, "sparsity": None, "param_bytes": False}
 
-    def compute(self, lm: LM, ctx: Context) -> dict[str, Any]:
+    def compute(self, lm: LM, ctx: Context) -> dict[str, float | None]:
         import torch
 
         with torch.no_grad():
-            out = compression_summary(lm)
+            out: dict[str, float | None] = dict(compression_summary(lm))
         out.pop("compressed_params")
         return out
 
@@ -110,8 +124,9 @@ class Flops(Metric):
     keys = ("flops", "flops_dense", "latency_ms")
     higher_is_better = {"flops": False, "flops_dense": None, "latency_ms": False}
     Config = FlopsConfig
+    config: FlopsConfig
 
-    def compute(self, lm: LM, ctx: Context) -> dict[str, Any]:
+    def compute(self, lm: LM, ctx: Context) -> dict[str, float | None]:
         import torch
         from torch.utils.flop_counter import FlopCounterMode
 

@@ -13,12 +13,21 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union, cast
 
 from lmcompose.api import PER_EDIT_KEY, Context, EditRecord, Metric
 
 if TYPE_CHECKING:
+    import torch
     from torch import Tensor
+    from transformers import (
+        DynamicCache,
+        GenerationConfig,
+        GenerationMixin,
+        PretrainedConfig,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+    )
 
     from lmcompose.metrics._multi_hop import MultiHopProtocol
     from lmcompose.models.handle import LM
@@ -41,6 +50,24 @@ LOCALITY_ALIASES = {"drift": "preservation"}
 RENAMED_LOCALITY_SCORERS = {"f1": "neighbour_knowledge", "accuracy": "neighbour_knowledge_accuracy"}
 #: what the base-model reference of locality preservation holds (kept in Context.references)
 REFERENCE_KIND = "locality_answer_argmax"
+
+
+class _ForcedScore(TypedDict):
+    nll: float
+    accuracy: float
+    target_argmax: list[int]
+
+
+class ForcedScore(_ForcedScore, total=False):
+    """What :meth:`Scorer.teacher_forced` gives for one (prompt, target): the target's mean
+    token NLL, token accuracy, the argmax at each position that predicts a target token, and
+    (where asked for) the argmax at every predicted position of prompt + target."""
+
+    argmax: list[int]
+
+
+#: an attention mask the decoder takes: 2D padding, a prepared 4D mask, or one per layer kind
+AttentionMask = Union["Tensor", dict[str, "Tensor"]]
 
 
 @dataclass
@@ -139,9 +166,7 @@ class Scorer:
         t = self.tok(target_text(prompt, target), add_special_tokens=False).input_ids
         return list(self._prompt_ids[prompt]), t
 
-    def teacher_forced(
-        self, pairs: list[tuple[str, str]], full_argmax: bool | list[bool] = True
-    ) -> list[dict[str, Any]]:
+    def teacher_forced(self, pairs: list[tuple[str, str]], full_argmax: bool | list[bool] = True) -> list[ForcedScore]:
         """For each (prompt, target): mean token NLL of the target (``nll``), token accuracy
         (``accuracy``), the argmax at each position that predicts a target token
         (``target_argmax``) and, where ``full_argmax`` asks (one flag, or one per pair), the
@@ -170,7 +195,7 @@ class Scorer:
             for j, (p, _t) in enumerate(encoded):
                 by_prompt.setdefault(tuple(p), []).append(j)
             prompts = sorted(by_prompt, key=len)
-            scored: dict[int, dict[str, Any]] = {}
+            scored: dict[int, ForcedScore] = {}
             for start in range(0, len(prompts), self.batch_size):
                 chunk = prompts[start : start + self.batch_size]
                 self._branched(chunk, [by_prompt[p] for p in chunk], encoded, wants, scored)
@@ -186,7 +211,7 @@ class Scorer:
         encoded: list[tuple[list[int], list[int]]],
         wants: list[bool],
         layout: tuple[frozenset[str], int | None],
-    ) -> list[dict[str, Any]]:
+    ) -> list[ForcedScore]:
         """Each distinct prompt and its distinct targets packed into rows (:func:`_pack_rows`),
         rows sorted by length and batched by a token budget: a forward holds at most
         ``batch_size`` times the longest (prompt + target) of the call, padding included,
@@ -197,7 +222,7 @@ class Scorer:
         longest = max(len(p) + max(len(t) - 1, 0) for p, t in encoded)
         budget = self.batch_size * longest
         rows = sorted(_pack_rows(encoded, min(_ROW_PAIRS, self.batch_size) * longest), key=lambda r: r.length)
-        scored: dict[int, dict[str, Any]] = {}
+        scored: dict[int, ForcedScore] = {}
         batch: list[_Row] = []
         for row in rows:
             if batch and (len(batch) + 1) * row.length > budget:
@@ -212,7 +237,7 @@ class Scorer:
         rows: list[_Row],
         wants: list[bool],
         layout: tuple[frozenset[str], int | None],
-        scored: dict[int, dict[str, Any]],
+        scored: dict[int, ForcedScore],
     ) -> None:
         """One decoder forward over ``rows`` (right-padded), the LM head at each prompt's last
         position (it predicts every target's first token), at every target position (each
@@ -272,7 +297,7 @@ class Scorer:
             got = read_argmax[at : at + length]
             at += length
             for j in js:
-                out = {"nll": nll[k], "accuracy": accuracy[k], "target_argmax": list(got)}
+                out: ForcedScore = {"nll": nll[k], "accuracy": accuracy[k], "target_argmax": list(got)}
                 if wants[j]:
                     out["argmax"] = every_argmax[first:last] + got
                 scored[j] = out
@@ -283,7 +308,7 @@ class Scorer:
         members: list[list[int]],
         encoded: list[tuple[list[int], list[int]]],
         wants: list[bool],
-        scored: dict[int, dict[str, Any]],
+        scored: dict[int, ForcedScore],
     ) -> None:
         """Score the pairs ``members[i]`` of each prompt ``prompts[i]`` into ``scored``: the
         prompts run once (left-padded, so a sliding window sees no padding between a prompt and
@@ -323,6 +348,7 @@ class Scorer:
         after: tuple[Tensor, ...] = ()
         if branch > 0:
             sel = torch.tensor([i for i, _j in pairs])
+            assert cache is not None  # made above when branch > 0
             cache.batch_select_indices(sel.to(dev))
             cont = torch.full((len(pairs), branch), self.pad, dtype=torch.long)
             cont_mask = torch.zeros((len(pairs), branch), dtype=torch.long)
@@ -341,7 +367,7 @@ class Scorer:
             tgt = torch.tensor(t, device=at_target.device)
             token_logp = at_target.gather(-1, tgt[:, None])[:, 0] - torch.logsumexp(at_target, -1)
             target_argmax = at_target.argmax(-1)
-            out = {
+            out: ForcedScore = {
                 "nll": float(-token_logp.mean()),
                 "accuracy": float((target_argmax == tgt).float().mean()),
                 "target_argmax": target_argmax.tolist(),
@@ -352,12 +378,12 @@ class Scorer:
 
     def _teacher_forced_per_pair(
         self, encoded: list[tuple[list[int], list[int]]], wants: list[bool]
-    ) -> list[dict[str, Any]]:
+    ) -> list[ForcedScore]:
         """The earlier path: every (prompt, target) its own right-padded sequence, the LM head
         and log-softmax over every position."""
         torch = self.torch
         order = sorted(range(len(encoded)), key=lambda j: len(encoded[j][0]) + len(encoded[j][1]))
-        scored: dict[int, dict[str, Any]] = {}
+        scored: dict[int, ForcedScore] = {}
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             seqs = [encoded[j][0] + encoded[j][1] for j in batch]
@@ -464,13 +490,17 @@ class Scorer:
             for i, p in enumerate(chunk):
                 ids[i, width - len(p) :] = torch.tensor(p)
                 mask[i, width - len(p) :] = 1
-            gen = self.lm.model.generate(
-                input_ids=ids.to(self.lm.device),
-                attention_mask=mask.to(self.lm.device),
-                max_new_tokens=max(want),
-                do_sample=False,
-                pad_token_id=self.pad,
-            )[:, width:].cpu()
+            gen = (
+                _generating(self.lm.model)
+                .generate(
+                    input_ids=ids.to(self.lm.device),
+                    attention_mask=mask.to(self.lm.device),
+                    max_new_tokens=max(want),
+                    do_sample=False,
+                    pad_token_id=self.pad,
+                )[:, width:]
+                .cpu()
+            )
             for i, n in enumerate(want):
                 row = gen[i, :n].tolist()
                 ends = [k for k, t in enumerate(row) if t in stop]
@@ -506,10 +536,10 @@ class Scorer:
     def _text_until(self, tokens: list[int], finished: Callable[[str], bool]) -> str:
         """The decoded text of ``tokens`` up to the first token after which ``finished`` holds."""
         for n in range(1, len(tokens) + 1):
-            text = self.tok.decode(tokens[:n], skip_special_tokens=True)
+            text = _decode(self.tok, tokens[:n], skip_special_tokens=True)
             if finished(text):
                 return text
-        return self.tok.decode(tokens, skip_special_tokens=True)
+        return _decode(self.tok, tokens, skip_special_tokens=True)
 
     def _generate_until_whole(
         self, encoded: list[list[int]], max_new_tokens: int, finished: Callable[[str], bool]
@@ -525,7 +555,7 @@ class Scorer:
             def __init__(self, width: int):
                 self.width = width
 
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: object) -> Tensor:
                 done = [finished(t) for t in tok.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)]
                 return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
@@ -538,14 +568,18 @@ class Scorer:
             for i, j in enumerate(chunk):
                 ids[i, width - len(encoded[j]) :] = torch.tensor(encoded[j])
                 mask[i, width - len(encoded[j]) :] = 1
-            gen = self.lm.model.generate(
-                input_ids=ids.to(self.lm.device),
-                attention_mask=mask.to(self.lm.device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=self.pad,
-                stopping_criteria=StoppingCriteriaList([_Until(width)]),
-            )[:, width:].cpu()
+            gen = (
+                _generating(self.lm.model)
+                .generate(
+                    input_ids=ids.to(self.lm.device),
+                    attention_mask=mask.to(self.lm.device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=self.pad,
+                    stopping_criteria=StoppingCriteriaList([_Until(width)]),
+                )[:, width:]
+                .cpu()
+            )
             for i, j in enumerate(chunk):
                 row = gen[i].tolist()
                 ends = [k for k, t in enumerate(row) if t in stop]
@@ -593,7 +627,7 @@ class Scorer:
                         done[i] = True
                         continue
                     out[i].append(t)
-                    done[i] = finished(self.tok.decode(out[i], skip_special_tokens=True))
+                    done[i] = finished(_decode(self.tok, out[i], skip_special_tokens=True))
                 if all(done) or step == max_new_tokens - 1:
                     break
                 mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long)], 1)
@@ -601,10 +635,10 @@ class Scorer:
                 h = head.hidden(nxt[:, None], mask, last, cache)
                 nxt = head.logits(h[:, -1]).argmax(-1).cpu()
             for i, j in enumerate(chunk):
-                texts[j] = self.tok.decode(out[i], skip_special_tokens=True)
+                texts[j] = _decode(self.tok, out[i], skip_special_tokens=True)
         return [texts[j] for j in range(len(encoded))]
 
-    def generate_for(self, pairs: list[tuple[str, str]], forced: list[dict[str, Any]] | None = None) -> list[list[int]]:
+    def generate_for(self, pairs: list[tuple[str, str]], forced: list[ForcedScore] | None = None) -> list[list[int]]:
         """Greedy continuation of each prompt, clipped to its target's token length.
 
         With ``forced`` (``teacher_forced(pairs)``), the argmaxes at the target's positions already
@@ -636,7 +670,7 @@ class Scorer:
         """Tokens F1 leaves out: special ones (pad, BOS, EOS) and any that decode to nothing
         but space, such as a sentencepiece tokenizer's bare "▁" (Llama-2's 29871)."""
         if token not in self._excluded:
-            self._excluded[token] = token in self.special or not self.tok.decode([token]).strip()
+            self._excluded[token] = token in self.special or not _decode(self.tok, [token]).strip()
         return self._excluded[token]
 
     def f1(self, generated: list[int], target: list[int]) -> float:
@@ -651,6 +685,16 @@ class Scorer:
             return 0.0
         precision, recall = common / len(gs), common / len(ts)
         return 2 * precision * recall / (precision + recall)
+
+
+def _decode(tok: PreTrainedTokenizerBase, ids: list[int], skip_special_tokens: bool = False) -> str:
+    """``tok.decode``: one sequence of ids decodes to one string."""
+    return cast(str, tok.decode(ids, skip_special_tokens=skip_special_tokens))
+
+
+def _generating(model: PreTrainedModel) -> GenerationMixin:
+    """``model`` as what it is, a causal LM (transformers' PreTrainedModel declares no ``generate``)."""
+    return cast("GenerationMixin", model)
 
 
 def _shared_length(encoded: list[list[int]]) -> int:
@@ -691,20 +735,20 @@ def _pack_rows(encoded: list[tuple[list[int], list[int]]], cap: float) -> list[_
     for j, (p, t) in enumerate(encoded):
         groups.setdefault(tuple(p), {}).setdefault(tuple(t), []).append(j)
     rows: list[_Row] = []
-    for p, targets in groups.items():
-        row = _Row(list(p), [], len(p))
-        for t, js in targets.items():
-            extra = max(len(t) - 1, 0)
+    for prompt, targets in groups.items():
+        row = _Row(list(prompt), [], len(prompt))
+        for target, js in targets.items():
+            extra = max(len(target) - 1, 0)
             if row.targets and row.length + extra > cap:
                 rows.append(row)
-                row = _Row(list(p), [], len(p))
-            row.targets.append((list(t), js))
+                row = _Row(list(prompt), [], len(prompt))
+            row.targets.append((list(target), js))
             row.length += extra
         rows.append(row)
     return rows
 
 
-def _packed_layout(config: Any) -> tuple[frozenset[str], int | None] | None:
+def _packed_layout(config: PretrainedConfig) -> tuple[frozenset[str], int | None] | None:
     """The attention kinds of a decoder's layers and its sliding window, where a packed row's
     4D mask can stand for its attention: eager or sdpa attention (both take an additive 4D
     mask as it is; flash attention takes none), causal, and every layer full or sliding-window
@@ -724,7 +768,9 @@ def _packed_layout(config: Any) -> tuple[frozenset[str], int | None] | None:
     return kinds, window
 
 
-def _packed_mask(seg: Any, pos: Any, layout: tuple[frozenset[str], int | None], dtype: Any) -> Any:
+def _packed_mask(
+    seg: Tensor, pos: Tensor, layout: tuple[frozenset[str], int | None], dtype: torch.dtype
+) -> AttentionMask:
     """The additive 4D attention mask (rows, 1, width, width; 0 where a query may attend, the
     dtype's minimum elsewhere) of packed rows whose tokens belong to segment ``seg`` (0 the
     prompt, k its k-th target, -1 padding) at position ``pos``: the prompt is causal, a target
@@ -739,20 +785,21 @@ def _packed_mask(seg: Any, pos: Any, layout: tuple[frozenset[str], int | None], 
     idx = torch.arange(seg.shape[1], device=seg.device)
     allowed = (idx[None, :] <= idx[:, None])[None] & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))
 
-    def additive(ok: Any) -> Any:
+    def additive(ok: Tensor) -> Tensor:
         return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, torch.finfo(dtype).min)[:, None]
 
-    masks = {}
+    masks: dict[str, Tensor] = {}
     if "full_attention" in kinds:
         masks["full_attention"] = additive(allowed)
     if "sliding_attention" in kinds:
+        assert window is not None  # _packed_layout gives sliding layers only with a window
         masks["sliding_attention"] = additive(allowed & (pos[:, :, None] - pos[:, None, :] < window))
     return masks if len(masks) > 1 else next(iter(masks.values()))
 
 
 #: generation settings under which ``model.generate(do_sample=False)`` is more than plain
 #: greedy decoding, with the values (besides None) that leave it plain
-_GENERATE_SETTINGS: dict[str, tuple[Any, ...]] = {
+_GENERATE_SETTINGS: dict[str, tuple[object, ...]] = {
     "num_beams": (1,),
     "penalty_alpha": (0, 0.0),
     "dola_layers": (),
@@ -776,7 +823,7 @@ _GENERATE_SETTINGS: dict[str, tuple[Any, ...]] = {
 }
 
 
-def _plain_greedy(generation_config: Any) -> bool:
+def _plain_greedy(generation_config: GenerationConfig | None) -> bool:
     """Whether ``model.generate(do_sample=False)`` is plain greedy decoding under this
     generation config (else the greedy loop would not give what ``generate`` gives)."""
     return all(getattr(generation_config, name, None) in (None, *plain) for name, plain in _GENERATE_SETTINGS.items())
@@ -798,18 +845,18 @@ class _HeadAbove:
                 f"architecture {lm.arch.name!r}: the final norm {lm.arch.final_norm!r} is not inside the decoder "
                 f"{path!r}, so the decoder's output is not what the LM head reads; the edit metrics need it there"
             )
-        self.decoder = get_path(lm.model, path)
+        self.decoder = cast("PreTrainedModel", get_path(lm.model, path))  # the base model (LlamaModel, ...)
         self.cache_argument = _cache_argument(self.decoder)
         self.head = lm.model.get_output_embeddings()
         self.softcap = getattr(lm.model.config, "final_logit_softcapping", None)
-        self.dtype = lm.model.get_input_embeddings().weight.dtype  # what the decoder computes in
+        self.dtype = cast("Tensor", lm.model.get_input_embeddings().weight).dtype  # what the decoder computes in
 
-    def new_cache(self) -> Any:
+    def new_cache(self) -> DynamicCache:
         from transformers import DynamicCache
 
         return DynamicCache(config=self.lm.model.config)
 
-    def hidden(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+    def hidden(self, ids: Tensor, mask: AttentionMask, positions: Tensor, cache: DynamicCache | None) -> Tensor:
         """The decoder's last hidden states for ``ids`` (rows, width) after whatever ``cache``
         holds (None: no cache), ``mask`` covering the cached tokens and ``ids`` (2D: padding;
         or a prepared 4D mask, or a mapping of layer kind to one: :func:`_packed_mask`)."""
@@ -823,7 +870,7 @@ class _HeadAbove:
         )
         return out.last_hidden_state
 
-    def logits(self, h: Any) -> Any:
+    def logits(self, h: Tensor) -> Tensor:
         """Float32 logits (positions, vocab) of hidden states ``h`` (positions, hidden)."""
         import torch
 
@@ -935,6 +982,7 @@ class EditMetrics(Metric):
     higher_is_better = {k: True for k in keys} | {"edit_nll": False, "unedited_nll": False}
     requires_edits = True
     Config = EditMetricsConfig
+    config: EditMetricsConfig
     _per_pair = False  # True: the earlier teacher forcing, one sequence per pair (tests, benchmarks)
 
     def compute(self, lm: LM, ctx: Context) -> dict[str, Any]:
@@ -960,7 +1008,7 @@ class EditMetrics(Metric):
             advance(1)
             scores.update(self._multi_hop(sc, records, ctx))
             advance(1)
-        res: dict[str, Any] = {k: _record_mean(v) for k, v in scores.items()}
+        res: dict[str, object] = {k: _record_mean(v) for k, v in scores.items()}
         # the control: NLL of the true targets of records no edit touched (not per edit: they are not edits)
         res["unedited_nll"] = _mean([forced[pair]["nll"] for pair in _unedited_pairs(ctx.unedited)])
         chosen = {
@@ -984,7 +1032,7 @@ class EditMetrics(Metric):
         sc: Scorer,
         records: list[EditRecord],
         prompts_of: Callable[[EditRecord], list[str]],
-        forced: Mapping[tuple[str, str], dict[str, Any]],
+        forced: Mapping[tuple[str, str], ForcedScore],
     ) -> dict[str, list[float | None]]:
         """Per record (mean over its prompts, None without prompts): f1, accuracy, prob, nll."""
         owners, pairs_new, pairs_true = [], [], []
@@ -999,8 +1047,7 @@ class EditMetrics(Metric):
         tf_new = [forced[pair] for pair in pairs_new]
         gens = sc.generate_for(pairs_new, tf_new)
         f1 = [sc.f1(g, sc.encode(p, t)[1]) for g, (p, t) in zip(gens, pairs_new, strict=True)]
-        true_idx = [j for j, pt in enumerate(pairs_true) if pt is not None]
-        tf_true = {j: forced[pairs_true[j]] for j in true_idx}
+        tf_true = {j: forced[pt] for j, pt in enumerate(pairs_true) if pt is not None}
         prob = []
         for j, tn in enumerate(tf_new):
             if j in tf_true:
@@ -1032,7 +1079,7 @@ class EditMetrics(Metric):
         ctx.references.put(REFERENCE_KIND, content, [t["target_argmax"] for t in tf])
 
     def _locality(
-        self, sc: Scorer, records: list[EditRecord], ctx: Context, forced: Mapping[tuple[str, str], dict[str, Any]]
+        self, sc: Scorer, records: list[EditRecord], ctx: Context, forced: Mapping[tuple[str, str], ForcedScore]
     ) -> dict[str, list[float | None]]:
         """Per record (mean over its locality prompts, None without any): preservation, prob,
         and the neighbour knowledge scores (f1, accuracy against the neighbours' answers)."""

@@ -41,6 +41,7 @@ class Perplexity(Metric):
     keys = ("perplexity", "general_nll", "ppl_tokens", "ppl_seqlen")
     higher_is_better = {"perplexity": False, "general_nll": False, "ppl_tokens": None, "ppl_seqlen": None}
     Config = PerplexityConfig
+    config: PerplexityConfig
 
     def windows(self, lm: LM, ctx: Context):
         import torch

@@ -8,8 +8,13 @@ in the model).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.nn import Module, ModuleList
 
 __all__ = [
     "ARCHITECTURES",
@@ -156,18 +161,19 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
 )
 
 
-def get_path(root: Any, path: str) -> Any:
+def get_path(root: Module, path: str) -> Module:
+    """The submodule at a dotted attribute path (a digit indexes a ModuleList)."""
     obj = root
     for part in path.split("."):
-        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+        obj = cast("ModuleList", obj)[int(part)] if part.isdigit() else getattr(obj, part)
     return obj
 
 
-def decoder_layers(model: Any, spec: ArchSpec) -> Any:
-    return get_path(model, spec.layers)
+def decoder_layers(model: Module, spec: ArchSpec) -> ModuleList:
+    return cast("ModuleList", get_path(model, spec.layers))
 
 
-def linear_modules(model: Any, spec: ArchSpec) -> list[tuple[str, Any]]:
+def linear_modules(model: Module, spec: ArchSpec) -> list[tuple[str, Module]]:
     """(qualified name, module) of every projection in every decoder layer, in order."""
     out = []
     for i, _layer in enumerate(decoder_layers(model, spec)):
@@ -177,17 +183,17 @@ def linear_modules(model: Any, spec: ArchSpec) -> list[tuple[str, Any]]:
     return out
 
 
-def is_conv1d(module: Any) -> bool:
+def is_conv1d(module: object) -> bool:
     return type(module).__name__ == "Conv1D"
 
 
-def weight_matrix(module: Any) -> Any:
+def weight_matrix(module: Module) -> Tensor:
     """The (out_features, in_features) weight of a Linear or a (transposed) Conv1D, as a view."""
-    w = module.weight.data
+    w = cast("Tensor", module.weight).data
     return w.t() if is_conv1d(module) else w
 
 
-def find_spec_for(model_type: str, specs: Any) -> ArchSpec | None:
+def find_spec_for(model_type: str, specs: Iterable[ArchSpec]) -> ArchSpec | None:
     for spec in specs:
         if model_type in spec.model_types:
             return spec

@@ -30,7 +30,10 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:
+    from torch.nn import Module
 
 __all__ = [
     "GGUFTensorTypes",
@@ -61,16 +64,25 @@ _COMPRESSION_FILE = "lmcompose_compression.safetensors"  # the sidecar of LM.sav
 # GGUF value types (gguf.GGUFValueType): scalar struct formats; 8 = string, 9 = array
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+#: a GGUF header value as :meth:`_Header.value` reads it (None: an array it stepped over)
+GGUFValue = Union[int, float, bool, str, list["GGUFValue"], None]
 
 
 class _Header:
     """A cursor over a GGUF file's header (little-endian, version 2 or 3)."""
 
-    def __init__(self, buf: Any) -> None:
+    def __init__(self, buf: bytes | mmap.mmap) -> None:
         self.buf, self.pos = buf, 0
 
-    def take(self, fmt: str) -> Any:
-        value = struct.unpack_from(fmt, self.buf, self.pos)[0]
+    def scalar(self, fmt: str) -> int | float | bool:
+        """The scalar of struct format ``fmt`` at the cursor."""
+        value: int | float | bool = struct.unpack_from(fmt, self.buf, self.pos)[0]
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def take(self, fmt: str) -> int:
+        """The integer of struct format ``fmt`` (an integer code: ``<I``, ``<Q``) at the cursor."""
+        value: int = struct.unpack_from(fmt, self.buf, self.pos)[0]
         self.pos += struct.calcsize(fmt)
         return value
 
@@ -80,9 +92,9 @@ class _Header:
         self.pos += n
         return text
 
-    def value(self, kind: int, keep: bool) -> Any:
+    def value(self, kind: int, keep: bool) -> GGUFValue:
         if kind in _SCALARS:
-            return self.take(_SCALARS[kind])
+            return self.scalar(_SCALARS[kind])
         if kind == _STRING:
             return self.string()
         if kind == _ARRAY:
@@ -96,7 +108,7 @@ class _Header:
                     pos += 8 + struct.unpack_from("<Q", buf, pos)[0]
                 self.pos = pos
                 return None
-            items = [self.value(inner, keep) for _ in range(count)]
+            items: list[GGUFValue] = [self.value(inner, keep) for _ in range(count)]
             return items if keep else None
         raise ValueError(f"unknown GGUF value type {kind}")
 
@@ -147,6 +159,8 @@ def gguf_tensor_types(path: str | Path) -> GGUFTensorTypes:
             key = h.string()
             value = h.value(h.take("<I"), keep=False)
             if key == "general.file_type":
+                if not isinstance(value, int | float | str):
+                    raise ValueError(f"{path}: general.file_type is not a number ({value!r})")
                 file_type = int(value)
         elements: Counter[str] = Counter()
         projections: Counter[str] = Counter()
@@ -237,7 +251,7 @@ def hub_format(repo: str, revision: str | None = None) -> str:
     return f"hub:{folder_format(folder)}"
 
 
-def memory_format(model: Any) -> str:
+def memory_format(model: Module) -> str:
     """``memory:<dtype>`` of a model built in memory: the dtype holding most of its parameters."""
     counts: Counter[str] = Counter()
     for p in model.parameters():

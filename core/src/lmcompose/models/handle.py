@@ -6,17 +6,36 @@ import fnmatch
 import hashlib
 import json
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
 from lmcompose.models.arch import ArchSpec, linear_modules, weight_matrix
 from lmcompose.quant import QuantGrid
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 COMPRESSION_FILE = "lmcompose_compression.safetensors"
 COMPRESSION_META = "lmcompose_compression.json"
+
+
+class QuantMeta(TypedDict):
+    """A quantized layer's grid settings in ``lmcompose_compression.json``."""
+
+    bits: int
+    group_size: int
+    symmetric: bool
+
+
+class CompressionMetaEntry(TypedDict, total=False):
+    """One layer's entry in ``lmcompose_compression.json`` (its tensors are in the safetensors file)."""
+
+    keep_mask: bool
+    quant: QuantMeta
 
 
 @dataclass
@@ -41,12 +60,19 @@ class LayerCompression:
         )
 
 
+class ModelSnapshot(TypedDict):
+    """An in-memory snapshot of an LM (:meth:`LM.state_copy`, :meth:`LM.restore`)."""
+
+    weights: dict[str, torch.Tensor]
+    compression: dict[str, LayerCompression]
+
+
 @dataclass
 class LM:
     """A causal LM with its tokenizer and architecture spec."""
 
-    model: Any
-    tokenizer: Any
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     arch: ArchSpec
     name: str = "model"
     source: str = ""
@@ -81,7 +107,7 @@ class LM:
 
         return is_offloaded(self.model)
 
-    def onloaded(self, *targets: str | Any, write: bool = True) -> Any:
+    def onloaded(self, *targets: str | torch.nn.Module, write: bool = True) -> AbstractContextManager[None]:
         """A context in which the named modules (or modules) hold real weights even when
         offloaded; with ``write`` their changes are stored back on exit. A no-op for a
         model that is not offloaded (:mod:`lmcompose.models.offload`)."""
@@ -103,11 +129,13 @@ class LM:
                 return v
         return 2048
 
-    def linear_layers(self) -> list[tuple[str, Any]]:
+    def linear_layers(self) -> list[tuple[str, torch.nn.Module]]:
         """(name, module) of the decoder's projections, the default target of compressors."""
         return linear_modules(self.model, self.arch)
 
-    def target_layers(self, targets: Sequence[str] = (), ignore: Sequence[str] = ()) -> list[tuple[str, Any]]:
+    def target_layers(
+        self, targets: Sequence[str] = (), ignore: Sequence[str] = ()
+    ) -> list[tuple[str, torch.nn.Module]]:
         """Decoder projections selected by name patterns.
 
         A pattern matches a layer whose qualified name equals it, ends with ``.pattern``
@@ -158,7 +186,7 @@ class LM:
 
     def _parameters(self) -> dict[str, torch.Tensor]:
         """Every parameter by name (a tied one once), an offloaded one read from accelerate's store."""
-        params = dict(self.model.named_parameters())
+        params: dict[str, torch.Tensor] = dict(self.model.named_parameters())
         if self.offloaded:
             from lmcompose.models.offload import stored_tensors
 
@@ -178,10 +206,10 @@ class LM:
             h.update(name.encode())
             t = tensor.detach().cpu().contiguous()
             h.update(str(t.dtype).encode())
-            h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+            h.update(t.view(torch.uint8).numpy() if t.numel() else b"")  # type: ignore[arg-type]  # ndarray is a buffer
         return h.hexdigest()
 
-    def state_copy(self) -> dict[str, Any]:
+    def state_copy(self) -> ModelSnapshot:
         """An in-memory snapshot of weights (in CPU memory) and compression state (see restore)."""
         if self.offloaded:
             from lmcompose.models.offload import stored_tensors
@@ -192,7 +220,7 @@ class LM:
             weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         return {"weights": weights, "compression": {k: v.clone() for k, v in self.compression.items()}}
 
-    def restore(self, snapshot: dict[str, Any]) -> None:
+    def restore(self, snapshot: ModelSnapshot) -> None:
         if self.offloaded:
             from lmcompose.models.offload import restore_tensors
 
@@ -226,9 +254,9 @@ def save_compression(compression: dict[str, LayerCompression], folder: Path) -> 
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
-    meta: dict[str, Any] = {}
+    meta: dict[str, CompressionMetaEntry] = {}
     for name, st in compression.items():
-        entry: dict[str, Any] = {}
+        entry: CompressionMetaEntry = {}
         if st.keep_mask is not None:
             tensors[f"{name}.keep_mask"] = st.keep_mask.to(torch.uint8).contiguous()
             entry["keep_mask"] = True

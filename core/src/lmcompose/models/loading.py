@@ -13,17 +13,29 @@ import shutil
 import struct
 import tempfile
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from lmcompose.errors import ModelLoadError
 from lmcompose.paths import cache_dir
 
+if TYPE_CHECKING:
+    import torch
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+
+    from lmcompose.models.handle import LM
+
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 #: --device-map values besides a device name (accelerate's placement strategies)
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+class Notes(Protocol):
+    """Where loading tells the user what it did (a :class:`lmcompose.api.Progress`)."""
+
+    def note(self, message: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -179,7 +191,7 @@ def checkpoint_dtype(source: Path | str) -> str | None:
     return value if value in DTYPES and value != "auto" else None
 
 
-def resolve_dtype(dtype: str, device: str, source: Path | str, progress=None) -> str:
+def resolve_dtype(dtype: str, device: str, source: Path | str, progress: Notes | None = None) -> str:
     """``dtype`` as a concrete name: ``auto`` is the checkpoint's dtype (float32 when it
     declares none), except on a CPU without native bf16, where bf16/fp16 checkpoints run in
     float32 (with a note)."""
@@ -221,13 +233,13 @@ def check_device_map(device_map: object) -> str:
 def resolve_device_map(device_map: object) -> str:
     """``device_map`` checked (:func:`check_device_map`) and, when it names a device, checked
     against this machine (:func:`resolve_device`)."""
-    check_device_map(device_map)
-    if device_map not in DEVICE_MAP_STRATEGIES:
-        resolve_device(device_map, "--device-map")
-    return device_map  # type: ignore[return-value]
+    checked = check_device_map(device_map)  # device_map itself, a str
+    if checked not in DEVICE_MAP_STRATEGIES:
+        resolve_device(checked, "--device-map")
+    return checked
 
 
-def parse_max_memory(text: object) -> dict[Any, str]:
+def parse_max_memory(text: object) -> dict[int | str, str]:
     """``0=20GiB,cpu=60GiB`` as accelerate's max_memory mapping ({0: "20GiB", "cpu": "60GiB"})."""
     import re
 
@@ -239,7 +251,7 @@ def parse_max_memory(text: object) -> dict[Any, str]:
         items = [part.partition("=")[::2] for part in text.split(",")]
     else:
         raise ConfigError(f"max_memory: expected DEVICE=SIZE,... such as 0=20GiB,cpu=60GiB; got {describe_value(text)}")
-    out: dict[Any, str] = {}
+    out: dict[int | str, str] = {}
     for key, size in items:
         key, size = key.strip(), size.strip()
         if not re.fullmatch(r"\d+|cpu|disk|mps|cuda:\d+", key) or not re.fullmatch(
@@ -259,7 +271,7 @@ def gguf_cache_folder(gguf: Path, cache: Path) -> Path:
     return cache / "models" / f"{gguf.stem}-{st.st_size}-{int(st.st_mtime)}"
 
 
-def convert_gguf(gguf: Path, cache: Path, progress=None) -> Path:
+def convert_gguf(gguf: Path, cache: Path, progress: Notes | None = None) -> Path:
     """Dequantize ``gguf`` into a safetensors folder under ``cache`` (once); return the folder."""
     folder = gguf_cache_folder(gguf, cache)
     if (folder / "config.json").exists():
@@ -381,13 +393,15 @@ def check_model(spec: str, revision: str | None = None) -> str:
     return kind
 
 
-def resolve_model_source(spec: str, cache: Path | None = None, progress=None) -> tuple[Path | str, str]:
+def resolve_model_source(spec: str, cache: Path | None = None, progress: Notes | None = None) -> tuple[Path | str, str]:
     """Map a model spec to something ``from_pretrained`` reads: (folder or hub id, kind)."""
     source, kind, _ = _resolve(spec, cache, progress)
     return source, kind
 
 
-def _resolve(spec: str, cache: Path | None = None, progress=None) -> tuple[Path | str, str, Path | None]:
+def _resolve(
+    spec: str, cache: Path | None = None, progress: Notes | None = None
+) -> tuple[Path | str, str, Path | None]:
     """:func:`resolve_model_source`, and the GGUF file a named or .gguf model comes from."""
     cache = cache or cache_dir()
     source, kind = classify_model(spec)
@@ -430,7 +444,13 @@ def check_model_type(source: Path, spec: str) -> None:
         )
 
 
-def _from_pretrained(auto: Any, source: Path | str, dtype: Any, placement: dict[str, Any], hub: dict[str, Any]) -> Any:
+def _from_pretrained(
+    auto: type[AutoModelForCausalLM],
+    source: Path | str,
+    dtype: torch.dtype | str,
+    placement: Mapping[str, object],
+    hub: Mapping[str, str],
+) -> PreTrainedModel:
     """``auto.from_pretrained``; with a placement, into a fresh offload folder (where accelerate
     puts what fits on no device) that is removed with the model, at exit, or when loading fails."""
     if not placement:
@@ -460,11 +480,11 @@ def load_model(
     dtype: str = "float32",
     device: str = "cpu",
     cache: Path | None = None,
-    progress=None,
-    device_map: str | dict[str, Any] | None = None,
-    max_memory: str | dict[Any, str] | None = None,
+    progress: Notes | None = None,
+    device_map: str | Mapping[str, int | str] | None = None,
+    max_memory: str | Mapping[int | str, str] | None = None,
     revision: str | None = None,
-):
+) -> LM:
     """Load ``spec`` (named default, folder, .gguf file or hub id) as an :class:`LM`.
 
     ``dtype``: float32, bfloat16, float16 or ``auto`` (:func:`resolve_dtype`). ``device_map``
@@ -481,7 +501,7 @@ def load_model(
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
     resolve_device(device)
-    placement: dict[str, Any] = {}
+    placement: dict[str, object] = {}
     if device_map is not None:
         if not isinstance(device_map, dict):  # a mapping (module -> device) passes as is, from Python
             resolve_device_map(device_map)
@@ -531,7 +551,7 @@ def load_model(
             "truncated or corrupt: save or download the model again"
         ) from None
     if not placement:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # @wraps(Module.to) types it unbound
     model.eval()
     model_type = model.config.model_type
     arch = find_spec_for(model_type, (e.load() for e in get_architectures().entries()))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Protocol
 
 import torch
 
@@ -31,22 +31,38 @@ class OffloadError(LMComposeError):
     """A weight of an offloaded layer used outside :func:`onloaded`."""
 
 
-def _hook(module: Any) -> Any:
+class _WeightsMap(Protocol):
+    """accelerate's weights map of an offloaded module (a PrefixedDataset): its tensors by name."""
+
+    def __getitem__(self, name: str, /) -> torch.Tensor: ...
+
+    def __contains__(self, name: object, /) -> bool: ...
+
+
+class _OffloadHook(Protocol):
+    """What we use of accelerate's AlignDevicesHook on an offloaded module."""
+
+    offload: bool
+    weights_map: _WeightsMap
+    execution_device: torch.device | str | int
+
+
+def _hook(module: torch.nn.Module) -> _OffloadHook | None:
     hook = getattr(module, "_hf_hook", None)
     return hook if getattr(hook, "offload", False) and getattr(hook, "weights_map", None) is not None else None
 
 
-def _own_names(module: Any) -> list[str]:
+def _own_names(module: torch.nn.Module) -> list[str]:
     return [n for n, _ in module.named_parameters(recurse=False)] + [
         n for n, _ in module.named_buffers(recurse=False) if n in getattr(_hook(module), "weights_map", {})
     ]
 
 
-def is_offloaded(model: Any) -> bool:
+def is_offloaded(model: torch.nn.Module) -> bool:
     return any(_hook(m) is not None for m in model.modules())
 
 
-def execution_device(model: Any) -> torch.device:
+def execution_device(model: torch.nn.Module) -> torch.device:
     """Where a model computes: the execution device of its offload hooks, else its first
     parameter's device."""
     for m in model.modules():
@@ -60,7 +76,7 @@ def execution_device(model: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def _write_back(weights_map: Any, name: str, value: torch.Tensor) -> None:
+def _write_back(weights_map: _WeightsMap, name: str, value: torch.Tensor) -> None:
     """Store ``value`` as the weights map's entry ``name`` (a CPU dict entry, or the offload
     folder's memory-mapped file, rewritten)."""
     from accelerate.utils import offload_weight
@@ -84,12 +100,12 @@ def _write_back(weights_map: Any, name: str, value: torch.Tensor) -> None:
 
 
 @contextmanager
-def onloaded(modules: Iterable[Any], write: bool = True) -> Iterator[None]:
+def onloaded(modules: Iterable[torch.nn.Module], write: bool = True) -> Iterator[None]:
     """Materialize the offloaded parameters of ``modules`` (and their submodules) on their
     execution device for the block; with ``write``, store their values back on exit."""
     from accelerate.utils import set_module_tensor_to_device
 
-    opened: list[tuple[Any, Any, list[str]]] = []
+    opened: list[tuple[torch.nn.Module, _OffloadHook, list[str]]] = []
     seen: set[int] = set()
     try:
         for root in modules:
@@ -114,7 +130,7 @@ def onloaded(modules: Iterable[Any], write: bool = True) -> Iterator[None]:
             hook.offload = True
 
 
-def stored_tensors(model: Any) -> dict[str, torch.Tensor]:
+def stored_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer of ``model`` by qualified name, offloaded ones read from
     accelerate's weights map (CPU tensors; nothing is moved to the execution device)."""
     out: dict[str, torch.Tensor] = {}
@@ -129,7 +145,7 @@ def stored_tensors(model: Any) -> dict[str, torch.Tensor]:
     return out
 
 
-def restore_tensors(model: Any, tensors: dict[str, torch.Tensor]) -> None:
+def restore_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Put ``tensors`` (from :func:`stored_tensors`) back: into offloaded modules' weights maps,
     into the others' parameters."""
     for mod_name, m in model.named_modules():

@@ -7,13 +7,27 @@ and sample edits, so tests tokenize real words offline, with GPT-2-style leading
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerFast
+
+    from lmcompose.models.handle import LM
 
 TINY_ARCHITECTURES = ("llama", "gemma3", "gpt_neox", "gpt2", "gptj", "opt")
 VOCAB_SIZE = 512
 HIDDEN = 64
 LAYERS = 2
 MAX_POSITIONS = 256
+
+
+class _Vocab(TypedDict):
+    """What every tiny config takes: the vocabulary size and the special token's id."""
+
+    vocab_size: int
+    bos_token_id: int
+    eos_token_id: int
+    pad_token_id: int
 
 
 @functools.lru_cache(maxsize=1)
@@ -36,7 +50,7 @@ def _tokenizer_json() -> str:
     return tok.to_str()
 
 
-def tiny_tokenizer() -> Any:
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
@@ -51,10 +65,10 @@ def tiny_tokenizer() -> Any:
     return tok
 
 
-def tiny_config(arch: str, vocab_size: int, special_id: int) -> Any:
+def tiny_config(arch: str, vocab_size: int, special_id: int) -> PretrainedConfig:
     import transformers as tf
 
-    common: dict[str, Any] = {  # every config takes these ids (typed Any: each config's own field types)
+    common: _Vocab = {
         "vocab_size": vocab_size,
         "bos_token_id": special_id,
         "eos_token_id": special_id,
@@ -120,7 +134,7 @@ def tiny_config(arch: str, vocab_size: int, special_id: int) -> Any:
     raise ValueError(f"no tiny config for {arch!r}; choose one of {', '.join(TINY_ARCHITECTURES)}")
 
 
-def tiny_model(arch: str = "llama", seed: int = 0) -> Any:
+def tiny_model(arch: str = "llama", seed: int = 0) -> LM:
     """A randomly initialized (seeded) tiny :class:`LM` of architecture ``arch``."""
     import torch
     from transformers import AutoModelForCausalLM

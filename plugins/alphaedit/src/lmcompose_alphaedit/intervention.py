@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from lmcompose.api import Context
-from lmcompose.editing import LocateThenEdit
+from lmcompose.api import Context, EditRecord
+from lmcompose.editing import EditHParams, LocateThenEdit
 
 from lmcompose_alphaedit.config import AlphaEditConfig, AlphaEditHParams
 
@@ -39,8 +39,10 @@ class AlphaEdit(LocateThenEdit):
 
         return preset_for(lm)
 
-    def begin(self, lm: LM, hp: AlphaEditHParams, covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
+    def begin(self, lm: LM, hp: EditHParams, covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, object]:
         import torch
+
+        assert isinstance(hp, AlphaEditHParams)  # what self.HParams resolves
 
         from lmcompose_alphaedit.algorithm import null_space_projector
         from lmcompose_alphaedit.presets import RELATIVE_THRESHOLD
@@ -69,7 +71,7 @@ class AlphaEdit(LocateThenEdit):
 
         return alphaedit_delta(keys, resid, self._projectors[layer], self._previous[layer], self._l2)
 
-    def end_batch(self, lm: LM, batch: Sequence[Any], templates: Sequence[str], layers: Sequence[int]) -> None:
+    def end_batch(self, lm: LM, batch: Sequence[EditRecord], templates: Sequence[str], layers: Sequence[int]) -> None:
         from lmcompose.editing import edit_keys
 
         c, arch = self.config, lm.arch

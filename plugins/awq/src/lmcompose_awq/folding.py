@@ -20,7 +20,7 @@ A group is scaled only when this step quantizes every projection the fold change
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -87,15 +87,14 @@ def fold_scales(lm: LM, group: ScaleGroup, s: torch.Tensor) -> None:
     src = lm.model.get_submodule(group.source)
     if group.kind == "norm":
         c = lm.arch.norm_offset
-        weight = src.weight.data
+        weight = cast(torch.Tensor, src.weight).data
         weight.copy_(((weight.float() + c) / s - c).to(weight.dtype))
-        if getattr(src, "bias", None) is not None:
-            src.bias.data.copy_((src.bias.data.float() / s).to(src.bias.dtype))
     else:
         w = lm.weight(group.source)
         w.copy_((w.float() / s.unsqueeze(1)).to(w.dtype))
-        if getattr(src, "bias", None) is not None:
-            src.bias.data.copy_((src.bias.data.float() / s).to(src.bias.dtype))
+    bias: torch.Tensor | None = getattr(src, "bias", None)
+    if bias is not None:
+        bias.data.copy_((bias.data.float() / s).to(bias.dtype))
     for name in group.members:
         w = lm.weight(name)
         w.copy_((w.float() * s.unsqueeze(0)).to(w.dtype))

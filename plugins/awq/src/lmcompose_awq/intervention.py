@@ -12,14 +12,18 @@ full-precision outputs, as the reference computes them before it quantizes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 from lmcompose.interventions.calibrated import LayerwiseQuantizer
 
 from lmcompose_awq.config import AWQConfig
 
 if TYPE_CHECKING:
+    import torch
     from lmcompose import LM
+    from lmcompose.quant import QuantGrid
+
+    from lmcompose_awq.algorithm import ActStats
 
 
 def query_key_projections(lm: LM, index: int) -> set[str]:
@@ -29,7 +33,7 @@ def query_key_projections(lm: LM, index: int) -> set[str]:
     return {f"{arch.layers}.{index}.{s}" for s in arch.attn_in if s != arch.attn_v}
 
 
-class AWQ(LayerwiseQuantizer):
+class AWQ(LayerwiseQuantizer["ActStats"]):
     """AWQ: activation-aware scales folded into the preceding op, clip search, rtn's grid.
 
     Lifecycle: ``apply`` runs the layer-sequential pipeline: for each decoder layer it
@@ -45,32 +49,33 @@ class AWQ(LayerwiseQuantizer):
 
     name = "awq"
     Config = AWQConfig
+    config: AWQConfig
 
-    def __init__(self, config: Any = None):
+    def __init__(self, config: object = None):
         super().__init__(config)
         self.scaled_groups: dict[str, float | None] = {}  # "<source> -> <member>": best alpha (None: s = 1)
 
     def reruns_on_recompress(self) -> bool:
         return self.config.recompress
 
-    def new_stats(self, name: str, module: Any, in_features: int) -> Any:
+    def new_stats(self, name: str, module: torch.nn.Module, in_features: int) -> ActStats:
         from lmcompose_awq.algorithm import ActStats
 
-        return ActStats(in_features, module.weight.device)
+        return ActStats(in_features, cast("torch.Tensor", module.weight).device)
 
-    def observe(self, stats: Any, x: Any) -> None:
+    def observe(self, stats: ActStats, x: torch.Tensor) -> None:
         stats.add(x)
 
     def quantize_layer(
-        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]
-    ) -> dict[str, Any]:
+        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], ActStats], messages: list[str]
+    ) -> dict[str, QuantGrid]:
         from lmcompose_awq.algorithm import clipped_grid, search_scale
         from lmcompose_awq.folding import fold_scales, scale_groups
 
         c = self.config
         # second moments of each projection's input, in the coordinates of the current weights
-        moments: dict[str, Any] = {}
-        shared: dict[int, Any] = {}
+        moments: dict[str, torch.Tensor] = {}
+        shared: dict[int, torch.Tensor] = {}
         for name in names:
             st = stats_of(name)
             moments[name] = shared.setdefault(id(st), st.second_moment())
@@ -102,7 +107,7 @@ class AWQ(LayerwiseQuantizer):
                     moments[n] = h
         from lmcompose.quant import QuantGrid
 
-        grids = {}
+        grids: dict[str, QuantGrid] = {}
         query_key = query_key_projections(lm, index)
         for name in names:
             w = lm.weight(name)
@@ -114,7 +119,7 @@ class AWQ(LayerwiseQuantizer):
             grids[name] = grid
         return grids
 
-    def details(self) -> dict[str, Any]:
+    def details(self) -> dict[str, object]:
         alphas = [a for a in self.scaled_groups.values() if a is not None]
         return {
             "scaled_groups": len(alphas),

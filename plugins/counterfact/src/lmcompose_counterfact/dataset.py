@@ -72,7 +72,7 @@ class CounterFact(JsonEditDataset):
         "counterfact/counterfact-edit.json",
     )
     url = ROME_URL
-    sample = Path(str(resources.files("lmcompose_counterfact").joinpath("sample", "counterfact_sample.json")))
+    sample = Path(str(resources.files("lmcompose_counterfact").joinpath("sample").joinpath("counterfact_sample.json")))
 
     def parse(self, raw: Mapping[str, Any], index: int) -> list[EditRecord]:
         if "requested_rewrite" in raw:

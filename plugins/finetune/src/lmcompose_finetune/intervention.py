@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
 from lmcompose.editing import check_layers_exist, rule_layers, select_edits
@@ -16,6 +16,7 @@ from lmcompose_finetune.config import FTConfig, LoRAConfig
 if TYPE_CHECKING:
     import torch
     from lmcompose import LM
+    from peft import PeftModel
 
 
 class TrainedEdit(Intervention):
@@ -140,7 +141,7 @@ class FineTune(TrainedEdit):
         return names
 
     def begin(self, lm: LM, names: list[str]) -> list[torch.nn.Parameter]:
-        params = [lm.model.get_submodule(n).weight for n in names]
+        params = [cast("torch.nn.Parameter", lm.model.get_submodule(n).weight) for n in names]
         self._clamp = [(p, p.detach().clone()) for p in params] if self.config.norm_constraint > 0 else []
         return params
 
@@ -174,7 +175,7 @@ def lora_targets(lm: LM, patterns: Sequence[str], layers: Sequence[int]) -> list
     return names
 
 
-def attach_lora(lm: LM, config: LoRAConfig, names: Sequence[str]) -> Any:
+def attach_lora(lm: LM, config: LoRAConfig, names: Sequence[str]) -> PeftModel:
     """Wrap ``lm.model`` with a LoRA adapter on ``names`` (in place; seeded); returns the PeftModel."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -182,7 +183,7 @@ def attach_lora(lm: LM, config: LoRAConfig, names: Sequence[str]) -> Any:
     conv1d = is_conv1d(lm.model.get_submodule(names[0]))
     cfg = LoraConfig(
         r=config.rank,
-        lora_alpha=config.alpha,
+        lora_alpha=config.alpha,  # type: ignore[arg-type]  # peft declares an int; the scale alpha / r takes a float
         target_modules=list(names),
         lora_dropout=0.0,
         bias="none",
@@ -193,7 +194,7 @@ def attach_lora(lm: LM, config: LoRAConfig, names: Sequence[str]) -> Any:
         return get_peft_model(lm.model, cfg)
 
 
-def merge_lora(lm: LM, peft_model: Any) -> None:
+def merge_lora(lm: LM, peft_model: PeftModel) -> None:
     """Fold the adapter into the weights and remove it (``merge_and_unload``): ``lm.model``
     is again the plain model, with ordinary weights."""
     base = peft_model.merge_and_unload()
@@ -218,6 +219,8 @@ class LoRA(TrainedEdit):
 
     name = "lora"
     Config = LoRAConfig
+    config: LoRAConfig
+    _peft: PeftModel | None  # the adapter between begin and finish
 
     def targets(self, lm: LM) -> list[str]:
         c = self.config
@@ -225,10 +228,11 @@ class LoRA(TrainedEdit):
         return lora_targets(lm, list(c.target_modules) or [*lm.arch.mlp_in, lm.arch.mlp_out], layers)
 
     def begin(self, lm: LM, names: list[str]) -> list[torch.nn.Parameter]:
-        self._peft = attach_lora(lm, self.config, names)
-        return [p for n, p in self._peft.named_parameters() if "lora_" in n]
+        self._peft = peft = attach_lora(lm, self.config, names)
+        return [p for n, p in peft.named_parameters() if "lora_" in n]
 
     def finish(self, lm: LM) -> None:
-        if getattr(self, "_peft", None) is not None:
-            merge_lora(lm, self._peft)
+        peft = getattr(self, "_peft", None)
+        if peft is not None:
+            merge_lora(lm, peft)
             self._peft = None

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
+from lmcompose.api import EditRecord
 from lmcompose.editing import length_groups, pad_id, target_ids
 
 if TYPE_CHECKING:
     from lmcompose import LM
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["TrainResult", "edit_sequences", "target_nll", "train_on_edits"]
 
 
-def edit_sequences(tok: Any, records: Sequence[Any]) -> list[tuple[list[int], int]]:
+def edit_sequences(tok: PreTrainedTokenizerBase, records: Sequence[EditRecord]) -> list[tuple[list[int], int]]:
     """(prompt + target token ids, number of prompt tokens) of each edit."""
     out = []
     for r in records:
@@ -25,7 +27,9 @@ def edit_sequences(tok: Any, records: Sequence[Any]) -> list[tuple[list[int], in
     return out
 
 
-def target_nll(model: Any, seqs: Sequence[tuple[list[int], int]], pad: int, device: Any) -> torch.Tensor:
+def target_nll(
+    model: torch.nn.Module, seqs: Sequence[tuple[list[int], int]], pad: int, device: torch.device | str
+) -> torch.Tensor:
     """Each sequence's mean negative log-likelihood of its target tokens (right-padded, masked)."""
     width = max(len(s) for s, _ in seqs)
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -52,7 +56,7 @@ class TrainResult:
 
 def train_on_edits(
     lm: LM,
-    records: Sequence[Any],
+    records: Sequence[EditRecord],
     params: Sequence[torch.nn.Parameter],
     steps: int,
     lr: float,

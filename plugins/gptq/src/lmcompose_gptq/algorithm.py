@@ -25,7 +25,6 @@ the result lies on the returned grid and ``QuantGrid.snap_`` is a no-op on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from lmcompose.calibration import Gram, inverse_cholesky_upper
@@ -151,5 +150,5 @@ def gptq_quantize_result(
 class HessianStats(Gram):
     """Σ xxᵀ and the token count; ``hessian()`` is GPTQ's H = 2XXᵀ/n (float64)."""
 
-    def hessian(self) -> Any:
+    def hessian(self) -> torch.Tensor:
         return self.xxt * (2.0 / max(self.tokens, 1))

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 from lmcompose.interventions.calibrated import LayerwiseQuantizer, groups_sharing_stats
 
 from lmcompose_gptq.config import GPTQConfig
 
 if TYPE_CHECKING:  # pragma: no cover - the statistics import torch; validating a config must not
+    import torch
     from lmcompose import LM
+    from lmcompose.quant import QuantGrid
 
     from lmcompose_gptq.algorithm import HessianStats
 
 
-class GPTQ(LayerwiseQuantizer):
+class GPTQ(LayerwiseQuantizer["HessianStats"]):
     """GPTQ: Hessian-aware rounding onto rtn's grid.
 
     Lifecycle: ``apply`` runs the layer-sequential pipeline (optionally true-sequential, one
@@ -31,22 +33,23 @@ class GPTQ(LayerwiseQuantizer):
 
     name = "gptq"
     Config = GPTQConfig
+    config: GPTQConfig
 
-    def __init__(self, config: Any = None):
+    def __init__(self, config: object = None):
         super().__init__(config)
         self.fallbacks: list[str] = []
 
-    def new_stats(self, name: str, module: Any, in_features: int) -> HessianStats:
+    def new_stats(self, name: str, module: torch.nn.Module, in_features: int) -> HessianStats:
         from lmcompose_gptq.algorithm import HessianStats
 
-        return HessianStats(in_features, module.weight.device)
+        return HessianStats(in_features, cast("torch.Tensor", module.weight).device)
 
-    def observe(self, stats: HessianStats, x: Any) -> None:
+    def observe(self, stats: HessianStats, x: torch.Tensor) -> None:
         stats.add(x)
 
     def quantize_layer(
-        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]
-    ) -> dict[str, Any]:
+        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], HessianStats], messages: list[str]
+    ) -> dict[str, QuantGrid]:
         """Projections fed one tensor (q/k/v, gate/up) share H, and GPTQ treats every row
         alone given H: their weights are stacked row-wise and quantized in one sweep (one
         Cholesky, one column loop), which gives each row exactly what a sweep of its own
@@ -57,7 +60,7 @@ class GPTQ(LayerwiseQuantizer):
         from lmcompose_gptq.algorithm import gptq_quantize_result
 
         c = self.config
-        grids = {}
+        grids: dict[str, QuantGrid] = {}
         for group in groups_sharing_stats(names, stats_of):
             weights = [lm.weight(n) for n in group]
             stacked = weights[0] if len(group) == 1 else torch.cat(weights, dim=0)
@@ -87,5 +90,5 @@ class GPTQ(LayerwiseQuantizer):
                 start += w.shape[0]
         return grids
 
-    def details(self) -> dict[str, Any]:
+    def details(self) -> dict[str, object]:
         return {"act_order": self.config.act_order, "rtn_fallback_layers": len(self.fallbacks)}

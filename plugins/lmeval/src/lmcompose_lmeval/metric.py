@@ -20,10 +20,11 @@ from __future__ import annotations
 import difflib
 import math
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from lmcompose.api import Context, Metric
 from lmcompose.errors import ConfigError
@@ -61,10 +62,17 @@ def bundled_task_dir() -> Path:
     return folder
 
 
-_MANAGERS: dict[tuple[str, ...], Any] = {}
+class TaskIndex(Protocol):
+    """What lmcompose reads of lm-eval's TaskManager: the names of its tasks, groups and tags."""
+
+    @property
+    def all_tasks(self) -> list[str]: ...
 
 
-def task_manager(include_path: str = "") -> Any:
+_MANAGERS: dict[tuple[str, ...], TaskIndex] = {}
+
+
+def task_manager(include_path: str = "") -> TaskIndex:
     """lm-eval's TaskManager with the bundled task (and ``include_path``) added; built once per
     process (indexing lm-eval's few thousand task files takes seconds)."""
     paths = [str(bundled_task_dir())] + ([str(Path(include_path).expanduser().resolve())] if include_path else [])
@@ -85,7 +93,7 @@ def task_names(text: str) -> list[str]:
     return names
 
 
-def check_tasks(names: list[str], manager: Any) -> None:
+def check_tasks(names: list[str], manager: TaskIndex) -> None:
     """Each name is an lm-eval task, group or tag; else one ConfigError with the closest names."""
     known = set(manager.all_tasks)
     for name in names:
@@ -98,7 +106,7 @@ def check_tasks(names: list[str], manager: Any) -> None:
             )
 
 
-def flatten(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+def flatten(results: Mapping[str, Mapping[str, object]]) -> dict[str, float | None]:
     """lm-eval's ``results`` as ``TASK/METRIC`` -> value (``,none`` dropped; non-numbers skipped)."""
     out: dict[str, float | None] = {}
     for task, metrics in sorted(results.items()):
@@ -117,13 +125,14 @@ class LMEval(Metric):
     name = "lmeval"
     keys = ()  # the tasks' own metric names, known once lm-eval has run
     Config = LMEvalConfig
+    config: LMEvalConfig
 
-    def __init__(self, config: Any = None):
+    def __init__(self, config: object = None):
         super().__init__(config)
         self.tasks = task_names(self.config.tasks)
         check_tasks(self.tasks, task_manager(self.config.include_path))  # when the run is set up, before any row
 
-    def compute(self, lm: LM, ctx: Context) -> dict[str, Any]:
+    def compute(self, lm: LM, ctx: Context) -> dict[str, float | None]:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
 

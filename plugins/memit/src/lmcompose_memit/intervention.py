@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from lmcompose.api import Context
-from lmcompose.editing import LocateThenEdit
+from lmcompose.api import Context, EditRecord
+from lmcompose.editing import EditHParams, LocateThenEdit
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +39,8 @@ class MEMIT(LocateThenEdit):
 
         return preset_for(lm)
 
-    def begin(self, lm: LM, hp: MEMITHParams, covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, Any]:
+    def begin(self, lm: LM, hp: EditHParams, covs: dict[int, torch.Tensor], ctx: Context) -> dict[str, object]:
+        assert isinstance(hp, MEMITHParams)  # what self.HParams resolves
         self._lam = hp.mom2_update_weight
         self._covs = covs
         return {}
@@ -51,12 +53,12 @@ class MEMIT(LocateThenEdit):
     def spread(
         self,
         lm: LM,
-        batch: list[Any],
-        targets: Any,
-        templates: list[str],
-        layers: list[int],
+        batch: Sequence[EditRecord],
+        targets: torch.Tensor,
+        templates: Sequence[str],
+        layers: Sequence[int],
         lam: float,
-        covs: dict[int, Any],
+        covs: dict[int, torch.Tensor],
     ) -> dict[str, float]:
         """Write the v* ``targets`` (edits x hidden, at the last edit layer) into the MLP output
         projections of ``layers`` with λ = ``lam`` and covariances ``covs`` by layer."""

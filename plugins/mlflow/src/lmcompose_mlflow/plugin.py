@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from lmcompose import hookimpl
 
-_TRACKER: Any = None
+if TYPE_CHECKING:
+    from lmcompose_mlflow.tracker import MLflowTracker
+
+_TRACKER: MLflowTracker | None = None
 
 
-def _tracker() -> Any:
+def _tracker() -> MLflowTracker | None:
     global _TRACKER
     from lmcompose_mlflow.tracker import MLflowTracker, tracking_uri
 

@@ -14,7 +14,8 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 ENV_URI = "LMCOMPOSE_MLFLOW"
 ENV_EXPERIMENT = "LMCOMPOSE_MLFLOW_EXPERIMENT"
@@ -35,6 +36,23 @@ STATUS = {"finished": "FINISHED", "incomplete": "KILLED", "failed": "FAILED"}
 MAX_PARAM = 500  # MLflow's limit on a parameter's value
 
 __all__ = ["MLflowTracker", "tracking_uri"]
+
+
+class RunInfo(Protocol):
+    """What the ``row_written`` and ``run_closed`` hooks tell a tracker about the run folder
+    (a ``lmcompose.engine.RunInfo``)."""
+
+    @property
+    def folder(self) -> Path: ...
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def config(self) -> Mapping[str, object]: ...
 
 
 def tracking_uri() -> str | None:
@@ -58,7 +76,7 @@ def _metrics(row: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def _param(value: Any) -> str:
+def _param(value: object) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
     return text if len(text) <= MAX_PARAM else text[: MAX_PARAM - 3] + "..."
 
@@ -90,7 +108,7 @@ class MLflowTracker:
         runs = self.client.search_runs([self.experiment_id()], filter_string=query, max_results=1)
         return runs[0].info.run_id if runs else None
 
-    def parent(self, run: Any) -> str:
+    def parent(self, run: RunInfo) -> str:
         """The MLflow run of a run folder (created with its settings the first time)."""
         if run.run_id in self._parents:
             return self._parents[run.run_id]
@@ -121,7 +139,7 @@ class MLflowTracker:
             self._backfill(run)
         return found
 
-    def _backfill(self, run: Any) -> None:
+    def _backfill(self, run: RunInfo) -> None:
         """A resumed run: log the rows that reached results.jsonl but not MLflow (a kill
         between the two), so every cell's history is whole."""
         from lmcompose.results import RESULTS_FILE, read_rows
@@ -138,7 +156,7 @@ class MLflowTracker:
             self._steps[run_id] = {m.step for m in history}
         return self._steps[run_id]
 
-    def cell(self, row: Mapping[str, Any], run: Any) -> str:
+    def cell(self, row: Mapping[str, Any], run: RunInfo) -> str:
         cell = str(row.get("cell") or f"run|r{row.get('replicate', 0)}")
         key = (run.run_id, cell)
         if key in self._cells:
@@ -158,7 +176,7 @@ class MLflowTracker:
         self._cells[key] = found
         return found
 
-    def row(self, row: Mapping[str, Any], run: Any) -> None:
+    def row(self, row: Mapping[str, Any], run: RunInfo) -> None:
         from mlflow.entities import Metric
 
         run_id = self.cell(row, run)
@@ -175,7 +193,7 @@ class MLflowTracker:
         if last is not None and step == last:
             self.client.set_terminated(run_id, "FINISHED")
 
-    def close(self, run: Any, status: str) -> None:
+    def close(self, run: RunInfo, status: str) -> None:
         parent = self._parents.get(run.run_id)
         if parent is None:
             return

@@ -62,7 +62,7 @@ class MQuAKE(JsonEditDataset):
         "mquake/MQuAKE-hard.json",
     )
     url = URL
-    sample = Path(str(resources.files("lmcompose_mquake").joinpath("sample", "mquake_sample.json")))
+    sample = Path(str(resources.files("lmcompose_mquake").joinpath("sample").joinpath("mquake_sample.json")))
 
     def parse(self, raw: Mapping[str, Any], index: int) -> list[EditRecord]:
         if "case_id" not in raw:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 from lmcompose.interventions.calibrated import LayerwisePruner, groups_sharing_stats
 
 from lmcompose_sparsegpt.config import SparseGPTConfig
 
 if TYPE_CHECKING:  # pragma: no cover - the statistics import torch; validating a config must not
+    import torch
     from lmcompose import LM
     from lmcompose.calibration import Gram
 
 
-class SparseGPT(LayerwisePruner):
+class SparseGPT(LayerwisePruner["Gram"]):
     """SparseGPT: OBS-based one-shot pruning, unstructured or N:M.
 
     Lifecycle: ``apply`` runs the layer-sequential pipeline: for each decoder layer it
@@ -29,17 +30,18 @@ class SparseGPT(LayerwisePruner):
 
     name = "sparsegpt"
     Config = SparseGPTConfig
+    config: SparseGPTConfig
 
-    def new_stats(self, name: str, module: Any, in_features: int) -> Gram:
+    def new_stats(self, name: str, module: torch.nn.Module, in_features: int) -> Gram:
         from lmcompose.calibration import Gram
 
-        return Gram(in_features, module.weight.device)
+        return Gram(in_features, cast("torch.Tensor", module.weight).device)
 
-    def observe(self, stats: Gram, x: Any) -> None:
+    def observe(self, stats: Gram, x: torch.Tensor) -> None:
         stats.add(x)
 
     def process_layer(
-        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Any], messages: list[str]
+        self, lm: LM, index: int, names: list[str], stats_of: Callable[[str], Gram], messages: list[str]
     ) -> None:
         """Projections fed one tensor (q/k/v, gate/up) share H: their weights are stacked
         row-wise and pruned in one sweep (one Cholesky, one column loop), each block's
@@ -63,15 +65,19 @@ class SparseGPT(LayerwisePruner):
                 self.record_mask(lm, name, keep[rows].clone())
                 start += w.shape[0]
 
-    def prune_weight(self, name: str, w: Any, stats: Gram, messages: list[str], rows: list[int] | None = None) -> Any:
+    def prune_weight(
+        self, name: str, w: torch.Tensor, stats: Gram, messages: list[str], rows: list[int] | None = None
+    ) -> torch.Tensor:
         from lmcompose.sparsity import parse_structure
 
         from lmcompose_sparsegpt.algorithm import sparsegpt_prune
 
+        sparsity = self.config.sparsity
+        assert sparsity is not None  # SparseGPTConfig.__post_init__ resolved it
         return sparsegpt_prune(
             w,
             stats.xxt,
-            self.config.sparsity,
+            sparsity,
             parse_structure(self.config.structure),
             self.config.blocksize,
             self.config.percdamp,

@@ -44,6 +44,7 @@ from lmcompose_unlearn.config import FILE_FIELDS
 
 if TYPE_CHECKING:
     from lmcompose import LM, Context
+    from lmcompose.api import EditRecord
 
     from lmcompose_unlearn.config import BenchmarkConfig
 
@@ -225,7 +226,7 @@ def _parse_dataset(spec: str) -> tuple[str, str | None]:
     return name.strip(), (path.strip() or None) if sep else None
 
 
-def _load_records(spec: str, ctx: Context) -> list[Any]:
+def _load_records(spec: str, ctx: Context) -> list[EditRecord]:
     """Every record of one dataset spec: NAME:FILE reads the file; NAME reads every file of
     the dataset present in the data folder (CounterFact: the ROME-schema file and EasyEdit's),
     else what the dataset loads by default (its bundled sample, with a note)."""
@@ -235,13 +236,14 @@ def _load_records(spec: str, ctx: Context) -> list[Any]:
     cls = get_datasets().get(name)
     if not (isinstance(cls, type) and issubclass(cls, EditDataset)):
         raise ConfigError(f"datasets: {name!r} is not an edit dataset; name one such as counterfact or zsre")
-    files: list[Any] = [path] if path else []
+    files: list[str | Path] = [path] if path else []
     if not path:
         folder = data_dir(ctx.data_dir)
         if folder is not None:
             files = [folder / rel for rel in getattr(cls, "data_files", ()) if (folder / rel).is_file()]
-    records = []
-    for source in files or [None]:
+    records: list[EditRecord] = []
+    sources: list[str | Path | None] = [*files] or [None]
+    for source in sources:
         ds = cls()
         ds.data_dir = ctx.data_dir
         if source is not None and not Path(str(source)).is_file():
@@ -252,7 +254,7 @@ def _load_records(spec: str, ctx: Context) -> list[Any]:
     return records
 
 
-def _template(record: Any) -> str:
+def _template(record: EditRecord) -> str:
     i = record.prompt.index(record.subject)
     return record.prompt[:i] + "{}" + record.prompt[i + len(record.subject) :]
 

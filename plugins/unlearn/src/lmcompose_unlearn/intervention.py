@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
 from lmcompose.errors import ConfigError, DataError
@@ -406,7 +406,7 @@ class RMU(Unlearner):
                 f"<= {n - 1}"
             )
         names = [f"{lm.arch.layers}.{i}.{lm.arch.mlp_out}" for i in range(max(0, layer - 2), layer + 1)]
-        return [(f"{name}.weight", lm.model.get_submodule(name).weight) for name in names]
+        return [(f"{name}.weight", cast("torch.nn.Parameter", lm.model.get_submodule(name).weight)) for name in names]
 
     def apply(self, lm: LM, ctx: Context) -> StepReport:
         import torch
@@ -427,7 +427,7 @@ class RMU(Unlearner):
         n_retain_batches = (n_batches - 1) // len(topics) + 1
         retain = _chunks(self.retain_examples(lm, ctx, bench, n_retain_batches * c.batch_size, ctx.seed), c.batch_size)
         gen = torch.Generator().manual_seed(int(ctx.seed))
-        hidden = lm.model.get_input_embeddings().weight.shape[1]
+        hidden = cast(torch.Tensor, lm.model.get_input_embeddings().weight).shape[1]
         controls = [control_vector(hidden, c.steering_coeff, gen).to(lm.device) for _ in topics]
         frozen = []
         with torch.no_grad():

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,9 @@ __all__ = [
 Example = tuple[list[int], int]
 
 
-def pad_batch(batch: Sequence[Example], pad: int, device: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_batch(
+    batch: Sequence[Example], pad: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ids, attention mask, and the label mask (1 where a position's token is a
     label: from each example's start to its end)."""
     width = max(len(ids) for ids, _ in batch)

@@ -29,7 +29,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lmcompose.api import Context, Metric
 
@@ -46,6 +46,7 @@ from lmcompose_unlearn.scores import (
 from lmcompose_unlearn.sources import QAItem, load_qa_source
 
 if TYPE_CHECKING:
+    import torch
     from lmcompose import LM
 
 __all__ = [
@@ -87,10 +88,10 @@ def choice_loglik(lm: LM, items: Sequence[tuple[list[int], list[list[int]]]], ba
                 out[i] = [float(logp[k, c[0]]) for c in items[i][1]]
         scores: dict[tuple[int, int], float] = {}
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            ids, attn = _right_padded([r[2] for r in chunk], pad, lm.device)
+            batch_rows = rows[start : start + batch_size]
+            ids, attn = _right_padded([r[2] for r in batch_rows], pad, lm.device)
             logp = torch.log_softmax(lm.model(input_ids=ids, attention_mask=attn, use_cache=False).logits.float(), -1)
-            for k, (i, j, seq, n_ctx) in enumerate(chunk):
+            for k, (i, j, seq, n_ctx) in enumerate(batch_rows):
                 pos = torch.arange(n_ctx - 1, len(seq) - 1, device=logp.device)
                 tgt = torch.tensor(seq[n_ctx:], device=logp.device)
                 scores[(i, j)] = float(logp[k, pos, tgt].sum())
@@ -100,7 +101,7 @@ def choice_loglik(lm: LM, items: Sequence[tuple[list[int], list[list[int]]]], ba
     return [o for o in out if o is not None]
 
 
-def _right_padded(seqs: Sequence[list[int]], pad: int, device: Any) -> tuple[Any, Any]:
+def _right_padded(seqs: Sequence[list[int]], pad: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
     width = max(len(s) for s in seqs)
@@ -180,11 +181,11 @@ def rouge_recalls(lm: LM, items: Sequence[Any], max_new_tokens: int, batch_size:
         with _no_grad():
             ids = sc.generate([items[j].prompt for j in facts], lengths)
         for j, row in zip(facts, ids, strict=True):
-            gens[j] = lm.tokenizer.decode(row, skip_special_tokens=True)
+            gens[j] = cast(str, lm.tokenizer.decode(row, skip_special_tokens=True))  # one sequence: one text
     return [rouge_l_recall(it.answer, gens[j]) for j, it in enumerate(items)]
 
 
-def _no_grad() -> Any:
+def _no_grad() -> torch.no_grad:
     import torch
 
     return torch.no_grad()
@@ -373,10 +374,10 @@ class UnlearnMetrics(Metric):
                 parts.append(retain_truth_ratio(retain_rs) or 0.0)
         for items in self.utility_sets():
             pairs = [(it.prompt, a) for it in items for a in (it.answer, *it.perturbed_answers)]
-            nlls = iter(answer_nlls(lm, pairs, c.batch_size))
+            pair_nlls = iter(answer_nlls(lm, pairs, c.batch_size))
             probs = []
             for it in items:
-                p = [math.exp(-next(nlls)) for _ in range(1 + len(it.perturbed_answers))]
+                p = [math.exp(-next(pair_nlls)) for _ in range(1 + len(it.perturbed_answers))]
                 probs.append(p[0] / sum(p))
             parts.append(sum(probs) / len(probs))
             parts.append(sum(rouge_recalls(lm, items, c.max_new_tokens, c.batch_size)) / len(items))

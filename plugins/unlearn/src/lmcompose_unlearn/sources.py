@@ -181,7 +181,7 @@ def _hub_records(spec: SourceSpec, what: str) -> list[Any]:
         raise
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds for a dataset not in the cache
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        hint = _where_to_get(spec.hub_id)
+        hint = _where_to_get(spec.hub_id) if spec.hub_id else ""
         config = f", {spec.config!r}" if spec.config else ""
         raise DataError(
             f"{what} {spec.text}: not in the local datasets cache ({first}); it is read from the cache only. On a "

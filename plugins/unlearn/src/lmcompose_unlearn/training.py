@@ -100,7 +100,7 @@ def train(
     return TrainLog(steps, seen, first, final, stopped)
 
 
-def _step(opt: torch.optim.Optimizer, tensors: list[torch.nn.Parameter], masters: list[Any]) -> bool:
+def _step(opt: torch.optim.Optimizer, tensors: list[torch.nn.Parameter], masters: list[torch.Tensor | None]) -> bool:
     """One optimiser step; False (and the weights as before) when it made any weight non-finite."""
     before = [(m if m is not None else p).detach().clone() for p, m in zip(tensors, masters, strict=True)]
     for p, m in zip(tensors, masters, strict=True):
@@ -125,7 +125,7 @@ def _step(opt: torch.optim.Optimizer, tensors: list[torch.nn.Parameter], masters
 
 @contextmanager
 def _capture(module: torch.nn.Module, store: list[torch.Tensor], stop: bool) -> Iterator[None]:
-    def hook(_m: Any, _args: Any, out: Any) -> None:
+    def hook(_m: torch.nn.Module, _args: tuple[object, ...], out: torch.Tensor | tuple[torch.Tensor, ...]) -> None:
         store.append(out[0] if isinstance(out, tuple) else out)
         if stop:
             raise StopForward

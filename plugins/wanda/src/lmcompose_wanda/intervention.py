@@ -6,15 +6,18 @@ inputs that already went through the pruned layers before it, as in the referenc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from lmcompose.interventions.calibrated import LayerwisePruner
 
 from lmcompose_wanda.algorithm import InputNorms, wanda_scores
 from lmcompose_wanda.config import WandaConfig
 
+if TYPE_CHECKING:
+    import torch
 
-class Wanda(LayerwisePruner):
+
+class Wanda(LayerwisePruner[InputNorms]):
     """Wanda: |W| x input norm, per output row.
 
     Lifecycle: ``apply`` runs the layer-sequential pipeline: for each decoder layer it
@@ -28,22 +31,21 @@ class Wanda(LayerwisePruner):
 
     name = "wanda"
     Config = WandaConfig
+    config: WandaConfig
 
-    def new_stats(self, name: str, module: Any, in_features: int) -> InputNorms:
-        return InputNorms(in_features, module.weight.device)
+    def new_stats(self, name: str, module: torch.nn.Module, in_features: int) -> InputNorms:
+        return InputNorms(in_features, cast("torch.Tensor", module.weight).device)
 
-    def observe(self, stats: InputNorms, x: Any) -> None:
+    def observe(self, stats: InputNorms, x: torch.Tensor) -> None:
         stats.add(x)
 
-    def prune_weight(self, name: str, w: Any, stats: InputNorms, messages: list[str]) -> Any:
+    def prune_weight(self, name: str, w: torch.Tensor, stats: InputNorms, messages: list[str]) -> torch.Tensor:
         from lmcompose.sparsity import keep_lowest_pruned_per_row, keep_n_of_m, parse_structure
 
         scores = wanda_scores(w, stats.sq)
         nm = parse_structure(self.config.structure)
-        keep = (
-            keep_lowest_pruned_per_row(scores, self.config.sparsity)
-            if nm is None
-            else keep_n_of_m(scores, *nm, where=name)
-        )
+        sparsity = self.config.sparsity
+        assert sparsity is not None  # WandaConfig.__post_init__ resolved it
+        keep = keep_lowest_pruned_per_row(scores, sparsity) if nm is None else keep_n_of_m(scores, *nm, where=name)
         w.mul_(keep.to(w.dtype))
         return keep

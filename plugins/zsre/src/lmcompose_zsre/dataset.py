@@ -28,7 +28,7 @@ class ZsRE(JsonEditDataset):
     convention: ClassVar[str] = "easyedit"
     data_files = ("zsre/zsre_mend_eval.json", "zsre/zsre_mend_eval_portability_gpt4.json")
     url = ROME_URL
-    sample = Path(str(resources.files("lmcompose_zsre").joinpath("sample", "zsre_sample.json")))
+    sample = Path(str(resources.files("lmcompose_zsre").joinpath("sample").joinpath("zsre_sample.json")))
     # some of zsRE's alternative answers equal the true one (29 of the 1,037 records of
     # zsre_mend_eval_portability_gpt4.json): kept, with a note
     no_op_edits = "note"

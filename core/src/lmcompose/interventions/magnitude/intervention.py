@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
 from lmcompose.interventions.common import Timer, selected_layers
 from lmcompose.interventions.magnitude.config import MagnitudeConfig
 
 if TYPE_CHECKING:
+    import torch
+
     from lmcompose.models.handle import LM
 
 
@@ -28,11 +30,12 @@ class Magnitude(Intervention):
     name = "magnitude"
     kind = "prune"
     Config = MagnitudeConfig
+    config: MagnitudeConfig
     strength = StrengthKnob("sparsity", 0.0, 1.0, high_inclusive=False)
 
-    def __init__(self, config: Any = None):
+    def __init__(self, config: object = None):
         super().__init__(config)
-        self.masks: dict[str, Any] = {}
+        self.masks: dict[str, torch.Tensor] = {}
 
     def apply(self, lm: LM, ctx: Context) -> StepReport:
         from lmcompose.interventions.magnitude.algorithm import prune_layer

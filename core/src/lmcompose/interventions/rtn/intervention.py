@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lmcompose.api import Context, Intervention, StepReport, StrengthKnob
 from lmcompose.interventions.common import Timer, selected_layers
@@ -10,6 +10,7 @@ from lmcompose.interventions.rtn.config import RTNConfig
 
 if TYPE_CHECKING:
     from lmcompose.models.handle import LM
+    from lmcompose.quant import QuantGrid
 
 
 class RTN(Intervention):
@@ -27,11 +28,12 @@ class RTN(Intervention):
     name = "rtn"
     kind = "quantize"
     Config = RTNConfig
+    config: RTNConfig
     strength = StrengthKnob("bits", 2, 8, increasing=False, integer=True)
 
-    def __init__(self, config: Any = None):
+    def __init__(self, config: object = None):
         super().__init__(config)
-        self.grids: dict[str, Any] = {}
+        self.grids: dict[str, QuantGrid] = {}
 
     def apply(self, lm: LM, ctx: Context) -> StepReport:
         from lmcompose.interventions.rtn.algorithm import round_to_nearest
