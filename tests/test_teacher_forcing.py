@@ -286,15 +286,16 @@ def test_an_evaluation_runs_the_head_at_the_answer_positions_only():
     encoded = [sc.encode(*pair) for pair in _forced_pairs(records())]
     expected = len({tuple(p) for p, _t in encoded}) + sum(len(t) - 1 for _p, t in encoded)
     head_rows = []
-    real_generate = Scorer.generate_ids
+    real_generate, real_after = Scorer.generate_ids, Scorer._greedy_after
     handle = lm.model.get_output_embeddings().register_forward_hook(
         lambda _m, args, _out: head_rows.append(args[0].shape[0])
     )
-    try:
-        Scorer.generate_ids = lambda self, prompts, lengths: [[0] * n for n in lengths]  # greedy generation aside
+    try:  # greedy generation aside, from the prompt and after kept keys and values
+        Scorer.generate_ids = lambda self, prompts, lengths: [[0] * n for n in lengths]
+        Scorer._greedy_after = lambda self, prefixes, first, lengths: [[0] * n for n in lengths]
         metric.compute(lm, ctx)
     finally:
-        Scorer.generate_ids = real_generate
+        Scorer.generate_ids, Scorer._greedy_after = real_generate, real_after
         handle.remove()
     assert sum(head_rows) == expected
 
@@ -330,6 +331,62 @@ def test_the_greedy_loop_generates_what_model_generate_does(arch):
         assert len(alone[i]) == k + 1
         assert Scorer(lm, 2).generate_ids(prompts, lengths) == alone
         assert Scorer(lm, 2, per_pair=True).generate_ids(prompts, lengths) == alone
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_generation_after_teacher_forcings_keys_and_values_is_generation_from_the_prompt(arch):
+    """``generate_for`` goes on after the keys and values packed teacher forcing kept
+    (``continued``) and gives what it gives from the prompt run again, and what
+    ``model.generate`` gives; with batches of 1, 3 and 16 rows. The tiny gemma3's sliding
+    window (16 tokens) drops columns of a forward as wide as LONG's row: the pairs of that
+    forward run their prompt again."""
+    lm = tiny_model(arch, seed=3)
+    pairs = list(dict.fromkeys(PAIRS))
+    with torch.inference_mode():
+        base = Scorer(lm, 3)
+        again = base.generate_for(pairs, base.teacher_forced(pairs, False))
+        assert not base._prefixes  # nothing kept without ``continued``
+        alone = Scorer(lm, 3, per_pair=True)
+        assert alone.generate_for(pairs, alone.teacher_forced(pairs, False)) == again
+        for batch_size in (1, 3, 16):
+            sc = Scorer(lm, batch_size)
+            forced = sc.teacher_forced(pairs, False, [True] * len(pairs))
+            assert sc.generate_for(pairs, forced) == again
+            windowed = arch == "gemma3"
+            for p, t in pairs:
+                prompt, target = sc.encode(p, t)
+                key = (tuple(prompt), tuple(target))
+                f = forced[pairs.index((p, t))]["target_argmax"]
+                miss = next((m for m, (a, b) in enumerate(zip(f, target, strict=True)) if a != b), len(target))
+                needed = miss < len(target) - 1  # generation goes on past the first token missed
+                if windowed and p == LONG:
+                    assert key not in sc._prefixes
+                elif windowed:
+                    assert key not in sc._prefixes or needed
+                else:
+                    assert (key in sc._prefixes) == needed
+
+
+def test_generation_after_kept_keys_and_values_runs_no_prompt_again():
+    """With ``continued``, greedy generation passes each pair's generated tokens through the
+    decoder one at a time and never a prompt; without, it passes the prompts again."""
+    lm = tiny_model("llama", seed=3)
+    pairs = [("Danny Glover is a citizen of", "the United States of America"), ("Berlin is", "the capital of Germany")]
+    widths = []
+    handle = lm.model.get_input_embeddings().register_forward_hook(lambda _m, args, _out: widths.append(args[0].shape))
+    try:
+        with torch.inference_mode():
+            for continued in ([True, True], None):
+                sc = Scorer(lm, 4)
+                forced = sc.teacher_forced(pairs, False, continued)
+                widths.clear()
+                sc.generate_for(pairs, forced)
+                if continued:
+                    assert widths and all(w[-1] == 1 for w in widths)
+                else:
+                    assert any(w[-1] > 1 for w in widths)
+    finally:
+        handle.remove()
 
 
 def test_a_generation_config_beyond_greedy_is_left_to_model_generate(monkeypatch):

@@ -159,6 +159,10 @@ class Scorer:
         self._excluded: dict[int, bool] = {}
         self._prompt_ids: dict[str, list[int]] = {}
         self._head: _HeadAbove | None = None
+        # per (prompt ids, target ids) that greedy generation goes on from: the keys and values
+        # (per layer, heads x tokens x dim) of the prompt and of the target tokens before the
+        # first one teacher forcing's argmax misses (``teacher_forced(continued=...)``)
+        self._prefixes: dict[tuple[tuple[int, ...], tuple[int, ...]], list[tuple[Tensor, Tensor]]] = {}
 
     def encode(self, prompt: str, target: str) -> tuple[list[int], list[int]]:
         if prompt not in self._prompt_ids:
@@ -166,7 +170,12 @@ class Scorer:
         t = self.tok(target_text(prompt, target), add_special_tokens=False).input_ids
         return list(self._prompt_ids[prompt]), t
 
-    def teacher_forced(self, pairs: list[tuple[str, str]], full_argmax: bool | list[bool] = True) -> list[ForcedScore]:
+    def teacher_forced(
+        self,
+        pairs: list[tuple[str, str]],
+        full_argmax: bool | list[bool] = True,
+        continued: list[bool] | None = None,
+    ) -> list[ForcedScore]:
         """For each (prompt, target): mean token NLL of the target (``nll``), token accuracy
         (``accuracy``), the argmax at each position that predicts a target token
         (``target_argmax``) and, where ``full_argmax`` asks (one flag, or one per pair), the
@@ -174,7 +183,11 @@ class Scorer:
 
         Rows (packed or branched) are batched shortest first (results in the order given):
         CounterFact's prompts vary in length, and batching them as they come pads a third of
-        the tokens."""
+        the tokens.
+
+        ``continued`` (one flag per pair): pairs that :meth:`generate_for` will go on from. On
+        the packed path their keys and values are kept up to where the argmax first leaves the
+        target, so greedy generation continues from them instead of running the prompt again."""
         wants = [full_argmax] * len(pairs) if isinstance(full_argmax, bool) else list(full_argmax)
         encoded = [self.encode(p, t) for p, t in pairs]
         if not encoded:
@@ -190,7 +203,8 @@ class Scorer:
         layout = _packed_layout(self._head_above().decoder.config) if self.packed else None
         with self.torch.no_grad():
             if layout is not None:
-                return self._teacher_forced_packed(encoded, wants, layout)
+                keeps = list(continued) if continued is not None else [False] * len(encoded)
+                return self._teacher_forced_packed(encoded, wants, layout, keeps)
             by_prompt: dict[tuple[int, ...], list[int]] = {}
             for j, (p, _t) in enumerate(encoded):
                 by_prompt.setdefault(tuple(p), []).append(j)
@@ -211,6 +225,7 @@ class Scorer:
         encoded: list[tuple[list[int], list[int]]],
         wants: list[bool],
         layout: tuple[frozenset[str], int | None],
+        keeps: list[bool],
     ) -> list[ForcedScore]:
         """Each distinct prompt and its distinct targets packed into rows (:func:`_pack_rows`),
         rows sorted by length and batched by a token budget: a forward holds at most
@@ -226,10 +241,10 @@ class Scorer:
         batch: list[_Row] = []
         for row in rows:
             if batch and (len(batch) + 1) * row.length > budget:
-                self._score_packed(batch, wants, layout, scored)
+                self._score_packed(batch, wants, layout, scored, keeps)
                 batch = []
             batch.append(row)
-        self._score_packed(batch, wants, layout, scored)
+        self._score_packed(batch, wants, layout, scored, keeps)
         return [scored[j] for j in range(len(encoded))]
 
     def _score_packed(
@@ -238,11 +253,13 @@ class Scorer:
         wants: list[bool],
         layout: tuple[frozenset[str], int | None],
         scored: dict[int, ForcedScore],
+        keeps: list[bool],
     ) -> None:
         """One decoder forward over ``rows`` (right-padded), the LM head at each prompt's last
         position (it predicts every target's first token), at every target position (each
         predicts the target's next token), and at a prompt's other positions only where a
-        pair of the row asks for every argmax; each pair scored into ``scored``."""
+        pair of the row asks for every argmax; each pair scored into ``scored``; the keys and
+        values of the pairs ``keeps`` flags kept for generation (:meth:`_keep_prefix`)."""
         torch = self.torch
         head = self._head_above()
         width = max(r.length for r in rows)
@@ -254,6 +271,7 @@ class Scorer:
         tokens: list[int] = []
         scoring: list[tuple[int, list[int]]] = []  # per target: its length, the pairs it scores
         prompts: list[tuple[int, int]] = []  # per target: its prompt's first and last position in cols
+        segments: list[tuple[int, int, list[int], bool]] = []  # per target: row, first column, tokens, kept
         for i, row in enumerate(rows):
             n = len(row.prompt)
             ids[i][:n], pos[i][:n], seg[i][:n] = row.prompt, range(n), [0] * n
@@ -274,10 +292,12 @@ class Scorer:
                 at += len(cont)
                 scoring.append((len(t), js))
                 prompts.append((first, last))
+                segments.append((i, at - len(cont), t, any(keeps[j] for j in js)))
         dev = self.lm.device
         positions = torch.tensor(pos)
         mask = _packed_mask(torch.tensor(seg, device=dev), positions.to(dev), layout, head.dtype)
-        h = head.hidden(torch.tensor(ids), mask, positions, None)
+        cache = head.new_cache() if any(kept for *_x, kept in segments) else None
+        h = head.hidden(torch.tensor(ids), mask, positions, cache)
         where = torch.tensor(cols, device=h.device)
         logits = head.logits(h[where[:, 0], where[:, 1]])
         argmax = logits.argmax(-1)
@@ -296,11 +316,32 @@ class Scorer:
         for k, ((length, js), (first, last)) in enumerate(zip(scoring, prompts, strict=True)):
             got = read_argmax[at : at + length]
             at += length
+            if cache is not None and segments[k][3]:
+                row_i, start, t, _kept = segments[k]
+                self._keep_prefix(cache, width, row_i, rows[row_i].prompt, start, t, got)
             for j in js:
                 out: ForcedScore = {"nll": nll[k], "accuracy": accuracy[k], "target_argmax": list(got)}
                 if wants[j]:
                     out["argmax"] = every_argmax[first:last] + got
                 scored[j] = out
+
+    def _keep_prefix(
+        self, cache: Any, width: int, row: int, prompt: list[int], start: int, target: list[int], got: list[int]
+    ) -> None:
+        """Keep, for :meth:`generate_for`, the keys and values of ``prompt`` (columns 0 to its
+        length of ``row``) and of the target tokens (from column ``start``) before the first
+        that ``got`` (the teacher-forced argmaxes) misses, where that is before the target's
+        last token (else nothing is generated). Nothing is kept where a sliding-window layer
+        has already dropped columns of the row."""
+        miss = next((m for m, (a, b) in enumerate(zip(got, target, strict=True)) if a != b), len(target))
+        if miss >= len(target) - 1:
+            return
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        if any(k.shape[-2] != width for k, _v in layers):
+            return
+        torch = self.torch
+        idx = torch.cat([torch.arange(len(prompt)), torch.arange(start, start + miss)]).to(layers[0][0].device)
+        self._prefixes[(tuple(prompt), tuple(target))] = [(k[row][:, idx], v[row][:, idx]) for k, v in layers]
 
     def _branched(
         self,
@@ -438,9 +479,7 @@ class Scorer:
         row's first token; each step runs the last token of the rows still going after the
         cached keys and values, the LM head at that position only, and a row that has its
         tokens or an end-of-sequence token leaves the batch (its cache rows with it)."""
-        torch = self.torch
-        head, dev = self._head_above(), self.lm.device
-        stop = self._generation_eos()
+        torch, head = self.torch, self._head_above()
         outs: list[list[int]] = [[] for _ in prompts]
         order = sorted((j for j in range(len(prompts)) if lengths[j] > 0), key=lambda j: len(prompts[j]))
         for start in range(0, len(order), self.batch_size):
@@ -455,25 +494,73 @@ class Scorer:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             h = head.hidden(ids, mask, positions, cache)
             nxt = head.logits(h[:, -1]).argmax(-1).cpu()
-            last = positions[:, -1:]
-            while True:
-                keep = []
-                for i, j in enumerate(live):
-                    t = int(nxt[i])
-                    outs[j].append(t)
-                    if t not in stop and len(outs[j]) < lengths[j]:
-                        keep.append(i)
-                if not keep:
-                    break
-                if len(keep) < len(live):
-                    sel = torch.tensor(keep)
-                    cache.batch_select_indices(sel.to(dev))
-                    mask, last, nxt = mask[sel], last[sel], nxt[sel]
-                    live = [live[i] for i in keep]
-                mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], 1)
-                last = last + 1
-                h = head.hidden(nxt[:, None], mask, last, cache)
-                nxt = head.logits(h[:, -1]).argmax(-1).cpu()
+            self._decode(live, outs, lengths, nxt, mask, positions[:, -1:], cache)
+        return outs
+
+    def _decode(
+        self,
+        live: list[int],
+        outs: list[list[int]],
+        lengths: list[int],
+        nxt: Tensor,
+        mask: Tensor,
+        last: Tensor,
+        cache: Any,
+    ) -> None:
+        """The greedy loop's steps: ``nxt`` (each live row's next token) joins ``outs``, then
+        the rows still going run it after ``cache`` (``mask`` covers the cached tokens, ``last``
+        holds each row's position of its last one) for the token after, until each row has
+        ``lengths[j]`` tokens or an end-of-sequence token."""
+        torch, head, dev = self.torch, self._head_above(), self.lm.device
+        stop = self._generation_eos()
+        while True:
+            keep = []
+            for i, j in enumerate(live):
+                t = int(nxt[i])
+                outs[j].append(t)
+                if t not in stop and len(outs[j]) < lengths[j]:
+                    keep.append(i)
+            if not keep:
+                return
+            if len(keep) < len(live):
+                sel = torch.tensor(keep)
+                cache.batch_select_indices(sel.to(dev))
+                mask, last, nxt = mask[sel], last[sel], nxt[sel]
+                live = [live[i] for i in keep]
+            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], 1)
+            last = last + 1
+            h = head.hidden(nxt[:, None], mask, last, cache)
+            nxt = head.logits(h[:, -1]).argmax(-1).cpu()
+
+    def _greedy_after(
+        self, prefixes: list[list[tuple[Tensor, Tensor]]], first: list[int], lengths: list[int]
+    ) -> list[list[int]]:
+        """Greedy continuation, ``lengths[i]`` new tokens, of sequences whose keys and values
+        teacher forcing kept (``prefixes[i]``, per layer) and whose next token is ``first[i]``:
+        rows sorted by length, their keys and values left-padded into one cache, ``first``
+        run after them, then the greedy loop (:meth:`_decode`)."""
+        torch, head = self.torch, self._head_above()
+        outs: list[list[int]] = [[] for _ in prefixes]
+        size = [p[0][0].shape[-2] for p in prefixes]
+        order = sorted((j for j in range(len(prefixes)) if lengths[j] > 0), key=lambda j: size[j])
+        for start in range(0, len(order), self.batch_size):
+            live = order[start : start + self.batch_size]
+            width = max(size[j] for j in live)
+            cache = head.new_cache()
+            for layer in range(len(prefixes[live[0]])):
+                keys, values = [], []
+                for j in live:
+                    k, v = prefixes[j][layer]
+                    keys.append(torch.nn.functional.pad(k, (0, 0, width - size[j], 0)))
+                    values.append(torch.nn.functional.pad(v, (0, 0, width - size[j], 0)))
+                cache.update(torch.stack(keys), torch.stack(values), layer)
+            mask = torch.zeros((len(live), width + 1), dtype=torch.long)
+            for i, j in enumerate(live):
+                mask[i, width - size[j] :] = 1
+            last = torch.tensor([size[j] for j in live])[:, None]
+            h = head.hidden(torch.tensor([first[j] for j in live])[:, None], mask, last, cache)
+            nxt = head.logits(h[:, -1]).argmax(-1).cpu()
+            self._decode(live, outs, lengths, nxt, mask, last, cache)
         return outs
 
     def _generate_ids_whole(self, prompts: list[list[int]], lengths: list[int]) -> list[list[int]]:
@@ -644,7 +731,9 @@ class Scorer:
         With ``forced`` (``teacher_forced(pairs)``), the argmaxes at the target's positions already
         give the greedy tokens for as long as they agree with the target, and the first token
         that disagrees: only pairs that disagree before their last token are generated on,
-        from the prompt plus the tokens found so far. Single-token targets need no generation."""
+        from the prompt plus the tokens found so far: after the keys and values teacher forcing
+        kept for the pair (``teacher_forced(continued=...)``), else from the prompt run again.
+        Single-token targets need no generation."""
         encoded = [self.encode(p, t) for p, t in pairs]
         if forced is None:
             return self.generate([p for p, _ in pairs], [len(t) for _, t in encoded])
@@ -659,10 +748,25 @@ class Scorer:
             outs.append(got)
             if len(got) < len(t):
                 rest.append(j)
+        kept: dict[int, list[tuple[Tensor, Tensor]]] = {}
+        if not self.per_pair and _plain_greedy(self.lm.model.generation_config):
+            for j in rest:
+                prefix = self._prefixes.get((tuple(encoded[j][0]), tuple(encoded[j][1])))
+                if prefix is not None:  # the prompt and the target tokens before the one missed
+                    assert prefix[0][0].shape[-2] == len(encoded[j][0]) + len(outs[j]) - 1
+                    kept[j] = prefix
+        again = [j for j in rest if j not in kept]
         more = self.generate_ids(
-            [encoded[j][0] + outs[j] for j in rest], [len(encoded[j][1]) - len(outs[j]) for j in rest]
+            [encoded[j][0] + outs[j] for j in again], [len(encoded[j][1]) - len(outs[j]) for j in again]
         )
-        for j, m in zip(rest, more, strict=True):
+        after = list(kept)
+        with self.torch.no_grad():
+            more += self._greedy_after(
+                [kept[j] for j in after],
+                [outs[j][-1] for j in after],
+                [len(encoded[j][1]) - len(outs[j]) for j in after],
+            )
+        for j, m in zip(again + after, more, strict=True):
             outs[j] = outs[j] + m
         return outs
 
@@ -952,6 +1056,13 @@ def _forced_pairs(records: list[EditRecord], unedited: list[EditRecord] | None =
     return list(wanted)
 
 
+def _generated_pairs(records: list[EditRecord]) -> set[tuple[str, str]]:
+    """The pairs the f1 scorers generate on (:meth:`Scorer.generate_for`): each edit prompt and
+    rephrase with the new target, each locality prompt with its answer."""
+    pairs = {(p, r.target_new) for r in records for p in [r.prompt, *r.rephrases]}
+    return pairs | set(_locality_pairs(records)[1])
+
+
 def _reference_key(records: list[EditRecord]) -> str:
     """What the base-model locality reference of a batch is computed from: a digest of its
     locality prompts and answers in order (``Context.references`` adds the base model's
@@ -995,7 +1106,9 @@ class EditMetrics(Metric):
             sc = Scorer(lm, self.config.batch_size, per_pair=self._per_pair)
             # one teacher-forced pass for the whole evaluation: each distinct prompt runs once
             wanted = _forced_pairs(records, ctx.unedited)
-            forced = dict(zip(wanted, sc.teacher_forced(wanted, False), strict=True))
+            generated = _generated_pairs(records)
+            continued = [pair in generated for pair in wanted]
+            forced = dict(zip(wanted, sc.teacher_forced(wanted, False, continued), strict=True))
             scores: dict[str, list[float | None]] = {}
             scores.update(self._prompt_group("edit_success", sc, records, lambda r: [r.prompt], forced))
             scores["edit_nll"] = scores.pop("edit_success_nll")
