@@ -58,7 +58,7 @@ def producing_parameters(
     owners = set(before)
     out: list[tuple[str, torch.Tensor]] = []
     seen: set[int] = set()
-    named = list(lm.model.named_parameters())
+    named: list[tuple[str, torch.Tensor]] = list(lm.model.named_parameters())
     if getattr(lm, "offloaded", False):  # meta placeholders: read the stored values
         from lmcompose.models.offload import stored_tensors
 

@@ -158,11 +158,14 @@ def with_outlier_features(lm: LM, seed: int = 0, spread: float = 1.5) -> LM:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for norm_name in (lm.arch.attn_norm, lm.arch.mlp_norm):
-            norm = layer0.get_submodule(norm_name)
-            gains = torch.exp(torch.randn(norm.weight.shape, generator=gen) * spread)
+            if norm_name is None:  # an architecture without this norm
+                continue
+            weight = layer0.get_submodule(norm_name).weight
+            assert isinstance(weight, torch.Tensor)
+            gains = torch.exp(torch.randn(weight.shape, generator=gen) * spread)
             if lm.arch.name == "gemma3":  # gemma norms scale by (1 + weight)
                 gains = gains - 1
-            norm.weight.copy_(gains.to(norm.weight.dtype))
+            weight.copy_(gains.to(weight.dtype))
     return lm
 
 
@@ -326,7 +329,9 @@ class InterventionConformance:
         gen = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for _name, module in lm.linear_layers():
-                module.weight.add_(torch.randn(module.weight.shape, generator=gen) * 0.01)
+                weight = module.weight
+                assert isinstance(weight, torch.Tensor)
+                weight.add_(torch.randn(weight.shape, generator=gen) * 0.01)
         step.project(lm)
         once = _state(lm)
         step.project(lm)

@@ -200,7 +200,7 @@ def topk_next_tokens(
     top = torch.topk(probs, min(k, probs.shape[-1]))
     record: TopK = {
         "prompt": prompt,
-        "tokens": [lm.tokenizer.decode([int(i)]) for i in top.indices],
+        "tokens": [str(lm.tokenizer.decode([int(i)])) for i in top.indices],
         "token_ids": [int(i) for i in top.indices],
         "probs": [float(p) for p in top.values],
         "logits": [float(logits[int(i)]) for i in top.indices],
@@ -214,7 +214,7 @@ def topk_next_tokens(
         most = torch.topk(logits, min(top_logits, logits.shape[-1]))
         record["top_logits"] = {
             "token_ids": [int(i) for i in most.indices],
-            "tokens": [lm.tokenizer.decode([int(i)]) for i in most.indices],
+            "tokens": [str(lm.tokenizer.decode([int(i)])) for i in most.indices],
             "logits": [float(v) for v in most.values],
         }
     return record
@@ -233,7 +233,7 @@ def _target_token(lm: LM, prompt: str, text: str, logits: torch.Tensor, probs: t
     return {
         "text": text,
         "token_id": first,
-        "token": lm.tokenizer.decode([first]),
+        "token": str(lm.tokenizer.decode([first])),
         "logit": logit,
         "prob": float(probs[first]),
         "rank": int((logits > logits[first]).sum()) + 1,
@@ -391,8 +391,11 @@ class SnapshotStore:
             held = snap["compression"]
             if not isinstance(held, Mapping):  # pragma: no cover - LM.state_copy keeps it by layer
                 raise TypeError(f"a memory snapshot's compression is {type(held).__name__}, not a mapping")
+            weights = snap["weights"]
+            if not isinstance(weights, dict):  # pragma: no cover - LM.state_copy keeps them by name
+                raise TypeError(f"a memory snapshot's weights are {type(weights).__name__}, not a dict")
             comp = {k: v.clone() for k, v in held.items()}
-            lm.restore({"weights": snap["weights"], "compression": comp})
+            lm.restore({"weights": weights, "compression": comp})
             return
         from safetensors.torch import load_model
 
