@@ -50,9 +50,11 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow tests
 
+# ruff (format and rules), then mypy over core, the CLI and the plugins ([tool.mypy] in pyproject.toml)
 lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: install
 	@for f in benchmarks/[!_]*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
