@@ -22,10 +22,11 @@ import statistics
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict, cast
+from typing import TYPE_CHECKING, cast
 
 from lmcompose.api._values import number_or_none, to_float
 from lmcompose.composability import AXIS_LABELS, Composability, Row, SweepData, measured, row_position, row_step
+from lmcompose.engine.schema import TopK
 from lmcompose.reports.tables import order_text
 from lmcompose.results import replace_atomic
 
@@ -58,43 +59,10 @@ CRITERION_LABELS = {
 }
 
 
-class TargetToken(TypedDict):
-    """A target's first token among the next-token logits of a top-k record."""
-
-    text: str
-    token_id: int
-    token: str
-    logit: float
-    prob: float
-    rank: int
-
-
-class TopLogits(TypedDict):
-    """The top-30 next-token logits of a top-k record (lmcompose 0.4 on)."""
-
-    token_ids: list[int]
-    tokens: list[str]
-    logits: list[float]
-
-
-class TopKRecord(TypedDict, total=False):
-    """A row's ``topk`` as the executor writes it (``topk_next_tokens``; docs/sweeps.md), read back."""
-
-    prompt: str
-    tokens: list[str]
-    token_ids: list[int]
-    probs: list[float]
-    logits: list[float]
-    targets: dict[str, TargetToken | None]
-    top_logits: TopLogits
-    target_new: str
-    target_true: str | None
-
-
-def topk_record(row: Row | None) -> TopKRecord | None:
+def topk_record(row: Row | None) -> TopK | None:
     """The top-k record of ``row`` (a JSON object the executor wrote in that shape); None without one."""
     tk = (row or {}).get("topk")
-    return cast(TopKRecord, tk) if isinstance(tk, dict) else None
+    return cast(TopK, tk) if isinstance(tk, dict) else None
 
 
 def use_agg() -> None:
@@ -271,7 +239,7 @@ def _token_label(tok: str) -> str:
     return repr(tok)[1:-1].replace(" ", "␣") or "∅"
 
 
-def _token_color(token: str, record: TopKRecord) -> str:
+def _token_color(token: str, record: TopK) -> str:
     """Red for the start of the edit's new target, blue for the true one, grey otherwise."""
     t = token.strip().lower()
     if t:
@@ -287,7 +255,7 @@ def plot_topk(data: SweepData, path: Path) -> Path | None:
     if not data.values or not data.replicates:
         return None
     value, rep = data.values[-1], data.replicates[0]
-    cells: list[tuple[tuple[str, ...], list[tuple[dict[str, object], TopKRecord]]]] = []
+    cells: list[tuple[tuple[str, ...], list[tuple[dict[str, object], TopK]]]] = []
     for o in data.orders:
         recorded = [(r, tk) for r in data.by_cell.get((o, value, rep), []) if (tk := topk_record(r))]
         if recorded:
@@ -564,7 +532,7 @@ class LogitPanel:
     for that state, or a row without the top-30 logits)."""
 
     label: str
-    record: TopKRecord | None
+    record: TopK | None
 
 
 def figure3_panels(data: StudyData, entry: str, ds: str) -> tuple[list[LogitPanel], Hashable, int] | None:
@@ -578,7 +546,7 @@ def figure3_panels(data: StudyData, entry: str, ds: str) -> tuple[list[LogitPane
         return None
     value, rep = sweep.values[-1], sweep.replicates[0]
 
-    def record(row: Row | None) -> TopKRecord | None:
+    def record(row: Row | None) -> TopK | None:
         tk = topk_record(row)
         return tk if tk is not None and all(tk.get(f) is not None for f in FIG3_FIELDS) else None
 
