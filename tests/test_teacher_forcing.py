@@ -367,6 +367,39 @@ def test_generation_after_teacher_forcings_keys_and_values_is_generation_from_th
                     assert (key in sc._prefixes) == needed
 
 
+def test_decode_batches_hold_short_rows_by_a_token_budget_and_an_evaluation_generates_once(monkeypatch):
+    """Rows kept from teacher forcing decode in batches of at most ``batch_size`` times the
+    longest (kept + new tokens) of the call: short rows go more than ``batch_size`` to a batch.
+    An evaluation asks ``generate_for`` once, for every group's pairs."""
+    lm = tiny_model("llama", seed=3)
+    pairs = list(dict.fromkeys(PAIRS))
+    batches: list[int] = []
+    real_decode = Scorer._decode
+
+    def decode(self, live, *args):
+        batches.append(len(live))
+        return real_decode(self, live, *args)
+
+    with torch.inference_mode():
+        expected = Scorer(lm, 2).generate_for(pairs, Scorer(lm, 2).teacher_forced(pairs, False))
+        sc = Scorer(lm, 2)
+        forced = sc.teacher_forced(pairs, False, [True] * len(pairs))
+        monkeypatch.setattr(Scorer, "_decode", decode)
+        assert sc.generate_for(pairs, forced) == expected
+    assert max(batches) > 2
+    monkeypatch.undo()
+    calls = []
+    real_generate_for = Scorer.generate_for
+
+    def generate_for(self, pairs, forced=None):
+        calls.append(len(pairs))
+        return real_generate_for(self, pairs, forced)
+
+    monkeypatch.setattr(Scorer, "generate_for", generate_for)
+    EditMetrics.from_overrides({"scorer": "f1"}).compute(lm, Context(edits=records()))
+    assert len(calls) == 1 and calls[0] == len(edits._generated_pairs(records()))
+
+
 def test_generation_after_kept_keys_and_values_runs_no_prompt_again():
     """With ``continued``, greedy generation passes each pair's generated tokens through the
     decoder one at a time and never a prompt; without, it passes the prompts again."""

@@ -538,13 +538,24 @@ class Scorer:
         """Greedy continuation, ``lengths[i]`` new tokens, of sequences whose keys and values
         teacher forcing kept (``prefixes[i]``, per layer) and whose next token is ``first[i]``:
         rows sorted by length, their keys and values left-padded into one cache, ``first``
-        run after them, then the greedy loop (:meth:`_decode`)."""
+        run after them, then the greedy loop (:meth:`_decode`). Rows are batched by a token
+        budget, as packed teacher forcing's rows are: a batch's cache holds at most
+        ``batch_size`` times the longest (kept tokens + new tokens) of the call, so batches of
+        short rows hold more rows than ``batch_size`` and a decode step (one token a row, the
+        weights read once) serves them all."""
         torch, head = self.torch, self._head_above()
         outs: list[list[int]] = [[] for _ in prefixes]
         size = [p[0][0].shape[-2] for p in prefixes]
         order = sorted((j for j in range(len(prefixes)) if lengths[j] > 0), key=lambda j: size[j])
-        for start in range(0, len(order), self.batch_size):
-            live = order[start : start + self.batch_size]
+        if not order:
+            return outs
+        budget = self.batch_size * max(size[j] + lengths[j] for j in order)
+        batches: list[list[int]] = [[]]
+        for j in order:  # sorted by size: a batch's widest row is its last
+            if batches[-1] and (len(batches[-1]) + 1) * (size[j] + max(lengths[i] for i in [*batches[-1], j])) > budget:
+                batches.append([])
+            batches[-1].append(j)
+        for live in batches:
             width = max(size[j] for j in live)
             cache = head.new_cache()
             for layer in range(len(prefixes[live[0]])):
@@ -1056,11 +1067,11 @@ def _forced_pairs(records: list[EditRecord], unedited: list[EditRecord] | None =
     return list(wanted)
 
 
-def _generated_pairs(records: list[EditRecord]) -> set[tuple[str, str]]:
-    """The pairs the f1 scorers generate on (:meth:`Scorer.generate_for`): each edit prompt and
-    rephrase with the new target, each locality prompt with its answer."""
-    pairs = {(p, r.target_new) for r in records for p in [r.prompt, *r.rephrases]}
-    return pairs | set(_locality_pairs(records)[1])
+def _generated_pairs(records: list[EditRecord]) -> list[tuple[str, str]]:
+    """The pairs the f1 scorers generate on (:meth:`Scorer.generate_for`), each once: each edit
+    prompt and rephrase with the new target, each locality prompt with its answer."""
+    pairs = [(p, r.target_new) for r in records for p in [r.prompt, *r.rephrases]]
+    return list(dict.fromkeys([*pairs, *_locality_pairs(records)[1]]))
 
 
 def _reference_key(records: list[EditRecord]) -> str:
@@ -1107,17 +1118,19 @@ class EditMetrics(Metric):
             # one teacher-forced pass for the whole evaluation: each distinct prompt runs once
             wanted = _forced_pairs(records, ctx.unedited)
             generated = _generated_pairs(records)
-            continued = [pair in generated for pair in wanted]
-            forced = dict(zip(wanted, sc.teacher_forced(wanted, False, continued), strict=True))
+            continued = set(generated)
+            forced = dict(zip(wanted, sc.teacher_forced(wanted, False, [p in continued for p in wanted]), strict=True))
+            # the f1 scorers' greedy continuations, every group's in one call (fuller batches)
+            greedy = dict(zip(generated, sc.generate_for(generated, [forced[p] for p in generated]), strict=True))
             scores: dict[str, list[float | None]] = {}
-            scores.update(self._prompt_group("edit_success", sc, records, lambda r: [r.prompt], forced))
+            scores.update(self._prompt_group("edit_success", sc, records, lambda r: [r.prompt], forced, greedy))
             scores["edit_nll"] = scores.pop("edit_success_nll")
             advance(1)
-            gen = self._prompt_group("generalization", sc, records, lambda r: r.rephrases, forced)
+            gen = self._prompt_group("generalization", sc, records, lambda r: r.rephrases, forced, greedy)
             gen.pop("generalization_nll", None)
             scores.update(gen)
             advance(1)
-            scores.update(self._locality(sc, records, ctx, forced))
+            scores.update(self._locality(sc, records, ctx, forced, greedy))
             advance(1)
             scores.update(self._multi_hop(sc, records, ctx))
             advance(1)
@@ -1146,8 +1159,10 @@ class EditMetrics(Metric):
         records: list[EditRecord],
         prompts_of: Callable[[EditRecord], list[str]],
         forced: Mapping[tuple[str, str], ForcedScore],
+        greedy: Mapping[tuple[str, str], list[int]],
     ) -> dict[str, list[float | None]]:
-        """Per record (mean over its prompts, None without prompts): f1, accuracy, prob, nll."""
+        """Per record (mean over its prompts, None without prompts): f1, accuracy, prob, nll;
+        ``greedy``: each pair's greedy continuation (:meth:`Scorer.generate_for`)."""
         owners, pairs_new, pairs_true = [], [], []
         for i, r in enumerate(records):
             for p in prompts_of(r):
@@ -1158,7 +1173,7 @@ class EditMetrics(Metric):
         if not pairs_new:
             return {f"{key}_{s}": [None] * n for s in (*SCORERS, "nll")}
         tf_new = [forced[pair] for pair in pairs_new]
-        gens = sc.generate_for(pairs_new, tf_new)
+        gens = [greedy[pair] for pair in pairs_new]
         f1 = [sc.f1(g, sc.encode(p, t)[1]) for g, (p, t) in zip(gens, pairs_new, strict=True)]
         tf_true = {j: forced[pt] for j, pt in enumerate(pairs_true) if pt is not None}
         prob = []
@@ -1192,7 +1207,12 @@ class EditMetrics(Metric):
         ctx.references.put(REFERENCE_KIND, content, [t["target_argmax"] for t in tf])
 
     def _locality(
-        self, sc: Scorer, records: list[EditRecord], ctx: Context, forced: Mapping[tuple[str, str], ForcedScore]
+        self,
+        sc: Scorer,
+        records: list[EditRecord],
+        ctx: Context,
+        forced: Mapping[tuple[str, str], ForcedScore],
+        greedy: Mapping[tuple[str, str], list[int]],
     ) -> dict[str, list[float | None]]:
         """Per record (mean over its locality prompts, None without any): preservation, prob,
         and the neighbour knowledge scores (f1, accuracy against the neighbours' answers)."""
@@ -1201,7 +1221,7 @@ class EditMetrics(Metric):
         if not pairs:
             return {k: [None] * n for k in LOCALITY_KEYS.values()}
         tf = [forced[pair] for pair in pairs]
-        gens = sc.generate_for(pairs, tf)
+        gens = [greedy[pair] for pair in pairs]
         f1 = [sc.f1(g, sc.encode(p, a)[1]) for g, (p, a) in zip(gens, pairs, strict=True)]
         contrast = _contrast_pairs(records, owners, pairs)
         tf_new = [forced[pn] for _, pn in contrast]
