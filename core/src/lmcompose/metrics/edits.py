@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union, cast
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, Union, cast
 
 from lmcompose.api import PER_EDIT_KEY, Context, EditRecord, Metric
 
@@ -50,6 +50,8 @@ LOCALITY_ALIASES = {"drift": "preservation"}
 RENAMED_LOCALITY_SCORERS = {"f1": "neighbour_knowledge", "accuracy": "neighbour_knowledge_accuracy"}
 #: what the base-model reference of locality preservation holds (kept in Context.references)
 REFERENCE_KIND = "locality_answer_argmax"
+
+_T = TypeVar("_T")
 
 
 class _ForcedScore(TypedDict):
@@ -238,13 +240,8 @@ class Scorer:
         budget = self.batch_size * longest
         rows = sorted(_pack_rows(encoded, min(_ROW_PAIRS, self.batch_size) * longest), key=lambda r: r.length)
         scored: dict[int, ForcedScore] = {}
-        batch: list[_Row] = []
-        for row in rows:
-            if batch and (len(batch) + 1) * row.length > budget:
-                self._score_packed(batch, wants, layout, scored, keeps)
-                batch = []
-            batch.append(row)
-        self._score_packed(batch, wants, layout, scored, keeps)
+        for batch in _budget_batches(rows, budget, lambda batch: batch[-1].length):  # sorted: the last is widest
+            self._score_packed(batch, wants, layout, scored, keeps)
         return [scored[j] for j in range(len(encoded))]
 
     def _score_packed(
@@ -326,19 +323,32 @@ class Scorer:
                 scored[j] = out
 
     def _keep_prefix(
-        self, cache: Any, width: int, row: int, prompt: list[int], start: int, target: list[int], got: list[int]
+        self,
+        cache: DynamicCache,
+        width: int,
+        row: int,
+        prompt: list[int],
+        start: int,
+        target: list[int],
+        got: list[int],
     ) -> None:
         """Keep, for :meth:`generate_for`, the keys and values of ``prompt`` (columns 0 to its
         length of ``row``) and of the target tokens (from column ``start``) before the first
         that ``got`` (the teacher-forced argmaxes) misses, where that is before the target's
         last token (else nothing is generated). Nothing is kept where a sliding-window layer
-        has already dropped columns of the row."""
+        has already dropped columns of the row, or a layer keeps no keys and values."""
         miss = next((m for m, (a, b) in enumerate(zip(got, target, strict=True)) if a != b), len(target))
         if miss >= len(target) - 1:
             return
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
-        if any(k.shape[-2] != width for k, _v in layers):
-            return
+        from transformers.cache_utils import CacheLayerMixin
+
+        layers: list[tuple[Tensor, Tensor]] = []
+        for layer in cache.layers:
+            keys = layer.keys if isinstance(layer, CacheLayerMixin) else None
+            values = layer.values if isinstance(layer, CacheLayerMixin) else None
+            if keys is None or values is None or keys.shape[-2] != width:
+                return  # a layer that keeps no keys and values, or a sliding window that dropped columns
+            layers.append((keys, values))
         torch = self.torch
         idx = torch.cat([torch.arange(len(prompt)), torch.arange(start, start + miss)]).to(layers[0][0].device)
         self._prefixes[(tuple(prompt), tuple(target))] = [(k[row][:, idx], v[row][:, idx]) for k, v in layers]
@@ -505,7 +515,7 @@ class Scorer:
         nxt: Tensor,
         mask: Tensor,
         last: Tensor,
-        cache: Any,
+        cache: DynamicCache,
     ) -> None:
         """The greedy loop's steps: ``nxt`` (each live row's next token) joins ``outs``, then
         the rows still going run it after ``cache`` (``mask`` covers the cached tokens, ``last``
@@ -550,12 +560,8 @@ class Scorer:
         if not order:
             return outs
         budget = self.batch_size * max(size[j] + lengths[j] for j in order)
-        batches: list[list[int]] = [[]]
-        for j in order:  # sorted by size: a batch's widest row is its last
-            if batches[-1] and (len(batches[-1]) + 1) * (size[j] + max(lengths[i] for i in [*batches[-1], j])) > budget:
-                batches.append([])
-            batches[-1].append(j)
-        for live in batches:
+        # sorted by size: a batch's widest cache is its last row's, plus its most new tokens
+        for live in _budget_batches(order, budget, lambda batch: size[batch[-1]] + max(lengths[j] for j in batch)):
             width = max(size[j] for j in live)
             cache = head.new_cache()
             for layer in range(len(prefixes[live[0]])):
@@ -840,6 +846,22 @@ class _Row:
     prompt: list[int]
     targets: list[tuple[list[int], list[int]]]
     length: int
+
+
+def _budget_batches(items: Sequence[_T], budget: int, width: Callable[[list[_T]], int]) -> list[list[_T]]:
+    """``items`` (sorted shortest first) cut into consecutive batches of at most ``budget``
+    tokens: a batch's rows times ``width(batch)``, the tokens of its widest row. A batch
+    takes the next item while that holds (every batch at least one item)."""
+    batches: list[list[_T]] = []
+    batch: list[_T] = []
+    for item in items:
+        if batch and (len(batch) + 1) * width([*batch, item]) > budget:
+            batches.append(batch)
+            batch = []
+        batch.append(item)
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 def _pack_rows(encoded: list[tuple[list[int], list[int]]], cap: float) -> list[_Row]:
