@@ -1215,9 +1215,13 @@ BOUNDS = [
     (
         ["run", "{model}", "magnitude", "--threads", "100000"],
         {},
-        r"threads: expected a whole number of threads >= 1 \(at most 1024\)",
+        r"threads: 100000 is above 1024; give a whole number of threads from 1 to 1024",
     ),
-    (["sweep", "{model}", "magnitude", "--vary", "magnitude.sparsity=0.5", "--threads", "100000"], {}, r"at most 1024"),
+    (
+        ["sweep", "{model}", "magnitude", "--vary", "magnitude.sparsity=0.5", "--threads", "100000"],
+        {},
+        r"threads: 100000 is above 1024",
+    ),
     (
         ["study", "{study}", "--threads", "100000"],
         {},
@@ -1233,7 +1237,7 @@ BOUNDS = [
         {"noise_floor": {"cells": ["magnitude"], "threads": 5000}},
         r"noise_floor\.threads: 5000 is above 1024",
     ),
-    (["run", "{model}", "magnitude", "--seed", str(10**20)], {}, r"seed: expected a whole number from 0 to 4294967295"),
+    (["run", "{model}", "magnitude", "--seed", str(10**20)], {}, r"seed: 100000000000000000000 is above 4294967295"),
     (["study", "{study}"], {"seed": 2**70}, r"seed: 1180591620717411303424 is above 4294967295"),
     (
         ["study", "{study}"],

@@ -122,7 +122,7 @@ def test_rerunning_the_sweep_resumes_and_adds_nothing(swept, tiny_folder):
         (["--vary", "rtn.bits=4,12"], "out of range"),
         (["--vary", "rtn.bits=4,8", "--orders", "rtn,magnitude;rtn"], "not a permutation"),
         (["--vary", "rtn.bits=4,8", "--orders", "rtn,magnitud"], "Did you mean 'magnitude'"),
-        (["--vary", "rtn.bits=4,8", "--replicates", "0"], "replicates: expected a whole number >= 1"),
+        (["--vary", "rtn.bits=4,8", "--replicates", "0"], "replicates: 0 is below 1; give a whole number >= 1"),
         (["--vary", "rtn.bits=4,8", "--snapshots", "tape"], "memory, disk"),
         ([], "no --vary given"),
     ],

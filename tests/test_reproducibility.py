@@ -113,7 +113,7 @@ def test_threads_and_deterministic_are_settings_outside_the_run_id():
     assert other.run_id() == base.run_id()  # a resume with another value is refused by the numerics check
     assert "threads" not in other.resolved() and "deterministic" not in other.resolved()
     for key, value, message in [
-        ("threads", 0, "threads: expected a whole number of threads >= 1"),
+        ("threads", 0, "threads: 0 is below 1; give a whole number of threads from 1 to 1024"),
         ("threads", "2", "threads: expected a whole number"),
         ("deterministic", "yes", "deterministic: expected true or false"),
     ]:

@@ -324,7 +324,7 @@ BAD = [
     ("replicates", 0, r"replicates: 0 is below 1"),
     ("edits", True, r"edits: expected a whole number >= 1.*got the boolean true"),
     ("edits", DELETE, r"edits: missing; the editors need"),
-    ("model", ["a", "b"], r"model: expected a name.*got a list"),
+    ("model", ["a", "b"], r"model: expected a model name.*got a list"),
     ("metrics", "edit", r"metrics: expected a list.*got the string 'edit'"),
     ("metrics", ["edit", "perplexty"], r"metrics: unknown metric 'perplexty'. Did you mean 'perplexity'"),
     ("metric_options", "x", r"metric_options: expected a mapping"),

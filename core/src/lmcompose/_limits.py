@@ -22,21 +22,3 @@ MAX_TOPK = 1000
 #: how deep lists and mappings may nest in a YAML or JSON file lmcompose reads (a config,
 #: a study, a dataset, a results row); real files nest a handful of levels
 MAX_NESTING = 100
-
-
-def check_seed(seed: object, what: str = "--seed") -> int:
-    """``seed`` if it is a whole number from 0 to MAX_SEED, else one ConfigError."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        from lmcompose.errors import ConfigError
-
-        raise ConfigError(f"{what} {seed!r}: give a whole number from 0 to {MAX_SEED}")
-    return seed
-
-
-def check_topk(topk: object, what: str = "--topk") -> int:
-    """``topk`` if it is a whole number from 0 (off) to MAX_TOPK, else one ConfigError."""
-    if isinstance(topk, bool) or not isinstance(topk, int) or not 0 <= topk <= MAX_TOPK:
-        from lmcompose.errors import ConfigError
-
-        raise ConfigError(f"{what} {topk!r}: give a whole number from 0 (off) to {MAX_TOPK}")
-    return topk

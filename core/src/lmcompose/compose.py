@@ -12,11 +12,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
-from lmcompose._limits import MAX_SEED, MAX_THREADS, check_seed
 from lmcompose.api import (
     Context,
     EditDataset,
@@ -26,6 +25,7 @@ from lmcompose.api import (
     Progress,
     config_to_dict,
 )
+from lmcompose.api.config import Check, check_field, check_fields, check_value, expected
 from lmcompose.engine.driver import Loaded, execute
 from lmcompose.engine.driver import run_id as engine_run_id
 from lmcompose.engine.executor import evaluate
@@ -37,6 +37,15 @@ from lmcompose.engine.threads import current_threads
 from lmcompose.errors import ConfigError, UnknownNameError, UsageError, describe_value
 from lmcompose.plugins import get_datasets, get_interventions
 from lmcompose.results import read_yaml
+from lmcompose.settings import (
+    STEPS_EXPECTED,
+    DataSettings,
+    EvaluationSettings,
+    ModelSettings,
+    OutputSettings,
+    StepSetting,
+    StepsSettings,
+)
 from lmcompose.steps import StepSpec, build_intervention, build_metrics, parse_step
 
 if TYPE_CHECKING:
@@ -72,44 +81,14 @@ __all__ = [
 NUMERICS_SETTINGS = ("threads", "deterministic")
 #: Settings left out of config.yaml and the run id while unset, so runs from before they existed keep their ids.
 OPTIONAL_SETTINGS = ("ppl_corpus", "calibration_corpus", "device_map", "max_memory", "revision")
-#: a step as settings hold it: ``name:field=value`` text, a mapping, or a parsed StepSpec
-StepSetting = str | Mapping[str, object] | StepSpec
 #: a step as the Python API takes it: a setting, or an intervention already built
 StepInput = StepSetting | Intervention
-STEPS_EXPECTED = "a list of steps, e.g. [magnitude:sparsity=0.5, rtn:bits=4] or [{magnitude: {sparsity: 0.5}}]"
 
 
 @dataclass
-class RunSettings:
-    """Everything that defines a run. ``-c config.yaml`` holds these keys; flags override."""
-
-    model: str = ""
-    steps: list[StepSetting] = field(default_factory=list)
-    out: str | None = None
-    dataset: str | None = None
-    dataset_source: str | None = None
-    edits: int | None = None
-    skip_invalid: bool = False
-    seed: int = 0
-    policy: str = "project"
-    metrics: list[str] | None = None
-    metric_options: dict[str, dict[str, object]] = field(default_factory=dict)
-    device: str = "cpu"
-    dtype: str | None = None  # None: lmcompose.models.loading.default_dtype(device)
-    data_dir: str | None = None
-    protocol: str = "default"
-    save_model: str | None = None
-    overwrite: bool = False
-    ppl_corpus: str | None = None
-    calibration_corpus: str | None = None
-    device_map: str | None = None
-    max_memory: str | None = None
-    revision: str | None = None
-    #: torch threads (None: torch's current pool; 1 under ``deterministic``); recorded under
-    #: config.yaml's ``numerics:`` and checked on resume, not part of the run id
-    threads: int | None = None
-    #: torch.use_deterministic_algorithms(True) for the run; recorded and checked like ``threads``
-    deterministic: bool = False
+class RunSettings(OutputSettings, EvaluationSettings, DataSettings, StepsSettings, ModelSettings):
+    """Everything that defines a run, grouped by concern (:mod:`lmcompose.settings`: model,
+    grid, data, evaluation, output). ``-c config.yaml`` holds these keys; flags override."""
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, object], where: str = "config") -> Self:
@@ -128,77 +107,11 @@ class RunSettings:
         return settings
 
     def check_shapes(self, where: str = "settings") -> None:
-        """Every setting has the shape the docs give (a list where a list belongs, a whole
-        number where one belongs, ...): one ConfigError naming the key, never a TypeError later."""
-
-        def bad(key: str, what: str) -> ConfigError:
-            return ConfigError(f"{where}: {key}: expected {what}; got {describe_value(getattr(self, key))}")
-
-        def optional_str(key: str) -> None:
-            v = getattr(self, key)
-            if v is not None and (not isinstance(v, str) or not v.strip()):
-                raise bad(key, "a name or path")
-            no_nul(key)
-
-        def no_nul(key: str) -> None:  # no file, folder or model name holds one; os calls raise deep inside
-            v = getattr(self, key)
-            if isinstance(v, str) and "\x00" in v:
-                raise ConfigError(f"{where}: {key}: {v!r} holds a NUL character; write the name without it")
-
-        if not isinstance(self.model, str):
-            raise bad("model", "a model name (a named model, a folder, a .gguf file or a hub id)")
-        no_nul("model")
-        steps = self.steps
-        if (
-            isinstance(steps, Mapping)
-            or not isinstance(steps, list | str)
-            or (isinstance(steps, list) and not all(isinstance(s, str | Mapping) for s in steps))
-        ):
-            raise bad("steps", STEPS_EXPECTED)
-        for key in ("out", "dataset", "dataset_source", "data_dir", "save_model"):
-            optional_str(key)
-        if not isinstance(self.overwrite, bool):
-            raise bad("overwrite", "true or false")
-        from lmcompose.corpora import parse_corpus
-
-        for key in ("ppl_corpus", "calibration_corpus"):
-            parse_corpus(getattr(self, key), f"{where}: {key}")
-        if self.edits is not None and (
-            isinstance(self.edits, bool) or not isinstance(self.edits, int) or self.edits < 1
-        ):
-            raise bad("edits", "a whole number of edit requests >= 1")
-        if not isinstance(self.skip_invalid, bool):
-            raise bad("skip_invalid", "true or false")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise bad("seed", f"a whole number from 0 to {MAX_SEED}")
-        if not isinstance(self.policy, str):
-            raise bad("policy", f"one of {', '.join(POLICIES)}")
-        m = self.metrics
-        if m is not None:
-            names = m.split(",") if isinstance(m, str) else m
-            if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
-                raise bad("metrics", "a list of metric names, e.g. [edit, perplexity]")
-            if not [x for x in names if x.strip()]:
-                raise ConfigError(
-                    f"{where}: metrics: empty; name at least one metric, or leave it out for every metric"
-                )
-        opts = self.metric_options
-        if not isinstance(opts, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, Mapping) for k, v in opts.items()
-        ):
-            raise bad("metric_options", "a mapping of metric name to its fields, e.g. {perplexity: {max_tokens: 4096}}")
-        if not isinstance(self.device, str):
-            raise bad("device", "a device name: cpu, cuda or cuda:N")
-        if self.dtype is not None and not isinstance(self.dtype, str):
-            raise bad("dtype", "float32, bfloat16, float16 or auto")
-        for key in ("device_map", "max_memory", "revision"):
-            optional_str(key)
-        if self.threads is not None and (
-            isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 1 <= self.threads <= MAX_THREADS
-        ):
-            raise bad("threads", f"a whole number of threads >= 1 (at most {MAX_THREADS})")
-        if not isinstance(self.deterministic, bool):
-            raise bad("deterministic", "true or false")
+        """Every setting has the shape its field declares (a list where a list belongs, a whole
+        number in its range where one belongs, ...): one ConfigError naming the key, never a
+        TypeError later. The same checks, with the same messages, as a step's config and a
+        study's keys (:func:`lmcompose.api.config.check_fields`)."""
+        check_fields(self, where)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Self:
@@ -410,7 +323,7 @@ def step_list(steps: object, where: str) -> list[StepInput]:
         or not isinstance(steps, list | tuple)
         or not all(isinstance(s, str | Mapping | StepSpec | Intervention) for s in steps)
     ):
-        raise ConfigError(f"{where}: steps: expected {STEPS_EXPECTED}; got {describe_value(steps)}")
+        raise expected(f"{where}: steps", STEPS_EXPECTED, steps)
     return list(cast("list[StepInput] | tuple[StepInput, ...]", steps))
 
 
@@ -420,7 +333,7 @@ def check_lm(lm: object, where: str) -> None:
 
     if not isinstance(lm, LM):
         hint = f"lmcompose.load_model({lm!r})" if isinstance(lm, str | os.PathLike) else "lmcompose.load_model(NAME)"
-        raise ConfigError(f"{where}: lm: expected a loaded model ({hint}); got {describe_value(lm)}")
+        raise expected(f"{where}: lm", f"a loaded model ({hint})", lm)
 
 
 def check_edit_records(edits: object, where: str, nested: bool = False) -> None:
@@ -442,7 +355,12 @@ def check_edit_records(edits: object, where: str, nested: bool = False) -> None:
 
 def check_context(ctx: object, where: str) -> None:
     if ctx is not None and not isinstance(ctx, Context):
-        raise ConfigError(f"{where}: ctx: expected an lmcompose.Context or None; got {describe_value(ctx)}")
+        raise expected(f"{where}: ctx", "an lmcompose.Context or None", ctx)
+
+
+def check_replicate(replicate: object, where: str) -> None:
+    """``replicate`` (which replicate's batch, 0 = the first) is a whole number >= 0."""
+    check_value(replicate, int, Check(minimum=0, example="0"), f"{where}: replicate")
 
 
 def metric_names(metrics: object) -> object:
@@ -510,13 +428,12 @@ def compose(
         threads=threads,
         deterministic=deterministic,
     )
-    if isinstance(replicate, bool) or not isinstance(replicate, int) or replicate < 0:
-        raise ConfigError(f"{where}: replicate: expected a whole number >= 0; got {describe_value(replicate)}")
+    check_replicate(replicate, where)
     check_policy(policy)
     interventions = [s if isinstance(s, Intervention) else build_intervention(parse_step(s)) for s in steps]
     metric_objs = resolve_metrics(metrics, metric_options)
     ctx = ctx or Context(seed=seed)
-    check_seed(ctx.seed, "seed")
+    check_field(DataSettings, "seed", ctx.seed, f"{where}: ctx.seed")
     if edits is not None:
         ctx.edits = list(edits)
     if any(s.kind == EDIT_KIND for s in interventions) and not ctx.edits:
@@ -651,25 +568,18 @@ def load_edits(
     Notes (sample data used, records skipped) go to ``ctx`` when given."""
     where = "load_edits()"
 
-    def whole(value: object, key: str, minimum: int | None, optional: bool) -> None:
-        if optional and value is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-            bound = f" >= {minimum}" if minimum is not None else ""
-            raise ConfigError(f"{where}: {key}: expected a whole number{bound}; got {describe_value(value)}")
-
     if not isinstance(dataset, str) or not dataset.strip():
         raise ConfigError(
             f"{where}: dataset: expected an edit dataset's name (`lmcompose list datasets`); "
             f"got {describe_value(dataset)}"
         )
     if source is not None and not isinstance(source, str | os.PathLike):
-        raise ConfigError(f"{where}: source: expected a file, URL, hub:ID or sample; got {describe_value(source)}")
-    whole(limit, "limit (the number of edit requests, --edits)", 1, optional=True)
-    whole(seed, "seed", None, optional=True)
-    whole(replicate, "replicate", 0, optional=False)
-    if not isinstance(skip_invalid, bool):
-        raise ConfigError(f"{where}: skip_invalid: expected true or false; got {describe_value(skip_invalid)}")
+        raise expected(f"{where}: source", "a file, URL, hub:ID or sample", source)
+    check_field(DataSettings, "edits", limit, f"{where}: limit (the number of edit requests, --edits)")
+    if seed is not None:
+        check_field(DataSettings, "seed", seed, f"{where}: seed")
+    check_replicate(replicate, where)
+    check_field(DataSettings, "skip_invalid", skip_invalid, f"{where}: skip_invalid")
     check_context(ctx, where)
     ds = edit_dataset_class(dataset)()
     if ctx is not None and ctx.data_dir is not None:

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmcompose._limits import MAX_TOPK, check_seed, check_topk
 from lmcompose.api import (
     Context,
     EditRecord,
@@ -37,6 +36,7 @@ from lmcompose.api import (
     config_fields,
     config_to_dict,
 )
+from lmcompose.api.config import check_field
 from lmcompose.compose import (
     RunSettings,
     StepSetting,
@@ -51,7 +51,7 @@ from lmcompose.compose import (
     step_list,
 )
 from lmcompose.engine.driver import Loaded, Outcome, RayOptions, check_executor, execute, parse_shard
-from lmcompose.engine.executor import SNAPSHOT_MODES, replicate_edits, topk_next_tokens
+from lmcompose.engine.executor import replicate_edits, topk_next_tokens
 from lmcompose.engine.plan import (
     MAX_CELLS,
     Cell,
@@ -68,6 +68,7 @@ from lmcompose.engine.schema import normalized_strength
 from lmcompose.engine.threads import current_threads
 from lmcompose.errors import ConfigError, StepFailedError, UnknownNameError, UsageError, describe_value
 from lmcompose.plugins import get_interventions
+from lmcompose.settings import CalibrationSettings, CellOutputSettings, DataSettings, GridSettings, TopKSettings
 from lmcompose.steps import StepSpec, build_intervention, parse_step
 
 if TYPE_CHECKING:
@@ -75,7 +76,8 @@ if TYPE_CHECKING:
     from lmcompose.engine.ray_executor import Prepared
     from lmcompose.models.handle import LM
 
-#: ``--orders``: all (None or "all"), ``"a,b;b,a"``, or a list of orders (each a list of step names or ``"a,b"``)
+#: ``--orders`` as the Python API takes it: all (None or "all"), ``"a,b;b,a"``, or a list of
+#: orders (each a list or tuple of step names, or ``"a,b"``)
 Orders = str | Sequence[Sequence[str]] | None
 
 #: the context's own values (a budget equal to its default is one not given)
@@ -284,74 +286,21 @@ def check_sweep_size(vary: object, orders: object, names: Sequence[str], replica
 
 
 @dataclass
-class SweepSettings(RunSettings):
-    """A run's settings plus the sweep's. ``edits`` is the batch size of each replicate."""
-
-    vary: str | None = None
-    orders: Orders = "all"
-    replicates: int = 1
-    snapshots: str = "memory"
-    topk: int = 5
-    calibration_samples: int | None = None
-    calibration_seqlen: int | None = None
-    save_cells: str | None = None
+class SweepSettings(CellOutputSettings, CalibrationSettings, TopKSettings, GridSettings, RunSettings):
+    """A run's settings plus the sweep's (:mod:`lmcompose.settings`: its grid, top-k record,
+    calibration budget and kept cells). ``edits`` is the batch size of each replicate."""
 
     def check_shapes(self, where: str = "settings") -> None:
         super().check_shapes(where)
-        if self.save_cells is not None and (not isinstance(self.save_cells, str) or not self.save_cells.strip()):
-            raise ConfigError(
-                f"{where}: save_cells: expected all or globs over cell ids such as 'memit>*'; "
-                f"got {describe_value(self.save_cells)}"
-            )
         if self.save_model is not None:
             raise ConfigError(
                 f"{where}: save_model is for a run; a sweep saves the final models of the cells "
                 "--save-cells PATTERN names (all, or globs such as 'memit>*') into OUT/models/"
             )
 
-        def whole(key: str, minimum: int, optional: bool = False, maximum: int | None = None) -> None:
-            v = getattr(self, key)
-            if optional and v is None:
-                return
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                raise ConfigError(f"{where}: {key}: expected a whole number >= {minimum}; got {describe_value(v)}")
-            if maximum is not None and v > maximum:
-                raise ConfigError(
-                    f"{where}: {key}: {v} is above {maximum}; give a whole number from {minimum} to {maximum}"
-                )
-
-        if self.vary is not None and not isinstance(self.vary, str):
-            raise ConfigError(
-                f"{where}: vary: expected STEP.FIELD=v1,v2,... (e.g. wanda.sparsity=0.25,0.5); "
-                f"got {describe_value(self.vary)}"
-            )
-        orders = self.orders
-        if (
-            orders is not None
-            and not isinstance(orders, str)
-            and not (
-                isinstance(orders, list)
-                and all(
-                    isinstance(o, str) or (isinstance(o, list) and all(isinstance(x, str) for x in o)) for o in orders
-                )
-            )
-        ):
-            raise ConfigError(
-                f"{where}: orders: expected all, 'a,b;b,a' or a list of orders such as [[a, b], [b, a]]; "
-                f"got {describe_value(orders)}"
-            )
-        whole("replicates", 1)
-        whole("topk", 0, maximum=MAX_TOPK)
-        whole("calibration_samples", 1, optional=True)
-        whole("calibration_seqlen", 8, optional=True)
-        if not isinstance(self.snapshots, str):
-            raise ConfigError(f"{where}: snapshots: expected memory or disk; got {describe_value(self.snapshots)}")
-
     def validate(self) -> tuple[list[Intervention], list[Metric]]:
         steps, metrics = super().validate()
         check_sweep_size(self.vary, self.orders, [s.name for s in steps], self.replicates)
-        if self.snapshots not in SNAPSHOT_MODES:
-            raise ConfigError(f"snapshots {self.snapshots!r} is not one of {', '.join(SNAPSHOT_MODES)}")
         if self.replicates > 1 and self.edits is None:
             raise ConfigError(
                 f"replicates={self.replicates} needs --edits N, the number of edit requests in each "
@@ -541,10 +490,6 @@ def sweep(
     )
     check_policy(policy)
     shard_t = parse_shard(shard)
-    if snapshots not in SNAPSHOT_MODES:
-        raise ConfigError(f"snapshots {snapshots!r} is not one of {', '.join(SNAPSHOT_MODES)}")
-    if not isinstance(replicates, int) or replicates < 1:
-        raise ConfigError(f"replicates={replicates!r}: ask for at least 1 replicate")
     if any(isinstance(s, Intervention) for s in given):
         raise ConfigError(f"{where}: steps: give each step by name (e.g. 'magnitude:sparsity=0.5'), not built")
     specs = [parse_step(s) for s in given if not isinstance(s, Intervention)]
@@ -563,8 +508,7 @@ def sweep(
     if any(build_intervention(s).kind == EDIT_KIND for s in specs) and not all(batches):
         raise UsageError("an edit step needs edit requests: pass --dataset NAME and --edits N (or edits= in Python)")
     ctx = ctx or Context(seed=seed)
-    check_seed(ctx.seed, "seed")
-    check_topk(topk, "topk")
+    check_field(DataSettings, "seed", ctx.seed, f"{where}: ctx.seed")
     edits_by_group: dict[Group, list[EditRecord]] = {(None, r): batch for r, batch in enumerate(batches)}
     settings = call_settings(
         SweepSettings,

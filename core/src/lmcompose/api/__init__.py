@@ -3,7 +3,8 @@ base classes, plus config parsing shared by all of them. The plugin API (docs/pl
 plugins import these names from here, not from the modules that define them:
 
 - :mod:`lmcompose.api.records`: edit records (``EditRecord``, ``LocalityPrompt``, ``MultiHop``);
-- :mod:`lmcompose.api.config`: config coercion and checks (``build_config``, ``StrengthKnob``);
+- :mod:`lmcompose.api.config`: config coercion and checks (``build_config``, ``StrengthKnob``,
+  ``setting`` and ``Check``: what a field takes, checked as run and study settings are);
 - :mod:`lmcompose.api.context`: the run context (``Context``, ``Progress``, ``References``);
 - :mod:`lmcompose.api.interfaces`: the plugin base classes and ``StepReport``.
 
@@ -13,7 +14,15 @@ must stay cheap.
 
 from __future__ import annotations
 
-from lmcompose.api.config import StrengthKnob, build_config, config_fields, config_to_dict, field_help
+from lmcompose.api.config import (
+    Check,
+    StrengthKnob,
+    build_config,
+    config_fields,
+    config_to_dict,
+    field_help,
+    setting,
+)
 from lmcompose.api.context import Context, Progress, References
 from lmcompose.api.interfaces import (
     PER_EDIT_KEY,
@@ -27,6 +36,7 @@ from lmcompose.api.interfaces import (
 from lmcompose.api.records import EditRecord, LocalityPrompt, MultiHop
 
 __all__ = [
+    "Check",
     "Context",
     "EditDataset",
     "EditRecord",
@@ -45,4 +55,5 @@ __all__ = [
     "config_fields",
     "config_to_dict",
     "field_help",
+    "setting",
 ]

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from lmcompose.errors import ConfigError
+from lmcompose.api.config import not_one_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from lmcompose.api import Intervention
@@ -35,7 +35,7 @@ __all__ = ["EDIT_KIND", "POLICIES", "TRAINING_KINDS", "UNLEARN_KIND", "check_pol
 def check_policy(policy: object) -> str:
     """``policy`` if it is one of :data:`POLICIES`, else a ConfigError naming the choices."""
     if not isinstance(policy, str) or policy not in POLICIES:
-        raise ConfigError(f"policy {policy!r} is not one of {', '.join(POLICIES)}")
+        raise not_one_of("policy", policy, POLICIES)
     return policy
 
 

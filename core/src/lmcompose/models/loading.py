@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from lmcompose.api.config import expected
 from lmcompose.errors import ModelLoadError
 from lmcompose.paths import cache_dir
 
@@ -101,10 +102,10 @@ DEVICE_KINDS = ("cpu", "cuda", "mps")
 def check_device_name(device: object) -> str:
     """``device`` if it names a device lmcompose can run on (``cpu``, ``cuda``, ``cuda:N``,
     ``mps``), without importing torch; else a ConfigError with the choices."""
-    from lmcompose.errors import ConfigError, describe_value
+    from lmcompose.errors import ConfigError
 
     if not isinstance(device, str):
-        raise ConfigError(f"device: expected cpu, cuda or cuda:N; got {describe_value(device)}")
+        raise expected("device", "cpu, cuda or cuda:N", device)
     kind, colon, index = device.partition(":")
     if kind not in DEVICE_KINDS or (colon and not index.isdigit()) or (colon and kind == "cpu"):
         raise ConfigError(
@@ -213,12 +214,10 @@ def resolve_dtype(dtype: str, device: str, source: Path | str, progress: Notes |
 def check_device_map(device_map: object) -> str:
     """``device_map`` if it is a placement accelerate understands (auto, balanced,
     balanced_low_0, sequential, or a device name); else a ConfigError with the choices."""
-    from lmcompose.errors import ConfigError, describe_value
+    from lmcompose.errors import ConfigError
 
     if not isinstance(device_map, str) or not device_map.strip():
-        raise ConfigError(
-            f"device_map: expected auto, balanced, sequential, cpu or cuda:N; got {describe_value(device_map)}"
-        )
+        raise expected("device_map", "auto, balanced, sequential, cpu or cuda:N", device_map)
     if device_map in DEVICE_MAP_STRATEGIES:
         return device_map
     try:
@@ -243,14 +242,14 @@ def parse_max_memory(text: object) -> dict[int | str, str]:
     """``0=20GiB,cpu=60GiB`` as accelerate's max_memory mapping ({0: "20GiB", "cpu": "60GiB"})."""
     import re
 
-    from lmcompose.errors import ConfigError, describe_value
+    from lmcompose.errors import ConfigError
 
     if isinstance(text, dict):
         items = [(str(k), str(v)) for k, v in text.items()]
     elif isinstance(text, str) and text.strip():
         items = [part.partition("=")[::2] for part in text.split(",")]
     else:
-        raise ConfigError(f"max_memory: expected DEVICE=SIZE,... such as 0=20GiB,cpu=60GiB; got {describe_value(text)}")
+        raise expected("max_memory", "DEVICE=SIZE,... such as 0=20GiB,cpu=60GiB", text)
     out: dict[int | str, str] = {}
     for key, size in items:
         key, size = key.strip(), size.strip()

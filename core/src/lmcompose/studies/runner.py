@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmcompose.api import Context, EditRecord, Metric, Progress
+from lmcompose.api.config import expected
 from lmcompose.composability import row_numbers
 from lmcompose.engine.driver import EXECUTORS, Loaded, RayOptions, check_executor, execute, missing_cells, parse_shard
 from lmcompose.engine.plan import Group, Plan, PlanCounts
@@ -195,9 +196,7 @@ def run_study(
 
     where = "run_study()"
     if not isinstance(study, Study | str | os.PathLike):
-        raise ConfigError(
-            f"{where}: study: expected a study file or lmcompose.load_study(FILE); got {describe_value(study)}"
-        )
+        raise expected(f"{where}: study", "a study file or lmcompose.load_study(FILE)", study)
     check_arguments(
         where,
         SweepSettings,
@@ -209,9 +208,7 @@ def run_study(
         **({"device": device} if device is not None else {}),
     )
     if ray_address is not None and not isinstance(ray_address, str):
-        raise ConfigError(
-            f"{where}: ray_address: expected host:port, ray://host:port or auto; got {describe_value(ray_address)}"
-        )
+        raise expected(f"{where}: ray_address", "host:port, ray://host:port or auto", ray_address)
     if not isinstance(study, Study):
         study = load_study(study)
     if deterministic is None:

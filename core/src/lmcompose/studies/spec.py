@@ -16,11 +16,29 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
-from lmcompose._limits import MAX_GPUS_PER_TASK, MAX_SEED, MAX_THREADS, MAX_TOPK
+from lmcompose._limits import MAX_GPUS_PER_TASK, MAX_THREADS
 from lmcompose.api import EditRecord, config_fields
+from lmcompose.api.config import (
+    Check,
+    bounds_text,
+    check_field,
+    check_value,
+    expected,
+    not_one_of,
+    out_of_range,
+    setting,
+)
 from lmcompose.engine.plan import Cell, GridFactor, Group, Plan, PlanCounts, check_grid_size
-from lmcompose.engine.policy import EDIT_KIND, POLICIES, UNLEARN_KIND
+from lmcompose.engine.policy import EDIT_KIND, UNLEARN_KIND
 from lmcompose.errors import ConfigError, UsageError, describe_value
+from lmcompose.settings import (
+    CellOutputSettings,
+    DataSettings,
+    GridSettings,
+    ModelSettings,
+    StepsSettings,
+    TopKSettings,
+)
 from lmcompose.steps import StepSpec, build_intervention, build_metrics, parse_step
 from lmcompose.sweep import Vary, count_orders, make_vary, parse_orders, sweep_cells
 
@@ -97,9 +115,45 @@ def _unknown(path: str, what: str, name: object, choices: Sequence[str], owner: 
     return _fail(path, f"unknown {what} {name!r}{hint}; {valid}: {', '.join(choices)}")
 
 
+@dataclass
+class StudyKeys:
+    """A study's keys that no run or sweep has, declared as settings fields are (checked by
+    the same mechanism, with the same messages)."""
+
+    topk_edit: int = setting(0, minimum=0, example="0")
+    reseed: str = setting("none", choices=RESEED)
+
+
+def _int(value: object) -> int:
+    assert isinstance(value, int)  # a checked whole number
+    return value
+
+
+def _study(exc: ConfigError) -> StudyError:
+    """A message of the one set (lmcompose.api.config) as a study's error."""
+    return exc if isinstance(exc, StudyError) else StudyError(str(exc))
+
+
+def _checked(value: object, tp: object, check: Check, path: str) -> None:
+    """``value`` checked as a settings field of annotation ``tp`` and ``check`` would be."""
+    try:
+        check_value(value, tp, check, path)
+    except ConfigError as exc:
+        raise _study(exc) from None
+
+
+def _setting(settings_cls: type, key: str, value: object, path: str | None = None) -> object:
+    """``value`` checked as field ``key`` of ``settings_cls`` (lmcompose.settings: the run's
+    and sweep's own field, so a study's key says what the same setting says anywhere)."""
+    try:
+        return check_field(settings_cls, key, value, path or key)
+    except ConfigError as exc:
+        raise _study(exc) from None
+
+
 def _mapping(value: object, path: str, example: str) -> Mapping[str, object]:
     if not isinstance(value, Mapping):
-        raise _fail(path, f"expected a mapping, e.g. {example}; got {describe_value(value)}")
+        raise _study(expected(path, "a mapping", value, example))
     for k in value:
         if not isinstance(k, str):
             raise _fail(path, f"keys must be names; got {describe_value(k)}")
@@ -114,17 +168,15 @@ def _keys(value: Mapping[str, object], path: str, allowed: Sequence[str]) -> Non
 
 def _list(value: object, path: str, example: str, nonempty: bool = True) -> list[object]:
     if not isinstance(value, list):
-        raise _fail(path, f"expected a list, e.g. {example}; got {describe_value(value)}")
+        raise _study(expected(path, "a list", value, example))
     if nonempty and not value:
         raise _fail(path, f"the list is empty; give at least one item, e.g. {example}")
     return value
 
 
 def _string(value: object, path: str, example: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(path, f"expected a name, e.g. {example}; got {describe_value(value)}")
-    if "\x00" in value:  # no file, folder or model name holds one; os calls raise deep inside
-        raise _fail(path, f"{value!r} holds a NUL character; write the name without it, e.g. {example}")
+    _checked(value, str, Check(what="a name", example=example), path)
+    assert isinstance(value, str)
     return value.strip()
 
 
@@ -148,27 +200,18 @@ def folder_slug(name: str) -> str:
 
 
 def _integer(value: object, path: str, minimum: int, example: str, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(path, f"expected a whole number >= {minimum}, e.g. {example}; got {describe_value(value)}")
-    if value < minimum:
-        raise _fail(path, f"{value} is below {minimum}; give a whole number >= {minimum}, e.g. {example}")
-    if maximum is not None and value > maximum:
-        raise _fail(
-            path, f"{value} is above {maximum}; give a whole number from {minimum} to {maximum}, e.g. {example}"
-        )
+    _checked(value, int, Check(minimum=minimum, maximum=maximum, example=example), path)
+    assert isinstance(value, int)
     return value
 
 
 def _number(
     value: object, path: str, minimum: float, example: str, strict: bool = False, maximum: float | None = None
 ) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise _fail(path, f"expected a number, e.g. {example}; got {describe_value(value)}")
+    _checked(value, float, Check(what="a number", example=example), path)
+    assert isinstance(value, int | float)
     if value < minimum or (strict and value == minimum) or (maximum is not None and value > maximum):
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        if maximum is not None:
-            bound += f" and <= {maximum:g}"
-        raise _fail(path, f"{value!r} is out of range; give a number {bound}, e.g. {example}")
+        raise _study(out_of_range(path, value, bounds_text(minimum, maximum, low_open=strict), example))
     return float(value)
 
 
@@ -183,7 +226,7 @@ def _noise_floor(value: object, seed: int) -> NoiseFloor:
         for i, c in enumerate(_list(raw["cells"], "noise_floor.cells", "[gptq]"))
     )
     seeds = tuple(
-        _integer(s, f"noise_floor.seeds[{i}]", 0, "1", MAX_SEED)
+        _int(_setting(DataSettings, "seed", s, f"noise_floor.seeds[{i}]"))
         for i, s in enumerate(_list(raw.get("seeds", []), "noise_floor.seeds", "[1, 2]", nonempty=False))
     )
     seen: set[int] = set()
@@ -193,7 +236,9 @@ def _noise_floor(value: object, seed: int) -> NoiseFloor:
             raise _fail(f"noise_floor.seeds[{i}]", f"{s} is {why}; give calibration seeds the study does not use")
         seen.add(s)
     threads = (
-        None if raw.get("threads") is None else _integer(raw["threads"], "noise_floor.threads", 1, "1", MAX_THREADS)
+        None
+        if raw.get("threads") is None
+        else _int(_setting(ModelSettings, "threads", raw["threads"], "noise_floor.threads"))
     )
     if not seeds and threads is None:
         raise _fail("noise_floor", f"give seeds, threads or both, e.g. {example}")
@@ -203,7 +248,7 @@ def _noise_floor(value: object, seed: int) -> NoiseFloor:
 def _step(value: object, path: str) -> StepSpec:
     """A step as in a sweep (``name:field=value`` or a mapping), built to check it."""
     if isinstance(value, list | tuple):
-        raise _fail(path, f"expected one step, e.g. 'wanda:sparsity=0.5'; got {describe_value(value)}")
+        raise _study(expected(path, "one step", value, "'wanda:sparsity=0.5'"))
     if not isinstance(value, str | Mapping | StepSpec):  # what parse_step says of any other value
         raise _fail(path, f"step {value!r}: expected 'name[:field=value,...]'")
     try:
@@ -342,16 +387,16 @@ class Study:
                 )
         _check_size(data)  # from the lists' lengths, before a step of a huge grid is built
         study_name = _study_name(data["name"], "name") if "name" in data else _string(name or "study", "name", "paper")
-        model = _string(data["model"], "model", "smollm2-135m")
+        model = _string(_setting(ModelSettings, "model", data["model"]), "model", "smollm2-135m")
         datasets = _datasets(data["datasets"])
         editors = _editors(data.get("editors", []))
         unlearners = _unlearners(data.get("unlearners", []))
         entries = _entries(data["compressors"], editors, unlearners, data.get("orders", "all"))
-        replicates = _integer(data.get("replicates", 1), "replicates", 1, "2")
-        edits = None if data.get("edits") is None else _integer(data["edits"], "edits", 1, "50")
+        replicates = _int(_setting(GridSettings, "replicates", data.get("replicates", 1)))
+        edits = None if data.get("edits") is None else _int(_setting(DataSettings, "edits", data["edits"]))
         if edits is None and editors:
             raise _fail("edits", "missing; the editors need the number of edit requests per replicate, e.g. edits: 50")
-        seed = _integer(data.get("seed", 0), "seed", 0, "0", MAX_SEED)
+        seed = _int(_setting(DataSettings, "seed", data.get("seed", 0)))
         metrics = None
         if data.get("metrics") is not None:
             metrics = [
@@ -367,19 +412,15 @@ class Study:
             build_metrics(metrics, merged)
         except UsageError as exc:
             raise _fail("metrics" if metrics else "metric_options", str(exc)) from None
-        policy = data.get("policy", "project")
-        if policy not in POLICIES:
-            raise _fail("policy", f"{describe_value(policy)} is not one of {', '.join(POLICIES)}")
-        snapshots = data.get("snapshots", "memory")
-        if snapshots not in ("memory", "disk"):
-            raise _fail("snapshots", f"{describe_value(snapshots)} is not one of memory, disk")
-        topk = _integer(data.get("topk", 5), "topk", 0, "5", MAX_TOPK)
-        topk_edit = _integer(data.get("topk_edit", 0), "topk_edit", 0, "0")
+        policy = str(_setting(StepsSettings, "policy", data.get("policy", "project")))
+        snapshots = str(_setting(CellOutputSettings, "snapshots", data.get("snapshots", "memory")))
+        topk = _int(_setting(TopKSettings, "topk", data.get("topk", 5)))
+        topk_edit = _int(_setting(StudyKeys, "topk_edit", data.get("topk_edit", 0)))
         if topk_edit and not topk:
             raise _fail("topk_edit", "picks the prompt of the top-k record, and topk is 0 (off); set topk: 5 or more")
         if topk_edit and not editors:
             raise _fail("topk_edit", "picks an edit's prompt, and the study has no editors (no edits)")
-        device = _string(data.get("device", "cpu"), "device", "cpu")
+        device = _string(_setting(ModelSettings, "device", data.get("device", "cpu")), "device", "cpu")
         from lmcompose.models.loading import check_device_name
 
         try:
@@ -389,14 +430,11 @@ class Study:
         from lmcompose.models.loading import DTYPES, default_dtype
 
         dtype = data.get("dtype", default_dtype(device))
-        if dtype not in DTYPES:
-            raise _fail("dtype", f"{describe_value(dtype)} is not one of {', '.join(DTYPES)}")
-        skip_invalid = data.get("skip_invalid", False)
-        if not isinstance(skip_invalid, bool):
-            raise _fail("skip_invalid", f"expected true or false; got {describe_value(skip_invalid)}")
-        deterministic = data.get("deterministic", False)
-        if not isinstance(deterministic, bool):
-            raise _fail("deterministic", f"expected true or false; got {describe_value(deterministic)}")
+        if dtype is None:  # the study's dtype is always named: None is not "the device's default"
+            raise _study(not_one_of("dtype", dtype, DTYPES))
+        dtype = str(_setting(ModelSettings, "dtype", dtype))
+        skip_invalid = _setting(DataSettings, "skip_invalid", data.get("skip_invalid", False)) is True
+        deterministic = _setting(ModelSettings, "deterministic", data.get("deterministic", False)) is True
         resources: dict[str, float] = {}
         raw_res = _mapping(data.get("resources", {}), "resources", "{cpus_per_task: 1, gpus_per_task: 0.25}")
         _keys(raw_res, "resources", RESOURCE_KEYS)
@@ -423,9 +461,7 @@ class Study:
                     _step(spec, f"protocol ({protocol.name}, entry {entry.label})")
             options = protocol.options(options)
             policy = protocol.policy or policy
-        reseed = data.get("reseed", "none")
-        if reseed not in RESEED:
-            raise _fail("reseed", f"{describe_value(reseed)} is not one of {', '.join(RESEED)}")
+        reseed = str(_setting(StudyKeys, "reseed", data.get("reseed", "none")))
         noise = _noise_floor(data["noise_floor"], seed) if data.get("noise_floor") is not None else None
         study = cls(
             study_name,
@@ -839,7 +875,7 @@ def _vary_one(value: object, path: str, steps: list[StepSpec], composite: bool) 
     items = _list(values, vpath, f"[{', '.join(['0.25', '0.5'])}]")
     for j, v in enumerate(items):
         if isinstance(v, list | tuple | Mapping) or v is None:
-            raise _fail(f"{vpath}[{j}]", f"expected one value; got {describe_value(v)}")
+            raise _study(expected(f"{vpath}[{j}]", "one value", v))
     try:
         return make_vary(steps, index, field_name, items, vpath)
     except UsageError as exc:
