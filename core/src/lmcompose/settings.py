@@ -38,6 +38,7 @@ __all__ = [
     "CalibrationSettings",
     "CellOutputSettings",
     "DataSettings",
+    "GROUPS",
     "EvaluationSettings",
     "GridSettings",
     "ModelSettings",
@@ -47,6 +48,7 @@ __all__ = [
     "StepSetting",
     "StepsSettings",
     "TopKSettings",
+    "concern_of",
     "concerns",
 ]
 
@@ -217,6 +219,28 @@ class CellOutputSettings:
 
     snapshots: str = setting("memory", choices=SNAPSHOT_MODES)
     save_cells: str | None = setting(None, what="all or globs over cell ids such as 'memit>*'")
+
+
+#: every group, in :data:`CONCERNS` order
+GROUPS: tuple[type, ...] = (
+    ModelSettings,
+    DataSettings,
+    CalibrationSettings,
+    StepsSettings,
+    GridSettings,
+    EvaluationSettings,
+    TopKSettings,
+    OutputSettings,
+    CellOutputSettings,
+)
+
+
+def concern_of(name: str) -> str | None:
+    """The concern of setting ``name`` (``seed`` -> ``data``); None for a name no group declares."""
+    for group in GROUPS:
+        if name in group.__dataclass_fields__:
+            return str(getattr(group, "concern"))
+    return None
 
 
 def concerns(settings_cls: type) -> dict[str, list[str]]:
