@@ -239,7 +239,7 @@ def concern_of(name: str) -> str | None:
     """The concern of setting ``name`` (``seed`` -> ``data``); None for a name no group declares."""
     for group in GROUPS:
         if name in group.__dataclass_fields__:
-            return str(getattr(group, "concern"))
+            return str(group.concern)
     return None
 
 
