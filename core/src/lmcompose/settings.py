@@ -42,6 +42,7 @@ __all__ = [
     "EvaluationSettings",
     "GridSettings",
     "ModelSettings",
+    "SettingsGroup",
     "Orders",
     "OutputSettings",
     "STEPS_EXPECTED",
@@ -111,8 +112,14 @@ def _orders_shape(value: object, path: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
+class SettingsGroup:
+    """A group of settings of one concern (a dataclass subclassing this names its ``concern``)."""
+
+    concern: ClassVar[str]
+
+
 @dataclass
-class ModelSettings:
+class ModelSettings(SettingsGroup):
     """The model, and where and how it runs."""
 
     concern: ClassVar[str] = "model"
@@ -134,7 +141,7 @@ class ModelSettings:
 
 
 @dataclass
-class DataSettings:
+class DataSettings(SettingsGroup):
     """The edit requests, the seed that samples them, and where data comes from."""
 
     concern: ClassVar[str] = "data"
@@ -150,7 +157,7 @@ class DataSettings:
 
 
 @dataclass
-class StepsSettings:
+class StepsSettings(SettingsGroup):
     """The steps, and the rules that compose them."""
 
     concern: ClassVar[str] = "grid"
@@ -161,7 +168,7 @@ class StepsSettings:
 
 
 @dataclass
-class EvaluationSettings:
+class EvaluationSettings(SettingsGroup):
     """What is measured after every step."""
 
     concern: ClassVar[str] = "evaluation"
@@ -171,7 +178,7 @@ class EvaluationSettings:
 
 
 @dataclass
-class OutputSettings:
+class OutputSettings(SettingsGroup):
     """Where the results go."""
 
     concern: ClassVar[str] = "output"
@@ -182,7 +189,7 @@ class OutputSettings:
 
 
 @dataclass
-class GridSettings:
+class GridSettings(SettingsGroup):
     """A sweep's grid: the field it varies, the orders, the replicates."""
 
     concern: ClassVar[str] = "grid"
@@ -193,7 +200,7 @@ class GridSettings:
 
 
 @dataclass
-class TopKSettings:
+class TopKSettings(SettingsGroup):
     """The top-k next tokens a sweep records per row."""
 
     concern: ClassVar[str] = "evaluation"
@@ -202,7 +209,7 @@ class TopKSettings:
 
 
 @dataclass
-class CalibrationSettings:
+class CalibrationSettings(SettingsGroup):
     """A sweep's calibration budget (None: the context's default)."""
 
     concern: ClassVar[str] = "data"
@@ -212,7 +219,7 @@ class CalibrationSettings:
 
 
 @dataclass
-class CellOutputSettings:
+class CellOutputSettings(SettingsGroup):
     """Which of a sweep's models are kept, and where its intermediate states live."""
 
     concern: ClassVar[str] = "output"
@@ -222,7 +229,7 @@ class CellOutputSettings:
 
 
 #: every group, in :data:`CONCERNS` order
-GROUPS: tuple[type, ...] = (
+GROUPS: tuple[type[SettingsGroup], ...] = (
     ModelSettings,
     DataSettings,
     CalibrationSettings,
@@ -238,8 +245,8 @@ GROUPS: tuple[type, ...] = (
 def concern_of(name: str) -> str | None:
     """The concern of setting ``name`` (``seed`` -> ``data``); None for a name no group declares."""
     for group in GROUPS:
-        if name in group.__dataclass_fields__:
-            return str(group.concern)
+        if any(f.name == name for f in dataclasses.fields(group)):  # type: ignore[arg-type]  # groups are dataclasses
+            return group.concern
     return None
 
 
