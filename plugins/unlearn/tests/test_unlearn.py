@@ -160,6 +160,19 @@ def test_rmu_moves_forget_activations_to_the_control_vector(facts_dir):
     assert distance() < 0.9 * d0, report.details
 
 
+def test_rmu_repeats_a_small_forget_set_until_max_batches(facts_dir):
+    """The reference's one pass over thousands of texts is max_batches steps; a few facts are
+    repeated to reach it (epochs unset), and a given epochs still cuts it short."""
+    lm = tiny_model("llama")
+    ctx = ctx_for(facts_dir)
+    full = build_intervention(parse_step(f"rmu:layer=1,max_batches=6,{STEP_TAIL}")).apply(lm, ctx)
+    assert (full.details["steps"], full.details["epochs"]) == (6, 3)  # 7 facts in batches of 4: 2 a pass
+    once = build_intervention(parse_step(f"rmu:layer=1,max_batches=6,epochs=1,{STEP_TAIL}")).apply(
+        tiny_model("llama"), ctx
+    )
+    assert (once.details["steps"], once.details["epochs"]) == (2, 1)
+
+
 def forget_nll(lm, bench):
     from lmcompose_unlearn.intervention import _nll
 

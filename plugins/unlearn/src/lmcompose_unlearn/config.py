@@ -378,8 +378,10 @@ class NPOConfig(TrainConfig, _RetainFields):
 
 @dataclass
 class RMUConfig(BenchmarkConfig, _RetainFields):
-    """RMU as the WMDP code runs it (rmu/unlearn.py): AdamW lr 5e-5, batch 4, one pass of at
-    most ``max_batches`` batches, forget topics alternating; layer, c and alpha from the preset."""
+    """RMU as the WMDP code runs it (rmu/unlearn.py): AdamW lr 5e-5, batch 4, ``max_batches``
+    (80) steps, forget topics alternating; layer, c and alpha from the preset. The reference's
+    forget corpus holds thousands of texts, so its one pass is 80 steps; a benchmark of a few
+    dozen facts is repeated until it reaches ``max_batches`` (``epochs`` left unset)."""
 
     layer: int | None = field(
         default=None,
@@ -404,9 +406,13 @@ class RMUConfig(BenchmarkConfig, _RetainFields):
     max_batches: int = field(
         default=80, metadata={"help": "most optimiser steps (the WMDP code's max_num_batches)", "range": (1, 1 << 20)}
     )
-    epochs: int = field(
-        default=1,
-        metadata={"help": "times each topic's forget batches are repeated before max_batches cuts", "range": (1, 1000)},
+    epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "times each topic's forget batches are repeated before max_batches cuts (default: as many as "
+            "reach max_batches, the reference's 80 steps over its large corpus)",
+            "range": (1, 1000),
+        },
     )
 
     def __post_init__(self) -> None:

@@ -422,7 +422,10 @@ class RMU(Unlearner):
         bench = self.benchmark(lm, ctx)
         pad = pad_id(lm.tokenizer)
         topics = bench.topics_of(bench.forget_texts)
-        forget = [_chunks(self.fact_examples(lm, facts), c.batch_size) * c.epochs for facts in topics]
+        chunks = [_chunks(self.fact_examples(lm, facts), c.batch_size) for facts in topics]
+        # unset: as many passes as reach max_batches (the reference's 80 steps), never one pass of a few batches
+        epochs = c.epochs or -(-c.max_batches // min(len(ch) for ch in chunks))
+        forget = [ch * epochs for ch in chunks]
         n_batches = min(c.max_batches, min(len(f) for f in forget))
         n_retain_batches = (n_batches - 1) // len(topics) + 1
         retain = _chunks(self.retain_examples(lm, ctx, bench, n_retain_batches * c.batch_size, ctx.seed), c.batch_size)
@@ -469,6 +472,7 @@ class RMU(Unlearner):
             layer=c.layer,
             steering_coeff=c.steering_coeff,
             alpha=c.alpha,
+            epochs=epochs,
             forget_activation_norm=sum(norms) / len(norms),
             unlearn_loss_first=parts[0][0] if parts else None,
             unlearn_loss_final=parts[-1][0] if parts else None,

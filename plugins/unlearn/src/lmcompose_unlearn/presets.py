@@ -34,7 +34,8 @@ REFERENCE_LAYERS = 32
 #: RMU: layer 5, c = 323 (twice the forget activations' mean norm at layer 7, 161.5), lr 1e-3
 #: (the reference's 5e-5 moves the three down projections by a norm of 2-3 in 80 steps and
 #: leaves the cloze answers as they were); GA 3 epochs and GD 5 at the reference's lr 5e-5;
-#: NPO keeps the reference's values.
+#: NPO keeps the reference's values. The search ran RMU for 80 steps (its 32 facts repeated
+#: ten times), which an unset ``epochs`` now gives every RMU run (plugin 0.4.0).
 SMOLLM2 = ("smollm2-135m", "llama", 30, 576)
 PRESETS: dict[str, tuple[Preset, ...]] = {
     "rmu": (Preset(*SMOLLM2, {"layer": 5, "steering_coeff": 323.0, "alpha": 1200.0, "lr": 1e-3}),),
