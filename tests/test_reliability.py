@@ -1264,7 +1264,7 @@ BOUNDS = [
     (
         ["study", "{study}"],
         {"resources": {"cpus_per_task": float("inf")}},
-        r"resources\.cpus_per_task: inf is out of range; give a number > 0 and <= 1024",
+        r"resources\.cpus_per_task: inf is out of range; use a value in \(0, 1024\]",
     ),
     (
         ["study", "{study}"],

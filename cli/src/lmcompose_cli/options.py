@@ -21,7 +21,7 @@ from typing import Annotated, Protocol, TypeVar
 
 import typer
 from lmcompose.errors import UsageError
-from lmcompose.settings import CONCERNS, concern_of
+from lmcompose.settings import concern_of
 
 from lmcompose_cli.app import data_dir_of
 
@@ -198,8 +198,8 @@ def with_flag_groups(command: F) -> F:
         hints = typing.get_type_hints(group, include_extras=True)
         for f in dataclasses.fields(group):
             params.append(inspect.Parameter(f.name, param.kind, default=f.default, annotation=hints[f.name]))
-    # options that set a setting listed under its concern, the concerns in their order
-    params.sort(key=lambda p: _help_panel(p) + 1)
+    for param in params:  # options that set a setting are listed under its concern
+        _help_panel(param)
     names = [p.name for p in params]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
@@ -221,19 +221,16 @@ def with_flag_groups(command: F) -> F:
 METRIC_OPTION_FLAGS = {"ppl_tokens": "evaluation", "ppl_seqlen": "evaluation"}
 
 
-def _help_panel(param: inspect.Parameter) -> int:
+def _help_panel(param: inspect.Parameter) -> None:
     """``--help`` lists an option that sets a setting under its concern (lmcompose.settings:
-    Model, Data, Grid, Evaluation, Output), unless the option names its own panel: the
-    concern's place in CONCERNS, or -1 for a parameter listed where it stands."""
+    Model, Data, Grid, Evaluation, Output), unless the option names its own panel; options
+    keep the order the command declares them in."""
     concern = concern_of(param.name) or METRIC_OPTION_FLAGS.get(param.name)
     if concern is None:
-        return -1
+        return
     for info in typing.get_args(param.annotation)[1:]:
-        if isinstance(info, typer.models.OptionInfo):
-            if info.rich_help_panel is None:
-                info.rich_help_panel = concern.capitalize()
-            return CONCERNS.index(concern)
-    return -1
+        if isinstance(info, typer.models.OptionInfo) and info.rich_help_panel is None:
+            info.rich_help_panel = concern.capitalize()
 
 
 def metric_names(text: str | None) -> list[str] | None:

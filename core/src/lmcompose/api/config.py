@@ -51,8 +51,8 @@ __all__ = [
 
 # --------------------------------------------------------------------------------------
 # The one set of messages: "PATH: expected WHAT, e.g. EXAMPLE; got VALUE", "PATH: V is below
-# LOW; give WHAT", "PATH: V is above HIGH; give WHAT", "PATH: V is out of range; give a number
-# BOUNDS", "PATH: VALUE is not one of A, B". PATH names the key (``seed``, ``c.yaml: seed``,
+# LOW; give WHAT", "PATH: V is above HIGH; give WHAT", "PATH: V is out of range; use a value
+# in [LOW, HIGH]", "PATH: VALUE is not one of A, B". PATH names the key (``seed``, ``c.yaml: seed``,
 # ``noise_floor.seeds[0]``, ``compose(): out``).
 # --------------------------------------------------------------------------------------
 
@@ -81,9 +81,13 @@ def above(path: str, value: object, high: float, what: str, example: str | None 
     return ConfigError(f"{path}: {value} is above {_num(high)}; give {what}{_eg(example)}")
 
 
-def out_of_range(path: str, value: object, bounds: str, example: str | None = None) -> ConfigError:
-    """A real number outside its range (``bounds`` as :func:`bounds_text` writes it)."""
-    return ConfigError(f"{path}: {value!r} is out of range; give a number {bounds}{_eg(example)}")
+def out_of_range(
+    path: str, value: object, bounds: str, example: str | None = None, *, named: bool = False
+) -> ConfigError:
+    """A real number outside its range (``bounds`` as :func:`bounds_text` writes it);
+    ``named``: the path ends in the field's name, written ``field=value`` (a strength)."""
+    subject = f"{path}={value!r}" if named else f"{path}: {value!r}"
+    return ConfigError(f"{subject} is out of range; use a value {bounds}{_eg(example)}")
 
 
 def not_one_of(path: str, value: object, choices: Sequence[object]) -> ConfigError:
@@ -97,13 +101,14 @@ def unreadable(path: str, value: object, what: str) -> ConfigError:
 
 
 def bounds_text(low: float | None, high: float | None, low_open: bool = False, high_open: bool = False) -> str:
-    """``> 0 and <= 1024``, ``>= 0``, ...: a range as a message gives it."""
-    parts = []
+    """``in (0, 1024]``, ``>= 0``, ...: a range as a message gives it."""
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{_num(low)}, {_num(high)}{')' if high_open else ']'}"
     if low is not None:
-        parts.append(f"{'>' if low_open else '>='} {_num(low)}")
+        return f"{'>' if low_open else '>='} {_num(low)}"
     if high is not None:
-        parts.append(f"{'<' if high_open else '<='} {_num(high)}")
-    return " and ".join(parts) or "of any size"
+        return f"{'<' if high_open else '<='} {_num(high)}"
+    return "of any size"
 
 
 def whole_number(unit: str = "", minimum: int | None = None, maximum: int | None = None) -> str:
@@ -150,7 +155,7 @@ class Check:
             hi = None if self.maximum is None else int(self.maximum)
             return whole_number(self.unit, lo, hi)
         if base is float:
-            return f"a number {bounds_text(self.minimum, self.maximum)}"
+            return f"a number {bounds_text(self.minimum, self.maximum)}"  # "a number in [0, 1]"
         if base is bool:
             return "true or false"
         if self.choices:
@@ -271,7 +276,7 @@ class StrengthKnob:
         lo_ok = v >= self.low if self.low_inclusive else v > self.low
         hi_ok = v <= self.high if self.high_inclusive else v < self.high
         if math.isnan(v) or not (lo_ok and hi_ok):
-            raise out_of_range(path, value, bounds)
+            raise out_of_range(path, value, bounds, named=True)
         if self.integer and v != int(v):
             raise expected(path, whole_number("", int(self.low), int(self.high)), value)
 
