@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lmcompose.api import EditRecord
-from lmcompose.metrics.edits import target_text
+from lmcompose.metrics.edits import budget_batches, target_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -97,17 +97,7 @@ def prefix_groups(rows: Sequence[Row], max_tokens: int) -> list[list[int]]:
 def length_groups(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Indices grouped by length (sorted), each group's padded size within ``max_tokens``."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    groups: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:
-        width = lengths[i]
-        if cur and (len(cur) + 1) * width > max_tokens:
-            groups.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        groups.append(cur)
-    return groups
+    return budget_batches(order, max_tokens, lambda group: lengths[group[-1]])  # sorted: the last is widest
 
 
 def pad_right(seqs: Sequence[Sequence[int]], pad: int) -> torch.Tensor:

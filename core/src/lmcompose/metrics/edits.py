@@ -240,7 +240,7 @@ class Scorer:
         budget = self.batch_size * longest
         rows = sorted(_pack_rows(encoded, min(_ROW_PAIRS, self.batch_size) * longest), key=lambda r: r.length)
         scored: dict[int, ForcedScore] = {}
-        for batch in _budget_batches(rows, budget, lambda batch: batch[-1].length):  # sorted: the last is widest
+        for batch in budget_batches(rows, budget, lambda batch: batch[-1].length):  # sorted: the last is widest
             self._score_packed(batch, wants, layout, scored, keeps)
         return [scored[j] for j in range(len(encoded))]
 
@@ -561,7 +561,7 @@ class Scorer:
             return outs
         budget = self.batch_size * max(size[j] + lengths[j] for j in order)
         # sorted by size: a batch's widest cache is its last row's, plus its most new tokens
-        for live in _budget_batches(order, budget, lambda batch: size[batch[-1]] + max(lengths[j] for j in batch)):
+        for live in budget_batches(order, budget, lambda batch: size[batch[-1]] + max(lengths[j] for j in batch)):
             width = max(size[j] for j in live)
             cache = head.new_cache()
             for layer in range(len(prefixes[live[0]])):
@@ -848,10 +848,11 @@ class _Row:
     length: int
 
 
-def _budget_batches(items: Sequence[_T], budget: int, width: Callable[[list[_T]], int]) -> list[list[_T]]:
+def budget_batches(items: Sequence[_T], budget: int, width: Callable[[list[_T]], int]) -> list[list[_T]]:
     """``items`` (sorted shortest first) cut into consecutive batches of at most ``budget``
     tokens: a batch's rows times ``width(batch)``, the tokens of its widest row. A batch
-    takes the next item while that holds (every batch at least one item)."""
+    takes the next item while that holds (every batch at least one item). The one rule of
+    token-budget batches (also :func:`lmcompose.editing.length_groups`)."""
     batches: list[list[_T]] = []
     batch: list[_T] = []
     for item in items:
