@@ -31,7 +31,7 @@ from lmcompose.engine.driver import run_id as engine_run_id
 from lmcompose.engine.executor import evaluate
 from lmcompose.engine.numerics import record_numerics, run_threads
 from lmcompose.engine.plan import Action, Cell, Group, Plan, PlannedStep
-from lmcompose.engine.policy import EDIT_KIND, POLICIES, check_policy
+from lmcompose.engine.policy import EDIT_KIND, POLICIES
 from lmcompose.engine.run_folder import RunFolder, edit_digests, edits_digest, versions
 from lmcompose.engine.threads import current_threads
 from lmcompose.errors import ConfigError, UnknownNameError, UsageError, describe_value
@@ -152,16 +152,12 @@ class RunSettings(OutputSettings, EvaluationSettings, DataSettings, StepsSetting
             )
         if not self.steps:
             raise ConfigError("no steps given: pass at least one STEP such as magnitude:sparsity=0.5")
-        check_policy(self.policy)
         from lmcompose.models.loading import (
-            DTYPES,
             check_device_map,
             check_device_name,
             parse_max_memory,
         )
 
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         check_device_name(self.device)
         if self.device_map is not None:
             check_device_map(self.device_map)
@@ -429,7 +425,6 @@ def compose(
         deterministic=deterministic,
     )
     check_replicate(replicate, where)
-    check_policy(policy)
     interventions = [s if isinstance(s, Intervention) else build_intervention(parse_step(s)) for s in steps]
     metric_objs = resolve_metrics(metrics, metric_options)
     ctx = ctx or Context(seed=seed)

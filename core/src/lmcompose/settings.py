@@ -72,7 +72,8 @@ NAME_OR_PATH = "a name or path"
 def _steps_shape(value: object, path: str) -> None:
     if isinstance(value, str):
         return  # "magnitude rtn:bits=4": split where it is read
-    if not isinstance(value, list) or not all(isinstance(s, str | Mapping | StepSpec) for s in value):
+    # a file's or the CLI's steps: text or mappings (a StepSpec enters through the Python API's step_list)
+    if not isinstance(value, list) or not all(isinstance(s, str | Mapping) for s in value):
         raise expected(path, STEPS_EXPECTED, value)
 
 

@@ -62,7 +62,7 @@ from lmcompose.engine.plan import (
     canonical_key,
     check_grid_size,
 )
-from lmcompose.engine.policy import EDIT_KIND, check_policy
+from lmcompose.engine.policy import EDIT_KIND
 from lmcompose.engine.run_folder import RunFolder, RunInputs, edits_digest, run_inputs
 from lmcompose.engine.schema import normalized_strength
 from lmcompose.engine.threads import current_threads
@@ -488,7 +488,6 @@ def sweep(
         threads=threads,
         deterministic=deterministic,
     )
-    check_policy(policy)
     shard_t = parse_shard(shard)
     if any(isinstance(s, Intervention) for s in given):
         raise ConfigError(f"{where}: steps: give each step by name (e.g. 'magnitude:sparsity=0.5'), not built")

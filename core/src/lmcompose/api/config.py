@@ -158,8 +158,6 @@ class Check:
             return f"a number {bounds_text(self.minimum, self.maximum)}"  # "a number in [0, 1]"
         if base is bool:
             return "true or false"
-        if self.choices:
-            return f"one of {', '.join(self.choices)}"
         return "a name"
 
 
@@ -268,7 +266,7 @@ class StrengthKnob:
         if value is None:
             return
         path = f"{where}: {self.field}"
-        bounds = bounds_text(self.low, self.high, not self.low_inclusive, not self.high_inclusive)
+        bounds = f"in {self.describe()}"
         try:
             v = to_float(value)
         except (TypeError, ValueError):

@@ -17,8 +17,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from lmcompose.api.config import not_one_of
-
 if TYPE_CHECKING:  # pragma: no cover
     from lmcompose.api import Intervention
     from lmcompose.models.handle import LM
@@ -29,14 +27,7 @@ UNLEARN_KIND = "unlearn"
 #: the kinds whose steps train weights a compressor before them had fixed
 TRAINING_KINDS = (EDIT_KIND, UNLEARN_KIND)
 
-__all__ = ["EDIT_KIND", "POLICIES", "TRAINING_KINDS", "UNLEARN_KIND", "check_policy", "project_earlier", "rerun_after"]
-
-
-def check_policy(policy: object) -> str:
-    """``policy`` if it is one of :data:`POLICIES`, else a ConfigError naming the choices."""
-    if not isinstance(policy, str) or policy not in POLICIES:
-        raise not_one_of("policy", policy, POLICIES)
-    return policy
+__all__ = ["EDIT_KIND", "POLICIES", "TRAINING_KINDS", "UNLEARN_KIND", "project_earlier", "rerun_after"]
 
 
 def rerun_after(kinds: Sequence[str], has_project: Sequence[bool], policy: str) -> list[int]:
