@@ -14,7 +14,13 @@ SmolLM2-135M, timed after a warm-up, the best of ``--repeat``:
   by a token budget, the head only where a score reads it, and greedy generation by the
   greedy loop (the default);
 - ``floor``: one no-grad forward over each distinct prompt followed by all its targets, the
-  head only at the target positions: what teacher forcing cannot go below.
+  head only at the target positions: what teacher forcing cannot go below;
+- ``floor + generation``: the floor's forward with each greedy continuation the evaluation
+  generates (the tokens after the first one teacher forcing's argmax already gives) appended
+  to its prompt's row, the head at those positions too: every token a whole evaluation must
+  pass, each once, and what the ``evaluation`` rows are also compared with
+  (``time / floor + gen``). Greedy generation cannot reach it (a continuation's tokens come
+  one step at a time), so it is a bound, not a path.
 
 Teacher forcing alone (every pair an evaluation forces, once) is timed on each path, the
 whole ``EditMetrics.compute`` (which adds greedy generation for the f1 scorer and multi-hop;
@@ -79,14 +85,52 @@ def measure(lm: Any, run: Callable[[], Any], repeat: int) -> Cost:
     return Cost(best, counter.tokens, counter.head)
 
 
-def floor(lm: Any, pairs: list[tuple[str, str]], batch_size: int) -> None:
-    """Each distinct prompt followed by all its targets, right-padded in batches of similar
-    length, through the decoder; the head at the positions that predict target tokens."""
+def continuations(lm: Any, edits: list[Any], batch_size: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, tokens generated after teacher forcing's) of each pair one packed
+    evaluation of ``edits`` generates on: the tokens greedy generation had to produce."""
+    from lmcompose.api import Context
+    from lmcompose.metrics.edits import EditMetrics, Scorer
+
+    got: list[tuple[list[int], list[int]]] = []
+    real = Scorer.generate_for
+
+    def generate_for(self: Any, pairs: list[tuple[str, str]], forced: Any = None) -> list[list[int]]:
+        outs = real(self, pairs, forced)
+        for pair, f, out in zip(pairs, forced or [None] * len(pairs), outs, strict=True):
+            prompt, target = self.encode(*pair)
+            agree = (
+                len(target)
+                if f is None
+                else next(
+                    (k for k, (a, b) in enumerate(zip(f["target_argmax"], target, strict=True)) if a != b), len(target)
+                )
+            )
+            if out[agree + 1 :]:  # the argmax at the first miss is teacher forcing's too
+                got.append((prompt, out[agree + 1 :]))
+        return outs
+
+    Scorer.generate_for = generate_for  # type: ignore[method-assign]
+    try:
+        EditMetrics.from_overrides({"batch_size": batch_size}).compute(lm, Context(edits=edits))
+    finally:
+        Scorer.generate_for = real  # type: ignore[method-assign]
+    return got
+
+
+def floor(
+    lm: Any,
+    pairs: list[tuple[str, str]],
+    batch_size: int,
+    generated: list[tuple[list[int], list[int]]] = (),  # type: ignore[assignment]
+) -> None:
+    """Each distinct prompt followed by all its targets (and the ``generated`` tokens after
+    it), right-padded in batches of similar length, through the decoder; the head at the
+    positions that predict those tokens."""
     from lmcompose.metrics.edits import Scorer, _HeadAbove
 
     sc, head = Scorer(lm, batch_size), _HeadAbove(lm)
     targets: dict[tuple[int, ...], list[int]] = {}
-    for p, t in (sc.encode(*pair) for pair in pairs):
+    for p, t in [*(sc.encode(*pair) for pair in pairs), *generated]:
         targets.setdefault(tuple(p), []).extend(t)
     seqs = sorted((([*p, *t], len(p), len(t)) for p, t in targets.items()), key=lambda s: len(s[0]))
     with torch.no_grad():
@@ -128,9 +172,10 @@ def main() -> None:
         f"{args.edits} edits per dataset, batch size {args.batch_size}, best of {args.repeat}\n"
     )
     print(
-        "| dataset | path | part | wall s | tokens | head positions | time / floor | tokens / floor | time / per pair |"
+        "| dataset | path | part | wall s | tokens | head positions | time / floor | tokens / floor | time / per pair "
+        "| time / floor + gen |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for dataset in args.datasets.split(","):
         edits = load_edits(dataset, limit=args.edits)
         pairs = _forced_pairs(edits)
@@ -146,7 +191,10 @@ def main() -> None:
 
         with torch.inference_mode():
             low = measure(lm, lambda pairs=pairs: floor(lm, pairs, args.batch_size), args.repeat)
-            rows = [("floor", "teacher forcing", low)]
+            extra = continuations(lm, edits, args.batch_size)
+            bound = lambda pairs=pairs, extra=extra: floor(lm, pairs, args.batch_size, extra)  # noqa: E731
+            with_gen = measure(lm, bound, args.repeat)
+            rows = [("floor", "teacher forcing", low), ("floor + generation", "evaluation", with_gen)]
             for part, make, paths in (
                 ("teacher forcing", forcing, ("per pair", "branched", "packed")),
                 ("evaluation", evaluation, ("per pair", "packed")),
@@ -158,7 +206,8 @@ def main() -> None:
             print(
                 f"| {dataset} | {path} | {part} | {cost.seconds:.3f} | {cost.tokens} | {cost.head} "
                 f"| {cost.seconds / low.seconds:.2f} | {cost.tokens / low.tokens:.2f} | "
-                f"{cost.seconds / per_pair.seconds if per_pair else float('nan'):.2f} |"
+                f"{cost.seconds / per_pair.seconds if per_pair else float('nan'):.2f} | "
+                f"{cost.seconds / with_gen.seconds:.2f} |"
             )
 
 

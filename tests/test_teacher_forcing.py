@@ -367,10 +367,11 @@ def test_generation_after_teacher_forcings_keys_and_values_is_generation_from_th
                     assert (key in sc._prefixes) == needed
 
 
-def test_decode_batches_hold_short_rows_by_a_token_budget_and_an_evaluation_generates_once(monkeypatch):
+def test_decode_batches_hold_as_many_rows_as_a_forward_passes_tokens_and_an_evaluation_generates_once(monkeypatch):
     """Rows kept from teacher forcing decode in batches of at most ``batch_size`` times the
-    longest (kept + new tokens) of the call: short rows go more than ``batch_size`` to a batch.
-    An evaluation asks ``generate_for`` once, for every group's pairs."""
+    longest (kept + new tokens) of the call rows: a handful of continuations is one batch,
+    and a step serves them all. An evaluation asks ``generate_for`` once, for every group's
+    pairs."""
     lm = tiny_model("llama", seed=3)
     pairs = list(dict.fromkeys(PAIRS))
     batches: list[int] = []
@@ -386,7 +387,8 @@ def test_decode_batches_hold_short_rows_by_a_token_budget_and_an_evaluation_gene
         forced = sc.teacher_forced(pairs, False, [True] * len(pairs))
         monkeypatch.setattr(Scorer, "_decode", decode)
         assert sc.generate_for(pairs, forced) == expected
-    assert max(batches) > 2
+    going = len(sc._prefixes)  # the pairs generated on, each with its keys and values kept
+    assert going > 2 and batches == [going]
     monkeypatch.undo()
     calls = []
     real_generate_for = Scorer.generate_for

@@ -548,11 +548,13 @@ class Scorer:
         """Greedy continuation, ``lengths[i]`` new tokens, of sequences whose keys and values
         teacher forcing kept (``prefixes[i]``, per layer) and whose next token is ``first[i]``:
         rows sorted by length, their keys and values left-padded into one cache, ``first``
-        run after them, then the greedy loop (:meth:`_decode`). Rows are batched by a token
-        budget, as packed teacher forcing's rows are: a batch's cache holds at most
-        ``batch_size`` times the longest (kept tokens + new tokens) of the call, so batches of
-        short rows hold more rows than ``batch_size`` and a decode step (one token a row, the
-        weights read once) serves them all."""
+        run after them, then the greedy loop (:meth:`_decode`). A decode step passes one token
+        a row and reads every weight once, so on a CPU its time is mostly the weights' and a
+        step's rows come nearly free: a batch takes as many rows as one teacher-forced forward
+        of the call passes tokens (``batch_size`` times the longest kept + new tokens), which
+        for an evaluation's few hundred continuations is one batch, and the steps are the
+        longest continuation's (a row leaves when it has its tokens). The padded cache this
+        builds is the size of the keys and values teacher forcing already kept."""
         torch, head = self.torch, self._head_above()
         outs: list[list[int]] = [[] for _ in prefixes]
         size = [p[0][0].shape[-2] for p in prefixes]
@@ -560,8 +562,7 @@ class Scorer:
         if not order:
             return outs
         budget = self.batch_size * max(size[j] + lengths[j] for j in order)
-        # sorted by size: a batch's widest cache is its last row's, plus its most new tokens
-        for live in budget_batches(order, budget, lambda batch: size[batch[-1]] + max(lengths[j] for j in batch)):
+        for live in budget_batches(order, budget, lambda _batch: 1):  # rows: tokens a step passes
             width = max(size[j] for j in live)
             cache = head.new_cache()
             for layer in range(len(prefixes[live[0]])):
