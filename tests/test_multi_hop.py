@@ -161,6 +161,34 @@ def test_the_shared_demonstrations_run_once_and_generate_what_whole_prompts_do(a
         assert shared == alone
 
 
+def test_a_finished_row_leaves_the_batch_and_the_others_generate_what_they_would_alone(monkeypatch):
+    """Rows that finish early leave the shared-prefix batch (later steps run fewer rows); the
+    rows still going generate what they generate alone."""
+    from lmcompose.metrics.edits import _HeadAbove
+
+    lm = peaked("llama")
+    protocol = MultiHopProtocol("mquake", STANDARD)
+    prompts = [protocol.prompt(q) for q in ["Who?", "What is the capital of France?", "Why?", "Where is Rome?"]]
+
+    def finished(text):  # two of the four continuations say "The" after a few tokens
+        return "The" in text or len(text) >= 40
+
+    rows: list[int] = []
+    real = _HeadAbove.hidden
+
+    def hidden(self, ids, *args):
+        if ids.shape[-1] == 1:
+            rows.append(ids.shape[0])
+        return real(self, ids, *args)
+
+    with torch.inference_mode():
+        alone = [Scorer(lm, 1, per_pair=True).generate_until([p], 16, finished)[0] for p in prompts]
+        monkeypatch.setattr(_HeadAbove, "hidden", hidden)
+        together = Scorer(lm, 4).generate_until(prompts, 16, finished)
+    assert together == alone
+    assert rows and rows[0] == 4 and min(rows) < 4 and rows == sorted(rows, reverse=True)
+
+
 def test_generation_stops_where_it_is_finished():
     lm = peaked("llama")
     sc = Scorer(lm, 4)

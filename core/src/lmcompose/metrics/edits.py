@@ -619,8 +619,10 @@ class Scorer:
         Prompts that share a beginning (a few-shot prompt's demonstrations) run it once: its
         keys and values are computed for one row and copied to every row of a batch, and only
         the rest of each prompt runs after them, left-padded (similar lengths together), position
-        ids continuing the shared part's. ``per_pair=True`` (or no shared beginning): every
-        prompt whole, through ``model.generate``."""
+        ids continuing the shared part's; a row that has finished leaves the batch (its cache
+        rows with it), so later steps attend over the rows still going only.
+        ``per_pair=True`` (or no shared beginning): every prompt whole, through
+        ``model.generate``."""
         encoded = [self.tok(p, add_special_tokens=True).input_ids for p in prompts]
         if not encoded:
             return []
@@ -722,20 +724,24 @@ class Scorer:
             nxt = head.logits(h[:, -1]).argmax(-1).cpu()
             last = positions[:, -1:]
             out: list[list[int]] = [[] for _ in chunk]
-            done = [False] * n
+            live = list(range(n))  # rows still going; a finished row leaves the batch and its cache
             for step in range(max_new_tokens):
-                for i in range(n):
-                    if done[i]:
-                        continue
-                    t = int(nxt[i])
+                keep = []
+                for r, i in enumerate(live):
+                    t = int(nxt[r])
                     if t in stop:
-                        done[i] = True
                         continue
                     out[i].append(t)
-                    done[i] = finished(_decode(self.tok, out[i], skip_special_tokens=True))
-                if all(done) or step == max_new_tokens - 1:
+                    if not finished(_decode(self.tok, out[i], skip_special_tokens=True)):
+                        keep.append(r)
+                if not keep or step == max_new_tokens - 1:
                     break
-                mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long)], 1)
+                if len(keep) < len(live):
+                    sel = torch.tensor(keep)
+                    cache.batch_select_indices(sel.to(self.lm.device))
+                    mask, last, nxt = mask[sel], last[sel], nxt[sel]
+                    live = [live[r] for r in keep]
+                mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], 1)
                 last = last + 1
                 h = head.hidden(nxt[:, None], mask, last, cache)
                 nxt = head.logits(h[:, -1]).argmax(-1).cpu()
