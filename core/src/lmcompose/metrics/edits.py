@@ -726,21 +726,21 @@ class Scorer:
             out: list[list[int]] = [[] for _ in chunk]
             live = list(range(n))  # rows still going; a finished row leaves the batch and its cache
             for step in range(max_new_tokens):
-                keep = []
-                for r, i in enumerate(live):
-                    t = int(nxt[r])
+                keep = []  # places in ``live`` of the rows that go on
+                for at, i in enumerate(live):
+                    t = int(nxt[at])
                     if t in stop:
                         continue
                     out[i].append(t)
                     if not finished(_decode(self.tok, out[i], skip_special_tokens=True)):
-                        keep.append(r)
+                        keep.append(at)
                 if not keep or step == max_new_tokens - 1:
                     break
                 if len(keep) < len(live):
                     sel = torch.tensor(keep)
                     cache.batch_select_indices(sel.to(self.lm.device))
                     mask, last, nxt = mask[sel], last[sel], nxt[sel]
-                    live = [live[r] for r in keep]
+                    live = [live[at] for at in keep]
                 mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], 1)
                 last = last + 1
                 h = head.hidden(nxt[:, None], mask, last, cache)
