@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +89,7 @@ def continuations(lm: Any, edits: list[Any], batch_size: int) -> list[tuple[list
     """(prompt ids, tokens generated after teacher forcing's) of each pair one packed
     evaluation of ``edits`` generates on: the tokens greedy generation had to produce."""
     from lmcompose.api import Context
-    from lmcompose.metrics.edits import EditMetrics, Scorer
+    from lmcompose.metrics.edits import EditMetrics, Scorer, first_miss
 
     got: list[tuple[list[int], list[int]]] = []
     real = Scorer.generate_for
@@ -98,13 +98,7 @@ def continuations(lm: Any, edits: list[Any], batch_size: int) -> list[tuple[list
         outs = real(self, pairs, forced)
         for pair, f, out in zip(pairs, forced or [None] * len(pairs), outs, strict=True):
             prompt, target = self.encode(*pair)
-            agree = (
-                len(target)
-                if f is None
-                else next(
-                    (k for k, (a, b) in enumerate(zip(f["target_argmax"], target, strict=True)) if a != b), len(target)
-                )
-            )
+            agree = len(target) if f is None else first_miss(f["target_argmax"], target)
             if out[agree + 1 :]:  # the argmax at the first miss is teacher forcing's too
                 got.append((prompt, out[agree + 1 :]))
         return outs
@@ -121,7 +115,7 @@ def floor(
     lm: Any,
     pairs: list[tuple[str, str]],
     batch_size: int,
-    generated: list[tuple[list[int], list[int]]] = (),  # type: ignore[assignment]
+    generated: Sequence[tuple[list[int], list[int]]] = (),
 ) -> None:
     """Each distinct prompt followed by all its targets (and the ``generated`` tokens after
     it), right-padded in batches of similar length, through the decoder; the head at the

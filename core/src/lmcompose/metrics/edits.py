@@ -337,7 +337,7 @@ class Scorer:
         that ``got`` (the teacher-forced argmaxes) misses, where that is before the target's
         last token (else nothing is generated). Nothing is kept where a sliding-window layer
         has already dropped columns of the row, or a layer keeps no keys and values."""
-        miss = next((m for m, (a, b) in enumerate(zip(got, target, strict=True)) if a != b), len(target))
+        miss = first_miss(got, target)
         if miss >= len(target) - 1:
             return
         from transformers.cache_utils import CacheLayerMixin
@@ -504,43 +504,48 @@ class Scorer:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             h = head.hidden(ids, mask, positions, cache)
             nxt = head.logits(h[:, -1]).argmax(-1).cpu()
-            self._decode(live, outs, lengths, nxt, mask, positions[:, -1:], cache)
+            self._decode(live, nxt, mask, positions[:, -1:], cache, self._until_lengths(outs, lengths))
         return outs
 
     def _decode(
         self,
         live: list[int],
-        outs: list[list[int]],
-        lengths: list[int],
         nxt: Tensor,
         mask: Tensor,
         last: Tensor,
         cache: DynamicCache,
+        goes_on: Callable[[int, int], bool],
     ) -> None:
-        """The greedy loop's steps: ``nxt`` (each live row's next token) joins ``outs``, then
-        the rows still going run it after ``cache`` (``mask`` covers the cached tokens, ``last``
-        holds each row's position of its last one) for the token after, until each row has
-        ``lengths[j]`` tokens or an end-of-sequence token."""
+        """The greedy loop's steps: each live row ``j`` is given its next token ``t`` (``nxt``)
+        by ``goes_on(j, t)``, which keeps it and says whether the row goes on; the rows that do
+        run it after ``cache`` (``mask`` covers the cached tokens, ``last`` holds each row's
+        position of its last one) for the token after, the others leave the batch (their
+        cache rows with them), until no row goes on."""
         torch, head, dev = self.torch, self._head_above(), self.lm.device
-        stop = self._generation_eos()
         while True:
-            keep = []
-            for i, j in enumerate(live):
-                t = int(nxt[i])
-                outs[j].append(t)
-                if t not in stop and len(outs[j]) < lengths[j]:
-                    keep.append(i)
+            keep = [at for at, j in enumerate(live) if goes_on(j, int(nxt[at]))]  # places in ``live``
             if not keep:
                 return
             if len(keep) < len(live):
                 sel = torch.tensor(keep)
                 cache.batch_select_indices(sel.to(dev))
                 mask, last, nxt = mask[sel], last[sel], nxt[sel]
-                live = [live[i] for i in keep]
+                live = [live[at] for at in keep]
             mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], 1)
             last = last + 1
             h = head.hidden(nxt[:, None], mask, last, cache)
             nxt = head.logits(h[:, -1]).argmax(-1).cpu()
+
+    def _until_lengths(self, outs: list[list[int]], lengths: list[int]) -> Callable[[int, int], bool]:
+        """:meth:`_decode`'s rule for ``lengths[j]`` new tokens a row, or fewer where an
+        end-of-sequence token of the generation config comes first (it ends the list)."""
+        stop = self._generation_eos()
+
+        def goes_on(j: int, t: int) -> bool:
+            outs[j].append(t)
+            return t not in stop and len(outs[j]) < lengths[j]
+
+        return goes_on
 
     def _greedy_after(
         self, prefixes: list[list[tuple[Tensor, Tensor]]], first: list[int], lengths: list[int]
@@ -561,8 +566,8 @@ class Scorer:
         order = sorted((j for j in range(len(prefixes)) if lengths[j] > 0), key=lambda j: size[j])
         if not order:
             return outs
-        budget = self.batch_size * max(size[j] + lengths[j] for j in order)
-        for live in budget_batches(order, budget, lambda _batch: 1):  # rows: tokens a step passes
+        rows = self.batch_size * max(size[j] + lengths[j] for j in order)  # the tokens a forward passes
+        for live in (order[start : start + rows] for start in range(0, len(order), rows)):
             width = max(size[j] for j in live)
             cache = head.new_cache()
             for layer in range(len(prefixes[live[0]])):
@@ -578,7 +583,7 @@ class Scorer:
             last = torch.tensor([size[j] for j in live])[:, None]
             h = head.hidden(torch.tensor([first[j] for j in live])[:, None], mask, last, cache)
             nxt = head.logits(h[:, -1]).argmax(-1).cpu()
-            self._decode(live, outs, lengths, nxt, mask, last, cache)
+            self._decode(live, nxt, mask, last, cache, self._until_lengths(outs, lengths))
         return outs
 
     def _generate_ids_whole(self, prompts: list[list[int]], lengths: list[int]) -> list[list[int]]:
@@ -698,6 +703,8 @@ class Scorer:
     ) -> list[str]:
         import copy
 
+        if max_new_tokens < 1:
+            return [""] * len(encoded)
         torch = self.torch
         head = self._head_above()
         prefix = torch.tensor([encoded[0][:shared]], dtype=torch.long)
@@ -722,29 +729,16 @@ class Scorer:
             positions = shared + (own.cumsum(-1) - 1).clamp(min=0)
             h = head.hidden(ids, mask, positions, cache)
             nxt = head.logits(h[:, -1]).argmax(-1).cpu()
-            last = positions[:, -1:]
             out: list[list[int]] = [[] for _ in chunk]
-            live = list(range(n))  # rows still going; a finished row leaves the batch and its cache
-            for step in range(max_new_tokens):
-                keep = []  # places in ``live`` of the rows that go on
-                for at, i in enumerate(live):
-                    t = int(nxt[at])
-                    if t in stop:
-                        continue
-                    out[i].append(t)
-                    if not finished(_decode(self.tok, out[i], skip_special_tokens=True)):
-                        keep.append(at)
-                if not keep or step == max_new_tokens - 1:
-                    break
-                if len(keep) < len(live):
-                    sel = torch.tensor(keep)
-                    cache.batch_select_indices(sel.to(self.lm.device))
-                    mask, last, nxt = mask[sel], last[sel], nxt[sel]
-                    live = [live[at] for at in keep]
-                mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], 1)
-                last = last + 1
-                h = head.hidden(nxt[:, None], mask, last, cache)
-                nxt = head.logits(h[:, -1]).argmax(-1).cpu()
+
+            def goes_on(i: int, t: int, out: list[list[int]] = out) -> bool:
+                if t in stop:
+                    return False
+                out[i].append(t)
+                text = _decode(self.tok, out[i], skip_special_tokens=True)
+                return len(out[i]) < max_new_tokens and not finished(text)
+
+            self._decode(list(range(n)), nxt, mask, positions[:, -1:], cache, goes_on)
             for i, j in enumerate(chunk):
                 texts[j] = _decode(self.tok, out[i], skip_special_tokens=True)
         return [texts[j] for j in range(len(encoded))]
@@ -764,11 +758,7 @@ class Scorer:
         outs: list[list[int]] = []
         rest: list[int] = []
         for j, ((_p, t), f) in enumerate(zip(encoded, forced, strict=True)):
-            got: list[int] = []
-            for k in range(len(t)):
-                got.append(f["target_argmax"][k])
-                if got[-1] != t[k]:
-                    break
+            got = f["target_argmax"][: first_miss(f["target_argmax"], t) + 1]  # agreeing, then the first miss
             outs.append(got)
             if len(got) < len(t):
                 rest.append(j)
@@ -853,6 +843,12 @@ class _Row:
     prompt: list[int]
     targets: list[tuple[list[int], list[int]]]
     length: int
+
+
+def first_miss(argmaxes: Sequence[int], target: Sequence[int]) -> int:
+    """The first position where teacher forcing's ``argmaxes`` leave ``target`` (its length
+    where they never do): greedy generation agrees with the target up to there."""
+    return next((k for k, (a, b) in enumerate(zip(argmaxes, target, strict=True)) if a != b), len(target))
 
 
 def budget_batches(items: Sequence[_T], budget: int, width: Callable[[list[_T]], int]) -> list[list[_T]]:
