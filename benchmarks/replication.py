@@ -32,11 +32,22 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from lmcompose.composability import SweepData, composability, load_sweep
+import numpy as np
+from lmcompose.composability import SweepData, composability, load_sweep, row_position
+from lmcompose.engine.run_folder import row_cell_id
 from lmcompose.errors import DataError
+from lmcompose.intervals import contains_zero, percentile_interval, state_means
+from lmcompose.results import read_per_edit
 from lmcompose.studies.report import is_study, load_study_rows
 
 TWIN_METRICS = ("edit_success_prob", "edit_success_f1", "generalization_prob", "perplexity")
+# per-edit criteria of the cell-by-cell tables: (key in per_edit.jsonl, label)
+CELL_CRITERIA = (
+    ("edit_success_f1", "edit success (f1)"),
+    ("generalization_f1", "generalization (f1)"),
+    ("locality_preservation", "locality (preservation)"),
+    ("multi_hop_accuracy", "multi-hop accuracy (MQuAKE)"),
+)
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -224,6 +235,123 @@ def summarize(label: str, data: SweepData) -> dict[str, Any]:
     }
 
 
+def signed(value: float, interval: tuple[float, float]) -> str:
+    """``+0.77 [+0.70, +0.84]``, with ``n.d.`` (not distinguishable from 0) where the interval holds 0."""
+    text = f"{value:+.2f} [{interval[0]:+.2f}, {interval[1]:+.2f}]"
+    return text + " n.d." if contains_zero(interval) else text
+
+
+def per_edit_of(per_edit: dict[tuple[str, int], dict[str, Any]], row: dict[str, Any], key: str) -> np.ndarray | None:
+    """The per-edit scores ``key`` of the state of ``row`` (None where the line or the key is missing)."""
+    line = per_edit.get((row_cell_id(row), row_position(row)))
+    got = (line or {}).get("scores", {}).get(key)
+    if not isinstance(got, list) or not got:
+        return None
+    return np.array([np.nan if x is None else float(x) for x in got], dtype=float)
+
+
+def cell_states(
+    data: SweepData, per_edit: dict[tuple[str, int], dict[str, Any]], v: Any, key: str
+) -> dict[str, dict[int, np.ndarray]] | None:
+    """E, E→C and C→E's per-edit ``key`` scores at strength ``v``, replicate -> scores, for the
+    replicates whose two orders have finished and were scored on the same edits."""
+    c = cells(data, "")
+    out: dict[str, dict[int, np.ndarray]] = {"E": {}, "E→C": {}, "C→E": {}}
+    for r in data.replicates:
+        ec, ce = c.get(("EC", v, r)), c.get(("CE", v, r))
+        if not ec or not ce or not {1, 2} <= ec.keys() or not {1, 2} <= ce.keys():
+            continue
+        rows = {"E": ec[1], "E→C": ec[2], "C→E": ce[2]}
+        ids = {tuple(r_.get("edit_ids") or ()) for r_ in rows.values()}
+        got = {name: per_edit_of(per_edit, row, key) for name, row in rows.items()}
+        if len(ids) != 1 or any(g is None for g in got.values()):
+            continue
+        if len({len(g) for g in got.values() if g is not None}) != 1:
+            continue
+        if all(np.isnan(g).all() for g in got.values() if g is not None):
+            continue
+        for name, g in got.items():
+            assert g is not None
+            out[name][r] = g
+    return out if out["E"] else None
+
+
+def cell_tables(groups: list[tuple[str, SweepData]], per_edit: dict[tuple[str, int], dict[str, Any]]) -> None:
+    """Per criterion, each (dataset, compressor, strength): the three states' means and the
+    three paired differences with 95% bootstrap intervals over the edits (resampled within
+    each replicate, the same edits for the three states; means over replicates), and, for
+    Figure 5, the rise of the edits' NLL under the compressor with its interval beside the
+    rises of unedited facts' NLL and of wikitext's (one number per state: no interval)."""
+    two = [(label, data) for label, data in groups if len(data.orders) > 1]
+    print("\n## Cell by cell, with intervals\n")
+    print(
+        "Means over replicates; [a, b]: 95% paired bootstrap interval over the edits (1,000 resamples of each "
+        "replicate's edits, the same edits for the three states, seed 0); n.d.: the interval holds 0, the "
+        "difference is not distinguishable from 0. The intervals sample the choice of edits only: the "
+        "compressors' calibration noise is the noise-floor table's (lmcompose report)."
+    )
+    for key, name in CELL_CRITERIA:
+        lines = []
+        for label, data in two:
+            for v in data.values:
+                states = cell_states(data, per_edit, v, key)
+                if states is None:
+                    continue
+                m = state_means(states)
+                diffs = {
+                    "E − E→C": ("E", "E→C"),
+                    "E − C→E": ("E", "C→E"),
+                    "C→E − E→C": ("C→E", "E→C"),
+                }
+                cols = [f"{m[s][0]:.2f}" for s in ("E", "E→C", "C→E")]
+                for a, b in diffs.values():
+                    cols.append(signed(m[a][0] - m[b][0], percentile_interval(m[a][1] - m[b][1])))
+                lines.append(f"| {label} | {v} | {len(states['E'])} | {' | '.join(cols)} |")
+        if not lines:
+            continue
+        print(f"\n### {name}\n")
+        print("| dataset, compressor | strength | replicates | E | E→C | C→E | E − E→C | E − C→E | C→E − E→C |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(lines))
+    nll_lines = []
+    for label, data in two:
+        c = cells(data, "")
+        for v in data.values:
+            states = cell_states(data, per_edit, v, "edit_nll")
+            if states is None:
+                continue
+            m = state_means({k: states[k] for k in ("E", "E→C")})
+            reps = sorted(states["E"])
+            rise = {
+                what: statistics.fmean(c[("EC", v, r)][2][what] - c[("EC", v, r)][1][what] for r in reps)
+                for what in ("unedited_nll", "general_nll")
+                if all(c[("EC", v, r)][i].get(what) is not None for r in reps for i in (1, 2))
+            }
+            d = m["E→C"][0] - m["E"][0]
+            samples = m["E→C"][1] - m["E"][1]
+            unedited, general = rise.get("unedited_nll"), rise.get("general_nll")
+            over = "–" if unedited is None else signed(d - unedited, percentile_interval(samples - unedited))
+            nll_lines.append(
+                f"| {label} | {v} | {signed(d, percentile_interval(samples))} | "
+                f"{'–' if unedited is None else f'{unedited:+.2f}'} | "
+                f"{'–' if general is None else f'{general:+.2f}'} | {over} |"
+            )
+    if nll_lines:
+        print("\n### Figure 5 with its control: NLL rises under the compressor (E → E→C, nats per token)\n")
+        print(
+            "Edits: the new targets' NLL (per-edit, with its interval); unedited: the true targets of facts "
+            "no edit touched (one mean per state); general: wikitext-2. The last column's interval samples "
+            "the edits only (the unedited rise is taken as given)."
+        )
+        print()
+        print(
+            "| dataset, compressor | strength | edit NLL rise | unedited-fact NLL rise | general NLL rise "
+            "| edit − unedited |"
+        )
+        print("|---|---|---|---|---|---|")
+        print("\n".join(nll_lines))
+
+
 def _a(comp: Any, name: str) -> float:
     cr = comp.criteria.get(name)
     return cr.A_mean if cr is not None and cr.A_mean is not None else float("nan")
@@ -252,9 +380,16 @@ def main() -> None:
             raise SystemExit(f"replication.py: {exc}") from None
         return
     try:
-        groups = [g for r in args.runs for g in sweeps(r)]
+        per_run = {run: sweeps(run) for run in args.runs}
+        groups = [g for run in args.runs for g in per_run[run]]
         out = [summarize(label, data) for label, data in groups if len(data.orders) > 1]
         one_order(groups)
+        for run, mine in per_run.items():
+            per_edit = read_per_edit(run)
+            if per_edit:
+                cell_tables(mine, per_edit)
+            else:
+                print(f"\n{run}: no per_edit.jsonl (written before per-edit scores existed): no cell intervals")
     except DataError as exc:
         raise SystemExit(f"replication.py: {exc}") from None
     print("\n## All runs\n")

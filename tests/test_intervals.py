@@ -24,6 +24,7 @@ from lmcompose.intervals import (
     method_scores,
     percentile_interval,
     resample_indices,
+    state_means,
 )
 from lmcompose.report import build_report, p_width_caption
 from lmcompose.studies.report import build_study_report, load_study_rows, render_study_markdown
@@ -180,6 +181,36 @@ def test_resampled_indices_are_shared_by_every_method_of_a_replicate():
     a, b = resample_indices(7, 5, seed=0, replicate=1), resample_indices(7, 5, seed=0, replicate=1)
     assert a.shape == (5, 7) and np.array_equal(a, b) and a.min() >= 0 and a.max() < 7
     assert not np.array_equal(a, resample_indices(7, 5, seed=0, replicate=0))
+
+
+def test_state_means_are_paired_means_over_replicates_by_hand():
+    """Two states on the same edits: each resample's value is the mean of the drawn edits'
+    scores (NaN ones left out), averaged over replicates, and both states draw the same
+    edits, so their difference is the mean of the per-edit differences."""
+    e = {0: np.array([1.0, 0.0, 1.0, 1.0]), 1: np.array([1.0, 1.0, np.nan, 0.0])}
+    ec = {0: np.array([0.0, 0.0, 1.0, 1.0]), 1: np.array([0.0, 1.0, 1.0, 0.0])}
+    out = state_means({"E": e, "EC": ec}, resamples=50, seed=3)
+    assert out["E"][0] == pytest.approx((0.75 + 2 / 3) / 2)
+    assert out["EC"][0] == pytest.approx((0.5 + 0.5) / 2)
+    idx = {r: resample_indices(4, 50, 3, r) for r in (0, 1)}
+    for name, scores in (("E", e), ("EC", ec)):
+        want = np.mean([[np.nanmean(scores[r][row]) for row in idx[r]] for r in (0, 1)], axis=0)
+        np.testing.assert_allclose(out[name][1], want, atol=1e-12)
+    # paired: edit 0 of replicate 0 is the only one where the states differ there
+    d0 = (out["E"][1] - out["EC"][1]) * 2 - [np.nanmean(e[1][row]) - np.nanmean(ec[1][row]) for row in idx[1]]
+    np.testing.assert_allclose(d0, [np.mean(row == 0) for row in idx[0]], atol=1e-12)
+    # the same seed gives the same samples; another seed other ones
+    again = state_means({"E": e, "EC": ec}, resamples=50, seed=3)
+    np.testing.assert_array_equal(again["E"][1], out["E"][1])
+    assert not np.array_equal(state_means({"E": e}, resamples=50, seed=4)["E"][1], out["E"][1])
+
+
+def test_state_means_refuse_states_that_do_not_pair():
+    with pytest.raises(ValueError, match="replicates"):
+        state_means({"E": {0: np.ones(3)}, "EC": {1: np.ones(3)}})
+    with pytest.raises(ValueError, match="edits"):
+        state_means({"E": {0: np.ones(3)}, "EC": {0: np.ones(4)}})
+    assert state_means({}) == {}
 
 
 def test_identical_methods_differ_by_zero_not_distinguishably():

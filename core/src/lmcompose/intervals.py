@@ -71,6 +71,7 @@ __all__ = [
     "resample_indices",
     "resampled_curves",
     "same_edits",
+    "state_means",
 ]
 
 
@@ -247,6 +248,42 @@ def bootstrap_ap(
     a_mean, p_mean = np.mean(per_a, axis=0), np.mean(per_p, axis=0)
     dropped = int(np.sum(np.isnan(a_mean) | np.isnan(p_mean)))
     return APSamples(method.criterion, a_mean, p_mean, dropped)
+
+
+def state_means(
+    states: Mapping[str, Mapping[int, np.ndarray]],
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> dict[str, tuple[float, np.ndarray]]:
+    """Each state's criterion (mean per-edit score) and its B bootstrap values, means over
+    the replicates: ``states`` maps a state's name to replicate -> its per-edit scores (NaN:
+    no score), every state of a replicate scored on the same edits in the same order. A
+    replicate's resamples are :func:`resample_indices` of (seed, replicate), the same for
+    every state, so the difference of two states' samples is paired (the same edits drawn
+    for both). A state's point is the mean over replicates of its edits' mean, as a row
+    reports it; a resample without a scored edit is NaN (left out by
+    :func:`percentile_interval`)."""
+    if not states:
+        return {}
+    names = list(states)
+    replicates = sorted(states[names[0]])
+    for name in names:
+        if sorted(states[name]) != replicates:
+            raise ValueError(f"state {name!r} has replicates {sorted(states[name])}, not {replicates}")
+    points: dict[str, list[float]] = {name: [] for name in names}
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples stay NaN
+        for r in replicates:
+            n = {len(states[name][r]) for name in names}
+            if len(n) != 1:
+                raise ValueError(f"replicate {r}: the states have {sorted(n)} edits, not one count")
+            idx = resample_indices(n.pop(), resamples, seed, r)
+            for name in names:
+                scores = np.asarray(states[name][r], dtype=float)
+                points[name].append(float(np.nanmean(scores)))
+                samples[name].append(np.nanmean(scores[idx], axis=1))
+        return {name: (float(np.mean(points[name])), np.mean(samples[name], axis=0)) for name in names}
 
 
 def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
