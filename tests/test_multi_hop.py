@@ -248,3 +248,22 @@ def test_a_case_is_right_when_any_question_is_answered_as_mquake_matches(tmp_pat
 def test_a_record_without_what_multi_hop_scoring_needs_is_one_message(multi_hop, message):
     with pytest.raises(DataError, match=f"edit record 'x': .*{message}"):
         EditRecord(case_id="x", subject="Paris", prompt="Paris is in", target_new="Italy", multi_hop=multi_hop)
+
+
+def test_the_study_report_shows_multi_hop_accuracy_where_the_rows_have_it():
+    from lmcompose.studies.report import build_study_report, load_study_rows
+
+    from tests.test_intervals import noisy, study
+
+    def final_table(rows, lines):
+        rep = build_study_report(load_study_rows(rows), per_edit=lines)
+        return next(t for t in rep.tables if t.title.endswith("final model per order and strength"))
+
+    rows, lines = study({"awq": noisy(10)})
+    plain = final_table(rows, lines)
+    assert "multi_hop_accuracy" not in plain.columns  # CounterFact-like rows: not measured, no column
+    for r in rows:
+        r["multi_hop_accuracy"] = 0.5 if r["position"] == 0 else 0.25 if r["replicate"] == 0 else 0.75
+    table = final_table(rows, lines)
+    column = table.columns.index("multi_hop_accuracy")
+    assert table.rows and all(row[column] == "0.5000" for row in table.rows)  # mean of the two replicates

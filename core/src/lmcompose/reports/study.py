@@ -346,8 +346,8 @@ def final_metrics_table(data: StudyData, entry: str, ds: str) -> Table:
     sweep = data.sweeps[(entry, ds)]
     keys = [
         k
-        for k in ("edit_success", "generalization", "locality", "perplexity", "avg_bits")
-        if any(r.get(k) is not None for r in sweep.rows)
+        for k in ("edit_success", "generalization", "locality", "multi_hop_accuracy", "perplexity", "avg_bits")
+        if any(r.get(k) is not None for r in sweep.rows)  # multi-hop: datasets with MQuAKE-style cases only
     ]
     rows = []
     for o in sweep.orders:
