@@ -383,3 +383,36 @@ def test_an_old_folder_reports_as_before_plus_the_new_lines(tmp_path, name):
             .replace(" " + p_width_caption(), "")
         )
     assert [without_p_per_width(ln) for ln in rebuilt] == committed
+
+
+def test_order_effects_carry_e_of_and_signed_order_difference_intervals():
+    """E_OF / E_OS at the middle strength, with E_OF's interval and the signed difference d
+    (the editor first − the compressor first) and its interval: d's point is the mean over
+    replicates of the two orders' means; orders 0.3 apart are distinguishable, identical
+    orders give d = 0, n.d.; rows without per-edit lines print no interval (issue 38)."""
+    from lmcompose.reports.order_effects import order_effect_cells, order_effect_tables
+
+    labels = {"study": "s", "dataset": "cf", "family": "prune", "editor": "edit"}
+    apart = noisy(200)
+    same_matrix = [(np.random.default_rng(r).random((3, 200)) < 0.6).astype(float) for r in range(2)]
+    same = {ORDERS[0]: same_matrix, ORDERS[1]: same_matrix}
+    rows, lines = [], {}
+    for entry, scores in (("apart", apart), ("same", same)):
+        r, pe = synthetic(scores, labels={**labels, "entry": entry, "compressor": "prune"}, prefix=f"cf|{entry}|")
+        rows += r
+        lines.update(pe)
+    rep = build_study_report(load_study_rows(rows), per_edit=lines)
+    cells = {c.entry: c for c in order_effect_cells(rep.data, rep.composability, None, lines)}
+    got = cells["apart"].intervals["edit_success"]
+    want = np.mean([apart[ORDERS[0]][r][1].mean() - apart[ORDERS[1]][r][1].mean() for r in range(2)])
+    assert got.d == pytest.approx(want) and got.d_interval[0] <= got.d <= got.d_interval[1]
+    assert 0 < got.d_interval[0] and "n.d." not in got.d_text()  # 0.3 apart: the editor first keeps more
+    e_of = cells["apart"].measures["edit_success"]["E_OF"][0]
+    assert got.e_of[0] <= e_of <= got.e_of[1]
+    flat = cells["same"].intervals["edit_success"]
+    assert flat.d == 0 and flat.d_interval == (0.0, 0.0) and flat.d_text().endswith("n.d.")
+    table = next(t for t in order_effect_tables(list(cells.values())))
+    assert "d [a, b] after E_OS" in table.caption
+    assert any("; d +0." in cell and "n.d." not in cell for row in table.rows for cell in row)
+    plain = order_effect_tables(order_effect_cells(rep.data, rep.composability, None, None))[0]
+    assert "d [a, b]" not in plain.caption and not any("; d " in cell for row in plain.rows for cell in row)

@@ -18,19 +18,38 @@ middle value of its grid (the second of three: sparsity 0.45 of [0.25, 0.45, 0.6
 of [8, 4, 3]) unless ``at`` names the value of the varied field
 (``{"sparsity": 0.45, "bits": 4}``); an entry whose grid lacks that value falls back to
 its middle value, and the table says which strength each cell read.
+
+With per-edit scores (per_edit.jsonl) each edit criterion's cell also says how sure it is:
+E_OF's 95% bootstrap interval over the edits, and for E_OS (an absolute value, whose own
+interval could never hold 0) the signed difference d = m(the row's method first) −
+m(the column's method first) with its interval, "n.d." where that holds 0 (the orders are
+not distinguishable). The resamples are :mod:`lmcompose.intervals`' (the same edits for both
+orders of a replicate, means over replicates).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from lmcompose.api._values import to_float
-from lmcompose.composability import CRITERIA, Composability
+from lmcompose.composability import CRITERIA, Composability, SweepData
 from lmcompose.errors import UsageError
+from lmcompose.intervals import (
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    contains_zero,
+    method_scores,
+    percentile_interval,
+    resample_indices,
+    resampled_curves,
+)
 from lmcompose.reports.tables import Table, fmt_mean_std
 
 if TYPE_CHECKING:
@@ -52,7 +71,15 @@ CRITERION_NAMES = {
     "retain_accuracy": "retain accuracy (MMLU's role)",
 }
 
-__all__ = ["CATEGORY_PAIRS", "PairCell", "order_effect_cells", "order_effect_tables", "plot_order_effects"]
+__all__ = [
+    "CATEGORY_PAIRS",
+    "PairCell",
+    "PairInterval",
+    "order_effect_cells",
+    "order_effect_tables",
+    "pair_intervals",
+    "plot_order_effects",
+]
 
 
 @dataclass
@@ -68,6 +95,27 @@ class PairCell:
     value: Hashable  # the strength read
     replicates: int
     measures: dict[str, dict[str, tuple[float | None, float | None]]]  # criterion -> E_OF/E_OS -> (mean, std)
+    #: criterion -> E_OF's interval, and the signed order difference d (row's method first − column's
+    #: method first) with its interval; edit criteria with per-edit scores only
+    intervals: dict[str, PairInterval] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class PairInterval:
+    """How sure one criterion's E_OF and E_OS are: E_OF's 95% interval, and the signed
+    difference d between the orders (its point, a mean over replicates, and interval)."""
+
+    e_of: tuple[float, float]
+    d: float
+    d_interval: tuple[float, float]
+
+    def e_of_text(self) -> str:
+        return f" [{self.e_of[0]:.3f}, {self.e_of[1]:.3f}]"
+
+    def d_text(self) -> str:
+        lo, hi = self.d_interval
+        text = f"; d {self.d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        return text + " n.d." if contains_zero(self.d_interval) else text
 
 
 #: criteria that measure one category's own goal: read only on the pairs that hold it
@@ -96,11 +144,64 @@ def _strength_index(comp: Composability, field: str, at: Mapping[str, object] | 
     return (len(comp.values) - 1) // 2
 
 
+def pair_intervals(
+    sweep: SweepData,
+    comp: Composability,
+    per_edit: Mapping[tuple[str, int], Mapping[str, object]],
+    j: int,
+    first_method: str,
+    second_method: str,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> dict[str, PairInterval]:
+    """Each edit criterion's :class:`PairInterval` at strength index ``j``: the orders'
+    curves resampled as A and P's are (clipped means of the same resampled edits in both
+    orders), E_OF = 1 − the better order and d = the order that starts with
+    ``first_method`` − the other, each a mean over replicates. Criteria without per-edit
+    scores, or an order pair in which neither order starts with ``first_method`` nor ends
+    with ``second_method``, get none."""
+    if len(comp.orders) != 2:
+        return {}
+    first = next((o for o in comp.orders if o[0] == first_method), None)
+    first = first or next((o for o in comp.orders if o[-1] == second_method), None)
+    if first is None:
+        return {}
+    second = next(o for o in comp.orders if o != first)
+    out = {}
+    for name in comp.criteria:
+        scores, _ = method_scores(sweep, comp, per_edit, name)
+        if scores is None:
+            continue
+        e_of, d, points = [], [], []
+        for r, rep in sorted(scores.replicates.items()):
+            curves = resampled_curves(rep, resample_indices(len(rep.edits), resamples, seed, r))
+            a, b = curves[first][j], curves[second][j]
+            e_of.append(1.0 - np.maximum(a, b))
+            d.append(a - b)
+            with np.errstate(invalid="ignore"):
+                points.append(
+                    float(
+                        np.clip(np.nanmean(rep.orders[first][j]), 0, 1)
+                        - np.clip(np.nanmean(rep.orders[second][j]), 0, 1)
+                    )
+                )
+        out[name] = PairInterval(
+            percentile_interval(np.mean(e_of, axis=0)), float(np.mean(points)), percentile_interval(np.mean(d, axis=0))
+        )
+    return out
+
+
 def order_effect_cells(
-    data: StudyData, comps: Mapping[tuple[str, str], Composability], at: Mapping[str, object] | None = None
+    data: StudyData,
+    comps: Mapping[tuple[str, str], Composability],
+    at: Mapping[str, object] | None = None,
+    per_edit: Mapping[tuple[str, int], Mapping[str, object]] | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
 ) -> list[PairCell]:
-    """E_OF and E_OS of every paired entry (an entry of two categories run in two orders);
-    a field of ``at`` that no such entry varies is one UsageError naming the fields they do."""
+    """E_OF and E_OS of every paired entry (an entry of two categories run in two orders),
+    with :func:`pair_intervals` where ``per_edit`` has the scores; a field of ``at`` that no
+    such entry varies is one UsageError naming the fields they do."""
     out = []
     for (entry, ds), comp in comps.items():
         roles = data.roles(entry)
@@ -121,11 +222,13 @@ def order_effect_cells(
                     continue
                 n = max(n, len(c.replicates))
                 measures[name] = {label: c.per_strength(j, what) for label, what in MEASURES}
-            out.append(
-                PairCell(
-                    title, ds, entry, str(roles[row_role]), str(roles[col_role]), field, comp.values[j], n, measures
-                )
+            cell = PairCell(
+                title, ds, entry, str(roles[row_role]), str(roles[col_role]), field, comp.values[j], n, measures
             )
+            if per_edit and not comp.single:
+                found = pair_intervals(sweep, comp, per_edit, j, cell.row, cell.column, resamples, seed)
+                cell.intervals = {k: v for k, v in found.items() if k in measures}
+            out.append(cell)
     varied = sorted({c.field for c in out})
     for name in at or {}:
         if name not in varied:
@@ -161,19 +264,32 @@ def order_effect_tables(cells: Sequence[PairCell]) -> list[Table]:
                     cols.append("–")
                     continue
                 (of, of_s), (os_, os_s) = m["E_OF"], m["E_OS"]
-                cols.append(f"{fmt_mean_std(of, of_s, c.replicates, 3)} / {fmt_mean_std(os_, os_s, c.replicates, 3)}")
+                iv = c.intervals.get(n)
+                cols.append(
+                    f"{fmt_mean_std(of, of_s, c.replicates, 3)}{iv.e_of_text() if iv else ''} / "
+                    f"{fmt_mean_std(os_, os_s, c.replicates, 3)}{iv.d_text() if iv else ''}"
+                )
             rows.append(cols)
         first, second = title.split(" × ")
+        caption = (
+            "Each cell: E_OF / E_OS (the ICLR paper's order-free error and order sensitivity), mean ± "
+            "std over replicates, on the normalized criterion (higher is better; forget accuracy enters as "
+            "1 − accuracy, so its E_OF is the lower order's forget accuracy). E_OF = 1 − the better "
+            "order's criterion; E_OS = the two orders' difference. The strength is each entry's middle "
+            "value unless the report was asked for another."
+        )
+        if any(c.intervals for c in part):
+            caption += (
+                " [a, b] after E_OF: its 95% bootstrap interval over the edits (per-edit scores); d [a, b] after "
+                f"E_OS: the signed difference, the {first} method first − the {second} method first, with its "
+                "interval, n.d. where that holds 0 (the orders are not distinguishable)."
+            )
         tables.append(
             Table(
                 f"Order effects at one strength, {title}: {ds}",
                 [first, second, "strength", *[CRITERION_NAMES.get(n, n) for n in names]],
                 rows,
-                "Each cell: E_OF / E_OS (the ICLR paper's order-free error and order sensitivity), mean ± "
-                "std over replicates, on the normalized criterion (higher is better; forget accuracy enters as "
-                "1 − accuracy, so its E_OF is the lower order's forget accuracy). E_OF = 1 − the better "
-                "order's criterion; E_OS = the two orders' difference. The strength is each entry's middle "
-                "value unless the report was asked for another.",
+                caption,
             )
         )
     return tables

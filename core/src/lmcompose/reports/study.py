@@ -445,7 +445,7 @@ def build_study_report(
     single = {k: c for k, c in comps.items() if c.single}
     if single:
         tables.append(single_strength_table(data, single))
-    effects = order_effect_cells(data, comps, at)
+    effects = order_effect_cells(data, comps, at, per_edit, resamples, seed)
     tables += order_effect_tables(effects)
     tables += [final_metrics_table(data, e, d) for (e, d) in data.sweeps]
     comparisons: list[Difference] = []
