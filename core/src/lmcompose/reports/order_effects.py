@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +179,8 @@ def pair_intervals(
             a, b = curves[first][j], curves[second][j]
             e_of.append(1.0 - np.maximum(a, b))
             d.append(a - b)
-            with np.errstate(invalid="ignore"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a state without a scored edit: NaN
                 points.append(
                     float(
                         np.clip(np.nanmean(rep.orders[first][j]), 0, 1)
