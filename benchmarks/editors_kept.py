@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("run", type=Path, help="a study folder with one editor and one compressor per entry")
     ap.add_argument("--criterion", default="edit_success_f1", help="the row field to normalise (default: f1)")
     args = ap.parse_args()
+    if not (args.run / "results.jsonl").is_file():
+        raise SystemExit(f"editors_kept.py: {args.run} has no results.jsonl: give a study's run folder")
     if not is_study(args.run):
         raise SystemExit(f"editors_kept.py: {args.run} is not a study folder (no study rows in results.jsonl)")
     try:
