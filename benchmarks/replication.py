@@ -78,6 +78,30 @@ def sweeps(run: Path) -> list[tuple[str, SweepData]]:
     return [(run.name, load_sweep(run))]
 
 
+def noise_of(run: Path) -> dict[tuple[str, str, str], SweepData]:
+    """A study's noise-floor repetitions, (entry, dataset, label) -> their sweep ({} otherwise)."""
+    return dict(load_study_rows(run).noise) if is_study(run) else {}
+
+
+def order_gap_under_noise(data: SweepData, noise: dict[tuple[str, str, str], SweepData], v: Any, key: str) -> str:
+    """C→E − E→C of row field ``key`` at strength ``v`` (mean over replicates) in each noise-floor
+    repetition of this sweep's cells, ``seed=1 +0.10; threads=1 +0.21``; "–" where none."""
+    entry, dataset = data.rows[0].get("entry"), data.rows[0].get("dataset")
+    out = []
+    for (e, d, label), sw in sorted(noise.items()):
+        if (e, d) != (entry, dataset):
+            continue
+        gaps = []
+        for r in sw.replicates:
+            ec = next((row for (o, val, rr), row in sw.final.items() if val == v and rr == r and o[0] == "memit"), None)
+            ce = next((row for (o, val, rr), row in sw.final.items() if val == v and rr == r and o[0] != "memit"), None)
+            if ec is not None and ce is not None and ec.get(key) is not None and ce.get(key) is not None:
+                gaps.append(float(ce[key]) - float(ec[key]))
+        if gaps:
+            out.append(f"{label} {statistics.fmean(gaps):+.2f}")
+    return "; ".join(out) or "–"
+
+
 Finals = dict[tuple[str, str, str, Any], dict[int, dict[str, Any]]]
 
 
@@ -276,19 +300,28 @@ def cell_states(
     return out if out["E"] else None
 
 
-def cell_tables(groups: list[tuple[str, SweepData]], per_edit: dict[tuple[str, int], dict[str, Any]]) -> None:
+def cell_tables(
+    groups: list[tuple[str, SweepData]],
+    per_edit: dict[tuple[str, int], dict[str, Any]],
+    noise: dict[tuple[str, str, str], SweepData] | None = None,
+) -> None:
     """Per criterion, each (dataset, compressor, strength): the three states' means and the
     three paired differences with 95% bootstrap intervals over the edits (resampled within
     each replicate, the same edits for the three states; means over replicates), and, for
     Figure 5, the rise of the edits' NLL under the compressor with its interval beside the
-    rises of unedited facts' NLL and of wikitext's (one number per state: no interval)."""
+    rises of unedited facts' NLL and of wikitext's (one number per state: no interval). Where
+    the study repeated a cell for its noise floor (another calibration seed, another thread
+    count), the last column gives C→E − E→C in each repetition: an order difference that
+    changes sign or size there is not established by its interval over the edits alone."""
     two = [(label, data) for label, data in groups if len(data.orders) > 1]
     print("\n## Cell by cell, with intervals\n")
     print(
         "Means over replicates; [a, b]: 95% paired bootstrap interval over the edits (1,000 resamples of each "
         "replicate's edits, the same edits for the three states, seed 0); n.d.: the interval holds 0, the "
-        "difference is not distinguishable from 0. The intervals sample the choice of edits only: the "
-        "compressors' calibration noise is the noise-floor table's (lmcompose report)."
+        "difference is not distinguishable from 0. The intervals sample the choice of edits only; the "
+        "compressors' calibration noise shows in the last column, C→E − E→C in the noise floor's repetitions "
+        "of the cell (another calibration seed, one thread; – where the cell was not repeated), and in the "
+        "report's noise-floor table."
     )
     for key, name in CELL_CRITERIA:
         lines = []
@@ -306,12 +339,16 @@ def cell_tables(groups: list[tuple[str, SweepData]], per_edit: dict[tuple[str, i
                 cols = [f"{m[s][0]:.2f}" for s in ("E", "E→C", "C→E")]
                 for a, b in diffs.values():
                     cols.append(signed(m[a][0] - m[b][0], percentile_interval(m[a][1] - m[b][1])))
+                cols.append(order_gap_under_noise(data, noise or {}, v, key))
                 lines.append(f"| {label} | {v} | {len(states['E'])} | {' | '.join(cols)} |")
         if not lines:
             continue
         print(f"\n### {name}\n")
-        print("| dataset, compressor | strength | replicates | E | E→C | C→E | E − E→C | E − C→E | C→E − E→C |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print(
+            "| dataset, compressor | strength | replicates | E | E→C | C→E | E − E→C | E − C→E | C→E − E→C "
+            "| C→E − E→C, noise repetitions |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(lines))
     nll_lines = []
     for label, data in two:
@@ -387,7 +424,7 @@ def main() -> None:
         for run, mine in per_run.items():
             per_edit = read_per_edit(run)
             if per_edit:
-                cell_tables(mine, per_edit)
+                cell_tables(mine, per_edit, noise_of(run))
             else:
                 print(f"\n{run}: no per_edit.jsonl (written before per-edit scores existed): no cell intervals")
     except DataError as exc:
