@@ -31,6 +31,8 @@ from typing import Any
 
 Z = 1.959963984540054
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def wilson(p: float, n: int) -> tuple[float, float]:
     """The 95% Wilson score interval of a share ``p`` of ``n``."""
@@ -90,7 +92,13 @@ def value(row: Mapping[str, Any] | None, key: str) -> float | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("folder", type=Path)
+    ap.add_argument(
+        "folder",
+        type=Path,
+        nargs="?",
+        default=ROOT / "docs" / "unlearning" / "composable-run",
+        help="a three-category study folder (default: the committed docs/unlearning/composable-run)",
+    )
     ap.add_argument("--n", type=int, default=32, help="forget questions, when no step report says")
     args = ap.parse_args()
     rows = load(args.folder)

@@ -38,6 +38,8 @@ from lmcompose.errors import DataError
 from lmcompose.studies.report import is_study, load_study_rows
 from scipy.stats import t as student_t
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def dense(data: SweepData, editor: str, criterion: str) -> dict[int, float]:
     """replicate -> the editor's edit success on the dense model (first state of an edit-first order)."""
@@ -99,7 +101,13 @@ def t_interval(xs: list[float], level: float = 0.95) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", type=Path, help="a study folder with one editor and one compressor per entry")
+    ap.add_argument(
+        "run",
+        type=Path,
+        nargs="?",
+        default=ROOT / "docs" / "replication" / "editors-run",
+        help="a study folder with one editor and one compressor per entry (default: docs/replication/editors-run)",
+    )
     ap.add_argument("--criterion", default="edit_success_f1", help="the row field to normalise (default: f1)")
     args = ap.parse_args()
     if not (args.run / "results.jsonl").is_file():

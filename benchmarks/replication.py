@@ -49,6 +49,8 @@ CELL_CRITERIA = (
     ("multi_hop_accuracy", "multi-hop accuracy (MQuAKE)"),
 )
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
     xs = [x for x in xs if x is not None and not math.isnan(x)]
@@ -407,7 +409,13 @@ def against(runs: list[Path], other: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument(
+        "runs",
+        nargs="*",
+        type=Path,
+        default=[ROOT / "docs" / "replication" / "run"],
+        help="run folders (default: the committed docs/replication/run)",
+    )
     ap.add_argument("--against", type=Path, help="compare every cell with the same cell of this run folder")
     args = ap.parse_args()
     if args.against is not None:
