@@ -11,7 +11,7 @@ per replicate:
 * kept fraction at each strength: each order's final edit success ÷ d, clipped to [0, 1]
   as the composability criteria are (a final model above its dense value keeps 1);
 * normalised A and P: A and P of the kept-fraction curves (lmcompose.composability's
-  trapezoids on the entry's own x axis, 1 − avg_bits / 16), and P ÷ the axis' width (the
+  trapezoids on the entry's own x axis, 1 − avg_bits / the base's bits), and P ÷ the axis' width (the
   share of the dense success the best order loses, averaged over the axis, in [0, 1]).
 
 Then each pair of editors under the same compressor: the difference of normalised P ÷ w
@@ -42,15 +42,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def dense(data: SweepData, editor: str, criterion: str) -> dict[int, float]:
-    """replicate -> the editor's edit success on the dense model (first state of an edit-first order)."""
-    out: dict[int, float] = {}
-    for (order, _, r), rows in sorted(data.by_cell.items(), key=lambda kv: str(kv[0])):
-        if order[0] != editor or r in out:
+    """replicate -> the editor's edit success on the dense model: the state after the edit in
+    the edit-first order, one state a study shares by every strength of a replicate (its rows'
+    mean, should a folder hold it more than once)."""
+    found: dict[int, list[float]] = {}
+    for (order, _, r), rows in data.by_cell.items():
+        if order[0] != editor:
             continue
-        first = next((row for row in rows if row.get("position") == 1), None)
-        if first is not None and isinstance(first.get(criterion), int | float):
-            out[r] = float(first[criterion])
-    return out
+        for row in rows:
+            if row.get("position") == 1 and isinstance(row.get(criterion), int | float):
+                found.setdefault(r, []).append(float(row[criterion]))
+    return {r: statistics.fmean(xs) for r, xs in found.items()}
 
 
 def kept(data: SweepData, editor: str, criterion: str) -> dict[str, Any] | None:
@@ -119,10 +121,13 @@ def main() -> None:
     except DataError as exc:
         raise SystemExit(f"editors_kept.py: {exc}") from None
     found: dict[tuple[str, str, str], dict[str, Any]] = {}  # (dataset, compressor, editor) -> kept()
-    for (entry, dataset), data in sweeps.items():
+    for (_entry, dataset), data in sweeps.items():
         if len(data.orders) < 2:
             continue
-        editor, compressor = (entry.split("+") + [""])[:2]
+        first = data.rows[0]
+        editor, compressor = first.get("editor"), first.get("compressor")
+        if not isinstance(editor, str) or not isinstance(compressor, str):
+            continue  # an entry without one editor and one compressor
         k = kept(data, editor, args.criterion)
         if k is not None:
             found[(dataset, compressor, editor)] = k
@@ -151,6 +156,11 @@ def main() -> None:
         cols = [spread([k["reps"][r][what] for r in reps]) for what in ("A", "P", "Pw")]
         print(f"| {dataset} | {compressor} | {editor} | [{k['x'][0]:.3f}, {k['x'][-1]:.3f}] | {' | '.join(cols)} |")
     print("\n## Editor against editor, normalised P ÷ w (first − second), per replicate\n")
+    print(
+        "The t-interval's spread has replicates − 1 degrees of freedom (1 with two replicates), and no "
+        "correction is made for the number of pairs below: an interval that excludes 0 among many is "
+        "suggestive, not a finding.\n"
+    )
     print("| dataset | compressor | first | second | difference (replicates) | 95% t-interval |")
     print("|---|---|---|---|---|---|")
     groups: dict[tuple[str, str], list[str]] = {}

@@ -262,8 +262,11 @@ def summarize(label: str, data: SweepData) -> dict[str, Any]:
 
 
 def signed(value: float, interval: tuple[float, float]) -> str:
-    """``+0.77 [+0.70, +0.84]``, with ``n.d.`` (not distinguishable from 0) where the interval holds 0."""
-    text = f"{value:+.2f} [{interval[0]:+.2f}, {interval[1]:+.2f}]"
+    """``+0.771 [+0.702, +0.840]``, with ``n.d.`` (0 not excluded) where the interval holds 0,
+    "–" where a state had no scored edit; three decimals, so an end near 0 shows its side."""
+    if any(math.isnan(x) for x in (value, *interval)):
+        return "–"
+    text = f"{value:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]"
     return text + " n.d." if contains_zero(interval) else text
 
 
@@ -320,10 +323,11 @@ def cell_tables(
     print(
         "Means over replicates; [a, b]: 95% paired bootstrap interval over the edits (1,000 resamples of each "
         "replicate's edits, the same edits for the three states, seed 0); n.d.: the interval holds 0, the "
-        "difference is not distinguishable from 0. The intervals sample the choice of edits only; the "
-        "compressors' calibration noise shows in the last column, C→E − E→C in the noise floor's repetitions "
-        "of the cell (another calibration seed, one thread; – where the cell was not repeated), and in the "
-        "report's noise-floor table."
+        "difference is not distinguishable from 0 (the data do not exclude 0). The intervals sample the choice "
+        "of edits only; the compressors' calibration noise shows in the last column, C→E − E→C in the noise "
+        "floor's repetitions of the cell (another calibration seed, one thread; – where the cell was not "
+        "repeated or a repetition has not finished both orders), and in the report's noise-floor table. No "
+        "correction is made for the many cells and criteria: a single exclusion of 0 is weak evidence."
     )
     for key, name in CELL_CRITERIA:
         lines = []
@@ -338,7 +342,7 @@ def cell_tables(
                     "E − C→E": ("E", "C→E"),
                     "C→E − E→C": ("C→E", "E→C"),
                 }
-                cols = [f"{m[s][0]:.2f}" for s in ("E", "E→C", "C→E")]
+                cols = ["–" if math.isnan(m[s][0]) else f"{m[s][0]:.2f}" for s in ("E", "E→C", "C→E")]
                 for a, b in diffs.values():
                     cols.append(signed(m[a][0] - m[b][0], percentile_interval(m[a][1] - m[b][1])))
                 cols.append(order_gap_under_noise(data, noise or {}, v, key))

@@ -416,3 +416,15 @@ def test_order_effects_carry_e_of_and_signed_order_difference_intervals():
     assert any("; d +0." in cell and "n.d." not in cell for row in table.rows for cell in row)
     plain = order_effect_tables(order_effect_cells(rep.data, rep.composability, None, None))[0]
     assert "d [a, b]" not in plain.caption and not any("; d " in cell for row in plain.rows for cell in row)
+
+
+def test_an_order_difference_without_scored_edits_prints_a_dash_not_a_verdict():
+    """A state with no scored edit at the strength read gives NaN ends: the cell says "–"
+    instead of a number that would read as distinguishable (NaN never holds 0)."""
+    from lmcompose.reports.order_effects import PairInterval
+
+    nan = float("nan")
+    assert percentile_interval(np.array([nan, nan])) == pytest.approx((nan, nan), nan_ok=True)
+    blank = PairInterval((nan, nan), nan, (nan, nan))
+    assert blank.d_text() == "; d –" and blank.e_of_text() == " [–]"
+    assert PairInterval((0.1, 0.3), 0.0, (-0.1, 0.1)).d_text().endswith("n.d.")

@@ -262,7 +262,10 @@ def state_means(
     every state, so the difference of two states' samples is paired (the same edits drawn
     for both). A state's point is the mean over replicates of its edits' mean, as a row
     reports it; a resample without a scored edit is NaN (left out by
-    :func:`percentile_interval`)."""
+    :func:`percentile_interval`). Each state's mean is over its own scored edits, so a
+    difference of two states compares the same edits only where their NaN (unscored) edits
+    coincide, as they do for scores that exist per record whatever the model (MQuAKE's
+    multi-hop cases)."""
     if not states:
         return {}
     names = list(states)
@@ -287,9 +290,12 @@ def state_means(
 
 
 def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    """The central ``level`` percentile interval of ``samples`` (NaN left out)."""
+    """The central ``level`` percentile interval of ``samples`` (NaN left out; (NaN, NaN)
+    where every sample is NaN)."""
     tail = (1.0 - level) / 2 * 100
-    lo, hi = np.nanpercentile(samples, [tail, 100.0 - tail])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN slice: (NaN, NaN)
+        lo, hi = np.nanpercentile(samples, [tail, 100.0 - tail])
     return float(lo), float(hi)
 
 

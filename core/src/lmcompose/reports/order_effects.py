@@ -111,10 +111,14 @@ class PairInterval:
     d_interval: tuple[float, float]
 
     def e_of_text(self) -> str:
+        if any(math.isnan(x) for x in self.e_of):
+            return " [–]"  # a state without a scored edit
         return f" [{self.e_of[0]:.3f}, {self.e_of[1]:.3f}]"
 
     def d_text(self) -> str:
         lo, hi = self.d_interval
+        if any(math.isnan(x) for x in (self.d, lo, hi)):
+            return "; d –"  # a state without a scored edit: no difference to state
         text = f"; d {self.d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
         return text + " n.d." if contains_zero(self.d_interval) else text
 
@@ -283,8 +287,11 @@ def order_effect_tables(cells: Sequence[PairCell]) -> list[Table]:
         if any(c.intervals for c in part):
             caption += (
                 " [a, b] after E_OF: its 95% bootstrap interval over the edits (per-edit scores); d [a, b] after "
-                f"E_OS: the signed difference, the {first} method first − the {second} method first, with its "
-                "interval, n.d. where that holds 0 (the orders are not distinguishable)."
+                f"E_OS: the signed difference, the {first} method first − the {second} method first (a mean over "
+                "replicates, so E_OS exceeds |d| where the replicates disagree in sign), with its interval; n.d. "
+                "where that holds 0: the data do not exclude equal orders. The intervals resample the edits "
+                "only (the replicates' and the calibration's noise are the ± std's and the noise floor's), and "
+                "no correction is made for the many cells: read a single exclusion of 0 with care."
             )
         tables.append(
             Table(
