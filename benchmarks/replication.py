@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +271,13 @@ def signed(value: float, interval: tuple[float, float]) -> str:
     return text + " n.d." if contains_zero(interval) else text
 
 
+def verdict(interval: tuple[float, float]) -> str:
+    """ "above" or "below" 0 where the interval excludes it, "n.d." where it holds 0 (or is NaN)."""
+    if any(math.isnan(x) for x in interval) or contains_zero(interval):
+        return "n.d."
+    return "above" if interval[0] > 0 else "below"
+
+
 def per_edit_of(per_edit: dict[tuple[str, int], dict[str, Any]], row: dict[str, Any], key: str) -> np.ndarray | None:
     """The per-edit scores ``key`` of the state of ``row`` (None where the line or the key is missing)."""
     line = per_edit.get((row_cell_id(row), row_position(row)))
@@ -329,6 +337,7 @@ def cell_tables(
         "repeated or a repetition has not finished both orders), and in the report's noise-floor table. No "
         "correction is made for the many cells and criteria: a single exclusion of 0 is weak evidence."
     )
+    tally: dict[tuple[str, str, str], Counter[str]] = {}  # (criterion, difference, compressor) -> verdicts
     for key, name in CELL_CRITERIA:
         lines = []
         for label, data in two:
@@ -343,8 +352,11 @@ def cell_tables(
                     "C→E − E→C": ("C→E", "E→C"),
                 }
                 cols = ["–" if math.isnan(m[s][0]) else f"{m[s][0]:.2f}" for s in ("E", "E→C", "C→E")]
-                for a, b in diffs.values():
-                    cols.append(signed(m[a][0] - m[b][0], percentile_interval(m[a][1] - m[b][1])))
+                for what, (a, b) in diffs.items():
+                    interval = percentile_interval(m[a][1] - m[b][1])
+                    cols.append(signed(m[a][0] - m[b][0], interval))
+                    compressor = label.split(", ", 1)[-1]
+                    tally.setdefault((name, what, compressor), Counter())[verdict(interval)] += 1
                 cols.append(order_gap_under_noise(data, noise or {}, v, key))
                 lines.append(f"| {label} | {v} | {len(states['E'])} | {' | '.join(cols)} |")
         if not lines:
@@ -374,6 +386,12 @@ def cell_tables(
             samples = m["E→C"][1] - m["E"][1]
             unedited, general = rise.get("unedited_nll"), rise.get("general_nll")
             over = "–" if unedited is None else signed(d - unedited, percentile_interval(samples - unedited))
+            compressor = label.split(", ", 1)[-1]
+            for what, base in (("edit NLL rise − general", general), ("edit NLL rise − unedited", unedited)):
+                if base is not None:
+                    tally.setdefault(("NLL (Fig. 5)", what, compressor), Counter())[
+                        verdict(percentile_interval(samples - base))
+                    ] += 1
             nll_lines.append(
                 f"| {label} | {v} | {signed(d, percentile_interval(samples))} | "
                 f"{'–' if unedited is None else f'{unedited:+.2f}'} | "
@@ -393,6 +411,21 @@ def cell_tables(
         )
         print("|---|---|---|---|---|---|")
         print("\n".join(nll_lines))
+    if tally:
+        print("\n### The findings counted over cells\n")
+        print(
+            "Per criterion, difference and compressor (every dataset and strength): how many cells' 95% "
+            "intervals lie above 0, hold 0 (n.d.) or lie below 0; no correction for the number of cells."
+        )
+        print()
+        print("| criterion | difference | compressor | above 0 | n.d. | below 0 | cells |")
+        print("|---|---|---|---:|---:|---:|---:|")
+        for (name, what, compressor), counts in tally.items():
+            total = sum(counts.values())
+            print(
+                f"| {name} | {what} | {compressor} | {counts['above']} | {counts['n.d.']} | {counts['below']} "
+                f"| {total} |"
+            )
 
 
 def _a(comp: Any, name: str) -> float:
