@@ -15,7 +15,15 @@ and then one line per finding, with the evidence, and the composability A and P 
 success and perplexity (lmcompose.composability). A study entry with one order (such as
 replication.yaml's Wanda → MEMIT with `stats_from=base`) is compared, strength by strength,
 with the entry of the same dataset that runs the same steps in that order under the defaults.
-With ``--against DIR`` it prints instead, for every cell the folders share (the same
+Where the folder has per-edit scores (per_edit.jsonl), it then prints the findings cell by
+cell: per criterion (edit success and generalization with the f1 scorer, locality
+preservation, MQuAKE's multi-hop accuracy), each dataset × compressor × strength's E, E→C and
+C→E and the paired differences E − E→C, E − C→E and C→E − E→C with 95% bootstrap intervals
+over the edits (``lmcompose.intervals.state_means``), "n.d." where an interval holds 0, and
+C→E − E→C in each noise-floor repetition of the cell; Figure 5's control (the edits' NLL
+rise with its interval beside the unedited facts' and wikitext's); and a count, per
+criterion, difference and compressor, of the cells whose intervals lie above 0, hold it or
+lie below it. With ``--against DIR`` it prints instead, for every cell the folders share (the same
 dataset, entry, order, strength and replicate, as protocol.yaml shares with replication.yaml),
 the final model's scores in each folder side by side.
 
