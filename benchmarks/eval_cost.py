@@ -24,7 +24,11 @@ SmolLM2-135M, timed after a warm-up, the best of ``--repeat``:
 
 Teacher forcing alone (every pair an evaluation forces, once) is timed on each path, the
 whole ``EditMetrics.compute`` (which adds greedy generation for the f1 scorer and multi-hop;
-the floor has no such row) on per pair and packed. ``tokens`` counts the token ids the
+the floor has no such row) on per pair (the evaluation as it was before these paths, with
+``neighbour_knowledge``'s greedy answers to the locality prompts, then scored by default)
+and packed (today's default: no ``neighbour_knowledge``, so no generation on the locality
+prompts), and packed once more with ``neighbour_knowledge: true`` (every other score the
+same either way). ``tokens`` counts the token ids the
 embeddings see (padding and generated tokens included), ``head`` the positions the LM head
 runs on.
 
@@ -179,7 +183,10 @@ def main() -> None:
             return lambda: Scorer(lm, args.batch_size, per_pair=per_pair, packed=packed).teacher_forced(pairs, False)
 
         def evaluation(path: str, edits=edits) -> Callable[[], Any]:
-            metric = EditMetrics.from_overrides({"batch_size": args.batch_size})
+            options: dict[str, Any] = {"batch_size": args.batch_size}
+            if path in ("per pair", "packed, neighbour_knowledge on"):  # per pair: the evaluation as it was
+                options["neighbour_knowledge"] = True
+            metric = EditMetrics.from_overrides(options)
             metric._per_pair = path == "per pair"
             return lambda: metric.compute(lm, Context(edits=edits))
 
@@ -191,7 +198,7 @@ def main() -> None:
             rows = [("floor", "teacher forcing", low), ("floor + generation", "evaluation", with_gen)]
             for part, make, paths in (
                 ("teacher forcing", forcing, ("per pair", "branched", "packed")),
-                ("evaluation", evaluation, ("per pair", "packed")),
+                ("evaluation", evaluation, ("per pair", "packed", "packed, neighbour_knowledge on")),
             ):
                 rows += [(path, part, measure(lm, make(path), args.repeat)) for path in paths]
         base = {part: cost for path, part, cost in rows if path == "per pair"}

@@ -92,8 +92,8 @@ def test_an_edit_that_moves_a_neighbour_argmax_lowers_preservation():
     base, edited = rows
     assert base["locality_preservation"] == 1.0 and edited["edit_success"] == 1.0
     assert edited["locality"] == edited["locality_preservation"] < 1.0
-    # what the model knows of the neighbours is another key, against their ground-truth answers
-    assert 0.0 <= edited["neighbour_knowledge"] <= 1.0 and "locality_f1" not in edited
+    # what the model knows of the neighbours is another key (scored on request), never locality_f1
+    assert edited["neighbour_knowledge"] is None and "locality_f1" not in edited
 
 
 def test_a_model_without_its_reference_measures_no_preservation():
@@ -110,6 +110,35 @@ def test_locality_scorer_names():
             EditMetrics.from_overrides({"locality_scorer": old})
     with pytest.raises(ConfigError, match="is not one of preservation, prob"):
         EditMetrics.from_overrides({"locality_scorer": "nope"})
+
+
+def test_neighbour_knowledge_is_scored_on_request_and_changes_nothing_else(monkeypatch):
+    """By default no greedy generation runs on the locality prompts and neighbour_knowledge is
+    null; neighbour_knowledge: true scores it, and every other score (per record too) is the
+    same either way. locality_scorer neighbour_knowledge (protocol paper) turns it on."""
+    lm = tiny_model("llama", seed=2)
+    ctx = Context(edits=records())
+    EditMetrics().reference(lm, ctx)
+    generated: list[list[tuple[str, str]]] = []
+    original = Scorer.generate_for
+
+    def spy(self, pairs, forced=None):
+        generated.append(list(pairs))
+        return original(self, pairs, forced)
+
+    monkeypatch.setattr(Scorer, "generate_for", spy)
+    lean = EditMetrics().compute(lm, ctx)
+    full = EditMetrics.from_overrides({"neighbour_knowledge": True}).compute(lm, ctx)
+    assert not set(NEIGHBOURS) & set(generated[0]) and set(NEIGHBOURS) <= set(generated[1])
+    assert lean["neighbour_knowledge"] is None and lean["per_edit"]["neighbour_knowledge"] == [None]
+    assert full["neighbour_knowledge"] is not None and full["per_edit"]["neighbour_knowledge"] != [None]
+    skip = {"neighbour_knowledge", "per_edit"}
+    assert {k: v for k, v in lean.items() if k not in skip} == {k: v for k, v in full.items() if k not in skip}
+    assert {k: v for k, v in lean["per_edit"].items() if k != "neighbour_knowledge"} == {
+        k: v for k, v in full["per_edit"].items() if k != "neighbour_knowledge"
+    }
+    paper = EditMetrics.from_overrides({"locality_scorer": "neighbour_knowledge"})
+    assert paper.config.neighbour_knowledge is True
 
 
 def test_the_paper_protocol_scores_locality_as_the_paper_code_did():

@@ -398,8 +398,13 @@ def test_decode_batches_hold_as_many_rows_as_a_forward_passes_tokens_and_an_eval
         return real_generate_for(self, pairs, forced)
 
     monkeypatch.setattr(Scorer, "generate_for", generate_for)
-    EditMetrics.from_overrides({"scorer": "f1"}).compute(lm, Context(edits=records()))
-    assert len(calls) == 1 and calls[0] == len(edits._generated_pairs(records()))
+    for knowledge in (False, True):  # with neighbour_knowledge, the locality prompts' continuations too
+        calls.clear()
+        EditMetrics.from_overrides({"scorer": "f1", "neighbour_knowledge": knowledge}).compute(
+            lm, Context(edits=records())
+        )
+        assert len(calls) == 1 and calls[0] == len(edits._generated_pairs(records(), knowledge))
+    assert len(edits._generated_pairs(records(), True)) > len(edits._generated_pairs(records(), False))
 
 
 def test_generation_after_kept_keys_and_values_runs_no_prompt_again():

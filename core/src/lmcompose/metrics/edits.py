@@ -92,6 +92,15 @@ class EditMetricsConfig:
             "accuracy)"
         },
     )
+    neighbour_knowledge: bool = field(
+        default=False,
+        metadata={
+            "help": "also score neighbour_knowledge (F1 of the greedy answer to each locality prompt against the "
+            "neighbour's ground truth), which needs greedy generation on every locality prompt, the longest "
+            "continuations of a zsRE evaluation; off (the default) it is null and no other score changes; "
+            "locality_scorer neighbour_knowledge (protocol paper) turns it on"
+        },
+    )
     batch_size: int = field(
         default=16, metadata={"help": "prompts per forward pass / generate call", "range": (1, 4096)}
     )
@@ -118,6 +127,8 @@ class EditMetricsConfig:
                 "preservation's earlier name)"
             )
         self.locality_scorer = scorer
+        if scorer == "neighbour_knowledge":
+            self.neighbour_knowledge = True  # the headline locality is this score: it must be scored
 
 
 def target_text(prompt: str, target: str) -> str:
@@ -1093,11 +1104,12 @@ def _forced_pairs(records: list[EditRecord], unedited: list[EditRecord] | None =
     return list(wanted)
 
 
-def _generated_pairs(records: list[EditRecord]) -> list[tuple[str, str]]:
+def _generated_pairs(records: list[EditRecord], locality: bool = True) -> list[tuple[str, str]]:
     """The pairs the f1 scorers generate on (:meth:`Scorer.generate_for`), each once: each edit
-    prompt and rephrase with the new target, each locality prompt with its answer."""
+    prompt and rephrase with the new target, and (``locality``: for neighbour_knowledge) each
+    locality prompt with its answer."""
     pairs = [(p, r.target_new) for r in records for p in [r.prompt, *r.rephrases]]
-    return list(dict.fromkeys([*pairs, *_locality_pairs(records)[1]]))
+    return list(dict.fromkeys([*pairs, *(_locality_pairs(records)[1] if locality else [])]))
 
 
 def _reference_key(records: list[EditRecord]) -> str:
@@ -1143,7 +1155,7 @@ class EditMetrics(Metric):
             sc = Scorer(lm, self.config.batch_size, per_pair=self._per_pair)
             # one teacher-forced pass for the whole evaluation: each distinct prompt runs once
             wanted = _forced_pairs(records, ctx.unedited)
-            generated = _generated_pairs(records)
+            generated = _generated_pairs(records, self.config.neighbour_knowledge)
             continued = set(generated)
             forced = dict(zip(wanted, sc.teacher_forced(wanted, False, [p in continued for p in wanted]), strict=True))
             # the f1 scorers' greedy continuations, every group's in one call (fuller batches)
@@ -1247,8 +1259,11 @@ class EditMetrics(Metric):
         if not pairs:
             return {k: [None] * n for k in LOCALITY_KEYS.values()}
         tf = [forced[pair] for pair in pairs]
-        gens = [greedy[pair] for pair in pairs]
-        f1 = [sc.f1(g, sc.encode(p, a)[1]) for g, (p, a) in zip(gens, pairs, strict=True)]
+        knowledge: list[float | None] = [None] * n  # neighbour_knowledge: false generates none
+        if self.config.neighbour_knowledge:
+            gens = [greedy[pair] for pair in pairs]
+            f1 = [sc.f1(g, sc.encode(p, a)[1]) for g, (p, a) in zip(gens, pairs, strict=True)]
+            knowledge = _per_record(f1, owners, n)
         contrast = _contrast_pairs(records, owners, pairs)
         tf_new = [forced[pn] for _, pn in contrast]
         prob = [1.0 if tf[j]["nll"] < t["nll"] else 0.0 for (j, _), t in zip(contrast, tf_new, strict=True)]
@@ -1269,7 +1284,7 @@ class EditMetrics(Metric):
         return {
             "locality_preservation": preserved,
             "locality_prob": _per_record(prob, [owners[j] for j, _ in contrast], n),
-            "neighbour_knowledge": _per_record(f1, owners, n),
+            "neighbour_knowledge": knowledge,
             "neighbour_knowledge_accuracy": _per_record([t["accuracy"] for t in tf], owners, n),
         }
 
