@@ -82,19 +82,24 @@ def cells(data: Any, compressor: str) -> dict[tuple[str, Any, int], dict[int, di
     return out
 
 
-def sweeps(run: Path) -> list[tuple[str, SweepData]]:
-    """(label, sweep) per sweep of a run folder: a study's (dataset, entry) pairs, or the sweep itself."""
+Noise = dict[tuple[str, str, str], SweepData]  # a study's noise-floor repetitions: (entry, dataset, label) -> sweep
+
+
+def load_run(run: Path) -> tuple[list[tuple[str, SweepData]], Noise]:
+    """(label, sweep) per sweep of a run folder (a study's (dataset, entry) pairs, or the sweep
+    itself) and a study's noise-floor repetitions ({} for a sweep), from one read of its rows."""
     if is_study(run):
-        return [(f"{d}, {e}", sw) for (e, d), sw in load_study_rows(run).sweeps.items()]
-    return [(run.name, load_sweep(run))]
+        study = load_study_rows(run)
+        return [(f"{d}, {e}", sw) for (e, d), sw in study.sweeps.items()], dict(study.noise)
+    return [(run.name, load_sweep(run))], {}
 
 
-def noise_of(run: Path) -> dict[tuple[str, str, str], SweepData]:
-    """A study's noise-floor repetitions, (entry, dataset, label) -> their sweep ({} otherwise)."""
-    return dict(load_study_rows(run).noise) if is_study(run) else {}
+def sweeps(run: Path) -> list[tuple[str, SweepData]]:
+    """(label, sweep) per sweep of a run folder (:func:`load_run`)."""
+    return load_run(run)[0]
 
 
-def order_gap_under_noise(data: SweepData, noise: dict[tuple[str, str, str], SweepData], v: Any, key: str) -> str:
+def order_gap_under_noise(data: SweepData, noise: Noise, v: Any, key: str) -> str:
     """C→E − E→C of row field ``key`` at strength ``v`` (mean over replicates) in each noise-floor
     repetition of this sweep's cells, ``seed=1 +0.10; threads=1 +0.21``; "–" where none."""
     entry, dataset = data.rows[0].get("entry"), data.rows[0].get("dataset")
@@ -103,9 +108,9 @@ def order_gap_under_noise(data: SweepData, noise: dict[tuple[str, str, str], Swe
         if (e, d) != (entry, dataset):
             continue
         gaps = []
+        c = cells(sw, "")
         for r in sw.replicates:
-            ec = next((row for (o, val, rr), row in sw.final.items() if val == v and rr == r and o[0] == "memit"), None)
-            ce = next((row for (o, val, rr), row in sw.final.items() if val == v and rr == r and o[0] != "memit"), None)
+            ec, ce = c.get(("EC", v, r), {}).get(2), c.get(("CE", v, r), {}).get(2)  # each order's final model
             if ec is not None and ce is not None and ec.get(key) is not None and ce.get(key) is not None:
                 gaps.append(float(ce[key]) - float(ec[key]))
         if gaps:
@@ -296,11 +301,15 @@ def per_edit_of(per_edit: dict[tuple[str, int], dict[str, Any]], row: dict[str, 
 
 
 def cell_states(
-    data: SweepData, per_edit: dict[tuple[str, int], dict[str, Any]], v: Any, key: str
+    data: SweepData,
+    c: dict[tuple[str, Any, int], dict[int, dict[str, Any]]],
+    per_edit: dict[tuple[str, int], dict[str, Any]],
+    v: Any,
+    key: str,
 ) -> dict[str, dict[int, np.ndarray]] | None:
     """E, E→C and C→E's per-edit ``key`` scores at strength ``v``, replicate -> scores, for the
-    replicates whose two orders have finished and were scored on the same edits."""
-    c = cells(data, "")
+    replicates whose two orders have finished and were scored on the same edits (``c``: the
+    sweep's :func:`cells`)."""
     out: dict[str, dict[int, np.ndarray]] = {"E": {}, "E→C": {}, "C→E": {}}
     for r in data.replicates:
         ec, ce = c.get(("EC", v, r)), c.get(("CE", v, r))
@@ -324,7 +333,7 @@ def cell_states(
 def cell_tables(
     groups: list[tuple[str, SweepData]],
     per_edit: dict[tuple[str, int], dict[str, Any]],
-    noise: dict[tuple[str, str, str], SweepData] | None = None,
+    noise: Noise | None = None,
 ) -> None:
     """Per criterion, each (dataset, compressor, strength): the three states' means and the
     three paired differences with 95% bootstrap intervals over the edits (resampled within
@@ -349,8 +358,9 @@ def cell_tables(
     for key, name in CELL_CRITERIA:
         lines = []
         for label, data in two:
+            c = cells(data, "")
             for v in data.values:
-                states = cell_states(data, per_edit, v, key)
+                states = cell_states(data, c, per_edit, v, key)
                 if states is None:
                     continue
                 m = state_means(states)
@@ -380,7 +390,7 @@ def cell_tables(
     for label, data in two:
         c = cells(data, "")
         for v in data.values:
-            states = cell_states(data, per_edit, v, "edit_nll")
+            states = cell_states(data, c, per_edit, v, "edit_nll")
             if states is None:
                 continue
             m = state_means({k: states[k] for k in ("E", "E→C")})
@@ -470,14 +480,14 @@ def main() -> None:
             raise SystemExit(f"replication.py: {exc}") from None
         return
     try:
-        per_run = {run: sweeps(run) for run in args.runs}
-        groups = [g for run in args.runs for g in per_run[run]]
+        per_run = {run: load_run(run) for run in args.runs}
+        groups = [g for run in args.runs for g in per_run[run][0]]
         out = [summarize(label, data) for label, data in groups if len(data.orders) > 1]
         one_order(groups)
-        for run, mine in per_run.items():
+        for run, (mine, noise) in per_run.items():
             per_edit = read_per_edit(run)
             if per_edit:
-                cell_tables(mine, per_edit, noise_of(run))
+                cell_tables(mine, per_edit, noise)
             else:
                 print(f"\n{run}: no per_edit.jsonl (written before per-edit scores existed): no cell intervals")
     except DataError as exc:
