@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +161,8 @@ def pair_intervals(
     """Each edit criterion's :class:`PairInterval` at strength index ``j``: the orders'
     curves resampled as A and P's are (clipped means of the same resampled edits in both
     orders), E_OF = 1 − the better order and d = the order that starts with
-    ``first_method`` − the other, each a mean over replicates. Criteria without per-edit
+    ``first_method`` − the other, each a mean over replicates; d's point is the rows' own
+    (the composability curves of ``comp``), as E_OS's is. Criteria without per-edit
     scores, or an order pair in which neither order starts with ``first_method`` nor ends
     with ``second_method``, get none."""
     if len(comp.orders) != 2:
@@ -177,22 +177,16 @@ def pair_intervals(
         scores, _ = method_scores(sweep, comp, per_edit, name)
         if scores is None:
             continue
-        e_of, d, points = [], [], []
+        e_of, d = [], []
         for r, rep in sorted(scores.replicates.items()):
             curves = resampled_curves(rep, resample_indices(len(rep.edits), resamples, seed, r))
             a, b = curves[first][j], curves[second][j]
             e_of.append(1.0 - np.maximum(a, b))
             d.append(a - b)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # a state without a scored edit: NaN
-                points.append(
-                    float(
-                        np.clip(np.nanmean(rep.orders[first][j]), 0, 1)
-                        - np.clip(np.nanmean(rep.orders[second][j]), 0, 1)
-                    )
-                )
+        reported = comp.criteria[name].curves  # replicate -> order -> the rows' normalized criterion
+        point = float(np.mean([reported[r][first][j] - reported[r][second][j] for r in scores.replicates]))
         out[name] = PairInterval(
-            percentile_interval(np.mean(e_of, axis=0)), float(np.mean(points)), percentile_interval(np.mean(d, axis=0))
+            percentile_interval(np.mean(e_of, axis=0)), point, percentile_interval(np.mean(d, axis=0))
         )
     return out
 
