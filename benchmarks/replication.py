@@ -69,8 +69,9 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 def fmt(xs: list[float], digits: int = 2) -> str:
+    """Mean ± std; – where no replicate has finished (nothing to average)."""
     m, s = mean_std(xs)
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
+    return "–" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def cells(data: Any, compressor: str) -> dict[tuple[str, Any, int], dict[int, dict[str, Any]]]:
@@ -238,7 +239,7 @@ def summarize(label: str, data: SweepData) -> dict[str, Any]:
             f"| {fmt(get['e_f'])} / {fmt(get['ec_f'])} / {fmt(get['ce_f'])} "
             f"| {fmt(get['e_g'])} / {fmt(get['ec_g'])} / {fmt(get['ce_g'])} "
             f"| {fmt(get['d_edit'])} | {fmt(get['d_gen'])} "
-            f"| {mean_std(get['ppl0'])[0]:.1f} / {fmt(get['ppl_c'], 1)} / {fmt(get['ppl_ec'], 1)} / "
+            f"| {fmt(get['ppl0'], 1).split(' ± ')[0]} / {fmt(get['ppl_c'], 1)} / {fmt(get['ppl_ec'], 1)} / "
             f"{fmt(get['ppl_ce'], 1)} |"
         )
     comp = composability(data)
@@ -501,8 +502,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for s in out:
         for v, f in s["per_strength"]:
-            cells_ = [f"{f[k][0]:.2f} ± {f[k][1]:.2f}" for k in ("decay", "harder", "faster", "order_gap")]
-            print(f"| {s['run']} | {v} | {' | '.join(cells_)} | {s['A_edit']:.3f} | {s['A_ppl']:.3f} |")
+            cells_ = [
+                "–" if math.isnan(f[k][0]) else f"{f[k][0]:.2f} ± {f[k][1]:.2f}"
+                for k in ("decay", "harder", "faster", "order_gap")
+            ]
+            a_edit, a_ppl = ("–" if math.isnan(a) else f"{a:.3f}" for a in (s["A_edit"], s["A_ppl"]))
+            print(f"| {s['run']} | {v} | {' | '.join(cells_)} | {a_edit} | {a_ppl} |")
 
 
 if __name__ == "__main__":
