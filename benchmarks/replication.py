@@ -308,26 +308,29 @@ def cell_states(
     v: Any,
     key: str,
 ) -> dict[str, dict[int, np.ndarray]] | None:
-    """E, E→C and C→E's per-edit ``key`` scores at strength ``v``, replicate -> scores, for the
-    replicates whose two orders have finished and were scored on the same edits (``c``: the
-    sweep's :func:`cells`)."""
+    """E, E→C and C→E's per-edit ``key`` scores at strength ``v``, replicate -> scores (``c``:
+    the sweep's :func:`cells`). E and E→C for the replicates whose edit-first order has
+    finished, C→E for those of them whose compress-first order has finished too, each
+    replicate's states scored on the same edits; None where no replicate has E and E→C."""
     out: dict[str, dict[int, np.ndarray]] = {"E": {}, "E→C": {}, "C→E": {}}
     for r in data.replicates:
         ec, ce = c.get(("EC", v, r)), c.get(("CE", v, r))
-        if not ec or not ce or not {1, 2} <= ec.keys() or not {1, 2} <= ce.keys():
+        if not ec or not {1, 2} <= ec.keys():
             continue
-        rows = {"E": ec[1], "E→C": ec[2], "C→E": ce[2]}
-        ids = {tuple(r_.get("edit_ids") or ()) for r_ in rows.values()}
+        rows = {"E": ec[1], "E→C": ec[2]}
+        if ce and {1, 2} <= ce.keys():
+            rows["C→E"] = ce[2]
         got = {name: per_edit_of(per_edit, row, key) for name, row in rows.items()}
-        if len(ids) != 1 or any(g is None for g in got.values()):
+        if got["E"] is None or got["E→C"] is None or len(got["E"]) != len(got["E→C"]):
             continue
-        if len({len(g) for g in got.values() if g is not None}) != 1:
+        if rows["E"].get("edit_ids") != rows["E→C"].get("edit_ids"):
             continue
-        if all(np.isnan(g).all() for g in got.values() if g is not None):
+        if np.isnan(got["E"]).all() and np.isnan(got["E→C"]).all():
             continue
-        for name, g in got.items():
-            assert g is not None
-            out[name][r] = g
+        out["E"][r], out["E→C"][r] = got["E"], got["E→C"]
+        g = got.get("C→E")
+        if g is not None and len(g) == len(got["E"]) and rows["C→E"].get("edit_ids") == rows["E"].get("edit_ids"):
+            out["C→E"][r] = g
     return out if out["E"] else None
 
 
@@ -364,20 +367,30 @@ def cell_tables(
                 states = cell_states(data, c, per_edit, v, key)
                 if states is None:
                     continue
-                m = state_means(states)
+                # E − E→C over every replicate whose edit-first order finished; the differences
+                # with C→E over those whose compress-first order finished too (paired: the same
+                # replicates and resampled edits for the states compared)
+                m = state_means({s: states[s] for s in ("E", "E→C")})
+                both = sorted(states["C→E"])
+                mb = state_means({s: {r: states[s][r] for r in both} for s in states}) if both else {}
                 diffs = {
-                    "E − E→C": ("E", "E→C"),
-                    "E − C→E": ("E", "C→E"),
-                    "C→E − E→C": ("C→E", "E→C"),
+                    "E − E→C": (m, "E", "E→C"),
+                    "E − C→E": (mb, "E", "C→E"),
+                    "C→E − E→C": (mb, "C→E", "E→C"),
                 }
-                cols = ["–" if math.isnan(m[s][0]) else f"{m[s][0]:.2f}" for s in ("E", "E→C", "C→E")]
-                for what, (a, b) in diffs.items():
-                    interval = percentile_interval(m[a][1] - m[b][1])
-                    cols.append(signed(m[a][0] - m[b][0], interval))
-                    compressor = label.split(", ", 1)[-1]
+                cols = ["–" if math.isnan(m[s][0]) else f"{m[s][0]:.2f}" for s in ("E", "E→C")]
+                cols.append("–" if not mb or math.isnan(mb["C→E"][0]) else f"{mb['C→E'][0]:.2f}")
+                compressor = label.split(", ", 1)[-1]
+                for what, (src, a, b) in diffs.items():
+                    if not src:
+                        cols.append("–")
+                        continue
+                    interval = percentile_interval(src[a][1] - src[b][1])
+                    cols.append(signed(src[a][0] - src[b][0], interval))
                     tally.setdefault((name, what, compressor), Counter())[verdict(interval)] += 1
                 cols.append(order_gap_under_noise(data, noise or {}, v, key))
-                lines.append(f"| {label} | {v} | {len(states['E'])} | {' | '.join(cols)} |")
+                n_reps = str(len(states["E"])) + ("" if len(both) == len(states["E"]) else f" (C→E: {len(both)})")
+                lines.append(f"| {label} | {v} | {n_reps} | {' | '.join(cols)} |")
         if not lines:
             continue
         print(f"\n### {name}\n")
@@ -394,7 +407,7 @@ def cell_tables(
             states = cell_states(data, c, per_edit, v, "edit_nll")
             if states is None:
                 continue
-            m = state_means({k: states[k] for k in ("E", "E→C")})
+            m = state_means({k: states[k] for k in ("E", "E→C")})  # edit-first order only
             reps = sorted(states["E"])
             rise = {
                 what: statistics.fmean(c[("EC", v, r)][2][what] - c[("EC", v, r)][1][what] for r in reps)
