@@ -460,6 +460,62 @@ def cell_tables(
             )
 
 
+def compressor_pairs(
+    groups: list[tuple[str, SweepData]],
+    per_edit: dict[tuple[str, int], dict[str, Any]],
+) -> None:
+    """Two compressors of one family (the same strengths: SparseGPT and Wanda, GPTQ and AWQ)
+    on one dataset, cell by cell: each order's final model under the first − under the
+    second, on the same edits (MEMIT's edits of a replicate are the same in both sweeps),
+    with 95% paired bootstrap intervals, for edit success and locality. Where a study has
+    per-edit scores this is the per-strength form of the report's A/P comparisons."""
+    two = [(label, data) for label, data in groups if len(data.orders) > 1]
+    lines = []
+    for i, (label_a, a) in enumerate(two):
+        for label_b, b in two[i + 1 :]:
+            dataset_a, comp_a = label_a.split(", ", 1)
+            dataset_b, comp_b = label_b.split(", ", 1)
+            if (
+                dataset_a != dataset_b
+                or list(a.values) != list(b.values)
+                or a.vary.split(".")[-1] != b.vary.split(".")[-1]
+            ):
+                continue
+            ca, cb = cells(a, ""), cells(b, "")
+            for v in a.values:
+                cols = []
+                for key, _ in CELL_CRITERIA[:3:2]:  # edit success (f1), locality (preservation)
+                    sa, sb = cell_states(a, ca, per_edit, v, key), cell_states(b, cb, per_edit, v, key)
+                    for order in ("E→C", "C→E"):
+                        reps = sorted(set(sa[order]) & set(sb[order])) if sa is not None and sb is not None else []
+                        if (
+                            sa is None
+                            or sb is None
+                            or not reps
+                            or any(len(sa[order][r]) != len(sb[order][r]) for r in reps)
+                        ):
+                            cols.append("–")
+                            continue
+                        m = state_means({"a": {r: sa[order][r] for r in reps}, "b": {r: sb[order][r] for r in reps}})
+                        cols.append(signed(m["a"][0] - m["b"][0], percentile_interval(m["a"][1] - m["b"][1])))
+                if any(col != "–" for col in cols):
+                    lines.append(f"| {dataset_a} | {comp_a} − {comp_b} | {v} | {' | '.join(cols)} |")
+    if not lines:
+        return
+    print("\n### Compressors compared, cell by cell\n")
+    print(
+        "The first compressor's final model − the second's, in each order, on the same edits (mean over the "
+        "replicates both finished; 95% paired bootstrap interval over the edits; n.d.: holds 0)."
+    )
+    print()
+    print(
+        "| dataset | compressors | strength | edit success (f1), E→C | edit success (f1), C→E "
+        "| locality, E→C | locality, C→E |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(lines))
+
+
 def _a(comp: Any, name: str) -> float:
     cr = comp.criteria.get(name)
     return cr.A_mean if cr is not None and cr.A_mean is not None else float("nan")
@@ -502,6 +558,7 @@ def main() -> None:
             per_edit = read_per_edit(run)
             if per_edit:
                 cell_tables(mine, per_edit, noise)
+                compressor_pairs(mine, per_edit)
             else:
                 print(f"\n{run}: no per_edit.jsonl (written before per-edit scores existed): no cell intervals")
     except DataError as exc:
