@@ -21,9 +21,12 @@ preservation, MQuAKE's multi-hop accuracy), each dataset × compressor × streng
 C→E and the paired differences E − E→C, E − C→E and C→E − E→C with 95% bootstrap intervals
 over the edits (``lmcompose.intervals.state_means``), "n.d." where an interval holds 0, and
 C→E − E→C in each noise-floor repetition of the cell; Figure 5's control (the edits' NLL
-rise with its interval beside the unedited facts' and wikitext's); and a count, per
+rise with its interval beside the unedited facts' and wikitext's); a count, per
 criterion, difference and compressor, of the cells whose intervals lie above 0, hold it or
-lie below it. With ``--against DIR`` it prints instead, for every cell the folders share (the same
+lie below it; and two compressors of one family (the same strengths: SparseGPT and Wanda,
+GPTQ and AWQ) compared cell by cell on the same edits. A cell whose compress-first order
+has not finished still gets E, E→C and E − E→C (and its Figure 5 row); the columns that
+need C→E read "–". With ``--against DIR`` it prints instead, for every cell the folders share (the same
 dataset, entry, order, strength and replicate, as protocol.yaml shares with replication.yaml),
 the final model's scores in each folder side by side.
 
