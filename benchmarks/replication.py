@@ -71,6 +71,11 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def num(x: float, digits: int = 2) -> str:
+    """``x`` to ``digits`` decimals; – where it is NaN (nothing finished to compute it from)."""
+    return "–" if math.isnan(x) else f"{x:.{digits}f}"
+
+
 def fmt(xs: list[float], digits: int = 2) -> str:
     """Mean ± std; – where no replicate has finished (nothing to average)."""
     m, s = mean_std(xs)
@@ -242,7 +247,7 @@ def summarize(label: str, data: SweepData) -> dict[str, Any]:
             f"| {fmt(get['e_f'])} / {fmt(get['ec_f'])} / {fmt(get['ce_f'])} "
             f"| {fmt(get['e_g'])} / {fmt(get['ec_g'])} / {fmt(get['ce_g'])} "
             f"| {fmt(get['d_edit'])} | {fmt(get['d_gen'])} "
-            f"| {fmt(get['ppl0'], 1).split(' ± ')[0]} / {fmt(get['ppl_c'], 1)} / {fmt(get['ppl_ec'], 1)} / "
+            f"| {num(mean_std(get['ppl0'])[0], 1)} / {fmt(get['ppl_c'], 1)} / {fmt(get['ppl_ec'], 1)} / "
             f"{fmt(get['ppl_ce'], 1)} |"
         )
     comp = composability(data)
@@ -381,8 +386,7 @@ def cell_tables(
                     "E − C→E": (mb, "E", "C→E"),
                     "C→E − E→C": (mb, "C→E", "E→C"),
                 }
-                cols = ["–" if math.isnan(m[s][0]) else f"{m[s][0]:.2f}" for s in ("E", "E→C")]
-                cols.append("–" if not mb or math.isnan(mb["C→E"][0]) else f"{mb['C→E'][0]:.2f}")
+                cols = [num(m["E"][0]), num(m["E→C"][0]), num(mb["C→E"][0]) if mb else "–"]
                 compressor = label.split(", ", 1)[-1]
                 for what, (src, a, b) in diffs.items():
                     if not src:
@@ -489,14 +493,12 @@ def compressor_pairs(
                 cols = []
                 for key, _ in CELL_CRITERIA[:3:2]:  # edit success (f1), locality (preservation)
                     sa, sb = cell_states(a, ca, per_edit, v, key), cell_states(b, cb, per_edit, v, key)
+                    if sa is None or sb is None:
+                        cols += ["–", "–"]
+                        continue
                     for order in ("E→C", "C→E"):
-                        reps = sorted(set(sa[order]) & set(sb[order])) if sa is not None and sb is not None else []
-                        if (
-                            sa is None
-                            or sb is None
-                            or not reps
-                            or any(len(sa[order][r]) != len(sb[order][r]) for r in reps)
-                        ):
+                        reps = sorted(set(sa[order]) & set(sb[order]))
+                        if not reps or any(len(sa[order][r]) != len(sb[order][r]) for r in reps):
                             cols.append("–")
                             continue
                         m = state_means({"a": {r: sa[order][r] for r in reps}, "b": {r: sb[order][r] for r in reps}})
@@ -579,8 +581,7 @@ def main() -> None:
                 "–" if math.isnan(f[k][0]) else f"{f[k][0]:.2f} ± {f[k][1]:.2f}"
                 for k in ("decay", "harder", "faster", "order_gap")
             ]
-            a_edit, a_ppl = ("–" if math.isnan(a) else f"{a:.3f}" for a in (s["A_edit"], s["A_ppl"]))
-            print(f"| {s['run']} | {v} | {' | '.join(cells_)} | {a_edit} | {a_ppl} |")
+            print(f"| {s['run']} | {v} | {' | '.join(cells_)} | {num(s['A_edit'], 3)} | {num(s['A_ppl'], 3)} |")
 
 
 if __name__ == "__main__":
