@@ -215,3 +215,12 @@ def test_report_at_picks_the_order_effect_strength_and_refuses_bad_input(swept, 
         assert not (study / "report.md").exists()
     res = invoke("report", swept[0], "--at", "bits=8", "--no-plots")
     assert res.exit_code == 2 and "a sweep's report has no such table" in res.output, res.output
+
+
+def test_a_pipe_in_a_table_cell_stays_one_cell():
+    from lmcompose.reports.tables import Table
+
+    table = Table("noise", ["criterion", "|ΔA|"], [["counterfact|gptq", "0.006"]])
+    lines = [line for line in table.markdown().splitlines() if line.startswith("|")]
+    assert {len(re.split(r"(?<!\\)\|", line)) for line in lines} == {4}
+    assert "\\|ΔA\\|" in lines[0]

@@ -87,10 +87,15 @@ class Table:
         lines = [f"### {self.title}", ""]
         if self.caption:
             lines += [self.caption, ""]
-        lines.append("| " + " | ".join(self.columns) + " |")
+        lines.append("| " + " | ".join(_cell(c) for c in self.columns) + " |")
         lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.columns))) + "|")
-        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in self.rows]
         return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """A cell's text with its pipes escaped, so that |ΔA| or a cell id stays one cell."""
+    return str(text).replace("\\|", "|").replace("|", "\\|")
 
 
 def fmt_mean_std(mean: float | None, std: float | None, n: int, digits: int = 4) -> str:
