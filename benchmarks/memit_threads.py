@@ -17,24 +17,17 @@ last row solves the first run's own inputs at 1 thread, isolating the solve.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from amplification import digest  # a sibling script: benchmarks/ is on the path when run
 from lmcompose.api import Context
 from lmcompose.compose import build_intervention, build_metrics, load_edits, parse_step
 from lmcompose.engine.executor import evaluate
 from lmcompose.models.loading import load_model
 from lmcompose_memit import algorithm as alg
-
-
-def digest(tensors: list[torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
 
 
 def compare(a: list[torch.Tensor], b: list[torch.Tensor]) -> str:
@@ -58,14 +51,13 @@ def main() -> None:
     pristine = lm.state_copy()
     records = load_edits("counterfact", limit=args.edits, seed=args.seed)
     metric = build_metrics(["perplexity"], {"perplexity": {"max_tokens": args.ppl_tokens, "seqlen": 1024}})
-    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    lams: list[float] = []
+    threads = [int(t) for t in args.threads.split(",")]
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, torch.Tensor]] = []
     original = alg.memit_delta
 
     def recording(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam: float) -> torch.Tensor:
         out = original(keys, resid, cov, lam)
-        lams.append(lam)
-        seen.append((keys.detach().clone(), resid.detach().clone(), cov.detach().clone(), out.detach().clone()))
+        seen.append((keys.detach().clone(), resid.detach().clone(), cov.detach().clone(), lam, out.detach().clone()))
         return out
 
     alg.memit_delta = recording  # the intervention imports it from the module at call time
@@ -74,8 +66,9 @@ def main() -> None:
     print("| run | threads | covariance | keys, residuals | ΔW | edited weights | perplexity | time s |")
     print("|---|---:|---|---|---|---|---:|---:|")
     ref: dict[str, list[torch.Tensor]] | None = None
+    ref_calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, torch.Tensor]] = []
     caches: dict[int, Path] = {}
-    for i, n in enumerate(int(t) for t in args.threads.split(",")):
+    for i, n in enumerate(threads):
         lm.restore(pristine)
         seen.clear()
         torch.set_num_threads(n)
@@ -92,23 +85,20 @@ def main() -> None:
         got = {
             "cov": [s[2] for s in seen],
             "kr": [t for s in seen for t in (s[0], s[1])],
-            "delta": [s[3] for s in seen],
+            "delta": [s[4] for s in seen],
             "w": [lm.weight(name).detach().clone() for name in names],
         }
         if ref is None:
-            ref = got
-            cells = [digest(got[k]) for k in ("cov", "kr", "delta", "w")]
+            ref, ref_calls = got, list(seen)
+            cells = [digest({f"{j:04d}": t for j, t in enumerate(got[k])}) for k in ("cov", "kr", "delta", "w")]
         else:
             cells = [compare(got[k], ref[k]) for k in ("cov", "kr", "delta", "w")]
         print(f"| {i} | {n} | {' | '.join(cells)} | {ppl:.6f} | {took:.0f} |", flush=True)
     alg.memit_delta = original
-    if ref is not None:
-        for n in sorted({int(t) for t in args.threads.split(",")}):
-            torch.set_num_threads(n)
-            again = [
-                original(ref["kr"][2 * j], ref["kr"][2 * j + 1], ref["cov"][j], lams[j]) for j in range(len(ref["cov"]))
-            ]
-            print(f"| solve only, run 0's inputs | {n} | | | {compare(again, ref['delta'])} | | | |")
+    for n in sorted(set(threads)):
+        torch.set_num_threads(n)
+        again = [original(keys, resid, cov, lam) for keys, resid, cov, lam, _ in ref_calls]
+        print(f"| solve only, run 0's inputs | {n} | | | {compare(again, [c[4] for c in ref_calls])} | | | |")
 
 
 if __name__ == "__main__":
